@@ -1,0 +1,12 @@
+//! The wallet's rules, without I/O: a [`Wallet`] is one account's state as
+//! loaded for an operation; operations change it and record the ledger
+//! entries and events the store must write in the same transaction.
+
+mod types;
+mod wallet;
+
+#[cfg(test)]
+mod tests;
+
+pub use types::*;
+pub use wallet::*;

@@ -1,0 +1,846 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use proptest::prelude::*;
+use reservoir_common::auth::TenantId;
+use reservoir_common::money::Unit;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+use super::*;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap()
+}
+
+fn d(text: &str) -> Decimal {
+    text.parse().unwrap()
+}
+
+fn ctx(now: DateTime<Utc>) -> OperationContext {
+    OperationContext::new(now, Uuid::new_v4().to_string())
+}
+
+/// A wallet plus every entry it ever wrote, as the ledger table would hold them.
+struct Books {
+    wallet: Wallet,
+    ledger: Vec<Entry>,
+    events: Vec<Event>,
+}
+
+impl Books {
+    fn new(overdraft: Overdraft) -> Self {
+        Self::with_threshold(overdraft, None)
+    }
+
+    fn with_threshold(overdraft: Overdraft, threshold: Option<&str>) -> Self {
+        let new = NewAccount {
+            tenant_id: TenantId(Uuid::nil()),
+            external_id: "customer-1".into(),
+            unit: Unit::currency("USD", None).unwrap(),
+            overdraft,
+            low_balance_threshold: threshold.map(d),
+            metadata: BTreeMap::new(),
+        };
+        let mut wallet = Wallet::open(new, &ctx(t0()));
+        let changes = wallet.take_changes();
+        Self {
+            wallet,
+            ledger: changes.entries,
+            events: changes.events,
+        }
+    }
+
+    fn commit(&mut self) {
+        let changes = self.wallet.take_changes();
+        self.ledger.extend(changes.entries);
+        self.events.extend(changes.events);
+    }
+
+    /// Runs an operation as the store would: keep its changes if it succeeds,
+    /// go back to the state before it if it fails.
+    fn run<T>(&mut self, op: impl FnOnce(&mut Wallet) -> DomainResult<T>) -> DomainResult<T> {
+        let before = self.wallet.clone();
+        match op(&mut self.wallet) {
+            Ok(value) => {
+                self.commit();
+                Ok(value)
+            }
+            Err(error) => {
+                self.wallet = before;
+                Err(error)
+            }
+        }
+    }
+
+    fn grant(&mut self, amount: &str, kind: GrantKind) -> GrantId {
+        self.grant_with(amount, kind, |_| {})
+    }
+
+    fn grant_with(
+        &mut self,
+        amount: &str,
+        kind: GrantKind,
+        edit: impl FnOnce(&mut NewGrant),
+    ) -> GrantId {
+        let mut new = NewGrant {
+            amount: d(amount),
+            kind,
+            priority: None,
+            effective_at: None,
+            expires_at: None,
+            meter_codes: Vec::new(),
+            source: GrantSource::Admin,
+            source_reference: String::new(),
+            metadata: BTreeMap::new(),
+        };
+        edit(&mut new);
+        self.run(|wallet| wallet.grant(&ctx(t0()), new)).unwrap()
+    }
+
+    fn debit_at(
+        &mut self,
+        amount: &str,
+        meter: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> DomainResult<Vec<Entry>> {
+        let before = self.ledger.len();
+        self.run(|wallet| wallet.debit(&ctx(now), d(amount), meter))?;
+        Ok(self.ledger[before..].to_vec())
+    }
+
+    fn debit(&mut self, amount: &str) -> DomainResult<Vec<Entry>> {
+        self.debit_at(amount, None, t0())
+    }
+
+    fn available(&self) -> Decimal {
+        self.wallet.balance(t0()).available
+    }
+
+    fn remaining(&self, id: GrantId) -> Decimal {
+        self.wallet.grant_by_id(id).unwrap().remaining
+    }
+
+    /// The invariants DESIGN.md names, checked against the full ledger.
+    fn check_invariants(&self) {
+        let money: Decimal = self
+            .ledger
+            .iter()
+            .filter(|entry| entry.kind.moves_money())
+            .map(|entry| entry.amount)
+            .sum();
+        assert_eq!(
+            money,
+            self.wallet.ledger_balance(),
+            "ledger balance = sum of money-moving entries"
+        );
+        if let Some(last) = self
+            .ledger
+            .iter()
+            .rev()
+            .find(|entry| entry.kind.moves_money())
+        {
+            assert_eq!(
+                last.balance_after, money,
+                "the last entry's balance_after is the running sum"
+            );
+        }
+        for grant in &self.wallet.grants {
+            let entries: Decimal = self
+                .ledger
+                .iter()
+                .filter(|entry| entry.grant_id == Some(grant.id) && entry.kind.moves_money())
+                .map(|entry| entry.amount)
+                .sum();
+            assert_eq!(
+                grant.remaining, entries,
+                "grant remaining = sum of its entries"
+            );
+            assert!(grant.remaining >= Decimal::ZERO);
+        }
+        let sequences: Vec<u64> = self.ledger.iter().map(|entry| entry.sequence).collect();
+        let expected: Vec<u64> = (1..=self.ledger.len() as u64).collect();
+        assert_eq!(sequences, expected, "sequences run from 1 without gaps");
+        let floor = match self.wallet.account.overdraft {
+            Overdraft::None => Some(Decimal::ZERO),
+            Overdraft::CreditLimit(limit) => Some(-limit),
+            Overdraft::Unlimited => None,
+        };
+        if let Some(floor) = floor {
+            assert!(
+                self.wallet.ledger_balance() >= floor,
+                "balance never below the floor"
+            );
+        }
+        let held: Decimal = self
+            .wallet
+            .holds
+            .iter()
+            .filter(|hold| hold.status == HoldStatus::Active)
+            .map(|hold| hold.amount)
+            .sum();
+        assert_eq!(self.wallet.account.held, held, "held = sum of active holds");
+    }
+}
+
+#[test]
+fn a_debit_exactly_equal_to_the_available_balance_succeeds_and_leaves_zero() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("10.00", GrantKind::Paid);
+    books.debit("10.00").unwrap();
+    assert_eq!(books.available(), Decimal::ZERO);
+    assert_eq!(books.debit("0.01"), Err(DomainError::InsufficientFunds));
+    books.check_invariants();
+}
+
+#[test]
+fn a_refused_debit_changes_nothing() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("5", GrantKind::Paid);
+    let ledger_length = books.ledger.len();
+    assert_eq!(books.debit("5.01"), Err(DomainError::InsufficientFunds));
+    assert_eq!(books.ledger.len(), ledger_length);
+    assert_eq!(books.available(), d("5"));
+}
+
+#[test]
+fn free_credits_are_drawn_before_paid_ones_and_each_grant_gets_its_own_entry() {
+    let mut books = Books::new(Overdraft::None);
+    let paid = books.grant("10", GrantKind::Paid);
+    let promo = books.grant("3", GrantKind::Promotional);
+    let entries = books.debit("5").unwrap();
+    let money: Vec<(Option<GrantId>, Decimal)> = entries
+        .iter()
+        .filter(|entry| entry.kind == EntryKind::Debit)
+        .map(|entry| (entry.grant_id, entry.amount))
+        .collect();
+    assert_eq!(money, vec![(Some(promo), d("-3")), (Some(paid), d("-2"))]);
+    assert_eq!(books.remaining(promo), Decimal::ZERO);
+    assert_eq!(books.remaining(paid), d("8"));
+    books.check_invariants();
+}
+
+#[test]
+fn drawdown_prefers_meter_grants_then_priority_then_expiry_then_age() {
+    let mut books = Books::new(Overdraft::None);
+    let old = books.grant_with("1", GrantKind::Paid, |g| g.priority = Some(5));
+    let young = books.grant_with("1", GrantKind::Paid, |g| g.priority = Some(5));
+    let expiring = books.grant_with("1", GrantKind::Paid, |g| {
+        g.priority = Some(5);
+        g.expires_at = Some(t0() + Duration::days(1));
+    });
+    let urgent = books.grant_with("1", GrantKind::Paid, |g| g.priority = Some(1));
+    let for_meter = books.grant_with("1", GrantKind::Paid, |g| {
+        g.priority = Some(50);
+        g.meter_codes = vec!["gpu".into()];
+    });
+    let for_other = books.grant_with("1", GrantKind::Paid, |g| g.meter_codes = vec!["cpu".into()]);
+    let entries = books.debit_at("5", Some("gpu"), t0()).unwrap();
+    let order: Vec<GrantId> = entries.iter().filter_map(|entry| entry.grant_id).collect();
+    assert_eq!(order, vec![for_meter, urgent, expiring, old, young]);
+    assert_eq!(
+        books.remaining(for_other),
+        d("1"),
+        "a grant for another meter is never drawn"
+    );
+    assert_eq!(
+        books.debit_at("0.01", Some("gpu"), t0()),
+        Err(DomainError::InsufficientFunds)
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_debit_without_a_meter_cannot_draw_restricted_credits() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant_with("10", GrantKind::Promotional, |g| {
+        g.meter_codes = vec!["gpu".into()]
+    });
+    assert_eq!(books.debit("1"), Err(DomainError::InsufficientFunds));
+    assert!(books.debit_at("1", Some("gpu"), t0()).is_ok());
+}
+
+#[test]
+fn a_grant_expiring_at_the_debits_instant_no_longer_counts() {
+    let mut books = Books::new(Overdraft::None);
+    let expires = t0() + Duration::hours(1);
+    let grant = books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
+    assert_eq!(
+        books
+            .wallet
+            .balance(expires - Duration::microseconds(1))
+            .available,
+        d("10")
+    );
+    assert_eq!(
+        books.wallet.balance(expires).available,
+        Decimal::ZERO,
+        "stops counting at the instant, before any sweep"
+    );
+    assert_eq!(
+        books.debit_at("1", None, expires),
+        Err(DomainError::InsufficientFunds)
+    );
+    books
+        .run(|wallet| {
+            wallet.expire(&ctx(expires));
+            Ok(())
+        })
+        .unwrap();
+    let last = books.ledger.last().unwrap();
+    assert_eq!(
+        (last.kind, last.amount, last.grant_id),
+        (EntryKind::Expiry, d("-10"), Some(grant))
+    );
+    assert!(
+        books
+            .events
+            .iter()
+            .any(|event| event.event_type == EventType::GrantExpired)
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_debit_just_before_expiry_draws_the_expiring_grant() {
+    let mut books = Books::new(Overdraft::None);
+    let expires = t0() + Duration::hours(1);
+    books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
+    assert!(
+        books
+            .debit_at("10", None, expires - Duration::microseconds(1))
+            .is_ok()
+    );
+}
+
+#[test]
+fn future_credits_are_pending_until_effective() {
+    let mut books = Books::new(Overdraft::None);
+    let from = t0() + Duration::days(1);
+    books.grant_with("10", GrantKind::Paid, |g| g.effective_at = Some(from));
+    assert_eq!(books.wallet.balance(t0()).pending, d("10"));
+    assert_eq!(books.debit("1"), Err(DomainError::InsufficientFunds));
+    assert!(books.debit_at("1", None, from).is_ok());
+}
+
+#[test]
+fn credit_limit_lets_the_balance_go_down_to_minus_the_limit() {
+    let mut books = Books::new(Overdraft::CreditLimit(d("50")));
+    books.grant("10", GrantKind::Paid);
+    let entries = books.debit("60").unwrap();
+    assert_eq!(
+        entries.len(),
+        2,
+        "one entry for the grant, one for the overdraft part"
+    );
+    assert_eq!(entries[1].grant_id, None);
+    assert_eq!(entries[1].amount, d("-50"));
+    assert_eq!(books.available(), d("-50"));
+    assert_eq!(books.debit("0.01"), Err(DomainError::InsufficientFunds));
+    books.check_invariants();
+}
+
+#[test]
+fn unlimited_overdraft_takes_any_debit() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    books.debit("123456.78").unwrap();
+    assert_eq!(books.available(), d("-123456.78"));
+    assert_eq!(books.wallet.balance(t0()).spendable, None);
+    books.check_invariants();
+}
+
+#[test]
+fn credits_added_later_repay_the_overdraft_first() {
+    let mut books = Books::new(Overdraft::CreditLimit(d("100")));
+    books.debit("30").unwrap();
+    let grant = books.grant("50", GrantKind::Paid);
+    assert_eq!(books.remaining(grant), d("20"));
+    assert_eq!(books.wallet.account.overdraft_used, Decimal::ZERO);
+    assert_eq!(books.available(), d("20"));
+    books.check_invariants();
+}
+
+#[test]
+fn a_hold_sets_funds_aside_and_a_capture_debits_up_to_it() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("10", GrantKind::Paid);
+    let hold = books
+        .run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::minutes(5), None))
+        .unwrap();
+    assert_eq!(books.available(), d("4"));
+    assert_eq!(books.wallet.balance(t0()).held, d("6"));
+    assert_eq!(books.debit("5"), Err(DomainError::InsufficientFunds));
+    assert_eq!(
+        books.run(|wallet| wallet.capture(&ctx(t0()), hold, d("6.01"))),
+        Err(DomainError::CaptureExceedsHold),
+        "a capture above the held amount is refused"
+    );
+    books
+        .run(|wallet| wallet.capture(&ctx(t0()), hold, d("4")))
+        .unwrap();
+    assert_eq!(books.available(), d("6"), "the uncaptured 2 is released");
+    assert_eq!(books.wallet.balance(t0()).held, Decimal::ZERO);
+    let kinds: Vec<EntryKind> = books.ledger.iter().map(|entry| entry.kind).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EntryKind::Grant,
+            EntryKind::Hold,
+            EntryKind::Capture,
+            EntryKind::Release
+        ]
+    );
+    assert_eq!(
+        books.run(|wallet| wallet.capture(&ctx(t0()), hold, d("1"))),
+        Err(DomainError::HoldNotActive("captured"))
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_hold_expiring_between_reserve_and_capture_cannot_be_captured() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("10", GrantKind::Paid);
+    let hold = books
+        .run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::seconds(30), None))
+        .unwrap();
+    let later = t0() + Duration::seconds(30);
+    assert_eq!(
+        books.wallet.balance(later).available,
+        d("10"),
+        "an expired hold frees its funds at once"
+    );
+    assert_eq!(
+        books.run(|wallet| wallet.capture(&ctx(later), hold, d("6"))),
+        Err(DomainError::HoldExpired)
+    );
+    books
+        .run(|wallet| {
+            wallet.expire(&ctx(later));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(books.ledger.last().unwrap().kind, EntryKind::Release);
+    assert!(
+        books
+            .events
+            .iter()
+            .any(|event| event.event_type == EventType::HoldExpired)
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_released_hold_frees_everything() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("10", GrantKind::Paid);
+    let hold = books
+        .run(|wallet| wallet.reserve(&ctx(t0()), d("10"), Duration::seconds(30), None))
+        .unwrap();
+    books
+        .run(|wallet| wallet.release(&ctx(t0()), hold))
+        .unwrap();
+    assert_eq!(books.available(), d("10"));
+    assert_eq!(
+        books.run(|wallet| wallet.release(&ctx(t0()), hold)),
+        Err(DomainError::HoldNotActive("released"))
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_refund_returns_credits_to_the_grants_drawn_and_never_more_than_was_debited() {
+    let mut books = Books::new(Overdraft::None);
+    let promo = books.grant("3", GrantKind::Promotional);
+    let paid = books.grant("10", GrantKind::Paid);
+    let debit = books.debit("5").unwrap();
+    books
+        .run(|wallet| wallet.refund(&ctx(t0()), &debit, &[], d("4")))
+        .unwrap();
+    assert_eq!(
+        books.remaining(paid),
+        d("10"),
+        "the last grant drawn is refunded first"
+    );
+    assert_eq!(books.remaining(promo), d("2"));
+    let prior: Vec<Entry> = books
+        .ledger
+        .iter()
+        .filter(|entry| entry.kind == EntryKind::Refund)
+        .cloned()
+        .collect();
+    assert_eq!(
+        books.run(|wallet| wallet.refund(&ctx(t0()), &debit, &prior, d("1.01"))),
+        Err(DomainError::RefundExceedsDebit),
+        "a refund above what is left of the debit is refused"
+    );
+    books
+        .run(|wallet| wallet.refund(&ctx(t0()), &debit, &prior, d("1")))
+        .unwrap();
+    assert_eq!(books.available(), d("13"));
+    books.check_invariants();
+}
+
+#[test]
+fn a_refund_to_an_expired_grant_is_written_off_again() {
+    let mut books = Books::new(Overdraft::None);
+    let expires = t0() + Duration::hours(1);
+    books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
+    let debit = books.debit("4").unwrap();
+    books
+        .run(|wallet| wallet.refund(&ctx(expires), &debit, &[], d("4")))
+        .unwrap();
+    assert_eq!(books.wallet.balance(expires).available, Decimal::ZERO);
+    let kinds: Vec<EntryKind> = books
+        .ledger
+        .iter()
+        .rev()
+        .take(2)
+        .map(|entry| entry.kind)
+        .collect();
+    assert_eq!(kinds, vec![EntryKind::Expiry, EntryKind::Refund]);
+    books.check_invariants();
+}
+
+#[test]
+fn voiding_a_grant_writes_off_what_remains() {
+    let mut books = Books::new(Overdraft::None);
+    let grant = books.grant("10", GrantKind::Promotional);
+    books.debit("3").unwrap();
+    books
+        .run(|wallet| wallet.void_grant(&ctx(t0()), grant))
+        .unwrap();
+    assert_eq!(books.available(), Decimal::ZERO);
+    assert_eq!(books.ledger.last().unwrap().amount, d("-7"));
+    assert_eq!(
+        books.run(|wallet| wallet.void_grant(&ctx(t0()), grant)),
+        Err(DomainError::GrantNotActive("voided"))
+    );
+    books.check_invariants();
+}
+
+#[test]
+fn a_suspended_account_takes_no_debits_but_a_closed_one_takes_nothing() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("10", GrantKind::Paid);
+    let suspend = AccountUpdate {
+        status: Some(AccountStatus::Suspended),
+        ..AccountUpdate::default()
+    };
+    books
+        .run(|wallet| wallet.update(&ctx(t0()), suspend))
+        .unwrap();
+    assert_eq!(books.debit("1"), Err(DomainError::AccountSuspended));
+    books.grant("1", GrantKind::Paid);
+    let close = AccountUpdate {
+        status: Some(AccountStatus::Closed),
+        ..AccountUpdate::default()
+    };
+    books
+        .run(|wallet| wallet.update(&ctx(t0()), close))
+        .unwrap();
+    assert_eq!(books.debit("1"), Err(DomainError::AccountClosed));
+    let reopen = AccountUpdate {
+        status: Some(AccountStatus::Active),
+        ..AccountUpdate::default()
+    };
+    assert_eq!(
+        books.run(|wallet| wallet.update(&ctx(t0()), reopen)),
+        Err(DomainError::AccountClosed)
+    );
+}
+
+#[test]
+fn balance_low_is_sent_once_per_downward_crossing() {
+    let mut books = Books::with_threshold(Overdraft::None, Some("5"));
+    books.grant("10", GrantKind::Paid);
+    books.debit("4").unwrap();
+    books.debit("2").unwrap();
+    books.debit("1").unwrap();
+    let lows = |books: &Books| {
+        books
+            .events
+            .iter()
+            .filter(|event| event.event_type == EventType::BalanceLow)
+            .count()
+    };
+    assert_eq!(lows(&books), 1, "below the threshold twice, alerted once");
+    books.grant("10", GrantKind::Paid);
+    books.debit("9").unwrap();
+    assert_eq!(lows(&books), 2, "rising above re-arms the alert");
+    books.debit("4").unwrap();
+    let depleted = books
+        .events
+        .iter()
+        .filter(|event| event.event_type == EventType::BalanceDepleted)
+        .count();
+    assert_eq!(depleted, 1);
+}
+
+#[test]
+fn a_negative_adjustment_draws_any_grant_within_the_floor() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant_with("5", GrantKind::Promotional, |g| {
+        g.meter_codes = vec!["gpu".into()]
+    });
+    books
+        .run(|wallet| wallet.adjust(&ctx(t0()), d("-5")))
+        .unwrap();
+    assert_eq!(books.available(), Decimal::ZERO);
+    assert_eq!(
+        books.run(|wallet| wallet.adjust(&ctx(t0()), d("-1"))),
+        Err(DomainError::InsufficientFunds)
+    );
+    let grant = books
+        .run(|wallet| wallet.adjust(&ctx(t0()), d("2")))
+        .unwrap();
+    assert!(grant.is_some());
+    assert_eq!(books.available(), d("2"));
+    books.check_invariants();
+}
+
+#[test]
+fn a_balance_beyond_the_range_is_refused() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("999999999999999999", GrantKind::Paid);
+    let mut refused = None;
+    for _ in 0..200 {
+        let new = NewGrant {
+            amount: d("999999999999999999"),
+            kind: GrantKind::Paid,
+            priority: None,
+            effective_at: None,
+            expires_at: None,
+            meter_codes: Vec::new(),
+            source: GrantSource::Admin,
+            source_reference: String::new(),
+            metadata: BTreeMap::new(),
+        };
+        if let Err(error) = books.run(|wallet| wallet.grant(&ctx(t0()), new)) {
+            refused = Some(error);
+            break;
+        }
+    }
+    assert_eq!(refused, Some(DomainError::BalanceOutOfRange));
+    books.check_invariants();
+}
+
+// ---- property test --------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Step {
+    Grant {
+        cents: i64,
+        kind: u8,
+        expires_in_s: Option<i64>,
+        meter: bool,
+    },
+    Debit {
+        cents: i64,
+        meter: bool,
+    },
+    Reserve {
+        cents: i64,
+        ttl_s: i64,
+    },
+    Capture {
+        pick: usize,
+        cents: i64,
+    },
+    Release {
+        pick: usize,
+    },
+    Refund {
+        pick: usize,
+        cents: i64,
+    },
+    Void {
+        pick: usize,
+    },
+    Advance {
+        seconds: i64,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (
+            1..5_000i64,
+            0..3u8,
+            proptest::option::of(1..600i64),
+            any::<bool>()
+        )
+            .prop_map(|(cents, kind, expires_in_s, meter)| Step::Grant {
+                cents,
+                kind,
+                expires_in_s,
+                meter
+            }),
+        (1..3_000i64, any::<bool>()).prop_map(|(cents, meter)| Step::Debit { cents, meter }),
+        (1..3_000i64, 1..300i64).prop_map(|(cents, ttl_s)| Step::Reserve { cents, ttl_s }),
+        (any::<usize>(), 1..3_000i64).prop_map(|(pick, cents)| Step::Capture { pick, cents }),
+        any::<usize>().prop_map(|pick| Step::Release { pick }),
+        (any::<usize>(), 1..3_000i64).prop_map(|(pick, cents)| Step::Refund { pick, cents }),
+        any::<usize>().prop_map(|pick| Step::Void { pick }),
+        (1..400i64).prop_map(|seconds| Step::Advance { seconds }),
+    ]
+}
+
+fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
+    let mut books = Books::new(overdraft);
+    let mut now = t0();
+    let cents = |value: i64| Decimal::new(value, 2);
+    for step in steps {
+        let context = ctx(now);
+        let before = books.wallet.clone();
+        let result: DomainResult<()> = match step.clone() {
+            Step::Grant {
+                cents: amount,
+                kind,
+                expires_in_s,
+                meter,
+            } => {
+                let new = NewGrant {
+                    amount: cents(amount),
+                    kind: [GrantKind::Paid, GrantKind::Promotional, GrantKind::Courtesy]
+                        [usize::from(kind)],
+                    priority: None,
+                    effective_at: None,
+                    expires_at: expires_in_s.map(|s| now + Duration::seconds(s)),
+                    meter_codes: if meter { vec!["m".into()] } else { Vec::new() },
+                    source: GrantSource::Admin,
+                    source_reference: String::new(),
+                    metadata: BTreeMap::new(),
+                };
+                books.wallet.grant(&context, new).map(|_| ())
+            }
+            Step::Debit {
+                cents: amount,
+                meter,
+            } => books.wallet.debit(
+                &context,
+                cents(amount),
+                if meter { Some("m") } else { None },
+            ),
+            Step::Reserve {
+                cents: amount,
+                ttl_s,
+            } => books
+                .wallet
+                .reserve(&context, cents(amount), Duration::seconds(ttl_s), None)
+                .map(|_| ()),
+            Step::Capture {
+                pick,
+                cents: amount,
+            } if !books.wallet.holds.is_empty() => {
+                let hold = books.wallet.holds[pick % books.wallet.holds.len()].id;
+                books.wallet.capture(&context, hold, cents(amount))
+            }
+            Step::Release { pick } if !books.wallet.holds.is_empty() => {
+                let hold = books.wallet.holds[pick % books.wallet.holds.len()].id;
+                books.wallet.release(&context, hold)
+            }
+            Step::Refund {
+                pick,
+                cents: amount,
+            } => {
+                let debits: Vec<&Entry> = books
+                    .ledger
+                    .iter()
+                    .filter(|entry| matches!(entry.kind, EntryKind::Debit | EntryKind::Capture))
+                    .collect();
+                if debits.is_empty() {
+                    Ok(())
+                } else {
+                    let target = debits[pick % debits.len()].operation_id;
+                    let original: Vec<Entry> = books
+                        .ledger
+                        .iter()
+                        .filter(|entry| entry.operation_id == target)
+                        .cloned()
+                        .collect();
+                    let prior: Vec<Entry> = books
+                        .ledger
+                        .iter()
+                        .filter(|entry| entry.kind == EntryKind::Refund)
+                        .cloned()
+                        .collect();
+                    books
+                        .wallet
+                        .refund(&context, &original, &prior, cents(amount))
+                }
+            }
+            Step::Void { pick } if !books.wallet.grants.is_empty() => {
+                let grant = books.wallet.grants[pick % books.wallet.grants.len()].id;
+                books.wallet.void_grant(&context, grant)
+            }
+            Step::Advance { seconds } => {
+                now += Duration::seconds(seconds);
+                books.wallet.expire(&ctx(now));
+                Ok(())
+            }
+            Step::Capture { .. } | Step::Release { .. } | Step::Void { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                let is_draw = matches!(step, Step::Debit { .. } | Step::Reserve { .. });
+                books.commit();
+                if is_draw {
+                    let floor = match overdraft {
+                        Overdraft::None => Some(Decimal::ZERO),
+                        Overdraft::CreditLimit(limit) => Some(-limit),
+                        Overdraft::Unlimited => None,
+                    };
+                    if let Some(floor) = floor {
+                        assert!(
+                            books.wallet.balance(now).available >= floor,
+                            "a draw never takes available below the floor"
+                        );
+                    }
+                }
+            }
+            Err(DomainError::Inconsistent(why)) => panic!("inconsistent: {why}"),
+            Err(_) => {
+                books.wallet = before;
+            }
+        }
+        books.check_invariants();
+        // After a sweep at this instant, the client's balance is the ledger's.
+        let mut swept = books.wallet.clone();
+        swept.expire(&ctx(now));
+        let view = swept.balance(now);
+        let money: Decimal = books
+            .ledger
+            .iter()
+            .chain(swept.changes().entries.iter())
+            .filter(|entry| entry.kind.moves_money())
+            .map(|entry| entry.amount)
+            .sum();
+        assert_eq!(
+            view.available + view.held,
+            money,
+            "available + held = sum of money-moving entries"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn random_operations_keep_the_books_balanced_without_overdraft(steps in proptest::collection::vec(step(), 1..60)) {
+        run_steps(Overdraft::None, steps);
+    }
+
+    #[test]
+    fn random_operations_keep_the_books_balanced_with_a_credit_limit(steps in proptest::collection::vec(step(), 1..60)) {
+        run_steps(Overdraft::CreditLimit(Decimal::new(2_000, 2)), steps);
+    }
+
+    #[test]
+    fn random_operations_keep_the_books_balanced_when_unlimited(steps in proptest::collection::vec(step(), 1..60)) {
+        run_steps(Overdraft::Unlimited, steps);
+    }
+}

@@ -1,0 +1,407 @@
+//! The wallet's nouns.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::TenantId;
+use reservoir_common::money::Unit;
+use rust_decimal::Decimal;
+use uuid::Uuid;
+
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            /// A new time-ordered id.
+            pub fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+typed_id!(
+    /// An account, which has exactly one wallet.
+    AccountId
+);
+typed_id!(
+    /// A grant (credit block).
+    GrantId
+);
+typed_id!(
+    /// A hold (reservation).
+    HoldId
+);
+typed_id!(
+    /// A ledger entry.
+    EntryId
+);
+typed_id!(
+    /// One mutating call; every entry it wrote shares it.
+    OperationId
+);
+
+/// How far below zero a wallet may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overdraft {
+    /// Prepaid: never below zero.
+    None,
+    /// Down to minus this (positive) limit.
+    CreditLimit(Decimal),
+    /// Postpaid: no floor.
+    Unlimited,
+}
+
+impl Overdraft {
+    /// The limit as shown to clients: zero unless CREDIT_LIMIT.
+    pub fn credit_limit(self) -> Decimal {
+        match self {
+            Self::CreditLimit(limit) => limit,
+            Self::None | Self::Unlimited => Decimal::ZERO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountStatus {
+    Active,
+    /// Takes grants and refunds, no debits or holds.
+    Suspended,
+    /// Takes nothing; final.
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum GrantKind {
+    Paid,
+    Promotional,
+    Courtesy,
+}
+
+impl GrantKind {
+    /// Free credits are drawn before paid ones unless the caller says otherwise.
+    pub fn default_priority(self) -> i32 {
+        match self {
+            Self::Promotional | Self::Courtesy => 10,
+            Self::Paid => 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantSource {
+    Admin,
+    Invoice,
+    Voucher,
+    Adjustment,
+}
+
+/// The stored state of a grant. Whether an active grant is pending, usable
+/// or already past its expiry is a question of the instant asked about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantStatus {
+    Active,
+    Expired,
+    Voided,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldStatus {
+    Active,
+    Captured,
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EntryKind {
+    Grant,
+    Debit,
+    Hold,
+    Capture,
+    Release,
+    Expiry,
+    Adjustment,
+    Refund,
+    TransferIn,
+    TransferOut,
+    Void,
+}
+
+impl EntryKind {
+    /// HOLD and RELEASE record what a hold sets aside or frees; every other kind moves money.
+    pub fn moves_money(self) -> bool {
+        !matches!(self, Self::Hold | Self::Release)
+    }
+
+    pub const ALL: [EntryKind; 11] = [
+        Self::Grant,
+        Self::Debit,
+        Self::Hold,
+        Self::Capture,
+        Self::Release,
+        Self::Expiry,
+        Self::Adjustment,
+        Self::Refund,
+        Self::TransferIn,
+        Self::TransferOut,
+        Self::Void,
+    ];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    AccountCreated,
+    AccountUpdated,
+    GrantCreated,
+    GrantExpired,
+    GrantVoided,
+    Debited,
+    Refunded,
+    Adjusted,
+    HoldCreated,
+    HoldCaptured,
+    HoldReleased,
+    HoldExpired,
+    BalanceLow,
+    BalanceDepleted,
+}
+
+pub type Metadata = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Account {
+    pub id: AccountId,
+    pub tenant_id: TenantId,
+    pub external_id: String,
+    pub unit: Unit,
+    pub overdraft: Overdraft,
+    pub status: AccountStatus,
+    pub low_balance_threshold: Option<Decimal>,
+    /// Set when BALANCE_LOW was sent and the balance has not risen back to the threshold since.
+    pub low_balance_alerted: bool,
+    /// Set when BALANCE_DEPLETED was sent and the balance has not risen above zero since.
+    pub depleted_alerted: bool,
+    /// What is owed on the overdraft, zero or more.
+    pub overdraft_used: Decimal,
+    /// The sum of active holds.
+    pub held: Decimal,
+    /// The sequence number of the wallet's latest entry.
+    pub last_sequence: u64,
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grant {
+    pub id: GrantId,
+    pub account_id: AccountId,
+    pub kind: GrantKind,
+    pub source: GrantSource,
+    pub source_reference: String,
+    pub original: Decimal,
+    pub remaining: Decimal,
+    pub priority: i32,
+    pub effective_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub meter_codes: Vec<String>,
+    pub status: GrantStatus,
+    pub metadata: Metadata,
+    pub created_at: DateTime<Utc>,
+    /// The sequence of the entry that created it: the age tie-break of the drawdown order.
+    pub created_sequence: u64,
+}
+
+impl Grant {
+    /// Whether its credits can be spent at `now`: active, effective, and not
+    /// yet expired (a grant expiring at `now` no longer counts).
+    pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
+        self.status == GrantStatus::Active
+            && self.effective_at <= now
+            && self.expires_at.is_none_or(|at| at > now)
+    }
+
+    pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
+        self.status == GrantStatus::Active && self.effective_at > now
+    }
+
+    pub fn is_past_expiry(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// Whether a debit of `meter_code` may draw on it.
+    pub fn applies_to(&self, meter_code: Option<&str>) -> bool {
+        self.meter_codes.is_empty()
+            || meter_code.is_some_and(|code| self.meter_codes.iter().any(|m| m == code))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hold {
+    pub id: HoldId,
+    pub account_id: AccountId,
+    pub amount: Decimal,
+    pub captured: Decimal,
+    pub status: HoldStatus,
+    pub meter_code: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub id: EntryId,
+    pub account_id: AccountId,
+    pub operation_id: OperationId,
+    pub sequence: u64,
+    pub kind: EntryKind,
+    /// Signed: what the entry adds to (or, negative, takes from) the balance.
+    pub amount: Decimal,
+    pub grant_id: Option<GrantId>,
+    pub hold_id: Option<HoldId>,
+    /// The running sum of the wallet's money-moving entries after this one.
+    pub balance_after: Decimal,
+    pub idempotency_key: String,
+    pub correlation_id: String,
+    pub meter_code: Option<String>,
+    pub description: String,
+    pub metadata: Metadata,
+    pub refunded_entry_id: Option<EntryId>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub event_type: EventType,
+    pub account_id: AccountId,
+    pub occurred_at: DateTime<Utc>,
+    pub amount: Option<Decimal>,
+    /// The available balance after the change.
+    pub available: Decimal,
+    pub grant_id: Option<GrantId>,
+    pub hold_id: Option<HoldId>,
+    pub idempotency_key: String,
+    pub correlation_id: String,
+    pub meter_code: Option<String>,
+    pub threshold: Option<Decimal>,
+}
+
+/// A wallet's balance at an instant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BalanceView {
+    /// total - held.
+    pub available: Decimal,
+    pub held: Decimal,
+    /// Usable credits less the overdraft used.
+    pub total: Decimal,
+    pub credit_limit: Decimal,
+    pub overdraft_used: Decimal,
+    pub paid: Decimal,
+    pub promotional: Decimal,
+    pub courtesy: Decimal,
+    /// Credits of grants not yet effective.
+    pub pending: Decimal,
+    pub next_expiry_at: Option<DateTime<Utc>>,
+    /// What a debit could take now; `None` when there is no floor.
+    pub spendable: Option<Decimal>,
+}
+
+/// Why an operation was refused. Each maps to one gRPC code and reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("insufficient funds")]
+    InsufficientFunds,
+    #[error("the account is suspended")]
+    AccountSuspended,
+    #[error("the account is closed")]
+    AccountClosed,
+    #[error("the hold is {0}")]
+    HoldNotActive(&'static str),
+    #[error("the hold has expired")]
+    HoldExpired,
+    #[error("the capture is larger than the held amount")]
+    CaptureExceedsHold,
+    #[error("the refund is larger than what is left to refund of the debit")]
+    RefundExceedsDebit,
+    #[error("only DEBIT and CAPTURE entries can be refunded")]
+    EntryNotRefundable,
+    #[error("the grant is {0}")]
+    GrantNotActive(&'static str),
+    #[error("the balance would leave the supported range")]
+    BalanceOutOfRange,
+    /// Only a bug can cause this: the store did not load what the operation needs.
+    #[error("inconsistent wallet state: {0}")]
+    Inconsistent(&'static str),
+}
+
+pub type DomainResult<T> = Result<T, DomainError>;
+
+/// What the caller passes with every mutating operation; every entry and
+/// event it writes carries these.
+#[derive(Debug, Clone)]
+pub struct OperationContext {
+    pub operation_id: OperationId,
+    pub now: DateTime<Utc>,
+    pub idempotency_key: String,
+    pub correlation_id: String,
+    pub description: String,
+    pub metadata: Metadata,
+}
+
+impl OperationContext {
+    pub fn new(now: DateTime<Utc>, idempotency_key: impl Into<String>) -> Self {
+        Self {
+            operation_id: OperationId::generate(),
+            now,
+            idempotency_key: idempotency_key.into(),
+            correlation_id: String::new(),
+            description: String::new(),
+            metadata: Metadata::new(),
+        }
+    }
+}
+
+/// A grant to add.
+#[derive(Debug, Clone)]
+pub struct NewGrant {
+    pub amount: Decimal,
+    pub kind: GrantKind,
+    pub priority: Option<i32>,
+    pub effective_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub meter_codes: Vec<String>,
+    pub source: GrantSource,
+    pub source_reference: String,
+    pub metadata: Metadata,
+}
+
+/// A new account's settings.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub tenant_id: TenantId,
+    pub external_id: String,
+    pub unit: Unit,
+    pub overdraft: Overdraft,
+    pub low_balance_threshold: Option<Decimal>,
+    pub metadata: Metadata,
+}
+
+/// Changes to an account; `None` leaves a setting as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AccountUpdate {
+    pub status: Option<AccountStatus>,
+    pub overdraft: Option<Overdraft>,
+    /// `Some(None)` clears the threshold.
+    pub low_balance_threshold: Option<Option<Decimal>>,
+}

@@ -1,0 +1,4 @@
+//! The wallet service: accounts, grants (credit blocks), holds and the
+//! append-only ledger. `api` translates gRPC, `domain` decides, `store` persists.
+
+pub mod domain;

@@ -1,0 +1,10 @@
+//! What every Reservoir service shares: settings, telemetry, error mapping,
+//! money, authentication, and the serving loop with health and reflection.
+
+pub mod auth;
+pub mod money;
+pub mod serve;
+pub mod settings;
+pub mod status;
+pub mod telemetry;
+pub mod time;

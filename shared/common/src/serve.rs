@@ -1,0 +1,106 @@
+//! The serving loop every service shares: authentication, one span per call,
+//! health, reflection, and a graceful stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+use tonic_health::ServingStatus;
+
+use crate::auth::{AuthLayer, Authenticator};
+
+/// Resolves when the process is asked to stop: SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("stop requested: finishing calls in flight");
+}
+
+/// Serves `routes` plus health and reflection on `listener` until `shutdown`
+/// resolves; then stops accepting calls and returns once those in flight end.
+/// `service_names` are reported SERVING by the health service.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    service_names: &[&str],
+    authenticator: Arc<Authenticator>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in service_names {
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(reservoir_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|error| ServeError::Reflection(error.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(reservoir_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|error| ServeError::Reflection(error.to_string()))?;
+    let routes = routes
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let names: Vec<String> = service_names
+        .iter()
+        .map(|name| (*name).to_owned())
+        .collect();
+    let local: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(address = ?local, services = ?service_names, "serving");
+    tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(AuthLayer::new(authenticator))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            // Probes see the pod going before its port closes.
+            reporter
+                .set_service_status("", ServingStatus::NotServing)
+                .await;
+            for name in names {
+                reporter
+                    .set_service_status(name, ServingStatus::NotServing)
+                    .await;
+            }
+        })
+        .await
+        .map_err(|error| ServeError::Transport(error.to_string()))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("building reflection: {0}")]
+    Reflection(String),
+    #[error("serving: {0}")]
+    Transport(String),
+}

@@ -1,0 +1,80 @@
+//! Building `tonic::Status` values that carry the rich error details clients
+//! read: `google.rpc.ErrorInfo` with a reason and `google.rpc.BadRequest`.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo.domain` of every Reservoir error.
+pub const ERROR_DOMAIN: &str = "reservoir";
+
+/// One field a request got wrong, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl FieldViolation {
+    pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+/// INVALID_ARGUMENT with a BadRequest that names each field, and an ErrorInfo
+/// whose reason is INVALID_ARGUMENT.
+pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
+    let mut details = ErrorDetails::new();
+    for violation in violations {
+        details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
+    }
+    details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+    let message = violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// A status with an ErrorInfo reason, for errors a client acts on by reason.
+pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+    Status::with_error_details(code, message, details)
+}
+
+/// The ErrorInfo reason a status carries, if any.
+pub fn reason_of(status: &Status) -> Option<String> {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+}
+
+/// The fields a BadRequest names, if any.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// INTERNAL with nothing of the cause in it; the cause is logged here, once,
+/// with the caller's location.
+#[track_caller]
+pub fn internal(cause: &dyn std::fmt::Display) -> Status {
+    let location = std::panic::Location::caller();
+    tracing::error!(%cause, file = location.file(), line = location.line(), "internal error");
+    with_reason(Code::Internal, "INTERNAL", "internal error")
+}

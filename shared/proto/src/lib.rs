@@ -1,0 +1,10 @@
+//! Generated protobuf and gRPC code for the Reservoir services.
+
+/// `reservoir.wallet.v1`.
+pub mod wallet {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("reservoir.wallet.v1");
+}
+
+/// Encoded `FileDescriptorSet` of every service, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reservoir_descriptor");
