@@ -1,1 +1,9 @@
-fn main() {}
+//! `reservoir`: runs the services and the operator commands.
+
+mod cli;
+mod client;
+mod settings;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

@@ -1,4 +1,9 @@
 //! The wallet service: accounts, grants (credit blocks), holds and the
 //! append-only ledger. `api` translates gRPC, `domain` decides, `store` persists.
 
+pub mod api;
+pub mod app;
+pub mod convert;
 pub mod domain;
+pub mod error;
+pub mod store;

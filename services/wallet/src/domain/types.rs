@@ -372,6 +372,21 @@ impl OperationContext {
     }
 }
 
+impl OperationContext {
+    /// The context of the expiries an operation writes off first: they are
+    /// their own operation, caused by time rather than by the call.
+    pub fn for_expiry(&self) -> Self {
+        Self {
+            operation_id: OperationId::generate(),
+            now: self.now,
+            idempotency_key: String::new(),
+            correlation_id: String::new(),
+            description: String::new(),
+            metadata: Metadata::new(),
+        }
+    }
+}
+
 /// A grant to add.
 #[derive(Debug, Clone)]
 pub struct NewGrant {

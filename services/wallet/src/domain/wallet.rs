@@ -242,7 +242,7 @@ impl Wallet {
 
     /// Adds a grant; if it is usable now and unrestricted it first repays the overdraft.
     pub fn grant(&mut self, ctx: &OperationContext, new: NewGrant) -> DomainResult<GrantId> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         self.check_credit_fits(new.amount)?;
         let id = self.create_grant(ctx, new, EntryKind::Grant, None);
@@ -259,7 +259,7 @@ impl Wallet {
         amount: Decimal,
         meter_code: Option<&str>,
     ) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         self.draw(ctx, amount, meter_code, false, EntryKind::Debit, None);
@@ -283,7 +283,7 @@ impl Wallet {
         ttl: Duration,
         meter_code: Option<&str>,
     ) -> DomainResult<HoldId> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         let hold = Hold {
@@ -329,7 +329,7 @@ impl Wallet {
         hold_id: HoldId,
         amount: Decimal,
     ) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         let hold = self
             .hold_by_id(hold_id)
@@ -380,7 +380,7 @@ impl Wallet {
 
     /// Frees a hold without debiting anything.
     pub fn release(&mut self, ctx: &OperationContext, hold_id: HoldId) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         let hold = self
             .hold_by_id(hold_id)
             .ok_or(DomainError::HoldNotActive("unknown"))?
@@ -427,7 +427,7 @@ impl Wallet {
         ctx: &OperationContext,
         amount: Decimal,
     ) -> DomainResult<Option<GrantId>> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         let grant = if amount > Decimal::ZERO {
             self.check_credit_fits(amount)?;
@@ -469,7 +469,7 @@ impl Wallet {
         prior_refunds: &[Entry],
         amount: Decimal,
     ) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         let refundable: Vec<(&Entry, Decimal)> = original
             .iter()
@@ -527,7 +527,7 @@ impl Wallet {
 
     /// Writes off what remains of a grant.
     pub fn void_grant(&mut self, ctx: &OperationContext, grant_id: GrantId) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         let index = self
             .grants
             .iter()
@@ -570,7 +570,7 @@ impl Wallet {
 
     /// Changes the account's settings. A closed account takes no changes.
     pub fn update(&mut self, ctx: &OperationContext, update: AccountUpdate) -> DomainResult<()> {
-        self.expire(ctx);
+        self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         if let Some(status) = update.status {
             self.account.status = status;

@@ -1,0 +1,30 @@
+//! A gRPC client for the operator commands, with the API key attached to every call.
+
+use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+#[derive(Clone)]
+pub struct BearerKey(MetadataValue<tonic::metadata::Ascii>);
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Wallet = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
+
+pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
+    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
+    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
+    Ok(WalletServiceClient::with_interceptor(
+        channel,
+        BearerKey(value),
+    ))
+}

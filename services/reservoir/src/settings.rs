@@ -1,0 +1,48 @@
+//! The binary's settings: every service's, plus what they share.
+
+use std::path::{Path, PathBuf};
+
+use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
+use reservoir_wallet::app::WalletSettings;
+use serde::Deserialize;
+
+/// Built-in defaults: everything on SQLite under `./data`, on localhost.
+const DEFAULTS: &str = r#"
+data_dir = "./data"
+
+[wallet]
+listen = "127.0.0.1:50051"
+database_url = "sqlite://./data/wallet.db?mode=rwc"
+database_schema = "wallet"
+database_max_connections = 8
+sweep_interval_ms = 1000
+
+[auth]
+api_key_pepper = "reservoir-development-pepper"
+key_cache_ttl_ms = 5000
+
+[telemetry]
+log_format = "text"
+log_filter = "info"
+otlp_endpoint = ""
+"#;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Where `reservoir up` keeps its files, such as the development API key.
+    pub data_dir: PathBuf,
+    pub wallet: WalletSettings,
+    pub auth: AuthSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+impl Settings {
+    pub fn load(file: Option<&Path>) -> Result<Self, String> {
+        let settings: Self = load(DEFAULTS, file).map_err(|error| format!("settings: {error}"))?;
+        settings.wallet.validate()?;
+        if settings.auth.api_key_pepper.is_empty() {
+            return Err("auth.api_key_pepper must not be empty".into());
+        }
+        Ok(settings)
+    }
+}

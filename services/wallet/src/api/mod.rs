@@ -1,0 +1,1038 @@
+//! gRPC handlers: they check the request, ask the domain through the store,
+//! and translate the answer. No rule about money lives here.
+
+mod validate;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use prost::Message;
+use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::money::{Unit, non_negative, positive};
+use reservoir_proto::wallet as pb;
+use reservoir_proto::wallet::wallet_service_server::WalletService;
+use rust_decimal::Decimal;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+pub use self::validate::*;
+use crate::convert;
+use crate::domain::*;
+use crate::error::WalletError;
+use crate::store::{EntryFilter, IdempotencyCheck, LoadPlan, Loaded, Store};
+
+/// How often an idle event stream looks for events written by other replicas;
+/// events written by this process wake it at once.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Events read per query of a stream.
+const EVENT_BATCH: u64 = 500;
+
+#[derive(Clone)]
+pub struct WalletApi {
+    store: Store,
+    /// Turns true when the server stops, ending open event streams so the
+    /// graceful shutdown is not held open by them.
+    stopping: watch::Receiver<bool>,
+}
+
+impl WalletApi {
+    pub fn new(store: Store, stopping: watch::Receiver<bool>) -> Self {
+        Self { store, stopping }
+    }
+
+    fn balance_of(wallet: &Wallet, now: DateTime<Utc>) -> pb::Balance {
+        convert::balance(&wallet.account, &wallet.balance(now))
+    }
+
+    /// The entries the call itself wrote (not the expiries it wrote off first).
+    fn own_entries(wallet: &Wallet, ctx: &OperationContext) -> Vec<pb::LedgerEntry> {
+        wallet
+            .changes()
+            .entries
+            .iter()
+            .filter(|entry| entry.operation_id == ctx.operation_id)
+            .map(|entry| convert::entry(entry, &wallet.account.unit))
+            .collect()
+    }
+
+    async fn unit_of(&self, tenant: TenantId, account_id: AccountId) -> Result<Unit, WalletError> {
+        Ok(self.store.account(tenant, account_id).await?.unit)
+    }
+
+    /// One debit, as Debit and each element of BatchDebit run it.
+    pub async fn debit_one(
+        &self,
+        tenant: TenantId,
+        request: pb::DebitRequest,
+    ) -> Result<pb::DebitResponse, WalletError> {
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.meter_code("meter_code", &request.meter_code);
+        violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
+        violations.metadata("metadata", &request.metadata);
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let Some(account_id) = account_id else {
+            return Err(WalletError::Internal("validated id missing".into()));
+        };
+        let check = idempotency_check("Debit", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(response);
+        }
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let amount = amount.unwrap_or_default();
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.correlation_id = request.correlation_id.clone();
+        ctx.description = request.description.clone();
+        ctx.metadata = request.metadata.clone();
+        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        self.store
+            .mutate(
+                tenant,
+                account_id,
+                Some(&check),
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    loaded.wallet.debit(&ctx, amount, meter)?;
+                    Ok(pb::DebitResponse {
+                        entries: Self::own_entries(&loaded.wallet, &ctx),
+                        balance: Some(Self::balance_of(&loaded.wallet, now)),
+                    })
+                },
+            )
+            .await
+            .map(|outcome| outcome.into_inner())
+    }
+
+    /// Runs a change of one wallet with the usual replay check first.
+    async fn change<M: Message + Default>(
+        &self,
+        tenant: TenantId,
+        account_id: AccountId,
+        check: &IdempotencyCheck,
+        plan: &LoadPlan,
+        now: DateTime<Utc>,
+        operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
+    ) -> Result<M, WalletError> {
+        self.store
+            .mutate(tenant, account_id, Some(check), plan, now, operate)
+            .await
+            .map(|outcome| outcome.into_inner())
+    }
+}
+
+fn overdraft_from(
+    violations: &mut Violations,
+    policy: i32,
+    credit_limit: &str,
+    unit: &Unit,
+    default: Option<Overdraft>,
+) -> Option<Overdraft> {
+    let limit_given =
+        !credit_limit.is_empty() && unit.parse(credit_limit).is_ok_and(|limit| !limit.is_zero());
+    match pb::OverdraftPolicy::try_from(policy) {
+        Ok(pb::OverdraftPolicy::Unspecified) if default.is_some() => {
+            if limit_given {
+                violations.add(
+                    "credit_limit",
+                    "goes with overdraft_policy CREDIT_LIMIT only",
+                );
+            }
+            default
+        }
+        Ok(pb::OverdraftPolicy::None) | Ok(pb::OverdraftPolicy::Unlimited) if limit_given => {
+            violations.add("credit_limit", "goes with overdraft_policy CREDIT_LIMIT only; CREDIT_LIMIT and UNLIMITED are exclusive");
+            None
+        }
+        Ok(pb::OverdraftPolicy::None) => Some(Overdraft::None),
+        Ok(pb::OverdraftPolicy::Unlimited) => Some(Overdraft::Unlimited),
+        Ok(pb::OverdraftPolicy::CreditLimit) => violations
+            .amount_with("credit_limit", credit_limit, |text| {
+                unit.parse(text).and_then(positive)
+            })
+            .map(Overdraft::CreditLimit),
+        Ok(pb::OverdraftPolicy::Unspecified) | Err(_) => {
+            violations.add(
+                "overdraft_policy",
+                "must be NONE, CREDIT_LIMIT or UNLIMITED",
+            );
+            None
+        }
+    }
+}
+
+fn threshold_from(violations: &mut Violations, text: &str, unit: &Unit) -> Option<Decimal> {
+    if text.is_empty() {
+        return None;
+    }
+    violations.amount_with("low_balance_threshold", text, |text| {
+        unit.parse(text).and_then(non_negative)
+    })
+}
+
+fn unit_from(violations: &mut Violations, unit: Option<&pb::Unit>) -> Option<Unit> {
+    let Some(unit) = unit else {
+        violations.add("unit", "is required");
+        return None;
+    };
+    if unit.code.is_empty() {
+        violations.add("unit.code", "is required");
+        return None;
+    }
+    match Unit::from_parts(
+        &unit.code,
+        unit.scale,
+        &unit.price_per_credit,
+        &unit.billing_currency,
+    ) {
+        Ok(unit) => Some(unit),
+        Err(error) => {
+            violations.add("unit", error.to_string());
+            None
+        }
+    }
+}
+
+fn account_status_from(violations: &mut Violations, status: i32) -> Option<AccountStatus> {
+    match pb::AccountStatus::try_from(status) {
+        Ok(pb::AccountStatus::Active) => Some(AccountStatus::Active),
+        Ok(pb::AccountStatus::Suspended) => Some(AccountStatus::Suspended),
+        Ok(pb::AccountStatus::Closed) => Some(AccountStatus::Closed),
+        Ok(pb::AccountStatus::Unspecified) | Err(_) => {
+            violations.add("status", "must be ACTIVE, SUSPENDED or CLOSED");
+            None
+        }
+    }
+}
+
+fn entry_kind_from(kind: i32) -> Option<EntryKind> {
+    EntryKind::ALL
+        .into_iter()
+        .find(|candidate| i32::from(convert::entry_kind(*candidate)) == kind)
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl WalletService for WalletApi {
+    async fn create_account(
+        &self,
+        request: Request<pb::CreateAccountRequest>,
+    ) -> Result<Response<pb::CreateAccountResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        violations.required_text("external_id", &request.external_id, ID_LENGTH_MAX);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.metadata("metadata", &request.metadata);
+        let unit = unit_from(&mut violations, request.unit.as_ref());
+        let (overdraft, threshold) = match &unit {
+            Some(unit) => (
+                overdraft_from(
+                    &mut violations,
+                    request.overdraft_policy,
+                    &request.credit_limit,
+                    unit,
+                    Some(Overdraft::None),
+                ),
+                threshold_from(&mut violations, &request.low_balance_threshold, unit),
+            ),
+            None => (None, None),
+        };
+        violations.finish()?;
+        let (Some(unit), Some(overdraft)) = (unit, overdraft) else {
+            return Err(WalletError::Internal("validated fields missing".into()).into());
+        };
+        let check = idempotency_check("CreateAccount", &request.idempotency_key, &request);
+        let now = now();
+        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let wallet = Wallet::open(
+            NewAccount {
+                tenant_id: tenant,
+                external_id: request.external_id.clone(),
+                unit,
+                overdraft,
+                low_balance_threshold: threshold,
+                metadata: request.metadata.clone(),
+            },
+            &ctx,
+        );
+        let outcome = self
+            .store
+            .create_account(&check, wallet, |wallet| pb::CreateAccountResponse {
+                account: Some(convert::account(&wallet.account)),
+            })
+            .await?;
+        Ok(Response::new(outcome.into_inner()))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::GetAccountResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let account = self
+            .store
+            .account(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())))
+            .await?;
+        Ok(Response::new(pb::GetAccountResponse {
+            account: Some(convert::account(&account)),
+        }))
+    }
+
+    async fn update_account(
+        &self,
+        request: Request<pb::UpdateAccountRequest>,
+    ) -> Result<Response<pb::UpdateAccountResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let check = idempotency_check("UpdateAccount", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let update = AccountUpdate {
+            status: request
+                .status
+                .and_then(|status| account_status_from(&mut violations, status)),
+            overdraft: request.overdraft_policy.and_then(|policy| {
+                overdraft_from(&mut violations, policy, &request.credit_limit, &unit, None)
+            }),
+            low_balance_threshold: request
+                .low_balance_threshold
+                .as_deref()
+                .map(|text| threshold_from(&mut violations, text, &unit)),
+        };
+        if request.overdraft_policy.is_none() && !request.credit_limit.is_empty() {
+            violations.add("credit_limit", "is set together with overdraft_policy");
+        }
+        violations.finish()?;
+        let now = now();
+        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let response = self
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    loaded.wallet.update(&ctx, update)?;
+                    Ok(pb::UpdateAccountResponse {
+                        account: Some(convert::account(&loaded.wallet.account)),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn grant_credits(
+        &self,
+        request: Request<pb::GrantCreditsRequest>,
+    ) -> Result<Response<pb::GrantCreditsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.metadata("metadata", &request.metadata);
+        violations.text("source_reference", &request.source_reference, ID_LENGTH_MAX);
+        violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
+        if request.meter_codes.len() > METER_CODES_MAX {
+            violations.add(
+                "meter_codes",
+                format!("has more than {METER_CODES_MAX} codes"),
+            );
+        }
+        for (index, code) in request.meter_codes.iter().enumerate() {
+            if code.is_empty() {
+                violations.add(format!("meter_codes[{index}]"), "is empty");
+            }
+            violations.meter_code(&format!("meter_codes[{index}]"), code);
+        }
+        let kind = match pb::GrantKind::try_from(request.kind) {
+            Ok(pb::GrantKind::Paid) => Some(GrantKind::Paid),
+            Ok(pb::GrantKind::Promotional) => Some(GrantKind::Promotional),
+            Ok(pb::GrantKind::Courtesy) => Some(GrantKind::Courtesy),
+            Ok(pb::GrantKind::Unspecified) | Err(_) => {
+                violations.add("kind", "must be PAID, PROMOTIONAL or COURTESY");
+                None
+            }
+        };
+        let source = match pb::GrantSource::try_from(request.source) {
+            Ok(pb::GrantSource::Unspecified | pb::GrantSource::Admin) => GrantSource::Admin,
+            Ok(pb::GrantSource::Invoice) => GrantSource::Invoice,
+            Ok(pb::GrantSource::Voucher) => GrantSource::Voucher,
+            Ok(pb::GrantSource::Adjustment) => GrantSource::Adjustment,
+            Err(_) => {
+                violations.add("source", "is not a known source");
+                GrantSource::Admin
+            }
+        };
+        if let Some(priority) = request.priority
+            && !(0..=PRIORITY_MAX).contains(&priority)
+        {
+            violations.add("priority", format!("must be 0 to {PRIORITY_MAX}"));
+        }
+        let now = now();
+        let effective_at = violations.time("effective_at", request.effective_at.as_ref());
+        let expires_at = violations.time("expires_at", request.expires_at.as_ref());
+        if let Some(expires) = expires_at {
+            if expires <= effective_at.unwrap_or(now).max(now) {
+                violations.add("expires_at", "must be later than now and than effective_at");
+            }
+        }
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let check = idempotency_check("GrantCredits", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let new = NewGrant {
+            amount: amount.unwrap_or_default(),
+            kind: kind.unwrap_or(GrantKind::Paid),
+            priority: request.priority,
+            effective_at,
+            expires_at,
+            meter_codes: request.meter_codes.clone(),
+            source,
+            source_reference: request.source_reference.clone(),
+            metadata: request.metadata.clone(),
+        };
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.correlation_id = request.correlation_id.clone();
+        ctx.metadata = request.metadata.clone();
+        let response = self
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    let id = loaded.wallet.grant(&ctx, new)?;
+                    let wallet = &loaded.wallet;
+                    let grant = wallet
+                        .grant_by_id(id)
+                        .ok_or(DomainError::Inconsistent("the new grant is missing"))?;
+                    Ok(pb::GrantCreditsResponse {
+                        grant: Some(convert::grant(grant, &wallet.account.unit, now)),
+                        entries: Self::own_entries(wallet, &ctx),
+                        balance: Some(Self::balance_of(wallet, now)),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn debit(
+        &self,
+        request: Request<pb::DebitRequest>,
+    ) -> Result<Response<pb::DebitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        Ok(Response::new(
+            self.debit_one(tenant, request.into_inner()).await?,
+        ))
+    }
+
+    async fn batch_debit(
+        &self,
+        request: Request<pb::BatchDebitRequest>,
+    ) -> Result<Response<pb::BatchDebitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        if request.debits.is_empty() || request.debits.len() > BATCH_DEBITS_MAX {
+            return Err(WalletError::field(
+                "debits",
+                format!("must hold 1 to {BATCH_DEBITS_MAX} debits"),
+            )
+            .into());
+        }
+        let mut results = Vec::with_capacity(request.debits.len());
+        for debit in request.debits {
+            let outcome = match self.debit_one(tenant, debit).await {
+                Ok(response) => pb::batch_debit_result::Outcome::Ok(response),
+                Err(error) => {
+                    let fields = match &error {
+                        WalletError::InvalidArgument(violations) => {
+                            violations.iter().map(|v| v.field.clone()).collect()
+                        }
+                        _ => Vec::new(),
+                    };
+                    if matches!(
+                        error,
+                        WalletError::Internal(_)
+                            | WalletError::Domain(DomainError::Inconsistent(_))
+                    ) {
+                        // Logged once, whole; the caller gets no internals.
+                        let _ = Status::from(WalletError::Internal(error.to_string()));
+                    }
+                    let message = match &error {
+                        WalletError::Internal(_)
+                        | WalletError::Domain(DomainError::Inconsistent(_)) => {
+                            "internal error".to_owned()
+                        }
+                        other => other.to_string(),
+                    };
+                    pb::batch_debit_result::Outcome::Error(pb::DebitError {
+                        code: error.code() as i32,
+                        reason: error.reason().to_owned(),
+                        message,
+                        fields,
+                    })
+                }
+            };
+            results.push(pb::BatchDebitResult {
+                outcome: Some(outcome),
+            });
+        }
+        Ok(Response::new(pb::BatchDebitResponse { results }))
+    }
+
+    async fn quote_debit(
+        &self,
+        request: Request<pb::QuoteDebitRequest>,
+    ) -> Result<Response<pb::QuoteDebitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.meter_code("meter_code", &request.meter_code);
+        violations.finish()?;
+        let now = now();
+        let mut wallet = self
+            .store
+            .wallet(
+                tenant,
+                account_id.unwrap_or(AccountId(uuid::Uuid::nil())),
+                now,
+            )
+            .await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &wallet.account.unit, &request.amount);
+        violations.finish()?;
+        let ctx = OperationContext::new(now, "quote");
+        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        // The wallet is a private copy: nothing the dry run does is written.
+        let response = match wallet.debit(&ctx, amount.unwrap_or_default(), meter) {
+            Ok(()) => pb::QuoteDebitResponse {
+                allowed: true,
+                reason: String::new(),
+                entries: Self::own_entries(&wallet, &ctx)
+                    .into_iter()
+                    .map(|entry| pb::LedgerEntry {
+                        id: String::new(),
+                        sequence: 0,
+                        idempotency_key: String::new(),
+                        ..entry
+                    })
+                    .collect(),
+                balance_after: Some(Self::balance_of(&wallet, now)),
+            },
+            Err(error) => {
+                let error = WalletError::Domain(error);
+                pb::QuoteDebitResponse {
+                    allowed: false,
+                    reason: error.reason().to_owned(),
+                    entries: Vec::new(),
+                    balance_after: Some(Self::balance_of(&wallet, now)),
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn reserve(
+        &self,
+        request: Request<pb::ReserveRequest>,
+    ) -> Result<Response<pb::ReserveResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.meter_code("meter_code", &request.meter_code);
+        violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
+        if request.ttl_seconds == 0 || request.ttl_seconds > HOLD_TTL_SECONDS_MAX {
+            violations.add(
+                "ttl_seconds",
+                format!("must be 1 to {HOLD_TTL_SECONDS_MAX}"),
+            );
+        }
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let check = idempotency_check("Reserve", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.correlation_id = request.correlation_id.clone();
+        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
+        let response = self
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    let id = loaded
+                        .wallet
+                        .reserve(&ctx, amount.unwrap_or_default(), ttl, meter)?;
+                    let wallet = &loaded.wallet;
+                    let hold = wallet
+                        .hold_by_id(id)
+                        .ok_or(DomainError::Inconsistent("the new hold is missing"))?;
+                    Ok(pb::ReserveResponse {
+                        hold: Some(convert::hold(hold, &wallet.account.unit)),
+                        balance: Some(Self::balance_of(wallet, now)),
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn capture_hold(
+        &self,
+        request: Request<pb::CaptureHoldRequest>,
+    ) -> Result<Response<pb::CaptureHoldResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let hold_id = violations.id("hold_id", &request.hold_id, HoldId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        violations.metadata("metadata", &request.metadata);
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let hold_id = hold_id.unwrap_or(HoldId(uuid::Uuid::nil()));
+        let check = idempotency_check("CaptureHold", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let hold = self.store.hold(tenant, hold_id).await?;
+        let unit = self.unit_of(tenant, hold.account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.description = request.description.clone();
+        ctx.metadata = request.metadata.clone();
+        let plan = LoadPlan {
+            hold_ids: vec![hold_id],
+            ..LoadPlan::default()
+        };
+        let response = self
+            .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
+                loaded
+                    .wallet
+                    .capture(&ctx, hold_id, amount.unwrap_or_default())?;
+                let wallet = &loaded.wallet;
+                let hold = wallet
+                    .hold_by_id(hold_id)
+                    .ok_or(DomainError::Inconsistent("the hold is missing"))?;
+                Ok(pb::CaptureHoldResponse {
+                    hold: Some(convert::hold(hold, &wallet.account.unit)),
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn release_hold(
+        &self,
+        request: Request<pb::ReleaseHoldRequest>,
+    ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let hold_id = violations.id("hold_id", &request.hold_id, HoldId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.finish()?;
+        let hold_id = hold_id.unwrap_or(HoldId(uuid::Uuid::nil()));
+        let check = idempotency_check("ReleaseHold", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let hold = self.store.hold(tenant, hold_id).await?;
+        let now = now();
+        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let plan = LoadPlan {
+            hold_ids: vec![hold_id],
+            ..LoadPlan::default()
+        };
+        let response = self
+            .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
+                loaded.wallet.release(&ctx, hold_id)?;
+                let wallet = &loaded.wallet;
+                let hold = wallet
+                    .hold_by_id(hold_id)
+                    .ok_or(DomainError::Inconsistent("the hold is missing"))?;
+                Ok(pb::ReleaseHoldResponse {
+                    hold: Some(convert::hold(hold, &wallet.account.unit)),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn adjust(
+        &self,
+        request: Request<pb::AdjustRequest>,
+    ) -> Result<Response<pb::AdjustResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.required_text("reason", &request.reason, DESCRIPTION_LENGTH_MAX);
+        violations.metadata("metadata", &request.metadata);
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let check = idempotency_check("Adjust", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.amount_with("amount", &request.amount, |text| {
+            unit.parse(text).and_then(|amount| {
+                if amount.is_zero() {
+                    Err(reservoir_common::money::MoneyError::Zero)
+                } else {
+                    Ok(amount)
+                }
+            })
+        });
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.description = request.reason.clone();
+        ctx.metadata = request.metadata.clone();
+        let response = self
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    let grant_id = loaded.wallet.adjust(&ctx, amount.unwrap_or_default())?;
+                    let wallet = &loaded.wallet;
+                    let grant = grant_id
+                        .and_then(|id| wallet.grant_by_id(id))
+                        .map(|grant| convert::grant(grant, &wallet.account.unit, now));
+                    Ok(pb::AdjustResponse {
+                        entries: Self::own_entries(wallet, &ctx),
+                        balance: Some(Self::balance_of(wallet, now)),
+                        grant,
+                    })
+                },
+            )
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn refund(
+        &self,
+        request: Request<pb::RefundRequest>,
+    ) -> Result<Response<pb::RefundResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let entry_id = violations.id("entry_id", &request.entry_id, EntryId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.text("reason", &request.reason, DESCRIPTION_LENGTH_MAX);
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let entry_id = entry_id.unwrap_or(EntryId(uuid::Uuid::nil()));
+        let check = idempotency_check("Refund", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let entry = self.store.entry(tenant, entry_id).await?;
+        if !matches!(entry.kind, EntryKind::Debit | EntryKind::Capture) {
+            return Err(WalletError::Domain(DomainError::EntryNotRefundable).into());
+        }
+        let unit = self.unit_of(tenant, entry.account_id).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.description = request.reason.clone();
+        ctx.correlation_id = entry.correlation_id.clone();
+        let plan = LoadPlan {
+            refund_of: Some(entry.operation_id),
+            ..LoadPlan::default()
+        };
+        let response = self
+            .change(tenant, entry.account_id, &check, &plan, now, |loaded| {
+                let (original, prior) = (
+                    loaded.operation_entries.clone(),
+                    loaded.prior_refunds.clone(),
+                );
+                loaded
+                    .wallet
+                    .refund(&ctx, &original, &prior, amount.unwrap_or_default())?;
+                let wallet = &loaded.wallet;
+                Ok(pb::RefundResponse {
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn void_grant(
+        &self,
+        request: Request<pb::VoidGrantRequest>,
+    ) -> Result<Response<pb::VoidGrantResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let grant_id = violations.id("grant_id", &request.grant_id, GrantId);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.text("reason", &request.reason, DESCRIPTION_LENGTH_MAX);
+        violations.finish()?;
+        let grant_id = grant_id.unwrap_or(GrantId(uuid::Uuid::nil()));
+        let check = idempotency_check("VoidGrant", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let grant = self.store.grant(tenant, grant_id).await?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.description = request.reason.clone();
+        let plan = LoadPlan {
+            grant_ids: vec![grant_id],
+            ..LoadPlan::default()
+        };
+        let response = self
+            .change(tenant, grant.account_id, &check, &plan, now, |loaded| {
+                loaded.wallet.void_grant(&ctx, grant_id)?;
+                let wallet = &loaded.wallet;
+                let grant = wallet
+                    .grant_by_id(grant_id)
+                    .ok_or(DomainError::Inconsistent("the grant is missing"))?;
+                Ok(pb::VoidGrantResponse {
+                    grant: Some(convert::grant(grant, &wallet.account.unit, now)),
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_balance(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let now = now();
+        let wallet = self
+            .store
+            .wallet(
+                tenant,
+                account_id.unwrap_or(AccountId(uuid::Uuid::nil())),
+                now,
+            )
+            .await?;
+        Ok(Response::new(pb::GetBalanceResponse {
+            balance: Some(Self::balance_of(&wallet, now)),
+        }))
+    }
+
+    async fn list_grants(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let account = self.store.account(tenant, account_id).await?;
+        let now = now();
+        let grants = self
+            .store
+            .grants(tenant, account_id, request.include_inactive)
+            .await?;
+        let grants = grants
+            .iter()
+            .filter(|grant| request.include_inactive || !grant.is_past_expiry(now))
+            .map(|grant| convert::grant(grant, &account.unit, now))
+            .collect();
+        Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    async fn list_ledger_entries(
+        &self,
+        request: Request<pb::ListLedgerEntriesRequest>,
+    ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        if request.page_size > PAGE_SIZE_MAX {
+            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+        }
+        let after_sequence = if request.page_token.is_empty() {
+            0
+        } else {
+            match request
+                .page_token
+                .strip_prefix("after:")
+                .and_then(|rest| rest.parse::<u64>().ok())
+            {
+                Some(sequence) => sequence,
+                None => {
+                    violations.add("page_token", "is not a token this service returned");
+                    0
+                }
+            }
+        };
+        let mut kinds = Vec::new();
+        for (index, kind) in request.kinds.iter().enumerate() {
+            match entry_kind_from(*kind) {
+                Some(kind) => kinds.push(kind),
+                None => violations.add(format!("kinds[{index}]"), "is not an entry kind"),
+            }
+        }
+        if request.kinds.len() > EntryKind::ALL.len() {
+            violations.add("kinds", "lists more kinds than there are");
+        }
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        violations.finish()?;
+        let page_size = if request.page_size == 0 {
+            PAGE_SIZE_DEFAULT
+        } else {
+            request.page_size
+        };
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let account = self.store.account(tenant, account_id).await?;
+        let filter = EntryFilter { kinds, start, end };
+        // One more than the page tells whether another page follows.
+        let mut entries = self
+            .store
+            .entries(
+                tenant,
+                account_id,
+                &filter,
+                after_sequence,
+                u64::from(page_size) + 1,
+            )
+            .await?;
+        let more = entries.len() > page_size as usize;
+        entries.truncate(page_size as usize);
+        let next_page_token = match (more, entries.last()) {
+            (true, Some(last)) => format!("after:{}", last.sequence),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListLedgerEntriesResponse {
+            entries: entries
+                .iter()
+                .map(|entry| convert::entry(entry, &account.unit))
+                .collect(),
+            next_page_token,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut cursor = request.into_inner().after_sequence;
+        let store = self.store.clone();
+        let written = store.events_written();
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream::try_stream! {
+            loop {
+                if *stopping.borrow() {
+                    break;
+                }
+                // Registered before the read, so a commit between the read and
+                // the wait still wakes this stream.
+                let notified = written.notified();
+                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
+                if batch.is_empty() {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    continue;
+                }
+                for (sequence, payload) in batch {
+                    let event = pb::Event::decode(payload.as_slice())
+                        .map_err(|error| Status::from(WalletError::Internal(format!("outbox payload: {error}"))))?;
+                    cursor = sequence;
+                    yield pb::WatchEventsResponse { event: Some(event) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

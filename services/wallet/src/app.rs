@@ -1,0 +1,190 @@
+//! The wallet as a running service: settings, the server, and the expiry
+//! sweeper, built once and run until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_common::auth::Authenticator;
+use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::settings::{AuthSettings, DatabaseSettings};
+use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::WalletApi;
+use crate::domain::OperationContext;
+use crate::error::WalletError;
+use crate::store::{LoadPlan, Store, StoreKeyResolver};
+
+/// The gRPC service name, as health checks ask for it.
+pub const SERVICE_NAME: &str = "reservoir.wallet.v1.WalletService";
+
+/// Accounts the sweeper writes off per pass; the next pass takes the rest.
+const SWEEP_ACCOUNTS_MAX: u64 = 200;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WalletSettings {
+    /// Address to listen on, such as `127.0.0.1:50051`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub database_url: String,
+    /// The PostgreSQL schema the wallet owns.
+    pub database_schema: String,
+    pub database_max_connections: u32,
+    /// How often expired grants and holds are written off. They stop counting
+    /// at their expiry instant regardless; this only decides when the EXPIRY
+    /// entries and events appear.
+    pub sweep_interval_ms: u64,
+}
+
+impl WalletSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            schema: self.database_schema.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.database()
+            .validate()
+            .map_err(|error| format!("wallet: {error}"))?;
+        if self.sweep_interval_ms == 0 {
+            return Err("wallet: sweep_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("listening on {address}: {source}")]
+    Listen {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] WalletError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    store: Store,
+    authenticator: Arc<Authenticator>,
+    sweep_interval: Duration,
+}
+
+impl Application {
+    /// Connects, migrates and binds; nothing is served until [`Self::run_until`].
+    pub async fn build(settings: &WalletSettings, auth: &AuthSettings) -> Result<Self, AppError> {
+        settings.validate().map_err(AppError::Settings)?;
+        let store = Store::connect(&settings.database()).await?;
+        store.migrate().await?;
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| AppError::Listen {
+                    address: settings.listen,
+                    source,
+                })?;
+        let authenticator = Arc::new(Authenticator::new(
+            Arc::new(StoreKeyResolver {
+                store: store.clone(),
+            }),
+            auth.api_key_pepper.clone(),
+            Duration::from_millis(auth.key_cache_ttl_ms),
+        ));
+        Ok(Self {
+            listener,
+            store,
+            authenticator,
+            sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking calls, lets those
+    /// in flight finish, and stops the sweeper.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), AppError> {
+        let (stop_sender, stopping) = watch::channel(false);
+        let sweeper = tokio::spawn(sweep(
+            self.store.clone(),
+            self.sweep_interval,
+            stopping.clone(),
+        ));
+        let api = WalletApi::new(self.store.clone(), stopping);
+        let routes = tonic::service::Routes::new(WalletServiceServer::new(api));
+        let stop_streams = async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        };
+        let served = serve(
+            self.listener,
+            routes,
+            &[SERVICE_NAME],
+            self.authenticator,
+            stop_streams,
+        )
+        .await;
+        if let Err(error) = sweeper.await {
+            tracing::error!(%error, "the expiry sweeper ended abnormally");
+        }
+        served?;
+        tracing::info!("wallet stopped");
+        Ok(())
+    }
+}
+
+/// Writes off expired grants and holds. Every replica may run it: each
+/// account is changed under its row lock and an already written-off grant is
+/// skipped, so nothing is expired twice.
+async fn sweep(store: Store, interval: Duration, mut stopping: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        let now = crate::api::now();
+        let due = match store.accounts_due_for_expiry(now, SWEEP_ACCOUNTS_MAX).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "expiry sweep could not list due accounts");
+                continue;
+            }
+        };
+        for (tenant, account) in due {
+            let ctx = OperationContext::new(now, String::new());
+            let result = store
+                .mutate(tenant, account, None, &LoadPlan::default(), now, |loaded| {
+                    loaded.wallet.expire(&ctx);
+                    Ok(())
+                })
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, %account, "expiry sweep failed for an account; it is retried next pass");
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The wallet's one error type and its one mapping to gRPC statuses.
+
+use reservoir_common::status::{self, FieldViolation};
+use sea_orm::{DbErr, SqlErr};
+use tonic::{Code, Status};
+
+use crate::domain::DomainError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    /// What was not found: "account", "hold", "grant", "entry".
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    #[error("an account with this external_id already exists")]
+    AccountExists,
+    /// A race another attempt will not lose: retry.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl WalletError {
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    /// The ErrorInfo reason clients branch on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::Domain(error) => match error {
+                DomainError::InsufficientFunds => "INSUFFICIENT_FUNDS",
+                DomainError::AccountSuspended => "ACCOUNT_SUSPENDED",
+                DomainError::AccountClosed => "ACCOUNT_CLOSED",
+                DomainError::HoldNotActive(_) => "HOLD_NOT_ACTIVE",
+                DomainError::HoldExpired => "HOLD_EXPIRED",
+                DomainError::CaptureExceedsHold => "CAPTURE_EXCEEDS_HOLD",
+                DomainError::RefundExceedsDebit => "REFUND_EXCEEDS_DEBIT",
+                DomainError::EntryNotRefundable => "ENTRY_NOT_REFUNDABLE",
+                DomainError::GrantNotActive(_) => "GRANT_NOT_ACTIVE",
+                DomainError::BalanceOutOfRange => "BALANCE_OUT_OF_RANGE",
+                DomainError::Inconsistent(_) => "INTERNAL",
+            },
+            Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            Self::AccountExists => "ACCOUNT_EXISTS",
+            Self::Conflict(_) => "CONFLICT",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument(_) => Code::InvalidArgument,
+            Self::NotFound(_) => Code::NotFound,
+            Self::Domain(DomainError::Inconsistent(_)) | Self::Internal(_) => Code::Internal,
+            Self::Domain(_) => Code::FailedPrecondition,
+            Self::IdempotencyKeyReused | Self::AccountExists => Code::AlreadyExists,
+            Self::Conflict(_) => Code::Aborted,
+            Self::Unavailable(_) => Code::Unavailable,
+        }
+    }
+}
+
+impl From<WalletError> for Status {
+    fn from(error: WalletError) -> Self {
+        match &error {
+            WalletError::InvalidArgument(violations) => status::invalid_argument(violations),
+            WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => {
+                status::internal(&error)
+            }
+            WalletError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                status::with_reason(
+                    Code::Unavailable,
+                    error.reason(),
+                    "the database is unavailable; retry",
+                )
+            }
+            WalletError::Conflict(cause) => {
+                tracing::info!(%cause, "conflict; the caller retries");
+                status::with_reason(
+                    Code::Aborted,
+                    error.reason(),
+                    "a concurrent change conflicted; retry",
+                )
+            }
+            WalletError::NotFound(_)
+            | WalletError::Domain(_)
+            | WalletError::IdempotencyKeyReused
+            | WalletError::AccountExists => {
+                status::with_reason(error.code(), error.reason(), error.to_string())
+            }
+        }
+    }
+}
+
+impl From<DbErr> for WalletError {
+    fn from(error: DbErr) -> Self {
+        if let Some(SqlErr::UniqueConstraintViolation(detail)) = error.sql_err() {
+            return Self::Conflict(detail);
+        }
+        match &error {
+            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Self::Unavailable(error.to_string()),
+            _ => {
+                let text = error.to_string();
+                // PostgreSQL serialization failure and deadlock, SQLite busy: all retryable.
+                if text.contains("40001")
+                    || text.contains("40P01")
+                    || text.contains("database is locked")
+                {
+                    Self::Conflict(text)
+                } else if text.contains("Connection refused")
+                    || text.contains("PoolTimedOut")
+                    || text.contains("pool timed out")
+                {
+                    Self::Unavailable(text)
+                } else {
+                    Self::Internal(text)
+                }
+            }
+        }
+    }
+}

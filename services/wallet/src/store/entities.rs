@@ -1,0 +1,213 @@
+//! The wallet's tables as sea-orm entities. They stay private to the store;
+//! the rest of the service sees domain types.
+
+pub mod tenant {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod api_key {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "api_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub key_hash: String,
+        pub display_prefix: String,
+        pub created_at: DateTimeUtc,
+        pub revoked_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod account {
+    use sea_orm::entity::prelude::*;
+
+    use crate::store::amount::Amount;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "accounts")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub external_id: String,
+        pub unit_code: String,
+        pub unit_scale: i32,
+        pub unit_price_per_credit: String,
+        pub unit_billing_currency: String,
+        pub overdraft_policy: String,
+        pub credit_limit: Amount,
+        pub status: String,
+        pub low_balance_threshold: Option<Amount>,
+        pub low_balance_alerted: bool,
+        pub depleted_alerted: bool,
+        pub overdraft_used: Amount,
+        pub held: Amount,
+        pub last_sequence: i64,
+        pub metadata: String,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod grant {
+    use sea_orm::entity::prelude::*;
+
+    use crate::store::amount::Amount;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "grants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub tenant_id: Uuid,
+        pub kind: String,
+        pub source: String,
+        pub source_reference: String,
+        pub original_amount: Amount,
+        pub remaining_amount: Amount,
+        pub priority: i32,
+        pub effective_at: DateTimeUtc,
+        pub expires_at: Option<DateTimeUtc>,
+        pub meter_codes: String,
+        pub status: String,
+        pub metadata: String,
+        pub created_at: DateTimeUtc,
+        pub created_sequence: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod hold {
+    use sea_orm::entity::prelude::*;
+
+    use crate::store::amount::Amount;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "holds")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub tenant_id: Uuid,
+        pub amount: Amount,
+        pub captured_amount: Amount,
+        pub status: String,
+        pub meter_code: Option<String>,
+        pub expires_at: DateTimeUtc,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod entry {
+    use sea_orm::entity::prelude::*;
+
+    use crate::store::amount::Amount;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "ledger_entries")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub account_id: Uuid,
+        pub tenant_id: Uuid,
+        pub operation_id: Uuid,
+        pub sequence: i64,
+        pub kind: String,
+        pub amount: Amount,
+        pub grant_id: Option<Uuid>,
+        pub hold_id: Option<Uuid>,
+        pub balance_after: Amount,
+        pub idempotency_key: String,
+        pub correlation_id: String,
+        pub meter_code: Option<String>,
+        pub description: String,
+        pub metadata: String,
+        pub refunded_entry_id: Option<Uuid>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod idempotency {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "idempotency_keys")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub key: String,
+        pub method: String,
+        pub request_hash: String,
+        pub response: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod outbox {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "outbox_events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sequence: i64,
+        pub tenant_id: Uuid,
+        pub account_id: Uuid,
+        pub event_type: String,
+        pub payload: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -1,0 +1,207 @@
+//! Versioned migrations, written as SQL for each backend so that every column
+//! has the exact type it needs (NUMERIC amounts on PostgreSQL, TEXT on SQLite)
+//! and the constraints and triggers that back the domain's rules.
+
+use sea_orm::{ConnectionTrait, DbBackend};
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+}
+
+/// The column types of one backend, substituted into the schema text.
+fn render(template: &str, backend: DbBackend) -> String {
+    let postgres = backend == DbBackend::Postgres;
+    template
+        .replace("{uuid}", if postgres { "UUID" } else { "BLOB" })
+        .replace("{amount}", if postgres { "NUMERIC" } else { "TEXT" })
+        .replace("{time}", if postgres { "TIMESTAMPTZ" } else { "TEXT" })
+        .replace("{bytes}", if postgres { "BYTEA" } else { "BLOB" })
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE tenants (
+    id {uuid} PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at {time} NOT NULL
+);
+
+CREATE TABLE api_keys (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL REFERENCES tenants (id),
+    key_hash TEXT NOT NULL UNIQUE,
+    display_prefix TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    revoked_at {time}
+);
+
+CREATE TABLE accounts (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL REFERENCES tenants (id),
+    external_id TEXT NOT NULL,
+    unit_code TEXT NOT NULL,
+    unit_scale INTEGER NOT NULL CHECK (unit_scale BETWEEN 0 AND 8),
+    unit_price_per_credit TEXT NOT NULL,
+    unit_billing_currency TEXT NOT NULL,
+    overdraft_policy TEXT NOT NULL CHECK (overdraft_policy IN ('NONE', 'CREDIT_LIMIT', 'UNLIMITED')),
+    credit_limit {amount} NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'SUSPENDED', 'CLOSED')),
+    low_balance_threshold {amount},
+    low_balance_alerted BOOLEAN NOT NULL,
+    depleted_alerted BOOLEAN NOT NULL,
+    overdraft_used {amount} NOT NULL,
+    held {amount} NOT NULL,
+    last_sequence BIGINT NOT NULL CHECK (last_sequence >= 0),
+    metadata TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (tenant_id, external_id)
+);
+
+CREATE TABLE grants (
+    id {uuid} PRIMARY KEY,
+    account_id {uuid} NOT NULL REFERENCES accounts (id),
+    tenant_id {uuid} NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('PAID', 'PROMOTIONAL', 'COURTESY')),
+    source TEXT NOT NULL,
+    source_reference TEXT NOT NULL,
+    original_amount {amount} NOT NULL,
+    remaining_amount {amount} NOT NULL,
+    priority INTEGER NOT NULL,
+    effective_at {time} NOT NULL,
+    expires_at {time},
+    meter_codes TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'EXPIRED', 'VOIDED')),
+    metadata TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    created_sequence BIGINT NOT NULL
+);
+CREATE INDEX grants_by_account ON grants (account_id, status);
+CREATE INDEX grants_by_expiry ON grants (status, expires_at);
+
+CREATE TABLE holds (
+    id {uuid} PRIMARY KEY,
+    account_id {uuid} NOT NULL REFERENCES accounts (id),
+    tenant_id {uuid} NOT NULL,
+    amount {amount} NOT NULL,
+    captured_amount {amount} NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('ACTIVE', 'CAPTURED', 'RELEASED', 'EXPIRED')),
+    meter_code TEXT,
+    expires_at {time} NOT NULL,
+    created_at {time} NOT NULL
+);
+CREATE INDEX holds_by_account ON holds (account_id, status, expires_at);
+CREATE INDEX holds_by_expiry ON holds (status, expires_at);
+
+CREATE TABLE ledger_entries (
+    id {uuid} PRIMARY KEY,
+    account_id {uuid} NOT NULL REFERENCES accounts (id),
+    tenant_id {uuid} NOT NULL,
+    operation_id {uuid} NOT NULL,
+    sequence BIGINT NOT NULL CHECK (sequence >= 1),
+    kind TEXT NOT NULL,
+    amount {amount} NOT NULL,
+    grant_id {uuid},
+    hold_id {uuid},
+    balance_after {amount} NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    meter_code TEXT,
+    description TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    refunded_entry_id {uuid},
+    created_at {time} NOT NULL,
+    UNIQUE (account_id, sequence)
+);
+CREATE INDEX ledger_entries_by_operation ON ledger_entries (operation_id);
+CREATE INDEX ledger_entries_by_refunded ON ledger_entries (refunded_entry_id);
+
+CREATE TABLE idempotency_keys (
+    tenant_id {uuid} NOT NULL,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response {bytes} NOT NULL,
+    created_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+
+CREATE TABLE outbox_events (
+    sequence BIGINT PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    event_type TEXT NOT NULL,
+    payload {bytes} NOT NULL,
+    created_at {time} NOT NULL
+);
+CREATE INDEX outbox_events_by_tenant ON outbox_events (tenant_id, sequence);
+
+CREATE TABLE outbox_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_sequence BIGINT NOT NULL
+);
+INSERT INTO outbox_counter (id, last_sequence) VALUES (1, 0);
+"#;
+
+/// On PostgreSQL the amounts are numbers, so the database itself refuses a
+/// negative remainder, hold or debt, and a trigger refuses any change to a
+/// written ledger entry.
+const POSTGRES_GUARDS: &str = r#"
+ALTER TABLE accounts ADD CONSTRAINT accounts_amounts_in_range
+    CHECK (overdraft_used >= 0 AND held >= 0 AND credit_limit >= 0);
+ALTER TABLE grants ADD CONSTRAINT grants_amounts_in_range
+    CHECK (original_amount > 0 AND remaining_amount >= 0);
+ALTER TABLE holds ADD CONSTRAINT holds_amounts_in_range
+    CHECK (amount > 0 AND captured_amount >= 0 AND captured_amount <= amount);
+CREATE FUNCTION refuse_ledger_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'ledger entries are append-only';
+END;
+$$;
+CREATE TRIGGER ledger_entries_append_only
+    BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION refuse_ledger_change();
+CREATE TRIGGER ledger_entries_no_truncate
+    BEFORE TRUNCATE ON ledger_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_ledger_change();
+"#;
+
+const SQLITE_GUARDS: &str = r#"
+CREATE TRIGGER ledger_entries_no_update BEFORE UPDATE ON ledger_entries
+BEGIN
+    SELECT RAISE(ABORT, 'ledger entries are append-only');
+END;
+CREATE TRIGGER ledger_entries_no_delete BEFORE DELETE ON ledger_entries
+BEGIN
+    SELECT RAISE(ABORT, 'ledger entries are append-only');
+END;
+"#;
+
+struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_wallet"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render(SCHEMA, backend)).await?;
+        let guards = if backend == DbBackend::Postgres {
+            POSTGRES_GUARDS
+        } else {
+            SQLITE_GUARDS
+        };
+        db.execute_unprepared(guards).await?;
+        Ok(())
+    }
+}

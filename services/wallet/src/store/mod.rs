@@ -1,0 +1,879 @@
+//! Persistence through sea-orm: SQLite by default, PostgreSQL (schema
+//! `wallet`) in production. Every change to a wallet happens in one
+//! transaction that locks the account row, re-checks the idempotency key,
+//! lets the domain decide, and writes the account, grants, holds, ledger
+//! entries, outbox events and the idempotency record together.
+
+pub(crate) mod amount;
+mod entities;
+pub mod migrations;
+mod rows;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::{KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
+use reservoir_common::settings::DatabaseSettings;
+use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use tokio::sync::{Mutex, Notify};
+use uuid::Uuid;
+
+use self::amount::Amount;
+use self::entities::{account, api_key, entry, grant, hold, idempotency, outbox, tenant};
+use crate::domain::{
+    Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet,
+};
+use crate::error::WalletError;
+
+pub use self::rows::EntryFilter;
+
+/// How long a connection may be waited for before the call fails as UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an idempotent call is checked against.
+#[derive(Debug, Clone)]
+pub struct IdempotencyCheck {
+    pub key: String,
+    /// The RPC, so one key cannot replay another method's result.
+    pub method: &'static str,
+    /// SHA-256 of the encoded request.
+    pub request_hash: String,
+}
+
+/// What to load besides the account's live grants and due holds.
+#[derive(Debug, Clone, Default)]
+pub struct LoadPlan {
+    pub grant_ids: Vec<GrantId>,
+    pub hold_ids: Vec<HoldId>,
+    /// For a refund: the operation whose entries are refunded.
+    pub refund_of: Option<OperationId>,
+}
+
+/// A wallet loaded for a change, with what a refund needs.
+#[derive(Debug)]
+pub struct Loaded {
+    pub wallet: Wallet,
+    /// The entries of `LoadPlan::refund_of`.
+    pub operation_entries: Vec<Entry>,
+    /// REFUND entries already written against those entries.
+    pub prior_refunds: Vec<Entry>,
+}
+
+/// The result of an idempotent call: done now, or replayed from the record.
+#[derive(Debug)]
+pub enum Outcome<M> {
+    Applied(M),
+    Replayed(M),
+}
+
+impl<M> Outcome<M> {
+    pub fn into_inner(self) -> M {
+        match self {
+            Self::Applied(message) | Self::Replayed(message) => message,
+        }
+    }
+}
+
+/// An issued API key (the key itself is shown once and never stored).
+#[derive(Debug, Clone)]
+pub struct IssuedKey {
+    pub id: Uuid,
+    pub tenant_id: TenantId,
+    pub key: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantRow {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+    pub active_keys: usize,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    /// SQLite has one writer; taking this before a write transaction turns
+    /// "database is locked" failures into an orderly queue.
+    write_lock: Option<Arc<Mutex<()>>>,
+    /// Woken after every commit that wrote events, so event streams need not poll.
+    events_written: Arc<Notify>,
+}
+
+impl Store {
+    /// Connects (creating the PostgreSQL schema or the SQLite file as needed).
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, WalletError> {
+        let postgres = settings.is_postgres();
+        if postgres {
+            // The schema must exist before a connection can use it as its search path.
+            let bootstrap = Database::connect(
+                ConnectOptions::new(settings.url.clone())
+                    .max_connections(1)
+                    .to_owned(),
+            )
+            .await?;
+            bootstrap
+                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", settings.schema))
+                .await?;
+            bootstrap.close().await?;
+        } else if let Some(path) = sqlite_path(&settings.url)
+            && let Some(parent) = std::path::Path::new(&path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|error| {
+                WalletError::Unavailable(format!("creating {}: {error}", parent.display()))
+            })?;
+        }
+        let mut options = ConnectOptions::new(settings.url.clone());
+        options
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .sqlx_logging(false);
+        if postgres {
+            options.set_schema_search_path(settings.schema.clone());
+        } else {
+            options.map_sqlx_sqlite_opts(|sqlite| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                sqlite
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a commit is on disk before it is acknowledged.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        }
+        let db = Database::connect(options).await?;
+        Ok(Self {
+            db,
+            write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))),
+            events_written: Arc::new(Notify::new()),
+        })
+    }
+
+    /// Applies every migration not yet applied.
+    pub async fn migrate(&self) -> Result<(), WalletError> {
+        migrations::Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    pub fn events_written(&self) -> Arc<Notify> {
+        self.events_written.clone()
+    }
+
+    pub async fn close(self) -> Result<(), WalletError> {
+        self.db.close().await?;
+        Ok(())
+    }
+
+    async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::OwnedMutexGuard<()>>,
+            DatabaseTransaction,
+        ),
+        WalletError,
+    > {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let transaction = self.db.begin().await?;
+        Ok((guard, transaction))
+    }
+
+    // ---- tenants and keys -------------------------------------------------
+
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TenantId, WalletError> {
+        let id = Uuid::now_v7();
+        tenant::Entity::insert(tenant::ActiveModel {
+            id: Set(id),
+            name: Set(name.to_owned()),
+            created_at: Set(now),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(TenantId(id))
+    }
+
+    pub async fn list_tenants(&self) -> Result<Vec<TenantRow>, WalletError> {
+        let tenants = tenant::Entity::find()
+            .order_by_asc(tenant::Column::CreatedAt)
+            .all(&self.db)
+            .await?;
+        let keys = api_key::Entity::find()
+            .filter(api_key::Column::RevokedAt.is_null())
+            .all(&self.db)
+            .await?;
+        Ok(tenants
+            .into_iter()
+            .map(|row| TenantRow {
+                id: TenantId(row.id),
+                name: row.name,
+                created_at: row.created_at,
+                active_keys: keys.iter().filter(|key| key.tenant_id == row.id).count(),
+            })
+            .collect())
+    }
+
+    pub async fn tenant_exists(&self, tenant_id: TenantId) -> Result<bool, WalletError> {
+        Ok(tenant::Entity::find_by_id(tenant_id.0)
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+
+    /// Issues a key for a tenant; only its peppered hash is stored.
+    pub async fn issue_key(
+        &self,
+        tenant_id: TenantId,
+        pepper: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedKey, WalletError> {
+        if !self.tenant_exists(tenant_id).await? {
+            return Err(WalletError::NotFound("tenant"));
+        }
+        let key = generate_key();
+        let id = Uuid::now_v7();
+        api_key::Entity::insert(api_key::ActiveModel {
+            id: Set(id),
+            tenant_id: Set(tenant_id.0),
+            key_hash: Set(hash_key(pepper, &key)),
+            display_prefix: Set(key_display_prefix(&key)),
+            created_at: Set(now),
+            revoked_at: Set(None),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        Ok(IssuedKey { id, tenant_id, key })
+    }
+
+    /// Revokes a key by its id; `false` when there is no such active key.
+    pub async fn revoke_key(&self, key_id: Uuid, now: DateTime<Utc>) -> Result<bool, WalletError> {
+        let result = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now))
+            .filter(api_key::Column::Id.eq(key_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    pub async fn tenant_for_key_hash(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<TenantId>, WalletError> {
+        let row = api_key::Entity::find()
+            .filter(api_key::Column::KeyHash.eq(key_hash))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| TenantId(row.tenant_id)))
+    }
+
+    // ---- reads --------------------------------------------------------------
+
+    pub async fn account(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+    ) -> Result<Account, WalletError> {
+        let row = account::Entity::find_by_id(account_id.0)
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .one(&self.db)
+            .await?
+            .ok_or(WalletError::NotFound("account"))?;
+        rows::account_from_row(row)
+    }
+
+    /// The wallet as of `now`, for reads: nothing is locked or written.
+    pub async fn wallet(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+        now: DateTime<Utc>,
+    ) -> Result<Wallet, WalletError> {
+        let loaded = load(
+            &self.db,
+            tenant_id,
+            account_id,
+            &LoadPlan::default(),
+            now,
+            false,
+        )
+        .await?;
+        Ok(loaded.wallet)
+    }
+
+    pub async fn grants(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+        include_inactive: bool,
+    ) -> Result<Vec<Grant>, WalletError> {
+        self.account(tenant_id, account_id).await?;
+        let mut query = grant::Entity::find().filter(grant::Column::AccountId.eq(account_id.0));
+        if !include_inactive {
+            query = query.filter(grant::Column::Status.eq("ACTIVE"));
+        }
+        let rows = query
+            .order_by_desc(grant::Column::CreatedSequence)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(rows::grant_from_row).collect()
+    }
+
+    pub async fn hold(&self, tenant_id: TenantId, hold_id: HoldId) -> Result<Hold, WalletError> {
+        let row = hold::Entity::find_by_id(hold_id.0)
+            .filter(hold::Column::TenantId.eq(tenant_id.0))
+            .one(&self.db)
+            .await?
+            .ok_or(WalletError::NotFound("hold"))?;
+        rows::hold_from_row(row)
+    }
+
+    pub async fn grant(
+        &self,
+        tenant_id: TenantId,
+        grant_id: GrantId,
+    ) -> Result<Grant, WalletError> {
+        let row = grant::Entity::find_by_id(grant_id.0)
+            .filter(grant::Column::TenantId.eq(tenant_id.0))
+            .one(&self.db)
+            .await?
+            .ok_or(WalletError::NotFound("grant"))?;
+        rows::grant_from_row(row)
+    }
+
+    pub async fn entry(
+        &self,
+        tenant_id: TenantId,
+        entry_id: EntryId,
+    ) -> Result<Entry, WalletError> {
+        let row = entry::Entity::find_by_id(entry_id.0)
+            .filter(entry::Column::TenantId.eq(tenant_id.0))
+            .one(&self.db)
+            .await?
+            .ok_or(WalletError::NotFound("entry"))?;
+        rows::entry_from_row(row)
+    }
+
+    /// One page of a wallet's ledger in sequence order, after `after_sequence`.
+    pub async fn entries(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+        filter: &EntryFilter,
+        after_sequence: u64,
+        limit: u64,
+    ) -> Result<Vec<Entry>, WalletError> {
+        self.account(tenant_id, account_id).await?;
+        let mut query = entry::Entity::find()
+            .filter(entry::Column::AccountId.eq(account_id.0))
+            .filter(entry::Column::Sequence.gt(to_i64(after_sequence)));
+        if !filter.kinds.is_empty() {
+            query = query.filter(
+                entry::Column::Kind
+                    .is_in(filter.kinds.iter().map(|kind| rows::entry_kind_name(*kind))),
+            );
+        }
+        if let Some(start) = filter.start {
+            query = query.filter(entry::Column::CreatedAt.gte(start));
+        }
+        if let Some(end) = filter.end {
+            query = query.filter(entry::Column::CreatedAt.lt(end));
+        }
+        let rows = query
+            .order_by_asc(entry::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        rows.into_iter().map(rows::entry_from_row).collect()
+    }
+
+    /// The tenant's outbox events after `after_sequence`, oldest first.
+    pub async fn events_after(
+        &self,
+        tenant_id: TenantId,
+        after_sequence: u64,
+        limit: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, WalletError> {
+        let rows = outbox::Entity::find()
+            .filter(outbox::Column::TenantId.eq(tenant_id.0))
+            .filter(outbox::Column::Sequence.gt(to_i64(after_sequence)))
+            .order_by_asc(outbox::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| (u64::try_from(row.sequence).unwrap_or(0), row.payload))
+            .collect())
+    }
+
+    /// Accounts with a grant or hold past its expiry at `now` and not yet written off.
+    pub async fn accounts_due_for_expiry(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(TenantId, AccountId)>, WalletError> {
+        let grants = grant::Entity::find()
+            .filter(grant::Column::Status.eq("ACTIVE"))
+            .filter(grant::Column::ExpiresAt.lte(now))
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let holds = hold::Entity::find()
+            .filter(hold::Column::Status.eq("ACTIVE"))
+            .filter(hold::Column::ExpiresAt.lte(now))
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        let due: BTreeSet<(Uuid, Uuid)> = grants
+            .iter()
+            .map(|row| (row.tenant_id, row.account_id))
+            .chain(holds.iter().map(|row| (row.tenant_id, row.account_id)))
+            .collect();
+        Ok(due
+            .into_iter()
+            .map(|(tenant, account)| (TenantId(tenant), AccountId(account)))
+            .collect())
+    }
+
+    // ---- writes -------------------------------------------------------------
+
+    /// Looks up an idempotency record: the stored response for the same
+    /// request, an error for a different one, `None` for a fresh key.
+    async fn replay<M: prost::Message + Default>(
+        connection: &impl ConnectionTrait,
+        tenant_id: TenantId,
+        check: &IdempotencyCheck,
+    ) -> Result<Option<M>, WalletError> {
+        let Some(record) = idempotency::Entity::find_by_id((tenant_id.0, check.key.clone()))
+            .one(connection)
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.method != check.method || record.request_hash != check.request_hash {
+            return Err(WalletError::IdempotencyKeyReused);
+        }
+        M::decode(record.response.as_slice())
+            .map(Some)
+            .map_err(|error| {
+                WalletError::Internal(format!("stored response does not decode: {error}"))
+            })
+    }
+
+    /// Checks an idempotency key without taking any lock: a retry of a
+    /// finished call is answered without touching the wallet.
+    pub async fn replay_only<M: prost::Message + Default>(
+        &self,
+        tenant_id: TenantId,
+        check: &IdempotencyCheck,
+    ) -> Result<Option<M>, WalletError> {
+        Self::replay(&self.db, tenant_id, check).await
+    }
+
+    /// Opens an account. `build` turns the new wallet into the response that
+    /// is recorded under the idempotency key.
+    pub async fn create_account<M: prost::Message + Default>(
+        &self,
+        check: &IdempotencyCheck,
+        mut wallet: Wallet,
+        build: impl FnOnce(&Wallet) -> M,
+    ) -> Result<Outcome<M>, WalletError> {
+        let tenant_id = wallet.account.tenant_id;
+        let (_guard, transaction) = self.begin_write().await?;
+        if let Some(response) = Self::replay(&transaction, tenant_id, check).await? {
+            return Ok(Outcome::Replayed(response));
+        }
+        let exists = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .filter(account::Column::ExternalId.eq(wallet.account.external_id.clone()))
+            .one(&transaction)
+            .await?;
+        if exists.is_some() {
+            return Err(WalletError::AccountExists);
+        }
+        account::Entity::insert(rows::account_to_row(&wallet.account))
+            .exec_without_returning(&transaction)
+            .await?;
+        let response = build(&wallet);
+        let changes = wallet.take_changes();
+        write_changes(&transaction, &wallet, &changes).await?;
+        record(&transaction, tenant_id, check, &response).await?;
+        transaction.commit().await?;
+        self.events_written.notify_waiters();
+        Ok(Outcome::Applied(response))
+    }
+
+    /// Changes one wallet in one transaction. The account row is locked (on
+    /// PostgreSQL `FOR UPDATE`; SQLite has one writer), the idempotency key is
+    /// checked again under that lock, `operate` decides, and everything it
+    /// changed is written with the response recorded under the key. A domain
+    /// refusal rolls everything back.
+    pub async fn mutate<M: prost::Message + Default>(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+        check: Option<&IdempotencyCheck>,
+        plan: &LoadPlan,
+        now: DateTime<Utc>,
+        operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
+    ) -> Result<Outcome<M>, WalletError> {
+        let (_guard, transaction) = self.begin_write().await?;
+        if let Some(check) = check
+            && let Some(response) = Self::replay(&transaction, tenant_id, check).await?
+        {
+            return Ok(Outcome::Replayed(response));
+        }
+        let mut loaded = load(&transaction, tenant_id, account_id, plan, now, true).await?;
+        let response = operate(&mut loaded)?;
+        let changes = loaded.wallet.take_changes();
+        write_changes(&transaction, &loaded.wallet, &changes).await?;
+        if let Some(check) = check {
+            record(&transaction, tenant_id, check, &response).await?;
+        }
+        transaction.commit().await?;
+        if !changes.events.is_empty() {
+            self.events_written.notify_waiters();
+        }
+        Ok(Outcome::Applied(response))
+    }
+}
+
+/// The SQLite file of a `sqlite:` URL, if it names one.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Loads a wallet: the account (locked when `for_update`), its active grants
+/// and any others the plan names, its active holds already past expiry and
+/// those the plan names, and for a refund the refunded operation's entries.
+async fn load(
+    connection: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    account_id: AccountId,
+    plan: &LoadPlan,
+    now: DateTime<Utc>,
+    for_update: bool,
+) -> Result<Loaded, WalletError> {
+    let mut query =
+        account::Entity::find_by_id(account_id.0).filter(account::Column::TenantId.eq(tenant_id.0));
+    if for_update {
+        query = query.lock_exclusive();
+    }
+    let account_row = query
+        .one(connection)
+        .await?
+        .ok_or(WalletError::NotFound("account"))?;
+    let account = rows::account_from_row(account_row)?;
+
+    let (operation_entries, prior_refunds) = match plan.refund_of {
+        Some(operation) => {
+            let entries: Vec<Entry> = entry::Entity::find()
+                .filter(entry::Column::OperationId.eq(operation.0))
+                .filter(entry::Column::AccountId.eq(account_id.0))
+                .order_by_asc(entry::Column::Sequence)
+                .all(connection)
+                .await?
+                .into_iter()
+                .map(rows::entry_from_row)
+                .collect::<Result<_, _>>()?;
+            let ids: Vec<Uuid> = entries.iter().map(|entry| entry.id.0).collect();
+            let refunds: Vec<Entry> = entry::Entity::find()
+                .filter(entry::Column::RefundedEntryId.is_in(ids))
+                .all(connection)
+                .await?
+                .into_iter()
+                .map(rows::entry_from_row)
+                .collect::<Result<_, _>>()?;
+            (entries, refunds)
+        }
+        None => (Vec::new(), Vec::new()),
+    };
+
+    let mut grant_ids: BTreeSet<Uuid> = plan.grant_ids.iter().map(|id| id.0).collect();
+    grant_ids.extend(
+        operation_entries
+            .iter()
+            .filter_map(|entry| entry.grant_id.map(|id| id.0)),
+    );
+    let mut grant_rows = grant::Entity::find()
+        .filter(grant::Column::AccountId.eq(account_id.0))
+        .filter(grant::Column::Status.eq("ACTIVE"))
+        .all(connection)
+        .await?;
+    let missing: Vec<Uuid> = grant_ids
+        .iter()
+        .filter(|id| !grant_rows.iter().any(|row| row.id == **id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        grant_rows.extend(
+            grant::Entity::find()
+                .filter(grant::Column::AccountId.eq(account_id.0))
+                .filter(grant::Column::Id.is_in(missing))
+                .all(connection)
+                .await?,
+        );
+    }
+    let grants: Vec<Grant> = grant_rows
+        .into_iter()
+        .map(rows::grant_from_row)
+        .collect::<Result<_, _>>()?;
+
+    let mut hold_rows = hold::Entity::find()
+        .filter(hold::Column::AccountId.eq(account_id.0))
+        .filter(hold::Column::Status.eq("ACTIVE"))
+        .filter(hold::Column::ExpiresAt.lte(now))
+        .all(connection)
+        .await?;
+    let wanted: Vec<Uuid> = plan
+        .hold_ids
+        .iter()
+        .map(|id| id.0)
+        .filter(|id| !hold_rows.iter().any(|row| row.id == *id))
+        .collect();
+    if !wanted.is_empty() {
+        hold_rows.extend(
+            hold::Entity::find()
+                .filter(hold::Column::AccountId.eq(account_id.0))
+                .filter(hold::Column::Id.is_in(wanted))
+                .all(connection)
+                .await?,
+        );
+    }
+    let holds: Vec<Hold> = hold_rows
+        .into_iter()
+        .map(rows::hold_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok(Loaded {
+        wallet: Wallet::new(account, grants, holds),
+        operation_entries,
+        prior_refunds,
+    })
+}
+
+/// Writes what an operation changed. Entries are only ever inserted.
+async fn write_changes(
+    transaction: &DatabaseTransaction,
+    wallet: &Wallet,
+    changes: &Changes,
+) -> Result<(), WalletError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let account = &wallet.account;
+    account::Entity::update(rows::account_to_row(account))
+        .exec(transaction)
+        .await?;
+
+    let new_grants: Vec<grant::ActiveModel> = wallet
+        .grants
+        .iter()
+        .filter(|grant| changes.new_grants.contains(&grant.id))
+        .map(|grant| rows::grant_to_row(grant, account.tenant_id))
+        .collect();
+    if !new_grants.is_empty() {
+        grant::Entity::insert_many(new_grants)
+            .exec_without_returning(transaction)
+            .await?;
+    }
+    for grant in wallet.grants.iter().filter(|grant| {
+        changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id)
+    }) {
+        grant::Entity::update_many()
+            .col_expr(
+                grant::Column::RemainingAmount,
+                Expr::value(Amount(grant.remaining)),
+            )
+            .col_expr(
+                grant::Column::Status,
+                Expr::value(rows::grant_status_name(grant.status)),
+            )
+            .filter(grant::Column::Id.eq(grant.id.0))
+            .exec(transaction)
+            .await?;
+    }
+
+    let new_holds: Vec<hold::ActiveModel> = wallet
+        .holds
+        .iter()
+        .filter(|hold| changes.new_holds.contains(&hold.id))
+        .map(|hold| rows::hold_to_row(hold, account.tenant_id))
+        .collect();
+    if !new_holds.is_empty() {
+        hold::Entity::insert_many(new_holds)
+            .exec_without_returning(transaction)
+            .await?;
+    }
+    for hold in wallet.holds.iter().filter(|hold| {
+        changes.touched_holds.contains(&hold.id) && !changes.new_holds.contains(&hold.id)
+    }) {
+        hold::Entity::update_many()
+            .col_expr(
+                hold::Column::Status,
+                Expr::value(rows::hold_status_name(hold.status)),
+            )
+            .col_expr(
+                hold::Column::CapturedAmount,
+                Expr::value(Amount(hold.captured)),
+            )
+            .filter(hold::Column::Id.eq(hold.id.0))
+            .exec(transaction)
+            .await?;
+    }
+
+    if !changes.entries.is_empty() {
+        let rows: Vec<entry::ActiveModel> = changes
+            .entries
+            .iter()
+            .map(|entry| rows::entry_to_row(entry, account.tenant_id))
+            .collect();
+        // Bounded by the batch limit of the API; each chunk stays well under
+        // both backends' bound-parameter limits (17 columns × 500 rows).
+        for chunk in rows.chunks(500) {
+            entry::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(transaction)
+                .await?;
+        }
+    }
+
+    if !changes.events.is_empty() {
+        write_events(transaction, wallet, changes).await?;
+    }
+    Ok(())
+}
+
+/// Appends events to the outbox. Sequence numbers come from one counter row
+/// updated last in the transaction: writers queue on it only for the moment
+/// before their commit, and events become visible in sequence order, so a
+/// reader that resumes after a sequence never misses an event committed later
+/// with a lower number.
+async fn write_events(
+    transaction: &DatabaseTransaction,
+    wallet: &Wallet,
+    changes: &Changes,
+) -> Result<(), WalletError> {
+    let count = i64::try_from(changes.events.len()).unwrap_or(i64::MAX);
+    let backend = transaction.get_database_backend();
+    let statement = sea_orm::Statement::from_sql_and_values(
+        backend,
+        "UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 RETURNING last_sequence",
+        [count.into()],
+    );
+    let row = transaction
+        .query_one_raw(statement)
+        .await?
+        .ok_or_else(|| WalletError::Internal("the outbox counter row is missing".into()))?;
+    let last: i64 = row.try_get("", "last_sequence")?;
+    let first = last - count + 1;
+    let unit = &wallet.account.unit;
+    let rows: Vec<outbox::ActiveModel> = changes
+        .events
+        .iter()
+        .enumerate()
+        .map(|(offset, event)| {
+            let sequence = first + i64::try_from(offset).unwrap_or(0);
+            outbox::ActiveModel {
+                sequence: Set(sequence),
+                tenant_id: Set(wallet.account.tenant_id.0),
+                account_id: Set(event.account_id.0),
+                event_type: Set(rows::event_type_name(event.event_type).to_owned()),
+                payload: Set(crate::convert::event_payload(
+                    event,
+                    unit,
+                    u64::try_from(sequence).unwrap_or(0),
+                )),
+                created_at: Set(event.occurred_at),
+            }
+        })
+        .collect();
+    outbox::Entity::insert_many(rows)
+        .exec_without_returning(transaction)
+        .await?;
+    Ok(())
+}
+
+async fn record<M: prost::Message>(
+    transaction: &DatabaseTransaction,
+    tenant_id: TenantId,
+    check: &IdempotencyCheck,
+    response: &M,
+) -> Result<(), WalletError> {
+    idempotency::Entity::insert(idempotency::ActiveModel {
+        tenant_id: Set(tenant_id.0),
+        key: Set(check.key.clone()),
+        method: Set(check.method.to_owned()),
+        request_hash: Set(check.request_hash.clone()),
+        response: Set(response.encode_to_vec()),
+        created_at: Set(Utc::now()),
+    })
+    .on_conflict(
+        OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key])
+            .do_nothing()
+            .to_owned(),
+    )
+    .exec_without_returning(transaction)
+    .await
+    .map(|inserted| {
+        if inserted == 0 {
+            // Another call with the same key committed first (on another
+            // account, so the row lock did not order them): this one must not
+            // commit; its retry will replay or be told the key was reused.
+            Err(WalletError::Conflict(
+                "the idempotency key was recorded concurrently".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    })?
+}
+
+/// Answers the auth layer from the key table.
+pub struct StoreKeyResolver {
+    pub store: Store,
+}
+
+impl KeyResolver for StoreKeyResolver {
+    fn resolve(
+        &self,
+        key_hash: String,
+    ) -> futures::future::BoxFuture<'static, Result<Option<TenantId>, String>> {
+        let store = self.store.clone();
+        Box::pin(async move {
+            store
+                .tenant_for_key_hash(&key_hash)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    }
+}

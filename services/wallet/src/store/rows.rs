@@ -1,0 +1,338 @@
+//! Row ↔ domain conversions. Enums are stored as their upper-case names,
+//! metadata and meter codes as JSON text.
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::TenantId;
+use reservoir_common::money::Unit;
+use sea_orm::ActiveValue::Set;
+
+use super::amount::Amount;
+use super::entities::{account, entry, grant, hold};
+use crate::domain::*;
+use crate::error::WalletError;
+
+/// Filters of a ledger listing.
+#[derive(Debug, Clone, Default)]
+pub struct EntryFilter {
+    pub kinds: Vec<EntryKind>,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+fn corrupt(what: &str, value: &str) -> WalletError {
+    WalletError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn metadata_from(text: &str) -> Result<Metadata, WalletError> {
+    serde_json::from_str(text).map_err(|_| corrupt("metadata", text))
+}
+
+fn metadata_to(metadata: &Metadata) -> String {
+    serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned())
+}
+
+pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
+    let scale = u32::try_from(row.unit_scale)
+        .map_err(|_| corrupt("unit scale", &row.unit_scale.to_string()))?;
+    let unit = Unit::from_parts(
+        &row.unit_code,
+        Some(scale),
+        &row.unit_price_per_credit,
+        &row.unit_billing_currency,
+    )
+    .map_err(|_| corrupt("unit", &row.unit_code))?;
+    let overdraft = match row.overdraft_policy.as_str() {
+        "NONE" => Overdraft::None,
+        "CREDIT_LIMIT" => Overdraft::CreditLimit(row.credit_limit.0),
+        "UNLIMITED" => Overdraft::Unlimited,
+        other => return Err(corrupt("overdraft policy", other)),
+    };
+    let status = match row.status.as_str() {
+        "ACTIVE" => AccountStatus::Active,
+        "SUSPENDED" => AccountStatus::Suspended,
+        "CLOSED" => AccountStatus::Closed,
+        other => return Err(corrupt("account status", other)),
+    };
+    Ok(Account {
+        id: AccountId(row.id),
+        tenant_id: TenantId(row.tenant_id),
+        external_id: row.external_id,
+        unit,
+        overdraft,
+        status,
+        low_balance_threshold: row.low_balance_threshold.map(|amount| amount.0),
+        low_balance_alerted: row.low_balance_alerted,
+        depleted_alerted: row.depleted_alerted,
+        overdraft_used: row.overdraft_used.0,
+        held: row.held.0,
+        last_sequence: to_u64(row.last_sequence),
+        metadata: metadata_from(&row.metadata)?,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+    })
+}
+
+pub fn account_to_row(account: &Account) -> account::ActiveModel {
+    let (price, billing) = match account.unit.kind() {
+        reservoir_common::money::UnitKind::Currency => (String::new(), String::new()),
+        reservoir_common::money::UnitKind::Credit {
+            price_per_credit,
+            billing_currency,
+        } => (price_per_credit.to_string(), billing_currency.clone()),
+    };
+    let policy = match account.overdraft {
+        Overdraft::None => "NONE",
+        Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
+        Overdraft::Unlimited => "UNLIMITED",
+    };
+    account::ActiveModel {
+        id: Set(account.id.0),
+        tenant_id: Set(account.tenant_id.0),
+        external_id: Set(account.external_id.clone()),
+        unit_code: Set(account.unit.code().to_owned()),
+        unit_scale: Set(i32::try_from(account.unit.scale()).unwrap_or(0)),
+        unit_price_per_credit: Set(price),
+        unit_billing_currency: Set(billing),
+        overdraft_policy: Set(policy.to_owned()),
+        credit_limit: Set(Amount(account.overdraft.credit_limit())),
+        status: Set(account_status_name(account.status).to_owned()),
+        low_balance_threshold: Set(account.low_balance_threshold.map(Amount)),
+        low_balance_alerted: Set(account.low_balance_alerted),
+        depleted_alerted: Set(account.depleted_alerted),
+        overdraft_used: Set(Amount(account.overdraft_used)),
+        held: Set(Amount(account.held)),
+        last_sequence: Set(to_i64(account.last_sequence)),
+        metadata: Set(metadata_to(&account.metadata)),
+        created_at: Set(account.created_at),
+        updated_at: Set(account.updated_at),
+    }
+}
+
+pub fn account_status_name(status: AccountStatus) -> &'static str {
+    match status {
+        AccountStatus::Active => "ACTIVE",
+        AccountStatus::Suspended => "SUSPENDED",
+        AccountStatus::Closed => "CLOSED",
+    }
+}
+
+fn grant_kind_name(kind: GrantKind) -> &'static str {
+    match kind {
+        GrantKind::Paid => "PAID",
+        GrantKind::Promotional => "PROMOTIONAL",
+        GrantKind::Courtesy => "COURTESY",
+    }
+}
+
+fn grant_source_name(source: GrantSource) -> &'static str {
+    match source {
+        GrantSource::Admin => "ADMIN",
+        GrantSource::Invoice => "INVOICE",
+        GrantSource::Voucher => "VOUCHER",
+        GrantSource::Adjustment => "ADJUSTMENT",
+    }
+}
+
+pub fn grant_status_name(status: GrantStatus) -> &'static str {
+    match status {
+        GrantStatus::Active => "ACTIVE",
+        GrantStatus::Expired => "EXPIRED",
+        GrantStatus::Voided => "VOIDED",
+    }
+}
+
+pub fn grant_from_row(row: grant::Model) -> Result<Grant, WalletError> {
+    let kind = match row.kind.as_str() {
+        "PAID" => GrantKind::Paid,
+        "PROMOTIONAL" => GrantKind::Promotional,
+        "COURTESY" => GrantKind::Courtesy,
+        other => return Err(corrupt("grant kind", other)),
+    };
+    let source = match row.source.as_str() {
+        "ADMIN" => GrantSource::Admin,
+        "INVOICE" => GrantSource::Invoice,
+        "VOUCHER" => GrantSource::Voucher,
+        "ADJUSTMENT" => GrantSource::Adjustment,
+        other => return Err(corrupt("grant source", other)),
+    };
+    let status = match row.status.as_str() {
+        "ACTIVE" => GrantStatus::Active,
+        "EXPIRED" => GrantStatus::Expired,
+        "VOIDED" => GrantStatus::Voided,
+        other => return Err(corrupt("grant status", other)),
+    };
+    Ok(Grant {
+        id: GrantId(row.id),
+        account_id: AccountId(row.account_id),
+        kind,
+        source,
+        source_reference: row.source_reference,
+        original: row.original_amount.0,
+        remaining: row.remaining_amount.0,
+        priority: row.priority,
+        effective_at: row.effective_at,
+        expires_at: row.expires_at,
+        meter_codes: serde_json::from_str(&row.meter_codes)
+            .map_err(|_| corrupt("meter codes", &row.meter_codes))?,
+        status,
+        metadata: metadata_from(&row.metadata)?,
+        created_at: row.created_at,
+        created_sequence: to_u64(row.created_sequence),
+    })
+}
+
+pub fn grant_to_row(grant: &Grant, tenant_id: TenantId) -> grant::ActiveModel {
+    grant::ActiveModel {
+        id: Set(grant.id.0),
+        account_id: Set(grant.account_id.0),
+        tenant_id: Set(tenant_id.0),
+        kind: Set(grant_kind_name(grant.kind).to_owned()),
+        source: Set(grant_source_name(grant.source).to_owned()),
+        source_reference: Set(grant.source_reference.clone()),
+        original_amount: Set(Amount(grant.original)),
+        remaining_amount: Set(Amount(grant.remaining)),
+        priority: Set(grant.priority),
+        effective_at: Set(grant.effective_at),
+        expires_at: Set(grant.expires_at),
+        meter_codes: Set(
+            serde_json::to_string(&grant.meter_codes).unwrap_or_else(|_| "[]".to_owned())
+        ),
+        status: Set(grant_status_name(grant.status).to_owned()),
+        metadata: Set(metadata_to(&grant.metadata)),
+        created_at: Set(grant.created_at),
+        created_sequence: Set(to_i64(grant.created_sequence)),
+    }
+}
+
+pub fn hold_status_name(status: HoldStatus) -> &'static str {
+    match status {
+        HoldStatus::Active => "ACTIVE",
+        HoldStatus::Captured => "CAPTURED",
+        HoldStatus::Released => "RELEASED",
+        HoldStatus::Expired => "EXPIRED",
+    }
+}
+
+pub fn hold_from_row(row: hold::Model) -> Result<Hold, WalletError> {
+    let status = match row.status.as_str() {
+        "ACTIVE" => HoldStatus::Active,
+        "CAPTURED" => HoldStatus::Captured,
+        "RELEASED" => HoldStatus::Released,
+        "EXPIRED" => HoldStatus::Expired,
+        other => return Err(corrupt("hold status", other)),
+    };
+    Ok(Hold {
+        id: HoldId(row.id),
+        account_id: AccountId(row.account_id),
+        amount: row.amount.0,
+        captured: row.captured_amount.0,
+        status,
+        meter_code: row.meter_code,
+        expires_at: row.expires_at,
+        created_at: row.created_at,
+    })
+}
+
+pub fn hold_to_row(hold: &Hold, tenant_id: TenantId) -> hold::ActiveModel {
+    hold::ActiveModel {
+        id: Set(hold.id.0),
+        account_id: Set(hold.account_id.0),
+        tenant_id: Set(tenant_id.0),
+        amount: Set(Amount(hold.amount)),
+        captured_amount: Set(Amount(hold.captured)),
+        status: Set(hold_status_name(hold.status).to_owned()),
+        meter_code: Set(hold.meter_code.clone()),
+        expires_at: Set(hold.expires_at),
+        created_at: Set(hold.created_at),
+    }
+}
+
+pub fn entry_kind_name(kind: EntryKind) -> &'static str {
+    match kind {
+        EntryKind::Grant => "GRANT",
+        EntryKind::Debit => "DEBIT",
+        EntryKind::Hold => "HOLD",
+        EntryKind::Capture => "CAPTURE",
+        EntryKind::Release => "RELEASE",
+        EntryKind::Expiry => "EXPIRY",
+        EntryKind::Adjustment => "ADJUSTMENT",
+        EntryKind::Refund => "REFUND",
+        EntryKind::TransferIn => "TRANSFER_IN",
+        EntryKind::TransferOut => "TRANSFER_OUT",
+        EntryKind::Void => "VOID",
+    }
+}
+
+pub fn entry_from_row(row: entry::Model) -> Result<Entry, WalletError> {
+    let kind = EntryKind::ALL
+        .into_iter()
+        .find(|kind| entry_kind_name(*kind) == row.kind)
+        .ok_or_else(|| corrupt("entry kind", &row.kind))?;
+    Ok(Entry {
+        id: EntryId(row.id),
+        account_id: AccountId(row.account_id),
+        operation_id: OperationId(row.operation_id),
+        sequence: to_u64(row.sequence),
+        kind,
+        amount: row.amount.0,
+        grant_id: row.grant_id.map(GrantId),
+        hold_id: row.hold_id.map(HoldId),
+        balance_after: row.balance_after.0,
+        idempotency_key: row.idempotency_key,
+        correlation_id: row.correlation_id,
+        meter_code: row.meter_code,
+        description: row.description,
+        metadata: metadata_from(&row.metadata)?,
+        refunded_entry_id: row.refunded_entry_id.map(EntryId),
+        created_at: row.created_at,
+    })
+}
+
+pub fn entry_to_row(entry: &Entry, tenant_id: TenantId) -> entry::ActiveModel {
+    entry::ActiveModel {
+        id: Set(entry.id.0),
+        account_id: Set(entry.account_id.0),
+        tenant_id: Set(tenant_id.0),
+        operation_id: Set(entry.operation_id.0),
+        sequence: Set(to_i64(entry.sequence)),
+        kind: Set(entry_kind_name(entry.kind).to_owned()),
+        amount: Set(Amount(entry.amount)),
+        grant_id: Set(entry.grant_id.map(|id| id.0)),
+        hold_id: Set(entry.hold_id.map(|id| id.0)),
+        balance_after: Set(Amount(entry.balance_after)),
+        idempotency_key: Set(entry.idempotency_key.clone()),
+        correlation_id: Set(entry.correlation_id.clone()),
+        meter_code: Set(entry.meter_code.clone()),
+        description: Set(entry.description.clone()),
+        metadata: Set(metadata_to(&entry.metadata)),
+        refunded_entry_id: Set(entry.refunded_entry_id.map(|id| id.0)),
+        created_at: Set(entry.created_at),
+    }
+}
+
+pub fn event_type_name(event_type: EventType) -> &'static str {
+    match event_type {
+        EventType::AccountCreated => "ACCOUNT_CREATED",
+        EventType::AccountUpdated => "ACCOUNT_UPDATED",
+        EventType::GrantCreated => "GRANT_CREATED",
+        EventType::GrantExpired => "GRANT_EXPIRED",
+        EventType::GrantVoided => "GRANT_VOIDED",
+        EventType::Debited => "DEBITED",
+        EventType::Refunded => "REFUNDED",
+        EventType::Adjusted => "ADJUSTED",
+        EventType::HoldCreated => "HOLD_CREATED",
+        EventType::HoldCaptured => "HOLD_CAPTURED",
+        EventType::HoldReleased => "HOLD_RELEASED",
+        EventType::HoldExpired => "HOLD_EXPIRED",
+        EventType::BalanceLow => "BALANCE_LOW",
+        EventType::BalanceDepleted => "BALANCE_DEPLETED",
+    }
+}
