@@ -1,0 +1,87 @@
+use chrono::Utc;
+use reservoir_proto::wallet as pb;
+use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
+use tonic::Code;
+
+use crate::helpers::*;
+
+async fn another_tenants_account_is_not_found(app: &TestApp) {
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
+    let (_, mut other) = app.other_tenant().await;
+    let get = other
+        .get_account(pb::GetAccountRequest {
+            account_id: account.id.clone(),
+        })
+        .await;
+    assert_refused(get, Code::NotFound, "NOT_FOUND");
+    assert_refused(
+        other.debit(debit_request(&account, "1")).await,
+        Code::NotFound,
+        "NOT_FOUND",
+    );
+    let balance_read = other
+        .get_balance(pb::GetBalanceRequest {
+            account_id: account.id.clone(),
+        })
+        .await;
+    assert_refused(balance_read, Code::NotFound, "NOT_FOUND");
+    let entries = ledger(&app.client, &account).await;
+    let refund = pb::RefundRequest {
+        entry_id: entries[0].id.clone(),
+        amount: "1".into(),
+        idempotency_key: key(),
+        reason: String::new(),
+    };
+    assert_refused(other.refund(refund).await, Code::NotFound, "NOT_FOUND");
+    let same_external_id = pb::CreateAccountRequest {
+        external_id: account.external_id.clone(),
+        unit: usd(),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    other
+        .create_account(same_external_id)
+        .await
+        .expect("external ids are per tenant");
+    assert_eq!(available(&app.client, &account).await, d("10"));
+}
+
+async fn a_call_without_a_valid_key_is_unauthenticated(app: &TestApp) {
+    let mut anonymous = WalletServiceClient::new(channel(app.address).await);
+    let status = anonymous
+        .get_account(pb::GetAccountRequest { account_id: key() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut wrong = client(app.address, "rsv_not-a-key").await;
+    let status = wrong
+        .get_account(pb::GetAccountRequest { account_id: key() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+async fn a_revoked_key_stops_working(app: &TestApp) {
+    let issued = app
+        .store
+        .issue_key(app.tenant, PEPPER, Utc::now())
+        .await
+        .unwrap();
+    let mut client = client(app.address, &issued.key).await;
+    let account = prepaid(&client).await;
+    assert!(app.store.revoke_key(issued.id, Utc::now()).await.unwrap());
+    let status = client
+        .get_account(pb::GetAccountRequest {
+            account_id: account.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+crate::on_both_backends!(
+    another_tenants_account_is_not_found,
+    a_call_without_a_valid_key_is_unauthenticated,
+    a_revoked_key_stops_working,
+);

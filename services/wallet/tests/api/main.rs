@@ -1,0 +1,16 @@
+//! Black-box tests of the wallet over gRPC, each on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod accounts;
+mod auth;
+mod concurrency;
+mod drawdown;
+mod events;
+mod holds;
+mod idempotency;
+mod ledger;
+mod replay_property;
+mod server;

@@ -1,0 +1,172 @@
+//! Test support shared by every service's tests: a fresh database per test on
+//! either backend, and a client layer that presents an API key.
+//!
+//! PostgreSQL is found at `RESERVOIR_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/reservoir_test`); each test gets a
+//! schema of its own there. When PostgreSQL cannot be reached the test says
+//! so loudly and passes without running, except under CI (`CI=true`), where
+//! it fails.
+
+#![allow(clippy::panic, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use sea_orm::{ConnectionTrait, Database};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::{Request, Status};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A database of one test's own.
+#[derive(Debug, Clone)]
+pub struct TestDatabase {
+    pub backend: Backend,
+    pub url: String,
+    /// The PostgreSQL schema of the test (on SQLite, unused).
+    pub schema: String,
+    sqlite_file: Option<PathBuf>,
+}
+
+fn postgres_url() -> String {
+    std::env::var("RESERVOIR_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/reservoir_test".to_owned())
+}
+
+fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| !value.is_empty() && value != "false" && value != "0")
+}
+
+/// The server URL without the database, to create the test database itself.
+fn server_url(url: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/postgres"),
+        None => url.to_owned(),
+    }
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` when PostgreSQL is out of reach outside CI.
+    pub async fn create(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = std::env::temp_dir().join("reservoir-tests");
+                std::fs::create_dir_all(&dir).expect("creating the test directory");
+                let file = dir.join(format!("{}.db", Uuid::new_v4().simple()));
+                Some(Self {
+                    backend,
+                    url: format!("sqlite://{}?mode=rwc", file.display()),
+                    schema: "wallet".to_owned(),
+                    sqlite_file: Some(file),
+                })
+            }
+            Backend::Postgres => {
+                let url = postgres_url();
+                let connection = match Database::connect(url.clone()).await {
+                    Ok(connection) => connection,
+                    Err(first) => {
+                        // The test database may not exist yet: create it once.
+                        let database = url
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or("reservoir_test")
+                            .to_owned();
+                        match Database::connect(server_url(&url)).await {
+                            Ok(server) => {
+                                // Another test may create it at the same moment; that is fine.
+                                let _ = server
+                                    .execute_unprepared(&format!("CREATE DATABASE {database}"))
+                                    .await;
+                                match Database::connect(url.clone()).await {
+                                    Ok(connection) => connection,
+                                    Err(error) => {
+                                        return unreachable_postgres(&url, &error.to_string());
+                                    }
+                                }
+                            }
+                            Err(_) => return unreachable_postgres(&url, &first.to_string()),
+                        }
+                    }
+                };
+                let schema = format!("t_{}", Uuid::new_v4().simple());
+                connection
+                    .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+                    .await
+                    .expect("creating the test schema");
+                connection
+                    .close()
+                    .await
+                    .expect("closing the admin connection");
+                Some(Self {
+                    backend,
+                    url,
+                    schema,
+                    sqlite_file: None,
+                })
+            }
+        }
+    }
+
+    /// Removes the database. Tests call it at the end; a failed test leaves
+    /// its database behind to be looked at.
+    pub async fn drop_database(self) {
+        match self.backend {
+            Backend::Sqlite => {
+                if let Some(file) = self.sqlite_file {
+                    for suffix in ["", "-wal", "-shm"] {
+                        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+                    }
+                }
+            }
+            Backend::Postgres => {
+                if let Ok(connection) = Database::connect(self.url.clone()).await {
+                    let _ = connection
+                        .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
+                        .await;
+                    let _ = connection.close().await;
+                }
+            }
+        }
+    }
+}
+
+fn unreachable_postgres(url: &str, error: &str) -> Option<TestDatabase> {
+    let message = format!(
+        "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
+         !!! PostgreSQL is unreachable at {url}: {error}\n\
+         !!! The PostgreSQL half of this test did NOT run.\n\
+         !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+    );
+    if under_ci() {
+        panic!("{message}under CI every database test must run on PostgreSQL too");
+    }
+    eprintln!("{message}");
+    None
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub struct BearerKey(pub MetadataValue<Ascii>);
+
+impl BearerKey {
+    pub fn new(key: &str) -> Self {
+        Self(
+            format!("Bearer {key}")
+                .parse()
+                .expect("an API key is ASCII"),
+        )
+    }
+}
+
+impl tonic::service::Interceptor for BearerKey {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
