@@ -1,1 +1,7 @@
+//! Suite tests: the real `reservoir` binary, started, stopped, killed and
+//! restarted, called over gRPC like any client would.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod crash;
+mod process;

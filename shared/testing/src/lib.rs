@@ -7,7 +7,7 @@
 //! so loudly and passes without running, except under CI (`CI=true`), where
 //! it fails.
 
-#![allow(clippy::panic, clippy::expect_used)]
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 
@@ -170,3 +170,5 @@ impl tonic::service::Interceptor for BearerKey {
         Ok(request)
     }
 }
+
+pub mod wallet;

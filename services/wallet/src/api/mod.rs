@@ -399,10 +399,10 @@ impl WalletService for WalletApi {
         let now = now();
         let effective_at = violations.time("effective_at", request.effective_at.as_ref());
         let expires_at = violations.time("expires_at", request.expires_at.as_ref());
-        if let Some(expires) = expires_at {
-            if expires <= effective_at.unwrap_or(now).max(now) {
-                violations.add("expires_at", "must be later than now and than effective_at");
-            }
+        if let Some(expires) = expires_at
+            && expires <= effective_at.unwrap_or(now).max(now)
+        {
+            violations.add("expires_at", "must be later than now and than effective_at");
         }
         if request.amount.is_empty() {
             violations.add("amount", "is required");

@@ -18,9 +18,9 @@ use reservoir_common::auth::{KeyResolver, TenantId, generate_key, hash_key, key_
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    AccessMode, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
+    DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, IsolationLevel, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, Notify};
@@ -304,15 +304,28 @@ impl Store {
         rows::account_from_row(row)
     }
 
-    /// The wallet as of `now`, for reads: nothing is locked or written.
+    /// The wallet as of `now`, for reads: nothing is locked or written. The
+    /// account, grants and holds are read from one snapshot, so a balance
+    /// never mixes the state before a commit with the state after it.
     pub async fn wallet(
         &self,
         tenant_id: TenantId,
         account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
+        let snapshot = if self.backend() == DbBackend::Postgres {
+            self.db
+                .begin_with_config(
+                    Some(IsolationLevel::RepeatableRead),
+                    Some(AccessMode::ReadOnly),
+                )
+                .await?
+        } else {
+            // A deferred SQLite transaction reads one WAL snapshot and takes no write lock.
+            self.db.begin().await?
+        };
         let loaded = load(
-            &self.db,
+            &snapshot,
             tenant_id,
             account_id,
             &LoadPlan::default(),
@@ -320,6 +333,7 @@ impl Store {
             false,
         )
         .await?;
+        snapshot.commit().await?;
         Ok(loaded.wallet)
     }
 

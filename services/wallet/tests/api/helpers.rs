@@ -2,25 +2,18 @@
 //! API key and a client that presents it.
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 
 use chrono::Utc;
 use reservoir_common::auth::TenantId;
 use reservoir_common::settings::AuthSettings;
-use reservoir_common::status::{reason_of, violated_fields};
 use reservoir_proto::wallet as pb;
-use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+pub use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, TestDatabase};
 use reservoir_wallet::app::{Application, WalletSettings};
 use reservoir_wallet::store::Store;
-use rust_decimal::Decimal;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
-use tonic::{Code, Status};
-
-pub type Client = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
+use tonic::Status;
 
 pub const PEPPER: &str = "test-pepper";
 
@@ -107,26 +100,6 @@ impl TestApp {
         self.server.await.unwrap();
         self.database.drop_database().await;
     }
-}
-
-pub async fn channel(address: SocketAddr) -> Channel {
-    Channel::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-pub async fn client(address: SocketAddr, key: &str) -> Client {
-    WalletServiceClient::with_interceptor(channel(address).await, BearerKey::new(key))
-}
-
-pub fn key() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-pub fn d(text: &str) -> Decimal {
-    Decimal::from_str(text).unwrap()
 }
 
 pub fn usd() -> Option<pb::Unit> {
@@ -221,131 +194,6 @@ pub async fn debit(
         .debit(debit_request(account, amount))
         .await
         .map(|response| response.into_inner())
-}
-
-pub async fn balance(client: &Client, account: &pb::Account) -> pb::Balance {
-    client
-        .clone()
-        .get_balance(pb::GetBalanceRequest {
-            account_id: account.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .balance
-        .unwrap()
-}
-
-pub async fn available(client: &Client, account: &pb::Account) -> Decimal {
-    d(&balance(client, account).await.available)
-}
-
-pub async fn ledger(client: &Client, account: &pb::Account) -> Vec<pb::LedgerEntry> {
-    let mut entries = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .clone()
-            .list_ledger_entries(pb::ListLedgerEntriesRequest {
-                account_id: account.id.clone(),
-                page_size: 1_000,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        entries.extend(page.entries);
-        if page.next_page_token.is_empty() {
-            return entries;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
-pub fn moves_money(entry: &pb::LedgerEntry) -> bool {
-    let kind = pb::EntryKind::try_from(entry.kind).unwrap();
-    !matches!(kind, pb::EntryKind::Hold | pb::EntryKind::Release)
-}
-
-/// The invariants, checked through the API as a client would: balance =
-/// sum of money-moving entries; each grant's remaining = the sum of its
-/// entries; sequences without gaps; the last balance_after is that sum.
-pub async fn assert_books_balance(client: &Client, account: &pb::Account) {
-    let entries = ledger(client, account).await;
-    let balance = balance(client, account).await;
-    let money: Decimal = entries
-        .iter()
-        .filter(|entry| moves_money(entry))
-        .map(|entry| d(&entry.amount))
-        .sum();
-    assert_eq!(
-        d(&balance.available) + d(&balance.held) + d(&balance.pending),
-        money,
-        "available + held (+ pending) = sum of money-moving entries"
-    );
-    if let Some(last) = entries.iter().rev().find(|entry| moves_money(entry)) {
-        assert_eq!(d(&last.balance_after), money);
-    }
-    let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
-    assert_eq!(
-        sequences,
-        (1..=entries.len() as u64).collect::<Vec<_>>(),
-        "sequences from 1 without gaps"
-    );
-    let grants = client
-        .clone()
-        .list_grants(pb::ListGrantsRequest {
-            account_id: account.id.clone(),
-            include_inactive: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .grants;
-    for grant in grants {
-        let sum: Decimal = entries
-            .iter()
-            .filter(|entry| entry.grant_id == grant.id && moves_money(entry))
-            .map(|entry| d(&entry.amount))
-            .sum();
-        assert_eq!(
-            d(&grant.remaining_amount),
-            sum,
-            "grant {} remaining = sum of its entries",
-            grant.id
-        );
-    }
-    let floor = match pb::OverdraftPolicy::try_from(account.overdraft_policy).unwrap() {
-        pb::OverdraftPolicy::Unlimited => None,
-        _ => Some(-d(&balance.credit_limit)),
-    };
-    if let Some(floor) = floor {
-        assert!(
-            d(&balance.total) >= floor,
-            "balance {} below the floor {floor}",
-            balance.total
-        );
-    }
-}
-
-/// Asserts a status's code and ErrorInfo reason.
-pub fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, reason: &str) {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason_of(&status).as_deref(), Some(reason), "{status:?}");
-}
-
-/// Asserts INVALID_ARGUMENT naming `field` in its BadRequest.
-pub fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str) {
-    let status = result.expect_err("the call should have been refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        violated_fields(&status)
-            .iter()
-            .any(|violated| violated == field),
-        "{field} not in {status:?}"
-    );
 }
 
 /// Runs each named test body on SQLite and on PostgreSQL, each with a fresh server and database.

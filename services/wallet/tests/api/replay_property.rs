@@ -114,14 +114,14 @@ async fn random_calls_replayed_with_their_keys_change_nothing(app: &TestApp) {
                         idempotency_key: key(),
                         ..Default::default()
                     };
-                    if let Ok(response) = twice!(client, capture_hold, request) {
-                        if let Some(entry) = response
-                            .entries
-                            .first()
-                            .filter(|entry| entry.kind == i32::from(pb::EntryKind::Capture))
-                        {
-                            debits.push(entry.id.clone());
-                        }
+                    let captured = twice!(client, capture_hold, request);
+                    if let Some(entry) = captured
+                        .as_ref()
+                        .ok()
+                        .and_then(|response| response.entries.first())
+                        .filter(|entry| entry.kind == i32::from(pb::EntryKind::Capture))
+                    {
+                        debits.push(entry.id.clone());
                     }
                 }
                 Step::Release(pick) if !holds.is_empty() => {

@@ -1,0 +1,43 @@
+# Reservoir's everyday commands. `make test` is the whole gate CI runs.
+
+CARGO ?= cargo
+SHELL := /bin/bash
+# buf comes from npm (@bufbuild/buf ships the binary); kept under target/ so a
+# clean clone needs nothing but Rust and Node.js.
+BUF_VERSION := 1.75.0
+TOOLS := target/tools
+BUF := $(TOOLS)/node_modules/.bin/buf
+
+.PHONY: run test lint fmt-check clippy proto-lint unit-tests release clean-data help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+run: ## run the whole suite on SQLite under ./data, no setup
+	$(CARGO) run -p reservoir -- up
+
+test: lint unit-tests ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
+
+lint: fmt-check clippy proto-lint ## formatting, clippy and buf lint
+
+fmt-check: ## rustfmt, checked
+	$(CARGO) fmt --all -- --check
+
+clippy: ## clippy on every target, warnings as errors
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+$(BUF):
+	npm install --prefix $(TOOLS) --no-audit --no-fund --loglevel=error @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint: $(BUF) ## buf lint of proto/
+	cd proto && ../$(BUF) lint
+
+unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart
+	set -o pipefail; $(CARGO) test --workspace --locked --all-targets 2>&1 | tee target/test.log
+	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
+
+release: ## the optimized binary at target/release/reservoir
+	$(CARGO) build --release --locked -p reservoir
+
+clean-data: ## forget the local SQLite data of `make run`
+	rm -rf ./data
