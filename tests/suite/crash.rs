@@ -59,10 +59,7 @@ async fn open_funded_account(client: &Client) -> pb::Account {
         .clone()
         .create_account(pb::CreateAccountRequest {
             external_id: key(),
-            unit: Some(pb::Unit {
-                code: "USD".into(),
-                ..Default::default()
-            }),
+            unit: Some(pb::Unit { code: "USD".into(), ..Default::default() }),
             overdraft_policy: pb::OverdraftPolicy::None.into(),
             idempotency_key: key(),
             ..Default::default()
@@ -96,12 +93,7 @@ async fn killed_mid_stream(backend: Backend) {
     let client_before = client(wallet.address, &api_key).await;
     let account = open_funded_account(&client_before).await;
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let workers = start_debiting(
-        wallet.address,
-        api_key.clone(),
-        account.clone(),
-        sent.clone(),
-    );
+    let workers = start_debiting(wallet.address, api_key.clone(), account.clone(), sent.clone());
     // Let a few hundred debits through, then pull the plug mid-stream.
     for _ in 0..200 {
         if sent.lock().unwrap().acknowledged.len() >= 150 {
@@ -117,62 +109,36 @@ async fn killed_mid_stream(backend: Backend) {
         let sent = sent.lock().unwrap();
         (sent.requests.clone(), sent.acknowledged.clone())
     };
-    assert!(
-        acknowledged.len() >= 50,
-        "the test killed too early to show anything: {}",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() >= 50, "the test killed too early to show anything: {}", acknowledged.len());
 
     wallet.start().await;
     let client = client(wallet.address, &api_key).await;
     let entries = ledger(&client, &account).await;
     let debits_by_key = |entries: &[pb::LedgerEntry]| {
         let mut counts: HashMap<String, usize> = HashMap::new();
-        for entry in entries
-            .iter()
-            .filter(|entry| entry.kind == i32::from(pb::EntryKind::Debit))
-        {
+        for entry in entries.iter().filter(|entry| entry.kind == i32::from(pb::EntryKind::Debit)) {
             *counts.entry(entry.idempotency_key.clone()).or_default() += 1;
         }
         counts
     };
     let counts = debits_by_key(&entries);
     for key in acknowledged.keys() {
-        assert_eq!(
-            counts.get(key),
-            Some(&1),
-            "an acknowledged debit is in the ledger exactly once"
-        );
+        assert_eq!(counts.get(key), Some(&1), "an acknowledged debit is in the ledger exactly once");
     }
-    assert!(
-        counts.values().all(|count| *count == 1),
-        "no key was applied twice"
-    );
+    assert!(counts.values().all(|count| *count == 1), "no key was applied twice");
 
     // Retrying every request with its key: the acknowledged ones answer as
     // before; the ones cut off are applied now, once.
     for request in &requests {
-        let response = client
-            .clone()
-            .debit(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let response = client.clone().debit(request.clone()).await.unwrap().into_inner();
         if let Some(original) = acknowledged.get(&request.idempotency_key) {
             assert_eq!(&response, original, "a retry returns the original result");
         }
     }
     let entries = ledger(&client, &account).await;
     let counts = debits_by_key(&entries);
-    assert_eq!(
-        counts.len(),
-        requests.len(),
-        "every sent debit is in the ledger"
-    );
-    assert!(
-        counts.values().all(|count| *count == 1),
-        "and each exactly once"
-    );
+    assert_eq!(counts.len(), requests.len(), "every sent debit is in the ledger");
+    assert!(counts.values().all(|count| *count == 1), "and each exactly once");
     let expected = Decimal::from(1_000_000) - Decimal::new(requests.len() as i64, 2);
     assert_eq!(available(&client, &account).await, expected);
     assert_books_balance(&client, &account).await;
@@ -189,12 +155,7 @@ async fn terminated_mid_stream(backend: Backend) {
     wallet.start().await;
     let account = open_funded_account(&client(wallet.address, &api_key).await).await;
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let workers = start_debiting(
-        wallet.address,
-        api_key.clone(),
-        account.clone(),
-        sent.clone(),
-    );
+    let workers = start_debiting(wallet.address, api_key.clone(), account.clone(), sent.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = wallet.terminate().await;
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
@@ -206,14 +167,8 @@ async fn terminated_mid_stream(backend: Backend) {
     let client = client(wallet.address, &api_key).await;
     let entries = ledger(&client, &account).await;
     for key in acknowledged.keys() {
-        let count = entries
-            .iter()
-            .filter(|entry| &entry.idempotency_key == key)
-            .count();
-        assert_eq!(
-            count, 1,
-            "an acknowledged debit is in the ledger exactly once"
-        );
+        let count = entries.iter().filter(|entry| &entry.idempotency_key == key).count();
+        assert_eq!(count, 1, "an acknowledged debit is in the ledger exactly once");
     }
     assert_books_balance(&client, &account).await;
     wallet.terminate().await;

@@ -19,11 +19,7 @@ use crate::client;
 use crate::settings::Settings;
 
 #[derive(Parser)]
-#[command(
-    name = "reservoir",
-    version,
-    about = "Prepaid credits and customer wallets for usage-billed platforms"
-)]
+#[command(name = "reservoir", version, about = "Prepaid credits and customer wallets for usage-billed platforms")]
 struct Cli {
     /// A TOML settings file; `RESERVOIR__...` environment variables override it.
     #[arg(long, global = true, env = "RESERVOIR_CONFIG")]
@@ -97,11 +93,7 @@ enum KeyCommand {
 #[derive(Args, Clone)]
 struct ClientArgs {
     /// The wallet service's address.
-    #[arg(
-        long,
-        env = "RESERVOIR_ENDPOINT",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "RESERVOIR_ENDPOINT", default_value = "http://127.0.0.1:50051")]
     endpoint: String,
     /// The tenant's API key.
     #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
@@ -195,10 +187,7 @@ struct DebitArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -226,12 +215,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Up => up(config).await,
-        Command::Serve {
-            service: Service::Wallet,
-        } => serve_wallet(config).await,
-        Command::Migrate {
-            service: Service::Wallet,
-        } => {
+        Command::Serve { service: Service::Wallet } => serve_wallet(config).await,
+        Command::Migrate { service: Service::Wallet } => {
             let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
             let store = Store::connect(&settings.wallet.database()).await?;
             store.migrate().await?;
@@ -244,18 +229,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(args) => grant(args).await,
         Command::Debit(args) => debit(args).await,
         Command::Balance { account_id, client } => balance(account_id, client).await,
-        Command::Ledger {
-            account_id,
-            limit,
-            client,
-        } => ledger(account_id, limit, client).await,
+        Command::Ledger { account_id, limit, client } => ledger(account_id, limit, client).await,
     }
 }
 
 async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
-    let _telemetry =
-        telemetry::init(&settings.telemetry, "reservoir-wallet").map_err(anyhow::Error::msg)?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-wallet").map_err(anyhow::Error::msg)?;
     let application = Application::build(&settings.wallet, &settings.auth).await?;
     application.run_until(shutdown_signal()).await?;
     Ok(())
@@ -265,18 +245,14 @@ async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
 /// tenant, prints its key and keeps a copy in `<data_dir>/dev-api-key`.
 async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
-    let _telemetry =
-        telemetry::init(&settings.telemetry, "reservoir").map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&settings.data_dir)
-        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir").map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let application = Application::build(&settings.wallet, &settings.auth).await?;
     let store = application.store();
     if store.list_tenants().await?.is_empty() {
         let now = chrono::Utc::now();
         let tenant = store.create_tenant("development", now).await?;
-        let issued = store
-            .issue_key(tenant, &settings.auth.api_key_pepper, now)
-            .await?;
+        let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
         let path = settings.data_dir.join("dev-api-key");
         write_secret(&path, &issued.key)?;
         println!("Created the development tenant {tenant}.");
@@ -291,8 +267,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
 }
 
 fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
-    std::fs::write(path, format!("{secret}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, format!("{secret}\n")).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -314,9 +289,7 @@ async fn tenant(config: Option<&Path>, command: TenantCommand) -> anyhow::Result
     match command {
         TenantCommand::Create { name } => {
             let tenant = store.create_tenant(&name, now).await?;
-            let issued = store
-                .issue_key(tenant, &settings.auth.api_key_pepper, now)
-                .await?;
+            let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
             println!("tenant {tenant}");
             println!("key id {}", issued.id);
             println!("api key {}", issued.key);
@@ -353,17 +326,12 @@ async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<()> {
     match command {
         KeyCommand::Issue { tenant_id } => {
             let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
-            let issued = store
-                .issue_key(tenant, &settings.auth.api_key_pepper, now)
-                .await?;
+            let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
             println!("key id {}", issued.id);
             println!("api key {}", issued.key);
         }
         KeyCommand::Revoke { key_id } => {
-            if !store
-                .revoke_key(key_id.parse().context("key id")?, now)
-                .await?
-            {
+            if !store.revoke_key(key_id.parse().context("key id")?, now).await? {
                 bail!("no active key {key_id}");
             }
             println!("revoked {key_id}");
@@ -377,17 +345,9 @@ fn fresh_key() -> String {
 }
 
 fn print_account(account: &pb::Account, as_json: bool) -> anyhow::Result<()> {
-    let unit = account
-        .unit
-        .as_ref()
-        .map(|unit| unit.code.clone())
-        .unwrap_or_default();
-    let policy = pb::OverdraftPolicy::try_from(account.overdraft_policy)
-        .map(|p| p.as_str_name())
-        .unwrap_or("?");
-    let status = pb::AccountStatus::try_from(account.status)
-        .map(|s| s.as_str_name())
-        .unwrap_or("?");
+    let unit = account.unit.as_ref().map(|unit| unit.code.clone()).unwrap_or_default();
+    let policy = pb::OverdraftPolicy::try_from(account.overdraft_policy).map(|p| p.as_str_name()).unwrap_or("?");
+    let status = pb::AccountStatus::try_from(account.status).map(|s| s.as_str_name()).unwrap_or("?");
     if as_json {
         println!(
             "{}",
@@ -399,14 +359,7 @@ fn print_account(account: &pb::Account, as_json: bool) -> anyhow::Result<()> {
         );
     } else {
         let mut table = Table::new();
-        table.set_header([
-            "id",
-            "external id",
-            "unit",
-            "overdraft",
-            "credit limit",
-            "status",
-        ]);
+        table.set_header(["id", "external id", "unit", "overdraft", "credit limit", "status"]);
         table.add_row([
             account.id.clone(),
             account.external_id.clone(),
@@ -433,16 +386,7 @@ fn print_balance(balance: &pb::Balance, as_json: bool) -> anyhow::Result<()> {
         );
     } else {
         let mut table = Table::new();
-        table.set_header([
-            "available",
-            "held",
-            "total",
-            "paid",
-            "promotional",
-            "courtesy",
-            "overdraft used",
-            "unit",
-        ]);
+        table.set_header(["available", "held", "total", "paid", "promotional", "courtesy", "overdraft used", "unit"]);
         table.add_row([
             balance.available.clone(),
             balance.held.clone(),
@@ -459,9 +403,7 @@ fn print_balance(balance: &pb::Balance, as_json: bool) -> anyhow::Result<()> {
 }
 
 fn entry_kind_name(kind: i32) -> &'static str {
-    pb::EntryKind::try_from(kind)
-        .map(|kind| kind.as_str_name().trim_start_matches("ENTRY_KIND_"))
-        .unwrap_or("?")
+    pb::EntryKind::try_from(kind).map(|kind| kind.as_str_name().trim_start_matches("ENTRY_KIND_")).unwrap_or("?")
 }
 
 fn print_entries(entries: &[pb::LedgerEntry], as_json: bool) -> anyhow::Result<()> {
@@ -480,30 +422,14 @@ fn print_entries(entries: &[pb::LedgerEntry], as_json: bool) -> anyhow::Result<(
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         let mut table = Table::new();
-        table.set_header([
-            "seq",
-            "kind",
-            "amount",
-            "balance after",
-            "grant",
-            "meter",
-            "description",
-        ]);
+        table.set_header(["seq", "kind", "amount", "balance after", "grant", "meter", "description"]);
         for entry in entries {
             table.add_row([
                 entry.sequence.to_string(),
                 entry_kind_name(entry.kind).to_owned(),
                 entry.amount.clone(),
                 entry.balance_after.clone(),
-                entry
-                    .grant_id
-                    .chars()
-                    .rev()
-                    .take(12)
-                    .collect::<Vec<_>>()
-                    .into_iter()
-                    .rev()
-                    .collect(),
+                entry.grant_id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect(),
                 entry.meter_code.clone(),
                 entry.description.clone(),
             ]);
@@ -535,12 +461,7 @@ async fn account(command: AccountCommand) -> anyhow::Result<()> {
             let response = wallet
                 .create_account(pb::CreateAccountRequest {
                     external_id,
-                    unit: Some(pb::Unit {
-                        code: unit,
-                        scale,
-                        price_per_credit,
-                        billing_currency,
-                    }),
+                    unit: Some(pb::Unit { code: unit, scale, price_per_credit, billing_currency }),
                     overdraft_policy: policy.into(),
                     credit_limit,
                     low_balance_threshold,
@@ -553,10 +474,7 @@ async fn account(command: AccountCommand) -> anyhow::Result<()> {
         }
         AccountCommand::Get { account_id, client } => {
             let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-            let response = wallet
-                .get_account(pb::GetAccountRequest { account_id })
-                .await?
-                .into_inner();
+            let response = wallet.get_account(pb::GetAccountRequest { account_id }).await?.into_inner();
             print_account(&response.account.unwrap_or_default(), client.json)
         }
     }
@@ -583,14 +501,7 @@ async fn grant(args: GrantArgs) -> anyhow::Result<()> {
         .await?
         .into_inner();
     if !args.client.json {
-        println!(
-            "grant {}",
-            response
-                .grant
-                .as_ref()
-                .map(|grant| grant.id.as_str())
-                .unwrap_or("")
-        );
+        println!("grant {}", response.grant.as_ref().map(|grant| grant.id.as_str()).unwrap_or(""));
     }
     print_entries(&response.entries, args.client.json)?;
     print_balance(&response.balance.unwrap_or_default(), args.client.json)
@@ -615,10 +526,7 @@ async fn debit(args: DebitArgs) -> anyhow::Result<()> {
 
 async fn balance(account_id: String, client: ClientArgs) -> anyhow::Result<()> {
     let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-    let response = wallet
-        .get_balance(pb::GetBalanceRequest { account_id })
-        .await?
-        .into_inner();
+    let response = wallet.get_balance(pb::GetBalanceRequest { account_id }).await?.into_inner();
     print_balance(&response.balance.unwrap_or_default(), client.json)
 }
 

@@ -11,9 +11,7 @@ pub struct BearerKey(MetadataValue<tonic::metadata::Ascii>);
 
 impl tonic::service::Interceptor for BearerKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -23,8 +21,5 @@ pub type Wallet = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
 pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
     let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(WalletServiceClient::with_interceptor(
-        channel,
-        BearerKey(value),
-    ))
+    Ok(WalletServiceClient::with_interceptor(channel, BearerKey(value)))
 }

@@ -49,9 +49,7 @@ impl WalletSettings {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        self.database()
-            .validate()
-            .map_err(|error| format!("wallet: {error}"))?;
+        self.database().validate().map_err(|error| format!("wallet: {error}"))?;
         if self.sweep_interval_ms == 0 {
             return Err("wallet: sweep_interval_ms must be at least 1".into());
         }
@@ -64,10 +62,7 @@ pub enum AppError {
     #[error("settings: {0}")]
     Settings(String),
     #[error("listening on {address}: {source}")]
-    Listen {
-        address: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { address: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] WalletError),
     #[error(transparent)]
@@ -87,26 +82,13 @@ impl Application {
         settings.validate().map_err(AppError::Settings)?;
         let store = Store::connect(&settings.database()).await?;
         store.migrate().await?;
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| AppError::Listen {
-                    address: settings.listen,
-                    source,
-                })?;
-        let authenticator = Arc::new(Authenticator::new(
-            Arc::new(StoreKeyResolver {
-                store: store.clone(),
-            }),
-            auth.api_key_pepper.clone(),
-            Duration::from_millis(auth.key_cache_ttl_ms),
-        ));
-        Ok(Self {
-            listener,
-            store,
-            authenticator,
-            sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
-        })
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let resolver = StoreKeyResolver { store: store.clone(), pepper: auth.api_key_pepper.clone() };
+        let authenticator =
+            Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
+        Ok(Self { listener, store, authenticator, sweep_interval: Duration::from_millis(settings.sweep_interval_ms) })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -119,30 +101,16 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops taking calls, lets those
     /// in flight finish, and stops the sweeper.
-    pub async fn run_until(
-        self,
-        shutdown: impl Future<Output = ()> + Send,
-    ) -> Result<(), AppError> {
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop_sender, stopping) = watch::channel(false);
-        let sweeper = tokio::spawn(sweep(
-            self.store.clone(),
-            self.sweep_interval,
-            stopping.clone(),
-        ));
+        let sweeper = tokio::spawn(sweep(self.store.clone(), self.sweep_interval, stopping.clone()));
         let api = WalletApi::new(self.store.clone(), stopping);
         let routes = tonic::service::Routes::new(WalletServiceServer::new(api));
         let stop_streams = async move {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(
-            self.listener,
-            routes,
-            &[SERVICE_NAME],
-            self.authenticator,
-            stop_streams,
-        )
-        .await;
+        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, stop_streams).await;
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "the expiry sweeper ended abnormally");
         }

@@ -24,10 +24,7 @@ pub fn unit(unit: &Unit) -> pb::Unit {
             price_per_credit: String::new(),
             billing_currency: String::new(),
         },
-        UnitKind::Credit {
-            price_per_credit,
-            billing_currency,
-        } => pb::Unit {
+        UnitKind::Credit { price_per_credit, billing_currency } => pb::Unit {
             code: unit.code().to_owned(),
             scale: Some(unit.scale()),
             price_per_credit: price_per_credit.normalize().to_string(),
@@ -61,10 +58,7 @@ pub fn account(account: &Account) -> pb::Account {
         overdraft_policy: overdraft_policy(account.overdraft).into(),
         credit_limit: amount(unit_, account.overdraft.credit_limit()),
         status: account_status(account.status).into(),
-        low_balance_threshold: account
-            .low_balance_threshold
-            .map(|value| amount(unit_, value))
-            .unwrap_or_default(),
+        low_balance_threshold: account.low_balance_threshold.map(|value| amount(unit_, value)).unwrap_or_default(),
         metadata: account.metadata.clone(),
         created_at: Some(to_timestamp(account.created_at)),
         updated_at: Some(to_timestamp(account.updated_at)),
@@ -184,10 +178,7 @@ pub fn balance(account: &Account, view: &BalanceView) -> pb::Balance {
         promotional: amount(unit_, view.promotional),
         courtesy: amount(unit_, view.courtesy),
         next_expiry_at: view.next_expiry_at.map(to_timestamp),
-        spendable: view
-            .spendable
-            .map(|value| amount(unit_, value))
-            .unwrap_or_default(),
+        spendable: view.spendable.map(|value| amount(unit_, value)).unwrap_or_default(),
         pending: amount(unit_, view.pending),
     }
 }
@@ -218,20 +209,14 @@ pub fn event_payload(event: &Event, unit_: &Unit, sequence: u64) -> Vec<u8> {
         r#type: event_type(event.event_type).into(),
         account_id: event.account_id.to_string(),
         occurred_at: Some(to_timestamp(event.occurred_at)),
-        amount: event
-            .amount
-            .map(|value| amount(unit_, value))
-            .unwrap_or_default(),
+        amount: event.amount.map(|value| amount(unit_, value)).unwrap_or_default(),
         available: amount(unit_, event.available),
         grant_id: optional_id(event.grant_id),
         hold_id: optional_id(event.hold_id),
         idempotency_key: event.idempotency_key.clone(),
         correlation_id: event.correlation_id.clone(),
         meter_code: event.meter_code.clone().unwrap_or_default(),
-        threshold: event
-            .threshold
-            .map(|value| amount(unit_, value))
-            .unwrap_or_default(),
+        threshold: event.threshold.map(|value| amount(unit_, value)).unwrap_or_default(),
     }
     .encode_to_vec()
 }

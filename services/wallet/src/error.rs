@@ -77,31 +77,19 @@ impl From<WalletError> for Status {
     fn from(error: WalletError) -> Self {
         match &error {
             WalletError::InvalidArgument(violations) => status::invalid_argument(violations),
-            WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => {
-                status::internal(&error)
-            }
+            WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => status::internal(&error),
             WalletError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
-                status::with_reason(
-                    Code::Unavailable,
-                    error.reason(),
-                    "the database is unavailable; retry",
-                )
+                status::with_reason(Code::Unavailable, error.reason(), "the database is unavailable; retry")
             }
             WalletError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");
-                status::with_reason(
-                    Code::Aborted,
-                    error.reason(),
-                    "a concurrent change conflicted; retry",
-                )
+                status::with_reason(Code::Aborted, error.reason(), "a concurrent change conflicted; retry")
             }
             WalletError::NotFound(_)
             | WalletError::Domain(_)
             | WalletError::IdempotencyKeyReused
-            | WalletError::AccountExists => {
-                status::with_reason(error.code(), error.reason(), error.to_string())
-            }
+            | WalletError::AccountExists => status::with_reason(error.code(), error.reason(), error.to_string()),
         }
     }
 }
@@ -116,10 +104,7 @@ impl From<DbErr> for WalletError {
             _ => {
                 let text = error.to_string();
                 // PostgreSQL serialization failure and deadlock, SQLite busy: all retryable.
-                if text.contains("40001")
-                    || text.contains("40P01")
-                    || text.contains("database is locked")
-                {
+                if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") {
                     Self::Conflict(text)
                 } else if text.contains("Connection refused")
                     || text.contains("PoolTimedOut")

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tonic::Status;
 use uuid::Uuid;
 
@@ -30,11 +30,7 @@ pub const KEY_PREFIX: &str = "rsv_";
 
 /// A fresh API key: the prefix and 244 random bits from two v4 uuids.
 pub fn generate_key() -> String {
-    format!(
-        "{KEY_PREFIX}{}{}",
-        Uuid::new_v4().simple(),
-        Uuid::new_v4().simple()
-    )
+    format!("{KEY_PREFIX}{}{}", Uuid::new_v4().simple(), Uuid::new_v4().simple())
 }
 
 /// The first characters of a key, kept in the clear so an operator can tell keys apart.
@@ -54,19 +50,33 @@ pub fn hash_key(pepper: &str, key: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// Looks up the tenant of a key hash; implemented by whichever store keeps the keys.
+/// Services call each other with a service key and name the tenant they act
+/// for in this metadata entry; a tenant's own key ignores it.
+pub const TENANT_HEADER: &str = "x-reservoir-tenant";
+
+/// Who a key belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A tenant's key: every call acts for that tenant.
+    Tenant(TenantId),
+    /// A Reservoir service's key: each call names its tenant in [`TENANT_HEADER`].
+    Service,
+}
+
+/// Looks up who presented a key: the store that keeps the keys, or a remote
+/// service that can tell.
 pub trait KeyResolver: Send + Sync + 'static {
     /// `Ok(None)` for an unknown or revoked key.
-    fn resolve(&self, key_hash: String) -> BoxFuture<'static, Result<Option<TenantId>, String>>;
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>>;
 }
 
 /// Remembers recent answers of a resolver for a short time, so a busy client
-/// does not cost a database read per call.
+/// does not cost a lookup per call. The cache is keyed by a digest of the
+/// key, never the key itself.
 pub struct Authenticator {
     resolver: Arc<dyn KeyResolver>,
-    pepper: String,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (TenantId, Instant)>>,
+    cache: Mutex<HashMap<String, (Caller, Instant)>>,
 }
 
 /// Most cached keys; past this the cache is cleared rather than grown, which
@@ -74,37 +84,31 @@ pub struct Authenticator {
 const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
 
 impl Authenticator {
-    pub fn new(resolver: Arc<dyn KeyResolver>, pepper: String, ttl: Duration) -> Self {
-        Self {
-            resolver,
-            pepper,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
-        }
+    pub fn new(resolver: Arc<dyn KeyResolver>, ttl: Duration) -> Self {
+        Self { resolver, ttl, cache: Mutex::new(HashMap::new()) }
     }
 
-    /// The tenant of a presented key, or UNAUTHENTICATED.
-    pub async fn authenticate(&self, key: &str) -> Result<TenantId, Status> {
-        let hash = hash_key(&self.pepper, key);
+    /// Who presented `key`, or UNAUTHENTICATED.
+    pub async fn authenticate(&self, key: &str) -> Result<Caller, Status> {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
         if let Ok(cache) = self.cache.lock()
-            && let Some((tenant, at)) = cache.get(&hash)
+            && let Some((caller, at)) = cache.get(&digest)
             && at.elapsed() < self.ttl
         {
-            return Ok(*tenant);
+            return Ok(*caller);
         }
-        let resolved = self.resolver.resolve(hash.clone()).await.map_err(|cause| {
+        let resolved = self.resolver.resolve(key.to_owned()).await.map_err(|cause| {
             tracing::error!(%cause, "API key lookup failed");
             Status::unavailable("the key store is unavailable")
         })?;
-        let tenant =
-            resolved.ok_or_else(|| Status::unauthenticated("unknown or revoked API key"))?;
+        let caller = resolved.ok_or_else(|| Status::unauthenticated("unknown or revoked API key"))?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= KEY_CACHE_ENTRIES_MAX {
                 cache.clear();
             }
-            cache.insert(hash, (tenant, Instant::now()));
+            cache.insert(digest, (caller, Instant::now()));
         }
-        Ok(tenant)
+        Ok(caller)
     }
 }
 
@@ -115,15 +119,15 @@ fn is_public(path: &str) -> bool {
 
 /// The bearer key of a request's `authorization` metadata.
 fn bearer_key<B>(request: &http::Request<B>) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let key = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?;
+    let value = request.headers().get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let key = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
     Some(key.trim())
+}
+
+/// The tenant a service call acts for.
+fn acting_tenant<B>(request: &http::Request<B>) -> Option<TenantId> {
+    let value = request.headers().get(TENANT_HEADER)?.to_str().ok()?;
+    Uuid::parse_str(value.trim()).ok().map(TenantId)
 }
 
 /// The tower layer that authenticates every non-public call.
@@ -142,10 +146,7 @@ impl<S> tower::Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService {
-            inner,
-            authenticator: self.authenticator.clone(),
-        }
+        AuthService { inner, authenticator: self.authenticator.clone() }
     }
 }
 
@@ -157,10 +158,7 @@ pub struct AuthService<S> {
 
 impl<S, B> tower::Service<http::Request<B>> for AuthService<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -183,29 +181,94 @@ where
                 return inner.call(request).await;
             }
             let Some(key) = bearer_key(&request).map(str::to_owned) else {
-                return Ok(Status::unauthenticated(
-                    "missing bearer API key in authorization metadata",
-                )
-                .into_http());
+                return Ok(Status::unauthenticated("missing bearer API key in authorization metadata").into_http());
             };
-            match authenticator.authenticate(&key).await {
-                Ok(tenant) => {
-                    request.extensions_mut().insert(tenant);
-                    inner.call(request).await
-                }
-                Err(status) => Ok(status.into_http()),
+            let caller = match authenticator.authenticate(&key).await {
+                Ok(caller) => caller,
+                Err(status) => return Ok(status.into_http()),
+            };
+            let tenant = match caller {
+                Caller::Tenant(tenant) => Some(tenant),
+                Caller::Service => acting_tenant(&request),
+            };
+            request.extensions_mut().insert(caller);
+            if let Some(tenant) = tenant {
+                request.extensions_mut().insert(tenant);
             }
+            inner.call(request).await
         })
     }
 }
 
 /// The caller's tenant, as the auth layer left it on the request.
 pub fn tenant_of<T>(request: &tonic::Request<T>) -> Result<TenantId, Status> {
+    if let Some(tenant) = request.extensions().get::<TenantId>() {
+        return Ok(*tenant);
+    }
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Service) => {
+            Err(Status::permission_denied(format!("a service key must name the tenant it acts for in {TENANT_HEADER}")))
+        }
+        _ => Err(Status::unauthenticated("missing bearer API key in authorization metadata")),
+    }
+}
+
+/// Who made the call, as the auth layer left it on the request.
+pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
     request
         .extensions()
-        .get::<TenantId>()
+        .get::<Caller>()
         .copied()
         .ok_or_else(|| Status::unauthenticated("missing bearer API key in authorization metadata"))
+}
+
+/// Resolves keys by asking the wallet, which keeps them: how every other
+/// service authenticates its callers without reading the wallet's tables.
+pub struct WalletKeyResolver {
+    channel: tonic::transport::Channel,
+}
+
+impl WalletKeyResolver {
+    pub fn new(channel: tonic::transport::Channel) -> Self {
+        Self { channel }
+    }
+}
+
+impl KeyResolver for WalletKeyResolver {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+        use reservoir_proto::wallet::{CallerKind, GetCallerRequest, wallet_service_client::WalletServiceClient};
+        let channel = self.channel.clone();
+        Box::pin(async move {
+            let mut request = tonic::Request::new(GetCallerRequest {});
+            let Ok(value) = format!("Bearer {key}").parse() else { return Ok(None) };
+            request.metadata_mut().insert("authorization", value);
+            match WalletServiceClient::new(channel).get_caller(request).await {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    match CallerKind::try_from(response.kind) {
+                        Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
+                            .map(|id| Some(Caller::Tenant(TenantId(id))))
+                            .map_err(|error| format!("the wallet named a malformed tenant: {error}")),
+                        Ok(CallerKind::Service) => Ok(Some(Caller::Service)),
+                        _ => Err("the wallet answered an unknown caller kind".to_owned()),
+                    }
+                }
+                Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(None),
+                Err(status) => Err(format!("asking the wallet who holds a key: {status}")),
+            }
+        })
+    }
+}
+
+/// Builds a call a service makes for a tenant: its own key, and the tenant it acts for.
+pub fn service_request<T>(message: T, service_key: &str, tenant: TenantId) -> Result<tonic::Request<T>, Status> {
+    let mut request = tonic::Request::new(message);
+    let authorization =
+        format!("Bearer {service_key}").parse().map_err(|_| Status::internal("the service key is not valid ASCII"))?;
+    let tenant_value = tenant.to_string().parse().map_err(|_| Status::internal("a tenant id is not ASCII"))?;
+    request.metadata_mut().insert("authorization", authorization);
+    request.metadata_mut().insert(TENANT_HEADER, tenant_value);
+    Ok(request)
 }
 
 #[cfg(test)]

@@ -45,10 +45,7 @@ pub enum UnitKind {
     /// An ISO-4217 currency.
     Currency,
     /// A custom credit unit, priced per credit in a billing currency.
-    Credit {
-        price_per_credit: Decimal,
-        billing_currency: String,
-    },
+    Credit { price_per_credit: Decimal, billing_currency: String },
 }
 
 /// A wallet's unit: its code, its scale and what it is.
@@ -60,40 +57,25 @@ pub struct Unit {
 }
 
 fn currency_exponent(code: &str) -> Option<u32> {
-    iso_currency::Currency::from_code(code)
-        .and_then(|currency| currency.exponent())
-        .map(u32::from)
+    iso_currency::Currency::from_code(code).and_then(|currency| currency.exponent()).map(u32::from)
 }
 
 impl Unit {
     /// An ISO-4217 currency; `scale`, when given, must equal its exponent.
     pub fn currency(code: &str, scale: Option<u32>) -> Result<Self, MoneyError> {
         let exponent = currency_exponent(code).ok_or_else(|| {
-            MoneyError::InvalidUnit(format!(
-                "{code:?} is not an ISO-4217 currency with decimal places"
-            ))
+            MoneyError::InvalidUnit(format!("{code:?} is not an ISO-4217 currency with decimal places"))
         })?;
         if let Some(scale) = scale
             && scale != exponent
         {
-            return Err(MoneyError::InvalidUnit(format!(
-                "{code} has {exponent} decimal places, not {scale}"
-            )));
+            return Err(MoneyError::InvalidUnit(format!("{code} has {exponent} decimal places, not {scale}")));
         }
-        Ok(Self {
-            code: code.to_owned(),
-            scale: exponent,
-            kind: UnitKind::Currency,
-        })
+        Ok(Self { code: code.to_owned(), scale: exponent, kind: UnitKind::Currency })
     }
 
     /// A custom credit unit.
-    pub fn credit(
-        code: &str,
-        scale: u32,
-        price_per_credit: &str,
-        billing_currency: &str,
-    ) -> Result<Self, MoneyError> {
+    pub fn credit(code: &str, scale: u32, price_per_credit: &str, billing_currency: &str) -> Result<Self, MoneyError> {
         let code_ok = !code.is_empty()
             && code.len() <= UNIT_CODE_LENGTH_MAX
             && code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -103,19 +85,13 @@ impl Unit {
             )));
         }
         if iso_currency::Currency::from_code(code).is_some() {
-            return Err(MoneyError::InvalidUnit(format!(
-                "{code} is a currency code and cannot name a custom unit"
-            )));
+            return Err(MoneyError::InvalidUnit(format!("{code} is a currency code and cannot name a custom unit")));
         }
         if scale > SCALE_MAX {
-            return Err(MoneyError::InvalidUnit(format!(
-                "scale must be 0 to {SCALE_MAX}"
-            )));
+            return Err(MoneyError::InvalidUnit(format!("scale must be 0 to {SCALE_MAX}")));
         }
         currency_exponent(billing_currency).ok_or_else(|| {
-            MoneyError::InvalidUnit(format!(
-                "billing currency {billing_currency:?} is not an ISO-4217 currency"
-            ))
+            MoneyError::InvalidUnit(format!("billing currency {billing_currency:?} is not an ISO-4217 currency"))
         })?;
         // A credit's price may be finer than a cent (0.0001 USD a token), so
         // it is held at the widest scale rather than the currency's.
@@ -125,10 +101,7 @@ impl Unit {
         Ok(Self {
             code: code.to_owned(),
             scale,
-            kind: UnitKind::Credit {
-                price_per_credit: price,
-                billing_currency: billing_currency.to_owned(),
-            },
+            kind: UnitKind::Credit { price_per_credit: price, billing_currency: billing_currency.to_owned() },
         })
     }
 
@@ -143,8 +116,7 @@ impl Unit {
         if price_per_credit.is_empty() && billing_currency.is_empty() {
             Self::currency(code, scale)
         } else {
-            let scale = scale
-                .ok_or_else(|| MoneyError::InvalidUnit("a custom unit needs a scale".into()))?;
+            let scale = scale.ok_or_else(|| MoneyError::InvalidUnit("a custom unit needs a scale".into()))?;
             Self::credit(code, scale, price_per_credit, billing_currency)
         }
     }
@@ -196,24 +168,14 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<Decimal, MoneyError> {
     let trimmed = text.trim();
     let well_formed = !trimmed.is_empty()
         && trimmed.len() == text.len()
-        && trimmed
-            .strip_prefix('-')
-            .unwrap_or(trimmed)
-            .chars()
-            .all(|c| c.is_ascii_digit() || c == '.')
+        && trimmed.strip_prefix('-').unwrap_or(trimmed).chars().all(|c| c.is_ascii_digit() || c == '.')
         && trimmed.matches('.').count() <= 1
         && !trimmed.ends_with('.')
         && !trimmed.trim_start_matches('-').starts_with('.');
     if !well_formed {
         return Err(MoneyError::NotANumber);
     }
-    let integer_digits = trimmed
-        .trim_start_matches('-')
-        .split('.')
-        .next()
-        .unwrap_or("")
-        .trim_start_matches('0')
-        .len();
+    let integer_digits = trimmed.trim_start_matches('-').split('.').next().unwrap_or("").trim_start_matches('0').len();
     // Checked before parsing so that a 40-digit string is "out of range", not
     // a parser overflow.
     if integer_digits > 18 {
@@ -244,11 +206,7 @@ pub fn positive(amount: Decimal) -> Result<Decimal, MoneyError> {
 
 /// Accepts zero and above.
 pub fn non_negative(amount: Decimal) -> Result<Decimal, MoneyError> {
-    if amount.is_sign_negative() && !amount.is_zero() {
-        Err(MoneyError::Negative)
-    } else {
-        Ok(amount)
-    }
+    if amount.is_sign_negative() && !amount.is_zero() { Err(MoneyError::Negative) } else { Ok(amount) }
 }
 
 #[cfg(test)]
@@ -285,14 +243,9 @@ mod tests {
         let unit = usd();
         assert_eq!(unit.parse("12.50").unwrap(), Decimal::new(1250, 2));
         assert_eq!(unit.parse("12.500").unwrap(), Decimal::new(1250, 2));
-        assert_eq!(
-            unit.parse("12.505"),
-            Err(MoneyError::TooManyDecimals { scale: 2 })
-        );
+        assert_eq!(unit.parse("12.505"), Err(MoneyError::TooManyDecimals { scale: 2 }));
         assert_eq!(unit.parse("-3").unwrap(), Decimal::from(-3));
-        for bad in [
-            "", " 1", "1e3", "1.", ".5", "abc", "1.2.3", "--1", "+1", "NaN",
-        ] {
+        for bad in ["", " 1", "1e3", "1.", ".5", "abc", "1.2.3", "--1", "+1", "NaN"] {
             assert_eq!(unit.parse(bad), Err(MoneyError::NotANumber), "{bad:?}");
         }
     }
@@ -303,14 +256,8 @@ mod tests {
         assert_eq!(unit.parse_positive("0"), Err(MoneyError::Zero));
         assert_eq!(unit.parse_positive("0.00"), Err(MoneyError::Zero));
         assert_eq!(unit.parse_positive("-0.01"), Err(MoneyError::NotPositive));
-        assert_eq!(
-            unit.parse_positive("1000000000000000000"),
-            Err(MoneyError::OutOfRange)
-        );
-        assert_eq!(
-            unit.parse_positive("99999999999999999999999999999999999999"),
-            Err(MoneyError::OutOfRange)
-        );
+        assert_eq!(unit.parse_positive("1000000000000000000"), Err(MoneyError::OutOfRange));
+        assert_eq!(unit.parse_positive("99999999999999999999999999999999999999"), Err(MoneyError::OutOfRange));
         assert!(unit.parse_positive("999999999999999999.99").is_ok());
     }
 

@@ -53,9 +53,7 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(reservoir_proto::FILE_DESCRIPTOR_SET)
@@ -67,14 +65,8 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|error| ServeError::Reflection(error.to_string()))?;
-    let routes = routes
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
-    let names: Vec<String> = service_names
-        .iter()
-        .map(|name| (*name).to_owned())
-        .collect();
+    let routes = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
+    let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, "serving");
     tonic::transport::Server::builder()
@@ -84,13 +76,9 @@ pub async fn serve(
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             // Probes see the pod going before its port closes.
-            reporter
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
+            reporter.set_service_status("", ServingStatus::NotServing).await;
             for name in names {
-                reporter
-                    .set_service_status(name, ServingStatus::NotServing)
-                    .await;
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
             }
         })
         .await

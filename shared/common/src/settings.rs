@@ -8,21 +8,14 @@ use serde::de::DeserializeOwned;
 
 /// Reads settings of type `T` from `defaults` (a TOML text), the optional
 /// file, and the environment, in that order of precedence, lowest first.
-pub fn load<T: DeserializeOwned>(
-    defaults: &str,
-    file: Option<&Path>,
-) -> Result<T, config::ConfigError> {
-    let mut builder = config::Config::builder()
-        .add_source(config::File::from_str(defaults, config::FileFormat::Toml));
+pub fn load<T: DeserializeOwned>(defaults: &str, file: Option<&Path>) -> Result<T, config::ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(defaults, config::FileFormat::Toml));
     if let Some(path) = file {
         builder = builder.add_source(config::File::from(path).required(true));
     }
     builder
         .add_source(
-            config::Environment::with_prefix("RESERVOIR")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix("RESERVOIR").prefix_separator("__").separator("__").try_parsing(true),
         )
         .build()?
         .try_deserialize()
@@ -46,24 +39,15 @@ impl DatabaseSettings {
     pub fn validate(&self) -> Result<(), String> {
         let known = self.is_postgres() || self.url.starts_with("sqlite:");
         if !known {
-            return Err(format!(
-                "database url must start with sqlite: or postgres://, not {:?}",
-                self.url
-            ));
+            return Err(format!("database url must start with sqlite: or postgres://, not {:?}", self.url));
         }
         if self.max_connections == 0 {
             return Err("database max_connections must be at least 1".into());
         }
         let schema_ok = !self.schema.is_empty()
-            && self
-                .schema
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+            && self.schema.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
         if !schema_ok {
-            return Err(format!(
-                "database schema {:?} must be lowercase letters, digits and underscores",
-                self.schema
-            ));
+            return Err(format!("database schema {:?} must be lowercase letters, digits and underscores", self.schema));
         }
         Ok(())
     }

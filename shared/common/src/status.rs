@@ -18,10 +18,7 @@ pub struct FieldViolation {
 
 impl FieldViolation {
     pub fn new(field: impl Into<String>, description: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            description: description.into(),
-        }
+        Self { field: field.into(), description: description.into() }
     }
 }
 
@@ -50,10 +47,7 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
 
 /// The ErrorInfo reason a status carries, if any.
 pub fn reason_of(status: &Status) -> Option<String> {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
+    status.get_error_details().error_info().map(|info| info.reason.clone())
 }
 
 /// The fields a BadRequest names, if any.
@@ -61,12 +55,7 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
     status
         .get_error_details()
         .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|violation| violation.field.clone())
-                .collect()
-        })
+        .map(|bad| bad.field_violations.iter().map(|violation| violation.field.clone()).collect())
         .unwrap_or_default()
 }
 

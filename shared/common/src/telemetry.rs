@@ -31,14 +31,8 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
         .or_else(|_| EnvFilter::try_new(&settings.log_filter))
         .map_err(|error| format!("log_filter {:?}: {error}", settings.log_filter))?;
     let logs = match settings.log_format.as_str() {
-        "json" => tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        "text" => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
+        "json" => tracing_subscriber::fmt::layer().json().with_current_span(true).with_writer(std::io::stderr).boxed(),
+        "text" => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).boxed(),
         other => return Err(format!("log_format must be json or text, not {other:?}")),
     };
     let (traces, provider) = if settings.otlp_endpoint.is_empty() {
@@ -51,17 +45,10 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
             .map_err(|error| format!("OTLP exporter: {error}"))?;
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(service_name.to_owned())
-                    .build(),
-            )
+            .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service_name.to_owned()).build())
             .build();
         let tracer = provider.tracer("reservoir");
-        (
-            Some(tracing_opentelemetry::layer().with_tracer(tracer)),
-            Some(provider),
-        )
+        (Some(tracing_opentelemetry::layer().with_tracer(tracer)), Some(provider))
     };
     tracing_subscriber::registry()
         .with(filter)

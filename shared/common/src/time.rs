@@ -11,10 +11,7 @@ pub fn from_timestamp(timestamp: &Timestamp) -> Option<DateTime<Utc>> {
 
 /// An instant as a wire timestamp.
 pub fn to_timestamp(instant: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: instant.timestamp(),
-        nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    Timestamp { seconds: instant.timestamp(), nanos: i32::try_from(instant.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 /// Instants are kept to the microsecond, which both databases store exactly,

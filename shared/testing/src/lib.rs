@@ -70,17 +70,11 @@ impl TestDatabase {
                     Ok(connection) => connection,
                     Err(first) => {
                         // The test database may not exist yet: create it once.
-                        let database = url
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or("reservoir_test")
-                            .to_owned();
+                        let database = url.rsplit('/').next().unwrap_or("reservoir_test").to_owned();
                         match Database::connect(server_url(&url)).await {
                             Ok(server) => {
                                 // Another test may create it at the same moment; that is fine.
-                                let _ = server
-                                    .execute_unprepared(&format!("CREATE DATABASE {database}"))
-                                    .await;
+                                let _ = server.execute_unprepared(&format!("CREATE DATABASE {database}")).await;
                                 match Database::connect(url.clone()).await {
                                     Ok(connection) => connection,
                                     Err(error) => {
@@ -97,16 +91,8 @@ impl TestDatabase {
                     .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
                     .await
                     .expect("creating the test schema");
-                connection
-                    .close()
-                    .await
-                    .expect("closing the admin connection");
-                Some(Self {
-                    backend,
-                    url,
-                    schema,
-                    sqlite_file: None,
-                })
+                connection.close().await.expect("closing the admin connection");
+                Some(Self { backend, url, schema, sqlite_file: None })
             }
         }
     }
@@ -124,9 +110,7 @@ impl TestDatabase {
             }
             Backend::Postgres => {
                 if let Ok(connection) = Database::connect(self.url.clone()).await {
-                    let _ = connection
-                        .execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema))
-                        .await;
+                    let _ = connection.execute_unprepared(&format!("DROP SCHEMA {} CASCADE", self.schema)).await;
                     let _ = connection.close().await;
                 }
             }
@@ -154,19 +138,13 @@ pub struct BearerKey(pub MetadataValue<Ascii>);
 
 impl BearerKey {
     pub fn new(key: &str) -> Self {
-        Self(
-            format!("Bearer {key}")
-                .parse()
-                .expect("an API key is ASCII"),
-        )
+        Self(format!("Bearer {key}").parse().expect("an API key is ASCII"))
     }
 }
 
 impl tonic::service::Interceptor for BearerKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.0.clone());
         Ok(request)
     }
 }

@@ -39,9 +39,7 @@ pub fn d(text: &str) -> Decimal {
 pub async fn balance(client: &Client, account: &pb::Account) -> pb::Balance {
     client
         .clone()
-        .get_balance(pb::GetBalanceRequest {
-            account_id: account.id.clone(),
-        })
+        .get_balance(pb::GetBalanceRequest { account_id: account.id.clone() })
         .await
         .expect("GetBalance")
         .into_inner()
@@ -78,10 +76,7 @@ pub async fn ledger(client: &Client, account: &pb::Account) -> Vec<pb::LedgerEnt
 }
 
 pub fn moves_money(entry: &pb::LedgerEntry) -> bool {
-    !matches!(
-        pb::EntryKind::try_from(entry.kind),
-        Ok(pb::EntryKind::Hold | pb::EntryKind::Release)
-    )
+    !matches!(pb::EntryKind::try_from(entry.kind), Ok(pb::EntryKind::Hold | pb::EntryKind::Release))
 }
 
 /// The invariants, checked through the API as a client would: balance =
@@ -91,11 +86,7 @@ pub fn moves_money(entry: &pb::LedgerEntry) -> bool {
 pub async fn assert_books_balance(client: &Client, account: &pb::Account) {
     let entries = ledger(client, account).await;
     let balance = balance(client, account).await;
-    let money: Decimal = entries
-        .iter()
-        .filter(|entry| moves_money(entry))
-        .map(|entry| d(&entry.amount))
-        .sum();
+    let money: Decimal = entries.iter().filter(|entry| moves_money(entry)).map(|entry| d(&entry.amount)).sum();
     assert_eq!(
         d(&balance.available) + d(&balance.held) + d(&balance.pending),
         money,
@@ -105,17 +96,10 @@ pub async fn assert_books_balance(client: &Client, account: &pb::Account) {
         assert_eq!(d(&last.balance_after), money);
     }
     let sequences: Vec<u64> = entries.iter().map(|entry| entry.sequence).collect();
-    assert_eq!(
-        sequences,
-        (1..=entries.len() as u64).collect::<Vec<_>>(),
-        "sequences from 1 without gaps"
-    );
+    assert_eq!(sequences, (1..=entries.len() as u64).collect::<Vec<_>>(), "sequences from 1 without gaps");
     let grants = client
         .clone()
-        .list_grants(pb::ListGrantsRequest {
-            account_id: account.id.clone(),
-            include_inactive: true,
-        })
+        .list_grants(pb::ListGrantsRequest { account_id: account.id.clone(), include_inactive: true })
         .await
         .expect("ListGrants")
         .into_inner()
@@ -126,21 +110,11 @@ pub async fn assert_books_balance(client: &Client, account: &pb::Account) {
             .filter(|entry| entry.grant_id == grant.id && moves_money(entry))
             .map(|entry| d(&entry.amount))
             .sum();
-        assert_eq!(
-            d(&grant.remaining_amount),
-            sum,
-            "grant {} remaining = sum of its entries",
-            grant.id
-        );
+        assert_eq!(d(&grant.remaining_amount), sum, "grant {} remaining = sum of its entries", grant.id);
     }
-    if pb::OverdraftPolicy::try_from(account.overdraft_policy) != Ok(pb::OverdraftPolicy::Unlimited)
-    {
+    if pb::OverdraftPolicy::try_from(account.overdraft_policy) != Ok(pb::OverdraftPolicy::Unlimited) {
         let floor = -d(&balance.credit_limit);
-        assert!(
-            d(&balance.total) >= floor,
-            "balance {} below the floor {floor}",
-            balance.total
-        );
+        assert!(d(&balance.total) >= floor, "balance {} below the floor {floor}", balance.total);
     }
 }
 
@@ -155,10 +129,5 @@ pub fn assert_refused(result: Result<impl std::fmt::Debug, Status>, code: Code, 
 pub fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str) {
     let status = result.expect_err("the call should have been refused");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(
-        violated_fields(&status)
-            .iter()
-            .any(|violated| violated == field),
-        "{field} not in {status:?}"
-    );
+    assert!(violated_fields(&status).iter().any(|violated| violated == field), "{field} not in {status:?}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
-use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::auth::{Caller, TenantId, caller_of, tenant_of};
 use reservoir_common::money::{Unit, non_negative, positive};
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_server::WalletService;
@@ -97,20 +97,13 @@ impl WalletApi {
         ctx.metadata = request.metadata.clone();
         let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
         self.store
-            .mutate(
-                tenant,
-                account_id,
-                Some(&check),
-                &LoadPlan::default(),
-                now,
-                |loaded| {
-                    loaded.wallet.debit(&ctx, amount, meter)?;
-                    Ok(pb::DebitResponse {
-                        entries: Self::own_entries(&loaded.wallet, &ctx),
-                        balance: Some(Self::balance_of(&loaded.wallet, now)),
-                    })
-                },
-            )
+            .mutate(tenant, account_id, Some(&check), &LoadPlan::default(), now, |loaded| {
+                loaded.wallet.debit(&ctx, amount, meter)?;
+                Ok(pb::DebitResponse {
+                    entries: Self::own_entries(&loaded.wallet, &ctx),
+                    balance: Some(Self::balance_of(&loaded.wallet, now)),
+                })
+            })
             .await
             .map(|outcome| outcome.into_inner())
     }
@@ -125,10 +118,7 @@ impl WalletApi {
         now: DateTime<Utc>,
         operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
     ) -> Result<M, WalletError> {
-        self.store
-            .mutate(tenant, account_id, Some(check), plan, now, operate)
-            .await
-            .map(|outcome| outcome.into_inner())
+        self.store.mutate(tenant, account_id, Some(check), plan, now, operate).await.map(|outcome| outcome.into_inner())
     }
 }
 
@@ -139,34 +129,28 @@ fn overdraft_from(
     unit: &Unit,
     default: Option<Overdraft>,
 ) -> Option<Overdraft> {
-    let limit_given =
-        !credit_limit.is_empty() && unit.parse(credit_limit).is_ok_and(|limit| !limit.is_zero());
+    let limit_given = !credit_limit.is_empty() && unit.parse(credit_limit).is_ok_and(|limit| !limit.is_zero());
     match pb::OverdraftPolicy::try_from(policy) {
         Ok(pb::OverdraftPolicy::Unspecified) if default.is_some() => {
             if limit_given {
-                violations.add(
-                    "credit_limit",
-                    "goes with overdraft_policy CREDIT_LIMIT only",
-                );
+                violations.add("credit_limit", "goes with overdraft_policy CREDIT_LIMIT only");
             }
             default
         }
         Ok(pb::OverdraftPolicy::None) | Ok(pb::OverdraftPolicy::Unlimited) if limit_given => {
-            violations.add("credit_limit", "goes with overdraft_policy CREDIT_LIMIT only; CREDIT_LIMIT and UNLIMITED are exclusive");
+            violations.add(
+                "credit_limit",
+                "goes with overdraft_policy CREDIT_LIMIT only; CREDIT_LIMIT and UNLIMITED are exclusive",
+            );
             None
         }
         Ok(pb::OverdraftPolicy::None) => Some(Overdraft::None),
         Ok(pb::OverdraftPolicy::Unlimited) => Some(Overdraft::Unlimited),
         Ok(pb::OverdraftPolicy::CreditLimit) => violations
-            .amount_with("credit_limit", credit_limit, |text| {
-                unit.parse(text).and_then(positive)
-            })
+            .amount_with("credit_limit", credit_limit, |text| unit.parse(text).and_then(positive))
             .map(Overdraft::CreditLimit),
         Ok(pb::OverdraftPolicy::Unspecified) | Err(_) => {
-            violations.add(
-                "overdraft_policy",
-                "must be NONE, CREDIT_LIMIT or UNLIMITED",
-            );
+            violations.add("overdraft_policy", "must be NONE, CREDIT_LIMIT or UNLIMITED");
             None
         }
     }
@@ -176,9 +160,7 @@ fn threshold_from(violations: &mut Violations, text: &str, unit: &Unit) -> Optio
     if text.is_empty() {
         return None;
     }
-    violations.amount_with("low_balance_threshold", text, |text| {
-        unit.parse(text).and_then(non_negative)
-    })
+    violations.amount_with("low_balance_threshold", text, |text| unit.parse(text).and_then(non_negative))
 }
 
 fn unit_from(violations: &mut Violations, unit: Option<&pb::Unit>) -> Option<Unit> {
@@ -190,12 +172,7 @@ fn unit_from(violations: &mut Violations, unit: Option<&pb::Unit>) -> Option<Uni
         violations.add("unit.code", "is required");
         return None;
     }
-    match Unit::from_parts(
-        &unit.code,
-        unit.scale,
-        &unit.price_per_credit,
-        &unit.billing_currency,
-    ) {
+    match Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency) {
         Ok(unit) => Some(unit),
         Err(error) => {
             violations.add("unit", error.to_string());
@@ -217,9 +194,7 @@ fn account_status_from(violations: &mut Violations, status: i32) -> Option<Accou
 }
 
 fn entry_kind_from(kind: i32) -> Option<EntryKind> {
-    EntryKind::ALL
-        .into_iter()
-        .find(|candidate| i32::from(convert::entry_kind(*candidate)) == kind)
+    EntryKind::ALL.into_iter().find(|candidate| i32::from(convert::entry_kind(*candidate)) == kind)
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
@@ -286,13 +261,8 @@ impl WalletService for WalletApi {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.finish()?;
-        let account = self
-            .store
-            .account(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())))
-            .await?;
-        Ok(Response::new(pb::GetAccountResponse {
-            account: Some(convert::account(&account)),
-        }))
+        let account = self.store.account(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil()))).await?;
+        Ok(Response::new(pb::GetAccountResponse { account: Some(convert::account(&account)) }))
     }
 
     async fn update_account(
@@ -313,12 +283,10 @@ impl WalletService for WalletApi {
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let update = AccountUpdate {
-            status: request
-                .status
-                .and_then(|status| account_status_from(&mut violations, status)),
-            overdraft: request.overdraft_policy.and_then(|policy| {
-                overdraft_from(&mut violations, policy, &request.credit_limit, &unit, None)
-            }),
+            status: request.status.and_then(|status| account_status_from(&mut violations, status)),
+            overdraft: request
+                .overdraft_policy
+                .and_then(|policy| overdraft_from(&mut violations, policy, &request.credit_limit, &unit, None)),
             low_balance_threshold: request
                 .low_balance_threshold
                 .as_deref()
@@ -331,19 +299,10 @@ impl WalletService for WalletApi {
         let now = now();
         let ctx = OperationContext::new(now, request.idempotency_key.clone());
         let response = self
-            .change(
-                tenant,
-                account_id,
-                &check,
-                &LoadPlan::default(),
-                now,
-                |loaded| {
-                    loaded.wallet.update(&ctx, update)?;
-                    Ok(pb::UpdateAccountResponse {
-                        account: Some(convert::account(&loaded.wallet.account)),
-                    })
-                },
-            )
+            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
+                loaded.wallet.update(&ctx, update)?;
+                Ok(pb::UpdateAccountResponse { account: Some(convert::account(&loaded.wallet.account)) })
+            })
             .await?;
         Ok(Response::new(response))
     }
@@ -361,10 +320,7 @@ impl WalletService for WalletApi {
         violations.text("source_reference", &request.source_reference, ID_LENGTH_MAX);
         violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
         if request.meter_codes.len() > METER_CODES_MAX {
-            violations.add(
-                "meter_codes",
-                format!("has more than {METER_CODES_MAX} codes"),
-            );
+            violations.add("meter_codes", format!("has more than {METER_CODES_MAX} codes"));
         }
         for (index, code) in request.meter_codes.iter().enumerate() {
             if code.is_empty() {
@@ -432,37 +388,23 @@ impl WalletService for WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         ctx.metadata = request.metadata.clone();
         let response = self
-            .change(
-                tenant,
-                account_id,
-                &check,
-                &LoadPlan::default(),
-                now,
-                |loaded| {
-                    let id = loaded.wallet.grant(&ctx, new)?;
-                    let wallet = &loaded.wallet;
-                    let grant = wallet
-                        .grant_by_id(id)
-                        .ok_or(DomainError::Inconsistent("the new grant is missing"))?;
-                    Ok(pb::GrantCreditsResponse {
-                        grant: Some(convert::grant(grant, &wallet.account.unit, now)),
-                        entries: Self::own_entries(wallet, &ctx),
-                        balance: Some(Self::balance_of(wallet, now)),
-                    })
-                },
-            )
+            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
+                let id = loaded.wallet.grant(&ctx, new)?;
+                let wallet = &loaded.wallet;
+                let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("the new grant is missing"))?;
+                Ok(pb::GrantCreditsResponse {
+                    grant: Some(convert::grant(grant, &wallet.account.unit, now)),
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
             .await?;
         Ok(Response::new(response))
     }
 
-    async fn debit(
-        &self,
-        request: Request<pb::DebitRequest>,
-    ) -> Result<Response<pb::DebitResponse>, Status> {
+    async fn debit(&self, request: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        Ok(Response::new(
-            self.debit_one(tenant, request.into_inner()).await?,
-        ))
+        Ok(Response::new(self.debit_one(tenant, request.into_inner()).await?))
     }
 
     async fn batch_debit(
@@ -472,11 +414,7 @@ impl WalletService for WalletApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         if request.debits.is_empty() || request.debits.len() > BATCH_DEBITS_MAX {
-            return Err(WalletError::field(
-                "debits",
-                format!("must hold 1 to {BATCH_DEBITS_MAX} debits"),
-            )
-            .into());
+            return Err(WalletError::field("debits", format!("must hold 1 to {BATCH_DEBITS_MAX} debits")).into());
         }
         let mut results = Vec::with_capacity(request.debits.len());
         for debit in request.debits {
@@ -489,17 +427,12 @@ impl WalletService for WalletApi {
                         }
                         _ => Vec::new(),
                     };
-                    if matches!(
-                        error,
-                        WalletError::Internal(_)
-                            | WalletError::Domain(DomainError::Inconsistent(_))
-                    ) {
+                    if matches!(error, WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_))) {
                         // Logged once, whole; the caller gets no internals.
                         let _ = Status::from(WalletError::Internal(error.to_string()));
                     }
                     let message = match &error {
-                        WalletError::Internal(_)
-                        | WalletError::Domain(DomainError::Inconsistent(_)) => {
+                        WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_)) => {
                             "internal error".to_owned()
                         }
                         other => other.to_string(),
@@ -512,9 +445,7 @@ impl WalletService for WalletApi {
                     })
                 }
             };
-            results.push(pb::BatchDebitResult {
-                outcome: Some(outcome),
-            });
+            results.push(pb::BatchDebitResult { outcome: Some(outcome) });
         }
         Ok(Response::new(pb::BatchDebitResponse { results }))
     }
@@ -530,14 +461,7 @@ impl WalletService for WalletApi {
         violations.meter_code("meter_code", &request.meter_code);
         violations.finish()?;
         let now = now();
-        let mut wallet = self
-            .store
-            .wallet(
-                tenant,
-                account_id.unwrap_or(AccountId(uuid::Uuid::nil())),
-                now,
-            )
-            .await?;
+        let mut wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &wallet.account.unit, &request.amount);
         violations.finish()?;
@@ -572,10 +496,7 @@ impl WalletService for WalletApi {
         Ok(Response::new(response))
     }
 
-    async fn reserve(
-        &self,
-        request: Request<pb::ReserveRequest>,
-    ) -> Result<Response<pb::ReserveResponse>, Status> {
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -584,10 +505,7 @@ impl WalletService for WalletApi {
         violations.meter_code("meter_code", &request.meter_code);
         violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
         if request.ttl_seconds == 0 || request.ttl_seconds > HOLD_TTL_SECONDS_MAX {
-            violations.add(
-                "ttl_seconds",
-                format!("must be 1 to {HOLD_TTL_SECONDS_MAX}"),
-            );
+            violations.add("ttl_seconds", format!("must be 1 to {HOLD_TTL_SECONDS_MAX}"));
         }
         if request.amount.is_empty() {
             violations.add("amount", "is required");
@@ -608,26 +526,15 @@ impl WalletService for WalletApi {
         let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
         let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
         let response = self
-            .change(
-                tenant,
-                account_id,
-                &check,
-                &LoadPlan::default(),
-                now,
-                |loaded| {
-                    let id = loaded
-                        .wallet
-                        .reserve(&ctx, amount.unwrap_or_default(), ttl, meter)?;
-                    let wallet = &loaded.wallet;
-                    let hold = wallet
-                        .hold_by_id(id)
-                        .ok_or(DomainError::Inconsistent("the new hold is missing"))?;
-                    Ok(pb::ReserveResponse {
-                        hold: Some(convert::hold(hold, &wallet.account.unit)),
-                        balance: Some(Self::balance_of(wallet, now)),
-                    })
-                },
-            )
+            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
+                let id = loaded.wallet.reserve(&ctx, amount.unwrap_or_default(), ttl, meter)?;
+                let wallet = &loaded.wallet;
+                let hold = wallet.hold_by_id(id).ok_or(DomainError::Inconsistent("the new hold is missing"))?;
+                Ok(pb::ReserveResponse {
+                    hold: Some(convert::hold(hold, &wallet.account.unit)),
+                    balance: Some(Self::balance_of(wallet, now)),
+                })
+            })
             .await?;
         Ok(Response::new(response))
     }
@@ -661,19 +568,12 @@ impl WalletService for WalletApi {
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
-        let plan = LoadPlan {
-            hold_ids: vec![hold_id],
-            ..LoadPlan::default()
-        };
+        let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
         let response = self
             .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
-                loaded
-                    .wallet
-                    .capture(&ctx, hold_id, amount.unwrap_or_default())?;
+                loaded.wallet.capture(&ctx, hold_id, amount.unwrap_or_default())?;
                 let wallet = &loaded.wallet;
-                let hold = wallet
-                    .hold_by_id(hold_id)
-                    .ok_or(DomainError::Inconsistent("the hold is missing"))?;
+                let hold = wallet.hold_by_id(hold_id).ok_or(DomainError::Inconsistent("the hold is missing"))?;
                 Ok(pb::CaptureHoldResponse {
                     hold: Some(convert::hold(hold, &wallet.account.unit)),
                     entries: Self::own_entries(wallet, &ctx),
@@ -702,17 +602,12 @@ impl WalletService for WalletApi {
         let hold = self.store.hold(tenant, hold_id).await?;
         let now = now();
         let ctx = OperationContext::new(now, request.idempotency_key.clone());
-        let plan = LoadPlan {
-            hold_ids: vec![hold_id],
-            ..LoadPlan::default()
-        };
+        let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
         let response = self
             .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
                 loaded.wallet.release(&ctx, hold_id)?;
                 let wallet = &loaded.wallet;
-                let hold = wallet
-                    .hold_by_id(hold_id)
-                    .ok_or(DomainError::Inconsistent("the hold is missing"))?;
+                let hold = wallet.hold_by_id(hold_id).ok_or(DomainError::Inconsistent("the hold is missing"))?;
                 Ok(pb::ReleaseHoldResponse {
                     hold: Some(convert::hold(hold, &wallet.account.unit)),
                     balance: Some(Self::balance_of(wallet, now)),
@@ -722,10 +617,7 @@ impl WalletService for WalletApi {
         Ok(Response::new(response))
     }
 
-    async fn adjust(
-        &self,
-        request: Request<pb::AdjustRequest>,
-    ) -> Result<Response<pb::AdjustResponse>, Status> {
+    async fn adjust(&self, request: Request<pb::AdjustRequest>) -> Result<Response<pb::AdjustResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -746,11 +638,7 @@ impl WalletService for WalletApi {
         let mut violations = Violations::default();
         let amount = violations.amount_with("amount", &request.amount, |text| {
             unit.parse(text).and_then(|amount| {
-                if amount.is_zero() {
-                    Err(reservoir_common::money::MoneyError::Zero)
-                } else {
-                    Ok(amount)
-                }
+                if amount.is_zero() { Err(reservoir_common::money::MoneyError::Zero) } else { Ok(amount) }
             })
         });
         violations.finish()?;
@@ -759,33 +647,23 @@ impl WalletService for WalletApi {
         ctx.description = request.reason.clone();
         ctx.metadata = request.metadata.clone();
         let response = self
-            .change(
-                tenant,
-                account_id,
-                &check,
-                &LoadPlan::default(),
-                now,
-                |loaded| {
-                    let grant_id = loaded.wallet.adjust(&ctx, amount.unwrap_or_default())?;
-                    let wallet = &loaded.wallet;
-                    let grant = grant_id
-                        .and_then(|id| wallet.grant_by_id(id))
-                        .map(|grant| convert::grant(grant, &wallet.account.unit, now));
-                    Ok(pb::AdjustResponse {
-                        entries: Self::own_entries(wallet, &ctx),
-                        balance: Some(Self::balance_of(wallet, now)),
-                        grant,
-                    })
-                },
-            )
+            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
+                let grant_id = loaded.wallet.adjust(&ctx, amount.unwrap_or_default())?;
+                let wallet = &loaded.wallet;
+                let grant = grant_id
+                    .and_then(|id| wallet.grant_by_id(id))
+                    .map(|grant| convert::grant(grant, &wallet.account.unit, now));
+                Ok(pb::AdjustResponse {
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
+                    grant,
+                })
+            })
             .await?;
         Ok(Response::new(response))
     }
 
-    async fn refund(
-        &self,
-        request: Request<pb::RefundRequest>,
-    ) -> Result<Response<pb::RefundResponse>, Status> {
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
@@ -813,19 +691,11 @@ impl WalletService for WalletApi {
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.description = request.reason.clone();
         ctx.correlation_id = entry.correlation_id.clone();
-        let plan = LoadPlan {
-            refund_of: Some(entry.operation_id),
-            ..LoadPlan::default()
-        };
+        let plan = LoadPlan { refund_of: Some(entry.operation_id), ..LoadPlan::default() };
         let response = self
             .change(tenant, entry.account_id, &check, &plan, now, |loaded| {
-                let (original, prior) = (
-                    loaded.operation_entries.clone(),
-                    loaded.prior_refunds.clone(),
-                );
-                loaded
-                    .wallet
-                    .refund(&ctx, &original, &prior, amount.unwrap_or_default())?;
+                let (original, prior) = (loaded.operation_entries.clone(), loaded.prior_refunds.clone());
+                loaded.wallet.refund(&ctx, &original, &prior, amount.unwrap_or_default())?;
                 let wallet = &loaded.wallet;
                 Ok(pb::RefundResponse {
                     entries: Self::own_entries(wallet, &ctx),
@@ -856,17 +726,12 @@ impl WalletService for WalletApi {
         let now = now();
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.description = request.reason.clone();
-        let plan = LoadPlan {
-            grant_ids: vec![grant_id],
-            ..LoadPlan::default()
-        };
+        let plan = LoadPlan { grant_ids: vec![grant_id], ..LoadPlan::default() };
         let response = self
             .change(tenant, grant.account_id, &check, &plan, now, |loaded| {
                 loaded.wallet.void_grant(&ctx, grant_id)?;
                 let wallet = &loaded.wallet;
-                let grant = wallet
-                    .grant_by_id(grant_id)
-                    .ok_or(DomainError::Inconsistent("the grant is missing"))?;
+                let grant = wallet.grant_by_id(grant_id).ok_or(DomainError::Inconsistent("the grant is missing"))?;
                 Ok(pb::VoidGrantResponse {
                     grant: Some(convert::grant(grant, &wallet.account.unit, now)),
                     entries: Self::own_entries(wallet, &ctx),
@@ -887,17 +752,8 @@ impl WalletService for WalletApi {
         let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.finish()?;
         let now = now();
-        let wallet = self
-            .store
-            .wallet(
-                tenant,
-                account_id.unwrap_or(AccountId(uuid::Uuid::nil())),
-                now,
-            )
-            .await?;
-        Ok(Response::new(pb::GetBalanceResponse {
-            balance: Some(Self::balance_of(&wallet, now)),
-        }))
+        let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
+        Ok(Response::new(pb::GetBalanceResponse { balance: Some(Self::balance_of(&wallet, now)) }))
     }
 
     async fn list_grants(
@@ -912,10 +768,7 @@ impl WalletService for WalletApi {
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         let account = self.store.account(tenant, account_id).await?;
         let now = now();
-        let grants = self
-            .store
-            .grants(tenant, account_id, request.include_inactive)
-            .await?;
+        let grants = self.store.grants(tenant, account_id, request.include_inactive).await?;
         let grants = grants
             .iter()
             .filter(|grant| request.include_inactive || !grant.is_past_expiry(now))
@@ -938,11 +791,7 @@ impl WalletService for WalletApi {
         let after_sequence = if request.page_token.is_empty() {
             0
         } else {
-            match request
-                .page_token
-                .strip_prefix("after:")
-                .and_then(|rest| rest.parse::<u64>().ok())
-            {
+            match request.page_token.strip_prefix("after:").and_then(|rest| rest.parse::<u64>().ok()) {
                 Some(sequence) => sequence,
                 None => {
                     violations.add("page_token", "is not a token this service returned");
@@ -963,25 +812,13 @@ impl WalletService for WalletApi {
         let start = violations.time("start_time", request.start_time.as_ref());
         let end = violations.time("end_time", request.end_time.as_ref());
         violations.finish()?;
-        let page_size = if request.page_size == 0 {
-            PAGE_SIZE_DEFAULT
-        } else {
-            request.page_size
-        };
+        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         let account = self.store.account(tenant, account_id).await?;
         let filter = EntryFilter { kinds, start, end };
         // One more than the page tells whether another page follows.
-        let mut entries = self
-            .store
-            .entries(
-                tenant,
-                account_id,
-                &filter,
-                after_sequence,
-                u64::from(page_size) + 1,
-            )
-            .await?;
+        let mut entries =
+            self.store.entries(tenant, account_id, &filter, after_sequence, u64::from(page_size) + 1).await?;
         let more = entries.len() > page_size as usize;
         entries.truncate(page_size as usize);
         let next_page_token = match (more, entries.last()) {
@@ -989,12 +826,22 @@ impl WalletService for WalletApi {
             _ => String::new(),
         };
         Ok(Response::new(pb::ListLedgerEntriesResponse {
-            entries: entries
-                .iter()
-                .map(|entry| convert::entry(entry, &account.unit))
-                .collect(),
+            entries: entries.iter().map(|entry| convert::entry(entry, &account.unit)).collect(),
             next_page_token,
         }))
+    }
+
+    async fn get_caller(
+        &self,
+        request: Request<pb::GetCallerRequest>,
+    ) -> Result<Response<pb::GetCallerResponse>, Status> {
+        let response = match caller_of(&request)? {
+            Caller::Tenant(tenant) => {
+                pb::GetCallerResponse { kind: pb::CallerKind::Tenant.into(), tenant_id: tenant.to_string() }
+            }
+            Caller::Service => pb::GetCallerResponse { kind: pb::CallerKind::Service.into(), tenant_id: String::new() },
+        };
+        Ok(Response::new(response))
     }
 
     type WatchEventsStream = EventStream;

@@ -51,11 +51,7 @@ impl Violations {
     }
 
     pub fn finish(self) -> Result<(), WalletError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(WalletError::InvalidArgument(self.0))
-        }
+        if self.0.is_empty() { Ok(()) } else { Err(WalletError::InvalidArgument(self.0)) }
     }
 
     pub fn id<T>(&mut self, field: &str, text: &str, wrap: impl FnOnce(Uuid) -> T) -> Option<T> {
@@ -74,15 +70,9 @@ impl Violations {
 
     pub fn idempotency_key(&mut self, field: &str, key: &str) {
         if key.is_empty() {
-            self.add(
-                field,
-                "is required: every mutating call takes an idempotency key",
-            );
+            self.add(field, "is required: every mutating call takes an idempotency key");
         } else if key.chars().count() > IDEMPOTENCY_KEY_LENGTH_MAX {
-            self.add(
-                field,
-                format!("is longer than {IDEMPOTENCY_KEY_LENGTH_MAX} characters"),
-            );
+            self.add(field, format!("is longer than {IDEMPOTENCY_KEY_LENGTH_MAX} characters"));
         }
     }
 
@@ -101,14 +91,9 @@ impl Violations {
     }
 
     pub fn meter_code(&mut self, field: &str, code: &str) {
-        let ok = code
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+        let ok = code.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
         if code.len() > METER_CODE_LENGTH_MAX {
-            self.add(
-                field,
-                format!("is longer than {METER_CODE_LENGTH_MAX} characters"),
-            );
+            self.add(field, format!("is longer than {METER_CODE_LENGTH_MAX} characters"));
         } else if !ok {
             self.add(field, "may hold only letters, digits and _ - . :");
         }
@@ -116,18 +101,12 @@ impl Violations {
 
     pub fn metadata(&mut self, field: &str, metadata: &BTreeMap<String, String>) {
         if metadata.len() > METADATA_ENTRIES_MAX {
-            self.add(
-                field,
-                format!("has more than {METADATA_ENTRIES_MAX} entries"),
-            );
+            self.add(field, format!("has more than {METADATA_ENTRIES_MAX} entries"));
             return;
         }
         for (key, value) in metadata {
             if key.is_empty() || key.chars().count() > METADATA_KEY_LENGTH_MAX {
-                self.add(
-                    format!("{field}[{key}]"),
-                    format!("keys are 1 to {METADATA_KEY_LENGTH_MAX} characters"),
-                );
+                self.add(format!("{field}[{key}]"), format!("keys are 1 to {METADATA_KEY_LENGTH_MAX} characters"));
             }
             if value.chars().count() > METADATA_VALUE_LENGTH_MAX {
                 self.add(
@@ -161,11 +140,7 @@ impl Violations {
         }
     }
 
-    pub fn time(
-        &mut self,
-        field: &str,
-        timestamp: Option<&prost_types::Timestamp>,
-    ) -> Option<DateTime<Utc>> {
+    pub fn time(&mut self, field: &str, timestamp: Option<&prost_types::Timestamp>) -> Option<DateTime<Utc>> {
         let timestamp = timestamp?;
         match from_timestamp(timestamp) {
             Some(instant) => Some(truncate_to_micros(instant)),
@@ -179,17 +154,9 @@ impl Violations {
 
 /// What an idempotent call is checked against: the method and a hash of the
 /// whole request (maps are encoded in key order, so the hash is stable).
-pub fn idempotency_check(
-    method: &'static str,
-    key: &str,
-    request: &impl Message,
-) -> IdempotencyCheck {
+pub fn idempotency_check(method: &'static str, key: &str, request: &impl Message) -> IdempotencyCheck {
     let digest = Sha256::digest(request.encode_to_vec());
-    IdempotencyCheck {
-        key: key.to_owned(),
-        method,
-        request_hash: hex::encode(digest),
-    }
+    IdempotencyCheck { key: key.to_owned(), method, request_hash: hex::encode(digest) }
 }
 
 pub fn now() -> DateTime<Utc> {

@@ -46,11 +46,7 @@ impl Books {
         };
         let mut wallet = Wallet::open(new, &ctx(t0()));
         let changes = wallet.take_changes();
-        Self {
-            wallet,
-            ledger: changes.entries,
-            events: changes.events,
-        }
+        Self { wallet, ledger: changes.entries, events: changes.events }
     }
 
     fn commit(&mut self) {
@@ -79,12 +75,7 @@ impl Books {
         self.grant_with(amount, kind, |_| {})
     }
 
-    fn grant_with(
-        &mut self,
-        amount: &str,
-        kind: GrantKind,
-        edit: impl FnOnce(&mut NewGrant),
-    ) -> GrantId {
+    fn grant_with(&mut self, amount: &str, kind: GrantKind, edit: impl FnOnce(&mut NewGrant)) -> GrantId {
         let mut new = NewGrant {
             amount: d(amount),
             kind,
@@ -100,12 +91,7 @@ impl Books {
         self.run(|wallet| wallet.grant(&ctx(t0()), new)).unwrap()
     }
 
-    fn debit_at(
-        &mut self,
-        amount: &str,
-        meter: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> DomainResult<Vec<Entry>> {
+    fn debit_at(&mut self, amount: &str, meter: Option<&str>, now: DateTime<Utc>) -> DomainResult<Vec<Entry>> {
         let before = self.ledger.len();
         self.run(|wallet| wallet.debit(&ctx(now), d(amount), meter))?;
         Ok(self.ledger[before..].to_vec())
@@ -125,27 +111,13 @@ impl Books {
 
     /// The invariants DESIGN.md names, checked against the full ledger.
     fn check_invariants(&self) {
-        let money: Decimal = self
-            .ledger
-            .iter()
-            .filter(|entry| entry.kind.moves_money())
-            .map(|entry| entry.amount)
-            .sum();
-        assert_eq!(
-            money,
-            self.wallet.ledger_balance(),
-            "ledger balance = sum of money-moving entries"
-        );
-        if let Some(last) = self
-            .ledger
-            .iter()
-            .rev()
-            .find(|entry| entry.kind.moves_money())
-        {
-            assert_eq!(
-                last.balance_after, money,
-                "the last entry's balance_after is the running sum"
-            );
+        let money: Decimal =
+            self.ledger.iter().filter(|entry| entry.kind.moves_money()).map(|entry| entry.amount).sum();
+        assert_eq!(money, self.wallet.ledger_balance(), "ledger balance = sum of money-moving entries");
+        let mut running = Decimal::ZERO;
+        for entry in self.ledger.iter().filter(|entry| entry.kind.moves_money()) {
+            running += entry.amount;
+            assert_eq!(entry.balance_after, running, "every balance_after is the running sum");
         }
         for grant in &self.wallet.grants {
             let entries: Decimal = self
@@ -154,10 +126,7 @@ impl Books {
                 .filter(|entry| entry.grant_id == Some(grant.id) && entry.kind.moves_money())
                 .map(|entry| entry.amount)
                 .sum();
-            assert_eq!(
-                grant.remaining, entries,
-                "grant remaining = sum of its entries"
-            );
+            assert_eq!(grant.remaining, entries, "grant remaining = sum of its entries");
             assert!(grant.remaining >= Decimal::ZERO);
         }
         let sequences: Vec<u64> = self.ledger.iter().map(|entry| entry.sequence).collect();
@@ -169,18 +138,10 @@ impl Books {
             Overdraft::Unlimited => None,
         };
         if let Some(floor) = floor {
-            assert!(
-                self.wallet.ledger_balance() >= floor,
-                "balance never below the floor"
-            );
+            assert!(self.wallet.ledger_balance() >= floor, "balance never below the floor");
         }
-        let held: Decimal = self
-            .wallet
-            .holds
-            .iter()
-            .filter(|hold| hold.status == HoldStatus::Active)
-            .map(|hold| hold.amount)
-            .sum();
+        let held: Decimal =
+            self.wallet.holds.iter().filter(|hold| hold.status == HoldStatus::Active).map(|hold| hold.amount).sum();
         assert_eq!(self.wallet.account.held, held, "held = sum of active holds");
     }
 }
@@ -240,24 +201,15 @@ fn drawdown_prefers_meter_grants_then_priority_then_expiry_then_age() {
     let entries = books.debit_at("5", Some("gpu"), t0()).unwrap();
     let order: Vec<GrantId> = entries.iter().filter_map(|entry| entry.grant_id).collect();
     assert_eq!(order, vec![for_meter, urgent, expiring, old, young]);
-    assert_eq!(
-        books.remaining(for_other),
-        d("1"),
-        "a grant for another meter is never drawn"
-    );
-    assert_eq!(
-        books.debit_at("0.01", Some("gpu"), t0()),
-        Err(DomainError::InsufficientFunds)
-    );
+    assert_eq!(books.remaining(for_other), d("1"), "a grant for another meter is never drawn");
+    assert_eq!(books.debit_at("0.01", Some("gpu"), t0()), Err(DomainError::InsufficientFunds));
     books.check_invariants();
 }
 
 #[test]
 fn a_debit_without_a_meter_cannot_draw_restricted_credits() {
     let mut books = Books::new(Overdraft::None);
-    books.grant_with("10", GrantKind::Promotional, |g| {
-        g.meter_codes = vec!["gpu".into()]
-    });
+    books.grant_with("10", GrantKind::Promotional, |g| g.meter_codes = vec!["gpu".into()]);
     assert_eq!(books.debit("1"), Err(DomainError::InsufficientFunds));
     assert!(books.debit_at("1", Some("gpu"), t0()).is_ok());
 }
@@ -267,22 +219,13 @@ fn a_grant_expiring_at_the_debits_instant_no_longer_counts() {
     let mut books = Books::new(Overdraft::None);
     let expires = t0() + Duration::hours(1);
     let grant = books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
-    assert_eq!(
-        books
-            .wallet
-            .balance(expires - Duration::microseconds(1))
-            .available,
-        d("10")
-    );
+    assert_eq!(books.wallet.balance(expires - Duration::microseconds(1)).available, d("10"));
     assert_eq!(
         books.wallet.balance(expires).available,
         Decimal::ZERO,
         "stops counting at the instant, before any sweep"
     );
-    assert_eq!(
-        books.debit_at("1", None, expires),
-        Err(DomainError::InsufficientFunds)
-    );
+    assert_eq!(books.debit_at("1", None, expires), Err(DomainError::InsufficientFunds));
     books
         .run(|wallet| {
             wallet.expire(&ctx(expires));
@@ -290,16 +233,8 @@ fn a_grant_expiring_at_the_debits_instant_no_longer_counts() {
         })
         .unwrap();
     let last = books.ledger.last().unwrap();
-    assert_eq!(
-        (last.kind, last.amount, last.grant_id),
-        (EntryKind::Expiry, d("-10"), Some(grant))
-    );
-    assert!(
-        books
-            .events
-            .iter()
-            .any(|event| event.event_type == EventType::GrantExpired)
-    );
+    assert_eq!((last.kind, last.amount, last.grant_id), (EntryKind::Expiry, d("-10"), Some(grant)));
+    assert!(books.events.iter().any(|event| event.event_type == EventType::GrantExpired));
     books.check_invariants();
 }
 
@@ -308,11 +243,7 @@ fn a_debit_just_before_expiry_draws_the_expiring_grant() {
     let mut books = Books::new(Overdraft::None);
     let expires = t0() + Duration::hours(1);
     books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
-    assert!(
-        books
-            .debit_at("10", None, expires - Duration::microseconds(1))
-            .is_ok()
-    );
+    assert!(books.debit_at("10", None, expires - Duration::microseconds(1)).is_ok());
 }
 
 #[test]
@@ -330,11 +261,7 @@ fn credit_limit_lets_the_balance_go_down_to_minus_the_limit() {
     let mut books = Books::new(Overdraft::CreditLimit(d("50")));
     books.grant("10", GrantKind::Paid);
     let entries = books.debit("60").unwrap();
-    assert_eq!(
-        entries.len(),
-        2,
-        "one entry for the grant, one for the overdraft part"
-    );
+    assert_eq!(entries.len(), 2, "one entry for the grant, one for the overdraft part");
     assert_eq!(entries[1].grant_id, None);
     assert_eq!(entries[1].amount, d("-50"));
     assert_eq!(books.available(), d("-50"));
@@ -366,9 +293,7 @@ fn credits_added_later_repay_the_overdraft_first() {
 fn a_hold_sets_funds_aside_and_a_capture_debits_up_to_it() {
     let mut books = Books::new(Overdraft::None);
     books.grant("10", GrantKind::Paid);
-    let hold = books
-        .run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::minutes(5), None))
-        .unwrap();
+    let hold = books.run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::minutes(5), None)).unwrap();
     assert_eq!(books.available(), d("4"));
     assert_eq!(books.wallet.balance(t0()).held, d("6"));
     assert_eq!(books.debit("5"), Err(DomainError::InsufficientFunds));
@@ -377,21 +302,11 @@ fn a_hold_sets_funds_aside_and_a_capture_debits_up_to_it() {
         Err(DomainError::CaptureExceedsHold),
         "a capture above the held amount is refused"
     );
-    books
-        .run(|wallet| wallet.capture(&ctx(t0()), hold, d("4")))
-        .unwrap();
+    books.run(|wallet| wallet.capture(&ctx(t0()), hold, d("4"))).unwrap();
     assert_eq!(books.available(), d("6"), "the uncaptured 2 is released");
     assert_eq!(books.wallet.balance(t0()).held, Decimal::ZERO);
     let kinds: Vec<EntryKind> = books.ledger.iter().map(|entry| entry.kind).collect();
-    assert_eq!(
-        kinds,
-        vec![
-            EntryKind::Grant,
-            EntryKind::Hold,
-            EntryKind::Capture,
-            EntryKind::Release
-        ]
-    );
+    assert_eq!(kinds, vec![EntryKind::Grant, EntryKind::Hold, EntryKind::Capture, EntryKind::Release]);
     assert_eq!(
         books.run(|wallet| wallet.capture(&ctx(t0()), hold, d("1"))),
         Err(DomainError::HoldNotActive("captured"))
@@ -403,19 +318,10 @@ fn a_hold_sets_funds_aside_and_a_capture_debits_up_to_it() {
 fn a_hold_expiring_between_reserve_and_capture_cannot_be_captured() {
     let mut books = Books::new(Overdraft::None);
     books.grant("10", GrantKind::Paid);
-    let hold = books
-        .run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::seconds(30), None))
-        .unwrap();
+    let hold = books.run(|wallet| wallet.reserve(&ctx(t0()), d("6"), Duration::seconds(30), None)).unwrap();
     let later = t0() + Duration::seconds(30);
-    assert_eq!(
-        books.wallet.balance(later).available,
-        d("10"),
-        "an expired hold frees its funds at once"
-    );
-    assert_eq!(
-        books.run(|wallet| wallet.capture(&ctx(later), hold, d("6"))),
-        Err(DomainError::HoldExpired)
-    );
+    assert_eq!(books.wallet.balance(later).available, d("10"), "an expired hold frees its funds at once");
+    assert_eq!(books.run(|wallet| wallet.capture(&ctx(later), hold, d("6"))), Err(DomainError::HoldExpired));
     books
         .run(|wallet| {
             wallet.expire(&ctx(later));
@@ -423,12 +329,7 @@ fn a_hold_expiring_between_reserve_and_capture_cannot_be_captured() {
         })
         .unwrap();
     assert_eq!(books.ledger.last().unwrap().kind, EntryKind::Release);
-    assert!(
-        books
-            .events
-            .iter()
-            .any(|event| event.event_type == EventType::HoldExpired)
-    );
+    assert!(books.events.iter().any(|event| event.event_type == EventType::HoldExpired));
     books.check_invariants();
 }
 
@@ -436,17 +337,10 @@ fn a_hold_expiring_between_reserve_and_capture_cannot_be_captured() {
 fn a_released_hold_frees_everything() {
     let mut books = Books::new(Overdraft::None);
     books.grant("10", GrantKind::Paid);
-    let hold = books
-        .run(|wallet| wallet.reserve(&ctx(t0()), d("10"), Duration::seconds(30), None))
-        .unwrap();
-    books
-        .run(|wallet| wallet.release(&ctx(t0()), hold))
-        .unwrap();
+    let hold = books.run(|wallet| wallet.reserve(&ctx(t0()), d("10"), Duration::seconds(30), None)).unwrap();
+    books.run(|wallet| wallet.release(&ctx(t0()), hold)).unwrap();
     assert_eq!(books.available(), d("10"));
-    assert_eq!(
-        books.run(|wallet| wallet.release(&ctx(t0()), hold)),
-        Err(DomainError::HoldNotActive("released"))
-    );
+    assert_eq!(books.run(|wallet| wallet.release(&ctx(t0()), hold)), Err(DomainError::HoldNotActive("released")));
     books.check_invariants();
 }
 
@@ -456,29 +350,16 @@ fn a_refund_returns_credits_to_the_grants_drawn_and_never_more_than_was_debited(
     let promo = books.grant("3", GrantKind::Promotional);
     let paid = books.grant("10", GrantKind::Paid);
     let debit = books.debit("5").unwrap();
-    books
-        .run(|wallet| wallet.refund(&ctx(t0()), &debit, &[], d("4")))
-        .unwrap();
-    assert_eq!(
-        books.remaining(paid),
-        d("10"),
-        "the last grant drawn is refunded first"
-    );
+    books.run(|wallet| wallet.refund(&ctx(t0()), &debit, &[], d("4"))).unwrap();
+    assert_eq!(books.remaining(paid), d("10"), "the last grant drawn is refunded first");
     assert_eq!(books.remaining(promo), d("2"));
-    let prior: Vec<Entry> = books
-        .ledger
-        .iter()
-        .filter(|entry| entry.kind == EntryKind::Refund)
-        .cloned()
-        .collect();
+    let prior: Vec<Entry> = books.ledger.iter().filter(|entry| entry.kind == EntryKind::Refund).cloned().collect();
     assert_eq!(
         books.run(|wallet| wallet.refund(&ctx(t0()), &debit, &prior, d("1.01"))),
         Err(DomainError::RefundExceedsDebit),
         "a refund above what is left of the debit is refused"
     );
-    books
-        .run(|wallet| wallet.refund(&ctx(t0()), &debit, &prior, d("1")))
-        .unwrap();
+    books.run(|wallet| wallet.refund(&ctx(t0()), &debit, &prior, d("1"))).unwrap();
     assert_eq!(books.available(), d("13"));
     books.check_invariants();
 }
@@ -489,17 +370,9 @@ fn a_refund_to_an_expired_grant_is_written_off_again() {
     let expires = t0() + Duration::hours(1);
     books.grant_with("10", GrantKind::Paid, |g| g.expires_at = Some(expires));
     let debit = books.debit("4").unwrap();
-    books
-        .run(|wallet| wallet.refund(&ctx(expires), &debit, &[], d("4")))
-        .unwrap();
+    books.run(|wallet| wallet.refund(&ctx(expires), &debit, &[], d("4"))).unwrap();
     assert_eq!(books.wallet.balance(expires).available, Decimal::ZERO);
-    let kinds: Vec<EntryKind> = books
-        .ledger
-        .iter()
-        .rev()
-        .take(2)
-        .map(|entry| entry.kind)
-        .collect();
+    let kinds: Vec<EntryKind> = books.ledger.iter().rev().take(2).map(|entry| entry.kind).collect();
     assert_eq!(kinds, vec![EntryKind::Expiry, EntryKind::Refund]);
     books.check_invariants();
 }
@@ -509,15 +382,10 @@ fn voiding_a_grant_writes_off_what_remains() {
     let mut books = Books::new(Overdraft::None);
     let grant = books.grant("10", GrantKind::Promotional);
     books.debit("3").unwrap();
-    books
-        .run(|wallet| wallet.void_grant(&ctx(t0()), grant))
-        .unwrap();
+    books.run(|wallet| wallet.void_grant(&ctx(t0()), grant)).unwrap();
     assert_eq!(books.available(), Decimal::ZERO);
     assert_eq!(books.ledger.last().unwrap().amount, d("-7"));
-    assert_eq!(
-        books.run(|wallet| wallet.void_grant(&ctx(t0()), grant)),
-        Err(DomainError::GrantNotActive("voided"))
-    );
+    assert_eq!(books.run(|wallet| wallet.void_grant(&ctx(t0()), grant)), Err(DomainError::GrantNotActive("voided")));
     books.check_invariants();
 }
 
@@ -525,31 +393,15 @@ fn voiding_a_grant_writes_off_what_remains() {
 fn a_suspended_account_takes_no_debits_but_a_closed_one_takes_nothing() {
     let mut books = Books::new(Overdraft::None);
     books.grant("10", GrantKind::Paid);
-    let suspend = AccountUpdate {
-        status: Some(AccountStatus::Suspended),
-        ..AccountUpdate::default()
-    };
-    books
-        .run(|wallet| wallet.update(&ctx(t0()), suspend))
-        .unwrap();
+    let suspend = AccountUpdate { status: Some(AccountStatus::Suspended), ..AccountUpdate::default() };
+    books.run(|wallet| wallet.update(&ctx(t0()), suspend)).unwrap();
     assert_eq!(books.debit("1"), Err(DomainError::AccountSuspended));
     books.grant("1", GrantKind::Paid);
-    let close = AccountUpdate {
-        status: Some(AccountStatus::Closed),
-        ..AccountUpdate::default()
-    };
-    books
-        .run(|wallet| wallet.update(&ctx(t0()), close))
-        .unwrap();
+    let close = AccountUpdate { status: Some(AccountStatus::Closed), ..AccountUpdate::default() };
+    books.run(|wallet| wallet.update(&ctx(t0()), close)).unwrap();
     assert_eq!(books.debit("1"), Err(DomainError::AccountClosed));
-    let reopen = AccountUpdate {
-        status: Some(AccountStatus::Active),
-        ..AccountUpdate::default()
-    };
-    assert_eq!(
-        books.run(|wallet| wallet.update(&ctx(t0()), reopen)),
-        Err(DomainError::AccountClosed)
-    );
+    let reopen = AccountUpdate { status: Some(AccountStatus::Active), ..AccountUpdate::default() };
+    assert_eq!(books.run(|wallet| wallet.update(&ctx(t0()), reopen)), Err(DomainError::AccountClosed));
 }
 
 #[test]
@@ -559,43 +411,24 @@ fn balance_low_is_sent_once_per_downward_crossing() {
     books.debit("4").unwrap();
     books.debit("2").unwrap();
     books.debit("1").unwrap();
-    let lows = |books: &Books| {
-        books
-            .events
-            .iter()
-            .filter(|event| event.event_type == EventType::BalanceLow)
-            .count()
-    };
+    let lows = |books: &Books| books.events.iter().filter(|event| event.event_type == EventType::BalanceLow).count();
     assert_eq!(lows(&books), 1, "below the threshold twice, alerted once");
     books.grant("10", GrantKind::Paid);
     books.debit("9").unwrap();
     assert_eq!(lows(&books), 2, "rising above re-arms the alert");
     books.debit("4").unwrap();
-    let depleted = books
-        .events
-        .iter()
-        .filter(|event| event.event_type == EventType::BalanceDepleted)
-        .count();
+    let depleted = books.events.iter().filter(|event| event.event_type == EventType::BalanceDepleted).count();
     assert_eq!(depleted, 1);
 }
 
 #[test]
 fn a_negative_adjustment_draws_any_grant_within_the_floor() {
     let mut books = Books::new(Overdraft::None);
-    books.grant_with("5", GrantKind::Promotional, |g| {
-        g.meter_codes = vec!["gpu".into()]
-    });
-    books
-        .run(|wallet| wallet.adjust(&ctx(t0()), d("-5")))
-        .unwrap();
+    books.grant_with("5", GrantKind::Promotional, |g| g.meter_codes = vec!["gpu".into()]);
+    books.run(|wallet| wallet.adjust(&ctx(t0()), d("-5"))).unwrap();
     assert_eq!(books.available(), Decimal::ZERO);
-    assert_eq!(
-        books.run(|wallet| wallet.adjust(&ctx(t0()), d("-1"))),
-        Err(DomainError::InsufficientFunds)
-    );
-    let grant = books
-        .run(|wallet| wallet.adjust(&ctx(t0()), d("2")))
-        .unwrap();
+    assert_eq!(books.run(|wallet| wallet.adjust(&ctx(t0()), d("-1"))), Err(DomainError::InsufficientFunds));
+    let grant = books.run(|wallet| wallet.adjust(&ctx(t0()), d("2"))).unwrap();
     assert!(grant.is_some());
     assert_eq!(books.available(), d("2"));
     books.check_invariants();
@@ -627,57 +460,62 @@ fn a_balance_beyond_the_range_is_refused() {
     books.check_invariants();
 }
 
+#[test]
+fn a_hold_keeps_its_guarantee_when_other_credits_are_restricted() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant_with("100", GrantKind::Promotional, |g| g.meter_codes = vec!["x".into()]);
+    books.grant("100", GrantKind::Paid);
+    let hold = books.run(|wallet| wallet.reserve(&ctx(t0()), d("100"), Duration::minutes(5), Some("y"))).unwrap();
+    assert_eq!(
+        books.debit_at("100", Some("y"), t0()),
+        Err(DomainError::InsufficientFunds),
+        "the only credits meter y can use are held"
+    );
+    books.run(|wallet| wallet.capture(&ctx(t0()), hold, d("100"))).unwrap();
+    books.check_invariants();
+}
+
+#[test]
+fn credits_that_become_effective_repay_the_overdraft_before_they_are_spent() {
+    let mut books = Books::new(Overdraft::CreditLimit(d("100")));
+    books.debit("50").unwrap();
+    let later = t0() + Duration::hours(1);
+    let future = books.grant_with("100", GrantKind::Paid, |g| g.effective_at = Some(later));
+    assert_eq!(books.wallet.account.overdraft_used, d("50"), "not yet effective, so not yet repaying");
+    books.debit_at("30", None, later).unwrap();
+    assert_eq!(books.wallet.account.overdraft_used, Decimal::ZERO);
+    assert_eq!(books.remaining(future), d("20"));
+    assert_eq!(books.wallet.balance(later).available, d("20"));
+    books.check_invariants();
+}
+
+#[test]
+fn a_negative_adjustment_is_announced_with_its_sign() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("5", GrantKind::Paid);
+    books.run(|wallet| wallet.adjust(&ctx(t0()), d("-2"))).unwrap();
+    let adjusted = books.events.iter().rev().find(|event| event.event_type == EventType::Adjusted).unwrap();
+    assert_eq!(adjusted.amount, Some(d("-2")));
+}
+
 // ---- property test --------------------------------------------------------
 
 #[derive(Debug, Clone)]
 enum Step {
-    Grant {
-        cents: i64,
-        kind: u8,
-        expires_in_s: Option<i64>,
-        meter: bool,
-    },
-    Debit {
-        cents: i64,
-        meter: bool,
-    },
-    Reserve {
-        cents: i64,
-        ttl_s: i64,
-    },
-    Capture {
-        pick: usize,
-        cents: i64,
-    },
-    Release {
-        pick: usize,
-    },
-    Refund {
-        pick: usize,
-        cents: i64,
-    },
-    Void {
-        pick: usize,
-    },
-    Advance {
-        seconds: i64,
-    },
+    Grant { cents: i64, kind: u8, expires_in_s: Option<i64>, meter: bool },
+    Debit { cents: i64, meter: bool },
+    Reserve { cents: i64, ttl_s: i64 },
+    Capture { pick: usize, cents: i64 },
+    Release { pick: usize },
+    Refund { pick: usize, cents: i64 },
+    Void { pick: usize },
+    Advance { seconds: i64 },
 }
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        (
-            1..5_000i64,
-            0..3u8,
-            proptest::option::of(1..600i64),
-            any::<bool>()
-        )
-            .prop_map(|(cents, kind, expires_in_s, meter)| Step::Grant {
-                cents,
-                kind,
-                expires_in_s,
-                meter
-            }),
+        (1..5_000i64, 0..3u8, proptest::option::of(1..600i64), any::<bool>())
+            .prop_map(|(cents, kind, expires_in_s, meter)| Step::Grant { cents, kind, expires_in_s, meter }),
         (1..3_000i64, any::<bool>()).prop_map(|(cents, meter)| Step::Debit { cents, meter }),
         (1..3_000i64, 1..300i64).prop_map(|(cents, ttl_s)| Step::Reserve { cents, ttl_s }),
         (any::<usize>(), 1..3_000i64).prop_map(|(pick, cents)| Step::Capture { pick, cents }),
@@ -696,16 +534,10 @@ fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
         let context = ctx(now);
         let before = books.wallet.clone();
         let result: DomainResult<()> = match step.clone() {
-            Step::Grant {
-                cents: amount,
-                kind,
-                expires_in_s,
-                meter,
-            } => {
+            Step::Grant { cents: amount, kind, expires_in_s, meter } => {
                 let new = NewGrant {
                     amount: cents(amount),
-                    kind: [GrantKind::Paid, GrantKind::Promotional, GrantKind::Courtesy]
-                        [usize::from(kind)],
+                    kind: [GrantKind::Paid, GrantKind::Promotional, GrantKind::Courtesy][usize::from(kind)],
                     priority: None,
                     effective_at: None,
                     expires_at: expires_in_s.map(|s| now + Duration::seconds(s)),
@@ -716,25 +548,13 @@ fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
                 };
                 books.wallet.grant(&context, new).map(|_| ())
             }
-            Step::Debit {
-                cents: amount,
-                meter,
-            } => books.wallet.debit(
-                &context,
-                cents(amount),
-                if meter { Some("m") } else { None },
-            ),
-            Step::Reserve {
-                cents: amount,
-                ttl_s,
-            } => books
-                .wallet
-                .reserve(&context, cents(amount), Duration::seconds(ttl_s), None)
-                .map(|_| ()),
-            Step::Capture {
-                pick,
-                cents: amount,
-            } if !books.wallet.holds.is_empty() => {
+            Step::Debit { cents: amount, meter } => {
+                books.wallet.debit(&context, cents(amount), if meter { Some("m") } else { None })
+            }
+            Step::Reserve { cents: amount, ttl_s } => {
+                books.wallet.reserve(&context, cents(amount), Duration::seconds(ttl_s), None).map(|_| ())
+            }
+            Step::Capture { pick, cents: amount } if !books.wallet.holds.is_empty() => {
                 let hold = books.wallet.holds[pick % books.wallet.holds.len()].id;
                 books.wallet.capture(&context, hold, cents(amount))
             }
@@ -742,10 +562,7 @@ fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
                 let hold = books.wallet.holds[pick % books.wallet.holds.len()].id;
                 books.wallet.release(&context, hold)
             }
-            Step::Refund {
-                pick,
-                cents: amount,
-            } => {
+            Step::Refund { pick, cents: amount } => {
                 let debits: Vec<&Entry> = books
                     .ledger
                     .iter()
@@ -755,21 +572,11 @@ fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
                     Ok(())
                 } else {
                     let target = debits[pick % debits.len()].operation_id;
-                    let original: Vec<Entry> = books
-                        .ledger
-                        .iter()
-                        .filter(|entry| entry.operation_id == target)
-                        .cloned()
-                        .collect();
-                    let prior: Vec<Entry> = books
-                        .ledger
-                        .iter()
-                        .filter(|entry| entry.kind == EntryKind::Refund)
-                        .cloned()
-                        .collect();
-                    books
-                        .wallet
-                        .refund(&context, &original, &prior, cents(amount))
+                    let original: Vec<Entry> =
+                        books.ledger.iter().filter(|entry| entry.operation_id == target).cloned().collect();
+                    let prior: Vec<Entry> =
+                        books.ledger.iter().filter(|entry| entry.kind == EntryKind::Refund).cloned().collect();
+                    books.wallet.refund(&context, &original, &prior, cents(amount))
                 }
             }
             Step::Void { pick } if !books.wallet.grants.is_empty() => {
@@ -818,11 +625,7 @@ fn run_steps(overdraft: Overdraft, steps: Vec<Step>) {
             .filter(|entry| entry.kind.moves_money())
             .map(|entry| entry.amount)
             .sum();
-        assert_eq!(
-            view.available + view.held,
-            money,
-            "available + held = sum of money-moving entries"
-        );
+        assert_eq!(view.available + view.held, money, "available + held = sum of money-moving entries");
     }
 }
 

@@ -227,9 +227,7 @@ impl Grant {
     /// Whether its credits can be spent at `now`: active, effective, and not
     /// yet expired (a grant expiring at `now` no longer counts).
     pub fn is_usable(&self, now: DateTime<Utc>) -> bool {
-        self.status == GrantStatus::Active
-            && self.effective_at <= now
-            && self.expires_at.is_none_or(|at| at > now)
+        self.status == GrantStatus::Active && self.effective_at <= now && self.expires_at.is_none_or(|at| at > now)
     }
 
     pub fn is_pending(&self, now: DateTime<Utc>) -> bool {
@@ -242,8 +240,7 @@ impl Grant {
 
     /// Whether a debit of `meter_code` may draw on it.
     pub fn applies_to(&self, meter_code: Option<&str>) -> bool {
-        self.meter_codes.is_empty()
-            || meter_code.is_some_and(|code| self.meter_codes.iter().any(|m| m == code))
+        self.meter_codes.is_empty() || meter_code.is_some_and(|code| self.meter_codes.iter().any(|m| m == code))
     }
 }
 

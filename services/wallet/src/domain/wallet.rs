@@ -52,19 +52,12 @@ pub struct Wallet {
 
 impl Wallet {
     pub fn new(account: Account, grants: Vec<Grant>, holds: Vec<Hold>) -> Self {
-        Self {
-            account,
-            grants,
-            holds,
-            changes: Changes::default(),
-        }
+        Self { account, grants, holds, changes: Changes::default() }
     }
 
     /// Opens a new account with an empty wallet.
     pub fn open(new: NewAccount, ctx: &OperationContext) -> Self {
-        let low_balance_alerted = new
-            .low_balance_threshold
-            .is_some_and(|threshold| Decimal::ZERO < threshold);
+        let low_balance_alerted = new.low_balance_threshold.is_some_and(|threshold| Decimal::ZERO < threshold);
         let account = Account {
             id: AccountId::generate(),
             tenant_id: new.tenant_id,
@@ -108,12 +101,9 @@ impl Wallet {
     /// The running sum of every money-moving entry: the remaining credits of
     /// every grant not yet written off (pending ones included) less the overdraft used.
     pub fn ledger_balance(&self) -> Decimal {
-        let credits: Decimal = self
-            .grants
-            .iter()
-            .filter(|grant| grant.status == GrantStatus::Active)
-            .map(|grant| grant.remaining)
-            .sum();
+        // Written-off grants hold nothing, except for the moment between a
+        // refund to one and its write-off, when the refund must still count.
+        let credits: Decimal = self.grants.iter().map(|grant| grant.remaining).sum();
         credits - self.account.overdraft_used
     }
 
@@ -135,11 +125,8 @@ impl Wallet {
                 if grant.remaining > Decimal::ZERO
                     && let Some(at) = grant.expires_at
                 {
-                    next_expiry_at = Some(
-                        next_expiry_at.map_or(at, |earliest: chrono::DateTime<chrono::Utc>| {
-                            earliest.min(at)
-                        }),
-                    );
+                    next_expiry_at =
+                        Some(next_expiry_at.map_or(at, |earliest: chrono::DateTime<chrono::Utc>| earliest.min(at)));
                 }
             } else if grant.is_pending(now) {
                 pending += grant.remaining;
@@ -200,14 +187,7 @@ impl Wallet {
                     None,
                 );
             }
-            self.push_event(
-                ctx,
-                EventType::GrantExpired,
-                Some(remaining),
-                Some(id),
-                None,
-                None,
-            );
+            self.push_event(ctx, EventType::GrantExpired, Some(remaining), Some(id), None, None);
         }
         for index in 0..self.holds.len() {
             let hold = &self.holds[index];
@@ -228,14 +208,15 @@ impl Wallet {
                 Some("hold expired"),
                 None,
             );
-            self.push_event(
-                ctx,
-                EventType::HoldExpired,
-                Some(amount),
-                None,
-                Some(id),
-                meter,
-            );
+            self.push_event(ctx, EventType::HoldExpired, Some(amount), None, Some(id), meter);
+        }
+        // Credits that became effective since the last operation repay the
+        // overdraft before anything can spend them.
+        if !self.account.overdraft_used.is_zero() {
+            for index in self.drawdown_order(ctx, None, false) {
+                let id = self.grants[index].id;
+                self.repay_overdraft(ctx, id);
+            }
         }
         self.update_alerts(ctx);
     }
@@ -253,24 +234,12 @@ impl Wallet {
 
     /// Draws `amount` from the grants that apply to `meter_code`, in drawdown
     /// order, and the rest from the overdraft as the policy allows.
-    pub fn debit(
-        &mut self,
-        ctx: &OperationContext,
-        amount: Decimal,
-        meter_code: Option<&str>,
-    ) -> DomainResult<()> {
+    pub fn debit(&mut self, ctx: &OperationContext, amount: Decimal, meter_code: Option<&str>) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         self.draw(ctx, amount, meter_code, false, EntryKind::Debit, None);
-        self.push_event(
-            ctx,
-            EventType::Debited,
-            Some(amount),
-            None,
-            None,
-            meter_code.map(str::to_owned),
-        );
+        self.push_event(ctx, EventType::Debited, Some(amount), None, None, meter_code.map(str::to_owned));
         self.update_alerts(ctx);
         Ok(())
     }
@@ -300,41 +269,17 @@ impl Wallet {
         self.holds.push(hold);
         self.account.held += amount;
         self.changes.new_holds.insert(id);
-        self.push_entry(
-            ctx,
-            EntryKind::Hold,
-            -amount,
-            None,
-            Some(id),
-            meter_code,
-            None,
-            None,
-        );
-        self.push_event(
-            ctx,
-            EventType::HoldCreated,
-            Some(amount),
-            None,
-            Some(id),
-            meter_code.map(str::to_owned),
-        );
+        self.push_entry(ctx, EntryKind::Hold, -amount, None, Some(id), meter_code, None, None);
+        self.push_event(ctx, EventType::HoldCreated, Some(amount), None, Some(id), meter_code.map(str::to_owned));
         self.update_alerts(ctx);
         Ok(id)
     }
 
     /// Debits up to the held amount and frees the rest.
-    pub fn capture(
-        &mut self,
-        ctx: &OperationContext,
-        hold_id: HoldId,
-        amount: Decimal,
-    ) -> DomainResult<()> {
+    pub fn capture(&mut self, ctx: &OperationContext, hold_id: HoldId, amount: Decimal) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
-        let hold = self
-            .hold_by_id(hold_id)
-            .ok_or(DomainError::HoldNotActive("unknown"))?
-            .clone();
+        let hold = self.hold_by_id(hold_id).ok_or(DomainError::HoldNotActive("unknown"))?.clone();
         match hold.status {
             HoldStatus::Active => {}
             HoldStatus::Expired => return Err(DomainError::HoldExpired),
@@ -350,30 +295,14 @@ impl Wallet {
         self.draw(ctx, amount, meter, false, EntryKind::Capture, Some(hold_id));
         let rest = hold.amount - amount;
         if rest > Decimal::ZERO {
-            self.push_entry(
-                ctx,
-                EntryKind::Release,
-                rest,
-                None,
-                Some(hold_id),
-                meter,
-                None,
-                None,
-            );
+            self.push_entry(ctx, EntryKind::Release, rest, None, Some(hold_id), meter, None, None);
         }
         if let Some(stored) = self.holds.iter_mut().find(|stored| stored.id == hold_id) {
             stored.status = HoldStatus::Captured;
             stored.captured = amount;
         }
         self.changes.touched_holds.insert(hold_id);
-        self.push_event(
-            ctx,
-            EventType::HoldCaptured,
-            Some(amount),
-            None,
-            Some(hold_id),
-            hold.meter_code.clone(),
-        );
+        self.push_event(ctx, EventType::HoldCaptured, Some(amount), None, Some(hold_id), hold.meter_code.clone());
         self.update_alerts(ctx);
         Ok(())
     }
@@ -381,10 +310,7 @@ impl Wallet {
     /// Frees a hold without debiting anything.
     pub fn release(&mut self, ctx: &OperationContext, hold_id: HoldId) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
-        let hold = self
-            .hold_by_id(hold_id)
-            .ok_or(DomainError::HoldNotActive("unknown"))?
-            .clone();
+        let hold = self.hold_by_id(hold_id).ok_or(DomainError::HoldNotActive("unknown"))?.clone();
         match hold.status {
             HoldStatus::Active => {}
             HoldStatus::Expired => return Err(DomainError::HoldExpired),
@@ -397,24 +323,8 @@ impl Wallet {
         }
         self.changes.touched_holds.insert(hold_id);
         let meter = hold.meter_code.as_deref();
-        self.push_entry(
-            ctx,
-            EntryKind::Release,
-            hold.amount,
-            None,
-            Some(hold_id),
-            meter,
-            None,
-            None,
-        );
-        self.push_event(
-            ctx,
-            EventType::HoldReleased,
-            Some(hold.amount),
-            None,
-            Some(hold_id),
-            hold.meter_code.clone(),
-        );
+        self.push_entry(ctx, EntryKind::Release, hold.amount, None, Some(hold_id), meter, None, None);
+        self.push_event(ctx, EventType::HoldReleased, Some(hold.amount), None, Some(hold_id), hold.meter_code.clone());
         self.update_alerts(ctx);
         Ok(())
     }
@@ -422,11 +332,7 @@ impl Wallet {
     /// An operator's correction: a positive amount becomes a courtesy grant
     /// (which repays the overdraft first); a negative one is drawn from any
     /// grant, restricted or not, within the overdraft policy.
-    pub fn adjust(
-        &mut self,
-        ctx: &OperationContext,
-        amount: Decimal,
-    ) -> DomainResult<Option<GrantId>> {
+    pub fn adjust(&mut self, ctx: &OperationContext, amount: Decimal) -> DomainResult<Option<GrantId>> {
         self.expire(&ctx.for_expiry());
         self.refuse_if_closed()?;
         let grant = if amount > Decimal::ZERO {
@@ -446,9 +352,9 @@ impl Wallet {
             self.repay_overdraft(ctx, id);
             Some(id)
         } else {
-            let amount = -amount;
-            self.check_fit(ctx, amount, None, true, Decimal::ZERO)?;
-            self.draw(ctx, amount, None, true, EntryKind::Adjustment, None);
+            let taken = -amount;
+            self.check_fit(ctx, taken, None, true, Decimal::ZERO)?;
+            self.draw(ctx, taken, None, true, EntryKind::Adjustment, None);
             None
         };
         self.push_event(ctx, EventType::Adjusted, Some(amount), grant, None, None);
@@ -473,10 +379,7 @@ impl Wallet {
         self.refuse_if_closed()?;
         let refundable: Vec<(&Entry, Decimal)> = original
             .iter()
-            .filter(|entry| {
-                matches!(entry.kind, EntryKind::Debit | EntryKind::Capture)
-                    && entry.amount < Decimal::ZERO
-            })
+            .filter(|entry| matches!(entry.kind, EntryKind::Debit | EntryKind::Capture) && entry.amount < Decimal::ZERO)
             .map(|entry| {
                 let refunded: Decimal = prior_refunds
                     .iter()
@@ -498,9 +401,7 @@ impl Wallet {
             if let Some(grant_id) = entry.grant_id
                 && self.grant_by_id(grant_id).is_none()
             {
-                return Err(DomainError::Inconsistent(
-                    "the grant of a refunded entry was not loaded",
-                ));
+                return Err(DomainError::Inconsistent("the grant of a refunded entry was not loaded"));
             }
         }
         let mut to_refund = amount;
@@ -532,9 +433,7 @@ impl Wallet {
             .grants
             .iter()
             .position(|grant| grant.id == grant_id)
-            .ok_or(DomainError::Inconsistent(
-                "the grant to void was not loaded",
-            ))?;
+            .ok_or(DomainError::Inconsistent("the grant to void was not loaded"))?;
         match self.grants[index].status {
             GrantStatus::Active => {}
             GrantStatus::Expired => return Err(DomainError::GrantNotActive("expired")),
@@ -545,25 +444,9 @@ impl Wallet {
         self.grants[index].remaining = Decimal::ZERO;
         self.changes.touched_grants.insert(grant_id);
         if remaining > Decimal::ZERO {
-            self.push_entry(
-                ctx,
-                EntryKind::Void,
-                -remaining,
-                Some(grant_id),
-                None,
-                None,
-                None,
-                None,
-            );
+            self.push_entry(ctx, EntryKind::Void, -remaining, Some(grant_id), None, None, None, None);
         }
-        self.push_event(
-            ctx,
-            EventType::GrantVoided,
-            Some(remaining),
-            Some(grant_id),
-            None,
-            None,
-        );
+        self.push_event(ctx, EventType::GrantVoided, Some(remaining), Some(grant_id), None, None);
         self.update_alerts(ctx);
         Ok(())
     }
@@ -582,8 +465,7 @@ impl Wallet {
             self.account.low_balance_threshold = threshold;
             // Setting a threshold is not a crossing: only a later fall below it alerts.
             let available = self.balance(ctx.now).available;
-            self.account.low_balance_alerted =
-                threshold.is_some_and(|threshold| available < threshold);
+            self.account.low_balance_alerted = threshold.is_some_and(|threshold| available < threshold);
         }
         self.account.updated_at = ctx.now;
         self.push_event(ctx, EventType::AccountUpdated, None, None, None, None);
@@ -610,12 +492,8 @@ impl Wallet {
 
     /// Credits added must keep the wallet within the supported range.
     fn check_credit_fits(&self, amount: Decimal) -> DomainResult<()> {
-        let pending: Decimal = self
-            .grants
-            .iter()
-            .filter(|grant| grant.status == GrantStatus::Active)
-            .map(|grant| grant.remaining)
-            .sum();
+        let pending: Decimal =
+            self.grants.iter().filter(|grant| grant.status == GrantStatus::Active).map(|grant| grant.remaining).sum();
         if pending + amount >= balance_limit() {
             return Err(DomainError::BalanceOutOfRange);
         }
@@ -624,12 +502,7 @@ impl Wallet {
 
     /// The grants a draw takes from, in drawdown order: grants restricted to
     /// the meter, then lower priority numbers, then earlier expiry, then older.
-    fn drawdown_order(
-        &self,
-        ctx: &OperationContext,
-        meter_code: Option<&str>,
-        any_grant: bool,
-    ) -> Vec<usize> {
+    fn drawdown_order(&self, ctx: &OperationContext, meter_code: Option<&str>, any_grant: bool) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.grants.len())
             .filter(|&index| {
                 let grant = &self.grants[index];
@@ -663,13 +536,15 @@ impl Wallet {
         any_grant: bool,
         freed: Decimal,
     ) -> DomainResult<()> {
-        let eligible: Decimal = self
-            .drawdown_order(ctx, meter_code, any_grant)
-            .into_iter()
-            .map(|index| self.grants[index].remaining)
-            .sum();
-        let available = self.balance(ctx.now).available + freed;
-        let uncovered = (amount - eligible).max(Decimal::ZERO);
+        let eligible: Decimal =
+            self.drawdown_order(ctx, meter_code, any_grant).into_iter().map(|index| self.grants[index].remaining).sum();
+        let view = self.balance(ctx.now);
+        let available = view.available + freed;
+        // Active holds (but the one being captured) keep their guarantee: the
+        // grants this draw may use count only for what those holds could
+        // still need. Holds are not tied to grants, so this is conservative.
+        let reserved = (view.held - freed).max(Decimal::ZERO);
+        let uncovered = (amount - (eligible - reserved).max(Decimal::ZERO)).max(Decimal::ZERO);
         let fits = match self.account.overdraft {
             Overdraft::None => uncovered.is_zero() && available - amount >= Decimal::ZERO,
             Overdraft::CreditLimit(limit) => {
@@ -677,11 +552,7 @@ impl Wallet {
             }
             Overdraft::Unlimited => self.account.overdraft_used + uncovered < balance_limit(),
         };
-        if fits {
-            Ok(())
-        } else {
-            Err(DomainError::InsufficientFunds)
-        }
+        if fits { Ok(()) } else { Err(DomainError::InsufficientFunds) }
     }
 
     /// Takes `amount` from the grants in drawdown order, one entry per grant,
@@ -742,24 +613,8 @@ impl Wallet {
         self.grants.push(grant);
         self.changes.new_grants.insert(id);
         self.changes.touched_grants.insert(id);
-        self.push_entry(
-            ctx,
-            entry_kind,
-            new.amount,
-            Some(id),
-            None,
-            None,
-            None,
-            refunded_entry,
-        );
-        self.push_event(
-            ctx,
-            EventType::GrantCreated,
-            Some(new.amount),
-            Some(id),
-            None,
-            None,
-        );
+        self.push_entry(ctx, entry_kind, new.amount, Some(id), None, None, None, refunded_entry);
+        self.push_event(ctx, EventType::GrantCreated, Some(new.amount), Some(id), None, None);
         id
     }
 
@@ -791,40 +646,16 @@ impl Wallet {
             None,
         );
         self.account.overdraft_used -= repaid;
-        self.push_entry(
-            ctx,
-            EntryKind::Adjustment,
-            repaid,
-            None,
-            None,
-            None,
-            Some(OVERDRAFT_REPAYMENT),
-            None,
-        );
+        self.push_entry(ctx, EntryKind::Adjustment, repaid, None, None, None, Some(OVERDRAFT_REPAYMENT), None);
     }
 
-    fn refund_to_grant(
-        &mut self,
-        ctx: &OperationContext,
-        grant_id: GrantId,
-        part: Decimal,
-        refunded: EntryId,
-    ) {
+    fn refund_to_grant(&mut self, ctx: &OperationContext, grant_id: GrantId, part: Decimal, refunded: EntryId) {
         let Some(index) = self.grants.iter().position(|grant| grant.id == grant_id) else {
             return;
         };
         self.grants[index].remaining += part;
         self.changes.touched_grants.insert(grant_id);
-        self.push_entry(
-            ctx,
-            EntryKind::Refund,
-            part,
-            Some(grant_id),
-            None,
-            None,
-            None,
-            Some(refunded),
-        );
+        self.push_entry(ctx, EntryKind::Refund, part, Some(grant_id), None, None, None, Some(refunded));
         let grant = &self.grants[index];
         let write_off = match grant.status {
             GrantStatus::Expired => Some(EntryKind::Expiry),
@@ -840,16 +671,7 @@ impl Wallet {
                 } else {
                     "refunded credits were voided"
                 };
-                self.push_entry(
-                    ctx,
-                    kind,
-                    -part,
-                    Some(grant_id),
-                    None,
-                    None,
-                    Some(description),
-                    None,
-                );
+                self.push_entry(ctx, kind, -part, Some(grant_id), None, None, Some(description), None);
             }
             None => self.repay_overdraft(ctx, grant_id),
         }
@@ -862,16 +684,7 @@ impl Wallet {
         let reduce = part.min(self.account.overdraft_used);
         if reduce > Decimal::ZERO {
             self.account.overdraft_used -= reduce;
-            self.push_entry(
-                ctx,
-                EntryKind::Refund,
-                reduce,
-                None,
-                None,
-                None,
-                None,
-                Some(refunded.id),
-            );
+            self.push_entry(ctx, EntryKind::Refund, reduce, None, None, None, None, Some(refunded.id));
         }
         let excess = part - reduce;
         if excess > Decimal::ZERO {
@@ -914,12 +727,7 @@ impl Wallet {
         }
     }
 
-    fn push_alert(
-        &mut self,
-        ctx: &OperationContext,
-        event_type: EventType,
-        threshold: Option<Decimal>,
-    ) {
+    fn push_alert(&mut self, ctx: &OperationContext, event_type: EventType, threshold: Option<Decimal>) {
         let available = self.balance(ctx.now).available;
         self.changes.events.push(Event {
             event_type,

@@ -29,9 +29,7 @@ impl TryGetable for Amount {
         // SQLite TEXT reads as a string; PostgreSQL NUMERIC refuses to and is read as a Decimal.
         if let Ok(text) = String::try_get_by(result, index) {
             return text.parse::<Decimal>().map(Amount).map_err(|error| {
-                TryGetError::DbErr(sea_orm::DbErr::Type(format!(
-                    "amount column holds {text:?}: {error}"
-                )))
+                TryGetError::DbErr(sea_orm::DbErr::Type(format!("amount column holds {text:?}: {error}")))
             });
         }
         Decimal::try_get_by(result, index).map(Amount)

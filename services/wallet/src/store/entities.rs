@@ -32,6 +32,8 @@ pub mod api_key {
         pub display_prefix: String,
         pub created_at: DateTimeUtc,
         pub revoked_at: Option<DateTimeUtc>,
+        /// TENANT or SERVICE.
+        pub kind: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(ServiceKeys)]
     }
 }
 
@@ -196,12 +196,30 @@ impl MigrationTrait for Initial {
         let db = manager.get_connection();
         let backend = db.get_database_backend();
         db.execute_unprepared(&render(SCHEMA, backend)).await?;
-        let guards = if backend == DbBackend::Postgres {
-            POSTGRES_GUARDS
-        } else {
-            SQLITE_GUARDS
-        };
+        let guards = if backend == DbBackend::Postgres { POSTGRES_GUARDS } else { SQLITE_GUARDS };
         db.execute_unprepared(guards).await?;
+        Ok(())
+    }
+}
+
+/// Keys of Reservoir's own services, which act for the tenant each call names.
+struct ServiceKeys;
+
+impl MigrationName for ServiceKeys {
+    fn name(&self) -> &str {
+        "m0002_service_keys"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ServiceKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'TENANT' CHECK (kind IN ('TENANT', 'SERVICE'))",
+            )
+            .await?;
         Ok(())
     }
 }

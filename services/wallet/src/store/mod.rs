@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reservoir_common::auth::{KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
+use reservoir_common::auth::{Caller, KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    AccessMode, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database,
-    DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, IsolationLevel, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    AccessMode, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::{Mutex, Notify};
@@ -28,12 +28,13 @@ use uuid::Uuid;
 
 use self::amount::Amount;
 use self::entities::{account, api_key, entry, grant, hold, idempotency, outbox, tenant};
-use crate::domain::{
-    Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet,
-};
+use crate::domain::{Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet};
 use crate::error::WalletError;
 
 pub use self::rows::EntryFilter;
+
+/// The tenant that owns the service keys.
+const SERVICES_TENANT: &str = "reservoir-services";
 
 /// How long a connection may be waited for before the call fails as UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,23 +115,16 @@ impl Store {
         let postgres = settings.is_postgres();
         if postgres {
             // The schema must exist before a connection can use it as its search path.
-            let bootstrap = Database::connect(
-                ConnectOptions::new(settings.url.clone())
-                    .max_connections(1)
-                    .to_owned(),
-            )
-            .await?;
-            bootstrap
-                .execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", settings.schema))
-                .await?;
+            let bootstrap =
+                Database::connect(ConnectOptions::new(settings.url.clone()).max_connections(1).to_owned()).await?;
+            bootstrap.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", settings.schema)).await?;
             bootstrap.close().await?;
         } else if let Some(path) = sqlite_path(&settings.url)
             && let Some(parent) = std::path::Path::new(&path).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|error| {
-                WalletError::Unavailable(format!("creating {}: {error}", parent.display()))
-            })?;
+            std::fs::create_dir_all(parent)
+                .map_err(|error| WalletError::Unavailable(format!("creating {}: {error}", parent.display())))?;
         }
         let mut options = ConnectOptions::new(settings.url.clone());
         options
@@ -181,13 +175,7 @@ impl Store {
 
     async fn begin_write(
         &self,
-    ) -> Result<
-        (
-            Option<tokio::sync::OwnedMutexGuard<()>>,
-            DatabaseTransaction,
-        ),
-        WalletError,
-    > {
+    ) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WalletError> {
         let guard = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
@@ -198,31 +186,17 @@ impl Store {
 
     // ---- tenants and keys -------------------------------------------------
 
-    pub async fn create_tenant(
-        &self,
-        name: &str,
-        now: DateTime<Utc>,
-    ) -> Result<TenantId, WalletError> {
+    pub async fn create_tenant(&self, name: &str, now: DateTime<Utc>) -> Result<TenantId, WalletError> {
         let id = Uuid::now_v7();
-        tenant::Entity::insert(tenant::ActiveModel {
-            id: Set(id),
-            name: Set(name.to_owned()),
-            created_at: Set(now),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
+        tenant::Entity::insert(tenant::ActiveModel { id: Set(id), name: Set(name.to_owned()), created_at: Set(now) })
+            .exec_without_returning(&self.db)
+            .await?;
         Ok(TenantId(id))
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<TenantRow>, WalletError> {
-        let tenants = tenant::Entity::find()
-            .order_by_asc(tenant::Column::CreatedAt)
-            .all(&self.db)
-            .await?;
-        let keys = api_key::Entity::find()
-            .filter(api_key::Column::RevokedAt.is_null())
-            .all(&self.db)
-            .await?;
+        let tenants = tenant::Entity::find().order_by_asc(tenant::Column::CreatedAt).all(&self.db).await?;
+        let keys = api_key::Entity::find().filter(api_key::Column::RevokedAt.is_null()).all(&self.db).await?;
         Ok(tenants
             .into_iter()
             .map(|row| TenantRow {
@@ -235,22 +209,41 @@ impl Store {
     }
 
     pub async fn tenant_exists(&self, tenant_id: TenantId) -> Result<bool, WalletError> {
-        Ok(tenant::Entity::find_by_id(tenant_id.0)
-            .one(&self.db)
-            .await?
-            .is_some())
+        Ok(tenant::Entity::find_by_id(tenant_id.0).one(&self.db).await?.is_some())
     }
 
     /// Issues a key for a tenant; only its peppered hash is stored.
     pub async fn issue_key(
         &self,
-        tenant_id: TenantId,
+        tenant: TenantId,
         pepper: &str,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey, WalletError> {
-        if !self.tenant_exists(tenant_id).await? {
+        if !self.tenant_exists(tenant).await? {
             return Err(WalletError::NotFound("tenant"));
         }
+        self.insert_key(tenant, "TENANT", pepper, now).await
+    }
+
+    /// Issues a key for Reservoir's own services (metering, invoicing, ...),
+    /// which act for whichever tenant each call names. It belongs to a tenant
+    /// of its own that holds no accounts.
+    pub async fn issue_service_key(&self, pepper: &str, now: DateTime<Utc>) -> Result<IssuedKey, WalletError> {
+        let existing = tenant::Entity::find().filter(tenant::Column::Name.eq(SERVICES_TENANT)).one(&self.db).await?;
+        let tenant = match existing {
+            Some(row) => TenantId(row.id),
+            None => self.create_tenant(SERVICES_TENANT, now).await?,
+        };
+        self.insert_key(tenant, "SERVICE", pepper, now).await
+    }
+
+    async fn insert_key(
+        &self,
+        tenant_id: TenantId,
+        kind: &str,
+        pepper: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedKey, WalletError> {
         let key = generate_key();
         let id = Uuid::now_v7();
         api_key::Entity::insert(api_key::ActiveModel {
@@ -260,6 +253,7 @@ impl Store {
             display_prefix: Set(key_display_prefix(&key)),
             created_at: Set(now),
             revoked_at: Set(None),
+            kind: Set(kind.to_owned()),
         })
         .exec_without_returning(&self.db)
         .await?;
@@ -277,25 +271,19 @@ impl Store {
         Ok(result.rows_affected == 1)
     }
 
-    pub async fn tenant_for_key_hash(
-        &self,
-        key_hash: &str,
-    ) -> Result<Option<TenantId>, WalletError> {
+    /// Who holds the key with this hash, if it is issued and not revoked.
+    pub async fn caller_for_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, WalletError> {
         let row = api_key::Entity::find()
             .filter(api_key::Column::KeyHash.eq(key_hash))
             .filter(api_key::Column::RevokedAt.is_null())
             .one(&self.db)
             .await?;
-        Ok(row.map(|row| TenantId(row.tenant_id)))
+        Ok(row.map(|row| if row.kind == "SERVICE" { Caller::Service } else { Caller::Tenant(TenantId(row.tenant_id)) }))
     }
 
     // ---- reads --------------------------------------------------------------
 
-    pub async fn account(
-        &self,
-        tenant_id: TenantId,
-        account_id: AccountId,
-    ) -> Result<Account, WalletError> {
+    pub async fn account(&self, tenant_id: TenantId, account_id: AccountId) -> Result<Account, WalletError> {
         let row = account::Entity::find_by_id(account_id.0)
             .filter(account::Column::TenantId.eq(tenant_id.0))
             .one(&self.db)
@@ -314,25 +302,12 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
         let snapshot = if self.backend() == DbBackend::Postgres {
-            self.db
-                .begin_with_config(
-                    Some(IsolationLevel::RepeatableRead),
-                    Some(AccessMode::ReadOnly),
-                )
-                .await?
+            self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
         } else {
             // A deferred SQLite transaction reads one WAL snapshot and takes no write lock.
             self.db.begin().await?
         };
-        let loaded = load(
-            &snapshot,
-            tenant_id,
-            account_id,
-            &LoadPlan::default(),
-            now,
-            false,
-        )
-        .await?;
+        let loaded = load(&snapshot, tenant_id, account_id, &LoadPlan::default(), now, false).await?;
         snapshot.commit().await?;
         Ok(loaded.wallet)
     }
@@ -348,10 +323,7 @@ impl Store {
         if !include_inactive {
             query = query.filter(grant::Column::Status.eq("ACTIVE"));
         }
-        let rows = query
-            .order_by_desc(grant::Column::CreatedSequence)
-            .all(&self.db)
-            .await?;
+        let rows = query.order_by_desc(grant::Column::CreatedSequence).all(&self.db).await?;
         rows.into_iter().map(rows::grant_from_row).collect()
     }
 
@@ -364,11 +336,7 @@ impl Store {
         rows::hold_from_row(row)
     }
 
-    pub async fn grant(
-        &self,
-        tenant_id: TenantId,
-        grant_id: GrantId,
-    ) -> Result<Grant, WalletError> {
+    pub async fn grant(&self, tenant_id: TenantId, grant_id: GrantId) -> Result<Grant, WalletError> {
         let row = grant::Entity::find_by_id(grant_id.0)
             .filter(grant::Column::TenantId.eq(tenant_id.0))
             .one(&self.db)
@@ -377,11 +345,7 @@ impl Store {
         rows::grant_from_row(row)
     }
 
-    pub async fn entry(
-        &self,
-        tenant_id: TenantId,
-        entry_id: EntryId,
-    ) -> Result<Entry, WalletError> {
+    pub async fn entry(&self, tenant_id: TenantId, entry_id: EntryId) -> Result<Entry, WalletError> {
         let row = entry::Entity::find_by_id(entry_id.0)
             .filter(entry::Column::TenantId.eq(tenant_id.0))
             .one(&self.db)
@@ -404,10 +368,8 @@ impl Store {
             .filter(entry::Column::AccountId.eq(account_id.0))
             .filter(entry::Column::Sequence.gt(to_i64(after_sequence)));
         if !filter.kinds.is_empty() {
-            query = query.filter(
-                entry::Column::Kind
-                    .is_in(filter.kinds.iter().map(|kind| rows::entry_kind_name(*kind))),
-            );
+            query =
+                query.filter(entry::Column::Kind.is_in(filter.kinds.iter().map(|kind| rows::entry_kind_name(*kind))));
         }
         if let Some(start) = filter.start {
             query = query.filter(entry::Column::CreatedAt.gte(start));
@@ -415,11 +377,7 @@ impl Store {
         if let Some(end) = filter.end {
             query = query.filter(entry::Column::CreatedAt.lt(end));
         }
-        let rows = query
-            .order_by_asc(entry::Column::Sequence)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
+        let rows = query.order_by_asc(entry::Column::Sequence).limit(limit).all(&self.db).await?;
         rows.into_iter().map(rows::entry_from_row).collect()
     }
 
@@ -437,10 +395,7 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| (u64::try_from(row.sequence).unwrap_or(0), row.payload))
-            .collect())
+        Ok(rows.into_iter().map(|row| (u64::try_from(row.sequence).unwrap_or(0), row.payload)).collect())
     }
 
     /// Accounts with a grant or hold past its expiry at `now` and not yet written off.
@@ -466,10 +421,7 @@ impl Store {
             .map(|row| (row.tenant_id, row.account_id))
             .chain(holds.iter().map(|row| (row.tenant_id, row.account_id)))
             .collect();
-        Ok(due
-            .into_iter()
-            .map(|(tenant, account)| (TenantId(tenant), AccountId(account)))
-            .collect())
+        Ok(due.into_iter().map(|(tenant, account)| (TenantId(tenant), AccountId(account))).collect())
     }
 
     // ---- writes -------------------------------------------------------------
@@ -481,9 +433,7 @@ impl Store {
         tenant_id: TenantId,
         check: &IdempotencyCheck,
     ) -> Result<Option<M>, WalletError> {
-        let Some(record) = idempotency::Entity::find_by_id((tenant_id.0, check.key.clone()))
-            .one(connection)
-            .await?
+        let Some(record) = idempotency::Entity::find_by_id((tenant_id.0, check.key.clone())).one(connection).await?
         else {
             return Ok(None);
         };
@@ -492,9 +442,7 @@ impl Store {
         }
         M::decode(record.response.as_slice())
             .map(Some)
-            .map_err(|error| {
-                WalletError::Internal(format!("stored response does not decode: {error}"))
-            })
+            .map_err(|error| WalletError::Internal(format!("stored response does not decode: {error}")))
     }
 
     /// Checks an idempotency key without taking any lock: a retry of a
@@ -528,9 +476,20 @@ impl Store {
         if exists.is_some() {
             return Err(WalletError::AccountExists);
         }
-        account::Entity::insert(rows::account_to_row(&wallet.account))
-            .exec_without_returning(&transaction)
-            .await?;
+        let inserted =
+            account::Entity::insert(rows::account_to_row(&wallet.account)).exec_without_returning(&transaction).await;
+        if let Err(error) = inserted {
+            if !matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+                return Err(error.into());
+            }
+            // A concurrent call opened the account first: this may be its
+            // retry, which replays, or another request, which is refused.
+            transaction.rollback().await?;
+            return match Self::replay(&self.db, tenant_id, check).await? {
+                Some(response) => Ok(Outcome::Replayed(response)),
+                None => Err(WalletError::AccountExists),
+            };
+        }
         let response = build(&wallet);
         let changes = wallet.take_changes();
         write_changes(&transaction, &wallet, &changes).await?;
@@ -555,12 +514,15 @@ impl Store {
         operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
     ) -> Result<Outcome<M>, WalletError> {
         let (_guard, transaction) = self.begin_write().await?;
+        let mut loaded = load(&transaction, tenant_id, account_id, plan, now, true).await?;
+        // Checked under the row lock: a retry that waited for the original
+        // call to commit must replay its result, not run again against the
+        // state that call left.
         if let Some(check) = check
             && let Some(response) = Self::replay(&transaction, tenant_id, check).await?
         {
             return Ok(Outcome::Replayed(response));
         }
-        let mut loaded = load(&transaction, tenant_id, account_id, plan, now, true).await?;
         let response = operate(&mut loaded)?;
         let changes = loaded.wallet.take_changes();
         write_changes(&transaction, &loaded.wallet, &changes).await?;
@@ -577,9 +539,7 @@ impl Store {
 
 /// The SQLite file of a `sqlite:` URL, if it names one.
 fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or("");
     (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
 }
@@ -599,15 +559,11 @@ async fn load(
     now: DateTime<Utc>,
     for_update: bool,
 ) -> Result<Loaded, WalletError> {
-    let mut query =
-        account::Entity::find_by_id(account_id.0).filter(account::Column::TenantId.eq(tenant_id.0));
+    let mut query = account::Entity::find_by_id(account_id.0).filter(account::Column::TenantId.eq(tenant_id.0));
     if for_update {
         query = query.lock_exclusive();
     }
-    let account_row = query
-        .one(connection)
-        .await?
-        .ok_or(WalletError::NotFound("account"))?;
+    let account_row = query.one(connection).await?.ok_or(WalletError::NotFound("account"))?;
     let account = rows::account_from_row(account_row)?;
 
     let (operation_entries, prior_refunds) = match plan.refund_of {
@@ -635,21 +591,14 @@ async fn load(
     };
 
     let mut grant_ids: BTreeSet<Uuid> = plan.grant_ids.iter().map(|id| id.0).collect();
-    grant_ids.extend(
-        operation_entries
-            .iter()
-            .filter_map(|entry| entry.grant_id.map(|id| id.0)),
-    );
+    grant_ids.extend(operation_entries.iter().filter_map(|entry| entry.grant_id.map(|id| id.0)));
     let mut grant_rows = grant::Entity::find()
         .filter(grant::Column::AccountId.eq(account_id.0))
         .filter(grant::Column::Status.eq("ACTIVE"))
         .all(connection)
         .await?;
-    let missing: Vec<Uuid> = grant_ids
-        .iter()
-        .filter(|id| !grant_rows.iter().any(|row| row.id == **id))
-        .copied()
-        .collect();
+    let missing: Vec<Uuid> =
+        grant_ids.iter().filter(|id| !grant_rows.iter().any(|row| row.id == **id)).copied().collect();
     if !missing.is_empty() {
         grant_rows.extend(
             grant::Entity::find()
@@ -659,10 +608,7 @@ async fn load(
                 .await?,
         );
     }
-    let grants: Vec<Grant> = grant_rows
-        .into_iter()
-        .map(rows::grant_from_row)
-        .collect::<Result<_, _>>()?;
+    let grants: Vec<Grant> = grant_rows.into_iter().map(rows::grant_from_row).collect::<Result<_, _>>()?;
 
     let mut hold_rows = hold::Entity::find()
         .filter(hold::Column::AccountId.eq(account_id.0))
@@ -670,12 +616,8 @@ async fn load(
         .filter(hold::Column::ExpiresAt.lte(now))
         .all(connection)
         .await?;
-    let wanted: Vec<Uuid> = plan
-        .hold_ids
-        .iter()
-        .map(|id| id.0)
-        .filter(|id| !hold_rows.iter().any(|row| row.id == *id))
-        .collect();
+    let wanted: Vec<Uuid> =
+        plan.hold_ids.iter().map(|id| id.0).filter(|id| !hold_rows.iter().any(|row| row.id == *id)).collect();
     if !wanted.is_empty() {
         hold_rows.extend(
             hold::Entity::find()
@@ -685,15 +627,8 @@ async fn load(
                 .await?,
         );
     }
-    let holds: Vec<Hold> = hold_rows
-        .into_iter()
-        .map(rows::hold_from_row)
-        .collect::<Result<_, _>>()?;
-    Ok(Loaded {
-        wallet: Wallet::new(account, grants, holds),
-        operation_entries,
-        prior_refunds,
-    })
+    let holds: Vec<Hold> = hold_rows.into_iter().map(rows::hold_from_row).collect::<Result<_, _>>()?;
+    Ok(Loaded { wallet: Wallet::new(account, grants, holds), operation_entries, prior_refunds })
 }
 
 /// Writes what an operation changed. Entries are only ever inserted.
@@ -706,9 +641,7 @@ async fn write_changes(
         return Ok(());
     }
     let account = &wallet.account;
-    account::Entity::update(rows::account_to_row(account))
-        .exec(transaction)
-        .await?;
+    account::Entity::update(rows::account_to_row(account)).exec(transaction).await?;
 
     let new_grants: Vec<grant::ActiveModel> = wallet
         .grants
@@ -717,22 +650,16 @@ async fn write_changes(
         .map(|grant| rows::grant_to_row(grant, account.tenant_id))
         .collect();
     if !new_grants.is_empty() {
-        grant::Entity::insert_many(new_grants)
-            .exec_without_returning(transaction)
-            .await?;
+        grant::Entity::insert_many(new_grants).exec_without_returning(transaction).await?;
     }
-    for grant in wallet.grants.iter().filter(|grant| {
-        changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id)
-    }) {
+    for grant in wallet
+        .grants
+        .iter()
+        .filter(|grant| changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id))
+    {
         grant::Entity::update_many()
-            .col_expr(
-                grant::Column::RemainingAmount,
-                Expr::value(Amount(grant.remaining)),
-            )
-            .col_expr(
-                grant::Column::Status,
-                Expr::value(rows::grant_status_name(grant.status)),
-            )
+            .col_expr(grant::Column::RemainingAmount, Expr::value(Amount(grant.remaining)))
+            .col_expr(grant::Column::Status, Expr::value(rows::grant_status_name(grant.status)))
             .filter(grant::Column::Id.eq(grant.id.0))
             .exec(transaction)
             .await?;
@@ -745,39 +672,28 @@ async fn write_changes(
         .map(|hold| rows::hold_to_row(hold, account.tenant_id))
         .collect();
     if !new_holds.is_empty() {
-        hold::Entity::insert_many(new_holds)
-            .exec_without_returning(transaction)
-            .await?;
+        hold::Entity::insert_many(new_holds).exec_without_returning(transaction).await?;
     }
-    for hold in wallet.holds.iter().filter(|hold| {
-        changes.touched_holds.contains(&hold.id) && !changes.new_holds.contains(&hold.id)
-    }) {
+    for hold in wallet
+        .holds
+        .iter()
+        .filter(|hold| changes.touched_holds.contains(&hold.id) && !changes.new_holds.contains(&hold.id))
+    {
         hold::Entity::update_many()
-            .col_expr(
-                hold::Column::Status,
-                Expr::value(rows::hold_status_name(hold.status)),
-            )
-            .col_expr(
-                hold::Column::CapturedAmount,
-                Expr::value(Amount(hold.captured)),
-            )
+            .col_expr(hold::Column::Status, Expr::value(rows::hold_status_name(hold.status)))
+            .col_expr(hold::Column::CapturedAmount, Expr::value(Amount(hold.captured)))
             .filter(hold::Column::Id.eq(hold.id.0))
             .exec(transaction)
             .await?;
     }
 
     if !changes.entries.is_empty() {
-        let rows: Vec<entry::ActiveModel> = changes
-            .entries
-            .iter()
-            .map(|entry| rows::entry_to_row(entry, account.tenant_id))
-            .collect();
+        let rows: Vec<entry::ActiveModel> =
+            changes.entries.iter().map(|entry| rows::entry_to_row(entry, account.tenant_id)).collect();
         // Bounded by the batch limit of the API; each chunk stays well under
         // both backends' bound-parameter limits (17 columns × 500 rows).
         for chunk in rows.chunks(500) {
-            entry::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(transaction)
-                .await?;
+            entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
         }
     }
 
@@ -822,18 +738,12 @@ async fn write_events(
                 tenant_id: Set(wallet.account.tenant_id.0),
                 account_id: Set(event.account_id.0),
                 event_type: Set(rows::event_type_name(event.event_type).to_owned()),
-                payload: Set(crate::convert::event_payload(
-                    event,
-                    unit,
-                    u64::try_from(sequence).unwrap_or(0),
-                )),
+                payload: Set(crate::convert::event_payload(event, unit, u64::try_from(sequence).unwrap_or(0))),
                 created_at: Set(event.occurred_at),
             }
         })
         .collect();
-    outbox::Entity::insert_many(rows)
-        .exec_without_returning(transaction)
-        .await?;
+    outbox::Entity::insert_many(rows).exec_without_returning(transaction).await?;
     Ok(())
 }
 
@@ -851,11 +761,7 @@ async fn record<M: prost::Message>(
         response: Set(response.encode_to_vec()),
         created_at: Set(Utc::now()),
     })
-    .on_conflict(
-        OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key])
-            .do_nothing()
-            .to_owned(),
-    )
+    .on_conflict(OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key]).do_nothing().to_owned())
     .exec_without_returning(transaction)
     .await
     .map(|inserted| {
@@ -863,9 +769,7 @@ async fn record<M: prost::Message>(
             // Another call with the same key committed first (on another
             // account, so the row lock did not order them): this one must not
             // commit; its retry will replay or be told the key was reused.
-            Err(WalletError::Conflict(
-                "the idempotency key was recorded concurrently".into(),
-            ))
+            Err(WalletError::Conflict("the idempotency key was recorded concurrently".into()))
         } else {
             Ok(())
         }
@@ -875,19 +779,13 @@ async fn record<M: prost::Message>(
 /// Answers the auth layer from the key table.
 pub struct StoreKeyResolver {
     pub store: Store,
+    pub pepper: String,
 }
 
 impl KeyResolver for StoreKeyResolver {
-    fn resolve(
-        &self,
-        key_hash: String,
-    ) -> futures::future::BoxFuture<'static, Result<Option<TenantId>, String>> {
+    fn resolve(&self, key: String) -> futures::future::BoxFuture<'static, Result<Option<Caller>, String>> {
         let store = self.store.clone();
-        Box::pin(async move {
-            store
-                .tenant_for_key_hash(&key_hash)
-                .await
-                .map_err(|error| error.to_string())
-        })
+        let hash = hash_key(&self.pepper, &key);
+        Box::pin(async move { store.caller_for_key_hash(&hash).await.map_err(|error| error.to_string()) })
     }
 }

@@ -40,15 +40,9 @@ fn metadata_to(metadata: &Metadata) -> String {
 }
 
 pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
-    let scale = u32::try_from(row.unit_scale)
-        .map_err(|_| corrupt("unit scale", &row.unit_scale.to_string()))?;
-    let unit = Unit::from_parts(
-        &row.unit_code,
-        Some(scale),
-        &row.unit_price_per_credit,
-        &row.unit_billing_currency,
-    )
-    .map_err(|_| corrupt("unit", &row.unit_code))?;
+    let scale = u32::try_from(row.unit_scale).map_err(|_| corrupt("unit scale", &row.unit_scale.to_string()))?;
+    let unit = Unit::from_parts(&row.unit_code, Some(scale), &row.unit_price_per_credit, &row.unit_billing_currency)
+        .map_err(|_| corrupt("unit", &row.unit_code))?;
     let overdraft = match row.overdraft_policy.as_str() {
         "NONE" => Overdraft::None,
         "CREDIT_LIMIT" => Overdraft::CreditLimit(row.credit_limit.0),
@@ -83,10 +77,9 @@ pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
 pub fn account_to_row(account: &Account) -> account::ActiveModel {
     let (price, billing) = match account.unit.kind() {
         reservoir_common::money::UnitKind::Currency => (String::new(), String::new()),
-        reservoir_common::money::UnitKind::Credit {
-            price_per_credit,
-            billing_currency,
-        } => (price_per_credit.to_string(), billing_currency.clone()),
+        reservoir_common::money::UnitKind::Credit { price_per_credit, billing_currency } => {
+            (price_per_credit.to_string(), billing_currency.clone())
+        }
     };
     let policy = match account.overdraft {
         Overdraft::None => "NONE",
@@ -180,8 +173,7 @@ pub fn grant_from_row(row: grant::Model) -> Result<Grant, WalletError> {
         priority: row.priority,
         effective_at: row.effective_at,
         expires_at: row.expires_at,
-        meter_codes: serde_json::from_str(&row.meter_codes)
-            .map_err(|_| corrupt("meter codes", &row.meter_codes))?,
+        meter_codes: serde_json::from_str(&row.meter_codes).map_err(|_| corrupt("meter codes", &row.meter_codes))?,
         status,
         metadata: metadata_from(&row.metadata)?,
         created_at: row.created_at,
@@ -202,9 +194,7 @@ pub fn grant_to_row(grant: &Grant, tenant_id: TenantId) -> grant::ActiveModel {
         priority: Set(grant.priority),
         effective_at: Set(grant.effective_at),
         expires_at: Set(grant.expires_at),
-        meter_codes: Set(
-            serde_json::to_string(&grant.meter_codes).unwrap_or_else(|_| "[]".to_owned())
-        ),
+        meter_codes: Set(serde_json::to_string(&grant.meter_codes).unwrap_or_else(|_| "[]".to_owned())),
         status: Set(grant_status_name(grant.status).to_owned()),
         metadata: Set(metadata_to(&grant.metadata)),
         created_at: Set(grant.created_at),

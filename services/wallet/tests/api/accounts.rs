@@ -8,26 +8,18 @@ async fn an_account_reads_back_as_it_was_opened(app: &TestApp) {
     let read = app
         .client
         .clone()
-        .get_account(pb::GetAccountRequest {
-            account_id: account.id.clone(),
-        })
+        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
         .await
         .unwrap()
         .into_inner();
     let read = read.account.unwrap();
     assert_eq!(read.id, account.id);
     assert_eq!(read.credit_limit, "50.00");
-    assert_eq!(
-        read.overdraft_policy,
-        i32::from(pb::OverdraftPolicy::CreditLimit)
-    );
+    assert_eq!(read.overdraft_policy, i32::from(pb::OverdraftPolicy::CreditLimit));
     assert_eq!(read.status, i32::from(pb::AccountStatus::Active));
     assert_eq!(read.unit.unwrap().scale, Some(2));
     let balance = balance(&app.client, &account).await;
-    assert_eq!(
-        (balance.available.as_str(), balance.spendable.as_str()),
-        ("0.00", "50.00")
-    );
+    assert_eq!((balance.available.as_str(), balance.spendable.as_str()), ("0.00", "50.00"));
 }
 
 async fn a_second_account_with_the_same_external_id_is_refused(app: &TestApp) {
@@ -59,61 +51,31 @@ async fn account_settings_are_checked_field_by_field(app: &TestApp) {
         credit_limit: "10".into(),
         ..base.clone()
     };
-    assert_invalid(
-        client.create_account(unlimited_with_limit).await,
-        "credit_limit",
-    );
-    let limit_missing = pb::CreateAccountRequest {
-        overdraft_policy: pb::OverdraftPolicy::CreditLimit.into(),
-        ..base.clone()
-    };
+    assert_invalid(client.create_account(unlimited_with_limit).await, "credit_limit");
+    let limit_missing =
+        pb::CreateAccountRequest { overdraft_policy: pb::OverdraftPolicy::CreditLimit.into(), ..base.clone() };
     assert_invalid(client.create_account(limit_missing).await, "credit_limit");
-    let no_unit = pb::CreateAccountRequest {
-        unit: None,
-        ..base.clone()
-    };
+    let no_unit = pb::CreateAccountRequest { unit: None, ..base.clone() };
     assert_invalid(client.create_account(no_unit).await, "unit");
-    let bad_currency = pb::CreateAccountRequest {
-        unit: Some(pb::Unit {
-            code: "ZZZ".into(),
-            ..Default::default()
-        }),
-        ..base.clone()
-    };
+    let bad_currency =
+        pb::CreateAccountRequest { unit: Some(pb::Unit { code: "ZZZ".into(), ..Default::default() }), ..base.clone() };
     assert_invalid(client.create_account(bad_currency).await, "unit");
-    let no_key = pb::CreateAccountRequest {
-        idempotency_key: String::new(),
-        ..base.clone()
-    };
+    let no_key = pb::CreateAccountRequest { idempotency_key: String::new(), ..base.clone() };
     assert_invalid(client.create_account(no_key).await, "idempotency_key");
     let too_much_metadata = pb::CreateAccountRequest {
         metadata: (0..33).map(|i| (format!("k{i}"), "v".to_owned())).collect(),
         ..base.clone()
     };
     assert_invalid(client.create_account(too_much_metadata).await, "metadata");
-    let long_id = pb::CreateAccountRequest {
-        external_id: "x".repeat(129),
-        ..base
-    };
+    let long_id = pb::CreateAccountRequest { external_id: "x".repeat(129), ..base };
     assert_invalid(client.create_account(long_id).await, "external_id");
 }
 
 async fn unknown_and_malformed_ids_are_told_apart(app: &TestApp) {
     let mut client = app.client.clone();
-    assert_invalid(
-        client
-            .get_account(pb::GetAccountRequest {
-                account_id: "nope".into(),
-            })
-            .await,
-        "account_id",
-    );
+    assert_invalid(client.get_account(pb::GetAccountRequest { account_id: "nope".into() }).await, "account_id");
     assert_refused(
-        client
-            .get_account(pb::GetAccountRequest {
-                account_id: uuid::Uuid::now_v7().to_string(),
-            })
-            .await,
+        client.get_account(pb::GetAccountRequest { account_id: uuid::Uuid::now_v7().to_string() }).await,
         Code::NotFound,
         "NOT_FOUND",
     );
@@ -129,34 +91,15 @@ async fn a_suspended_account_refuses_debits_until_reactivated(app: &TestApp) {
         idempotency_key: key(),
         ..Default::default()
     };
-    client
-        .update_account(update(pb::AccountStatus::Suspended))
-        .await
-        .unwrap();
-    assert_refused(
-        debit(&app.client, &account, "1").await,
-        Code::FailedPrecondition,
-        "ACCOUNT_SUSPENDED",
-    );
+    client.update_account(update(pb::AccountStatus::Suspended)).await.unwrap();
+    assert_refused(debit(&app.client, &account, "1").await, Code::FailedPrecondition, "ACCOUNT_SUSPENDED");
     grant(&app.client, &account, "1", pb::GrantKind::Courtesy).await;
-    client
-        .update_account(update(pb::AccountStatus::Active))
-        .await
-        .unwrap();
+    client.update_account(update(pb::AccountStatus::Active)).await.unwrap();
     debit(&app.client, &account, "1").await.unwrap();
-    client
-        .update_account(update(pb::AccountStatus::Closed))
-        .await
-        .unwrap();
+    client.update_account(update(pb::AccountStatus::Closed)).await.unwrap();
+    assert_refused(debit(&app.client, &account, "1").await, Code::FailedPrecondition, "ACCOUNT_CLOSED");
     assert_refused(
-        debit(&app.client, &account, "1").await,
-        Code::FailedPrecondition,
-        "ACCOUNT_CLOSED",
-    );
-    assert_refused(
-        client
-            .update_account(update(pb::AccountStatus::Active))
-            .await,
+        client.update_account(update(pb::AccountStatus::Active)).await,
         Code::FailedPrecondition,
         "ACCOUNT_CLOSED",
     );
@@ -178,20 +121,14 @@ async fn a_twenty_digit_amount_round_trips_exactly(app: &TestApp) {
     let granted = grant(&app.client, &account, amount, pb::GrantKind::Paid).await;
     assert_eq!(granted.grant.unwrap().original_amount, amount);
     debit(&app.client, &account, "0.00000001").await.unwrap();
-    assert_eq!(
-        balance(&app.client, &account).await.available,
-        "123456789012.12345677"
-    );
+    assert_eq!(balance(&app.client, &account).await.available, "123456789012.12345677");
     let entries = ledger(&app.client, &account).await;
     assert_eq!(entries[0].amount, amount);
     assert_eq!(entries[1].balance_after, "123456789012.12345677");
     let grants = app
         .client
         .clone()
-        .list_grants(pb::ListGrantsRequest {
-            account_id: account.id.clone(),
-            include_inactive: false,
-        })
+        .list_grants(pb::ListGrantsRequest { account_id: account.id.clone(), include_inactive: false })
         .await
         .unwrap()
         .into_inner();
@@ -199,16 +136,11 @@ async fn a_twenty_digit_amount_round_trips_exactly(app: &TestApp) {
     let read = app
         .client
         .clone()
-        .get_account(pb::GetAccountRequest {
-            account_id: account.id.clone(),
-        })
+        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        read.account.unwrap().unit.unwrap().price_per_credit,
-        "0.00002"
-    );
+    assert_eq!(read.account.unwrap().unit.unwrap().price_per_credit, "0.00002");
 }
 
 crate::on_both_backends!(

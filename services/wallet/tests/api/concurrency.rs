@@ -30,10 +30,7 @@ async fn concurrent_debits_never_overdraw_or_lose_an_update(app: &TestApp) {
             Ok(_) => succeeded += 1,
             Err(status) => {
                 assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                assert_eq!(
-                    reservoir_common::status::reason_of(&status).as_deref(),
-                    Some("INSUFFICIENT_FUNDS")
-                );
+                assert_eq!(reservoir_common::status::reason_of(&status).as_deref(), Some("INSUFFICIENT_FUNDS"));
                 refused += 1;
             }
         }

@@ -7,12 +7,7 @@ use crate::helpers::*;
 
 /// Reads events until `count` have arrived or a few seconds pass.
 async fn read_events(client: &Client, after_sequence: u64, count: usize) -> Vec<pb::Event> {
-    let mut stream = client
-        .clone()
-        .watch_events(pb::WatchEventsRequest { after_sequence })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = client.clone().watch_events(pb::WatchEventsRequest { after_sequence }).await.unwrap().into_inner();
     let mut events = Vec::new();
     while events.len() < count {
         match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
@@ -24,17 +19,11 @@ async fn read_events(client: &Client, after_sequence: u64, count: usize) -> Vec<
 }
 
 fn types(events: &[pb::Event]) -> Vec<pb::EventType> {
-    events
-        .iter()
-        .map(|event| pb::EventType::try_from(event.r#type).unwrap())
-        .collect()
+    events.iter().map(|event| pb::EventType::try_from(event.r#type).unwrap()).collect()
 }
 
 async fn events_stream_in_order_and_resume_after_a_sequence(app: &TestApp) {
-    let account = open_account_with(&app.client, |request| {
-        request.low_balance_threshold = "5".into()
-    })
-    .await;
+    let account = open_account_with(&app.client, |request| request.low_balance_threshold = "5".into()).await;
     grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
     debit(&app.client, &account, "4").await.unwrap();
     debit(&app.client, &account, "2").await.unwrap();
@@ -44,31 +33,15 @@ async fn events_stream_in_order_and_resume_after_a_sequence(app: &TestApp) {
     use pb::EventType::*;
     assert_eq!(
         types(&events),
-        vec![
-            AccountCreated,
-            GrantCreated,
-            Debited,
-            Debited,
-            BalanceLow,
-            Debited,
-            Debited,
-            BalanceDepleted
-        ],
+        vec![AccountCreated, GrantCreated, Debited, Debited, BalanceLow, Debited, Debited, BalanceDepleted],
         "BALANCE_LOW once for one fall below the threshold"
     );
     let low = &events[4];
-    assert_eq!(
-        (low.threshold.as_str(), low.available.as_str()),
-        ("5.00", "4.00")
-    );
+    assert_eq!((low.threshold.as_str(), low.available.as_str()), ("5.00", "4.00"));
     let sequences: Vec<u64> = events.iter().map(|event| event.sequence).collect();
     assert!(sequences.windows(2).all(|pair| pair[0] < pair[1]));
     let resumed = read_events(&app.client, events[5].sequence, 2).await;
-    assert_eq!(
-        resumed,
-        events[6..8].to_vec(),
-        "resuming after a sequence sends what followed it"
-    );
+    assert_eq!(resumed, events[6..8].to_vec(), "resuming after a sequence sends what followed it");
 }
 
 async fn a_watcher_sees_new_events_as_they_are_committed(app: &TestApp) {
@@ -89,17 +62,10 @@ async fn another_tenants_events_are_not_seen(app: &TestApp) {
     let account = prepaid(&app.client).await;
     grant(&app.client, &account, "1", pb::GrantKind::Paid).await;
     let (_, other) = app.other_tenant().await;
-    let mut stream = other
-        .clone()
-        .watch_events(pb::WatchEventsRequest { after_sequence: 0 })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream =
+        other.clone().watch_events(pb::WatchEventsRequest { after_sequence: 0 }).await.unwrap().into_inner();
     let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
-    assert!(
-        next.is_err(),
-        "nothing arrives for a tenant with no events: {next:?}"
-    );
+    assert!(next.is_err(), "nothing arrives for a tenant with no events: {next:?}");
 }
 
 crate::on_both_backends!(

@@ -39,18 +39,14 @@ pub fn settings(database: &TestDatabase) -> WalletSettings {
 
 pub fn auth_settings() -> AuthSettings {
     // No caching, so a revoked key is refused at once.
-    AuthSettings {
-        api_key_pepper: PEPPER.into(),
-        key_cache_ttl_ms: 0,
-    }
+    AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 0 }
 }
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Option<Self> {
         let database = TestDatabase::create(backend).await?;
-        let application = Application::build(&settings(&database), &auth_settings())
-            .await
-            .expect("building the wallet");
+        let application =
+            Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
         let address = application.local_addr().expect("a bound address");
         let store = application.store();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -62,36 +58,16 @@ impl TestApp {
                 .await
                 .expect("the wallet serves");
         });
-        let tenant = store
-            .create_tenant("test", Utc::now())
-            .await
-            .expect("a tenant");
-        let key = store
-            .issue_key(tenant, PEPPER, Utc::now())
-            .await
-            .expect("a key")
-            .key;
+        let tenant = store.create_tenant("test", Utc::now()).await.expect("a tenant");
+        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
         let client = client(address, &key).await;
-        Some(Self {
-            client,
-            store,
-            tenant,
-            address,
-            database,
-            stop,
-            server,
-        })
+        Some(Self { client, store, tenant, address, database, stop, server })
     }
 
     /// A second tenant with its own key.
     pub async fn other_tenant(&self) -> (TenantId, Client) {
         let tenant = self.store.create_tenant("other", Utc::now()).await.unwrap();
-        let key = self
-            .store
-            .issue_key(tenant, PEPPER, Utc::now())
-            .await
-            .unwrap()
-            .key;
+        let key = self.store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
         (tenant, client(self.address, &key).await)
     }
 
@@ -103,17 +79,10 @@ impl TestApp {
 }
 
 pub fn usd() -> Option<pb::Unit> {
-    Some(pb::Unit {
-        code: "USD".into(),
-        ..Default::default()
-    })
+    Some(pb::Unit { code: "USD".into(), ..Default::default() })
 }
 
-pub async fn open_account(
-    client: &Client,
-    policy: pb::OverdraftPolicy,
-    credit_limit: &str,
-) -> pb::Account {
+pub async fn open_account(client: &Client, policy: pb::OverdraftPolicy, credit_limit: &str) -> pb::Account {
     open_account_with(client, |request| {
         request.overdraft_policy = policy.into();
         request.credit_limit = credit_limit.into();
@@ -121,10 +90,7 @@ pub async fn open_account(
     .await
 }
 
-pub async fn open_account_with(
-    client: &Client,
-    edit: impl FnOnce(&mut pb::CreateAccountRequest),
-) -> pb::Account {
+pub async fn open_account_with(client: &Client, edit: impl FnOnce(&mut pb::CreateAccountRequest)) -> pb::Account {
     let mut request = pb::CreateAccountRequest {
         external_id: format!("customer-{}", key()),
         unit: usd(),
@@ -133,25 +99,14 @@ pub async fn open_account_with(
         ..Default::default()
     };
     edit(&mut request);
-    client
-        .clone()
-        .create_account(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap()
+    client.clone().create_account(request).await.unwrap().into_inner().account.unwrap()
 }
 
 pub async fn prepaid(client: &Client) -> pb::Account {
     open_account(client, pb::OverdraftPolicy::None, "").await
 }
 
-pub fn grant_request(
-    account: &pb::Account,
-    amount: &str,
-    kind: pb::GrantKind,
-) -> pb::GrantCreditsRequest {
+pub fn grant_request(account: &pb::Account, amount: &str, kind: pb::GrantKind) -> pb::GrantCreditsRequest {
     pb::GrantCreditsRequest {
         account_id: account.id.clone(),
         amount: amount.into(),
@@ -167,12 +122,7 @@ pub async fn grant(
     amount: &str,
     kind: pb::GrantKind,
 ) -> pb::GrantCreditsResponse {
-    client
-        .clone()
-        .grant_credits(grant_request(account, amount, kind))
-        .await
-        .unwrap()
-        .into_inner()
+    client.clone().grant_credits(grant_request(account, amount, kind)).await.unwrap().into_inner()
 }
 
 pub fn debit_request(account: &pb::Account, amount: &str) -> pb::DebitRequest {
@@ -184,16 +134,8 @@ pub fn debit_request(account: &pb::Account, amount: &str) -> pb::DebitRequest {
     }
 }
 
-pub async fn debit(
-    client: &Client,
-    account: &pb::Account,
-    amount: &str,
-) -> Result<pb::DebitResponse, Status> {
-    client
-        .clone()
-        .debit(debit_request(account, amount))
-        .await
-        .map(|response| response.into_inner())
+pub async fn debit(client: &Client, account: &pb::Account, amount: &str) -> Result<pb::DebitResponse, Status> {
+    client.clone().debit(debit_request(account, amount)).await.map(|response| response.into_inner())
 }
 
 /// Runs each named test body on SQLite and on PostgreSQL, each with a fresh server and database.

@@ -18,28 +18,11 @@ async fn the_ledger_pages_by_sequence_and_filters_by_kind_and_time(app: &TestApp
         page_token: token,
         ..Default::default()
     };
-    let first = client
-        .list_ledger_entries(page(String::new()))
-        .await
-        .unwrap()
-        .into_inner();
-    let second = client
-        .list_ledger_entries(page(first.next_page_token.clone()))
-        .await
-        .unwrap()
-        .into_inner();
-    let third = client
-        .list_ledger_entries(page(second.next_page_token.clone()))
-        .await
-        .unwrap()
-        .into_inner();
-    let sequences: Vec<u64> = first
-        .entries
-        .iter()
-        .chain(&second.entries)
-        .chain(&third.entries)
-        .map(|entry| entry.sequence)
-        .collect();
+    let first = client.list_ledger_entries(page(String::new())).await.unwrap().into_inner();
+    let second = client.list_ledger_entries(page(first.next_page_token.clone())).await.unwrap().into_inner();
+    let third = client.list_ledger_entries(page(second.next_page_token.clone())).await.unwrap().into_inner();
+    let sequences: Vec<u64> =
+        first.entries.iter().chain(&second.entries).chain(&third.entries).map(|entry| entry.sequence).collect();
     assert_eq!(sequences, (1..=8).collect::<Vec<_>>());
     assert!(third.next_page_token.is_empty());
     let debits = client
@@ -61,15 +44,8 @@ async fn the_ledger_pages_by_sequence_and_filters_by_kind_and_time(app: &TestApp
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        later.entries.len(),
-        7,
-        "only the debits came after the instant"
-    );
-    assert_invalid(
-        client.list_ledger_entries(page("garbage".into())).await,
-        "page_token",
-    );
+    assert_eq!(later.entries.len(), 7, "only the debits came after the instant");
+    assert_invalid(client.list_ledger_entries(page("garbage".into())).await, "page_token");
     assert_invalid(
         client
             .list_ledger_entries(pb::ListLedgerEntriesRequest {
@@ -88,13 +64,9 @@ async fn the_database_refuses_to_change_a_written_entry(app: &TestApp) {
     let mut options = sea_orm::ConnectOptions::new(app.database.url.clone());
     options.set_schema_search_path(app.database.schema.clone());
     let connection = Database::connect(options).await.unwrap();
-    let update = connection
-        .execute_unprepared("UPDATE ledger_entries SET description = 'tampered'")
-        .await;
+    let update = connection.execute_unprepared("UPDATE ledger_entries SET description = 'tampered'").await;
     assert!(update.is_err(), "UPDATE of a ledger entry must fail");
-    let delete = connection
-        .execute_unprepared("DELETE FROM ledger_entries")
-        .await;
+    let delete = connection.execute_unprepared("DELETE FROM ledger_entries").await;
     assert!(delete.is_err(), "DELETE of a ledger entry must fail");
     assert_eq!(ledger(&app.client, &account).await.len(), 1);
 }

@@ -30,9 +30,7 @@ fn step() -> impl Strategy<Value = Step> {
         any::<usize>().prop_map(Step::Release),
         (any::<usize>(), 1..2_000i64).prop_map(|(pick, cents)| Step::Refund(pick, cents)),
         any::<usize>().prop_map(Step::Void),
-        (-1_000..1_000i64)
-            .prop_filter("non-zero", |cents| *cents != 0)
-            .prop_map(Step::Adjust),
+        (-1_000..1_000i64).prop_filter("non-zero", |cents| *cents != 0).prop_map(Step::Adjust),
     ]
 }
 
@@ -44,18 +42,9 @@ fn cents(value: i64) -> String {
 macro_rules! twice {
     ($client:expr, $method:ident, $request:expr) => {{
         let request = $request;
-        let first = $client
-            .clone()
-            .$method(request.clone())
-            .await
-            .map(|response| response.into_inner());
+        let first = $client.clone().$method(request.clone()).await.map(|response| response.into_inner());
         if let Ok(first) = &first {
-            let again = $client
-                .clone()
-                .$method(request)
-                .await
-                .expect("a replay succeeds")
-                .into_inner();
+            let again = $client.clone().$method(request).await.expect("a replay succeeds").into_inner();
             assert_eq!(&again, first, "a replay returns the original result");
         }
         first
@@ -75,23 +64,14 @@ async fn random_calls_replayed_with_their_keys_change_nothing(app: &TestApp) {
         for step in sequence {
             match step {
                 Step::Grant(amount, kind) => {
-                    let kind = [
-                        pb::GrantKind::Paid,
-                        pb::GrantKind::Promotional,
-                        pb::GrantKind::Courtesy,
-                    ][usize::from(kind)];
-                    if let Ok(response) = twice!(
-                        client,
-                        grant_credits,
-                        grant_request(&account, &cents(amount), kind)
-                    ) {
+                    let kind =
+                        [pb::GrantKind::Paid, pb::GrantKind::Promotional, pb::GrantKind::Courtesy][usize::from(kind)];
+                    if let Ok(response) = twice!(client, grant_credits, grant_request(&account, &cents(amount), kind)) {
                         grants.push(response.grant.unwrap().id);
                     }
                 }
                 Step::Debit(amount) => {
-                    if let Ok(response) =
-                        twice!(client, debit, debit_request(&account, &cents(amount)))
-                    {
+                    if let Ok(response) = twice!(client, debit, debit_request(&account, &cents(amount))) {
                         debits.push(response.entries[0].id.clone());
                     }
                 }
@@ -125,10 +105,8 @@ async fn random_calls_replayed_with_their_keys_change_nothing(app: &TestApp) {
                     }
                 }
                 Step::Release(pick) if !holds.is_empty() => {
-                    let request = pb::ReleaseHoldRequest {
-                        hold_id: holds[pick % holds.len()].clone(),
-                        idempotency_key: key(),
-                    };
+                    let request =
+                        pb::ReleaseHoldRequest { hold_id: holds[pick % holds.len()].clone(), idempotency_key: key() };
                     let _ = twice!(client, release_hold, request);
                 }
                 Step::Refund(pick, amount) if !debits.is_empty() => {

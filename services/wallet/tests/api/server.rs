@@ -14,9 +14,7 @@ async fn health_is_served_without_a_key() {
     };
     let mut health = HealthClient::new(channel(app.address).await);
     let response = health
-        .check(HealthCheckRequest {
-            service: reservoir_wallet::app::SERVICE_NAME.into(),
-        })
+        .check(HealthCheckRequest { service: reservoir_wallet::app::SERVICE_NAME.into() })
         .await
         .unwrap()
         .into_inner();
@@ -39,21 +37,14 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
-        let mut responses = client
-            .server_reflection_info(tokio_stream::iter(vec![request]))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut responses =
+            client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
         let Some(MessageResponse::ListServicesResponse(list)) =
             responses.next().await.unwrap().unwrap().message_response
         else {
             panic!("expected a service list");
         };
-        assert!(
-            list.service
-                .iter()
-                .any(|service| service.name == reservoir_wallet::app::SERVICE_NAME)
-        );
+        assert!(list.service.iter().any(|service| service.name == reservoir_wallet::app::SERVICE_NAME));
     }
     {
         use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
@@ -65,21 +56,14 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
-        let mut responses = client
-            .server_reflection_info(tokio_stream::iter(vec![request]))
-            .await
-            .unwrap()
-            .into_inner();
+        let mut responses =
+            client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
         let Some(MessageResponse::ListServicesResponse(list)) =
             responses.next().await.unwrap().unwrap().message_response
         else {
             panic!("expected a service list");
         };
-        assert!(
-            list.service
-                .iter()
-                .any(|service| service.name == reservoir_wallet::app::SERVICE_NAME)
-        );
+        assert!(list.service.iter().any(|service| service.name == reservoir_wallet::app::SERVICE_NAME));
     }
     app.stop().await;
 }
@@ -97,11 +81,6 @@ async fn stopping_ends_open_event_streams_instead_of_waiting_for_them() {
         .unwrap()
         .into_inner();
     let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
-    tokio::time::timeout(Duration::from_secs(10), app.stop())
-        .await
-        .expect("the server stops promptly");
-    tokio::time::timeout(Duration::from_secs(5), reader)
-        .await
-        .expect("the stream ended")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stops promptly");
+    tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the stream ended").unwrap();
 }
