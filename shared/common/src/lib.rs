@@ -2,6 +2,7 @@
 //! money, authentication, and the serving loop with health and reflection.
 
 pub mod auth;
+pub mod db;
 pub mod money;
 pub mod serve;
 pub mod settings;

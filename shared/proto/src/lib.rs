@@ -6,5 +6,11 @@ pub mod wallet {
     tonic::include_proto!("reservoir.wallet.v1");
 }
 
+/// `reservoir.metering.v1`.
+pub mod metering {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("reservoir.metering.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every service, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reservoir_descriptor");

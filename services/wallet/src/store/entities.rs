@@ -45,7 +45,7 @@ pub mod api_key {
 pub mod account {
     use sea_orm::entity::prelude::*;
 
-    use crate::store::amount::Amount;
+    use reservoir_common::db::Amount;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "accounts")]
@@ -81,7 +81,7 @@ pub mod account {
 pub mod grant {
     use sea_orm::entity::prelude::*;
 
-    use crate::store::amount::Amount;
+    use reservoir_common::db::Amount;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "grants")]
@@ -114,7 +114,7 @@ pub mod grant {
 pub mod hold {
     use sea_orm::entity::prelude::*;
 
-    use crate::store::amount::Amount;
+    use reservoir_common::db::Amount;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "holds")]
@@ -140,7 +140,7 @@ pub mod hold {
 pub mod entry {
     use sea_orm::entity::prelude::*;
 
-    use crate::store::amount::Amount;
+    use reservoir_common::db::Amount;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
     #[sea_orm(table_name = "ledger_entries")]

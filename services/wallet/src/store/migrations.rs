@@ -2,6 +2,7 @@
 //! has the exact type it needs (NUMERIC amounts on PostgreSQL, TEXT on SQLite)
 //! and the constraints and triggers that back the domain's rules.
 
+use reservoir_common::db::render_schema;
 use sea_orm::{ConnectionTrait, DbBackend};
 use sea_orm_migration::prelude::*;
 
@@ -12,16 +13,6 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![Box::new(Initial), Box::new(ServiceKeys)]
     }
-}
-
-/// The column types of one backend, substituted into the schema text.
-fn render(template: &str, backend: DbBackend) -> String {
-    let postgres = backend == DbBackend::Postgres;
-    template
-        .replace("{uuid}", if postgres { "UUID" } else { "BLOB" })
-        .replace("{amount}", if postgres { "NUMERIC" } else { "TEXT" })
-        .replace("{time}", if postgres { "TIMESTAMPTZ" } else { "TEXT" })
-        .replace("{bytes}", if postgres { "BYTEA" } else { "BLOB" })
 }
 
 const SCHEMA: &str = r#"
@@ -195,7 +186,7 @@ impl MigrationTrait for Initial {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         let backend = db.get_database_backend();
-        db.execute_unprepared(&render(SCHEMA, backend)).await?;
+        db.execute_unprepared(&render_schema(SCHEMA, backend)).await?;
         let guards = if backend == DbBackend::Postgres { POSTGRES_GUARDS } else { SQLITE_GUARDS };
         db.execute_unprepared(guards).await?;
         Ok(())

@@ -4,29 +4,26 @@
 //! lets the domain decide, and writes the account, grants, holds, ledger
 //! entries, outbox events and the idempotency record together.
 
-pub(crate) mod amount;
 mod entities;
 pub mod migrations;
 mod rows;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{Caller, KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
+use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
-    AccessMode, ActiveValue::Set, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, EntityTrait, IsolationLevel, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use sea_orm_migration::MigratorTrait;
-use tokio::sync::{Mutex, Notify};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-use self::amount::Amount;
 use self::entities::{account, api_key, entry, grant, hold, idempotency, outbox, tenant};
 use crate::domain::{Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet};
 use crate::error::WalletError;
@@ -35,9 +32,6 @@ pub use self::rows::EntryFilter;
 
 /// The tenant that owns the service keys.
 const SERVICES_TENANT: &str = "reservoir-services";
-
-/// How long a connection may be waited for before the call fails as UNAVAILABLE.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What an idempotent call is checked against.
 #[derive(Debug, Clone)]
@@ -101,10 +95,9 @@ pub struct TenantRow {
 
 #[derive(Clone)]
 pub struct Store {
+    database: Database,
+    /// The pool of `database`, for queries.
     db: DatabaseConnection,
-    /// SQLite has one writer; taking this before a write transaction turns
-    /// "database is locked" failures into an orderly queue.
-    write_lock: Option<Arc<Mutex<()>>>,
     /// Woken after every commit that wrote events, so event streams need not poll.
     events_written: Arc<Notify>,
 }
@@ -112,46 +105,8 @@ pub struct Store {
 impl Store {
     /// Connects (creating the PostgreSQL schema or the SQLite file as needed).
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, WalletError> {
-        let postgres = settings.is_postgres();
-        if postgres {
-            // The schema must exist before a connection can use it as its search path.
-            let bootstrap =
-                Database::connect(ConnectOptions::new(settings.url.clone()).max_connections(1).to_owned()).await?;
-            bootstrap.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", settings.schema)).await?;
-            bootstrap.close().await?;
-        } else if let Some(path) = sqlite_path(&settings.url)
-            && let Some(parent) = std::path::Path::new(&path).parent()
-            && !parent.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(parent)
-                .map_err(|error| WalletError::Unavailable(format!("creating {}: {error}", parent.display())))?;
-        }
-        let mut options = ConnectOptions::new(settings.url.clone());
-        options
-            .max_connections(settings.max_connections)
-            .min_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .sqlx_logging(false);
-        if postgres {
-            options.set_schema_search_path(settings.schema.clone());
-        } else {
-            options.map_sqlx_sqlite_opts(|sqlite| {
-                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-                sqlite
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    // FULL: a commit is on disk before it is acknowledged.
-                    .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(Duration::from_secs(10))
-                    .foreign_keys(true)
-            });
-        }
-        let db = Database::connect(options).await?;
-        Ok(Self {
-            db,
-            write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))),
-            events_written: Arc::new(Notify::new()),
-        })
+        let database = Database::connect(settings).await?;
+        Ok(Self { db: database.connection().clone(), database, events_written: Arc::new(Notify::new()) })
     }
 
     /// Applies every migration not yet applied.
@@ -171,17 +126,6 @@ impl Store {
     pub async fn close(self) -> Result<(), WalletError> {
         self.db.close().await?;
         Ok(())
-    }
-
-    async fn begin_write(
-        &self,
-    ) -> Result<(Option<tokio::sync::OwnedMutexGuard<()>>, DatabaseTransaction), WalletError> {
-        let guard = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let transaction = self.db.begin().await?;
-        Ok((guard, transaction))
     }
 
     // ---- tenants and keys -------------------------------------------------
@@ -301,12 +245,7 @@ impl Store {
         account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
-        let snapshot = if self.backend() == DbBackend::Postgres {
-            self.db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?
-        } else {
-            // A deferred SQLite transaction reads one WAL snapshot and takes no write lock.
-            self.db.begin().await?
-        };
+        let snapshot = self.database.begin_snapshot().await?;
         let loaded = load(&snapshot, tenant_id, account_id, &LoadPlan::default(), now, false).await?;
         snapshot.commit().await?;
         Ok(loaded.wallet)
@@ -464,7 +403,7 @@ impl Store {
         build: impl FnOnce(&Wallet) -> M,
     ) -> Result<Outcome<M>, WalletError> {
         let tenant_id = wallet.account.tenant_id;
-        let (_guard, transaction) = self.begin_write().await?;
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         if let Some(response) = Self::replay(&transaction, tenant_id, check).await? {
             return Ok(Outcome::Replayed(response));
         }
@@ -479,7 +418,7 @@ impl Store {
         let inserted =
             account::Entity::insert(rows::account_to_row(&wallet.account)).exec_without_returning(&transaction).await;
         if let Err(error) = inserted {
-            if !matches!(error.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+            if !is_unique_violation(&error) {
                 return Err(error.into());
             }
             // A concurrent call opened the account first: this may be its
@@ -513,7 +452,7 @@ impl Store {
         now: DateTime<Utc>,
         operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
     ) -> Result<Outcome<M>, WalletError> {
-        let (_guard, transaction) = self.begin_write().await?;
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let mut loaded = load(&transaction, tenant_id, account_id, plan, now, true).await?;
         // Checked under the row lock: a retry that waited for the original
         // call to commit must replay its result, not run again against the
@@ -535,13 +474,6 @@ impl Store {
         }
         Ok(Outcome::Applied(response))
     }
-}
-
-/// The SQLite file of a `sqlite:` URL, if it names one.
-fn sqlite_path(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split('?').next().unwrap_or("");
-    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
 }
 
 fn to_i64(value: u64) -> i64 {

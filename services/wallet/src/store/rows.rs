@@ -6,10 +6,10 @@ use reservoir_common::auth::TenantId;
 use reservoir_common::money::Unit;
 use sea_orm::ActiveValue::Set;
 
-use super::amount::Amount;
 use super::entities::{account, entry, grant, hold};
 use crate::domain::*;
 use crate::error::WalletError;
+use reservoir_common::db::Amount;
 
 /// Filters of a ledger listing.
 #[derive(Debug, Clone, Default)]

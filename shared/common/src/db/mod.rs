@@ -1,0 +1,140 @@
+//! Database plumbing every service shares: connecting to SQLite or to
+//! PostgreSQL in the service's own schema, one writer at a time on SQLite,
+//! and exact amount columns on both.
+
+mod amount;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, TransactionTrait,
+};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+pub use self::amount::Amount;
+use crate::settings::DatabaseSettings;
+
+/// How long a connection may be waited for before the call fails as UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A service's connection pool.
+#[derive(Clone)]
+pub struct Database {
+    connection: DatabaseConnection,
+    /// SQLite has one writer; taking this before a write transaction turns
+    /// "database is locked" failures into an orderly queue.
+    write_lock: Option<Arc<Mutex<()>>>,
+}
+
+/// A write transaction, holding the SQLite writer's turn while it lives.
+pub struct WriteTransaction {
+    pub transaction: DatabaseTransaction,
+    /// Kept alive as long as the transaction: dropping it lets the next writer in.
+    pub turn: Option<OwnedMutexGuard<()>>,
+}
+
+impl Database {
+    /// Connects, creating the PostgreSQL schema or the SQLite file as needed.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, DbErr> {
+        let postgres = settings.is_postgres();
+        if postgres {
+            // The schema must exist before a connection can use it as its search path.
+            let bootstrap =
+                SeaDatabase::connect(ConnectOptions::new(settings.url.clone()).max_connections(1).to_owned()).await?;
+            bootstrap.execute_unprepared(&format!("CREATE SCHEMA IF NOT EXISTS {}", settings.schema)).await?;
+            bootstrap.close().await?;
+        } else if let Some(path) = sqlite_path(&settings.url)
+            && let Some(parent) = std::path::Path::new(&path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| DbErr::Custom(format!("creating {}: {error}", parent.display())))?;
+        }
+        let mut options = ConnectOptions::new(settings.url.clone());
+        options
+            .max_connections(settings.max_connections)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .sqlx_logging(false);
+        if postgres {
+            options.set_schema_search_path(settings.schema.clone());
+        } else {
+            options.map_sqlx_sqlite_opts(|sqlite| {
+                use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+                sqlite
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    // FULL: a commit is on disk before it is acknowledged.
+                    .synchronous(SqliteSynchronous::Full)
+                    .busy_timeout(Duration::from_secs(10))
+                    .foreign_keys(true)
+            });
+        }
+        let connection = SeaDatabase::connect(options).await?;
+        Ok(Self { connection, write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))) })
+    }
+
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.connection
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.connection.get_database_backend()
+    }
+
+    /// Begins a write transaction, waiting for the SQLite writer's turn first.
+    pub async fn begin_write(&self) -> Result<WriteTransaction, DbErr> {
+        let turn = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let transaction = self.connection.begin().await?;
+        Ok(WriteTransaction { transaction, turn })
+    }
+
+    /// Begins a read-only transaction that sees one snapshot: REPEATABLE READ
+    /// on PostgreSQL; on SQLite a deferred transaction reads one WAL snapshot.
+    pub async fn begin_snapshot(&self) -> Result<DatabaseTransaction, DbErr> {
+        if self.backend() == DbBackend::Postgres {
+            self.connection
+                .begin_with_config(Some(sea_orm::IsolationLevel::RepeatableRead), Some(sea_orm::AccessMode::ReadOnly))
+                .await
+        } else {
+            self.connection.begin().await
+        }
+    }
+
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.connection.close().await
+    }
+}
+
+/// The SQLite file of a `sqlite:` URL, if it names one.
+fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && path != ":memory:").then(|| path.to_owned())
+}
+
+/// The column type of an amount: exact NUMERIC on PostgreSQL, exact text on SQLite.
+pub fn amount_column_type(backend: DbBackend) -> &'static str {
+    if backend == DbBackend::Postgres { "NUMERIC" } else { "TEXT" }
+}
+
+/// Substitutes each backend's column types into a schema written once:
+/// `{uuid}`, `{amount}`, `{time}` and `{bytes}`.
+pub fn render_schema(template: &str, backend: DbBackend) -> String {
+    let postgres = backend == DbBackend::Postgres;
+    template
+        .replace("{uuid}", if postgres { "UUID" } else { "BLOB" })
+        .replace("{amount}", amount_column_type(backend))
+        .replace("{time}", if postgres { "TIMESTAMPTZ" } else { "TEXT" })
+        .replace("{bytes}", if postgres { "BYTEA" } else { "BLOB" })
+}
+
+/// Whether an error is a unique-constraint violation.
+pub fn is_unique_violation(error: &DbErr) -> bool {
+    matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+}
