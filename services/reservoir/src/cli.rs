@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -16,6 +17,7 @@ use reservoir_wallet::store::Store;
 use serde_json::json;
 
 use crate::client;
+use crate::ingest::IngestArgs;
 use crate::settings::Settings;
 
 #[derive(Parser)]
@@ -55,6 +57,8 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Ingest a CSV or NDJSON file of usage events in batches, with a progress bar.
+    Ingest(IngestArgs),
     /// Show an account's ledger, oldest first.
     Ledger {
         account_id: String,
@@ -69,6 +73,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum Service {
     Wallet,
+    Metering,
 }
 
 #[derive(Subcommand)]
@@ -86,21 +91,24 @@ enum TenantCommand {
 enum KeyCommand {
     /// Issue a new API key for a tenant; it is shown once.
     Issue { tenant_id: String },
+    /// Issue a key for Reservoir's own services (metering and the others call
+    /// the wallet with it, naming the tenant of each call); shown once.
+    IssueService,
     /// Revoke an API key by its id.
     Revoke { key_id: String },
 }
 
 #[derive(Args, Clone)]
-struct ClientArgs {
+pub struct ClientArgs {
     /// The wallet service's address.
     #[arg(long, env = "RESERVOIR_ENDPOINT", default_value = "http://127.0.0.1:50051")]
-    endpoint: String,
+    pub endpoint: String,
     /// The tenant's API key.
     #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
-    api_key: String,
+    pub api_key: String,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -216,13 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up => up(config).await,
         Command::Serve { service: Service::Wallet } => serve_wallet(config).await,
-        Command::Migrate { service: Service::Wallet } => {
-            let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
-            let store = Store::connect(&settings.wallet.database()).await?;
-            store.migrate().await?;
-            println!("wallet: migrations applied");
-            Ok(())
-        }
+        Command::Serve { service: Service::Metering } => serve_metering(config).await,
+        Command::Migrate { service } => migrate(config, service).await,
+        Command::Ingest(args) => crate::ingest::run(args).await,
         Command::Tenant(command) => tenant(config, command).await,
         Command::Key(command) => key(config, command).await,
         Command::Account(command) => account(command).await,
@@ -241,16 +245,48 @@ async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every service in one process. On the first start it creates a development
-/// tenant, prints its key and keeps a copy in `<data_dir>/dev-api-key`.
-async fn up(config: Option<&Path>) -> anyhow::Result<()> {
+async fn serve_metering(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    settings.metering.validate().map_err(anyhow::Error::msg)?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-metering").map_err(anyhow::Error::msg)?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
+    application.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
+    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    match service {
+        Service::Wallet => Store::connect(&settings.wallet.database()).await?.migrate().await?,
+        Service::Metering => {
+            reservoir_metering::store::Store::connect(&settings.metering.database()).await?.migrate().await?;
+        }
+    }
+    println!("{}: migrations applied", service.name());
+    Ok(())
+}
+
+impl Service {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wallet => "wallet",
+            Self::Metering => "metering",
+        }
+    }
+}
+
+/// Every service in one process. On the first start it creates a development
+/// tenant, prints its key and keeps a copy in `<data_dir>/dev-api-key`; the
+/// services' own key for calling the wallet is kept in `<data_dir>/service-api-key`.
+async fn up(config: Option<&Path>) -> anyhow::Result<()> {
+    let mut settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir").map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let application = Application::build(&settings.wallet, &settings.auth).await?;
-    let store = application.store();
+    let wallet = Application::build(&settings.wallet, &settings.auth).await?;
+    let store = wallet.store();
+    let now = chrono::Utc::now();
     if store.list_tenants().await?.is_empty() {
-        let now = chrono::Utc::now();
         let tenant = store.create_tenant("development", now).await?;
         let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
         let path = settings.data_dir.join("dev-api-key");
@@ -259,10 +295,39 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         println!("Its API key (shown once; a copy is in {}):", path.display());
         println!("  {}", issued.key);
     }
-    if let Some(address) = application.local_addr() {
+    if settings.metering.wallet_service_key.is_empty() {
+        let path = settings.data_dir.join("service-api-key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+            _ => {
+                let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
+                write_secret(&path, &issued.key)?;
+                issued.key
+            }
+        };
+        settings.metering.wallet_service_key = key;
+    }
+    if let Some(address) = wallet.local_addr() {
+        settings.metering.wallet_endpoint = format!("http://{address}");
         println!("wallet       listening on {address}");
     }
-    application.run_until(shutdown_signal()).await?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
+    if let Some(address) = metering.local_addr() {
+        println!("metering     listening on {address}");
+    }
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = receiver.wait_for(|stop| *stop).await;
+    };
+    let (wallet_result, metering_result) =
+        tokio::join!(wallet.run_until(stopped(stopping.clone())), metering.run_until(stopped(stopping)));
+    wallet_result?;
+    metering_result?;
     Ok(())
 }
 
@@ -327,6 +392,11 @@ async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<()> {
         KeyCommand::Issue { tenant_id } => {
             let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
             let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
+            println!("key id {}", issued.id);
+            println!("api key {}", issued.key);
+        }
+        KeyCommand::IssueService => {
+            let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
             println!("key id {}", issued.id);
             println!("api key {}", issued.key);
         }

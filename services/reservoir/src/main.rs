@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod ingest;
 mod settings;
 
 fn main() -> std::process::ExitCode {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
+use reservoir_metering::app::MeteringSettings;
 use reservoir_wallet::app::WalletSettings;
 use serde::Deserialize;
 
@@ -16,6 +17,15 @@ database_url = "sqlite://./data/wallet.db?mode=rwc"
 database_schema = "wallet"
 database_max_connections = 8
 sweep_interval_ms = 1000
+
+[metering]
+listen = "127.0.0.1:50052"
+database_url = "sqlite://./data/metering.db?mode=rwc"
+database_schema = "metering"
+database_max_connections = 8
+wallet_endpoint = "http://127.0.0.1:50051"
+wallet_service_key = ""
+worker_interval_ms = 1000
 
 [auth]
 api_key_pepper = "reservoir-development-pepper"
@@ -32,6 +42,7 @@ pub struct Settings {
     /// Where `reservoir up` keeps its files, such as the development API key.
     pub data_dir: PathBuf,
     pub wallet: WalletSettings,
+    pub metering: MeteringSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
 }

@@ -1,7 +1,9 @@
 //! The wallet's one error type and its one mapping to gRPC statuses.
 
+use reservoir_common::db::{Failure, classify};
 use reservoir_common::status::{self, FieldViolation};
-use sea_orm::{DbErr, SqlErr};
+use reservoir_common::validate::InvalidRequest;
+use sea_orm::DbErr;
 use tonic::{Code, Status};
 
 use crate::domain::DomainError;
@@ -94,27 +96,18 @@ impl From<WalletError> for Status {
     }
 }
 
+impl From<InvalidRequest> for WalletError {
+    fn from(invalid: InvalidRequest) -> Self {
+        Self::InvalidArgument(invalid.0)
+    }
+}
+
 impl From<DbErr> for WalletError {
     fn from(error: DbErr) -> Self {
-        if let Some(SqlErr::UniqueConstraintViolation(detail)) = error.sql_err() {
-            return Self::Conflict(detail);
-        }
-        match &error {
-            DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Self::Unavailable(error.to_string()),
-            _ => {
-                let text = error.to_string();
-                // PostgreSQL serialization failure and deadlock, SQLite busy: all retryable.
-                if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") {
-                    Self::Conflict(text)
-                } else if text.contains("Connection refused")
-                    || text.contains("PoolTimedOut")
-                    || text.contains("pool timed out")
-                {
-                    Self::Unavailable(text)
-                } else {
-                    Self::Internal(text)
-                }
-            }
+        match classify(&error) {
+            Failure::Conflict => Self::Conflict(error.to_string()),
+            Failure::Unavailable => Self::Unavailable(error.to_string()),
+            Failure::Internal => Self::Internal(error.to_string()),
         }
     }
 }

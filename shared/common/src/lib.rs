@@ -9,3 +9,4 @@ pub mod settings;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod validate;

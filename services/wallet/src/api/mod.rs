@@ -73,7 +73,7 @@ impl WalletApi {
         violations.meter_code("meter_code", &request.meter_code);
         violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
         violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
-        violations.metadata("metadata", &request.metadata);
+        check_metadata(&mut violations, "metadata", &request.metadata);
         if request.amount.is_empty() {
             violations.add("amount", "is required");
         }
@@ -210,7 +210,7 @@ impl WalletService for WalletApi {
         let mut violations = Violations::default();
         violations.required_text("external_id", &request.external_id, ID_LENGTH_MAX);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
-        violations.metadata("metadata", &request.metadata);
+        check_metadata(&mut violations, "metadata", &request.metadata);
         let unit = unit_from(&mut violations, request.unit.as_ref());
         let (overdraft, threshold) = match &unit {
             Some(unit) => (
@@ -316,7 +316,7 @@ impl WalletService for WalletApi {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
-        violations.metadata("metadata", &request.metadata);
+        check_metadata(&mut violations, "metadata", &request.metadata);
         violations.text("source_reference", &request.source_reference, ID_LENGTH_MAX);
         violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
         if request.meter_codes.len() > METER_CODES_MAX {
@@ -549,7 +549,7 @@ impl WalletService for WalletApi {
         let hold_id = violations.id("hold_id", &request.hold_id, HoldId);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
-        violations.metadata("metadata", &request.metadata);
+        check_metadata(&mut violations, "metadata", &request.metadata);
         if request.amount.is_empty() {
             violations.add("amount", "is required");
         }
@@ -624,7 +624,7 @@ impl WalletService for WalletApi {
         let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.required_text("reason", &request.reason, DESCRIPTION_LENGTH_MAX);
-        violations.metadata("metadata", &request.metadata);
+        check_metadata(&mut violations, "metadata", &request.metadata);
         if request.amount.is_empty() {
             violations.add("amount", "is required");
         }

@@ -138,3 +138,33 @@ pub fn render_schema(template: &str, backend: DbBackend) -> String {
 pub fn is_unique_violation(error: &DbErr) -> bool {
     matches!(error.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
 }
+
+/// What a database error means to a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A race another attempt will not lose (unique violation, serialization
+    /// failure, deadlock, SQLite busy): retry.
+    Conflict,
+    /// The database cannot be reached.
+    Unavailable,
+    /// Anything else: a bug or a broken database.
+    Internal,
+}
+
+/// Classifies a database error, so every service maps them alike.
+pub fn classify(error: &DbErr) -> Failure {
+    if is_unique_violation(error) {
+        return Failure::Conflict;
+    }
+    if matches!(error, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) {
+        return Failure::Unavailable;
+    }
+    let text = error.to_string();
+    if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") {
+        Failure::Conflict
+    } else if text.contains("Connection refused") || text.contains("pool timed out") || text.contains("PoolTimedOut") {
+        Failure::Unavailable
+    } else {
+        Failure::Internal
+    }
+}

@@ -1,0 +1,667 @@
+//! gRPC handlers of the metering service.
+
+mod convert;
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Duration, Utc};
+use prost::Message;
+use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::time::truncate_to_micros;
+use reservoir_common::validate::Violations;
+use reservoir_proto::metering as pb;
+use reservoir_proto::metering::metering_service_server::MeteringService;
+use reservoir_proto::wallet as wallet_pb;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use self::convert::*;
+use crate::charge::charge_events;
+use crate::domain::{
+    EventStatus, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
+    UNIT_PRICE_SCALE_MAX, group_usage, month_of, price_at,
+};
+use crate::error::MeteringError;
+use crate::store::{AuthorizationRow, MeterRow, NewEvent, Settlement, Store, Stored, StoredEvent};
+use crate::wallet::{WalletGateway, is_final_refusal, wallet_key};
+
+/// Events per IngestEvents: one BatchDebit of the wallet.
+pub const EVENTS_PER_CALL_MAX: usize = 1_000;
+/// Event ids: a UUID or the caller's own id with room to spare.
+const EVENT_ID_LENGTH_MAX: usize = 128;
+/// Dimensions per event, and their key and value lengths.
+const DIMENSIONS_MAX: usize = 16;
+const DIMENSION_KEY_LENGTH_MAX: usize = 64;
+const DIMENSION_VALUE_LENGTH_MAX: usize = 256;
+/// How far ahead of the server's clock an event may claim to have happened.
+const CLOCK_SKEW_SECONDS_MAX: i64 = 300;
+/// Authorization lifetimes: a second to a day; five minutes when unset.
+const AUTHORIZATION_TTL_SECONDS_MAX: u32 = 86_400;
+const AUTHORIZATION_TTL_SECONDS_DEFAULT: u32 = 300;
+/// Usage reports span at most a year.
+const USAGE_RANGE_DAYS_MAX: i64 = 366;
+const NAME_LENGTH_MAX: usize = 64;
+const DESCRIPTION_LENGTH_MAX: usize = 512;
+
+#[derive(Clone)]
+pub struct MeteringApi {
+    store: Store,
+    wallet: WalletGateway,
+}
+
+pub fn now() -> DateTime<Utc> {
+    truncate_to_micros(Utc::now())
+}
+
+fn request_hash(request: &impl Message) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+/// A quantity: zero or more (positive where `positive`), up to 8 decimals.
+fn quantity(violations: &mut Violations, field: &str, text: &str, positive: bool) -> Option<Decimal> {
+    violations.amount_with(field, text, |text| {
+        let value = reservoir_common::money::parse_amount(text, QUANTITY_SCALE_MAX)?;
+        if positive { reservoir_common::money::positive(value) } else { reservoir_common::money::non_negative(value) }
+    })
+}
+
+fn dimensions(violations: &mut Violations, field: &str, dimensions: &BTreeMap<String, String>) {
+    violations.map(field, dimensions, DIMENSIONS_MAX, DIMENSION_KEY_LENGTH_MAX, DIMENSION_VALUE_LENGTH_MAX);
+}
+
+fn schedule_from(violations: &mut Violations, field: &str, tiers: &[pb::Tier]) -> Option<Schedule> {
+    let mut parsed = Vec::new();
+    for (index, tier) in tiers.iter().enumerate() {
+        let unit_price = violations.amount_with(&format!("{field}[{index}].unit_price"), &tier.unit_price, |text| {
+            reservoir_common::money::parse_amount(text, UNIT_PRICE_SCALE_MAX)
+                .and_then(reservoir_common::money::non_negative)
+        });
+        let up_to = if tier.up_to.is_empty() {
+            None
+        } else {
+            quantity(violations, &format!("{field}[{index}].up_to"), &tier.up_to, true)
+        };
+        if let Some(unit_price) = unit_price {
+            parsed.push(Tier { up_to, unit_price });
+        }
+    }
+    if parsed.len() != tiers.len() {
+        return None;
+    }
+    match Schedule::new(parsed) {
+        Ok(schedule) => Some(schedule),
+        Err(error) => {
+            violations.add(field, error.to_string());
+            None
+        }
+    }
+}
+
+impl MeteringApi {
+    pub fn new(store: Store, wallet: WalletGateway) -> Self {
+        Self { store, wallet }
+    }
+
+    async fn meter(&self, tenant: TenantId, field: &str, code: &str) -> Result<MeterRow, MeteringError> {
+        if code.is_empty() {
+            return Err(MeteringError::field(field, "is required"));
+        }
+        self.store.meter(tenant, code).await?.ok_or(MeteringError::NotFound("meter"))
+    }
+
+    /// The wallet scale of an account, remembered after the first lookup;
+    /// `None` when the tenant has no such account.
+    async fn account_scale(&self, tenant: TenantId, account_id: Uuid) -> Result<Option<u32>, MeteringError> {
+        if let Some((_, scale)) = self.store.account_unit(tenant, account_id).await? {
+            return Ok(Some(scale));
+        }
+        match self.wallet.account_unit(tenant, account_id).await? {
+            Some((code, scale)) => {
+                self.store.remember_account(tenant, account_id, &code, scale).await?;
+                Ok(Some(scale))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Ingests one batch: checks each event, stores the valid ones with
+    /// their prices, then draws them from the wallets and answers each.
+    pub async fn ingest(
+        &self,
+        tenant: TenantId,
+        events: Vec<pb::UsageEvent>,
+    ) -> Result<Vec<pb::EventResult>, MeteringError> {
+        if events.is_empty() || events.len() > EVENTS_PER_CALL_MAX {
+            return Err(MeteringError::field("events", format!("must hold 1 to {EVENTS_PER_CALL_MAX} events")));
+        }
+        let now = now();
+        let mut results: Vec<Option<pb::EventResult>> = vec![None; events.len()];
+        let mut meters: HashMap<String, Option<(MeterRow, Vec<PriceVersion>)>> = HashMap::new();
+        let mut scales: HashMap<Uuid, Option<u32>> = HashMap::new();
+        let mut accepted: Vec<(usize, NewEvent)> = Vec::new();
+        for (index, event) in events.iter().enumerate() {
+            let invalid = |field: &str, reason: &str| pb::EventResult {
+                event_id: event.event_id.clone(),
+                status: pb::EventStatus::Invalid.into(),
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+                ..Default::default()
+            };
+            let mut violations = Violations::default();
+            violations.required_text("event_id", &event.event_id, EVENT_ID_LENGTH_MAX);
+            let account_id = violations.id("account_id", &event.account_id, |id| id);
+            dimensions(&mut violations, "dimensions", &event.dimensions);
+            let occurred_at = violations.time("timestamp", event.timestamp.as_ref()).unwrap_or(now);
+            if occurred_at > now + Duration::seconds(CLOCK_SKEW_SECONDS_MAX) {
+                violations.add("timestamp", "is more than 5 minutes in the future");
+            }
+            if let Err(invalid_request) = violations.finish() {
+                let first = invalid_request.0.first().cloned();
+                let (field, reason) = first.map(|v| (v.field, v.description)).unwrap_or_default();
+                results[index] = Some(invalid(&field, &reason));
+                continue;
+            }
+            let Some(account_id) = account_id else { continue };
+            if !meters.contains_key(&event.meter_code) {
+                let found = match self.store.meter(tenant, &event.meter_code).await? {
+                    Some(meter) => {
+                        let prices = self.store.prices(meter.id).await?;
+                        Some((meter, prices))
+                    }
+                    None => None,
+                };
+                meters.insert(event.meter_code.clone(), found);
+            }
+            let Some(Some((meter, prices))) = meters.get(&event.meter_code) else {
+                results[index] = Some(invalid("meter_code", "UNKNOWN_METER"));
+                continue;
+            };
+            if price_at(prices, occurred_at).is_none() {
+                results[index] = Some(invalid("meter_code", "NO_PRICE"));
+                continue;
+            }
+            let quantity = if meter.aggregation == "COUNT" {
+                Decimal::ONE
+            } else {
+                let mut violations = Violations::default();
+                let parsed = quantity(&mut violations, "quantity", &event.quantity, true);
+                match (parsed, violations.finish()) {
+                    (Some(parsed), Ok(())) => parsed,
+                    (_, Err(invalid_request)) => {
+                        let reason = invalid_request.0.first().map(|v| v.description.clone()).unwrap_or_default();
+                        results[index] = Some(invalid("quantity", &reason));
+                        continue;
+                    }
+                    (None, Ok(())) => continue,
+                }
+            };
+            if let std::collections::hash_map::Entry::Vacant(vacant) = scales.entry(account_id) {
+                vacant.insert(self.account_scale(tenant, account_id).await?);
+            }
+            if scales.get(&account_id).copied().flatten().is_none() {
+                results[index] = Some(invalid("account_id", "UNKNOWN_ACCOUNT"));
+                continue;
+            }
+            accepted.push((
+                index,
+                NewEvent {
+                    event_id: event.event_id.clone(),
+                    account_id,
+                    meter_code: event.meter_code.clone(),
+                    quantity,
+                    dimensions: event.dimensions.clone(),
+                    occurred_at,
+                },
+            ));
+        }
+        let price = |event: &NewEvent, before: Decimal| -> Result<Decimal, MeteringError> {
+            let version = meters
+                .get(&event.meter_code)
+                .and_then(|found| found.as_ref())
+                .and_then(|(_, prices)| price_at(prices, event.occurred_at))
+                .ok_or_else(|| MeteringError::Internal("a checked price went missing".into()))?;
+            let scale = scales.get(&event.account_id).copied().flatten().unwrap_or(0);
+            version
+                .charge(&event.dimensions, before, event.quantity, scale)
+                .map_err(|error| MeteringError::field("quantity", error.to_string()))
+        };
+        let indexes: Vec<usize> = accepted.iter().map(|(index, _)| *index).collect();
+        let stored =
+            self.store.store_events(tenant, accepted.into_iter().map(|(_, event)| event).collect(), now, price).await?;
+        let mut to_charge: Vec<StoredEvent> = Vec::new();
+        for outcome in &stored {
+            let event = match outcome {
+                Stored::New(event) | Stored::Duplicate(event) => event,
+            };
+            if event.status == EventStatus::Pending && !to_charge.iter().any(|e| e.event_id == event.event_id) {
+                to_charge.push(event.clone());
+            }
+        }
+        let charged = charge_events(&self.store, &self.wallet, tenant, to_charge, now).await?;
+        for (index, outcome) in indexes.into_iter().zip(stored) {
+            let result = match outcome {
+                Stored::New(event) => event_result(charged.get(&event.event_id).unwrap_or(&event), false),
+                Stored::Duplicate(event) => event_result(charged.get(&event.event_id).unwrap_or(&event), true),
+            };
+            results[index] = Some(result);
+        }
+        Ok(results.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    fn parse_price(
+        violations: &mut Violations,
+        effective_from: DateTime<Utc>,
+        tiers: &[pb::Tier],
+        overrides: &[pb::DimensionPrice],
+    ) -> Option<PriceVersion> {
+        let base = schedule_from(violations, "tiers", tiers);
+        if overrides.len() > OVERRIDES_MAX {
+            violations.add("overrides", format!("has more than {OVERRIDES_MAX} overrides"));
+        }
+        let mut parsed = Vec::new();
+        for (index, o) in overrides.iter().enumerate() {
+            violations.required_text(&format!("overrides[{index}].key"), &o.key, DIMENSION_KEY_LENGTH_MAX);
+            violations.required_text(&format!("overrides[{index}].value"), &o.value, DIMENSION_VALUE_LENGTH_MAX);
+            if let Some(schedule) = schedule_from(violations, &format!("overrides[{index}].tiers"), &o.tiers) {
+                parsed.push(Override { key: o.key.clone(), value: o.value.clone(), schedule });
+            }
+        }
+        Some(PriceVersion { effective_from, base: base?, overrides: parsed })
+    }
+
+    async fn settle_authorization(
+        &self,
+        tenant: TenantId,
+        authorization: &AuthorizationRow,
+        now: DateTime<Utc>,
+    ) -> Result<Settlement, MeteringError> {
+        let actual = authorization.actual_amount.unwrap_or_default();
+        let held = if authorization.hold_id.is_some() { authorization.estimated_amount } else { Decimal::ZERO };
+        let id = authorization.id.to_string();
+        let mut charged = Decimal::ZERO;
+        let mut entry_ids = Vec::new();
+        let mut reason = String::new();
+        if let Some(hold) = authorization.hold_id {
+            let outcome = if actual.is_zero() {
+                let release = wallet_pb::ReleaseHoldRequest {
+                    hold_id: hold.to_string(),
+                    idempotency_key: wallet_key("release", &id),
+                };
+                self.wallet.release(tenant, release).await.map(|_| Vec::new())
+            } else {
+                let capture = wallet_pb::CaptureHoldRequest {
+                    hold_id: hold.to_string(),
+                    amount: actual.min(held).normalize().to_string(),
+                    idempotency_key: wallet_key("settle", &id),
+                    description: format!("usage of {}", authorization.meter_code),
+                    metadata: Default::default(),
+                };
+                self.wallet.capture(tenant, capture).await.map(|response| response.entries)
+            };
+            match outcome {
+                Ok(entries) => {
+                    charged = actual.min(held);
+                    entry_ids.extend(entries.into_iter().map(|entry| entry.id));
+                }
+                Err(status) if is_final_refusal(status.code()) => {
+                    reason = reservoir_common::status::reason_of(&status).unwrap_or_default();
+                }
+                Err(status) => return Err(MeteringError::Unavailable(format!("wallet: {status}"))),
+            }
+        }
+        let excess = actual - held;
+        if excess > Decimal::ZERO && reason.is_empty() {
+            let debit = wallet_pb::DebitRequest {
+                account_id: authorization.account_id.to_string(),
+                amount: excess.normalize().to_string(),
+                meter_code: authorization.meter_code.clone(),
+                idempotency_key: wallet_key("excess", &id),
+                description: format!("usage of {} above its authorization", authorization.meter_code),
+                metadata: Default::default(),
+                correlation_id: id.clone(),
+            };
+            match self.wallet.debit(tenant, debit).await {
+                Ok(response) => {
+                    charged += excess;
+                    entry_ids.extend(response.entries.into_iter().map(|entry| entry.id));
+                }
+                Err(status) if is_final_refusal(status.code()) => {
+                    reason = reservoir_common::status::reason_of(&status).unwrap_or_default();
+                }
+                Err(status) => return Err(MeteringError::Unavailable(format!("wallet: {status}"))),
+            }
+        }
+        let uncovered = actual - charged;
+        let settlement = Settlement {
+            status: if uncovered.is_zero() { EventStatus::Charged } else { EventStatus::Uncovered },
+            charged_amount: charged,
+            uncovered_amount: uncovered,
+            entry_ids,
+            reason,
+        };
+        self.store.finish_settlement(authorization, &settlement, now).await?;
+        Ok(settlement)
+    }
+
+    /// Finishes settlements a crash or an outage interrupted.
+    pub async fn resume_settlements(&self, before: DateTime<Utc>) -> Result<(), MeteringError> {
+        for authorization in self.store.authorizations_in("SETTLING", before, 100).await? {
+            self.settle_authorization(authorization.tenant_id, &authorization, now()).await?;
+        }
+        Ok(())
+    }
+
+    async fn authorization_response(&self, tenant: TenantId, id: Uuid) -> Result<pb::Authorization, MeteringError> {
+        let row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
+        Ok(authorization_to_pb(&row))
+    }
+}
+
+#[tonic::async_trait]
+impl MeteringService for MeteringApi {
+    async fn create_meter(
+        &self,
+        request: Request<pb::CreateMeterRequest>,
+    ) -> Result<Response<pb::CreateMeterResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        violations.required_text("code", &request.code, reservoir_common::validate::METER_CODE_LENGTH_MAX);
+        violations.meter_code("code", &request.code);
+        violations.required_text("unit_name", &request.unit_name, NAME_LENGTH_MAX);
+        violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        let aggregation = match pb::Aggregation::try_from(request.aggregation) {
+            Ok(pb::Aggregation::Sum) => "SUM",
+            Ok(pb::Aggregation::Count) => "COUNT",
+            _ => {
+                violations.add("aggregation", "must be SUM or COUNT");
+                ""
+            }
+        };
+        violations.finish().map_err(MeteringError::from)?;
+        let meter = self
+            .store
+            .create_meter(
+                tenant,
+                MeterRow {
+                    id: Uuid::now_v7(),
+                    code: request.code,
+                    unit_name: request.unit_name,
+                    aggregation: aggregation.to_owned(),
+                    description: request.description,
+                    created_at: now(),
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::CreateMeterResponse { meter: Some(meter_to_pb(&meter)) }))
+    }
+
+    async fn list_meters(
+        &self,
+        request: Request<pb::ListMetersRequest>,
+    ) -> Result<Response<pb::ListMetersResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let meters = self.store.meters(tenant).await?;
+        Ok(Response::new(pb::ListMetersResponse { meters: meters.iter().map(meter_to_pb).collect() }))
+    }
+
+    async fn set_price(&self, request: Request<pb::SetPriceRequest>) -> Result<Response<pb::SetPriceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let now = now();
+        let mut violations = Violations::default();
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        let effective_from = violations.time("effective_from", request.effective_from.as_ref()).unwrap_or(now);
+        if effective_from < now {
+            violations.add("effective_from", "must not be in the past: charges already made keep their price");
+        }
+        let version = Self::parse_price(&mut violations, effective_from, &request.tiers, &request.overrides);
+        violations.finish().map_err(MeteringError::from)?;
+        let hash = request_hash(&request);
+        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "SetPrice", &hash).await? {
+            return Ok(Response::new(response));
+        }
+        let meter = self.meter(tenant, "meter_code", &request.meter_code).await?;
+        let Some(version) = version else {
+            return Err(MeteringError::Internal("a checked price went missing".into()).into());
+        };
+        self.store.add_price(tenant, meter.id, &version, now).await?;
+        let response = pb::SetPriceResponse { price: Some(price_to_pb(&meter.code, &version)) };
+        self.store.record(tenant, &request.idempotency_key, "SetPrice", &hash, &response, now).await?;
+        Ok(Response::new(response))
+    }
+
+    async fn get_price(&self, request: Request<pb::GetPriceRequest>) -> Result<Response<pb::GetPriceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let at = violations.time("at", request.at.as_ref()).unwrap_or_else(now);
+        violations.finish().map_err(MeteringError::from)?;
+        let meter = self.meter(tenant, "meter_code", &request.meter_code).await?;
+        let schedule = self.store.prices(meter.id).await?;
+        Ok(Response::new(pb::GetPriceResponse {
+            price: price_at(&schedule, at).map(|version| price_to_pb(&meter.code, version)),
+            schedule: schedule.iter().map(|version| price_to_pb(&meter.code, version)).collect(),
+        }))
+    }
+
+    async fn ingest_events(
+        &self,
+        request: Request<pb::IngestEventsRequest>,
+    ) -> Result<Response<pb::IngestEventsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let results = self.ingest(tenant, request.into_inner().events).await?;
+        Ok(Response::new(pb::IngestEventsResponse { results }))
+    }
+
+    async fn authorize(
+        &self,
+        request: Request<pb::AuthorizeRequest>,
+    ) -> Result<Response<pb::AuthorizeResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let now = now();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        let estimate = quantity(&mut violations, "estimated_quantity", &request.estimated_quantity, true);
+        dimensions(&mut violations, "dimensions", &request.dimensions);
+        let ttl_seconds =
+            if request.ttl_seconds == 0 { AUTHORIZATION_TTL_SECONDS_DEFAULT } else { request.ttl_seconds };
+        if ttl_seconds > AUTHORIZATION_TTL_SECONDS_MAX {
+            violations.add("ttl_seconds", format!("must be 1 to {AUTHORIZATION_TTL_SECONDS_MAX}"));
+        }
+        violations.finish().map_err(MeteringError::from)?;
+        let (Some(account_id), Some(estimate)) = (account_id, estimate) else {
+            return Err(MeteringError::Internal("checked fields went missing".into()).into());
+        };
+        let hash = request_hash(&request);
+        let row = match self.store.authorization_by_key(tenant, &request.idempotency_key).await? {
+            Some(existing) if existing.request_hash != hash => return Err(MeteringError::IdempotencyKeyReused.into()),
+            Some(existing) => existing,
+            None => {
+                let meter = self.meter(tenant, "meter_code", &request.meter_code).await?;
+                let prices = self.store.prices(meter.id).await?;
+                let version = price_at(&prices, now)
+                    .ok_or_else(|| MeteringError::precondition("NO_PRICE", "the meter has no price in effect"))?;
+                let scale = self.account_scale(tenant, account_id).await?.ok_or(MeteringError::NotFound("account"))?;
+                let estimate = if meter.aggregation == "COUNT" { Decimal::ONE.max(estimate.ceil()) } else { estimate };
+                let before = self.store.usage_so_far(tenant, account_id, &meter.code, &month_of(now)).await?;
+                let amount = version
+                    .charge(&request.dimensions, before, estimate, scale)
+                    .map_err(|error| MeteringError::field("estimated_quantity", error.to_string()))?;
+                let row = AuthorizationRow {
+                    id: Uuid::now_v7(),
+                    tenant_id: tenant,
+                    idempotency_key: request.idempotency_key.clone(),
+                    request_hash: hash,
+                    account_id,
+                    meter_code: meter.code.clone(),
+                    dimensions: request.dimensions.clone(),
+                    estimated_quantity: estimate,
+                    estimated_amount: amount,
+                    hold_id: None,
+                    status: "PENDING".into(),
+                    expires_at: now + Duration::seconds(i64::from(ttl_seconds)),
+                    actual_quantity: None,
+                    actual_amount: None,
+                    charged_amount: None,
+                    uncovered_amount: None,
+                };
+                self.store.insert_authorization(&row, now).await?;
+                row
+            }
+        };
+        if matches!(row.status.as_str(), "PENDING" | "REFUSED") {
+            if row.estimated_amount.is_zero() {
+                self.store.transition_authorization(row.id, &row.status, "ACTIVE", None, now).await?;
+            } else {
+                let reserve = wallet_pb::ReserveRequest {
+                    account_id: row.account_id.to_string(),
+                    amount: row.estimated_amount.normalize().to_string(),
+                    ttl_seconds,
+                    meter_code: row.meter_code.clone(),
+                    idempotency_key: wallet_key("authorize", &row.id.to_string()),
+                    correlation_id: row.id.to_string(),
+                };
+                match self.wallet.reserve(tenant, reserve).await {
+                    Ok(response) => {
+                        let hold = response.hold.and_then(|hold| Uuid::parse_str(&hold.id).ok());
+                        self.store.transition_authorization(row.id, &row.status, "ACTIVE", hold, now).await?;
+                    }
+                    Err(status) if is_final_refusal(status.code()) => {
+                        self.store.transition_authorization(row.id, &row.status, "REFUSED", None, now).await?;
+                        let reason = reservoir_common::status::reason_of(&status).unwrap_or_else(|| "REFUSED".into());
+                        return Err(MeteringError::precondition(&reason, status.message().to_owned()).into());
+                    }
+                    Err(status) => return Err(MeteringError::Unavailable(format!("wallet: {status}")).into()),
+                }
+            }
+        }
+        Ok(Response::new(pb::AuthorizeResponse {
+            authorization: Some(self.authorization_response(tenant, row.id).await?),
+        }))
+    }
+
+    async fn settle(&self, request: Request<pb::SettleRequest>) -> Result<Response<pb::SettleResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let now = now();
+        let mut violations = Violations::default();
+        let id = violations.id("authorization_id", &request.authorization_id, |id| id);
+        let actual = quantity(&mut violations, "actual_quantity", &request.actual_quantity, false);
+        violations.finish().map_err(MeteringError::from)?;
+        let (Some(id), Some(actual)) = (id, actual) else {
+            return Err(MeteringError::Internal("checked fields went missing".into()).into());
+        };
+        let mut row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
+        if row.status == "ACTIVE" && row.expires_at <= now {
+            return Err(MeteringError::precondition("AUTHORIZATION_EXPIRED", "the authorization has expired").into());
+        }
+        match row.status.as_str() {
+            "ACTIVE" => {
+                let meter = self.meter(tenant, "meter_code", &row.meter_code).await?;
+                let prices = self.store.prices(meter.id).await?;
+                let scale =
+                    self.account_scale(tenant, row.account_id).await?.ok_or(MeteringError::NotFound("account"))?;
+                let actual = if meter.aggregation == "COUNT" { actual.ceil() } else { actual };
+                let price = |event: &NewEvent, before: Decimal| -> Result<Decimal, MeteringError> {
+                    let version = price_at(&prices, event.occurred_at)
+                        .ok_or_else(|| MeteringError::precondition("NO_PRICE", "the meter has no price in effect"))?;
+                    version
+                        .charge(&event.dimensions, before, event.quantity, scale)
+                        .map_err(|error| MeteringError::field("actual_quantity", error.to_string()))
+                };
+                self.store.begin_settlement(&row, actual, now, price).await?;
+                row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
+            }
+            "SETTLING" | "SETTLED" => {}
+            "EXPIRED" => {
+                return Err(
+                    MeteringError::precondition("AUTHORIZATION_EXPIRED", "the authorization has expired").into()
+                );
+            }
+            _ => {
+                return Err(
+                    MeteringError::precondition("AUTHORIZATION_NOT_ACTIVE", "the authorization holds nothing").into()
+                );
+            }
+        }
+        if row.actual_quantity.is_some_and(|settled| settled != actual) {
+            return Err(MeteringError::precondition(
+                "AUTHORIZATION_SETTLED",
+                "the authorization was settled with another quantity",
+            )
+            .into());
+        }
+        if row.status == "SETTLING" {
+            self.settle_authorization(tenant, &row, now).await?;
+        }
+        let event = self
+            .store
+            .event(tenant, &crate::store::settlement_event_id(id))
+            .await?
+            .ok_or_else(|| MeteringError::Internal("the settlement's usage event is missing".into()))?;
+        Ok(Response::new(pb::SettleResponse {
+            authorization: Some(self.authorization_response(tenant, id).await?),
+            result: Some(event_result(&event, false)),
+        }))
+    }
+
+    async fn get_usage(&self, request: Request<pb::GetUsageRequest>) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let groups = self.usage(tenant, &request.into_inner()).await?;
+        Ok(Response::new(pb::GetUsageResponse { groups }))
+    }
+
+    async fn export_usage(
+        &self,
+        request: Request<pb::ExportUsageRequest>,
+    ) -> Result<Response<pb::ExportUsageResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let query = request.into_inner().query.ok_or_else(|| MeteringError::field("query", "is required"))?;
+        let groups = self.usage(tenant, &query).await?;
+        Ok(Response::new(pb::ExportUsageResponse { csv: usage_csv(&groups)? }))
+    }
+}
+
+impl MeteringApi {
+    async fn usage(
+        &self,
+        tenant: TenantId,
+        request: &pb::GetUsageRequest,
+    ) -> Result<Vec<pb::UsageGroup>, MeteringError> {
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        match (start, end) {
+            (Some(start), Some(end)) if end <= start => violations.add("end_time", "must be after start_time"),
+            (Some(start), Some(end)) if end - start > Duration::days(USAGE_RANGE_DAYS_MAX) => {
+                violations.add("end_time", format!("must be at most {USAGE_RANGE_DAYS_MAX} days after start_time"))
+            }
+            (None, _) => violations.add("start_time", "is required"),
+            (_, None) => violations.add("end_time", "is required"),
+            _ => {}
+        }
+        violations.text("dimension_key", &request.dimension_key, DIMENSION_KEY_LENGTH_MAX);
+        let period = match pb::Period::try_from(request.group_by) {
+            Ok(pb::Period::Month) => Period::Month,
+            Ok(pb::Period::Day | pb::Period::Unspecified) => Period::Day,
+            Err(_) => {
+                violations.add("group_by", "must be DAY or MONTH");
+                Period::Day
+            }
+        };
+        violations.finish()?;
+        let (Some(account_id), Some(start), Some(end)) = (account_id, start, end) else {
+            return Err(MeteringError::Internal("checked fields went missing".into()));
+        };
+        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        let records = self.store.usage(tenant, account_id, meter, start, end).await?;
+        let dimension = (!request.dimension_key.is_empty()).then_some(request.dimension_key.as_str());
+        Ok(group_usage(&records, period, dimension).iter().map(usage_group_to_pb).collect())
+    }
+}

@@ -1,0 +1,177 @@
+//! Metering as a running service: settings, the server, and the worker that
+//! finishes every debit a crash or a wallet outage interrupted.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::settings::DatabaseSettings;
+use reservoir_proto::metering::metering_service_server::MeteringServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{MeteringApi, now};
+use crate::charge::charge_events;
+use crate::error::MeteringError;
+use crate::store::{Store, StoredEvent};
+use crate::wallet::WalletGateway;
+
+pub const SERVICE_NAME: &str = "reservoir.metering.v1.MeteringService";
+
+/// Pending events the worker takes per pass.
+const WORKER_BATCH: u64 = 1_000;
+/// The worker leaves alone what changed this recently: an ingest still in
+/// flight is about to finish it itself.
+const WORKER_GRACE: chrono::Duration = chrono::Duration::seconds(2);
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MeteringSettings {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub database_schema: String,
+    pub database_max_connections: u32,
+    /// The wallet's gRPC address, such as `http://wallet:50051`.
+    pub wallet_endpoint: String,
+    /// Metering's service key for the wallet (`reservoir key issue-service`).
+    pub wallet_service_key: String,
+    /// How often pending debits, settlements and expiries are looked at.
+    pub worker_interval_ms: u64,
+}
+
+impl MeteringSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            schema: self.database_schema.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.database().validate().map_err(|error| format!("metering: {error}"))?;
+        if !self.wallet_endpoint.starts_with("http://") && !self.wallet_endpoint.starts_with("https://") {
+            return Err(format!("metering: wallet_endpoint must be an http(s) URL, not {:?}", self.wallet_endpoint));
+        }
+        if self.wallet_service_key.is_empty() {
+            return Err("metering: wallet_service_key is required (reservoir key issue-service)".into());
+        }
+        if self.worker_interval_ms == 0 {
+            return Err("metering: worker_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("listening on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] MeteringError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    store: Store,
+    wallet: WalletGateway,
+    authenticator: Arc<Authenticator>,
+    worker_interval: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &MeteringSettings, key_cache_ttl: Duration) -> Result<Self, AppError> {
+        settings.validate().map_err(AppError::Settings)?;
+        let store = Store::connect(&settings.database()).await?;
+        store.migrate().await?;
+        let wallet = WalletGateway::new(&settings.wallet_endpoint, settings.wallet_service_key.clone())?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let authenticator =
+            Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet.channel())), key_cache_ttl));
+        Ok(Self {
+            listener,
+            store,
+            wallet,
+            authenticator,
+            worker_interval: Duration::from_millis(settings.worker_interval_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop_sender, stopping) = watch::channel(false);
+        let api = MeteringApi::new(self.store.clone(), self.wallet.clone());
+        let worker =
+            tokio::spawn(work(api.clone(), self.store.clone(), self.wallet.clone(), self.worker_interval, stopping));
+        let routes = tonic::service::Routes::new(MeteringServiceServer::new(api));
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        };
+        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, stop).await;
+        if let Err(error) = worker.await {
+            tracing::error!(%error, "the metering worker ended abnormally");
+        }
+        served?;
+        tracing::info!("metering stopped");
+        Ok(())
+    }
+}
+
+/// Finishes what ingestion and settlement left pending. Every replica may run
+/// it: the wallet's idempotency keys make a repeated debit a replay, and a
+/// settled event is never changed again.
+async fn work(
+    api: MeteringApi,
+    store: Store,
+    wallet: WalletGateway,
+    interval: Duration,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        if let Err(error) = work_once(&api, &store, &wallet).await {
+            tracing::warn!(%error, "metering worker pass failed; retried next pass");
+        }
+    }
+}
+
+async fn work_once(api: &MeteringApi, store: &Store, wallet: &WalletGateway) -> Result<(), MeteringError> {
+    let now = now();
+    let pending = store.pending_events(now - WORKER_GRACE, WORKER_BATCH).await?;
+    let mut by_tenant: BTreeMap<_, Vec<StoredEvent>> = BTreeMap::new();
+    for (tenant, event) in pending {
+        by_tenant.entry(tenant).or_default().push(event);
+    }
+    for (tenant, events) in by_tenant {
+        charge_events(store, wallet, tenant, events, now).await?;
+    }
+    api.resume_settlements(now - WORKER_GRACE).await?;
+    store.expire_authorizations(now).await?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Metering's rules, without I/O: how a price is chosen and how an event is
+//! charged, and how usage is grouped for reports.
+
+mod pricing;
+mod usage;
+
+pub use pricing::*;
+pub use usage::*;

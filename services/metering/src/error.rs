@@ -1,0 +1,81 @@
+//! Metering's one error type and its one mapping to gRPC statuses.
+
+use reservoir_common::db::{Failure, classify};
+use reservoir_common::status::{self, FieldViolation};
+use reservoir_common::validate::InvalidRequest;
+use sea_orm::DbErr;
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MeteringError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A meter code already defined differently.
+    #[error("a meter with this code exists with another definition")]
+    MeterExists,
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    /// A refusal a client acts on by its reason, such as INSUFFICIENT_FUNDS.
+    #[error("{message}")]
+    Precondition { reason: String, message: String },
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database or the wallet cannot be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl MeteringError {
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn precondition(reason: &str, message: impl Into<String>) -> Self {
+        Self::Precondition { reason: reason.to_owned(), message: message.into() }
+    }
+}
+
+impl From<MeteringError> for Status {
+    fn from(error: MeteringError) -> Self {
+        match &error {
+            MeteringError::InvalidArgument(violations) => status::invalid_argument(violations),
+            MeteringError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
+            MeteringError::MeterExists => status::with_reason(Code::AlreadyExists, "METER_EXISTS", error.to_string()),
+            MeteringError::IdempotencyKeyReused => {
+                status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
+            }
+            MeteringError::Precondition { reason, message } => {
+                status::with_reason(Code::FailedPrecondition, reason, message.clone())
+            }
+            MeteringError::Conflict(cause) => {
+                tracing::info!(%cause, "conflict; the caller retries");
+                status::with_reason(Code::Aborted, "CONFLICT", "a concurrent change conflicted; retry")
+            }
+            MeteringError::Unavailable(cause) => {
+                tracing::warn!(%cause, "a dependency is unavailable");
+                status::with_reason(Code::Unavailable, "UNAVAILABLE", "a dependency is unavailable; retry")
+            }
+            MeteringError::Internal(_) => status::internal(&error),
+        }
+    }
+}
+
+impl From<InvalidRequest> for MeteringError {
+    fn from(invalid: InvalidRequest) -> Self {
+        Self::InvalidArgument(invalid.0)
+    }
+}
+
+impl From<DbErr> for MeteringError {
+    fn from(error: DbErr) -> Self {
+        match classify(&error) {
+            Failure::Conflict => Self::Conflict(error.to_string()),
+            Failure::Unavailable => Self::Unavailable(error.to_string()),
+            Failure::Internal => Self::Internal(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Metering's schema, one text for both backends with their column types
+//! substituted (exact NUMERIC amounts on PostgreSQL, exact text on SQLite).
+
+use reservoir_common::db::render_schema;
+use sea_orm::ConnectionTrait;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE meters (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    code TEXT NOT NULL,
+    unit_name TEXT NOT NULL,
+    aggregation TEXT NOT NULL CHECK (aggregation IN ('SUM', 'COUNT')),
+    description TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    UNIQUE (tenant_id, code)
+);
+
+CREATE TABLE prices (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    meter_id {uuid} NOT NULL REFERENCES meters (id),
+    effective_from {time} NOT NULL,
+    definition TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    UNIQUE (meter_id, effective_from)
+);
+
+CREATE TABLE accounts (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    unit_code TEXT NOT NULL,
+    unit_scale INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, account_id)
+);
+
+CREATE TABLE usage_counters (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    month TEXT NOT NULL,
+    quantity {amount} NOT NULL,
+    PRIMARY KEY (tenant_id, account_id, meter_code, month)
+);
+
+CREATE TABLE usage_events (
+    tenant_id {uuid} NOT NULL,
+    event_id TEXT NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    quantity {amount} NOT NULL,
+    dimensions TEXT NOT NULL,
+    occurred_at {time} NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'CHARGED', 'UNCOVERED')),
+    amount {amount} NOT NULL,
+    charged_amount {amount} NOT NULL,
+    uncovered_amount {amount} NOT NULL,
+    entry_ids TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, event_id)
+);
+CREATE INDEX usage_events_pending ON usage_events (status, updated_at);
+CREATE INDEX usage_events_by_account ON usage_events (tenant_id, account_id, occurred_at);
+
+CREATE TABLE authorizations (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    dimensions TEXT NOT NULL,
+    estimated_quantity {amount} NOT NULL,
+    estimated_amount {amount} NOT NULL,
+    hold_id {uuid},
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'ACTIVE', 'REFUSED', 'SETTLING', 'SETTLED', 'EXPIRED')),
+    expires_at {time} NOT NULL,
+    actual_quantity {amount},
+    actual_amount {amount},
+    charged_amount {amount},
+    uncovered_amount {amount},
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (tenant_id, idempotency_key)
+);
+CREATE INDEX authorizations_open ON authorizations (status, updated_at);
+
+CREATE TABLE idempotency_keys (
+    tenant_id {uuid} NOT NULL,
+    key TEXT NOT NULL,
+    method TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    response {bytes} NOT NULL,
+    created_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, key)
+);
+"#;
+
+struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_metering"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}

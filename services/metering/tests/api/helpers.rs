@@ -1,0 +1,279 @@
+//! A wallet and a metering service on free ports, each with a database of its
+//! own, a tenant with a key, and clients for both.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::Utc;
+use reservoir_common::settings::AuthSettings;
+use reservoir_metering::app::{Application as Metering, MeteringSettings};
+use reservoir_proto::metering as pb;
+use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
+use reservoir_proto::wallet as wallet_pb;
+pub use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_wallet::app::{Application as Wallet, WalletSettings};
+use rust_decimal::Decimal;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
+
+const PEPPER: &str = "test-pepper";
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+pub struct Suite {
+    pub wallet: Client,
+    pub metering: MeteringClient,
+    wallet_settings: WalletSettings,
+    wallet_running: Option<Running>,
+    metering_running: Running,
+    databases: Vec<TestDatabase>,
+}
+
+fn spawn_wallet(application: Wallet) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        application
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the wallet serves");
+    });
+    Running { stop, task }
+}
+
+impl Suite {
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        let wallet_database = TestDatabase::create(backend).await?;
+        let metering_database = TestDatabase::create(backend).await?;
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let mut wallet_settings = WalletSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: wallet_database.url.clone(),
+            database_schema: wallet_database.schema.clone(),
+            database_max_connections: 16,
+            sweep_interval_ms: 100,
+        };
+        let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
+        let wallet_address = wallet_app.local_addr().unwrap();
+        wallet_settings.listen = wallet_address;
+        let store = wallet_app.store();
+        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
+        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
+        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
+        let wallet_running = spawn_wallet(wallet_app);
+        let metering_settings = MeteringSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: metering_database.url.clone(),
+            database_schema: metering_database.schema.clone(),
+            database_max_connections: 16,
+            wallet_endpoint: format!("http://{wallet_address}"),
+            wallet_service_key: service_key,
+            worker_interval_ms: 200,
+        };
+        let metering_app =
+            Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("building metering");
+        let metering_address: SocketAddr = metering_app.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            metering_app
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("metering serves");
+        });
+        let metering = MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key));
+        Some(Self {
+            wallet: client(wallet_address, &key).await,
+            metering,
+            wallet_settings,
+            wallet_running: Some(wallet_running),
+            metering_running: Running { stop, task },
+            databases: vec![wallet_database, metering_database],
+        })
+    }
+
+    /// Stops the wallet, as an outage would.
+    pub async fn stop_wallet(&mut self) {
+        if let Some(running) = self.wallet_running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts the wallet again on the same address and database.
+    pub async fn start_wallet(&mut self) {
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let mut attempts = 0;
+        let application = loop {
+            match Wallet::build(&self.wallet_settings, &auth).await {
+                Ok(application) => break application,
+                // The old listener may take a moment to let go of the port.
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("restarting the wallet: {error}"),
+            }
+        };
+        self.wallet_running = Some(spawn_wallet(application));
+    }
+
+    pub async fn stop(mut self) {
+        self.stop_wallet().await;
+        self.metering_running.stop().await;
+        for database in self.databases {
+            database.drop_database().await;
+        }
+    }
+}
+
+pub async fn meter(suite: &Suite, code: &str, aggregation: pb::Aggregation) -> pb::Meter {
+    suite
+        .metering
+        .clone()
+        .create_meter(pb::CreateMeterRequest {
+            code: code.into(),
+            unit_name: "unit".into(),
+            aggregation: aggregation.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .meter
+        .unwrap()
+}
+
+pub fn flat(unit_price: &str) -> Vec<pb::Tier> {
+    vec![pb::Tier { up_to: String::new(), unit_price: unit_price.into() }]
+}
+
+pub async fn price(suite: &Suite, code: &str, tiers: Vec<pb::Tier>) {
+    suite
+        .metering
+        .clone()
+        .set_price(pb::SetPriceRequest {
+            meter_code: code.into(),
+            effective_from: None,
+            tiers,
+            overrides: Vec::new(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
+}
+
+/// A priced SUM meter.
+pub async fn priced_meter(suite: &Suite, code: &str, unit_price: &str) {
+    meter(suite, code, pb::Aggregation::Sum).await;
+    price(suite, code, flat(unit_price)).await;
+}
+
+pub async fn funded_account(suite: &Suite, amount: &str) -> wallet_pb::Account {
+    let account = suite
+        .wallet
+        .clone()
+        .create_account(wallet_pb::CreateAccountRequest {
+            external_id: key(),
+            unit: Some(wallet_pb::Unit { code: "USD".into(), ..Default::default() }),
+            overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    if amount != "0" {
+        suite
+            .wallet
+            .clone()
+            .grant_credits(wallet_pb::GrantCreditsRequest {
+                account_id: account.id.clone(),
+                amount: amount.into(),
+                kind: wallet_pb::GrantKind::Paid.into(),
+                idempotency_key: key(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    account
+}
+
+pub fn event(account: &wallet_pb::Account, meter: &str, quantity: &str) -> pb::UsageEvent {
+    pb::UsageEvent {
+        event_id: key(),
+        account_id: account.id.clone(),
+        meter_code: meter.into(),
+        quantity: quantity.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn ingest(suite: &Suite, events: Vec<pb::UsageEvent>) -> Vec<pb::EventResult> {
+    suite.metering.clone().ingest_events(pb::IngestEventsRequest { events }).await.unwrap().into_inner().results
+}
+
+pub fn statuses(results: &[pb::EventResult]) -> Vec<pb::EventStatus> {
+    results.iter().map(|result| pb::EventStatus::try_from(result.status).unwrap()).collect()
+}
+
+/// The sum of the wallet's DEBIT entries, as a positive amount.
+pub async fn debited(suite: &Suite, account: &wallet_pb::Account) -> Decimal {
+    -ledger(&suite.wallet, account)
+        .await
+        .iter()
+        .filter(|entry| {
+            entry.kind == i32::from(wallet_pb::EntryKind::Debit)
+                || entry.kind == i32::from(wallet_pb::EntryKind::Capture)
+        })
+        .map(|entry| d(&entry.amount))
+        .sum::<Decimal>()
+}
+
+/// Runs each named test body on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Sqlite).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Postgres).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+    };
+}

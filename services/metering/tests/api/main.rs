@@ -1,0 +1,11 @@
+//! Black-box tests of metering with a real wallet behind it, over gRPC, on
+//! SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod authorizations;
+mod ingestion;
+mod outage;
+mod prices;

@@ -1,0 +1,117 @@
+use std::time::Duration;
+
+use reservoir_common::time::to_timestamp;
+use reservoir_proto::metering as pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+async fn a_new_price_applies_from_its_instant_and_never_to_earlier_usage(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "1").await;
+    let account = funded_account(&suite, "100").await;
+    let before = ingest(&suite, vec![event(&account, "tokens", "5")]).await;
+    let from = chrono::Utc::now() + chrono::Duration::milliseconds(500);
+    suite
+        .metering
+        .clone()
+        .set_price(pb::SetPriceRequest {
+            meter_code: "tokens".into(),
+            effective_from: Some(to_timestamp(from)),
+            tiers: flat("3"),
+            overrides: Vec::new(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
+    let mut early = event(&account, "tokens", "5");
+    early.timestamp = Some(to_timestamp(from - chrono::Duration::milliseconds(1)));
+    let mut late = event(&account, "tokens", "5");
+    late.timestamp = Some(to_timestamp(from));
+    let results = ingest(&suite, vec![early, late]).await;
+    let amounts: Vec<&str> = results.iter().map(|result| result.amount.as_str()).collect();
+    assert_eq!(amounts, vec!["5", "15"], "usage is priced at its own instant");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let schedule = suite
+        .metering
+        .clone()
+        .get_price(pb::GetPriceRequest { meter_code: "tokens".into(), at: None })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(schedule.schedule.len(), 2);
+    assert_eq!(schedule.price.unwrap().tiers[0].unit_price, "3");
+    assert_eq!(before[0].amount, "5", "the earlier charge is unchanged");
+    assert_eq!(debited(&suite, &account).await, d("25"));
+    suite
+}
+
+async fn a_dimension_override_prices_matching_usage(suite: Suite) -> Suite {
+    meter(&suite, "tokens", pb::Aggregation::Sum).await;
+    suite
+        .metering
+        .clone()
+        .set_price(pb::SetPriceRequest {
+            meter_code: "tokens".into(),
+            effective_from: None,
+            tiers: flat("1"),
+            overrides: vec![pb::DimensionPrice { key: "model".into(), value: "large".into(), tiers: flat("4") }],
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
+    let account = funded_account(&suite, "100").await;
+    let mut large = event(&account, "tokens", "2");
+    large.dimensions.insert("model".into(), "large".into());
+    let results = ingest(&suite, vec![large, event(&account, "tokens", "2")]).await;
+    let amounts: Vec<&str> = results.iter().map(|result| result.amount.as_str()).collect();
+    assert_eq!(amounts, vec!["8", "2"]);
+    suite
+}
+
+async fn prices_and_meters_are_checked(suite: Suite) -> Suite {
+    let mut client = suite.metering.clone();
+    meter(&suite, "tokens", pb::Aggregation::Sum).await;
+    let same = meter(&suite, "tokens", pb::Aggregation::Sum).await;
+    assert_eq!(same.code, "tokens", "defining the same meter again returns it");
+    let different = pb::CreateMeterRequest {
+        code: "tokens".into(),
+        unit_name: "other".into(),
+        aggregation: pb::Aggregation::Count.into(),
+        description: String::new(),
+    };
+    assert_refused(client.create_meter(different).await, Code::AlreadyExists, "METER_EXISTS");
+    let bad_meter = pb::CreateMeterRequest { code: "has space".into(), ..Default::default() };
+    assert_invalid(client.create_meter(bad_meter).await, "code");
+    let request = |tiers: Vec<pb::Tier>| pb::SetPriceRequest {
+        meter_code: "tokens".into(),
+        effective_from: None,
+        tiers,
+        overrides: Vec::new(),
+        idempotency_key: key(),
+    };
+    let decreasing = vec![
+        pb::Tier { up_to: "100".into(), unit_price: "1".into() },
+        pb::Tier { up_to: "50".into(), unit_price: "1".into() },
+        pb::Tier { up_to: String::new(), unit_price: "1".into() },
+    ];
+    assert_invalid(client.set_price(request(decreasing)).await, "tiers");
+    assert_invalid(client.set_price(request(flat("-1"))).await, "tiers[0].unit_price");
+    assert_invalid(client.set_price(request(flat("0.0000000000001"))).await, "tiers[0].unit_price");
+    let past = pb::SetPriceRequest {
+        effective_from: Some(to_timestamp(chrono::Utc::now() - chrono::Duration::hours(1))),
+        ..request(flat("1"))
+    };
+    assert_invalid(client.set_price(past).await, "effective_from");
+    let unknown = pb::SetPriceRequest { meter_code: "nope".into(), ..request(flat("1")) };
+    assert_refused(client.set_price(unknown).await, Code::NotFound, "NOT_FOUND");
+    let once = request(flat("1"));
+    let first = client.set_price(once.clone()).await.unwrap().into_inner();
+    assert_eq!(client.set_price(once).await.unwrap().into_inner(), first, "a retried SetPrice replays");
+    suite
+}
+
+crate::on_both_backends!(
+    a_new_price_applies_from_its_instant_and_never_to_earlier_usage,
+    a_dimension_override_prices_matching_usage,
+    prices_and_meters_are_checked,
+);
