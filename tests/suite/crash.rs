@@ -10,7 +10,7 @@ use reservoir_testing::wallet::*;
 use reservoir_testing::{Backend, TestDatabase};
 use rust_decimal::Decimal;
 
-use crate::process::WalletProcess;
+use crate::process::{Environment, ServiceProcess};
 
 /// Every debit a worker sent, and the answer for those it saw succeed.
 #[derive(Default)]
@@ -87,13 +87,14 @@ async fn killed_mid_stream(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
-    let mut wallet = WalletProcess::new(&database);
-    let api_key = wallet.create_tenant().await;
-    wallet.start().await;
-    let client_before = client(wallet.address, &api_key).await;
+    let environment = Environment::new(&database, None);
+    let mut wallet = ServiceProcess::wallet(&environment);
+    let api_key = environment.create_tenant().await;
+    wallet.start(&environment).await;
+    let client_before = client(wallet.address(), &api_key).await;
     let account = open_funded_account(&client_before).await;
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let workers = start_debiting(wallet.address, api_key.clone(), account.clone(), sent.clone());
+    let workers = start_debiting(wallet.address(), api_key.clone(), account.clone(), sent.clone());
     // Let a few hundred debits through, then pull the plug mid-stream.
     for _ in 0..200 {
         if sent.lock().unwrap().acknowledged.len() >= 150 {
@@ -111,8 +112,8 @@ async fn killed_mid_stream(backend: Backend) {
     };
     assert!(acknowledged.len() >= 50, "the test killed too early to show anything: {}", acknowledged.len());
 
-    wallet.start().await;
-    let client = client(wallet.address, &api_key).await;
+    wallet.start(&environment).await;
+    let client = client(wallet.address(), &api_key).await;
     let entries = ledger(&client, &account).await;
     let debits_by_key = |entries: &[pb::LedgerEntry]| {
         let mut counts: HashMap<String, usize> = HashMap::new();
@@ -150,12 +151,13 @@ async fn terminated_mid_stream(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
-    let mut wallet = WalletProcess::new(&database);
-    let api_key = wallet.create_tenant().await;
-    wallet.start().await;
-    let account = open_funded_account(&client(wallet.address, &api_key).await).await;
+    let environment = Environment::new(&database, None);
+    let mut wallet = ServiceProcess::wallet(&environment);
+    let api_key = environment.create_tenant().await;
+    wallet.start(&environment).await;
+    let account = open_funded_account(&client(wallet.address(), &api_key).await).await;
     let sent = Arc::new(Mutex::new(Sent::default()));
-    let workers = start_debiting(wallet.address, api_key.clone(), account.clone(), sent.clone());
+    let workers = start_debiting(wallet.address(), api_key.clone(), account.clone(), sent.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     let status = wallet.terminate().await;
     assert!(status.success(), "SIGTERM is a clean stop: {status:?}");
@@ -163,8 +165,8 @@ async fn terminated_mid_stream(backend: Backend) {
         worker.await.unwrap();
     }
     let acknowledged = sent.lock().unwrap().acknowledged.clone();
-    wallet.start().await;
-    let client = client(wallet.address, &api_key).await;
+    wallet.start(&environment).await;
+    let client = client(wallet.address(), &api_key).await;
     let entries = ledger(&client, &account).await;
     for key in acknowledged.keys() {
         let count = entries.iter().filter(|entry| &entry.idempotency_key == key).count();

@@ -1,4 +1,4 @@
-//! Running the `reservoir` binary against a test database.
+//! Running the `reservoir` binary's services against test databases.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -12,42 +12,51 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 pub const PEPPER: &str = "suite-pepper";
 
-/// Where one wallet process listens and keeps its data.
-pub struct WalletProcess {
-    pub address: SocketAddr,
-    environment: HashMap<String, String>,
-    child: Option<Child>,
+fn free_address() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// The settings every process of one test shares.
+#[derive(Clone)]
+pub struct Environment {
+    variables: HashMap<String, String>,
+    pub wallet_address: SocketAddr,
+    pub metering_address: SocketAddr,
 }
 
-impl WalletProcess {
-    pub fn new(database: &TestDatabase) -> Self {
-        let address: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let environment = HashMap::from([
-            ("RESERVOIR__WALLET__LISTEN".to_owned(), address.to_string()),
-            ("RESERVOIR__WALLET__DATABASE_URL".to_owned(), database.url.clone()),
-            ("RESERVOIR__WALLET__DATABASE_SCHEMA".to_owned(), database.schema.clone()),
+impl Environment {
+    pub fn new(wallet: &TestDatabase, metering: Option<&TestDatabase>) -> Self {
+        let wallet_address = free_address();
+        let metering_address = free_address();
+        let mut variables = HashMap::from([
+            ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
+            ("RESERVOIR__WALLET__DATABASE_URL".to_owned(), wallet.url.clone()),
+            ("RESERVOIR__WALLET__DATABASE_SCHEMA".to_owned(), wallet.schema.clone()),
+            ("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string()),
+            ("RESERVOIR__METERING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__METERING__WORKER_INTERVAL_MS".to_owned(), "200".to_owned()),
             ("RESERVOIR__AUTH__API_KEY_PEPPER".to_owned(), PEPPER.to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FORMAT".to_owned(), "json".to_owned()),
         ]);
-        Self { address, environment, child: None }
+        if let Some(metering) = metering {
+            variables.insert("RESERVOIR__METERING__DATABASE_URL".to_owned(), metering.url.clone());
+            variables.insert("RESERVOIR__METERING__DATABASE_SCHEMA".to_owned(), metering.schema.clone());
+        }
+        Self { variables, wallet_address, metering_address }
     }
 
-    fn command(&self, arguments: &[&str]) -> Command {
+    pub fn command(&self, arguments: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reservoir"));
-        command.args(arguments).envs(&self.environment).env_remove("RUST_LOG").kill_on_drop(true);
+        command.args(arguments).envs(&self.variables).env_remove("RUST_LOG").kill_on_drop(true);
         command
     }
 
-    /// Creates a tenant through the operator command and returns its API key.
-    pub async fn create_tenant(&self) -> String {
-        let output = self.command(&["tenant", "create", "suite"]).output().await.unwrap();
-        assert!(output.status.success(), "tenant create: {}", String::from_utf8_lossy(&output.stderr));
+    /// Runs an operator command and returns the value of its `api key` line.
+    async fn issue(&self, arguments: &[&str]) -> String {
+        let output = self.command(arguments).output().await.unwrap();
+        assert!(output.status.success(), "{arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
         let stdout = String::from_utf8(output.stdout).unwrap();
         stdout
             .lines()
@@ -56,15 +65,53 @@ impl WalletProcess {
             .unwrap_or_else(|| panic!("no key in {stdout:?}"))
     }
 
-    /// Starts `reservoir serve wallet` and waits until it reports SERVING.
-    pub async fn start(&mut self) {
-        let child = self.command(&["serve", "wallet"]).stdout(Stdio::null()).stderr(Stdio::inherit()).spawn().unwrap();
+    /// Creates a tenant through the operator command and returns its API key.
+    pub async fn create_tenant(&self) -> String {
+        self.issue(&["tenant", "create", "suite"]).await
+    }
+
+    /// Issues the services' key and hands it to metering.
+    pub async fn issue_service_key(&mut self) {
+        let key = self.issue(&["key", "issue-service"]).await;
+        self.variables.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), key);
+    }
+}
+
+/// One `reservoir serve <service>` process.
+pub struct ServiceProcess {
+    service: &'static str,
+    address: SocketAddr,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    pub fn wallet(environment: &Environment) -> Self {
+        Self { service: "wallet", address: environment.wallet_address, child: None }
+    }
+
+    pub fn metering(environment: &Environment) -> Self {
+        Self { service: "metering", address: environment.metering_address, child: None }
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Starts the service and waits until it reports SERVING.
+    pub async fn start(&mut self, environment: &Environment) {
+        let child = environment
+            .command(&["serve", self.service])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
         self.child = Some(child);
-        for _ in 0..200 {
+        let name = format!("reservoir.{0}.v1.{1}Service", self.service, capitalized(self.service));
+        for _ in 0..300 {
             if let Ok(channel) =
                 tonic::transport::Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await
             {
-                let request = HealthCheckRequest { service: "reservoir.wallet.v1.WalletService".into() };
+                let request = HealthCheckRequest { service: name.clone() };
                 if let Ok(response) = HealthClient::new(channel).check(request).await
                     && response.into_inner().status == ServingStatus::Serving as i32
                 {
@@ -73,7 +120,7 @@ impl WalletProcess {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("the wallet did not become healthy");
+        panic!("{} did not become healthy", self.service);
     }
 
     /// SIGKILL: no chance to finish anything.
@@ -90,4 +137,9 @@ impl WalletProcess {
         assert!(sent.success());
         tokio::time::timeout(Duration::from_secs(15), child.wait()).await.expect("stopped within 15 s").unwrap()
     }
+}
+
+fn capitalized(word: &str) -> String {
+    let mut characters = word.chars();
+    characters.next().map(|first| first.to_ascii_uppercase().to_string() + characters.as_str()).unwrap_or_default()
 }

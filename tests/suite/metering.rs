@@ -1,0 +1,273 @@
+//! Metering killed with SIGKILL in the middle of ingesting: after a restart,
+//! every accepted event is debited exactly once and the wallet's debits equal
+//! the charges.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reservoir_proto::metering as pb;
+use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
+use reservoir_proto::wallet as wallet_pb;
+use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use rust_decimal::Decimal;
+
+use crate::process::{Environment, ServiceProcess};
+
+const BATCH: usize = 50;
+
+async fn metering_client(
+    address: std::net::SocketAddr,
+    api_key: &str,
+) -> MeteringServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>> {
+    MeteringServiceClient::with_interceptor(channel(address).await, BearerKey::new(api_key))
+}
+
+/// A wallet and a metering process, a tenant, a funded account and a priced meter.
+struct Running {
+    environment: Environment,
+    wallet: ServiceProcess,
+    metering: ServiceProcess,
+    api_key: String,
+    wallet_client: Client,
+    account: wallet_pb::Account,
+    databases: Vec<TestDatabase>,
+}
+
+async fn start(backend: Backend) -> Option<Running> {
+    let wallet_database = TestDatabase::create(backend).await?;
+    let metering_database = TestDatabase::create(backend).await?;
+    let mut environment = Environment::new(&wallet_database, Some(&metering_database));
+    let api_key = environment.create_tenant().await;
+    environment.issue_service_key().await;
+    let mut wallet = ServiceProcess::wallet(&environment);
+    wallet.start(&environment).await;
+    let mut metering = ServiceProcess::metering(&environment);
+    metering.start(&environment).await;
+    let wallet_client = client(wallet.address(), &api_key).await;
+    let account = wallet_client
+        .clone()
+        .create_account(wallet_pb::CreateAccountRequest {
+            external_id: key(),
+            unit: Some(wallet_pb::Unit { code: "USD".into(), ..Default::default() }),
+            overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    wallet_client
+        .clone()
+        .grant_credits(wallet_pb::GrantCreditsRequest {
+            account_id: account.id.clone(),
+            amount: "1000000".into(),
+            kind: wallet_pb::GrantKind::Paid.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut metering_api = metering_client(metering.address(), &api_key).await;
+    metering_api
+        .create_meter(pb::CreateMeterRequest {
+            code: "tokens".into(),
+            unit_name: "token".into(),
+            aggregation: pb::Aggregation::Sum.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    metering_api
+        .set_price(pb::SetPriceRequest {
+            meter_code: "tokens".into(),
+            effective_from: None,
+            tiers: vec![pb::Tier { up_to: String::new(), unit_price: "0.01".into() }],
+            overrides: Vec::new(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
+
+    Some(Running {
+        environment,
+        wallet,
+        metering,
+        api_key,
+        wallet_client,
+        account,
+        databases: vec![wallet_database, metering_database],
+    })
+}
+
+async fn killed_mid_ingest(backend: Backend) {
+    let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
+        start(backend).await
+    else {
+        return;
+    };
+    let metering_api = metering_client(metering.address(), &api_key).await;
+    // Batches sent one after another until metering dies under them.
+    let sent: Arc<Mutex<Vec<Vec<pb::UsageEvent>>>> = Arc::default();
+    let acknowledged: Arc<Mutex<usize>> = Arc::default();
+    let sender = {
+        let (sent, acknowledged, account_id) = (sent.clone(), acknowledged.clone(), account.id.clone());
+        let mut api = metering_api.clone();
+        tokio::spawn(async move {
+            for _ in 0..1_000 {
+                let batch: Vec<pb::UsageEvent> = (0..BATCH)
+                    .map(|_| pb::UsageEvent {
+                        event_id: key(),
+                        account_id: account_id.clone(),
+                        meter_code: "tokens".into(),
+                        quantity: "3".into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                sent.lock().unwrap().push(batch.clone());
+                if api.ingest_events(pb::IngestEventsRequest { events: batch }).await.is_err() {
+                    return;
+                }
+                *acknowledged.lock().unwrap() += 1;
+            }
+        })
+    };
+    for _ in 0..400 {
+        if *acknowledged.lock().unwrap() >= 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    metering.kill().await;
+    sender.await.unwrap();
+    let batches = sent.lock().unwrap().clone();
+    assert!(*acknowledged.lock().unwrap() >= 3, "killed too early to show anything");
+
+    metering.start(&environment).await;
+    let mut api = metering_client(metering.address(), &api_key).await;
+    // Sending every batch again: each event is stored once, and all end charged.
+    let mut amounts: HashMap<String, Decimal> = HashMap::new();
+    for _ in 0..100 {
+        amounts.clear();
+        let mut all_charged = true;
+        for batch in &batches {
+            let results = api
+                .ingest_events(pb::IngestEventsRequest { events: batch.clone() })
+                .await
+                .unwrap()
+                .into_inner()
+                .results;
+            for result in results {
+                let status = if result.status == i32::from(pb::EventStatus::Duplicate) {
+                    result.original_status
+                } else {
+                    result.status
+                };
+                all_charged &= status == i32::from(pb::EventStatus::Charged);
+                amounts.insert(result.event_id.clone(), d(&result.amount));
+            }
+        }
+        if all_charged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let events = batches.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(amounts.len(), events);
+    let charged: Decimal = amounts.values().sum();
+    assert_eq!(charged, Decimal::new(3, 2) * Decimal::from(events as u64));
+    let entries = ledger(&wallet_client, &account).await;
+    let debits: Vec<&wallet_pb::LedgerEntry> =
+        entries.iter().filter(|entry| entry.kind == i32::from(wallet_pb::EntryKind::Debit)).collect();
+    assert_eq!(debits.len(), events, "every accepted event debited exactly once");
+    let debited: Decimal = debits.iter().map(|entry| -d(&entry.amount)).sum();
+    assert_eq!(debited, charged, "the wallet's debits equal the charges");
+    assert_books_balance(&wallet_client, &account).await;
+    metering.terminate().await;
+    wallet.terminate().await;
+    for database in databases {
+        database.drop_database().await;
+    }
+}
+
+async fn ingest_command(backend: Backend) {
+    let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
+        start(backend).await
+    else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("reservoir-ingest-{}", key()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let csv = dir.join("events.csv");
+    let id = &account.id;
+    let now = (chrono::Utc::now() + chrono::Duration::seconds(1)).to_rfc3339();
+    std::fs::write(
+        &csv,
+        format!(
+            "event_id,account_id,meter_code,quantity,timestamp,dim.model\n\
+             e1,{id},tokens,100,,large\n\
+             e2,{id},tokens,50,{now},\n\
+             e1,{id},tokens,100,,large\n\
+             e3,{id},nope,1,,\n"
+        ),
+    )
+    .unwrap();
+    let ndjson = dir.join("events.ndjson");
+    std::fs::write(
+        &ndjson,
+        format!(
+            "{{\"event_id\":\"e4\",\"account_id\":\"{id}\",\"meter_code\":\"tokens\",\"quantity\":25,\"dimensions\":{{\"model\":\"small\"}}}}\n\
+             {{\"event_id\":\"e1\",\"account_id\":\"{id}\",\"meter_code\":\"tokens\",\"quantity\":\"100\"}}\n"
+        ),
+    )
+    .unwrap();
+    let run = |file: std::path::PathBuf| {
+        let mut command = environment.command(&["ingest", file.to_str().unwrap(), "--batch-size", "2"]);
+        command
+            .env("RESERVOIR_API_KEY", &api_key)
+            .env("RESERVOIR_METERING_ENDPOINT", format!("http://{}", metering.address()));
+        command
+    };
+    let output = run(csv).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary = String::from_utf8(output.stdout).unwrap();
+    assert!(summary.contains("events     4"), "{summary}");
+    assert!(summary.contains("charged    2 (amount 1.5"), "{summary}");
+    assert!(summary.contains("duplicate  1"), "{summary}");
+    assert!(summary.contains("invalid    1"), "{summary}");
+    assert!(summary.contains("e3: meter_code UNKNOWN_METER"), "{summary}");
+    let output = run(ndjson).output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary = String::from_utf8(output.stdout).unwrap();
+    assert!(summary.contains("charged    1 (amount 0.25"), "{summary}");
+    assert!(summary.contains("duplicate  1"), "{summary}");
+    assert_eq!(available(&wallet_client, &account).await, d("999998.25"));
+    metering.terminate().await;
+    wallet.terminate().await;
+    for database in databases {
+        database.drop_database().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up_on_sqlite() {
+    ingest_command(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up_on_postgres() {
+    ingest_command(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_killed_mid_ingest_debits_every_event_once_on_sqlite() {
+    killed_mid_ingest(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_killed_mid_ingest_debits_every_event_once_on_postgres() {
+    killed_mid_ingest(Backend::Postgres).await;
+}
