@@ -148,9 +148,10 @@ async fn killed_mid_ingest(backend: Backend) {
 
     metering.start(&environment).await;
     let mut api = metering_client(metering.address(), &api_key).await;
-    // Sending every batch again: each event is stored once, and all end charged.
+    // Sending every batch again: each event is stored once, and all end
+    // charged (those the killed process held wait out its claim, 15 s).
     let mut amounts: HashMap<String, Decimal> = HashMap::new();
-    for _ in 0..100 {
+    for _ in 0..150 {
         amounts.clear();
         let mut all_charged = true;
         for batch in &batches {
@@ -173,7 +174,7 @@ async fn killed_mid_ingest(backend: Backend) {
         if all_charged {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let events = batches.iter().map(Vec::len).sum::<usize>();
     assert_eq!(amounts.len(), events);

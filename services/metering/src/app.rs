@@ -25,9 +25,10 @@ pub const SERVICE_NAME: &str = "reservoir.metering.v1.MeteringService";
 
 /// Pending events the worker takes per pass.
 const WORKER_BATCH: u64 = 1_000;
-/// The worker leaves alone what changed this recently: an ingest still in
-/// flight is about to finish it itself.
-const WORKER_GRACE: chrono::Duration = chrono::Duration::seconds(2);
+/// The worker leaves a settlement alone for this long after it last moved:
+/// a Settle call still in flight (its wallet calls may take 10 s each) is
+/// about to finish it itself.
+const SETTLEMENT_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct MeteringSettings {
@@ -163,15 +164,19 @@ async fn work(
 
 async fn work_once(api: &MeteringApi, store: &Store, wallet: &WalletGateway) -> Result<(), MeteringError> {
     let now = now();
-    let pending = store.pending_events(now - WORKER_GRACE, WORKER_BATCH).await?;
+    // Each event is claimed before it is sent, so no two senders (another
+    // replica's worker, an ingest re-sending it) ever race on its debit.
+    let pending = store.claim_pending_events(now, WORKER_BATCH).await?;
     let mut by_tenant: BTreeMap<_, Vec<StoredEvent>> = BTreeMap::new();
     for (tenant, event) in pending {
         by_tenant.entry(tenant).or_default().push(event);
     }
     for (tenant, events) in by_tenant {
-        charge_events(store, wallet, tenant, events, now).await?;
+        if let Err(error) = charge_events(store, wallet, tenant, events, now).await {
+            tracing::warn!(%error, %tenant, "pending usage not charged; its claim runs out and it is retried");
+        }
     }
-    api.resume_settlements(now - WORKER_GRACE).await?;
+    api.resume_settlements(now - SETTLEMENT_GRACE).await;
     store.expire_authorizations(now).await?;
     Ok(())
 }

@@ -54,6 +54,8 @@ pub async fn charge_events(
             Err(error) => {
                 // Stored and pending: the worker finishes them once the wallet answers.
                 tracing::warn!(%error, events = chunk.len(), "wallet unreachable; usage stays pending");
+                let ids: Vec<String> = chunk.iter().map(|event| event.event_id.clone()).collect();
+                store.release_claims(tenant, &ids, now).await?;
             }
         }
     }

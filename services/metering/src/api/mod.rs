@@ -151,6 +151,9 @@ impl MeteringApi {
             };
             let mut violations = Violations::default();
             violations.required_text("event_id", &event.event_id, EVENT_ID_LENGTH_MAX);
+            if event.event_id.starts_with(crate::store::SETTLEMENT_EVENT_PREFIX) {
+                violations.add("event_id", "RESERVED: the prefix belongs to settlements");
+            }
             let account_id = violations.id("account_id", &event.account_id, |id| id);
             dimensions(&mut violations, "dimensions", &event.dimensions);
             let occurred_at = violations.time("timestamp", event.timestamp.as_ref()).unwrap_or(now);
@@ -233,9 +236,10 @@ impl MeteringApi {
         let mut to_charge: Vec<StoredEvent> = Vec::new();
         for outcome in &stored {
             let event = match outcome {
-                Stored::New(event) | Stored::Duplicate(event) => event,
+                Stored::New(event) | Stored::Duplicate { event, resend: true } => event,
+                Stored::Duplicate { resend: false, .. } => continue,
             };
-            if event.status == EventStatus::Pending && !to_charge.iter().any(|e| e.event_id == event.event_id) {
+            if !to_charge.iter().any(|e| e.event_id == event.event_id) {
                 to_charge.push(event.clone());
             }
         }
@@ -243,7 +247,7 @@ impl MeteringApi {
         for (index, outcome) in indexes.into_iter().zip(stored) {
             let result = match outcome {
                 Stored::New(event) => event_result(charged.get(&event.event_id).unwrap_or(&event), false),
-                Stored::Duplicate(event) => event_result(charged.get(&event.event_id).unwrap_or(&event), true),
+                Stored::Duplicate { event, .. } => event_result(charged.get(&event.event_id).unwrap_or(&event), true),
             };
             results[index] = Some(result);
         }
@@ -278,7 +282,7 @@ impl MeteringApi {
         now: DateTime<Utc>,
     ) -> Result<Settlement, MeteringError> {
         let actual = authorization.actual_amount.unwrap_or_default();
-        let held = if authorization.hold_id.is_some() { authorization.estimated_amount } else { Decimal::ZERO };
+        let mut held = if authorization.hold_id.is_some() { authorization.estimated_amount } else { Decimal::ZERO };
         let id = authorization.id.to_string();
         let mut charged = Decimal::ZERO;
         let mut entry_ids = Vec::new();
@@ -300,16 +304,23 @@ impl MeteringApi {
                 };
                 self.wallet.capture(tenant, capture).await.map(|response| response.entries)
             };
+            let mut held_still = held;
             match outcome {
                 Ok(entries) => {
                     charged = actual.min(held);
                     entry_ids.extend(entries.into_iter().map(|entry| entry.id));
+                }
+                // The hold lapsed while the settlement was interrupted; its
+                // funds are free again, so the usage is debited as usual.
+                Err(status) if reservoir_common::status::reason_of(&status).as_deref() == Some("HOLD_EXPIRED") => {
+                    held_still = Decimal::ZERO;
                 }
                 Err(status) if is_final_refusal(status.code()) => {
                     reason = reservoir_common::status::reason_of(&status).unwrap_or_default();
                 }
                 Err(status) => return Err(MeteringError::Unavailable(format!("wallet: {status}"))),
             }
+            held = held_still;
         }
         let excess = actual - held;
         if excess > Decimal::ZERO && reason.is_empty() {
@@ -317,7 +328,8 @@ impl MeteringApi {
                 account_id: authorization.account_id.to_string(),
                 amount: excess.normalize().to_string(),
                 meter_code: authorization.meter_code.clone(),
-                idempotency_key: wallet_key("excess", &id),
+                // Above a capture, only the excess; after a lapsed hold, all of it.
+                idempotency_key: wallet_key(if held.is_zero() { "settle-debit" } else { "excess" }, &id),
                 description: format!("usage of {} above its authorization", authorization.meter_code),
                 metadata: Default::default(),
                 correlation_id: id.clone(),
@@ -345,12 +357,21 @@ impl MeteringApi {
         Ok(settlement)
     }
 
-    /// Finishes settlements a crash or an outage interrupted.
-    pub async fn resume_settlements(&self, before: DateTime<Utc>) -> Result<(), MeteringError> {
-        for authorization in self.store.authorizations_in("SETTLING", before, 100).await? {
-            self.settle_authorization(authorization.tenant_id, &authorization, now()).await?;
+    /// Finishes settlements a crash or an outage interrupted, each on its own:
+    /// one that keeps failing does not hold up the others.
+    pub async fn resume_settlements(&self, before: DateTime<Utc>) {
+        let open = match self.store.authorizations_in("SETTLING", before, 100).await {
+            Ok(open) => open,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list unfinished settlements");
+                return;
+            }
+        };
+        for authorization in open {
+            if let Err(error) = self.settle_authorization(authorization.tenant_id, &authorization, now()).await {
+                tracing::warn!(%error, authorization = %authorization.id, "settlement not finished; retried later");
+            }
         }
-        Ok(())
     }
 
     async fn authorization_response(&self, tenant: TenantId, id: Uuid) -> Result<pb::Authorization, MeteringError> {
@@ -557,6 +578,9 @@ impl MeteringService for MeteringApi {
             return Err(MeteringError::Internal("checked fields went missing".into()).into());
         };
         let mut row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
+        let meter = self.meter(tenant, "meter_code", &row.meter_code).await?;
+        // A COUNT meter counts whole events.
+        let actual = if meter.aggregation == "COUNT" { actual.ceil() } else { actual };
         if row.status == "ACTIVE" && row.expires_at <= now {
             return Err(MeteringError::precondition("AUTHORIZATION_EXPIRED", "the authorization has expired").into());
         }

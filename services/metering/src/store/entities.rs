@@ -112,6 +112,12 @@ pub mod event {
         pub uncovered_amount: Amount,
         pub entry_ids: String,
         pub reason: String,
+        /// INGEST, or SETTLEMENT for the usage an authorization settles,
+        /// which only its settlement ever sends to the wallet.
+        pub origin: String,
+        /// Whoever is sending the event's debit holds it until then; nobody
+        /// else sends it meanwhile.
+        pub claimed_until: DateTimeUtc,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
     }

@@ -67,11 +67,13 @@ CREATE TABLE usage_events (
     uncovered_amount {amount} NOT NULL,
     entry_ids TEXT NOT NULL,
     reason TEXT NOT NULL,
+    origin TEXT NOT NULL CHECK (origin IN ('INGEST', 'SETTLEMENT')),
+    claimed_until {time} NOT NULL,
     created_at {time} NOT NULL,
     updated_at {time} NOT NULL,
     PRIMARY KEY (tenant_id, event_id)
 );
-CREATE INDEX usage_events_pending ON usage_events (status, updated_at);
+CREATE INDEX usage_events_pending ON usage_events (status, claimed_until);
 CREATE INDEX usage_events_by_account ON usage_events (tenant_id, account_id, occurred_at);
 
 CREATE TABLE authorizations (

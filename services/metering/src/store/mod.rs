@@ -25,6 +25,12 @@ use self::entities::{account, authorization, counter, event, idempotency, meter,
 use crate::domain::{EventStatus, Override, PriceError, PriceVersion, Schedule, Tier, UsageRecord, month_of};
 use crate::error::MeteringError;
 
+/// How long whoever sends an event's debit holds the event: longer than a
+/// wallet call may take (10 s), so two senders never both get an answer for
+/// one event. A sender that fails lets go at once; only a crashed one makes
+/// its events wait this long.
+const CLAIM: chrono::Duration = chrono::Duration::seconds(15);
+
 /// A meter as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MeterRow {
@@ -68,9 +74,11 @@ pub struct NewEvent {
 /// What storing an event did.
 #[derive(Debug, Clone)]
 pub enum Stored {
+    /// Stored now, and claimed for sending by the caller.
     New(StoredEvent),
-    /// The event id was seen before: what was stored then.
-    Duplicate(StoredEvent),
+    /// The event id was seen before: what was stored then. `resend` when it
+    /// is still pending and nobody else holds it, so the caller sends it now.
+    Duplicate { event: StoredEvent, resend: bool },
 }
 
 /// The wallet's answer for one event's debit.
@@ -454,9 +462,16 @@ impl Store {
         }
         let mut results = Vec::with_capacity(events.len());
         let mut rows = Vec::new();
+        let mut claimed_now: Vec<String> = Vec::new();
         for new in events {
             if let Some(stored) = known.get(&new.event_id) {
-                results.push(Stored::Duplicate(stored.clone()));
+                let resend = stored.status == EventStatus::Pending
+                    && (claimed_now.contains(&stored.event_id)
+                        || self.claim(&transaction, tenant, &stored.event_id, now).await?);
+                if resend && !claimed_now.contains(&stored.event_id) {
+                    claimed_now.push(stored.event_id.clone());
+                }
+                results.push(Stored::Duplicate { event: stored.clone(), resend });
                 continue;
             }
             let month = month_of(new.occurred_at);
@@ -492,9 +507,12 @@ impl Store {
                 uncovered_amount: Set(Amount(Decimal::ZERO)),
                 entry_ids: Set("[]".to_owned()),
                 reason: Set(String::new()),
+                origin: Set("INGEST".to_owned()),
+                claimed_until: Set(now + CLAIM),
                 created_at: Set(now),
                 updated_at: Set(now),
             });
+            claimed_now.push(stored.event_id.clone());
             known.insert(stored.event_id.clone(), stored.clone());
             results.push(Stored::New(stored));
         }
@@ -506,8 +524,49 @@ impl Store {
         Ok(results)
     }
 
+    /// Claims a pending ingested event for sending, unless someone holds it.
+    async fn claim(
+        &self,
+        connection: &impl ConnectionTrait,
+        tenant: TenantId,
+        event_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, MeteringError> {
+        let result = event::Entity::update_many()
+            .col_expr(event::Column::ClaimedUntil, Expr::value(now + CLAIM))
+            .filter(event::Column::TenantId.eq(tenant.0))
+            .filter(event::Column::EventId.eq(event_id))
+            .filter(event::Column::Status.eq(EventStatus::Pending.name()))
+            .filter(event::Column::Origin.eq("INGEST"))
+            .filter(event::Column::ClaimedUntil.lt(now))
+            .exec(connection)
+            .await?;
+        Ok(result.rows_affected == 1)
+    }
+
+    /// Lets go of events whose debit could not be sent, so the worker takes
+    /// them at its next pass.
+    pub async fn release_claims(
+        &self,
+        tenant: TenantId,
+        event_ids: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), MeteringError> {
+        for chunk in event_ids.chunks(500) {
+            event::Entity::update_many()
+                .col_expr(event::Column::ClaimedUntil, Expr::value(now))
+                .filter(event::Column::TenantId.eq(tenant.0))
+                .filter(event::Column::EventId.is_in(chunk.to_vec()))
+                .filter(event::Column::Status.eq(EventStatus::Pending.name()))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Records the wallet's answers. Only PENDING events change, so a late
-    /// answer never overwrites a final one.
+    /// answer never overwrites a final one. Rows are updated in event id
+    /// order under the tenant's turn, so concurrent recorders never deadlock.
     pub async fn settle_events(
         &self,
         tenant: TenantId,
@@ -517,8 +576,11 @@ impl Store {
         if settlements.is_empty() {
             return Ok(());
         }
+        let mut ordered: Vec<&(String, Settlement)> = settlements.iter().collect();
+        ordered.sort_by(|a, b| a.0.cmp(&b.0));
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        for (event_id, settlement) in settlements {
+        self.serialize_tenant(&transaction, tenant).await?;
+        for (event_id, settlement) in ordered {
             event::Entity::update_many()
                 .col_expr(event::Column::Status, Expr::value(settlement.status.name()))
                 .col_expr(event::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
@@ -541,20 +603,29 @@ impl Store {
         row.map(event_from_row).transpose()
     }
 
-    /// PENDING events last touched before `before`, oldest first, with their tenants.
-    pub async fn pending_events(
+    /// Claims up to `limit` pending ingested events nobody holds, oldest
+    /// claim first, with their tenants. Settlement usage is left to its settlement.
+    pub async fn claim_pending_events(
         &self,
-        before: DateTime<Utc>,
+        now: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<(TenantId, StoredEvent)>, MeteringError> {
         let rows = event::Entity::find()
             .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-            .filter(event::Column::UpdatedAt.lt(before))
-            .order_by_asc(event::Column::UpdatedAt)
+            .filter(event::Column::Origin.eq("INGEST"))
+            .filter(event::Column::ClaimedUntil.lt(now))
+            .order_by_asc(event::Column::ClaimedUntil)
             .limit(limit)
             .all(&self.db)
             .await?;
-        rows.into_iter().map(|row| Ok((TenantId(row.tenant_id), event_from_row(row)?))).collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tenant = TenantId(row.tenant_id);
+            if self.claim(&self.db, tenant, &row.event_id, now).await? {
+                claimed.push((tenant, event_from_row(row)?));
+            }
+        }
+        Ok(claimed)
     }
 
     /// An account's events in a time range, for reports.
@@ -707,6 +778,8 @@ impl Store {
             uncovered_amount: Set(Amount(Decimal::ZERO)),
             entry_ids: Set("[]".to_owned()),
             reason: Set(String::new()),
+            origin: Set("SETTLEMENT".to_owned()),
+            claimed_until: Set(now),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -821,7 +894,10 @@ impl Store {
     }
 }
 
+/// Event ids of settlement usage start with this; clients may not use it.
+pub const SETTLEMENT_EVENT_PREFIX: &str = "authorization:";
+
 /// The usage event a settlement records.
 pub fn settlement_event_id(authorization: Uuid) -> String {
-    format!("authorization:{authorization}")
+    format!("{SETTLEMENT_EVENT_PREFIX}{authorization}")
 }

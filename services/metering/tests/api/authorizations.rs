@@ -129,7 +129,46 @@ async fn an_unsettled_authorization_expires_with_its_hold(suite: Suite) -> Suite
     suite
 }
 
+async fn a_settlement_the_wallet_interrupted_finishes_once(mut suite: Suite) -> Suite {
+    priced_meter(&suite, "gpu", "1").await;
+    let account = funded_account(&suite, "10").await;
+    let authorization = suite
+        .metering
+        .clone()
+        .authorize(authorize_request(&account, "4", 60))
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization
+        .unwrap();
+    suite.stop_wallet().await;
+    let interrupted = settle(&suite, &authorization, "3").await;
+    assert_eq!(interrupted.unwrap_err().code(), Code::Unavailable);
+    suite.start_wallet().await;
+    // The worker runs meanwhile; it must not charge the settlement's usage on its own.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let settled = settle(&suite, &authorization, "3").await.unwrap();
+    assert_eq!(settled.result.unwrap().status, i32::from(pb::EventStatus::Charged));
+    assert_eq!(available(&suite.wallet, &account).await, d("7"));
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(debited(&suite, &account).await, d("3"), "captured once, never debited besides");
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
+async fn settlement_event_ids_are_reserved(suite: Suite) -> Suite {
+    priced_meter(&suite, "gpu", "1").await;
+    let account = funded_account(&suite, "10").await;
+    let mut usage = crate::helpers::event(&account, "gpu", "1");
+    usage.event_id = format!("authorization:{}", uuid::Uuid::now_v7());
+    let results = ingest(&suite, vec![usage]).await;
+    assert_eq!((results[0].status, results[0].field.as_str()), (i32::from(pb::EventStatus::Invalid), "event_id"));
+    suite
+}
+
 crate::on_both_backends!(
+    a_settlement_the_wallet_interrupted_finishes_once,
+    settlement_event_ids_are_reserved,
     an_authorization_holds_the_estimate_and_settles_the_actual,
     an_actual_above_the_estimate_is_charged_when_the_wallet_allows,
     an_authorization_the_wallet_cannot_cover_is_refused,
