@@ -29,9 +29,14 @@ const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Events read per query of a stream.
 const EVENT_BATCH: u64 = 500;
 
+/// Account units remembered by the API; a unit never changes, so the cache
+/// never goes stale. Past this many it is cleared rather than grown.
+const UNIT_CACHE_MAX: usize = 100_000;
+
 #[derive(Clone)]
 pub struct WalletApi {
     store: Store,
+    units: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(TenantId, AccountId), Unit>>>,
     /// Turns true when the server stops, ending open event streams so the
     /// graceful shutdown is not held open by them.
     stopping: watch::Receiver<bool>,
@@ -39,7 +44,7 @@ pub struct WalletApi {
 
 impl WalletApi {
     pub fn new(store: Store, stopping: watch::Receiver<bool>) -> Self {
-        Self { store, stopping }
+        Self { store, stopping, units: Default::default() }
     }
 
     fn balance_of(wallet: &Wallet, now: DateTime<Utc>) -> pb::Balance {
@@ -58,7 +63,19 @@ impl WalletApi {
     }
 
     async fn unit_of(&self, tenant: TenantId, account_id: AccountId) -> Result<Unit, WalletError> {
-        Ok(self.store.account(tenant, account_id).await?.unit)
+        if let Ok(units) = self.units.lock()
+            && let Some(unit) = units.get(&(tenant, account_id))
+        {
+            return Ok(unit.clone());
+        }
+        let unit = self.store.account(tenant, account_id).await?.unit;
+        if let Ok(mut units) = self.units.lock() {
+            if units.len() >= UNIT_CACHE_MAX {
+                units.clear();
+            }
+            units.insert((tenant, account_id), unit.clone());
+        }
+        Ok(unit)
     }
 
     /// One debit, as Debit and each element of BatchDebit run it.
@@ -82,9 +99,6 @@ impl WalletApi {
             return Err(WalletError::Internal("validated id missing".into()));
         };
         let check = idempotency_check("Debit", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
-            return Ok(response);
-        }
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
@@ -95,17 +109,18 @@ impl WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
-        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
+        // Debits go through the group committer; it checks the key under the
+        // account's lock, so a retry replays the original result.
         self.store
-            .mutate(tenant, account_id, Some(&check), &LoadPlan::default(), now, |loaded| {
-                loaded.wallet.debit(&ctx, amount, meter)?;
+            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
+                wallet.debit(&ctx, amount, meter.as_deref())?;
                 Ok(pb::DebitResponse {
-                    entries: Self::own_entries(&loaded.wallet, &ctx),
-                    balance: Some(Self::balance_of(&loaded.wallet, now)),
+                    entries: Self::own_entries(wallet, &ctx),
+                    balance: Some(Self::balance_of(wallet, now)),
                 })
             })
             .await
-            .map(|outcome| outcome.into_inner())
     }
 
     /// Runs a change of one wallet with the usual replay check first.
@@ -416,9 +431,21 @@ impl WalletService for WalletApi {
         if request.debits.is_empty() || request.debits.len() > BATCH_DEBITS_MAX {
             return Err(WalletError::field("debits", format!("must hold 1 to {BATCH_DEBITS_MAX} debits")).into());
         }
-        let mut results = Vec::with_capacity(request.debits.len());
-        for debit in request.debits {
-            let outcome = match self.debit_one(tenant, debit).await {
+        // Every account's unit first, so that below each debit reaches the
+        // committer in the order given without waiting on anything.
+        let accounts: std::collections::BTreeSet<uuid::Uuid> =
+            request.debits.iter().filter_map(|debit| uuid::Uuid::parse_str(&debit.account_id).ok()).collect();
+        for account in accounts {
+            // An unknown account fails its own debits below, with their results.
+            let _ = self.unit_of(tenant, AccountId(account)).await;
+        }
+        // All at once, so the group committer takes them in few transactions;
+        // each keeps its own result, in the order given.
+        let answers =
+            futures::future::join_all(request.debits.into_iter().map(|debit| self.debit_one(tenant, debit))).await;
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            let outcome = match answer {
                 Ok(response) => pb::batch_debit_result::Outcome::Ok(response),
                 Err(error) => {
                     let fields = match &error {

@@ -4,6 +4,7 @@
 //! lets the domain decide, and writes the account, grants, holds, ledger
 //! entries, outbox events and the idempotency record together.
 
+mod committer;
 mod entities;
 pub mod migrations;
 mod rows;
@@ -95,6 +96,7 @@ pub struct TenantRow {
 
 #[derive(Clone)]
 pub struct Store {
+    committers: committer::Committers,
     database: Database,
     /// The pool of `database`, for queries.
     db: DatabaseConnection,
@@ -106,7 +108,12 @@ impl Store {
     /// Connects (creating the PostgreSQL schema or the SQLite file as needed).
     pub async fn connect(settings: &DatabaseSettings) -> Result<Self, WalletError> {
         let database = Database::connect(settings).await?;
-        Ok(Self { db: database.connection().clone(), database, events_written: Arc::new(Notify::new()) })
+        let events_written = Arc::new(Notify::new());
+        // SQLite has one writer, so one committer; PostgreSQL commits two
+        // batches at once, one filling while the other flushes.
+        let count = if settings.is_postgres() { 2 } else { 1 };
+        let committers = committer::Committers::start(database.clone(), events_written.clone(), count);
+        Ok(Self { committers, db: database.connection().clone(), database, events_written })
     }
 
     /// Applies every migration not yet applied.
@@ -431,11 +438,38 @@ impl Store {
         }
         let response = build(&wallet);
         let changes = wallet.take_changes();
-        write_changes(&transaction, &wallet, &changes).await?;
+        write_changes(&transaction, &[(&wallet, changes)]).await?;
         record(&transaction, tenant_id, check, &response).await?;
         transaction.commit().await?;
         self.events_written.notify_waiters();
         Ok(Outcome::Applied(response))
+    }
+
+    /// Changes one wallet through the group committer: concurrent changes,
+    /// of any wallets, are committed together in one transaction, each
+    /// standing or falling on its own. For changes that need no more than
+    /// the wallet's live grants and due holds (debits).
+    pub async fn mutate_grouped<M: prost::Message + Default>(
+        &self,
+        tenant: TenantId,
+        account: AccountId,
+        check: IdempotencyCheck,
+        now: DateTime<Utc>,
+        operate: impl FnOnce(&mut Wallet) -> Result<M, WalletError> + Send + 'static,
+    ) -> Result<M, WalletError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job = committer::Job {
+            tenant,
+            account,
+            check,
+            now,
+            operate: Box::new(move |wallet| operate(wallet).map(|response| response.encode_to_vec())),
+            reply,
+        };
+        self.committers.submit(job).await?;
+        let encoded = answer.await.map_err(|_| WalletError::Unavailable("the committer has stopped".into()))??;
+        M::decode(encoded.as_slice())
+            .map_err(|error| WalletError::Internal(format!("a response does not decode: {error}")))
     }
 
     /// Changes one wallet in one transaction. The account row is locked (on
@@ -464,12 +498,13 @@ impl Store {
         }
         let response = operate(&mut loaded)?;
         let changes = loaded.wallet.take_changes();
-        write_changes(&transaction, &loaded.wallet, &changes).await?;
+        let has_events = !changes.events.is_empty();
+        write_changes(&transaction, &[(&loaded.wallet, changes)]).await?;
         if let Some(check) = check {
             record(&transaction, tenant_id, check, &response).await?;
         }
         transaction.commit().await?;
-        if !changes.events.is_empty() {
+        if has_events {
             self.events_written.notify_waiters();
         }
         Ok(Outcome::Applied(response))
@@ -563,18 +598,42 @@ async fn load(
     Ok(Loaded { wallet: Wallet::new(account, grants, holds), operation_entries, prior_refunds })
 }
 
-/// Writes what an operation changed. Entries are only ever inserted.
-async fn write_changes(
+/// Writes what operations changed, for one or many wallets at once: each
+/// wallet's own rows, then every entry and every event together. Entries are
+/// only ever inserted.
+pub(crate) async fn write_changes(
+    transaction: &DatabaseTransaction,
+    batch: &[(&Wallet, Changes)],
+) -> Result<(), WalletError> {
+    let mut entries: Vec<entry::ActiveModel> = Vec::new();
+    let mut events: Vec<(&crate::domain::Event, &Wallet)> = Vec::new();
+    for (wallet, changes) in batch {
+        if changes.is_empty() {
+            continue;
+        }
+        write_wallet_rows(transaction, wallet, changes).await?;
+        let tenant = wallet.account.tenant_id;
+        entries.extend(changes.entries.iter().map(|entry| rows::entry_to_row(entry, tenant)));
+        events.extend(changes.events.iter().map(|event| (event, *wallet)));
+    }
+    // Each chunk stays well under both backends' bound-parameter limits (17 columns × 500 rows).
+    for chunk in entries.chunks(500) {
+        entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
+    }
+    if !events.is_empty() {
+        write_events(transaction, &events).await?;
+    }
+    Ok(())
+}
+
+/// A wallet's account row, and the grants and holds an operation created or changed.
+async fn write_wallet_rows(
     transaction: &DatabaseTransaction,
     wallet: &Wallet,
     changes: &Changes,
 ) -> Result<(), WalletError> {
-    if changes.is_empty() {
-        return Ok(());
-    }
     let account = &wallet.account;
     account::Entity::update(rows::account_to_row(account)).exec(transaction).await?;
-
     let new_grants: Vec<grant::ActiveModel> = wallet
         .grants
         .iter()
@@ -596,7 +655,6 @@ async fn write_changes(
             .exec(transaction)
             .await?;
     }
-
     let new_holds: Vec<hold::ActiveModel> = wallet
         .holds
         .iter()
@@ -618,20 +676,6 @@ async fn write_changes(
             .exec(transaction)
             .await?;
     }
-
-    if !changes.entries.is_empty() {
-        let rows: Vec<entry::ActiveModel> =
-            changes.entries.iter().map(|entry| rows::entry_to_row(entry, account.tenant_id)).collect();
-        // Bounded by the batch limit of the API; each chunk stays well under
-        // both backends' bound-parameter limits (17 columns × 500 rows).
-        for chunk in rows.chunks(500) {
-            entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
-        }
-    }
-
-    if !changes.events.is_empty() {
-        write_events(transaction, wallet, changes).await?;
-    }
     Ok(())
 }
 
@@ -642,10 +686,9 @@ async fn write_changes(
 /// with a lower number.
 async fn write_events(
     transaction: &DatabaseTransaction,
-    wallet: &Wallet,
-    changes: &Changes,
+    events: &[(&crate::domain::Event, &Wallet)],
 ) -> Result<(), WalletError> {
-    let count = i64::try_from(changes.events.len()).unwrap_or(i64::MAX);
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     let backend = transaction.get_database_backend();
     let statement = sea_orm::Statement::from_sql_and_values(
         backend,
@@ -658,24 +701,28 @@ async fn write_events(
         .ok_or_else(|| WalletError::Internal("the outbox counter row is missing".into()))?;
     let last: i64 = row.try_get("", "last_sequence")?;
     let first = last - count + 1;
-    let unit = &wallet.account.unit;
-    let rows: Vec<outbox::ActiveModel> = changes
-        .events
+    let rows: Vec<outbox::ActiveModel> = events
         .iter()
         .enumerate()
-        .map(|(offset, event)| {
+        .map(|(offset, (event, wallet))| {
             let sequence = first + i64::try_from(offset).unwrap_or(0);
             outbox::ActiveModel {
                 sequence: Set(sequence),
                 tenant_id: Set(wallet.account.tenant_id.0),
                 account_id: Set(event.account_id.0),
                 event_type: Set(rows::event_type_name(event.event_type).to_owned()),
-                payload: Set(crate::convert::event_payload(event, unit, u64::try_from(sequence).unwrap_or(0))),
+                payload: Set(crate::convert::event_payload(
+                    event,
+                    &wallet.account.unit,
+                    u64::try_from(sequence).unwrap_or(0),
+                )),
                 created_at: Set(event.occurred_at),
             }
         })
         .collect();
-    outbox::Entity::insert_many(rows).exec_without_returning(transaction).await?;
+    for chunk in rows.chunks(1_000) {
+        outbox::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
+    }
     Ok(())
 }
 
