@@ -8,7 +8,7 @@ BUF_VERSION := 1.75.0
 TOOLS := target/tools
 BUF := $(TOOLS)/node_modules/.bin/buf
 
-.PHONY: run test lint fmt-check clippy proto-lint unit-tests release clean-data help
+.PHONY: run test lint fmt-check clippy proto-lint unit-tests release bench clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,10 @@ unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL,
 
 release: ## the optimized binary at target/release/reservoir
 	$(CARGO) build --release --locked -p reservoir
+
+bench: ## the load generator against PostgreSQL and SQLite; writes docs/PERFORMANCE.md
+	$(CARGO) build --release --locked -p reservoir -p reservoir-bench
+	target/release/reservoir-bench --reservoir target/release/reservoir --report docs/PERFORMANCE.md
 
 clean-data: ## forget the local SQLite data of `make run`
 	rm -rf ./data

@@ -422,6 +422,41 @@ impl Store {
         Ok(before)
     }
 
+    /// Writes back the counters a batch advanced, in one upsert per chunk.
+    async fn write_counters(
+        connection: &impl ConnectionTrait,
+        tenant: TenantId,
+        counters: &BTreeMap<(Uuid, String, String), (Decimal, Decimal)>,
+    ) -> Result<(), MeteringError> {
+        let changed: Vec<counter::ActiveModel> = counters
+            .iter()
+            .filter(|(_, (before, after))| before != after)
+            .map(|(key, (_, after))| counter::ActiveModel {
+                tenant_id: Set(tenant.0),
+                account_id: Set(key.0),
+                meter_code: Set(key.1.clone()),
+                month: Set(key.2.clone()),
+                quantity: Set(Amount(*after)),
+            })
+            .collect();
+        for chunk in changed.chunks(reservoir_common::db::rows_per_insert(200)) {
+            counter::Entity::insert_many(chunk.to_vec())
+                .on_conflict(
+                    OnConflict::columns([
+                        counter::Column::TenantId,
+                        counter::Column::AccountId,
+                        counter::Column::MeterCode,
+                        counter::Column::Month,
+                    ])
+                    .update_column(counter::Column::Quantity)
+                    .to_owned(),
+                )
+                .exec_without_returning(connection)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// The account's usage of a meter in a month so far.
     pub async fn usage_so_far(
         &self,
@@ -463,6 +498,21 @@ impl Store {
         let mut results = Vec::with_capacity(events.len());
         let mut rows = Vec::new();
         let mut claimed_now: Vec<String> = Vec::new();
+        // Each monthly counter the batch touches: (value before the batch, value now).
+        let mut counters: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
+        let wanted: std::collections::BTreeSet<Uuid> =
+            events.iter().filter(|event| !known.contains_key(&event.event_id)).map(|event| event.account_id).collect();
+        let wanted: Vec<Uuid> = wanted.into_iter().collect();
+        for chunk in wanted.chunks(500) {
+            for row in counter::Entity::find()
+                .filter(counter::Column::TenantId.eq(tenant.0))
+                .filter(counter::Column::AccountId.is_in(chunk.to_vec()))
+                .all(&transaction)
+                .await?
+            {
+                counters.insert((row.account_id, row.meter_code, row.month), (row.quantity.0, row.quantity.0));
+            }
+        }
         for new in events {
             if let Some(stored) = known.get(&new.event_id) {
                 let resend = stored.status == EventStatus::Pending
@@ -475,9 +525,12 @@ impl Store {
                 continue;
             }
             let month = month_of(new.occurred_at);
-            let before =
-                Self::advance_counter(&transaction, tenant, new.account_id, &new.meter_code, &month, new.quantity)
-                    .await?;
+            let key = (new.account_id, new.meter_code.clone(), month);
+            // Every existing counter of these accounts is loaded; a missing one starts at zero.
+            let counter = counters.entry(key).or_insert((Decimal::ZERO, Decimal::ZERO));
+            let before = counter.1;
+            counter.1 =
+                before.checked_add(new.quantity).ok_or_else(|| MeteringError::field("quantity", "too large"))?;
             let amount = price(&new, before)?;
             let stored = StoredEvent {
                 event_id: new.event_id.clone(),
@@ -516,10 +569,11 @@ impl Store {
             known.insert(stored.event_id.clone(), stored.clone());
             results.push(Stored::New(stored));
         }
-        // 15 columns × 500 rows stays under both backends' parameter limits.
-        for chunk in rows.chunks(500) {
+        // An event row is a few hundred bytes on the wire.
+        for chunk in rows.chunks(reservoir_common::db::rows_per_insert(400)) {
             event::Entity::insert_many(chunk.to_vec()).exec_without_returning(&transaction).await?;
         }
+        Self::write_counters(&transaction, tenant, &counters).await?;
         transaction.commit().await?;
         Ok(results)
     }
@@ -580,19 +634,58 @@ impl Store {
         ordered.sort_by(|a, b| a.0.cmp(&b.0));
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         self.serialize_tenant(&transaction, tenant).await?;
-        for (event_id, settlement) in ordered {
-            event::Entity::update_many()
-                .col_expr(event::Column::Status, Expr::value(settlement.status.name()))
-                .col_expr(event::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
-                .col_expr(event::Column::UncoveredAmount, Expr::value(Amount(settlement.uncovered_amount)))
-                .col_expr(event::Column::EntryIds, Expr::value(json(&settlement.entry_ids)))
-                .col_expr(event::Column::Reason, Expr::value(settlement.reason.clone()))
-                .col_expr(event::Column::UpdatedAt, Expr::value(now))
-                .filter(event::Column::TenantId.eq(tenant.0))
-                .filter(event::Column::EventId.eq(event_id.clone()))
-                .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-                .exec(&transaction)
-                .await?;
+        if transaction.get_database_backend() == DbBackend::Postgres {
+            // One UPDATE … FROM (VALUES …) per chunk; the driver sends typed parameters.
+            // A settlement row is a couple of hundred bytes on the wire.
+            for chunk in ordered.chunks(reservoir_common::db::rows_per_insert(300)) {
+                let mut placeholders = Vec::with_capacity(chunk.len());
+                let mut values: Vec<sea_orm::Value> = vec![tenant.0.into(), now.into()];
+                for (index, (event_id, settlement)) in chunk.iter().enumerate() {
+                    let base = 2 + index * 6;
+                    placeholders.push(format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        base + 1,
+                        base + 2,
+                        base + 3,
+                        base + 4,
+                        base + 5,
+                        base + 6
+                    ));
+                    values.extend([
+                        event_id.clone().into(),
+                        settlement.status.name().into(),
+                        Amount(settlement.charged_amount).into(),
+                        Amount(settlement.uncovered_amount).into(),
+                        json(&settlement.entry_ids).into(),
+                        settlement.reason.clone().into(),
+                    ]);
+                }
+                let sql = format!(
+                    "UPDATE usage_events SET status = v.status, charged_amount = v.charged, uncovered_amount = v.uncovered, \
+                     entry_ids = v.entries, reason = v.reason, updated_at = $2 \
+                     FROM (VALUES {}) AS v(event_id, status, charged, uncovered, entries, reason) \
+                     WHERE usage_events.tenant_id = $1 AND usage_events.event_id = v.event_id AND usage_events.status = 'PENDING'",
+                    placeholders.join(", ")
+                );
+                transaction
+                    .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                    .await?;
+            }
+        } else {
+            for (event_id, settlement) in ordered {
+                event::Entity::update_many()
+                    .col_expr(event::Column::Status, Expr::value(settlement.status.name()))
+                    .col_expr(event::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
+                    .col_expr(event::Column::UncoveredAmount, Expr::value(Amount(settlement.uncovered_amount)))
+                    .col_expr(event::Column::EntryIds, Expr::value(json(&settlement.entry_ids)))
+                    .col_expr(event::Column::Reason, Expr::value(settlement.reason.clone()))
+                    .col_expr(event::Column::UpdatedAt, Expr::value(now))
+                    .filter(event::Column::TenantId.eq(tenant.0))
+                    .filter(event::Column::EventId.eq(event_id.clone()))
+                    .filter(event::Column::Status.eq(EventStatus::Pending.name()))
+                    .exec(&transaction)
+                    .await?;
+            }
         }
         transaction.commit().await?;
         Ok(())

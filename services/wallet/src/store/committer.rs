@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
-use reservoir_common::db::{Database, WriteTransaction};
+use reservoir_common::db::{Database, WriteTransaction, rows_per_insert};
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::entities::idempotency;
-use super::{IdempotencyCheck, LoadPlan, load, write_changes};
+use super::{IdempotencyCheck, load_many, write_changes};
 use crate::domain::{AccountId, Changes, Wallet};
 use crate::error::WalletError;
 
@@ -118,16 +118,7 @@ async fn commit(
     // Lock and load every account once, in id order.
     let accounts: BTreeSet<(TenantId, AccountId)> =
         operations.iter().map(|(tenant, account, ..)| (*tenant, *account)).collect();
-    let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = BTreeMap::new();
-    for (tenant, account) in &accounts {
-        match load(&transaction, *tenant, *account, &LoadPlan::default(), now, true).await {
-            Ok(loaded) => {
-                wallets.insert((*tenant, *account), loaded.wallet);
-            }
-            Err(WalletError::NotFound(_)) => {}
-            Err(error) => return Err(error),
-        }
-    }
+    let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = load_many(&transaction, &accounts, now).await?;
 
     // Every key the batch uses that is already recorded, read under the locks.
     let mut recorded: HashMap<(TenantId, String), (String, String, Vec<u8>)> = HashMap::new();
@@ -184,7 +175,8 @@ async fn commit(
     write_changes(&transaction, &batch).await?;
     let expected = new_records.len() as u64;
     let mut inserted = 0;
-    for chunk in new_records.chunks(500) {
+    // A recorded response is about a kilobyte.
+    for chunk in new_records.chunks(rows_per_insert(1_500)) {
         inserted += idempotency::Entity::insert_many(chunk.to_vec())
             .on_conflict(
                 OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key]).do_nothing().to_owned(),

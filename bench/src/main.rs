@@ -1,0 +1,596 @@
+//! `reservoir-bench` (run by `make bench`): each scenario against its
+//! plain-SQL baseline in the same run, interleaved, several rounds, the
+//! books checked after every candidate run, and the report written.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod baseline;
+mod load;
+mod setup;
+mod stats;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use reservoir_proto::metering as metering_pb;
+use reservoir_proto::wallet as pb;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::setup::{Services, Wallet, bench_database, fresh_schema};
+use crate::stats::{Random, RunResult, Zipf, summarize};
+
+#[derive(Parser)]
+struct Args {
+    /// The release binary under test.
+    #[arg(long, default_value = "target/release/reservoir")]
+    reservoir: PathBuf,
+    /// PostgreSQL server, without a database.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    postgres: String,
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Concurrent clients of the closed-loop runs.
+    #[arg(long, default_value_t = 48)]
+    concurrency: usize,
+    /// Accounts of the spread scenario.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: usize,
+    /// Accounts the ingestion scenario spreads events over.
+    #[arg(long, default_value_t = 10_000)]
+    ingest_accounts: usize,
+    /// Balance reads per second in the read scenario.
+    #[arg(long, default_value_t = 5_000.0)]
+    read_rate: f64,
+    /// Where the report goes.
+    #[arg(long, default_value = "docs/PERFORMANCE.md")]
+    report: PathBuf,
+}
+
+const CENT: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
+const FUNDS: i64 = 1_000_000_000;
+
+/// One scenario's figures over the rounds, candidate and baseline.
+#[derive(Default)]
+struct Comparison {
+    name: String,
+    unit: &'static str,
+    candidate: Vec<RunResult>,
+    baseline: Vec<RunResult>,
+    /// A target, in words, and whether it is met.
+    targets: Vec<(String, bool)>,
+    notes: Vec<String>,
+}
+
+impl Comparison {
+    fn new(name: &str, unit: &'static str) -> Self {
+        Self { name: name.to_owned(), unit, ..Self::default() }
+    }
+
+    fn ratio(&self) -> f64 {
+        let candidate: Vec<f64> = self.candidate.iter().map(RunResult::throughput).collect();
+        let baseline: Vec<f64> = self.baseline.iter().map(RunResult::throughput).collect();
+        summarize(&candidate).0 / summarize(&baseline).0.max(1e-9)
+    }
+
+    fn median(runs: &[RunResult], figure: impl Fn(&RunResult) -> f64) -> (f64, f64, f64) {
+        summarize(&runs.iter().map(figure).collect::<Vec<_>>())
+    }
+}
+
+async fn open_account(wallet: &Wallet, funds: i64) -> anyhow::Result<pb::Account> {
+    let account = wallet
+        .clone()
+        .create_account(pb::CreateAccountRequest {
+            external_id: uuid::Uuid::now_v7().to_string(),
+            unit: Some(pb::Unit { code: "USD".into(), ..Default::default() }),
+            overdraft_policy: pb::OverdraftPolicy::None.into(),
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .account
+        .context("no account")?;
+    wallet
+        .clone()
+        .grant_credits(pb::GrantCreditsRequest {
+            account_id: account.id.clone(),
+            amount: funds.to_string(),
+            kind: pb::GrantKind::Paid.into(),
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(account)
+}
+
+async fn debit(wallet: &Wallet, account: &str) -> bool {
+    let request = pb::DebitRequest {
+        account_id: account.to_owned(),
+        amount: "0.01".into(),
+        idempotency_key: uuid::Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    wallet.clone().debit(request).await.is_ok()
+}
+
+async fn available(wallet: &Wallet, account: &str) -> anyhow::Result<Decimal> {
+    let balance = wallet
+        .clone()
+        .get_balance(pb::GetBalanceRequest { account_id: account.to_owned() })
+        .await?
+        .into_inner()
+        .balance
+        .context("no balance")?;
+    Ok(balance.available.parse()?)
+}
+
+/// The books after a candidate run: the balance fell by exactly the debits
+/// acknowledged, each key is in the ledger once, nothing below the floor.
+async fn check_wallet_books(
+    database: &sea_orm::DatabaseConnection,
+    wallet: &Wallet,
+    accounts: &[pb::Account],
+    before: Decimal,
+    acknowledged: u64,
+) -> anyhow::Result<()> {
+    let mut after = Decimal::ZERO;
+    for account in accounts {
+        let balance = available(wallet, &account.id).await?;
+        if balance < Decimal::ZERO {
+            bail!("account {} below its floor: {balance}", account.id);
+        }
+        after += balance;
+    }
+    let acknowledged_amount = CENT * Decimal::from(acknowledged);
+    if before - after != acknowledged_amount {
+        bail!("balances fell by {} but {acknowledged_amount} was acknowledged", before - after);
+    }
+    let row = database
+        .query_one_raw(Statement::from_string(
+            database.get_database_backend(),
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT idempotency_key) AS k FROM ledger_entries WHERE kind = 'DEBIT'",
+        ))
+        .await?
+        .context("no count")?;
+    let (entries, keys): (i64, i64) = (row.try_get("", "n")?, row.try_get("", "k")?);
+    if entries != keys {
+        bail!("{entries} debit entries but {keys} distinct keys: a key applied twice");
+    }
+    Ok(())
+}
+
+async fn sum_available(wallet: &Wallet, accounts: &[pb::Account]) -> anyhow::Result<Decimal> {
+    let mut total = Decimal::ZERO;
+    for account in accounts {
+        total += available(wallet, &account.id).await?;
+    }
+    Ok(total)
+}
+
+/// Hot wallet or spread, on the service: debits of one cent in a closed loop.
+async fn run_debits(
+    wallet: &Wallet,
+    books: &sea_orm::DatabaseConnection,
+    accounts: &Arc<Vec<pb::Account>>,
+    pick: Arc<dyn Fn(&mut Random) -> usize + Send + Sync>,
+    args: &Args,
+    round: usize,
+) -> anyhow::Result<RunResult> {
+    let before = sum_available(wallet, if accounts.len() == 1 { accounts } else { &[] }).await?;
+    let acknowledged = Arc::new(AtomicU64::new(0));
+    let (client, accounts_run, counter) = (wallet.clone(), accounts.clone(), acknowledged.clone());
+    let result = load::closed_loop(args.concurrency, Duration::from_secs(args.seconds), move |worker, sequence| {
+        let (client, accounts, counter, pick) = (client.clone(), accounts_run.clone(), counter.clone(), pick.clone());
+        async move {
+            let mut random = Random::new((round as u64 + 1) * 1_000_003 + worker as u64 * 7_919 + sequence);
+            let account = &accounts[pick(&mut random)];
+            let ok = debit(&client, &account.id).await;
+            if ok {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            ok
+        }
+    })
+    .await;
+    if accounts.len() == 1 {
+        check_wallet_books(books, wallet, accounts, before, acknowledged.load(Ordering::Relaxed)).await?;
+    }
+    Ok(result)
+}
+
+async fn run_baseline_debits(
+    db: &sea_orm::DatabaseConnection,
+    accounts: usize,
+    pick: Arc<dyn Fn(&mut Random) -> usize + Send + Sync>,
+    args: &Args,
+    round: usize,
+) -> RunResult {
+    let db = db.clone();
+    let _ = accounts;
+    load::closed_loop(args.concurrency, Duration::from_secs(args.seconds), move |worker, sequence| {
+        let (db, pick) = (db.clone(), pick.clone());
+        async move {
+            let mut random = Random::new((round as u64 + 1) * 1_000_003 + worker as u64 * 7_919 + sequence);
+            let account = pick(&mut random) as i64;
+            baseline::debit(&db, account, &uuid::Uuid::now_v7().to_string()).await
+        }
+    })
+    .await
+}
+
+fn line(report: &mut String, comparison: &Comparison) {
+    let tput = |runs: &[RunResult]| Comparison::median(runs, RunResult::throughput);
+    let p = |runs: &[RunResult], q: f64| Comparison::median(runs, |run| run.latency_ms(q));
+    let (c, c_min, c_max) = tput(&comparison.candidate);
+    let (b, b_min, b_max) = tput(&comparison.baseline);
+    let _ = writeln!(
+        report,
+        "| {} | {:.0} ({:.0}–{:.0}) | {:.2} / {:.2} / {:.2} | {:.0} ({:.0}–{:.0}) | {:.2} / {:.2} / {:.2} | **{:.1}×** |",
+        comparison.name,
+        c,
+        c_min,
+        c_max,
+        p(&comparison.candidate, 0.5).0,
+        p(&comparison.candidate, 0.99).0,
+        p(&comparison.candidate, 0.999).0,
+        b,
+        b_min,
+        b_max,
+        p(&comparison.baseline, 0.5).0,
+        p(&comparison.baseline, 0.99).0,
+        p(&comparison.baseline, 0.999).0,
+        comparison.ratio(),
+    );
+    let _ = comparison.unit;
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.reservoir.exists() {
+        bail!("{} is missing: build it with cargo build --release -p reservoir", args.reservoir.display());
+    }
+    let started = Instant::now();
+    let bench_url = bench_database(&args.postgres).await?;
+    for schema in ["wallet_bench", "metering_bench", "baseline"] {
+        fresh_schema(&bench_url, schema).await?;
+    }
+    let data_dir = std::env::temp_dir().join(format!("reservoir-bench-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir)?;
+    let services = Services::start(&args.reservoir, &bench_url, Some(&bench_url), &data_dir).await?;
+    let wallet = services.wallet_client().await?;
+    let books = baseline::connect(&bench_url, Some("wallet_bench"), 2).await?;
+    let baseline_db = baseline::connect(&bench_url, Some("baseline"), args.concurrency as u32).await?;
+    let mut rss_max: f64 = 0.0;
+    let mut comparisons = Vec::new();
+    let mut notes = Vec::new();
+
+    // ---- (a) hot wallet --------------------------------------------------------
+    eprintln!("hot wallet: one account, {} clients", args.concurrency);
+    let hot = Arc::new(vec![open_account(&wallet, FUNDS).await?]);
+    baseline::prepare(&baseline_db, args.accounts.max(1), Decimal::from(FUNDS)).await?;
+    let mut hot_wallet = Comparison::new("(a) hot wallet: debits/s", "debits/s");
+    let one: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(|_| 0);
+    for round in 0..args.rounds {
+        hot_wallet.baseline.push(run_baseline_debits(&baseline_db, 1, one.clone(), &args, round).await);
+        hot_wallet.candidate.push(run_debits(&wallet, &books, &hot, one.clone(), &args, round).await?);
+        rss_max = rss_max.max(services.wallet_rss_mib());
+    }
+    let (baseline_entries, baseline_keys) = baseline::books(&baseline_db).await?;
+    if baseline_entries != baseline_keys {
+        bail!("the baseline applied a key twice");
+    }
+    comparisons.push(hot_wallet);
+
+    // ---- (b) spread -----------------------------------------------------------
+    eprintln!("spread: opening {} accounts", args.accounts);
+    let opening = Instant::now();
+    let spread_accounts = {
+        let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(args.accounts)));
+        let next = Arc::new(AtomicU64::new(0));
+        let total = args.accounts as u64;
+        let tasks: Vec<_> = (0..args.concurrency)
+            .map(|_| {
+                let (wallet, opened, next) = (wallet.clone(), opened.clone(), next.clone());
+                tokio::spawn(async move {
+                    while next.fetch_add(1, Ordering::Relaxed) < total {
+                        if let Ok(account) = open_account(&wallet, 1_000_000).await {
+                            opened.lock().await.push(account);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await?;
+        }
+        Arc::new(std::mem::take(&mut *opened.lock().await))
+    };
+    notes.push(format!(
+        "Opening the {} accounts of the spread scenario (CreateAccount + GrantCredits each) took {:.0} s.",
+        spread_accounts.len(),
+        opening.elapsed().as_secs_f64()
+    ));
+    let count = spread_accounts.len();
+    let uniform: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| random.below(count));
+    let zipf = Arc::new(Zipf::new(count, 1.0));
+    let skewed: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| zipf.sample(random));
+    for (name, pick) in [("(b) spread, uniform: debits/s", uniform), ("(b) spread, Zipf s=1: debits/s", skewed)] {
+        eprintln!("{name}");
+        let mut spread = Comparison::new(name, "debits/s");
+        for round in 0..args.rounds {
+            spread.baseline.push(run_baseline_debits(&baseline_db, count, pick.clone(), &args, round).await);
+            spread.candidate.push(run_debits(&wallet, &books, &spread_accounts, pick.clone(), &args, round).await?);
+            rss_max = rss_max.max(services.wallet_rss_mib());
+        }
+        comparisons.push(spread);
+    }
+
+    // ---- (c) ingestion ----------------------------------------------------------
+    eprintln!("ingestion: batches of 1,000 over {} accounts", args.ingest_accounts);
+    let metering = services.metering_client().await?;
+    metering
+        .clone()
+        .create_meter(metering_pb::CreateMeterRequest {
+            code: "tokens".into(),
+            unit_name: "token".into(),
+            aggregation: metering_pb::Aggregation::Sum.into(),
+            description: String::new(),
+        })
+        .await?;
+    metering
+        .clone()
+        .set_price(metering_pb::SetPriceRequest {
+            meter_code: "tokens".into(),
+            effective_from: None,
+            tiers: vec![metering_pb::Tier { up_to: String::new(), unit_price: "0.001".into() }],
+            overrides: Vec::new(),
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+        })
+        .await?;
+    let ingest_accounts: Arc<Vec<String>> =
+        Arc::new(spread_accounts.iter().take(args.ingest_accounts).map(|account| account.id.clone()).collect());
+    let mut ingestion = Comparison::new("(c) ingestion: events/s", "events/s");
+    let sent_ids = Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+    for round in 0..args.rounds {
+        // The same kind of batches for both: 10% of each batch repeats earlier ids.
+        let account_count = ingest_accounts.len();
+        let batch = move |random: &mut Random, earlier: &[String]| -> Vec<(String, usize)> {
+            (0..1_000)
+                .map(|_| {
+                    let id = if !earlier.is_empty() && random.below(10) == 0 {
+                        earlier[random.below(earlier.len())].clone()
+                    } else {
+                        uuid::Uuid::now_v7().to_string()
+                    };
+                    (id, random.below(account_count))
+                })
+                .collect()
+        };
+        let baseline_db_run = baseline_db.clone();
+        let baseline_ids = Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
+        let result = load::closed_loop(4, Duration::from_secs(args.seconds), move |worker, sequence| {
+            let (db, ids) = (baseline_db_run.clone(), baseline_ids.clone());
+            async move {
+                let mut random = Random::new(round as u64 * 31 + worker as u64 * 17 + sequence + 1);
+                let earlier = ids.lock().await.clone();
+                let events: Vec<(String, i64)> =
+                    batch(&mut random, &earlier).into_iter().map(|(id, account)| (id, account as i64)).collect();
+                ids.lock().await.extend(events.iter().take(100).map(|(id, _)| id.clone()));
+                baseline::insert_events(&db, &events).await
+            }
+        })
+        .await;
+        ingestion.baseline.push(RunResult { operations: result.operations * 1_000, ..result });
+        let (client, ids, accounts) = (metering.clone(), sent_ids.clone(), ingest_accounts.clone());
+        let result = load::closed_loop(4, Duration::from_secs(args.seconds), move |worker, sequence| {
+            let (mut client, ids, accounts) = (client.clone(), ids.clone(), accounts.clone());
+            async move {
+                let mut random = Random::new(round as u64 * 37 + worker as u64 * 13 + sequence + 7);
+                let earlier = ids.lock().await.clone();
+                let events: Vec<metering_pb::UsageEvent> = batch(&mut random, &earlier)
+                    .into_iter()
+                    .map(|(id, account)| metering_pb::UsageEvent {
+                        event_id: id,
+                        account_id: accounts[account].clone(),
+                        meter_code: "tokens".into(),
+                        quantity: "1".into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                ids.lock().await.extend(events.iter().take(100).map(|event| event.event_id.clone()));
+                client.ingest_events(metering_pb::IngestEventsRequest { events }).await.is_ok()
+            }
+        })
+        .await;
+        ingestion.candidate.push(RunResult { operations: result.operations * 1_000, ..result });
+        rss_max = rss_max.max(services.wallet_rss_mib() + services.metering_rss_mib());
+    }
+    let metering_books = baseline::connect(&bench_url, Some("metering_bench"), 2).await?;
+    let row = metering_books
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT event_id) AS k FROM usage_events",
+        ))
+        .await?
+        .context("no count")?;
+    let (stored, distinct): (i64, i64) = (row.try_get("", "n")?, row.try_get("", "k")?);
+    ingestion.notes.push(format!("stored events {stored}, distinct ids {distinct}"));
+    if stored != distinct {
+        bail!("metering stored an event id twice");
+    }
+    comparisons.push(ingestion);
+
+    // ---- (d) balance reads during half-speed hot-wallet writes -------------------
+    let hot_median = summarize(&comparisons[0].candidate.iter().map(RunResult::throughput).collect::<Vec<_>>()).0;
+    let base_median = summarize(&comparisons[0].baseline.iter().map(RunResult::throughput).collect::<Vec<_>>()).0;
+    eprintln!("reads: {} GetBalance/s while writing at {:.0}/s", args.read_rate, hot_median / 2.0);
+    let mut reads = Comparison::new("(d) balance reads at a fixed rate: reads/s", "reads/s");
+    let stale = Arc::new(AtomicU64::new(0));
+    for round in 0..args.rounds {
+        // Baseline: plain SELECTs while plain transactions write at half the baseline's rate.
+        let (db, writer_db) = (baseline_db.clone(), baseline_db.clone());
+        let writers = tokio::spawn(load::open_loop(base_median / 2.0, Duration::from_secs(args.seconds), move |_| {
+            let db = writer_db.clone();
+            async move { baseline::debit(&db, 0, &uuid::Uuid::now_v7().to_string()).await }
+        }));
+        reads.baseline.push(
+            load::open_loop(args.read_rate, Duration::from_secs(args.seconds), move |_| {
+                let db = db.clone();
+                async move { baseline::read_balance(&db, 0).await }
+            })
+            .await,
+        );
+        writers.await?;
+        // Candidate: GetBalance while debits run at half the hot wallet's rate;
+        // every read must show each debit acknowledged before it was sent.
+        let account = hot[0].id.clone();
+        let start_balance = available(&wallet, &account).await?;
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        let (writer, writer_account, writer_count) = (wallet.clone(), account.clone(), acknowledged.clone());
+        let writers = tokio::spawn(load::open_loop(hot_median / 2.0, Duration::from_secs(args.seconds), move |_| {
+            let (client, account, count) = (writer.clone(), writer_account.clone(), writer_count.clone());
+            async move {
+                let ok = debit(&client, &account).await;
+                if ok {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                ok
+            }
+        }));
+        let (reader, stale_reads) = (wallet.clone(), stale.clone());
+        reads.candidate.push(
+            load::open_loop(args.read_rate, Duration::from_secs(args.seconds), move |_| {
+                let (client, account, acknowledged, stale) =
+                    (reader.clone(), account.clone(), acknowledged.clone(), stale_reads.clone());
+                async move {
+                    let before = acknowledged.load(Ordering::Relaxed);
+                    match available(&client, &account).await {
+                        Ok(balance) => {
+                            if balance > start_balance - CENT * Decimal::from(before) {
+                                stale.fetch_add(1, Ordering::Relaxed);
+                            }
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await,
+        );
+        writers.await?;
+        let _ = round;
+        rss_max = rss_max.max(services.wallet_rss_mib());
+    }
+    reads.notes.push(format!("reads that missed a debit acknowledged before them: {}", stale.load(Ordering::Relaxed)));
+    comparisons.push(reads);
+    let ledger_rows = books
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT COUNT(*) AS n FROM ledger_entries"))
+        .await?
+        .context("no count")?
+        .try_get::<i64>("", "n")?;
+    notes.push(format!("The wallet's ledger held {ledger_rows} entries at the end of the PostgreSQL runs."));
+    services.stop().await;
+
+    // ---- SQLite: hot wallet ---------------------------------------------------------
+    eprintln!("SQLite hot wallet");
+    let sqlite_wallet = format!("sqlite://{}/wallet.db?mode=rwc", data_dir.display());
+    let sqlite_services = Services::start(&args.reservoir, &sqlite_wallet, None, &data_dir).await?;
+    let sqlite_client = sqlite_services.wallet_client().await?;
+    let sqlite_books = baseline::connect(&sqlite_wallet, None, 2).await?;
+    let sqlite_hot = Arc::new(vec![open_account(&sqlite_client, FUNDS).await?]);
+    let sqlite_baseline_db = baseline::connect(
+        &format!("sqlite://{}/baseline.db?mode=rwc", data_dir.display()),
+        None,
+        args.concurrency as u32,
+    )
+    .await?;
+    baseline::prepare(&sqlite_baseline_db, 1, Decimal::from(FUNDS)).await?;
+    let mut sqlite = Comparison::new("SQLite hot wallet (synchronous=FULL): debits/s", "debits/s");
+    for round in 0..args.rounds {
+        sqlite.baseline.push(run_baseline_debits(&sqlite_baseline_db, 1, one.clone(), &args, round).await);
+        sqlite.candidate.push(run_debits(&sqlite_client, &sqlite_books, &sqlite_hot, one.clone(), &args, round).await?);
+        rss_max = rss_max.max(sqlite_services.wallet_rss_mib());
+    }
+    comparisons.push(sqlite);
+    sqlite_services.stop().await;
+
+    // ---- targets and report ------------------------------------------------------------
+    let ratios: Vec<f64> = comparisons.iter().map(Comparison::ratio).collect();
+    let p99s: Vec<f64> =
+        comparisons.iter().map(|c| Comparison::median(&c.candidate, |run| run.latency_ms(0.99)).0).collect();
+    let ingest_rate = summarize(&comparisons[3].candidate.iter().map(RunResult::throughput).collect::<Vec<_>>()).0;
+    let stale_reads = stale.load(Ordering::Relaxed);
+    comparisons[0].targets.push((format!("≥ 10× baseline (measured {:.1}×)", ratios[0]), ratios[0] >= 10.0));
+    comparisons[0].targets.push((format!("p99 ≤ 25 ms (measured {:.1} ms)", p99s[0]), p99s[0] <= 25.0));
+    for index in [1, 2] {
+        comparisons[index]
+            .targets
+            .push((format!("≥ 2× baseline (measured {:.1}×)", ratios[index]), ratios[index] >= 2.0));
+    }
+    comparisons[3].targets.push((format!("≥ 20,000 events/s (measured {ingest_rate:.0})"), ingest_rate >= 20_000.0));
+    comparisons[3]
+        .targets
+        .push((format!("≥ 50% of the raw insert baseline (measured {:.0}%)", ratios[3] * 100.0), ratios[3] >= 0.5));
+    comparisons[4]
+        .targets
+        .push((format!("p99 ≤ 2 ms at {} reads/s (measured {:.2} ms)", args.read_rate, p99s[4]), p99s[4] <= 2.0));
+    comparisons[4].targets.push(("every read shows every debit acknowledged before it".into(), stale_reads == 0));
+    comparisons[5].targets.push((format!("≥ 5× baseline (measured {:.1}×)", ratios[5]), ratios[5] >= 5.0));
+    notes.push(format!(
+        "Largest resident memory of a service process seen during the runs: {rss_max:.0} MiB (target: under 200 MB)."
+    ));
+
+    let mut report = String::new();
+    let _ = writeln!(report, "# Performance\n");
+    let _ = writeln!(
+        report,
+        "Written by `make bench` (`reservoir-bench`) on {} in {:.0} s: {} rounds of {} s per run, baseline and candidate interleaved, {} clients in the closed-loop runs. Figures are medians over the rounds with the min–max in brackets; latencies are p50 / p99 / p99.9 in milliseconds.\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        started.elapsed().as_secs_f64(),
+        args.rounds,
+        args.seconds,
+        args.concurrency,
+    );
+    let _ = writeln!(report, "| scenario | Reservoir | latency ms | baseline | latency ms | ratio |");
+    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    for comparison in &comparisons {
+        line(&mut report, comparison);
+    }
+    let _ = writeln!(report, "\n## Targets\n");
+    for comparison in &comparisons {
+        for (target, met) in &comparison.targets {
+            let _ = writeln!(report, "- {} — {}: {}", comparison.name, target, if *met { "met" } else { "**missed**" });
+        }
+        for note in &comparison.notes {
+            let _ = writeln!(report, "- {} — {}", comparison.name, note);
+        }
+    }
+    let _ = writeln!(report, "\n## Notes\n");
+    for note in &notes {
+        let _ = writeln!(report, "- {note}");
+    }
+    let _ = writeln!(
+        report,
+        "\nBaselines: (a), (b) a plain transaction per debit (guarded UPDATE of the balance, INSERT of the entry, COMMIT) straight to PostgreSQL at the same concurrency; (c) a multi-row `INSERT … ON CONFLICT DO NOTHING` of the same batches; (d) a plain `SELECT` of the balance row while plain transactions write at half the baseline's rate; SQLite: the plain transaction per debit with `synchronous=FULL`."
+    );
+    if let Some(parent) = args.report.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let existing = std::fs::read_to_string(&args.report).unwrap_or_default();
+    let kept = existing.split("\n<!-- measured -->").nth(1).map(|rest| rest.to_owned()).unwrap_or_default();
+    std::fs::write(&args.report, format!("{report}\n<!-- measured -->{kept}"))?;
+    println!("{report}");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
