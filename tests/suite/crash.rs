@@ -54,35 +54,6 @@ fn start_debiting(
         .collect()
 }
 
-async fn open_funded_account(client: &Client) -> pb::Account {
-    let account = client
-        .clone()
-        .create_account(pb::CreateAccountRequest {
-            external_id: key(),
-            unit: Some(pb::Unit { code: "USD".into(), ..Default::default() }),
-            overdraft_policy: pb::OverdraftPolicy::None.into(),
-            idempotency_key: key(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
-    client
-        .clone()
-        .grant_credits(pb::GrantCreditsRequest {
-            account_id: account.id.clone(),
-            amount: "1000000".into(),
-            kind: pb::GrantKind::Paid.into(),
-            idempotency_key: key(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    account
-}
-
 async fn killed_mid_stream(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
@@ -92,7 +63,7 @@ async fn killed_mid_stream(backend: Backend) {
     let api_key = environment.create_tenant().await;
     wallet.start(&environment).await;
     let client_before = client(wallet.address(), &api_key).await;
-    let account = open_funded_account(&client_before).await;
+    let account = open_funded_account(&client_before, "1000000").await;
     let sent = Arc::new(Mutex::new(Sent::default()));
     let workers = start_debiting(wallet.address(), api_key.clone(), account.clone(), sent.clone());
     // Let a few hundred debits through, then pull the plug mid-stream.
@@ -155,7 +126,7 @@ async fn terminated_mid_stream(backend: Backend) {
     let mut wallet = ServiceProcess::wallet(&environment);
     let api_key = environment.create_tenant().await;
     wallet.start(&environment).await;
-    let account = open_funded_account(&client(wallet.address(), &api_key).await).await;
+    let account = open_funded_account(&client(wallet.address(), &api_key).await, "1000000").await;
     let sent = Arc::new(Mutex::new(Sent::default()));
     let workers = start_debiting(wallet.address(), api_key.clone(), account.clone(), sent.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -46,31 +46,7 @@ async fn start(backend: Backend) -> Option<Running> {
     let mut metering = ServiceProcess::metering(&environment);
     metering.start(&environment).await;
     let wallet_client = client(wallet.address(), &api_key).await;
-    let account = wallet_client
-        .clone()
-        .create_account(wallet_pb::CreateAccountRequest {
-            external_id: key(),
-            unit: Some(wallet_pb::Unit { code: "USD".into(), ..Default::default() }),
-            overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
-            idempotency_key: key(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
-    wallet_client
-        .clone()
-        .grant_credits(wallet_pb::GrantCreditsRequest {
-            account_id: account.id.clone(),
-            amount: "1000000".into(),
-            kind: wallet_pb::GrantKind::Paid.into(),
-            idempotency_key: key(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let account = open_funded_account(&wallet_client, "1000000").await;
     let mut metering_api = metering_client(metering.address(), &api_key).await;
     metering_api
         .create_meter(pb::CreateMeterRequest {

@@ -131,3 +131,36 @@ pub fn assert_invalid(result: Result<impl std::fmt::Debug, Status>, field: &str)
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(violated_fields(&status).iter().any(|violated| violated == field), "{field} not in {status:?}");
 }
+
+/// A prepaid account in USD with `amount` of paid credits ("0" for none).
+pub async fn open_funded_account(client: &Client, amount: &str) -> reservoir_proto::wallet::Account {
+    use reservoir_proto::wallet as pb;
+    let account = client
+        .clone()
+        .create_account(pb::CreateAccountRequest {
+            external_id: key(),
+            unit: Some(pb::Unit { code: "USD".into(), ..Default::default() }),
+            overdraft_policy: pb::OverdraftPolicy::None.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .expect("CreateAccount")
+        .into_inner()
+        .account
+        .expect("an account");
+    if amount != "0" {
+        client
+            .clone()
+            .grant_credits(pb::GrantCreditsRequest {
+                account_id: account.id.clone(),
+                amount: amount.into(),
+                kind: pb::GrantKind::Paid.into(),
+                idempotency_key: key(),
+                ..Default::default()
+            })
+            .await
+            .expect("GrantCredits");
+    }
+    account
+}

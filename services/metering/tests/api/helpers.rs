@@ -186,36 +186,7 @@ pub async fn priced_meter(suite: &Suite, code: &str, unit_price: &str) {
 }
 
 pub async fn funded_account(suite: &Suite, amount: &str) -> wallet_pb::Account {
-    let account = suite
-        .wallet
-        .clone()
-        .create_account(wallet_pb::CreateAccountRequest {
-            external_id: key(),
-            unit: Some(wallet_pb::Unit { code: "USD".into(), ..Default::default() }),
-            overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
-            idempotency_key: key(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
-    if amount != "0" {
-        suite
-            .wallet
-            .clone()
-            .grant_credits(wallet_pb::GrantCreditsRequest {
-                account_id: account.id.clone(),
-                amount: amount.into(),
-                kind: wallet_pb::GrantKind::Paid.into(),
-                idempotency_key: key(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
-    account
+    open_funded_account(&suite.wallet, amount).await
 }
 
 pub fn event(account: &wallet_pb::Account, meter: &str, quantity: &str) -> pb::UsageEvent {
