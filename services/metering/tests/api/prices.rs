@@ -10,7 +10,8 @@ async fn a_new_price_applies_from_its_instant_and_never_to_earlier_usage(suite: 
     priced_meter(&suite, "tokens", "1").await;
     let account = funded_account(&suite, "100").await;
     let before = ingest(&suite, vec![event(&account, "tokens", "5")]).await;
-    let from = chrono::Utc::now() + chrono::Duration::milliseconds(500);
+    // Far enough ahead that SetPrice reaches the server before it, even on a busy machine.
+    let from = chrono::Utc::now() + chrono::Duration::seconds(2);
     suite
         .metering
         .clone()
@@ -30,7 +31,7 @@ async fn a_new_price_applies_from_its_instant_and_never_to_earlier_usage(suite: 
     let results = ingest(&suite, vec![early, late]).await;
     let amounts: Vec<&str> = results.iter().map(|result| result.amount.as_str()).collect();
     assert_eq!(amounts, vec!["5", "15"], "usage is priced at its own instant");
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
     let schedule = suite
         .metering
         .clone()

@@ -402,10 +402,12 @@ impl WalletService for WalletApi {
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.correlation_id = request.correlation_id.clone();
         ctx.metadata = request.metadata.clone();
+        // Through the group committer, like debits: grants need only the live wallet.
         let response = self
-            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
-                let id = loaded.wallet.grant(&ctx, new)?;
-                let wallet = &loaded.wallet;
+            .store
+            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
+                let id = wallet.grant(&ctx, new)?;
+                let wallet = &*wallet;
                 let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("the new grant is missing"))?;
                 Ok(pb::GrantCreditsResponse {
                     grant: Some(convert::grant(grant, &wallet.account.unit, now)),
@@ -552,10 +554,12 @@ impl WalletService for WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
         let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
+        let meter = meter.map(str::to_owned);
         let response = self
-            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
-                let id = loaded.wallet.reserve(&ctx, amount.unwrap_or_default(), ttl, meter)?;
-                let wallet = &loaded.wallet;
+            .store
+            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
+                let id = wallet.reserve(&ctx, amount.unwrap_or_default(), ttl, meter.as_deref())?;
+                let wallet = &*wallet;
                 let hold = wallet.hold_by_id(id).ok_or(DomainError::Inconsistent("the new hold is missing"))?;
                 Ok(pb::ReserveResponse {
                     hold: Some(convert::hold(hold, &wallet.account.unit)),
