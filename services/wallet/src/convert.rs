@@ -62,6 +62,7 @@ pub fn account(account: &Account) -> pb::Account {
         metadata: account.metadata.clone(),
         created_at: Some(to_timestamp(account.created_at)),
         updated_at: Some(to_timestamp(account.updated_at)),
+        credit_blocked: account.credit_blocked,
     }
 }
 

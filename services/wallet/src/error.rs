@@ -42,6 +42,7 @@ impl WalletError {
             Self::NotFound(_) => "NOT_FOUND",
             Self::Domain(error) => match error {
                 DomainError::InsufficientFunds => "INSUFFICIENT_FUNDS",
+                DomainError::CreditBlocked => "CREDIT_BLOCKED",
                 DomainError::AccountSuspended => "ACCOUNT_SUSPENDED",
                 DomainError::AccountClosed => "ACCOUNT_CLOSED",
                 DomainError::HoldNotActive(_) => "HOLD_NOT_ACTIVE",

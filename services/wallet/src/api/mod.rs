@@ -306,6 +306,7 @@ impl WalletService for WalletApi {
                 .low_balance_threshold
                 .as_deref()
                 .map(|text| threshold_from(&mut violations, text, &unit)),
+            credit_blocked: request.credit_blocked,
         };
         if request.overdraft_policy.is_none() && !request.credit_limit.is_empty() {
             violations.add("credit_limit", "is set together with overdraft_policy");

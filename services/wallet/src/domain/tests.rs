@@ -270,6 +270,21 @@ fn credit_limit_lets_the_balance_go_down_to_minus_the_limit() {
 }
 
 #[test]
+fn a_blocked_credit_limit_refuses_what_only_the_overdraft_would_cover() {
+    let mut books = Books::new(Overdraft::CreditLimit(d("50")));
+    books.grant("10", GrantKind::Paid);
+    let block = AccountUpdate { credit_blocked: Some(true), ..AccountUpdate::default() };
+    books.run(|wallet| wallet.update(&ctx(t0()), block)).unwrap();
+    assert_eq!(books.debit("10.01"), Err(DomainError::CreditBlocked));
+    books.debit("10").unwrap();
+    let unblock = AccountUpdate { credit_blocked: Some(false), ..AccountUpdate::default() };
+    books.run(|wallet| wallet.update(&ctx(t0()), unblock)).unwrap();
+    books.debit("20").unwrap();
+    assert_eq!(books.available(), d("-20"));
+    books.check_invariants();
+}
+
+#[test]
 fn unlimited_overdraft_takes_any_debit() {
     let mut books = Books::new(Overdraft::Unlimited);
     books.debit("123456.78").unwrap();

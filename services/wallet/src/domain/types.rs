@@ -192,6 +192,8 @@ pub struct Account {
     pub low_balance_alerted: bool,
     /// Set when BALANCE_DEPLETED was sent and the balance has not risen above zero since.
     pub depleted_alerted: bool,
+    /// Set while a postpaid invoice is overdue: the overdraft may not be drawn on.
+    pub credit_blocked: bool,
     /// What is owed on the overdraft, zero or more.
     pub overdraft_used: Decimal,
     /// The sum of active holds.
@@ -319,6 +321,8 @@ pub struct BalanceView {
 pub enum DomainError {
     #[error("insufficient funds")]
     InsufficientFunds,
+    #[error("the credit limit is blocked until an overdue invoice is paid")]
+    CreditBlocked,
     #[error("the account is suspended")]
     AccountSuspended,
     #[error("the account is closed")]
@@ -416,4 +420,5 @@ pub struct AccountUpdate {
     pub overdraft: Option<Overdraft>,
     /// `Some(None)` clears the threshold.
     pub low_balance_threshold: Option<Option<Decimal>>,
+    pub credit_blocked: Option<bool>,
 }

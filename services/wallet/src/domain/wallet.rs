@@ -69,6 +69,7 @@ impl Wallet {
             low_balance_alerted,
             // An empty wallet has not crossed into depletion; it starts there.
             depleted_alerted: true,
+            credit_blocked: false,
             overdraft_used: Decimal::ZERO,
             held: Decimal::ZERO,
             last_sequence: 0,
@@ -461,6 +462,9 @@ impl Wallet {
         if let Some(overdraft) = update.overdraft {
             self.account.overdraft = overdraft;
         }
+        if let Some(blocked) = update.credit_blocked {
+            self.account.credit_blocked = blocked;
+        }
         if let Some(threshold) = update.low_balance_threshold {
             self.account.low_balance_threshold = threshold;
             // Setting a threshold is not a crossing: only a later fall below it alerts.
@@ -545,6 +549,10 @@ impl Wallet {
         // still need. Holds are not tied to grants, so this is conservative.
         let reserved = (view.held - freed).max(Decimal::ZERO);
         let uncovered = (amount - (eligible - reserved).max(Decimal::ZERO)).max(Decimal::ZERO);
+        let needs_overdraft = !uncovered.is_zero() || available - amount < Decimal::ZERO;
+        if self.account.credit_blocked && needs_overdraft && self.account.overdraft != Overdraft::None {
+            return Err(DomainError::CreditBlocked);
+        }
         let fits = match self.account.overdraft {
             Overdraft::None => uncovered.is_zero() && available - amount >= Decimal::ZERO,
             Overdraft::CreditLimit(limit) => {

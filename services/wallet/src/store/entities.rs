@@ -65,6 +65,7 @@ pub mod account {
         pub low_balance_alerted: bool,
         pub depleted_alerted: bool,
         pub overdraft_used: Amount,
+        pub credit_blocked: bool,
         pub held: Amount,
         pub last_sequence: i64,
         pub metadata: String,

@@ -11,7 +11,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ServiceKeys)]
+        vec![Box::new(Initial), Box::new(ServiceKeys), Box::new(CreditBlock)]
     }
 }
 
@@ -210,6 +210,26 @@ impl MigrationTrait for ServiceKeys {
             .execute_unprepared(
                 "ALTER TABLE api_keys ADD COLUMN kind TEXT NOT NULL DEFAULT 'TENANT' CHECK (kind IN ('TENANT', 'SERVICE'))",
             )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The flag an overdue postpaid invoice sets to block the overdraft.
+struct CreditBlock;
+
+impl MigrationName for CreditBlock {
+    fn name(&self) -> &str {
+        "m0003_credit_block"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for CreditBlock {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("ALTER TABLE accounts ADD COLUMN credit_blocked BOOLEAN NOT NULL DEFAULT FALSE")
             .await?;
         Ok(())
     }

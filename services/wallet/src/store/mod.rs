@@ -690,15 +690,15 @@ async fn update_accounts_together(
     transaction: &DatabaseTransaction,
     changed: &[&(&Wallet, Changes)],
 ) -> Result<(), WalletError> {
-    // Eleven parameters a row; 400 rows stay far below the parameter limit.
+    // Twelve parameters a row; 400 rows stay far below the parameter limit.
     for chunk in changed.chunks(400) {
         let mut placeholders = Vec::with_capacity(chunk.len());
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 11);
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 12);
         for (index, (wallet, _)) in chunk.iter().enumerate() {
             let account = &wallet.account;
-            let base = index * 11;
+            let base = index * 12;
             placeholders
-                .push(format!("({})", (1..=11).map(|n| format!("${}", base + n)).collect::<Vec<_>>().join(", ")));
+                .push(format!("({})", (1..=12).map(|n| format!("${}", base + n)).collect::<Vec<_>>().join(", ")));
             let policy = match account.overdraft {
                 crate::domain::Overdraft::None => "NONE",
                 crate::domain::Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
@@ -716,13 +716,15 @@ async fn update_accounts_together(
                 Amount(account.held).into(),
                 i64::try_from(account.last_sequence).unwrap_or(i64::MAX).into(),
                 account.updated_at.into(),
+                account.credit_blocked.into(),
             ]);
         }
         let sql = format!(
             "UPDATE accounts SET status = v.status, overdraft_policy = v.policy, credit_limit = v.credit_limit, \
              low_balance_threshold = v.threshold, low_balance_alerted = v.low, depleted_alerted = v.depleted, \
-             overdraft_used = v.overdraft_used, held = v.held, last_sequence = v.last_sequence, updated_at = v.updated_at \
-             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at) \
+             overdraft_used = v.overdraft_used, held = v.held, last_sequence = v.last_sequence, updated_at = v.updated_at, \
+             credit_blocked = v.credit_blocked \
+             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at, credit_blocked) \
              WHERE accounts.id = v.id",
             placeholders.join(", ")
         );

@@ -86,6 +86,25 @@ async fn a_credit_limit_lets_the_balance_go_negative_and_new_credits_repay_it(ap
     assert_books_balance(&app.client, &account).await;
 }
 
+async fn an_overdue_invoice_blocks_the_credit_limit_until_cleared(app: &TestApp) {
+    let account = open_account(&app.client, pb::OverdraftPolicy::CreditLimit, "100").await;
+    grant(&app.client, &account, "5", pb::GrantKind::Paid).await;
+    let set_blocked = |blocked: bool| pb::UpdateAccountRequest {
+        account_id: account.id.clone(),
+        credit_blocked: Some(blocked),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    let updated = app.client.clone().update_account(set_blocked(true)).await.unwrap().into_inner();
+    assert!(updated.account.unwrap().credit_blocked);
+    assert_refused(debit(&app.client, &account, "5.01").await, Code::FailedPrecondition, "CREDIT_BLOCKED");
+    debit(&app.client, &account, "5").await.expect("credits still spend while blocked");
+    app.client.clone().update_account(set_blocked(false)).await.unwrap();
+    debit(&app.client, &account, "30").await.unwrap();
+    assert_eq!(available(&app.client, &account).await, d("-30"));
+    assert_books_balance(&app.client, &account).await;
+}
+
 async fn an_unlimited_account_takes_any_debit(app: &TestApp) {
     let account = open_account(&app.client, pb::OverdraftPolicy::Unlimited, "").await;
     debit(&app.client, &account, "99999.99").await.unwrap();
@@ -234,6 +253,7 @@ crate::on_both_backends!(
     a_grant_restricted_to_a_meter_is_drawn_only_by_that_meter,
     a_credit_limit_lets_the_balance_go_negative_and_new_credits_repay_it,
     an_unlimited_account_takes_any_debit,
+    an_overdue_invoice_blocks_the_credit_limit_until_cleared,
     credits_stop_counting_at_expiry_and_the_sweeper_writes_them_off,
     a_refund_goes_back_to_the_grants_drawn_and_never_exceeds_the_debit,
     voiding_a_grant_removes_what_remains_of_it,
