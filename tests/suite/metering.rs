@@ -131,12 +131,15 @@ async fn killed_mid_ingest(backend: Backend) {
         amounts.clear();
         let mut all_charged = true;
         for batch in &batches {
-            let results = api
-                .ingest_events(pb::IngestEventsRequest { events: batch.clone() })
-                .await
-                .unwrap()
-                .into_inner()
-                .results;
+            let results = match api.ingest_events(pb::IngestEventsRequest { events: batch.clone() }).await {
+                Ok(response) => response.into_inner().results,
+                // A client retries what the service asks it to retry.
+                Err(status) if matches!(status.code(), tonic::Code::Aborted | tonic::Code::Unavailable) => {
+                    all_charged = false;
+                    continue;
+                }
+                Err(status) => panic!("re-sending a batch failed: {status:?}"),
+            };
             for result in results {
                 let status = if result.status == i32::from(pb::EventStatus::Duplicate) {
                     result.original_status

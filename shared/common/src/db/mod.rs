@@ -16,6 +16,11 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 pub use self::amount::Amount;
 use crate::settings::DatabaseSettings;
 
+/// A one-row table every SQLite database gets, so that a write transaction
+/// can take the write lock with its first statement.
+const WRITE_TURN_TABLE: &str = "CREATE TABLE IF NOT EXISTS reservoir_write_turn (id INTEGER PRIMARY KEY CHECK (id = 1)); \
+     INSERT OR IGNORE INTO reservoir_write_turn (id) VALUES (1)";
+
 /// How long a connection may be waited for before the call fails as UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -73,6 +78,9 @@ impl Database {
             });
         }
         let connection = SeaDatabase::connect(options).await?;
+        if !postgres {
+            connection.execute_unprepared(WRITE_TURN_TABLE).await?;
+        }
         Ok(Self { connection, write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))) })
     }
 
@@ -85,12 +93,20 @@ impl Database {
     }
 
     /// Begins a write transaction, waiting for the SQLite writer's turn first.
+    /// On SQLite the transaction writes before it reads, as BEGIN IMMEDIATE
+    /// would: a deferred transaction that reads first and writes later fails
+    /// with "database is locked" at once when any other connection committed
+    /// a write in between (a single-statement write outside this process's
+    /// queue, another process), instead of waiting its turn.
     pub async fn begin_write(&self) -> Result<WriteTransaction, DbErr> {
         let turn = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
         let transaction = self.connection.begin().await?;
+        if turn.is_some() {
+            transaction.execute_unprepared("UPDATE reservoir_write_turn SET id = 1 WHERE id = 1").await?;
+        }
         Ok(WriteTransaction { transaction, turn })
     }
 
