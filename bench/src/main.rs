@@ -62,7 +62,6 @@ const FUNDS: i64 = 1_000_000_000;
 #[derive(Default)]
 struct Comparison {
     name: String,
-    unit: &'static str,
     candidate: Vec<RunResult>,
     baseline: Vec<RunResult>,
     /// A target, in words, and whether it is met.
@@ -71,8 +70,8 @@ struct Comparison {
 }
 
 impl Comparison {
-    fn new(name: &str, unit: &'static str) -> Self {
-        Self { name: name.to_owned(), unit, ..Self::default() }
+    fn new(name: &str) -> Self {
+        Self { name: name.to_owned(), ..Self::default() }
     }
 
     fn ratio(&self) -> f64 {
@@ -210,13 +209,11 @@ async fn run_debits(
 
 async fn run_baseline_debits(
     db: &sea_orm::DatabaseConnection,
-    accounts: usize,
     pick: Arc<dyn Fn(&mut Random) -> usize + Send + Sync>,
     args: &Args,
     round: usize,
 ) -> RunResult {
     let db = db.clone();
-    let _ = accounts;
     load::closed_loop(args.concurrency, Duration::from_secs(args.seconds), move |worker, sequence| {
         let (db, pick) = (db.clone(), pick.clone());
         async move {
@@ -251,7 +248,6 @@ fn line(report: &mut String, comparison: &Comparison) {
         p(&comparison.baseline, 0.999).0,
         comparison.ratio(),
     );
-    let _ = comparison.unit;
 }
 
 #[tokio::main]
@@ -279,10 +275,10 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("hot wallet: one account, {} clients", args.concurrency);
     let hot = Arc::new(vec![open_account(&wallet, FUNDS).await?]);
     baseline::prepare(&baseline_db, args.accounts.max(1), Decimal::from(FUNDS)).await?;
-    let mut hot_wallet = Comparison::new("(a) hot wallet: debits/s", "debits/s");
+    let mut hot_wallet = Comparison::new("(a) hot wallet: debits/s");
     let one: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(|_| 0);
     for round in 0..args.rounds {
-        hot_wallet.baseline.push(run_baseline_debits(&baseline_db, 1, one.clone(), &args, round).await);
+        hot_wallet.baseline.push(run_baseline_debits(&baseline_db, one.clone(), &args, round).await);
         hot_wallet.candidate.push(run_debits(&wallet, &books, &hot, one.clone(), &args, round).await?);
         rss_max = rss_max.max(services.wallet_rss_mib());
     }
@@ -327,9 +323,9 @@ async fn main() -> anyhow::Result<()> {
     let skewed: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| zipf.sample(random));
     for (name, pick) in [("(b) spread, uniform: debits/s", uniform), ("(b) spread, Zipf s=1: debits/s", skewed)] {
         eprintln!("{name}");
-        let mut spread = Comparison::new(name, "debits/s");
+        let mut spread = Comparison::new(name);
         for round in 0..args.rounds {
-            spread.baseline.push(run_baseline_debits(&baseline_db, count, pick.clone(), &args, round).await);
+            spread.baseline.push(run_baseline_debits(&baseline_db, pick.clone(), &args, round).await);
             spread.candidate.push(run_debits(&wallet, &books, &spread_accounts, pick.clone(), &args, round).await?);
             rss_max = rss_max.max(services.wallet_rss_mib());
         }
@@ -360,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     let ingest_accounts: Arc<Vec<String>> =
         Arc::new(spread_accounts.iter().take(args.ingest_accounts).map(|account| account.id.clone()).collect());
-    let mut ingestion = Comparison::new("(c) ingestion: events/s", "events/s");
+    let mut ingestion = Comparison::new("(c) ingestion: events/s");
     let sent_ids = Arc::new(tokio::sync::Mutex::new(Vec::<String>::new()));
     for round in 0..args.rounds {
         // The same kind of batches for both: 10% of each batch repeats earlier ids.
@@ -435,9 +431,9 @@ async fn main() -> anyhow::Result<()> {
     let hot_median = summarize(&comparisons[0].candidate.iter().map(RunResult::throughput).collect::<Vec<_>>()).0;
     let base_median = summarize(&comparisons[0].baseline.iter().map(RunResult::throughput).collect::<Vec<_>>()).0;
     eprintln!("reads: {} GetBalance/s while writing at {:.0}/s", args.read_rate, hot_median / 2.0);
-    let mut reads = Comparison::new("(d) balance reads at a fixed rate: reads/s", "reads/s");
+    let mut reads = Comparison::new("(d) balance reads at a fixed rate: reads/s");
     let stale = Arc::new(AtomicU64::new(0));
-    for round in 0..args.rounds {
+    for _ in 0..args.rounds {
         // Baseline: plain SELECTs while plain transactions write at half the baseline's rate.
         let (db, writer_db) = (baseline_db.clone(), baseline_db.clone());
         let writers = tokio::spawn(load::open_loop(base_median / 2.0, Duration::from_secs(args.seconds), move |_| {
@@ -489,7 +485,6 @@ async fn main() -> anyhow::Result<()> {
             .await,
         );
         writers.await?;
-        let _ = round;
         rss_max = rss_max.max(services.wallet_rss_mib());
     }
     reads.notes.push(format!("reads that missed a debit acknowledged before them: {}", stale.load(Ordering::Relaxed)));
@@ -516,9 +511,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     baseline::prepare(&sqlite_baseline_db, 1, Decimal::from(FUNDS)).await?;
-    let mut sqlite = Comparison::new("SQLite hot wallet (synchronous=FULL): debits/s", "debits/s");
+    let mut sqlite = Comparison::new("SQLite hot wallet (synchronous=FULL): debits/s");
     for round in 0..args.rounds {
-        sqlite.baseline.push(run_baseline_debits(&sqlite_baseline_db, 1, one.clone(), &args, round).await);
+        sqlite.baseline.push(run_baseline_debits(&sqlite_baseline_db, one.clone(), &args, round).await);
         sqlite.candidate.push(run_debits(&sqlite_client, &sqlite_books, &sqlite_hot, one.clone(), &args, round).await?);
         rss_max = rss_max.max(sqlite_services.wallet_rss_mib());
     }

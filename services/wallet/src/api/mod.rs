@@ -381,10 +381,8 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        // The group committer checks the key under the account's lock.
         let check = idempotency_check("GrantCredits", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
-            return Ok(Response::new(response));
-        }
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
@@ -542,10 +540,8 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        // The group committer checks the key under the account's lock.
         let check = idempotency_check("Reserve", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
-            return Ok(Response::new(response));
-        }
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);

@@ -659,19 +659,21 @@ pub(crate) async fn write_changes(
     let mut entries: Vec<entry::ActiveModel> = Vec::new();
     let mut events: Vec<(&crate::domain::Event, &Wallet)> = Vec::new();
     let changed: Vec<&(&Wallet, Changes)> = batch.iter().filter(|(_, changes)| !changes.is_empty()).collect();
-    if transaction.get_database_backend() == DbBackend::Postgres && changed.len() > 1 {
+    // Several wallets on PostgreSQL: one UPDATE for all accounts, one for all grants.
+    let together = transaction.get_database_backend() == DbBackend::Postgres && changed.len() > 1;
+    if together {
         update_accounts_together(transaction, &changed).await?;
     }
     for (wallet, changes) in &changed {
-        if transaction.get_database_backend() != DbBackend::Postgres || changed.len() == 1 {
+        if !together {
             account::Entity::update(rows::account_to_row(&wallet.account)).exec(transaction).await?;
         }
-        write_grants_and_holds(transaction, wallet, changes, changed.len() > 1).await?;
+        write_grants_and_holds(transaction, wallet, changes, together).await?;
         let tenant = wallet.account.tenant_id;
         entries.extend(changes.entries.iter().map(|entry| rows::entry_to_row(entry, tenant)));
         events.extend(changes.events.iter().map(|event| (event, *wallet)));
     }
-    if transaction.get_database_backend() == DbBackend::Postgres && changed.len() > 1 {
+    if together {
         update_grants_together(transaction, &changed).await?;
     }
     // An entry row is a few hundred bytes on the wire.
@@ -768,8 +770,8 @@ async fn update_grants_together(
     Ok(())
 }
 
-/// The grants and holds an operation created or changed; existing grants are
-/// left to [`update_grants_together`] when `grants_together` on PostgreSQL.
+/// The grants and holds an operation created or changed; changed grants are
+/// left to [`update_grants_together`] when `grants_together`.
 async fn write_grants_and_holds(
     transaction: &DatabaseTransaction,
     wallet: &Wallet,
@@ -786,9 +788,8 @@ async fn write_grants_and_holds(
     if !new_grants.is_empty() {
         grant::Entity::insert_many(new_grants).exec_without_returning(transaction).await?;
     }
-    let postgres_together = grants_together && transaction.get_database_backend() == DbBackend::Postgres;
     for grant in wallet.grants.iter().filter(|grant| {
-        !postgres_together && changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id)
+        !grants_together && changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id)
     }) {
         grant::Entity::update_many()
             .col_expr(grant::Column::RemainingAmount, Expr::value(Amount(grant.remaining)))
