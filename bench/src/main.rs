@@ -50,9 +50,26 @@ struct Args {
     /// Balance reads per second in the read scenario.
     #[arg(long, default_value_t = 5_000.0)]
     read_rate: f64,
+    /// Ledger entries written for one account before its balance is read again.
+    #[arg(long, default_value_t = 10_000_000)]
+    ledger_entries: u64,
     /// Where the report goes.
     #[arg(long, default_value = "docs/PERFORMANCE.md")]
     report: PathBuf,
+    /// Only drive the hot wallet (PostgreSQL, or SQLite with `--sqlite`) for
+    /// `--seconds`, print the service's pid first and the figures after, and
+    /// write no report: for attaching a profiler.
+    #[arg(long)]
+    profile: bool,
+    /// With `--profile`: the SQLite wallet instead of PostgreSQL.
+    #[arg(long)]
+    sqlite: bool,
+    /// With `--profile`: accounts the debits spread over, uniformly.
+    #[arg(long, default_value_t = 1)]
+    profile_accounts: usize,
+    /// With `--profile`: balance reads per second alongside the debits (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    profile_reads: f64,
 }
 
 const CENT: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
@@ -110,6 +127,78 @@ async fn open_account(wallet: &Wallet, funds: i64) -> anyhow::Result<pb::Account
         })
         .await?;
     Ok(account)
+}
+
+/// Refreshes the planner's statistics after a bulk load, as autovacuum would
+/// a little later: the tables grew from nothing within seconds.
+async fn analyze(database: &sea_orm::DatabaseConnection) -> anyhow::Result<()> {
+    if database.get_database_backend() == DbBackend::Postgres {
+        database.execute_unprepared("ANALYZE").await?;
+    }
+    Ok(())
+}
+
+/// GetBalance of one account from 4 clients in a closed loop.
+async fn read_latency(wallet: &Wallet, account: &str, args: &Args) -> RunResult {
+    let (client, account) = (wallet.clone(), account.to_owned());
+    load::closed_loop(4, Duration::from_secs(args.seconds), move |_, _| {
+        let (client, account) = (client.clone(), account.clone());
+        async move { available(&client, &account).await.is_ok() }
+    })
+    .await
+}
+
+/// Appends `count` zero-amount entries to one account's ledger straight in
+/// the database, a million per statement, and refreshes the statistics.
+async fn fill_ledger(books: &sea_orm::DatabaseConnection, account: &str, count: u64) -> anyhow::Result<()> {
+    let account = uuid::Uuid::parse_str(account)?;
+    let mut written = 0_u64;
+    while written < count {
+        let upto = (written + 1_000_000).min(count);
+        books
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO ledger_entries (id, account_id, tenant_id, operation_id, sequence, kind, amount, \
+                 balance_after, idempotency_key, correlation_id, description, metadata, created_at) \
+                 SELECT lpad(to_hex(i), 32, '0')::uuid, a.id, a.tenant_id, lpad(to_hex(i), 32, '0')::uuid, \
+                 1000 + i, 'DEBIT', 0, 0, 'ledger-fill-' || i, '', '', '{}', now() \
+                 FROM accounts a, generate_series($2::bigint, $3::bigint) AS i WHERE a.id = $1",
+                [account.into(), i64::try_from(written + 1)?.into(), i64::try_from(upto)?.into()],
+            ))
+            .await?;
+        written = upto;
+        eprintln!("  {written} entries");
+    }
+    books.execute_unprepared("ANALYZE ledger_entries").await?;
+    Ok(())
+}
+
+/// Opens `total` funded accounts with `clients` concurrent callers.
+async fn open_accounts(
+    wallet: &Wallet,
+    total: usize,
+    clients: usize,
+    funds: i64,
+) -> anyhow::Result<Arc<Vec<pb::Account>>> {
+    let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(total)));
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (wallet, opened, next) = (wallet.clone(), opened.clone(), next.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total as u64 {
+                    if let Ok(account) = open_account(&wallet, funds).await {
+                        opened.lock().await.push(account);
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    let opened = std::mem::take(&mut *opened.lock().await);
+    Ok(Arc::new(opened))
 }
 
 async fn debit(wallet: &Wallet, account: &str) -> bool {
@@ -250,11 +339,69 @@ fn line(report: &mut String, comparison: &Comparison) {
     );
 }
 
+/// Hot-wallet debits (and optionally balance reads) against one service, for a profiler.
+async fn profile(args: &Args) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("reservoir-profile-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir)?;
+    let (wallet_url, books_url, books_schema) = if args.sqlite {
+        let url = format!("sqlite://{}/wallet.db?mode=rwc", data_dir.display());
+        (url.clone(), url, None)
+    } else {
+        let url = bench_database(&args.postgres).await?;
+        fresh_schema(&url, "wallet_bench").await?;
+        (url.clone(), url, Some("wallet_bench"))
+    };
+    let services = Services::start(&args.reservoir, &wallet_url, None, &data_dir).await?;
+    let wallet = services.wallet_client().await?;
+    let books = baseline::connect(&books_url, books_schema, 2).await?;
+    let opening = Instant::now();
+    let hot = open_accounts(&wallet, args.profile_accounts.max(1), args.concurrency, FUNDS).await?;
+    println!("opened {} accounts in {:.1} s", hot.len(), opening.elapsed().as_secs_f64());
+    analyze(&books).await?;
+    println!("wallet pid {}", services.wallet.id().unwrap_or(0));
+    let count = hot.len();
+    let one: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| random.below(count));
+    let readers = (args.profile_reads > 0.0).then(|| {
+        let (client, account) = (wallet.clone(), hot[0].id.clone());
+        tokio::spawn(load::open_loop(args.profile_reads, Duration::from_secs(args.seconds), move |_| {
+            let (client, account) = (client.clone(), account.clone());
+            async move { available(&client, &account).await.is_ok() }
+        }))
+    });
+    let result = run_debits(&wallet, &books, &hot, one, args, 0).await?;
+    println!(
+        "debits/s {:.0}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, failed {}",
+        result.throughput(),
+        result.latency_ms(0.5),
+        result.latency_ms(0.99),
+        result.latency_ms(0.999),
+        result.errors
+    );
+    if let Some(readers) = readers {
+        let reads = readers.await?;
+        println!(
+            "reads/s {:.0}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, failed {}",
+            reads.throughput(),
+            reads.latency_ms(0.5),
+            reads.latency_ms(0.99),
+            reads.latency_ms(0.999),
+            reads.errors
+        );
+    }
+    println!("wallet resident {:.0} MiB", services.wallet_rss_mib());
+    services.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !args.reservoir.exists() {
         bail!("{} is missing: build it with cargo build --release -p reservoir", args.reservoir.display());
+    }
+    if args.profile {
+        return profile(&args).await;
     }
     let started = Instant::now();
     let bench_url = bench_database(&args.postgres).await?;
@@ -291,27 +438,8 @@ async fn main() -> anyhow::Result<()> {
     // ---- (b) spread -----------------------------------------------------------
     eprintln!("spread: opening {} accounts", args.accounts);
     let opening = Instant::now();
-    let spread_accounts = {
-        let opened = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(args.accounts)));
-        let next = Arc::new(AtomicU64::new(0));
-        let total = args.accounts as u64;
-        let tasks: Vec<_> = (0..args.concurrency)
-            .map(|_| {
-                let (wallet, opened, next) = (wallet.clone(), opened.clone(), next.clone());
-                tokio::spawn(async move {
-                    while next.fetch_add(1, Ordering::Relaxed) < total {
-                        if let Ok(account) = open_account(&wallet, 1_000_000).await {
-                            opened.lock().await.push(account);
-                        }
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await?;
-        }
-        Arc::new(std::mem::take(&mut *opened.lock().await))
-    };
+    let spread_accounts = open_accounts(&wallet, args.accounts, args.concurrency, 1_000_000).await?;
+    analyze(&books).await?;
     notes.push(format!(
         "Opening the {} accounts of the spread scenario (CreateAccount + GrantCredits each) took {:.0} s.",
         spread_accounts.len(),
@@ -494,7 +622,36 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .context("no count")?
         .try_get::<i64>("", "n")?;
-    notes.push(format!("The wallet's ledger held {ledger_rows} entries at the end of the PostgreSQL runs."));
+    notes.push(format!("The wallet's ledger held {ledger_rows} entries at the end of the (a)–(d) runs."));
+
+    // ---- GetBalance against the size of the ledger ----------------------------------
+    eprintln!("GetBalance before and after {} ledger entries", args.ledger_entries);
+    let filler = open_account(&wallet, FUNDS).await?;
+    let small = read_latency(&wallet, &filler.id, &args).await;
+    let writing = Instant::now();
+    fill_ledger(&books, &filler.id, args.ledger_entries).await?;
+    let fill_seconds = writing.elapsed().as_secs_f64();
+    let large = read_latency(&wallet, &filler.id, &args).await;
+    let account_entries = books
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT COUNT(*) AS n FROM ledger_entries WHERE account_id = $1",
+            [uuid::Uuid::parse_str(&filler.id)?.into()],
+        ))
+        .await?
+        .context("no count")?
+        .try_get::<i64>("", "n")?;
+    notes.push(format!(
+        "GetBalance of one account, 4 clients in a closed loop: with 1 ledger entry {:.0} reads/s, p50 {:.2} ms, p99 {:.2} ms; with {} entries on that account (written in {:.0} s) {:.0} reads/s, p50 {:.2} ms, p99 {:.2} ms. A balance read touches the account row and its live grants, never the ledger.",
+        small.throughput(),
+        small.latency_ms(0.5),
+        small.latency_ms(0.99),
+        account_entries,
+        fill_seconds,
+        large.throughput(),
+        large.latency_ms(0.5),
+        large.latency_ms(0.99),
+    ));
     services.stop().await;
 
     // ---- SQLite: hot wallet ---------------------------------------------------------

@@ -48,7 +48,8 @@ pub async fn bench_database(postgres_server: &str) -> anyhow::Result<String> {
     let admin = Database::connect(format!("{postgres_server}/postgres")).await.context("connecting to PostgreSQL")?;
     let _ = admin.execute_unprepared("CREATE DATABASE reservoir_bench").await;
     admin.close().await?;
-    Ok(format!("{postgres_server}/reservoir_bench"))
+    // Loopback: TLS would only spend the machine's CPU, on both sides alike.
+    Ok(format!("{postgres_server}/reservoir_bench?sslmode=disable"))
 }
 
 pub async fn channel(address: SocketAddr) -> anyhow::Result<Channel> {
@@ -91,7 +92,11 @@ impl Services {
             ("RESERVOIR__METERING__DATABASE_SCHEMA".to_owned(), "metering_bench".to_owned()),
             ("RESERVOIR__METERING__DATABASE_MAX_CONNECTIONS".to_owned(), "16".to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
-            ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "error".to_owned()),
+            // RESERVOIR_BENCH_LOG_FILTER lets a profiling run see the services' logs.
+            (
+                "RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(),
+                std::env::var("RESERVOIR_BENCH_LOG_FILTER").unwrap_or_else(|_| "error".to_owned()),
+            ),
             ("RESERVOIR__DATA_DIR".to_owned(), data_dir.display().to_string()),
         ]);
         if let Some(url) = metering_url {

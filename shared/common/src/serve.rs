@@ -11,6 +11,9 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, Authenticator};
 
+/// Calls one HTTP/2 connection may have in flight at once.
+const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// Resolves when the process is asked to stop: SIGTERM (Kubernetes) or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -70,6 +73,9 @@ pub async fn serve(
     tracing::info!(address = ?local, services = ?service_names, "serving");
     tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        // Bounds the calls one connection may have open; beyond it callers
+        // queue on their side rather than in this process's memory.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .layer(AuthLayer::new(authenticator))
         .add_routes(routes)
         .serve_with_incoming_shutdown(

@@ -405,7 +405,7 @@ impl WalletService for WalletApi {
         let response = self
             .store
             .mutate_grouped(tenant, account_id, check, now, move |wallet| {
-                let id = wallet.grant(&ctx, new)?;
+                let id = wallet.grant(&ctx, new.clone())?;
                 let wallet = &*wallet;
                 let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("the new grant is missing"))?;
                 Ok(pb::GrantCreditsResponse {
@@ -901,8 +901,9 @@ impl WalletService for WalletApi {
                     continue;
                 }
                 for (sequence, payload) in batch {
-                    let event = pb::Event::decode(payload.as_slice())
+                    let mut event = pb::Event::decode(payload.as_slice())
                         .map_err(|error| Status::from(WalletError::Internal(format!("outbox payload: {error}"))))?;
+                    event.sequence = sequence;
                     cursor = sequence;
                     yield pb::WatchEventsResponse { event: Some(event) };
                 }

@@ -200,6 +200,9 @@ pub struct Account {
     pub held: Decimal,
     /// The sequence number of the wallet's latest entry.
     pub last_sequence: u64,
+    /// Raised by one with every committed change of the wallet (see
+    /// [`crate::domain::Wallet::take_changes`]).
+    pub version: u64,
     pub metadata: Metadata,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,

@@ -73,6 +73,7 @@ impl Wallet {
             overdraft_used: Decimal::ZERO,
             held: Decimal::ZERO,
             last_sequence: 0,
+            version: 0,
             metadata: new.metadata,
             created_at: ctx.now,
             updated_at: ctx.now,
@@ -83,8 +84,14 @@ impl Wallet {
     }
 
     /// Takes what the operations so far changed, leaving none.
+    /// What the operations since the last call changed, to be written; a
+    /// wallet that changed moves to its next version.
     pub fn take_changes(&mut self) -> Changes {
-        std::mem::take(&mut self.changes)
+        let changes = std::mem::take(&mut self.changes);
+        if !changes.is_empty() {
+            self.account.version += 1;
+        }
+        changes
     }
 
     pub fn changes(&self) -> &Changes {

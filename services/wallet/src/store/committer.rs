@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
@@ -17,6 +18,7 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::cache::WalletCache;
 use super::entities::idempotency;
 use super::{IdempotencyCheck, load_many, write_changes};
 use crate::domain::{AccountId, Changes, Wallet};
@@ -29,7 +31,11 @@ pub const BATCH_MAX: usize = 512;
 /// which is the back-pressure a flood of requests meets.
 const QUEUE_MAX: usize = 8_192;
 
-type Operate = Box<dyn FnOnce(&mut Wallet) -> Result<Vec<u8>, WalletError> + Send>;
+/// How long a batch waits for the requests of the previous one to come back.
+const GATHER_WINDOW: Duration = Duration::from_millis(1);
+
+/// A change; run again if its batch must be retried, so it is `Fn`.
+type Operate = Box<dyn Fn(&mut Wallet) -> Result<Vec<u8>, WalletError> + Send + Sync>;
 
 /// One change waiting to be committed.
 pub struct Job {
@@ -50,11 +56,11 @@ pub struct Committers {
 }
 
 impl Committers {
-    pub fn start(database: Database, events_written: Arc<Notify>, count: usize) -> Self {
+    pub fn start(database: Database, events_written: Arc<Notify>, cache: Arc<WalletCache>, count: usize) -> Self {
         let queues = (0..count.max(1))
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(QUEUE_MAX);
-                tokio::spawn(run(database.clone(), events_written.clone(), receiver));
+                tokio::spawn(run(database.clone(), events_written.clone(), cache.clone(), receiver));
                 sender
             })
             .collect();
@@ -67,23 +73,52 @@ impl Committers {
     }
 }
 
-async fn run(database: Database, events_written: Arc<Notify>, mut receiver: mpsc::Receiver<Job>) {
+async fn run(
+    database: Database,
+    events_written: Arc<Notify>,
+    cache: Arc<WalletCache>,
+    mut receiver: mpsc::Receiver<Job>,
+) {
+    // How many requests the last batch held: while they come back, a new
+    // batch waits briefly for them instead of committing the first few alone.
+    let mut expected = 1;
     while let Some(first) = receiver.recv().await {
         let mut jobs = vec![first];
-        while jobs.len() < BATCH_MAX {
-            match receiver.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+        drain(&mut receiver, &mut jobs);
+        if jobs.len() < expected {
+            let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
+            while jobs.len() < expected {
+                match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                    Ok(Some(job)) => {
+                        jobs.push(job);
+                        drain(&mut receiver, &mut jobs);
+                    }
+                    _ => break,
+                }
             }
         }
+        expected = jobs.len();
         let (replies, operations): (Vec<_>, Vec<_>) =
             jobs.into_iter().map(|job| (job.reply, (job.tenant, job.account, job.check, job.now, job.operate))).unzip();
-        let results = match commit(&database, operations).await {
-            Ok((results, wrote_events)) => {
+        // Optimistically without reading the keys first: a key already
+        // recorded shows when the batch records its own, and then the batch
+        // is rolled back and run again, checking every key under the locks.
+        let mut outcome = commit(&database, &cache, &operations, false).await;
+        if matches!(outcome, Ok(Attempt::KeysTaken)) {
+            outcome = commit(&database, &cache, &operations, true).await;
+        }
+        let results = match outcome {
+            Ok(Attempt::Done(results, wrote_events)) => {
                 if wrote_events {
                     events_written.notify_waiters();
                 }
                 results
+            }
+            Ok(Attempt::KeysTaken) => {
+                // A key of this batch was recorded concurrently elsewhere:
+                // the retries replay or are told of the reuse.
+                let error = WalletError::Conflict("an idempotency key was recorded concurrently".into());
+                replies.iter().map(|_| Err(same_error(&error))).collect()
             }
             Err(error) => {
                 tracing::warn!(%error, requests = replies.len(), "a group commit failed; its requests are answered with the error");
@@ -97,6 +132,41 @@ async fn run(database: Database, events_written: Arc<Notify>, mut receiver: mpsc
     }
 }
 
+/// Takes what is already queued, up to a batch.
+fn drain(receiver: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
+    while jobs.len() < BATCH_MAX {
+        match receiver.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
+        }
+    }
+}
+
+/// The recorded keys among `checks`: method, request hash and response.
+async fn recorded_keys<'a>(
+    transaction: &sea_orm::DatabaseTransaction,
+    checks: impl Iterator<Item = (TenantId, &'a IdempotencyCheck)>,
+) -> Result<HashMap<(TenantId, String), (String, String, Vec<u8>)>, WalletError> {
+    let mut keys_by_tenant: BTreeMap<TenantId, Vec<String>> = BTreeMap::new();
+    for (tenant, check) in checks {
+        keys_by_tenant.entry(tenant).or_default().push(check.key.clone());
+    }
+    let mut recorded = HashMap::new();
+    for (tenant, keys) in keys_by_tenant {
+        for chunk in keys.chunks(500) {
+            let rows = idempotency::Entity::find()
+                .filter(idempotency::Column::TenantId.eq(tenant.0))
+                .filter(idempotency::Column::Key.is_in(chunk.to_vec()))
+                .all(transaction)
+                .await?;
+            for row in rows {
+                recorded.insert((tenant, row.key), (row.method, row.request_hash, row.response));
+            }
+        }
+    }
+    Ok(recorded)
+}
+
 /// The same failure for every request of a failed batch.
 fn same_error(error: &WalletError) -> WalletError {
     match error {
@@ -108,41 +178,47 @@ fn same_error(error: &WalletError) -> WalletError {
 
 type Operation = (TenantId, AccountId, IdempotencyCheck, DateTime<Utc>, Operate);
 
+/// What one try of a batch came to.
+enum Attempt {
+    /// Committed: each request's result, and whether events were written.
+    Done(Vec<Result<Vec<u8>, WalletError>>, bool),
+    /// Rolled back: a key of the batch was already recorded.
+    KeysTaken,
+}
+
+/// One try of a batch in one transaction. With `look_up_keys` every key is
+/// read under the locks first, so recorded ones replay; without, a recorded
+/// key makes the try roll back with [`Attempt::KeysTaken`].
 async fn commit(
     database: &Database,
-    operations: Vec<Operation>,
-) -> Result<(Vec<Result<Vec<u8>, WalletError>>, bool), WalletError> {
+    cache: &WalletCache,
+    operations: &[Operation],
+    look_up_keys: bool,
+) -> Result<Attempt, WalletError> {
+    let started = std::time::Instant::now();
+    let size = operations.len();
     let WriteTransaction { transaction, turn: _turn } = database.begin_write().await?;
+    let began = started.elapsed();
     let now = operations.iter().map(|operation| operation.3).max().unwrap_or_else(Utc::now);
 
     // Lock and load every account once, in id order.
     let accounts: BTreeSet<(TenantId, AccountId)> =
         operations.iter().map(|(tenant, account, ..)| (*tenant, *account)).collect();
     let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = load_many(&transaction, &accounts, now).await?;
+    let loaded = started.elapsed();
 
     // Every key the batch uses that is already recorded, read under the locks.
-    let mut recorded: HashMap<(TenantId, String), (String, String, Vec<u8>)> = HashMap::new();
-    let mut keys_by_tenant: BTreeMap<TenantId, Vec<String>> = BTreeMap::new();
-    for (tenant, _, check, ..) in &operations {
-        keys_by_tenant.entry(*tenant).or_default().push(check.key.clone());
-    }
-    for (tenant, keys) in keys_by_tenant {
-        for chunk in keys.chunks(500) {
-            let rows = idempotency::Entity::find()
-                .filter(idempotency::Column::TenantId.eq(tenant.0))
-                .filter(idempotency::Column::Key.is_in(chunk.to_vec()))
-                .all(&transaction)
-                .await?;
-            for row in rows {
-                recorded.insert((tenant, row.key), (row.method, row.request_hash, row.response));
-            }
-        }
-    }
-
+    let mut recorded = if look_up_keys {
+        recorded_keys(&transaction, operations.iter().map(|(tenant, _, check, ..)| (*tenant, check))).await?
+    } else {
+        HashMap::new()
+    };
+    let checked = started.elapsed();
     // Apply in arrival order; each change stands or falls on its own.
     let mut results = Vec::with_capacity(operations.len());
     let mut new_records: Vec<idempotency::ActiveModel> = Vec::new();
     for (tenant, account, check, _, operate) in operations {
+        let (tenant, account) = (*tenant, *account);
         if let Some((method, hash, response)) = recorded.get(&(tenant, check.key.clone())) {
             let same = method == check.method && *hash == check.request_hash;
             results.push(if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) });
@@ -162,17 +238,32 @@ async fn commit(
                     response: Set(response.clone()),
                     created_at: Set(now),
                 });
-                recorded.insert((tenant, check.key), (check.method.to_owned(), check.request_hash, response.clone()));
+                recorded.insert(
+                    (tenant, check.key.clone()),
+                    (check.method.to_owned(), check.request_hash.clone(), response.clone()),
+                );
                 results.push(Ok(response));
             }
             Err(error) => results.push(Err(error)),
         }
     }
 
-    let changes: Vec<Changes> = wallets.values_mut().map(Wallet::take_changes).collect();
-    let wrote_events = changes.iter().any(|changes| !changes.events.is_empty());
-    let batch: Vec<(&Wallet, Changes)> = wallets.values().zip(changes).collect();
-    write_changes(&transaction, &batch).await?;
+    if !look_up_keys {
+        // A refused change records nothing, so a recorded key would not show
+        // when the batch records its own: look up the keys of the refused.
+        let refused = operations.iter().zip(&results).filter(|(_, result)| result.is_err());
+        let found = recorded_keys(&transaction, refused.map(|((tenant, _, check, ..), _)| (*tenant, check))).await?;
+        for ((tenant, _, check, ..), result) in operations.iter().zip(results.iter_mut()) {
+            if result.is_ok() {
+                continue;
+            }
+            if let Some((method, hash, response)) = found.get(&(*tenant, check.key.clone())) {
+                let same = method == check.method && *hash == check.request_hash;
+                *result = if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) };
+            }
+        }
+    }
+    let applied = started.elapsed();
     let expected = new_records.len() as u64;
     let mut inserted = 0;
     // A recorded response is about a kilobyte.
@@ -185,10 +276,33 @@ async fn commit(
             .await?;
     }
     if inserted != expected {
-        // A key of this batch was recorded concurrently elsewhere: nothing of
-        // the batch may commit; the retries replay or are told of the reuse.
-        return Err(WalletError::Conflict("an idempotency key was recorded concurrently".into()));
+        // A key of this batch is already recorded (or was, concurrently):
+        // nothing of the batch may commit.
+        transaction.rollback().await?;
+        return Ok(Attempt::KeysTaken);
     }
+    let recorded_at = started.elapsed();
+    let changes: Vec<Changes> = wallets.values_mut().map(Wallet::take_changes).collect();
+    let wrote_events = changes.iter().any(|changes| !changes.events.is_empty());
+    let batch: Vec<(&Wallet, Changes)> = wallets.values().zip(changes).collect();
+    write_changes(&transaction, &batch).await?;
+    let written = started.elapsed();
     transaction.commit().await?;
-    Ok((results, wrote_events))
+    for wallet in wallets.values() {
+        cache.put(wallet);
+    }
+    tracing::debug!(
+        size,
+        accounts = accounts.len(),
+        begin_us = began.as_micros() as u64,
+        load_us = (loaded - began).as_micros() as u64,
+        keys_us = (checked - loaded).as_micros() as u64,
+        apply_us = (applied - checked).as_micros() as u64,
+        record_us = (recorded_at - applied).as_micros() as u64,
+        write_us = (written - recorded_at).as_micros() as u64,
+        commit_us = (started.elapsed() - written).as_micros() as u64,
+        look_up_keys,
+        "group commit"
+    );
+    Ok(Attempt::Done(results, wrote_events))
 }

@@ -11,7 +11,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ServiceKeys), Box::new(CreditBlock)]
+        vec![Box::new(Initial), Box::new(ServiceKeys), Box::new(CreditBlock), Box::new(AccountVersion)]
     }
 }
 
@@ -230,6 +230,27 @@ impl MigrationTrait for CreditBlock {
         manager
             .get_connection()
             .execute_unprepared("ALTER TABLE accounts ADD COLUMN credit_blocked BOOLEAN NOT NULL DEFAULT FALSE")
+            .await?;
+        Ok(())
+    }
+}
+
+/// A number every committed change of a wallet raises by one, so a reader
+/// can tell with one statement whether a wallet it holds is still current.
+struct AccountVersion;
+
+impl MigrationName for AccountVersion {
+    fn name(&self) -> &str {
+        "m0004_account_version"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AccountVersion {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0")
             .await?;
         Ok(())
     }

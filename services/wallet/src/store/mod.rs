@@ -4,6 +4,7 @@
 //! lets the domain decide, and writes the account, grants, holds, ledger
 //! entries, outbox events and the idempotency record together.
 
+mod cache;
 mod committer;
 mod entities;
 pub mod migrations;
@@ -97,6 +98,8 @@ pub struct TenantRow {
 #[derive(Clone)]
 pub struct Store {
     committers: committer::Committers,
+    /// Wallets as last committed or read, for balance reads.
+    cache: Arc<cache::WalletCache>,
     database: Database,
     /// The pool of `database`, for queries.
     db: DatabaseConnection,
@@ -112,8 +115,9 @@ impl Store {
         // SQLite has one writer, so one committer; PostgreSQL commits two
         // batches at once, one filling while the other flushes.
         let count = if settings.is_postgres() { 2 } else { 1 };
-        let committers = committer::Committers::start(database.clone(), events_written.clone(), count);
-        Ok(Self { committers, db: database.connection().clone(), database, events_written })
+        let cache = Arc::new(cache::WalletCache::default());
+        let committers = committer::Committers::start(database.clone(), events_written.clone(), cache.clone(), count);
+        Ok(Self { committers, cache, db: database.connection().clone(), database, events_written })
     }
 
     /// Applies every migration not yet applied.
@@ -243,18 +247,35 @@ impl Store {
         rows::account_from_row(row)
     }
 
-    /// The wallet as of `now`, for reads: nothing is locked or written. The
-    /// account, grants and holds are read from one snapshot, so a balance
-    /// never mixes the state before a commit with the state after it.
+    /// The wallet as of `now`, for reads: nothing is locked or written. One
+    /// statement reads the account's version; the wallet cached at that
+    /// version answers if there is one, and otherwise the account, grants
+    /// and holds are read from one snapshot, so a balance never mixes the
+    /// state before a commit with the state after it.
     pub async fn wallet(
         &self,
         tenant_id: TenantId,
         account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
+        let current: Option<(i64, Amount)> = account::Entity::find_by_id(account_id.0)
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .select_only()
+            .column(account::Column::Version)
+            .column(account::Column::Held)
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        let (version, held) = current.ok_or(WalletError::NotFound("account"))?;
+        if held.0.is_zero()
+            && let Some(wallet) = self.cache.get(tenant_id, account_id, u64::try_from(version).unwrap_or(0))
+        {
+            return Ok(wallet);
+        }
         let snapshot = self.database.begin_snapshot().await?;
         let loaded = load(&snapshot, tenant_id, account_id, &LoadPlan::default(), now, false).await?;
         snapshot.commit().await?;
+        self.cache.put(&loaded.wallet);
         Ok(loaded.wallet)
     }
 
@@ -438,8 +459,9 @@ impl Store {
         }
         let response = build(&wallet);
         let changes = wallet.take_changes();
-        write_changes(&transaction, &[(&wallet, changes)]).await?;
+        // The key first, the events (and the outbox counter) last.
         record(&transaction, tenant_id, check, &response).await?;
+        write_changes(&transaction, &[(&wallet, changes)]).await?;
         transaction.commit().await?;
         self.events_written.notify_waiters();
         Ok(Outcome::Applied(response))
@@ -455,7 +477,7 @@ impl Store {
         account: AccountId,
         check: IdempotencyCheck,
         now: DateTime<Utc>,
-        operate: impl FnOnce(&mut Wallet) -> Result<M, WalletError> + Send + 'static,
+        operate: impl Fn(&mut Wallet) -> Result<M, WalletError> + Send + Sync + 'static,
     ) -> Result<M, WalletError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = committer::Job {
@@ -499,11 +521,13 @@ impl Store {
         let response = operate(&mut loaded)?;
         let changes = loaded.wallet.take_changes();
         let has_events = !changes.events.is_empty();
-        write_changes(&transaction, &[(&loaded.wallet, changes)]).await?;
+        // The key first, the events (and the outbox counter) last.
         if let Some(check) = check {
             record(&transaction, tenant_id, check, &response).await?;
         }
+        write_changes(&transaction, &[(&loaded.wallet, changes)]).await?;
         transaction.commit().await?;
+        self.cache.put(&loaded.wallet);
         if has_events {
             self.events_written.notify_waiters();
         }
@@ -692,15 +716,15 @@ async fn update_accounts_together(
     transaction: &DatabaseTransaction,
     changed: &[&(&Wallet, Changes)],
 ) -> Result<(), WalletError> {
-    // Twelve parameters a row; 400 rows stay far below the parameter limit.
+    // Thirteen parameters a row; 400 rows stay far below the parameter limit.
     for chunk in changed.chunks(400) {
         let mut placeholders = Vec::with_capacity(chunk.len());
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 12);
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 13);
         for (index, (wallet, _)) in chunk.iter().enumerate() {
             let account = &wallet.account;
-            let base = index * 12;
+            let base = index * 13;
             placeholders
-                .push(format!("({})", (1..=12).map(|n| format!("${}", base + n)).collect::<Vec<_>>().join(", ")));
+                .push(format!("({})", (1..=13).map(|n| format!("${}", base + n)).collect::<Vec<_>>().join(", ")));
             let policy = match account.overdraft {
                 crate::domain::Overdraft::None => "NONE",
                 crate::domain::Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
@@ -719,14 +743,15 @@ async fn update_accounts_together(
                 i64::try_from(account.last_sequence).unwrap_or(i64::MAX).into(),
                 account.updated_at.into(),
                 account.credit_blocked.into(),
+                i64::try_from(account.version).unwrap_or(i64::MAX).into(),
             ]);
         }
         let sql = format!(
             "UPDATE accounts SET status = v.status, overdraft_policy = v.policy, credit_limit = v.credit_limit, \
              low_balance_threshold = v.threshold, low_balance_alerted = v.low, depleted_alerted = v.depleted, \
              overdraft_used = v.overdraft_used, held = v.held, last_sequence = v.last_sequence, updated_at = v.updated_at, \
-             credit_blocked = v.credit_blocked \
-             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at, credit_blocked) \
+             credit_blocked = v.credit_blocked, version = v.version \
+             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at, credit_blocked, version) \
              WHERE accounts.id = v.id",
             placeholders.join(", ")
         );
@@ -822,50 +847,94 @@ async fn write_grants_and_holds(
     Ok(())
 }
 
-/// Appends events to the outbox. Sequence numbers come from one counter row
-/// updated last in the transaction: writers queue on it only for the moment
-/// before their commit, and events become visible in sequence order, so a
-/// reader that resumes after a sequence never misses an event committed later
-/// with a lower number.
+/// Appends events to the outbox, last in the transaction. Sequence numbers
+/// come from one counter row: writers queue on it only for the moment before
+/// their commit, and events become visible in sequence order, so a reader
+/// that resumes after a sequence never misses an event committed later with
+/// a lower number. The payload leaves the sequence out; the reader sets it
+/// from the row. On PostgreSQL the counter and the rows are written by one
+/// statement per chunk.
 async fn write_events(
     transaction: &DatabaseTransaction,
     events: &[(&crate::domain::Event, &Wallet)],
 ) -> Result<(), WalletError> {
-    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
     let backend = transaction.get_database_backend();
-    let statement = sea_orm::Statement::from_sql_and_values(
-        backend,
-        "UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 RETURNING last_sequence",
-        [count.into()],
-    );
-    let row = transaction
-        .query_one_raw(statement)
-        .await?
-        .ok_or_else(|| WalletError::Internal("the outbox counter row is missing".into()))?;
-    let last: i64 = row.try_get("", "last_sequence")?;
-    let first = last - count + 1;
-    let rows: Vec<outbox::ActiveModel> = events
-        .iter()
-        .enumerate()
-        .map(|(offset, (event, wallet))| {
-            let sequence = first + i64::try_from(offset).unwrap_or(0);
-            outbox::ActiveModel {
-                sequence: Set(sequence),
-                tenant_id: Set(wallet.account.tenant_id.0),
-                account_id: Set(event.account_id.0),
-                event_type: Set(rows::event_type_name(event.event_type).to_owned()),
-                payload: Set(crate::convert::event_payload(
-                    event,
-                    &wallet.account.unit,
-                    u64::try_from(sequence).unwrap_or(0),
-                )),
-                created_at: Set(event.occurred_at),
-            }
-        })
-        .collect();
     // An event row carries its encoded payload, a few hundred bytes.
-    for chunk in rows.chunks(rows_per_insert(400)) {
-        outbox::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
+    for chunk in events.chunks(rows_per_insert(400)) {
+        let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
+        let rows = chunk.iter().map(|(event, wallet)| {
+            (
+                wallet.account.tenant_id.0,
+                event.account_id.0,
+                rows::event_type_name(event.event_type),
+                crate::convert::event_payload(event, &wallet.account.unit, 0),
+                event.occurred_at,
+            )
+        });
+        if backend == DbBackend::Postgres {
+            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + chunk.len() * 6);
+            values.push(count.into());
+            let mut placeholders = Vec::with_capacity(chunk.len());
+            for (offset, (tenant, account, event_type, payload, occurred_at)) in rows.enumerate() {
+                let base = 2 + offset * 6;
+                placeholders.push(format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${})",
+                    base,
+                    base + 1,
+                    base + 2,
+                    base + 3,
+                    base + 4,
+                    base + 5
+                ));
+                values.extend([
+                    i64::try_from(offset + 1).unwrap_or(i64::MAX).into(),
+                    tenant.into(),
+                    account.into(),
+                    event_type.into(),
+                    payload.into(),
+                    occurred_at.into(),
+                ]);
+            }
+            let sql = format!(
+                "WITH counter AS (UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 \
+                 RETURNING last_sequence) \
+                 INSERT INTO outbox_events (sequence, tenant_id, account_id, event_type, payload, created_at) \
+                 SELECT counter.last_sequence - $1 + v.n, v.tenant_id, v.account_id, v.event_type, v.payload, v.created_at \
+                 FROM counter, (VALUES {}) AS v(n, tenant_id, account_id, event_type, payload, created_at)",
+                placeholders.join(", ")
+            );
+            let written = transaction
+                .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
+                .await?
+                .rows_affected();
+            if written != chunk.len() as u64 {
+                return Err(WalletError::Internal("the outbox counter row is missing".into()));
+            }
+            continue;
+        }
+        let statement = sea_orm::Statement::from_sql_and_values(
+            backend,
+            "UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 RETURNING last_sequence",
+            [count.into()],
+        );
+        let row = transaction
+            .query_one_raw(statement)
+            .await?
+            .ok_or_else(|| WalletError::Internal("the outbox counter row is missing".into()))?;
+        let last: i64 = row.try_get("", "last_sequence")?;
+        let first = last - count + 1;
+        let models: Vec<outbox::ActiveModel> = rows
+            .enumerate()
+            .map(|(offset, (tenant, account, event_type, payload, occurred_at))| outbox::ActiveModel {
+                sequence: Set(first + i64::try_from(offset).unwrap_or(0)),
+                tenant_id: Set(tenant),
+                account_id: Set(account),
+                event_type: Set(event_type.to_owned()),
+                payload: Set(payload),
+                created_at: Set(occurred_at),
+            })
+            .collect();
+        outbox::Entity::insert_many(models).exec_without_returning(transaction).await?;
     }
     Ok(())
 }

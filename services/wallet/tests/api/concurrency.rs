@@ -79,7 +79,58 @@ async fn concurrent_debits_on_different_wallets_all_land(app: &TestApp) {
     }
 }
 
+/// Two replicas on one database keep the wallets they committed or read in
+/// memory for balance reads; every read must still show each change the
+/// other replica acknowledged before it, holds included.
+async fn each_replica_reads_what_the_other_committed(app: &TestApp) {
+    let replica = app.replica().await;
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "100", pb::GrantKind::Paid).await;
+    let mut expected = d("100");
+    for round in 0..6 {
+        // Both have read, and kept, the wallet as it is before the change.
+        assert_eq!(available(&app.client, &account).await, expected);
+        assert_eq!(available(&replica.client, &account).await, expected);
+        let writer = if round % 2 == 0 { &app.client } else { &replica.client };
+        debit(writer, &account, "7").await.unwrap();
+        expected -= d("7");
+        assert_eq!(available(&app.client, &account).await, expected, "round {round}, this replica");
+        assert_eq!(available(&replica.client, &account).await, expected, "round {round}, the other replica");
+    }
+    let hold = app
+        .client
+        .clone()
+        .reserve(pb::ReserveRequest {
+            account_id: account.id.clone(),
+            amount: "5".into(),
+            ttl_seconds: 60,
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .hold
+        .unwrap();
+    let seen = balance(&replica.client, &account).await;
+    assert_eq!((d(&seen.held), d(&seen.available)), (d("5"), expected - d("5")));
+    replica
+        .client
+        .clone()
+        .release_hold(pb::ReleaseHoldRequest { hold_id: hold.id, idempotency_key: key() })
+        .await
+        .unwrap();
+    let seen = balance(&app.client, &account).await;
+    assert_eq!((d(&seen.held), d(&seen.available)), (Decimal::ZERO, expected));
+    // A grant on one replica is spendable through the other at once.
+    grant(&replica.client, &account, "50", pb::GrantKind::Promotional).await;
+    assert_eq!(available(&app.client, &account).await, expected + d("50"));
+    assert_books_balance(&app.client, &account).await;
+    replica.stop().await;
+}
+
 crate::on_both_backends!(
     concurrent_debits_never_overdraw_or_lose_an_update,
-    concurrent_debits_on_different_wallets_all_land
+    concurrent_debits_on_different_wallets_all_land,
+    each_replica_reads_what_the_other_committed
 );

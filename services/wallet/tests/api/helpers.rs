@@ -76,6 +76,39 @@ impl TestApp {
         self.server.await.unwrap();
         self.database.drop_database().await;
     }
+
+    /// A second wallet server on the same database, as a second replica
+    /// would run, with a client that presents this tenant's key.
+    pub async fn replica(&self) -> Replica {
+        let application =
+            Application::build(&settings(&self.database), &auth_settings()).await.expect("building a replica");
+        let address = application.local_addr().expect("a bound address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            application
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the replica serves");
+        });
+        let key = self.store.issue_key(self.tenant, PEPPER, Utc::now()).await.expect("a key").key;
+        Replica { client: client(address, &key).await, stop, server }
+    }
+}
+
+/// A second wallet server of a [`TestApp`].
+pub struct Replica {
+    pub client: Client,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap();
+    }
 }
 
 pub fn usd() -> Option<pb::Unit> {

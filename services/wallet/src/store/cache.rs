@@ -1,0 +1,50 @@
+//! Wallets as last committed or read, for balance reads. A cached wallet is
+//! used only while the account row still carries its version, so a read shows
+//! every change committed before it, by this process or any other replica;
+//! checking that takes one indexed statement instead of a snapshot and three.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use reservoir_common::auth::TenantId;
+
+use crate::domain::{AccountId, Wallet};
+
+/// Wallets kept at most; past this the cache starts over.
+const CACHED_MAX: usize = 10_000;
+
+#[derive(Default)]
+pub struct WalletCache {
+    wallets: Mutex<HashMap<(TenantId, AccountId), Wallet>>,
+}
+
+impl WalletCache {
+    /// The wallet at exactly `version`, if held.
+    pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
+        let wallets = self.wallets.lock().ok()?;
+        wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).cloned()
+    }
+
+    /// Keeps a wallet as committed (or as read from one snapshot). A wallet
+    /// with active holds is not kept: a hold lapsing changes its balance
+    /// without a new version, so it is read afresh every time.
+    pub fn put(&self, wallet: &Wallet) {
+        let Ok(mut wallets) = self.wallets.lock() else {
+            return;
+        };
+        let key = (wallet.account.tenant_id, wallet.account.id);
+        if !wallet.account.held.is_zero() {
+            wallets.remove(&key);
+            return;
+        }
+        if let Some(held) = wallets.get(&key)
+            && held.account.version > wallet.account.version
+        {
+            return;
+        }
+        if wallets.len() >= CACHED_MAX && !wallets.contains_key(&key) {
+            wallets.clear();
+        }
+        wallets.insert(key, wallet.clone());
+    }
+}
