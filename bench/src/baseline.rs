@@ -90,6 +90,11 @@ pub async fn read_balance(db: &DatabaseConnection, account: i64) -> bool {
 
 /// A batch of events in one multi-row INSERT … ON CONFLICT DO NOTHING.
 pub async fn insert_events(db: &DatabaseConnection, events: &[(String, i64)]) -> bool {
+    // In id order, so concurrent batches that share ids lock them in one
+    // order and never deadlock (a deadlock costs a second and the batch).
+    let mut events: Vec<&(String, i64)> = events.iter().collect();
+    events.sort();
+    events.dedup_by(|a, b| a.0 == b.0);
     let values: Vec<String> =
         events.iter().map(|(id, account)| format!("('{id}', {account}, 'tokens', '1')")).collect();
     let sql = format!(
