@@ -7,8 +7,12 @@ SHELL := /bin/bash
 BUF_VERSION := 1.75.0
 TOOLS := target/tools
 BUF := $(TOOLS)/node_modules/.bin/buf
+# kubernetes-validate from PyPI, in a virtualenv under target/, validates the
+# rendered manifests offline against the bundled Kubernetes API schemas.
+KUBERNETES_VALIDATE_VERSION := 1.37.0
+KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 
-.PHONY: run test lint fmt-check clippy proto-lint unit-tests release bench clean-data help
+.PHONY: run test lint fmt-check clippy proto-lint k8s-validate unit-tests release bench clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,7 +22,7 @@ run: ## run the whole suite on SQLite under ./data, no setup
 
 test: lint unit-tests ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
 
-lint: fmt-check clippy proto-lint ## formatting, clippy and buf lint
+lint: fmt-check clippy proto-lint k8s-validate ## formatting, clippy, buf lint and the Kubernetes manifests
 
 fmt-check: ## rustfmt, checked
 	$(CARGO) fmt --all -- --check
@@ -31,6 +35,18 @@ $(BUF):
 
 proto-lint: $(BUF) ## buf lint of proto/
 	cd proto && ../$(BUF) lint
+
+$(KUBERNETES_VALIDATE):
+	python3 -m venv $(TOOLS)/k8s
+	$(TOOLS)/k8s/bin/pip install --quiet --disable-pip-version-check kubernetes-validate==$(KUBERNETES_VALIDATE_VERSION)
+
+k8s-validate: $(KUBERNETES_VALIDATE) ## render every overlay in k8s/ and validate it strictly against the Kubernetes schemas
+	@set -e; for overlay in k8s/overlays/*/; do \
+		name=$$(basename $$overlay); \
+		kubectl kustomize $$overlay > target/k8s-$$name.yaml; \
+		$(KUBERNETES_VALIDATE) --strict --quiet target/k8s-$$name.yaml; \
+		echo "k8s/overlays/$$name: $$(grep -c '^kind:' target/k8s-$$name.yaml) resources valid"; \
+	done
 
 unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart
 	set -o pipefail; $(CARGO) test --workspace --locked --all-targets 2>&1 | tee target/test.log

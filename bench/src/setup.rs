@@ -84,6 +84,9 @@ impl Services {
         let metering_address = free_address()?;
         let mut environment = HashMap::from([
             ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
+            // Any free port for the scrape endpoints: several environments run at once.
+            ("RESERVOIR__WALLET__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__METERING__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__WALLET__DATABASE_URL".to_owned(), wallet_url.to_owned()),
             ("RESERVOIR__WALLET__DATABASE_SCHEMA".to_owned(), "wallet_bench".to_owned()),
             ("RESERVOIR__WALLET__DATABASE_MAX_CONNECTIONS".to_owned(), "16".to_owned()),

@@ -6,3 +6,4 @@
 mod crash;
 mod metering;
 mod process;
+mod release;

@@ -30,6 +30,9 @@ impl Environment {
         let metering_address = free_address();
         let mut variables = HashMap::from([
             ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
+            // Any free port for the scrape endpoints: several environments run at once.
+            ("RESERVOIR__WALLET__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__METERING__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__WALLET__DATABASE_URL".to_owned(), wallet.url.clone()),
             ("RESERVOIR__WALLET__DATABASE_SCHEMA".to_owned(), wallet.schema.clone()),
             ("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string()),

@@ -42,6 +42,9 @@ pub struct MeteringSettings {
     pub wallet_service_key: String,
     /// How often pending debits, settlements and expiries are looked at.
     pub worker_interval_ms: u64,
+    /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
+    #[serde(default)]
+    pub metrics_listen: String,
 }
 
 impl MeteringSettings {
@@ -82,6 +85,7 @@ pub enum AppError {
 
 pub struct Application {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     store: Store,
     wallet: WalletGateway,
     authenticator: Arc<Authenticator>,
@@ -97,10 +101,13 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let metrics =
+            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet.channel())), key_cache_ttl));
         Ok(Self {
             listener,
+            metrics,
             store,
             wallet,
             authenticator,
@@ -112,12 +119,22 @@ impl Application {
         self.listener.local_addr().ok()
     }
 
+    /// The Prometheus scrape endpoint's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
     pub fn store(&self) -> Store {
         self.store.clone()
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop_sender, stopping) = watch::channel(false);
+        tokio::spawn(reservoir_common::metrics::watch_pool(
+            "metering",
+            self.store.database().clone(),
+            stopping.clone(),
+        ));
         let api = MeteringApi::new(self.store.clone(), self.wallet.clone());
         let worker =
             tokio::spawn(work(api.clone(), self.store.clone(), self.wallet.clone(), self.worker_interval, stopping));
@@ -126,7 +143,7 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, stop).await;
+        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the metering worker ended abnormally");
         }

@@ -20,8 +20,11 @@ use crate::client;
 use crate::ingest::IngestArgs;
 use crate::settings::Settings;
 
+/// `reservoir --version`: the release and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("RESERVOIR_GIT_COMMIT"), ")");
+
 #[derive(Parser)]
-#[command(name = "reservoir", version, about = "Prepaid credits and customer wallets for usage-billed platforms")]
+#[command(name = "reservoir", version = VERSION, about = "Prepaid credits and customer wallets for usage-billed platforms")]
 struct Cli {
     /// A TOML settings file; `RESERVOIR__...` environment variables override it.
     #[arg(long, global = true, env = "RESERVOIR_CONFIG")]

@@ -17,6 +17,7 @@ database_url = "sqlite://./data/wallet.db?mode=rwc"
 database_schema = "wallet"
 database_max_connections = 8
 sweep_interval_ms = 1000
+metrics_listen = "127.0.0.1:9051"
 
 [metering]
 listen = "127.0.0.1:50052"
@@ -26,6 +27,7 @@ database_max_connections = 8
 wallet_endpoint = "http://127.0.0.1:50051"
 wallet_service_key = ""
 worker_interval_ms = 1000
+metrics_listen = "127.0.0.1:9052"
 
 [auth]
 api_key_pepper = "reservoir-development-pepper"

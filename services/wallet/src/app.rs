@@ -37,6 +37,9 @@ pub struct WalletSettings {
     /// at their expiry instant regardless; this only decides when the EXPIRY
     /// entries and events appear.
     pub sweep_interval_ms: u64,
+    /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
+    #[serde(default)]
+    pub metrics_listen: String,
 }
 
 impl WalletSettings {
@@ -71,6 +74,7 @@ pub enum AppError {
 
 pub struct Application {
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     store: Store,
     authenticator: Arc<Authenticator>,
     sweep_interval: Duration,
@@ -85,14 +89,27 @@ impl Application {
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let metrics =
+            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
         let resolver = StoreKeyResolver { store: store.clone(), pepper: auth.api_key_pepper.clone() };
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
-        Ok(Self { listener, store, authenticator, sweep_interval: Duration::from_millis(settings.sweep_interval_ms) })
+        Ok(Self {
+            listener,
+            metrics,
+            store,
+            authenticator,
+            sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
+        })
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.local_addr().ok()
+    }
+
+    /// The Prometheus scrape endpoint's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn store(&self) -> Store {
@@ -104,13 +121,15 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop_sender, stopping) = watch::channel(false);
         let sweeper = tokio::spawn(sweep(self.store.clone(), self.sweep_interval, stopping.clone()));
+        tokio::spawn(reservoir_common::metrics::watch_pool("wallet", self.store.database().clone(), stopping.clone()));
         let api = WalletApi::new(self.store.clone(), stopping);
         let routes = tonic::service::Routes::new(WalletServiceServer::new(api));
         let stop_streams = async move {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, stop_streams).await;
+        let served =
+            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop_streams).await;
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "the expiry sweeper ended abnormally");
         }

@@ -51,8 +51,16 @@ pub async fn serve(
     routes: Routes,
     service_names: &[&str],
     authenticator: Arc<Authenticator>,
+    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // The scrape endpoint lives as long as the gRPC server.
+    let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = metrics.map(|listener| {
+        tokio::spawn(crate::metrics::serve(listener, async move {
+            let _ = metrics_stopped.await;
+        }))
+    });
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
         reporter.set_service_status(*name, ServingStatus::Serving).await;
@@ -71,8 +79,9 @@ pub async fn serve(
     let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, "serving");
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .layer(crate::metrics::RpcMetricsLayer)
         // Bounds the calls one connection may have open; beyond it callers
         // queue on their side rather than in this process's memory.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
@@ -92,7 +101,26 @@ pub async fn serve(
             },
         )
         .await
-        .map_err(|error| ServeError::Transport(error.to_string()))
+        .map_err(|error| ServeError::Transport(error.to_string()));
+    let _ = metrics_stop.send(());
+    if let Some(server) = metrics_server {
+        match server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the metrics endpoint failed"),
+            Err(error) => tracing::warn!(%error, "the metrics endpoint ended abnormally"),
+        }
+    }
+    served
+}
+
+/// Binds the scrape endpoint named by a `metrics_listen` setting: empty
+/// means none.
+pub async fn bind_metrics(listen: &str) -> Result<Option<TcpListener>, String> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    let address: SocketAddr = listen.parse().map_err(|error| format!("metrics_listen {listen:?}: {error}"))?;
+    TcpListener::bind(address).await.map(Some).map_err(|error| format!("listening on {address} for metrics: {error}"))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -474,6 +474,10 @@ impl MeteringService for MeteringApi {
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let results = self.ingest(tenant, request.into_inner().events).await?;
+        for result in &results {
+            let status = pb::EventStatus::try_from(result.status).unwrap_or(pb::EventStatus::Unspecified);
+            metrics::counter!("reservoir_metering_events_total", "status" => status.as_str_name()).increment(1);
+        }
         Ok(Response::new(pb::IngestEventsResponse { results }))
     }
 

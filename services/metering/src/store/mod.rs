@@ -215,9 +215,17 @@ impl Store {
         Ok(Self { db: database.connection().clone(), database })
     }
 
+    /// The connection pool, for its figures.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
     pub async fn migrate(&self) -> Result<(), MeteringError> {
-        migrations::Migrator::up(&self.db, None).await?;
-        Ok(())
+        self.database
+            .migrate_exclusively(|connection| async move {
+                migrations::Migrator::up(&connection, None).await.map_err(MeteringError::from)
+            })
+            .await
     }
 
     // ---- meters and prices -------------------------------------------------

@@ -68,6 +68,7 @@ impl Suite {
             database_schema: wallet_database.schema.clone(),
             database_max_connections: 16,
             sweep_interval_ms: 100,
+            metrics_listen: String::new(),
         };
         let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
         let wallet_address = wallet_app.local_addr().unwrap();
@@ -85,6 +86,7 @@ impl Suite {
             wallet_endpoint: format!("http://{wallet_address}"),
             wallet_service_key: service_key,
             worker_interval_ms: 200,
+            metrics_listen: String::new(),
         };
         let metering_app =
             Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("building metering");

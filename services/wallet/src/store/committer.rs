@@ -216,16 +216,20 @@ async fn commit(
     let checked = started.elapsed();
     // Apply in arrival order; each change stands or falls on its own.
     let mut results = Vec::with_capacity(operations.len());
+    // What became of each change, for the metrics: applied, replayed or refused.
+    let mut outcomes: Vec<&'static str> = Vec::with_capacity(operations.len());
     let mut new_records: Vec<idempotency::ActiveModel> = Vec::new();
     for (tenant, account, check, _, operate) in operations {
         let (tenant, account) = (*tenant, *account);
         if let Some((method, hash, response)) = recorded.get(&(tenant, check.key.clone())) {
             let same = method == check.method && *hash == check.request_hash;
             results.push(if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) });
+            outcomes.push(if same { "replayed" } else { "refused" });
             continue;
         }
         let Some(wallet) = wallets.get_mut(&(tenant, account)) else {
             results.push(Err(WalletError::NotFound("account")));
+            outcomes.push("refused");
             continue;
         };
         match operate(wallet) {
@@ -243,8 +247,12 @@ async fn commit(
                     (check.method.to_owned(), check.request_hash.clone(), response.clone()),
                 );
                 results.push(Ok(response));
+                outcomes.push("applied");
             }
-            Err(error) => results.push(Err(error)),
+            Err(error) => {
+                results.push(Err(error));
+                outcomes.push("refused");
+            }
         }
     }
 
@@ -253,13 +261,16 @@ async fn commit(
         // when the batch records its own: look up the keys of the refused.
         let refused = operations.iter().zip(&results).filter(|(_, result)| result.is_err());
         let found = recorded_keys(&transaction, refused.map(|((tenant, _, check, ..), _)| (*tenant, check))).await?;
-        for ((tenant, _, check, ..), result) in operations.iter().zip(results.iter_mut()) {
+        for (((tenant, _, check, ..), result), outcome) in
+            operations.iter().zip(results.iter_mut()).zip(outcomes.iter_mut())
+        {
             if result.is_ok() {
                 continue;
             }
             if let Some((method, hash, response)) = found.get(&(*tenant, check.key.clone())) {
                 let same = method == check.method && *hash == check.request_hash;
                 *result = if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) };
+                *outcome = if same { "replayed" } else { "refused" };
             }
         }
     }
@@ -291,6 +302,12 @@ async fn commit(
     for wallet in wallets.values() {
         cache.put(wallet);
     }
+    for ((_, _, check, ..), outcome) in operations.iter().zip(&outcomes) {
+        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => *outcome)
+            .increment(1);
+    }
+    metrics::histogram!("reservoir_wallet_group_commit_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!("reservoir_wallet_group_commit_size").record(size as f64);
     tracing::debug!(
         size,
         accounts = accounts.len(),

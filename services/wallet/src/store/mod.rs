@@ -120,10 +120,18 @@ impl Store {
         Ok(Self { committers, cache, db: database.connection().clone(), database, events_written })
     }
 
+    /// The connection pool, for its figures.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
     /// Applies every migration not yet applied.
     pub async fn migrate(&self) -> Result<(), WalletError> {
-        migrations::Migrator::up(&self.db, None).await?;
-        Ok(())
+        self.database
+            .migrate_exclusively(|connection| async move {
+                migrations::Migrator::up(&connection, None).await.map_err(WalletError::from)
+            })
+            .await
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -463,6 +471,8 @@ impl Store {
         record(&transaction, tenant_id, check, &response).await?;
         write_changes(&transaction, &[(&wallet, changes)]).await?;
         transaction.commit().await?;
+        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
+            .increment(1);
         self.events_written.notify_waiters();
         Ok(Outcome::Applied(response))
     }
@@ -528,6 +538,10 @@ impl Store {
         write_changes(&transaction, &[(&loaded.wallet, changes)]).await?;
         transaction.commit().await?;
         self.cache.put(&loaded.wallet);
+        if let Some(check) = check {
+            metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
+                .increment(1);
+        }
         if has_events {
             self.events_written.notify_waiters();
         }

@@ -22,6 +22,8 @@ pub struct TestApp {
     pub store: Store,
     pub tenant: TenantId,
     pub address: SocketAddr,
+    /// The Prometheus scrape endpoint.
+    pub metrics: SocketAddr,
     pub database: TestDatabase,
     stop: oneshot::Sender<()>,
     server: JoinHandle<()>,
@@ -34,6 +36,7 @@ pub fn settings(database: &TestDatabase) -> WalletSettings {
         database_schema: database.schema.clone(),
         database_max_connections: 16,
         sweep_interval_ms: 100,
+        metrics_listen: "127.0.0.1:0".into(),
     }
 }
 
@@ -48,6 +51,7 @@ impl TestApp {
         let application =
             Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
         let address = application.local_addr().expect("a bound address");
+        let metrics = application.metrics_addr().expect("a metrics endpoint");
         let store = application.store();
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -61,7 +65,7 @@ impl TestApp {
         let tenant = store.create_tenant("test", Utc::now()).await.expect("a tenant");
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
         let client = client(address, &key).await;
-        Some(Self { client, store, tenant, address, database, stop, server })
+        Some(Self { client, store, tenant, address, metrics, database, stop, server })
     }
 
     /// A second tenant with its own key.

@@ -84,3 +84,73 @@ async fn stopping_ends_open_event_streams_instead_of_waiting_for_them() {
     tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stops promptly");
     tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the stream ended").unwrap();
 }
+
+/// Replicas that start together on a fresh database migrate one at a time:
+/// both come up, and the schema is applied once.
+async fn replicas_starting_together_both_migrate(backend: Backend) {
+    let Some(database) = reservoir_testing::TestDatabase::create(backend).await else {
+        return;
+    };
+    let (settings, auth) = (settings(&database), auth_settings());
+    let (first, second) = tokio::join!(
+        reservoir_wallet::app::Application::build(&settings, &auth),
+        reservoir_wallet::app::Application::build(&settings, &auth),
+    );
+    let (first, second) = (first.expect("the first replica starts"), second.expect("the second replica starts"));
+    let store = first.store();
+    let tenant = store.create_tenant("both", chrono::Utc::now()).await.unwrap();
+    assert!(second.store().tenant_exists(tenant).await.unwrap(), "both replicas see one schema");
+    drop((first, second));
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_both_migrate_on_sqlite() {
+    replicas_starting_together_both_migrate(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn replicas_starting_together_both_migrate_on_postgres() {
+    replicas_starting_together_both_migrate(Backend::Postgres).await;
+}
+
+/// The scrape endpoint shows every call by method and status code, its
+/// latency, the group commits and what they did, and the connection pool.
+async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "5", reservoir_proto::wallet::GrantKind::Paid).await;
+    debit(&app.client, &account, "2").await.unwrap();
+    let refused = debit(&app.client, &account, "100").await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    let text = scrape(app.metrics).await;
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let debits = r#"method="Debit""#;
+    assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="Ok""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="FailedPrecondition""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_rpc_duration_seconds_count", &[debits]) >= 2.0, "{text}");
+    assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="applied""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="refused""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_wallet_group_commit_seconds_count", &[]) >= 1.0, "{text}");
+    assert!(text.contains("reservoir_db_pool_connections"), "{text}");
+}
+
+/// GET /metrics over plain HTTP/1.1.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+crate::on_both_backends!(metrics_count_calls_codes_and_changes);

@@ -7,9 +7,11 @@ mod amount;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, TransactionTrait,
+    DbErr, Statement, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -31,6 +33,10 @@ pub struct Database {
     /// SQLite has one writer; taking this before a write transaction turns
     /// "database is locked" failures into an orderly queue.
     write_lock: Option<Arc<Mutex<()>>>,
+    /// PostgreSQL: the URL and schema, for the migration lock's own connection.
+    postgres: Option<(String, String)>,
+    /// SQLite: the database file, beside which the migration lock file lives.
+    sqlite_file: Option<String>,
 }
 
 /// A write transaction, holding the SQLite writer's turn while it lives.
@@ -81,7 +87,12 @@ impl Database {
         if !postgres {
             connection.execute_unprepared(WRITE_TURN_TABLE).await?;
         }
-        Ok(Self { connection, write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))) })
+        Ok(Self {
+            connection,
+            write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))),
+            postgres: postgres.then(|| (settings.url.clone(), settings.schema.clone())),
+            sqlite_file: if postgres { None } else { sqlite_path(&settings.url) },
+        })
     }
 
     pub fn connection(&self) -> &DatabaseConnection {
@@ -124,6 +135,74 @@ impl Database {
 
     pub async fn close(self) -> Result<(), DbErr> {
         self.connection.close().await
+    }
+
+    /// Connections the pool holds open, and how many of them are idle.
+    pub fn pool_connections(&self) -> Option<(usize, usize)> {
+        match self.backend() {
+            DbBackend::Postgres => {
+                let pool = self.connection.get_postgres_connection_pool();
+                Some((pool.size() as usize, pool.num_idle()))
+            }
+            DbBackend::Sqlite => {
+                let pool = self.connection.get_sqlite_connection_pool();
+                Some((pool.size() as usize, pool.num_idle()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs `migrate` (the service's migrator over this pool) while holding
+    /// a lock: on PostgreSQL an advisory lock named after the schema, taken on
+    /// a connection of its own; on SQLite an exclusive lock on a file beside
+    /// the database. Processes that start together migrate one at a time,
+    /// and the later ones find nothing left to apply.
+    pub async fn migrate_exclusively<F, Fut, E>(&self, migrate: F) -> Result<(), E>
+    where
+        F: FnOnce(DatabaseConnection) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: From<DbErr>,
+    {
+        let Some((url, schema)) = &self.postgres else {
+            let Some(file) = &self.sqlite_file else {
+                return migrate(self.connection.clone()).await;
+            };
+            let path = format!("{file}.migrating");
+            let lock = tokio::task::spawn_blocking(move || {
+                let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+                lock.lock()?;
+                Ok::<_, std::io::Error>(lock)
+            })
+            .await
+            .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))?
+            .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))?;
+            let result = migrate(self.connection.clone()).await;
+            // Closing the file releases the lock.
+            drop(lock);
+            return result;
+        };
+        let holder = SeaDatabase::connect(ConnectOptions::new(url.clone()).max_connections(1).to_owned()).await?;
+        let key = format!("reservoir migrations {schema}");
+        holder
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_lock(hashtext($1))",
+                [key.clone().into()],
+            ))
+            .await?;
+        let result = migrate(self.connection.clone()).await;
+        // Closing the connection would release the lock too; this says so.
+        let unlocked = holder
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_advisory_unlock(hashtext($1))",
+                [key.into()],
+            ))
+            .await;
+        let _ = holder.close().await;
+        result?;
+        unlocked?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,164 @@
+//! Prometheus metrics. One recorder per process; each service serves the
+//! text exposition on an HTTP port of its own (`metrics_listen` in its
+//! settings), and [`RpcMetricsLayer`] counts every call by method and gRPC
+//! status code and times it. Services add their own domain counters with
+//! the `metrics` macros.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// Call latency buckets, in seconds: 0.5 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+
+/// The process's recorder, installed on first use.
+pub fn recorder() -> Result<PrometheusHandle, String> {
+    RECORDER
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+                .map_err(|error| error.to_string())?
+                .install_recorder()
+                .map_err(|error| format!("installing the metrics recorder: {error}"))
+        })
+        .clone()
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let handle = recorder().map_err(std::io::Error::other)?;
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                handle.run_upkeep();
+                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+            }
+        }),
+    );
+    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// Sets `reservoir_db_pool_connections{service, state}` (in use, idle) from
+/// the pool every few seconds until `stopping` turns true.
+pub async fn watch_pool(
+    service: &'static str,
+    database: crate::db::Database,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        if let Some((open, idle)) = database.pool_connections() {
+            let in_use = open.saturating_sub(idle);
+            metrics::gauge!("reservoir_db_pool_connections", "service" => service, "state" => "in_use")
+                .set(in_use as f64);
+            metrics::gauge!("reservoir_db_pool_connections", "service" => service, "state" => "idle").set(idle as f64);
+        }
+    }
+}
+
+/// Counts and times every call: `reservoir_rpc_requests_total{service,
+/// method, code}` and `reservoir_rpc_duration_seconds{service, method}`.
+#[derive(Clone, Copy, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RpcMetrics { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (service, method) = service_and_method(request.uri().path());
+        let started = Instant::now();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            // A failed unary call answers with its status in the headers
+            // (trailers-only); a call that gets that far without one is OK.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from),
+                Err(_) => tonic::Code::Internal,
+            };
+            // Unknown paths are not labelled by name: their number is unbounded.
+            let (service, method) = if code == tonic::Code::Unimplemented {
+                ("unknown".into(), "unknown".into())
+            } else {
+                (service, method)
+            };
+            metrics::counter!(
+                "reservoir_rpc_requests_total",
+                "service" => service.clone(),
+                "method" => method.clone(),
+                "code" => format!("{code:?}"),
+            )
+            .increment(1);
+            metrics::histogram!("reservoir_rpc_duration_seconds", "service" => service, "method" => method)
+                .record(started.elapsed().as_secs_f64());
+            result
+        })
+    }
+}
+
+/// `/reservoir.wallet.v1.WalletService/Debit` → (`reservoir.wallet.v1.WalletService`, `Debit`).
+fn service_and_method(path: &str) -> (String, String) {
+    let mut parts = path.trim_start_matches('/').splitn(2, '/');
+    let service = parts.next().unwrap_or_default();
+    let method = parts.next().unwrap_or_default();
+    (service.to_owned(), method.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_and_method;
+
+    #[test]
+    fn paths_split_into_service_and_method() {
+        assert_eq!(
+            service_and_method("/reservoir.wallet.v1.WalletService/Debit"),
+            ("reservoir.wallet.v1.WalletService".to_owned(), "Debit".to_owned())
+        );
+        assert_eq!(service_and_method("/"), (String::new(), String::new()));
+    }
+}
