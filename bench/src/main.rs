@@ -25,6 +25,11 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use crate::setup::{Services, Wallet, bench_database, fresh_schema};
 use crate::stats::{Random, RunResult, Zipf, summarize};
 
+/// The same allocator as the services, so the load generator takes as little
+/// of the machine's CPU from what it measures as it can.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// The release binary under test.

@@ -5,6 +5,11 @@ mod client;
 mod ingest;
 mod settings;
 
+/// mimalloc rather than glibc's malloc: every call allocates on one worker
+/// thread and frees on another, which glibc handles slowly.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     cli::main()
 }

@@ -53,15 +53,7 @@ impl TestApp {
         let address = application.local_addr().expect("a bound address");
         let metrics = application.metrics_addr().expect("a metrics endpoint");
         let store = application.store();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            application
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the wallet serves");
-        });
+        let (stop, server) = run_in_background(application);
         let tenant = store.create_tenant("test", Utc::now()).await.expect("a tenant");
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
         let client = client(address, &key).await;
@@ -87,18 +79,24 @@ impl TestApp {
         let application =
             Application::build(&settings(&self.database), &auth_settings()).await.expect("building a replica");
         let address = application.local_addr().expect("a bound address");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            application
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("the replica serves");
-        });
+        let (stop, server) = run_in_background(application);
         let key = self.store.issue_key(self.tenant, PEPPER, Utc::now()).await.expect("a key").key;
         Replica { client: client(address, &key).await, stop, server }
     }
+}
+
+/// Serves `application` until the returned sender fires (or is dropped).
+fn run_in_background(application: Application) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        application
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the wallet serves");
+    });
+    (stop, server)
 }
 
 /// A second wallet server of a [`TestApp`].
