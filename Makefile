@@ -11,8 +11,12 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 # rendered manifests offline against the bundled Kubernetes API schemas.
 KUBERNETES_VALIDATE_VERSION := 1.37.0
 KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
+# The Python client: grpcio-tools from PyPI in a virtualenv under target/.
+GRPCIO_VERSION := 1.85.1
+PYTHON_ENV := $(TOOLS)/python
+PYTHON_CLIENT := target/clients/python
 
-.PHONY: run test lint fmt-check clippy proto-lint k8s-validate unit-tests release bench clean-data help
+.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint k8s-validate unit-tests release bench clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,7 +24,7 @@ help: ## list the targets
 run: ## run the whole suite on SQLite under ./data, no setup
 	$(CARGO) run -p reservoir -- up
 
-test: lint unit-tests ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
+test: lint unit-tests client-smoke ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
 
 lint: fmt-check clippy proto-lint k8s-validate ## formatting, clippy, buf lint and the Kubernetes manifests
 
@@ -47,6 +51,21 @@ k8s-validate: $(KUBERNETES_VALIDATE) ## render every overlay in k8s/ and validat
 		$(KUBERNETES_VALIDATE) --strict --quiet target/k8s-$$name.yaml; \
 		echo "k8s/overlays/$$name: $$(grep -c '^kind:' target/k8s-$$name.yaml) resources valid"; \
 	done
+
+$(PYTHON_ENV)/bin/python:
+	python3 -m venv $(PYTHON_ENV)
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_VERSION) setuptools==84.2.1 wheel==0.48.0
+
+clients: $(PYTHON_ENV)/bin/python ## generate the Python client package from proto/ into target/clients/python and install it
+	rm -rf $(PYTHON_CLIENT) && mkdir -p $(PYTHON_CLIENT)
+	$(PYTHON_ENV)/bin/python -m grpc_tools.protoc -I proto --python_out=$(PYTHON_CLIENT) --pyi_out=$(PYTHON_CLIENT) \
+		--grpc_python_out=$(PYTHON_CLIENT) $$(cd proto && find reservoir -name '*.proto' | sort)
+	cp clients/python/pyproject.toml $(PYTHON_CLIENT)/
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation $(PYTHON_CLIENT)
+
+client-smoke: clients ## the Python client against a running suite: account, grant, debit, balance, ledger
+	$(CARGO) build --locked --workspace --bins
+	$(PYTHON_ENV)/bin/python clients/python/smoke_test.py target/debug/reservoir
 
 unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart
 	set -o pipefail; $(CARGO) test --workspace --locked --all-targets 2>&1 | tee target/test.log
