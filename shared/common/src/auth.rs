@@ -242,6 +242,7 @@ impl KeyResolver for WalletKeyResolver {
             let mut request = tonic::Request::new(GetCallerRequest {});
             let Ok(value) = format!("Bearer {key}").parse() else { return Ok(None) };
             request.metadata_mut().insert("authorization", value);
+            crate::telemetry::inject_trace_context(request.metadata_mut());
             match WalletServiceClient::new(channel).get_caller(request).await {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -268,6 +269,7 @@ pub fn service_request<T>(message: T, service_key: &str, tenant: TenantId) -> Re
     let tenant_value = tenant.to_string().parse().map_err(|_| Status::internal("a tenant id is not ASCII"))?;
     request.metadata_mut().insert("authorization", authorization);
     request.metadata_mut().insert(TENANT_HEADER, tenant_value);
+    crate::telemetry::inject_trace_context(request.metadata_mut());
     Ok(request)
 }
 

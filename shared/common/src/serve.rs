@@ -80,7 +80,7 @@ pub async fn serve(
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, "serving");
     let served = tonic::transport::Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(crate::telemetry::rpc_span)
         .layer(crate::metrics::RpcMetricsLayer)
         // Bounds the calls one connection may have open; beyond it callers
         // queue on their side rather than in this process's memory.

@@ -1,9 +1,13 @@
-//! Structured logs through `tracing`, and traces to an OTLP collector when one
-//! is configured.
+//! Structured logs through `tracing`, traces to an OTLP collector when one
+//! is configured, and W3C trace context carried on every call between
+//! services, so one request is one trace across them.
 
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -57,4 +61,45 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
         .try_init()
         .map_err(|error| format!("installing the log subscriber: {error}"))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// The span of one incoming call: `rpc` with its method, the child of the
+/// caller's span when the call carries W3C trace context (`traceparent`).
+pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!("rpc", method = %request.uri().path(), otel.kind = "server");
+    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+    if let Err(error) = span.set_parent(parent) {
+        tracing::debug!(%error, "the caller's trace context was not applied");
+    }
+    span
+}
+
+/// Puts the current span's trace context on an outgoing call between services.
+pub fn inject_trace_context(metadata: &mut tonic::metadata::MetadataMap) {
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut MetadataInjector(metadata));
+}
+
+struct HeaderExtractor<'a>(&'a http::HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+struct MetadataInjector<'a>(&'a mut tonic::metadata::MetadataMap);
+
+impl Injector for MetadataInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(key), Ok(value)) =
+            (tonic::metadata::MetadataKey::from_bytes(key.as_bytes()), tonic::metadata::MetadataValue::try_from(value))
+        {
+            self.0.insert(key, value);
+        }
+    }
 }

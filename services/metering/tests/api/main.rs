@@ -9,3 +9,4 @@ mod authorizations;
 mod ingestion;
 mod outage;
 mod prices;
+mod traces;
