@@ -7,3 +7,4 @@ mod crash;
 mod metering;
 mod process;
 mod release;
+mod replicas;

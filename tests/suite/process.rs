@@ -50,6 +50,22 @@ impl Environment {
         Self { variables, wallet_address, metering_address }
     }
 
+    /// Sets one setting for every process started from here on.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.variables.insert(name.to_owned(), value.to_owned());
+    }
+
+    /// The same settings and databases on new addresses: a second replica of
+    /// each service, whose metering calls its own wallet.
+    pub fn replica(&self) -> Self {
+        let (wallet_address, metering_address) = (free_address(), free_address());
+        let mut variables = self.variables.clone();
+        variables.insert("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string());
+        variables.insert("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string());
+        variables.insert("RESERVOIR__METERING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        Self { variables, wallet_address, metering_address }
+    }
+
     pub fn command(&self, arguments: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reservoir"));
         command.args(arguments).envs(&self.variables).env_remove("RUST_LOG").kill_on_drop(true);
