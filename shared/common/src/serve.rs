@@ -120,6 +120,8 @@ pub async fn bind_metrics(listen: &str) -> Result<Option<TcpListener>, String> {
         return Ok(None);
     }
     let address: SocketAddr = listen.parse().map_err(|error| format!("metrics_listen {listen:?}: {error}"))?;
+    // Installed now, before anything records: figures recorded earlier are lost.
+    crate::metrics::recorder()?;
     TcpListener::bind(address).await.map(Some).map_err(|error| format!("listening on {address} for metrics: {error}"))
 }
 

@@ -879,7 +879,15 @@ impl WalletService for WalletApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut cursor = request.into_inner().after_sequence;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        violations.meter_code("consumer", &request.consumer);
+        violations.finish()?;
+        let mut cursor = request.after_sequence;
+        let consumer = if request.consumer.is_empty() { "unnamed".to_owned() } else { request.consumer };
+        // How far behind the outbox this consumer is: the age of the oldest
+        // event not yet sent to it, 0 when it has them all.
+        let lag = metrics::gauge!("reservoir_wallet_outbox_lag_seconds", "consumer" => consumer);
         let store = self.store.clone();
         let written = store.events_written();
         let mut stopping = self.stopping.clone();
@@ -893,6 +901,7 @@ impl WalletService for WalletApi {
                 let notified = written.notified();
                 let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
                 if batch.is_empty() {
+                    lag.set(0.0);
                     tokio::select! {
                         () = notified => {}
                         () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
@@ -900,10 +909,15 @@ impl WalletService for WalletApi {
                     }
                     continue;
                 }
-                for (sequence, payload) in batch {
+                for (index, (sequence, payload)) in batch.into_iter().enumerate() {
                     let mut event = pb::Event::decode(payload.as_slice())
                         .map_err(|error| Status::from(WalletError::Internal(format!("outbox payload: {error}"))))?;
                     event.sequence = sequence;
+                    if index == 0
+                        && let Some(occurred) = event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)
+                    {
+                        lag.set((now() - occurred).num_milliseconds().max(0) as f64 / 1_000.0);
+                    }
                     cursor = sequence;
                     yield pb::WatchEventsResponse { event: Some(event) };
                 }

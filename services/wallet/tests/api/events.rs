@@ -7,7 +7,12 @@ use crate::helpers::*;
 
 /// Reads events until `count` have arrived or a few seconds pass.
 async fn read_events(client: &Client, after_sequence: u64, count: usize) -> Vec<pb::Event> {
-    let mut stream = client.clone().watch_events(pb::WatchEventsRequest { after_sequence }).await.unwrap().into_inner();
+    let mut stream = client
+        .clone()
+        .watch_events(pb::WatchEventsRequest { after_sequence, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let mut events = Vec::new();
     while events.len() < count {
         match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
@@ -62,8 +67,12 @@ async fn another_tenants_events_are_not_seen(app: &TestApp) {
     let account = prepaid(&app.client).await;
     grant(&app.client, &account, "1", pb::GrantKind::Paid).await;
     let (_, other) = app.other_tenant().await;
-    let mut stream =
-        other.clone().watch_events(pb::WatchEventsRequest { after_sequence: 0 }).await.unwrap().into_inner();
+    let mut stream = other
+        .clone()
+        .watch_events(pb::WatchEventsRequest { after_sequence: 0, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
     let next = tokio::time::timeout(Duration::from_millis(500), stream.next()).await;
     assert!(next.is_err(), "nothing arrives for a tenant with no events: {next:?}");
 }

@@ -76,7 +76,7 @@ async fn stopping_ends_open_event_streams_instead_of_waiting_for_them() {
     let mut stream = app
         .client
         .clone()
-        .watch_events(reservoir_proto::wallet::WatchEventsRequest { after_sequence: 0 })
+        .watch_events(reservoir_proto::wallet::WatchEventsRequest { after_sequence: 0, ..Default::default() })
         .await
         .unwrap()
         .into_inner();
@@ -122,6 +122,14 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     debit(&app.client, &account, "2").await.unwrap();
     let refused = debit(&app.client, &account, "100").await;
     assert_eq!(refused.unwrap_err().code(), tonic::Code::FailedPrecondition);
+    // A named event consumer that has read the first event.
+    let watch = |consumer: &str| reservoir_proto::wallet::WatchEventsRequest {
+        after_sequence: 0,
+        consumer: consumer.to_owned(),
+    };
+    assert_invalid(app.client.clone().watch_events(watch("no spaces here")).await.map(|_| ()), "consumer");
+    let mut events = app.client.clone().watch_events(watch("metrics-test")).await.unwrap().into_inner();
+    assert!(tokio_stream::StreamExt::next(&mut events).await.unwrap().is_ok());
     let text = scrape(app.metrics).await;
     let value = |name: &str, labels: &[&str]| -> f64 {
         text.lines()
@@ -137,6 +145,7 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="refused""#]) >= 1.0, "{text}");
     assert!(value("reservoir_wallet_group_commit_seconds_count", &[]) >= 1.0, "{text}");
     assert!(text.contains("reservoir_db_pool_connections"), "{text}");
+    assert!(text.contains(r#"reservoir_wallet_outbox_lag_seconds{consumer="metrics-test"}"#), "{text}");
 }
 
 /// GET /metrics over plain HTTP/1.1.
