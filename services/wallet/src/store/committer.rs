@@ -218,7 +218,7 @@ async fn commit(
     let mut results = Vec::with_capacity(operations.len());
     // What became of each change, for the metrics: applied, replayed or refused.
     let mut outcomes: Vec<&'static str> = Vec::with_capacity(operations.len());
-    let mut new_records: Vec<idempotency::ActiveModel> = Vec::new();
+    let mut new_records: Vec<((uuid::Uuid, String), idempotency::ActiveModel)> = Vec::new();
     for (tenant, account, check, _, operate) in operations {
         let (tenant, account) = (*tenant, *account);
         if let Some((method, hash, response)) = recorded.get(&(tenant, check.key.clone())) {
@@ -234,14 +234,17 @@ async fn commit(
         };
         match operate(wallet) {
             Ok(response) => {
-                new_records.push(idempotency::ActiveModel {
-                    tenant_id: Set(tenant.0),
-                    key: Set(check.key.clone()),
-                    method: Set(check.method.to_owned()),
-                    request_hash: Set(check.request_hash.clone()),
-                    response: Set(response.clone()),
-                    created_at: Set(now),
-                });
+                new_records.push((
+                    (tenant.0, check.key.clone()),
+                    idempotency::ActiveModel {
+                        tenant_id: Set(tenant.0),
+                        key: Set(check.key.clone()),
+                        method: Set(check.method.to_owned()),
+                        request_hash: Set(check.request_hash.clone()),
+                        response: Set(response.clone()),
+                        created_at: Set(now),
+                    },
+                ));
                 recorded.insert(
                     (tenant, check.key.clone()),
                     (check.method.to_owned(), check.request_hash.clone(), response.clone()),
@@ -275,6 +278,10 @@ async fn commit(
         }
     }
     let applied = started.elapsed();
+    // In key order, so two batches recording the same keys (one key reused
+    // on two accounts) take them in one order and cannot deadlock.
+    new_records.sort_by(|a, b| a.0.cmp(&b.0));
+    let new_records: Vec<idempotency::ActiveModel> = new_records.into_iter().map(|(_, record)| record).collect();
     let expected = new_records.len() as u64;
     let mut inserted = 0;
     // A recorded response is about a kilobyte.
