@@ -161,22 +161,14 @@ async fn work(
     store: Store,
     wallet: WalletGateway,
     interval: Duration,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.changed() => return,
-        }
-        if *stopping.borrow() {
-            return;
-        }
+    reservoir_common::serve::every(interval, stopping, || async {
         if let Err(error) = work_once(&api, &store, &wallet).await {
             tracing::warn!(%error, "metering worker pass failed; retried next pass");
         }
-    }
+    })
+    .await;
 }
 
 async fn work_once(api: &MeteringApi, store: &Store, wallet: &WalletGateway) -> Result<(), MeteringError> {

@@ -142,36 +142,29 @@ impl Application {
 /// Writes off expired grants and holds. Every replica may run it: each
 /// account is changed under its row lock and an already written-off grant is
 /// skipped, so nothing is expired twice.
-async fn sweep(store: Store, interval: Duration, mut stopping: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.changed() => return,
-        }
-        if *stopping.borrow() {
+async fn sweep(store: Store, interval: Duration, stopping: watch::Receiver<bool>) {
+    reservoir_common::serve::every(interval, stopping, || sweep_once(&store)).await;
+}
+
+async fn sweep_once(store: &Store) {
+    let now = crate::api::now();
+    let due = match store.accounts_due_for_expiry(now, SWEEP_ACCOUNTS_MAX).await {
+        Ok(due) => due,
+        Err(error) => {
+            tracing::warn!(%error, "expiry sweep could not list due accounts");
             return;
         }
-        let now = crate::api::now();
-        let due = match store.accounts_due_for_expiry(now, SWEEP_ACCOUNTS_MAX).await {
-            Ok(due) => due,
-            Err(error) => {
-                tracing::warn!(%error, "expiry sweep could not list due accounts");
-                continue;
-            }
-        };
-        for (tenant, account) in due {
-            let ctx = OperationContext::new(now, String::new());
-            let result = store
-                .mutate(tenant, account, None, &LoadPlan::default(), now, |loaded| {
-                    loaded.wallet.expire(&ctx);
-                    Ok(())
-                })
-                .await;
-            if let Err(error) = result {
-                tracing::warn!(%error, %account, "expiry sweep failed for an account; it is retried next pass");
-            }
+    };
+    for (tenant, account) in due {
+        let ctx = OperationContext::new(now, String::new());
+        let result = store
+            .mutate(tenant, account, None, &LoadPlan::default(), now, |loaded| {
+                loaded.wallet.expire(&ctx);
+                Ok(())
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::warn!(%error, %account, "expiry sweep failed for an account; it is retried next pass");
         }
     }
 }

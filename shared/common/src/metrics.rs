@@ -53,24 +53,17 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + S
 pub async fn watch_pool(
     service: &'static str,
     database: crate::db::Database,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stopping.changed() => return,
-        }
-        if *stopping.borrow() {
-            return;
-        }
+    crate::serve::every(std::time::Duration::from_secs(5), stopping, || async {
         if let Some((open, idle)) = database.pool_connections() {
             let in_use = open.saturating_sub(idle);
             metrics::gauge!("reservoir_db_pool_connections", "service" => service, "state" => "in_use")
                 .set(in_use as f64);
             metrics::gauge!("reservoir_db_pool_connections", "service" => service, "state" => "idle").set(idle as f64);
         }
-    }
+    })
+    .await;
 }
 
 /// Counts and times every call: `reservoir_rpc_requests_total{service,

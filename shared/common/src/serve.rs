@@ -132,3 +132,25 @@ pub enum ServeError {
     #[error("serving: {0}")]
     Transport(String),
 }
+
+/// Runs `pass` at once and then every `interval` (a slow pass delays the
+/// next instead of bunching them up) until `stopping` turns true: the loop
+/// of every background job.
+pub async fn every<F, Fut>(interval: std::time::Duration, mut stopping: tokio::sync::watch::Receiver<bool>, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.changed() => return,
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        pass().await;
+    }
+}
