@@ -17,11 +17,34 @@ use crate::process::{Environment, ServiceProcess};
 
 const BATCH: usize = 50;
 
-async fn metering_client(
-    address: std::net::SocketAddr,
-    api_key: &str,
-) -> MeteringServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>> {
+pub type MeteringClient =
+    MeteringServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>>;
+
+pub async fn metering_client(address: std::net::SocketAddr, api_key: &str) -> MeteringClient {
     MeteringServiceClient::with_interceptor(channel(address).await, BearerKey::new(api_key))
+}
+
+/// The meter `tokens` at 0.01 a token.
+pub async fn price_tokens(metering: &mut MeteringClient) {
+    metering
+        .create_meter(pb::CreateMeterRequest {
+            code: "tokens".into(),
+            unit_name: "token".into(),
+            aggregation: pb::Aggregation::Sum.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    metering
+        .set_price(pb::SetPriceRequest {
+            meter_code: "tokens".into(),
+            effective_from: None,
+            tiers: vec![pb::Tier { up_to: String::new(), unit_price: "0.01".into() }],
+            overrides: Vec::new(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
 }
 
 /// A wallet and a metering process, a tenant, a funded account and a priced meter.
@@ -47,26 +70,7 @@ async fn start(backend: Backend) -> Option<Running> {
     metering.start(&environment).await;
     let wallet_client = client(wallet.address(), &api_key).await;
     let account = open_funded_account(&wallet_client, "1000000").await;
-    let mut metering_api = metering_client(metering.address(), &api_key).await;
-    metering_api
-        .create_meter(pb::CreateMeterRequest {
-            code: "tokens".into(),
-            unit_name: "token".into(),
-            aggregation: pb::Aggregation::Sum.into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    metering_api
-        .set_price(pb::SetPriceRequest {
-            meter_code: "tokens".into(),
-            effective_from: None,
-            tiers: vec![pb::Tier { up_to: String::new(), unit_price: "0.01".into() }],
-            overrides: Vec::new(),
-            idempotency_key: key(),
-        })
-        .await
-        .unwrap();
+    price_tokens(&mut metering_client(metering.address(), &api_key).await).await;
 
     Some(Running {
         environment,

@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as pb;
-use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as wallet_pb;
 use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_testing::{Backend, TestDatabase};
 use rust_decimal::Decimal;
 
+use crate::metering::{metering_client, price_tokens};
 use crate::process::{Environment, ServiceProcess};
 
 fn entries_of(entries: &[wallet_pb::LedgerEntry], kind: wallet_pb::EntryKind) -> Vec<&wallet_pb::LedgerEntry> {
@@ -78,27 +78,8 @@ async fn two_replicas_of_each_service_expire_and_charge_everything_once_on_postg
     let mut meterings = [ServiceProcess::metering(&first), ServiceProcess::metering(&second)];
     meterings[0].start(&first).await;
     meterings[1].start(&second).await;
-    let mut metering =
-        MeteringServiceClient::with_interceptor(channel(meterings[0].address()).await, BearerKey::new(&api_key));
-    metering
-        .create_meter(pb::CreateMeterRequest {
-            code: "tokens".into(),
-            unit_name: "token".into(),
-            aggregation: pb::Aggregation::Sum.into(),
-            description: String::new(),
-        })
-        .await
-        .unwrap();
-    metering
-        .set_price(pb::SetPriceRequest {
-            meter_code: "tokens".into(),
-            effective_from: None,
-            tiers: vec![pb::Tier { up_to: String::new(), unit_price: "0.01".into() }],
-            overrides: Vec::new(),
-            idempotency_key: key(),
-        })
-        .await
-        .unwrap();
+    let mut metering = metering_client(meterings[0].address(), &api_key).await;
+    price_tokens(&mut metering).await;
     let payer = open_funded_account(&clients[0], "100").await;
     let usage = |quantity: &str| pb::UsageEvent {
         event_id: key(),
