@@ -30,11 +30,15 @@ const WORKER_BATCH: u64 = 1_000;
 /// about to finish it itself.
 const SETTLEMENT_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct MeteringSettings {
+    /// gRPC address to listen on, such as `0.0.0.0:50052`; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/database` (add `sslmode=require` off-host).
     pub database_url: String,
+    /// The PostgreSQL schema metering owns (created on first connection); ignored on SQLite.
     pub database_schema: String,
+    /// Connections in this replica's pool.
     pub database_max_connections: u32,
     /// The wallet's gRPC address, such as `http://wallet:50051`.
     pub wallet_endpoint: String,

@@ -37,6 +37,8 @@ struct Cli {
 enum Command {
     /// Run every service in this process on SQLite under ./data: no setup.
     Up,
+    /// Print every setting with its default and meaning, as a Markdown table.
+    Settings,
     /// Run one service (what a Kubernetes Deployment runs).
     Serve { service: Service },
     /// Apply one service's database migrations and exit.
@@ -226,6 +228,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.config.as_deref();
     match cli.command {
         Command::Up => up(config).await,
+        Command::Settings => {
+            print!("{}", crate::settings::reference().map_err(anyhow::Error::msg)?);
+            Ok(())
+        }
         Command::Serve { service: Service::Wallet } => serve_wallet(config).await,
         Command::Serve { service: Service::Metering } => serve_metering(config).await,
         Command::Migrate { service } => migrate(config, service).await,

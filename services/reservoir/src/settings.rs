@@ -39,7 +39,7 @@ log_filter = "info"
 otlp_endpoint = ""
 "#;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct Settings {
     /// Where `reservoir up` keeps its files, such as the development API key.
     pub data_dir: PathBuf,
@@ -57,5 +57,33 @@ impl Settings {
             return Err("auth.api_key_pepper must not be empty".into());
         }
         Ok(settings)
+    }
+}
+
+/// Every setting with its default and meaning, generated from the types.
+pub fn reference() -> Result<String, String> {
+    reservoir_common::settings::reference::<Settings>(DEFAULTS)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    /// docs/OPERATIONS.md carries the generated reference verbatim.
+    #[test]
+    fn the_operations_guide_lists_every_setting_as_generated() {
+        let generated = super::reference().unwrap();
+        let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/OPERATIONS.md")).unwrap();
+        let documented = guide
+            .split("<!-- settings -->\n")
+            .nth(1)
+            .and_then(|rest| rest.split("<!-- /settings -->").next())
+            .unwrap_or_default();
+        assert_eq!(
+            documented, generated,
+            "docs/OPERATIONS.md is out of date: replace its table between the settings markers with `reservoir settings`"
+        );
+        for key in ["wallet.listen", "metering.wallet_service_key", "auth.api_key_pepper", "telemetry.otlp_endpoint"] {
+            assert!(generated.contains(&format!("| `{key}` |")), "{key} is listed");
+        }
     }
 }

@@ -25,13 +25,15 @@ pub const SERVICE_NAME: &str = "reservoir.wallet.v1.WalletService";
 /// Accounts the sweeper writes off per pass; the next pass takes the rest.
 const SWEEP_ACCOUNTS_MAX: u64 = 200;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct WalletSettings {
-    /// Address to listen on, such as `127.0.0.1:50051`; port 0 picks a free one.
+    /// gRPC address to listen on, such as `0.0.0.0:50051`; port 0 picks a free one.
     pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/database` (add `sslmode=require` off-host).
     pub database_url: String,
-    /// The PostgreSQL schema the wallet owns.
+    /// The PostgreSQL schema the wallet owns (created on first connection); ignored on SQLite.
     pub database_schema: String,
+    /// Connections in this replica's pool.
     pub database_max_connections: u32,
     /// How often expired grants and holds are written off. They stop counting
     /// at their expiry instant regardless; this only decides when the EXPIRY

@@ -54,7 +54,7 @@ impl DatabaseSettings {
 }
 
 /// How API keys are checked.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct AuthSettings {
     /// Mixed into every key's hash, so a copy of the database alone cannot
     /// be used to test guessed keys. Keep it secret in production.
@@ -65,12 +65,76 @@ pub struct AuthSettings {
 }
 
 /// Logs and traces.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct TelemetrySettings {
     /// `json` for one JSON object a line, `text` for people.
     pub log_format: String,
     /// A tracing filter such as `info,reservoir_wallet=debug`; `RUST_LOG` wins when set.
     pub log_filter: String,
     /// An OTLP gRPC endpoint such as `http://otel-collector:4317`; traces are off when empty.
+    /// Every call's span continues the caller's W3C `traceparent`, and calls
+    /// between services carry it on.
     pub otlp_endpoint: String,
+}
+
+/// A Markdown table of every setting of `T`: its key, its default from
+/// `defaults`, and what it means (the field's documentation). Generated, so
+/// docs/OPERATIONS.md cannot drift from the settings types.
+pub fn reference<T: schemars::JsonSchema>(defaults: &str) -> Result<String, String> {
+    let schema = schemars::schema_for!(T);
+    let root = schema.as_value();
+    let defaults: config::Config = config::Config::builder()
+        .add_source(config::File::from_str(defaults, config::FileFormat::Toml))
+        .build()
+        .map_err(|error| error.to_string())?;
+    let mut rows = Vec::new();
+    walk(root, root, "", &defaults, &mut rows);
+    let mut table = String::from("| setting | default | meaning |\n|---|---|---|\n");
+    for (key, default, meaning) in rows {
+        let default = if default.is_empty() { "(empty)".to_owned() } else { format!("`{default}`") };
+        table.push_str(&format!("| `{key}` | {default} | {meaning} |\n"));
+    }
+    Ok(table)
+}
+
+fn walk(
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    prefix: &str,
+    defaults: &config::Config,
+    rows: &mut Vec<(String, String, String)>,
+) {
+    let schema = resolve(root, schema);
+    let Some(properties) = schema.get("properties").and_then(serde_json::Value::as_object) else {
+        return;
+    };
+    for (name, property) in properties {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let resolved = resolve(root, property);
+        if resolved.get("properties").is_some() {
+            walk(root, resolved, &key, defaults, rows);
+            continue;
+        }
+        let meaning = property
+            .get("description")
+            .or_else(|| resolved.get("description"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let default = defaults.get_string(&key).unwrap_or_default();
+        rows.push((key, default, meaning));
+    }
+}
+
+/// Follows a `$ref` to its definition.
+fn resolve<'a>(root: &'a serde_json::Value, schema: &'a serde_json::Value) -> &'a serde_json::Value {
+    let Some(reference) = schema.get("$ref").and_then(serde_json::Value::as_str) else {
+        return schema;
+    };
+    reference
+        .strip_prefix("#/")
+        .and_then(|path| path.split('/').try_fold(root, |node, part| node.get(part)))
+        .unwrap_or(schema)
 }
