@@ -2,30 +2,22 @@
 //! database on the same machine.
 
 use rust_decimal::Decimal;
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
 
-/// Connects with a pool as large as the bench's concurrency.
+/// Connects with a pool of `pool` connections, the way the services do
+/// (SQLite in WAL mode with synchronous=FULL; PostgreSQL in `schema`).
 pub async fn connect(url: &str, schema: Option<&str>, pool: u32) -> anyhow::Result<DatabaseConnection> {
-    let mut options = ConnectOptions::new(url.to_owned());
-    options.max_connections(pool).min_connections(1).sqlx_logging(false);
-    if let Some(schema) = schema {
-        options.set_schema_search_path(schema.to_owned());
-    } else {
-        options.map_sqlx_sqlite_opts(|sqlite| {
-            use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-            sqlite
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .busy_timeout(std::time::Duration::from_secs(30))
-        });
-    }
-    Ok(Database::connect(options).await?)
+    let settings = reservoir_common::settings::DatabaseSettings {
+        url: url.to_owned(),
+        schema: schema.unwrap_or("main").to_owned(),
+        max_connections: pool,
+    };
+    Ok(reservoir_common::db::Database::connect(&settings).await?.connection().clone())
 }
 
 /// A balance table with `accounts` rows of `balance`, an entry table, and an event table.
 pub async fn prepare(db: &DatabaseConnection, accounts: usize, balance: Decimal) -> anyhow::Result<()> {
-    let amount = if db.get_database_backend() == DbBackend::Postgres { "NUMERIC" } else { "TEXT" };
+    let amount = reservoir_common::db::amount_column_type(db.get_database_backend());
     for statement in [
         "DROP TABLE IF EXISTS balances".to_owned(),
         "DROP TABLE IF EXISTS entries".to_owned(),

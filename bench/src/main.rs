@@ -512,10 +512,14 @@ async fn main() -> anyhow::Result<()> {
             let (db, ids) = (baseline_db_run.clone(), baseline_ids.clone());
             async move {
                 let mut random = Random::new(round as u64 * 31 + worker as u64 * 17 + sequence + 1);
-                let earlier = ids.lock().await.clone();
-                let events: Vec<(String, i64)> =
-                    batch(&mut random, &earlier).into_iter().map(|(id, account)| (id, account as i64)).collect();
-                ids.lock().await.extend(events.iter().take(100).map(|(id, _)| id.clone()));
+                // Drawn while holding the list, rather than copying it per batch.
+                let events: Vec<(String, i64)> = {
+                    let mut ids = ids.lock().await;
+                    let events: Vec<(String, i64)> =
+                        batch(&mut random, &ids).into_iter().map(|(id, account)| (id, account as i64)).collect();
+                    ids.extend(events.iter().take(100).map(|(id, _)| id.clone()));
+                    events
+                };
                 baseline::insert_events(&db, &events).await
             }
         })
@@ -526,7 +530,8 @@ async fn main() -> anyhow::Result<()> {
             let (mut client, ids, accounts) = (client.clone(), ids.clone(), accounts.clone());
             async move {
                 let mut random = Random::new(round as u64 * 37 + worker as u64 * 13 + sequence + 7);
-                let earlier = ids.lock().await.clone();
+                // Drawn while holding the list, rather than copying it per batch.
+                let mut earlier = ids.lock().await;
                 let events: Vec<metering_pb::UsageEvent> = batch(&mut random, &earlier)
                     .into_iter()
                     .map(|(id, account)| metering_pb::UsageEvent {
@@ -537,7 +542,8 @@ async fn main() -> anyhow::Result<()> {
                         ..Default::default()
                     })
                     .collect();
-                ids.lock().await.extend(events.iter().take(100).map(|event| event.event_id.clone()));
+                earlier.extend(events.iter().take(100).map(|event| event.event_id.clone()));
+                drop(earlier);
                 client.ingest_events(metering_pb::IngestEventsRequest { events }).await.is_ok()
             }
         })

@@ -67,9 +67,12 @@ pub fn init(settings: &TelemetrySettings, service_name: &str) -> Result<Telemetr
 /// caller's span when the call carries W3C trace context (`traceparent`).
 pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     let span = tracing::info_span!("rpc", method = %request.uri().path(), otel.kind = "server");
-    let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-    if let Err(error) = span.set_parent(parent) {
-        tracing::debug!(%error, "the caller's trace context was not applied");
+    // Most calls carry none; without one there is nothing to extract.
+    if request.headers().contains_key("traceparent") {
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        if let Err(error) = span.set_parent(parent) {
+            tracing::debug!(%error, "the caller's trace context was not applied");
+        }
     }
     span
 }

@@ -287,6 +287,8 @@ impl MeteringApi {
         let mut charged = Decimal::ZERO;
         let mut entry_ids = Vec::new();
         let mut reason = String::new();
+        // Set when the hold had lapsed: then all the usage is debited.
+        let mut lapsed = false;
         if let Some(hold) = authorization.hold_id {
             let outcome = if actual.is_zero() {
                 let release = wallet_pb::ReleaseHoldRequest {
@@ -304,7 +306,6 @@ impl MeteringApi {
                 };
                 self.wallet.capture(tenant, capture).await.map(|response| response.entries)
             };
-            let mut held_still = held;
             match outcome {
                 Ok(entries) => {
                     charged = actual.min(held);
@@ -313,14 +314,14 @@ impl MeteringApi {
                 // The hold lapsed while the settlement was interrupted; its
                 // funds are free again, so the usage is debited as usual.
                 Err(status) if reservoir_common::status::reason_of(&status).as_deref() == Some("HOLD_EXPIRED") => {
-                    held_still = Decimal::ZERO;
+                    held = Decimal::ZERO;
+                    lapsed = true;
                 }
                 Err(status) if is_final_refusal(status.code()) => {
                     reason = reservoir_common::status::reason_of(&status).unwrap_or_default();
                 }
                 Err(status) => return Err(MeteringError::Unavailable(format!("wallet: {status}"))),
             }
-            held = held_still;
         }
         let excess = actual - held;
         if excess > Decimal::ZERO && reason.is_empty() {
@@ -329,7 +330,7 @@ impl MeteringApi {
                 amount: excess.normalize().to_string(),
                 meter_code: authorization.meter_code.clone(),
                 // Above a capture, only the excess; after a lapsed hold, all of it.
-                idempotency_key: wallet_key(if held.is_zero() { "settle-debit" } else { "excess" }, &id),
+                idempotency_key: wallet_key(if lapsed { "settle-debit" } else { "excess" }, &id),
                 description: format!("usage of {} above its authorization", authorization.meter_code),
                 metadata: Default::default(),
                 correlation_id: id.clone(),
@@ -474,9 +475,13 @@ impl MeteringService for MeteringApi {
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let results = self.ingest(tenant, request.into_inner().events).await?;
+        let mut by_status: std::collections::BTreeMap<i32, u64> = std::collections::BTreeMap::new();
         for result in &results {
-            let status = pb::EventStatus::try_from(result.status).unwrap_or(pb::EventStatus::Unspecified);
-            metrics::counter!("reservoir_metering_events_total", "status" => status.as_str_name()).increment(1);
+            *by_status.entry(result.status).or_default() += 1;
+        }
+        for (status, count) in by_status {
+            let status = pb::EventStatus::try_from(status).unwrap_or(pb::EventStatus::Unspecified);
+            metrics::counter!("reservoir_metering_events_total", "status" => status.as_str_name()).increment(count);
         }
         Ok(Response::new(pb::IngestEventsResponse { results }))
     }
@@ -590,11 +595,9 @@ impl MeteringService for MeteringApi {
         }
         match row.status.as_str() {
             "ACTIVE" => {
-                let meter = self.meter(tenant, "meter_code", &row.meter_code).await?;
                 let prices = self.store.prices(meter.id).await?;
                 let scale =
                     self.account_scale(tenant, row.account_id).await?.ok_or(MeteringError::NotFound("account"))?;
-                let actual = if meter.aggregation == "COUNT" { actual.ceil() } else { actual };
                 let price = |event: &NewEvent, before: Decimal| -> Result<Decimal, MeteringError> {
                     let version = price_at(&prices, event.occurred_at)
                         .ok_or_else(|| MeteringError::precondition("NO_PRICE", "the meter has no price in effect"))?;

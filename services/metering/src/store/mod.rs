@@ -646,19 +646,8 @@ impl Store {
             // One UPDATE … FROM (VALUES …) per chunk; the driver sends typed parameters.
             // A settlement row is a couple of hundred bytes on the wire.
             for chunk in ordered.chunks(reservoir_common::db::rows_per_insert(300)) {
-                let mut placeholders = Vec::with_capacity(chunk.len());
                 let mut values: Vec<sea_orm::Value> = vec![tenant.0.into(), now.into()];
-                for (index, (event_id, settlement)) in chunk.iter().enumerate() {
-                    let base = 2 + index * 6;
-                    placeholders.push(format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        base + 1,
-                        base + 2,
-                        base + 3,
-                        base + 4,
-                        base + 5,
-                        base + 6
-                    ));
+                for (event_id, settlement) in chunk {
                     values.extend([
                         event_id.clone().into(),
                         settlement.status.name().into(),
@@ -673,7 +662,7 @@ impl Store {
                      entry_ids = v.entries, reason = v.reason, updated_at = $2 \
                      FROM (VALUES {}) AS v(event_id, status, charged, uncovered, entries, reason) \
                      WHERE usage_events.tenant_id = $1 AND usage_events.event_id = v.event_id AND usage_events.status = 'PENDING'",
-                    placeholders.join(", ")
+                    reservoir_common::db::values_list(chunk.len(), 6, 2)
                 );
                 transaction
                     .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))

@@ -20,6 +20,24 @@ fn authorize_request(
     }
 }
 
+/// An authorization the metering service granted.
+async fn authorize(
+    suite: &Suite,
+    account: &reservoir_proto::wallet::Account,
+    estimate: &str,
+    ttl_seconds: u32,
+) -> pb::Authorization {
+    suite
+        .metering
+        .clone()
+        .authorize(authorize_request(account, estimate, ttl_seconds))
+        .await
+        .unwrap()
+        .into_inner()
+        .authorization
+        .unwrap()
+}
+
 async fn settle(
     suite: &Suite,
     authorization: &pb::Authorization,
@@ -63,28 +81,12 @@ async fn an_authorization_holds_the_estimate_and_settles_the_actual(suite: Suite
 async fn an_actual_above_the_estimate_is_charged_when_the_wallet_allows(suite: Suite) -> Suite {
     priced_meter(&suite, "gpu", "1").await;
     let account = funded_account(&suite, "10").await;
-    let authorization = suite
-        .metering
-        .clone()
-        .authorize(authorize_request(&account, "4", 60))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let authorization = authorize(&suite, &account, "4", 60).await;
     let settled = settle(&suite, &authorization, "7").await.unwrap();
     assert_eq!(settled.result.unwrap().status, i32::from(pb::EventStatus::Charged));
     assert_eq!(available(&suite.wallet, &account).await, d("3"));
 
-    let authorization = suite
-        .metering
-        .clone()
-        .authorize(authorize_request(&account, "2", 60))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let authorization = authorize(&suite, &account, "2", 60).await;
     let settled = settle(&suite, &authorization, "5").await.unwrap();
     let result = settled.result.unwrap();
     assert_eq!((result.status, result.reason.as_str()), (i32::from(pb::EventStatus::Uncovered), "INSUFFICIENT_FUNDS"));
@@ -113,15 +115,7 @@ async fn an_authorization_the_wallet_cannot_cover_is_refused(suite: Suite) -> Su
 async fn an_unsettled_authorization_expires_with_its_hold(suite: Suite) -> Suite {
     priced_meter(&suite, "gpu", "1").await;
     let account = funded_account(&suite, "10").await;
-    let authorization = suite
-        .metering
-        .clone()
-        .authorize(authorize_request(&account, "4", 1))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let authorization = authorize(&suite, &account, "4", 1).await;
     assert_eq!(available(&suite.wallet, &account).await, d("6"));
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_refused(settle(&suite, &authorization, "1").await, Code::FailedPrecondition, "AUTHORIZATION_EXPIRED");
@@ -132,15 +126,7 @@ async fn an_unsettled_authorization_expires_with_its_hold(suite: Suite) -> Suite
 async fn a_settlement_the_wallet_interrupted_finishes_once(mut suite: Suite) -> Suite {
     priced_meter(&suite, "gpu", "1").await;
     let account = funded_account(&suite, "10").await;
-    let authorization = suite
-        .metering
-        .clone()
-        .authorize(authorize_request(&account, "4", 60))
-        .await
-        .unwrap()
-        .into_inner()
-        .authorization
-        .unwrap();
+    let authorization = authorize(&suite, &account, "4", 60).await;
     suite.stop_wallet().await;
     let interrupted = settle(&suite, &authorization, "3").await;
     assert_eq!(interrupted.unwrap_err().code(), Code::Unavailable);

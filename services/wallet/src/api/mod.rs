@@ -78,6 +78,25 @@ impl WalletApi {
         Ok(unit)
     }
 
+    /// Fetches, in one query, the units of those accounts not yet remembered.
+    async fn learn_units(&self, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
+        let unknown: Vec<AccountId> = match self.units.lock() {
+            Ok(units) => accounts.into_iter().filter(|account| !units.contains_key(&(tenant, *account))).collect(),
+            Err(_) => accounts,
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let found = self.store.units(tenant, &unknown).await?;
+        if let Ok(mut units) = self.units.lock() {
+            if units.len() + found.len() > UNIT_CACHE_MAX {
+                units.clear();
+            }
+            units.extend(found.into_iter().map(|(account, unit)| ((tenant, account), unit)));
+        }
+        Ok(())
+    }
+
     /// One debit, as Debit and each element of BatchDebit run it.
     pub async fn debit_one(
         &self,
@@ -432,14 +451,12 @@ impl WalletService for WalletApi {
         if request.debits.is_empty() || request.debits.len() > BATCH_DEBITS_MAX {
             return Err(WalletError::field("debits", format!("must hold 1 to {BATCH_DEBITS_MAX} debits")).into());
         }
-        // Every account's unit first, so that below each debit reaches the
-        // committer in the order given without waiting on anything.
+        // Every account's unit first, in one query, so that below each debit
+        // reaches the committer in the order given without waiting on
+        // anything. An unknown account fails its own debits, with their results.
         let accounts: std::collections::BTreeSet<uuid::Uuid> =
             request.debits.iter().filter_map(|debit| uuid::Uuid::parse_str(&debit.account_id).ok()).collect();
-        for account in accounts {
-            // An unknown account fails its own debits below, with their results.
-            let _ = self.unit_of(tenant, AccountId(account)).await;
-        }
+        self.learn_units(tenant, accounts.into_iter().map(AccountId).collect()).await?;
         // All at once, so the group committer takes them in few transactions;
         // each keeps its own result, in the order given.
         let answers =
@@ -549,9 +566,8 @@ impl WalletService for WalletApi {
         let now = now();
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.correlation_id = request.correlation_id.clone();
-        let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
+        let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
         let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
-        let meter = meter.map(str::to_owned);
         let response = self
             .store
             .mutate_grouped(tenant, account_id, check, now, move |wallet| {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{Caller, KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
-use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation, rows_per_insert};
+use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation, rows_per_insert, values_list};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
@@ -253,6 +253,28 @@ impl Store {
             .await?
             .ok_or(WalletError::NotFound("account"))?;
         rows::account_from_row(row)
+    }
+
+    /// The units of those of `account_ids` the tenant has, in one query per
+    /// 500 ids.
+    pub async fn units(
+        &self,
+        tenant_id: TenantId,
+        account_ids: &[AccountId],
+    ) -> Result<Vec<(AccountId, reservoir_common::money::Unit)>, WalletError> {
+        let mut units = Vec::with_capacity(account_ids.len());
+        for chunk in account_ids.chunks(500) {
+            let rows = account::Entity::find()
+                .filter(account::Column::TenantId.eq(tenant_id.0))
+                .filter(account::Column::Id.is_in(chunk.iter().map(|id| id.0)))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                let account = rows::account_from_row(row)?;
+                units.push((account.id, account.unit));
+            }
+        }
+        Ok(units)
     }
 
     /// The wallet as of `now`, for reads: nothing is locked or written. One
@@ -697,8 +719,8 @@ pub(crate) async fn write_changes(
     let mut entries: Vec<entry::ActiveModel> = Vec::new();
     let mut events: Vec<(&crate::domain::Event, &Wallet)> = Vec::new();
     let changed: Vec<&(&Wallet, Changes)> = batch.iter().filter(|(_, changes)| !changes.is_empty()).collect();
-    // Several wallets on PostgreSQL: one UPDATE for all accounts, one for all grants.
-    let together = transaction.get_database_backend() == DbBackend::Postgres && changed.len() > 1;
+    // On PostgreSQL one UPDATE for all accounts, one for all grants.
+    let together = transaction.get_database_backend() == DbBackend::Postgres;
     if together {
         update_accounts_together(transaction, &changed).await?;
     }
@@ -732,22 +754,13 @@ async fn update_accounts_together(
 ) -> Result<(), WalletError> {
     // Thirteen parameters a row; 400 rows stay far below the parameter limit.
     for chunk in changed.chunks(400) {
-        let mut placeholders = Vec::with_capacity(chunk.len());
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 13);
-        for (index, (wallet, _)) in chunk.iter().enumerate() {
+        for (wallet, _) in chunk {
             let account = &wallet.account;
-            let base = index * 13;
-            placeholders
-                .push(format!("({})", (1..=13).map(|n| format!("${}", base + n)).collect::<Vec<_>>().join(", ")));
-            let policy = match account.overdraft {
-                crate::domain::Overdraft::None => "NONE",
-                crate::domain::Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
-                crate::domain::Overdraft::Unlimited => "UNLIMITED",
-            };
             values.extend([
                 account.id.0.into(),
                 rows::account_status_name(account.status).into(),
-                policy.into(),
+                rows::overdraft_policy_name(&account.overdraft).into(),
                 Amount(account.overdraft.credit_limit()).into(),
                 account.low_balance_threshold.map(Amount).into(),
                 account.low_balance_alerted.into(),
@@ -767,7 +780,7 @@ async fn update_accounts_together(
              credit_blocked = v.credit_blocked, version = v.version \
              FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at, credit_blocked, version) \
              WHERE accounts.id = v.id",
-            placeholders.join(", ")
+            values_list(chunk.len(), 13, 0)
         );
         transaction.execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     }
@@ -789,10 +802,8 @@ async fn update_grants_together(
         })
         .collect();
     for chunk in touched.chunks(1_000) {
-        let mut placeholders = Vec::with_capacity(chunk.len());
         let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 3);
-        for (index, grant) in chunk.iter().enumerate() {
-            placeholders.push(format!("(${}, ${}, ${})", index * 3 + 1, index * 3 + 2, index * 3 + 3));
+        for grant in chunk {
             values.extend([
                 grant.id.0.into(),
                 Amount(grant.remaining).into(),
@@ -802,7 +813,7 @@ async fn update_grants_together(
         let sql = format!(
             "UPDATE grants SET remaining_amount = v.remaining, status = v.status \
              FROM (VALUES {}) AS v(id, remaining, status) WHERE grants.id = v.id",
-            placeholders.join(", ")
+            values_list(chunk.len(), 3, 0)
         );
         transaction.execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     }
@@ -888,18 +899,7 @@ async fn write_events(
         if backend == DbBackend::Postgres {
             let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + chunk.len() * 6);
             values.push(count.into());
-            let mut placeholders = Vec::with_capacity(chunk.len());
             for (offset, (tenant, account, event_type, payload, occurred_at)) in rows.enumerate() {
-                let base = 2 + offset * 6;
-                placeholders.push(format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${})",
-                    base,
-                    base + 1,
-                    base + 2,
-                    base + 3,
-                    base + 4,
-                    base + 5
-                ));
                 values.extend([
                     i64::try_from(offset + 1).unwrap_or(i64::MAX).into(),
                     tenant.into(),
@@ -915,7 +915,7 @@ async fn write_events(
                  INSERT INTO outbox_events (sequence, tenant_id, account_id, event_type, payload, created_at) \
                  SELECT counter.last_sequence - $1 + v.n, v.tenant_id, v.account_id, v.event_type, v.payload, v.created_at \
                  FROM counter, (VALUES {}) AS v(n, tenant_id, account_id, event_type, payload, created_at)",
-                placeholders.join(", ")
+                values_list(chunk.len(), 6, 1)
             );
             let written = transaction
                 .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))

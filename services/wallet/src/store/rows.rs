@@ -83,11 +83,7 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
             (price_per_credit.to_string(), billing_currency.clone())
         }
     };
-    let policy = match account.overdraft {
-        Overdraft::None => "NONE",
-        Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
-        Overdraft::Unlimited => "UNLIMITED",
-    };
+    let policy = overdraft_policy_name(&account.overdraft);
     account::ActiveModel {
         id: Set(account.id.0),
         tenant_id: Set(account.tenant_id.0),
@@ -110,6 +106,14 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
         metadata: Set(metadata_to(&account.metadata)),
         created_at: Set(account.created_at),
         updated_at: Set(account.updated_at),
+    }
+}
+
+pub fn overdraft_policy_name(overdraft: &Overdraft) -> &'static str {
+    match overdraft {
+        Overdraft::None => "NONE",
+        Overdraft::CreditLimit(_) => "CREDIT_LIMIT",
+        Overdraft::Unlimited => "UNLIMITED",
     }
 }
 

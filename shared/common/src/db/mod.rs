@@ -273,3 +273,26 @@ pub fn rows_per_insert(row_bytes_estimate: usize) -> usize {
     const STATEMENT_BYTES_MAX: usize = 32 * 1024;
     (STATEMENT_BYTES_MAX / row_bytes_estimate.max(1)).clamp(1, 500)
 }
+
+/// The row list of a PostgreSQL `VALUES` clause for `rows` rows of `columns`
+/// parameters each, numbered after the statement's first `after` parameters:
+/// `values_list(2, 3, 1)` is `($2, $3, $4), ($5, $6, $7)`.
+pub fn values_list(rows: usize, columns: usize, after: usize) -> String {
+    (0..rows)
+        .map(|row| {
+            let first = after + row * columns + 1;
+            let parameters: Vec<String> = (first..first + columns).map(|n| format!("${n}")).collect();
+            format!("({})", parameters.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn values_lists_number_parameters_after_the_leading_ones() {
+        assert_eq!(super::values_list(2, 3, 1), "($2, $3, $4), ($5, $6, $7)");
+        assert_eq!(super::values_list(1, 2, 0), "($1, $2)");
+    }
+}
