@@ -505,16 +505,23 @@ impl Store {
         }
         let mut results = Vec::with_capacity(events.len());
         let mut rows = Vec::new();
-        let mut claimed_now: Vec<String> = Vec::new();
+        let mut claimed_now: std::collections::HashSet<String> = std::collections::HashSet::new();
         // Each monthly counter the batch touches: (value before the batch, value now).
         let mut counters: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
-        let wanted: std::collections::BTreeSet<Uuid> =
-            events.iter().filter(|event| !known.contains_key(&event.event_id)).map(|event| event.account_id).collect();
+        // The counters of the batch's accounts, meters and months only: an
+        // account's older months would otherwise be read again every batch.
+        let fresh: Vec<&NewEvent> = events.iter().filter(|event| !known.contains_key(&event.event_id)).collect();
+        let wanted: std::collections::BTreeSet<Uuid> = fresh.iter().map(|event| event.account_id).collect();
         let wanted: Vec<Uuid> = wanted.into_iter().collect();
+        let meters: std::collections::BTreeSet<&str> = fresh.iter().map(|event| event.meter_code.as_str()).collect();
+        let months: std::collections::BTreeSet<String> =
+            fresh.iter().map(|event| month_of(event.occurred_at)).collect();
         for chunk in wanted.chunks(500) {
             for row in counter::Entity::find()
                 .filter(counter::Column::TenantId.eq(tenant.0))
                 .filter(counter::Column::AccountId.is_in(chunk.to_vec()))
+                .filter(counter::Column::MeterCode.is_in(meters.iter().copied()))
+                .filter(counter::Column::Month.is_in(months.iter().cloned()))
                 .all(&transaction)
                 .await?
             {
@@ -526,8 +533,8 @@ impl Store {
                 let resend = stored.status == EventStatus::Pending
                     && (claimed_now.contains(&stored.event_id)
                         || self.claim(&transaction, tenant, &stored.event_id, now).await?);
-                if resend && !claimed_now.contains(&stored.event_id) {
-                    claimed_now.push(stored.event_id.clone());
+                if resend {
+                    claimed_now.insert(stored.event_id.clone());
                 }
                 results.push(Stored::Duplicate { event: stored.clone(), resend });
                 continue;
@@ -573,7 +580,7 @@ impl Store {
                 created_at: Set(now),
                 updated_at: Set(now),
             });
-            claimed_now.push(stored.event_id.clone());
+            claimed_now.insert(stored.event_id.clone());
             known.insert(stored.event_id.clone(), stored.clone());
             results.push(Stored::New(stored));
         }
