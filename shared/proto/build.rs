@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = [root.join("reservoir/wallet/v1/wallet.proto"), root.join("reservoir/metering/v1/metering.proto")];
+    let protos = ["wallet", "metering", "invoicing", "payments"]
+        .map(|service| root.join(format!("reservoir/{service}/v1/{service}.proto")));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());
     }

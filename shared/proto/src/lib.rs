@@ -12,5 +12,17 @@ pub mod metering {
     tonic::include_proto!("reservoir.metering.v1");
 }
 
+/// `reservoir.invoicing.v1`.
+pub mod invoicing {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("reservoir.invoicing.v1");
+}
+
+/// `reservoir.payments.v1`.
+pub mod payments {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("reservoir.payments.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every service, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reservoir_descriptor");

@@ -299,6 +299,40 @@ impl WalletService for WalletApi {
         Ok(Response::new(pb::GetAccountResponse { account: Some(convert::account(&account)) }))
     }
 
+    async fn list_accounts(
+        &self,
+        request: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        if request.page_size > PAGE_SIZE_MAX {
+            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+        }
+        let after = if request.page_token.is_empty() {
+            None
+        } else {
+            match request.page_token.strip_prefix("after:").and_then(|rest| uuid::Uuid::parse_str(rest).ok()) {
+                Some(id) => Some(AccountId(id)),
+                None => {
+                    violations.add("page_token", "is not a token this service returned");
+                    None
+                }
+            }
+        };
+        violations.finish()?;
+        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
+        let accounts = self.store.accounts_page(tenant, after, u64::from(page_size)).await?;
+        let next_page_token = match accounts.last() {
+            Some(last) if accounts.len() == page_size as usize => format!("after:{}", last.id.0),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.iter().map(convert::account).collect(),
+            next_page_token,
+        }))
+    }
+
     async fn update_account(
         &self,
         request: Request<pb::UpdateAccountRequest>,

@@ -255,6 +255,22 @@ impl Store {
         rows::account_from_row(row)
     }
 
+    /// One page of the tenant's accounts in the order they were opened
+    /// (account ids are time-ordered), after the account `after`.
+    pub async fn accounts_page(
+        &self,
+        tenant_id: TenantId,
+        after: Option<AccountId>,
+        limit: u64,
+    ) -> Result<Vec<Account>, WalletError> {
+        let mut query = account::Entity::find().filter(account::Column::TenantId.eq(tenant_id.0));
+        if let Some(after) = after {
+            query = query.filter(account::Column::Id.gt(after.0));
+        }
+        let rows = query.order_by_asc(account::Column::Id).limit(limit).all(&self.db).await?;
+        rows.into_iter().map(rows::account_from_row).collect()
+    }
+
     /// The units of those of `account_ids` the tenant has, in one query per
     /// 500 ids.
     pub async fn units(

@@ -1,0 +1,611 @@
+//! gRPC handlers of the invoicing service, and the work behind them that the
+//! worker repeats: billing cycles, credit blocks and statement repayments.
+
+mod convert;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::time::truncate_to_micros;
+use reservoir_common::validate::Violations;
+use reservoir_proto::invoicing as pb;
+use reservoir_proto::invoicing::invoicing_service_server::InvoicingService;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use self::convert::{invoice_to_pb, kind_from_pb, report_csv, status_from_pb};
+use crate::domain::{
+    InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, due_at, statement, top_up_lines,
+};
+use crate::error::InvoicingError;
+use crate::store::{Change, InvoiceFilter, InvoiceRow, Issue, Store, TenantSettings};
+use crate::upstream::Upstream;
+
+const DESCRIPTION_LENGTH_MAX: usize = 512;
+/// Payment references: a payment id or a bank's transaction id with room to spare.
+const PAYMENT_REFERENCE_LENGTH_MAX: usize = 128;
+const PAGE_SIZE_MAX: u32 = 1_000;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+/// Reports span at most a year, as usage reports do.
+const REPORT_RANGE_DAYS_MAX: i64 = 366;
+/// Paid statements whose repayment the worker finishes per pass.
+const REPAYMENTS_PER_PASS: u64 = 100;
+/// A state change retried after losing a race to another; more than a
+/// couple of losses in a row would mean a bug, not contention.
+const TRANSITION_ATTEMPTS_MAX: usize = 3;
+
+/// Where invoicing reads the time: the system clock, or a test's own, which
+/// decides when months end and statements fall due.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| truncate_to_micros(Utc::now()))
+}
+
+fn request_hash(request: &impl Message) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+fn refused(current: InvoiceStatus, action: &str) -> InvoicingError {
+    InvoicingError::precondition(
+        "INVALID_INVOICE_STATE",
+        format!("an invoice that is {} cannot be {action}", current.name()),
+    )
+}
+
+/// What one billing cycle did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleOutcome {
+    pub accounts: u64,
+    pub statements_created: u64,
+    pub statements_existing: u64,
+    pub invoices_due: u64,
+    pub accounts_without_activity: u64,
+}
+
+#[derive(Clone)]
+pub struct InvoicingApi {
+    store: Store,
+    upstream: Upstream,
+    payment_due_days_default: u32,
+    clock: Clock,
+}
+
+impl InvoicingApi {
+    pub fn new(store: Store, upstream: Upstream, payment_due_days_default: u32, clock: Clock) -> Self {
+        Self { store, upstream, payment_due_days_default, clock }
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub fn upstream(&self) -> Upstream {
+        self.upstream.clone()
+    }
+
+    pub fn payment_due_days_default(&self) -> u32 {
+        self.payment_due_days_default
+    }
+
+    async fn tenant_settings(&self, tenant: TenantId) -> Result<TenantSettings, InvoicingError> {
+        Ok(self.store.settings(tenant).await?.unwrap_or(TenantSettings {
+            payment_due_days: self.payment_due_days_default,
+            monthly_cycle: false,
+            last_cycle: None,
+        }))
+    }
+
+    async fn existing(&self, tenant: TenantId, id: &str) -> Result<InvoiceRow, InvoicingError> {
+        let mut violations = Violations::default();
+        let id = violations.id("invoice_id", id, |id| id);
+        violations.finish()?;
+        self.store.invoice(tenant, id.unwrap_or_default()).await?.ok_or(InvoicingError::NotFound("invoice"))
+    }
+
+    /// Applies a state change from whatever state the invoice is in, again
+    /// when a concurrent change got there first.
+    async fn change_state(
+        &self,
+        tenant: TenantId,
+        id: &str,
+        to: InvoiceStatus,
+        action: &str,
+        change: impl Fn(&InvoiceRow) -> Result<Option<Change>, InvoicingError>,
+    ) -> Result<InvoiceRow, InvoicingError> {
+        for _ in 0..TRANSITION_ATTEMPTS_MAX {
+            let invoice = self.existing(tenant, id).await?;
+            if !invoice.status.may_become(to) {
+                return Err(refused(invoice.status, action));
+            }
+            let Some(change) = change(&invoice)? else {
+                return Ok(invoice);
+            };
+            if self.store.transition(tenant, invoice.id, invoice.status, to, change, self.now()).await? {
+                return self.store.invoice(tenant, invoice.id).await?.ok_or(InvoicingError::NotFound("invoice"));
+            }
+        }
+        Err(InvoicingError::Conflict("the invoice kept changing".into()))
+    }
+
+    /// Runs one month's cycle for a tenant: a statement for every account
+    /// with activity in the month that has none yet.
+    pub async fn run_cycle(&self, tenant: TenantId, month: Month) -> Result<CycleOutcome, InvoicingError> {
+        let (start, end) = (month.start(), month.end());
+        let settings = self.tenant_settings(tenant).await?;
+        let accounts = self.upstream.accounts(tenant).await?;
+        let mut priced_dimensions = None;
+        let mut outcome = CycleOutcome::default();
+        for account in accounts {
+            if account.created_at.is_some_and(|created| created >= end) {
+                continue;
+            }
+            outcome.accounts += 1;
+            let key = format!("statement:{month}:{}", account.id);
+            if self.store.invoice_by_key(tenant, &key).await?.is_some() {
+                outcome.statements_existing += 1;
+                continue;
+            }
+            if priced_dimensions.is_none() {
+                priced_dimensions = Some(self.upstream.priced_dimensions(tenant).await?);
+            }
+            let dimensions = priced_dimensions.as_ref().cloned().unwrap_or_default();
+            let usage = self.upstream.usage(tenant, account.id, start, end, &dimensions).await?;
+            let (drawdown, any_entry) = self.upstream.drawdown(tenant, account.id, start, end).await?;
+            if usage.is_empty() && !any_entry {
+                outcome.accounts_without_activity += 1;
+                continue;
+            }
+            let pricing = Pricing::of(&account.unit)
+                .map_err(|error| InvoicingError::Internal(format!("account {} unit: {error}", account.id)))?;
+            let statement = statement(&usage, drawdown, &pricing)
+                .map_err(|error| InvoicingError::Internal(format!("statement of {}: {error}", account.id)))?;
+            let now = self.now();
+            let due = statement.amount_due > Decimal::ZERO;
+            let row = InvoiceRow {
+                id: Uuid::now_v7(),
+                tenant_id: tenant,
+                account_id: account.id,
+                kind: InvoiceKind::Statement,
+                status: InvoiceStatus::Draft,
+                number: None,
+                currency: pricing.currency.code().to_owned(),
+                unit_code: pricing.unit_code.clone(),
+                total: statement.amount_due,
+                credits: statement.debt_credits,
+                uncovered_amount: statement.uncovered,
+                overdraft_policy: account.overdraft_policy.to_owned(),
+                period_start: start,
+                period_end: end,
+                issued_at: None,
+                due_at: None,
+                paid_at: None,
+                voided_at: None,
+                payment_reference: String::new(),
+                repayment_pending: false,
+                description: format!("Statement for {month}"),
+                metadata: Default::default(),
+                idempotency_key: key,
+                request_hash: String::new(),
+                created_at: now,
+                updated_at: now,
+                lines: statement.lines,
+            };
+            let issue = Issue { due_at: due.then(|| due_at(now, settings.payment_due_days)), settled: !due };
+            match self.store.insert_invoice(&row, Some(issue), now).await? {
+                Some(_) => {
+                    outcome.statements_created += 1;
+                    if due {
+                        outcome.invoices_due += 1;
+                    }
+                    metrics::counter!("reservoir_invoicing_statements_total", "due" => due.to_string()).increment(1);
+                }
+                None => outcome.statements_existing += 1,
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Brings the wallet's credit blocks in line with the overdue statements:
+    /// an account with a credit limit and an unpaid statement past its due
+    /// date is blocked; one invoicing blocked and that has none any more is
+    /// unblocked.
+    pub async fn reconcile_credit_blocks(&self, now: DateTime<Utc>) -> Result<(), InvoicingError> {
+        let overdue = self.store.overdue_credit_accounts(now).await?;
+        let blocks = self.store.credit_blocks().await?;
+        let blocked: BTreeSet<(Uuid, Uuid)> =
+            blocks.iter().filter(|block| block.blocked).map(|block| (block.tenant_id.0, block.account_id)).collect();
+        for (tenant, account) in overdue.difference(&blocked) {
+            self.store.want_credit_block(TenantId(*tenant), *account, true, now).await?;
+        }
+        for (tenant, account) in blocked.difference(&overdue) {
+            self.store.want_credit_block(TenantId(*tenant), *account, false, now).await?;
+        }
+        for block in self.store.credit_blocks().await?.into_iter().filter(|block| !block.applied) {
+            self.upstream
+                .set_credit_blocked(block.tenant_id, block.account_id, block.blocked, block.generation)
+                .await?;
+            self.store.credit_block_applied(&block).await?;
+            tracing::info!(
+                tenant = %block.tenant_id,
+                account = %block.account_id,
+                blocked = block.blocked,
+                "credit block applied in the wallet"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends the credits of paid statements to their wallets.
+    pub async fn finish_repayments(&self) -> Result<(), InvoicingError> {
+        for invoice in self.store.pending_repayments(REPAYMENTS_PER_PASS).await? {
+            self.repay(&invoice).await?;
+        }
+        Ok(())
+    }
+
+    async fn repay(&self, invoice: &InvoiceRow) -> Result<(), InvoicingError> {
+        if invoice.credits > Decimal::ZERO {
+            self.upstream.repay(invoice.tenant_id, invoice.account_id, invoice.id, invoice.credits).await?;
+        }
+        self.store.repayment_done(invoice.id).await
+    }
+
+    /// The automatic cycles: last month's, for every tenant that wants it.
+    pub async fn run_due_cycles(&self, now: DateTime<Utc>) -> Result<(), InvoicingError> {
+        for (tenant, mut settings) in self.store.tenants_with_monthly_cycle().await? {
+            let Some(month) = crate::domain::cycle_due(now, settings.last_cycle) else {
+                continue;
+            };
+            let outcome = self.run_cycle(tenant, month).await?;
+            tracing::info!(%tenant, %month, created = outcome.statements_created, "monthly billing cycle ran");
+            settings.last_cycle = Some(month);
+            self.store.save_settings(tenant, &settings, now).await?;
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl InvoicingService for InvoicingApi {
+    async fn create_invoice(
+        &self,
+        request: Request<pb::CreateInvoiceRequest>,
+    ) -> Result<Response<pb::CreateInvoiceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        violations.map("metadata", &request.metadata, 32, 64, 512);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        if request.credits.is_empty() {
+            violations.add("credits", "is required");
+        }
+        violations.finish()?;
+        let hash = request_hash(&request);
+        let now = self.now();
+        let replay = |invoice: InvoiceRow| -> Result<Response<pb::CreateInvoiceResponse>, Status> {
+            if invoice.request_hash != hash {
+                return Err(InvoicingError::IdempotencyKeyReused.into());
+            }
+            Ok(Response::new(pb::CreateInvoiceResponse { invoice: Some(invoice_to_pb(&invoice, now)) }))
+        };
+        if let Some(invoice) = self.store.invoice_by_key(tenant, &request.idempotency_key).await? {
+            return replay(invoice);
+        }
+        let account = self.upstream.account(tenant, account_id.unwrap_or_default()).await?;
+        let pricing =
+            Pricing::of(&account.unit).map_err(|error| InvoicingError::Internal(format!("account unit: {error}")))?;
+        let mut violations = Violations::default();
+        let credits = violations.positive_amount("credits", &account.unit, &request.credits);
+        violations.finish()?;
+        let credits = credits.unwrap_or_default();
+        let lines = top_up_lines(credits, &pricing, &request.description)
+            .ok_or_else(|| InvoicingError::field("credits", "is beyond the supported range"))?;
+        let total = crate::domain::total(&lines)
+            .ok_or_else(|| InvoicingError::field("credits", "is beyond the supported range"))?;
+        let row = InvoiceRow {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            account_id: account.id,
+            kind: InvoiceKind::TopUp,
+            status: InvoiceStatus::Draft,
+            number: None,
+            currency: pricing.currency.code().to_owned(),
+            unit_code: pricing.unit_code.clone(),
+            total,
+            credits,
+            uncovered_amount: Decimal::ZERO,
+            overdraft_policy: account.overdraft_policy.to_owned(),
+            period_start: now,
+            period_end: now,
+            issued_at: None,
+            due_at: None,
+            paid_at: None,
+            voided_at: None,
+            payment_reference: String::new(),
+            repayment_pending: false,
+            description: request.description.clone(),
+            metadata: request.metadata.clone(),
+            idempotency_key: request.idempotency_key.clone(),
+            request_hash: hash.clone(),
+            created_at: now,
+            updated_at: now,
+            lines,
+        };
+        match self.store.insert_invoice(&row, None, now).await? {
+            Some(invoice) => {
+                metrics::counter!("reservoir_invoicing_top_up_invoices_total").increment(1);
+                Ok(Response::new(pb::CreateInvoiceResponse { invoice: Some(invoice_to_pb(&invoice, now)) }))
+            }
+            // The same key was stored concurrently: answer as a replay.
+            None => match self.store.invoice_by_key(tenant, &request.idempotency_key).await? {
+                Some(invoice) => replay(invoice),
+                None => Err(InvoicingError::Conflict("the invoice vanished".into()).into()),
+            },
+        }
+    }
+
+    async fn finalize_invoice(
+        &self,
+        request: Request<pb::FinalizeInvoiceRequest>,
+    ) -> Result<Response<pb::FinalizeInvoiceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let invoice = self.existing(tenant, &request.get_ref().invoice_id).await?;
+        if !invoice.status.may_become(InvoiceStatus::Open) {
+            return Err(refused(invoice.status, "finalized").into());
+        }
+        let due = match invoice.kind {
+            // A purchase is paid as it is made: no terms.
+            InvoiceKind::TopUp => None,
+            InvoiceKind::Statement => Some(due_at(self.now(), self.tenant_settings(tenant).await?.payment_due_days)),
+        };
+        let finalized = self.store.finalize(tenant, invoice.id, due, self.now()).await?;
+        if finalized.status != InvoiceStatus::Open {
+            return Err(refused(finalized.status, "finalized").into());
+        }
+        Ok(Response::new(pb::FinalizeInvoiceResponse { invoice: Some(invoice_to_pb(&finalized, self.now())) }))
+    }
+
+    async fn void_invoice(
+        &self,
+        request: Request<pb::VoidInvoiceRequest>,
+    ) -> Result<Response<pb::VoidInvoiceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let invoice = self
+            .change_state(tenant, &request.get_ref().invoice_id, InvoiceStatus::Void, "voided", |invoice| {
+                Ok((invoice.status != InvoiceStatus::Void).then_some(Change::Void))
+            })
+            .await?;
+        Ok(Response::new(pb::VoidInvoiceResponse { invoice: Some(invoice_to_pb(&invoice, self.now())) }))
+    }
+
+    async fn mark_invoice_paid(
+        &self,
+        request: Request<pb::MarkInvoicePaidRequest>,
+    ) -> Result<Response<pb::MarkInvoicePaidResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        violations.required_text("payment_reference", &request.payment_reference, PAYMENT_REFERENCE_LENGTH_MAX);
+        violations.finish()?;
+        let reference = request.payment_reference.clone();
+        let invoice = self
+            .change_state(tenant, &request.invoice_id, InvoiceStatus::Paid, "paid", |invoice| {
+                if invoice.status == InvoiceStatus::Paid {
+                    return if invoice.payment_reference == reference {
+                        Ok(None)
+                    } else {
+                        Err(InvoicingError::precondition(
+                            "INVALID_INVOICE_STATE",
+                            "the invoice was paid by another payment",
+                        ))
+                    };
+                }
+                if invoice.status == InvoiceStatus::Draft {
+                    return Err(refused(invoice.status, "paid"));
+                }
+                Ok(Some(Change::Paid {
+                    reference: reference.clone(),
+                    repayment_pending: invoice.kind == InvoiceKind::Statement && invoice.credits > Decimal::ZERO,
+                }))
+            })
+            .await?;
+        metrics::counter!("reservoir_invoicing_invoices_paid_total").increment(1);
+        // The wallet's side follows at once; should it be down, the worker
+        // finishes it, as it would after a crash here.
+        if invoice.repayment_pending {
+            if let Err(error) = self.repay(&invoice).await {
+                tracing::warn!(%error, invoice = %invoice.id, "repayment of a paid statement left to the worker");
+            }
+            if let Err(error) = self.reconcile_credit_blocks(self.now()).await {
+                tracing::warn!(%error, invoice = %invoice.id, "credit unblock left to the worker");
+            }
+        }
+        let invoice = self.store.invoice(tenant, invoice.id).await?.ok_or(InvoicingError::NotFound("invoice"))?;
+        Ok(Response::new(pb::MarkInvoicePaidResponse { invoice: Some(invoice_to_pb(&invoice, self.now())) }))
+    }
+
+    async fn mark_invoice_uncollectible(
+        &self,
+        request: Request<pb::MarkInvoiceUncollectibleRequest>,
+    ) -> Result<Response<pb::MarkInvoiceUncollectibleResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let invoice = self
+            .change_state(
+                tenant,
+                &request.get_ref().invoice_id,
+                InvoiceStatus::Uncollectible,
+                "marked uncollectible",
+                |invoice| Ok((invoice.status != InvoiceStatus::Uncollectible).then_some(Change::None)),
+            )
+            .await?;
+        Ok(Response::new(pb::MarkInvoiceUncollectibleResponse { invoice: Some(invoice_to_pb(&invoice, self.now())) }))
+    }
+
+    async fn get_invoice(
+        &self,
+        request: Request<pb::GetInvoiceRequest>,
+    ) -> Result<Response<pb::GetInvoiceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let invoice = self.existing(tenant, &request.get_ref().invoice_id).await?;
+        Ok(Response::new(pb::GetInvoiceResponse { invoice: Some(invoice_to_pb(&invoice, self.now())) }))
+    }
+
+    async fn list_invoices(
+        &self,
+        request: Request<pb::ListInvoicesRequest>,
+    ) -> Result<Response<pb::ListInvoicesResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = if request.account_id.is_empty() {
+            None
+        } else {
+            violations.id("account_id", &request.account_id, |id| id)
+        };
+        let status = status_from_pb(request.status).unwrap_or_else(|| {
+            violations.add("status", "is not an invoice status");
+            None
+        });
+        let kind = kind_from_pb(request.kind).unwrap_or_else(|| {
+            violations.add("kind", "is not an invoice kind");
+            None
+        });
+        let period_from =
+            request.period_from.as_ref().and_then(|_| violations.time("period_from", request.period_from.as_ref()));
+        let period_to =
+            request.period_to.as_ref().and_then(|_| violations.time("period_to", request.period_to.as_ref()));
+        if request.page_size > PAGE_SIZE_MAX {
+            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+        }
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
+                Some(id) => Some(id),
+                None => {
+                    violations.add("page_token", "is not a token this service returned");
+                    None
+                }
+            }
+        };
+        violations.finish()?;
+        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
+        let filter = InvoiceFilter { account_id, status, kind, period_from, period_to };
+        let invoices = self.store.list(tenant, &filter, before, u64::from(page_size)).await?;
+        let next_page_token = match invoices.last() {
+            Some(last) if invoices.len() == page_size as usize => format!("before:{}", last.id),
+            _ => String::new(),
+        };
+        let now = self.now();
+        Ok(Response::new(pb::ListInvoicesResponse {
+            invoices: invoices.iter().map(|invoice| invoice_to_pb(invoice, now)).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn run_billing_cycle(
+        &self,
+        request: Request<pb::RunBillingCycleRequest>,
+    ) -> Result<Response<pb::RunBillingCycleResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let Some(month) = Month::parse(&request.period) else {
+            return Err(InvoicingError::field("period", "must be a month as YYYY-MM").into());
+        };
+        if month.end() > self.now() {
+            return Err(InvoicingError::field("period", "has not ended yet").into());
+        }
+        let outcome = self.run_cycle(tenant, month).await?;
+        Ok(Response::new(pb::RunBillingCycleResponse {
+            period: month.to_string(),
+            accounts: outcome.accounts,
+            statements_created: outcome.statements_created,
+            statements_existing: outcome.statements_existing,
+            invoices_due: outcome.invoices_due,
+            accounts_without_activity: outcome.accounts_without_activity,
+        }))
+    }
+
+    async fn export_report(
+        &self,
+        request: Request<pb::ExportReportRequest>,
+    ) -> Result<Response<pb::ExportReportResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        if let (Some(start), Some(end)) = (start, end) {
+            if end <= start {
+                violations.add("end_time", "must be after start_time");
+            } else if end - start > chrono::Duration::days(REPORT_RANGE_DAYS_MAX) {
+                violations.add("end_time", format!("must be at most {REPORT_RANGE_DAYS_MAX} days after start_time"));
+            }
+        }
+        violations.finish()?;
+        let (Some(start), Some(end)) = (start, end) else {
+            return Err(InvoicingError::field("start_time", "is required").into());
+        };
+        let invoices = self.store.invoices_in(tenant, start, end).await?;
+        let csv = report_csv(&invoices, self.now()).map_err(|error| InvoicingError::Internal(error.to_string()))?;
+        Ok(Response::new(pb::ExportReportResponse { csv }))
+    }
+
+    async fn get_billing_settings(
+        &self,
+        request: Request<pb::GetBillingSettingsRequest>,
+    ) -> Result<Response<pb::GetBillingSettingsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let settings = self.tenant_settings(tenant).await?;
+        Ok(Response::new(pb::GetBillingSettingsResponse {
+            settings: Some(pb::BillingSettings {
+                payment_due_days: settings.payment_due_days,
+                monthly_cycle: settings.monthly_cycle,
+            }),
+        }))
+    }
+
+    async fn update_billing_settings(
+        &self,
+        request: Request<pb::UpdateBillingSettingsRequest>,
+    ) -> Result<Response<pb::UpdateBillingSettingsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let Some(wanted) = request.into_inner().settings else {
+            return Err(InvoicingError::field("settings", "is required").into());
+        };
+        if wanted.payment_due_days > PAYMENT_DUE_DAYS_MAX {
+            return Err(InvoicingError::field(
+                "settings.payment_due_days",
+                format!("must be 0 to {PAYMENT_DUE_DAYS_MAX}"),
+            )
+            .into());
+        }
+        let mut settings = self.tenant_settings(tenant).await?;
+        settings.payment_due_days = wanted.payment_due_days;
+        if wanted.monthly_cycle && !settings.monthly_cycle {
+            // Automatic cycles start with the month that ends next, not with
+            // every month before it.
+            settings.last_cycle = Some(Month::of(self.now()).previous());
+        }
+        settings.monthly_cycle = wanted.monthly_cycle;
+        self.store.save_settings(tenant, &settings, self.now()).await?;
+        Ok(Response::new(pb::UpdateBillingSettingsResponse {
+            settings: Some(pb::BillingSettings {
+                payment_due_days: settings.payment_due_days,
+                monthly_cycle: settings.monthly_cycle,
+            }),
+        }))
+    }
+}

@@ -1,0 +1,186 @@
+//! Invoicing as a running service: settings, the server, and the worker that
+//! blocks overdue credit, repays paid statements and runs monthly cycles.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::settings::DatabaseSettings;
+use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{Clock, InvoicingApi, system_clock};
+use crate::domain::PAYMENT_DUE_DAYS_MAX;
+use crate::error::InvoicingError;
+use crate::store::Store;
+use crate::upstream::Upstream;
+
+pub const SERVICE_NAME: &str = "reservoir.invoicing.v1.InvoicingService";
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct InvoicingSettings {
+    /// gRPC address to listen on, such as `0.0.0.0:50053`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/database` (add `sslmode=require` off-host).
+    pub database_url: String,
+    /// The PostgreSQL schema invoicing owns (created on first connection); ignored on SQLite.
+    pub database_schema: String,
+    /// Connections in this replica's pool.
+    pub database_max_connections: u32,
+    /// The wallet's gRPC address, such as `http://wallet:50051`.
+    pub wallet_endpoint: String,
+    /// Metering's gRPC address, such as `http://metering:50052`.
+    pub metering_endpoint: String,
+    /// Invoicing's service key for the wallet and metering (`reservoir key issue-service`).
+    pub service_key: String,
+    /// Days from issue to the due date of a statement, for tenants that set none.
+    pub payment_due_days_default: u32,
+    /// How often overdue statements, repayments and monthly cycles are looked at.
+    pub worker_interval_ms: u64,
+    /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
+    #[serde(default)]
+    pub metrics_listen: String,
+}
+
+impl InvoicingSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            schema: self.database_schema.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.database().validate().map_err(|error| format!("invoicing: {error}"))?;
+        for (name, endpoint) in
+            [("wallet_endpoint", &self.wallet_endpoint), ("metering_endpoint", &self.metering_endpoint)]
+        {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(format!("invoicing: {name} must be an http(s) URL, not {endpoint:?}"));
+            }
+        }
+        if self.service_key.is_empty() {
+            return Err("invoicing: service_key is required (reservoir key issue-service)".into());
+        }
+        if self.payment_due_days_default > PAYMENT_DUE_DAYS_MAX {
+            return Err(format!("invoicing: payment_due_days_default must be 0 to {PAYMENT_DUE_DAYS_MAX}"));
+        }
+        if self.worker_interval_ms == 0 {
+            return Err("invoicing: worker_interval_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("listening on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] InvoicingError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    store: Store,
+    api: InvoicingApi,
+    authenticator: Arc<Authenticator>,
+    worker_interval: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &InvoicingSettings, key_cache_ttl: Duration) -> Result<Self, AppError> {
+        settings.validate().map_err(AppError::Settings)?;
+        let store = Store::connect(&settings.database()).await?;
+        store.migrate().await?;
+        let upstream =
+            Upstream::new(&settings.wallet_endpoint, &settings.metering_endpoint, settings.service_key.clone())?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let metrics =
+            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let authenticator =
+            Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
+        let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock());
+        Ok(Self {
+            listener,
+            metrics,
+            store,
+            api,
+            authenticator,
+            worker_interval: Duration::from_millis(settings.worker_interval_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The Prometheus scrape endpoint's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Replaces the clock, for tests: it decides when months end and
+    /// statements fall due.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.api = InvoicingApi::new(self.api.store(), self.api.upstream(), self.api.payment_due_days_default(), clock);
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop_sender, stopping) = watch::channel(false);
+        tokio::spawn(reservoir_common::metrics::watch_pool(
+            "invoicing",
+            self.store.database().clone(),
+            stopping.clone(),
+        ));
+        let worker = tokio::spawn(work(self.api.clone(), self.worker_interval, stopping));
+        let routes = tonic::service::Routes::new(InvoicingServiceServer::new(self.api));
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        };
+        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
+        if let Err(error) = worker.await {
+            tracing::error!(%error, "the invoicing worker ended abnormally");
+        }
+        served?;
+        tracing::info!("invoicing stopped");
+        Ok(())
+    }
+}
+
+/// Finishes what calls left to the wallet and runs the monthly cycles. Every
+/// replica may run it: each wallet change carries an idempotency key of its
+/// own, and a statement's key makes a second one for the same month a no-op.
+async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
+    reservoir_common::serve::every(interval, stopping, || async {
+        let now = api.now();
+        if let Err(error) = api.finish_repayments().await {
+            tracing::warn!(%error, "repaying paid statements failed; retried next pass");
+        }
+        if let Err(error) = api.reconcile_credit_blocks(now).await {
+            tracing::warn!(%error, "applying credit blocks failed; retried next pass");
+        }
+        if let Err(error) = api.run_due_cycles(now).await {
+            tracing::warn!(%error, "the monthly billing cycle failed; retried next pass");
+        }
+    })
+    .await;
+}

@@ -1,0 +1,113 @@
+//! Invoicing's schema, one text for both backends with their column types
+//! substituted (exact NUMERIC amounts on PostgreSQL, exact text on SQLite).
+
+use reservoir_common::db::render_schema;
+use sea_orm::ConnectionTrait;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE invoices (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('TOP_UP', 'STATEMENT')),
+    status TEXT NOT NULL CHECK (status IN ('DRAFT', 'OPEN', 'PAID', 'VOID', 'UNCOLLECTIBLE')),
+    invoice_number BIGINT,
+    currency TEXT NOT NULL,
+    unit_code TEXT NOT NULL,
+    total {amount} NOT NULL,
+    credits {amount} NOT NULL,
+    uncovered_amount {amount} NOT NULL,
+    overdraft_policy TEXT NOT NULL,
+    period_start {time} NOT NULL,
+    period_end {time} NOT NULL,
+    issued_at {time},
+    due_at {time},
+    paid_at {time},
+    voided_at {time},
+    payment_reference TEXT NOT NULL,
+    repayment_pending BOOLEAN NOT NULL,
+    description TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (tenant_id, idempotency_key),
+    UNIQUE (tenant_id, invoice_number),
+    -- Every invoice that left DRAFT other than by voiding it has a number.
+    CHECK (status IN ('DRAFT', 'VOID') OR invoice_number IS NOT NULL),
+    CHECK (status <> 'DRAFT' OR invoice_number IS NULL)
+);
+CREATE INDEX invoices_by_account ON invoices (tenant_id, account_id, period_start);
+CREATE INDEX invoices_by_period ON invoices (tenant_id, period_start);
+CREATE INDEX invoices_due ON invoices (status, due_at);
+
+CREATE TABLE invoice_lines (
+    invoice_id {uuid} NOT NULL REFERENCES invoices (id),
+    line_number INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('CREDITS', 'USAGE', 'OTHER', 'CREDITS_APPLIED')),
+    description TEXT NOT NULL,
+    meter_code TEXT NOT NULL,
+    dimension_key TEXT NOT NULL,
+    dimension_value TEXT NOT NULL,
+    quantity {amount} NOT NULL,
+    unit_price {amount},
+    amount {amount} NOT NULL,
+    PRIMARY KEY (invoice_id, line_number)
+);
+
+-- The last number given per tenant: finalization increments it in the same
+-- transaction that numbers the invoice, so a rolled-back finalization gives
+-- its number back and the sequence has no gaps.
+CREATE TABLE invoice_numbers (
+    tenant_id {uuid} PRIMARY KEY,
+    last_number BIGINT NOT NULL
+);
+
+CREATE TABLE tenant_settings (
+    tenant_id {uuid} PRIMARY KEY,
+    payment_due_days INTEGER NOT NULL,
+    monthly_cycle BOOLEAN NOT NULL,
+    last_cycle TEXT NOT NULL,
+    updated_at {time} NOT NULL
+);
+
+-- Credit blocks invoicing asked the wallet for. `generation` counts the
+-- changes, so each change has an idempotency key of its own at the wallet.
+CREATE TABLE credit_blocks (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    blocked BOOLEAN NOT NULL,
+    generation BIGINT NOT NULL,
+    applied BOOLEAN NOT NULL,
+    updated_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, account_id)
+);
+"#;
+
+struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_invoicing"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,347 @@
+//! A wallet, metering and invoicing on free ports, each with a database of
+//! its own, a tenant with a key, clients for all three, and a clock for
+//! invoicing that a test moves to the next month.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::settings::AuthSettings;
+use reservoir_invoicing::app::{Application as Invoicing, InvoicingSettings};
+use reservoir_metering::app::{Application as Metering, MeteringSettings};
+use reservoir_proto::invoicing as pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
+use reservoir_proto::metering as metering_pb;
+use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
+use reservoir_proto::wallet as wallet_pb;
+pub use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_wallet::app::{Application as Wallet, WalletSettings};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
+pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
+
+const PEPPER: &str = "test-pepper";
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn spawn<F, E>(run: impl FnOnce(oneshot::Receiver<()>) -> F + Send + 'static) -> Running
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Debug,
+{
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        run(stopped).await.expect("the service serves");
+    });
+    Running { stop, task }
+}
+
+pub struct Suite {
+    pub wallet: Client,
+    pub metering: MeteringClient,
+    pub invoicing: InvoicingClient,
+    /// What invoicing believes the time is; `None` follows the system clock.
+    pub clock: Arc<Mutex<Option<DateTime<Utc>>>>,
+    running: Vec<Running>,
+    databases: Vec<TestDatabase>,
+}
+
+impl Suite {
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        let wallet_database = TestDatabase::create(backend).await?;
+        let metering_database = TestDatabase::create(backend).await?;
+        let invoicing_database = TestDatabase::create(backend).await?;
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let wallet_settings = WalletSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: wallet_database.url.clone(),
+            database_schema: wallet_database.schema.clone(),
+            database_max_connections: 16,
+            sweep_interval_ms: 100,
+            metrics_listen: String::new(),
+        };
+        let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
+        let wallet_address = wallet_app.local_addr().unwrap();
+        let store = wallet_app.store();
+        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
+        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
+        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
+        let mut running = vec![spawn(move |stopped| wallet_app.run_until(async move { drop(stopped.await) }))];
+        let metering_settings = MeteringSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: metering_database.url.clone(),
+            database_schema: metering_database.schema.clone(),
+            database_max_connections: 8,
+            wallet_endpoint: format!("http://{wallet_address}"),
+            wallet_service_key: service_key.clone(),
+            worker_interval_ms: 200,
+            metrics_listen: String::new(),
+        };
+        let metering_app = Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("metering");
+        let metering_address = metering_app.local_addr().unwrap();
+        running.push(spawn(move |stopped| metering_app.run_until(async move { drop(stopped.await) })));
+        let invoicing_settings = InvoicingSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: invoicing_database.url.clone(),
+            database_schema: invoicing_database.schema.clone(),
+            database_max_connections: 16,
+            wallet_endpoint: format!("http://{wallet_address}"),
+            metering_endpoint: format!("http://{metering_address}"),
+            service_key,
+            payment_due_days_default: 14,
+            worker_interval_ms: 100,
+            metrics_listen: String::new(),
+        };
+        let mut invoicing_app =
+            Invoicing::build(&invoicing_settings, Duration::from_secs(60)).await.expect("building invoicing");
+        let clock: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::new(Mutex::new(None));
+        let reading = clock.clone();
+        invoicing_app.set_clock(Arc::new(move || reading.lock().unwrap().unwrap_or_else(Utc::now)));
+        let invoicing_address = invoicing_app.local_addr().unwrap();
+        running.push(spawn(move |stopped| invoicing_app.run_until(async move { drop(stopped.await) })));
+        Some(Self {
+            wallet: client(wallet_address, &key).await,
+            metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
+            invoicing: InvoicingServiceClient::with_interceptor(channel(invoicing_address).await, BearerKey::new(&key)),
+            clock,
+            running,
+            databases: vec![wallet_database, metering_database, invoicing_database],
+        })
+    }
+
+    /// Moves invoicing's clock to `at`.
+    pub fn set_time(&self, at: DateTime<Utc>) {
+        *self.clock.lock().unwrap() = Some(at);
+    }
+
+    pub async fn stop(self) {
+        for running in self.running.into_iter().rev() {
+            running.stop().await;
+        }
+        for database in self.databases {
+            database.drop_database().await;
+        }
+    }
+}
+
+/// An account in `unit` with the overdraft policy and limit given.
+pub async fn open_account(
+    suite: &Suite,
+    unit: wallet_pb::Unit,
+    policy: wallet_pb::OverdraftPolicy,
+    credit_limit: &str,
+) -> wallet_pb::Account {
+    suite
+        .wallet
+        .clone()
+        .create_account(wallet_pb::CreateAccountRequest {
+            external_id: key(),
+            unit: Some(unit),
+            overdraft_policy: policy.into(),
+            credit_limit: credit_limit.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+}
+
+pub fn usd() -> wallet_pb::Unit {
+    wallet_pb::Unit { code: "USD".into(), ..Default::default() }
+}
+
+/// Credits at 0.0125 EUR each, to 4 decimals.
+pub fn credits() -> wallet_pb::Unit {
+    wallet_pb::Unit {
+        code: "CREDIT".into(),
+        scale: Some(4),
+        price_per_credit: "0.0125".into(),
+        billing_currency: "EUR".into(),
+    }
+}
+
+pub async fn grant(suite: &Suite, account: &wallet_pb::Account, amount: &str, kind: wallet_pb::GrantKind) {
+    suite
+        .wallet
+        .clone()
+        .grant_credits(wallet_pb::GrantCreditsRequest {
+            account_id: account.id.clone(),
+            amount: amount.into(),
+            kind: kind.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+/// A SUM meter at a flat price, or with a price per value of `dimension`.
+pub async fn priced_meter(suite: &Suite, code: &str, unit_price: &str, dimension: Option<(&str, &str, &str)>) {
+    let flat = |price: &str| vec![metering_pb::Tier { up_to: String::new(), unit_price: price.into() }];
+    suite
+        .metering
+        .clone()
+        .create_meter(metering_pb::CreateMeterRequest {
+            code: code.into(),
+            unit_name: "unit".into(),
+            aggregation: metering_pb::Aggregation::Sum.into(),
+            description: String::new(),
+        })
+        .await
+        .unwrap();
+    suite
+        .metering
+        .clone()
+        .set_price(metering_pb::SetPriceRequest {
+            meter_code: code.into(),
+            effective_from: None,
+            tiers: flat(unit_price),
+            overrides: dimension
+                .map(|(key, value, price)| {
+                    vec![metering_pb::DimensionPrice { key: key.into(), value: value.into(), tiers: flat(price) }]
+                })
+                .unwrap_or_default(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap();
+}
+
+/// Ingests usage and asserts every event was charged.
+pub async fn use_meter(
+    suite: &Suite,
+    account: &wallet_pb::Account,
+    meter: &str,
+    quantity: &str,
+    dimensions: &[(&str, &str)],
+) -> Vec<metering_pb::EventResult> {
+    let event = metering_pb::UsageEvent {
+        event_id: key(),
+        account_id: account.id.clone(),
+        meter_code: meter.into(),
+        quantity: quantity.into(),
+        dimensions: dimensions.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+        ..Default::default()
+    };
+    suite
+        .metering
+        .clone()
+        .ingest_events(metering_pb::IngestEventsRequest { events: vec![event] })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
+}
+
+pub async fn create_invoice(suite: &Suite, account: &wallet_pb::Account, credits: &str) -> pb::Invoice {
+    suite
+        .invoicing
+        .clone()
+        .create_invoice(pb::CreateInvoiceRequest {
+            account_id: account.id.clone(),
+            credits: credits.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap()
+}
+
+pub async fn finalize(suite: &Suite, invoice: &pb::Invoice) -> Result<pb::Invoice, tonic::Status> {
+    suite
+        .invoicing
+        .clone()
+        .finalize_invoice(pb::FinalizeInvoiceRequest { invoice_id: invoice.id.clone() })
+        .await
+        .map(|response| response.into_inner().invoice.unwrap())
+}
+
+pub async fn pay(suite: &Suite, invoice: &pb::Invoice, reference: &str) -> Result<pb::Invoice, tonic::Status> {
+    suite
+        .invoicing
+        .clone()
+        .mark_invoice_paid(pb::MarkInvoicePaidRequest {
+            invoice_id: invoice.id.clone(),
+            payment_reference: reference.into(),
+        })
+        .await
+        .map(|response| response.into_inner().invoice.unwrap())
+}
+
+pub async fn void(suite: &Suite, invoice: &pb::Invoice) -> Result<pb::Invoice, tonic::Status> {
+    suite
+        .invoicing
+        .clone()
+        .void_invoice(pb::VoidInvoiceRequest { invoice_id: invoice.id.clone() })
+        .await
+        .map(|response| response.into_inner().invoice.unwrap())
+}
+
+pub fn status(invoice: &pb::Invoice) -> pb::InvoiceStatus {
+    pb::InvoiceStatus::try_from(invoice.status).unwrap()
+}
+
+/// Waits up to 10 s for `check` to hold.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+/// Runs each named test body on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Sqlite).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Postgres).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,9 @@
+//! Black-box tests of invoicing with a real wallet and metering behind it,
+//! over gRPC, on SQLite and PostgreSQL.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod helpers;
+
+mod cycles;
+mod invoices;
