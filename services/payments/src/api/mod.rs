@@ -1,0 +1,688 @@
+//! gRPC handlers of the payments service: they check each request field by
+//! field, let the domain decide and the store persist, call the gateway,
+//! and translate the answers.
+
+mod convert;
+
+use std::collections::{BTreeMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use prost::Message;
+use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::time::truncate_to_micros;
+use reservoir_common::validate::Violations;
+use reservoir_proto::payments as pb;
+use reservoir_proto::payments::payments_service_server::PaymentsService;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use self::convert::*;
+use crate::domain::{
+    AttemptOutcome, Channel, ChargeStep, RefundStatus, Refusal, VoucherCode, charge_step, check_unit_code,
+    initial_status, payment_amount, payment_currency, voucher_value,
+};
+use crate::error::PaymentsError;
+use crate::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
+use crate::store::{
+    BeganRefund, NewRefund, PaymentFilter, PaymentMethodRow, PaymentRecord, PaymentRow, RefundFinish, RefundRow, Store,
+    VoucherBatchRow,
+};
+
+/// Gateway tokens and method labels: room for any processor's token and a
+/// label such as "Visa ending 4242".
+const GATEWAY_TOKEN_LENGTH_MAX: usize = 128;
+const LABEL_LENGTH_MAX: usize = 128;
+/// Payment methods one account may keep: far more than anyone uses, and a
+/// bound on what ListPaymentMethods returns in one answer.
+const PAYMENT_METHODS_PER_ACCOUNT_MAX: u64 = 100;
+/// Metadata of a charge: a few references of the caller's, not a document.
+const METADATA_ENTRIES_MAX: usize = 32;
+const METADATA_KEY_LENGTH_MAX: usize = 64;
+const METADATA_VALUE_LENGTH_MAX: usize = 512;
+/// External transaction ids: a bank's or an operator's reference.
+const EXTERNAL_TRANSACTION_ID_LENGTH_MAX: usize = 128;
+/// Refund reasons: a sentence or two for the customer's statement.
+const REFUND_REASON_LENGTH_MAX: usize = 512;
+/// Payments per ListPayments page; each carries its attempts and refunds.
+const PAGE_SIZE_MAX: u32 = 1_000;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+/// Vouchers per batch: one answer holds every code, and 10,000 codes with
+/// their vouchers stay well below the 4 MiB a gRPC message may have.
+const VOUCHERS_PER_BATCH_MAX: u32 = 10_000;
+/// A typed code: 21 characters as shown, with room for spaces a person adds.
+const VOUCHER_CODE_LENGTH_MAX: usize = 64;
+/// Events read per query of a stream.
+const EVENT_BATCH: u64 = 500;
+/// How often an idle event stream looks for events other replicas wrote;
+/// events this process writes wake it at once.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// The attempt code of a gateway call that did not answer in time.
+const TIMEOUT_CODE: &str = "timeout";
+
+#[derive(Clone)]
+pub struct PaymentsApi {
+    store: Store,
+    gateway: Arc<dyn Gateway>,
+    /// How long one gateway call may take before it counts as timed out.
+    gateway_timeout: Duration,
+    /// Turns true when the server stops, ending open event streams so the
+    /// graceful shutdown is not held open by them.
+    stopping: watch::Receiver<bool>,
+}
+
+pub fn now() -> DateTime<Utc> {
+    truncate_to_micros(Utc::now())
+}
+
+fn request_hash(request: &impl Message) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+fn metadata(violations: &mut Violations, field: &str, metadata: &BTreeMap<String, String>) {
+    violations.map(field, metadata, METADATA_ENTRIES_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX);
+}
+
+/// An optional id: empty is `None`, anything else must be an id.
+fn optional_id(violations: &mut Violations, field: &str, text: &str) -> Option<Uuid> {
+    if text.is_empty() { None } else { violations.id(field, text, |id| id) }
+}
+
+fn missing() -> PaymentsError {
+    PaymentsError::Internal("checked fields went missing".into())
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+impl PaymentsApi {
+    pub fn new(
+        store: Store,
+        gateway: Arc<dyn Gateway>,
+        gateway_timeout: Duration,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self { store, gateway, gateway_timeout, stopping }
+    }
+
+    async fn record_of(&self, tenant: TenantId, id: Uuid) -> Result<PaymentRecord, PaymentsError> {
+        self.store.payment(tenant, id).await?.ok_or(PaymentsError::NotFound("payment"))
+    }
+
+    /// Asks the gateway to charge a payment, under the payment's own key so
+    /// that the gateway answers every retry with the same charge, and
+    /// records the attempt. A call that outlasts the timeout counts as
+    /// timed out; the gateway may still have charged, which the next retry
+    /// learns from it.
+    async fn attempt(&self, tenant: TenantId, payment: &PaymentRow) -> Result<PaymentRow, PaymentsError> {
+        let charge = GatewayCharge {
+            token: payment.gateway_token.clone(),
+            amount: payment.amount,
+            currency: payment.currency.clone(),
+            idempotency_key: gateway_key(tenant, &payment.idempotency_key),
+        };
+        let answer = tokio::time::timeout(self.gateway_timeout, self.gateway.charge(charge)).await;
+        let (outcome, reference, code) = match answer {
+            Ok(Ok(GatewayOutcome::Succeeded { reference })) => (AttemptOutcome::Succeeded, reference, String::new()),
+            Ok(Ok(GatewayOutcome::Declined { code })) => (AttemptOutcome::Declined, String::new(), code),
+            Ok(Ok(GatewayOutcome::Pending { reference })) => (AttemptOutcome::Pending, reference, String::new()),
+            Ok(Err(GatewayError::Transient { code })) => (AttemptOutcome::Failed, String::new(), code),
+            Ok(Err(GatewayError::TimedOut)) | Err(_) => {
+                (AttemptOutcome::TimedOut, String::new(), TIMEOUT_CODE.to_owned())
+            }
+        };
+        metrics::counter!("reservoir_payments_charges_total", "outcome" => outcome.name()).increment(1);
+        self.store.record_attempt(tenant, payment.id, outcome, &reference, &code, now()).await
+    }
+
+    /// Asks the gateway to return a PROCESSING refund's money, under the
+    /// refund's own key, and records its answer. When the gateway does not
+    /// answer the refund stays PROCESSING, and a retry with its key asks again.
+    async fn refund_through_gateway(&self, tenant: TenantId, refund: RefundRow) -> Result<RefundRow, PaymentsError> {
+        let payment =
+            self.store.payment_row(tenant, refund.payment_id).await?.ok_or(PaymentsError::NotFound("payment"))?;
+        let call = self.gateway.refund(GatewayRefund {
+            gateway_reference: payment.gateway_reference.clone(),
+            amount: refund.amount,
+            idempotency_key: gateway_key(tenant, &refund.idempotency_key),
+        });
+        let finish = match tokio::time::timeout(self.gateway_timeout, call).await {
+            // A refund the gateway accepted is on its way back; nothing remains to be done here.
+            Ok(Ok(GatewayOutcome::Succeeded { reference } | GatewayOutcome::Pending { reference })) => {
+                RefundFinish::Succeeded { reference }
+            }
+            Ok(Ok(GatewayOutcome::Declined { code })) => RefundFinish::Declined { code },
+            Ok(Err(error)) => {
+                return Err(PaymentsError::Unavailable(format!("refunding through the gateway: {error}")));
+            }
+            Err(_) => return Err(PaymentsError::Unavailable("the gateway did not answer a refund in time".into())),
+        };
+        let refund = self.store.finish_refund(tenant, refund.id, &finish, now()).await?;
+        match refund.status {
+            RefundStatus::Succeeded => {
+                metrics::counter!("reservoir_payments_refunds_total").increment(1);
+                Ok(refund)
+            }
+            RefundStatus::Declined => Err(Refusal::RefundDeclined { code: refund.code }.into()),
+            RefundStatus::Processing => Err(PaymentsError::Internal("a finished refund is still processing".into())),
+        }
+    }
+
+    /// Creates the payment of a Charge seen for the first time, or returns
+    /// the one a concurrent call with the same key created.
+    async fn create_payment(
+        &self,
+        tenant: TenantId,
+        request: &pb::ChargeRequest,
+        checked: CheckedCharge,
+        hash: String,
+    ) -> Result<PaymentRow, PaymentsError> {
+        let (channel, method_id, token) = match checked.payment_method_id {
+            None => (Channel::Manual, None, String::new()),
+            Some(method_id) => {
+                let method = self
+                    .store
+                    .payment_method(tenant, method_id)
+                    .await?
+                    .ok_or(PaymentsError::NotFound("payment method"))?;
+                if method.account_id != checked.account_id {
+                    return Err(Refusal::PaymentMethodMismatch.into());
+                }
+                (method.kind.channel(), Some(method.id), method.gateway_token)
+            }
+        };
+        let now = now();
+        let payment = PaymentRow {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            account_id: checked.account_id,
+            invoice_id: checked.invoice_id,
+            payment_method_id: method_id,
+            channel,
+            gateway_token: token,
+            amount: checked.amount,
+            currency: request.currency.clone(),
+            status: initial_status(channel),
+            idempotency_key: request.idempotency_key.clone(),
+            request_hash: hash,
+            gateway_reference: String::new(),
+            external_transaction_id: String::new(),
+            failure_code: String::new(),
+            refunded_amount: rust_decimal::Decimal::ZERO,
+            metadata: request.metadata.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        if self.store.insert_payment(&payment).await? {
+            if channel == Channel::Manual {
+                metrics::counter!("reservoir_payments_charges_total", "outcome" => "RECONCILE_LATER").increment(1);
+            }
+            return Ok(payment);
+        }
+        self.store
+            .payment_by_key(tenant, &request.idempotency_key)
+            .await?
+            .ok_or_else(|| PaymentsError::Conflict("a concurrent charge with this key vanished".into()))
+    }
+}
+
+/// The parts of a ChargeRequest its checks parse.
+struct CheckedCharge {
+    account_id: Uuid,
+    invoice_id: Uuid,
+    amount: rust_decimal::Decimal,
+    /// `None` for a reconcile-later payment.
+    payment_method_id: Option<Uuid>,
+}
+
+fn check_charge(request: &pb::ChargeRequest) -> Result<CheckedCharge, PaymentsError> {
+    let mut violations = Violations::default();
+    let account_id = violations.id("account_id", &request.account_id, |id| id);
+    let invoice_id = violations.id("invoice_id", &request.invoice_id, |id| id);
+    let currency = if request.currency.is_empty() {
+        violations.add("currency", "is required");
+        None
+    } else {
+        match payment_currency(&request.currency) {
+            Ok(currency) => Some(currency),
+            Err(error) => {
+                violations.add("currency", error.to_string());
+                None
+            }
+        }
+    };
+    let amount = currency
+        .as_ref()
+        .and_then(|currency| violations.amount_with("amount", &request.amount, |text| payment_amount(currency, text)));
+    // Exactly one of a method and reconcile_later says how the money comes.
+    let payment_method_id = match (request.payment_method_id.is_empty(), request.reconcile_later) {
+        (true, true) => Some(None),
+        (false, false) => violations.id("payment_method_id", &request.payment_method_id, Some),
+        (false, true) => {
+            violations.add("payment_method_id", "must be empty when reconcile_later is set");
+            None
+        }
+        (true, false) => {
+            violations.add("payment_method_id", "is required unless reconcile_later is set");
+            None
+        }
+    };
+    violations.idempotency_key("idempotency_key", &request.idempotency_key);
+    metadata(&mut violations, "metadata", &request.metadata);
+    violations.finish()?;
+    match (account_id, invoice_id, amount, payment_method_id) {
+        (Some(account_id), Some(invoice_id), Some(amount), Some(payment_method_id)) => {
+            Ok(CheckedCharge { account_id, invoice_id, amount, payment_method_id })
+        }
+        _ => Err(missing()),
+    }
+}
+
+#[tonic::async_trait]
+impl PaymentsService for PaymentsApi {
+    async fn add_payment_method(
+        &self,
+        request: Request<pb::AddPaymentMethodRequest>,
+    ) -> Result<Response<pb::AddPaymentMethodResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let kind = convert::method_kind_from_pb(request.kind);
+        match kind {
+            Some(kind) if kind.needs_token() => {
+                violations.required_text("gateway_token", &request.gateway_token, GATEWAY_TOKEN_LENGTH_MAX);
+            }
+            Some(_) if !request.gateway_token.is_empty() => {
+                violations.add("gateway_token", "must be empty for a bank transfer");
+            }
+            Some(_) => {}
+            None => violations.add("kind", "must be CARD, BANK_TRANSFER or MOBILE_WALLET"),
+        }
+        violations.text("label", &request.label, LABEL_LENGTH_MAX);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.finish().map_err(PaymentsError::from)?;
+        let (Some(account_id), Some(kind)) = (account_id, kind) else {
+            return Err(missing().into());
+        };
+        let hash = request_hash(&request);
+        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await? {
+            return Ok(Response::new(response));
+        }
+        let method = PaymentMethodRow {
+            id: Uuid::now_v7(),
+            account_id,
+            kind,
+            gateway_token: request.gateway_token.clone(),
+            label: request.label.clone(),
+            created_at: now(),
+        };
+        let response = pb::AddPaymentMethodResponse { payment_method: Some(method_to_pb(&method)) };
+        let added = self
+            .store
+            .add_payment_method(
+                tenant,
+                &method,
+                PAYMENT_METHODS_PER_ACCOUNT_MAX,
+                &request.idempotency_key,
+                &hash,
+                &response,
+            )
+            .await?;
+        if added {
+            return Ok(Response::new(response));
+        }
+        // A concurrent call with the same key answered first: answer as it did.
+        let replayed = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await?;
+        replayed
+            .map(Response::new)
+            .ok_or_else(|| PaymentsError::Conflict("a concurrent call with this key vanished".into()).into())
+    }
+
+    async fn list_payment_methods(
+        &self,
+        request: Request<pb::ListPaymentMethodsRequest>,
+    ) -> Result<Response<pb::ListPaymentMethodsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.finish().map_err(PaymentsError::from)?;
+        let account_id = account_id.ok_or_else(missing)?;
+        let methods = self.store.payment_methods(tenant, account_id, PAYMENT_METHODS_PER_ACCOUNT_MAX).await?;
+        Ok(Response::new(pb::ListPaymentMethodsResponse {
+            payment_methods: methods.iter().map(method_to_pb).collect(),
+        }))
+    }
+
+    async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let checked = check_charge(&request)?;
+        let hash = request_hash(&request);
+        let payment = match self.store.payment_by_key(tenant, &request.idempotency_key).await? {
+            Some(existing) => existing,
+            None => self.create_payment(tenant, &request, checked, hash.clone()).await?,
+        };
+        if payment.request_hash != hash {
+            return Err(PaymentsError::IdempotencyKeyReused.into());
+        }
+        if charge_step(payment.status) == ChargeStep::Attempt {
+            self.attempt(tenant, &payment).await?;
+        }
+        let record = self.record_of(tenant, payment.id).await?;
+        Ok(Response::new(pb::ChargeResponse { payment: Some(payment_to_pb(&record)) }))
+    }
+
+    async fn confirm_payment(
+        &self,
+        request: Request<pb::ConfirmPaymentRequest>,
+    ) -> Result<Response<pb::ConfirmPaymentResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let payment_id = violations.id("payment_id", &request.payment_id, |id| id);
+        violations.required_text(
+            "external_transaction_id",
+            &request.external_transaction_id,
+            EXTERNAL_TRANSACTION_ID_LENGTH_MAX,
+        );
+        violations.finish().map_err(PaymentsError::from)?;
+        let payment_id = payment_id.ok_or_else(missing)?;
+        self.store.confirm_payment(tenant, payment_id, &request.external_transaction_id, now()).await?;
+        let record = self.record_of(tenant, payment_id).await?;
+        Ok(Response::new(pb::ConfirmPaymentResponse { payment: Some(payment_to_pb(&record)) }))
+    }
+
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let payment_id = violations.id("payment_id", &request.payment_id, |id| id);
+        violations.text("reason", &request.reason, REFUND_REASON_LENGTH_MAX);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.finish().map_err(PaymentsError::from)?;
+        let payment_id = payment_id.ok_or_else(missing)?;
+        let hash = request_hash(&request);
+        let refund = match self.store.refund_by_key(tenant, &request.idempotency_key).await? {
+            Some(existing) => existing,
+            None => {
+                let payment =
+                    self.store.payment_row(tenant, payment_id).await?.ok_or(PaymentsError::NotFound("payment"))?;
+                // The amount is in the payment's currency, so it is checked once the payment is known.
+                let requested = if request.amount.is_empty() {
+                    None
+                } else {
+                    let currency = payment_currency(&payment.currency)
+                        .map_err(|error| PaymentsError::Internal(format!("stored currency: {error}")))?;
+                    let amount = payment_amount(&currency, &request.amount)
+                        .map_err(|error| PaymentsError::field("amount", error.to_string()))?;
+                    Some(amount)
+                };
+                let new = NewRefund {
+                    id: Uuid::now_v7(),
+                    payment_id,
+                    idempotency_key: request.idempotency_key.clone(),
+                    request_hash: hash.clone(),
+                    requested,
+                    reason: request.reason.clone(),
+                };
+                match self.store.begin_refund(tenant, &new, now()).await? {
+                    BeganRefund::Began(refund) => {
+                        if refund.status == RefundStatus::Succeeded {
+                            metrics::counter!("reservoir_payments_refunds_total").increment(1);
+                        }
+                        refund
+                    }
+                    BeganRefund::Exists(refund) => refund,
+                }
+            }
+        };
+        if refund.request_hash != hash {
+            return Err(PaymentsError::IdempotencyKeyReused.into());
+        }
+        let refund = match refund.status {
+            RefundStatus::Succeeded => refund,
+            RefundStatus::Declined => {
+                return Err(PaymentsError::from(Refusal::RefundDeclined { code: refund.code }).into());
+            }
+            RefundStatus::Processing => self.refund_through_gateway(tenant, refund).await?,
+        };
+        let record = self.record_of(tenant, refund.payment_id).await?;
+        Ok(Response::new(pb::RefundResponse {
+            refund: Some(refund_to_pb(&refund)),
+            payment: Some(payment_to_pb(&record)),
+        }))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::GetPaymentResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let payment_id = violations.id("payment_id", &request.payment_id, |id| id);
+        violations.finish().map_err(PaymentsError::from)?;
+        let record = self.record_of(tenant, payment_id.ok_or_else(missing)?).await?;
+        Ok(Response::new(pb::GetPaymentResponse { payment: Some(payment_to_pb(&record)) }))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = optional_id(&mut violations, "account_id", &request.account_id);
+        let invoice_id = optional_id(&mut violations, "invoice_id", &request.invoice_id);
+        let status = match pb::PaymentStatus::try_from(request.status) {
+            Ok(status) => status_from_pb(status),
+            Err(_) => {
+                violations.add("status", "is not a payment status");
+                None
+            }
+        };
+        if request.page_size > PAGE_SIZE_MAX {
+            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+        }
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
+                Some(id) => Some(id),
+                None => {
+                    violations.add("page_token", "is not a token this service returned");
+                    None
+                }
+            }
+        };
+        violations.finish().map_err(PaymentsError::from)?;
+        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
+        let filter = PaymentFilter { account_id, invoice_id, status };
+        // One more than the page tells whether another page follows.
+        let mut records = self.store.payments_page(tenant, &filter, before, u64::from(page_size) + 1).await?;
+        let more = records.len() > page_size as usize;
+        records.truncate(page_size as usize);
+        let next_page_token = match (more, records.last()) {
+            (true, Some(last)) => format!("before:{}", last.payment.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: records.iter().map(payment_to_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn create_voucher_batch(
+        &self,
+        request: Request<pb::CreateVoucherBatchRequest>,
+    ) -> Result<Response<pb::CreateVoucherBatchResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let now = now();
+        let mut violations = Violations::default();
+        if request.count == 0 || request.count > VOUCHERS_PER_BATCH_MAX {
+            violations.add("count", format!("must be 1 to {VOUCHERS_PER_BATCH_MAX}"));
+        }
+        let value = match check_unit_code(&request.unit_code) {
+            Ok(()) => violations.amount_with("value", &request.value, |text| voucher_value(&request.unit_code, text)),
+            Err(error) => {
+                violations.add("unit_code", error.to_string());
+                None
+            }
+        };
+        let expires_at = violations.time("expires_at", request.expires_at.as_ref());
+        if expires_at.is_some_and(|expiry| expiry <= now) {
+            violations.add("expires_at", "must be in the future");
+        }
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.finish().map_err(PaymentsError::from)?;
+        let value = value.ok_or_else(missing)?;
+        let hash = request_hash(&request);
+        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "CreateVoucherBatch", &hash).await?
+        {
+            return Ok(Response::new(response));
+        }
+        let batch = VoucherBatchRow {
+            id: Uuid::now_v7(),
+            count: request.count,
+            value,
+            unit_code: request.unit_code.clone(),
+            expires_at,
+            created_at: now,
+        };
+        let codes: Vec<VoucherCode> = (0..request.count).map(|_| VoucherCode::generate()).collect();
+        let digests: Vec<(Uuid, String)> = codes.iter().map(|code| (Uuid::now_v7(), code.digest())).collect();
+        let distinct: HashSet<&str> = digests.iter().map(|(_, digest)| digest.as_str()).collect();
+        if distinct.len() != digests.len() {
+            // Two of 80-bit random codes matched: never seen, but never stored either.
+            return Err(PaymentsError::Conflict("two generated voucher codes matched".into()).into());
+        }
+        let vouchers = digests
+            .iter()
+            .map(|(id, _)| crate::store::VoucherRow {
+                id: *id,
+                batch_id: batch.id,
+                value,
+                unit_code: batch.unit_code.clone(),
+                expires_at,
+                redeemed_by: None,
+                redeemed_at: None,
+                created_at: now,
+            })
+            .map(|voucher| voucher_to_pb(&voucher))
+            .collect();
+        let response = pb::CreateVoucherBatchResponse {
+            batch_id: batch.id.to_string(),
+            codes: codes.iter().map(VoucherCode::display).collect(),
+            vouchers,
+        };
+        if self.store.create_voucher_batch(tenant, &batch, &digests, &request.idempotency_key, &hash, &response).await?
+        {
+            return Ok(Response::new(response));
+        }
+        // The key was taken by a concurrent call (answer as it did), or a
+        // code matched a stored one (a retry draws new codes).
+        let replayed = self.store.replay(tenant, &request.idempotency_key, "CreateVoucherBatch", &hash).await?;
+        replayed
+            .map(Response::new)
+            .ok_or_else(|| PaymentsError::Conflict("a voucher code or the key was taken meanwhile".into()).into())
+    }
+
+    async fn redeem_voucher(
+        &self,
+        request: Request<pb::RedeemVoucherRequest>,
+    ) -> Result<Response<pb::RedeemVoucherResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let now = now();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.required_text("code", &request.code, VOUCHER_CODE_LENGTH_MAX);
+        violations.finish().map_err(PaymentsError::from)?;
+        let account_id = account_id.ok_or_else(missing)?;
+        // The limit comes first: a locked-out account learns nothing, not
+        // even whether its code is well formed.
+        let window = self.store.voucher_failures(tenant, account_id).await?;
+        if window.is_some_and(|window| window.is_exhausted(now)) {
+            return Err(PaymentsError::VoucherAttemptsExceeded.into());
+        }
+        // A mistyped code is caught by its check character and not counted:
+        // it is a typing slip, not a guess.
+        let code =
+            VoucherCode::parse(&request.code).map_err(|error| PaymentsError::field("code", error.to_string()))?;
+        let redeemed = self.store.redeem_voucher(tenant, account_id, &code.digest(), now).await?;
+        if redeemed.fresh {
+            metrics::counter!("reservoir_payments_vouchers_redeemed_total").increment(1);
+        }
+        Ok(Response::new(pb::RedeemVoucherResponse { voucher: Some(voucher_to_pb(&redeemed.voucher)) }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut cursor = request.into_inner().after_sequence;
+        let store = self.store.clone();
+        let written = store.events_written();
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream::try_stream! {
+            loop {
+                if *stopping.borrow() {
+                    break;
+                }
+                // Registered before the read, so a commit between the read and
+                // the wait still wakes this stream.
+                let notified = written.notified();
+                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
+                if batch.is_empty() {
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    continue;
+                }
+                for event in batch {
+                    cursor = event.sequence;
+                    yield pb::WatchEventsResponse { event: Some(event_to_pb(&event)) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_charge_names_exactly_one_way_to_pay() {
+        let base = pb::ChargeRequest {
+            account_id: Uuid::now_v7().to_string(),
+            invoice_id: Uuid::now_v7().to_string(),
+            amount: "10.00".into(),
+            currency: "USD".into(),
+            idempotency_key: "k".into(),
+            ..Default::default()
+        };
+        let both =
+            pb::ChargeRequest { payment_method_id: Uuid::now_v7().to_string(), reconcile_later: true, ..base.clone() };
+        assert!(matches!(check_charge(&both), Err(PaymentsError::InvalidArgument(_))));
+        assert!(matches!(check_charge(&base), Err(PaymentsError::InvalidArgument(_))));
+        let later = pb::ChargeRequest { reconcile_later: true, ..base.clone() };
+        assert!(matches!(check_charge(&later), Ok(CheckedCharge { payment_method_id: None, .. })));
+        let method = pb::ChargeRequest { payment_method_id: Uuid::now_v7().to_string(), ..base };
+        assert!(matches!(check_charge(&method), Ok(CheckedCharge { payment_method_id: Some(_), .. })));
+    }
+}

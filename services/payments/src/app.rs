@@ -1,0 +1,165 @@
+//! Payments as a running service: settings, the gateway, and the server,
+//! built once and run until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::settings::DatabaseSettings;
+use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+
+use crate::api::PaymentsApi;
+use crate::error::PaymentsError;
+use crate::gateway::SandboxGateway;
+use crate::store::Store;
+
+/// The gRPC service name, as health checks ask for it.
+pub const SERVICE_NAME: &str = "reservoir.payments.v1.PaymentsService";
+
+/// How long asking the wallet who holds a key may take.
+const WALLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest gateway timeout accepted: a caller waits this long at most
+/// for a Charge, and a processor that takes longer is as good as down.
+const GATEWAY_TIMEOUT_MS_MAX: u64 = 120_000;
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct PaymentsSettings {
+    /// gRPC address to listen on, such as `0.0.0.0:50054`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/database` (add `sslmode=require` off-host).
+    pub database_url: String,
+    /// The PostgreSQL schema payments owns (created on first connection); ignored on SQLite.
+    pub database_schema: String,
+    /// Connections in this replica's pool.
+    pub database_max_connections: u32,
+    /// The wallet's gRPC address, such as `http://wallet:50051`. Payments asks
+    /// the wallet who holds each caller's API key, and nothing else.
+    pub wallet_endpoint: String,
+    /// Payments' service key for the wallet (`reservoir key issue-service`).
+    /// Checking a caller's key is authorized by that key itself, so payments
+    /// does not need it yet; it is taken for symmetry with the other services.
+    #[serde(default)]
+    pub wallet_service_key: String,
+    /// How long one gateway call may take before the attempt counts as
+    /// timed out (the payment is FAILED, and a retry with its key asks again).
+    pub gateway_timeout_ms: u64,
+    /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
+    #[serde(default)]
+    pub metrics_listen: String,
+}
+
+impl PaymentsSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            schema: self.database_schema.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.database().validate().map_err(|error| format!("payments: {error}"))?;
+        if !self.wallet_endpoint.starts_with("http://") && !self.wallet_endpoint.starts_with("https://") {
+            return Err(format!("payments: wallet_endpoint must be an http(s) URL, not {:?}", self.wallet_endpoint));
+        }
+        if self.gateway_timeout_ms == 0 || self.gateway_timeout_ms > GATEWAY_TIMEOUT_MS_MAX {
+            return Err(format!("payments: gateway_timeout_ms must be 1 to {GATEWAY_TIMEOUT_MS_MAX}"));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("listening on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] PaymentsError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    store: Store,
+    sandbox: SandboxGateway,
+    authenticator: Arc<Authenticator>,
+    gateway_timeout: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &PaymentsSettings, key_cache_ttl: Duration) -> Result<Self, AppError> {
+        settings.validate().map_err(AppError::Settings)?;
+        let store = Store::connect(&settings.database()).await?;
+        store.migrate().await?;
+        // Connected lazily: payments starts while the wallet is down, and
+        // calls are refused as UNAVAILABLE until it is up.
+        let wallet = Endpoint::from_shared(settings.wallet_endpoint.clone())
+            .map_err(|error| AppError::Settings(format!("payments: wallet_endpoint: {error}")))?
+            .timeout(WALLET_CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let metrics =
+            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
+        Ok(Self {
+            listener,
+            metrics,
+            sandbox: SandboxGateway::new(store.clone()),
+            store,
+            authenticator,
+            gateway_timeout: Duration::from_millis(settings.gateway_timeout_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The Prometheus scrape endpoint's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// The gateway payments charges through: the sandbox, whose ledger tests read.
+    pub fn sandbox(&self) -> SandboxGateway {
+        self.sandbox.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking calls, ends the
+    /// open event streams and returns once the calls in flight are done.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop_sender, stopping) = watch::channel(false);
+        tokio::spawn(reservoir_common::metrics::watch_pool(
+            "payments",
+            self.store.database().clone(),
+            stopping.clone(),
+        ));
+        let api = PaymentsApi::new(self.store.clone(), Arc::new(self.sandbox.clone()), self.gateway_timeout, stopping);
+        let routes = tonic::service::Routes::new(PaymentsServiceServer::new(api));
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        };
+        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await?;
+        tracing::info!("payments stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,102 @@
+//! Payments' one error type and its one mapping to gRPC statuses.
+
+use reservoir_common::db::{Failure, classify};
+use reservoir_common::status::{self, FieldViolation};
+use reservoir_common::validate::InvalidRequest;
+use sea_orm::DbErr;
+use tonic::{Code, Status};
+
+use crate::domain::Refusal;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentsError {
+    #[error("invalid argument")]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// No voucher has the code; the try counts against the account.
+    #[error("no voucher has this code")]
+    VoucherNotFound,
+    #[error("the idempotency key was used for a different request")]
+    IdempotencyKeyReused,
+    /// A refusal by the rules, which the client acts on by its reason.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Too many unknown voucher codes from one account lately.
+    #[error("too many unknown voucher codes; try again later")]
+    VoucherAttemptsExceeded,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database or the gateway cannot be reached.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl PaymentsError {
+    pub fn field(field: &str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+/// The ErrorInfo reason of each refusal.
+fn reason(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::PaymentNotPending => "PAYMENT_NOT_PENDING",
+        Refusal::PaymentNotRefundable => "PAYMENT_NOT_REFUNDABLE",
+        Refusal::RefundExceedsCaptured => "REFUND_EXCEEDS_CAPTURED",
+        Refusal::PaymentMethodMismatch => "PAYMENT_METHOD_MISMATCH",
+        Refusal::PaymentMethodLimit => "PAYMENT_METHOD_LIMIT",
+        Refusal::AlreadyConfirmed => "ALREADY_CONFIRMED",
+        Refusal::RefundDeclined { .. } => "REFUND_DECLINED",
+        Refusal::VoucherAlreadyRedeemed => "VOUCHER_ALREADY_REDEEMED",
+        Refusal::VoucherExpired => "VOUCHER_EXPIRED",
+    }
+}
+
+impl From<PaymentsError> for Status {
+    fn from(error: PaymentsError) -> Self {
+        match &error {
+            PaymentsError::InvalidArgument(violations) => status::invalid_argument(violations),
+            PaymentsError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
+            PaymentsError::VoucherNotFound => {
+                status::with_reason(Code::NotFound, "VOUCHER_NOT_FOUND", error.to_string())
+            }
+            PaymentsError::IdempotencyKeyReused => {
+                status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
+            }
+            PaymentsError::Refused(refusal) => {
+                status::with_reason(Code::FailedPrecondition, reason(refusal), refusal.to_string())
+            }
+            PaymentsError::VoucherAttemptsExceeded => {
+                status::with_reason(Code::ResourceExhausted, "VOUCHER_ATTEMPTS_EXCEEDED", error.to_string())
+            }
+            PaymentsError::Conflict(cause) => {
+                tracing::info!(%cause, "conflict; the caller retries");
+                status::with_reason(Code::Aborted, "CONFLICT", "a concurrent change conflicted; retry")
+            }
+            PaymentsError::Unavailable(cause) => {
+                tracing::warn!(%cause, "a dependency is unavailable");
+                status::with_reason(Code::Unavailable, "UNAVAILABLE", "a dependency is unavailable; retry")
+            }
+            PaymentsError::Internal(_) => status::internal(&error),
+        }
+    }
+}
+
+impl From<InvalidRequest> for PaymentsError {
+    fn from(invalid: InvalidRequest) -> Self {
+        Self::InvalidArgument(invalid.0)
+    }
+}
+
+impl From<DbErr> for PaymentsError {
+    fn from(error: DbErr) -> Self {
+        match classify(&error) {
+            Failure::Conflict => Self::Conflict(error.to_string()),
+            Failure::Unavailable => Self::Unavailable(error.to_string()),
+            Failure::Internal => Self::Internal(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,259 @@
+use std::collections::BTreeMap;
+
+use reservoir_proto::payments as pb;
+use tonic::Code;
+
+use crate::helpers::*;
+
+async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
+    let account_id = account();
+    let succeed = card(&suite, &account_id, "tok_succeed").await;
+    let payment = charge(&suite, charge_request(&succeed, "12.50")).await;
+    assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
+    assert_eq!(outcomes(&payment), vec![pb::AttemptOutcome::Succeeded]);
+    assert_eq!(payment.amount, "12.5", "amounts are normalized decimal strings");
+    assert!(!payment.gateway_reference.is_empty());
+    assert_eq!(payment.attempts[0].number, 1);
+    assert_eq!(payment.refunded_amount, "0");
+
+    for (token, code) in [
+        ("tok_decline", "card_declined"),
+        ("tok_decline_insufficient_funds", "insufficient_funds"),
+        ("tok_x", "invalid_token"),
+    ] {
+        let method = card(&suite, &account_id, token).await;
+        let declined = charge(&suite, charge_request(&method, "5")).await;
+        assert_eq!(status(&declined), pb::PaymentStatus::Declined, "{token}");
+        assert_eq!(declined.failure_code, code, "{token}");
+        assert_eq!(outcomes(&declined), vec![pb::AttemptOutcome::Declined]);
+        assert_eq!(declined.attempts[0].code, code);
+    }
+
+    let pending = card(&suite, &account_id, "tok_pending").await;
+    let payment = charge(&suite, charge_request(&pending, "7")).await;
+    assert_eq!(status(&payment), pb::PaymentStatus::Pending);
+    assert_eq!(outcomes(&payment), vec![pb::AttemptOutcome::Pending]);
+    let confirmed = suite
+        .payments
+        .clone()
+        .confirm_payment(pb::ConfirmPaymentRequest {
+            payment_id: payment.id.clone(),
+            external_transaction_id: "settlement-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap();
+    assert_eq!(status(&confirmed), pb::PaymentStatus::Succeeded);
+    assert_eq!(confirmed.external_transaction_id, "settlement-1");
+    suite
+}
+
+async fn a_transient_failure_is_retried_with_the_same_key_and_charged_once(suite: Suite) -> Suite {
+    let method = card(&suite, &account(), "tok_fail_2").await;
+    let request = charge_request(&method, "20.00");
+    let first = charge(&suite, request.clone()).await;
+    assert_eq!(status(&first), pb::PaymentStatus::Failed);
+    assert_eq!(first.failure_code, "gateway_unavailable");
+    let second = charge(&suite, request.clone()).await;
+    assert_eq!(status(&second), pb::PaymentStatus::Failed);
+    assert_eq!(second.id, first.id, "one payment per key");
+    let third = charge(&suite, request.clone()).await;
+    assert_eq!(status(&third), pb::PaymentStatus::Succeeded);
+    assert_eq!(
+        outcomes(&third),
+        vec![pb::AttemptOutcome::Failed, pb::AttemptOutcome::Failed, pb::AttemptOutcome::Succeeded]
+    );
+    assert_eq!(third.attempts.iter().map(|attempt| attempt.number).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(third.failure_code, "");
+    assert_eq!(suite.charges_for(&request.idempotency_key).await, 1);
+    let replay = charge(&suite, request.clone()).await;
+    assert_eq!(replay, third, "a succeeded payment is answered as it is");
+    suite
+}
+
+async fn a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge(suite: Suite) -> Suite {
+    let method = card(&suite, &account(), "tok_timeout").await;
+    let request = charge_request(&method, "9.99");
+    let first = charge(&suite, request.clone()).await;
+    assert_eq!(status(&first), pb::PaymentStatus::Failed);
+    assert_eq!(outcomes(&first), vec![pb::AttemptOutcome::TimedOut]);
+    assert_eq!(suite.charges_for(&request.idempotency_key).await, 1, "the gateway charged before the answer was lost");
+    let retried = charge(&suite, request.clone()).await;
+    assert_eq!(status(&retried), pb::PaymentStatus::Succeeded);
+    assert_eq!(outcomes(&retried), vec![pb::AttemptOutcome::TimedOut, pb::AttemptOutcome::Succeeded]);
+    assert_eq!(suite.charges_for(&request.idempotency_key).await, 1, "charged once");
+    suite
+}
+
+async fn a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused(suite: Suite) -> Suite {
+    let method = card(&suite, &account(), "tok_succeed").await;
+    let mut request = charge_request(&method, "30");
+    request.metadata = BTreeMap::from([("order".to_owned(), "A-17".to_owned())]);
+    let first = charge(&suite, request.clone()).await;
+    let again = charge(&suite, request.clone()).await;
+    assert_eq!(again, first);
+    assert_eq!(again.attempts.len(), 1, "no second gateway call");
+    assert_eq!(again.metadata.get("order").map(String::as_str), Some("A-17"));
+    let different = pb::ChargeRequest { amount: "31".into(), ..request.clone() };
+    assert_refused(suite.payments.clone().charge(different).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(get(&suite, &first).await, first, "the refusal changed nothing");
+    suite
+}
+
+async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> Suite {
+    let request = reconcile_later_request(&account(), "100.00");
+    let payment = charge(&suite, request.clone()).await;
+    assert_eq!(status(&payment), pb::PaymentStatus::Pending);
+    assert!(payment.attempts.is_empty(), "no gateway call, so no attempt");
+    assert_eq!(payment.payment_method_id, "");
+    assert_eq!(charge(&suite, request).await, payment, "a retry answers the pending payment");
+    let confirm = |external: &str| pb::ConfirmPaymentRequest {
+        payment_id: payment.id.clone(),
+        external_transaction_id: external.into(),
+    };
+    let mut client = suite.payments.clone();
+    let confirmed = client.confirm_payment(confirm("bank-2024-001")).await.unwrap().into_inner().payment.unwrap();
+    assert_eq!(status(&confirmed), pb::PaymentStatus::Succeeded);
+    assert_eq!(confirmed.external_transaction_id, "bank-2024-001");
+    let again = client.confirm_payment(confirm("bank-2024-001")).await.unwrap().into_inner().payment.unwrap();
+    assert_eq!(again, confirmed, "confirming again with the same id answers the payment");
+    assert_refused(
+        client.confirm_payment(confirm("bank-2024-002")).await,
+        Code::FailedPrecondition,
+        "ALREADY_CONFIRMED",
+    );
+    assert_eq!(get(&suite, &payment).await.external_transaction_id, "bank-2024-001");
+
+    let declined = charge(&suite, charge_request(&card(&suite, &account(), "tok_decline").await, "1")).await;
+    let not_pending =
+        pb::ConfirmPaymentRequest { payment_id: declined.id.clone(), external_transaction_id: "bank-1".into() };
+    assert_refused(client.confirm_payment(not_pending).await, Code::FailedPrecondition, "PAYMENT_NOT_PENDING");
+    assert_invalid(client.confirm_payment(confirm("")).await, "external_transaction_id");
+    suite
+}
+
+async fn a_bank_transfer_is_pending_without_a_gateway_call(suite: Suite) -> Suite {
+    let account_id = account();
+    let transfer = add_method(&suite, &account_id, pb::PaymentMethodKind::BankTransfer, "").await;
+    let request = charge_request(&transfer, "250");
+    let payment = charge(&suite, request.clone()).await;
+    assert_eq!(status(&payment), pb::PaymentStatus::Pending);
+    assert!(payment.attempts.is_empty());
+    assert_eq!(payment.payment_method_id, transfer.id);
+    assert_eq!(suite.charges_for(&request.idempotency_key).await, 0);
+    suite
+}
+
+async fn charges_and_methods_are_checked(suite: Suite) -> Suite {
+    let mut client = suite.payments.clone();
+    let account_id = account();
+    let method = card(&suite, &account_id, "tok_succeed").await;
+    let valid = charge_request(&method, "10");
+    let both = pb::ChargeRequest { reconcile_later: true, ..valid.clone() };
+    assert_invalid(client.charge(both).await, "payment_method_id");
+    let neither = pb::ChargeRequest { payment_method_id: String::new(), ..valid.clone() };
+    assert_invalid(client.charge(neither).await, "payment_method_id");
+    assert_invalid(client.charge(pb::ChargeRequest { amount: "10.001".into(), ..valid.clone() }).await, "amount");
+    assert_invalid(client.charge(pb::ChargeRequest { amount: "0".into(), ..valid.clone() }).await, "amount");
+    assert_invalid(client.charge(pb::ChargeRequest { currency: "XYZ".into(), ..valid.clone() }).await, "currency");
+    assert_invalid(client.charge(pb::ChargeRequest { invoice_id: "inv".into(), ..valid.clone() }).await, "invoice_id");
+    assert_invalid(
+        client.charge(pb::ChargeRequest { idempotency_key: "k".repeat(129), ..valid.clone() }).await,
+        "idempotency_key",
+    );
+    let metadata: BTreeMap<String, String> = (0..33).map(|index| (format!("k{index}"), "v".to_owned())).collect();
+    assert_invalid(client.charge(pb::ChargeRequest { metadata, ..valid.clone() }).await, "metadata");
+    let someone_else = pb::ChargeRequest { account_id: account(), ..valid.clone() };
+    assert_refused(client.charge(someone_else).await, Code::FailedPrecondition, "PAYMENT_METHOD_MISMATCH");
+    let unknown = pb::ChargeRequest { payment_method_id: uuid::Uuid::now_v7().to_string(), ..valid.clone() };
+    assert_refused(client.charge(unknown).await, Code::NotFound, "NOT_FOUND");
+
+    let card_without_token = pb::AddPaymentMethodRequest {
+        account_id: account_id.clone(),
+        kind: pb::PaymentMethodKind::Card.into(),
+        gateway_token: String::new(),
+        label: String::new(),
+        idempotency_key: key(),
+    };
+    assert_invalid(client.add_payment_method(card_without_token.clone()).await, "gateway_token");
+    let transfer_with_token = pb::AddPaymentMethodRequest {
+        kind: pb::PaymentMethodKind::BankTransfer.into(),
+        gateway_token: "tok_succeed".into(),
+        ..card_without_token.clone()
+    };
+    assert_invalid(client.add_payment_method(transfer_with_token).await, "gateway_token");
+    let unspecified = pb::AddPaymentMethodRequest {
+        kind: pb::PaymentMethodKind::Unspecified.into(),
+        gateway_token: "tok_succeed".into(),
+        ..card_without_token.clone()
+    };
+    assert_invalid(client.add_payment_method(unspecified).await, "kind");
+    let long_label = pb::AddPaymentMethodRequest {
+        gateway_token: "tok".into(),
+        label: "x".repeat(129),
+        ..card_without_token.clone()
+    };
+    assert_invalid(client.add_payment_method(long_label).await, "label");
+    let once = pb::AddPaymentMethodRequest { gateway_token: "tok_succeed".into(), ..card_without_token };
+    let first = client.add_payment_method(once.clone()).await.unwrap().into_inner();
+    assert_eq!(client.add_payment_method(once.clone()).await.unwrap().into_inner(), first, "a retry replays");
+    let changed = pb::AddPaymentMethodRequest { label: "changed".into(), ..once };
+    assert_refused(client.add_payment_method(changed).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+    suite
+}
+
+async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
+    let payment = paid(&suite, "15").await;
+    let mut other = suite.other.clone();
+    let get = pb::GetPaymentRequest { payment_id: payment.id.clone() };
+    assert_refused(other.get_payment(get).await, Code::NotFound, "NOT_FOUND");
+    let confirm = pb::ConfirmPaymentRequest { payment_id: payment.id.clone(), external_transaction_id: "x".into() };
+    assert_refused(other.confirm_payment(confirm).await, Code::NotFound, "NOT_FOUND");
+    assert_refused(other.refund(refund_request(&payment, "1")).await, Code::NotFound, "NOT_FOUND");
+    let listed = other.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.payments.is_empty());
+    let methods = other
+        .list_payment_methods(pb::ListPaymentMethodsRequest { account_id: payment.account_id.clone() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(methods.payment_methods.is_empty());
+    let method_id = payment.payment_method_id.clone();
+    let borrowed = pb::ChargeRequest {
+        account_id: payment.account_id.clone(),
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+        amount: "1".into(),
+        currency: "USD".into(),
+        payment_method_id: method_id,
+        reconcile_later: false,
+        idempotency_key: key(),
+        metadata: Default::default(),
+    };
+    assert_refused(other.charge(borrowed).await, Code::NotFound, "NOT_FOUND");
+    let same_key = pb::ChargeRequest {
+        account_id: account(),
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+        amount: "1".into(),
+        currency: "USD".into(),
+        payment_method_id: String::new(),
+        reconcile_later: true,
+        idempotency_key: payment.idempotency_key.clone(),
+        metadata: Default::default(),
+    };
+    let own = other.charge(same_key).await.unwrap().into_inner().payment.unwrap();
+    assert_ne!(own.id, payment.id, "idempotency keys are the tenant's own");
+    suite
+}
+
+crate::on_both_backends!(
+    each_sandbox_token_gives_its_outcome,
+    a_transient_failure_is_retried_with_the_same_key_and_charged_once,
+    a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge,
+    a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused,
+    a_reconcile_later_payment_waits_for_its_confirmation,
+    a_bank_transfer_is_pending_without_a_gateway_call,
+    charges_and_methods_are_checked,
+    a_tenant_cannot_see_another_tenants_payment,
+);

@@ -1,0 +1,287 @@
+//! A wallet (for API keys) and a payments service on free ports, each with a
+//! database of its own, two tenants with a key each, and clients for both.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reservoir_common::auth::TenantId;
+use reservoir_common::settings::AuthSettings;
+use reservoir_payments::app::{Application as Payments, PaymentsSettings};
+use reservoir_payments::gateway::{SandboxGateway, gateway_key};
+use reservoir_proto::payments as pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+use reservoir_testing::wallet::channel;
+pub use reservoir_testing::wallet::{assert_invalid, assert_refused, key};
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_wallet::app::{Application as Wallet, WalletSettings};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type PaymentsClient = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
+
+const PEPPER: &str = "test-pepper";
+
+struct Running {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap();
+    }
+}
+
+pub struct Suite {
+    /// The first tenant's client.
+    pub payments: PaymentsClient,
+    /// A second tenant's client, for isolation.
+    pub other: PaymentsClient,
+    pub tenant: TenantId,
+    pub sandbox: SandboxGateway,
+    running: Vec<Running>,
+    databases: Vec<TestDatabase>,
+}
+
+impl Suite {
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        let wallet_database = TestDatabase::create(backend).await?;
+        let payments_database = TestDatabase::create(backend).await?;
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let wallet_settings = WalletSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: wallet_database.url.clone(),
+            database_schema: wallet_database.schema.clone(),
+            database_max_connections: 8,
+            sweep_interval_ms: 1_000,
+            metrics_listen: String::new(),
+        };
+        let wallet = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
+        let wallet_address = wallet.local_addr().unwrap();
+        let store = wallet.store();
+        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
+        let tenant_key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
+        let other_tenant = store.create_tenant("other", Utc::now()).await.unwrap();
+        let other_key = store.issue_key(other_tenant, PEPPER, Utc::now()).await.unwrap().key;
+        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
+        let wallet_running = spawn_wallet(wallet);
+        let settings = PaymentsSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: payments_database.url.clone(),
+            database_schema: payments_database.schema.clone(),
+            database_max_connections: 8,
+            wallet_endpoint: format!("http://{wallet_address}"),
+            wallet_service_key: service_key,
+            gateway_timeout_ms: 5_000,
+            metrics_listen: String::new(),
+        };
+        let payments = Payments::build(&settings, Duration::from_secs(60)).await.expect("building payments");
+        let address = payments.local_addr().unwrap();
+        let sandbox = payments.sandbox();
+        let payments_running = spawn_payments(payments);
+        let connection = channel(address).await;
+        Some(Self {
+            payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
+            other: PaymentsServiceClient::with_interceptor(connection, BearerKey::new(&other_key)),
+            tenant,
+            sandbox,
+            running: vec![payments_running, wallet_running],
+            databases: vec![wallet_database, payments_database],
+        })
+    }
+
+    /// Stops payments, then the wallet, and drops both databases.
+    pub async fn stop(self) {
+        for running in self.running {
+            running.stop().await;
+        }
+        for database in self.databases {
+            database.drop_database().await;
+        }
+    }
+
+    /// How many times the sandbox charged for a Charge's idempotency key.
+    pub async fn charges_for(&self, idempotency_key: &str) -> u64 {
+        self.sandbox.charges_for(&gateway_key(self.tenant, idempotency_key)).await.unwrap()
+    }
+}
+
+fn spawn_wallet(application: Wallet) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        application
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("the wallet serves");
+    });
+    Running { stop, task }
+}
+
+fn spawn_payments(application: Payments) -> Running {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        application
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("payments serves");
+    });
+    Running { stop, task }
+}
+
+/// A fresh account id: payments takes the caller's word for its accounts.
+pub fn account() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+pub async fn add_method(
+    suite: &Suite,
+    account_id: &str,
+    kind: pb::PaymentMethodKind,
+    token: &str,
+) -> pb::PaymentMethod {
+    suite
+        .payments
+        .clone()
+        .add_payment_method(pb::AddPaymentMethodRequest {
+            account_id: account_id.into(),
+            kind: kind.into(),
+            gateway_token: token.into(),
+            label: "test method".into(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_method
+        .unwrap()
+}
+
+/// A card with a sandbox token.
+pub async fn card(suite: &Suite, account_id: &str, token: &str) -> pb::PaymentMethod {
+    add_method(suite, account_id, pb::PaymentMethodKind::Card, token).await
+}
+
+/// A charge of `amount` USD with a method, under a fresh key and invoice.
+pub fn charge_request(method: &pb::PaymentMethod, amount: &str) -> pb::ChargeRequest {
+    pb::ChargeRequest {
+        account_id: method.account_id.clone(),
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+        amount: amount.into(),
+        currency: "USD".into(),
+        payment_method_id: method.id.clone(),
+        reconcile_later: false,
+        idempotency_key: key(),
+        metadata: Default::default(),
+    }
+}
+
+/// A reconcile-later charge of `amount` USD.
+pub fn reconcile_later_request(account_id: &str, amount: &str) -> pb::ChargeRequest {
+    pb::ChargeRequest {
+        account_id: account_id.into(),
+        invoice_id: uuid::Uuid::now_v7().to_string(),
+        amount: amount.into(),
+        currency: "USD".into(),
+        payment_method_id: String::new(),
+        reconcile_later: true,
+        idempotency_key: key(),
+        metadata: Default::default(),
+    }
+}
+
+pub async fn charge(suite: &Suite, request: pb::ChargeRequest) -> pb::Payment {
+    suite.payments.clone().charge(request).await.unwrap().into_inner().payment.unwrap()
+}
+
+/// A succeeded card payment of `amount` USD.
+pub async fn paid(suite: &Suite, amount: &str) -> pb::Payment {
+    let method = card(suite, &account(), "tok_succeed").await;
+    let payment = charge(suite, charge_request(&method, amount)).await;
+    assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
+    payment
+}
+
+pub async fn get(suite: &Suite, payment: &pb::Payment) -> pb::Payment {
+    suite
+        .payments
+        .clone()
+        .get_payment(pb::GetPaymentRequest { payment_id: payment.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap()
+}
+
+pub fn status(payment: &pb::Payment) -> pb::PaymentStatus {
+    pb::PaymentStatus::try_from(payment.status).unwrap()
+}
+
+pub fn outcomes(payment: &pb::Payment) -> Vec<pb::AttemptOutcome> {
+    payment.attempts.iter().map(|attempt| pb::AttemptOutcome::try_from(attempt.outcome).unwrap()).collect()
+}
+
+pub fn refund_request(payment: &pb::Payment, amount: &str) -> pb::RefundRequest {
+    pb::RefundRequest {
+        payment_id: payment.id.clone(),
+        amount: amount.into(),
+        reason: "customer asked".into(),
+        idempotency_key: key(),
+    }
+}
+
+pub async fn voucher_batch(suite: &Suite, count: u32, value: &str) -> pb::CreateVoucherBatchResponse {
+    suite
+        .payments
+        .clone()
+        .create_voucher_batch(pb::CreateVoucherBatchRequest {
+            count,
+            value: value.into(),
+            unit_code: "CREDIT".into(),
+            expires_at: None,
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn redeem_request(code: &str, account_id: &str) -> pb::RedeemVoucherRequest {
+    pb::RedeemVoucherRequest { code: code.into(), account_id: account_id.into() }
+}
+
+/// Runs each named test body on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Sqlite).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Postgres).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+    };
+}
