@@ -19,6 +19,7 @@ from decimal import Decimal
 
 import grpc
 
+from reservoir.invoicing.v1 import invoicing_pb2, invoicing_pb2_grpc
 from reservoir.wallet.v1 import wallet_pb2 as pb
 from reservoir.wallet.v1 import wallet_pb2_grpc
 
@@ -30,7 +31,7 @@ def free_port() -> int:
 
 
 def start_suite(binary: str, data_dir: str):
-    wallet_port, metering_port = free_port(), free_port()
+    wallet_port, metering_port, invoicing_port, payments_port = free_port(), free_port(), free_port(), free_port()
     env = dict(os.environ)
     env.update(
         {
@@ -41,6 +42,12 @@ def start_suite(binary: str, data_dir: str):
             "RESERVOIR__METERING__LISTEN": f"127.0.0.1:{metering_port}",
             "RESERVOIR__METERING__DATABASE_URL": f"sqlite://{data_dir}/metering.db?mode=rwc",
             "RESERVOIR__METERING__METRICS_LISTEN": "127.0.0.1:0",
+            "RESERVOIR__INVOICING__LISTEN": f"127.0.0.1:{invoicing_port}",
+            "RESERVOIR__INVOICING__DATABASE_URL": f"sqlite://{data_dir}/invoicing.db?mode=rwc",
+            "RESERVOIR__INVOICING__METRICS_LISTEN": "127.0.0.1:0",
+            "RESERVOIR__PAYMENTS__LISTEN": f"127.0.0.1:{payments_port}",
+            "RESERVOIR__PAYMENTS__DATABASE_URL": f"sqlite://{data_dir}/payments.db?mode=rwc",
+            "RESERVOIR__PAYMENTS__METRICS_LISTEN": "127.0.0.1:0",
             "RESERVOIR__TELEMETRY__LOG_FILTER": "warn",
         }
     )
@@ -54,7 +61,7 @@ def start_suite(binary: str, data_dir: str):
         time.sleep(0.1)
     with open(key_path) as file:
         key = file.read().strip()
-    return process, f"127.0.0.1:{wallet_port}", key
+    return process, f"127.0.0.1:{wallet_port}", f"127.0.0.1:{invoicing_port}", key
 
 
 def check(condition: bool, message: str) -> None:
@@ -65,7 +72,7 @@ def check(condition: bool, message: str) -> None:
 def main() -> None:
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as data_dir:
-        process, address, key = start_suite(binary, data_dir)
+        process, address, invoicing_address, key = start_suite(binary, data_dir)
         try:
             channel = grpc.insecure_channel(address)
             grpc.channel_ready_future(channel).result(timeout=30)
@@ -120,7 +127,24 @@ def main() -> None:
                 check(False, "a call without a key is refused")
             except grpc.RpcError as error:
                 check(error.code() == grpc.StatusCode.UNAUTHENTICATED, f"UNAUTHENTICATED, got {error.code()}")
-            print("python client: account, grant, debit (and its replay), balance, ledger and refusals as expected")
+
+            invoicing_channel = grpc.insecure_channel(invoicing_address)
+            grpc.channel_ready_future(invoicing_channel).result(timeout=30)
+            invoicing = invoicing_pb2_grpc.InvoicingServiceStub(invoicing_channel)
+            draft = invoicing.CreateInvoice(
+                invoicing_pb2.CreateInvoiceRequest(
+                    account_id=account.id, credits="40", idempotency_key=str(uuid.uuid4())
+                ),
+                metadata=auth,
+                timeout=10,
+            ).invoice
+            check(draft.status == invoicing_pb2.INVOICE_STATUS_DRAFT, f"a draft, got {draft.status}")
+            check(draft.total == "40.00", f"total 40.00, got {draft.total}")
+            invoice = invoicing.FinalizeInvoice(
+                invoicing_pb2.FinalizeInvoiceRequest(invoice_id=draft.id), metadata=auth, timeout=10
+            ).invoice
+            check(invoice.number == 1, f"the tenant's first number, got {invoice.number}")
+            print("python client: account, grant, debit (and its replay), balance, ledger, refusals and an invoice as expected")
         finally:
             process.terminate()
             process.wait(timeout=30)

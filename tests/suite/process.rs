@@ -22,12 +22,16 @@ pub struct Environment {
     variables: HashMap<String, String>,
     pub wallet_address: SocketAddr,
     pub metering_address: SocketAddr,
+    pub invoicing_address: SocketAddr,
+    pub payments_address: SocketAddr,
 }
 
 impl Environment {
     pub fn new(wallet: &TestDatabase, metering: Option<&TestDatabase>) -> Self {
         let wallet_address = free_address();
         let metering_address = free_address();
+        let invoicing_address = free_address();
+        let payments_address = free_address();
         let mut variables = HashMap::from([
             ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
             // Any free port for the scrape endpoints: several environments run at once.
@@ -38,6 +42,14 @@ impl Environment {
             ("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string()),
             ("RESERVOIR__METERING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
             ("RESERVOIR__METERING__WORKER_INTERVAL_MS".to_owned(), "200".to_owned()),
+            ("RESERVOIR__INVOICING__LISTEN".to_owned(), invoicing_address.to_string()),
+            ("RESERVOIR__INVOICING__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__INVOICING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__INVOICING__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}")),
+            ("RESERVOIR__INVOICING__WORKER_INTERVAL_MS".to_owned(), "200".to_owned()),
+            ("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string()),
+            ("RESERVOIR__PAYMENTS__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
             ("RESERVOIR__AUTH__API_KEY_PEPPER".to_owned(), PEPPER.to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned()),
@@ -47,7 +59,16 @@ impl Environment {
             variables.insert("RESERVOIR__METERING__DATABASE_URL".to_owned(), metering.url.clone());
             variables.insert("RESERVOIR__METERING__DATABASE_SCHEMA".to_owned(), metering.schema.clone());
         }
-        Self { variables, wallet_address, metering_address }
+        Self { variables, wallet_address, metering_address, invoicing_address, payments_address }
+    }
+
+    /// Gives invoicing and payments databases of their own.
+    pub fn with_billing(mut self, invoicing: &TestDatabase, payments: &TestDatabase) -> Self {
+        self.variables.insert("RESERVOIR__INVOICING__DATABASE_URL".to_owned(), invoicing.url.clone());
+        self.variables.insert("RESERVOIR__INVOICING__DATABASE_SCHEMA".to_owned(), invoicing.schema.clone());
+        self.variables.insert("RESERVOIR__PAYMENTS__DATABASE_URL".to_owned(), payments.url.clone());
+        self.variables.insert("RESERVOIR__PAYMENTS__DATABASE_SCHEMA".to_owned(), payments.schema.clone());
+        self
     }
 
     /// Sets one setting for every process started from here on.
@@ -59,11 +80,17 @@ impl Environment {
     /// each service, whose metering calls its own wallet.
     pub fn replica(&self) -> Self {
         let (wallet_address, metering_address) = (free_address(), free_address());
+        let (invoicing_address, payments_address) = (free_address(), free_address());
         let mut variables = self.variables.clone();
         variables.insert("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string());
         variables.insert("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string());
         variables.insert("RESERVOIR__METERING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
-        Self { variables, wallet_address, metering_address }
+        variables.insert("RESERVOIR__INVOICING__LISTEN".to_owned(), invoicing_address.to_string());
+        variables.insert("RESERVOIR__INVOICING__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        variables.insert("RESERVOIR__INVOICING__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}"));
+        variables.insert("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string());
+        variables.insert("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        Self { variables, wallet_address, metering_address, invoicing_address, payments_address }
     }
 
     pub fn command(&self, arguments: &[&str]) -> Command {
@@ -89,10 +116,12 @@ impl Environment {
         self.issue(&["tenant", "create", "suite"]).await
     }
 
-    /// Issues the services' key and hands it to metering.
+    /// Issues the services' key and hands it to metering, invoicing and payments.
     pub async fn issue_service_key(&mut self) {
         let key = self.issue(&["key", "issue-service"]).await;
-        self.variables.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), key);
+        self.variables.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), key.clone());
+        self.variables.insert("RESERVOIR__INVOICING__SERVICE_KEY".to_owned(), key.clone());
+        self.variables.insert("RESERVOIR__PAYMENTS__WALLET_SERVICE_KEY".to_owned(), key);
     }
 }
 
@@ -110,6 +139,14 @@ impl ServiceProcess {
 
     pub fn metering(environment: &Environment) -> Self {
         Self { service: "metering", address: environment.metering_address, child: None }
+    }
+
+    pub fn invoicing(environment: &Environment) -> Self {
+        Self { service: "invoicing", address: environment.invoicing_address, child: None }
+    }
+
+    pub fn payments(environment: &Environment) -> Self {
+        Self { service: "payments", address: environment.payments_address, child: None }
     }
 
     pub fn address(&self) -> SocketAddr {

@@ -79,6 +79,8 @@ enum Command {
 enum Service {
     Wallet,
     Metering,
+    Invoicing,
+    Payments,
 }
 
 #[derive(Subcommand)]
@@ -234,6 +236,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve { service: Service::Wallet } => serve_wallet(config).await,
         Command::Serve { service: Service::Metering } => serve_metering(config).await,
+        Command::Serve { service: Service::Invoicing } => serve_invoicing(config).await,
+        Command::Serve { service: Service::Payments } => serve_payments(config).await,
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::Tenant(command) => tenant(config, command).await,
@@ -264,12 +268,38 @@ async fn serve_metering(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn serve_invoicing(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    settings.invoicing.validate().map_err(anyhow::Error::msg)?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-invoicing").map_err(anyhow::Error::msg)?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
+    application.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn serve_payments(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    settings.payments.validate().map_err(anyhow::Error::msg)?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-payments").map_err(anyhow::Error::msg)?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
+    application.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
 async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     match service {
         Service::Wallet => Store::connect(&settings.wallet.database()).await?.migrate().await?,
         Service::Metering => {
             reservoir_metering::store::Store::connect(&settings.metering.database()).await?.migrate().await?;
+        }
+        Service::Invoicing => {
+            reservoir_invoicing::store::Store::connect(&settings.invoicing.database()).await?.migrate().await?;
+        }
+        Service::Payments => {
+            reservoir_payments::store::Store::connect(&settings.payments.database()).await?.migrate().await?;
         }
     }
     println!("{}: migrations applied", service.name());
@@ -281,6 +311,8 @@ impl Service {
         match self {
             Self::Wallet => "wallet",
             Self::Metering => "metering",
+            Self::Invoicing => "invoicing",
+            Self::Payments => "payments",
         }
     }
 }
@@ -304,26 +336,46 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         println!("Its API key (shown once; a copy is in {}):", path.display());
         println!("  {}", issued.key);
     }
-    if settings.metering.wallet_service_key.is_empty() {
-        let path = settings.data_dir.join("service-api-key");
-        let key = match std::fs::read_to_string(&path) {
-            Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
-            _ => {
-                let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
-                write_secret(&path, &issued.key)?;
-                issued.key
-            }
-        };
-        settings.metering.wallet_service_key = key;
+    // The services' own key, with which metering, invoicing and payments call
+    // the wallet (and invoicing calls metering), naming each call's tenant.
+    let path = settings.data_dir.join("service-api-key");
+    let service_key = match std::fs::read_to_string(&path) {
+        Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
+        _ => {
+            let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
+            write_secret(&path, &issued.key)?;
+            issued.key
+        }
+    };
+    for key in [
+        &mut settings.metering.wallet_service_key,
+        &mut settings.invoicing.service_key,
+        &mut settings.payments.wallet_service_key,
+    ] {
+        if key.is_empty() {
+            key.clone_from(&service_key);
+        }
     }
     if let Some(address) = wallet.local_addr() {
-        settings.metering.wallet_endpoint = format!("http://{address}");
+        let endpoint = format!("http://{address}");
+        settings.metering.wallet_endpoint.clone_from(&endpoint);
+        settings.invoicing.wallet_endpoint.clone_from(&endpoint);
+        settings.payments.wallet_endpoint = endpoint;
         println!("wallet       listening on {address}");
     }
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
     if let Some(address) = metering.local_addr() {
+        settings.invoicing.metering_endpoint = format!("http://{address}");
         println!("metering     listening on {address}");
+    }
+    let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
+    if let Some(address) = invoicing.local_addr() {
+        println!("invoicing    listening on {address}");
+    }
+    let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
+    if let Some(address) = payments.local_addr() {
+        println!("payments     listening on {address}");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -333,10 +385,16 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let (wallet_result, metering_result) =
-        tokio::join!(wallet.run_until(stopped(stopping.clone())), metering.run_until(stopped(stopping)));
+    let (wallet_result, metering_result, invoicing_result, payments_result) = tokio::join!(
+        wallet.run_until(stopped(stopping.clone())),
+        metering.run_until(stopped(stopping.clone())),
+        invoicing.run_until(stopped(stopping.clone())),
+        payments.run_until(stopped(stopping)),
+    );
     wallet_result?;
     metering_result?;
+    invoicing_result?;
+    payments_result?;
     Ok(())
 }
 

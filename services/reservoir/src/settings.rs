@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
+use reservoir_invoicing::app::InvoicingSettings;
 use reservoir_metering::app::MeteringSettings;
+use reservoir_payments::app::PaymentsSettings;
 use reservoir_wallet::app::WalletSettings;
 use serde::Deserialize;
 
@@ -29,6 +31,28 @@ wallet_service_key = ""
 worker_interval_ms = 1000
 metrics_listen = "127.0.0.1:9052"
 
+[invoicing]
+listen = "127.0.0.1:50053"
+database_url = "sqlite://./data/invoicing.db?mode=rwc"
+database_schema = "invoicing"
+database_max_connections = 8
+wallet_endpoint = "http://127.0.0.1:50051"
+metering_endpoint = "http://127.0.0.1:50052"
+service_key = ""
+payment_due_days_default = 14
+worker_interval_ms = 1000
+metrics_listen = "127.0.0.1:9053"
+
+[payments]
+listen = "127.0.0.1:50054"
+database_url = "sqlite://./data/payments.db?mode=rwc"
+database_schema = "payments"
+database_max_connections = 8
+wallet_endpoint = "http://127.0.0.1:50051"
+wallet_service_key = ""
+gateway_timeout_ms = 10000
+metrics_listen = "127.0.0.1:9054"
+
 [auth]
 api_key_pepper = "reservoir-development-pepper"
 key_cache_ttl_ms = 5000
@@ -45,6 +69,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub wallet: WalletSettings,
     pub metering: MeteringSettings,
+    pub invoicing: InvoicingSettings,
+    pub payments: PaymentsSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
 }
