@@ -228,8 +228,67 @@ async fn an_overdue_credit_limit_statement_blocks_the_credit_until_it_is_paid(su
     suite
 }
 
+async fn a_statement_paid_while_the_wallet_is_down_is_repaid_and_unblocked_once_it_is_back(mut suite: Suite) -> Suite {
+    suite
+        .invoicing
+        .clone()
+        .update_billing_settings(pb::UpdateBillingSettingsRequest {
+            settings: Some(pb::BillingSettings { payment_due_days: 0, monthly_cycle: false }),
+        })
+        .await
+        .unwrap();
+    priced_meter(&suite, "tokens", "1", None).await;
+    let account = open_account(&suite, usd(), wallet_pb::OverdraftPolicy::CreditLimit, "100").await;
+    use_meter(&suite, &account, "tokens", "25", &[]).await;
+    let period = end_this_month(&suite);
+    run_cycle(&suite, &period).await;
+    let statement = statement_of(&suite, &account).await;
+    let credit_blocked = |wallet: Client| {
+        let account_id = account.id.clone();
+        async move {
+            wallet
+                .clone()
+                .get_account(wallet_pb::GetAccountRequest { account_id })
+                .await
+                .unwrap()
+                .into_inner()
+                .account
+                .unwrap()
+                .credit_blocked
+        }
+    };
+    eventually("the credit block", || credit_blocked(suite.wallet.clone())).await;
+
+    suite.stop_wallet().await;
+    let paid = pay(&suite, &statement, "pay-while-down").await.unwrap();
+    assert_eq!(status(&paid), pb::InvoiceStatus::Paid, "the invoice is paid whether or not the wallet answers");
+    suite.start_wallet().await;
+    let wallet = suite.wallet.clone();
+    eventually("the repayment and the unblock", || {
+        let wallet = wallet.clone();
+        let account = account.clone();
+        async move { available(&wallet, &account).await == d("0") && !credit_blocked(wallet.clone()).await }
+    })
+    .await;
+    // The worker goes on passing; the repayment stays one grant.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let grants = suite
+        .wallet
+        .clone()
+        .list_grants(wallet_pb::ListGrantsRequest { account_id: account.id.clone(), include_inactive: true })
+        .await
+        .unwrap()
+        .into_inner()
+        .grants;
+    assert_eq!(grants.iter().filter(|grant| grant.source_reference == statement.id).count(), 1);
+    assert_eq!(available(&suite.wallet, &account).await, d("0"));
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
 crate::on_both_backends!(
     a_prepaid_month_lists_usage_and_credits_applied_and_is_due_nothing,
     a_hybrid_month_spends_credits_first_and_bills_the_overage,
     an_overdue_credit_limit_statement_blocks_the_credit_until_it_is_paid,
+    a_statement_paid_while_the_wallet_is_down_is_repaid_and_unblocked_once_it_is_back,
 );

@@ -57,6 +57,8 @@ pub struct Suite {
     pub invoicing: InvoicingClient,
     /// What invoicing believes the time is; `None` follows the system clock.
     pub clock: Arc<Mutex<Option<DateTime<Utc>>>>,
+    wallet_settings: WalletSettings,
+    wallet_running: Option<Running>,
     running: Vec<Running>,
     databases: Vec<TestDatabase>,
 }
@@ -67,7 +69,7 @@ impl Suite {
         let metering_database = TestDatabase::create(backend).await?;
         let invoicing_database = TestDatabase::create(backend).await?;
         let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let wallet_settings = WalletSettings {
+        let mut wallet_settings = WalletSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: wallet_database.url.clone(),
             database_schema: wallet_database.schema.clone(),
@@ -77,11 +79,13 @@ impl Suite {
         };
         let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
         let wallet_address = wallet_app.local_addr().unwrap();
+        wallet_settings.listen = wallet_address;
         let store = wallet_app.store();
         let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let mut running = vec![spawn(move |stopped| wallet_app.run_until(async move { drop(stopped.await) }))];
+        let wallet_running = spawn(move |stopped| wallet_app.run_until(async move { drop(stopped.await) }));
+        let mut running = Vec::new();
         let metering_settings = MeteringSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: metering_database.url.clone(),
@@ -119,6 +123,8 @@ impl Suite {
             metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
             invoicing: InvoicingServiceClient::with_interceptor(channel(invoicing_address).await, BearerKey::new(&key)),
             clock,
+            wallet_settings,
+            wallet_running: Some(wallet_running),
             running,
             databases: vec![wallet_database, metering_database, invoicing_database],
         })
@@ -129,8 +135,36 @@ impl Suite {
         *self.clock.lock().unwrap() = Some(at);
     }
 
-    pub async fn stop(self) {
+    /// Stops the wallet, as an outage would.
+    pub async fn stop_wallet(&mut self) {
+        if let Some(running) = self.wallet_running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts the wallet again on the same address and database.
+    pub async fn start_wallet(&mut self) {
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let mut attempts = 0;
+        let application = loop {
+            match Wallet::build(&self.wallet_settings, &auth).await {
+                Ok(application) => break application,
+                // The old listener may take a moment to let go of the port.
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("restarting the wallet: {error}"),
+            }
+        };
+        self.wallet_running = Some(spawn(move |stopped| application.run_until(async move { drop(stopped.await) })));
+    }
+
+    pub async fn stop(mut self) {
         for running in self.running.into_iter().rev() {
+            running.stop().await;
+        }
+        if let Some(running) = self.wallet_running.take() {
             running.stop().await;
         }
         for database in self.databases {
