@@ -149,4 +149,37 @@ impl tonic::service::Interceptor for BearerKey {
     }
 }
 
+/// Runs each named test body on SQLite and on PostgreSQL, each time with a
+/// fresh `$suite` (a type with `spawn(Backend) -> Option<Self>` and
+/// `stop(self)`); a body takes the suite and hands it back to be stopped.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($suite:path; $($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $suite as Suite;
+                    if let Some(suite) = Suite::spawn($crate::Backend::Sqlite).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    use $suite as Suite;
+                    if let Some(suite) = Suite::spawn($crate::Backend::Postgres).await {
+                        let suite = super::$name(suite).await;
+                        suite.stop().await;
+                    }
+                }
+            )*
+        }
+    };
+}
+
 pub mod wallet;

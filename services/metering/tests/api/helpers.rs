@@ -226,27 +226,6 @@ pub async fn debited(suite: &Suite, account: &wallet_pb::Account) -> Decimal {
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Sqlite).await {
-                        let suite = super::$name(suite).await;
-                        suite.stop().await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(suite) = $crate::helpers::Suite::spawn(reservoir_testing::Backend::Postgres).await {
-                        let suite = super::$name(suite).await;
-                        suite.stop().await;
-                    }
-                }
-            )*
-        }
+        reservoir_testing::on_both_backends!($crate::helpers::Suite; $($name),*);
     };
 }
