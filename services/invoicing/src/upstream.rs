@@ -158,6 +158,7 @@ impl Upstream {
         let mut any_entry = false;
         let mut page_token = String::new();
         let kinds = [pb::EntryKind::Debit, pb::EntryKind::Capture, pb::EntryKind::Refund];
+        let adjustment = i32::from(pb::EntryKind::Adjustment);
         for _ in 0..PAGES_MAX {
             let request = self.request(
                 pb::ListLedgerEntriesRequest {
@@ -174,11 +175,17 @@ impl Upstream {
                 self.wallet().list_ledger_entries(request).await.map_err(|s| unavailable("wallet", &s))?.into_inner();
             for entry in page.entries {
                 any_entry = true;
-                if !kinds.iter().any(|kind| i32::from(*kind) == entry.kind) {
+                let amount = decimal(&entry.amount)?;
+                // A negative adjustment no grant covered was drawn on the
+                // overdraft, as a debit would be. (The positive entry without
+                // a grant that repays the overdraft is not a charge.)
+                let drawn_by_adjustment =
+                    entry.kind == adjustment && entry.grant_id.is_empty() && amount < Decimal::ZERO;
+                if !drawn_by_adjustment && !kinds.iter().any(|kind| i32::from(*kind) == entry.kind) {
                     continue;
                 }
                 // Debits are negative entries; a refund is a positive one.
-                let charged = -decimal(&entry.amount)?;
+                let charged = -amount;
                 drawdown.charged += charged;
                 if entry.grant_id.is_empty() {
                     drawdown.on_overdraft += charged;
@@ -314,7 +321,7 @@ impl Upstream {
         match self.wallet().update_account(request).await {
             Ok(_) => Ok(()),
             // A closed or deleted account has no credit to block.
-            Err(status) if status.code() == Code::NotFound => Ok(()),
+            Err(status) if matches!(status.code(), Code::NotFound | Code::FailedPrecondition) => Ok(()),
             Err(status) => Err(unavailable("wallet", &status)),
         }
     }

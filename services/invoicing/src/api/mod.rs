@@ -23,7 +23,7 @@ use crate::domain::{
     InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, due_at, statement, top_up_lines,
 };
 use crate::error::InvoicingError;
-use crate::store::{Change, InvoiceFilter, InvoiceRow, Issue, Store, TenantSettings};
+use crate::store::{Change, CreditBlock, InvoiceFilter, InvoiceRow, Issue, Store, TenantSettings};
 use crate::upstream::Upstream;
 
 const DESCRIPTION_LENGTH_MAX: usize = 512;
@@ -231,16 +231,37 @@ impl InvoicingApi {
             self.store.want_credit_block(TenantId(*tenant), *account, false, now).await?;
         }
         for block in self.store.credit_blocks().await?.into_iter().filter(|block| !block.applied) {
-            self.upstream
-                .set_credit_blocked(block.tenant_id, block.account_id, block.blocked, block.generation)
-                .await?;
-            self.store.credit_block_applied(&block).await?;
+            // One account the wallet cannot answer for must not hold up the others.
+            if let Err(error) = self.apply_credit_block(&block, now).await {
+                tracing::warn!(%error, account = %block.account_id, "credit block not applied; retried next pass");
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_credit_block(&self, block: &CreditBlock, now: DateTime<Utc>) -> Result<(), InvoicingError> {
+        self.upstream.set_credit_blocked(block.tenant_id, block.account_id, block.blocked, block.generation).await?;
+        if self.store.credit_block_applied(block).await? {
             tracing::info!(
                 tenant = %block.tenant_id,
                 account = %block.account_id,
                 blocked = block.blocked,
                 "credit block applied in the wallet"
             );
+            return Ok(());
+        }
+        // A newer generation was written (and perhaps applied) while this
+        // call was on its way, and this older one may have reached the wallet
+        // after it. The newest wish is sent again under a generation of its
+        // own, whose key the wallet has not seen, so it lands last.
+        if let Some(latest) = self
+            .store
+            .credit_blocks()
+            .await?
+            .into_iter()
+            .find(|row| row.tenant_id == block.tenant_id && row.account_id == block.account_id)
+        {
+            self.store.want_credit_block(latest.tenant_id, latest.account_id, latest.blocked, now).await?;
         }
         Ok(())
     }
@@ -248,7 +269,12 @@ impl InvoicingApi {
     /// Sends the credits of paid statements to their wallets.
     pub async fn finish_repayments(&self) -> Result<(), InvoicingError> {
         for invoice in self.store.pending_repayments(REPAYMENTS_PER_PASS).await? {
-            self.repay(&invoice).await?;
+            // One wallet that refuses must not hold up the others: the
+            // failed one goes to the back of the queue.
+            if let Err(error) = self.repay(&invoice).await {
+                tracing::warn!(%error, invoice = %invoice.id, "repayment not sent; retried later");
+                self.store.postpone_repayment(invoice.id, self.now()).await?;
+            }
         }
         Ok(())
     }
@@ -262,14 +288,21 @@ impl InvoicingApi {
 
     /// The automatic cycles: last month's, for every tenant that wants it.
     pub async fn run_due_cycles(&self, now: DateTime<Utc>) -> Result<(), InvoicingError> {
-        for (tenant, mut settings) in self.store.tenants_with_monthly_cycle().await? {
+        for (tenant, settings) in self.store.tenants_with_monthly_cycle().await? {
             let Some(month) = crate::domain::cycle_due(now, settings.last_cycle) else {
                 continue;
             };
-            let outcome = self.run_cycle(tenant, month).await?;
-            tracing::info!(%tenant, %month, created = outcome.statements_created, "monthly billing cycle ran");
-            settings.last_cycle = Some(month);
-            self.store.save_settings(tenant, &settings, now).await?;
+            match self.run_cycle(tenant, month).await {
+                Ok(outcome) => {
+                    tracing::info!(%tenant, %month, created = outcome.statements_created, "monthly billing cycle ran");
+                    // Only the month is written: a settings change made
+                    // while the cycle ran stays as it was made.
+                    self.store.cycle_ran(tenant, month, now).await?;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %tenant, %month, "monthly billing cycle failed; retried next pass");
+                }
+            }
         }
         Ok(())
     }
@@ -314,6 +347,9 @@ impl InvoicingService for InvoicingApi {
             .ok_or_else(|| InvoicingError::field("credits", "is beyond the supported range"))?;
         let total = crate::domain::total(&lines)
             .ok_or_else(|| InvoicingError::field("credits", "is beyond the supported range"))?;
+        if total.is_zero() {
+            return Err(InvoicingError::field("credits", "cost less than the billing currency's smallest unit").into());
+        }
         let row = InvoiceRow {
             id: Uuid::now_v7(),
             tenant_id: tenant,

@@ -470,6 +470,16 @@ impl Store {
         Self::with_lines(&self.db, rows).await
     }
 
+    /// Puts a repayment the wallet refused behind the others.
+    pub async fn postpone_repayment(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), InvoicingError> {
+        invoice::Entity::update_many()
+            .col_expr(invoice::Column::UpdatedAt, Expr::value(now))
+            .filter(invoice::Column::Id.eq(id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     pub async fn repayment_done(&self, id: Uuid) -> Result<(), InvoicingError> {
         invoice::Entity::update_many()
             .col_expr(invoice::Column::RepaymentPending, Expr::value(false))
@@ -503,7 +513,7 @@ impl Store {
     }
 
     pub async fn credit_blocks(&self) -> Result<Vec<CreditBlock>, InvoicingError> {
-        let rows = credit_block::Entity::find().all(&self.db).await?;
+        let rows = credit_block::Entity::find().order_by_asc(credit_block::Column::UpdatedAt).all(&self.db).await?;
         Ok(rows
             .into_iter()
             .map(|row| CreditBlock {
@@ -549,16 +559,17 @@ impl Store {
         Ok(())
     }
 
-    /// The wallet holds the block of `generation` now (unless a newer one came since).
-    pub async fn credit_block_applied(&self, block: &CreditBlock) -> Result<(), InvoicingError> {
-        credit_block::Entity::update_many()
+    /// The wallet holds the block of `generation` now. False when a newer
+    /// generation was written since.
+    pub async fn credit_block_applied(&self, block: &CreditBlock) -> Result<bool, InvoicingError> {
+        let result = credit_block::Entity::update_many()
             .col_expr(credit_block::Column::Applied, Expr::value(true))
             .filter(credit_block::Column::TenantId.eq(block.tenant_id.0))
             .filter(credit_block::Column::AccountId.eq(block.account_id))
             .filter(credit_block::Column::Generation.eq(block.generation))
             .exec(&self.db)
             .await?;
-        Ok(())
+        Ok(result.rows_affected == 1)
     }
 
     // ---- tenant settings -----------------------------------------------------------
@@ -597,6 +608,17 @@ impl Store {
         )
         .exec_without_returning(&self.db)
         .await?;
+        Ok(())
+    }
+
+    /// Records that a tenant's automatic cycle of `month` ran.
+    pub async fn cycle_ran(&self, tenant: TenantId, month: Month, now: DateTime<Utc>) -> Result<(), InvoicingError> {
+        tenant_settings::Entity::update_many()
+            .col_expr(tenant_settings::Column::LastCycle, Expr::value(month.to_string()))
+            .col_expr(tenant_settings::Column::UpdatedAt, Expr::value(now))
+            .filter(tenant_settings::Column::TenantId.eq(tenant.0))
+            .exec(&self.db)
+            .await?;
         Ok(())
     }
 

@@ -32,6 +32,12 @@ async fn a_top_up_invoice_goes_from_draft_to_open_to_paid_and_refuses_the_rest(s
     other.credits = "2000".into();
     assert_refused(suite.invoicing.clone().create_invoice(other).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
+    // Credits worth less than a cent would make an invoice of 0.00: refused.
+    let mut too_few = request.clone();
+    too_few.credits = "0.0004".into();
+    too_few.idempotency_key = key();
+    assert_invalid(suite.invoicing.clone().create_invoice(too_few).await, "credits");
+
     // A draft cannot be paid or written off.
     assert_refused(pay(&suite, &draft, "pay_1").await, Code::FailedPrecondition, "INVALID_INVOICE_STATE");
     assert_refused(

@@ -477,6 +477,19 @@ impl Store {
         let Some(mut payment) = lock_payment(&transaction, tenant, new.payment_id).await? else {
             return refuse(transaction, PaymentsError::NotFound("payment")).await;
         };
+        // A concurrent call with the same key may have committed while this
+        // one waited for the lock: its refund is the answer, before any
+        // check of what is left to refund.
+        let earlier = refund::Entity::find()
+            .filter(refund::Column::TenantId.eq(tenant.0))
+            .filter(refund::Column::IdempotencyKey.eq(new.idempotency_key.as_str()))
+            .one(&transaction)
+            .await?;
+        if let Some(earlier) = earlier {
+            transaction.rollback().await?;
+            drop(turn);
+            return Ok(BeganRefund::Exists(refund_from_row(earlier)?));
+        }
         let amount = match refund_amount(payment.status, payment.amount, payment.refunded_amount, new.requested) {
             Ok(amount) => amount,
             Err(refusal) => return refuse(transaction, refusal.into()).await,
