@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let protos = ["wallet", "metering", "invoicing", "payments"]
+    let protos = ["wallet", "metering", "invoicing", "payments", "orchestrator"]
         .map(|service| root.join(format!("reservoir/{service}/v1/{service}.proto")));
     for proto in &protos {
         println!("cargo:rerun-if-changed={}", proto.display());

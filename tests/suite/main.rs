@@ -9,3 +9,4 @@ mod metering;
 mod process;
 mod release;
 mod replicas;
+mod topups;

@@ -24,6 +24,7 @@ pub struct Environment {
     pub metering_address: SocketAddr,
     pub invoicing_address: SocketAddr,
     pub payments_address: SocketAddr,
+    pub orchestrator_address: SocketAddr,
 }
 
 impl Environment {
@@ -32,6 +33,7 @@ impl Environment {
         let metering_address = free_address();
         let invoicing_address = free_address();
         let payments_address = free_address();
+        let orchestrator_address = free_address();
         let mut variables = HashMap::from([
             ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
             // Any free port for the scrape endpoints: several environments run at once.
@@ -50,6 +52,13 @@ impl Environment {
             ("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string()),
             ("RESERVOIR__PAYMENTS__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), orchestrator_address.to_string()),
+            ("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__ORCHESTRATOR__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__ORCHESTRATOR__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}")),
+            ("RESERVOIR__ORCHESTRATOR__PAYMENTS_ENDPOINT".to_owned(), format!("http://{payments_address}")),
+            ("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS".to_owned(), "100".to_owned()),
+            ("RESERVOIR__ORCHESTRATOR__SAGA_LEASE_MS".to_owned(), "1000".to_owned()),
             ("RESERVOIR__AUTH__API_KEY_PEPPER".to_owned(), PEPPER.to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned()),
@@ -59,7 +68,14 @@ impl Environment {
             variables.insert("RESERVOIR__METERING__DATABASE_URL".to_owned(), metering.url.clone());
             variables.insert("RESERVOIR__METERING__DATABASE_SCHEMA".to_owned(), metering.schema.clone());
         }
-        Self { variables, wallet_address, metering_address, invoicing_address, payments_address }
+        Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
+    }
+
+    /// Gives the orchestrator a database of its own.
+    pub fn with_orchestrator(mut self, orchestrator: &TestDatabase) -> Self {
+        self.variables.insert("RESERVOIR__ORCHESTRATOR__DATABASE_URL".to_owned(), orchestrator.url.clone());
+        self.variables.insert("RESERVOIR__ORCHESTRATOR__DATABASE_SCHEMA".to_owned(), orchestrator.schema.clone());
+        self
     }
 
     /// Gives invoicing and payments databases of their own.
@@ -81,6 +97,7 @@ impl Environment {
     pub fn replica(&self) -> Self {
         let (wallet_address, metering_address) = (free_address(), free_address());
         let (invoicing_address, payments_address) = (free_address(), free_address());
+        let orchestrator_address = free_address();
         let mut variables = self.variables.clone();
         variables.insert("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string());
         variables.insert("RESERVOIR__METERING__LISTEN".to_owned(), metering_address.to_string());
@@ -90,7 +107,12 @@ impl Environment {
         variables.insert("RESERVOIR__INVOICING__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}"));
         variables.insert("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string());
         variables.insert("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
-        Self { variables, wallet_address, metering_address, invoicing_address, payments_address }
+        variables.insert("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), orchestrator_address.to_string());
+        variables.insert("RESERVOIR__ORCHESTRATOR__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        variables
+            .insert("RESERVOIR__ORCHESTRATOR__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}"));
+        variables.insert("RESERVOIR__ORCHESTRATOR__PAYMENTS_ENDPOINT".to_owned(), format!("http://{payments_address}"));
+        Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
     }
 
     pub fn command(&self, arguments: &[&str]) -> Command {
@@ -121,7 +143,8 @@ impl Environment {
         let key = self.issue(&["key", "issue-service"]).await;
         self.variables.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), key.clone());
         self.variables.insert("RESERVOIR__INVOICING__SERVICE_KEY".to_owned(), key.clone());
-        self.variables.insert("RESERVOIR__PAYMENTS__WALLET_SERVICE_KEY".to_owned(), key);
+        self.variables.insert("RESERVOIR__PAYMENTS__WALLET_SERVICE_KEY".to_owned(), key.clone());
+        self.variables.insert("RESERVOIR__ORCHESTRATOR__SERVICE_KEY".to_owned(), key);
     }
 }
 
@@ -149,6 +172,10 @@ impl ServiceProcess {
         Self { service: "payments", address: environment.payments_address, child: None }
     }
 
+    pub fn orchestrator(environment: &Environment) -> Self {
+        Self { service: "orchestrator", address: environment.orchestrator_address, child: None }
+    }
+
     pub fn address(&self) -> SocketAddr {
         self.address
     }
@@ -162,7 +189,10 @@ impl ServiceProcess {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let name = format!("reservoir.{0}.v1.{1}Service", self.service, capitalized(self.service));
+        let name = match self.service {
+            "orchestrator" => "reservoir.orchestrator.v1.TopUpService".to_owned(),
+            service => format!("reservoir.{0}.v1.{1}Service", service, capitalized(service)),
+        };
         for _ in 0..300 {
             if let Ok(channel) =
                 tonic::transport::Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await
@@ -177,6 +207,17 @@ impl ServiceProcess {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("{} did not become healthy", self.service);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Waits for a process that ended by itself (a crash point) and forgets it.
+    pub async fn reap(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        }
     }
 
     /// SIGKILL: no chance to finish anything.

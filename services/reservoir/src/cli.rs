@@ -81,6 +81,7 @@ enum Service {
     Metering,
     Invoicing,
     Payments,
+    Orchestrator,
 }
 
 #[derive(Subcommand)]
@@ -238,6 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service: Service::Metering } => serve_metering(config).await,
         Command::Serve { service: Service::Invoicing } => serve_invoicing(config).await,
         Command::Serve { service: Service::Payments } => serve_payments(config).await,
+        Command::Serve { service: Service::Orchestrator } => serve_orchestrator(config).await,
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::Tenant(command) => tenant(config, command).await,
@@ -288,6 +290,16 @@ async fn serve_payments(config: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn serve_orchestrator(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    settings.orchestrator.validate().map_err(anyhow::Error::msg)?;
+    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-orchestrator").map_err(anyhow::Error::msg)?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    let application = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
+    application.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
 async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     match service {
@@ -301,6 +313,9 @@ async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> 
         Service::Payments => {
             reservoir_payments::store::Store::connect(&settings.payments.database()).await?.migrate().await?;
         }
+        Service::Orchestrator => {
+            reservoir_orchestrator::store::Store::connect(&settings.orchestrator.database()).await?.migrate().await?;
+        }
     }
     println!("{}: migrations applied", service.name());
     Ok(())
@@ -313,6 +328,7 @@ impl Service {
             Self::Metering => "metering",
             Self::Invoicing => "invoicing",
             Self::Payments => "payments",
+            Self::Orchestrator => "orchestrator",
         }
     }
 }
@@ -351,6 +367,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         &mut settings.metering.wallet_service_key,
         &mut settings.invoicing.service_key,
         &mut settings.payments.wallet_service_key,
+        &mut settings.orchestrator.service_key,
     ] {
         if key.is_empty() {
             key.clone_from(&service_key);
@@ -360,6 +377,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         let endpoint = format!("http://{address}");
         settings.metering.wallet_endpoint.clone_from(&endpoint);
         settings.invoicing.wallet_endpoint.clone_from(&endpoint);
+        settings.orchestrator.wallet_endpoint.clone_from(&endpoint);
         settings.payments.wallet_endpoint = endpoint;
         println!("wallet       listening on {address}");
     }
@@ -371,11 +389,17 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     }
     let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
     if let Some(address) = invoicing.local_addr() {
+        settings.orchestrator.invoicing_endpoint = format!("http://{address}");
         println!("invoicing    listening on {address}");
     }
     let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
     if let Some(address) = payments.local_addr() {
+        settings.orchestrator.payments_endpoint = format!("http://{address}");
         println!("payments     listening on {address}");
+    }
+    let orchestrator = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
+    if let Some(address) = orchestrator.local_addr() {
+        println!("orchestrator listening on {address}");
     }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -385,16 +409,18 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let (wallet_result, metering_result, invoicing_result, payments_result) = tokio::join!(
+    let (wallet_result, metering_result, invoicing_result, payments_result, orchestrator_result) = tokio::join!(
         wallet.run_until(stopped(stopping.clone())),
         metering.run_until(stopped(stopping.clone())),
         invoicing.run_until(stopped(stopping.clone())),
-        payments.run_until(stopped(stopping)),
+        payments.run_until(stopped(stopping.clone())),
+        orchestrator.run_until(stopped(stopping)),
     );
     wallet_result?;
     metering_result?;
     invoicing_result?;
     payments_result?;
+    orchestrator_result?;
     Ok(())
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
 use reservoir_invoicing::app::InvoicingSettings;
 use reservoir_metering::app::MeteringSettings;
+use reservoir_orchestrator::app::OrchestratorSettings;
 use reservoir_payments::app::PaymentsSettings;
 use reservoir_wallet::app::WalletSettings;
 use serde::Deserialize;
@@ -53,6 +54,20 @@ wallet_service_key = ""
 gateway_timeout_ms = 10000
 metrics_listen = "127.0.0.1:9054"
 
+[orchestrator]
+listen = "127.0.0.1:50055"
+database_url = "sqlite://./data/orchestrator.db?mode=rwc"
+database_schema = "orchestrator"
+database_max_connections = 8
+wallet_endpoint = "http://127.0.0.1:50051"
+invoicing_endpoint = "http://127.0.0.1:50053"
+payments_endpoint = "http://127.0.0.1:50054"
+service_key = ""
+worker_interval_ms = 1000
+saga_lease_ms = 10000
+crash_at = ""
+metrics_listen = "127.0.0.1:9055"
+
 [auth]
 api_key_pepper = "reservoir-development-pepper"
 key_cache_ttl_ms = 5000
@@ -71,6 +86,7 @@ pub struct Settings {
     pub metering: MeteringSettings,
     pub invoicing: InvoicingSettings,
     pub payments: PaymentsSettings,
+    pub orchestrator: OrchestratorSettings,
     pub auth: AuthSettings,
     pub telemetry: TelemetrySettings,
 }

@@ -24,5 +24,11 @@ pub mod payments {
     tonic::include_proto!("reservoir.payments.v1");
 }
 
+/// `reservoir.orchestrator.v1`.
+pub mod orchestrator {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+    tonic::include_proto!("reservoir.orchestrator.v1");
+}
+
 /// Encoded `FileDescriptorSet` of every service, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("reservoir_descriptor");

@@ -1,0 +1,588 @@
+//! gRPC handlers of the top-up service.
+
+mod convert;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use prost::Message;
+use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::money::parse_amount;
+use reservoir_common::validate::Violations;
+use reservoir_proto::orchestrator as pb;
+use reservoir_proto::orchestrator::top_up_service_server::TopUpService;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tonic::{Code, Request, Response, Status};
+use uuid::Uuid;
+
+use self::convert::{auto_to_pb, event_to_pb, recurring_to_pb, top_up_to_pb};
+use crate::domain::{AutoReplenish, Interval, Outcome, Status as TopUpStatus, Step, Strategy, Trigger};
+use crate::error::OrchestratorError;
+use crate::saga::{Saga, now};
+use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
+use crate::upstream::CallError;
+
+const PAGE_SIZE_MAX: u32 = 1_000;
+const PAGE_SIZE_DEFAULT: u32 = 100;
+/// Automatic top-ups a day at most: beyond a hundred, a flapping balance is
+/// a fault to look at, not a need.
+const TOP_UPS_PER_DAY_MAX: u32 = 100;
+/// Recurring credits expire after at most ten years.
+const EXPIRE_AFTER_DAYS_MAX: u32 = 3_650;
+/// Events one read of the outbox takes.
+const EVENT_BATCH: u64 = 500;
+/// How often an idle event stream looks for new events.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Voucher codes as typed, with separators: 16 characters and a check one.
+const VOUCHER_CODE_LENGTH_MAX: usize = 64;
+
+fn request_hash(request: &impl Message) -> String {
+    hex::encode(Sha256::digest(request.encode_to_vec()))
+}
+
+#[derive(Clone)]
+pub struct TopUpApi {
+    saga: Saga,
+    stopping: watch::Receiver<bool>,
+}
+
+/// An amount in the account's unit: positive, at most its scale.
+fn credits(violations: &mut Violations, field: &str, text: &str, scale: u32) -> Option<Decimal> {
+    violations.amount_with(field, text, |text| parse_amount(text, scale).and_then(reservoir_common::money::positive))
+}
+
+fn optional_credits(violations: &mut Violations, field: &str, text: &str, scale: u32) -> Option<Decimal> {
+    if text.is_empty() { None } else { credits(violations, field, text, scale) }
+}
+
+impl TopUpApi {
+    pub fn new(saga: Saga, stopping: watch::Receiver<bool>) -> Self {
+        Self { saga, stopping }
+    }
+
+    /// The scale of the account's unit; NOT_FOUND when the tenant has no such account.
+    async fn scale_of(&self, tenant: TenantId, account_id: Uuid) -> Result<u32, OrchestratorError> {
+        match self.saga.upstream().account_unit(tenant, account_id).await {
+            Ok((_, scale)) => Ok(scale),
+            Err(CallError::Refused { code: Code::NotFound, .. }) => Err(OrchestratorError::NotFound("account")),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn view(&self, row: &TopUpRow) -> Result<pb::TopUp, OrchestratorError> {
+        let steps = self.saga.store().steps(row.id).await?;
+        Ok(top_up_to_pb(row, &steps))
+    }
+
+    /// Stores a new top-up held by this call, runs it as far as it goes and
+    /// answers where it stands. A key stored before answers that top-up.
+    async fn start(&self, row: TopUpRow) -> Result<TopUpRow, OrchestratorError> {
+        let now = row.created_at;
+        let first =
+            StepLine { step: row.step, outcome: Outcome::Waiting, attempt: 0, detail: "created".into(), at: now };
+        match self.saga.store().insert_top_up(&row, &first, self.saga.lease_until(now)).await? {
+            Some(row) => {
+                metrics::counter!("reservoir_orchestrator_top_ups_started_total", "trigger" => row.trigger.name())
+                    .increment(1);
+                self.saga.run(row).await
+            }
+            None => self
+                .saga
+                .store()
+                .top_up_by_key(row.tenant_id, &row.idempotency_key)
+                .await?
+                .ok_or_else(|| OrchestratorError::Conflict("a concurrent top-up with this key vanished".into())),
+        }
+    }
+}
+
+/// A new top-up's row, before its first step.
+#[allow(clippy::too_many_arguments)]
+pub fn new_top_up(
+    tenant: TenantId,
+    account_id: Uuid,
+    trigger: Trigger,
+    step: Step,
+    credits: Decimal,
+    grant_kind: &str,
+    payment_method_id: Option<Uuid>,
+    idempotency_key: String,
+    now: DateTime<Utc>,
+) -> TopUpRow {
+    TopUpRow {
+        id: Uuid::now_v7(),
+        tenant_id: tenant,
+        account_id,
+        trigger,
+        status: TopUpStatus::Pending,
+        step,
+        credits,
+        grant_kind: grant_kind.to_owned(),
+        payment_method_id,
+        reconcile_later: false,
+        credits_expire_at: None,
+        invoice_id: None,
+        payment_id: None,
+        grant_id: None,
+        voucher_id: None,
+        voucher_code: None,
+        amount: None,
+        currency: String::new(),
+        reason: String::new(),
+        attempts: 0,
+        next_attempt_at: now,
+        idempotency_key,
+        request_hash: String::new(),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// The status a voucher refusal is answered with.
+fn voucher_refusal(reason: &str) -> Status {
+    let error = match reason {
+        "VOUCHER_NOT_FOUND" => {
+            return reservoir_common::status::with_reason(Code::NotFound, reason, "no voucher has this code");
+        }
+        "VOUCHER_ATTEMPTS_EXCEEDED" => {
+            return reservoir_common::status::with_reason(
+                Code::ResourceExhausted,
+                reason,
+                "too many wrong codes; try again later",
+            );
+        }
+        "InvalidArgument" => OrchestratorError::field("code", "is not a voucher code"),
+        other => OrchestratorError::precondition(other, "the voucher cannot be redeemed"),
+    };
+    error.into()
+}
+
+type EventStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl TopUpService for TopUpApi {
+    type WatchEventsStream = EventStream;
+
+    async fn start_top_up(
+        &self,
+        request: Request<pb::StartTopUpRequest>,
+    ) -> Result<Response<pb::StartTopUpResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        let payment_method_id = if request.payment_method_id.is_empty() {
+            None
+        } else {
+            violations.id("payment_method_id", &request.payment_method_id, |id| id)
+        };
+        if payment_method_id.is_none() && !request.reconcile_later && request.payment_method_id.is_empty() {
+            violations.add("payment_method_id", "is required unless reconcile_later is set");
+        }
+        if !request.payment_method_id.is_empty() && request.reconcile_later {
+            violations.add("reconcile_later", "cannot go with a payment method");
+        }
+        let expires_at = request
+            .credits_expire_at
+            .as_ref()
+            .and_then(|_| violations.time("credits_expire_at", request.credits_expire_at.as_ref()));
+        if expires_at.is_some_and(|at| at <= now()) {
+            violations.add("credits_expire_at", "must be in the future");
+        }
+        if request.credits.is_empty() {
+            violations.add("credits", "is required");
+        }
+        violations.finish()?;
+        let hash = request_hash(&request);
+        if let Some(existing) = self.saga.store().top_up_by_key(tenant, &request.idempotency_key).await? {
+            if existing.request_hash != hash {
+                return Err(OrchestratorError::IdempotencyKeyReused.into());
+            }
+            return Ok(Response::new(pb::StartTopUpResponse { top_up: Some(self.view(&existing).await?) }));
+        }
+        let account_id = account_id.unwrap_or_default();
+        let scale = self.scale_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = credits(&mut violations, "credits", &request.credits, scale);
+        violations.finish()?;
+        let mut row = new_top_up(
+            tenant,
+            account_id,
+            Trigger::Manual,
+            Step::CreateInvoice,
+            amount.unwrap_or_default(),
+            "PAID",
+            payment_method_id,
+            request.idempotency_key.clone(),
+            now(),
+        );
+        row.reconcile_later = request.reconcile_later;
+        row.credits_expire_at = expires_at;
+        row.request_hash = hash.clone();
+        let row = self.start(row).await?;
+        if row.request_hash != hash {
+            return Err(OrchestratorError::IdempotencyKeyReused.into());
+        }
+        Ok(Response::new(pb::StartTopUpResponse { top_up: Some(self.view(&row).await?) }))
+    }
+
+    async fn get_top_up(
+        &self,
+        request: Request<pb::GetTopUpRequest>,
+    ) -> Result<Response<pb::GetTopUpResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut violations = Violations::default();
+        let id = violations.id("top_up_id", &request.get_ref().top_up_id, |id| id);
+        violations.finish()?;
+        let row = self
+            .saga
+            .store()
+            .top_up(tenant, id.unwrap_or_default())
+            .await?
+            .ok_or(OrchestratorError::NotFound("top-up"))?;
+        Ok(Response::new(pb::GetTopUpResponse { top_up: Some(self.view(&row).await?) }))
+    }
+
+    async fn list_top_ups(
+        &self,
+        request: Request<pb::ListTopUpsRequest>,
+    ) -> Result<Response<pb::ListTopUpsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = if request.account_id.is_empty() {
+            None
+        } else {
+            violations.id("account_id", &request.account_id, |id| id)
+        };
+        let status = match pb::TopUpStatus::try_from(request.status) {
+            Ok(pb::TopUpStatus::Unspecified) => None,
+            Ok(pb::TopUpStatus::Pending) => Some(TopUpStatus::Pending),
+            Ok(pb::TopUpStatus::RequiresAction) => Some(TopUpStatus::RequiresAction),
+            Ok(pb::TopUpStatus::Succeeded) => Some(TopUpStatus::Succeeded),
+            Ok(pb::TopUpStatus::Failed) => Some(TopUpStatus::Failed),
+            Err(_) => {
+                violations.add("status", "is not a top-up status");
+                None
+            }
+        };
+        if request.page_size > PAGE_SIZE_MAX {
+            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+        }
+        let before = if request.page_token.is_empty() {
+            None
+        } else {
+            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
+                Some(id) => Some(id),
+                None => {
+                    violations.add("page_token", "is not a token this service returned");
+                    None
+                }
+            }
+        };
+        violations.finish()?;
+        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
+        let rows = self.saga.store().list(tenant, account_id, status, before, u64::from(page_size)).await?;
+        let next_page_token = match rows.last() {
+            Some(last) if rows.len() == page_size as usize => format!("before:{}", last.id),
+            _ => String::new(),
+        };
+        let mut top_ups = Vec::with_capacity(rows.len());
+        for row in &rows {
+            top_ups.push(self.view(row).await?);
+        }
+        Ok(Response::new(pb::ListTopUpsResponse { top_ups, next_page_token }))
+    }
+
+    async fn configure_auto_replenish(
+        &self,
+        request: Request<pb::ConfigureAutoReplenishRequest>,
+    ) -> Result<Response<pb::ConfigureAutoReplenishResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let Some(wanted) = request.into_inner().auto_replenish else {
+            return Err(OrchestratorError::field("auto_replenish", "is required").into());
+        };
+        let mut violations = Violations::default();
+        let account_id = violations.id("auto_replenish.account_id", &wanted.account_id, |id| id);
+        let method = violations.id("auto_replenish.payment_method_id", &wanted.payment_method_id, |id| id);
+        violations.finish()?;
+        let account_id = account_id.unwrap_or_default();
+        let scale = self.scale_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let threshold = credits(&mut violations, "auto_replenish.threshold", &wanted.threshold, scale);
+        let strategy = match (wanted.fixed_amount.is_empty(), wanted.target_balance.is_empty()) {
+            (false, true) => credits(&mut violations, "auto_replenish.fixed_amount", &wanted.fixed_amount, scale)
+                .map(Strategy::Fixed),
+            (true, false) => credits(&mut violations, "auto_replenish.target_balance", &wanted.target_balance, scale)
+                .map(Strategy::ToTarget),
+            _ => {
+                violations
+                    .add("auto_replenish.fixed_amount", "exactly one of fixed_amount and target_balance is required");
+                None
+            }
+        };
+        if let (Some(Strategy::ToTarget(target)), Some(threshold)) = (strategy, threshold)
+            && target <= threshold
+        {
+            violations.add("auto_replenish.target_balance", "must be above the threshold");
+        }
+        if wanted.max_top_ups_per_day == 0 || wanted.max_top_ups_per_day > TOP_UPS_PER_DAY_MAX {
+            violations.add("auto_replenish.max_top_ups_per_day", format!("must be 1 to {TOP_UPS_PER_DAY_MAX}"));
+        }
+        let month = optional_credits(
+            &mut violations,
+            "auto_replenish.max_credits_per_month",
+            &wanted.max_credits_per_month,
+            scale,
+        );
+        let min = optional_credits(
+            &mut violations,
+            "auto_replenish.min_credits_per_top_up",
+            &wanted.min_credits_per_top_up,
+            scale,
+        );
+        let max = optional_credits(
+            &mut violations,
+            "auto_replenish.max_credits_per_top_up",
+            &wanted.max_credits_per_top_up,
+            scale,
+        );
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            violations.add("auto_replenish.min_credits_per_top_up", "must not be above max_credits_per_top_up");
+        }
+        violations.finish()?;
+        let row = AutoReplenishRow {
+            tenant_id: tenant,
+            account_id,
+            settings: AutoReplenish {
+                threshold: threshold.unwrap_or_default(),
+                strategy: strategy.unwrap_or(Strategy::Fixed(Decimal::ZERO)),
+                max_top_ups_per_day: wanted.max_top_ups_per_day,
+                max_credits_per_month: month,
+                min_credits: min,
+                max_credits: max,
+            },
+            payment_method_id: method.unwrap_or_default(),
+            enabled: true,
+            paused: false,
+            consecutive_declines: 0,
+            updated_at: now(),
+        };
+        // The wallet says when the balance falls below the threshold
+        // (BALANCE_LOW, once per crossing): it is told the threshold first.
+        self.saga
+            .upstream()
+            .set_low_balance_threshold(tenant, account_id, row.settings.threshold)
+            .await
+            .map_err(OrchestratorError::from)?;
+        self.saga.store().save_auto_replenish(&row).await?;
+        Ok(Response::new(pb::ConfigureAutoReplenishResponse { auto_replenish: Some(auto_to_pb(&row)) }))
+    }
+
+    async fn disable_auto_replenish(
+        &self,
+        request: Request<pb::DisableAutoReplenishRequest>,
+    ) -> Result<Response<pb::DisableAutoReplenishResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
+        violations.finish()?;
+        let mut row = self
+            .saga
+            .store()
+            .auto_replenish(tenant, account_id.unwrap_or_default())
+            .await?
+            .ok_or(OrchestratorError::NotFound("auto-replenish"))?;
+        row.enabled = false;
+        row.updated_at = now();
+        self.saga.store().save_auto_replenish(&row).await?;
+        Ok(Response::new(pb::DisableAutoReplenishResponse { auto_replenish: Some(auto_to_pb(&row)) }))
+    }
+
+    async fn get_auto_replenish(
+        &self,
+        request: Request<pb::GetAutoReplenishRequest>,
+    ) -> Result<Response<pb::GetAutoReplenishResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
+        violations.finish()?;
+        let row = self
+            .saga
+            .store()
+            .auto_replenish(tenant, account_id.unwrap_or_default())
+            .await?
+            .ok_or(OrchestratorError::NotFound("auto-replenish"))?;
+        Ok(Response::new(pb::GetAutoReplenishResponse { auto_replenish: Some(auto_to_pb(&row)) }))
+    }
+
+    async fn configure_recurring_top_up(
+        &self,
+        request: Request<pb::ConfigureRecurringTopUpRequest>,
+    ) -> Result<Response<pb::ConfigureRecurringTopUpResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let Some(wanted) = request.into_inner().recurring_top_up else {
+            return Err(OrchestratorError::field("recurring_top_up", "is required").into());
+        };
+        let mut violations = Violations::default();
+        let account_id = violations.id("recurring_top_up.account_id", &wanted.account_id, |id| id);
+        let interval = match pb::Interval::try_from(wanted.interval) {
+            Ok(pb::Interval::Weekly) => Some(Interval::Weekly),
+            Ok(pb::Interval::Monthly) => Some(Interval::Monthly),
+            _ => {
+                violations.add("recurring_top_up.interval", "must be WEEKLY or MONTHLY");
+                None
+            }
+        };
+        let mode = match pb::RecurringMode::try_from(wanted.mode) {
+            Ok(pb::RecurringMode::Paid) => "PAID",
+            Ok(pb::RecurringMode::Granted) => "GRANTED",
+            _ => {
+                violations.add("recurring_top_up.mode", "must be PAID or GRANTED");
+                ""
+            }
+        };
+        let method = if wanted.payment_method_id.is_empty() {
+            if mode == "PAID" {
+                violations.add("recurring_top_up.payment_method_id", "is required for PAID");
+            }
+            None
+        } else {
+            violations.id("recurring_top_up.payment_method_id", &wanted.payment_method_id, |id| id)
+        };
+        if wanted.credits_expire_after_days > EXPIRE_AFTER_DAYS_MAX {
+            violations
+                .add("recurring_top_up.credits_expire_after_days", format!("must be at most {EXPIRE_AFTER_DAYS_MAX}"));
+        }
+        let first = wanted
+            .next_run_at
+            .as_ref()
+            .and_then(|_| violations.time("recurring_top_up.next_run_at", wanted.next_run_at.as_ref()));
+        violations.finish()?;
+        let account_id = account_id.unwrap_or_default();
+        let scale = self.scale_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amount = credits(&mut violations, "recurring_top_up.credits", &wanted.credits, scale);
+        violations.finish()?;
+        let runs = self.saga.store().recurring(tenant, account_id).await?.map_or(0, |row| row.runs);
+        let row = RecurringRow {
+            tenant_id: tenant,
+            account_id,
+            credits: amount.unwrap_or_default(),
+            interval: interval.unwrap_or(Interval::Monthly),
+            mode: mode.to_owned(),
+            payment_method_id: method,
+            credits_expire_after_days: wanted.credits_expire_after_days,
+            next_run_at: first.unwrap_or_else(now),
+            enabled: true,
+            runs,
+        };
+        self.saga.store().save_recurring(&row, now()).await?;
+        Ok(Response::new(pb::ConfigureRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))
+    }
+
+    async fn disable_recurring_top_up(
+        &self,
+        request: Request<pb::DisableRecurringTopUpRequest>,
+    ) -> Result<Response<pb::DisableRecurringTopUpResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
+        violations.finish()?;
+        let mut row = self
+            .saga
+            .store()
+            .recurring(tenant, account_id.unwrap_or_default())
+            .await?
+            .ok_or(OrchestratorError::NotFound("recurring top-up"))?;
+        row.enabled = false;
+        self.saga.store().save_recurring(&row, now()).await?;
+        Ok(Response::new(pb::DisableRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))
+    }
+
+    async fn get_recurring_top_up(
+        &self,
+        request: Request<pb::GetRecurringTopUpRequest>,
+    ) -> Result<Response<pb::GetRecurringTopUpResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
+        violations.finish()?;
+        let row = self
+            .saga
+            .store()
+            .recurring(tenant, account_id.unwrap_or_default())
+            .await?
+            .ok_or(OrchestratorError::NotFound("recurring top-up"))?;
+        Ok(Response::new(pb::GetRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))
+    }
+
+    async fn redeem_voucher(
+        &self,
+        request: Request<pb::RedeemVoucherRequest>,
+    ) -> Result<Response<pb::RedeemVoucherResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        violations.required_text("code", &request.code, VOUCHER_CODE_LENGTH_MAX);
+        violations.finish()?;
+        let account_id = account_id.unwrap_or_default();
+        self.scale_of(tenant, account_id).await?;
+        // Each call is its own top-up; the voucher's grant carries the
+        // voucher's key, so redeeming it again credits nothing twice.
+        let mut row = new_top_up(
+            tenant,
+            account_id,
+            Trigger::Voucher,
+            Step::RedeemVoucher,
+            Decimal::ZERO,
+            "PAID",
+            None,
+            format!("voucher:{}", Uuid::now_v7()),
+            now(),
+        );
+        row.voucher_code = Some(request.code.clone());
+        let row = self.start(row).await?;
+        if row.status == TopUpStatus::Failed && row.voucher_id.is_none() {
+            return Err(voucher_refusal(&row.reason));
+        }
+        Ok(Response::new(pb::RedeemVoucherResponse { top_up: Some(self.view(&row).await?) }))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut cursor = request.into_inner().after_sequence;
+        let store = self.saga.store().clone();
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream::try_stream! {
+            loop {
+                if *stopping.borrow() {
+                    break;
+                }
+                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
+                if batch.is_empty() {
+                    tokio::select! {
+                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    continue;
+                }
+                for event in batch {
+                    cursor = event.sequence;
+                    yield pb::WatchEventsResponse { event: Some(event_to_pb(&event)) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,192 @@
+//! The orchestrator as a running service: settings, the server, and the
+//! worker that resumes top-ups, fires recurring ones and follows events.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::settings::DatabaseSettings;
+use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::TopUpApi;
+use crate::error::OrchestratorError;
+use crate::saga::{CrashPoint, Saga};
+use crate::store::Store;
+use crate::upstream::Upstream;
+use crate::worker::Worker;
+
+pub const SERVICE_NAME: &str = "reservoir.orchestrator.v1.TopUpService";
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+pub struct OrchestratorSettings {
+    /// gRPC address to listen on, such as `0.0.0.0:50055`; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// `sqlite://path?mode=rwc` or `postgres://user:password@host/database` (add `sslmode=require` off-host).
+    pub database_url: String,
+    /// The PostgreSQL schema the orchestrator owns (created on first connection); ignored on SQLite.
+    pub database_schema: String,
+    /// Connections in this replica's pool.
+    pub database_max_connections: u32,
+    /// The wallet's gRPC address, such as `http://wallet:50051`.
+    pub wallet_endpoint: String,
+    /// Invoicing's gRPC address, such as `http://invoicing:50053`.
+    pub invoicing_endpoint: String,
+    /// Payments' gRPC address, such as `http://payments:50054`.
+    pub payments_endpoint: String,
+    /// The orchestrator's service key for the other services (`reservoir key issue-service`).
+    pub service_key: String,
+    /// How often unfinished top-ups, recurring ones and event followers are looked at.
+    pub worker_interval_ms: u64,
+    /// How long a replica holds a top-up it runs; one whose replica died is
+    /// resumed by another after this.
+    pub saga_lease_ms: u64,
+    /// Testing only: abort the process at a saga point such as `before:CHARGE`
+    /// or `after:GRANT`, to prove a crash there loses nothing. Empty: never.
+    #[serde(default)]
+    pub crash_at: String,
+    /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
+    #[serde(default)]
+    pub metrics_listen: String,
+}
+
+impl OrchestratorSettings {
+    pub fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            schema: self.database_schema.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        self.database().validate().map_err(|error| format!("orchestrator: {error}"))?;
+        for (name, endpoint) in [
+            ("wallet_endpoint", &self.wallet_endpoint),
+            ("invoicing_endpoint", &self.invoicing_endpoint),
+            ("payments_endpoint", &self.payments_endpoint),
+        ] {
+            if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+                return Err(format!("orchestrator: {name} must be an http(s) URL, not {endpoint:?}"));
+            }
+        }
+        if self.service_key.is_empty() {
+            return Err("orchestrator: service_key is required (reservoir key issue-service)".into());
+        }
+        if self.worker_interval_ms == 0 || self.saga_lease_ms == 0 {
+            return Err("orchestrator: worker_interval_ms and saga_lease_ms must be at least 1".into());
+        }
+        if !self.crash_at.is_empty() && CrashPoint::parse(&self.crash_at).is_none() {
+            return Err(format!("orchestrator: crash_at {:?} is not before:STEP or after:STEP", self.crash_at));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("settings: {0}")]
+    Settings(String),
+    #[error("listening on {address}: {source}")]
+    Listen { address: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] OrchestratorError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    store: Store,
+    saga: Saga,
+    authenticator: Arc<Authenticator>,
+    worker_interval: Duration,
+}
+
+impl Application {
+    pub async fn build(settings: &OrchestratorSettings, key_cache_ttl: Duration) -> Result<Self, AppError> {
+        settings.validate().map_err(AppError::Settings)?;
+        let store = Store::connect(&settings.database()).await?;
+        store.migrate().await?;
+        let upstream = Upstream::new(
+            &settings.wallet_endpoint,
+            &settings.invoicing_endpoint,
+            &settings.payments_endpoint,
+            settings.service_key.clone(),
+        )?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
+        let metrics =
+            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let authenticator =
+            Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
+        let saga = Saga::new(
+            store.clone(),
+            upstream,
+            Duration::from_millis(settings.saga_lease_ms),
+            CrashPoint::parse(&settings.crash_at),
+        );
+        Ok(Self {
+            listener,
+            metrics,
+            store,
+            saga,
+            authenticator,
+            worker_interval: Duration::from_millis(settings.worker_interval_ms),
+        })
+    }
+
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// The Prometheus scrape endpoint's address, if one is served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+    }
+
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop_sender, stopping) = watch::channel(false);
+        tokio::spawn(reservoir_common::metrics::watch_pool(
+            "orchestrator",
+            self.store.database().clone(),
+            stopping.clone(),
+        ));
+        let worker = Worker::new(self.saga.clone(), stopping.clone());
+        let running = tokio::spawn({
+            let stopping = stopping.clone();
+            async move {
+                reservoir_common::serve::every(self.worker_interval, stopping, || async {
+                    if let Err(error) = worker.pass().await {
+                        tracing::warn!(%error, "orchestrator pass failed; retried next pass");
+                    }
+                })
+                .await;
+            }
+        });
+        let api = TopUpApi::new(self.saga, stopping);
+        let routes = tonic::service::Routes::new(TopUpServiceServer::new(api));
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_sender.send(true);
+        };
+        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
+        if let Err(error) = running.await {
+            tracing::error!(%error, "the orchestrator worker ended abnormally");
+        }
+        served?;
+        tracing::info!("orchestrator stopped");
+        Ok(())
+    }
+}

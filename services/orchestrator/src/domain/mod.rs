@@ -1,0 +1,293 @@
+//! The orchestrator's rules, without I/O: the steps of a top-up and what
+//! follows each outcome, how long to wait before a retry, how much an
+//! automatic top-up adds and whether its limits allow it, and when a
+//! recurring top-up fires next.
+
+use chrono::{DateTime, Datelike, Duration, Months, TimeZone, Utc};
+use rust_decimal::Decimal;
+
+#[cfg(test)]
+mod tests;
+
+/// Declined automatic charges in a row after which auto-replenish pauses
+/// itself: a card that keeps failing must not be charged forever.
+pub const DECLINES_BEFORE_PAUSE: u32 = 3;
+/// Attempts at a charge that fails transiently before the top-up gives up
+/// (and voids its invoice): about a minute and a half of backoff.
+pub const CHARGE_ATTEMPTS_MAX: u32 = 6;
+/// Attempts at granting paid credits before the top-up asks for a person.
+/// It keeps trying after that, at the longest backoff: paid credits are
+/// never dropped.
+pub const GRANT_ATTEMPTS_BEFORE_ACTION: u32 = 8;
+/// Attempts at any other step (invoicing calls) before asking for a person.
+pub const OTHER_ATTEMPTS_BEFORE_ACTION: u32 = 8;
+/// The longest wait between two attempts of a step.
+pub const BACKOFF_MAX_SECONDS: i64 = 60;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    RequiresAction,
+    Succeeded,
+    Failed,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::RequiresAction => "REQUIRES_ACTION",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Pending, Self::RequiresAction, Self::Succeeded, Self::Failed].into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Manual,
+    AutoReplenish,
+    Recurring,
+    Voucher,
+}
+
+impl Trigger {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Manual => "MANUAL",
+            Self::AutoReplenish => "AUTO_REPLENISH",
+            Self::Recurring => "RECURRING",
+            Self::Voucher => "VOUCHER",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Manual, Self::AutoReplenish, Self::Recurring, Self::Voucher].into_iter().find(|t| t.name() == name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    CreateInvoice,
+    Charge,
+    AwaitPayment,
+    Grant,
+    MarkPaid,
+    VoidInvoice,
+    RedeemVoucher,
+    /// Nothing left to do.
+    Done,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CreateInvoice => "CREATE_INVOICE",
+            Self::Charge => "CHARGE",
+            Self::AwaitPayment => "AWAIT_PAYMENT",
+            Self::Grant => "GRANT",
+            Self::MarkPaid => "MARK_PAID",
+            Self::VoidInvoice => "VOID_INVOICE",
+            Self::RedeemVoucher => "REDEEM_VOUCHER",
+            Self::Done => "DONE",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            Self::CreateInvoice,
+            Self::Charge,
+            Self::AwaitPayment,
+            Self::Grant,
+            Self::MarkPaid,
+            Self::VoidInvoice,
+            Self::RedeemVoucher,
+            Self::Done,
+        ]
+        .into_iter()
+        .find(|step| step.name() == name)
+    }
+
+    /// How many attempts a step gets before the top-up needs a person (or,
+    /// for a charge, fails).
+    pub fn attempts_before_giving_up(self) -> u32 {
+        match self {
+            Self::Charge => CHARGE_ATTEMPTS_MAX,
+            Self::Grant => GRANT_ATTEMPTS_BEFORE_ACTION,
+            _ => OTHER_ATTEMPTS_BEFORE_ACTION,
+        }
+    }
+}
+
+/// What a step's outcome was, as a log records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Started,
+    Succeeded,
+    Retrying,
+    Failed,
+    Waiting,
+}
+
+impl Outcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Succeeded => "SUCCEEDED",
+            Self::Retrying => "RETRYING",
+            Self::Failed => "FAILED",
+            Self::Waiting => "WAITING",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Started, Self::Succeeded, Self::Retrying, Self::Failed, Self::Waiting]
+            .into_iter()
+            .find(|outcome| outcome.name() == name)
+    }
+}
+
+/// The wait before attempt `attempt + 1` of a step: 1, 2, 4 … seconds, at
+/// most [`BACKOFF_MAX_SECONDS`].
+pub fn backoff(attempt: u32) -> Duration {
+    let seconds = 1_i64.checked_shl(attempt.saturating_sub(1).min(20)).unwrap_or(BACKOFF_MAX_SECONDS);
+    Duration::seconds(seconds.min(BACKOFF_MAX_SECONDS))
+}
+
+/// How an automatic top-up decides its amount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Always this many credits.
+    Fixed(Decimal),
+    /// Enough to bring the balance back to this.
+    ToTarget(Decimal),
+}
+
+/// An account's auto-replenish settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoReplenish {
+    pub threshold: Decimal,
+    pub strategy: Strategy,
+    pub max_top_ups_per_day: u32,
+    pub max_credits_per_month: Option<Decimal>,
+    pub min_credits: Option<Decimal>,
+    pub max_credits: Option<Decimal>,
+}
+
+/// What the automatic top-ups of an account came to so far.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AutoHistory {
+    /// Started today (UTC), whatever came of them.
+    pub top_ups_today: u32,
+    /// Credits of this month's (UTC) automatic top-ups that did not fail.
+    pub credits_this_month: Decimal,
+}
+
+/// Whether a low balance starts an automatic top-up, and of how much.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AutoDecision {
+    TopUp(Decimal),
+    /// A limit stops it; the reason says which.
+    Limited(&'static str),
+    /// The balance is not below the threshold (any more).
+    NotNeeded,
+}
+
+/// Decides an automatic top-up for an available balance. TO_TARGET computes
+/// the amount now; the per-top-up bounds clamp it; the daily count and the
+/// monthly amount stop it (a month's remainder is used when it still meets
+/// the minimum).
+pub fn decide_auto(settings: &AutoReplenish, available: Decimal, history: AutoHistory) -> AutoDecision {
+    if available >= settings.threshold {
+        return AutoDecision::NotNeeded;
+    }
+    if history.top_ups_today >= settings.max_top_ups_per_day {
+        return AutoDecision::Limited("MAX_TOP_UPS_PER_DAY");
+    }
+    let mut amount = match settings.strategy {
+        Strategy::Fixed(amount) => amount,
+        Strategy::ToTarget(target) => target - available,
+    };
+    if let Some(min) = settings.min_credits {
+        amount = amount.max(min);
+    }
+    if let Some(max) = settings.max_credits {
+        amount = amount.min(max);
+    }
+    if let Some(month_max) = settings.max_credits_per_month {
+        let left = month_max - history.credits_this_month;
+        if amount > left {
+            amount = left;
+            if settings.min_credits.is_some_and(|min| amount < min) {
+                return AutoDecision::Limited("MAX_CREDITS_PER_MONTH");
+            }
+        }
+    }
+    if amount <= Decimal::ZERO {
+        return AutoDecision::Limited("MAX_CREDITS_PER_MONTH");
+    }
+    AutoDecision::TopUp(amount)
+}
+
+/// Whether auto-replenish pauses after this many declines in a row.
+pub fn pauses_after(consecutive_declines: u32) -> bool {
+    consecutive_declines >= DECLINES_BEFORE_PAUSE
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interval {
+    Weekly,
+    Monthly,
+}
+
+impl Interval {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Weekly => "WEEKLY",
+            Self::Monthly => "MONTHLY",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Weekly, Self::Monthly].into_iter().find(|interval| interval.name() == name)
+    }
+
+    /// The instant one interval after `from` (a month keeps the day of the
+    /// month where it can, else the month's last day).
+    pub fn after(self, from: DateTime<Utc>) -> DateTime<Utc> {
+        match self {
+            Self::Weekly => from + Duration::weeks(1),
+            Self::Monthly => from.checked_add_months(Months::new(1)).unwrap_or(from + Duration::days(31)),
+        }
+    }
+}
+
+/// When a recurring top-up due at `due` fires next, seen at `now`: the
+/// first period start after `now`. Periods missed while nothing ran are
+/// skipped, so a long downtime fires once, not once per missed period.
+pub fn next_run(interval: Interval, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let mut next = interval.after(due);
+    // A bound on the loop: ten years of weekly periods.
+    for _ in 0..520 {
+        if next > now {
+            return next;
+        }
+        next = interval.after(next);
+    }
+    interval.after(now)
+}
+
+/// The first instant of the UTC day and month of `now`, for the limits.
+pub fn day_and_month_start(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let day = Utc.with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0).single().unwrap_or(now);
+    let month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
+    (day, month)
+}

@@ -1,0 +1,142 @@
+//! The orchestrator's schema, one text for both backends with their column
+//! types substituted (exact NUMERIC amounts on PostgreSQL, exact text on SQLite).
+
+use reservoir_common::db::render_schema;
+use sea_orm::ConnectionTrait;
+use sea_orm_migration::prelude::*;
+
+pub struct Migrator;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(Initial)]
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE top_ups (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    trigger_kind TEXT NOT NULL CHECK (trigger_kind IN ('MANUAL', 'AUTO_REPLENISH', 'RECURRING', 'VOUCHER')),
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'REQUIRES_ACTION', 'SUCCEEDED', 'FAILED')),
+    step TEXT NOT NULL,
+    credits {amount} NOT NULL,
+    -- PAID credits bought, or PROMOTIONAL ones given by a recurring allowance.
+    grant_kind TEXT NOT NULL CHECK (grant_kind IN ('PAID', 'PROMOTIONAL')),
+    payment_method_id {uuid},
+    reconcile_later BOOLEAN NOT NULL,
+    credits_expire_at {time},
+    invoice_id {uuid},
+    payment_id {uuid},
+    grant_id {uuid},
+    voucher_id {uuid},
+    -- A voucher's code, kept only until it is redeemed.
+    voucher_code TEXT,
+    amount {amount},
+    currency TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt_at {time} NOT NULL,
+    claimed_until {time} NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (tenant_id, idempotency_key)
+);
+CREATE INDEX top_ups_runnable ON top_ups (status, next_attempt_at);
+CREATE INDEX top_ups_by_account ON top_ups (tenant_id, account_id, created_at);
+-- At most one automatic top-up in flight per account.
+CREATE UNIQUE INDEX top_ups_one_automatic_in_flight ON top_ups (tenant_id, account_id)
+    WHERE trigger_kind = 'AUTO_REPLENISH' AND status IN ('PENDING', 'REQUIRES_ACTION');
+
+CREATE TABLE top_up_steps (
+    top_up_id {uuid} NOT NULL REFERENCES top_ups (id),
+    position INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    at {time} NOT NULL,
+    PRIMARY KEY (top_up_id, position)
+);
+
+CREATE TABLE auto_replenish (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    threshold {amount} NOT NULL,
+    strategy TEXT NOT NULL CHECK (strategy IN ('FIXED', 'TO_TARGET')),
+    strategy_amount {amount} NOT NULL,
+    payment_method_id {uuid} NOT NULL,
+    max_top_ups_per_day INTEGER NOT NULL,
+    max_credits_per_month {amount},
+    min_credits {amount},
+    max_credits {amount},
+    enabled BOOLEAN NOT NULL,
+    paused BOOLEAN NOT NULL,
+    consecutive_declines INTEGER NOT NULL,
+    updated_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, account_id)
+);
+
+CREATE TABLE recurring_top_ups (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    credits {amount} NOT NULL,
+    interval_kind TEXT NOT NULL CHECK (interval_kind IN ('WEEKLY', 'MONTHLY')),
+    mode TEXT NOT NULL CHECK (mode IN ('PAID', 'GRANTED')),
+    payment_method_id {uuid},
+    credits_expire_after_days INTEGER NOT NULL,
+    next_run_at {time} NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    runs BIGINT NOT NULL,
+    updated_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, account_id)
+);
+CREATE INDEX recurring_due ON recurring_top_ups (enabled, next_run_at);
+
+-- How far the orchestrator has read another service's events, per tenant.
+CREATE TABLE watch_cursors (
+    tenant_id {uuid} NOT NULL,
+    source TEXT NOT NULL,
+    after_sequence BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, source)
+);
+
+CREATE TABLE event_sequence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_sequence BIGINT NOT NULL
+);
+INSERT INTO event_sequence (id, last_sequence) VALUES (1, 0);
+
+CREATE TABLE events (
+    sequence BIGINT PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    event_type TEXT NOT NULL,
+    account_id {uuid} NOT NULL,
+    top_up_id {uuid},
+    credits TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    occurred_at {time} NOT NULL
+);
+CREATE INDEX events_by_tenant ON events (tenant_id, sequence);
+"#;
+
+struct Initial;
+
+impl MigrationName for Initial {
+    fn name(&self) -> &str {
+        "m0001_orchestrator"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Initial {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}

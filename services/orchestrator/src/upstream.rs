@@ -1,0 +1,348 @@
+//! The calls a top-up makes to the wallet, invoicing and payments, with the
+//! orchestrator's service key for the tenant each call is about. Every
+//! change carries an idempotency key derived from the top-up and the step,
+//! so a step repeated after a crash is answered by the first call's record.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::{TenantId, service_request};
+use reservoir_common::status::reason_of;
+use reservoir_common::time::to_timestamp;
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
+use reservoir_proto::payments as payments_pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+use reservoir_proto::wallet as wallet_pb;
+use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
+use rust_decimal::Decimal;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use uuid::Uuid;
+
+use crate::error::OrchestratorError;
+
+/// How long one call may take before it counts as failed transiently.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a call did not do what it was asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallError {
+    /// Worth trying again: the service is down, slow or busy.
+    Transient(String),
+    /// The service refused for good, with its reason.
+    Refused { code: Code, reason: String },
+}
+
+impl CallError {
+    fn of(status: &Status) -> Self {
+        match status.code() {
+            Code::FailedPrecondition
+            | Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::OutOfRange => Self::Refused {
+                code: status.code(),
+                reason: reason_of(status).unwrap_or_else(|| format!("{:?}", status.code())),
+            },
+            _ => Self::Transient(format!("{:?}: {}", status.code(), status.message())),
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Transient(detail) => detail.clone(),
+            Self::Refused { reason, .. } => reason.clone(),
+        }
+    }
+}
+
+impl From<CallError> for OrchestratorError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Transient(detail) => Self::Unavailable(detail),
+            CallError::Refused { code: Code::NotFound, .. } => Self::NotFound("account or payment method"),
+            CallError::Refused { reason, .. } => Self::precondition(&reason, "a service refused the call"),
+        }
+    }
+}
+
+/// An invoice as a top-up needs it.
+#[derive(Debug, Clone)]
+pub struct Invoice {
+    pub id: Uuid,
+    pub total: Decimal,
+    pub currency: String,
+}
+
+/// A payment as a top-up needs it.
+#[derive(Debug, Clone)]
+pub struct Payment {
+    pub id: Uuid,
+    pub status: payments_pb::PaymentStatus,
+    pub failure_code: String,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    wallet: Channel,
+    invoicing: Channel,
+    payments: Channel,
+    service_key: String,
+}
+
+fn channel(endpoint: &str, name: &str) -> Result<Channel, OrchestratorError> {
+    Ok(Endpoint::from_shared(endpoint.to_owned())
+        .map_err(|error| OrchestratorError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
+        .timeout(CALL_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
+fn id(text: &str, what: &str) -> Result<Uuid, CallError> {
+    Uuid::parse_str(text).map_err(|_| CallError::Transient(format!("{what} answered an invalid id {text:?}")))
+}
+
+fn decimal(text: &str) -> Result<Decimal, CallError> {
+    text.parse().map_err(|_| CallError::Transient(format!("an amount {text:?} did not parse")))
+}
+
+impl Upstream {
+    /// Connects lazily: the orchestrator starts while the others are down.
+    pub fn new(wallet: &str, invoicing: &str, payments: &str, service_key: String) -> Result<Self, OrchestratorError> {
+        Ok(Self {
+            wallet: channel(wallet, "wallet")?,
+            invoicing: channel(invoicing, "invoicing")?,
+            payments: channel(payments, "payments")?,
+            service_key,
+        })
+    }
+
+    pub fn wallet_channel(&self) -> Channel {
+        self.wallet.clone()
+    }
+
+    fn request<T>(&self, message: T, tenant: TenantId) -> Result<tonic::Request<T>, CallError> {
+        service_request(message, &self.service_key, tenant).map_err(|status| CallError::Transient(status.to_string()))
+    }
+
+    pub fn wallet(&self) -> WalletServiceClient<Channel> {
+        WalletServiceClient::new(self.wallet.clone())
+    }
+
+    fn invoicing(&self) -> InvoicingServiceClient<Channel> {
+        InvoicingServiceClient::new(self.invoicing.clone())
+    }
+
+    pub fn payments(&self) -> PaymentsServiceClient<Channel> {
+        PaymentsServiceClient::new(self.payments.clone())
+    }
+
+    /// The account's wallet unit code and scale.
+    pub async fn account_unit(&self, tenant: TenantId, account_id: Uuid) -> Result<(String, u32), CallError> {
+        let request = self.request(wallet_pb::GetAccountRequest { account_id: account_id.to_string() }, tenant)?;
+        let account = self
+            .wallet()
+            .get_account(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .account
+            .unwrap_or_default();
+        let unit = account.unit.unwrap_or_default();
+        Ok((unit.code, unit.scale.unwrap_or(0)))
+    }
+
+    /// Creates (or finds again, by its key) the top-up's invoice and finalizes it.
+    pub async fn create_invoice(
+        &self,
+        tenant: TenantId,
+        top_up_id: Uuid,
+        account_id: Uuid,
+        credits: Decimal,
+    ) -> Result<Invoice, CallError> {
+        let request = self.request(
+            invoicing_pb::CreateInvoiceRequest {
+                account_id: account_id.to_string(),
+                credits: credits.normalize().to_string(),
+                description: String::new(),
+                metadata: [("top_up_id".to_owned(), top_up_id.to_string())].into_iter().collect(),
+                idempotency_key: format!("top-up:{top_up_id}:invoice"),
+            },
+            tenant,
+        )?;
+        let draft = self
+            .invoicing()
+            .create_invoice(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .invoice
+            .unwrap_or_default();
+        let request = self.request(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id.clone() }, tenant)?;
+        let open = self
+            .invoicing()
+            .finalize_invoice(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .invoice
+            .unwrap_or_default();
+        Ok(Invoice { id: id(&open.id, "invoicing")?, total: decimal(&open.total)?, currency: open.currency })
+    }
+
+    pub async fn void_invoice(&self, tenant: TenantId, invoice_id: Uuid) -> Result<(), CallError> {
+        let request = self.request(invoicing_pb::VoidInvoiceRequest { invoice_id: invoice_id.to_string() }, tenant)?;
+        self.invoicing().void_invoice(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+    }
+
+    pub async fn mark_paid(&self, tenant: TenantId, invoice_id: Uuid, payment_id: Uuid) -> Result<(), CallError> {
+        let request = self.request(
+            invoicing_pb::MarkInvoicePaidRequest {
+                invoice_id: invoice_id.to_string(),
+                payment_reference: payment_id.to_string(),
+            },
+            tenant,
+        )?;
+        self.invoicing().mark_invoice_paid(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+    }
+
+    /// Charges the invoice's amount; the key derives from the top-up, so
+    /// however often this is called, the payment (and the gateway) see one charge.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn charge(
+        &self,
+        tenant: TenantId,
+        top_up_id: Uuid,
+        account_id: Uuid,
+        invoice: &Invoice,
+        payment_method_id: Option<Uuid>,
+        reconcile_later: bool,
+    ) -> Result<Payment, CallError> {
+        let request = self.request(
+            payments_pb::ChargeRequest {
+                account_id: account_id.to_string(),
+                invoice_id: invoice.id.to_string(),
+                amount: invoice.total.to_string(),
+                currency: invoice.currency.clone(),
+                payment_method_id: payment_method_id.map(|id| id.to_string()).unwrap_or_default(),
+                reconcile_later,
+                idempotency_key: format!("top-up:{top_up_id}:charge"),
+                metadata: [("top_up_id".to_owned(), top_up_id.to_string())].into_iter().collect(),
+            },
+            tenant,
+        )?;
+        let payment = self
+            .payments()
+            .charge(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .payment
+            .unwrap_or_default();
+        Self::payment_of(payment)
+    }
+
+    fn payment_of(payment: payments_pb::Payment) -> Result<Payment, CallError> {
+        Ok(Payment {
+            id: id(&payment.id, "payments")?,
+            status: payments_pb::PaymentStatus::try_from(payment.status)
+                .unwrap_or(payments_pb::PaymentStatus::Unspecified),
+            failure_code: payment.failure_code,
+        })
+    }
+
+    pub async fn payment(&self, tenant: TenantId, payment_id: Uuid) -> Result<Payment, CallError> {
+        let request = self.request(payments_pb::GetPaymentRequest { payment_id: payment_id.to_string() }, tenant)?;
+        let payment = self
+            .payments()
+            .get_payment(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .payment
+            .unwrap_or_default();
+        Self::payment_of(payment)
+    }
+
+    /// Redeems a voucher; the same account redeeming it again gets it back.
+    /// Answers the voucher's id, value and unit.
+    pub async fn redeem_voucher(
+        &self,
+        tenant: TenantId,
+        code: &str,
+        account_id: Uuid,
+    ) -> Result<(Uuid, Decimal, String), CallError> {
+        let request = self.request(
+            payments_pb::RedeemVoucherRequest { code: code.to_owned(), account_id: account_id.to_string() },
+            tenant,
+        )?;
+        let voucher = self
+            .payments()
+            .redeem_voucher(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .voucher
+            .unwrap_or_default();
+        Ok((id(&voucher.id, "payments")?, decimal(&voucher.value)?, voucher.unit_code))
+    }
+
+    /// Grants the top-up's credits; the key derives from the top-up.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn grant(
+        &self,
+        tenant: TenantId,
+        top_up_id: Uuid,
+        account_id: Uuid,
+        credits: Decimal,
+        kind: wallet_pb::GrantKind,
+        source: wallet_pb::GrantSource,
+        source_reference: Option<Uuid>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Result<Uuid, CallError> {
+        let request = self.request(
+            wallet_pb::GrantCreditsRequest {
+                account_id: account_id.to_string(),
+                amount: credits.normalize().to_string(),
+                kind: kind.into(),
+                expires_at: expires_at.map(to_timestamp),
+                idempotency_key: format!("top-up:{top_up_id}:grant"),
+                source: source.into(),
+                source_reference: source_reference.map(|id| id.to_string()).unwrap_or_default(),
+                correlation_id: top_up_id.to_string(),
+                ..Default::default()
+            },
+            tenant,
+        )?;
+        let response = self.wallet().grant_credits(request).await.map_err(|status| CallError::of(&status))?;
+        id(&response.into_inner().grant.unwrap_or_default().id, "wallet")
+    }
+
+    /// Sets the account's low-balance threshold in the wallet, whose
+    /// BALANCE_LOW events start automatic top-ups.
+    pub async fn set_low_balance_threshold(
+        &self,
+        tenant: TenantId,
+        account_id: Uuid,
+        threshold: Decimal,
+    ) -> Result<(), CallError> {
+        let request = self.request(
+            wallet_pb::UpdateAccountRequest {
+                account_id: account_id.to_string(),
+                low_balance_threshold: Some(threshold.normalize().to_string()),
+                // Each configuration is a change of its own.
+                idempotency_key: format!("auto-replenish:{account_id}:{}", Uuid::now_v7()),
+                ..Default::default()
+            },
+            tenant,
+        )?;
+        self.wallet().update_account(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+    }
+
+    pub fn service_request<T>(&self, message: T, tenant: TenantId) -> Result<tonic::Request<T>, CallError> {
+        self.request(message, tenant)
+    }
+}

@@ -1,0 +1,606 @@
+//! The five services as `reservoir serve` processes: top-ups by hand,
+//! declined, reconciled later, automatic (FIXED and TO_TARGET, paused after
+//! declines, held to a daily limit), recurring across a restart, and the
+//! orchestrator crashed just before and just after every saga step.
+
+use std::time::Duration;
+
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
+use reservoir_proto::orchestrator as pb;
+use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use reservoir_proto::payments as payments_pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+use reservoir_proto::wallet as wallet_pb;
+use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::process::{Environment, ServiceProcess};
+
+type Orchestrator = TopUpServiceClient<InterceptedService<Channel, BearerKey>>;
+type Invoicing = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
+type Payments = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
+
+struct Suite {
+    environment: Environment,
+    processes: Vec<ServiceProcess>,
+    api_key: String,
+    wallet: Client,
+    invoicing: Invoicing,
+    payments: Payments,
+    databases: Vec<TestDatabase>,
+}
+
+const ORCHESTRATOR: usize = 4;
+
+impl Suite {
+    async fn start(backend: Backend) -> Option<Self> {
+        let mut databases = Vec::new();
+        for _ in 0..5 {
+            databases.push(TestDatabase::create(backend).await?);
+        }
+        let mut environment = Environment::new(&databases[0], Some(&databases[1]))
+            .with_billing(&databases[2], &databases[3])
+            .with_orchestrator(&databases[4]);
+        let api_key = environment.create_tenant().await;
+        environment.issue_service_key().await;
+        let mut processes = vec![
+            ServiceProcess::wallet(&environment),
+            ServiceProcess::metering(&environment),
+            ServiceProcess::invoicing(&environment),
+            ServiceProcess::payments(&environment),
+            ServiceProcess::orchestrator(&environment),
+        ];
+        for process in &mut processes {
+            process.start(&environment).await;
+        }
+        let wallet = client(processes[0].address(), &api_key).await;
+        let invoicing =
+            InvoicingServiceClient::with_interceptor(channel(processes[2].address()).await, BearerKey::new(&api_key));
+        let payments =
+            PaymentsServiceClient::with_interceptor(channel(processes[3].address()).await, BearerKey::new(&api_key));
+        Some(Self { environment, processes, api_key, wallet, invoicing, payments, databases })
+    }
+
+    async fn orchestrator(&self) -> Orchestrator {
+        TopUpServiceClient::with_interceptor(
+            channel(self.processes[ORCHESTRATOR].address()).await,
+            BearerKey::new(&self.api_key),
+        )
+    }
+
+    /// Restarts the orchestrator with `crash_at` ("" for none).
+    async fn restart_orchestrator(&mut self, crash_at: &str) {
+        if self.processes[ORCHESTRATOR].is_running() {
+            assert!(self.processes[ORCHESTRATOR].terminate().await.success());
+        }
+        self.environment.set("RESERVOIR__ORCHESTRATOR__CRASH_AT", crash_at);
+        self.processes[ORCHESTRATOR].start(&self.environment).await;
+    }
+
+    async fn stop(mut self) {
+        for process in self.processes.iter_mut().rev() {
+            if process.is_running() {
+                assert!(process.terminate().await.success(), "a clean exit on SIGTERM");
+            }
+        }
+        for database in self.databases {
+            database.drop_database().await;
+        }
+    }
+
+    async fn card(&self, account: &wallet_pb::Account, token: &str) -> String {
+        self.payments
+            .clone()
+            .add_payment_method(payments_pb::AddPaymentMethodRequest {
+                account_id: account.id.clone(),
+                kind: payments_pb::PaymentMethodKind::Card.into(),
+                gateway_token: token.into(),
+                label: token.into(),
+                idempotency_key: key(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payment_method
+            .unwrap()
+            .id
+    }
+
+    async fn top_ups(&self, account: &wallet_pb::Account) -> Vec<pb::TopUp> {
+        self.orchestrator()
+            .await
+            .list_top_ups(pb::ListTopUpsRequest { account_id: account.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .top_ups
+    }
+
+    async fn invoice(&self, id: &str) -> invoicing_pb::Invoice {
+        self.invoicing
+            .clone()
+            .get_invoice(invoicing_pb::GetInvoiceRequest { invoice_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .invoice
+            .unwrap()
+    }
+
+    async fn payments_of(&self, account: &wallet_pb::Account) -> Vec<payments_pb::Payment> {
+        self.payments
+            .clone()
+            .list_payments(payments_pb::ListPaymentsRequest { account_id: account.id.clone(), ..Default::default() })
+            .await
+            .unwrap()
+            .into_inner()
+            .payments
+    }
+
+    async fn grants_from(&self, account: &wallet_pb::Account, reference: &str) -> Vec<wallet_pb::Grant> {
+        self.wallet
+            .clone()
+            .list_grants(wallet_pb::ListGrantsRequest { account_id: account.id.clone(), include_inactive: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .grants
+            .into_iter()
+            .filter(|grant| grant.source_reference == reference)
+            .collect()
+    }
+
+    async fn debit(&self, account: &wallet_pb::Account, amount: &str) {
+        self.wallet
+            .clone()
+            .debit(wallet_pb::DebitRequest {
+                account_id: account.id.clone(),
+                amount: amount.into(),
+                idempotency_key: key(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn grant(&self, account: &wallet_pb::Account, amount: &str) {
+        self.wallet
+            .clone()
+            .grant_credits(wallet_pb::GrantCreditsRequest {
+                account_id: account.id.clone(),
+                amount: amount.into(),
+                kind: wallet_pb::GrantKind::Courtesy.into(),
+                idempotency_key: key(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn start(account: &wallet_pb::Account, credits: &str, method: &str) -> pb::StartTopUpRequest {
+    pb::StartTopUpRequest {
+        account_id: account.id.clone(),
+        credits: credits.into(),
+        payment_method_id: method.into(),
+        reconcile_later: method.is_empty(),
+        idempotency_key: key(),
+        credits_expire_at: None,
+    }
+}
+
+fn status(top_up: &pb::TopUp) -> pb::TopUpStatus {
+    pb::TopUpStatus::try_from(top_up.status).unwrap()
+}
+
+/// Waits up to 20 s for `check` to hold.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+/// Every top-up of the account ended (SUCCEEDED or FAILED), each with at
+/// most one successful charge, each successful charge with exactly one
+/// grant, and no invoice both void and paid.
+async fn assert_settled_once(suite: &Suite, account: &wallet_pb::Account) {
+    for top_up in suite.top_ups(account).await {
+        let status = status(&top_up);
+        assert!(matches!(status, pb::TopUpStatus::Succeeded | pb::TopUpStatus::Failed), "{top_up:?}");
+        let payments: Vec<_> = suite
+            .payments_of(account)
+            .await
+            .into_iter()
+            .filter(|payment| payment.invoice_id == top_up.invoice_id)
+            .collect();
+        let succeeded: Vec<_> = payments
+            .iter()
+            .filter(|payment| payment.status == i32::from(payments_pb::PaymentStatus::Succeeded))
+            .collect();
+        assert!(succeeded.len() <= 1, "one successful charge at most: {payments:?}");
+        // A payment confirmed by hand never went through the gateway.
+        for payment in succeeded.iter().filter(|payment| !payment.attempts.is_empty()) {
+            let references: std::collections::BTreeSet<_> = payment
+                .attempts
+                .iter()
+                .filter(|attempt| attempt.outcome == i32::from(payments_pb::AttemptOutcome::Succeeded))
+                .map(|attempt| attempt.gateway_reference.clone())
+                .collect();
+            assert_eq!(references.len(), 1, "one charge at the gateway: {payment:?}");
+        }
+        let grants = suite.grants_from(account, &top_up.invoice_id).await;
+        assert_eq!(grants.len(), succeeded.len(), "a grant for each successful charge: {top_up:?}");
+        if !top_up.invoice_id.is_empty() {
+            let invoice = suite.invoice(&top_up.invoice_id).await;
+            let invoice_status = invoicing_pb::InvoiceStatus::try_from(invoice.status).unwrap();
+            match status {
+                pb::TopUpStatus::Succeeded => assert_eq!(invoice_status, invoicing_pb::InvoiceStatus::Paid),
+                _ => assert_eq!(invoice_status, invoicing_pb::InvoiceStatus::Void),
+            }
+            assert!(
+                invoice_status != invoicing_pb::InvoiceStatus::Void || invoice.payment_reference.is_empty(),
+                "no invoice is both void and paid"
+            );
+        }
+    }
+    assert_books_balance(&suite.wallet, account).await;
+}
+
+async fn top_ups_by_hand(backend: Backend) {
+    let Some(suite) = Suite::start(backend).await else {
+        return;
+    };
+    let mut orchestrator = suite.orchestrator().await;
+    let account = open_funded_account(&suite.wallet, "0").await;
+
+    // Paid by card: invoice PAID, payment SUCCEEDED, one PAID grant, balance up.
+    let card = suite.card(&account, "tok_succeed").await;
+    let request = start(&account, "50", &card);
+    let top_up = orchestrator.start_top_up(request.clone()).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&top_up), pb::TopUpStatus::Succeeded, "{top_up:?}");
+    let invoice = suite.invoice(&top_up.invoice_id).await;
+    assert_eq!(invoice.status, i32::from(invoicing_pb::InvoiceStatus::Paid));
+    assert_eq!(invoice.payment_reference, top_up.payment_id);
+    let grants = suite.grants_from(&account, &top_up.invoice_id).await;
+    assert_eq!(grants.len(), 1);
+    assert_eq!(grants[0].kind, i32::from(wallet_pb::GrantKind::Paid));
+    assert_eq!(grants[0].id, top_up.grant_id);
+    assert_eq!(available(&suite.wallet, &account).await, d("50"));
+    let steps: Vec<i32> = top_up
+        .steps
+        .iter()
+        .filter(|line| line.outcome == i32::from(pb::StepOutcome::Succeeded))
+        .map(|line| line.step)
+        .collect();
+    let expected: Vec<i32> = [pb::Step::CreateInvoice, pb::Step::Charge, pb::Step::Grant, pb::Step::MarkPaid]
+        .into_iter()
+        .map(i32::from)
+        .collect();
+    assert_eq!(steps, expected);
+    let again = orchestrator.start_top_up(request.clone()).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(again.id, top_up.id, "the same key answers the same top-up");
+    let mut changed = request.clone();
+    changed.credits = "60".into();
+    assert_refused(orchestrator.start_top_up(changed).await, tonic::Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+
+    // Declined: the invoice is voided, nothing is granted.
+    let declining = suite.card(&account, "tok_decline").await;
+    let declined =
+        orchestrator.start_top_up(start(&account, "30", &declining)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&declined), pb::TopUpStatus::Failed);
+    assert!(declined.reason.starts_with("DECLINED"), "{}", declined.reason);
+    assert_eq!(suite.invoice(&declined.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Void));
+    assert!(suite.grants_from(&account, &declined.invoice_id).await.is_empty());
+    assert_eq!(available(&suite.wallet, &account).await, d("50"));
+
+    // Reconciled later: waits for a person, then is credited once confirmed.
+    let later = orchestrator.start_top_up(start(&account, "20", "")).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&later), pb::TopUpStatus::RequiresAction);
+    let waiting = orchestrator
+        .list_top_ups(pb::ListTopUpsRequest {
+            account_id: account.id.clone(),
+            status: pb::TopUpStatus::RequiresAction.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .top_ups;
+    assert_eq!(waiting.iter().map(|top_up| top_up.id.clone()).collect::<Vec<_>>(), vec![later.id.clone()]);
+    suite
+        .payments
+        .clone()
+        .confirm_payment(payments_pb::ConfirmPaymentRequest {
+            payment_id: later.payment_id.clone(),
+            external_transaction_id: "bank-transfer-42".into(),
+        })
+        .await
+        .unwrap();
+    let id = later.id.clone();
+    eventually("the confirmed top-up", || {
+        let mut orchestrator = orchestrator.clone();
+        let id = id.clone();
+        async move {
+            let top_up = orchestrator.get_top_up(pb::GetTopUpRequest { top_up_id: id }).await.unwrap().into_inner();
+            top_up.top_up.is_some_and(|top_up| status(&top_up) == pb::TopUpStatus::Succeeded)
+        }
+    })
+    .await;
+    assert_eq!(available(&suite.wallet, &account).await, d("70"));
+    assert_settled_once(&suite, &account).await;
+    suite.stop().await;
+}
+
+async fn configure_auto(
+    orchestrator: &mut Orchestrator,
+    account: &wallet_pb::Account,
+    method: &str,
+    threshold: &str,
+    fixed: &str,
+    target: &str,
+    per_day: u32,
+) {
+    orchestrator
+        .configure_auto_replenish(pb::ConfigureAutoReplenishRequest {
+            auto_replenish: Some(pb::AutoReplenish {
+                account_id: account.id.clone(),
+                threshold: threshold.into(),
+                fixed_amount: fixed.into(),
+                target_balance: target.into(),
+                payment_method_id: method.into(),
+                max_top_ups_per_day: per_day,
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+async fn automatic_top_ups(backend: Backend) {
+    let Some(suite) = Suite::start(backend).await else {
+        return;
+    };
+    let mut orchestrator = suite.orchestrator().await;
+    let mut metering = crate::metering::metering_client(suite.processes[1].address(), &suite.api_key).await;
+    crate::metering::price_tokens(&mut metering).await;
+    let ingest = |account: &wallet_pb::Account, tokens: &str| {
+        let mut metering = metering.clone();
+        let event = reservoir_proto::metering::UsageEvent {
+            event_id: key(),
+            account_id: account.id.clone(),
+            meter_code: "tokens".into(),
+            quantity: tokens.into(),
+            ..Default::default()
+        };
+        async move {
+            metering
+                .ingest_events(reservoir_proto::metering::IngestEventsRequest { events: vec![event] })
+                .await
+                .unwrap();
+        }
+    };
+
+    // FIXED: metered usage takes 100 down to 15, below 20: 50 are added.
+    let fixed = open_funded_account(&suite.wallet, "100").await;
+    let card = suite.card(&fixed, "tok_succeed").await;
+    configure_auto(&mut orchestrator, &fixed, &card, "20", "50", "", 5).await;
+    ingest(&fixed, "8500").await;
+    eventually("the FIXED top-up", || async { available(&suite.wallet, &fixed).await == d("65") }).await;
+
+    // TO_TARGET: from 10 back up to 100.
+    let target = open_funded_account(&suite.wallet, "100").await;
+    let card = suite.card(&target, "tok_succeed").await;
+    configure_auto(&mut orchestrator, &target, &card, "20", "", "100", 5).await;
+    ingest(&target, "9000").await;
+    eventually("the TO_TARGET top-up", || async { available(&suite.wallet, &target).await == d("100") }).await;
+    let top_ups = suite.top_ups(&target).await;
+    assert_eq!(top_ups.len(), 1);
+    assert_eq!((top_ups[0].credits.as_str(), top_ups[0].trigger), ("90", i32::from(pb::TopUpTrigger::AutoReplenish)));
+
+    // A declining card: three declines in a row pause auto-replenish.
+    let declining = open_funded_account(&suite.wallet, "30").await;
+    let card = suite.card(&declining, "tok_decline").await;
+    configure_auto(&mut orchestrator, &declining, &card, "20", "10", "", 10).await;
+    for crossing in 1..=4_usize {
+        suite.debit(&declining, "15").await;
+        let expected = crossing.min(3);
+        eventually("the declined top-up", || async {
+            let top_ups = suite.top_ups(&declining).await;
+            top_ups.len() == expected && top_ups.iter().all(|top_up| status(top_up) == pb::TopUpStatus::Failed)
+        })
+        .await;
+        // Back above the threshold for the next crossing.
+        suite.grant(&declining, "15").await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(suite.top_ups(&declining).await.len(), 3, "paused: no fourth charge");
+    let config = orchestrator
+        .get_auto_replenish(pb::GetAutoReplenishRequest { account_id: declining.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .auto_replenish
+        .unwrap();
+    assert!(config.paused);
+    assert_eq!(config.consecutive_declines, 3);
+
+    // The daily limit: two a day, however often the balance dips.
+    let limited = open_funded_account(&suite.wallet, "30").await;
+    let card = suite.card(&limited, "tok_succeed").await;
+    configure_auto(&mut orchestrator, &limited, &card, "20", "10", "", 2).await;
+    for crossing in 1..=3_usize {
+        suite.debit(&limited, "15").await;
+        let expected = crossing.min(2);
+        eventually("the limited top-up", || async {
+            let top_ups = suite.top_ups(&limited).await;
+            top_ups.len() == expected && top_ups.iter().all(|top_up| status(top_up) == pb::TopUpStatus::Succeeded)
+        })
+        .await;
+        // Well above the threshold again for the next crossing.
+        suite.grant(&limited, "5").await;
+    }
+    let events: Vec<pb::Event> = {
+        let mut stream =
+            orchestrator.watch_events(pb::WatchEventsRequest { after_sequence: 0 }).await.unwrap().into_inner();
+        let mut events = Vec::new();
+        while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+            events.extend(message.event);
+        }
+        events
+    };
+    let of = |account: &wallet_pb::Account, kind: pb::EventType| {
+        events.iter().filter(|event| event.account_id == account.id && event.r#type == i32::from(kind)).count()
+    };
+    assert_eq!(of(&declining, pb::EventType::AutoReplenishPaused), 1);
+    assert_eq!(of(&limited, pb::EventType::AutoReplenishLimited), 1);
+    assert_eq!(of(&fixed, pb::EventType::TopUpSucceeded), 1);
+    assert_eq!(suite.top_ups(&limited).await.len(), 2);
+    for account in [&fixed, &target, &declining, &limited] {
+        assert_settled_once(&suite, account).await;
+    }
+    suite.stop().await;
+}
+
+async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backend) {
+    let Some(mut suite) = Suite::start(backend).await else {
+        return;
+    };
+    let mut orchestrator = suite.orchestrator().await;
+    let account = open_funded_account(&suite.wallet, "0").await;
+    let card = suite.card(&account, "tok_succeed").await;
+    let configure = |first: chrono::DateTime<chrono::Utc>| pb::ConfigureRecurringTopUpRequest {
+        recurring_top_up: Some(pb::RecurringTopUp {
+            account_id: account.id.clone(),
+            credits: "10".into(),
+            interval: pb::Interval::Weekly.into(),
+            mode: pb::RecurringMode::Paid.into(),
+            payment_method_id: card.clone(),
+            credits_expire_after_days: 30,
+            next_run_at: Some(reservoir_common::time::to_timestamp(first)),
+            ..Default::default()
+        }),
+    };
+    // Three weeks missed while nothing ran: one top-up, not three.
+    let now = chrono::Utc::now();
+    orchestrator.configure_recurring_top_up(configure(now - chrono::Duration::days(21))).await.unwrap();
+    eventually("the first period", || async { available(&suite.wallet, &account).await == d("10") }).await;
+    let schedule = orchestrator
+        .get_recurring_top_up(pb::GetRecurringTopUpRequest { account_id: account.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .recurring_top_up
+        .unwrap();
+    assert_eq!(schedule.runs, 1);
+    let next = reservoir_common::time::from_timestamp(schedule.next_run_at.as_ref().unwrap()).unwrap();
+    assert!(next > now && next <= now + chrono::Duration::days(7), "the next period is within a week: {next}");
+
+    // A restart fires nothing that already fired.
+    suite.restart_orchestrator("").await;
+    let mut orchestrator = suite.orchestrator().await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(suite.top_ups(&account).await.len(), 1);
+
+    // The next period comes due: it fires once more.
+    orchestrator.configure_recurring_top_up(configure(chrono::Utc::now() - chrono::Duration::hours(1))).await.unwrap();
+    eventually("the second period", || async { available(&suite.wallet, &account).await == d("20") }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let top_ups = suite.top_ups(&account).await;
+    assert_eq!(top_ups.len(), 2);
+    assert!(top_ups.iter().all(|top_up| top_up.trigger == i32::from(pb::TopUpTrigger::Recurring)));
+    assert!(top_ups.iter().all(|top_up| top_up.credits_expire_at.is_some()));
+    assert_settled_once(&suite, &account).await;
+    suite.stop().await;
+}
+
+/// For every step, the orchestrator dies just before and just after it;
+/// restarted without the fault, each top-up ends, charged at most once and
+/// granted exactly once per successful charge.
+async fn a_crash_at_any_step_loses_nothing_and_charges_once(backend: Backend) {
+    let Some(mut suite) = Suite::start(backend).await else {
+        return;
+    };
+    let points = [
+        ("before:CREATE_INVOICE", "tok_succeed"),
+        ("after:CREATE_INVOICE", "tok_succeed"),
+        ("before:CHARGE", "tok_succeed"),
+        ("after:CHARGE", "tok_succeed"),
+        ("before:GRANT", "tok_succeed"),
+        ("after:GRANT", "tok_succeed"),
+        ("before:MARK_PAID", "tok_succeed"),
+        ("after:MARK_PAID", "tok_succeed"),
+        ("before:VOID_INVOICE", "tok_decline"),
+        ("after:VOID_INVOICE", "tok_decline"),
+    ];
+    for (point, token) in points {
+        let account = open_funded_account(&suite.wallet, "0").await;
+        let card = suite.card(&account, token).await;
+        suite.restart_orchestrator(point).await;
+        let mut orchestrator = suite.orchestrator().await;
+        let started = orchestrator.start_top_up(start(&account, "25", &card)).await;
+        assert!(started.is_err(), "{point}: the orchestrator died mid-call");
+        suite.processes[ORCHESTRATOR].reap().await;
+        suite.restart_orchestrator("").await;
+        let expected = if token == "tok_succeed" { pb::TopUpStatus::Succeeded } else { pb::TopUpStatus::Failed };
+        eventually(point, || async {
+            let top_ups = suite.top_ups(&account).await;
+            top_ups.len() == 1 && status(&top_ups[0]) == expected
+        })
+        .await;
+        let balance = if token == "tok_succeed" { "25" } else { "0" };
+        assert_eq!(available(&suite.wallet, &account).await, d(balance), "{point}");
+        assert_settled_once(&suite, &account).await;
+    }
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ups_by_hand_on_sqlite() {
+    top_ups_by_hand(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_ups_by_hand_on_postgres() {
+    top_ups_by_hand(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_top_ups_on_sqlite() {
+    automatic_top_ups(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn automatic_top_ups_on_postgres() {
+    automatic_top_ups(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_top_ups_fire_once_per_period_across_a_restart_on_sqlite() {
+    recurring_top_ups_fire_once_per_period_across_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_top_ups_fire_once_per_period_across_a_restart_on_postgres() {
+    recurring_top_ups_fire_once_per_period_across_a_restart(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_loses_nothing_and_charges_once_on_sqlite() {
+    a_crash_at_any_step_loses_nothing_and_charges_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_at_any_step_loses_nothing_and_charges_once_on_postgres() {
+    a_crash_at_any_step_loses_nothing_and_charges_once(Backend::Postgres).await;
+}
