@@ -339,6 +339,41 @@ async fn top_ups_by_hand(backend: Backend) {
     .await;
     assert_eq!(available(&suite.wallet, &account).await, d("70"));
     assert_settled_once(&suite, &account).await;
+
+    // A voucher: its value is granted once, however often it is redeemed.
+    let batch = suite
+        .payments
+        .clone()
+        .create_voucher_batch(payments_pb::CreateVoucherBatchRequest {
+            count: 1,
+            value: "15".into(),
+            unit_code: "USD".into(),
+            expires_at: None,
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let redeem = pb::RedeemVoucherRequest { code: batch.codes[0].clone(), account_id: account.id.clone() };
+    let redeemed = orchestrator.redeem_voucher(redeem.clone()).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&redeemed), pb::TopUpStatus::Succeeded, "{redeemed:?}");
+    assert_eq!((redeemed.trigger, redeemed.credits.as_str()), (i32::from(pb::TopUpTrigger::Voucher), "15"));
+    let again = orchestrator.redeem_voucher(redeem).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(again.grant_id, redeemed.grant_id, "the same grant, not a second one");
+    assert_eq!(available(&suite.wallet, &account).await, d("85"));
+    let voucher_grants = suite.grants_from(&account, &redeemed.voucher_id).await;
+    assert_eq!(voucher_grants.len(), 1);
+    assert_eq!(voucher_grants[0].source, i32::from(wallet_pb::GrantSource::Voucher));
+    let other = open_funded_account(&suite.wallet, "0").await;
+    let taken = orchestrator
+        .redeem_voucher(pb::RedeemVoucherRequest { code: batch.codes[0].clone(), account_id: other.id.clone() })
+        .await;
+    assert_refused(taken, tonic::Code::FailedPrecondition, "VOUCHER_ALREADY_REDEEMED");
+    let wrong = orchestrator
+        .redeem_voucher(pb::RedeemVoucherRequest { code: "0000-0000-0000-0000-0".into(), account_id: other.id.clone() })
+        .await;
+    assert_eq!(wrong.unwrap_err().code(), tonic::Code::NotFound);
+    assert_eq!(available(&suite.wallet, &other).await, d("0"));
     suite.stop().await;
 }
 

@@ -193,6 +193,14 @@ impl Saga {
         if !self.store.save(row, from, &record, event.as_ref(), self.lease_until(at)).await? {
             return Ok(false);
         }
+        if row.step == Step::Done {
+            metrics::counter!(
+                "reservoir_orchestrator_top_ups_ended_total",
+                "trigger" => row.trigger.name(),
+                "status" => row.status.name()
+            )
+            .increment(1);
+        }
         self.after_saved(row, from).await?;
         Ok(go_on)
     }

@@ -58,6 +58,12 @@ impl Worker {
         for tenant in self.saga.store().tenants_awaiting_payments().await? {
             self.follow(tenant, "payments");
         }
+        let counts = self.saga.store().count_by_status().await?;
+        for status in [crate::domain::Status::Pending, crate::domain::Status::RequiresAction] {
+            let count = counts.iter().find(|(name, _)| name == status.name()).map_or(0, |(_, count)| *count);
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("reservoir_orchestrator_top_ups_in_flight", "status" => status.name()).set(count as f64);
+        }
         Ok(())
     }
 

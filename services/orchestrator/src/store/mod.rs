@@ -471,6 +471,20 @@ impl Store {
         rows.into_iter().map(top_up_from_row).collect()
     }
 
+    /// How many top-ups are unfinished, by state, for the saga gauge (ended
+    /// ones are counted as they end).
+    pub async fn count_by_status(&self) -> Result<Vec<(String, i64)>, OrchestratorError> {
+        Ok(top_up::Entity::find()
+            .filter(top_up::Column::Status.is_in([Status::Pending.name(), Status::RequiresAction.name()]))
+            .select_only()
+            .column(top_up::Column::Status)
+            .column_as(top_up::Column::Id.count(), "count")
+            .group_by(top_up::Column::Status)
+            .into_tuple::<(String, i64)>()
+            .all(&self.db)
+            .await?)
+    }
+
     /// Wakes the top-up waiting for a payment, so the next pass looks at it.
     pub async fn wake_for_payment(&self, payment_id: Uuid, now: DateTime<Utc>) -> Result<(), OrchestratorError> {
         top_up::Entity::update_many()

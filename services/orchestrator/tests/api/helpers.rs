@@ -1,0 +1,111 @@
+//! A wallet and the orchestrator on free ports, each with a database of its
+//! own, a tenant with a key, and clients. Invoicing and payments are not
+//! running: these tests stop at the checks before any saga step.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use reservoir_common::settings::AuthSettings;
+use reservoir_orchestrator::app::{Application as Orchestrator, OrchestratorSettings};
+use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+pub use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_wallet::app::{Application as Wallet, WalletSettings};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+pub type TopUpClient = TopUpServiceClient<InterceptedService<Channel, BearerKey>>;
+
+const PEPPER: &str = "test-pepper";
+
+pub struct Suite {
+    pub wallet: Client,
+    pub top_ups: TopUpClient,
+    /// The same services under another tenant's key.
+    pub other_top_ups: TopUpClient,
+    stops: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    databases: Vec<TestDatabase>,
+}
+
+impl Suite {
+    pub async fn spawn(backend: Backend) -> Option<Self> {
+        let wallet_database = TestDatabase::create(backend).await?;
+        let orchestrator_database = TestDatabase::create(backend).await?;
+        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
+        let wallet_settings = WalletSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: wallet_database.url.clone(),
+            database_schema: wallet_database.schema.clone(),
+            database_max_connections: 8,
+            sweep_interval_ms: 100,
+            metrics_listen: String::new(),
+        };
+        let wallet = Wallet::build(&wallet_settings, &auth).await.unwrap();
+        let wallet_address = wallet.local_addr().unwrap();
+        let store = wallet.store();
+        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
+        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
+        let other = store.create_tenant("other", Utc::now()).await.unwrap();
+        let other_key = store.issue_key(other, PEPPER, Utc::now()).await.unwrap().key;
+        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
+        let mut stops = Vec::new();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push((
+            stop,
+            tokio::spawn(async move {
+                wallet.run_until(async move { drop(stopped.await) }).await.unwrap();
+            }),
+        ));
+        let settings = OrchestratorSettings {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database_url: orchestrator_database.url.clone(),
+            database_schema: orchestrator_database.schema.clone(),
+            database_max_connections: 8,
+            wallet_endpoint: format!("http://{wallet_address}"),
+            // Nothing listens here: no saga step is reached.
+            invoicing_endpoint: "http://127.0.0.1:9".into(),
+            payments_endpoint: "http://127.0.0.1:9".into(),
+            service_key,
+            worker_interval_ms: 100,
+            saga_lease_ms: 1_000,
+            crash_at: String::new(),
+            metrics_listen: String::new(),
+        };
+        let orchestrator = Orchestrator::build(&settings, Duration::from_secs(60)).await.unwrap();
+        let address = orchestrator.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push((
+            stop,
+            tokio::spawn(async move {
+                orchestrator.run_until(async move { drop(stopped.await) }).await.unwrap();
+            }),
+        ));
+        Some(Self {
+            wallet: client(wallet_address, &key).await,
+            top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&key)),
+            other_top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&other_key)),
+            stops,
+            databases: vec![wallet_database, orchestrator_database],
+        })
+    }
+
+    pub async fn stop(self) {
+        for (stop, task) in self.stops.into_iter().rev() {
+            let _ = stop.send(());
+            task.await.unwrap();
+        }
+        for database in self.databases {
+            database.drop_database().await;
+        }
+    }
+}
+
+/// Runs each named test body on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        reservoir_testing::on_both_backends!($crate::helpers::Suite; $($name),*);
+    };
+}
