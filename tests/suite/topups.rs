@@ -294,6 +294,21 @@ async fn top_ups_by_hand(backend: Backend) {
     changed.credits = "60".into();
     assert_refused(orchestrator.start_top_up(changed).await, tonic::Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
 
+    // The operator command starts one and lists them.
+    let endpoint = format!("http://{}", suite.processes[ORCHESTRATOR].address());
+    let command = |arguments: &[&str]| {
+        let mut command = suite.environment.command(arguments);
+        command.env("RESERVOIR_API_KEY", &suite.api_key).env("RESERVOIR_ORCHESTRATOR_ENDPOINT", &endpoint);
+        command
+    };
+    let started = command(&["top-up", "start", &account.id, "5", "--payment-method", &card]).output().await.unwrap();
+    assert!(started.status.success(), "{}", String::from_utf8_lossy(&started.stderr));
+    assert!(String::from_utf8_lossy(&started.stdout).contains("SUCCEEDED"));
+    let listed = command(&["top-up", "list", "--account", &account.id, "--json"]).output().await.unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert_eq!(available(&suite.wallet, &account).await, d("55"));
+
     // Declined: the invoice is voided, nothing is granted.
     let declining = suite.card(&account, "tok_decline").await;
     let declined =
@@ -302,7 +317,7 @@ async fn top_ups_by_hand(backend: Backend) {
     assert!(declined.reason.starts_with("DECLINED"), "{}", declined.reason);
     assert_eq!(suite.invoice(&declined.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Void));
     assert!(suite.grants_from(&account, &declined.invoice_id).await.is_empty());
-    assert_eq!(available(&suite.wallet, &account).await, d("50"));
+    assert_eq!(available(&suite.wallet, &account).await, d("55"));
 
     // Reconciled later: waits for a person, then is credited once confirmed.
     let later = orchestrator.start_top_up(start(&account, "20", "")).await.unwrap().into_inner().top_up.unwrap();
@@ -337,7 +352,7 @@ async fn top_ups_by_hand(backend: Backend) {
         }
     })
     .await;
-    assert_eq!(available(&suite.wallet, &account).await, d("70"));
+    assert_eq!(available(&suite.wallet, &account).await, d("75"));
     assert_settled_once(&suite, &account).await;
 
     // A voucher: its value is granted once, however often it is redeemed.
@@ -360,7 +375,7 @@ async fn top_ups_by_hand(backend: Backend) {
     assert_eq!((redeemed.trigger, redeemed.credits.as_str()), (i32::from(pb::TopUpTrigger::Voucher), "15"));
     let again = orchestrator.redeem_voucher(redeem).await.unwrap().into_inner().top_up.unwrap();
     assert_eq!(again.grant_id, redeemed.grant_id, "the same grant, not a second one");
-    assert_eq!(available(&suite.wallet, &account).await, d("85"));
+    assert_eq!(available(&suite.wallet, &account).await, d("90"));
     let voucher_grants = suite.grants_from(&account, &redeemed.voucher_id).await;
     assert_eq!(voucher_grants.len(), 1);
     assert_eq!(voucher_grants[0].source, i32::from(wallet_pb::GrantSource::Voucher));

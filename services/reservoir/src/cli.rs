@@ -62,6 +62,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Top-ups and their configuration, through the running orchestrator.
+    #[command(subcommand, name = "top-up")]
+    TopUp(crate::topup::TopUpCommand),
     /// Ingest a CSV or NDJSON file of usage events in batches, with a progress bar.
     Ingest(IngestArgs),
     /// Show an account's ledger, oldest first.
@@ -242,6 +245,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service: Service::Orchestrator } => serve_orchestrator(config).await,
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
+        Command::TopUp(command) => crate::topup::run(command).await,
         Command::Tenant(command) => tenant(config, command).await,
         Command::Key(command) => key(config, command).await,
         Command::Account(command) => account(command).await,

@@ -9,6 +9,12 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct BearerKey(MetadataValue<tonic::metadata::Ascii>);
 
+impl BearerKey {
+    pub fn new(value: MetadataValue<tonic::metadata::Ascii>) -> Self {
+        Self(value)
+    }
+}
+
 impl tonic::service::Interceptor for BearerKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request.metadata_mut().insert("authorization", self.0.clone());

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod ingest;
 mod settings;
+mod topup;
 
 /// mimalloc rather than glibc's malloc: every call allocates on one worker
 /// thread and frees on another, which glibc handles slowly.

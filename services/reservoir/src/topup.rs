@@ -1,0 +1,310 @@
+//! `reservoir top-up …`: top-ups and their configuration, through the
+//! running orchestrator.
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::Table;
+use reservoir_proto::orchestrator as pb;
+use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use crate::client::BearerKey;
+
+#[derive(Args, Clone)]
+pub struct OrchestratorArgs {
+    /// The orchestrator's address.
+    #[arg(long, env = "RESERVOIR_ORCHESTRATOR_ENDPOINT", default_value = "http://127.0.0.1:50055")]
+    pub endpoint: String,
+    /// The tenant's API key.
+    #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StatusArg {
+    Pending,
+    RequiresAction,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum IntervalArg {
+    Weekly,
+    Monthly,
+}
+
+#[derive(Subcommand)]
+pub enum TopUpCommand {
+    /// Buy credits for an account: invoice, charge, grant, mark paid.
+    Start {
+        account_id: String,
+        credits: String,
+        /// The payment method to charge.
+        #[arg(long, conflicts_with = "reconcile_later")]
+        payment_method: Option<String>,
+        /// Invoice now and wait for the payment to be confirmed.
+        #[arg(long)]
+        reconcile_later: bool,
+        /// Reuse a key to retry safely; a fresh one is made when omitted.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+    /// One top-up and its steps.
+    Get {
+        top_up_id: String,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+    /// Top-ups, newest first.
+    List {
+        #[arg(long, default_value = "")]
+        account: String,
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+    /// Refill an account when its balance falls below a threshold.
+    AutoReplenish {
+        account_id: String,
+        #[arg(long)]
+        threshold: String,
+        /// Always add this many credits.
+        #[arg(long, conflicts_with = "target")]
+        fixed: Option<String>,
+        /// Add as many credits as bring the balance to this.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long)]
+        payment_method: String,
+        #[arg(long, default_value_t = 3)]
+        per_day: u32,
+        #[arg(long, default_value = "")]
+        max_per_month: String,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+    /// Turn auto-replenish off for an account.
+    AutoReplenishOff {
+        account_id: String,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+    /// Add credits every week or month: charged to a payment method, or granted free.
+    Recurring {
+        account_id: String,
+        credits: String,
+        #[arg(long, value_enum)]
+        interval: IntervalArg,
+        /// Charge this payment method; without it the credits are a free allowance.
+        #[arg(long)]
+        payment_method: Option<String>,
+        /// The credits of each period expire this many days after they are added.
+        #[arg(long, default_value_t = 0)]
+        expire_after_days: u32,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
+}
+
+type Client = TopUpServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerKey>>;
+
+async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(args.endpoint.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.endpoint))?;
+    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", args.api_key).parse()?;
+    Ok(TopUpServiceClient::with_interceptor(channel, BearerKey::new(value)))
+}
+
+fn status_name(status: i32) -> &'static str {
+    match pb::TopUpStatus::try_from(status) {
+        Ok(pb::TopUpStatus::Pending) => "PENDING",
+        Ok(pb::TopUpStatus::RequiresAction) => "REQUIRES_ACTION",
+        Ok(pb::TopUpStatus::Succeeded) => "SUCCEEDED",
+        Ok(pb::TopUpStatus::Failed) => "FAILED",
+        _ => "UNSPECIFIED",
+    }
+}
+
+fn step_name(step: i32) -> &'static str {
+    pb::Step::try_from(step).map(|step| step.as_str_name()).unwrap_or("STEP_UNSPECIFIED")
+}
+
+fn top_up_json(top_up: &pb::TopUp) -> serde_json::Value {
+    json!({
+        "id": top_up.id,
+        "account_id": top_up.account_id,
+        "credits": top_up.credits,
+        "status": status_name(top_up.status),
+        "step": step_name(top_up.step),
+        "invoice_id": top_up.invoice_id,
+        "payment_id": top_up.payment_id,
+        "grant_id": top_up.grant_id,
+        "amount": top_up.amount,
+        "currency": top_up.currency,
+        "reason": top_up.reason,
+        "steps": top_up.steps.iter().map(|line| json!({
+            "step": step_name(line.step),
+            "outcome": pb::StepOutcome::try_from(line.outcome).map(|o| o.as_str_name()).unwrap_or(""),
+            "attempt": line.attempt,
+            "detail": line.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_top_ups(top_ups: &[pb::TopUp], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let values: Vec<_> = top_ups.iter().map(top_up_json).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["top-up", "account", "credits", "status", "step", "amount", "reason"]);
+    for top_up in top_ups {
+        table.add_row([
+            top_up.id.clone(),
+            top_up.account_id.clone(),
+            top_up.credits.clone(),
+            status_name(top_up.status).to_owned(),
+            step_name(top_up.step).to_owned(),
+            format!("{} {}", top_up.amount, top_up.currency),
+            top_up.reason.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
+    match command {
+        TopUpCommand::Start { account_id, credits, payment_method, reconcile_later, idempotency_key, client } => {
+            let response = connect(&client)
+                .await?
+                .start_top_up(pb::StartTopUpRequest {
+                    account_id,
+                    credits,
+                    payment_method_id: payment_method.unwrap_or_default(),
+                    reconcile_later,
+                    idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+                    credits_expire_at: None,
+                })
+                .await?
+                .into_inner();
+            print_top_ups(&response.top_up.into_iter().collect::<Vec<_>>(), client.json)
+        }
+        TopUpCommand::Get { top_up_id, client } => {
+            let response = connect(&client).await?.get_top_up(pb::GetTopUpRequest { top_up_id }).await?.into_inner();
+            let top_up = response.top_up.unwrap_or_default();
+            if client.json {
+                println!("{}", serde_json::to_string_pretty(&top_up_json(&top_up))?);
+                return Ok(());
+            }
+            print_top_ups(std::slice::from_ref(&top_up), false)?;
+            let mut steps = Table::new();
+            steps.set_header(["step", "outcome", "attempt", "detail"]);
+            for line in &top_up.steps {
+                steps.add_row([
+                    step_name(line.step).to_owned(),
+                    pb::StepOutcome::try_from(line.outcome).map(|o| o.as_str_name()).unwrap_or("").to_owned(),
+                    line.attempt.to_string(),
+                    line.detail.clone(),
+                ]);
+            }
+            println!("{steps}");
+            Ok(())
+        }
+        TopUpCommand::List { account, status, client } => {
+            let status = match status {
+                None => pb::TopUpStatus::Unspecified,
+                Some(StatusArg::Pending) => pb::TopUpStatus::Pending,
+                Some(StatusArg::RequiresAction) => pb::TopUpStatus::RequiresAction,
+                Some(StatusArg::Succeeded) => pb::TopUpStatus::Succeeded,
+                Some(StatusArg::Failed) => pb::TopUpStatus::Failed,
+            };
+            let response = connect(&client)
+                .await?
+                .list_top_ups(pb::ListTopUpsRequest {
+                    account_id: account,
+                    status: status.into(),
+                    page_size: 100,
+                    page_token: String::new(),
+                })
+                .await?
+                .into_inner();
+            print_top_ups(&response.top_ups, client.json)
+        }
+        TopUpCommand::AutoReplenish {
+            account_id,
+            threshold,
+            fixed,
+            target,
+            payment_method,
+            per_day,
+            max_per_month,
+            client,
+        } => {
+            let response = connect(&client)
+                .await?
+                .configure_auto_replenish(pb::ConfigureAutoReplenishRequest {
+                    auto_replenish: Some(pb::AutoReplenish {
+                        account_id,
+                        threshold,
+                        fixed_amount: fixed.unwrap_or_default(),
+                        target_balance: target.unwrap_or_default(),
+                        payment_method_id: payment_method,
+                        max_top_ups_per_day: per_day,
+                        max_credits_per_month: max_per_month,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            let config = response.auto_replenish.unwrap_or_default();
+            println!("auto-replenish on for {} below {}", config.account_id, config.threshold);
+            Ok(())
+        }
+        TopUpCommand::AutoReplenishOff { account_id, client } => {
+            connect(&client)
+                .await?
+                .disable_auto_replenish(pb::DisableAutoReplenishRequest { account_id: account_id.clone() })
+                .await?;
+            println!("auto-replenish off for {account_id}");
+            Ok(())
+        }
+        TopUpCommand::Recurring { account_id, credits, interval, payment_method, expire_after_days, client } => {
+            let mode = if payment_method.is_some() { pb::RecurringMode::Paid } else { pb::RecurringMode::Granted };
+            let interval = match interval {
+                IntervalArg::Weekly => pb::Interval::Weekly,
+                IntervalArg::Monthly => pb::Interval::Monthly,
+            };
+            let response = connect(&client)
+                .await?
+                .configure_recurring_top_up(pb::ConfigureRecurringTopUpRequest {
+                    recurring_top_up: Some(pb::RecurringTopUp {
+                        account_id,
+                        credits,
+                        interval: interval.into(),
+                        mode: mode.into(),
+                        payment_method_id: payment_method.unwrap_or_default(),
+                        credits_expire_after_days: expire_after_days,
+                        ..Default::default()
+                    }),
+                })
+                .await?
+                .into_inner();
+            let schedule = response.recurring_top_up.unwrap_or_default();
+            println!("recurring top-up of {} for {}", schedule.credits, schedule.account_id);
+            Ok(())
+        }
+    }
+}
