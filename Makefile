@@ -15,8 +15,11 @@ KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 GRPCIO_VERSION := 1.85.1
 PYTHON_ENV := $(TOOLS)/python
 PYTHON_CLIENT := target/clients/python
+# The wire contract of the last release, as a buf image; proto-breaking
+# compares the protos against it, proto-release writes a new one.
+PROTO_RELEASE := $(lastword $(sort $(wildcard proto/releases/v*.binpb)))
 
-.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint k8s-validate unit-tests release bench clean-data help
+.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -26,7 +29,7 @@ run: ## run the whole suite on SQLite under ./data, no setup
 
 test: lint unit-tests client-smoke ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
 
-lint: fmt-check clippy proto-lint k8s-validate ## formatting, clippy, buf lint and the Kubernetes manifests
+lint: fmt-check clippy proto-lint proto-breaking k8s-validate ## formatting, clippy, buf lint and breaking, the Kubernetes manifests
 
 fmt-check: ## rustfmt, checked
 	$(CARGO) fmt --all -- --check
@@ -39,6 +42,14 @@ $(BUF):
 
 proto-lint: $(BUF) ## buf lint of proto/
 	cd proto && ../$(BUF) lint
+
+proto-breaking: $(BUF) ## buf breaking: proto/ against the last release's wire contract
+	cd proto && ../$(BUF) breaking --against ../$(PROTO_RELEASE)
+	@echo "proto/: wire compatible with $(PROTO_RELEASE)"
+
+proto-release: $(BUF) ## snapshot proto/ as the wire contract of release VERSION (make proto-release VERSION=0.2.0)
+	@test -n "$(VERSION)" || (echo "set VERSION, such as make proto-release VERSION=0.2.0" && exit 2)
+	cd proto && ../$(BUF) build -o releases/v$(VERSION).binpb
 
 $(KUBERNETES_VALIDATE):
 	python3 -m venv $(TOOLS)/k8s

@@ -1,6 +1,6 @@
-//! A wallet and the orchestrator on free ports, each with a database of its
-//! own, a tenant with a key, and clients. Invoicing and payments are not
-//! running: these tests stop at the checks before any saga step.
+//! A wallet, invoicing, payments and the orchestrator on free ports, each
+//! with a database of its own, a tenant with a key, and clients. Metering is
+//! not running: nothing here bills usage.
 
 use std::time::Duration;
 
@@ -22,6 +22,9 @@ const PEPPER: &str = "test-pepper";
 
 pub struct Suite {
     pub wallet: Client,
+    pub payments: reservoir_proto::payments::payments_service_client::PaymentsServiceClient<
+        InterceptedService<Channel, BearerKey>,
+    >,
     pub top_ups: TopUpClient,
     /// The same services under another tenant's key.
     pub other_top_ups: TopUpClient,
@@ -33,6 +36,8 @@ impl Suite {
     pub async fn spawn(backend: Backend) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let orchestrator_database = TestDatabase::create(backend).await?;
+        let invoicing_database = TestDatabase::create(backend).await?;
+        let payments_database = TestDatabase::create(backend).await?;
         let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
         let wallet_settings = WalletSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -58,15 +63,63 @@ impl Suite {
                 wallet.run_until(async move { drop(stopped.await) }).await.unwrap();
             }),
         ));
+        let invoicing = reservoir_invoicing::app::Application::build(
+            &reservoir_invoicing::app::InvoicingSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                database_url: invoicing_database.url.clone(),
+                database_schema: invoicing_database.schema.clone(),
+                database_max_connections: 8,
+                wallet_endpoint: format!("http://{wallet_address}"),
+                // Nothing listens here: no statement is made.
+                metering_endpoint: "http://127.0.0.1:9".into(),
+                service_key: service_key.clone(),
+                payment_due_days_default: 14,
+                worker_interval_ms: 1_000,
+                metrics_listen: String::new(),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let invoicing_address = invoicing.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push((
+            stop,
+            tokio::spawn(async move {
+                invoicing.run_until(async move { drop(stopped.await) }).await.unwrap();
+            }),
+        ));
+        let payments = reservoir_payments::app::Application::build(
+            &reservoir_payments::app::PaymentsSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                database_url: payments_database.url.clone(),
+                database_schema: payments_database.schema.clone(),
+                database_max_connections: 8,
+                wallet_endpoint: format!("http://{wallet_address}"),
+                wallet_service_key: service_key.clone(),
+                gateway_timeout_ms: 5_000,
+                metrics_listen: String::new(),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let payments_address = payments.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        stops.push((
+            stop,
+            tokio::spawn(async move {
+                payments.run_until(async move { drop(stopped.await) }).await.unwrap();
+            }),
+        ));
         let settings = OrchestratorSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: orchestrator_database.url.clone(),
             database_schema: orchestrator_database.schema.clone(),
             database_max_connections: 8,
             wallet_endpoint: format!("http://{wallet_address}"),
-            // Nothing listens here: no saga step is reached.
-            invoicing_endpoint: "http://127.0.0.1:9".into(),
-            payments_endpoint: "http://127.0.0.1:9".into(),
+            invoicing_endpoint: format!("http://{invoicing_address}"),
+            payments_endpoint: format!("http://{payments_address}"),
             service_key,
             worker_interval_ms: 100,
             saga_lease_ms: 1_000,
@@ -84,10 +137,14 @@ impl Suite {
         ));
         Some(Self {
             wallet: client(wallet_address, &key).await,
+            payments: reservoir_proto::payments::payments_service_client::PaymentsServiceClient::with_interceptor(
+                channel(payments_address).await,
+                BearerKey::new(&key),
+            ),
             top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&key)),
             other_top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&other_key)),
             stops,
-            databases: vec![wallet_database, orchestrator_database],
+            databases: vec![wallet_database, orchestrator_database, invoicing_database, payments_database],
         })
     }
 
