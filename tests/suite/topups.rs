@@ -30,6 +30,8 @@ struct Suite {
     wallet: Client,
     invoicing: Invoicing,
     payments: Payments,
+    /// The orchestrator's Prometheus endpoint.
+    orchestrator_metrics: std::net::SocketAddr,
     databases: Vec<TestDatabase>,
 }
 
@@ -46,6 +48,8 @@ impl Suite {
             .with_orchestrator(&databases[4]);
         let api_key = environment.create_tenant().await;
         environment.issue_service_key().await;
+        let orchestrator_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        environment.set("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN", &orchestrator_metrics.to_string());
         let mut processes = vec![
             ServiceProcess::wallet(&environment),
             ServiceProcess::metering(&environment),
@@ -61,7 +65,7 @@ impl Suite {
             InvoicingServiceClient::with_interceptor(channel(processes[2].address()).await, BearerKey::new(&api_key));
         let payments =
             PaymentsServiceClient::with_interceptor(channel(processes[3].address()).await, BearerKey::new(&api_key));
-        Some(Self { environment, processes, api_key, wallet, invoicing, payments, databases })
+        Some(Self { environment, processes, api_key, wallet, invoicing, payments, orchestrator_metrics, databases })
     }
 
     async fn orchestrator(&self) -> Orchestrator {
@@ -190,6 +194,18 @@ fn start(account: &wallet_pb::Account, credits: &str, method: &str) -> pb::Start
         idempotency_key: key(),
         credits_expire_at: None,
     }
+}
+
+/// GET /metrics over plain HTTP/1.1.
+async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }
 
 fn status(top_up: &pb::TopUp) -> pb::TopUpStatus {
@@ -389,6 +405,22 @@ async fn top_ups_by_hand(backend: Backend) {
         .await;
     assert_eq!(wrong.unwrap_err().code(), tonic::Code::NotFound);
     assert_eq!(available(&suite.wallet, &other).await, d("0"));
+
+    // The scrape endpoint counts the top-ups by trigger and outcome.
+    let text = scrape(suite.orchestrator_metrics).await;
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let ended = "reservoir_orchestrator_top_ups_ended_total";
+    assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="SUCCEEDED""#]), 3.0, "{text}");
+    assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="FAILED""#]), 1.0, "{text}");
+    assert!(value(ended, &[r#"trigger="VOUCHER""#, r#"status="SUCCEEDED""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_orchestrator_top_ups_started_total", &[r#"trigger="MANUAL""#]) >= 4.0, "{text}");
+    assert!(value("reservoir_rpc_requests_total", &[r#"method="StartTopUp""#, r#"code="Ok""#]) >= 4.0, "{text}");
+    assert!(text.contains("reservoir_orchestrator_top_ups_in_flight"), "{text}");
     suite.stop().await;
 }
 
@@ -612,6 +644,70 @@ async fn a_crash_at_any_step_loses_nothing_and_charges_once(backend: Backend) {
         assert_eq!(available(&suite.wallet, &account).await, d(balance), "{point}");
         assert_settled_once(&suite, &account).await;
     }
+    suite.stop().await;
+}
+
+/// Two orchestrator replicas on one PostgreSQL database, both running their
+/// workers often: every recurring period, automatic top-up and saga step
+/// still happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_orchestrators_run_each_top_up_once_on_postgres() {
+    let Some(mut suite) = Suite::start(Backend::Postgres).await else {
+        return;
+    };
+    let mut second_environment = suite.environment.orchestrator_replica();
+    second_environment.set("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS", "20");
+    suite.environment.set("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS", "20");
+    suite.restart_orchestrator("").await;
+    let mut second = ServiceProcess::orchestrator(&second_environment);
+    second.start(&second_environment).await;
+    let orchestrators = [
+        suite.orchestrator().await,
+        TopUpServiceClient::with_interceptor(channel(second.address()).await, BearerKey::new(&suite.api_key)),
+    ];
+    let mut accounts = Vec::new();
+    let due = chrono::Utc::now() - chrono::Duration::hours(1);
+    for index in 0..12 {
+        let account = open_funded_account(&suite.wallet, "30").await;
+        let card = suite.card(&account, "tok_succeed").await;
+        let mut orchestrator = orchestrators[index % 2].clone();
+        // A paid weekly top-up due an hour ago, and auto-replenish.
+        orchestrator
+            .configure_recurring_top_up(pb::ConfigureRecurringTopUpRequest {
+                recurring_top_up: Some(pb::RecurringTopUp {
+                    account_id: account.id.clone(),
+                    credits: "10".into(),
+                    interval: pb::Interval::Weekly.into(),
+                    mode: pb::RecurringMode::Paid.into(),
+                    payment_method_id: card.clone(),
+                    next_run_at: Some(reservoir_common::time::to_timestamp(due)),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+        configure_auto(&mut orchestrator, &account, &card, "20", "25", "", 5).await;
+        accounts.push(account);
+    }
+    // Each account dips below its threshold once: 30 + 10 (recurring) - 25.
+    for account in &accounts {
+        eventually("the recurring top-up", || async { available(&suite.wallet, account).await == d("40") }).await;
+        suite.debit(account, "25").await;
+    }
+    for account in &accounts {
+        eventually("the automatic top-up", || async { available(&suite.wallet, account).await == d("40") }).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for account in &accounts {
+        let top_ups = suite.top_ups(account).await;
+        let triggers: Vec<i32> = top_ups.iter().map(|top_up| top_up.trigger).collect();
+        assert_eq!(top_ups.len(), 2, "one recurring and one automatic top-up: {top_ups:?}");
+        assert!(triggers.contains(&i32::from(pb::TopUpTrigger::Recurring)));
+        assert!(triggers.contains(&i32::from(pb::TopUpTrigger::AutoReplenish)));
+        assert_eq!(available(&suite.wallet, account).await, d("40"));
+        assert_settled_once(&suite, account).await;
+    }
+    assert!(second.terminate().await.success());
     suite.stop().await;
 }
 
