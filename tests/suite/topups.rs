@@ -647,6 +647,81 @@ async fn a_crash_at_any_step_loses_nothing_and_charges_once(backend: Backend) {
     suite.stop().await;
 }
 
+/// A grant the wallet refuses after the money was collected is never
+/// dropped: past its attempts the top-up asks for a person, with an event,
+/// and goes on being tried; the payment stays collected, the invoice open.
+async fn a_refused_grant_after_a_charge_asks_for_a_person(backend: Backend) {
+    let Some(mut suite) = Suite::start(backend).await else {
+        return;
+    };
+    suite.environment.set("RESERVOIR__ORCHESTRATOR__ATTEMPTS_BEFORE_ACTION", "2");
+    let account = open_funded_account(&suite.wallet, "0").await;
+    let card = suite.card(&account, "tok_succeed").await;
+    suite.restart_orchestrator("before:GRANT").await;
+    let started = suite.orchestrator().await.start_top_up(start(&account, "25", &card)).await;
+    assert!(started.is_err(), "the orchestrator died before the grant");
+    suite.processes[ORCHESTRATOR].reap().await;
+    // The account closes between the charge and the grant.
+    suite
+        .wallet
+        .clone()
+        .update_account(wallet_pb::UpdateAccountRequest {
+            account_id: account.id.clone(),
+            status: Some(wallet_pb::AccountStatus::Closed.into()),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    suite.restart_orchestrator("").await;
+    eventually("the call for a person", || async {
+        let top_ups = suite.top_ups(&account).await;
+        top_ups.len() == 1 && status(&top_ups[0]) == pb::TopUpStatus::RequiresAction
+    })
+    .await;
+    let top_up = suite.top_ups(&account).await.remove(0);
+    assert_eq!(top_up.step, i32::from(pb::Step::Grant), "{top_up:?}");
+    assert!(top_up.reason.contains("GRANT"), "{}", top_up.reason);
+    // The attempt cut off by the crash counts: the second is past the budget.
+    let retries = top_up.steps.iter().filter(|line| line.outcome == i32::from(pb::StepOutcome::Retrying)).count();
+    assert_eq!(retries, 1, "{top_up:?}");
+    // And it goes on being tried.
+    eventually("another attempt", || async {
+        let top_up = suite.top_ups(&account).await.remove(0);
+        top_up.steps.iter().filter(|line| line.outcome == i32::from(pb::StepOutcome::Retrying)).count() >= 2
+    })
+    .await;
+    let payments = suite.payments_of(&account).await;
+    assert_eq!(payments.len(), 1);
+    assert_eq!(payments[0].status, i32::from(payments_pb::PaymentStatus::Succeeded), "the money was collected once");
+    assert_eq!(suite.invoice(&top_up.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Open));
+    assert!(suite.grants_from(&account, &top_up.invoice_id).await.is_empty());
+    let mut events = suite
+        .orchestrator()
+        .await
+        .watch_events(pb::WatchEventsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut asked = false;
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_millis(500), events.message()).await {
+        let event = message.event.unwrap();
+        asked |= event.top_up_id == top_up.id && event.r#type == i32::from(pb::EventType::TopUpRequiresAction);
+    }
+    assert!(asked, "an event says a person must act");
+    suite.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_after_a_charge_asks_for_a_person_on_sqlite() {
+    a_refused_grant_after_a_charge_asks_for_a_person(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_grant_after_a_charge_asks_for_a_person_on_postgres() {
+    a_refused_grant_after_a_charge_asks_for_a_person(Backend::Postgres).await;
+}
+
 /// Two orchestrator replicas on one PostgreSQL database, both running their
 /// workers often: every recurring period, automatic top-up and saga step
 /// still happens once.

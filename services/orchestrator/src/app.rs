@@ -46,6 +46,10 @@ pub struct OrchestratorSettings {
     /// How long a replica holds a top-up it runs; one whose replica died is
     /// resumed by another after this.
     pub saga_lease_ms: u64,
+    /// Failed attempts at a step (other than the charge) after which a
+    /// top-up is marked REQUIRES_ACTION with an event; it is still retried.
+    #[serde(default = "attempts_before_action_default")]
+    pub attempts_before_action: u32,
     /// Testing only: abort the process at a saga point such as `before:CHARGE`
     /// or `after:GRANT`, to prove a crash there loses nothing. Empty: never.
     #[serde(default)]
@@ -53,6 +57,10 @@ pub struct OrchestratorSettings {
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
     #[serde(default)]
     pub metrics_listen: String,
+}
+
+fn attempts_before_action_default() -> u32 {
+    crate::domain::ATTEMPTS_BEFORE_ACTION_DEFAULT
 }
 
 impl OrchestratorSettings {
@@ -77,6 +85,9 @@ impl OrchestratorSettings {
         }
         if self.service_key.is_empty() {
             return Err("orchestrator: service_key is required (reservoir key issue-service)".into());
+        }
+        if self.attempts_before_action == 0 {
+            return Err("orchestrator: attempts_before_action must be at least 1".into());
         }
         if self.worker_interval_ms == 0 || self.saga_lease_ms == 0 {
             return Err("orchestrator: worker_interval_ms and saga_lease_ms must be at least 1".into());
@@ -132,6 +143,7 @@ impl Application {
             upstream,
             Duration::from_millis(settings.saga_lease_ms),
             CrashPoint::parse(&settings.crash_at),
+            settings.attempts_before_action,
         );
         Ok(Self {
             listener,

@@ -66,6 +66,7 @@ pub struct Saga {
     upstream: Upstream,
     lease: chrono::Duration,
     crash_at: Option<CrashPoint>,
+    attempts_before_action: u32,
 }
 
 fn line(step: Step, outcome: Outcome, attempt: u32, detail: impl Into<String>, at: DateTime<Utc>) -> StepLine {
@@ -83,9 +84,15 @@ fn event(kind: &'static str, row: &TopUpRow, reason: &str) -> NewEvent {
 }
 
 impl Saga {
-    pub fn new(store: Store, upstream: Upstream, lease: Duration, crash_at: Option<CrashPoint>) -> Self {
+    pub fn new(
+        store: Store,
+        upstream: Upstream,
+        lease: Duration,
+        crash_at: Option<CrashPoint>,
+        attempts_before_action: u32,
+    ) -> Self {
         let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(10));
-        Self { store, upstream, lease, crash_at }
+        Self { store, upstream, lease, crash_at, attempts_before_action }
     }
 
     pub fn store(&self) -> &Store {
@@ -175,7 +182,9 @@ impl Saga {
             Next::Retry(detail) => {
                 row.next_attempt_at = at + backoff(attempt);
                 let mut event = None;
-                if attempt >= from.attempts_before_giving_up() && row.status != Status::RequiresAction {
+                if attempt >= from.attempts_before_giving_up(self.attempts_before_action)
+                    && row.status != Status::RequiresAction
+                {
                     // Past its budget: a person is asked to look, and the
                     // step goes on being tried at the longest backoff.
                     row.status = Status::RequiresAction;
@@ -285,7 +294,7 @@ impl Saga {
                                 row.reason = format!("DECLINED {}", payment.failure_code);
                                 Next::Advanced { detail: row.reason.clone(), event: None }
                             }
-                            PaymentStatus::Failed if attempt >= Step::Charge.attempts_before_giving_up() => {
+                            PaymentStatus::Failed if attempt >= crate::domain::CHARGE_ATTEMPTS_MAX => {
                                 row.step = Step::VoidInvoice;
                                 row.reason = format!("CHARGE_FAILED {}", payment.failure_code);
                                 Next::Advanced { detail: row.reason.clone(), event: None }

@@ -65,6 +65,7 @@ payments_endpoint = "http://127.0.0.1:50054"
 service_key = ""
 worker_interval_ms = 1000
 saga_lease_ms = 10000
+attempts_before_action = 8
 crash_at = ""
 metrics_listen = "127.0.0.1:9055"
 

@@ -15,12 +15,11 @@ pub const DECLINES_BEFORE_PAUSE: u32 = 3;
 /// Attempts at a charge that fails transiently before the top-up gives up
 /// (and voids its invoice): about a minute and a half of backoff.
 pub const CHARGE_ATTEMPTS_MAX: u32 = 6;
-/// Attempts at granting paid credits before the top-up asks for a person.
-/// It keeps trying after that, at the longest backoff: paid credits are
-/// never dropped.
-pub const GRANT_ATTEMPTS_BEFORE_ACTION: u32 = 8;
-/// Attempts at any other step (invoicing calls) before asking for a person.
-pub const OTHER_ATTEMPTS_BEFORE_ACTION: u32 = 8;
+/// Attempts at any other step (a grant, an invoicing call) before the top-up
+/// asks for a person, by default: about two minutes of backoff, longer than
+/// a service's restart. It keeps trying after that, at the longest backoff:
+/// paid credits are never dropped.
+pub const ATTEMPTS_BEFORE_ACTION_DEFAULT: u32 = 8;
 /// The longest wait between two attempts of a step.
 pub const BACKOFF_MAX_SECONDS: i64 = 60;
 
@@ -117,12 +116,11 @@ impl Step {
     }
 
     /// How many attempts a step gets before the top-up needs a person (or,
-    /// for a charge, fails).
-    pub fn attempts_before_giving_up(self) -> u32 {
+    /// for a charge, fails); `others` for every step but the charge.
+    pub fn attempts_before_giving_up(self, others: u32) -> u32 {
         match self {
             Self::Charge => CHARGE_ATTEMPTS_MAX,
-            Self::Grant => GRANT_ATTEMPTS_BEFORE_ACTION,
-            _ => OTHER_ATTEMPTS_BEFORE_ACTION,
+            _ => others,
         }
     }
 }

@@ -123,6 +123,7 @@ impl Suite {
             service_key,
             worker_interval_ms: 100,
             saga_lease_ms: 1_000,
+            attempts_before_action: 8,
             crash_at: String::new(),
             metrics_listen: String::new(),
         };
