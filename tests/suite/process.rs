@@ -71,18 +71,6 @@ impl Environment {
         Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
     }
 
-    /// The same settings with the orchestrator on another address: a second
-    /// orchestrator replica calling the same other services.
-    pub fn orchestrator_replica(&self) -> Self {
-        let mut replica = self.clone();
-        replica.orchestrator_address = free_address();
-        replica
-            .variables
-            .insert("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), replica.orchestrator_address.to_string());
-        replica.variables.insert("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
-        replica
-    }
-
     /// Gives the orchestrator a database of its own.
     pub fn with_orchestrator(mut self, orchestrator: &TestDatabase) -> Self {
         self.variables.insert("RESERVOIR__ORCHESTRATOR__DATABASE_URL".to_owned(), orchestrator.url.clone());
@@ -124,6 +112,7 @@ impl Environment {
         variables
             .insert("RESERVOIR__ORCHESTRATOR__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}"));
         variables.insert("RESERVOIR__ORCHESTRATOR__PAYMENTS_ENDPOINT".to_owned(), format!("http://{payments_address}"));
+        variables.insert("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
         Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
     }
 

@@ -722,23 +722,35 @@ async fn a_refused_grant_after_a_charge_asks_for_a_person_on_postgres() {
     a_refused_grant_after_a_charge_asks_for_a_person(Backend::Postgres).await;
 }
 
-/// Two orchestrator replicas on one PostgreSQL database, both running their
-/// workers often: every recurring period, automatic top-up and saga step
-/// still happens once.
+/// Two replicas of each of the five services on one PostgreSQL database,
+/// the orchestrators' workers passing often: every recurring period,
+/// automatic top-up and saga step still happens once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_orchestrators_run_each_top_up_once_on_postgres() {
+async fn two_replicas_of_each_service_run_each_top_up_once_on_postgres() {
     let Some(mut suite) = Suite::start(Backend::Postgres).await else {
         return;
     };
-    let mut second_environment = suite.environment.orchestrator_replica();
-    second_environment.set("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS", "20");
     suite.environment.set("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS", "20");
     suite.restart_orchestrator("").await;
-    let mut second = ServiceProcess::orchestrator(&second_environment);
-    second.start(&second_environment).await;
+    // The second replica of every service; its orchestrator calls its own
+    // wallet, invoicing and payments.
+    let second_environment = suite.environment.replica();
+    let mut second = vec![
+        ServiceProcess::wallet(&second_environment),
+        ServiceProcess::metering(&second_environment),
+        ServiceProcess::invoicing(&second_environment),
+        ServiceProcess::payments(&second_environment),
+        ServiceProcess::orchestrator(&second_environment),
+    ];
+    for process in &mut second {
+        process.start(&second_environment).await;
+    }
     let orchestrators = [
         suite.orchestrator().await,
-        TopUpServiceClient::with_interceptor(channel(second.address()).await, BearerKey::new(&suite.api_key)),
+        TopUpServiceClient::with_interceptor(
+            channel(second[ORCHESTRATOR].address()).await,
+            BearerKey::new(&suite.api_key),
+        ),
     ];
     let mut accounts = Vec::new();
     let due = chrono::Utc::now() - chrono::Duration::hours(1);
@@ -782,7 +794,9 @@ async fn two_orchestrators_run_each_top_up_once_on_postgres() {
         assert_eq!(available(&suite.wallet, account).await, d("40"));
         assert_settled_once(&suite, account).await;
     }
-    assert!(second.terminate().await.success());
+    for process in second.iter_mut().rev() {
+        assert!(process.terminate().await.success());
+    }
     suite.stop().await;
 }
 
