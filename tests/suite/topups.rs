@@ -30,8 +30,6 @@ struct Suite {
     wallet: Client,
     invoicing: Invoicing,
     payments: Payments,
-    /// The orchestrator's Prometheus endpoint.
-    orchestrator_metrics: std::net::SocketAddr,
     databases: Vec<TestDatabase>,
 }
 
@@ -48,8 +46,6 @@ impl Suite {
             .with_orchestrator(&databases[4]);
         let api_key = environment.create_tenant().await;
         environment.issue_service_key().await;
-        let orchestrator_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        environment.set("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN", &orchestrator_metrics.to_string());
         let mut processes = vec![
             ServiceProcess::wallet(&environment),
             ServiceProcess::metering(&environment),
@@ -65,7 +61,7 @@ impl Suite {
             InvoicingServiceClient::with_interceptor(channel(processes[2].address()).await, BearerKey::new(&api_key));
         let payments =
             PaymentsServiceClient::with_interceptor(channel(processes[3].address()).await, BearerKey::new(&api_key));
-        Some(Self { environment, processes, api_key, wallet, invoicing, payments, orchestrator_metrics, databases })
+        Some(Self { environment, processes, api_key, wallet, invoicing, payments, databases })
     }
 
     async fn orchestrator(&self) -> Orchestrator {
@@ -274,9 +270,14 @@ async fn assert_settled_once(suite: &Suite, account: &wallet_pb::Account) {
 }
 
 async fn top_ups_by_hand(backend: Backend) {
-    let Some(suite) = Suite::start(backend).await else {
+    let Some(mut suite) = Suite::start(backend).await else {
         return;
     };
+    // A known address for the orchestrator's scrape endpoint (the others
+    // pick any free port).
+    let orchestrator_metrics = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    suite.environment.set("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN", &orchestrator_metrics.to_string());
+    suite.restart_orchestrator("").await;
     let mut orchestrator = suite.orchestrator().await;
     let account = open_funded_account(&suite.wallet, "0").await;
 
@@ -395,7 +396,52 @@ async fn top_ups_by_hand(backend: Backend) {
     let voucher_grants = suite.grants_from(&account, &redeemed.voucher_id).await;
     assert_eq!(voucher_grants.len(), 1);
     assert_eq!(voucher_grants[0].source, i32::from(wallet_pb::GrantSource::Voucher));
+    // A voucher for another unit is refused and stays unredeemed.
+    let second_batch = suite
+        .payments
+        .clone()
+        .create_voucher_batch(payments_pb::CreateVoucherBatchRequest {
+            count: 1,
+            value: "5".into(),
+            unit_code: "USD".into(),
+            expires_at: None,
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let in_euros = suite
+        .wallet
+        .clone()
+        .create_account(wallet_pb::CreateAccountRequest {
+            external_id: key(),
+            unit: Some(wallet_pb::Unit { code: "EUR".into(), ..Default::default() }),
+            overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    let mismatch = orchestrator
+        .redeem_voucher(pb::RedeemVoucherRequest {
+            code: second_batch.codes[0].clone(),
+            account_id: in_euros.id.clone(),
+        })
+        .await;
+    assert_refused(mismatch, tonic::Code::FailedPrecondition, "VOUCHER_UNIT_MISMATCH");
     let other = open_funded_account(&suite.wallet, "0").await;
+    let still_good = orchestrator
+        .redeem_voucher(pb::RedeemVoucherRequest { code: second_batch.codes[0].clone(), account_id: other.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .top_up
+        .unwrap();
+    assert_eq!(status(&still_good), pb::TopUpStatus::Succeeded);
+    assert_eq!(available(&suite.wallet, &other).await, d("5"));
     let taken = orchestrator
         .redeem_voucher(pb::RedeemVoucherRequest { code: batch.codes[0].clone(), account_id: other.id.clone() })
         .await;
@@ -404,10 +450,10 @@ async fn top_ups_by_hand(backend: Backend) {
         .redeem_voucher(pb::RedeemVoucherRequest { code: "0000-0000-0000-0000-0".into(), account_id: other.id.clone() })
         .await;
     assert_eq!(wrong.unwrap_err().code(), tonic::Code::NotFound);
-    assert_eq!(available(&suite.wallet, &other).await, d("0"));
+    assert_eq!(available(&suite.wallet, &other).await, d("5"));
 
     // The scrape endpoint counts the top-ups by trigger and outcome.
-    let text = scrape(suite.orchestrator_metrics).await;
+    let text = scrape(orchestrator_metrics).await;
     let value = |name: &str, labels: &[&str]| -> f64 {
         text.lines()
             .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
@@ -417,7 +463,7 @@ async fn top_ups_by_hand(backend: Backend) {
     let ended = "reservoir_orchestrator_top_ups_ended_total";
     assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="SUCCEEDED""#]), 3.0, "{text}");
     assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="FAILED""#]), 1.0, "{text}");
-    assert!(value(ended, &[r#"trigger="VOUCHER""#, r#"status="SUCCEEDED""#]) >= 1.0, "{text}");
+    assert!(value(ended, &[r#"trigger="VOUCHER""#, r#"status="SUCCEEDED""#]) >= 2.0, "{text}");
     assert!(value("reservoir_orchestrator_top_ups_started_total", &[r#"trigger="MANUAL""#]) >= 4.0, "{text}");
     assert!(value("reservoir_rpc_requests_total", &[r#"method="StartTopUp""#, r#"code="Ok""#]) >= 4.0, "{text}");
     assert!(text.contains("reservoir_orchestrator_top_ups_in_flight"), "{text}");
@@ -490,6 +536,17 @@ async fn automatic_top_ups(backend: Backend) {
     assert_eq!(top_ups.len(), 1);
     assert_eq!((top_ups[0].credits.as_str(), top_ups[0].trigger), ("90", i32::from(pb::TopUpTrigger::AutoReplenish)));
 
+    // A top-up too small to lift the balance above the threshold is
+    // followed by another: 30 - 25 = 5, + 10 = 15, + 10 = 25.
+    let short = open_funded_account(&suite.wallet, "30").await;
+    let card = suite.card(&short, "tok_succeed").await;
+    configure_auto(&mut orchestrator, &short, &card, "20", "10", "", 5).await;
+    suite.debit(&short, "25").await;
+    eventually("the second top-up", || async { available(&suite.wallet, &short).await == d("25") }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(suite.top_ups(&short).await.len(), 2);
+    assert_eq!(available(&suite.wallet, &short).await, d("25"));
+
     // A declining card: three declines in a row pause auto-replenish.
     let declining = open_funded_account(&suite.wallet, "30").await;
     let card = suite.card(&declining, "tok_decline").await;
@@ -548,7 +605,7 @@ async fn automatic_top_ups(backend: Backend) {
     assert_eq!(of(&limited, pb::EventType::AutoReplenishLimited), 1);
     assert_eq!(of(&fixed, pb::EventType::TopUpSucceeded), 1);
     assert_eq!(suite.top_ups(&limited).await.len(), 2);
-    for account in [&fixed, &target, &declining, &limited] {
+    for account in [&fixed, &target, &short, &declining, &limited] {
         assert_settled_once(&suite, account).await;
     }
     suite.stop().await;
@@ -575,7 +632,8 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
     };
     // Three weeks missed while nothing ran: one top-up, not three.
     let now = chrono::Utc::now();
-    orchestrator.configure_recurring_top_up(configure(now - chrono::Duration::days(21))).await.unwrap();
+    let first_due = now - chrono::Duration::days(21);
+    orchestrator.configure_recurring_top_up(configure(first_due)).await.unwrap();
     eventually("the first period", || async { available(&suite.wallet, &account).await == d("10") }).await;
     let schedule = orchestrator
         .get_recurring_top_up(pb::GetRecurringTopUpRequest { account_id: account.id.clone() })
@@ -592,6 +650,24 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
     suite.restart_orchestrator("").await;
     let mut orchestrator = suite.orchestrator().await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(suite.top_ups(&account).await.len(), 1);
+    // Nor does setting the schedule back to the period that fired: it moves on.
+    orchestrator.configure_recurring_top_up(configure(first_due)).await.unwrap();
+    eventually("the schedule moving on", || {
+        let mut orchestrator = orchestrator.clone();
+        let account_id = account.id.clone();
+        async move {
+            let schedule = orchestrator
+                .get_recurring_top_up(pb::GetRecurringTopUpRequest { account_id })
+                .await
+                .unwrap()
+                .into_inner()
+                .recurring_top_up
+                .unwrap();
+            reservoir_common::time::from_timestamp(schedule.next_run_at.as_ref().unwrap()).unwrap() > now
+        }
+    })
+    .await;
     assert_eq!(suite.top_ups(&account).await.len(), 1);
 
     // The next period comes due: it fires once more.

@@ -19,6 +19,8 @@ use crate::error::OrchestratorError;
 use crate::store::{NewEvent, StepLine, Store, TopUpRow};
 use crate::upstream::{CallError, Invoice, Upstream};
 
+/// The failure code payments gives a charge whose gateway did not answer.
+const GATEWAY_TIMEOUT_CODE: &str = "timeout";
 /// Steps one run takes at most before it lets go: a saga has at most six.
 const STEPS_PER_RUN_MAX: usize = 12;
 /// How often a payment waiting for its confirmation is looked at when no
@@ -134,7 +136,7 @@ impl Saga {
     /// then lets go of it.
     pub async fn run(&self, mut row: TopUpRow) -> Result<TopUpRow, OrchestratorError> {
         let result = self.run_steps(&mut row).await;
-        self.store.release(row.id, now()).await?;
+        self.store.release(&row, now()).await?;
         result.map(|()| row)
     }
 
@@ -161,6 +163,7 @@ impl Saga {
             row.attempts = attempt;
             row.updated_at = started_at;
             let started = line(from, Outcome::Started, attempt, "", started_at);
+            // Renews the lease for the call: it outlasts the longest step.
             if !self.store.save(row, from, &started, None, self.lease_until(started_at)).await? {
                 return Ok(false);
             }
@@ -221,7 +224,20 @@ impl Saga {
             return Ok(());
         }
         match row.status {
-            Status::Succeeded => self.store.reset_declines(row.tenant_id, row.account_id).await,
+            Status::Succeeded => {
+                self.store.reset_declines(row.tenant_id, row.account_id).await?;
+                // A low balance while this one was in flight was not answered
+                // (one at a time), and the wallet says so once per crossing:
+                // the balance is looked at again now.
+                match self.upstream.available(row.tenant_id, row.account_id).await {
+                    Ok(available) => {
+                        let key = format!("auto:{}:after:{}", row.account_id, row.id);
+                        crate::worker::start_automatic(self, row.tenant_id, row.account_id, available, key).await?;
+                    }
+                    Err(error) => tracing::warn!(error = %error.detail(), "balance not read after an automatic top-up"),
+                }
+                Ok(())
+            }
             Status::Failed if from == Step::VoidInvoice && row.reason.starts_with("DECLINED") => {
                 if self.store.record_decline(row.tenant_id, row.account_id, now()).await? {
                     tracing::warn!(account = %row.account_id, "auto-replenish paused after declined charges");
@@ -294,7 +310,13 @@ impl Saga {
                                 row.reason = format!("DECLINED {}", payment.failure_code);
                                 Next::Advanced { detail: row.reason.clone(), event: None }
                             }
-                            PaymentStatus::Failed if attempt >= crate::domain::CHARGE_ATTEMPTS_MAX => {
+                            // A gateway that timed out may have taken the money:
+                            // only asking again with the key can tell, so such a
+                            // charge is never given up on.
+                            PaymentStatus::Failed
+                                if attempt >= crate::domain::CHARGE_ATTEMPTS_MAX
+                                    && payment.failure_code != GATEWAY_TIMEOUT_CODE =>
+                            {
                                 row.step = Step::VoidInvoice;
                                 row.reason = format!("CHARGE_FAILED {}", payment.failure_code);
                                 Next::Advanced { detail: row.reason.clone(), event: None }
@@ -336,6 +358,7 @@ impl Saga {
                         }
                     },
                     Err(error) => {
+                        row.attempts = attempt;
                         row.next_attempt_at = now() + backoff(attempt);
                         Next::Wait { detail: error.detail(), event: None }
                     }
@@ -343,26 +366,17 @@ impl Saga {
             }
             Step::RedeemVoucher => {
                 let code = row.voucher_code.clone().unwrap_or_default();
-                match self.upstream.redeem_voucher(tenant, &code, row.account_id).await {
-                    Ok((voucher_id, value, unit)) => {
-                        let (account_unit, _) = match self.upstream.account_unit(tenant, row.account_id).await {
-                            Ok(unit) => unit,
-                            Err(error) => return Ok(Next::Retry(error.detail())),
-                        };
+                // The account's unit goes with the redemption: a voucher in
+                // another unit is refused and stays unredeemed.
+                let account_unit = match self.upstream.account_unit(tenant, row.account_id).await {
+                    Ok((unit, _)) => unit,
+                    Err(error) => return Ok(Next::Retry(error.detail())),
+                };
+                match self.upstream.redeem_voucher(tenant, &code, row.account_id, &account_unit).await {
+                    Ok((voucher_id, value, _)) => {
                         row.voucher_id = Some(voucher_id);
                         row.voucher_code = None;
                         row.credits = value;
-                        if unit != account_unit {
-                            row.status = Status::RequiresAction;
-                            row.step = Step::Done;
-                            row.reason = "VOUCHER_UNIT_MISMATCH".to_owned();
-                            let event = event("TOP_UP_REQUIRES_ACTION", row, &row.reason);
-                            return Ok(Next::Ended {
-                                detail: format!("voucher in {unit}, account in {account_unit}"),
-                                event: Some(event),
-                                outcome: Outcome::Failed,
-                            });
-                        }
                         row.step = Step::Grant;
                         Next::Advanced { detail: format!("voucher {voucher_id}"), event: None }
                     }

@@ -155,6 +155,20 @@ impl Upstream {
         Ok((unit.code, unit.scale.unwrap_or(0)))
     }
 
+    /// The account's available balance.
+    pub async fn available(&self, tenant: TenantId, account_id: Uuid) -> Result<Decimal, CallError> {
+        let request = self.request(wallet_pb::GetBalanceRequest { account_id: account_id.to_string() }, tenant)?;
+        let balance = self
+            .wallet()
+            .get_balance(request)
+            .await
+            .map_err(|status| CallError::of(&status))?
+            .into_inner()
+            .balance
+            .unwrap_or_default();
+        decimal(&balance.available)
+    }
+
     /// Creates (or finds again, by its key) the top-up's invoice and finalizes it.
     pub async fn create_invoice(
         &self,
@@ -274,9 +288,14 @@ impl Upstream {
         tenant: TenantId,
         code: &str,
         account_id: Uuid,
+        unit_code: &str,
     ) -> Result<(Uuid, Decimal, String), CallError> {
         let request = self.request(
-            payments_pb::RedeemVoucherRequest { code: code.to_owned(), account_id: account_id.to_string() },
+            payments_pb::RedeemVoucherRequest {
+                code: code.to_owned(),
+                account_id: account_id.to_string(),
+                unit_code: unit_code.to_owned(),
+            },
             tenant,
         )?;
         let voucher = self

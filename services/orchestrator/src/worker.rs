@@ -160,8 +160,7 @@ impl Worker {
         }
     }
 
-    /// A balance fell below its threshold: an automatic top-up, if the
-    /// account has auto-replenish on, none is in flight, and the limits allow.
+    /// A balance fell below its threshold: an automatic top-up, run at once.
     async fn on_balance_low(
         &self,
         tenant: TenantId,
@@ -169,63 +168,15 @@ impl Worker {
         available: Decimal,
         sequence: u64,
     ) -> Result<(), OrchestratorError> {
-        let store = self.saga.store();
-        let Some(config) = store.auto_replenish(tenant, account_id).await? else {
-            return Ok(());
-        };
-        if !config.enabled || config.paused {
-            return Ok(());
-        }
-        let now = now();
-        let (day, month) = day_and_month_start(now);
-        let history = store.auto_history(tenant, account_id, day, month).await?;
-        let credits = match decide_auto(&config.settings, available, history) {
-            AutoDecision::TopUp(credits) => credits,
-            AutoDecision::NotNeeded => return Ok(()),
-            AutoDecision::Limited(reason) => {
-                let event = NewEvent {
-                    event_type: "AUTO_REPLENISH_LIMITED",
-                    account_id,
-                    top_up_id: None,
-                    credits: String::new(),
-                    reason: reason.to_owned(),
-                };
-                store.emit_event(tenant, &event, now).await?;
-                return Ok(());
-            }
-        };
-        let row = new_top_up(
-            tenant,
-            account_id,
-            Trigger::AutoReplenish,
-            Step::CreateInvoice,
-            credits,
-            "PAID",
-            Some(config.payment_method_id),
-            // The low-balance event it answers: read twice, started once.
-            format!("auto:{account_id}:{sequence}"),
-            now,
-        );
-        let first = StepLine {
-            step: Step::CreateInvoice,
-            outcome: Outcome::Waiting,
-            attempt: 0,
-            detail: format!("balance {available} below {}", config.settings.threshold),
-            at: now,
-        };
-        match store.insert_top_up(&row, &first, now).await? {
-            Some(row) => {
-                metrics::counter!("reservoir_orchestrator_top_ups_started_total", "trigger" => "AUTO_REPLENISH")
-                    .increment(1);
-                let saga = self.saga.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = saga.claim_and_run(row.id, row.tenant_id).await {
-                        tracing::warn!(%error, top_up = %row.id, "automatic top-up left to the next pass");
-                    }
-                });
-            }
-            // Either this event started one already, or one is in flight.
-            None => tracing::debug!(account = %account_id, "an automatic top-up is already in flight"),
+        // The low-balance event it answers: read twice, started once.
+        let key = format!("auto:{account_id}:{sequence}");
+        if let Some(row) = start_automatic(&self.saga, tenant, account_id, available, key).await? {
+            let saga = self.saga.clone();
+            tokio::spawn(async move {
+                if let Err(error) = saga.claim_and_run(row.id, row.tenant_id).await {
+                    tracing::warn!(%error, top_up = %row.id, "automatic top-up left to the next pass");
+                }
+            });
         }
         Ok(())
     }
@@ -263,6 +214,73 @@ impl Worker {
                 self.saga.store().wake_for_payment(payment_id, now()).await?;
             }
             self.saga.store().save_cursor(tenant, "payments", event.sequence).await?;
+        }
+    }
+}
+
+/// Stores an automatic top-up for a balance below the account's threshold,
+/// if auto-replenish is on, none is in flight and the limits allow; the
+/// worker's next pass runs it (or the caller does). `key` is what it answers.
+pub async fn start_automatic(
+    saga: &Saga,
+    tenant: TenantId,
+    account_id: Uuid,
+    available: Decimal,
+    key: String,
+) -> Result<Option<crate::store::TopUpRow>, OrchestratorError> {
+    let store = saga.store();
+    let Some(config) = store.auto_replenish(tenant, account_id).await? else {
+        return Ok(None);
+    };
+    if !config.enabled || config.paused {
+        return Ok(None);
+    }
+    let now = now();
+    let (day, month) = day_and_month_start(now);
+    let history = store.auto_history(tenant, account_id, day, month).await?;
+    let credits = match decide_auto(&config.settings, available, history) {
+        AutoDecision::TopUp(credits) => credits,
+        AutoDecision::NotNeeded => return Ok(None),
+        AutoDecision::Limited(reason) => {
+            let event = NewEvent {
+                event_type: "AUTO_REPLENISH_LIMITED",
+                account_id,
+                top_up_id: None,
+                credits: String::new(),
+                reason: reason.to_owned(),
+            };
+            store.emit_event(tenant, &event, now).await?;
+            return Ok(None);
+        }
+    };
+    let row = new_top_up(
+        tenant,
+        account_id,
+        Trigger::AutoReplenish,
+        Step::CreateInvoice,
+        credits,
+        "PAID",
+        Some(config.payment_method_id),
+        key,
+        now,
+    );
+    let first = StepLine {
+        step: Step::CreateInvoice,
+        outcome: Outcome::Waiting,
+        attempt: 0,
+        detail: format!("balance {available} below {}", config.settings.threshold),
+        at: now,
+    };
+    match store.insert_top_up(&row, &first, now).await? {
+        Some(row) => {
+            metrics::counter!("reservoir_orchestrator_top_ups_started_total", "trigger" => "AUTO_REPLENISH")
+                .increment(1);
+            Ok(Some(row))
+        }
+        // Either this key started one already, or one is in flight.
+        None => {
+            tracing::debug!(account = %account_id, "an automatic top-up is already in flight");
+            Ok(None)
         }
     }
 }

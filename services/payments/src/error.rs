@@ -52,6 +52,7 @@ fn reason(refusal: &Refusal) -> &'static str {
         Refusal::RefundDeclined { .. } => "REFUND_DECLINED",
         Refusal::VoucherAlreadyRedeemed => "VOUCHER_ALREADY_REDEEMED",
         Refusal::VoucherExpired => "VOUCHER_EXPIRED",
+        Refusal::VoucherUnitMismatch => "VOUCHER_UNIT_MISMATCH",
     }
 }
 

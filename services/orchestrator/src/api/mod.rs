@@ -134,6 +134,7 @@ pub fn new_top_up(
         reason: String::new(),
         attempts: 0,
         next_attempt_at: now,
+        claimed_until: now,
         idempotency_key,
         request_hash: String::new(),
         created_at: now,

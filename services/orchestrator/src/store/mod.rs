@@ -49,6 +49,9 @@ pub struct TopUpRow {
     /// Attempts at the current step.
     pub attempts: u32,
     pub next_attempt_at: DateTime<Utc>,
+    /// The lease: who holds the top-up writes with the value it set, and a
+    /// write with any other value (a lease that ran out and was taken) fails.
+    pub claimed_until: DateTime<Utc>,
     pub idempotency_key: String,
     pub request_hash: String,
     pub created_at: DateTime<Utc>,
@@ -149,6 +152,7 @@ fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
         reason: row.reason,
         attempts: u32::try_from(row.attempts).unwrap_or(0),
         next_attempt_at: row.next_attempt_at,
+        claimed_until: row.claimed_until,
         idempotency_key: row.idempotency_key,
         request_hash: row.request_hash,
         created_at: row.created_at,
@@ -318,7 +322,7 @@ impl Store {
         match Self::insert_in(&transaction, row, line, claimed_until).await? {
             true => {
                 transaction.commit().await?;
-                Ok(Some(row.clone()))
+                Ok(Some(TopUpRow { claimed_until, ..row.clone() }))
             }
             false => Ok(None),
         }
@@ -342,10 +346,12 @@ impl Store {
     }
 
     /// Writes a top-up's new state, a line of its log and any event, in one
-    /// transaction, if it is still at `from` (another runner may have moved it).
+    /// transaction, and renews the lease to `claimed_until`, if it is still
+    /// at `from` and this runner still holds it (its lease may have run out
+    /// and been taken by another).
     pub async fn save(
         &self,
-        row: &TopUpRow,
+        row: &mut TopUpRow,
         from: Step,
         line: &StepLine,
         event: Option<&NewEvent>,
@@ -362,6 +368,7 @@ impl Store {
             .set(model)
             .filter(top_up::Column::Id.eq(row.id))
             .filter(top_up::Column::Step.eq(from.name()))
+            .filter(top_up::Column::ClaimedUntil.eq(row.claimed_until))
             .exec(&transaction)
             .await?;
         if updated.rows_affected != 1 {
@@ -372,6 +379,7 @@ impl Store {
             Self::emit(&transaction, row.tenant_id, event, line.at).await?;
         }
         transaction.commit().await?;
+        row.claimed_until = claimed_until;
         Ok(true)
     }
 
@@ -447,11 +455,12 @@ impl Store {
         Ok(result.rows_affected == 1)
     }
 
-    /// Lets go of a top-up's lease.
-    pub async fn release(&self, id: Uuid, now: DateTime<Utc>) -> Result<(), OrchestratorError> {
+    /// Lets go of a top-up's lease, if this runner still holds it.
+    pub async fn release(&self, row: &TopUpRow, now: DateTime<Utc>) -> Result<(), OrchestratorError> {
         top_up::Entity::update_many()
             .col_expr(top_up::Column::ClaimedUntil, Expr::value(now))
-            .filter(top_up::Column::Id.eq(id))
+            .filter(top_up::Column::Id.eq(row.id))
+            .filter(top_up::Column::ClaimedUntil.eq(row.claimed_until))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -741,12 +750,18 @@ impl Store {
         if moved.rows_affected != 1 {
             return Ok(false);
         }
-        if !Self::insert_in(&transaction, top_up, line, line.at).await? {
-            // The period's top-up exists already (its key is the period's).
-            return Ok(false);
-        }
+        // The period's top-up may exist already (its key is the period's,
+        // and a schedule can be set back to a period that fired): the
+        // schedule moves on all the same, or it would never fire again.
+        let exists = top_up::Entity::find()
+            .filter(top_up::Column::TenantId.eq(top_up.tenant_id.0))
+            .filter(top_up::Column::IdempotencyKey.eq(top_up.idempotency_key.as_str()))
+            .one(&transaction)
+            .await?
+            .is_some();
+        let fired = !exists && Self::insert_in(&transaction, top_up, line, line.at).await?;
         transaction.commit().await?;
-        Ok(true)
+        Ok(fired)
     }
 
     // ---- cursors and events ---------------------------------------------------------------

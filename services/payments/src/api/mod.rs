@@ -617,7 +617,8 @@ impl PaymentsService for PaymentsApi {
         // it is a typing slip, not a guess.
         let code =
             VoucherCode::parse(&request.code).map_err(|error| PaymentsError::field("code", error.to_string()))?;
-        let redeemed = self.store.redeem_voucher(tenant, account_id, &code.digest(), now).await?;
+        let unit = (!request.unit_code.is_empty()).then_some(request.unit_code.as_str());
+        let redeemed = self.store.redeem_voucher(tenant, account_id, &code.digest(), unit, now).await?;
         if redeemed.fresh {
             metrics::counter!("reservoir_payments_vouchers_redeemed_total").increment(1);
         }

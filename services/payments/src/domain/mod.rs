@@ -31,4 +31,6 @@ pub enum Refusal {
     VoucherAlreadyRedeemed,
     #[error("the voucher has expired")]
     VoucherExpired,
+    #[error("the voucher is in another unit than the account")]
+    VoucherUnitMismatch,
 }

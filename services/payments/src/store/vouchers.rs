@@ -141,6 +141,7 @@ impl Store {
         tenant: TenantId,
         account_id: Uuid,
         digest: &str,
+        unit_code: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Redeemed, PaymentsError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
@@ -181,6 +182,10 @@ impl Store {
             transaction.commit().await?;
             return Err(PaymentsError::VoucherNotFound);
         };
+        // A voucher in another unit stays unredeemed: it is for another wallet.
+        if unit_code.is_some_and(|unit| unit != found.unit_code) {
+            return refuse(transaction, crate::domain::Refusal::VoucherUnitMismatch.into()).await;
+        }
         match redemption(found.redeemed_by, found.expires_at, account_id, now) {
             Ok(Redemption::AlreadyYours) => {
                 transaction.rollback().await?;

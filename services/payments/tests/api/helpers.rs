@@ -254,7 +254,7 @@ pub async fn voucher_batch(suite: &Suite, count: u32, value: &str) -> pb::Create
 }
 
 pub fn redeem_request(code: &str, account_id: &str) -> pb::RedeemVoucherRequest {
-    pb::RedeemVoucherRequest { code: code.into(), account_id: account_id.into() }
+    pb::RedeemVoucherRequest { code: code.into(), account_id: account_id.into(), unit_code: String::new() }
 }
 
 /// Runs each named test body on SQLite and on PostgreSQL.

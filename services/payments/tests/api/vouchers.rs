@@ -82,6 +82,14 @@ async fn a_voucher_raced_for_by_two_accounts_is_redeemed_once(suite: Suite) -> S
     let batch = voucher_batch(&suite, 1, "50").await;
     let code = &batch.codes[0];
     let (first_account, second_account) = (account(), account());
+    // Asked for in another unit, it is refused and stays unredeemed.
+    let mut in_euros = redeem_request(code, &first_account);
+    in_euros.unit_code = "EUR".into();
+    assert_refused(
+        suite.payments.clone().redeem_voucher(in_euros).await,
+        Code::FailedPrecondition,
+        "VOUCHER_UNIT_MISMATCH",
+    );
     let (mut first, mut second) = (suite.payments.clone(), suite.payments.clone());
     let (a, b) = tokio::join!(
         first.redeem_voucher(redeem_request(code, &first_account)),
