@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod db;
+pub mod error;
 pub mod metrics;
 pub mod money;
 pub mod serve;
