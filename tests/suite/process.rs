@@ -71,6 +71,13 @@ impl Environment {
         Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
     }
 
+    /// Moves the orchestrator to a new free address (only tests call it), so
+    /// a restart never races another process for the port it let go of.
+    pub fn move_orchestrator(&mut self) {
+        self.orchestrator_address = free_address();
+        self.variables.insert("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), self.orchestrator_address.to_string());
+    }
+
     /// Gives the orchestrator a database of its own.
     pub fn with_orchestrator(mut self, orchestrator: &TestDatabase) -> Self {
         self.variables.insert("RESERVOIR__ORCHESTRATOR__DATABASE_URL".to_owned(), orchestrator.url.clone());

@@ -71,12 +71,15 @@ impl Suite {
         )
     }
 
-    /// Restarts the orchestrator with `crash_at` ("" for none).
+    /// Restarts the orchestrator with `crash_at` ("" for none), on a new
+    /// address: another test's process may have taken the old port.
     async fn restart_orchestrator(&mut self, crash_at: &str) {
         if self.processes[ORCHESTRATOR].is_running() {
             assert!(self.processes[ORCHESTRATOR].terminate().await.success());
         }
         self.environment.set("RESERVOIR__ORCHESTRATOR__CRASH_AT", crash_at);
+        self.environment.move_orchestrator();
+        self.processes[ORCHESTRATOR] = ServiceProcess::orchestrator(&self.environment);
         self.processes[ORCHESTRATOR].start(&self.environment).await;
     }
 
