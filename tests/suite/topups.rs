@@ -329,6 +329,31 @@ async fn top_ups_by_hand(backend: Backend) {
     assert_eq!(listed.as_array().map(Vec::len), Some(2));
     assert_eq!(available(&suite.wallet, &account).await, d("55"));
 
+    // A gateway failing transiently twice: the saga retries the charge with
+    // backoff and with the same key, so the card is charged once.
+    let flaky = suite.card(&account, "tok_fail_2").await;
+    let retried = orchestrator.start_top_up(start(&account, "1", &flaky)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&retried), pb::TopUpStatus::Pending, "{retried:?}");
+    let retried_id = retried.id.clone();
+    eventually("the retried charge", || {
+        let mut orchestrator = orchestrator.clone();
+        let id = retried_id.clone();
+        async move {
+            let top_up = orchestrator.get_top_up(pb::GetTopUpRequest { top_up_id: id }).await.unwrap().into_inner();
+            top_up.top_up.is_some_and(|top_up| status(&top_up) == pb::TopUpStatus::Succeeded)
+        }
+    })
+    .await;
+    let flaky_payment: Vec<_> = suite
+        .payments_of(&account)
+        .await
+        .into_iter()
+        .filter(|payment| payment.invoice_id == retried.invoice_id)
+        .collect();
+    assert_eq!(flaky_payment.len(), 1);
+    assert_eq!(flaky_payment[0].attempts.len(), 3, "two failures, then the charge");
+    assert_eq!(available(&suite.wallet, &account).await, d("56"));
+
     // Declined: the invoice is voided, nothing is granted.
     let declining = suite.card(&account, "tok_decline").await;
     let declined =
@@ -337,7 +362,7 @@ async fn top_ups_by_hand(backend: Backend) {
     assert!(declined.reason.starts_with("DECLINED"), "{}", declined.reason);
     assert_eq!(suite.invoice(&declined.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Void));
     assert!(suite.grants_from(&account, &declined.invoice_id).await.is_empty());
-    assert_eq!(available(&suite.wallet, &account).await, d("55"));
+    assert_eq!(available(&suite.wallet, &account).await, d("56"));
 
     // Reconciled later: waits for a person, then is credited once confirmed.
     let later = orchestrator.start_top_up(start(&account, "20", "")).await.unwrap().into_inner().top_up.unwrap();
@@ -372,7 +397,7 @@ async fn top_ups_by_hand(backend: Backend) {
         }
     })
     .await;
-    assert_eq!(available(&suite.wallet, &account).await, d("75"));
+    assert_eq!(available(&suite.wallet, &account).await, d("76"));
     assert_settled_once(&suite, &account).await;
 
     // A voucher: its value is granted once, however often it is redeemed.
@@ -395,7 +420,7 @@ async fn top_ups_by_hand(backend: Backend) {
     assert_eq!((redeemed.trigger, redeemed.credits.as_str()), (i32::from(pb::TopUpTrigger::Voucher), "15"));
     let again = orchestrator.redeem_voucher(redeem).await.unwrap().into_inner().top_up.unwrap();
     assert_eq!(again.grant_id, redeemed.grant_id, "the same grant, not a second one");
-    assert_eq!(available(&suite.wallet, &account).await, d("90"));
+    assert_eq!(available(&suite.wallet, &account).await, d("91"));
     let voucher_grants = suite.grants_from(&account, &redeemed.voucher_id).await;
     assert_eq!(voucher_grants.len(), 1);
     assert_eq!(voucher_grants[0].source, i32::from(wallet_pb::GrantSource::Voucher));
@@ -464,10 +489,10 @@ async fn top_ups_by_hand(backend: Backend) {
             .sum()
     };
     let ended = "reservoir_orchestrator_top_ups_ended_total";
-    assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="SUCCEEDED""#]), 3.0, "{text}");
+    assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="SUCCEEDED""#]), 4.0, "{text}");
     assert_eq!(value(ended, &[r#"trigger="MANUAL""#, r#"status="FAILED""#]), 1.0, "{text}");
     assert!(value(ended, &[r#"trigger="VOUCHER""#, r#"status="SUCCEEDED""#]) >= 2.0, "{text}");
-    assert!(value("reservoir_orchestrator_top_ups_started_total", &[r#"trigger="MANUAL""#]) >= 4.0, "{text}");
+    assert!(value("reservoir_orchestrator_top_ups_started_total", &[r#"trigger="MANUAL""#]) >= 5.0, "{text}");
     assert!(value("reservoir_rpc_requests_total", &[r#"method="StartTopUp""#, r#"code="Ok""#]) >= 4.0, "{text}");
     assert!(text.contains("reservoir_orchestrator_top_ups_in_flight"), "{text}");
     suite.stop().await;
@@ -539,6 +564,16 @@ async fn automatic_top_ups(backend: Backend) {
     assert_eq!(top_ups.len(), 1);
     assert_eq!((top_ups[0].credits.as_str(), top_ups[0].trigger), ("90", i32::from(pb::TopUpTrigger::AutoReplenish)));
 
+    // Disabled, a dip below the threshold starts nothing.
+    let disabled = open_funded_account(&suite.wallet, "30").await;
+    let card = suite.card(&disabled, "tok_succeed").await;
+    configure_auto(&mut orchestrator, &disabled, &card, "20", "10", "", 5).await;
+    orchestrator
+        .disable_auto_replenish(pb::DisableAutoReplenishRequest { account_id: disabled.id.clone() })
+        .await
+        .unwrap();
+    suite.debit(&disabled, "15").await;
+
     // A top-up too small to lift the balance above the threshold is
     // followed by another: 30 - 25 = 5, + 10 = 15, + 10 = 25.
     let short = open_funded_account(&suite.wallet, "30").await;
@@ -608,6 +643,8 @@ async fn automatic_top_ups(backend: Backend) {
     assert_eq!(of(&limited, pb::EventType::AutoReplenishLimited), 1);
     assert_eq!(of(&fixed, pb::EventType::TopUpSucceeded), 1);
     assert_eq!(suite.top_ups(&limited).await.len(), 2);
+    assert!(suite.top_ups(&disabled).await.is_empty(), "disabled: no top-up");
+    assert_eq!(available(&suite.wallet, &disabled).await, d("15"));
     for account in [&fixed, &target, &short, &declining, &limited] {
         assert_settled_once(&suite, account).await;
     }
@@ -682,6 +719,29 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
     assert!(top_ups.iter().all(|top_up| top_up.trigger == i32::from(pb::TopUpTrigger::Recurring)));
     assert!(top_ups.iter().all(|top_up| top_up.credits_expire_at.is_some()));
     assert_settled_once(&suite, &account).await;
+
+    // A GRANTED allowance: free PROMOTIONAL credits, no invoice, no payment.
+    let allowed = open_funded_account(&suite.wallet, "0").await;
+    orchestrator
+        .configure_recurring_top_up(pb::ConfigureRecurringTopUpRequest {
+            recurring_top_up: Some(pb::RecurringTopUp {
+                account_id: allowed.id.clone(),
+                credits: "7".into(),
+                interval: pb::Interval::Monthly.into(),
+                mode: pb::RecurringMode::Granted.into(),
+                next_run_at: Some(reservoir_common::time::to_timestamp(chrono::Utc::now())),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    eventually("the allowance", || async { available(&suite.wallet, &allowed).await == d("7") }).await;
+    let allowance = suite.top_ups(&allowed).await;
+    assert_eq!(allowance.len(), 1);
+    assert!(allowance[0].invoice_id.is_empty() && allowance[0].payment_id.is_empty(), "{allowance:?}");
+    assert!(suite.payments_of(&allowed).await.is_empty());
+    let balance = balance(&suite.wallet, &allowed).await;
+    assert_eq!(d(&balance.promotional), d("7"));
     suite.stop().await;
 }
 

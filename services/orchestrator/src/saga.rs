@@ -213,39 +213,26 @@ impl Saga {
             )
             .increment(1);
         }
-        self.after_saved(row, from).await?;
+        self.after_saved(row).await?;
         Ok(go_on)
     }
 
-    /// What follows a top-up's end for auto-replenish: declines counted, or
-    /// their count cleared.
-    async fn after_saved(&self, row: &TopUpRow, from: Step) -> Result<(), OrchestratorError> {
-        if row.trigger != Trigger::AutoReplenish || row.step != Step::Done {
+    /// What follows a successful automatic top-up.
+    async fn after_saved(&self, row: &TopUpRow) -> Result<(), OrchestratorError> {
+        if row.trigger != Trigger::AutoReplenish || row.step != Step::Done || row.status != Status::Succeeded {
             return Ok(());
         }
-        match row.status {
-            Status::Succeeded => {
-                self.store.reset_declines(row.tenant_id, row.account_id).await?;
-                // A low balance while this one was in flight was not answered
-                // (one at a time), and the wallet says so once per crossing:
-                // the balance is looked at again now.
-                match self.upstream.available(row.tenant_id, row.account_id).await {
-                    Ok(available) => {
-                        let key = format!("auto:{}:after:{}", row.account_id, row.id);
-                        crate::worker::start_automatic(self, row.tenant_id, row.account_id, available, key).await?;
-                    }
-                    Err(error) => tracing::warn!(error = %error.detail(), "balance not read after an automatic top-up"),
-                }
-                Ok(())
+        // A low balance while this one was in flight was not answered (one
+        // at a time), and the wallet says so once per crossing: the balance
+        // is looked at again now.
+        match self.upstream.available(row.tenant_id, row.account_id).await {
+            Ok(available) => {
+                let key = format!("auto:{}:after:{}", row.account_id, row.id);
+                crate::worker::start_automatic(self, row.tenant_id, row.account_id, available, key).await?;
             }
-            Status::Failed if from == Step::VoidInvoice && row.reason.starts_with("DECLINED") => {
-                if self.store.record_decline(row.tenant_id, row.account_id, now()).await? {
-                    tracing::warn!(account = %row.account_id, "auto-replenish paused after declined charges");
-                }
-                Ok(())
-            }
-            _ => Ok(()),
+            Err(error) => tracing::warn!(error = %error.detail(), "balance not read after an automatic top-up"),
         }
+        Ok(())
     }
 
     fn transient_or_refused(error: CallError) -> Result<String, (String, String)> {

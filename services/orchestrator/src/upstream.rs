@@ -101,6 +101,11 @@ fn channel(endpoint: &str, name: &str) -> Result<Channel, OrchestratorError> {
         .connect_lazy())
 }
 
+/// A call's answer, or what its failure means to a top-up.
+fn answer<T>(result: Result<tonic::Response<T>, Status>) -> Result<T, CallError> {
+    result.map(tonic::Response::into_inner).map_err(|status| CallError::of(&status))
+}
+
 fn id(text: &str, what: &str) -> Result<Uuid, CallError> {
     Uuid::parse_str(text).map_err(|_| CallError::Transient(format!("{what} answered an invalid id {text:?}")))
 }
@@ -143,14 +148,7 @@ impl Upstream {
     /// The account's wallet unit code and scale.
     pub async fn account_unit(&self, tenant: TenantId, account_id: Uuid) -> Result<(String, u32), CallError> {
         let request = self.request(wallet_pb::GetAccountRequest { account_id: account_id.to_string() }, tenant)?;
-        let account = self
-            .wallet()
-            .get_account(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .account
-            .unwrap_or_default();
+        let account = answer(self.wallet().get_account(request).await)?.account.unwrap_or_default();
         let unit = account.unit.unwrap_or_default();
         Ok((unit.code, unit.scale.unwrap_or(0)))
     }
@@ -158,14 +156,7 @@ impl Upstream {
     /// The account's available balance.
     pub async fn available(&self, tenant: TenantId, account_id: Uuid) -> Result<Decimal, CallError> {
         let request = self.request(wallet_pb::GetBalanceRequest { account_id: account_id.to_string() }, tenant)?;
-        let balance = self
-            .wallet()
-            .get_balance(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .balance
-            .unwrap_or_default();
+        let balance = answer(self.wallet().get_balance(request).await)?.balance.unwrap_or_default();
         decimal(&balance.available)
     }
 
@@ -187,29 +178,15 @@ impl Upstream {
             },
             tenant,
         )?;
-        let draft = self
-            .invoicing()
-            .create_invoice(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .invoice
-            .unwrap_or_default();
+        let draft = answer(self.invoicing().create_invoice(request).await)?.invoice.unwrap_or_default();
         let request = self.request(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id.clone() }, tenant)?;
-        let open = self
-            .invoicing()
-            .finalize_invoice(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .invoice
-            .unwrap_or_default();
+        let open = answer(self.invoicing().finalize_invoice(request).await)?.invoice.unwrap_or_default();
         Ok(Invoice { id: id(&open.id, "invoicing")?, total: decimal(&open.total)?, currency: open.currency })
     }
 
     pub async fn void_invoice(&self, tenant: TenantId, invoice_id: Uuid) -> Result<(), CallError> {
         let request = self.request(invoicing_pb::VoidInvoiceRequest { invoice_id: invoice_id.to_string() }, tenant)?;
-        self.invoicing().void_invoice(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+        answer(self.invoicing().void_invoice(request).await).map(|_| ())
     }
 
     pub async fn mark_paid(&self, tenant: TenantId, invoice_id: Uuid, payment_id: Uuid) -> Result<(), CallError> {
@@ -220,7 +197,7 @@ impl Upstream {
             },
             tenant,
         )?;
-        self.invoicing().mark_invoice_paid(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+        answer(self.invoicing().mark_invoice_paid(request).await).map(|_| ())
     }
 
     /// Charges the invoice's amount; the key derives from the top-up, so
@@ -248,14 +225,7 @@ impl Upstream {
             },
             tenant,
         )?;
-        let payment = self
-            .payments()
-            .charge(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .payment
-            .unwrap_or_default();
+        let payment = answer(self.payments().charge(request).await)?.payment.unwrap_or_default();
         Self::payment_of(payment)
     }
 
@@ -270,14 +240,7 @@ impl Upstream {
 
     pub async fn payment(&self, tenant: TenantId, payment_id: Uuid) -> Result<Payment, CallError> {
         let request = self.request(payments_pb::GetPaymentRequest { payment_id: payment_id.to_string() }, tenant)?;
-        let payment = self
-            .payments()
-            .get_payment(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .payment
-            .unwrap_or_default();
+        let payment = answer(self.payments().get_payment(request).await)?.payment.unwrap_or_default();
         Self::payment_of(payment)
     }
 
@@ -298,14 +261,7 @@ impl Upstream {
             },
             tenant,
         )?;
-        let voucher = self
-            .payments()
-            .redeem_voucher(request)
-            .await
-            .map_err(|status| CallError::of(&status))?
-            .into_inner()
-            .voucher
-            .unwrap_or_default();
+        let voucher = answer(self.payments().redeem_voucher(request).await)?.voucher.unwrap_or_default();
         Ok((id(&voucher.id, "payments")?, decimal(&voucher.value)?, voucher.unit_code))
     }
 
@@ -336,8 +292,8 @@ impl Upstream {
             },
             tenant,
         )?;
-        let response = self.wallet().grant_credits(request).await.map_err(|status| CallError::of(&status))?;
-        id(&response.into_inner().grant.unwrap_or_default().id, "wallet")
+        let response = answer(self.wallet().grant_credits(request).await)?;
+        id(&response.grant.unwrap_or_default().id, "wallet")
     }
 
     /// Sets the account's low-balance threshold in the wallet, whose
@@ -358,7 +314,7 @@ impl Upstream {
             },
             tenant,
         )?;
-        self.wallet().update_account(request).await.map(|_| ()).map_err(|status| CallError::of(&status))
+        answer(self.wallet().update_account(request).await).map(|_| ())
     }
 
     pub fn service_request<T>(&self, message: T, tenant: TenantId) -> Result<tonic::Request<T>, CallError> {

@@ -72,6 +72,22 @@ impl TopUpApi {
         }
     }
 
+    /// An account's auto-replenish settings; NOT_FOUND when it has none.
+    async fn auto_replenish_of(
+        &self,
+        tenant: TenantId,
+        account_id: &str,
+    ) -> Result<AutoReplenishRow, OrchestratorError> {
+        let account_id = account_id_of(account_id)?;
+        self.saga.store().auto_replenish(tenant, account_id).await?.ok_or(OrchestratorError::NotFound("auto-replenish"))
+    }
+
+    /// An account's recurring top-up; NOT_FOUND when it has none.
+    async fn recurring_of(&self, tenant: TenantId, account_id: &str) -> Result<RecurringRow, OrchestratorError> {
+        let account_id = account_id_of(account_id)?;
+        self.saga.store().recurring(tenant, account_id).await?.ok_or(OrchestratorError::NotFound("recurring top-up"))
+    }
+
     async fn view(&self, row: &TopUpRow) -> Result<pb::TopUp, OrchestratorError> {
         let steps = self.saga.store().steps(row.id).await?;
         Ok(top_up_to_pb(row, &steps))
@@ -97,6 +113,14 @@ impl TopUpApi {
                 .ok_or_else(|| OrchestratorError::Conflict("a concurrent top-up with this key vanished".into())),
         }
     }
+}
+
+/// The `account_id` field of a request, or INVALID_ARGUMENT naming it.
+fn account_id_of(text: &str) -> Result<Uuid, OrchestratorError> {
+    let mut violations = Violations::default();
+    let account_id = violations.id("account_id", text, |id| id);
+    violations.finish()?;
+    account_id.ok_or_else(|| OrchestratorError::field("account_id", "is required"))
 }
 
 /// A new top-up's row, before its first step.
@@ -391,15 +415,7 @@ impl TopUpService for TopUpApi {
         request: Request<pb::DisableAutoReplenishRequest>,
     ) -> Result<Response<pb::DisableAutoReplenishResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
-        violations.finish()?;
-        let mut row = self
-            .saga
-            .store()
-            .auto_replenish(tenant, account_id.unwrap_or_default())
-            .await?
-            .ok_or(OrchestratorError::NotFound("auto-replenish"))?;
+        let mut row = self.auto_replenish_of(tenant, &request.get_ref().account_id).await?;
         row.enabled = false;
         row.updated_at = now();
         self.saga.store().save_auto_replenish(&row).await?;
@@ -411,15 +427,7 @@ impl TopUpService for TopUpApi {
         request: Request<pb::GetAutoReplenishRequest>,
     ) -> Result<Response<pb::GetAutoReplenishResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
-        violations.finish()?;
-        let row = self
-            .saga
-            .store()
-            .auto_replenish(tenant, account_id.unwrap_or_default())
-            .await?
-            .ok_or(OrchestratorError::NotFound("auto-replenish"))?;
+        let row = self.auto_replenish_of(tenant, &request.get_ref().account_id).await?;
         Ok(Response::new(pb::GetAutoReplenishResponse { auto_replenish: Some(auto_to_pb(&row)) }))
     }
 
@@ -493,15 +501,7 @@ impl TopUpService for TopUpApi {
         request: Request<pb::DisableRecurringTopUpRequest>,
     ) -> Result<Response<pb::DisableRecurringTopUpResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
-        violations.finish()?;
-        let mut row = self
-            .saga
-            .store()
-            .recurring(tenant, account_id.unwrap_or_default())
-            .await?
-            .ok_or(OrchestratorError::NotFound("recurring top-up"))?;
+        let mut row = self.recurring_of(tenant, &request.get_ref().account_id).await?;
         row.enabled = false;
         self.saga.store().save_recurring(&row, now()).await?;
         Ok(Response::new(pb::DisableRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))
@@ -512,15 +512,7 @@ impl TopUpService for TopUpApi {
         request: Request<pb::GetRecurringTopUpRequest>,
     ) -> Result<Response<pb::GetRecurringTopUpResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.get_ref().account_id, |id| id);
-        violations.finish()?;
-        let row = self
-            .saga
-            .store()
-            .recurring(tenant, account_id.unwrap_or_default())
-            .await?
-            .ok_or(OrchestratorError::NotFound("recurring top-up"))?;
+        let row = self.recurring_of(tenant, &request.get_ref().account_id).await?;
         Ok(Response::new(pb::GetRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))
     }
 

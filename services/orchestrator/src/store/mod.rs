@@ -378,6 +378,7 @@ impl Store {
         if let Some(event) = event {
             Self::emit(&transaction, row.tenant_id, event, line.at).await?;
         }
+        Self::count_declines(&transaction, row).await?;
         transaction.commit().await?;
         row.claimed_until = claimed_until;
         Ok(true)
@@ -615,15 +616,14 @@ impl Store {
 
     /// Counts a declined automatic charge, pausing auto-replenish (with its
     /// event) at the limit. Answers whether it paused now.
-    pub async fn record_decline(
-        &self,
+    async fn record_decline(
+        transaction: &impl ConnectionTrait,
         tenant: TenantId,
         account_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<bool, OrchestratorError> {
-        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let Some(row) = auto_replenish::Entity::find_by_id((tenant.0, account_id)).one(&transaction).await? else {
-            return Ok(false);
+    ) -> Result<(), OrchestratorError> {
+        let Some(row) = auto_replenish::Entity::find_by_id((tenant.0, account_id)).one(transaction).await? else {
+            return Ok(());
         };
         let declines = row.consecutive_declines.saturating_add(1);
         let pause = !row.paused && crate::domain::pauses_after(u32::try_from(declines).unwrap_or(u32::MAX));
@@ -633,9 +633,10 @@ impl Store {
             .col_expr(auto_replenish::Column::UpdatedAt, Expr::value(now))
             .filter(auto_replenish::Column::TenantId.eq(tenant.0))
             .filter(auto_replenish::Column::AccountId.eq(account_id))
-            .exec(&transaction)
+            .exec(transaction)
             .await?;
         if pause {
+            tracing::warn!(account = %account_id, "auto-replenish paused after declined charges");
             let event = NewEvent {
                 event_type: "AUTO_REPLENISH_PAUSED",
                 account_id,
@@ -643,21 +644,33 @@ impl Store {
                 credits: String::new(),
                 reason: format!("{declines} declined charges in a row"),
             };
-            Self::emit(&transaction, tenant, &event, now).await?;
+            Self::emit(transaction, tenant, &event, now).await?;
         }
-        transaction.commit().await?;
-        Ok(pause)
+        Ok(())
     }
 
-    /// A successful automatic charge clears the count of declines.
-    pub async fn reset_declines(&self, tenant: TenantId, account_id: Uuid) -> Result<(), OrchestratorError> {
-        auto_replenish::Entity::update_many()
-            .col_expr(auto_replenish::Column::ConsecutiveDeclines, Expr::value(0))
-            .filter(auto_replenish::Column::TenantId.eq(tenant.0))
-            .filter(auto_replenish::Column::AccountId.eq(account_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
+    /// What an automatic top-up's end means for auto-replenish, written in
+    /// the transaction that ends it, so the next low balance already sees
+    /// it: a decline counts (pausing at the limit), a success clears the count.
+    async fn count_declines(connection: &impl ConnectionTrait, row: &TopUpRow) -> Result<(), OrchestratorError> {
+        if row.trigger != Trigger::AutoReplenish || row.step != Step::Done {
+            return Ok(());
+        }
+        match row.status {
+            Status::Succeeded => {
+                auto_replenish::Entity::update_many()
+                    .col_expr(auto_replenish::Column::ConsecutiveDeclines, Expr::value(0))
+                    .filter(auto_replenish::Column::TenantId.eq(row.tenant_id.0))
+                    .filter(auto_replenish::Column::AccountId.eq(row.account_id))
+                    .exec(connection)
+                    .await?;
+                Ok(())
+            }
+            Status::Failed if row.reason.starts_with("DECLINED") => {
+                Self::record_decline(connection, row.tenant_id, row.account_id, row.updated_at).await
+            }
+            _ => Ok(()),
+        }
     }
 
     pub async fn emit_event(

@@ -49,6 +49,26 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
     let live = next(&mut stream).await;
     assert_eq!(event_type(&live), pb::EventType::PaymentPending);
     assert_eq!(live.payment_id, pending.id);
+    // Its confirmation, and a declined charge, go out too.
+    client
+        .confirm_payment(pb::ConfirmPaymentRequest {
+            payment_id: pending.id.clone(),
+            external_transaction_id: "bank-1".into(),
+        })
+        .await
+        .unwrap();
+    let confirmed = next(&mut stream).await;
+    assert_eq!(
+        (event_type(&confirmed), confirmed.payment_id.as_str()),
+        (pb::EventType::PaymentConfirmed, pending.id.as_str())
+    );
+    let declining = card(&suite, &account(), "tok_decline").await;
+    let declined_payment = charge(&suite, charge_request(&declining, "4")).await;
+    let declined = next(&mut stream).await;
+    assert_eq!(
+        (event_type(&declined), declined.payment_id.as_str()),
+        (pb::EventType::PaymentDeclined, declined_payment.id.as_str())
+    );
 
     // A consumer resumes after the last sequence it handled.
     let mut resumed =
