@@ -297,17 +297,20 @@ impl Upstream {
     }
 
     /// Sets the account's low-balance threshold in the wallet, whose
-    /// BALANCE_LOW events start automatic top-ups.
-    pub async fn set_low_balance_threshold(
+    /// BALANCE_LOW events start automatic top-ups, and its warning level
+    /// (none leaves the wallet's own as it is).
+    pub async fn set_low_balance_levels(
         &self,
         tenant: TenantId,
         account_id: Uuid,
         threshold: Decimal,
+        warning: Option<Decimal>,
     ) -> Result<(), CallError> {
         let request = self.request(
             wallet_pb::UpdateAccountRequest {
                 account_id: account_id.to_string(),
                 low_balance_threshold: Some(threshold.normalize().to_string()),
+                low_balance_warning: warning.map(|level| level.normalize().to_string()),
                 // Each configuration is a change of its own.
                 idempotency_key: format!("auto-replenish:{account_id}:{}", Uuid::now_v7()),
                 ..Default::default()

@@ -63,6 +63,30 @@ pub fn account(account: &Account) -> pb::Account {
         created_at: Some(to_timestamp(account.created_at)),
         updated_at: Some(to_timestamp(account.updated_at)),
         credit_blocked: account.credit_blocked,
+        monthly_spending_cap: optional_amount(unit_, account.spend.monthly_cap),
+        low_balance_warning: optional_amount(unit_, account.spend.low_balance_warning),
+        transfer_max_amount: optional_amount(unit_, account.spend.transfer_max),
+        transfer_daily_limit: optional_amount(unit_, account.spend.transfer_daily_limit),
+    }
+}
+
+fn optional_amount(unit_: &Unit, value: Option<rust_decimal::Decimal>) -> String {
+    value.map(|value| amount(unit_, value)).unwrap_or_default()
+}
+
+pub fn spend(account: &Account, view: &SpendView, now: chrono::DateTime<chrono::Utc>) -> pb::Spend {
+    let unit_ = &account.unit;
+    pb::Spend {
+        account_id: account.id.to_string(),
+        unit_code: unit_.code().to_owned(),
+        monthly_spending_cap: optional_amount(unit_, view.cap),
+        spent: amount(unit_, view.spent),
+        projected: amount(unit_, view.projected),
+        remaining: optional_amount(unit_, view.remaining),
+        period_start: Some(to_timestamp(view.period_start)),
+        period_end: Some(to_timestamp(view.period_end)),
+        as_of: Some(to_timestamp(now)),
+        alerted_percent: view.alerted_percent,
     }
 }
 
@@ -80,6 +104,7 @@ fn grant_source(source: GrantSource) -> pb::GrantSource {
         GrantSource::Invoice => pb::GrantSource::Invoice,
         GrantSource::Voucher => pb::GrantSource::Voucher,
         GrantSource::Adjustment => pb::GrantSource::Adjustment,
+        GrantSource::Transfer => pb::GrantSource::Transfer,
     }
 }
 
@@ -200,6 +225,10 @@ pub fn event_type(event_type: EventType) -> pb::EventType {
         EventType::HoldExpired => pb::EventType::HoldExpired,
         EventType::BalanceLow => pb::EventType::BalanceLow,
         EventType::BalanceDepleted => pb::EventType::BalanceDepleted,
+        EventType::BalanceWarning => pb::EventType::BalanceWarning,
+        EventType::SpendingCapAlert => pb::EventType::SpendingCapAlert,
+        EventType::TransferredOut => pb::EventType::TransferredOut,
+        EventType::TransferredIn => pb::EventType::TransferredIn,
     }
 }
 
@@ -218,6 +247,8 @@ pub fn event_payload(event: &Event, unit_: &Unit, sequence: u64) -> Vec<u8> {
         correlation_id: event.correlation_id.clone(),
         meter_code: event.meter_code.clone().unwrap_or_default(),
         threshold: event.threshold.map(|value| amount(unit_, value)).unwrap_or_default(),
+        cap_percent: event.cap_percent.unwrap_or(0),
+        counterparty_account_id: optional_id(event.counterparty),
     }
     .encode_to_vec()
 }

@@ -125,6 +125,27 @@ async fn usage_the_wallet_refuses_is_kept_as_uncovered_and_reported(suite: Suite
     suite
 }
 
+async fn usage_past_the_spending_cap_is_refused_until_the_cap_is_raised(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "1").await;
+    let account = funded_account(&suite, "100").await;
+    let set_cap = |cap: &str| wallet_pb::UpdateAccountRequest {
+        account_id: account.id.clone(),
+        monthly_spending_cap: Some(cap.into()),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    suite.wallet.clone().update_account(set_cap("10")).await.unwrap();
+    let results = ingest(&suite, vec![event(&account, "tokens", "6"), event(&account, "tokens", "5")]).await;
+    assert_eq!(statuses(&results), vec![pb::EventStatus::Charged, pb::EventStatus::Uncovered]);
+    assert_eq!(results[1].reason, "SPENDING_CAP_REACHED");
+    assert_eq!(available(&suite.wallet, &account).await, d("94"), "credits are left, but the cap holds");
+    suite.wallet.clone().update_account(set_cap("20")).await.unwrap();
+    let results = ingest(&suite, vec![event(&account, "tokens", "5")]).await;
+    assert_eq!(statuses(&results), vec![pb::EventStatus::Charged]);
+    assert_eq!(available(&suite.wallet, &account).await, d("89"));
+    suite
+}
+
 async fn usage_groups_by_day_and_dimension(suite: Suite) -> Suite {
     priced_meter(&suite, "tokens", "1").await;
     let account = funded_account(&suite, "100").await;
@@ -230,6 +251,7 @@ crate::on_both_backends!(
     the_same_event_twice_in_one_batch_is_charged_once,
     a_grant_for_one_meter_is_drawn_only_by_that_meter,
     usage_the_wallet_refuses_is_kept_as_uncovered_and_reported,
+    usage_past_the_spending_cap_is_refused_until_the_cap_is_raised,
     usage_groups_by_day_and_dimension,
     bad_events_are_answered_one_by_one_and_the_rest_charged,
     a_count_meter_counts_events,

@@ -110,6 +110,7 @@ pub fn auto_to_pb(row: &AutoReplenishRow) -> pb::AutoReplenish {
         max_credits_per_month: optional(row.settings.max_credits_per_month),
         min_credits_per_top_up: optional(row.settings.min_credits),
         max_credits_per_top_up: optional(row.settings.max_credits),
+        low_balance_warning_percent: row.settings.warning_percent,
         enabled: row.enabled,
         paused: row.paused,
         consecutive_declines: row.consecutive_declines,

@@ -381,6 +381,9 @@ impl TopUpService for TopUpApi {
         {
             violations.add("auto_replenish.min_credits_per_top_up", "must not be above max_credits_per_top_up");
         }
+        if wanted.low_balance_warning_percent > 100 {
+            violations.add("auto_replenish.low_balance_warning_percent", "must be 0 to 100");
+        }
         violations.finish()?;
         let row = AutoReplenishRow {
             tenant_id: tenant,
@@ -392,6 +395,7 @@ impl TopUpService for TopUpApi {
                 max_credits_per_month: month,
                 min_credits: min,
                 max_credits: max,
+                warning_percent: wanted.low_balance_warning_percent,
             },
             payment_method_id: method.unwrap_or_default(),
             enabled: true,
@@ -400,10 +404,11 @@ impl TopUpService for TopUpApi {
             updated_at: now(),
         };
         // The wallet says when the balance falls below the threshold
-        // (BALANCE_LOW, once per crossing): it is told the threshold first.
+        // (BALANCE_LOW, once per crossing) and below the warning level
+        // (BALANCE_WARNING): it is told both first.
         self.saga
             .upstream()
-            .set_low_balance_threshold(tenant, account_id, row.settings.threshold)
+            .set_low_balance_levels(tenant, account_id, row.settings.threshold, row.settings.warning_level(scale))
             .await
             .map_err(OrchestratorError::from)?;
         self.saga.store().save_auto_replenish(&row).await?;

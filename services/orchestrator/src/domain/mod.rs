@@ -178,6 +178,26 @@ pub struct AutoReplenish {
     pub max_credits_per_month: Option<Decimal>,
     pub min_credits: Option<Decimal>,
     pub max_credits: Option<Decimal>,
+    /// Warn when the balance falls below this percentage of the refill
+    /// amount (the fixed amount or the target); 0 for no warning.
+    pub warning_percent: u32,
+}
+
+impl AutoReplenish {
+    /// The balance below which the wallet warns: `warning_percent` of the
+    /// refill amount, at `scale` decimals rounded up, so the warning never
+    /// comes later than asked; `None` without a warning.
+    pub fn warning_level(&self, scale: u32) -> Option<Decimal> {
+        if self.warning_percent == 0 {
+            return None;
+        }
+        let refill = match self.strategy {
+            Strategy::Fixed(amount) => amount,
+            Strategy::ToTarget(target) => target,
+        };
+        let level = refill * Decimal::from(self.warning_percent) / Decimal::ONE_HUNDRED;
+        Some(level.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::AwayFromZero))
+    }
 }
 
 /// What the automatic top-ups of an account came to so far.

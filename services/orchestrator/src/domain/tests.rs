@@ -13,6 +13,7 @@ fn d(text: &str) -> Decimal {
 
 fn settings(strategy: Strategy) -> AutoReplenish {
     AutoReplenish {
+        warning_percent: 0,
         threshold: d("10"),
         strategy,
         max_top_ups_per_day: 2,

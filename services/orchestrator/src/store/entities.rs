@@ -82,6 +82,7 @@ pub mod auto_replenish {
         pub payment_method_id: Uuid,
         pub max_top_ups_per_day: i32,
         pub max_credits_per_month: Option<Amount>,
+        pub warning_percent: i32,
         pub min_credits: Option<Amount>,
         pub max_credits: Option<Amount>,
         pub enabled: bool,

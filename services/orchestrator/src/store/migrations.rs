@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(ReplenishWarning)]
     }
 }
 
@@ -137,6 +137,29 @@ impl MigrationTrait for Initial {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// The low-balance warning an auto-replenish sets, as a percentage of its refill amount.
+struct ReplenishWarning;
+
+impl MigrationName for ReplenishWarning {
+    fn name(&self) -> &str {
+        "m0002_replenish_warning"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ReplenishWarning {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE auto_replenish ADD COLUMN warning_percent INTEGER NOT NULL DEFAULT 0 \
+                 CHECK (warning_percent BETWEEN 0 AND 100)",
+            )
+            .await?;
         Ok(())
     }
 }

@@ -76,6 +76,9 @@ async fn bad_auto_replenish_settings_are_refused_by_field(suite: Suite) -> Suite
     ] {
         assert_invalid(top_ups.configure_auto_replenish(request).await, field);
     }
+    let mut over = settings("10", "20", "", 3);
+    over.auto_replenish.as_mut().unwrap().low_balance_warning_percent = 101;
+    assert_invalid(top_ups.configure_auto_replenish(over).await, "auto_replenish.low_balance_warning_percent");
     let get = pb::GetAutoReplenishRequest { account_id: account.id.clone() };
     assert_refused(top_ups.get_auto_replenish(get.clone()).await, Code::NotFound, "NOT_FOUND");
     // A good one is stored, and the wallet learns the threshold.
@@ -91,6 +94,26 @@ async fn bad_auto_replenish_settings_are_refused_by_field(suite: Suite) -> Suite
         .account
         .unwrap();
     assert_eq!(wallet_account.low_balance_threshold, "10.00");
+    assert_eq!(wallet_account.low_balance_warning, "", "no warning was asked for");
+    // A warning at 30% of the refill amount: of the fixed amount, or of the
+    // target balance, rounded up to the unit.
+    let mut warned = settings("10", "20", "", 3);
+    warned.auto_replenish.as_mut().unwrap().low_balance_warning_percent = 30;
+    let stored = top_ups.configure_auto_replenish(warned).await.unwrap().into_inner();
+    assert_eq!(stored.auto_replenish.unwrap().low_balance_warning_percent, 30);
+    let account_now = |wallet: reservoir_testing::wallet::Client| {
+        let id = account.id.clone();
+        async move {
+            let request = reservoir_proto::wallet::GetAccountRequest { account_id: id };
+            wallet.clone().get_account(request).await.unwrap().into_inner().account.unwrap()
+        }
+    };
+    assert_eq!(account_now(suite.wallet.clone()).await.low_balance_warning, "6.00");
+    let mut to_target = settings("10", "", "55.55", 3);
+    to_target.auto_replenish.as_mut().unwrap().low_balance_warning_percent = 30;
+    top_ups.configure_auto_replenish(to_target).await.unwrap();
+    assert_eq!(account_now(suite.wallet.clone()).await.low_balance_warning, "16.67");
+    top_ups.configure_auto_replenish(settings("10", "20", "", 3)).await.unwrap();
     // Another tenant sees none of it.
     let mut other = suite.other_top_ups.clone();
     assert_refused(other.get_auto_replenish(get).await, Code::NotFound, "NOT_FOUND");

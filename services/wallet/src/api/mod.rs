@@ -191,10 +191,22 @@ fn overdraft_from(
 }
 
 fn threshold_from(violations: &mut Violations, text: &str, unit: &Unit) -> Option<Decimal> {
+    optional_amount(violations, "low_balance_threshold", text, unit, false)
+}
+
+/// A limit that "" removes: non-negative, or positive when `positive_only`.
+fn optional_amount(
+    violations: &mut Violations,
+    field: &str,
+    text: &str,
+    unit: &Unit,
+    positive_only: bool,
+) -> Option<Decimal> {
     if text.is_empty() {
         return None;
     }
-    violations.amount_with("low_balance_threshold", text, |text| unit.parse(text).and_then(non_negative))
+    let check = if positive_only { positive } else { non_negative };
+    violations.amount_with(field, text, |text| unit.parse(text).and_then(check))
 }
 
 fn unit_from(violations: &mut Violations, unit: Option<&pb::Unit>) -> Option<Unit> {
@@ -360,6 +372,22 @@ impl WalletService for WalletApi {
                 .as_deref()
                 .map(|text| threshold_from(&mut violations, text, &unit)),
             credit_blocked: request.credit_blocked,
+            monthly_cap: request
+                .monthly_spending_cap
+                .as_deref()
+                .map(|text| optional_amount(&mut violations, "monthly_spending_cap", text, &unit, false)),
+            low_balance_warning: request
+                .low_balance_warning
+                .as_deref()
+                .map(|text| optional_amount(&mut violations, "low_balance_warning", text, &unit, false)),
+            transfer_max: request
+                .transfer_max_amount
+                .as_deref()
+                .map(|text| optional_amount(&mut violations, "transfer_max_amount", text, &unit, true)),
+            transfer_daily_limit: request
+                .transfer_daily_limit
+                .as_deref()
+                .map(|text| optional_amount(&mut violations, "transfer_daily_limit", text, &unit, true)),
         };
         if request.overdraft_policy.is_none() && !request.credit_limit.is_empty() {
             violations.add("credit_limit", "is set together with overdraft_policy");
@@ -411,6 +439,10 @@ impl WalletService for WalletApi {
             Ok(pb::GrantSource::Invoice) => GrantSource::Invoice,
             Ok(pb::GrantSource::Voucher) => GrantSource::Voucher,
             Ok(pb::GrantSource::Adjustment) => GrantSource::Adjustment,
+            Ok(pb::GrantSource::Transfer) => {
+                violations.add("source", "TRANSFER is set by Transfer only");
+                GrantSource::Admin
+            }
             Err(_) => {
                 violations.add("source", "is not a known source");
                 GrantSource::Admin
@@ -818,6 +850,99 @@ impl WalletService for WalletApi {
             })
             .await?;
         Ok(Response::new(response))
+    }
+
+    async fn transfer(&self, request: Request<pb::TransferRequest>) -> Result<Response<pb::TransferResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let from = violations.id("from_account_id", &request.from_account_id, AccountId);
+        let to = violations.id("to_account_id", &request.to_account_id, AccountId);
+        if from.is_some() && from == to {
+            violations.add("to_account_id", "must differ from from_account_id");
+        }
+        violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        violations.text("correlation_id", &request.correlation_id, ID_LENGTH_MAX);
+        check_metadata(&mut violations, "metadata", &request.metadata);
+        if request.amount.is_empty() {
+            violations.add("amount", "is required");
+        }
+        violations.finish()?;
+        let (Some(from), Some(to)) = (from, to) else {
+            return Err(WalletError::Internal("validated id missing".into()).into());
+        };
+        let check = idempotency_check("Transfer", &request.idempotency_key, &request);
+        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(response));
+        }
+        let unit = self.unit_of(tenant, from).await?;
+        let mut violations = Violations::default();
+        let amount = violations.positive_amount("amount", &unit, &request.amount);
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        ctx.correlation_id = request.correlation_id.clone();
+        ctx.description = request.description.clone();
+        ctx.metadata = request.metadata.clone();
+        let response = self
+            .store
+            .mutate_pair(tenant, (from, to), &check, now, |sender, receiver, allow_promotional| {
+                sender.transfer_to(receiver, &ctx, amount.unwrap_or_default(), allow_promotional)?;
+                let grants = receiver
+                    .grants
+                    .iter()
+                    .filter(|grant| receiver.changes().new_grants.contains(&grant.id))
+                    .map(|grant| convert::grant(grant, &receiver.account.unit, now))
+                    .collect();
+                Ok(pb::TransferResponse {
+                    out_entries: Self::own_entries(sender, &ctx),
+                    in_entries: Self::own_entries(receiver, &ctx),
+                    grants,
+                    from_balance: Some(Self::balance_of(sender, now)),
+                    to_balance: Some(Self::balance_of(receiver, now)),
+                })
+            })
+            .await?;
+        Ok(Response::new(response.into_inner()))
+    }
+
+    async fn get_spend(&self, request: Request<pb::GetSpendRequest>) -> Result<Response<pb::GetSpendResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let now = now();
+        let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
+        let view = wallet.spend_view(now);
+        Ok(Response::new(pb::GetSpendResponse { spend: Some(convert::spend(&wallet.account, &view, now)) }))
+    }
+
+    async fn get_tenant_settings(
+        &self,
+        request: Request<pb::GetTenantSettingsRequest>,
+    ) -> Result<Response<pb::GetTenantSettingsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let allow = self.store.allow_promotional_transfers(tenant).await?;
+        Ok(Response::new(pb::GetTenantSettingsResponse {
+            settings: Some(pb::TenantSettings { allow_promotional_transfers: allow }),
+        }))
+    }
+
+    async fn update_tenant_settings(
+        &self,
+        request: Request<pb::UpdateTenantSettingsRequest>,
+    ) -> Result<Response<pb::UpdateTenantSettingsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        if let Some(allow) = request.allow_promotional_transfers {
+            self.store.set_allow_promotional_transfers(tenant, allow).await?;
+        }
+        let allow = self.store.allow_promotional_transfers(tenant).await?;
+        Ok(Response::new(pb::UpdateTenantSettingsResponse {
+            settings: Some(pb::TenantSettings { allow_promotional_transfers: allow }),
+        }))
     }
 
     async fn get_balance(

@@ -662,3 +662,220 @@ proptest! {
         run_steps(Overdraft::Unlimited, steps);
     }
 }
+
+// ---- spend control ----------------------------------------------------------
+
+fn events_of(books: &Books, event_type: EventType) -> Vec<&Event> {
+    books.events.iter().filter(|event| event.event_type == event_type).collect()
+}
+
+fn set(books: &mut Books, update: AccountUpdate) {
+    books.run(|wallet| wallet.update(&ctx(t0()), update)).unwrap();
+}
+
+#[test]
+fn the_spending_cap_alerts_at_50_80_and_100_percent_once_each_and_then_refuses() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    set(&mut books, AccountUpdate { monthly_cap: Some(Some(d("100"))), ..AccountUpdate::default() });
+    books.debit("49.99").unwrap();
+    assert!(events_of(&books, EventType::SpendingCapAlert).is_empty());
+    books.debit("0.01").unwrap();
+    books.debit("10").unwrap();
+    books.debit("20").unwrap();
+    let percents: Vec<Option<u32>> =
+        events_of(&books, EventType::SpendingCapAlert).iter().map(|event| event.cap_percent).collect();
+    assert_eq!(percents, vec![Some(50), Some(80)]);
+    // A debit that would pass the cap is refused whole and changes nothing.
+    assert_eq!(books.debit("20.01"), Err(DomainError::SpendingCapReached));
+    books.debit("20").unwrap();
+    let alerts = events_of(&books, EventType::SpendingCapAlert);
+    assert_eq!(alerts.last().unwrap().cap_percent, Some(100));
+    assert_eq!(alerts.last().unwrap().amount, Some(d("100")));
+    assert_eq!(books.debit("0.01"), Err(DomainError::SpendingCapReached));
+    // Holds count as spend to come.
+    assert_eq!(
+        books.run(|wallet| wallet.reserve(&ctx(t0()), d("1"), Duration::minutes(5), None)).unwrap_err(),
+        DomainError::SpendingCapReached
+    );
+    // Raising the cap lets debits through; the alerts already passed are not sent again.
+    set(&mut books, AccountUpdate { monthly_cap: Some(Some(d("1000"))), ..AccountUpdate::default() });
+    books.debit("5").unwrap();
+    assert_eq!(events_of(&books, EventType::SpendingCapAlert).len(), 3);
+    // Crossing 50% of the new cap alerts again.
+    books.debit("395").unwrap();
+    assert_eq!(events_of(&books, EventType::SpendingCapAlert).last().unwrap().cap_percent, Some(50));
+    books.check_invariants();
+}
+
+#[test]
+fn the_month_turning_starts_the_spend_and_the_alerts_afresh() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    set(&mut books, AccountUpdate { monthly_cap: Some(Some(d("100"))), ..AccountUpdate::default() });
+    books.debit("100").unwrap();
+    assert_eq!(books.debit("1"), Err(DomainError::SpendingCapReached));
+    let next_month = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    assert_eq!(books.wallet.spend_view(next_month).spent, Decimal::ZERO);
+    books.debit_at("60", None, next_month).unwrap();
+    let alerts = events_of(&books, EventType::SpendingCapAlert);
+    assert_eq!(alerts.iter().map(|event| event.cap_percent.unwrap()).collect::<Vec<_>>(), vec![50, 80, 100, 50]);
+    assert_eq!(books.wallet.spend_view(next_month).spent, d("60"));
+}
+
+#[test]
+fn a_refund_gives_room_back_under_the_cap_and_re_arms_its_alerts() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    set(&mut books, AccountUpdate { monthly_cap: Some(Some(d("100"))), ..AccountUpdate::default() });
+    let debit = books.debit("90").unwrap();
+    assert_eq!(books.debit("20"), Err(DomainError::SpendingCapReached));
+    let original = debit.clone();
+    books.run(|wallet| wallet.refund(&ctx(t0()), &original, &[], d("50"))).unwrap();
+    assert_eq!(books.wallet.spend_view(t0()).spent, d("40"));
+    books.debit("20").unwrap();
+    let percents: Vec<u32> =
+        events_of(&books, EventType::SpendingCapAlert).iter().map(|event| event.cap_percent.unwrap()).collect();
+    assert_eq!(percents, vec![50, 80, 50]);
+}
+
+#[test]
+fn the_projection_of_a_constant_daily_spend_is_that_rate_times_the_month() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    let start = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    for day in 0..10 {
+        books.debit_at("10", None, start + Duration::days(day) + Duration::hours(12)).unwrap();
+    }
+    // Ten days gone, 100 spent: 10 a day over January's 31 days.
+    let view = books.wallet.spend_view(start + Duration::days(10));
+    assert_eq!((view.spent, view.projected), (d("100"), d("310")));
+    assert_eq!((view.period_start, view.period_end), (start, Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap()));
+    assert_eq!(view.cap, None);
+    assert_eq!(view.remaining, None);
+}
+
+#[test]
+fn the_low_balance_warning_is_sent_once_per_fall_and_again_after_recovery() {
+    let mut books = Books::new(Overdraft::None);
+    books.grant("100", GrantKind::Paid);
+    set(&mut books, AccountUpdate { low_balance_warning: Some(Some(d("30"))), ..AccountUpdate::default() });
+    books.debit("71").unwrap();
+    books.debit("10").unwrap();
+    assert_eq!(events_of(&books, EventType::BalanceWarning).len(), 1);
+    assert_eq!(events_of(&books, EventType::BalanceWarning)[0].threshold, Some(d("30")));
+    books.grant("50", GrantKind::Paid);
+    books.debit("40").unwrap();
+    assert_eq!(events_of(&books, EventType::BalanceWarning).len(), 2);
+    books.debit("29").unwrap();
+    assert_eq!(events_of(&books, EventType::BalanceDepleted).len(), 1);
+    assert_eq!(events_of(&books, EventType::BalanceWarning).len(), 2);
+}
+
+fn transfer(
+    from: &mut Books,
+    to: &mut Books,
+    amount: &str,
+    allow_promotional: bool,
+    now: DateTime<Utc>,
+) -> DomainResult<()> {
+    let (from_before, to_before) = (from.wallet.clone(), to.wallet.clone());
+    match from.wallet.transfer_to(&mut to.wallet, &ctx(now), d(amount), allow_promotional) {
+        Ok(()) => {
+            from.commit();
+            to.commit();
+            Ok(())
+        }
+        Err(error) => {
+            (from.wallet, to.wallet) = (from_before, to_before);
+            Err(error)
+        }
+    }
+}
+
+#[test]
+fn a_transfer_moves_credits_with_their_expiry_and_repays_the_receivers_overdraft() {
+    let mut from = Books::new(Overdraft::None);
+    let mut to = Books::new(Overdraft::Unlimited);
+    let expiry = t0() + Duration::days(30);
+    from.grant_with("40", GrantKind::Paid, |new| new.expires_at = Some(expiry));
+    from.grant("100", GrantKind::Paid);
+    to.debit("15").unwrap();
+    transfer(&mut from, &mut to, "50", false, t0()).unwrap();
+    assert_eq!(from.available(), d("90"));
+    assert_eq!(to.available(), d("35"));
+    let out: Vec<Decimal> =
+        from.ledger.iter().filter(|entry| entry.kind == EntryKind::TransferOut).map(|entry| entry.amount).collect();
+    assert_eq!(out, vec![d("-40"), d("-10")]);
+    let received: Vec<(Decimal, Option<DateTime<Utc>>, GrantSource)> =
+        to.wallet.grants.iter().map(|grant| (grant.original, grant.expires_at, grant.source)).collect();
+    assert_eq!(received, vec![(d("40"), Some(expiry), GrantSource::Transfer), (d("10"), None, GrantSource::Transfer)]);
+    let transfer_in: Decimal =
+        to.ledger.iter().filter(|entry| entry.kind == EntryKind::TransferIn).map(|entry| entry.amount).sum();
+    assert_eq!(transfer_in, d("50"));
+    assert_eq!(to.wallet.account.overdraft_used, Decimal::ZERO);
+    assert_eq!(events_of(&from, EventType::TransferredOut)[0].counterparty, Some(to.wallet.account.id));
+    assert_eq!(events_of(&to, EventType::TransferredIn)[0].counterparty, Some(from.wallet.account.id));
+    from.check_invariants();
+    to.check_invariants();
+}
+
+#[test]
+fn promotional_credits_stay_unless_the_tenant_allows_them_to_move() {
+    let mut from = Books::new(Overdraft::None);
+    let mut to = Books::new(Overdraft::None);
+    from.grant("30", GrantKind::Promotional);
+    from.grant("20", GrantKind::Paid);
+    assert_eq!(transfer(&mut from, &mut to, "21", false, t0()), Err(DomainError::InsufficientFunds));
+    assert_eq!((from.available(), to.available()), (d("50"), d("0")));
+    transfer(&mut from, &mut to, "20", false, t0()).unwrap();
+    assert_eq!(to.wallet.grants[0].kind, GrantKind::Paid);
+    transfer(&mut from, &mut to, "30", true, t0()).unwrap();
+    assert_eq!(to.wallet.balance(t0()).promotional, d("30"));
+    assert_eq!(from.available(), d("0"));
+}
+
+#[test]
+fn transfers_are_bounded_per_transfer_and_per_day_and_never_draw_on_holds_or_overdraft() {
+    let mut from = Books::new(Overdraft::Unlimited);
+    let mut to = Books::new(Overdraft::None);
+    from.grant("1000", GrantKind::Paid);
+    set(
+        &mut from,
+        AccountUpdate {
+            transfer_max: Some(Some(d("100"))),
+            transfer_daily_limit: Some(Some(d("150"))),
+            ..AccountUpdate::default()
+        },
+    );
+    assert_eq!(
+        transfer(&mut from, &mut to, "100.01", false, t0()),
+        Err(DomainError::TransferLimitExceeded("per-transfer"))
+    );
+    transfer(&mut from, &mut to, "100", false, t0()).unwrap();
+    assert_eq!(transfer(&mut from, &mut to, "51", false, t0()), Err(DomainError::TransferLimitExceeded("daily")));
+    transfer(&mut from, &mut to, "50", false, t0()).unwrap();
+    let tomorrow = t0() + Duration::days(1);
+    transfer(&mut from, &mut to, "100", false, tomorrow).unwrap();
+    assert_eq!(to.wallet.balance(tomorrow).available, d("250"));
+    // What holds keep cannot leave, and the overdraft is never drawn on.
+    from.run(|wallet| wallet.reserve(&ctx(tomorrow), d("700"), Duration::hours(1), None)).unwrap();
+    set(&mut from, AccountUpdate { transfer_daily_limit: Some(None), ..AccountUpdate::default() });
+    assert_eq!(transfer(&mut from, &mut to, "51", false, tomorrow), Err(DomainError::InsufficientFunds));
+    transfer(&mut from, &mut to, "50", false, tomorrow).unwrap();
+    assert_eq!(from.wallet.balance(tomorrow).available, d("0"));
+    from.check_invariants();
+    to.check_invariants();
+}
+
+#[test]
+fn a_transfer_needs_the_same_unit_an_active_sender_and_an_open_receiver() {
+    let mut from = Books::new(Overdraft::None);
+    let mut to = Books::new(Overdraft::None);
+    from.grant("10", GrantKind::Paid);
+    to.wallet.account.unit = Unit::currency("EUR", None).unwrap();
+    assert_eq!(transfer(&mut from, &mut to, "1", false, t0()), Err(DomainError::UnitMismatch));
+    to.wallet.account.unit = from.wallet.account.unit.clone();
+    set(&mut to, AccountUpdate { status: Some(AccountStatus::Closed), ..AccountUpdate::default() });
+    assert_eq!(transfer(&mut from, &mut to, "1", false, t0()), Err(DomainError::AccountClosed));
+    let mut other = Books::new(Overdraft::None);
+    set(&mut from, AccountUpdate { status: Some(AccountStatus::Suspended), ..AccountUpdate::default() });
+    assert_eq!(transfer(&mut from, &mut other, "1", false, t0()), Err(DomainError::AccountSuspended));
+    assert_eq!(from.available(), d("10"));
+}

@@ -104,6 +104,8 @@ pub enum GrantSource {
     Invoice,
     Voucher,
     Adjustment,
+    /// Credits moved from another account of the tenant.
+    Transfer,
 }
 
 /// The stored state of a grant. Whether an active grant is pending, usable
@@ -175,6 +177,12 @@ pub enum EventType {
     HoldExpired,
     BalanceLow,
     BalanceDepleted,
+    /// The available balance fell below the account's low-balance warning.
+    BalanceWarning,
+    /// The month's spend reached 50, 80 or 100 percent of the spending cap.
+    SpendingCapAlert,
+    TransferredOut,
+    TransferredIn,
 }
 
 pub type Metadata = BTreeMap<String, String>;
@@ -194,6 +202,8 @@ pub struct Account {
     pub depleted_alerted: bool,
     /// Set while a postpaid invoice is overdue: the overdraft may not be drawn on.
     pub credit_blocked: bool,
+    /// Spending cap, transfer limits and the warning level, with what they count.
+    pub spend: SpendControl,
     /// What is owed on the overdraft, zero or more.
     pub overdraft_used: Decimal,
     /// The sum of active holds.
@@ -297,6 +307,63 @@ pub struct Event {
     pub correlation_id: String,
     pub meter_code: Option<String>,
     pub threshold: Option<Decimal>,
+    /// For a spending-cap alert, the percentage of the cap reached (50, 80, 100).
+    pub cap_percent: Option<u32>,
+    /// For a transfer, the other account.
+    pub counterparty: Option<AccountId>,
+}
+
+/// An account's spend controls and the counters they are checked against.
+/// Months and days are UTC calendar months and days.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpendControl {
+    /// Debits and captures in a month may not take the month's spend past this.
+    pub monthly_cap: Option<Decimal>,
+    /// BALANCE_WARNING once each time the available balance falls below this.
+    pub low_balance_warning: Option<Decimal>,
+    /// Set when BALANCE_WARNING was sent and the balance has not risen back since.
+    pub low_balance_warned: bool,
+    /// The largest single transfer out of the account.
+    pub transfer_max: Option<Decimal>,
+    /// The most the account may transfer out in a day.
+    pub transfer_daily_limit: Option<Decimal>,
+    /// The month `month_spend` counts ("2026-12"); empty before any spend.
+    pub month: String,
+    /// Debits and captures of `month`, less refunds of them.
+    pub month_spend: Decimal,
+    /// The highest cap alert (0, 50, 80, 100) sent for `month` and not re-armed since.
+    pub cap_alerted_percent: u32,
+    /// The day `transferred_today` counts ("2026-12-03"); empty before any transfer.
+    pub day: String,
+    pub transferred_today: Decimal,
+}
+
+/// Spending-cap alerts fire as the month's spend reaches these percentages of the cap.
+pub const CAP_ALERT_PERCENTS: [u32; 3] = [50, 80, 100];
+
+/// The month an instant falls in, as stored: "2026-12".
+pub fn month_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m").to_string()
+}
+
+/// The day an instant falls in, as stored: "2026-12-03".
+pub fn day_key(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d").to_string()
+}
+
+/// The month's spend so far and where it is heading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpendView {
+    pub cap: Option<Decimal>,
+    pub spent: Decimal,
+    /// The spend at month end if the rate so far holds, at the unit's scale.
+    pub projected: Decimal,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// What may still be debited this month; `None` without a cap.
+    pub remaining: Option<Decimal>,
+    /// The highest cap alert sent this month.
+    pub alerted_percent: u32,
 }
 
 /// A wallet's balance at an instant.
@@ -344,6 +411,12 @@ pub enum DomainError {
     GrantNotActive(&'static str),
     #[error("the balance would leave the supported range")]
     BalanceOutOfRange,
+    #[error("the monthly spending cap would be exceeded")]
+    SpendingCapReached,
+    #[error("the transfer is over the account's {0} transfer limit")]
+    TransferLimitExceeded(&'static str),
+    #[error("the accounts have different units")]
+    UnitMismatch,
     /// Only a bug can cause this: the store did not load what the operation needs.
     #[error("inconsistent wallet state: {0}")]
     Inconsistent(&'static str),
@@ -424,4 +497,9 @@ pub struct AccountUpdate {
     /// `Some(None)` clears the threshold.
     pub low_balance_threshold: Option<Option<Decimal>>,
     pub credit_blocked: Option<bool>,
+    /// `Some(None)` removes the cap.
+    pub monthly_cap: Option<Option<Decimal>>,
+    pub low_balance_warning: Option<Option<Decimal>>,
+    pub transfer_max: Option<Option<Decimal>>,
+    pub transfer_daily_limit: Option<Option<Decimal>>,
 }

@@ -70,6 +70,7 @@ impl Wallet {
             // An empty wallet has not crossed into depletion; it starts there.
             depleted_alerted: true,
             credit_blocked: false,
+            spend: SpendControl::default(),
             overdraft_used: Decimal::ZERO,
             held: Decimal::ZERO,
             last_sequence: 0,
@@ -174,6 +175,7 @@ impl Wallet {
     /// Writes off every grant and hold past its expiry at `ctx.now`. The sweeper
     /// calls this; every other operation does it first.
     pub fn expire(&mut self, ctx: &OperationContext) {
+        self.roll_periods(ctx.now);
         for index in 0..self.grants.len() {
             let grant = &self.grants[index];
             if grant.status != GrantStatus::Active || !grant.is_past_expiry(ctx.now) {
@@ -245,8 +247,10 @@ impl Wallet {
     pub fn debit(&mut self, ctx: &OperationContext, amount: Decimal, meter_code: Option<&str>) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
+        self.check_cap(amount, Decimal::ZERO)?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         self.draw(ctx, amount, meter_code, false, EntryKind::Debit, None);
+        self.account.spend.month_spend += amount;
         self.push_event(ctx, EventType::Debited, Some(amount), None, None, meter_code.map(str::to_owned));
         self.update_alerts(ctx);
         Ok(())
@@ -262,6 +266,7 @@ impl Wallet {
     ) -> DomainResult<HoldId> {
         self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
+        self.check_cap(amount, Decimal::ZERO)?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         let hold = Hold {
             id: HoldId::generate(),
@@ -298,9 +303,11 @@ impl Wallet {
             return Err(DomainError::CaptureExceedsHold);
         }
         let meter = hold.meter_code.as_deref();
+        self.check_cap(amount, hold.amount)?;
         self.check_fit(ctx, amount, meter, false, hold.amount)?;
         self.account.held -= hold.amount;
         self.draw(ctx, amount, meter, false, EntryKind::Capture, Some(hold_id));
+        self.account.spend.month_spend += amount;
         let rest = hold.amount - amount;
         if rest > Decimal::ZERO {
             self.push_entry(ctx, EntryKind::Release, rest, None, Some(hold_id), meter, None, None);
@@ -424,6 +431,10 @@ impl Wallet {
                 continue;
             }
             to_refund -= part;
+            // A refund of this month's spend gives that room back under the cap.
+            if month_key(entry.created_at) == self.account.spend.month {
+                self.account.spend.month_spend = (self.account.spend.month_spend - part).max(Decimal::ZERO);
+            }
             match entry.grant_id {
                 Some(grant_id) => self.refund_to_grant(ctx, grant_id, part, entry.id),
                 None => self.refund_overdraft_part(ctx, part, entry),
@@ -459,6 +470,97 @@ impl Wallet {
         Ok(())
     }
 
+    /// Moves `amount` of credits to another account of the same tenant and
+    /// unit. Credits leave in drawdown order from grants any meter may use
+    /// (promotional ones only when `allow_promotional`), never from the
+    /// overdraft or from what holds keep; each grant drawn becomes a grant of
+    /// the receiver with the same kind, priority and expiry, which repays the
+    /// receiver's overdraft first like any grant.
+    pub fn transfer_to(
+        &mut self,
+        to: &mut Wallet,
+        ctx: &OperationContext,
+        amount: Decimal,
+        allow_promotional: bool,
+    ) -> DomainResult<()> {
+        self.expire(&ctx.for_expiry());
+        to.expire(&ctx.for_expiry());
+        self.refuse_unless_active()?;
+        to.refuse_if_closed()?;
+        if self.account.unit != to.account.unit {
+            return Err(DomainError::UnitMismatch);
+        }
+        if self.account.spend.transfer_max.is_some_and(|max| amount > max) {
+            return Err(DomainError::TransferLimitExceeded("per-transfer"));
+        }
+        if self
+            .account
+            .spend
+            .transfer_daily_limit
+            .is_some_and(|limit| self.account.spend.transferred_today + amount > limit)
+        {
+            return Err(DomainError::TransferLimitExceeded("daily"));
+        }
+        let sources: Vec<usize> = self
+            .drawdown_order(ctx, None, false)
+            .into_iter()
+            .filter(|&index| allow_promotional || self.grants[index].kind != GrantKind::Promotional)
+            .collect();
+        let transferable: Decimal = sources.iter().map(|&index| self.grants[index].remaining).sum();
+        let view = self.balance(ctx.now);
+        // Holds keep their guarantee, as for a debit, and nothing is drawn on the overdraft.
+        if transferable - view.held < amount || view.available < amount {
+            return Err(DomainError::InsufficientFunds);
+        }
+        to.check_credit_fits(amount)?;
+        let mut left = amount;
+        for index in sources {
+            if left.is_zero() {
+                break;
+            }
+            let take = left.min(self.grants[index].remaining);
+            left -= take;
+            self.grants[index].remaining -= take;
+            let source = self.grants[index].clone();
+            self.changes.touched_grants.insert(source.id);
+            let out = if ctx.description.is_empty() {
+                format!("transfer to {}", to.account.id)
+            } else {
+                ctx.description.clone()
+            };
+            self.push_entry(ctx, EntryKind::TransferOut, -take, Some(source.id), None, None, Some(&out), None);
+            let new = NewGrant {
+                amount: take,
+                kind: source.kind,
+                priority: Some(source.priority),
+                effective_at: None,
+                expires_at: source.expires_at,
+                meter_codes: Vec::new(),
+                source: GrantSource::Transfer,
+                source_reference: source.id.to_string(),
+                metadata: ctx.metadata.clone(),
+            };
+            let mut received = ctx.clone();
+            if received.description.is_empty() {
+                received.description = format!("transfer from {}", self.account.id);
+            }
+            let id = to.create_grant(&received, new, EntryKind::TransferIn, None);
+            to.repay_overdraft(&received, id);
+        }
+        self.account.spend.transferred_today += amount;
+        self.push_event(ctx, EventType::TransferredOut, Some(amount), None, None, None);
+        if let Some(event) = self.changes.events.last_mut() {
+            event.counterparty = Some(to.account.id);
+        }
+        to.push_event(ctx, EventType::TransferredIn, Some(amount), None, None, None);
+        if let Some(event) = to.changes.events.last_mut() {
+            event.counterparty = Some(self.account.id);
+        }
+        self.update_alerts(ctx);
+        to.update_alerts(ctx);
+        Ok(())
+    }
+
     /// Changes the account's settings. A closed account takes no changes.
     pub fn update(&mut self, ctx: &OperationContext, update: AccountUpdate) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
@@ -472,16 +574,106 @@ impl Wallet {
         if let Some(blocked) = update.credit_blocked {
             self.account.credit_blocked = blocked;
         }
+        let available = self.balance(ctx.now).available;
         if let Some(threshold) = update.low_balance_threshold {
             self.account.low_balance_threshold = threshold;
             // Setting a threshold is not a crossing: only a later fall below it alerts.
-            let available = self.balance(ctx.now).available;
             self.account.low_balance_alerted = threshold.is_some_and(|threshold| available < threshold);
+        }
+        if let Some(warning) = update.low_balance_warning {
+            self.account.spend.low_balance_warning = warning;
+            self.account.spend.low_balance_warned = warning.is_some_and(|warning| available < warning);
+        }
+        if let Some(cap) = update.monthly_cap {
+            self.account.spend.monthly_cap = cap;
+            // Likewise a cap set below the month's spend: the alerts it has
+            // already passed count as sent, and lowering it back re-arms them.
+            self.account.spend.cap_alerted_percent = self.cap_level();
+        }
+        if let Some(max) = update.transfer_max {
+            self.account.spend.transfer_max = max;
+        }
+        if let Some(limit) = update.transfer_daily_limit {
+            self.account.spend.transfer_daily_limit = limit;
         }
         self.account.updated_at = ctx.now;
         self.push_event(ctx, EventType::AccountUpdated, None, None, None, None);
         self.update_alerts(ctx);
         Ok(())
+    }
+
+    /// The month's spend against the cap, with the month-end projection at
+    /// the rate so far (the spend times the month's length over the time gone).
+    pub fn spend_view(&self, now: chrono::DateTime<chrono::Utc>) -> SpendView {
+        let (period_start, period_end) = month_bounds(now);
+        let spent = self.spent_this_month(now);
+        let elapsed_ms = (now - period_start).num_milliseconds();
+        let length_ms = (period_end - period_start).num_milliseconds();
+        let projected = if elapsed_ms <= 0 {
+            spent
+        } else {
+            (spent * Decimal::from(length_ms) / Decimal::from(elapsed_ms))
+                .round_dp_with_strategy(self.account.unit.scale(), rust_decimal::RoundingStrategy::MidpointNearestEven)
+        };
+        let cap = self.account.spend.monthly_cap;
+        SpendView {
+            cap,
+            spent,
+            projected,
+            period_start,
+            period_end,
+            remaining: cap.map(|cap| (cap - spent).max(Decimal::ZERO)),
+            alerted_percent: if self.account.spend.month == month_key(now) {
+                self.account.spend.cap_alerted_percent
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The spend counted for the month of `now`: none yet if the stored
+    /// counter belongs to an earlier month.
+    fn spent_this_month(&self, now: chrono::DateTime<chrono::Utc>) -> Decimal {
+        if self.account.spend.month == month_key(now) { self.account.spend.month_spend } else { Decimal::ZERO }
+    }
+
+    /// Starts the month's spend and the day's transfers afresh when they turn.
+    fn roll_periods(&mut self, now: chrono::DateTime<chrono::Utc>) {
+        let month = month_key(now);
+        if self.account.spend.month != month {
+            self.account.spend.month = month;
+            self.account.spend.month_spend = Decimal::ZERO;
+            self.account.spend.cap_alerted_percent = 0;
+        }
+        let day = day_key(now);
+        if self.account.spend.day != day {
+            self.account.spend.day = day;
+            self.account.spend.transferred_today = Decimal::ZERO;
+        }
+    }
+
+    /// The highest alert percentage the month's spend has reached; 0 without a cap.
+    fn cap_level(&self) -> u32 {
+        let spend = &self.account.spend;
+        let Some(cap) = spend.monthly_cap else {
+            return 0;
+        };
+        CAP_ALERT_PERCENTS
+            .into_iter()
+            .filter(|percent| spend.month_spend * Decimal::ONE_HUNDRED >= cap * Decimal::from(*percent))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// A debit (or a hold, which may become one) must leave the month's spend,
+    /// with what active holds may still capture, within the cap. `freed` is
+    /// the hold being captured.
+    fn check_cap(&self, amount: Decimal, freed: Decimal) -> DomainResult<()> {
+        let Some(cap) = self.account.spend.monthly_cap else {
+            return Ok(());
+        };
+        let committed = self.account.spend.month_spend + (self.account.held - freed).max(Decimal::ZERO);
+        if committed + amount > cap { Err(DomainError::SpendingCapReached) } else { Ok(()) }
     }
 
     // ---- rules shared by the operations -----------------------------------
@@ -732,6 +924,16 @@ impl Wallet {
                 self.account.low_balance_alerted = false;
             }
         }
+        if let Some(warning) = self.account.spend.low_balance_warning {
+            if available < warning {
+                if !self.account.spend.low_balance_warned {
+                    self.account.spend.low_balance_warned = true;
+                    self.push_alert(ctx, EventType::BalanceWarning, Some(warning));
+                }
+            } else {
+                self.account.spend.low_balance_warned = false;
+            }
+        }
         if available <= Decimal::ZERO {
             if !self.account.depleted_alerted {
                 self.account.depleted_alerted = true;
@@ -740,6 +942,18 @@ impl Wallet {
         } else {
             self.account.depleted_alerted = false;
         }
+        // Each cap percentage alerts once as the spend reaches it; a refund or
+        // a raised cap that takes the spend back below re-arms it.
+        let level = self.cap_level();
+        let alerted = self.account.spend.cap_alerted_percent;
+        for percent in CAP_ALERT_PERCENTS.into_iter().filter(|percent| *percent > alerted && *percent <= level) {
+            self.push_alert(ctx, EventType::SpendingCapAlert, self.account.spend.monthly_cap);
+            if let Some(event) = self.changes.events.last_mut() {
+                event.cap_percent = Some(percent);
+                event.amount = Some(self.account.spend.month_spend);
+            }
+        }
+        self.account.spend.cap_alerted_percent = level;
     }
 
     fn push_alert(&mut self, ctx: &OperationContext, event_type: EventType, threshold: Option<Decimal>) {
@@ -756,6 +970,8 @@ impl Wallet {
             correlation_id: ctx.correlation_id.clone(),
             meter_code: None,
             threshold,
+            cap_percent: None,
+            counterparty: None,
         });
     }
 
@@ -816,6 +1032,19 @@ impl Wallet {
             correlation_id: ctx.correlation_id.clone(),
             meter_code,
             threshold: None,
+            cap_percent: None,
+            counterparty: None,
         });
     }
+}
+
+/// The UTC calendar month `now` falls in, as [start, end).
+pub fn month_bounds(
+    now: chrono::DateTime<chrono::Utc>,
+) -> (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) {
+    use chrono::{Datelike, TimeZone};
+    let start = chrono::Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
+    let (year, month) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let end = chrono::Utc.with_ymd_and_hms(year, month, 1, 0, 0, 0).single().unwrap_or(now);
+    (start, end)
 }

@@ -11,6 +11,7 @@ pub mod tenant {
         pub id: Uuid,
         pub name: String,
         pub created_at: DateTimeUtc,
+        pub allow_promotional_transfers: bool,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -72,6 +73,16 @@ pub mod account {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub version: i64,
+        pub monthly_cap: Option<Amount>,
+        pub low_balance_warning: Option<Amount>,
+        pub low_balance_warned: bool,
+        pub transfer_max: Option<Amount>,
+        pub transfer_daily_limit: Option<Amount>,
+        pub spend_month: String,
+        pub month_spend: Amount,
+        pub cap_alerted_percent: i32,
+        pub transfer_day: String,
+        pub transferred_today: Amount,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

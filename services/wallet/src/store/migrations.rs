@@ -11,7 +11,13 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ServiceKeys), Box::new(CreditBlock), Box::new(AccountVersion)]
+        vec![
+            Box::new(Initial),
+            Box::new(ServiceKeys),
+            Box::new(CreditBlock),
+            Box::new(AccountVersion),
+            Box::new(SpendControl),
+        ]
     }
 }
 
@@ -252,6 +258,49 @@ impl MigrationTrait for AccountVersion {
             .get_connection()
             .execute_unprepared("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0")
             .await?;
+        Ok(())
+    }
+}
+
+/// Spending caps, transfer limits, the low-balance warning and the counters
+/// they are checked against; and whether a tenant lets promotional credits move.
+struct SpendControl;
+
+impl MigrationName for SpendControl {
+    fn name(&self) -> &str {
+        "m0005_spend_control"
+    }
+}
+
+const SPEND_CONTROL: &str = r#"
+ALTER TABLE accounts ADD COLUMN monthly_cap {amount};
+ALTER TABLE accounts ADD COLUMN low_balance_warning {amount};
+ALTER TABLE accounts ADD COLUMN low_balance_warned BOOLEAN NOT NULL DEFAULT FALSE;
+ALTER TABLE accounts ADD COLUMN transfer_max {amount};
+ALTER TABLE accounts ADD COLUMN transfer_daily_limit {amount};
+ALTER TABLE accounts ADD COLUMN spend_month TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN month_spend {amount} NOT NULL DEFAULT '0';
+ALTER TABLE accounts ADD COLUMN cap_alerted_percent INTEGER NOT NULL DEFAULT 0 CHECK (cap_alerted_percent IN (0, 50, 80, 100));
+ALTER TABLE accounts ADD COLUMN transfer_day TEXT NOT NULL DEFAULT '';
+ALTER TABLE accounts ADD COLUMN transferred_today {amount} NOT NULL DEFAULT '0';
+ALTER TABLE tenants ADD COLUMN allow_promotional_transfers BOOLEAN NOT NULL DEFAULT FALSE;
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for SpendControl {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render_schema(SPEND_CONTROL, backend)).await?;
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE accounts ADD CONSTRAINT accounts_spend_in_range CHECK (month_spend >= 0 \
+                 AND transferred_today >= 0 AND (monthly_cap IS NULL OR monthly_cap >= 0) \
+                 AND (transfer_max IS NULL OR transfer_max > 0) \
+                 AND (transfer_daily_limit IS NULL OR transfer_daily_limit > 0))",
+            )
+            .await?;
+        }
         Ok(())
     }
 }

@@ -151,9 +151,14 @@ impl Store {
 
     pub async fn create_tenant(&self, name: &str, now: DateTime<Utc>) -> Result<TenantId, WalletError> {
         let id = Uuid::now_v7();
-        tenant::Entity::insert(tenant::ActiveModel { id: Set(id), name: Set(name.to_owned()), created_at: Set(now) })
-            .exec_without_returning(&self.db)
-            .await?;
+        tenant::Entity::insert(tenant::ActiveModel {
+            id: Set(id),
+            name: Set(name.to_owned()),
+            created_at: Set(now),
+            allow_promotional_transfers: Set(false),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
         Ok(TenantId(id))
     }
 
@@ -169,6 +174,22 @@ impl Store {
                 active_keys: keys.iter().filter(|key| key.tenant_id == row.id).count(),
             })
             .collect())
+    }
+
+    /// Whether the tenant lets promotional credits be transferred.
+    pub async fn allow_promotional_transfers(&self, tenant_id: TenantId) -> Result<bool, WalletError> {
+        let row =
+            tenant::Entity::find_by_id(tenant_id.0).one(&self.db).await?.ok_or(WalletError::NotFound("tenant"))?;
+        Ok(row.allow_promotional_transfers)
+    }
+
+    pub async fn set_allow_promotional_transfers(&self, tenant_id: TenantId, allow: bool) -> Result<(), WalletError> {
+        tenant::Entity::update_many()
+            .col_expr(tenant::Column::AllowPromotionalTransfers, Expr::value(allow))
+            .filter(tenant::Column::Id.eq(tenant_id.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     pub async fn tenant_exists(&self, tenant_id: TenantId) -> Result<bool, WalletError> {
@@ -542,6 +563,46 @@ impl Store {
             .map_err(|error| WalletError::Internal(format!("a response does not decode: {error}")))
     }
 
+    /// Changes two wallets of a tenant in one transaction, as [`Store::mutate`]
+    /// does one: both account rows are locked in id order, so two transfers
+    /// between the same accounts in opposite directions cannot deadlock.
+    /// `operate` gets the wallets in the order given and the tenant's
+    /// promotional-transfer setting, read under the same transaction.
+    pub async fn mutate_pair<M: prost::Message + Default>(
+        &self,
+        tenant_id: TenantId,
+        accounts: (AccountId, AccountId),
+        check: &IdempotencyCheck,
+        now: DateTime<Utc>,
+        operate: impl FnOnce(&mut Wallet, &mut Wallet, bool) -> Result<M, WalletError>,
+    ) -> Result<Outcome<M>, WalletError> {
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
+        let (low, high) = if accounts.0 <= accounts.1 { accounts } else { (accounts.1, accounts.0) };
+        let plan = LoadPlan::default();
+        let low_wallet = load(&transaction, tenant_id, low, &plan, now, true).await?.wallet;
+        let high_wallet = load(&transaction, tenant_id, high, &plan, now, true).await?.wallet;
+        let (mut first, mut second) =
+            if accounts.0 == low { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
+        if let Some(response) = Self::replay(&transaction, tenant_id, check).await? {
+            return Ok(Outcome::Replayed(response));
+        }
+        let allow_promotional = tenant::Entity::find_by_id(tenant_id.0)
+            .one(&transaction)
+            .await?
+            .is_some_and(|row| row.allow_promotional_transfers);
+        let response = operate(&mut first, &mut second, allow_promotional)?;
+        let (first_changes, second_changes) = (first.take_changes(), second.take_changes());
+        record(&transaction, tenant_id, check, &response).await?;
+        write_changes(&transaction, &[(&first, first_changes), (&second, second_changes)]).await?;
+        transaction.commit().await?;
+        self.cache.put(&first);
+        self.cache.put(&second);
+        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
+            .increment(1);
+        self.events_written.notify_waiters();
+        Ok(Outcome::Applied(response))
+    }
+
     /// Changes one wallet in one transaction. The account row is locked (on
     /// PostgreSQL `FOR UPDATE`; SQLite has one writer), the idempotency key is
     /// checked again under that lock, `operate` decides, and everything it
@@ -768,11 +829,12 @@ async fn update_accounts_together(
     transaction: &DatabaseTransaction,
     changed: &[&(&Wallet, Changes)],
 ) -> Result<(), WalletError> {
-    // Thirteen parameters a row; 400 rows stay far below the parameter limit.
+    // Twenty-three parameters a row; 400 rows stay far below the parameter limit.
     for chunk in changed.chunks(400) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 13);
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 23);
         for (wallet, _) in chunk {
             let account = &wallet.account;
+            let spend = &account.spend;
             values.extend([
                 account.id.0.into(),
                 rows::account_status_name(account.status).into(),
@@ -787,16 +849,31 @@ async fn update_accounts_together(
                 account.updated_at.into(),
                 account.credit_blocked.into(),
                 i64::try_from(account.version).unwrap_or(i64::MAX).into(),
+                spend.monthly_cap.map(Amount).into(),
+                spend.low_balance_warning.map(Amount).into(),
+                spend.low_balance_warned.into(),
+                spend.transfer_max.map(Amount).into(),
+                spend.transfer_daily_limit.map(Amount).into(),
+                spend.month.clone().into(),
+                Amount(spend.month_spend).into(),
+                i32::try_from(spend.cap_alerted_percent).unwrap_or(0).into(),
+                spend.day.clone().into(),
+                Amount(spend.transferred_today).into(),
             ]);
         }
         let sql = format!(
             "UPDATE accounts SET status = v.status, overdraft_policy = v.policy, credit_limit = v.credit_limit, \
              low_balance_threshold = v.threshold, low_balance_alerted = v.low, depleted_alerted = v.depleted, \
              overdraft_used = v.overdraft_used, held = v.held, last_sequence = v.last_sequence, updated_at = v.updated_at, \
-             credit_blocked = v.credit_blocked, version = v.version \
-             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, last_sequence, updated_at, credit_blocked, version) \
+             credit_blocked = v.credit_blocked, version = v.version, monthly_cap = v.monthly_cap, \
+             low_balance_warning = v.warning, low_balance_warned = v.warned, transfer_max = v.transfer_max, \
+             transfer_daily_limit = v.transfer_daily_limit, spend_month = v.spend_month, month_spend = v.month_spend, \
+             cap_alerted_percent = v.cap_alerted, transfer_day = v.transfer_day, transferred_today = v.transferred_today \
+             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, \
+             last_sequence, updated_at, credit_blocked, version, monthly_cap, warning, warned, transfer_max, \
+             transfer_daily_limit, spend_month, month_spend, cap_alerted, transfer_day, transferred_today) \
              WHERE accounts.id = v.id",
-            values_list(chunk.len(), 13, 0)
+            values_list(chunk.len(), 23, 0)
         );
         transaction.execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
     }

@@ -66,6 +66,18 @@ pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
         low_balance_alerted: row.low_balance_alerted,
         depleted_alerted: row.depleted_alerted,
         credit_blocked: row.credit_blocked,
+        spend: SpendControl {
+            monthly_cap: row.monthly_cap.map(|amount| amount.0),
+            low_balance_warning: row.low_balance_warning.map(|amount| amount.0),
+            low_balance_warned: row.low_balance_warned,
+            transfer_max: row.transfer_max.map(|amount| amount.0),
+            transfer_daily_limit: row.transfer_daily_limit.map(|amount| amount.0),
+            month: row.spend_month,
+            month_spend: row.month_spend.0,
+            cap_alerted_percent: u32::try_from(row.cap_alerted_percent).unwrap_or(0),
+            day: row.transfer_day,
+            transferred_today: row.transferred_today.0,
+        },
         overdraft_used: row.overdraft_used.0,
         held: row.held.0,
         last_sequence: to_u64(row.last_sequence),
@@ -99,6 +111,16 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
         low_balance_alerted: Set(account.low_balance_alerted),
         depleted_alerted: Set(account.depleted_alerted),
         credit_blocked: Set(account.credit_blocked),
+        monthly_cap: Set(account.spend.monthly_cap.map(Amount)),
+        low_balance_warning: Set(account.spend.low_balance_warning.map(Amount)),
+        low_balance_warned: Set(account.spend.low_balance_warned),
+        transfer_max: Set(account.spend.transfer_max.map(Amount)),
+        transfer_daily_limit: Set(account.spend.transfer_daily_limit.map(Amount)),
+        spend_month: Set(account.spend.month.clone()),
+        month_spend: Set(Amount(account.spend.month_spend)),
+        cap_alerted_percent: Set(i32::try_from(account.spend.cap_alerted_percent).unwrap_or(0)),
+        transfer_day: Set(account.spend.day.clone()),
+        transferred_today: Set(Amount(account.spend.transferred_today)),
         overdraft_used: Set(Amount(account.overdraft_used)),
         held: Set(Amount(account.held)),
         last_sequence: Set(to_i64(account.last_sequence)),
@@ -139,6 +161,7 @@ fn grant_source_name(source: GrantSource) -> &'static str {
         GrantSource::Invoice => "INVOICE",
         GrantSource::Voucher => "VOUCHER",
         GrantSource::Adjustment => "ADJUSTMENT",
+        GrantSource::Transfer => "TRANSFER",
     }
 }
 
@@ -162,6 +185,7 @@ pub fn grant_from_row(row: grant::Model) -> Result<Grant, WalletError> {
         "INVOICE" => GrantSource::Invoice,
         "VOUCHER" => GrantSource::Voucher,
         "ADJUSTMENT" => GrantSource::Adjustment,
+        "TRANSFER" => GrantSource::Transfer,
         other => return Err(corrupt("grant source", other)),
     };
     let status = match row.status.as_str() {
@@ -332,5 +356,9 @@ pub fn event_type_name(event_type: EventType) -> &'static str {
         EventType::HoldExpired => "HOLD_EXPIRED",
         EventType::BalanceLow => "BALANCE_LOW",
         EventType::BalanceDepleted => "BALANCE_DEPLETED",
+        EventType::BalanceWarning => "BALANCE_WARNING",
+        EventType::SpendingCapAlert => "SPENDING_CAP_ALERT",
+        EventType::TransferredOut => "TRANSFERRED_OUT",
+        EventType::TransferredIn => "TRANSFERRED_IN",
     }
 }

@@ -14,3 +14,5 @@ mod idempotency;
 mod ledger;
 mod replay_property;
 mod server;
+mod spend;
+mod transfers;

@@ -83,10 +83,19 @@ impl Database {
                     .foreign_keys(true)
             });
         }
+        // Another process opening a fresh SQLite file, or migrating it, at
+        // the same moment can make the first statements of a new connection
+        // fail with "database is locked" before any busy wait applies: the
+        // connection is opened under the same file lock as migrations.
+        let lock = match sqlite_path(&settings.url) {
+            Some(path) if !postgres => Some(lock_file(format!("{path}.migrating")).await?),
+            _ => None,
+        };
         let connection = SeaDatabase::connect(options).await?;
         if !postgres {
             connection.execute_unprepared(WRITE_TURN_TABLE).await?;
         }
+        drop(lock);
         Ok(Self {
             connection,
             write_lock: (!postgres).then(|| Arc::new(Mutex::new(()))),
@@ -167,15 +176,7 @@ impl Database {
             let Some(file) = &self.sqlite_file else {
                 return migrate(self.connection.clone()).await;
             };
-            let path = format!("{file}.migrating");
-            let lock = tokio::task::spawn_blocking(move || {
-                let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
-                lock.lock()?;
-                Ok::<_, std::io::Error>(lock)
-            })
-            .await
-            .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))?
-            .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))?;
+            let lock = lock_file(format!("{file}.migrating")).await?;
             let result = migrate(self.connection.clone()).await;
             // Closing the file releases the lock.
             drop(lock);
@@ -207,6 +208,19 @@ impl Database {
 }
 
 /// The SQLite file of a `sqlite:` URL, if it names one.
+/// Takes an exclusive lock on a file beside a SQLite database, waiting for it;
+/// closing the file releases it.
+async fn lock_file(path: String) -> Result<std::fs::File, DbErr> {
+    tokio::task::spawn_blocking(move || {
+        let lock = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        lock.lock()?;
+        Ok::<_, std::io::Error>(lock)
+    })
+    .await
+    .map_err(|error| DbErr::Custom(format!("locking {error}")))?
+    .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))
+}
+
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or("");
