@@ -10,18 +10,21 @@ use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
+use reservoir_proto::orchestrator::webhook_service_server::WebhookServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::TopUpApi;
+use crate::api::{TopUpApi, WebhookApi};
 use crate::error::OrchestratorError;
 use crate::saga::{CrashPoint, Saga};
 use crate::store::Store;
 use crate::upstream::Upstream;
+use crate::webhooks::{WebhookSettings, Webhooks};
 use crate::worker::Worker;
 
 pub const SERVICE_NAME: &str = "reservoir.orchestrator.v1.TopUpService";
+pub const WEBHOOK_SERVICE_NAME: &str = "reservoir.orchestrator.v1.WebhookService";
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct OrchestratorSettings {
@@ -57,6 +60,9 @@ pub struct OrchestratorSettings {
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
     #[serde(default)]
     pub metrics_listen: String,
+    /// Webhook deliveries.
+    #[serde(default)]
+    pub webhooks: WebhookSettings,
 }
 
 fn attempts_before_action_default() -> u32 {
@@ -92,6 +98,7 @@ impl OrchestratorSettings {
         if self.worker_interval_ms == 0 || self.saga_lease_ms == 0 {
             return Err("orchestrator: worker_interval_ms and saga_lease_ms must be at least 1".into());
         }
+        self.webhooks.validate()?;
         if !self.crash_at.is_empty() && CrashPoint::parse(&self.crash_at).is_none() {
             return Err(format!("orchestrator: crash_at {:?} is not before:STEP or after:STEP", self.crash_at));
         }
@@ -118,6 +125,7 @@ pub struct Application {
     saga: Saga,
     authenticator: Arc<Authenticator>,
     worker_interval: Duration,
+    webhooks: WebhookSettings,
 }
 
 impl Application {
@@ -152,6 +160,7 @@ impl Application {
             saga,
             authenticator,
             worker_interval: Duration::from_millis(settings.worker_interval_ms),
+            webhooks: settings.webhooks.clone(),
         })
     }
 
@@ -187,15 +196,34 @@ impl Application {
                 .await;
             }
         });
+        let webhooks =
+            Webhooks::new(self.store.clone(), self.saga.upstream().clone(), self.webhooks.clone(), stopping.clone())?;
+        let delivering = tokio::spawn({
+            let stopping = stopping.clone();
+            let interval = Duration::from_millis(self.webhooks.interval_ms);
+            async move {
+                reservoir_common::serve::every(interval, stopping, || async {
+                    if let Err(error) = webhooks.pass().await {
+                        tracing::warn!(%error, "webhook pass failed; retried next pass");
+                    }
+                })
+                .await;
+            }
+        });
+        let webhook_api = WebhookApi::new(self.store.clone(), self.webhooks.allow_http);
         let api = TopUpApi::new(self.saga, stopping);
-        let routes = tonic::service::Routes::new(TopUpServiceServer::new(api));
+        let routes = tonic::service::Routes::new(TopUpServiceServer::new(api))
+            .add_service(WebhookServiceServer::new(webhook_api));
         let stop = async move {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
-        if let Err(error) = running.await {
-            tracing::error!(%error, "the orchestrator worker ended abnormally");
+        let names = [SERVICE_NAME, WEBHOOK_SERVICE_NAME];
+        let served = serve(self.listener, routes, &names, self.authenticator, self.metrics, stop).await;
+        for (task, name) in [(running, "worker"), (delivering, "webhook deliverer")] {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "the orchestrator {name} ended abnormally");
+            }
         }
         served?;
         tracing::info!("orchestrator stopped");

@@ -10,4 +10,5 @@ pub mod error;
 pub mod saga;
 pub mod store;
 pub mod upstream;
+pub mod webhooks;
 pub mod worker;

@@ -69,6 +69,15 @@ attempts_before_action = 8
 crash_at = ""
 metrics_listen = "127.0.0.1:9055"
 
+[orchestrator.webhooks]
+interval_ms = 500
+retry_base_ms = 5000
+retry_max_ms = 3600000
+retry_hours = 72
+timeout_ms = 10000
+# Local development sends to receivers on this machine; production wants https.
+allow_http = true
+
 [auth]
 api_key_pepper = "reservoir-development-pepper"
 key_cache_ttl_ms = 5000

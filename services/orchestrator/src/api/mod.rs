@@ -1,6 +1,9 @@
 //! gRPC handlers of the top-up service.
 
 mod convert;
+mod webhooks;
+
+pub use self::webhooks::WebhookApi;
 
 use std::pin::Pin;
 use std::time::Duration;

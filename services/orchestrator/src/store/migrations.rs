@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ReplenishWarning)]
+        vec![Box::new(Initial), Box::new(ReplenishWarning), Box::new(Webhooks)]
     }
 }
 
@@ -160,6 +160,91 @@ impl MigrationTrait for ReplenishWarning {
                  CHECK (warning_percent BETWEEN 0 AND 100)",
             )
             .await?;
+        Ok(())
+    }
+}
+
+/// Webhook endpoints, the events kept for them, and every delivery and attempt.
+struct Webhooks;
+
+impl MigrationName for Webhooks {
+    fn name(&self) -> &str {
+        "m0003_webhooks"
+    }
+}
+
+const WEBHOOKS: &str = r#"
+CREATE TABLE webhook_endpoints (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    url TEXT NOT NULL,
+    description TEXT NOT NULL,
+    -- Comma-separated event types; empty for all.
+    event_types TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    previous_secret_expires_at {time},
+    enabled BOOLEAN NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (tenant_id, idempotency_key)
+);
+
+-- One row per event kept for delivery; its id is what receivers deduplicate by.
+CREATE TABLE webhook_messages (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    source TEXT NOT NULL,
+    source_sequence BIGINT NOT NULL,
+    account_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    UNIQUE (tenant_id, source, source_sequence)
+);
+
+CREATE TABLE webhook_deliveries (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    endpoint_id {uuid} NOT NULL REFERENCES webhook_endpoints (id),
+    message_id {uuid} NOT NULL REFERENCES webhook_messages (id),
+    account_id TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_sequence BIGINT NOT NULL,
+    event_type TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'SUCCEEDED', 'FAILED')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at {time} NOT NULL,
+    -- Retries stop this long after this instant: the delivery's creation or its last replay.
+    retry_from {time} NOT NULL,
+    claimed_until {time},
+    last_status_code INTEGER,
+    last_error TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL,
+    UNIQUE (endpoint_id, message_id)
+);
+CREATE INDEX webhook_deliveries_by_status ON webhook_deliveries (status, endpoint_id, account_id, source, source_sequence);
+CREATE INDEX webhook_deliveries_by_endpoint ON webhook_deliveries (endpoint_id, id);
+
+CREATE TABLE webhook_attempts (
+    id {uuid} PRIMARY KEY,
+    delivery_id {uuid} NOT NULL REFERENCES webhook_deliveries (id),
+    tenant_id {uuid} NOT NULL,
+    attempted_at {time} NOT NULL,
+    status_code INTEGER,
+    error TEXT NOT NULL,
+    duration_ms BIGINT NOT NULL
+);
+CREATE INDEX webhook_attempts_by_delivery ON webhook_attempts (delivery_id, attempted_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Webhooks {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(WEBHOOKS, db.get_database_backend())).await?;
         Ok(())
     }
 }

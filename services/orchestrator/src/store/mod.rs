@@ -5,6 +5,9 @@
 
 mod entities;
 pub mod migrations;
+mod webhooks;
+
+pub use self::webhooks::{AttemptResult, AttemptRow, DeliveryRow, DeliveryStatus, EndpointRow, WebhookMessage};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
@@ -788,19 +791,7 @@ impl Store {
     }
 
     pub async fn save_cursor(&self, tenant: TenantId, source: &str, after: u64) -> Result<(), OrchestratorError> {
-        cursor::Entity::insert(cursor::ActiveModel {
-            tenant_id: Set(tenant.0),
-            source: Set(source.to_owned()),
-            after_sequence: Set(i64::try_from(after).unwrap_or(i64::MAX)),
-        })
-        .on_conflict(
-            OnConflict::columns([cursor::Column::TenantId, cursor::Column::Source])
-                .update_column(cursor::Column::AfterSequence)
-                .to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
+        save_cursor_on(&self.db, tenant, source, after).await
     }
 
     pub async fn events_after(
@@ -834,4 +825,28 @@ impl Store {
     pub fn is_postgres(&self) -> bool {
         self.database.backend() == DbBackend::Postgres
     }
+}
+
+/// Records how far a tenant's events from `source` have been read, on any
+/// connection, so a follower can move its cursor in the transaction that
+/// acts on the events.
+async fn save_cursor_on(
+    connection: &impl ConnectionTrait,
+    tenant: TenantId,
+    source: &str,
+    after: u64,
+) -> Result<(), OrchestratorError> {
+    cursor::Entity::insert(cursor::ActiveModel {
+        tenant_id: Set(tenant.0),
+        source: Set(source.to_owned()),
+        after_sequence: Set(i64::try_from(after).unwrap_or(i64::MAX)),
+    })
+    .on_conflict(
+        OnConflict::columns([cursor::Column::TenantId, cursor::Column::Source])
+            .update_column(cursor::Column::AfterSequence)
+            .to_owned(),
+    )
+    .exec_without_returning(connection)
+    .await?;
+    Ok(())
 }

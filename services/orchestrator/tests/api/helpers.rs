@@ -8,6 +8,7 @@ use chrono::Utc;
 use reservoir_common::settings::AuthSettings;
 use reservoir_orchestrator::app::{Application as Orchestrator, OrchestratorSettings};
 use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
 pub use reservoir_testing::wallet::*;
 use reservoir_testing::{Backend, BearerKey, TestDatabase};
 use reservoir_wallet::app::{Application as Wallet, WalletSettings};
@@ -17,6 +18,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type TopUpClient = TopUpServiceClient<InterceptedService<Channel, BearerKey>>;
+pub type WebhookClient = WebhookServiceClient<InterceptedService<Channel, BearerKey>>;
 
 const PEPPER: &str = "test-pepper";
 
@@ -28,6 +30,8 @@ pub struct Suite {
     pub top_ups: TopUpClient,
     /// The same services under another tenant's key.
     pub other_top_ups: TopUpClient,
+    pub webhooks: WebhookClient,
+    pub other_webhooks: WebhookClient,
     stops: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
     databases: Vec<TestDatabase>,
 }
@@ -126,6 +130,14 @@ impl Suite {
             attempts_before_action: 8,
             crash_at: String::new(),
             metrics_listen: String::new(),
+            // Quick retries, so a receiver that is down for a second sees several.
+            webhooks: reservoir_orchestrator::webhooks::WebhookSettings {
+                interval_ms: 50,
+                retry_base_ms: 100,
+                retry_max_ms: 400,
+                allow_http: true,
+                ..Default::default()
+            },
         };
         let orchestrator = Orchestrator::build(&settings, Duration::from_secs(60)).await.unwrap();
         let address = orchestrator.local_addr().unwrap();
@@ -144,6 +156,8 @@ impl Suite {
             ),
             top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&key)),
             other_top_ups: TopUpServiceClient::with_interceptor(channel(address).await, BearerKey::new(&other_key)),
+            webhooks: WebhookServiceClient::with_interceptor(channel(address).await, BearerKey::new(&key)),
+            other_webhooks: WebhookServiceClient::with_interceptor(channel(address).await, BearerKey::new(&other_key)),
             stops,
             databases: vec![wallet_database, orchestrator_database, invoicing_database, payments_database],
         })

@@ -9,3 +9,4 @@
 mod helpers;
 mod requests;
 mod traces;
+mod webhooks;
