@@ -329,6 +329,26 @@ async fn top_ups_by_hand(backend: Backend) {
     assert_eq!(listed.as_array().map(Vec::len), Some(2));
     assert_eq!(available(&suite.wallet, &account).await, d("55"));
 
+    // The operator's reports: the refill history shows both top-ups' credits,
+    // and this month's statement closes at the balance.
+    let wallet_endpoint = format!("http://{}", suite.processes[0].address());
+    let report = |arguments: &[&str]| {
+        let mut command = suite.environment.command(arguments);
+        command.env("RESERVOIR_API_KEY", &suite.api_key).env("RESERVOIR_ENDPOINT", &wallet_endpoint);
+        command
+    };
+    let refills = report(&["report", "refills", &account.id]).output().await.unwrap();
+    assert!(refills.status.success(), "{}", String::from_utf8_lossy(&refills.stderr));
+    let refills = String::from_utf8_lossy(&refills.stdout).into_owned();
+    assert!(refills.starts_with("type,date,amount,balance_after"), "{refills}");
+    assert_eq!(refills.lines().filter(|line| line.starts_with("GRANT,")).count(), 2, "{refills}");
+    let from = (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let to = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let statement = report(&["report", "statement", &account.id, "--from", &from, "--to", &to]).output().await.unwrap();
+    assert!(statement.status.success(), "{}", String::from_utf8_lossy(&statement.stderr));
+    let statement = String::from_utf8_lossy(&statement.stdout).into_owned();
+    assert!(statement.lines().any(|line| line.starts_with("CLOSING,") && line.contains(",55.00,")), "{statement}");
+
     // A gateway failing transiently twice: the saga retries the charge with
     // backoff and with the same key, so the card is charged once.
     let flaky = suite.card(&account, "tok_fail_2").await;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::api::{Clock, InvoicingApi, system_clock};
 use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
+use crate::mail::Mailer;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
@@ -45,6 +46,17 @@ pub struct InvoicingSettings {
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
     #[serde(default)]
     pub metrics_listen: String,
+    /// The mail server scheduled reports go through: `smtp://host:25`,
+    /// `smtp://user:password@host:587?tls=required`, `smtps://host:465`; empty: reports are not sent.
+    #[serde(default)]
+    pub smtp_url: String,
+    /// The sender of scheduled reports, such as `Billing <billing@example.com>`.
+    #[serde(default = "report_from_default")]
+    pub report_from: String,
+}
+
+fn report_from_default() -> String {
+    "Reservoir <reservoir@localhost>".into()
 }
 
 impl InvoicingSettings {
@@ -113,7 +125,8 @@ impl Application {
             reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
-        let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock());
+        let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
+        let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock(), mailer);
         Ok(Self {
             listener,
             metrics,
@@ -140,7 +153,7 @@ impl Application {
     /// Replaces the clock, for tests: it decides when months end and
     /// statements fall due.
     pub fn set_clock(&mut self, clock: Clock) {
-        self.api = InvoicingApi::new(self.api.store(), self.api.upstream(), self.api.payment_due_days_default(), clock);
+        self.api = self.api.with_clock(clock);
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
@@ -180,6 +193,9 @@ async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<b
         }
         if let Err(error) = api.run_due_cycles(now).await {
             tracing::warn!(%error, "the monthly billing cycle failed; retried next pass");
+        }
+        if let Err(error) = api.send_due_reports(now).await {
+            tracing::warn!(%error, "scheduled reports failed; retried next pass");
         }
     })
     .await;

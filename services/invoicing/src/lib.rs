@@ -6,5 +6,6 @@ pub mod api;
 pub mod app;
 pub mod domain;
 pub mod error;
+pub mod mail;
 pub mod store;
 pub mod upstream;

@@ -65,6 +65,9 @@ enum Command {
     /// Top-ups and their configuration, through the running orchestrator.
     #[command(subcommand, name = "top-up")]
     TopUp(crate::topup::TopUpCommand),
+    /// Reports as CSV on standard output: statements, refill history, usage.
+    #[command(subcommand)]
+    Report(crate::report::ReportCommand),
     /// Ingest a CSV or NDJSON file of usage events in batches, with a progress bar.
     Ingest(IngestArgs),
     /// Show an account's ledger, oldest first.
@@ -246,6 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::TopUp(command) => crate::topup::run(command).await,
+        Command::Report(command) => crate::report::run(command).await,
         Command::Tenant(command) => tenant(config, command).await,
         Command::Key(command) => key(config, command).await,
         Command::Account(command) => account(command).await,

@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod ingest;
+mod report;
 mod settings;
 mod topup;
 

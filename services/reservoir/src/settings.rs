@@ -43,6 +43,8 @@ service_key = ""
 payment_due_days_default = 14
 worker_interval_ms = 1000
 metrics_listen = "127.0.0.1:9053"
+smtp_url = ""
+report_from = "Reservoir <reservoir@localhost>"
 
 [payments]
 listen = "127.0.0.1:50054"

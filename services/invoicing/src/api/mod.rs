@@ -2,6 +2,7 @@
 //! worker repeats: billing cycles, credit blocks and statement repayments.
 
 mod convert;
+mod reports;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -74,11 +75,18 @@ pub struct InvoicingApi {
     upstream: Upstream,
     payment_due_days_default: u32,
     clock: Clock,
+    mailer: crate::mail::Mailer,
 }
 
 impl InvoicingApi {
-    pub fn new(store: Store, upstream: Upstream, payment_due_days_default: u32, clock: Clock) -> Self {
-        Self { store, upstream, payment_due_days_default, clock }
+    pub fn new(
+        store: Store,
+        upstream: Upstream,
+        payment_due_days_default: u32,
+        clock: Clock,
+        mailer: crate::mail::Mailer,
+    ) -> Self {
+        Self { store, upstream, payment_due_days_default, clock, mailer }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -95,6 +103,11 @@ impl InvoicingApi {
 
     pub fn payment_due_days_default(&self) -> u32 {
         self.payment_due_days_default
+    }
+
+    /// The same service reading the time from `clock`.
+    pub fn with_clock(&self, clock: Clock) -> Self {
+        Self { clock, ..self.clone() }
     }
 
     async fn tenant_settings(&self, tenant: TenantId) -> Result<TenantSettings, InvoicingError> {
@@ -611,6 +624,27 @@ impl InvoicingService for InvoicingApi {
                 monthly_cycle: settings.monthly_cycle,
             }),
         }))
+    }
+
+    async fn get_report_schedule(
+        &self,
+        request: Request<pb::GetReportScheduleRequest>,
+    ) -> Result<Response<pb::GetReportScheduleResponse>, Status> {
+        self.get_report_schedule_impl(request).await
+    }
+
+    async fn update_report_schedule(
+        &self,
+        request: Request<pb::UpdateReportScheduleRequest>,
+    ) -> Result<Response<pb::UpdateReportScheduleResponse>, Status> {
+        self.update_report_schedule_impl(request).await
+    }
+
+    async fn list_report_runs(
+        &self,
+        request: Request<pb::ListReportRunsRequest>,
+    ) -> Result<Response<pb::ListReportRunsResponse>, Status> {
+        self.list_report_runs_impl(request).await
     }
 
     async fn update_billing_settings(

@@ -6,6 +6,10 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use reservoir_common::money::{MoneyError, Unit, UnitKind};
 use rust_decimal::{Decimal, RoundingStrategy};
 
+mod reports;
+
+pub use reports::Frequency;
+
 #[cfg(test)]
 mod tests;
 

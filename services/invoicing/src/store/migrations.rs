@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(ScheduledReports)]
     }
 }
 
@@ -108,6 +108,55 @@ impl MigrationTrait for Initial {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// Scheduled billing reports: one schedule per tenant, one run per period sent.
+struct ScheduledReports;
+
+impl MigrationName for ScheduledReports {
+    fn name(&self) -> &str {
+        "m0002_scheduled_reports"
+    }
+}
+
+const SCHEDULED_REPORTS: &str = r#"
+CREATE TABLE report_schedules (
+    tenant_id {uuid} PRIMARY KEY,
+    frequency TEXT NOT NULL CHECK (frequency IN ('DAILY', 'WEEKLY', 'MONTHLY')),
+    billing_contact TEXT NOT NULL,
+    -- Further recipients, one address per line.
+    recipients TEXT NOT NULL,
+    enabled BOOLEAN NOT NULL,
+    -- The end of the next period to report; the run starts then.
+    next_run_at {time} NOT NULL,
+    updated_at {time} NOT NULL
+);
+
+CREATE TABLE report_runs (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    frequency TEXT NOT NULL,
+    period_start {time} NOT NULL,
+    period_end {time} NOT NULL,
+    recipients TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'SENT', 'FAILED')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at {time} NOT NULL,
+    last_error TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    sent_at {time},
+    UNIQUE (tenant_id, frequency, period_start)
+);
+CREATE INDEX report_runs_by_status ON report_runs (status, next_attempt_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for ScheduledReports {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(SCHEDULED_REPORTS, db.get_database_backend())).await?;
         Ok(())
     }
 }

@@ -6,6 +6,9 @@
 
 mod entities;
 pub mod migrations;
+mod reports;
+
+pub use self::reports::{ReportRun, ReportSchedule, RunStatus};
 
 use std::collections::BTreeMap;
 

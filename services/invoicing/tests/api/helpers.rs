@@ -57,6 +57,8 @@ pub struct Suite {
     pub invoicing: InvoicingClient,
     /// What invoicing believes the time is; `None` follows the system clock.
     pub clock: Arc<Mutex<Option<DateTime<Utc>>>>,
+    /// The mail server scheduled reports go to.
+    pub smtp: crate::smtp::SmtpSink,
     wallet_settings: WalletSettings,
     wallet_running: Option<Running>,
     running: Vec<Running>,
@@ -99,6 +101,7 @@ impl Suite {
         let metering_app = Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("metering");
         let metering_address = metering_app.local_addr().unwrap();
         running.push(spawn(move |stopped| metering_app.run_until(async move { drop(stopped.await) })));
+        let (smtp, smtp_address) = crate::smtp::SmtpSink::start().await;
         let invoicing_settings = InvoicingSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: invoicing_database.url.clone(),
@@ -110,6 +113,8 @@ impl Suite {
             payment_due_days_default: 14,
             worker_interval_ms: 100,
             metrics_listen: String::new(),
+            smtp_url: format!("smtp://{smtp_address}"),
+            report_from: "Billing <billing@reservoir.test>".into(),
         };
         let mut invoicing_app =
             Invoicing::build(&invoicing_settings, Duration::from_secs(60)).await.expect("building invoicing");
@@ -123,6 +128,7 @@ impl Suite {
             metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
             invoicing: InvoicingServiceClient::with_interceptor(channel(invoicing_address).await, BearerKey::new(&key)),
             clock,
+            smtp,
             wallet_settings,
             wallet_running: Some(wallet_running),
             running,

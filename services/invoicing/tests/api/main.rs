@@ -7,3 +7,5 @@ mod helpers;
 
 mod cycles;
 mod invoices;
+mod reports;
+mod smtp;

@@ -80,6 +80,8 @@ impl Suite {
                 payment_due_days_default: 14,
                 worker_interval_ms: 1_000,
                 metrics_listen: String::new(),
+                smtp_url: String::new(),
+                report_from: "Reservoir <reservoir@localhost>".into(),
             },
             Duration::from_secs(60),
         )

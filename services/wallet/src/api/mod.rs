@@ -1,6 +1,7 @@
 //! gRPC handlers: they check the request, ask the domain through the store,
 //! and translate the answer. No rule about money lives here.
 
+mod reports;
 mod validate;
 
 use std::pin::Pin;
@@ -943,6 +944,67 @@ impl WalletService for WalletApi {
         Ok(Response::new(pb::UpdateTenantSettingsResponse {
             settings: Some(pb::TenantSettings { allow_promotional_transfers: allow }),
         }))
+    }
+
+    type ExportRefillHistoryStream =
+        Pin<Box<dyn Stream<Item = Result<pb::ExportRefillHistoryResponse, Status>> + Send>>;
+
+    async fn export_refill_history(
+        &self,
+        request: Request<pb::ExportRefillHistoryRequest>,
+    ) -> Result<Response<Self::ExportRefillHistoryStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            violations.add("end_time", "must be after start_time");
+        }
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let unit = self.unit_of(tenant, account_id).await?;
+        let rows = reports::refill_history(self.store.clone(), tenant, account_id, unit, start, end);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(rows, |csv| {
+            csv.map(|csv| pb::ExportRefillHistoryResponse { csv })
+        }))))
+    }
+
+    type ExportStatementStream = Pin<Box<dyn Stream<Item = Result<pb::ExportStatementResponse, Status>> + Send>>;
+
+    async fn export_statement(
+        &self,
+        request: Request<pb::ExportStatementRequest>,
+    ) -> Result<Response<Self::ExportStatementStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        if request.start_time.is_none() {
+            violations.add("start_time", "is required");
+        }
+        if request.end_time.is_none() {
+            violations.add("end_time", "is required");
+        }
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            violations.add("end_time", "must be after start_time");
+        }
+        violations.finish()?;
+        let (Some(account_id), Some(start), Some(end)) = (account_id, start, end) else {
+            return Err(WalletError::Internal("validated fields missing".into()).into());
+        };
+        let unit = self.unit_of(tenant, account_id).await?;
+        let rows = reports::statement(self.store.clone(), tenant, account_id, unit, start, end);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(rows, |csv| {
+            csv.map(|csv| pb::ExportStatementResponse { csv })
+        }))))
     }
 
     async fn get_balance(

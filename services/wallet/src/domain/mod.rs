@@ -2,11 +2,13 @@
 //! loaded for an operation; operations change it and record the ledger
 //! entries and events the store must write in the same transaction.
 
+mod statement;
 mod types;
 mod wallet;
 
 #[cfg(test)]
 mod tests;
 
+pub use statement::*;
 pub use types::*;
 pub use wallet::*;

@@ -30,7 +30,7 @@ use self::entities::{account, api_key, entry, grant, hold, idempotency, outbox, 
 use crate::domain::{Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet};
 use crate::error::WalletError;
 
-pub use self::rows::EntryFilter;
+pub use self::rows::{EntryFilter, entry_kind_name, grant_kind_name, grant_source_name};
 
 /// The tenant that owns the service keys.
 const SERVICES_TENANT: &str = "reservoir-services";
@@ -413,6 +413,23 @@ impl Store {
         }
         let rows = query.order_by_asc(entry::Column::Sequence).limit(limit).all(&self.db).await?;
         rows.into_iter().map(rows::entry_from_row).collect()
+    }
+
+    /// The running balance after the wallet's last entry before `at`; zero before any.
+    pub async fn balance_before(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+        at: DateTime<Utc>,
+    ) -> Result<rust_decimal::Decimal, WalletError> {
+        self.account(tenant_id, account_id).await?;
+        let row = entry::Entity::find()
+            .filter(entry::Column::AccountId.eq(account_id.0))
+            .filter(entry::Column::CreatedAt.lt(at))
+            .order_by_desc(entry::Column::Sequence)
+            .one(&self.db)
+            .await?;
+        Ok(row.map(|row| row.balance_after.0).unwrap_or_default())
     }
 
     /// The tenant's outbox events after `after_sequence`, oldest first.

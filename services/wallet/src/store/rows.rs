@@ -147,7 +147,7 @@ pub fn account_status_name(status: AccountStatus) -> &'static str {
     }
 }
 
-fn grant_kind_name(kind: GrantKind) -> &'static str {
+pub fn grant_kind_name(kind: GrantKind) -> &'static str {
     match kind {
         GrantKind::Paid => "PAID",
         GrantKind::Promotional => "PROMOTIONAL",
@@ -155,7 +155,7 @@ fn grant_kind_name(kind: GrantKind) -> &'static str {
     }
 }
 
-fn grant_source_name(source: GrantSource) -> &'static str {
+pub fn grant_source_name(source: GrantSource) -> &'static str {
     match source {
         GrantSource::Admin => "ADMIN",
         GrantSource::Invoice => "INVOICE",

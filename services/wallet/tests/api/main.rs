@@ -13,6 +13,7 @@ mod holds;
 mod idempotency;
 mod ledger;
 mod replay_property;
+mod reports;
 mod server;
 mod spend;
 mod transfers;
