@@ -163,8 +163,8 @@ impl Application {
             self.store.database().clone(),
             stopping.clone(),
         ));
-        let worker = tokio::spawn(work(self.api.clone(), self.worker_interval, stopping));
-        let routes = tonic::service::Routes::new(InvoicingServiceServer::new(self.api));
+        let worker = tokio::spawn(work(self.api.clone(), self.worker_interval, stopping.clone()));
+        let routes = tonic::service::Routes::new(InvoicingServiceServer::new(self.api.with_stopping(stopping.clone())));
         let stop = async move {
             shutdown.await;
             let _ = stop_sender.send(true);

@@ -137,7 +137,7 @@ impl Upstream {
         WalletServiceClient::new(self.wallet.clone())
     }
 
-    fn invoicing(&self) -> InvoicingServiceClient<Channel> {
+    pub fn invoicing(&self) -> InvoicingServiceClient<Channel> {
         InvoicingServiceClient::new(self.invoicing.clone())
     }
 

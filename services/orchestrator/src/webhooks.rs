@@ -1,4 +1,4 @@
-//! Webhooks: every wallet, payment and top-up event of a tenant with an
+//! Webhooks: every wallet, payment, invoice and top-up event of a tenant with an
 //! endpoint is kept as a message and delivered to each endpoint that wants
 //! it, as a signed JSON POST, until a 2xx answer or the end of the retry
 //! period. Each (tenant, source) stream is followed from a cursor of its own;
@@ -14,6 +14,7 @@ use futures::Stream;
 use hmac::{Hmac, Mac};
 use reservoir_common::auth::TenantId;
 use reservoir_common::time::from_timestamp;
+use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::payments as payments_pb;
 use reservoir_proto::wallet as wallet_pb;
@@ -122,16 +123,18 @@ impl WebhookSettings {
 pub enum Source {
     Wallet,
     Payments,
+    Invoices,
     TopUps,
 }
 
 impl Source {
-    pub const ALL: [Source; 3] = [Source::Wallet, Source::Payments, Source::TopUps];
+    pub const ALL: [Source; 4] = [Source::Wallet, Source::Payments, Source::Invoices, Source::TopUps];
 
     pub fn name(self) -> &'static str {
         match self {
             Self::Wallet => "wallet",
             Self::Payments => "payments",
+            Self::Invoices => "invoices",
             Self::TopUps => "top_ups",
         }
     }
@@ -140,6 +143,7 @@ impl Source {
         match self {
             Self::Wallet => "webhooks:wallet",
             Self::Payments => "webhooks:payments",
+            Self::Invoices => "webhooks:invoices",
             Self::TopUps => "webhooks:top_ups",
         }
     }
@@ -159,6 +163,9 @@ pub fn event_types() -> Vec<String> {
         }
         if let Ok(kind) = payments_pb::EventType::try_from(value) {
             names.push(type_name(Source::Payments, kind.as_str_name()));
+        }
+        if let Ok(kind) = invoicing_pb::EventType::try_from(value) {
+            names.push(type_name(Source::Invoices, kind.as_str_name()));
         }
         if let Ok(kind) = pb::EventType::try_from(value) {
             names.push(type_name(Source::TopUps, kind.as_str_name()));
@@ -223,6 +230,20 @@ pub fn payments_message(event: &payments_pb::Event) -> WebhookMessage {
         "refund_id": event.refund_id,
     });
     message(Source::Payments, event.sequence, event.account_id.clone(), kind.as_str_name(), occurred_at, data)
+}
+
+pub fn invoice_message(event: &invoicing_pb::Event) -> WebhookMessage {
+    let kind = invoicing_pb::EventType::try_from(event.r#type).unwrap_or_default();
+    let invoice_kind = invoicing_pb::InvoiceKind::try_from(event.kind).unwrap_or_default();
+    let occurred_at = event.occurred_at.as_ref().and_then(from_timestamp).unwrap_or_else(now);
+    let data = json!({
+        "invoice_id": event.invoice_id,
+        "kind": invoice_kind.as_str_name().trim_start_matches("INVOICE_KIND_"),
+        "number": event.number,
+        "total": event.total,
+        "currency": event.currency,
+    });
+    message(Source::Invoices, event.sequence, event.account_id.clone(), kind.as_str_name(), occurred_at, data)
 }
 
 pub fn top_up_message(event: &StoredEvent) -> WebhookMessage {
@@ -337,6 +358,13 @@ impl Webhooks {
                 let request = self.upstream.service_request(request, tenant)?;
                 let stream = self.upstream.payments().watch_events(request).await.map_err(unavailable)?.into_inner();
                 let messages = stream.map(|next| next.map(|response| response.event.as_ref().map(payments_message)));
+                self.keep_all(tenant, source, messages).await
+            }
+            Source::Invoices => {
+                let request = invoicing_pb::WatchEventsRequest { after_sequence: after };
+                let request = self.upstream.service_request(request, tenant)?;
+                let stream = self.upstream.invoicing().watch_events(request).await.map_err(unavailable)?.into_inner();
+                let messages = stream.map(|next| next.map(|response| response.event.as_ref().map(invoice_message)));
                 self.keep_all(tenant, source, messages).await
             }
             Source::TopUps => self.follow_top_ups(tenant, after).await,
@@ -582,9 +610,13 @@ mod tests {
     #[test]
     fn event_types_name_their_source() {
         let types = event_types();
-        for wanted in
-            ["wallet.debited", "wallet.spending_cap_alert", "payments.payment_succeeded", "top_ups.top_up_succeeded"]
-        {
+        for wanted in [
+            "wallet.debited",
+            "wallet.spending_cap_alert",
+            "payments.payment_succeeded",
+            "invoices.invoice_paid",
+            "top_ups.top_up_succeeded",
+        ] {
             assert!(types.iter().any(|kind| kind == wanted), "{wanted} in {types:?}");
         }
         assert!(!types.iter().any(|kind| kind.ends_with("unspecified")));

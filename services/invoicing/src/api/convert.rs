@@ -188,3 +188,30 @@ pub fn report_csv(invoices: &[InvoiceRow], now: DateTime<Utc>) -> Result<String,
     let bytes = writer.into_inner().map_err(|error| error.into_error())?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
+
+pub fn event_to_pb(event: &crate::store::InvoiceEvent) -> pb::Event {
+    let kind = match event.event_type.as_str() {
+        "INVOICE_CREATED" => pb::EventType::InvoiceCreated,
+        "INVOICE_FINALIZED" => pb::EventType::InvoiceFinalized,
+        "INVOICE_PAID" => pb::EventType::InvoicePaid,
+        "INVOICE_VOIDED" => pb::EventType::InvoiceVoided,
+        "INVOICE_UNCOLLECTIBLE" => pb::EventType::InvoiceUncollectible,
+        _ => pb::EventType::Unspecified,
+    };
+    let invoice_kind = match event.kind.as_str() {
+        "TOP_UP" => pb::InvoiceKind::TopUp,
+        "STATEMENT" => pb::InvoiceKind::Statement,
+        _ => pb::InvoiceKind::Unspecified,
+    };
+    pb::Event {
+        sequence: event.sequence,
+        r#type: kind.into(),
+        account_id: event.account_id.to_string(),
+        invoice_id: event.invoice_id.to_string(),
+        kind: invoice_kind.into(),
+        number: event.number.unwrap_or(0),
+        total: event.total.clone(),
+        currency: event.currency.clone(),
+        occurred_at: Some(reservoir_common::time::to_timestamp(event.occurred_at)),
+    }
+}

@@ -69,6 +69,11 @@ pub struct CycleOutcome {
     pub accounts_without_activity: u64,
 }
 
+/// Events one read of the outbox takes.
+const EVENT_BATCH: u64 = 500;
+/// How often an idle event stream looks for new events.
+const EVENT_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 #[derive(Clone)]
 pub struct InvoicingApi {
     store: Store,
@@ -76,6 +81,8 @@ pub struct InvoicingApi {
     payment_due_days_default: u32,
     clock: Clock,
     mailer: crate::mail::Mailer,
+    /// Turns true when the server stops, ending open event streams.
+    stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl InvoicingApi {
@@ -86,7 +93,7 @@ impl InvoicingApi {
         clock: Clock,
         mailer: crate::mail::Mailer,
     ) -> Self {
-        Self { store, upstream, payment_due_days_default, clock, mailer }
+        Self { store, upstream, payment_due_days_default, clock, mailer, stopping: None }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -103,6 +110,11 @@ impl InvoicingApi {
 
     pub fn payment_due_days_default(&self) -> u32 {
         self.payment_due_days_default
+    }
+
+    /// The same service, ending its event streams when `stopping` turns true.
+    pub fn with_stopping(&self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self { stopping: Some(stopping), ..self.clone() }
     }
 
     /// The same service reading the time from `clock`.
@@ -624,6 +636,42 @@ impl InvoicingService for InvoicingApi {
                 monthly_cycle: settings.monthly_cycle,
             }),
         }))
+    }
+
+    type WatchEventsStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let mut cursor = request.into_inner().after_sequence;
+        let store = self.store.clone();
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream::try_stream! {
+            loop {
+                if stopping.as_ref().is_some_and(|stopping| *stopping.borrow()) {
+                    break;
+                }
+                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
+                if batch.is_empty() {
+                    match stopping.as_mut() {
+                        Some(stopping) => tokio::select! {
+                            () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
+                            _ = stopping.changed() => {}
+                        },
+                        None => tokio::time::sleep(EVENT_POLL_INTERVAL).await,
+                    }
+                    continue;
+                }
+                for event in batch {
+                    cursor = event.sequence;
+                    yield pb::WatchEventsResponse { event: Some(convert::event_to_pb(&event)) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn get_report_schedule(

@@ -161,3 +161,28 @@ pub mod report_run {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod event {
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "events")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sequence: i64,
+        pub tenant_id: Uuid,
+        pub event_type: String,
+        pub account_id: Uuid,
+        pub invoice_id: Uuid,
+        pub kind: String,
+        pub invoice_number: Option<i64>,
+        pub total: String,
+        pub currency: String,
+        pub occurred_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ScheduledReports)]
+        vec![Box::new(Initial), Box::new(ScheduledReports), Box::new(InvoiceEvents)]
     }
 }
 
@@ -157,6 +157,46 @@ impl MigrationTrait for ScheduledReports {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(SCHEDULED_REPORTS, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// The invoice events other services (the orchestrator's webhooks) follow.
+struct InvoiceEvents;
+
+impl MigrationName for InvoiceEvents {
+    fn name(&self) -> &str {
+        "m0003_invoice_events"
+    }
+}
+
+const INVOICE_EVENTS: &str = r#"
+CREATE TABLE event_sequence (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_sequence BIGINT NOT NULL
+);
+INSERT INTO event_sequence (id, last_sequence) VALUES (1, 0);
+
+CREATE TABLE events (
+    sequence BIGINT PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    event_type TEXT NOT NULL,
+    account_id {uuid} NOT NULL,
+    invoice_id {uuid} NOT NULL,
+    kind TEXT NOT NULL,
+    invoice_number BIGINT,
+    total TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    occurred_at {time} NOT NULL
+);
+CREATE INDEX events_by_tenant ON events (tenant_id, sequence);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for InvoiceEvents {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(INVOICE_EVENTS, db.get_database_backend())).await?;
         Ok(())
     }
 }

@@ -5,8 +5,11 @@
 //! apply.
 
 mod entities;
+mod events;
 pub mod migrations;
 mod reports;
+
+pub use self::events::InvoiceEvent;
 
 pub use self::reports::{ReportRun, ReportSchedule, RunStatus};
 
@@ -338,6 +341,11 @@ impl Store {
                 line::Entity::insert_many(chunk.to_vec()).exec_without_returning(&transaction).await?;
             }
         }
+        // A statement settled at once is issued and paid in one go: both are told.
+        if row.status == InvoiceStatus::Paid {
+            Self::emit(&transaction, &row, InvoiceStatus::Open, now).await?;
+        }
+        Self::emit(&transaction, &row, row.status, now).await?;
         transaction.commit().await?;
         Ok(Some(row))
     }
@@ -374,6 +382,7 @@ impl Store {
             return Self::find(&self.db, tenant, id).await?.ok_or(InvoicingError::NotFound("invoice"));
         }
         let finalized = Self::find(&transaction, tenant, id).await?.ok_or(InvoicingError::NotFound("invoice"))?;
+        Self::emit(&transaction, &finalized, InvoiceStatus::Open, now).await?;
         transaction.commit().await?;
         Ok(finalized)
     }
@@ -402,13 +411,20 @@ impl Store {
                     .col_expr(invoice::Column::RepaymentPending, Expr::value(repayment_pending));
             }
         }
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let result = update
             .filter(invoice::Column::Id.eq(id))
             .filter(invoice::Column::TenantId.eq(tenant.0))
             .filter(invoice::Column::Status.eq(from.name()))
-            .exec(&self.db)
+            .exec(&transaction)
             .await?;
-        Ok(result.rows_affected == 1)
+        if result.rows_affected != 1 {
+            return Ok(false);
+        }
+        let moved = Self::find(&transaction, tenant, id).await?.ok_or(InvoicingError::NotFound("invoice"))?;
+        Self::emit(&transaction, &moved, to, now).await?;
+        transaction.commit().await?;
+        Ok(true)
     }
 
     /// One page of invoices, newest first, before the invoice `before`.

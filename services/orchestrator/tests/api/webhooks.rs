@@ -205,6 +205,25 @@ async fn a_receiver_gets_every_event_once_by_id_signed_and_in_order(suite: Suite
         .collect();
     assert_eq!(wallet_types, expected, "the wallet's events, each once, in order");
     assert!(got.iter().any(|request| request.json["type"] == "payments.payment_succeeded"));
+    // The top-up's invoice, as invoicing tells it: created, finalized, paid.
+    eventually("the invoice's events", || {
+        receiver.of_account(&account).iter().any(|request| request.json["type"] == "invoices.invoice_paid")
+    })
+    .await;
+    let invoice_types: Vec<String> = receiver
+        .of_account(&account)
+        .iter()
+        .filter_map(|request| {
+            request.json["type"].as_str().filter(|kind| kind.starts_with("invoices.")).map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(invoice_types, vec!["invoices.invoice_created", "invoices.invoice_finalized", "invoices.invoice_paid"]);
+    let paid = receiver
+        .of_account(&account)
+        .into_iter()
+        .find(|request| request.json["type"] == "invoices.invoice_paid")
+        .unwrap();
+    assert_eq!(paid.json["data"]["invoice_id"], started.invoice_id.as_str());
     let debits: Vec<&str> = got
         .iter()
         .filter(|request| request.json["type"] == "wallet.debited")
