@@ -32,13 +32,16 @@ use crate::store::{
 };
 use crate::upstream::Upstream;
 
-/// Pending deliveries one pass looks at, and attempts it makes at most.
-const PENDING_PER_PASS: u64 = 5_000;
-const ATTEMPTS_PER_PASS: usize = 100;
+/// Attempts one pass makes at most.
+const ATTEMPTS_PER_PASS: u64 = 100;
 /// Top-up events read per query.
 const EVENT_BATCH: u64 = 500;
 /// How long a follower uses the endpoints it read before reading them again.
-const ENDPOINTS_FRESH_FOR: Duration = Duration::from_secs(1);
+/// An endpoint gets the events from this long after it was created on, so
+/// every follower knows it by then.
+pub const ENDPOINTS_FRESH_FOR: Duration = Duration::from_secs(1);
+/// Events passed over (no endpoint wants them) between two saves of a cursor.
+const CURSOR_SAVE_EVERY: u32 = 500;
 /// How long a broken stream waits before it connects again.
 const RECONNECT: Duration = Duration::from_secs(1);
 /// What an error answer's body contributes to the recorded error, at most.
@@ -428,57 +431,75 @@ impl Webhooks {
             .filter(|endpoint| endpoint.wants(&message.event_type, message.occurred_at))
             .map(|endpoint| endpoint.id)
             .collect();
-        self.store.keep_webhook_message(tenant, source.cursor(), message, &wanted, now()).await?;
-        if !wanted.is_empty() {
-            metrics::counter!("reservoir_orchestrator_webhook_events_total", "source" => source.name()).increment(1);
+        if wanted.is_empty() {
+            // Nothing to keep: the cursor moves on now and then rather than
+            // in a transaction per event, and an event read again after a
+            // restart is passed over again.
+            endpoints.skipped = Some(message.source_sequence);
+            endpoints.skipped_count += 1;
+            if endpoints.skipped_count >= CURSOR_SAVE_EVERY {
+                self.store.save_cursor(tenant, source.cursor(), message.source_sequence).await?;
+                endpoints.skipped = None;
+                endpoints.skipped_count = 0;
+            }
+            return Ok(());
         }
+        self.store.keep_webhook_message(tenant, source.cursor(), message, &wanted, now()).await?;
+        endpoints.skipped = None;
+        endpoints.skipped_count = 0;
+        metrics::counter!("reservoir_orchestrator_webhook_events_total", "source" => source.name()).increment(1);
         Ok(())
     }
 
     /// Attempts every delivery that is first in its line and due.
     async fn deliver_due(&self) -> Result<(), OrchestratorError> {
         let now = now();
-        let pending = self.store.pending_deliveries(PENDING_PER_PASS).await?;
-        let mut seen_lines = HashSet::new();
-        let mut due = Vec::new();
-        for delivery in pending {
-            let line = (delivery.endpoint_id, delivery.account_id.clone(), delivery.source.clone());
-            // Only the first pending delivery of a line may go; the rest wait for it.
-            if !seen_lines.insert(line) {
-                continue;
-            }
-            let free = delivery.claimed_until.is_none_or(|until| until < now);
-            if delivery.next_attempt_at <= now && free && due.len() < ATTEMPTS_PER_PASS {
-                due.push(delivery);
-            }
-        }
+        let due = self.store.due_deliveries(now, ATTEMPTS_PER_PASS).await?;
         let mut endpoints: HashMap<Uuid, Option<EndpointRow>> = HashMap::new();
         let mut attempts = tokio::task::JoinSet::new();
         for delivery in due {
-            let endpoint = match endpoints.get(&delivery.endpoint_id) {
-                Some(endpoint) => endpoint.clone(),
-                None => {
-                    let endpoint = self.store.endpoint(delivery.tenant_id, delivery.endpoint_id).await?;
-                    endpoints.insert(delivery.endpoint_id, endpoint.clone());
-                    endpoint
+            // A failure here leaves the delivery for the next pass, and never
+            // abandons the attempts already under way.
+            match self.claim(&delivery, now, &mut endpoints).await {
+                Ok(Some((endpoint, until))) => {
+                    let webhooks = self.clone();
+                    attempts.spawn(async move {
+                        if let Err(error) = webhooks.attempt(&delivery, &endpoint, until).await {
+                            tracing::warn!(%error, delivery = %delivery.id, "a webhook attempt could not be recorded");
+                        }
+                    });
                 }
-            };
-            let Some(endpoint) = endpoint.filter(|endpoint| endpoint.enabled) else { continue };
-            // Held for the attempt and a margin; a replica that dies mid-attempt frees it then.
-            let until =
-                now + chrono::Duration::milliseconds(i64::try_from(self.settings.timeout_ms * 2).unwrap_or(i64::MAX));
-            if !self.store.claim_delivery(delivery.id, now, until).await? {
-                continue;
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, delivery = %delivery.id, "a webhook delivery was not claimed"),
             }
-            let webhooks = self.clone();
-            attempts.spawn(async move {
-                if let Err(error) = webhooks.attempt(&delivery, &endpoint, until).await {
-                    tracing::warn!(%error, delivery = %delivery.id, "a webhook attempt could not be recorded");
-                }
-            });
         }
         while attempts.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// Takes a delivery for one attempt: its endpoint, and the claim's end.
+    async fn claim(
+        &self,
+        delivery: &DeliveryRow,
+        now: DateTime<Utc>,
+        endpoints: &mut HashMap<Uuid, Option<EndpointRow>>,
+    ) -> Result<Option<(EndpointRow, DateTime<Utc>)>, OrchestratorError> {
+        let endpoint = match endpoints.get(&delivery.endpoint_id) {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = self.store.endpoint(delivery.tenant_id, delivery.endpoint_id).await?;
+                endpoints.insert(delivery.endpoint_id, endpoint.clone());
+                endpoint
+            }
+        };
+        let Some(endpoint) = endpoint.filter(|endpoint| endpoint.enabled) else { return Ok(None) };
+        // Held for the attempt and a margin; a replica that dies mid-attempt frees it then.
+        let margin = i64::try_from(self.settings.timeout_ms.saturating_mul(2)).unwrap_or(i64::MAX);
+        let until = now + chrono::Duration::milliseconds(margin);
+        if !self.store.claim_delivery(delivery, now, until).await? {
+            return Ok(None);
+        }
+        Ok(Some((endpoint, until)))
     }
 
     async fn attempt(
@@ -522,12 +543,13 @@ impl Webhooks {
         let failed = delivery.attempts + 1;
         let give_up_at = delivery.retry_from + chrono::Duration::hours(i64::from(self.settings.retry_hours));
         let wait = chrono::Duration::from_std(self.settings.backoff(failed)).unwrap_or(chrono::Duration::hours(1));
+        // The last attempt comes at the end of the retry period, not a wait before it.
         let (status, next_attempt_at) = if delivered {
             (DeliveryStatus::Succeeded, finished)
-        } else if finished + wait > give_up_at {
+        } else if finished >= give_up_at {
             (DeliveryStatus::Failed, finished)
         } else {
-            (DeliveryStatus::Pending, finished + wait)
+            (DeliveryStatus::Pending, (finished + wait).min(give_up_at))
         };
         let result = AttemptResult {
             attempt: AttemptRow {
@@ -554,11 +576,14 @@ impl Webhooks {
     }
 }
 
-/// A follower's copy of its tenant's endpoints, read again once stale.
+/// A follower's copy of its tenant's endpoints, read again once stale, and
+/// how far it has read past what it saved.
 #[derive(Default)]
 struct Endpoints {
     rows: Vec<EndpointRow>,
     read_at: Option<Instant>,
+    skipped: Option<u64>,
+    skipped_count: u32,
 }
 
 impl Endpoints {

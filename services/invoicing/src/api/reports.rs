@@ -17,8 +17,11 @@ use crate::store::{ReportRun, ReportSchedule, RunStatus};
 
 const RECIPIENTS_MAX: usize = 20;
 const ADDRESS_LENGTH_MAX: usize = 254;
-/// Attempts at sending one report before it is given up.
-const SEND_ATTEMPTS_MAX: u32 = 10;
+/// Attempts at sending one report before it is given up: the waits double
+/// from a minute to an hour, so about three days.
+const SEND_ATTEMPTS_MAX: u32 = 80;
+/// How long a replica holds a run it is making and sending.
+const SEND_LEASE_MINUTES: i64 = 15;
 /// Accounts whose usage one report lists at most.
 const USAGE_ACCOUNTS_MAX: usize = 1_000;
 
@@ -104,14 +107,23 @@ impl InvoicingApi {
             return Err(InvoicingError::Internal("validated frequency missing".into()).into());
         };
         let now = self.now();
+        let current = self.store.report_schedule(tenant).await?;
+        // A new schedule, a new frequency or a schedule switched back on
+        // starts with the period under way; any other change keeps the
+        // schedule where it is, so a period that just ended is still reported.
+        let next_run_at = match &current {
+            Some(current) if current.frequency == frequency && (current.enabled || !wanted.enabled) => {
+                current.next_run_at
+            }
+            _ => frequency.next_start(now),
+        };
         let schedule = ReportSchedule {
             tenant_id: tenant,
             frequency,
             billing_contact: wanted.billing_contact,
             recipients: wanted.recipients,
             enabled: wanted.enabled,
-            // The first report is of the period under way, when it ends.
-            next_run_at: frequency.next_start(now),
+            next_run_at,
             updated_at: now,
         };
         self.store.save_report_schedule(&schedule).await?;
@@ -140,26 +152,32 @@ impl InvoicingApi {
     /// to be sent again.
     pub async fn send_due_reports(&self, now: DateTime<Utc>) -> Result<(), InvoicingError> {
         for schedule in self.store.due_report_schedules(now).await? {
-            // After a long stop, the latest period ended is reported, not every one missed.
-            let end = schedule.frequency.period_start(now);
-            let next = schedule.frequency.next_start(now);
+            // One period a pass: after a long stop, every period missed is
+            // made in turn.
+            let end = schedule.next_run_at;
+            let next = schedule.frequency.next_start(end);
             if self.store.start_report_run(&schedule, end, next, now).await? {
                 tracing::info!(tenant = %schedule.tenant_id, frequency = schedule.frequency.name(), %end, "report made");
             }
         }
         for run in self.store.pending_report_runs(now).await? {
-            let wait = Duration::minutes(1) * 2_i32.saturating_pow(run.attempts.min(6));
-            if !self.store.claim_report_run(&run, now + wait).await? {
+            // Held long enough to build and send it; released with the outcome.
+            if !self.store.claim_report_run(&run, now + Duration::minutes(SEND_LEASE_MINUTES)).await? {
                 continue;
             }
-            match self.send_report(&run).await {
-                Ok(()) => self.store.finish_report_run(run.id, RunStatus::Sent, "", self.now()).await?,
+            let attempt = run.attempts + 1;
+            let finished = match self.send_report(&run).await {
+                Ok(()) => self.store.finish_report_run(&run, RunStatus::Sent, "", self.now()).await?,
                 Err(error) => {
                     tracing::warn!(%error, run = %run.id, "a scheduled report was not sent");
-                    let status =
-                        if run.attempts + 1 >= SEND_ATTEMPTS_MAX { RunStatus::Failed } else { RunStatus::Pending };
-                    self.store.finish_report_run(run.id, status, &error, self.now()).await?;
+                    let status = if attempt >= SEND_ATTEMPTS_MAX { RunStatus::Failed } else { RunStatus::Pending };
+                    let wait = Duration::minutes(1) * 2_i32.saturating_pow(run.attempts.min(6));
+                    let retry_at = self.now() + wait.min(Duration::hours(1));
+                    self.store.finish_report_run(&run, status, &error, retry_at).await?
                 }
+            };
+            if !finished {
+                tracing::warn!(run = %run.id, "a report outlived its lease; another replica sends it");
             }
         }
         Ok(())
@@ -181,7 +199,7 @@ impl InvoicingApi {
              usage.csv lists each account's usage by meter.\n",
             run.frequency.name().to_lowercase(),
             run.period_start.format("%Y-%m-%d"),
-            run.period_end.format("%Y-%m-%d"),
+            (run.period_end - Duration::days(1)).format("%Y-%m-%d"),
             invoices.len(),
         );
         let files = vec![

@@ -228,21 +228,31 @@ impl Store {
         Ok(result.rows_affected == 1)
     }
 
+    /// Records an attempt's outcome, if the run is still held by the claim
+    /// that made `run.attempts + 1`; false (nothing written) otherwise.
+    /// `at` is when it was sent, or when to try again.
     pub async fn finish_report_run(
         &self,
-        id: Uuid,
+        run: &ReportRun,
         status: RunStatus,
         error: &str,
-        now: DateTime<Utc>,
-    ) -> Result<(), InvoicingError> {
-        report_run::Entity::update_many()
+        at: DateTime<Utc>,
+    ) -> Result<bool, InvoicingError> {
+        let mut update = report_run::Entity::update_many()
             .col_expr(report_run::Column::Status, Expr::value(status.name()))
-            .col_expr(report_run::Column::LastError, Expr::value(error.to_owned()))
-            .col_expr(report_run::Column::SentAt, Expr::value((status == RunStatus::Sent).then_some(now)))
-            .filter(report_run::Column::Id.eq(id))
+            .col_expr(report_run::Column::LastError, Expr::value(error.to_owned()));
+        update = if status == RunStatus::Sent {
+            update.col_expr(report_run::Column::SentAt, Expr::value(Some(at)))
+        } else {
+            update.col_expr(report_run::Column::NextAttemptAt, Expr::value(at))
+        };
+        let result = update
+            .filter(report_run::Column::Id.eq(run.id))
+            .filter(report_run::Column::Status.eq(RunStatus::Pending.name()))
+            .filter(report_run::Column::Attempts.eq(i32::try_from(run.attempts + 1).unwrap_or(i32::MAX)))
             .exec(&self.db)
             .await?;
-        Ok(())
+        Ok(result.rows_affected == 1)
     }
 
     pub async fn report_runs(&self, tenant: TenantId, limit: u64) -> Result<Vec<ReportRun>, InvoicingError> {

@@ -45,6 +45,21 @@ async fn a_daily_report_is_mailed_once_to_the_billing_contact_and_the_other_reci
     assert_eq!(next_run_at.format("%H:%M:%S").to_string(), "00:00:00", "the end of today");
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(suite.smtp.mails().is_empty(), "nothing is sent before the day ends");
+    // Changing the recipients keeps the schedule where it is.
+    let edited = suite
+        .invoicing
+        .clone()
+        .update_report_schedule(schedule(
+            pb::ReportFrequency::Daily,
+            "billing@customer.test",
+            &["cfo@customer.test", "billing@customer.test", "ops@customer.test"],
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    assert_eq!(edited.next_run_at, saved.next_run_at);
 
     suite.set_time(next_run_at + chrono::Duration::minutes(1));
     eventually("the report", || async { !suite.smtp.mails().is_empty() }).await;

@@ -131,7 +131,7 @@ impl WebhookService for WebhookApi {
             description: request.description,
             event_types: request.event_types,
             secret: new_secret(),
-            previous_secret: None,
+            previous_secrets: Vec::new(),
             previous_secret_expires_at: None,
             enabled: true,
             idempotency_key: request.idempotency_key,
@@ -201,7 +201,7 @@ impl WebhookService for WebhookApi {
             row.enabled = enabled;
         }
         row.updated_at = now();
-        self.store.save_endpoint(&row).await?;
+        self.store.save_endpoint_settings(&row).await?;
         Ok(Response::new(pb::UpdateWebhookEndpointResponse { endpoint: Some(endpoint_to_pb(&row)) }))
     }
 
@@ -219,10 +219,19 @@ impl WebhookService for WebhookApi {
             );
         }
         let now = now();
-        row.previous_secret = Some(std::mem::replace(&mut row.secret, new_secret()));
-        row.previous_secret_expires_at = Some(now + chrono::Duration::seconds(i64::from(grace)));
+        let old = std::mem::replace(&mut row.secret, new_secret());
+        // Every secret still in its grace period keeps signing: a second
+        // rotation does not cut short the first one's. A grace of 0 stops
+        // them all at once, for a secret that leaked.
+        row.previous_secrets.retain(|(_, until)| *until > now && grace > 0);
+        if grace > 0 {
+            row.previous_secrets.insert(0, (old.clone(), now + chrono::Duration::seconds(i64::from(grace))));
+        }
+        row.previous_secret_expires_at = row.previous_secrets.iter().map(|(_, until)| *until).max();
         row.updated_at = now;
-        self.store.save_endpoint(&row).await?;
+        if !self.store.rotate_secret(&row, &old).await? {
+            return Err(OrchestratorError::Conflict("the secret was rotated concurrently".into()).into());
+        }
         Ok(Response::new(pb::RotateWebhookSecretResponse {
             endpoint: Some(endpoint_to_pb(&row)),
             secret: row.secret.clone(),

@@ -26,7 +26,9 @@ pub struct EndpointRow {
     /// Empty for every type.
     pub event_types: Vec<String>,
     pub secret: String,
-    pub previous_secret: Option<String>,
+    /// Earlier secrets that still sign until their instant, newest first.
+    pub previous_secrets: Vec<(String, DateTime<Utc>)>,
+    /// The latest of those instants.
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     pub enabled: bool,
     pub idempotency_key: String,
@@ -36,11 +38,13 @@ pub struct EndpointRow {
 
 impl EndpointRow {
     /// Whether an event of this type, from this instant, goes to the
-    /// endpoint: it must be enabled, ask for the type, and have existed then
-    /// (a new endpoint is not sent the tenant's history).
+    /// endpoint: it must be enabled, ask for the type, and have existed for
+    /// a moment then (a new endpoint is not sent the tenant's history, and
+    /// every replica's follower has read it before its first event).
     pub fn wants(&self, event_type: &str, occurred_at: DateTime<Utc>) -> bool {
+        let fresh = chrono::Duration::from_std(crate::webhooks::ENDPOINTS_FRESH_FOR).unwrap_or_default();
         self.enabled
-            && occurred_at >= self.created_at
+            && occurred_at >= self.created_at + fresh
             && (self.event_types.is_empty() || self.event_types.iter().any(|wanted| wanted == event_type))
     }
 
@@ -48,11 +52,8 @@ impl EndpointRow {
     /// previous one during its grace period.
     pub fn signing_secrets(&self, now: DateTime<Utc>) -> Vec<&str> {
         let mut secrets = vec![self.secret.as_str()];
-        if let (Some(previous), Some(until)) = (&self.previous_secret, self.previous_secret_expires_at)
-            && until > now
-        {
-            secrets.push(previous);
-        }
+        secrets
+            .extend(self.previous_secrets.iter().filter(|(_, until)| *until > now).map(|(secret, _)| secret.as_str()));
         secrets
     }
 }
@@ -135,6 +136,27 @@ pub struct AttemptResult {
     pub next_attempt_at: DateTime<Utc>,
 }
 
+/// Earlier secrets as stored: one "<RFC 3339 expiry> <secret>" per line.
+fn previous_to(previous: &[(String, DateTime<Utc>)]) -> Option<String> {
+    if previous.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> =
+        previous.iter().map(|(secret, until)| format!("{} {secret}", until.to_rfc3339())).collect();
+    Some(lines.join("\n"))
+}
+
+fn previous_from(text: Option<&str>) -> Vec<(String, DateTime<Utc>)> {
+    text.unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let (until, secret) = line.split_once(' ')?;
+            let until = DateTime::parse_from_rfc3339(until).ok()?.to_utc();
+            Some((secret.to_owned(), until))
+        })
+        .collect()
+}
+
 fn endpoint_from(row: webhook_endpoint::Model) -> EndpointRow {
     EndpointRow {
         id: row.id,
@@ -143,7 +165,7 @@ fn endpoint_from(row: webhook_endpoint::Model) -> EndpointRow {
         description: row.description,
         event_types: row.event_types.split(',').filter(|kind| !kind.is_empty()).map(str::to_owned).collect(),
         secret: row.secret,
-        previous_secret: row.previous_secret,
+        previous_secrets: previous_from(row.previous_secret.as_deref()),
         previous_secret_expires_at: row.previous_secret_expires_at,
         enabled: row.enabled,
         idempotency_key: row.idempotency_key,
@@ -160,7 +182,7 @@ fn endpoint_to(row: &EndpointRow) -> webhook_endpoint::ActiveModel {
         description: Set(row.description.clone()),
         event_types: Set(row.event_types.join(",")),
         secret: Set(row.secret.clone()),
-        previous_secret: Set(row.previous_secret.clone()),
+        previous_secret: Set(previous_to(&row.previous_secrets)),
         previous_secret_expires_at: Set(row.previous_secret_expires_at),
         enabled: Set(row.enabled),
         idempotency_key: Set(row.idempotency_key.clone()),
@@ -219,9 +241,37 @@ impl Store {
         }
     }
 
-    pub async fn save_endpoint(&self, row: &EndpointRow) -> Result<(), OrchestratorError> {
-        webhook_endpoint::Entity::update(endpoint_to(row)).exec(&self.db).await?;
+    /// Writes an endpoint's URL, description, event types and switch, and
+    /// nothing else, so it cannot undo a rotation made meanwhile.
+    pub async fn save_endpoint_settings(&self, row: &EndpointRow) -> Result<(), OrchestratorError> {
+        webhook_endpoint::Entity::update_many()
+            .col_expr(webhook_endpoint::Column::Url, Expr::value(row.url.clone()))
+            .col_expr(webhook_endpoint::Column::Description, Expr::value(row.description.clone()))
+            .col_expr(webhook_endpoint::Column::EventTypes, Expr::value(row.event_types.join(",")))
+            .col_expr(webhook_endpoint::Column::Enabled, Expr::value(row.enabled))
+            .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(row.updated_at))
+            .filter(webhook_endpoint::Column::Id.eq(row.id))
+            .filter(webhook_endpoint::Column::TenantId.eq(row.tenant_id.0))
+            .exec(&self.db)
+            .await?;
         Ok(())
+    }
+
+    /// Replaces an endpoint's secret, keeping `previous_secrets` (those still
+    /// in their grace period) signing beside it, if the secret is still the
+    /// one `row` was read with; false when a concurrent rotation won.
+    pub async fn rotate_secret(&self, row: &EndpointRow, old_secret: &str) -> Result<bool, OrchestratorError> {
+        let result = webhook_endpoint::Entity::update_many()
+            .col_expr(webhook_endpoint::Column::Secret, Expr::value(row.secret.clone()))
+            .col_expr(webhook_endpoint::Column::PreviousSecret, Expr::value(previous_to(&row.previous_secrets)))
+            .col_expr(webhook_endpoint::Column::PreviousSecretExpiresAt, Expr::value(row.previous_secret_expires_at))
+            .col_expr(webhook_endpoint::Column::UpdatedAt, Expr::value(row.updated_at))
+            .filter(webhook_endpoint::Column::Id.eq(row.id))
+            .filter(webhook_endpoint::Column::TenantId.eq(row.tenant_id.0))
+            .filter(webhook_endpoint::Column::Secret.eq(old_secret))
+            .exec(&self.db)
+            .await?;
+        Ok(result.rows_affected == 1)
     }
 
     pub async fn endpoint(&self, tenant: TenantId, id: Uuid) -> Result<Option<EndpointRow>, OrchestratorError> {
@@ -321,16 +371,31 @@ impl Store {
         Ok(())
     }
 
-    /// Pending deliveries in delivery order: per endpoint, account and
-    /// source, by the source's sequence. Only the first of each such line
-    /// may be attempted.
-    pub async fn pending_deliveries(&self, limit: u64) -> Result<Vec<DeliveryRow>, OrchestratorError> {
+    /// Deliveries that may be attempted now, longest due first: pending,
+    /// due, not held by a runner, to an enabled endpoint, and first of their
+    /// line (endpoint, account, source), so no delivery goes before an
+    /// earlier one of its line and no line holds up another.
+    pub async fn due_deliveries(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<DeliveryRow>, OrchestratorError> {
         let rows = webhook_delivery::Entity::find()
             .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.name()))
-            .order_by_asc(webhook_delivery::Column::EndpointId)
-            .order_by_asc(webhook_delivery::Column::AccountId)
-            .order_by_asc(webhook_delivery::Column::Source)
-            .order_by_asc(webhook_delivery::Column::SourceSequence)
+            .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
+            .filter(
+                Condition::any()
+                    .add(webhook_delivery::Column::ClaimedUntil.is_null())
+                    .add(webhook_delivery::Column::ClaimedUntil.lt(now)),
+            )
+            .filter(Expr::cust(
+                "webhook_deliveries.endpoint_id IN (SELECT id FROM webhook_endpoints WHERE enabled = TRUE)",
+            ))
+            .filter(Expr::cust(
+                "NOT EXISTS (SELECT 1 FROM webhook_deliveries AS earlier \
+                 WHERE earlier.endpoint_id = webhook_deliveries.endpoint_id \
+                 AND earlier.account_id = webhook_deliveries.account_id \
+                 AND earlier.source = webhook_deliveries.source \
+                 AND earlier.status = 'PENDING' \
+                 AND earlier.source_sequence < webhook_deliveries.source_sequence)",
+            ))
+            .order_by_asc(webhook_delivery::Column::NextAttemptAt)
             .limit(limit)
             .all(&self.db)
             .await?;
@@ -341,14 +406,18 @@ impl Store {
     /// another runner holds it; `false` when it is taken.
     pub async fn claim_delivery(
         &self,
-        id: Uuid,
+        delivery: &DeliveryRow,
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<bool, OrchestratorError> {
+        // As read: an attempt another runner finished since (which moved
+        // the next attempt on) is not repeated at once.
         let result = webhook_delivery::Entity::update_many()
             .col_expr(webhook_delivery::Column::ClaimedUntil, Expr::value(until))
-            .filter(webhook_delivery::Column::Id.eq(id))
+            .filter(webhook_delivery::Column::Id.eq(delivery.id))
             .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.name()))
+            .filter(webhook_delivery::Column::NextAttemptAt.lte(now))
+            .filter(webhook_delivery::Column::Attempts.eq(i32::try_from(delivery.attempts).unwrap_or(i32::MAX)))
             .filter(
                 Condition::any()
                     .add(webhook_delivery::Column::ClaimedUntil.is_null())
@@ -448,7 +517,8 @@ impl Store {
         Ok(rows.into_iter().map(attempt_from).collect())
     }
 
-    /// Makes a delivery pending again, due now, with a fresh retry period.
+    /// Makes a delivery pending again, due now, with a fresh retry period and
+    /// backoff (its attempts count from the replay; the earlier ones stay listed).
     pub async fn replay_delivery(
         &self,
         tenant: TenantId,
@@ -457,6 +527,7 @@ impl Store {
     ) -> Result<(), OrchestratorError> {
         webhook_delivery::Entity::update_many()
             .col_expr(webhook_delivery::Column::Status, Expr::value(DeliveryStatus::Pending.name()))
+            .col_expr(webhook_delivery::Column::Attempts, Expr::value(0))
             .col_expr(webhook_delivery::Column::NextAttemptAt, Expr::value(now))
             .col_expr(webhook_delivery::Column::RetryFrom, Expr::value(now))
             .col_expr(webhook_delivery::Column::UpdatedAt, Expr::value(now))

@@ -114,6 +114,8 @@ async fn create_endpoint(suite: &Suite, address: SocketAddr, types: &[&str]) -> 
         .await
         .unwrap()
         .into_inner();
+    // An endpoint gets the events from a second after its creation on.
+    tokio::time::sleep(reservoir_orchestrator::webhooks::ENDPOINTS_FRESH_FOR + Duration::from_millis(100)).await;
     (response.endpoint.unwrap(), response.secret)
 }
 
@@ -320,12 +322,19 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_its_grace_ends(suite: S
     eventually("the first debit", || receiver.unique().len() == 1).await;
     let during = receiver.unique()[0].clone();
     assert!(signed_by(&during, &new) && signed_by(&during, &old), "both secrets sign during the grace period");
-    let newest = rotate(0).await;
+    // A second rotation within the first one's grace keeps both earlier secrets signing.
+    let third = rotate(3_600).await;
     suite.wallet.clone().debit(debit_request_for(&account, "2")).await.unwrap();
     eventually("the second debit", || receiver.unique().len() == 2).await;
-    let after = receiver.unique()[1].clone();
+    let both = receiver.unique()[1].clone();
+    assert!(signed_by(&both, &third) && signed_by(&both, &new) && signed_by(&both, &old), "{both:?}");
+    // A grace of 0 ends every earlier secret at once.
+    let newest = rotate(0).await;
+    suite.wallet.clone().debit(debit_request_for(&account, "3")).await.unwrap();
+    eventually("the third debit", || receiver.unique().len() == 3).await;
+    let after = receiver.unique()[2].clone();
     assert!(signed_by(&after, &newest));
-    assert!(!signed_by(&after, &new) && !signed_by(&after, &old), "{after:?}");
+    assert!(!signed_by(&after, &third) && !signed_by(&after, &new) && !signed_by(&after, &old), "{after:?}");
     assert_eq!(after.signatures.len(), 1);
     suite
 }

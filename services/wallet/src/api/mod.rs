@@ -1080,7 +1080,7 @@ impl WalletService for WalletApi {
         let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         let account = self.store.account(tenant, account_id).await?;
-        let filter = EntryFilter { kinds, start, end };
+        let filter = EntryFilter { kinds, start, end, through_sequence: None };
         // One more than the page tells whether another page follows.
         let mut entries =
             self.store.entries(tenant, account_id, &filter, after_sequence, u64::from(page_size) + 1).await?;

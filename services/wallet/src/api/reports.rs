@@ -83,6 +83,7 @@ pub fn refill_history(
             kinds: vec![EntryKind::Grant, EntryKind::Adjustment, EntryKind::TransferIn],
             start,
             end,
+            through_sequence: None,
         };
         let mut after = 0;
         loop {
@@ -116,7 +117,10 @@ pub fn refill_history(
     })
 }
 
-/// The account statement of [start, end).
+/// The account statement of [start, end). The grants and the last entry are
+/// read in one snapshot and only entries up to it are read, so a change
+/// committed meanwhile cannot skew the figures. The entries from the start
+/// on are read twice: once to work the figures back, once to list them.
 pub fn statement(
     store: Store,
     tenant: TenantId,
@@ -126,30 +130,43 @@ pub fn statement(
     end: DateTime<Utc>,
 ) -> CsvStream {
     Box::pin(async_stream::try_stream! {
-        let opening = store.balance_before(tenant, account_id, start).await?;
-        let grants_now = store.grants(tenant, account_id, true).await?;
+        let (grants_now, last_sequence, balance_now) = store.ledger_snapshot(tenant, account_id).await?;
         let grants = grants_by_id(grants_now.clone());
-        let mut builder = StatementBuilder::new(start, end, opening);
+        let mut builder = StatementBuilder::new(start, end, balance_now);
+        let filter =
+            EntryFilter { kinds: Vec::new(), start: Some(start), end: None, through_sequence: Some(last_sequence) };
+        let mut after = 0;
+        loop {
+            let page = store.entries(tenant, account_id, &filter, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.sequence;
+            for entry in &page {
+                builder.take(entry);
+            }
+            if (page.len() as u64) < PAGE {
+                break;
+            }
+        }
         let blank = String::new;
+        let opening = builder.opening_balance();
         let mut header_and_opening = vec![STATEMENT_HEADER.map(str::to_owned)];
         header_and_opening.push([
             "OPENING".to_owned(), date(start), blank(), blank(), blank(), unit.format(opening),
             blank(), blank(), blank(), blank(), blank(), blank(), blank(), blank(),
         ]);
         yield csv_rows(&header_and_opening)?;
-        // Every entry from the start on: the period's are lines; those after
-        // it are only counted, to work each grant back to the period's end.
-        let filter = EntryFilter { kinds: Vec::new(), start: Some(start), end: None };
+        let lines = EntryFilter { end: Some(end), ..filter };
         let mut after = 0;
         loop {
-            let page = store.entries(tenant, account_id, &filter, after, PAGE).await?;
+            let page = store.entries(tenant, account_id, &lines, after, PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.sequence;
-            let mut rows: Vec<[String; 14]> = Vec::new();
-            for entry in &page {
-                if builder.take(entry) {
+            let rows: Vec<[String; 14]> = page
+                .iter()
+                .filter(|entry| entry.kind.moves_money())
+                .map(|entry| {
                     let grant = entry.grant_id.and_then(|id| grants.get(&id));
-                    rows.push([
+                    [
                         "ENTRY".to_owned(),
                         date(entry.created_at),
                         entry.sequence.to_string(),
@@ -160,9 +177,9 @@ pub fn statement(
                         grant.map(|grant| grant_kind_name(grant.kind).to_owned()).unwrap_or_default(),
                         entry.description.clone(),
                         blank(), blank(), blank(), blank(), blank(),
-                    ]);
-                }
-            }
+                    ]
+                })
+                .collect();
             if !rows.is_empty() {
                 yield csv_rows(&rows)?;
             }

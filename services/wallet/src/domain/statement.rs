@@ -24,27 +24,32 @@ pub struct GrantLine {
     pub closing: Decimal,
 }
 
-/// Folds the entries written at or after the period's start, in sequence
-/// order, into the figures of the statement.
+/// Folds the entries written at or after the period's start (every one, up
+/// to the snapshot the grants were read in) into the figures of the statement.
 #[derive(Debug)]
 pub struct StatementBuilder {
     start: DateTime<Utc>,
     end: DateTime<Utc>,
-    pub opening_balance: Decimal,
+    /// The running balance after the last entry of the snapshot the entries come from.
+    balance_now: Decimal,
     /// Money moved by the period's entries.
     pub period_total: Decimal,
+    /// Money moved by the entries after the period.
+    after_total: Decimal,
     pub expired: Decimal,
     /// Per grant: the period's additions, uses and expiries, and all that moved after the period.
     moves: BTreeMap<GrantId, (Decimal, Decimal, Decimal, Decimal)>,
 }
 
 impl StatementBuilder {
-    pub fn new(start: DateTime<Utc>, end: DateTime<Utc>, opening_balance: Decimal) -> Self {
+    /// `balance_now` is the balance after the last entry that will be taken.
+    pub fn new(start: DateTime<Utc>, end: DateTime<Utc>, balance_now: Decimal) -> Self {
         Self {
             start,
             end,
-            opening_balance,
+            balance_now,
             period_total: Decimal::ZERO,
+            after_total: Decimal::ZERO,
             expired: Decimal::ZERO,
             moves: BTreeMap::new(),
         }
@@ -62,6 +67,8 @@ impl StatementBuilder {
             if entry.kind == EntryKind::Expiry {
                 self.expired -= entry.amount;
             }
+        } else {
+            self.after_total += entry.amount;
         }
         if let Some(grant) = entry.grant_id {
             let moves = self.moves.entry(grant).or_default();
@@ -78,8 +85,16 @@ impl StatementBuilder {
         in_period
     }
 
+    /// The balance before the period: the balance now less everything
+    /// written at or after its start. Worked back like this rather than read
+    /// off the entry before the start, it agrees with the entries taken even
+    /// where two entries' instants and sequence numbers disagree by a moment.
+    pub fn opening_balance(&self) -> Decimal {
+        self.balance_now - self.period_total - self.after_total
+    }
+
     pub fn closing_balance(&self) -> Decimal {
-        self.opening_balance + self.period_total
+        self.opening_balance() + self.period_total
     }
 
     /// Each grant that held credits during the period, given every grant of

@@ -879,3 +879,19 @@ fn a_transfer_needs_the_same_unit_an_active_sender_and_an_open_receiver() {
     assert_eq!(transfer(&mut from, &mut other, "1", false, t0()), Err(DomainError::AccountSuspended));
     assert_eq!(from.available(), d("10"));
 }
+
+#[test]
+fn an_operation_timed_before_the_month_turned_counts_in_the_new_month() {
+    let mut books = Books::new(Overdraft::Unlimited);
+    set(&mut books, AccountUpdate { monthly_cap: Some(Some(d("100"))), ..AccountUpdate::default() });
+    let february = Utc.with_ymd_and_hms(2026, 2, 1, 0, 0, 0).unwrap();
+    books.debit_at("100", None, february).unwrap();
+    // A debit stamped a moment before midnight that reaches the wallet
+    // after February's first: it must not wipe February's spend.
+    let late = february - Duration::milliseconds(10);
+    assert_eq!(books.debit_at("1", None, late), Err(DomainError::SpendingCapReached));
+    assert_eq!(books.wallet.spend_view(february).spent, d("100"));
+    assert_eq!(books.debit_at("1", None, february), Err(DomainError::SpendingCapReached));
+    let alerts = events_of(&books, EventType::SpendingCapAlert);
+    assert_eq!(alerts.iter().filter(|event| event.cap_percent == Some(100)).count(), 1, "the 100% alert once");
+}

@@ -247,7 +247,7 @@ impl Wallet {
     pub fn debit(&mut self, ctx: &OperationContext, amount: Decimal, meter_code: Option<&str>) -> DomainResult<()> {
         self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
-        self.check_cap(amount, Decimal::ZERO)?;
+        self.check_cap(amount)?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         self.draw(ctx, amount, meter_code, false, EntryKind::Debit, None);
         self.account.spend.month_spend += amount;
@@ -266,7 +266,7 @@ impl Wallet {
     ) -> DomainResult<HoldId> {
         self.expire(&ctx.for_expiry());
         self.refuse_unless_active()?;
-        self.check_cap(amount, Decimal::ZERO)?;
+        self.check_cap(amount)?;
         self.check_fit(ctx, amount, meter_code, false, Decimal::ZERO)?;
         let hold = Hold {
             id: HoldId::generate(),
@@ -303,7 +303,8 @@ impl Wallet {
             return Err(DomainError::CaptureExceedsHold);
         }
         let meter = hold.meter_code.as_deref();
-        self.check_cap(amount, hold.amount)?;
+        // No cap check: the hold counted against the cap when it was made,
+        // and an authorisation stands even if the cap was lowered since.
         self.check_fit(ctx, amount, meter, false, hold.amount)?;
         self.account.held -= hold.amount;
         self.draw(ctx, amount, meter, false, EntryKind::Capture, Some(hold_id));
@@ -622,8 +623,9 @@ impl Wallet {
             projected,
             period_start,
             period_end,
-            remaining: cap.map(|cap| (cap - spent).max(Decimal::ZERO)),
-            alerted_percent: if self.account.spend.month == month_key(now) {
+            // What holds may still capture counts against the cap, as a debit finds.
+            remaining: cap.map(|cap| (cap - spent - self.account.held).max(Decimal::ZERO)),
+            alerted_percent: if self.account.spend.month >= month_key(now) {
                 self.account.spend.cap_alerted_percent
             } else {
                 0
@@ -634,19 +636,22 @@ impl Wallet {
     /// The spend counted for the month of `now`: none yet if the stored
     /// counter belongs to an earlier month.
     fn spent_this_month(&self, now: chrono::DateTime<chrono::Utc>) -> Decimal {
-        if self.account.spend.month == month_key(now) { self.account.spend.month_spend } else { Decimal::ZERO }
+        if self.account.spend.month >= month_key(now) { self.account.spend.month_spend } else { Decimal::ZERO }
     }
 
-    /// Starts the month's spend and the day's transfers afresh when they turn.
+    /// Starts the month's spend and the day's transfers afresh when they
+    /// turn. Only forward: an operation timed just before a turn that reaches
+    /// the wallet after one already counted in the new period counts there
+    /// too, rather than wiping the new period's figures.
     fn roll_periods(&mut self, now: chrono::DateTime<chrono::Utc>) {
         let month = month_key(now);
-        if self.account.spend.month != month {
+        if month > self.account.spend.month {
             self.account.spend.month = month;
             self.account.spend.month_spend = Decimal::ZERO;
             self.account.spend.cap_alerted_percent = 0;
         }
         let day = day_key(now);
-        if self.account.spend.day != day {
+        if day > self.account.spend.day {
             self.account.spend.day = day;
             self.account.spend.transferred_today = Decimal::ZERO;
         }
@@ -666,13 +671,12 @@ impl Wallet {
     }
 
     /// A debit (or a hold, which may become one) must leave the month's spend,
-    /// with what active holds may still capture, within the cap. `freed` is
-    /// the hold being captured.
-    fn check_cap(&self, amount: Decimal, freed: Decimal) -> DomainResult<()> {
+    /// with what active holds may still capture, within the cap.
+    fn check_cap(&self, amount: Decimal) -> DomainResult<()> {
         let Some(cap) = self.account.spend.monthly_cap else {
             return Ok(());
         };
-        let committed = self.account.spend.month_spend + (self.account.held - freed).max(Decimal::ZERO);
+        let committed = self.account.spend.month_spend + self.account.held;
         if committed + amount > cap { Err(DomainError::SpendingCapReached) } else { Ok(()) }
     }
 

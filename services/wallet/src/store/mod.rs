@@ -411,25 +411,42 @@ impl Store {
         if let Some(end) = filter.end {
             query = query.filter(entry::Column::CreatedAt.lt(end));
         }
+        if let Some(through) = filter.through_sequence {
+            query = query.filter(entry::Column::Sequence.lte(to_i64(through)));
+        }
         let rows = query.order_by_asc(entry::Column::Sequence).limit(limit).all(&self.db).await?;
         rows.into_iter().map(rows::entry_from_row).collect()
     }
 
-    /// The running balance after the wallet's last entry before `at`; zero before any.
-    pub async fn balance_before(
+    /// A wallet's ledger as of one snapshot, for a report that works back
+    /// from it: every grant (written off or not), the last entry's sequence,
+    /// and the running balance after it.
+    pub async fn ledger_snapshot(
         &self,
         tenant_id: TenantId,
         account_id: AccountId,
-        at: DateTime<Utc>,
-    ) -> Result<rust_decimal::Decimal, WalletError> {
-        self.account(tenant_id, account_id).await?;
-        let row = entry::Entity::find()
+    ) -> Result<(Vec<Grant>, u64, rust_decimal::Decimal), WalletError> {
+        let snapshot = self.database.begin_snapshot().await?;
+        let account = account::Entity::find_by_id(account_id.0)
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .one(&snapshot)
+            .await?
+            .ok_or(WalletError::NotFound("account"))?;
+        let grants = grant::Entity::find()
+            .filter(grant::Column::AccountId.eq(account_id.0))
+            .all(&snapshot)
+            .await?
+            .into_iter()
+            .map(rows::grant_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let last = entry::Entity::find()
             .filter(entry::Column::AccountId.eq(account_id.0))
-            .filter(entry::Column::CreatedAt.lt(at))
-            .order_by_desc(entry::Column::Sequence)
-            .one(&self.db)
+            .filter(entry::Column::Sequence.eq(account.last_sequence))
+            .one(&snapshot)
             .await?;
-        Ok(row.map(|row| row.balance_after.0).unwrap_or_default())
+        snapshot.commit().await?;
+        let balance = last.map(|row| row.balance_after.0).unwrap_or_default();
+        Ok((grants, u64::try_from(account.last_sequence).unwrap_or(0), balance))
     }
 
     /// The tenant's outbox events after `after_sequence`, oldest first.
@@ -593,6 +610,10 @@ impl Store {
         now: DateTime<Utc>,
         operate: impl FnOnce(&mut Wallet, &mut Wallet, bool) -> Result<M, WalletError>,
     ) -> Result<Outcome<M>, WalletError> {
+        if accounts.0 == accounts.1 {
+            // Loaded twice, one wallet would be written as two.
+            return Err(WalletError::field("to_account_id", "must differ from from_account_id"));
+        }
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let (low, high) = if accounts.0 <= accounts.1 { accounts } else { (accounts.1, accounts.0) };
         let plan = LoadPlan::default();

@@ -17,6 +17,8 @@ pub struct EntryFilter {
     pub kinds: Vec<EntryKind>,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
+    /// Only entries up to this sequence: the ledger as of a snapshot.
+    pub through_sequence: Option<u64>,
 }
 
 fn corrupt(what: &str, value: &str) -> WalletError {

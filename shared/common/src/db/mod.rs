@@ -207,7 +207,6 @@ impl Database {
     }
 }
 
-/// The SQLite file of a `sqlite:` URL, if it names one.
 /// Takes an exclusive lock on a file beside a SQLite database, waiting for it;
 /// closing the file releases it.
 async fn lock_file(path: String) -> Result<std::fs::File, DbErr> {
@@ -217,10 +216,11 @@ async fn lock_file(path: String) -> Result<std::fs::File, DbErr> {
         Ok::<_, std::io::Error>(lock)
     })
     .await
-    .map_err(|error| DbErr::Custom(format!("locking {error}")))?
+    .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))?
     .map_err(|error| DbErr::Custom(format!("locking for migrations: {error}")))
 }
 
+/// The SQLite file of a `sqlite:` URL, if it names one.
 fn sqlite_path(url: &str) -> Option<String> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or("");
