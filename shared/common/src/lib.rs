@@ -6,6 +6,7 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod money;
+pub mod outbox;
 pub mod serve;
 pub mod settings;
 pub mod status;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::outbox::follow;
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as pb;
@@ -646,31 +647,19 @@ impl InvoicingService for InvoicingApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut cursor = request.into_inner().after_sequence;
         let store = self.store.clone();
-        let mut stopping = self.stopping.clone();
-        let stream = async_stream::try_stream! {
-            loop {
-                if stopping.as_ref().is_some_and(|stopping| *stopping.borrow()) {
-                    break;
-                }
-                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
-                if batch.is_empty() {
-                    match stopping.as_mut() {
-                        Some(stopping) => tokio::select! {
-                            () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
-                            _ = stopping.changed() => {}
-                        },
-                        None => tokio::time::sleep(EVENT_POLL_INTERVAL).await,
-                    }
-                    continue;
-                }
-                for event in batch {
-                    cursor = event.sequence;
-                    yield pb::WatchEventsResponse { event: Some(convert::event_to_pb(&event)) };
-                }
+        // Before the server runs (in tests that call the handler directly) nothing stops the stream.
+        let stopping = self.stopping.clone().unwrap_or_else(|| tokio::sync::watch::channel(false).1);
+        let stream = follow(request.into_inner().after_sequence, stopping, EVENT_POLL_INTERVAL, move |after| {
+            let store = store.clone();
+            async move {
+                let events = store.events_after(tenant, after, EVENT_BATCH).await.map_err(Status::from)?;
+                Ok(events
+                    .iter()
+                    .map(|event| (event.sequence, pb::WatchEventsResponse { event: Some(convert::event_to_pb(event)) }))
+                    .collect())
             }
-        };
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -3,9 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
-};
+use reservoir_common::outbox::next_sequence;
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::entities::event;
 use super::{InvoiceRow, Store};
@@ -46,15 +45,7 @@ impl Store {
         status: InvoiceStatus,
         now: DateTime<Utc>,
     ) -> Result<(), InvoicingError> {
-        let backend = connection.get_database_backend();
-        let row = connection
-            .query_one_raw(Statement::from_string(
-                backend,
-                "UPDATE event_sequence SET last_sequence = last_sequence + 1 WHERE id = 1 RETURNING last_sequence",
-            ))
-            .await?
-            .ok_or_else(|| InvoicingError::Internal("the event sequence row is missing".into()))?;
-        let sequence: i64 = row.try_get("", "last_sequence")?;
+        let sequence = next_sequence(connection, "event_sequence").await?;
         event::Entity::insert(event::ActiveModel {
             sequence: Set(sequence),
             tenant_id: Set(invoice.tenant_id.0),

@@ -562,28 +562,19 @@ impl TopUpService for TopUpApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut cursor = request.into_inner().after_sequence;
         let store = self.saga.store().clone();
-        let mut stopping = self.stopping.clone();
-        let stream = async_stream::try_stream! {
-            loop {
-                if *stopping.borrow() {
-                    break;
+        let after = request.into_inner().after_sequence;
+        let stream =
+            reservoir_common::outbox::follow(after, self.stopping.clone(), EVENT_POLL_INTERVAL, move |after| {
+                let store = store.clone();
+                async move {
+                    let events = store.events_after(tenant, after, EVENT_BATCH).await.map_err(Status::from)?;
+                    Ok(events
+                        .iter()
+                        .map(|event| (event.sequence, pb::WatchEventsResponse { event: Some(event_to_pb(event)) }))
+                        .collect())
                 }
-                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
-                if batch.is_empty() {
-                    tokio::select! {
-                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
-                        _ = stopping.changed() => {}
-                    }
-                    continue;
-                }
-                for event in batch {
-                    cursor = event.sequence;
-                    yield pb::WatchEventsResponse { event: Some(event_to_pb(&event)) };
-                }
-            }
-        };
+            });
         Ok(Response::new(Box::pin(stream)))
     }
 }

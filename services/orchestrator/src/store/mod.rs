@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement,
+    QueryOrder, QuerySelect,
 };
 use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
@@ -289,15 +289,7 @@ impl Store {
         new: &NewEvent,
         now: DateTime<Utc>,
     ) -> Result<(), OrchestratorError> {
-        let backend = connection.get_database_backend();
-        let row = connection
-            .query_one_raw(Statement::from_string(
-                backend,
-                "UPDATE event_sequence SET last_sequence = last_sequence + 1 WHERE id = 1 RETURNING last_sequence",
-            ))
-            .await?
-            .ok_or_else(|| OrchestratorError::Internal("the event sequence row is missing".into()))?;
-        let sequence: i64 = row.try_get("", "last_sequence")?;
+        let sequence = reservoir_common::outbox::next_sequence(connection, "event_sequence").await?;
         event::Entity::insert(event::ActiveModel {
             sequence: Set(sequence),
             tenant_id: Set(tenant.0),
