@@ -573,6 +573,17 @@ async fn automatic_top_ups(backend: Backend) {
     configure_auto(&mut orchestrator, &fixed, &card, "20", "50", "", 5).await;
     ingest(&fixed, "8500").await;
     eventually("the FIXED top-up", || async { available(&suite.wallet, &fixed).await == d("65") }).await;
+    // The operator's usage report for the day shows what was metered.
+    let metering_endpoint = format!("http://{}", suite.processes[1].address());
+    let from = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let to = (chrono::Utc::now() + chrono::Duration::days(1)).format("%Y-%m-%d").to_string();
+    let mut usage =
+        suite.environment.command(&["report", "usage", &fixed.id, "--from", &from, "--to", &to, "--group-by", "day"]);
+    usage.env("RESERVOIR_API_KEY", &suite.api_key).env("RESERVOIR_METERING_ENDPOINT", &metering_endpoint);
+    let usage = usage.output().await.unwrap();
+    assert!(usage.status.success(), "{}", String::from_utf8_lossy(&usage.stderr));
+    let usage = String::from_utf8_lossy(&usage.stdout).into_owned();
+    assert!(usage.lines().any(|line| line.contains(",tokens,,8500,85,")), "{usage}");
 
     // TO_TARGET: from 10 back up to 100.
     let target = open_funded_account(&suite.wallet, "100").await;

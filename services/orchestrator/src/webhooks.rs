@@ -310,10 +310,6 @@ impl Webhooks {
         Ok(Self { store, upstream, http, settings, following: Arc::default(), stopping })
     }
 
-    pub fn settings(&self) -> &WebhookSettings {
-        &self.settings
-    }
-
     /// One pass: a follower for every stream of every tenant with an
     /// endpoint, then an attempt at every delivery due.
     pub async fn pass(&self) -> Result<(), OrchestratorError> {

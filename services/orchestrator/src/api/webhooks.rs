@@ -275,11 +275,11 @@ impl WebhookService for WebhookApi {
             Some(last) if rows.len() == page_size as usize => format!("before:{}", last.id),
             _ => String::new(),
         };
-        let mut deliveries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let body = self.store.message_body(row.message_id).await?;
-            deliveries.push(delivery_to_pb(row, body));
-        }
+        // The page's bodies in one query, not one per delivery.
+        let ids: Vec<Uuid> = rows.iter().map(|row| row.message_id).collect();
+        let mut bodies = self.store.message_bodies(&ids).await?;
+        let deliveries =
+            rows.iter().map(|row| delivery_to_pb(row, bodies.remove(&row.message_id).unwrap_or_default())).collect();
         Ok(Response::new(pb::ListWebhookDeliveriesResponse { deliveries, next_page_token }))
     }
 

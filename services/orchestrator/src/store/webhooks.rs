@@ -433,6 +433,18 @@ impl Store {
         row.map(|row| row.body).ok_or_else(|| corrupt("webhook message"))
     }
 
+    /// The bodies of many messages in one query, by id.
+    pub async fn message_bodies(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, String>, OrchestratorError> {
+        let rows = webhook_message::Entity::find()
+            .filter(webhook_message::Column::Id.is_in(ids.iter().copied()))
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|row| (row.id, row.body)).collect())
+    }
+
     /// Writes an attempt and what follows from it, if the claim `claimed_until`
     /// is still the delivery's; `false` (nothing written) when it is not.
     pub async fn finish_attempt(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use reservoir_common::auth::TenantId;
 use reservoir_common::money::Unit;
 use rust_decimal::Decimal;
@@ -52,6 +52,28 @@ fn date(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
+/// The entries a filter picks, a page at a time, in sequence order.
+fn entry_pages(
+    store: &Store,
+    tenant: TenantId,
+    account_id: AccountId,
+    filter: EntryFilter,
+) -> impl Stream<Item = Result<Vec<Entry>, WalletError>> + '_ {
+    async_stream::try_stream! {
+        let mut after = 0;
+        loop {
+            let page = store.entries(tenant, account_id, &filter, after, PAGE).await?;
+            let Some(last) = page.last() else { break };
+            after = last.sequence;
+            let full = page.len() as u64 == PAGE;
+            yield page;
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
 /// Whether an entry added credits: a grant, an upward adjustment (which
 /// creates a grant), or credits transferred in. The repayment side of an
 /// overdraft repayment has no grant and is not a refill.
@@ -85,11 +107,9 @@ pub fn refill_history(
             end,
             through_sequence: None,
         };
-        let mut after = 0;
-        loop {
-            let page = store.entries(tenant, account_id, &filter, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
+        let mut pages = std::pin::pin!(entry_pages(&store, tenant, account_id, filter.clone()));
+        while let Some(page) = pages.next().await {
+            let page = page?;
             let rows: Vec<[String; 8]> = page
                 .iter()
                 .filter(|entry| is_refill(entry))
@@ -109,9 +129,6 @@ pub fn refill_history(
                 .collect();
             if !rows.is_empty() {
                 yield csv_rows(&rows)?;
-            }
-            if (page.len() as u64) < PAGE {
-                break;
             }
         }
     })
@@ -135,16 +152,11 @@ pub fn statement(
         let mut builder = StatementBuilder::new(start, end, balance_now);
         let filter =
             EntryFilter { kinds: Vec::new(), start: Some(start), end: None, through_sequence: Some(last_sequence) };
-        let mut after = 0;
-        loop {
-            let page = store.entries(tenant, account_id, &filter, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
+        let mut pages = std::pin::pin!(entry_pages(&store, tenant, account_id, filter.clone()));
+        while let Some(page) = pages.next().await {
+            let page = page?;
             for entry in &page {
                 builder.take(entry);
-            }
-            if (page.len() as u64) < PAGE {
-                break;
             }
         }
         let blank = String::new;
@@ -156,11 +168,9 @@ pub fn statement(
         ]);
         yield csv_rows(&header_and_opening)?;
         let lines = EntryFilter { end: Some(end), ..filter };
-        let mut after = 0;
-        loop {
-            let page = store.entries(tenant, account_id, &lines, after, PAGE).await?;
-            let Some(last) = page.last() else { break };
-            after = last.sequence;
+        let mut pages = std::pin::pin!(entry_pages(&store, tenant, account_id, lines.clone()));
+        while let Some(page) = pages.next().await {
+            let page = page?;
             let rows: Vec<[String; 14]> = page
                 .iter()
                 .filter(|entry| entry.kind.moves_money())
@@ -182,9 +192,6 @@ pub fn statement(
                 .collect();
             if !rows.is_empty() {
                 yield csv_rows(&rows)?;
-            }
-            if (page.len() as u64) < PAGE {
-                break;
             }
         }
         let mut rows: Vec<[String; 14]> = builder

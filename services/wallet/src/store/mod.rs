@@ -629,16 +629,40 @@ impl Store {
             .await?
             .is_some_and(|row| row.allow_promotional_transfers);
         let response = operate(&mut first, &mut second, allow_promotional)?;
-        let (first_changes, second_changes) = (first.take_changes(), second.take_changes());
-        record(&transaction, tenant_id, check, &response).await?;
-        write_changes(&transaction, &[(&first, first_changes), (&second, second_changes)]).await?;
-        transaction.commit().await?;
-        self.cache.put(&first);
-        self.cache.put(&second);
-        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
-            .increment(1);
-        self.events_written.notify_waiters();
+        self.commit_changes(transaction, tenant_id, Some(check), &response, [&mut first, &mut second]).await?;
         Ok(Outcome::Applied(response))
+    }
+
+    /// The end of a change: the response recorded under the key first, then
+    /// what the wallets changed (the events, and the outbox counter, last),
+    /// the commit, and afterwards the cache, the metrics and the event streams.
+    async fn commit_changes<M: prost::Message, const N: usize>(
+        &self,
+        transaction: DatabaseTransaction,
+        tenant_id: TenantId,
+        check: Option<&IdempotencyCheck>,
+        response: &M,
+        mut wallets: [&mut Wallet; N],
+    ) -> Result<(), WalletError> {
+        let changes: Vec<Changes> = wallets.iter_mut().map(|wallet| wallet.take_changes()).collect();
+        let has_events = changes.iter().any(|changes| !changes.events.is_empty());
+        if let Some(check) = check {
+            record(&transaction, tenant_id, check, response).await?;
+        }
+        let batch: Vec<(&Wallet, Changes)> = wallets.iter().map(|wallet| &**wallet).zip(changes).collect();
+        write_changes(&transaction, &batch).await?;
+        transaction.commit().await?;
+        for wallet in &wallets {
+            self.cache.put(wallet);
+        }
+        if let Some(check) = check {
+            metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
+                .increment(1);
+        }
+        if has_events {
+            self.events_written.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Changes one wallet in one transaction. The account row is locked (on
@@ -666,22 +690,7 @@ impl Store {
             return Ok(Outcome::Replayed(response));
         }
         let response = operate(&mut loaded)?;
-        let changes = loaded.wallet.take_changes();
-        let has_events = !changes.events.is_empty();
-        // The key first, the events (and the outbox counter) last.
-        if let Some(check) = check {
-            record(&transaction, tenant_id, check, &response).await?;
-        }
-        write_changes(&transaction, &[(&loaded.wallet, changes)]).await?;
-        transaction.commit().await?;
-        self.cache.put(&loaded.wallet);
-        if let Some(check) = check {
-            metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
-                .increment(1);
-        }
-        if has_events {
-            self.events_written.notify_waiters();
-        }
+        self.commit_changes(transaction, tenant_id, check, &response, [&mut loaded.wallet]).await?;
         Ok(Outcome::Applied(response))
     }
 }
