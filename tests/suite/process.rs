@@ -12,7 +12,22 @@ use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus}
 
 pub const PEPPER: &str = "suite-pepper";
 
+/// A port for a service to listen on. Taken below the ephemeral range
+/// (32768 and up on Linux), where the outgoing connections of every test
+/// take their ports: a port the kernel handed out with bind(0) could be
+/// given to a connection in the moment before the service binds it.
 fn free_address() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(7_919) % SPAN;
+    for _ in 0..SPAN {
+        let port = FIRST + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", u16::try_from(port).unwrap_or(0))) {
+            return listener.local_addr().unwrap();
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
 }
 
