@@ -163,10 +163,9 @@ async fn fill_ledger(books: &sea_orm::DatabaseConnection, account: &str, count: 
         books
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "INSERT INTO ledger_entries (id, account_id, tenant_id, operation_id, sequence, kind, amount, \
-                 balance_after, idempotency_key, correlation_id, description, metadata, created_at) \
-                 SELECT lpad(to_hex(i), 32, '0')::uuid, a.id, a.tenant_id, lpad(to_hex(i), 32, '0')::uuid, \
-                 1000 + i, 'DEBIT', 0, 0, 'ledger-fill-' || i, '', '', '{}', now() \
+                "INSERT INTO ledger (account_number, sequence, created_at, position, kind, amount, balance_after, \
+                 idempotency_key) \
+                 SELECT a.number, 1000 + i, now(), 0, 2, 0, 0, 'ledger-fill-' || i \
                  FROM accounts a, generate_series($2::bigint, $3::bigint) AS i WHERE a.id = $1",
                 [account.into(), i64::try_from(written + 1)?.into(), i64::try_from(upto)?.into()],
             ))
@@ -174,7 +173,7 @@ async fn fill_ledger(books: &sea_orm::DatabaseConnection, account: &str, count: 
         written = upto;
         eprintln!("  {written} entries");
     }
-    books.execute_unprepared("ANALYZE ledger_entries").await?;
+    books.execute_unprepared("ANALYZE ledger").await?;
     Ok(())
 }
 
@@ -251,7 +250,7 @@ async fn check_wallet_books(
     let row = database
         .query_one_raw(Statement::from_string(
             database.get_database_backend(),
-            "SELECT COUNT(*) AS n, COUNT(DISTINCT idempotency_key) AS k FROM ledger_entries WHERE kind = 'DEBIT'",
+            "SELECT COUNT(*) AS n, COUNT(DISTINCT idempotency_key) AS k FROM ledger WHERE kind = 2",
         ))
         .await?
         .context("no count")?;
@@ -629,7 +628,7 @@ async fn main() -> anyhow::Result<()> {
     reads.notes.push(format!("reads that missed a debit acknowledged before them: {}", stale.load(Ordering::Relaxed)));
     comparisons.push(reads);
     let ledger_rows = books
-        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT COUNT(*) AS n FROM ledger_entries"))
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, "SELECT COUNT(*) AS n FROM ledger"))
         .await?
         .context("no count")?
         .try_get::<i64>("", "n")?;
@@ -646,7 +645,7 @@ async fn main() -> anyhow::Result<()> {
     let account_entries = books
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            "SELECT COUNT(*) AS n FROM ledger_entries WHERE account_id = $1",
+            "SELECT COUNT(*) AS n FROM ledger l JOIN accounts a ON a.number = l.account_number WHERE a.id = $1",
             [uuid::Uuid::parse_str(&filler.id)?.into()],
         ))
         .await?

@@ -311,7 +311,7 @@ async fn serve_orchestrator(config: Option<&Path>) -> anyhow::Result<()> {
 async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     match service {
-        Service::Wallet => Store::connect(&settings.wallet.database()).await?.migrate().await?,
+        Service::Wallet => Store::connect(&settings.wallet.database(), 1).await?.migrate().await?,
         Service::Metering => {
             reservoir_metering::store::Store::connect(&settings.metering.database()).await?.migrate().await?;
         }
@@ -444,7 +444,7 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
 
 async fn operator_store(config: Option<&Path>) -> anyhow::Result<(Settings, Store)> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
-    let store = Store::connect(&settings.wallet.database()).await?;
+    let store = Store::connect(&settings.wallet.database(), 1).await?;
     store.migrate().await?;
     Ok((settings, store))
 }

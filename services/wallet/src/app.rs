@@ -42,6 +42,16 @@ pub struct WalletSettings {
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
     #[serde(default)]
     pub metrics_listen: String,
+    /// Group committers on PostgreSQL: batches of different accounts commit
+    /// side by side, one per committer. SQLite has one writer and one committer.
+    #[serde(default = "default_committers")]
+    pub committers: usize,
+}
+
+/// Enough batches in flight to keep a PostgreSQL on a few cores busy while
+/// each batch waits for its commit; measured in docs/PERFORMANCE.md.
+pub fn default_committers() -> usize {
+    4
 }
 
 impl WalletSettings {
@@ -57,6 +67,9 @@ impl WalletSettings {
         self.database().validate().map_err(|error| format!("wallet: {error}"))?;
         if self.sweep_interval_ms == 0 {
             return Err("wallet: sweep_interval_ms must be at least 1".into());
+        }
+        if !(1..=64).contains(&self.committers) {
+            return Err("wallet: committers must be 1 to 64".into());
         }
         Ok(())
     }
@@ -86,7 +99,7 @@ impl Application {
     /// Connects, migrates and binds; nothing is served until [`Self::run_until`].
     pub async fn build(settings: &WalletSettings, auth: &AuthSettings) -> Result<Self, AppError> {
         settings.validate().map_err(AppError::Settings)?;
-        let store = Store::connect(&settings.database()).await?;
+        let store = Store::connect(&settings.database(), settings.committers).await?;
         store.migrate().await?;
         let listener = TcpListener::bind(settings.listen)
             .await
@@ -162,7 +175,7 @@ async fn sweep_once(store: &Store) {
         let result = store
             .mutate(tenant, account, None, &LoadPlan::default(), now, |loaded| {
                 loaded.wallet.expire(&ctx);
-                Ok(())
+                Ok(crate::domain::Answer::at(now))
             })
             .await;
         if let Err(error) = result {

@@ -1,6 +1,5 @@
 //! Domain → wire conversions. Amounts leave formatted at the unit's scale.
 
-use prost::Message;
 use reservoir_common::money::{Unit, UnitKind};
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::wallet as pb;
@@ -190,10 +189,9 @@ pub fn entry(entry: &Entry, unit_: &Unit) -> pb::LedgerEntry {
     }
 }
 
-pub fn balance(account: &Account, view: &BalanceView) -> pb::Balance {
-    let unit_ = &account.unit;
+pub fn balance(account_id: AccountId, unit_: &Unit, view: &BalanceView) -> pb::Balance {
     pb::Balance {
-        account_id: account.id.to_string(),
+        account_id: account_id.to_string(),
         unit_code: unit_.code().to_owned(),
         available: amount(unit_, view.available),
         held: amount(unit_, view.held),
@@ -232,8 +230,8 @@ pub fn event_type(event_type: EventType) -> pb::EventType {
     }
 }
 
-/// The outbox payload of an event: the wire `Event`, encoded.
-pub fn event_payload(event: &Event, unit_: &Unit, sequence: u64) -> Vec<u8> {
+/// An event as streamed, with its sequence.
+pub fn event(event: &Event, unit_: &Unit, sequence: u64) -> pb::Event {
     pb::Event {
         sequence,
         r#type: event_type(event.event_type).into(),
@@ -250,5 +248,4 @@ pub fn event_payload(event: &Event, unit_: &Unit, sequence: u64) -> Vec<u8> {
         cap_percent: event.cap_percent.unwrap_or(0),
         counterparty_account_id: optional_id(event.counterparty),
     }
-    .encode_to_vec()
 }

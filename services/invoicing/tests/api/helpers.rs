@@ -77,6 +77,7 @@ impl Suite {
             database_schema: wallet_database.schema.clone(),
             database_max_connections: 16,
             sweep_interval_ms: 100,
+            committers: 4,
             metrics_listen: String::new(),
         };
         let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");

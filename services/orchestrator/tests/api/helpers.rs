@@ -49,6 +49,7 @@ impl Suite {
             database_schema: wallet_database.schema.clone(),
             database_max_connections: 8,
             sweep_interval_ms: 100,
+            committers: 4,
             metrics_listen: String::new(),
         };
         let wallet = Wallet::build(&wallet_settings, &auth).await.unwrap();

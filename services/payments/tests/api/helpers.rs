@@ -57,6 +57,7 @@ impl Suite {
             database_schema: wallet_database.schema.clone(),
             database_max_connections: 8,
             sweep_interval_ms: 1_000,
+            committers: 4,
             metrics_listen: String::new(),
         };
         let wallet = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");

@@ -2,6 +2,7 @@
 //! and translate the answer. No rule about money lives here.
 
 mod reports;
+mod respond;
 mod validate;
 
 use std::pin::Pin;
@@ -22,13 +23,13 @@ pub use self::validate::*;
 use crate::convert;
 use crate::domain::*;
 use crate::error::WalletError;
-use crate::store::{EntryFilter, IdempotencyCheck, LoadPlan, Loaded, Store};
+use crate::store::{EntryFilter, EventRecord, IdempotencyCheck, LoadPlan, Loaded, Reply, Store};
 
 /// How often an idle event stream looks for events written by other replicas;
 /// events written by this process wake it at once.
 const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Events read per query of a stream.
-const EVENT_BATCH: u64 = 500;
+const EVENT_BATCH: usize = 500;
 
 /// Account units remembered by the API; a unit never changes, so the cache
 /// never goes stale. Past this many it is cleared rather than grown.
@@ -49,18 +50,7 @@ impl WalletApi {
     }
 
     fn balance_of(wallet: &Wallet, now: DateTime<Utc>) -> pb::Balance {
-        convert::balance(&wallet.account, &wallet.balance(now))
-    }
-
-    /// The entries the call itself wrote (not the expiries it wrote off first).
-    fn own_entries(wallet: &Wallet, ctx: &OperationContext) -> Vec<pb::LedgerEntry> {
-        wallet
-            .changes()
-            .entries
-            .iter()
-            .filter(|entry| entry.operation_id == ctx.operation_id)
-            .map(|entry| convert::entry(entry, &wallet.account.unit))
-            .collect()
+        convert::balance(wallet.account.id, &wallet.account.unit, &wallet.balance(now))
     }
 
     async fn unit_of(&self, tenant: TenantId, account_id: AccountId) -> Result<Unit, WalletError> {
@@ -118,7 +108,7 @@ impl WalletApi {
         let Some(account_id) = account_id else {
             return Err(WalletError::Internal("validated id missing".into()));
         };
-        let check = idempotency_check("Debit", &request.idempotency_key, &request);
+        let check = idempotency_check(tenant, "Debit", &request.idempotency_key, &request);
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
@@ -132,18 +122,14 @@ impl WalletApi {
         let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
         // Debits go through the group committer; it checks the key under the
         // account's lock, so a retry replays the original result.
-        self.store
-            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
-                wallet.debit(&ctx, amount, meter.as_deref())?;
-                Ok(pb::DebitResponse {
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
-            .await
+        let reply =
+            self.store.submit(tenant, account_id, check, ctx, Command::Debit { amount, meter_code: meter }).await?;
+        respond::respond(reply, |answer| respond::debit(answer, &unit))
     }
 
-    /// Runs a change of one wallet with the usual replay check first.
+    /// Runs a change of one wallet under its key and builds the response
+    /// from its answer (or from the recorded one on a replay).
+    #[allow(clippy::too_many_arguments)]
     async fn change<M: Message + Default>(
         &self,
         tenant: TenantId,
@@ -151,10 +137,42 @@ impl WalletApi {
         check: &IdempotencyCheck,
         plan: &LoadPlan,
         now: DateTime<Utc>,
-        operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
+        operate: impl FnOnce(&mut Loaded) -> Result<Answer, WalletError>,
+        build: impl FnOnce(&Answer) -> Result<M, WalletError>,
     ) -> Result<M, WalletError> {
-        self.store.mutate(tenant, account_id, Some(check), plan, now, operate).await.map(|outcome| outcome.into_inner())
+        let reply = self.store.mutate(tenant, account_id, Some(check), plan, now, operate).await?;
+        respond::respond(reply, build)
     }
+
+    /// A retry of a finished call, answered from its record without touching the wallet.
+    async fn replay<M: Message + Default>(
+        &self,
+        tenant: TenantId,
+        check: &IdempotencyCheck,
+        build: impl FnOnce(&Answer, &Unit) -> Result<M, WalletError>,
+    ) -> Result<Option<M>, WalletError> {
+        let Some(reply) = self.store.replay_only(tenant, check).await? else {
+            return Ok(None);
+        };
+        let unit = match &reply {
+            Reply::Answer(answer) => match answer.wallets.first() {
+                Some(part) => Some(self.unit_of(tenant, part.account_id).await?),
+                None => None,
+            },
+            Reply::Legacy(_) => None,
+        };
+        respond::respond(reply, |answer| match &unit {
+            Some(unit) => build(answer, unit),
+            None => Err(WalletError::Internal("a replayed answer names no wallet".into())),
+        })
+        .map(Some)
+    }
+}
+
+/// The answer of a change to a hold: the hold as it stands, the entries and the balance.
+fn hold_answer(wallet: &Wallet, ctx: &OperationContext, hold_id: HoldId) -> Result<Answer, WalletError> {
+    let hold = wallet.hold_by_id(hold_id).ok_or(DomainError::Inconsistent("the hold is missing"))?;
+    Ok(Answer { hold: Some(hold.clone()), wallets: vec![WalletAnswer::of(wallet, ctx)], ..Answer::at(ctx.now) })
 }
 
 fn overdraft_from(
@@ -276,7 +294,7 @@ impl WalletService for WalletApi {
         let (Some(unit), Some(overdraft)) = (unit, overdraft) else {
             return Err(WalletError::Internal("validated fields missing".into()).into());
         };
-        let check = idempotency_check("CreateAccount", &request.idempotency_key, &request);
+        let check = idempotency_check(tenant, "CreateAccount", &request.idempotency_key, &request);
         let now = now();
         let ctx = OperationContext::new(now, request.idempotency_key.clone());
         let wallet = Wallet::open(
@@ -290,13 +308,11 @@ impl WalletService for WalletApi {
             },
             &ctx,
         );
-        let outcome = self
+        let reply = self
             .store
-            .create_account(&check, wallet, |wallet| pb::CreateAccountResponse {
-                account: Some(convert::account(&wallet.account)),
-            })
+            .create_account(&check, wallet, |wallet| Answer { account: Some(wallet.account.clone()), ..Answer::at(now) })
             .await?;
-        Ok(Response::new(outcome.into_inner()))
+        Ok(Response::new(respond::respond(reply, respond::create_account)?))
     }
 
     async fn get_account(
@@ -357,9 +373,9 @@ impl WalletService for WalletApi {
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
-        let check = idempotency_check("UpdateAccount", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
-            return Ok(Response::new(response));
+        let check = idempotency_check(tenant, "UpdateAccount", &request.idempotency_key, &request);
+        if let Some(reply) = self.store.replay_only(tenant, &check).await? {
+            return Ok(Response::new(respond::respond(reply, respond::update_account)?));
         }
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
@@ -397,10 +413,18 @@ impl WalletService for WalletApi {
         let now = now();
         let ctx = OperationContext::new(now, request.idempotency_key.clone());
         let response = self
-            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
-                loaded.wallet.update(&ctx, update)?;
-                Ok(pb::UpdateAccountResponse { account: Some(convert::account(&loaded.wallet.account)) })
-            })
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    loaded.wallet.update(&ctx, update)?;
+                    Ok(Answer { account: Some(loaded.wallet.account.clone()), ..Answer::at(now) })
+                },
+                respond::update_account,
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -468,7 +492,7 @@ impl WalletService for WalletApi {
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         // The group committer checks the key under the account's lock.
-        let check = idempotency_check("GrantCredits", &request.idempotency_key, &request);
+        let check = idempotency_check(tenant, "GrantCredits", &request.idempotency_key, &request);
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
@@ -488,20 +512,8 @@ impl WalletService for WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         ctx.metadata = request.metadata.clone();
         // Through the group committer, like debits: grants need only the live wallet.
-        let response = self
-            .store
-            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
-                let id = wallet.grant(&ctx, new.clone())?;
-                let wallet = &*wallet;
-                let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("the new grant is missing"))?;
-                Ok(pb::GrantCreditsResponse {
-                    grant: Some(convert::grant(grant, &wallet.account.unit, now)),
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
-            .await?;
-        Ok(Response::new(response))
+        let reply = self.store.submit(tenant, account_id, check, ctx, Command::Grant(new)).await?;
+        Ok(Response::new(respond::respond(reply, |answer| respond::grant(answer, &unit))?))
     }
 
     async fn debit(&self, request: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
@@ -584,8 +596,10 @@ impl WalletService for WalletApi {
             Ok(()) => pb::QuoteDebitResponse {
                 allowed: true,
                 reason: String::new(),
-                entries: Self::own_entries(&wallet, &ctx)
-                    .into_iter()
+                entries: WalletAnswer::of(&wallet, &ctx)
+                    .entries
+                    .iter()
+                    .map(|entry| convert::entry(entry, &wallet.account.unit))
                     .map(|entry| pb::LedgerEntry {
                         id: String::new(),
                         sequence: 0,
@@ -625,7 +639,7 @@ impl WalletService for WalletApi {
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         // The group committer checks the key under the account's lock.
-        let check = idempotency_check("Reserve", &request.idempotency_key, &request);
+        let check = idempotency_check(tenant, "Reserve", &request.idempotency_key, &request);
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
@@ -635,19 +649,9 @@ impl WalletService for WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
         let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
-        let response = self
-            .store
-            .mutate_grouped(tenant, account_id, check, now, move |wallet| {
-                let id = wallet.reserve(&ctx, amount.unwrap_or_default(), ttl, meter.as_deref())?;
-                let wallet = &*wallet;
-                let hold = wallet.hold_by_id(id).ok_or(DomainError::Inconsistent("the new hold is missing"))?;
-                Ok(pb::ReserveResponse {
-                    hold: Some(convert::hold(hold, &wallet.account.unit)),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
-            .await?;
-        Ok(Response::new(response))
+        let command = Command::Reserve { amount: amount.unwrap_or_default(), ttl, meter_code: meter };
+        let reply = self.store.submit(tenant, account_id, check, ctx, command).await?;
+        Ok(Response::new(respond::respond(reply, |answer| respond::reserve(answer, &unit))?))
     }
 
     async fn capture_hold(
@@ -666,8 +670,8 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let hold_id = hold_id.unwrap_or(HoldId(uuid::Uuid::nil()));
-        let check = idempotency_check("CaptureHold", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "CaptureHold", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::capture).await? {
             return Ok(Response::new(response));
         }
         let hold = self.store.hold(tenant, hold_id).await?;
@@ -681,16 +685,18 @@ impl WalletService for WalletApi {
         ctx.metadata = request.metadata.clone();
         let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
         let response = self
-            .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
-                loaded.wallet.capture(&ctx, hold_id, amount.unwrap_or_default())?;
-                let wallet = &loaded.wallet;
-                let hold = wallet.hold_by_id(hold_id).ok_or(DomainError::Inconsistent("the hold is missing"))?;
-                Ok(pb::CaptureHoldResponse {
-                    hold: Some(convert::hold(hold, &wallet.account.unit)),
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
+            .change(
+                tenant,
+                hold.account_id,
+                &check,
+                &plan,
+                now,
+                |loaded| {
+                    loaded.wallet.capture(&ctx, hold_id, amount.unwrap_or_default())?;
+                    hold_answer(&loaded.wallet, &ctx, hold_id)
+                },
+                |answer| respond::capture(answer, &unit),
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -706,24 +712,28 @@ impl WalletService for WalletApi {
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.finish()?;
         let hold_id = hold_id.unwrap_or(HoldId(uuid::Uuid::nil()));
-        let check = idempotency_check("ReleaseHold", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "ReleaseHold", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::release).await? {
             return Ok(Response::new(response));
         }
         let hold = self.store.hold(tenant, hold_id).await?;
+        let unit = self.unit_of(tenant, hold.account_id).await?;
         let now = now();
         let ctx = OperationContext::new(now, request.idempotency_key.clone());
         let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
         let response = self
-            .change(tenant, hold.account_id, &check, &plan, now, |loaded| {
-                loaded.wallet.release(&ctx, hold_id)?;
-                let wallet = &loaded.wallet;
-                let hold = wallet.hold_by_id(hold_id).ok_or(DomainError::Inconsistent("the hold is missing"))?;
-                Ok(pb::ReleaseHoldResponse {
-                    hold: Some(convert::hold(hold, &wallet.account.unit)),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
+            .change(
+                tenant,
+                hold.account_id,
+                &check,
+                &plan,
+                now,
+                |loaded| {
+                    loaded.wallet.release(&ctx, hold_id)?;
+                    hold_answer(&loaded.wallet, &ctx, hold_id)
+                },
+                |answer| respond::release(answer, &unit),
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -741,8 +751,8 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
-        let check = idempotency_check("Adjust", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "Adjust", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::adjust).await? {
             return Ok(Response::new(response));
         }
         let unit = self.unit_of(tenant, account_id).await?;
@@ -758,18 +768,22 @@ impl WalletService for WalletApi {
         ctx.description = request.reason.clone();
         ctx.metadata = request.metadata.clone();
         let response = self
-            .change(tenant, account_id, &check, &LoadPlan::default(), now, |loaded| {
-                let grant_id = loaded.wallet.adjust(&ctx, amount.unwrap_or_default())?;
-                let wallet = &loaded.wallet;
-                let grant = grant_id
-                    .and_then(|id| wallet.grant_by_id(id))
-                    .map(|grant| convert::grant(grant, &wallet.account.unit, now));
-                Ok(pb::AdjustResponse {
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                    grant,
-                })
-            })
+            .change(
+                tenant,
+                account_id,
+                &check,
+                &LoadPlan::default(),
+                now,
+                |loaded| {
+                    let grant_id = loaded.wallet.adjust(&ctx, amount.unwrap_or_default())?;
+                    let wallet = &loaded.wallet;
+                    let mut answer = Answer::at(now);
+                    answer.grants.extend(grant_id.and_then(|id| wallet.grant_by_id(id)).cloned());
+                    answer.wallets.push(WalletAnswer::of(wallet, &ctx));
+                    Ok(answer)
+                },
+                |answer| respond::adjust(answer, &unit),
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -786,8 +800,8 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let entry_id = entry_id.unwrap_or(EntryId(uuid::Uuid::nil()));
-        let check = idempotency_check("Refund", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "Refund", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::refund).await? {
             return Ok(Response::new(response));
         }
         let entry = self.store.entry(tenant, entry_id).await?;
@@ -802,17 +816,21 @@ impl WalletService for WalletApi {
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.description = request.reason.clone();
         ctx.correlation_id = entry.correlation_id.clone();
-        let plan = LoadPlan { refund_of: Some(entry.operation_id), ..LoadPlan::default() };
+        let plan = LoadPlan { refund_of: Some(entry.id), ..LoadPlan::default() };
         let response = self
-            .change(tenant, entry.account_id, &check, &plan, now, |loaded| {
-                let (original, prior) = (loaded.operation_entries.clone(), loaded.prior_refunds.clone());
-                loaded.wallet.refund(&ctx, &original, &prior, amount.unwrap_or_default())?;
-                let wallet = &loaded.wallet;
-                Ok(pb::RefundResponse {
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
+            .change(
+                tenant,
+                entry.account_id,
+                &check,
+                &plan,
+                now,
+                |loaded| {
+                    let (original, prior) = (loaded.operation_entries.clone(), loaded.prior_refunds.clone());
+                    loaded.wallet.refund(&ctx, &original, &prior, amount.unwrap_or_default())?;
+                    Ok(Answer { wallets: vec![WalletAnswer::of(&loaded.wallet, &ctx)], ..Answer::at(now) })
+                },
+                |answer| respond::refund(answer, &unit),
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -829,26 +847,36 @@ impl WalletService for WalletApi {
         violations.text("reason", &request.reason, DESCRIPTION_LENGTH_MAX);
         violations.finish()?;
         let grant_id = grant_id.unwrap_or(GrantId(uuid::Uuid::nil()));
-        let check = idempotency_check("VoidGrant", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "VoidGrant", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::void).await? {
             return Ok(Response::new(response));
         }
         let grant = self.store.grant(tenant, grant_id).await?;
+        let unit = self.unit_of(tenant, grant.account_id).await?;
         let now = now();
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
         ctx.description = request.reason.clone();
         let plan = LoadPlan { grant_ids: vec![grant_id], ..LoadPlan::default() };
         let response = self
-            .change(tenant, grant.account_id, &check, &plan, now, |loaded| {
-                loaded.wallet.void_grant(&ctx, grant_id)?;
-                let wallet = &loaded.wallet;
-                let grant = wallet.grant_by_id(grant_id).ok_or(DomainError::Inconsistent("the grant is missing"))?;
-                Ok(pb::VoidGrantResponse {
-                    grant: Some(convert::grant(grant, &wallet.account.unit, now)),
-                    entries: Self::own_entries(wallet, &ctx),
-                    balance: Some(Self::balance_of(wallet, now)),
-                })
-            })
+            .change(
+                tenant,
+                grant.account_id,
+                &check,
+                &plan,
+                now,
+                |loaded| {
+                    loaded.wallet.void_grant(&ctx, grant_id)?;
+                    let wallet = &loaded.wallet;
+                    let grant =
+                        wallet.grant_by_id(grant_id).ok_or(DomainError::Inconsistent("the grant is missing"))?;
+                    Ok(Answer {
+                        grants: vec![grant.clone()],
+                        wallets: vec![WalletAnswer::of(wallet, &ctx)],
+                        ..Answer::at(now)
+                    })
+                },
+                |answer| respond::void(answer, &unit),
+            )
             .await?;
         Ok(Response::new(response))
     }
@@ -873,8 +901,8 @@ impl WalletService for WalletApi {
         let (Some(from), Some(to)) = (from, to) else {
             return Err(WalletError::Internal("validated id missing".into()).into());
         };
-        let check = idempotency_check("Transfer", &request.idempotency_key, &request);
-        if let Some(response) = self.store.replay_only(tenant, &check).await? {
+        let check = idempotency_check(tenant, "Transfer", &request.idempotency_key, &request);
+        if let Some(response) = self.replay(tenant, &check, respond::transfer).await? {
             return Ok(Response::new(response));
         }
         let unit = self.unit_of(tenant, from).await?;
@@ -886,7 +914,7 @@ impl WalletService for WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
-        let response = self
+        let reply = self
             .store
             .mutate_pair(tenant, (from, to), &check, now, |sender, receiver, allow_promotional| {
                 sender.transfer_to(receiver, &ctx, amount.unwrap_or_default(), allow_promotional)?;
@@ -894,18 +922,16 @@ impl WalletService for WalletApi {
                     .grants
                     .iter()
                     .filter(|grant| receiver.changes().new_grants.contains(&grant.id))
-                    .map(|grant| convert::grant(grant, &receiver.account.unit, now))
+                    .cloned()
                     .collect();
-                Ok(pb::TransferResponse {
-                    out_entries: Self::own_entries(sender, &ctx),
-                    in_entries: Self::own_entries(receiver, &ctx),
+                Ok(Answer {
+                    wallets: vec![WalletAnswer::of(sender, &ctx), WalletAnswer::of(receiver, &ctx)],
                     grants,
-                    from_balance: Some(Self::balance_of(sender, now)),
-                    to_balance: Some(Self::balance_of(receiver, now)),
+                    ..Answer::at(now)
                 })
             })
             .await?;
-        Ok(Response::new(response.into_inner()))
+        Ok(Response::new(respond::respond(reply, |answer| respond::transfer(answer, &unit))?))
     }
 
     async fn get_spend(&self, request: Request<pb::GetSpendRequest>) -> Result<Response<pb::GetSpendResponse>, Status> {
@@ -1126,6 +1152,7 @@ impl WalletService for WalletApi {
         // event not yet sent to it, 0 when it has them all.
         let lag = metrics::gauge!("reservoir_wallet_outbox_lag_seconds", "consumer" => consumer);
         let store = self.store.clone();
+        let api = self.clone();
         let written = store.events_written();
         let mut stopping = self.stopping.clone();
         let stream = async_stream::try_stream! {
@@ -1146,10 +1173,20 @@ impl WalletService for WalletApi {
                     }
                     continue;
                 }
-                for (index, (sequence, payload)) in batch.into_iter().enumerate() {
-                    let mut event = pb::Event::decode(payload.as_slice())
-                        .map_err(|error| Status::from(WalletError::Internal(format!("outbox payload: {error}"))))?;
-                    event.sequence = sequence;
+                for (index, record) in batch.into_iter().enumerate() {
+                    let (sequence, event) = match record {
+                        EventRecord::Event { sequence, event } => {
+                            let unit = api.unit_of(tenant, event.account_id).await.map_err(Status::from)?;
+                            (sequence, convert::event(&event, &unit, sequence))
+                        }
+                        EventRecord::Legacy { sequence, payload } => {
+                            let mut event = pb::Event::decode(payload.as_slice()).map_err(|error| {
+                                Status::from(WalletError::Internal(format!("outbox payload: {error}")))
+                            })?;
+                            event.sequence = sequence;
+                            (sequence, event)
+                        }
+                    };
                     if index == 0
                         && let Some(occurred) = event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)
                     {

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::time::truncate_to_micros;
 pub use reservoir_common::validate::{IDEMPOTENCY_KEY_LENGTH_MAX, METER_CODE_LENGTH_MAX, Violations};
-use sha2::{Digest, Sha256};
+use reservoir_common::auth::TenantId;
 
 use crate::store::IdempotencyCheck;
 
@@ -34,9 +34,13 @@ pub const PRIORITY_MAX: i32 = 1_000_000;
 
 /// What an idempotent call is checked against: the method and a hash of the
 /// whole request (maps are encoded in key order, so the hash is stable).
-pub fn idempotency_check(method: &'static str, key: &str, request: &impl Message) -> IdempotencyCheck {
-    let digest = Sha256::digest(request.encode_to_vec());
-    IdempotencyCheck { key: key.to_owned(), method, request_hash: hex::encode(digest) }
+pub fn idempotency_check(
+    tenant: TenantId,
+    method: &'static str,
+    key: &str,
+    request: &impl Message,
+) -> IdempotencyCheck {
+    IdempotencyCheck::new(tenant, method, key, &request.encode_to_vec())
 }
 
 pub fn now() -> DateTime<Utc> {

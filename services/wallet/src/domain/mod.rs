@@ -2,6 +2,7 @@
 //! loaded for an operation; operations change it and record the ledger
 //! entries and events the store must write in the same transaction.
 
+mod command;
 mod statement;
 mod types;
 mod wallet;
@@ -9,6 +10,7 @@ mod wallet;
 #[cfg(test)]
 mod tests;
 
+pub use command::*;
 pub use statement::*;
 pub use types::*;
 pub use wallet::*;

@@ -43,9 +43,40 @@ typed_id!(
     HoldId
 );
 typed_id!(
-    /// A ledger entry.
+    /// A ledger entry. Entries written since the ledger was compacted have
+    /// ids that name their place: the account's number and the entry's
+    /// sequence, laid out as a version 8 (custom) UUID; older entries keep
+    /// the random ids they were given.
     EntryId
 );
+
+/// Account numbers fit in the 60 custom bits before a UUID's variant field.
+const ENTRY_NUMBER_BITS: u32 = 60;
+/// Sequences fit in the 62 bits after it.
+const ENTRY_SEQUENCE_BITS: u32 = 62;
+
+impl EntryId {
+    /// The id of the entry at `sequence` of the account numbered `account_number`.
+    pub fn of(account_number: u64, sequence: u64) -> Self {
+        let number = u128::from(account_number & ((1 << ENTRY_NUMBER_BITS) - 1));
+        let sequence = u128::from(sequence & ((1 << ENTRY_SEQUENCE_BITS) - 1));
+        // custom_a (48 bits) | version 8 | custom_b (12 bits) | variant 0b10 | custom_c (62 bits)
+        let high = ((number >> 12) << 80) | (0x8 << 76) | ((number & 0xfff) << 64);
+        let bits = high | (0b10 << 62) | sequence;
+        Self(Uuid::from_u128(bits))
+    }
+
+    /// The account number and sequence an id names, for ids made by [`EntryId::of`].
+    pub fn parts(&self) -> Option<(u64, u64)> {
+        let bits = self.0.as_u128();
+        if (bits >> 76) & 0xf != 0x8 || (bits >> 62) & 0b11 != 0b10 {
+            return None;
+        }
+        let number = ((bits >> 80) << 12) | ((bits >> 64) & 0xfff);
+        let sequence = bits & ((1 << ENTRY_SEQUENCE_BITS) - 1);
+        Some((u64::try_from(number).ok()?, u64::try_from(sequence).ok()?))
+    }
+}
 typed_id!(
     /// One mutating call; every entry it wrote shares it.
     OperationId
@@ -190,6 +221,9 @@ pub type Metadata = BTreeMap<String, String>;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     pub id: AccountId,
+    /// The account's number in this wallet service, given when it is opened:
+    /// part of every entry id, and what the ledger is keyed by.
+    pub number: u64,
     pub tenant_id: TenantId,
     pub external_id: String,
     pub unit: Unit,

@@ -60,6 +60,9 @@ impl Wallet {
         let low_balance_alerted = new.low_balance_threshold.is_some_and(|threshold| Decimal::ZERO < threshold);
         let account = Account {
             id: AccountId::generate(),
+            // Given by the store when the account is written; nothing before
+            // that writes an entry.
+            number: 0,
             tenant_id: new.tenant_id,
             external_id: new.external_id,
             unit: new.unit,
@@ -994,7 +997,7 @@ impl Wallet {
         self.account.last_sequence += 1;
         self.account.updated_at = ctx.now;
         let entry = Entry {
-            id: EntryId::generate(),
+            id: EntryId::of(self.account.number, self.account.last_sequence),
             account_id: self.account.id,
             operation_id: ctx.operation_id,
             sequence: self.account.last_sequence,

@@ -1,30 +1,30 @@
-//! Group commit. Concurrent changes queue here and are committed together:
-//! one transaction locks every account the batch touches (in id order, so two
-//! committers never deadlock), applies the changes in arrival order, each
-//! succeeding or failing on its own exactly as it would alone, writes all
-//! entries and events in multi-row inserts, records every idempotency key,
-//! and commits once. Nobody is answered before that commit, so a crash loses
-//! only unanswered requests. There is no artificial wait: while one batch
-//! commits, the next one gathers.
+//! Group commit. Concurrent commands queue here and are committed together:
+//! one transaction locks every account the batch touches (in id order, so
+//! committers never deadlock), applies the commands in arrival order, each
+//! succeeding or failing on its own exactly as it would alone, records each
+//! answer under its key, writes what changed, and commits once. Nobody is
+//! answered before that commit, so a crash loses only unanswered requests.
+//!
+//! Accounts are spread over several committers by id: one account's commands
+//! always go through one committer, in order, while batches of different
+//! accounts commit side by side (nothing they write is shared).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
-use reservoir_common::db::{Database, WriteTransaction, rows_per_insert};
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
+use reservoir_common::db::{Database, WriteTransaction};
+use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::cache::WalletCache;
-use super::entities::idempotency;
-use super::{IdempotencyCheck, load_many, write_changes};
-use crate::domain::{AccountId, Changes, Wallet};
+use super::replay::{self, Recorded};
+use super::{IdempotencyCheck, Reply, load_many, recorded_keys, replayed, write::write_changes};
+use crate::domain::{AccountId, Answer, Changes, Command, OperationContext, Wallet};
 use crate::error::WalletError;
 
-/// Changes per transaction: large enough to spread a commit's fsync over
+/// Commands per transaction: large enough to spread a commit's fsync over
 /// many requests, small enough to keep a batch's latency in milliseconds.
 pub const BATCH_MAX: usize = 512;
 /// Requests waiting per committer; past this, callers wait to enqueue,
@@ -34,33 +34,37 @@ const QUEUE_MAX: usize = 8_192;
 /// How long a batch waits for the requests of the previous one to come back.
 const GATHER_WINDOW: Duration = Duration::from_millis(1);
 
-/// A change; run again if its batch must be retried, so it is `Fn`.
-type Operate = Box<dyn Fn(&mut Wallet) -> Result<Vec<u8>, WalletError> + Send + Sync>;
-
-/// One change waiting to be committed.
+/// One command waiting to be committed.
 pub struct Job {
     pub tenant: TenantId,
     pub account: AccountId,
     pub check: IdempotencyCheck,
-    pub now: DateTime<Utc>,
-    /// Applies the change and returns the encoded response to record and answer.
-    pub operate: Operate,
-    pub reply: oneshot::Sender<Result<Vec<u8>, WalletError>>,
+    pub ctx: OperationContext,
+    pub command: Command,
+    pub reply: oneshot::Sender<Result<Reply, WalletError>>,
 }
 
-/// The queues of the committers; accounts are spread over them by id, so one
-/// account's changes always go through one committer, in order.
+/// The queues of the committers.
 #[derive(Clone)]
 pub struct Committers {
     queues: Vec<mpsc::Sender<Job>>,
 }
 
+/// What the committers share.
+#[derive(Clone)]
+pub struct Shared {
+    pub database: Database,
+    pub pool: DatabaseConnection,
+    pub events_written: Arc<Notify>,
+    pub cache: Arc<WalletCache>,
+}
+
 impl Committers {
-    pub fn start(database: Database, events_written: Arc<Notify>, cache: Arc<WalletCache>, count: usize) -> Self {
+    pub fn start(shared: Shared, count: usize) -> Self {
         let queues = (0..count.max(1))
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(QUEUE_MAX);
-                tokio::spawn(run(database.clone(), events_written.clone(), cache.clone(), receiver));
+                tokio::spawn(run(shared.clone(), receiver));
                 sender
             })
             .collect();
@@ -73,12 +77,7 @@ impl Committers {
     }
 }
 
-async fn run(
-    database: Database,
-    events_written: Arc<Notify>,
-    cache: Arc<WalletCache>,
-    mut receiver: mpsc::Receiver<Job>,
-) {
+async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
     // How many requests the last batch held: while they come back, a new
     // batch waits briefly for them instead of committing the first few alone.
     let mut expected = 1;
@@ -98,21 +97,23 @@ async fn run(
             }
         }
         expected = jobs.len();
-        let (replies, operations): (Vec<_>, Vec<_>) =
-            jobs.into_iter().map(|job| (job.reply, (job.tenant, job.account, job.check, job.now, job.operate))).unzip();
+        let (replies, operations): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|job| (job.reply, Operation { tenant: job.tenant, account: job.account, check: job.check, ctx: job.ctx, command: job.command }))
+            .unzip();
         // Optimistically without reading the keys first: a key already
         // recorded shows when the batch records its own, and then the batch
         // is rolled back and run again, checking every key under the locks.
-        let mut outcome = commit(&database, &cache, &operations, false).await;
+        let mut outcome = commit(&shared, &operations, false).await;
         if matches!(outcome, Ok(Attempt::KeysTaken)) {
-            outcome = commit(&database, &cache, &operations, true).await;
+            outcome = commit(&shared, &operations, true).await;
         }
         let results = match outcome {
             Ok(Attempt::Done(results, wrote_events)) => {
                 if wrote_events {
-                    events_written.notify_waiters();
+                    shared.events_written.notify_waiters();
                 }
-                results
+                finish_replays(&shared.pool, &operations, results).await
             }
             Ok(Attempt::KeysTaken) => {
                 // A key of this batch was recorded concurrently elsewhere:
@@ -142,31 +143,6 @@ fn drain(receiver: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
     }
 }
 
-/// The recorded keys among `checks`: method, request hash and response.
-async fn recorded_keys<'a>(
-    transaction: &sea_orm::DatabaseTransaction,
-    checks: impl Iterator<Item = (TenantId, &'a IdempotencyCheck)>,
-) -> Result<HashMap<(TenantId, String), (String, String, Vec<u8>)>, WalletError> {
-    let mut keys_by_tenant: BTreeMap<TenantId, Vec<String>> = BTreeMap::new();
-    for (tenant, check) in checks {
-        keys_by_tenant.entry(tenant).or_default().push(check.key.clone());
-    }
-    let mut recorded = HashMap::new();
-    for (tenant, keys) in keys_by_tenant {
-        for chunk in keys.chunks(500) {
-            let rows = idempotency::Entity::find()
-                .filter(idempotency::Column::TenantId.eq(tenant.0))
-                .filter(idempotency::Column::Key.is_in(chunk.to_vec()))
-                .all(transaction)
-                .await?;
-            for row in rows {
-                recorded.insert((tenant, row.key), (row.method, row.request_hash, row.response));
-            }
-        }
-    }
-    Ok(recorded)
-}
-
 /// The same failure for every request of a failed batch.
 fn same_error(error: &WalletError) -> WalletError {
     match error {
@@ -176,123 +152,141 @@ fn same_error(error: &WalletError) -> WalletError {
     }
 }
 
-type Operation = (TenantId, AccountId, IdempotencyCheck, DateTime<Utc>, Operate);
+struct Operation {
+    tenant: TenantId,
+    account: AccountId,
+    check: IdempotencyCheck,
+    ctx: OperationContext,
+    command: Command,
+}
+
+/// What became of one command in a committed batch.
+enum Decided {
+    Applied(Answer),
+    /// Its key was recorded before: answered from the record after the commit.
+    Replay(Recorded),
+    Refused(WalletError),
+}
 
 /// What one try of a batch came to.
 enum Attempt {
-    /// Committed: each request's result, and whether events were written.
-    Done(Vec<Result<Vec<u8>, WalletError>>, bool),
+    /// Committed: each command's fate, and whether events were written.
+    Done(Vec<Decided>, bool),
     /// Rolled back: a key of the batch was already recorded.
     KeysTaken,
+}
+
+/// Answers replays from their records, now that the batch is committed.
+async fn finish_replays(
+    pool: &DatabaseConnection,
+    operations: &[Operation],
+    decided: Vec<Decided>,
+) -> Vec<Result<Reply, WalletError>> {
+    let mut results = Vec::with_capacity(decided.len());
+    for (operation, decided) in operations.iter().zip(decided) {
+        results.push(match decided {
+            Decided::Applied(answer) => Ok(Reply::Answer(answer)),
+            Decided::Refused(error) => Err(error),
+            Decided::Replay(recorded) => replayed(pool, operation.tenant, recorded).await,
+        });
+    }
+    results
 }
 
 /// One try of a batch in one transaction. With `look_up_keys` every key is
 /// read under the locks first, so recorded ones replay; without, a recorded
 /// key makes the try roll back with [`Attempt::KeysTaken`].
-async fn commit(
-    database: &Database,
-    cache: &WalletCache,
-    operations: &[Operation],
-    look_up_keys: bool,
-) -> Result<Attempt, WalletError> {
+async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
     let started = std::time::Instant::now();
     let size = operations.len();
-    let WriteTransaction { transaction, turn: _turn } = database.begin_write().await?;
+    let WriteTransaction { transaction, turn: _turn } = shared.database.begin_write().await?;
     let began = started.elapsed();
-    let now = operations.iter().map(|operation| operation.3).max().unwrap_or_else(Utc::now);
+    let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
 
     // Lock and load every account once, in id order.
     let accounts: BTreeSet<(TenantId, AccountId)> =
-        operations.iter().map(|(tenant, account, ..)| (*tenant, *account)).collect();
+        operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
     let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = load_many(&transaction, &accounts, now).await?;
     let loaded = started.elapsed();
 
     // Every key the batch uses that is already recorded, read under the locks.
-    let mut recorded = if look_up_keys {
-        recorded_keys(&transaction, operations.iter().map(|(tenant, _, check, ..)| (*tenant, check))).await?
+    let mut recorded: HashMap<Vec<u8>, (i16, Vec<u8>, Vec<u8>)> = if look_up_keys {
+        recorded_keys(&transaction, operations.iter().map(|operation| operation.check.digest.clone())).await?
     } else {
         HashMap::new()
     };
     let checked = started.elapsed();
-    // Apply in arrival order; each change stands or falls on its own.
-    let mut results = Vec::with_capacity(operations.len());
-    // What became of each change, for the metrics: applied, replayed or refused.
-    let mut outcomes: Vec<&'static str> = Vec::with_capacity(operations.len());
-    let mut new_records: Vec<((uuid::Uuid, String), idempotency::ActiveModel)> = Vec::new();
-    for (tenant, account, check, _, operate) in operations {
-        let (tenant, account) = (*tenant, *account);
-        if let Some((method, hash, response)) = recorded.get(&(tenant, check.key.clone())) {
-            let same = method == check.method && *hash == check.request_hash;
-            results.push(if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) });
-            outcomes.push(if same { "replayed" } else { "refused" });
+    let mut decided: Vec<Decided> = Vec::with_capacity(size);
+    let mut outcomes: Vec<&'static str> = Vec::with_capacity(size);
+    let mut new_records: Vec<(Vec<u8>, i16, Vec<u8>, Vec<u8>)> = Vec::new();
+    for operation in operations {
+        let check = &operation.check;
+        if let Some((method, hash, answer)) = recorded.get(&check.digest) {
+            let same = *method == check.method_code() && *hash == check.request_hash;
+            if same {
+                decided.push(Decided::Replay(replay::decode(answer)?));
+                outcomes.push("replayed");
+            } else {
+                decided.push(Decided::Refused(WalletError::IdempotencyKeyReused));
+                outcomes.push("refused");
+            }
             continue;
         }
-        let Some(wallet) = wallets.get_mut(&(tenant, account)) else {
-            results.push(Err(WalletError::NotFound("account")));
+        let Some(wallet) = wallets.get_mut(&(operation.tenant, operation.account)) else {
+            decided.push(Decided::Refused(WalletError::NotFound("account")));
             outcomes.push("refused");
             continue;
         };
-        match operate(wallet) {
-            Ok(response) => {
-                new_records.push((
-                    (tenant.0, check.key.clone()),
-                    idempotency::ActiveModel {
-                        tenant_id: Set(tenant.0),
-                        key: Set(check.key.clone()),
-                        method: Set(check.method.to_owned()),
-                        request_hash: Set(check.request_hash.clone()),
-                        response: Set(response.clone()),
-                        created_at: Set(now),
-                    },
-                ));
-                recorded.insert(
-                    (tenant, check.key.clone()),
-                    (check.method.to_owned(), check.request_hash.clone(), response.clone()),
-                );
-                results.push(Ok(response));
+        match operation.command.apply(wallet, &operation.ctx) {
+            Ok(answer) => {
+                let number = wallet.account.number;
+                let account = wallet.account.id;
+                let encoded = replay::encode(&answer, |id| (id == account).then_some(number))?;
+                recorded.insert(check.digest.clone(), (check.method_code(), check.request_hash.clone(), encoded.clone()));
+                new_records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
+                decided.push(Decided::Applied(answer));
                 outcomes.push("applied");
             }
             Err(error) => {
-                results.push(Err(error));
+                decided.push(Decided::Refused(WalletError::Domain(error)));
                 outcomes.push("refused");
             }
         }
     }
 
     if !look_up_keys {
-        // A refused change records nothing, so a recorded key would not show
-        // when the batch records its own: look up the keys of the refused.
-        let refused = operations.iter().zip(&results).filter(|(_, result)| result.is_err());
-        let found = recorded_keys(&transaction, refused.map(|((tenant, _, check, ..), _)| (*tenant, check))).await?;
-        for (((tenant, _, check, ..), result), outcome) in
-            operations.iter().zip(results.iter_mut()).zip(outcomes.iter_mut())
-        {
-            if result.is_ok() {
-                continue;
-            }
-            if let Some((method, hash, response)) = found.get(&(*tenant, check.key.clone())) {
-                let same = method == check.method && *hash == check.request_hash;
-                *result = if same { Ok(response.clone()) } else { Err(WalletError::IdempotencyKeyReused) };
-                *outcome = if same { "replayed" } else { "refused" };
+        // A refused command records nothing, so a recorded key would not
+        // show when the batch records its own: look up the keys of the refused.
+        let refused: Vec<Vec<u8>> = operations
+            .iter()
+            .zip(&decided)
+            .filter(|(_, decided)| matches!(decided, Decided::Refused(_)))
+            .map(|(operation, _)| operation.check.digest.clone())
+            .collect();
+        if !refused.is_empty() {
+            let found = recorded_keys(&transaction, refused.into_iter()).await?;
+            for ((operation, decided), outcome) in operations.iter().zip(decided.iter_mut()).zip(outcomes.iter_mut()) {
+                if !matches!(decided, Decided::Refused(_)) {
+                    continue;
+                }
+                if let Some((method, hash, answer)) = found.get(&operation.check.digest) {
+                    let same = *method == operation.check.method_code() && *hash == operation.check.request_hash;
+                    *decided = if same {
+                        Decided::Replay(replay::decode(answer)?)
+                    } else {
+                        Decided::Refused(WalletError::IdempotencyKeyReused)
+                    };
+                    *outcome = if same { "replayed" } else { "refused" };
+                }
             }
         }
     }
     let applied = started.elapsed();
-    // In key order, so two batches recording the same keys (one key reused
+    // In digest order, so two batches recording the same keys (one key reused
     // on two accounts) take them in one order and cannot deadlock.
     new_records.sort_by(|a, b| a.0.cmp(&b.0));
-    let new_records: Vec<idempotency::ActiveModel> = new_records.into_iter().map(|(_, record)| record).collect();
     let expected = new_records.len() as u64;
-    let mut inserted = 0;
-    // A recorded response is about a kilobyte.
-    for chunk in new_records.chunks(rows_per_insert(1_500)) {
-        inserted += idempotency::Entity::insert_many(chunk.to_vec())
-            .on_conflict(
-                OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key]).do_nothing().to_owned(),
-            )
-            .exec_without_returning(&transaction)
-            .await?;
-    }
+    let inserted = super::insert_records(&transaction, new_records).await?;
     if inserted != expected {
         // A key of this batch is already recorded (or was, concurrently):
         // nothing of the batch may commit.
@@ -307,10 +301,10 @@ async fn commit(
     let written = started.elapsed();
     transaction.commit().await?;
     for wallet in wallets.values() {
-        cache.put(wallet);
+        shared.cache.put(wallet);
     }
-    for ((_, _, check, ..), outcome) in operations.iter().zip(&outcomes) {
-        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => *outcome)
+    for (operation, outcome) in operations.iter().zip(&outcomes) {
+        metrics::counter!("reservoir_wallet_changes_total", "method" => operation.check.method, "outcome" => *outcome)
             .increment(1);
     }
     metrics::histogram!("reservoir_wallet_group_commit_seconds").record(started.elapsed().as_secs_f64());
@@ -328,5 +322,5 @@ async fn commit(
         look_up_keys,
         "group commit"
     );
-    Ok(Attempt::Done(results, wrote_events))
+    Ok(Attempt::Done(decided, wrote_events))
 }

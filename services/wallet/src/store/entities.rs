@@ -53,6 +53,7 @@ pub mod account {
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
         pub id: Uuid,
+        pub number: i64,
         pub tenant_id: Uuid,
         pub external_id: String,
         pub unit_code: String,
@@ -156,26 +157,29 @@ pub mod entry {
     use reservoir_common::db::Amount;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "ledger_entries")]
+    #[sea_orm(table_name = "ledger")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
-        pub id: Uuid,
-        pub account_id: Uuid,
-        pub tenant_id: Uuid,
-        pub operation_id: Uuid,
+        pub account_number: i64,
+        #[sea_orm(primary_key, auto_increment = false)]
         pub sequence: i64,
-        pub kind: String,
-        pub amount: Amount,
+        pub created_at: DateTimeUtc,
         pub grant_id: Option<Uuid>,
         pub hold_id: Option<Uuid>,
+        /// The entry's place in its operation on this account, from 0.
+        pub position: i32,
+        pub kind: i16,
+        pub amount: Amount,
         pub balance_after: Amount,
         pub idempotency_key: String,
-        pub correlation_id: String,
+        pub correlation_id: Option<String>,
         pub meter_code: Option<String>,
-        pub description: String,
-        pub metadata: String,
-        pub refunded_entry_id: Option<Uuid>,
-        pub created_at: DateTimeUtc,
+        pub description: Option<String>,
+        pub metadata: Option<String>,
+        /// For a refund, the sequence of the entry it refunds (on the same account).
+        pub refunded_sequence: Option<i64>,
+        /// The id of an entry written before ids named their place.
+        pub legacy_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -184,41 +188,19 @@ pub mod entry {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod idempotency {
+pub mod replay {
     use sea_orm::entity::prelude::*;
 
     #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "idempotency_keys")]
+    #[sea_orm(table_name = "replay_records")]
     pub struct Model {
+        /// The first 16 bytes of SHA-256 over the tenant id and the key.
         #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: Uuid,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub key: String,
-        pub method: String,
-        pub request_hash: String,
-        pub response: Vec<u8>,
-        pub created_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
-pub mod outbox {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "outbox_events")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub sequence: i64,
-        pub tenant_id: Uuid,
-        pub account_id: Uuid,
-        pub event_type: String,
-        pub payload: Vec<u8>,
-        pub created_at: DateTimeUtc,
+        pub digest: Vec<u8>,
+        pub method: i16,
+        /// The first 16 bytes of SHA-256 over the encoded request.
+        pub request_hash: Vec<u8>,
+        pub answer: Vec<u8>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,33 +1,43 @@
 //! Persistence through sea-orm: SQLite by default, PostgreSQL (schema
 //! `wallet`) in production. Every change to a wallet happens in one
-//! transaction that locks the account row, re-checks the idempotency key,
+//! transaction that locks the account row, checks the idempotency key again,
 //! lets the domain decide, and writes the account, grants, holds, ledger
-//! entries, outbox events and the idempotency record together.
+//! entries, events and the replay record together. Nothing here knows the
+//! wire: changes come in as domain commands and go out as domain answers.
 
 mod cache;
 mod committer;
 mod entities;
+mod events;
+mod ledger;
 pub mod migrations;
+pub mod replay;
 mod rows;
+mod write;
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{Caller, KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
-use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation, rows_per_insert, values_list};
+use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation};
 use reservoir_common::settings::DatabaseSettings;
-use sea_orm::sea_query::{Expr, OnConflict};
+use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect, Statement, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use self::entities::{account, api_key, entry, grant, hold, idempotency, outbox, tenant};
-use crate::domain::{Account, AccountId, Changes, Entry, EntryId, Grant, GrantId, Hold, HoldId, OperationId, Wallet};
+use self::entities::{account, api_key, entry, grant, hold, replay as replay_record, tenant};
+use self::ledger::array;
+use self::replay::Recorded;
+use crate::domain::{
+    Account, AccountId, Answer, Changes, Command, Entry, EntryId, Event, Grant, GrantId, Hold, HoldId,
+    OperationContext, Wallet,
+};
 use crate::error::WalletError;
 
 pub use self::rows::{EntryFilter, entry_kind_name, grant_kind_name, grant_source_name};
@@ -35,14 +45,43 @@ pub use self::rows::{EntryFilter, entry_kind_name, grant_kind_name, grant_source
 /// The tenant that owns the service keys.
 const SERVICES_TENANT: &str = "reservoir-services";
 
+/// Account numbers remembered for reading events; past this many the map
+/// starts over. A number never changes its account, so it is never stale.
+const NUMBERS_CACHED_MAX: usize = 100_000;
+
 /// What an idempotent call is checked against.
 #[derive(Debug, Clone)]
 pub struct IdempotencyCheck {
     pub key: String,
     /// The RPC, so one key cannot replay another method's result.
     pub method: &'static str,
-    /// SHA-256 of the encoded request.
-    pub request_hash: String,
+    /// A digest of the encoded request.
+    pub request_hash: Vec<u8>,
+    /// A digest of the tenant and the key: what the record is found by.
+    pub digest: Vec<u8>,
+}
+
+impl IdempotencyCheck {
+    pub fn new(tenant: TenantId, method: &'static str, key: &str, encoded_request: &[u8]) -> Self {
+        Self {
+            key: key.to_owned(),
+            method,
+            request_hash: replay::request_hash(encoded_request),
+            digest: replay::digest(tenant, key),
+        }
+    }
+
+    pub fn method_code(&self) -> i16 {
+        replay::method_code(self.method)
+    }
+}
+
+/// What a change answers: this version's answer, or the encoded response an
+/// earlier version recorded under the key (which the api decodes).
+#[derive(Debug, Clone)]
+pub enum Reply {
+    Answer(Answer),
+    Legacy(Vec<u8>),
 }
 
 /// What to load besides the account's live grants and due holds.
@@ -50,33 +89,18 @@ pub struct IdempotencyCheck {
 pub struct LoadPlan {
     pub grant_ids: Vec<GrantId>,
     pub hold_ids: Vec<HoldId>,
-    /// For a refund: the operation whose entries are refunded.
-    pub refund_of: Option<OperationId>,
+    /// For a refund: an entry of the operation whose entries are refunded.
+    pub refund_of: Option<EntryId>,
 }
 
 /// A wallet loaded for a change, with what a refund needs.
 #[derive(Debug)]
 pub struct Loaded {
     pub wallet: Wallet,
-    /// The entries of `LoadPlan::refund_of`.
+    /// The entries of the operation `LoadPlan::refund_of` names.
     pub operation_entries: Vec<Entry>,
     /// REFUND entries already written against those entries.
     pub prior_refunds: Vec<Entry>,
-}
-
-/// The result of an idempotent call: done now, or replayed from the record.
-#[derive(Debug)]
-pub enum Outcome<M> {
-    Applied(M),
-    Replayed(M),
-}
-
-impl<M> Outcome<M> {
-    pub fn into_inner(self) -> M {
-        match self {
-            Self::Applied(message) | Self::Replayed(message) => message,
-        }
-    }
 }
 
 /// An issued API key (the key itself is shown once and never stored).
@@ -95,6 +119,14 @@ pub struct TenantRow {
     pub active_keys: usize,
 }
 
+/// An event read from the outbox: this version's, or an earlier version's
+/// encoded wire event (which the api decodes).
+#[derive(Debug, Clone)]
+pub enum EventRecord {
+    Event { sequence: u64, event: Event },
+    Legacy { sequence: u64, payload: Vec<u8> },
+}
+
 #[derive(Clone)]
 pub struct Store {
     committers: committer::Committers,
@@ -105,19 +137,37 @@ pub struct Store {
     db: DatabaseConnection,
     /// Woken after every commit that wrote events, so event streams need not poll.
     events_written: Arc<Notify>,
+    /// How events are numbered, read once.
+    numbering: Arc<tokio::sync::OnceCell<events::Numbering>>,
+    /// Account ids by number, for events.
+    numbers: Arc<Mutex<HashMap<u64, AccountId>>>,
 }
 
 impl Store {
-    /// Connects (creating the PostgreSQL schema or the SQLite file as needed).
-    pub async fn connect(settings: &DatabaseSettings) -> Result<Self, WalletError> {
+    /// Connects (creating the PostgreSQL schema or the SQLite file as needed)
+    /// and starts `committers` group committers (one on SQLite, which has one
+    /// writer).
+    pub async fn connect(settings: &DatabaseSettings, committers: usize) -> Result<Self, WalletError> {
         let database = Database::connect(settings).await?;
         let events_written = Arc::new(Notify::new());
-        // SQLite has one writer, so one committer; PostgreSQL commits two
-        // batches at once, one filling while the other flushes.
-        let count = if settings.is_postgres() { 2 } else { 1 };
+        let count = if settings.is_postgres() { committers.max(1) } else { 1 };
         let cache = Arc::new(cache::WalletCache::default());
-        let committers = committer::Committers::start(database.clone(), events_written.clone(), cache.clone(), count);
-        Ok(Self { committers, cache, db: database.connection().clone(), database, events_written })
+        let shared = committer::Shared {
+            database: database.clone(),
+            pool: database.connection().clone(),
+            events_written: events_written.clone(),
+            cache: cache.clone(),
+        };
+        let committers = committer::Committers::start(shared, count);
+        Ok(Self {
+            committers,
+            cache,
+            db: database.connection().clone(),
+            database,
+            events_written,
+            numbering: Arc::new(tokio::sync::OnceCell::new()),
+            numbers: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
     /// The connection pool, for its figures.
@@ -379,13 +429,27 @@ impl Store {
         rows::grant_from_row(row)
     }
 
+    /// The account with this number, if the tenant has it.
+    async fn account_numbered(
+        &self,
+        connection: &impl ConnectionTrait,
+        tenant_id: TenantId,
+        number: i64,
+    ) -> Result<Option<Account>, WalletError> {
+        let row = account::Entity::find()
+            .filter(account::Column::Number.eq(number))
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .one(connection)
+            .await?;
+        row.map(rows::account_from_row).transpose()
+    }
+
     pub async fn entry(&self, tenant_id: TenantId, entry_id: EntryId) -> Result<Entry, WalletError> {
-        let row = entry::Entity::find_by_id(entry_id.0)
-            .filter(entry::Column::TenantId.eq(tenant_id.0))
-            .one(&self.db)
-            .await?
-            .ok_or(WalletError::NotFound("entry"))?;
-        rows::entry_from_row(row)
+        let row = ledger::by_id(&self.db, entry_id).await?.ok_or(WalletError::NotFound("entry"))?;
+        let account =
+            self.account_numbered(&self.db, tenant_id, row.account_number).await?.ok_or(WalletError::NotFound("entry"))?;
+        let mut entries = ledger::entries_of(&self.db, account.id, vec![row]).await?;
+        entries.pop().ok_or(WalletError::NotFound("entry"))
     }
 
     /// One page of a wallet's ledger in sequence order, after `after_sequence`.
@@ -397,13 +461,13 @@ impl Store {
         after_sequence: u64,
         limit: u64,
     ) -> Result<Vec<Entry>, WalletError> {
-        self.account(tenant_id, account_id).await?;
+        let account = self.account(tenant_id, account_id).await?;
         let mut query = entry::Entity::find()
-            .filter(entry::Column::AccountId.eq(account_id.0))
+            .filter(entry::Column::AccountNumber.eq(to_i64(account.number)))
             .filter(entry::Column::Sequence.gt(to_i64(after_sequence)));
         if !filter.kinds.is_empty() {
             query =
-                query.filter(entry::Column::Kind.is_in(filter.kinds.iter().map(|kind| rows::entry_kind_name(*kind))));
+                query.filter(entry::Column::Kind.is_in(filter.kinds.iter().map(|kind| rows::entry_kind_code(*kind))));
         }
         if let Some(start) = filter.start {
             query = query.filter(entry::Column::CreatedAt.gte(start));
@@ -415,7 +479,7 @@ impl Store {
             query = query.filter(entry::Column::Sequence.lte(to_i64(through)));
         }
         let rows = query.order_by_asc(entry::Column::Sequence).limit(limit).all(&self.db).await?;
-        rows.into_iter().map(rows::entry_from_row).collect()
+        ledger::entries_of(&self.db, account_id, rows).await
     }
 
     /// A wallet's ledger as of one snapshot, for a report that works back
@@ -439,31 +503,122 @@ impl Store {
             .into_iter()
             .map(rows::grant_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let last = entry::Entity::find()
-            .filter(entry::Column::AccountId.eq(account_id.0))
-            .filter(entry::Column::Sequence.eq(account.last_sequence))
-            .one(&snapshot)
-            .await?;
+        let last = entry::Entity::find_by_id((account.number, account.last_sequence)).one(&snapshot).await?;
         snapshot.commit().await?;
         let balance = last.map(|row| row.balance_after.0).unwrap_or_default();
         Ok((grants, u64::try_from(account.last_sequence).unwrap_or(0), balance))
     }
 
-    /// The tenant's outbox events after `after_sequence`, oldest first.
+    async fn numbering(&self) -> Result<events::Numbering, WalletError> {
+        self.numbering.get_or_try_init(|| events::numbering(&self.db)).await.copied()
+    }
+
+    /// The account ids of these numbers, remembered after the first lookup.
+    async fn account_ids(&self, numbers: BTreeSet<u64>) -> Result<HashMap<u64, AccountId>, WalletError> {
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        if let Ok(known) = self.numbers.lock() {
+            for number in numbers {
+                match known.get(&number) {
+                    Some(id) => {
+                        found.insert(number, *id);
+                    }
+                    None => missing.push(to_i64(number)),
+                }
+            }
+        }
+        for chunk in missing.chunks(500) {
+            let rows: Vec<(i64, Uuid)> = account::Entity::find()
+                .filter(account::Column::Number.is_in(chunk.to_vec()))
+                .select_only()
+                .column(account::Column::Number)
+                .column(account::Column::Id)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            let mut known = self.numbers.lock().map_err(|_| WalletError::Internal("the number map is poisoned".into()))?;
+            if known.len() + rows.len() > NUMBERS_CACHED_MAX {
+                known.clear();
+            }
+            for (number, id) in rows {
+                let number = u64::try_from(number).unwrap_or(0);
+                known.insert(number, AccountId(id));
+                found.insert(number, AccountId(id));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` of the tenant's events after `after_sequence`, oldest
+    /// first: those of the earlier outbox, then this version's, with their
+    /// accounts and the texts they share with ledger entries filled in.
     pub async fn events_after(
         &self,
         tenant_id: TenantId,
         after_sequence: u64,
-        limit: u64,
-    ) -> Result<Vec<(u64, Vec<u8>)>, WalletError> {
-        let rows = outbox::Entity::find()
-            .filter(outbox::Column::TenantId.eq(tenant_id.0))
-            .filter(outbox::Column::Sequence.gt(to_i64(after_sequence)))
-            .order_by_asc(outbox::Column::Sequence)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        Ok(rows.into_iter().map(|row| (u64::try_from(row.sequence).unwrap_or(0), row.payload)).collect())
+        limit: usize,
+    ) -> Result<Vec<EventRecord>, WalletError> {
+        let numbering = self.numbering().await?;
+        let legacy = events::read_legacy(&self.db, numbering, tenant_id, after_sequence, limit).await?;
+        if !legacy.is_empty() {
+            return Ok(legacy
+                .into_iter()
+                .map(|event| EventRecord::Legacy { sequence: event.sequence, payload: event.payload })
+                .collect());
+        }
+        let read = events::read(&self.db, numbering, tenant_id, after_sequence, limit).await?;
+        if read.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = self.account_ids(read.iter().map(|event| event.account_number).collect()).await?;
+        // The entries whose texts events share, one query for them all.
+        let wanted: Vec<(u64, u64)> =
+            read.iter().filter_map(|event| event.texts_at.map(|at| (event.account_number, at))).collect();
+        let mut texts: HashMap<(u64, u64), (String, String, Option<String>)> = HashMap::new();
+        for chunk in wanted.chunks(500) {
+            let mut condition = sea_orm::Condition::any();
+            for (number, sequence) in chunk {
+                condition = condition.add(
+                    sea_orm::Condition::all()
+                        .add(entry::Column::AccountNumber.eq(to_i64(*number)))
+                        .add(entry::Column::Sequence.eq(to_i64(*sequence))),
+                );
+            }
+            let rows: Vec<(i64, i64, String, Option<String>, Option<String>)> = entry::Entity::find()
+                .filter(condition)
+                .select_only()
+                .column(entry::Column::AccountNumber)
+                .column(entry::Column::Sequence)
+                .column(entry::Column::IdempotencyKey)
+                .column(entry::Column::CorrelationId)
+                .column(entry::Column::MeterCode)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            for (number, sequence, key, correlation, meter) in rows {
+                texts.insert(
+                    (u64::try_from(number).unwrap_or(0), u64::try_from(sequence).unwrap_or(0)),
+                    (key, correlation.unwrap_or_default(), meter),
+                );
+            }
+        }
+        read.into_iter()
+            .map(|read| {
+                let mut event = read.event;
+                event.account_id =
+                    *ids.get(&read.account_number).ok_or(WalletError::Internal("an event's account is missing".into()))?;
+                if let Some(at) = read.texts_at {
+                    let (key, correlation, meter) = texts
+                        .get(&(read.account_number, at))
+                        .cloned()
+                        .ok_or(WalletError::Internal("an event's entry is missing".into()))?;
+                    event.idempotency_key = key;
+                    event.correlation_id = correlation;
+                    event.meter_code = meter;
+                }
+                Ok(EventRecord::Event { sequence: read.sequence, event })
+            })
+            .collect()
     }
 
     /// Accounts with a grant or hold past its expiry at `now` and not yet written off.
@@ -494,47 +649,29 @@ impl Store {
 
     // ---- writes -------------------------------------------------------------
 
-    /// Looks up an idempotency record: the stored response for the same
-    /// request, an error for a different one, `None` for a fresh key.
-    async fn replay<M: prost::Message + Default>(
-        connection: &impl ConnectionTrait,
-        tenant_id: TenantId,
-        check: &IdempotencyCheck,
-    ) -> Result<Option<M>, WalletError> {
-        let Some(record) = idempotency::Entity::find_by_id((tenant_id.0, check.key.clone())).one(connection).await?
-        else {
+    /// Looks up a replay record without taking any lock: a retry of a
+    /// finished call is answered without touching the wallet. `None` for a
+    /// fresh key; a different request under the key is refused.
+    pub async fn replay_only(&self, tenant_id: TenantId, check: &IdempotencyCheck) -> Result<Option<Reply>, WalletError> {
+        let Some(recorded) = lookup(&self.db, check).await? else {
             return Ok(None);
         };
-        if record.method != check.method || record.request_hash != check.request_hash {
-            return Err(WalletError::IdempotencyKeyReused);
-        }
-        M::decode(record.response.as_slice())
-            .map(Some)
-            .map_err(|error| WalletError::Internal(format!("stored response does not decode: {error}")))
+        replayed(&self.db, tenant_id, recorded).await.map(Some)
     }
 
-    /// Checks an idempotency key without taking any lock: a retry of a
-    /// finished call is answered without touching the wallet.
-    pub async fn replay_only<M: prost::Message + Default>(
-        &self,
-        tenant_id: TenantId,
-        check: &IdempotencyCheck,
-    ) -> Result<Option<M>, WalletError> {
-        Self::replay(&self.db, tenant_id, check).await
-    }
-
-    /// Opens an account. `build` turns the new wallet into the response that
-    /// is recorded under the idempotency key.
-    pub async fn create_account<M: prost::Message + Default>(
+    /// Opens an account: gives it the next number, and records `answer`
+    /// (which the caller built from the new wallet) under the key.
+    pub async fn create_account(
         &self,
         check: &IdempotencyCheck,
         mut wallet: Wallet,
-        build: impl FnOnce(&Wallet) -> M,
-    ) -> Result<Outcome<M>, WalletError> {
+        answer: impl FnOnce(&Wallet) -> Answer,
+    ) -> Result<Reply, WalletError> {
         let tenant_id = wallet.account.tenant_id;
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        if let Some(response) = Self::replay(&transaction, tenant_id, check).await? {
-            return Ok(Outcome::Replayed(response));
+        if let Some(recorded) = lookup(&transaction, check).await? {
+            transaction.rollback().await?;
+            return replayed(&self.db, tenant_id, recorded).await;
         }
         let exists = account::Entity::find()
             .filter(account::Column::TenantId.eq(tenant_id.0))
@@ -544,6 +681,7 @@ impl Store {
         if exists.is_some() {
             return Err(WalletError::AccountExists);
         }
+        wallet.account.number = next_account_number(&transaction).await?;
         let inserted =
             account::Entity::insert(rows::account_to_row(&wallet.account)).exec_without_returning(&transaction).await;
         if let Err(error) = inserted {
@@ -553,48 +691,32 @@ impl Store {
             // A concurrent call opened the account first: this may be its
             // retry, which replays, or another request, which is refused.
             transaction.rollback().await?;
-            return match Self::replay(&self.db, tenant_id, check).await? {
-                Some(response) => Ok(Outcome::Replayed(response)),
+            return match lookup(&self.db, check).await? {
+                Some(recorded) => replayed(&self.db, tenant_id, recorded).await,
                 None => Err(WalletError::AccountExists),
             };
         }
-        let response = build(&wallet);
-        let changes = wallet.take_changes();
-        // The key first, the events (and the outbox counter) last.
-        record(&transaction, tenant_id, check, &response).await?;
-        write_changes(&transaction, &[(&wallet, changes)]).await?;
-        transaction.commit().await?;
-        metrics::counter!("reservoir_wallet_changes_total", "method" => check.method, "outcome" => "applied")
-            .increment(1);
-        self.events_written.notify_waiters();
-        Ok(Outcome::Applied(response))
+        let answer = answer(&wallet);
+        self.commit_changes(transaction, Some(check), &answer, [&mut wallet]).await?;
+        Ok(Reply::Answer(answer))
     }
 
-    /// Changes one wallet through the group committer: concurrent changes,
+    /// Changes one wallet through the group committer: concurrent commands,
     /// of any wallets, are committed together in one transaction, each
-    /// standing or falling on its own. For changes that need no more than
-    /// the wallet's live grants and due holds (debits).
-    pub async fn mutate_grouped<M: prost::Message + Default>(
+    /// standing or falling on its own. For commands that need no more than
+    /// the wallet's live grants and due holds.
+    pub async fn submit(
         &self,
         tenant: TenantId,
         account: AccountId,
         check: IdempotencyCheck,
-        now: DateTime<Utc>,
-        operate: impl Fn(&mut Wallet) -> Result<M, WalletError> + Send + Sync + 'static,
-    ) -> Result<M, WalletError> {
+        ctx: OperationContext,
+        command: Command,
+    ) -> Result<Reply, WalletError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        let job = committer::Job {
-            tenant,
-            account,
-            check,
-            now,
-            operate: Box::new(move |wallet| operate(wallet).map(|response| response.encode_to_vec())),
-            reply,
-        };
+        let job = committer::Job { tenant, account, check, ctx, command, reply };
         self.committers.submit(job).await?;
-        let encoded = answer.await.map_err(|_| WalletError::Unavailable("the committer has stopped".into()))??;
-        M::decode(encoded.as_slice())
-            .map_err(|error| WalletError::Internal(format!("a response does not decode: {error}")))
+        answer.await.map_err(|_| WalletError::Unavailable("the committer has stopped".into()))?
     }
 
     /// Changes two wallets of a tenant in one transaction, as [`Store::mutate`]
@@ -602,14 +724,14 @@ impl Store {
     /// between the same accounts in opposite directions cannot deadlock.
     /// `operate` gets the wallets in the order given and the tenant's
     /// promotional-transfer setting, read under the same transaction.
-    pub async fn mutate_pair<M: prost::Message + Default>(
+    pub async fn mutate_pair(
         &self,
         tenant_id: TenantId,
         accounts: (AccountId, AccountId),
         check: &IdempotencyCheck,
         now: DateTime<Utc>,
-        operate: impl FnOnce(&mut Wallet, &mut Wallet, bool) -> Result<M, WalletError>,
-    ) -> Result<Outcome<M>, WalletError> {
+        operate: impl FnOnce(&mut Wallet, &mut Wallet, bool) -> Result<Answer, WalletError>,
+    ) -> Result<Reply, WalletError> {
         if accounts.0 == accounts.1 {
             // Loaded twice, one wallet would be written as two.
             return Err(WalletError::field("to_account_id", "must differ from from_account_id"));
@@ -621,36 +743,47 @@ impl Store {
         let high_wallet = load(&transaction, tenant_id, high, &plan, now, true).await?.wallet;
         let (mut first, mut second) =
             if accounts.0 == low { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
-        if let Some(response) = Self::replay(&transaction, tenant_id, check).await? {
-            return Ok(Outcome::Replayed(response));
+        if let Some(recorded) = lookup(&transaction, check).await? {
+            transaction.rollback().await?;
+            return replayed(&self.db, tenant_id, recorded).await;
         }
         let allow_promotional = tenant::Entity::find_by_id(tenant_id.0)
             .one(&transaction)
             .await?
             .is_some_and(|row| row.allow_promotional_transfers);
-        let response = operate(&mut first, &mut second, allow_promotional)?;
-        self.commit_changes(transaction, tenant_id, Some(check), &response, [&mut first, &mut second]).await?;
-        Ok(Outcome::Applied(response))
+        let answer = operate(&mut first, &mut second, allow_promotional)?;
+        self.commit_changes(transaction, Some(check), &answer, [&mut first, &mut second]).await?;
+        Ok(Reply::Answer(answer))
     }
 
-    /// The end of a change: the response recorded under the key first, then
-    /// what the wallets changed (the events, and the outbox counter, last),
-    /// the commit, and afterwards the cache, the metrics and the event streams.
-    async fn commit_changes<M: prost::Message, const N: usize>(
+    /// The end of a change: the answer recorded under the key first, then
+    /// what the wallets changed (the events last), the commit, and afterwards
+    /// the cache, the metrics and the event streams.
+    async fn commit_changes<const N: usize>(
         &self,
         transaction: DatabaseTransaction,
-        tenant_id: TenantId,
         check: Option<&IdempotencyCheck>,
-        response: &M,
+        answer: &Answer,
         mut wallets: [&mut Wallet; N],
     ) -> Result<(), WalletError> {
+        if let Some(check) = check {
+            let numbers: Vec<(AccountId, u64)> =
+                wallets.iter().map(|wallet| (wallet.account.id, wallet.account.number)).collect();
+            let encoded = replay::encode(answer, |id| {
+                numbers.iter().find(|(account, _)| *account == id).map(|(_, number)| *number)
+            })?;
+            let record = (check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded);
+            if insert_records(&transaction, vec![record]).await? != 1 {
+                // Another call with the same key committed first (on another
+                // account, so the row lock did not order them): this one must
+                // not commit; its retry will replay or be told the key was reused.
+                return Err(WalletError::Conflict("the idempotency key was recorded concurrently".into()));
+            }
+        }
         let changes: Vec<Changes> = wallets.iter_mut().map(|wallet| wallet.take_changes()).collect();
         let has_events = changes.iter().any(|changes| !changes.events.is_empty());
-        if let Some(check) = check {
-            record(&transaction, tenant_id, check, response).await?;
-        }
         let batch: Vec<(&Wallet, Changes)> = wallets.iter().map(|wallet| &**wallet).zip(changes).collect();
-        write_changes(&transaction, &batch).await?;
+        write::write_changes(&transaction, &batch).await?;
         transaction.commit().await?;
         for wallet in &wallets {
             self.cache.put(wallet);
@@ -668,30 +801,31 @@ impl Store {
     /// Changes one wallet in one transaction. The account row is locked (on
     /// PostgreSQL `FOR UPDATE`; SQLite has one writer), the idempotency key is
     /// checked again under that lock, `operate` decides, and everything it
-    /// changed is written with the response recorded under the key. A domain
+    /// changed is written with its answer recorded under the key. A domain
     /// refusal rolls everything back.
-    pub async fn mutate<M: prost::Message + Default>(
+    pub async fn mutate(
         &self,
         tenant_id: TenantId,
         account_id: AccountId,
         check: Option<&IdempotencyCheck>,
         plan: &LoadPlan,
         now: DateTime<Utc>,
-        operate: impl FnOnce(&mut Loaded) -> Result<M, WalletError>,
-    ) -> Result<Outcome<M>, WalletError> {
+        operate: impl FnOnce(&mut Loaded) -> Result<Answer, WalletError>,
+    ) -> Result<Reply, WalletError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let mut loaded = load(&transaction, tenant_id, account_id, plan, now, true).await?;
         // Checked under the row lock: a retry that waited for the original
         // call to commit must replay its result, not run again against the
         // state that call left.
         if let Some(check) = check
-            && let Some(response) = Self::replay(&transaction, tenant_id, check).await?
+            && let Some(recorded) = lookup(&transaction, check).await?
         {
-            return Ok(Outcome::Replayed(response));
+            transaction.rollback().await?;
+            return replayed(&self.db, tenant_id, recorded).await;
         }
-        let response = operate(&mut loaded)?;
-        self.commit_changes(transaction, tenant_id, check, &response, [&mut loaded.wallet]).await?;
-        Ok(Outcome::Applied(response))
+        let answer = operate(&mut loaded)?;
+        self.commit_changes(transaction, check, &answer, [&mut loaded.wallet]).await?;
+        Ok(Reply::Answer(answer))
     }
 }
 
@@ -699,44 +833,217 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Loads and locks many wallets at once, for the group committer: three
-/// queries for the whole batch rather than three per account. Accounts of
-/// another tenant are left out, as if they did not exist.
+/// The number the next account gets: from a sequence on PostgreSQL; on
+/// SQLite, whose one writer holds the database, one more than the highest.
+async fn next_account_number(transaction: &DatabaseTransaction) -> Result<u64, WalletError> {
+    let backend = transaction.get_database_backend();
+    let sql = if backend == DbBackend::Postgres {
+        "SELECT nextval('account_numbers') AS number"
+    } else {
+        "SELECT COALESCE(MAX(number), 0) + 1 AS number FROM accounts"
+    };
+    let row = transaction
+        .query_one_raw(Statement::from_string(backend, sql))
+        .await?
+        .ok_or_else(|| WalletError::Internal("no account number".into()))?;
+    let number: i64 = row.try_get("", "number")?;
+    Ok(u64::try_from(number).unwrap_or(0))
+}
+
+/// The record under a check's digest: its answer for the same request, an
+/// error for a different one, `None` for a fresh key.
+async fn lookup(connection: &impl ConnectionTrait, check: &IdempotencyCheck) -> Result<Option<Recorded>, WalletError> {
+    let Some(record) = replay_record::Entity::find_by_id(check.digest.clone()).one(connection).await? else {
+        return Ok(None);
+    };
+    if record.method != check.method_code() || record.request_hash != check.request_hash {
+        return Err(WalletError::IdempotencyKeyReused);
+    }
+    replay::decode(&record.answer).map(Some)
+}
+
+/// The recorded keys among `digests`: method, request hash and answer.
+pub(crate) async fn recorded_keys(
+    connection: &impl ConnectionTrait,
+    digests: impl Iterator<Item = Vec<u8>>,
+) -> Result<HashMap<Vec<u8>, (i16, Vec<u8>, Vec<u8>)>, WalletError> {
+    let digests: Vec<Vec<u8>> = digests.collect();
+    let mut recorded = HashMap::new();
+    for chunk in digests.chunks(500) {
+        let rows = replay_record::Entity::find()
+            .filter(replay_record::Column::Digest.is_in(chunk.to_vec()))
+            .all(connection)
+            .await?;
+        for row in rows {
+            recorded.insert(row.digest, (row.method, row.request_hash, row.answer));
+        }
+    }
+    Ok(recorded)
+}
+
+/// Records answers under their digests, skipping digests already recorded;
+/// returns how many were recorded. On PostgreSQL one statement for them all.
+pub(crate) async fn insert_records(
+    transaction: &DatabaseTransaction,
+    records: Vec<(Vec<u8>, i16, Vec<u8>, Vec<u8>)>,
+) -> Result<u64, WalletError> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let backend = transaction.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let mut digests = Vec::with_capacity(records.len());
+        let mut methods = Vec::with_capacity(records.len());
+        let mut hashes = Vec::with_capacity(records.len());
+        let mut answers = Vec::with_capacity(records.len());
+        for (digest, method, hash, answer) in records {
+            digests.push(Value::from(digest));
+            methods.push(Value::from(method));
+            hashes.push(Value::from(hash));
+            answers.push(Value::from(answer));
+        }
+        let result = transaction
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO replay_records (digest, method, request_hash, answer)                  SELECT * FROM UNNEST($1::bytea[], $2::smallint[], $3::bytea[], $4::bytea[])                  ON CONFLICT (digest) DO NOTHING",
+                [
+                    array(ArrayType::Bytes, digests),
+                    array(ArrayType::SmallInt, methods),
+                    array(ArrayType::Bytes, hashes),
+                    array(ArrayType::Bytes, answers),
+                ],
+            ))
+            .await?;
+        return Ok(result.rows_affected());
+    }
+    let mut inserted = 0;
+    for (digest, method, hash, answer) in records {
+        inserted += transaction
+            .execute_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES ($1, $2, $3, $4)                  ON CONFLICT (digest) DO NOTHING",
+                [digest.into(), method.into(), hash.into(), answer.into()],
+            ))
+            .await?
+            .rows_affected();
+    }
+    Ok(inserted)
+}
+
+/// Answers again from a record: the entries are read back from the ledger,
+/// where the record says they are. A record naming another tenant's account
+/// (two keys whose digests met) is refused rather than shown.
+pub(crate) async fn replayed(
+    connection: &impl ConnectionTrait,
+    tenant: TenantId,
+    recorded: Recorded,
+) -> Result<Reply, WalletError> {
+    let stored = match recorded {
+        Recorded::Legacy(bytes) => return Ok(Reply::Legacy(bytes)),
+        Recorded::Answer(stored) => stored,
+    };
+    let mut wallets = Vec::with_capacity(stored.wallets.len());
+    for part in &stored.wallets {
+        let row = account::Entity::find()
+            .filter(account::Column::Number.eq(to_i64(part.number)))
+            .one(connection)
+            .await?
+            .ok_or_else(|| WalletError::Internal("a replayed account is missing".into()))?;
+        if row.tenant_id != tenant.0 {
+            return Err(WalletError::IdempotencyKeyReused);
+        }
+        let rows = ledger::range(connection, part.number, part.first_sequence, part.count).await?;
+        if rows.len() as u64 != part.count {
+            return Err(WalletError::Internal("a replayed answer's entries are missing".into()));
+        }
+        wallets.push((AccountId(row.id), ledger::entries_of(connection, AccountId(row.id), rows).await?));
+    }
+    stored.into_answer(wallets).map(Reply::Answer)
+}
+
+/// Loads many wallets at once, for the group committer, locking their
+/// accounts in id order: three statements for the whole batch, each with its
+/// ids bound as one array on PostgreSQL. Accounts of another tenant are left
+/// out, as if they did not exist.
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
     wanted: &BTreeSet<(TenantId, AccountId)>,
     now: DateTime<Utc>,
-) -> Result<std::collections::BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
+) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
     let ids: Vec<Uuid> = wanted.iter().map(|(_, account)| account.0).collect();
     let mut accounts = Vec::new();
-    let mut grants: std::collections::HashMap<Uuid, Vec<Grant>> = std::collections::HashMap::new();
-    let mut holds: std::collections::HashMap<Uuid, Vec<Hold>> = std::collections::HashMap::new();
-    for chunk in ids.chunks(500) {
+    let mut grants: HashMap<Uuid, Vec<Grant>> = HashMap::new();
+    let mut holds: HashMap<Uuid, Vec<Hold>> = HashMap::new();
+    let backend = connection.get_database_backend();
+    if backend == DbBackend::Postgres {
+        let ids_value = || array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect());
         let rows = account::Entity::find()
-            .filter(account::Column::Id.is_in(chunk.to_vec()))
-            .order_by_asc(account::Column::Id)
-            .lock_exclusive()
+            .from_raw_sql(Statement::from_sql_and_values(
+                backend,
+                "SELECT * FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                [ids_value()],
+            ))
             .all(connection)
             .await?;
+        let mut any_held = false;
         for row in rows {
-            accounts.push(rows::account_from_row(row)?);
+            let account = rows::account_from_row(row)?;
+            any_held |= !account.held.is_zero();
+            accounts.push(account);
         }
         for row in grant::Entity::find()
-            .filter(grant::Column::AccountId.is_in(chunk.to_vec()))
-            .filter(grant::Column::Status.eq("ACTIVE"))
+            .from_raw_sql(Statement::from_sql_and_values(
+                backend,
+                "SELECT * FROM grants WHERE account_id = ANY($1) AND status = 'ACTIVE'",
+                [ids_value()],
+            ))
             .all(connection)
             .await?
         {
             grants.entry(row.account_id).or_default().push(rows::grant_from_row(row)?);
         }
-        for row in hold::Entity::find()
-            .filter(hold::Column::AccountId.is_in(chunk.to_vec()))
-            .filter(hold::Column::Status.eq("ACTIVE"))
-            .filter(hold::Column::ExpiresAt.lte(now))
-            .all(connection)
-            .await?
-        {
-            holds.entry(row.account_id).or_default().push(rows::hold_from_row(row)?);
+        // Only a wallet holding funds can have a hold past its expiry.
+        if any_held {
+            for row in hold::Entity::find()
+                .from_raw_sql(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT * FROM holds WHERE account_id = ANY($1) AND status = 'ACTIVE' AND expires_at <= $2",
+                    [ids_value(), now.into()],
+                ))
+                .all(connection)
+                .await?
+            {
+                holds.entry(row.account_id).or_default().push(rows::hold_from_row(row)?);
+            }
+        }
+    } else {
+        for chunk in ids.chunks(500) {
+            let rows = account::Entity::find()
+                .filter(account::Column::Id.is_in(chunk.to_vec()))
+                .order_by_asc(account::Column::Id)
+                .lock_exclusive()
+                .all(connection)
+                .await?;
+            for row in rows {
+                accounts.push(rows::account_from_row(row)?);
+            }
+            for row in grant::Entity::find()
+                .filter(grant::Column::AccountId.is_in(chunk.to_vec()))
+                .filter(grant::Column::Status.eq("ACTIVE"))
+                .all(connection)
+                .await?
+            {
+                grants.entry(row.account_id).or_default().push(rows::grant_from_row(row)?);
+            }
+            for row in hold::Entity::find()
+                .filter(hold::Column::AccountId.is_in(chunk.to_vec()))
+                .filter(hold::Column::Status.eq("ACTIVE"))
+                .filter(hold::Column::ExpiresAt.lte(now))
+                .all(connection)
+                .await?
+            {
+                holds.entry(row.account_id).or_default().push(rows::hold_from_row(row)?);
+            }
         }
     }
     Ok(accounts
@@ -769,24 +1076,16 @@ async fn load(
     let account = rows::account_from_row(account_row)?;
 
     let (operation_entries, prior_refunds) = match plan.refund_of {
-        Some(operation) => {
-            let entries: Vec<Entry> = entry::Entity::find()
-                .filter(entry::Column::OperationId.eq(operation.0))
-                .filter(entry::Column::AccountId.eq(account_id.0))
-                .order_by_asc(entry::Column::Sequence)
-                .all(connection)
-                .await?
-                .into_iter()
-                .map(rows::entry_from_row)
-                .collect::<Result<_, _>>()?;
-            let ids: Vec<Uuid> = entries.iter().map(|entry| entry.id.0).collect();
-            let refunds: Vec<Entry> = entry::Entity::find()
-                .filter(entry::Column::RefundedEntryId.is_in(ids))
-                .all(connection)
-                .await?
-                .into_iter()
-                .map(rows::entry_from_row)
-                .collect::<Result<_, _>>()?;
+        Some(entry_id) => {
+            let row = ledger::by_id(connection, entry_id).await?.ok_or(WalletError::NotFound("entry"))?;
+            if row.account_number != to_i64(account.number) {
+                return Err(WalletError::NotFound("entry"));
+            }
+            let rows = ledger::operation_of(connection, &row).await?;
+            let sequences: Vec<i64> = rows.iter().map(|row| row.sequence).collect();
+            let entries = ledger::entries_of(connection, account.id, rows).await?;
+            let refunds = ledger::refunds_of(connection, to_i64(account.number), sequences).await?;
+            let refunds = ledger::entries_of(connection, account.id, refunds).await?;
             (entries, refunds)
         }
         None => (Vec::new(), Vec::new()),
@@ -831,295 +1130,6 @@ async fn load(
     }
     let holds: Vec<Hold> = hold_rows.into_iter().map(rows::hold_from_row).collect::<Result<_, _>>()?;
     Ok(Loaded { wallet: Wallet::new(account, grants, holds), operation_entries, prior_refunds })
-}
-
-/// Writes what operations changed, for one or many wallets at once: each
-/// wallet's own rows, then every entry and every event together. Entries are
-/// only ever inserted.
-pub(crate) async fn write_changes(
-    transaction: &DatabaseTransaction,
-    batch: &[(&Wallet, Changes)],
-) -> Result<(), WalletError> {
-    let mut entries: Vec<entry::ActiveModel> = Vec::new();
-    let mut events: Vec<(&crate::domain::Event, &Wallet)> = Vec::new();
-    let changed: Vec<&(&Wallet, Changes)> = batch.iter().filter(|(_, changes)| !changes.is_empty()).collect();
-    // On PostgreSQL one UPDATE for all accounts, one for all grants.
-    let together = transaction.get_database_backend() == DbBackend::Postgres;
-    if together {
-        update_accounts_together(transaction, &changed).await?;
-    }
-    for (wallet, changes) in &changed {
-        if !together {
-            account::Entity::update(rows::account_to_row(&wallet.account)).exec(transaction).await?;
-        }
-        write_grants_and_holds(transaction, wallet, changes, together).await?;
-        let tenant = wallet.account.tenant_id;
-        entries.extend(changes.entries.iter().map(|entry| rows::entry_to_row(entry, tenant)));
-        events.extend(changes.events.iter().map(|event| (event, *wallet)));
-    }
-    if together {
-        update_grants_together(transaction, &changed).await?;
-    }
-    // An entry row is a few hundred bytes on the wire.
-    for chunk in entries.chunks(rows_per_insert(400)) {
-        entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
-    }
-    if !events.is_empty() {
-        write_events(transaction, &events).await?;
-    }
-    Ok(())
-}
-
-/// Many accounts' rows in one UPDATE … FROM (VALUES …) on PostgreSQL, whose
-/// driver sends typed parameters, so no casts are needed.
-async fn update_accounts_together(
-    transaction: &DatabaseTransaction,
-    changed: &[&(&Wallet, Changes)],
-) -> Result<(), WalletError> {
-    // Twenty-three parameters a row; 400 rows stay far below the parameter limit.
-    for chunk in changed.chunks(400) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 23);
-        for (wallet, _) in chunk {
-            let account = &wallet.account;
-            let spend = &account.spend;
-            values.extend([
-                account.id.0.into(),
-                rows::account_status_name(account.status).into(),
-                rows::overdraft_policy_name(&account.overdraft).into(),
-                Amount(account.overdraft.credit_limit()).into(),
-                account.low_balance_threshold.map(Amount).into(),
-                account.low_balance_alerted.into(),
-                account.depleted_alerted.into(),
-                Amount(account.overdraft_used).into(),
-                Amount(account.held).into(),
-                i64::try_from(account.last_sequence).unwrap_or(i64::MAX).into(),
-                account.updated_at.into(),
-                account.credit_blocked.into(),
-                i64::try_from(account.version).unwrap_or(i64::MAX).into(),
-                spend.monthly_cap.map(Amount).into(),
-                spend.low_balance_warning.map(Amount).into(),
-                spend.low_balance_warned.into(),
-                spend.transfer_max.map(Amount).into(),
-                spend.transfer_daily_limit.map(Amount).into(),
-                spend.month.clone().into(),
-                Amount(spend.month_spend).into(),
-                i32::try_from(spend.cap_alerted_percent).unwrap_or(0).into(),
-                spend.day.clone().into(),
-                Amount(spend.transferred_today).into(),
-            ]);
-        }
-        let sql = format!(
-            "UPDATE accounts SET status = v.status, overdraft_policy = v.policy, credit_limit = v.credit_limit, \
-             low_balance_threshold = v.threshold, low_balance_alerted = v.low, depleted_alerted = v.depleted, \
-             overdraft_used = v.overdraft_used, held = v.held, last_sequence = v.last_sequence, updated_at = v.updated_at, \
-             credit_blocked = v.credit_blocked, version = v.version, monthly_cap = v.monthly_cap, \
-             low_balance_warning = v.warning, low_balance_warned = v.warned, transfer_max = v.transfer_max, \
-             transfer_daily_limit = v.transfer_daily_limit, spend_month = v.spend_month, month_spend = v.month_spend, \
-             cap_alerted_percent = v.cap_alerted, transfer_day = v.transfer_day, transferred_today = v.transferred_today \
-             FROM (VALUES {}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, \
-             last_sequence, updated_at, credit_blocked, version, monthly_cap, warning, warned, transfer_max, \
-             transfer_daily_limit, spend_month, month_spend, cap_alerted, transfer_day, transferred_today) \
-             WHERE accounts.id = v.id",
-            values_list(chunk.len(), 23, 0)
-        );
-        transaction.execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    }
-    Ok(())
-}
-
-/// Many grants' remainders in one UPDATE on PostgreSQL.
-async fn update_grants_together(
-    transaction: &DatabaseTransaction,
-    changed: &[&(&Wallet, Changes)],
-) -> Result<(), WalletError> {
-    let touched: Vec<&Grant> = changed
-        .iter()
-        .flat_map(|(wallet, changes)| {
-            wallet
-                .grants
-                .iter()
-                .filter(|grant| changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id))
-        })
-        .collect();
-    for chunk in touched.chunks(1_000) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 3);
-        for grant in chunk {
-            values.extend([
-                grant.id.0.into(),
-                Amount(grant.remaining).into(),
-                rows::grant_status_name(grant.status).into(),
-            ]);
-        }
-        let sql = format!(
-            "UPDATE grants SET remaining_amount = v.remaining, status = v.status \
-             FROM (VALUES {}) AS v(id, remaining, status) WHERE grants.id = v.id",
-            values_list(chunk.len(), 3, 0)
-        );
-        transaction.execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
-    }
-    Ok(())
-}
-
-/// The grants and holds an operation created or changed; changed grants are
-/// left to [`update_grants_together`] when `grants_together`.
-async fn write_grants_and_holds(
-    transaction: &DatabaseTransaction,
-    wallet: &Wallet,
-    changes: &Changes,
-    grants_together: bool,
-) -> Result<(), WalletError> {
-    let account = &wallet.account;
-    let new_grants: Vec<grant::ActiveModel> = wallet
-        .grants
-        .iter()
-        .filter(|grant| changes.new_grants.contains(&grant.id))
-        .map(|grant| rows::grant_to_row(grant, account.tenant_id))
-        .collect();
-    if !new_grants.is_empty() {
-        grant::Entity::insert_many(new_grants).exec_without_returning(transaction).await?;
-    }
-    for grant in wallet.grants.iter().filter(|grant| {
-        !grants_together && changes.touched_grants.contains(&grant.id) && !changes.new_grants.contains(&grant.id)
-    }) {
-        grant::Entity::update_many()
-            .col_expr(grant::Column::RemainingAmount, Expr::value(Amount(grant.remaining)))
-            .col_expr(grant::Column::Status, Expr::value(rows::grant_status_name(grant.status)))
-            .filter(grant::Column::Id.eq(grant.id.0))
-            .exec(transaction)
-            .await?;
-    }
-    let new_holds: Vec<hold::ActiveModel> = wallet
-        .holds
-        .iter()
-        .filter(|hold| changes.new_holds.contains(&hold.id))
-        .map(|hold| rows::hold_to_row(hold, account.tenant_id))
-        .collect();
-    if !new_holds.is_empty() {
-        hold::Entity::insert_many(new_holds).exec_without_returning(transaction).await?;
-    }
-    for hold in wallet
-        .holds
-        .iter()
-        .filter(|hold| changes.touched_holds.contains(&hold.id) && !changes.new_holds.contains(&hold.id))
-    {
-        hold::Entity::update_many()
-            .col_expr(hold::Column::Status, Expr::value(rows::hold_status_name(hold.status)))
-            .col_expr(hold::Column::CapturedAmount, Expr::value(Amount(hold.captured)))
-            .filter(hold::Column::Id.eq(hold.id.0))
-            .exec(transaction)
-            .await?;
-    }
-    Ok(())
-}
-
-/// Appends events to the outbox, last in the transaction. Sequence numbers
-/// come from one counter row: writers queue on it only for the moment before
-/// their commit, and events become visible in sequence order, so a reader
-/// that resumes after a sequence never misses an event committed later with
-/// a lower number. The payload leaves the sequence out; the reader sets it
-/// from the row. On PostgreSQL the counter and the rows are written by one
-/// statement per chunk.
-async fn write_events(
-    transaction: &DatabaseTransaction,
-    events: &[(&crate::domain::Event, &Wallet)],
-) -> Result<(), WalletError> {
-    let backend = transaction.get_database_backend();
-    // An event row carries its encoded payload, a few hundred bytes.
-    for chunk in events.chunks(rows_per_insert(400)) {
-        let count = i64::try_from(chunk.len()).unwrap_or(i64::MAX);
-        let rows = chunk.iter().map(|(event, wallet)| {
-            (
-                wallet.account.tenant_id.0,
-                event.account_id.0,
-                rows::event_type_name(event.event_type),
-                crate::convert::event_payload(event, &wallet.account.unit, 0),
-                event.occurred_at,
-            )
-        });
-        if backend == DbBackend::Postgres {
-            let mut values: Vec<sea_orm::Value> = Vec::with_capacity(1 + chunk.len() * 6);
-            values.push(count.into());
-            for (offset, (tenant, account, event_type, payload, occurred_at)) in rows.enumerate() {
-                values.extend([
-                    i64::try_from(offset + 1).unwrap_or(i64::MAX).into(),
-                    tenant.into(),
-                    account.into(),
-                    event_type.into(),
-                    payload.into(),
-                    occurred_at.into(),
-                ]);
-            }
-            let sql = format!(
-                "WITH counter AS (UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 \
-                 RETURNING last_sequence) \
-                 INSERT INTO outbox_events (sequence, tenant_id, account_id, event_type, payload, created_at) \
-                 SELECT counter.last_sequence - $1 + v.n, v.tenant_id, v.account_id, v.event_type, v.payload, v.created_at \
-                 FROM counter, (VALUES {}) AS v(n, tenant_id, account_id, event_type, payload, created_at)",
-                values_list(chunk.len(), 6, 1)
-            );
-            let written = transaction
-                .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-                .await?
-                .rows_affected();
-            if written != chunk.len() as u64 {
-                return Err(WalletError::Internal("the outbox counter row is missing".into()));
-            }
-            continue;
-        }
-        let statement = sea_orm::Statement::from_sql_and_values(
-            backend,
-            "UPDATE outbox_counter SET last_sequence = last_sequence + $1 WHERE id = 1 RETURNING last_sequence",
-            [count.into()],
-        );
-        let row = transaction
-            .query_one_raw(statement)
-            .await?
-            .ok_or_else(|| WalletError::Internal("the outbox counter row is missing".into()))?;
-        let last: i64 = row.try_get("", "last_sequence")?;
-        let first = last - count + 1;
-        let models: Vec<outbox::ActiveModel> = rows
-            .enumerate()
-            .map(|(offset, (tenant, account, event_type, payload, occurred_at))| outbox::ActiveModel {
-                sequence: Set(first + i64::try_from(offset).unwrap_or(0)),
-                tenant_id: Set(tenant),
-                account_id: Set(account),
-                event_type: Set(event_type.to_owned()),
-                payload: Set(payload),
-                created_at: Set(occurred_at),
-            })
-            .collect();
-        outbox::Entity::insert_many(models).exec_without_returning(transaction).await?;
-    }
-    Ok(())
-}
-
-async fn record<M: prost::Message>(
-    transaction: &DatabaseTransaction,
-    tenant_id: TenantId,
-    check: &IdempotencyCheck,
-    response: &M,
-) -> Result<(), WalletError> {
-    idempotency::Entity::insert(idempotency::ActiveModel {
-        tenant_id: Set(tenant_id.0),
-        key: Set(check.key.clone()),
-        method: Set(check.method.to_owned()),
-        request_hash: Set(check.request_hash.clone()),
-        response: Set(response.encode_to_vec()),
-        created_at: Set(Utc::now()),
-    })
-    .on_conflict(OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key]).do_nothing().to_owned())
-    .exec_without_returning(transaction)
-    .await
-    .map(|inserted| {
-        if inserted == 0 {
-            // Another call with the same key committed first (on another
-            // account, so the row lock did not order them): this one must not
-            // commit; its retry will replay or be told the key was reused.
-            Err(WalletError::Conflict("the idempotency key was recorded concurrently".into()))
-        } else {
-            Ok(())
-        }
-    })?
 }
 
 /// Answers the auth layer from the key table.

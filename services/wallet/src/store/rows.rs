@@ -59,6 +59,7 @@ pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
     };
     Ok(Account {
         id: AccountId(row.id),
+        number: to_u64(row.number),
         tenant_id: TenantId(row.tenant_id),
         external_id: row.external_id,
         unit,
@@ -100,6 +101,7 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
     let policy = overdraft_policy_name(&account.overdraft);
     account::ActiveModel {
         id: Set(account.id.0),
+        number: Set(to_i64(account.number)),
         tenant_id: Set(account.tenant_id.0),
         external_id: Set(account.external_id.clone()),
         unit_code: Set(account.unit.code().to_owned()),
@@ -295,72 +297,88 @@ pub fn entry_kind_name(kind: EntryKind) -> &'static str {
     }
 }
 
-pub fn entry_from_row(row: entry::Model) -> Result<Entry, WalletError> {
-    let kind = EntryKind::ALL
+/// The code an entry kind is stored as (the wire's numbering, by choice).
+pub fn entry_kind_code(kind: EntryKind) -> i16 {
+    match kind {
+        EntryKind::Grant => 1,
+        EntryKind::Debit => 2,
+        EntryKind::Hold => 3,
+        EntryKind::Capture => 4,
+        EntryKind::Release => 5,
+        EntryKind::Expiry => 6,
+        EntryKind::Adjustment => 7,
+        EntryKind::Refund => 8,
+        EntryKind::TransferIn => 9,
+        EntryKind::TransferOut => 10,
+        EntryKind::Void => 11,
+    }
+}
+
+fn entry_kind_from_code(code: i16) -> Result<EntryKind, WalletError> {
+    EntryKind::ALL
         .into_iter()
-        .find(|kind| entry_kind_name(*kind) == row.kind)
-        .ok_or_else(|| corrupt("entry kind", &row.kind))?;
+        .find(|kind| entry_kind_code(*kind) == code)
+        .ok_or_else(|| corrupt("entry kind", &code.to_string()))
+}
+
+/// An entry as read back. Entries of one operation on one account are
+/// consecutive; they share a made-up operation id (the first one's place),
+/// which is all that reading code compares it with. `refunded_id` is the id
+/// of the entry a refund refunds, which the caller looked up.
+pub fn entry_from_row(
+    row: entry::Model,
+    account_id: AccountId,
+    refunded_id: Option<EntryId>,
+) -> Result<Entry, WalletError> {
+    let number = to_u64(row.account_number);
+    let sequence = to_u64(row.sequence);
+    let first = sequence.saturating_sub(u64::try_from(row.position).unwrap_or(0));
     Ok(Entry {
-        id: EntryId(row.id),
-        account_id: AccountId(row.account_id),
-        operation_id: OperationId(row.operation_id),
-        sequence: to_u64(row.sequence),
-        kind,
+        id: row.legacy_id.map_or_else(|| EntryId::of(number, sequence), EntryId),
+        account_id,
+        operation_id: OperationId(EntryId::of(number, first).0),
+        sequence,
+        kind: entry_kind_from_code(row.kind)?,
         amount: row.amount.0,
         grant_id: row.grant_id.map(GrantId),
         hold_id: row.hold_id.map(HoldId),
         balance_after: row.balance_after.0,
         idempotency_key: row.idempotency_key,
-        correlation_id: row.correlation_id,
+        correlation_id: row.correlation_id.unwrap_or_default(),
         meter_code: row.meter_code,
-        description: row.description,
-        metadata: metadata_from(&row.metadata)?,
-        refunded_entry_id: row.refunded_entry_id.map(EntryId),
+        description: row.description.unwrap_or_default(),
+        metadata: row.metadata.as_deref().map(metadata_from).transpose()?.unwrap_or_default(),
+        refunded_entry_id: refunded_id,
         created_at: row.created_at,
     })
 }
 
-pub fn entry_to_row(entry: &Entry, tenant_id: TenantId) -> entry::ActiveModel {
+/// The stored form of an entry at `position` in its operation; a refund
+/// names the sequence of the entry it refunds. Empty texts are stored as
+/// NULL, which takes no room.
+pub fn entry_to_row(
+    entry: &Entry,
+    account_number: u64,
+    position: u32,
+    refunded_sequence: Option<u64>,
+) -> entry::ActiveModel {
+    let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
     entry::ActiveModel {
-        id: Set(entry.id.0),
-        account_id: Set(entry.account_id.0),
-        tenant_id: Set(tenant_id.0),
-        operation_id: Set(entry.operation_id.0),
+        account_number: Set(to_i64(account_number)),
         sequence: Set(to_i64(entry.sequence)),
-        kind: Set(entry_kind_name(entry.kind).to_owned()),
-        amount: Set(Amount(entry.amount)),
+        created_at: Set(entry.created_at),
         grant_id: Set(entry.grant_id.map(|id| id.0)),
         hold_id: Set(entry.hold_id.map(|id| id.0)),
+        position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+        kind: Set(entry_kind_code(entry.kind)),
+        amount: Set(Amount(entry.amount)),
         balance_after: Set(Amount(entry.balance_after)),
         idempotency_key: Set(entry.idempotency_key.clone()),
-        correlation_id: Set(entry.correlation_id.clone()),
+        correlation_id: Set(text(&entry.correlation_id)),
         meter_code: Set(entry.meter_code.clone()),
-        description: Set(entry.description.clone()),
-        metadata: Set(metadata_to(&entry.metadata)),
-        refunded_entry_id: Set(entry.refunded_entry_id.map(|id| id.0)),
-        created_at: Set(entry.created_at),
-    }
-}
-
-pub fn event_type_name(event_type: EventType) -> &'static str {
-    match event_type {
-        EventType::AccountCreated => "ACCOUNT_CREATED",
-        EventType::AccountUpdated => "ACCOUNT_UPDATED",
-        EventType::GrantCreated => "GRANT_CREATED",
-        EventType::GrantExpired => "GRANT_EXPIRED",
-        EventType::GrantVoided => "GRANT_VOIDED",
-        EventType::Debited => "DEBITED",
-        EventType::Refunded => "REFUNDED",
-        EventType::Adjusted => "ADJUSTED",
-        EventType::HoldCreated => "HOLD_CREATED",
-        EventType::HoldCaptured => "HOLD_CAPTURED",
-        EventType::HoldReleased => "HOLD_RELEASED",
-        EventType::HoldExpired => "HOLD_EXPIRED",
-        EventType::BalanceLow => "BALANCE_LOW",
-        EventType::BalanceDepleted => "BALANCE_DEPLETED",
-        EventType::BalanceWarning => "BALANCE_WARNING",
-        EventType::SpendingCapAlert => "SPENDING_CAP_ALERT",
-        EventType::TransferredOut => "TRANSFERRED_OUT",
-        EventType::TransferredIn => "TRANSFERRED_IN",
+        description: Set(text(&entry.description)),
+        metadata: Set((!entry.metadata.is_empty()).then(|| metadata_to(&entry.metadata))),
+        refunded_sequence: Set(refunded_sequence.map(to_i64)),
+        legacy_id: Set(None),
     }
 }

@@ -36,6 +36,7 @@ pub fn settings(database: &TestDatabase) -> WalletSettings {
         database_schema: database.schema.clone(),
         database_max_connections: 16,
         sweep_interval_ms: 100,
+        committers: 4,
         metrics_listen: "127.0.0.1:0".into(),
     }
 }

@@ -1,0 +1,268 @@
+//! The ledger table: entries keyed by account number and sequence, written
+//! only ever by INSERT. On PostgreSQL a batch of entries is one statement
+//! whose columns are bound as arrays, so its text (and its prepared plan) is
+//! the same whatever the batch size.
+
+use std::collections::{BTreeSet, HashMap};
+
+use reservoir_common::db::rows_per_insert;
+use sea_orm::sea_query::ArrayType;
+use sea_orm::{
+    ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    Statement, Value,
+};
+use uuid::Uuid;
+
+use super::entities::entry;
+use super::rows;
+use crate::domain::{AccountId, Entry, EntryId};
+use crate::error::WalletError;
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// An array parameter built from values of one type.
+pub fn array(kind: ArrayType, values: Vec<Value>) -> Value {
+    Value::Array(kind, Some(Box::new(values)))
+}
+
+fn value<T>(model: &ActiveValue<T>) -> Option<&T>
+where
+    T: Into<Value>,
+{
+    match model {
+        ActiveValue::Set(value) | ActiveValue::Unchanged(value) => Some(value),
+        ActiveValue::NotSet => None,
+    }
+}
+
+/// Inserts entries. Arrays cannot carry NULLs through the driver, so empty
+/// texts, the nil UUID and a zero sequence stand for NULL and are turned
+/// back into it by the statement.
+pub async fn insert(connection: &impl ConnectionTrait, rows: Vec<entry::ActiveModel>) -> Result<(), WalletError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let backend = connection.get_database_backend();
+    if backend != DbBackend::Postgres {
+        // An entry row is a few hundred bytes on the wire.
+        for chunk in rows.chunks(rows_per_insert(400)) {
+            entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(connection).await?;
+        }
+        return Ok(());
+    }
+    let count = rows.len();
+    let mut numbers = Vec::with_capacity(count);
+    let mut sequences = Vec::with_capacity(count);
+    let mut created = Vec::with_capacity(count);
+    let mut grants = Vec::with_capacity(count);
+    let mut holds = Vec::with_capacity(count);
+    let mut positions = Vec::with_capacity(count);
+    let mut kinds = Vec::with_capacity(count);
+    let mut amounts = Vec::with_capacity(count);
+    let mut balances = Vec::with_capacity(count);
+    let mut keys = Vec::with_capacity(count);
+    let mut correlations = Vec::with_capacity(count);
+    let mut meters = Vec::with_capacity(count);
+    let mut descriptions = Vec::with_capacity(count);
+    let mut metadata = Vec::with_capacity(count);
+    let mut refunded = Vec::with_capacity(count);
+    let text = |field: &ActiveValue<Option<String>>| Value::from(value(field).cloned().flatten().unwrap_or_default());
+    for row in &rows {
+        let missing = || WalletError::Internal("an entry row is incomplete".into());
+        numbers.push(Value::from(*value(&row.account_number).ok_or_else(missing)?));
+        sequences.push(Value::from(*value(&row.sequence).ok_or_else(missing)?));
+        created.push(Value::from(*value(&row.created_at).ok_or_else(missing)?));
+        grants.push(Value::from(value(&row.grant_id).copied().flatten().unwrap_or(Uuid::nil())));
+        holds.push(Value::from(value(&row.hold_id).copied().flatten().unwrap_or(Uuid::nil())));
+        positions.push(Value::from(*value(&row.position).ok_or_else(missing)?));
+        kinds.push(Value::from(*value(&row.kind).ok_or_else(missing)?));
+        amounts.push(Value::from(value(&row.amount).ok_or_else(missing)?.0));
+        balances.push(Value::from(value(&row.balance_after).ok_or_else(missing)?.0));
+        keys.push(Value::from(value(&row.idempotency_key).ok_or_else(missing)?.clone()));
+        correlations.push(text(&row.correlation_id));
+        meters.push(text(&row.meter_code));
+        descriptions.push(text(&row.description));
+        metadata.push(text(&row.metadata));
+        refunded.push(Value::from(value(&row.refunded_sequence).copied().flatten().unwrap_or(0)));
+    }
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "INSERT INTO ledger (account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, \
+         balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence) \
+         SELECT v.n, v.s, v.c, NULLIF(v.g, '00000000-0000-0000-0000-000000000000'::uuid), \
+         NULLIF(v.h, '00000000-0000-0000-0000-000000000000'::uuid), v.p, v.k, v.a, v.b, v.key, NULLIF(v.cor, ''), \
+         NULLIF(v.m, ''), NULLIF(v.d, ''), NULLIF(v.md, ''), NULLIF(v.r, 0) \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::uuid[], $6::int[], \
+         $7::smallint[], $8::numeric[], $9::numeric[], $10::text[], $11::text[], $12::text[], $13::text[], \
+         $14::text[], $15::bigint[]) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r)",
+        [
+            array(ArrayType::BigInt, numbers),
+            array(ArrayType::BigInt, sequences),
+            array(ArrayType::ChronoDateTimeUtc, created),
+            array(ArrayType::Uuid, grants),
+            array(ArrayType::Uuid, holds),
+            array(ArrayType::Int, positions),
+            array(ArrayType::SmallInt, kinds),
+            array(ArrayType::Decimal, amounts),
+            array(ArrayType::Decimal, balances),
+            array(ArrayType::String, keys),
+            array(ArrayType::String, correlations),
+            array(ArrayType::String, meters),
+            array(ArrayType::String, descriptions),
+            array(ArrayType::String, metadata),
+            array(ArrayType::BigInt, refunded),
+        ],
+    );
+    let inserted = connection.execute_raw(statement).await?.rows_affected();
+    if inserted != count as u64 {
+        return Err(WalletError::Internal(format!("{inserted} of {count} entries were written")));
+    }
+    Ok(())
+}
+
+/// Turns rows of one account into entries, looking up the ids of the entries
+/// refunds point to (an older entry keeps its own id).
+pub async fn entries_of(
+    connection: &impl ConnectionTrait,
+    account_id: AccountId,
+    rows: Vec<entry::Model>,
+) -> Result<Vec<Entry>, WalletError> {
+    let refunded: BTreeSet<(i64, i64)> = rows
+        .iter()
+        .filter_map(|row| row.refunded_sequence.map(|sequence| (row.account_number, sequence)))
+        .collect();
+    let mut legacy: HashMap<(i64, i64), Uuid> = HashMap::new();
+    for (number, sequence) in &refunded {
+        let row = entry::Entity::find_by_id((*number, *sequence))
+            .select_only()
+            .column(entry::Column::LegacyId)
+            .into_tuple::<Option<Uuid>>()
+            .one(connection)
+            .await?;
+        if let Some(Some(id)) = row {
+            legacy.insert((*number, *sequence), id);
+        }
+    }
+    rows.into_iter()
+        .map(|row| {
+            let refunded_id = row.refunded_sequence.map(|sequence| match legacy.get(&(row.account_number, sequence)) {
+                Some(id) => EntryId(*id),
+                None => EntryId::of(u64::try_from(row.account_number).unwrap_or(0), u64::try_from(sequence).unwrap_or(0)),
+            });
+            rows::entry_from_row(row, account_id, refunded_id)
+        })
+        .collect()
+}
+
+/// The entries of one account from `first` on, `count` of them.
+pub async fn range(
+    connection: &impl ConnectionTrait,
+    number: u64,
+    first: u64,
+    count: u64,
+) -> Result<Vec<entry::Model>, WalletError> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(entry::Entity::find()
+        .filter(entry::Column::AccountNumber.eq(to_i64(number)))
+        .filter(entry::Column::Sequence.gte(to_i64(first)))
+        .filter(entry::Column::Sequence.lt(to_i64(first.saturating_add(count))))
+        .order_by_asc(entry::Column::Sequence)
+        .all(connection)
+        .await?)
+}
+
+/// The entry an id names: by its place, or for an older entry by the id it kept.
+pub async fn by_id(connection: &impl ConnectionTrait, id: EntryId) -> Result<Option<entry::Model>, WalletError> {
+    if let Some((number, sequence)) = id.parts() {
+        return Ok(entry::Entity::find_by_id((to_i64(number), to_i64(sequence))).one(connection).await?);
+    }
+    Ok(entry::Entity::find().filter(entry::Column::LegacyId.eq(id.0)).one(connection).await?)
+}
+
+/// The entries of the operation `row` belongs to on its account: they follow
+/// one another from position 0.
+pub async fn operation_of(
+    connection: &impl ConnectionTrait,
+    row: &entry::Model,
+) -> Result<Vec<entry::Model>, WalletError> {
+    let first = row.sequence - i64::from(row.position);
+    let mut entries = Vec::new();
+    let mut after = first - 1;
+    loop {
+        let page = entry::Entity::find()
+            .filter(entry::Column::AccountNumber.eq(row.account_number))
+            .filter(entry::Column::Sequence.gt(after))
+            .order_by_asc(entry::Column::Sequence)
+            .limit(100)
+            .all(connection)
+            .await?;
+        let full = page.len() == 100;
+        for candidate in page {
+            if candidate.sequence != first && candidate.position == 0 {
+                return Ok(entries);
+            }
+            after = candidate.sequence;
+            entries.push(candidate);
+        }
+        if !full {
+            return Ok(entries);
+        }
+    }
+}
+
+/// Refunds written against entries of `number` at `sequences`.
+pub async fn refunds_of(
+    connection: &impl ConnectionTrait,
+    number: i64,
+    sequences: Vec<i64>,
+) -> Result<Vec<entry::Model>, WalletError> {
+    if sequences.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(entry::Entity::find()
+        .filter(entry::Column::AccountNumber.eq(number))
+        .filter(entry::Column::RefundedSequence.is_in(sequences))
+        .order_by_asc(entry::Column::Sequence)
+        .all(connection)
+        .await?)
+}
+
+/// The stored form of a batch of entries, each at its place in its operation.
+pub fn rows_for(entries: &[Entry], account_number: u64) -> Vec<entry::ActiveModel> {
+    let mut rows_out = Vec::with_capacity(entries.len());
+    let mut position = 0_u32;
+    let mut previous: Option<&Entry> = None;
+    for entry in entries {
+        position = match previous {
+            Some(before) if before.operation_id == entry.operation_id => position + 1,
+            _ => 0,
+        };
+        let refunded_sequence = entry.refunded_entry_id.and_then(|id| id.parts()).map(|(_, sequence)| sequence);
+        rows_out.push(rows::entry_to_row(entry, account_number, position, refunded_sequence));
+        previous = Some(entry);
+    }
+    rows_out
+}
+
+/// Fills in the sequence a refund points to where the refunded entry is an
+/// older one, known by the id it kept.
+pub async fn resolve_legacy_refunds(
+    connection: &impl ConnectionTrait,
+    entries: &[Entry],
+    rows_out: &mut [entry::ActiveModel],
+) -> Result<(), WalletError> {
+    for (entry, row) in entries.iter().zip(rows_out.iter_mut()) {
+        let Some(id) = entry.refunded_entry_id else { continue };
+        if id.parts().is_some() {
+            continue;
+        }
+        let found = entry::Entity::find().filter(entry::Column::LegacyId.eq(id.0)).one(connection).await?;
+        let sequence = found.map(|found| found.sequence).ok_or(WalletError::NotFound("entry"))?;
+        row.refunded_sequence = ActiveValue::Set(Some(sequence));
+    }
+    Ok(())
+}

@@ -1,0 +1,602 @@
+//! Replay records: what an idempotent change answered, kept so that a retry
+//! with the same key gets the same answer. A record is compact: the entries
+//! are not copied (the record names where they are in the ledger), balances
+//! keep only the figures the others are worked out from, and the rest is a
+//! postcard encoding of the domain's own values. Records are keyed by a
+//! digest of tenant and key, so the key itself (already on every entry) is
+//! not stored twice.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::TenantId;
+use reservoir_common::money::Unit;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, DbErr, Statement};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::domain::*;
+use crate::error::WalletError;
+
+/// Bytes kept of each SHA-256: 128 bits, far beyond any chance of two keys
+/// (or two requests under one key) meeting by accident.
+const DIGEST_BYTES: usize = 16;
+
+/// The first byte of a stored answer: how the rest is encoded.
+const FORMAT_LEGACY: u8 = 0;
+const FORMAT_ANSWER: u8 = 1;
+
+/// The record's key: a digest of the tenant and the caller's key.
+pub fn digest(tenant: TenantId, key: &str) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(tenant.0.as_bytes());
+    hasher.update(key.as_bytes());
+    hasher.finalize()[..DIGEST_BYTES].to_vec()
+}
+
+/// The digest a request is compared by: of its encoding, made by the api.
+pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
+    Sha256::digest(encoded_request)[..DIGEST_BYTES].to_vec()
+}
+
+/// The methods whose calls are recorded, as stored.
+pub const METHODS: [&str; 12] = [
+    "CreateAccount",
+    "UpdateAccount",
+    "GrantCredits",
+    "Debit",
+    "Reserve",
+    "CaptureHold",
+    "ReleaseHold",
+    "Adjust",
+    "Refund",
+    "VoidGrant",
+    "Transfer",
+    "DrawUsage",
+];
+
+pub fn method_code(method: &str) -> i16 {
+    METHODS.iter().position(|known| *known == method).map_or(0, |index| i16::try_from(index + 1).unwrap_or(0))
+}
+
+/// What a record holds.
+#[derive(Debug, Clone)]
+pub enum Recorded {
+    /// An answer recorded by this version.
+    Answer(StoredAnswer),
+    /// The encoded response an earlier version recorded, for the api to decode.
+    Legacy(Vec<u8>),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Recorded, WalletError> {
+    match bytes.split_first() {
+        Some((&FORMAT_ANSWER, rest)) => postcard::from_bytes(rest)
+            .map(Recorded::Answer)
+            .map_err(|error| WalletError::Internal(format!("a replay record does not decode: {error}"))),
+        Some((&FORMAT_LEGACY, rest)) => Ok(Recorded::Legacy(rest.to_vec())),
+        _ => Err(WalletError::Internal("a replay record has an unknown format".into())),
+    }
+}
+
+/// Encodes an answer; `number_of` gives the number of each account it names.
+pub fn encode(answer: &Answer, number_of: impl Fn(AccountId) -> Option<u64>) -> Result<Vec<u8>, WalletError> {
+    let mut wallets = Vec::with_capacity(answer.wallets.len());
+    for part in &answer.wallets {
+        let number =
+            number_of(part.account_id).ok_or(WalletError::Internal("an answered account has no number".into()))?;
+        let (first_sequence, count) = match (part.entries.first(), part.entries.last()) {
+            (Some(first), Some(last)) => (first.sequence, last.sequence - first.sequence + 1),
+            _ => (0, 0),
+        };
+        if usize::try_from(count).ok() != Some(part.entries.len()) {
+            return Err(WalletError::Internal("an answer's entries are not consecutive".into()));
+        }
+        wallets.push(StoredWallet { number, first_sequence, count, balance: StoredBalance::from(&part.balance) });
+    }
+    let stored = StoredAnswer {
+        at: micros(answer.at),
+        wallets,
+        grants: answer.grants.iter().map(StoredGrant::from).collect(),
+        hold: answer.hold.as_ref().map(StoredHold::from),
+        account: answer.account.as_ref().map(StoredAccount::from),
+    };
+    let mut bytes = vec![FORMAT_ANSWER];
+    bytes.extend(
+        postcard::to_allocvec(&stored)
+            .map_err(|error| WalletError::Internal(format!("an answer does not encode: {error}")))?,
+    );
+    Ok(bytes)
+}
+
+/// An answer as recorded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredAnswer {
+    at: i64,
+    pub wallets: Vec<StoredWallet>,
+    grants: Vec<StoredGrant>,
+    hold: Option<StoredHold>,
+    account: Option<StoredAccount>,
+}
+
+/// One wallet's part: where its entries are, and its balance.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredWallet {
+    pub number: u64,
+    pub first_sequence: u64,
+    pub count: u64,
+    balance: StoredBalance,
+}
+
+impl StoredAnswer {
+    /// The answer again, given each wallet's account id and entries as read
+    /// from the ledger, in the order of `wallets`.
+    pub fn into_answer(self, wallets: Vec<(AccountId, Vec<Entry>)>) -> Result<Answer, WalletError> {
+        if wallets.len() != self.wallets.len() {
+            return Err(WalletError::Internal("a replayed answer lost a wallet".into()));
+        }
+        let parts = self
+            .wallets
+            .into_iter()
+            .zip(wallets)
+            .map(|(stored, (account_id, entries))| WalletAnswer {
+                account_id,
+                entries,
+                balance: stored.balance.into_view(),
+            })
+            .collect();
+        Ok(Answer {
+            at: from_micros(self.at),
+            wallets: parts,
+            grants: self.grants.into_iter().map(StoredGrant::into_grant).collect::<Result<_, _>>()?,
+            hold: self.hold.map(StoredHold::into_hold).transpose()?,
+            account: self.account.map(StoredAccount::into_account).transpose()?,
+        })
+    }
+}
+
+/// A decimal as its mantissa and scale: a few bytes as postcard varints.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Amount(i128, u32);
+
+impl From<Decimal> for Amount {
+    fn from(value: Decimal) -> Self {
+        Self(value.mantissa(), value.scale())
+    }
+}
+
+impl Amount {
+    fn value(self) -> Result<Decimal, WalletError> {
+        Decimal::try_from_i128_with_scale(self.0, self.1)
+            .map_err(|_| WalletError::Internal("a recorded amount is out of range".into()))
+    }
+
+    /// For figures this version wrote itself: out of range only by a bug.
+    fn lossy(self) -> Decimal {
+        self.value().unwrap_or_default()
+    }
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn from_micros(value: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(value).unwrap_or_default()
+}
+
+/// The figures a balance is worked out from. Available, total and
+/// spendable follow from these and the overdraft policy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredBalance {
+    paid: Amount,
+    promotional: Amount,
+    courtesy: Amount,
+    pending: Amount,
+    held: Amount,
+    overdraft_used: Amount,
+    /// 0 no overdraft, 1 a credit limit, 2 unlimited.
+    policy: u8,
+    credit_limit: Amount,
+    next_expiry_at: Option<i64>,
+}
+
+impl From<&BalanceView> for StoredBalance {
+    fn from(view: &BalanceView) -> Self {
+        let policy = match view.spendable {
+            None => 2,
+            Some(_) if view.credit_limit.is_zero() => 0,
+            Some(_) => 1,
+        };
+        Self {
+            paid: view.paid.into(),
+            promotional: view.promotional.into(),
+            courtesy: view.courtesy.into(),
+            pending: view.pending.into(),
+            held: view.held.into(),
+            overdraft_used: view.overdraft_used.into(),
+            policy,
+            credit_limit: view.credit_limit.into(),
+            next_expiry_at: view.next_expiry_at.map(micros),
+        }
+    }
+}
+
+impl StoredBalance {
+    fn into_view(self) -> BalanceView {
+        let (paid, promotional, courtesy) = (self.paid.lossy(), self.promotional.lossy(), self.courtesy.lossy());
+        let (held, overdraft_used, credit_limit) = (self.held.lossy(), self.overdraft_used.lossy(), self.credit_limit.lossy());
+        let total = paid + promotional + courtesy - overdraft_used;
+        let available = total - held;
+        let spendable = match self.policy {
+            0 => Some(available.max(Decimal::ZERO)),
+            1 => Some((available + credit_limit).max(Decimal::ZERO)),
+            _ => None,
+        };
+        BalanceView {
+            available,
+            held,
+            total,
+            credit_limit,
+            overdraft_used,
+            paid,
+            promotional,
+            courtesy,
+            pending: self.pending.lossy(),
+            next_expiry_at: self.next_expiry_at.map(from_micros),
+            spendable,
+        }
+    }
+}
+
+fn corrupt(what: &str) -> WalletError {
+    WalletError::Internal(format!("a recorded {what} is not valid"))
+}
+
+fn metadata_pairs(metadata: &Metadata) -> Vec<(String, String)> {
+    metadata.iter().map(|(key, value)| (key.clone(), value.clone())).collect()
+}
+
+fn metadata_of(pairs: Vec<(String, String)>) -> Metadata {
+    pairs.into_iter().collect::<BTreeMap<_, _>>()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredGrant {
+    id: [u8; 16],
+    account_id: [u8; 16],
+    kind: u8,
+    source: u8,
+    source_reference: String,
+    original: Amount,
+    remaining: Amount,
+    priority: i32,
+    effective_at: i64,
+    expires_at: Option<i64>,
+    meter_codes: Vec<String>,
+    status: u8,
+    metadata: Vec<(String, String)>,
+    created_at: i64,
+    created_sequence: u64,
+}
+
+const GRANT_KINDS: [GrantKind; 3] = [GrantKind::Paid, GrantKind::Promotional, GrantKind::Courtesy];
+const GRANT_SOURCES: [GrantSource; 5] =
+    [GrantSource::Admin, GrantSource::Invoice, GrantSource::Voucher, GrantSource::Adjustment, GrantSource::Transfer];
+const GRANT_STATUSES: [GrantStatus; 3] = [GrantStatus::Active, GrantStatus::Expired, GrantStatus::Voided];
+const HOLD_STATUSES: [HoldStatus; 4] =
+    [HoldStatus::Active, HoldStatus::Captured, HoldStatus::Released, HoldStatus::Expired];
+const ACCOUNT_STATUSES: [AccountStatus; 3] = [AccountStatus::Active, AccountStatus::Suspended, AccountStatus::Closed];
+
+fn code_of<T: PartialEq>(all: &[T], value: &T) -> u8 {
+    all.iter().position(|known| known == value).and_then(|index| u8::try_from(index).ok()).unwrap_or(u8::MAX)
+}
+
+fn value_of<T: Copy>(all: &[T], code: u8, what: &str) -> Result<T, WalletError> {
+    all.get(usize::from(code)).copied().ok_or_else(|| corrupt(what))
+}
+
+impl From<&Grant> for StoredGrant {
+    fn from(grant: &Grant) -> Self {
+        Self {
+            id: grant.id.0.into_bytes(),
+            account_id: grant.account_id.0.into_bytes(),
+            kind: code_of(&GRANT_KINDS, &grant.kind),
+            source: code_of(&GRANT_SOURCES, &grant.source),
+            source_reference: grant.source_reference.clone(),
+            original: grant.original.into(),
+            remaining: grant.remaining.into(),
+            priority: grant.priority,
+            effective_at: micros(grant.effective_at),
+            expires_at: grant.expires_at.map(micros),
+            meter_codes: grant.meter_codes.clone(),
+            status: code_of(&GRANT_STATUSES, &grant.status),
+            metadata: metadata_pairs(&grant.metadata),
+            created_at: micros(grant.created_at),
+            created_sequence: grant.created_sequence,
+        }
+    }
+}
+
+impl StoredGrant {
+    fn into_grant(self) -> Result<Grant, WalletError> {
+        Ok(Grant {
+            id: GrantId(Uuid::from_bytes(self.id)),
+            account_id: AccountId(Uuid::from_bytes(self.account_id)),
+            kind: value_of(&GRANT_KINDS, self.kind, "grant kind")?,
+            source: value_of(&GRANT_SOURCES, self.source, "grant source")?,
+            source_reference: self.source_reference,
+            original: self.original.value()?,
+            remaining: self.remaining.value()?,
+            priority: self.priority,
+            effective_at: from_micros(self.effective_at),
+            expires_at: self.expires_at.map(from_micros),
+            meter_codes: self.meter_codes,
+            status: value_of(&GRANT_STATUSES, self.status, "grant status")?,
+            metadata: metadata_of(self.metadata),
+            created_at: from_micros(self.created_at),
+            created_sequence: self.created_sequence,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredHold {
+    id: [u8; 16],
+    account_id: [u8; 16],
+    amount: Amount,
+    captured: Amount,
+    status: u8,
+    meter_code: Option<String>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl From<&Hold> for StoredHold {
+    fn from(hold: &Hold) -> Self {
+        Self {
+            id: hold.id.0.into_bytes(),
+            account_id: hold.account_id.0.into_bytes(),
+            amount: hold.amount.into(),
+            captured: hold.captured.into(),
+            status: code_of(&HOLD_STATUSES, &hold.status),
+            meter_code: hold.meter_code.clone(),
+            expires_at: micros(hold.expires_at),
+            created_at: micros(hold.created_at),
+        }
+    }
+}
+
+impl StoredHold {
+    fn into_hold(self) -> Result<Hold, WalletError> {
+        Ok(Hold {
+            id: HoldId(Uuid::from_bytes(self.id)),
+            account_id: AccountId(Uuid::from_bytes(self.account_id)),
+            amount: self.amount.value()?,
+            captured: self.captured.value()?,
+            status: value_of(&HOLD_STATUSES, self.status, "hold status")?,
+            meter_code: self.meter_code,
+            expires_at: from_micros(self.expires_at),
+            created_at: from_micros(self.created_at),
+        })
+    }
+}
+
+/// An account as answered (opened or updated): every field a response shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredAccount {
+    id: [u8; 16],
+    number: u64,
+    tenant_id: [u8; 16],
+    external_id: String,
+    unit_code: String,
+    unit_scale: u32,
+    unit_price_per_credit: String,
+    unit_billing_currency: String,
+    /// As in [`StoredBalance::policy`].
+    policy: u8,
+    credit_limit: Amount,
+    status: u8,
+    low_balance_threshold: Option<Amount>,
+    credit_blocked: bool,
+    monthly_cap: Option<Amount>,
+    low_balance_warning: Option<Amount>,
+    transfer_max: Option<Amount>,
+    transfer_daily_limit: Option<Amount>,
+    metadata: Vec<(String, String)>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<&Account> for StoredAccount {
+    fn from(account: &Account) -> Self {
+        let (price, billing) = match account.unit.kind() {
+            reservoir_common::money::UnitKind::Currency => (String::new(), String::new()),
+            reservoir_common::money::UnitKind::Credit { price_per_credit, billing_currency } => {
+                (price_per_credit.to_string(), billing_currency.clone())
+            }
+        };
+        let policy = match account.overdraft {
+            Overdraft::None => 0,
+            Overdraft::CreditLimit(_) => 1,
+            Overdraft::Unlimited => 2,
+        };
+        Self {
+            id: account.id.0.into_bytes(),
+            number: account.number,
+            tenant_id: account.tenant_id.0.into_bytes(),
+            external_id: account.external_id.clone(),
+            unit_code: account.unit.code().to_owned(),
+            unit_scale: account.unit.scale(),
+            unit_price_per_credit: price,
+            unit_billing_currency: billing,
+            policy,
+            credit_limit: account.overdraft.credit_limit().into(),
+            status: code_of(&ACCOUNT_STATUSES, &account.status),
+            low_balance_threshold: account.low_balance_threshold.map(Amount::from),
+            credit_blocked: account.credit_blocked,
+            monthly_cap: account.spend.monthly_cap.map(Amount::from),
+            low_balance_warning: account.spend.low_balance_warning.map(Amount::from),
+            transfer_max: account.spend.transfer_max.map(Amount::from),
+            transfer_daily_limit: account.spend.transfer_daily_limit.map(Amount::from),
+            metadata: metadata_pairs(&account.metadata),
+            created_at: micros(account.created_at),
+            updated_at: micros(account.updated_at),
+        }
+    }
+}
+
+impl StoredAccount {
+    /// The account as answered. Counters no response shows start afresh.
+    fn into_account(self) -> Result<Account, WalletError> {
+        let unit = Unit::from_parts(
+            &self.unit_code,
+            Some(self.unit_scale),
+            &self.unit_price_per_credit,
+            &self.unit_billing_currency,
+        )
+        .map_err(|_| corrupt("unit"))?;
+        let overdraft = match self.policy {
+            0 => Overdraft::None,
+            1 => Overdraft::CreditLimit(self.credit_limit.value()?),
+            _ => Overdraft::Unlimited,
+        };
+        let optional = |amount: Option<Amount>| amount.map(Amount::value).transpose();
+        Ok(Account {
+            id: AccountId(Uuid::from_bytes(self.id)),
+            number: self.number,
+            tenant_id: TenantId(Uuid::from_bytes(self.tenant_id)),
+            external_id: self.external_id,
+            unit,
+            overdraft,
+            status: value_of(&ACCOUNT_STATUSES, self.status, "account status")?,
+            low_balance_threshold: optional(self.low_balance_threshold)?,
+            low_balance_alerted: false,
+            depleted_alerted: false,
+            credit_blocked: self.credit_blocked,
+            spend: SpendControl {
+                monthly_cap: optional(self.monthly_cap)?,
+                low_balance_warning: optional(self.low_balance_warning)?,
+                transfer_max: optional(self.transfer_max)?,
+                transfer_daily_limit: optional(self.transfer_daily_limit)?,
+                ..SpendControl::default()
+            },
+            overdraft_used: Decimal::ZERO,
+            held: Decimal::ZERO,
+            last_sequence: 0,
+            version: 0,
+            metadata: metadata_of(self.metadata),
+            created_at: from_micros(self.created_at),
+            updated_at: from_micros(self.updated_at),
+        })
+    }
+}
+
+/// Moves the records of earlier versions (tenant, key, method name, hex
+/// request hash, encoded response) into `replay_records`, a page at a time,
+/// keeping the encoded responses as they are.
+pub async fn migrate_legacy_records(db: &impl ConnectionTrait) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let page: i64 = 500;
+    let mut after: Option<(Uuid, String)> = None;
+    loop {
+        let statement = match &after {
+            None => Statement::from_sql_and_values(
+                backend,
+                "SELECT tenant_id, key, method, request_hash, response FROM idempotency_keys \
+                 ORDER BY tenant_id, key LIMIT $1",
+                [page.into()],
+            ),
+            Some((tenant, key)) => Statement::from_sql_and_values(
+                backend,
+                "SELECT tenant_id, key, method, request_hash, response FROM idempotency_keys \
+                 WHERE tenant_id > $1 OR (tenant_id = $1 AND key > $2) ORDER BY tenant_id, key LIMIT $3",
+                [(*tenant).into(), key.clone().into(), page.into()],
+            ),
+        };
+        let rows = db.query_all_raw(statement).await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        for row in &rows {
+            let tenant: Uuid = row.try_get("", "tenant_id")?;
+            let key: String = row.try_get("", "key")?;
+            let method: String = row.try_get("", "method")?;
+            let hash: String = row.try_get("", "request_hash")?;
+            let response: Vec<u8> = row.try_get("", "response")?;
+            let hash = hex::decode(&hash).unwrap_or_default();
+            let mut answer = vec![FORMAT_LEGACY];
+            answer.extend(response);
+            db.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES ($1, $2, $3, $4)",
+                [
+                    digest(TenantId(tenant), &key).into(),
+                    method_code(&method).into(),
+                    hash.get(..DIGEST_BYTES).unwrap_or(&hash).to_vec().into(),
+                    answer.into(),
+                ],
+            ))
+            .await?;
+            after = Some((tenant, key));
+        }
+        if rows.len() < page as usize {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_debit_answer_takes_a_few_dozen_bytes() {
+        let view = BalanceView {
+            available: "999999.99".parse().unwrap(),
+            held: Decimal::ZERO,
+            total: "999999.99".parse().unwrap(),
+            credit_limit: Decimal::ZERO,
+            overdraft_used: Decimal::ZERO,
+            paid: "999999.99".parse().unwrap(),
+            promotional: Decimal::ZERO,
+            courtesy: Decimal::ZERO,
+            pending: Decimal::ZERO,
+            next_expiry_at: None,
+            spendable: Some("999999.99".parse().unwrap()),
+        };
+        let account = AccountId(Uuid::now_v7());
+        let entry = Entry {
+            id: EntryId::of(12_345, 678),
+            account_id: account,
+            operation_id: OperationId(Uuid::now_v7()),
+            sequence: 678,
+            kind: EntryKind::Debit,
+            amount: "-0.01".parse().unwrap(),
+            grant_id: None,
+            hold_id: None,
+            balance_after: "999999.99".parse().unwrap(),
+            idempotency_key: "k".into(),
+            correlation_id: String::new(),
+            meter_code: None,
+            description: String::new(),
+            metadata: Metadata::new(),
+            refunded_entry_id: None,
+            created_at: Utc::now(),
+        };
+        let answer = Answer {
+            at: Utc::now(),
+            wallets: vec![WalletAnswer { account_id: account, entries: vec![entry.clone()], balance: view.clone() }],
+            ..Answer::default()
+        };
+        let bytes = encode(&answer, |_| Some(12_345)).unwrap();
+        assert!(bytes.len() <= 48, "{} bytes", bytes.len());
+        let Recorded::Answer(stored) = decode(&bytes).unwrap() else { panic!("not an answer") };
+        let again = stored.into_answer(vec![(account, vec![entry])]).unwrap();
+        assert_eq!(again.wallets[0].balance, view);
+        assert_eq!(again.at.timestamp_micros(), answer.at.timestamp_micros());
+    }
+}
