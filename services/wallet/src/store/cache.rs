@@ -10,8 +10,8 @@ use reservoir_common::auth::TenantId;
 
 use crate::domain::{AccountId, Wallet};
 
-/// Wallets kept at most; past this the cache starts over.
-const CACHED_MAX: usize = 10_000;
+/// Wallets kept at most (a kilobyte or two each); past this the cache starts over.
+const CACHED_MAX: usize = 50_000;
 
 #[derive(Default)]
 pub struct WalletCache {
@@ -23,6 +23,20 @@ impl WalletCache {
     pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
         let wallets = self.wallets.lock().ok()?;
         wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).cloned()
+    }
+
+    /// The wallet as last kept, at whatever version: for the group committer,
+    /// which holds its writes to that version, so a stale one only costs a retry.
+    pub fn latest(&self, tenant: TenantId, account: AccountId) -> Option<Wallet> {
+        let wallets = self.wallets.lock().ok()?;
+        wallets.get(&(tenant, account)).cloned()
+    }
+
+    /// Forgets a wallet found stale.
+    pub fn forget(&self, tenant: TenantId, account: AccountId) {
+        if let Ok(mut wallets) = self.wallets.lock() {
+            wallets.remove(&(tenant, account));
+        }
     }
 
     /// Keeps a wallet as committed (or as read from one snapshot). A wallet

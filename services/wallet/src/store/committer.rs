@@ -18,10 +18,12 @@ use reservoir_common::db::{Database, WriteTransaction};
 use sea_orm::DatabaseConnection;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::batch::{self, Record, Refused, Touched};
 use super::cache::WalletCache;
 use super::replay::{self, Recorded};
-use super::{IdempotencyCheck, Reply, load_many, recorded_keys, replayed, write::write_changes};
-use crate::domain::{AccountId, Answer, Changes, Command, OperationContext, Wallet};
+use super::write::write_in_transaction;
+use super::{IdempotencyCheck, Reply, load_many, recorded_keys, replayed};
+use crate::domain::{AccountId, Answer, Command, OperationContext, Wallet};
 use crate::error::WalletError;
 
 /// Commands per transaction: large enough to spread a commit's fsync over
@@ -103,11 +105,8 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
             .unzip();
         // Optimistically without reading the keys first: a key already
         // recorded shows when the batch records its own, and then the batch
-        // is rolled back and run again, checking every key under the locks.
-        let mut outcome = commit(&shared, &operations, false).await;
-        if matches!(outcome, Ok(Attempt::KeysTaken)) {
-            outcome = commit(&shared, &operations, true).await;
-        }
+        // is run again, reading every key first.
+        let outcome = commit_with_retries(&shared, &operations).await;
         let results = match outcome {
             Ok(Attempt::Done(results, wrote_events)) => {
                 if wrote_events {
@@ -115,10 +114,11 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
                 }
                 finish_replays(&shared.pool, &operations, results).await
             }
-            Ok(Attempt::KeysTaken) => {
-                // A key of this batch was recorded concurrently elsewhere:
-                // the retries replay or are told of the reuse.
-                let error = WalletError::Conflict("an idempotency key was recorded concurrently".into());
+            Ok(Attempt::KeysTaken | Attempt::Stale) => {
+                // A key of this batch was recorded concurrently elsewhere, or
+                // its accounts kept changing: the retries replay, are told of
+                // the reuse, or go through.
+                let error = WalletError::Conflict("the batch conflicted with concurrent changes".into());
                 replies.iter().map(|_| Err(same_error(&error))).collect()
             }
             Err(error) => {
@@ -172,8 +172,33 @@ enum Decided {
 enum Attempt {
     /// Committed: each command's fate, and whether events were written.
     Done(Vec<Decided>, bool),
-    /// Rolled back: a key of the batch was already recorded.
+    /// Nothing written: a key of the batch was already recorded.
     KeysTaken,
+    /// Nothing written: an account changed since it was read.
+    Stale,
+}
+
+/// Tries of one batch before its callers are told to retry: an account
+/// written by another replica makes a try stale, and the next reads it afresh.
+const TRIES_MAX: usize = 4;
+
+/// Commits a batch, trying again while it comes back stale or with a key
+/// already recorded (then looking every key up first).
+async fn commit_with_retries(shared: &Shared, operations: &[Operation]) -> Result<Attempt, WalletError> {
+    let mut look_up_keys = false;
+    for _ in 0..TRIES_MAX {
+        let attempt = if shared.database.backend() == sea_orm::DbBackend::Postgres {
+            commit_postgres(shared, operations, look_up_keys).await?
+        } else {
+            commit_sqlite(shared, operations, look_up_keys).await?
+        };
+        match attempt {
+            Attempt::KeysTaken if !look_up_keys => look_up_keys = true,
+            Attempt::Stale => metrics::counter!("reservoir_wallet_stale_batches_total").increment(1),
+            other => return Ok(other),
+        }
+    }
+    Err(WalletError::Conflict("the batch's accounts kept changing under it".into()))
 }
 
 /// Answers replays from their records, now that the batch is committed.
@@ -193,37 +218,28 @@ async fn finish_replays(
     results
 }
 
-/// One try of a batch in one transaction. With `look_up_keys` every key is
-/// read under the locks first, so recorded ones replay; without, a recorded
-/// key makes the try roll back with [`Attempt::KeysTaken`].
-async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
-    let started = std::time::Instant::now();
-    let size = operations.len();
-    let WriteTransaction { transaction, turn: _turn } = shared.database.begin_write().await?;
-    let began = started.elapsed();
-    let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
+/// The commands' fates, decided in arrival order on `wallets`, and the
+/// records of those applied. `recorded` holds keys already looked up.
+struct Decisions {
+    decided: Vec<Decided>,
+    outcomes: Vec<&'static str>,
+    records: Vec<Record>,
+}
 
-    // Lock and load every account once, in id order.
-    let accounts: BTreeSet<(TenantId, AccountId)> =
-        operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
-    let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = load_many(&transaction, &accounts, now).await?;
-    let loaded = started.elapsed();
-
-    // Every key the batch uses that is already recorded, read under the locks.
-    let mut recorded: HashMap<Vec<u8>, (i16, Vec<u8>, Vec<u8>)> = if look_up_keys {
-        recorded_keys(&transaction, operations.iter().map(|operation| operation.check.digest.clone())).await?
-    } else {
-        HashMap::new()
-    };
-    let checked = started.elapsed();
-    let mut decided: Vec<Decided> = Vec::with_capacity(size);
-    let mut outcomes: Vec<&'static str> = Vec::with_capacity(size);
-    let mut new_records: Vec<(Vec<u8>, i16, Vec<u8>, Vec<u8>)> = Vec::new();
+async fn decide(
+    connection: &impl sea_orm::ConnectionTrait,
+    operations: &[Operation],
+    wallets: &mut BTreeMap<(TenantId, AccountId), Wallet>,
+    mut recorded: HashMap<Vec<u8>, (i16, Vec<u8>, Vec<u8>)>,
+    looked_up: bool,
+) -> Result<Decisions, WalletError> {
+    let mut decided: Vec<Decided> = Vec::with_capacity(operations.len());
+    let mut outcomes: Vec<&'static str> = Vec::with_capacity(operations.len());
+    let mut records: Vec<Record> = Vec::new();
     for operation in operations {
         let check = &operation.check;
         if let Some((method, hash, answer)) = recorded.get(&check.digest) {
-            let same = *method == check.method_code() && *hash == check.request_hash;
-            if same {
+            if *method == check.method_code() && *hash == check.request_hash {
                 decided.push(Decided::Replay(replay::decode(answer)?));
                 outcomes.push("replayed");
             } else {
@@ -243,7 +259,7 @@ async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -
                 let account = wallet.account.id;
                 let encoded = replay::encode(&answer, |id| (id == account).then_some(number))?;
                 recorded.insert(check.digest.clone(), (check.method_code(), check.request_hash.clone(), encoded.clone()));
-                new_records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
+                records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
                 decided.push(Decided::Applied(answer));
                 outcomes.push("applied");
             }
@@ -253,8 +269,7 @@ async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -
             }
         }
     }
-
-    if !look_up_keys {
+    if !looked_up {
         // A refused command records nothing, so a recorded key would not
         // show when the batch records its own: look up the keys of the refused.
         let refused: Vec<Vec<u8>> = operations
@@ -264,7 +279,7 @@ async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -
             .map(|(operation, _)| operation.check.digest.clone())
             .collect();
         if !refused.is_empty() {
-            let found = recorded_keys(&transaction, refused.into_iter()).await?;
+            let found = recorded_keys(connection, refused.into_iter()).await?;
             for ((operation, decided), outcome) in operations.iter().zip(decided.iter_mut()).zip(outcomes.iter_mut()) {
                 if !matches!(decided, Decided::Refused(_)) {
                     continue;
@@ -281,46 +296,126 @@ async fn commit(shared: &Shared, operations: &[Operation], look_up_keys: bool) -
             }
         }
     }
-    let applied = started.elapsed();
     // In digest order, so two batches recording the same keys (one key reused
     // on two accounts) take them in one order and cannot deadlock.
-    new_records.sort_by(|a, b| a.0.cmp(&b.0));
-    let expected = new_records.len() as u64;
-    let inserted = super::insert_records(&transaction, new_records).await?;
-    if inserted != expected {
-        // A key of this batch is already recorded (or was, concurrently):
-        // nothing of the batch may commit.
-        transaction.rollback().await?;
-        return Ok(Attempt::KeysTaken);
-    }
-    let recorded_at = started.elapsed();
-    let changes: Vec<Changes> = wallets.values_mut().map(Wallet::take_changes).collect();
-    let wrote_events = changes.iter().any(|changes| !changes.events.is_empty());
-    let batch: Vec<(&Wallet, Changes)> = wallets.values().zip(changes).collect();
-    write_changes(&transaction, &batch).await?;
-    let written = started.elapsed();
-    transaction.commit().await?;
-    for wallet in wallets.values() {
-        shared.cache.put(wallet);
-    }
-    for (operation, outcome) in operations.iter().zip(&outcomes) {
+    records.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Decisions { decided, outcomes, records })
+}
+
+fn record_metrics(operations: &[Operation], outcomes: &[&'static str], started: std::time::Instant) {
+    for (operation, outcome) in operations.iter().zip(outcomes) {
         metrics::counter!("reservoir_wallet_changes_total", "method" => operation.check.method, "outcome" => *outcome)
             .increment(1);
     }
     metrics::histogram!("reservoir_wallet_group_commit_seconds").record(started.elapsed().as_secs_f64());
-    metrics::histogram!("reservoir_wallet_group_commit_size").record(size as f64);
+    metrics::histogram!("reservoir_wallet_group_commit_size").record(operations.len() as f64);
+}
+
+/// One try of a batch on PostgreSQL, without a transaction of its own: the
+/// wallets come from the cache (or are read, without locking), the commands
+/// are decided on them, and everything is written by one statement that
+/// holds every account to the version it was read at. The statement is its
+/// own transaction: all of the batch is written, or nothing.
+async fn commit_postgres(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
+    let started = std::time::Instant::now();
+    let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
+    let accounts: BTreeSet<(TenantId, AccountId)> =
+        operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
+    let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = BTreeMap::new();
+    let mut missing: BTreeSet<(TenantId, AccountId)> = BTreeSet::new();
+    for (tenant, account) in &accounts {
+        match shared.cache.latest(*tenant, *account) {
+            Some(wallet) => {
+                wallets.insert((*tenant, *account), wallet);
+            }
+            None => {
+                missing.insert((*tenant, *account));
+            }
+        }
+    }
+    let cached = wallets.len();
+    if !missing.is_empty() {
+        wallets.extend(load_many(&shared.pool, &missing, now, false).await?);
+    }
+    let loaded = started.elapsed();
+    let recorded = if look_up_keys {
+        recorded_keys(&shared.pool, operations.iter().map(|operation| operation.check.digest.clone())).await?
+    } else {
+        HashMap::new()
+    };
+    let read_versions: Vec<u64> = wallets.values().map(|wallet| wallet.account.version).collect();
+    let Decisions { decided, outcomes, records } =
+        decide(&shared.pool, operations, &mut wallets, recorded, look_up_keys).await?;
+    let applied = started.elapsed();
+    let touched: Vec<Touched<'_>> = wallets
+        .values_mut()
+        .zip(read_versions)
+        .map(|(wallet, read_version)| (wallet.take_changes(), wallet, read_version))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(changes, wallet, read_version)| Touched { wallet: &*wallet, changes, read_version })
+        .collect();
+    let wrote_events = touched.iter().any(|touched| !touched.changes.events.is_empty());
+    match batch::write(&shared.pool, &touched, records, true).await {
+        Ok(()) => {}
+        Err(Refused::KeyRecorded) => return Ok(Attempt::KeysTaken),
+        Err(Refused::Stale) => {
+            for (tenant, account) in &accounts {
+                shared.cache.forget(*tenant, *account);
+            }
+            return Ok(Attempt::Stale);
+        }
+        Err(Refused::Failed(error)) => return Err(error),
+    }
+    for touched in &touched {
+        shared.cache.put(touched.wallet);
+    }
+    record_metrics(operations, &outcomes, started);
     tracing::debug!(
-        size,
+        size = operations.len(),
         accounts = accounts.len(),
-        begin_us = began.as_micros() as u64,
-        load_us = (loaded - began).as_micros() as u64,
-        keys_us = (checked - loaded).as_micros() as u64,
-        apply_us = (applied - checked).as_micros() as u64,
-        record_us = (recorded_at - applied).as_micros() as u64,
-        write_us = (written - recorded_at).as_micros() as u64,
-        commit_us = (started.elapsed() - written).as_micros() as u64,
+        cached,
+        load_us = loaded.as_micros() as u64,
+        apply_us = (applied - loaded).as_micros() as u64,
+        write_us = (started.elapsed() - applied).as_micros() as u64,
         look_up_keys,
         "group commit"
     );
+    Ok(Attempt::Done(decided, wrote_events))
+}
+
+/// One try of a batch on SQLite, in one write transaction under the single
+/// writer's turn: the wallets are read inside it, so they cannot be stale.
+async fn commit_sqlite(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
+    let started = std::time::Instant::now();
+    let WriteTransaction { transaction, turn: _turn } = shared.database.begin_write().await?;
+    let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
+    let accounts: BTreeSet<(TenantId, AccountId)> =
+        operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
+    let mut wallets = load_many(&transaction, &accounts, now, true).await?;
+    let recorded = if look_up_keys {
+        recorded_keys(&transaction, operations.iter().map(|operation| operation.check.digest.clone())).await?
+    } else {
+        HashMap::new()
+    };
+    let Decisions { decided, outcomes, records } =
+        decide(&transaction, operations, &mut wallets, recorded, look_up_keys).await?;
+    let touched: Vec<Touched<'_>> = wallets
+        .values_mut()
+        .map(|wallet| (wallet.account.version, wallet.take_changes(), wallet))
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|(read_version, changes, wallet)| Touched { wallet: &*wallet, changes, read_version })
+        .collect();
+    let wrote_events = touched.iter().any(|touched| !touched.changes.events.is_empty());
+    if !write_in_transaction(&transaction, &touched, records).await? {
+        transaction.rollback().await?;
+        return Ok(Attempt::KeysTaken);
+    }
+    transaction.commit().await?;
+    for touched in &touched {
+        shared.cache.put(touched.wallet);
+    }
+    record_metrics(operations, &outcomes, started);
     Ok(Attempt::Done(decided, wrote_events))
 }

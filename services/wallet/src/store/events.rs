@@ -151,13 +151,13 @@ pub struct Written<'a> {
     pub entries: &'a [Entry],
 }
 
-/// Writes the batch's events: one row per tenant and part. On PostgreSQL one
-/// statement for them all, numbered by the writing transaction's id.
-pub async fn write(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> Result<(), WalletError> {
+/// The stored rows of a batch's events: (tenant, part, payload), one row per
+/// tenant and part, each part holding up to EVENTS_PER_PART events.
+pub fn encode(batch: &[Written<'_>]) -> Result<Vec<(TenantId, i32, Vec<u8>)>, WalletError> {
     let mut by_tenant: BTreeMap<TenantId, Vec<StoredEvent>> = BTreeMap::new();
     let at = batch.iter().flat_map(|written| written.events.iter().map(|event| event.occurred_at)).min();
     let Some(at) = at else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let base = at.timestamp_micros();
     for written in batch {
@@ -190,9 +190,7 @@ pub async fn write(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> 
             });
         }
     }
-    let mut tenants = Vec::new();
-    let mut parts = Vec::new();
-    let mut payloads = Vec::new();
+    let mut rows_out = Vec::new();
     for (tenant, events) in by_tenant {
         if events.len() >= 1 << INDEX_BITS {
             return Err(WalletError::Internal("a transaction wrote more events than a commit can number".into()));
@@ -200,24 +198,20 @@ pub async fn write(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> 
         for (part, chunk) in events.chunks(EVENTS_PER_PART).enumerate() {
             let payload = postcard::to_allocvec(&StoredPart { at: base, events: chunk.to_vec() })
                 .map_err(|error| WalletError::Internal(format!("events do not encode: {error}")))?;
-            tenants.push(tenant.0);
-            parts.push(i32::try_from(part).unwrap_or(i32::MAX));
-            payloads.push(payload);
+            rows_out.push((tenant, i32::try_from(part).unwrap_or(i32::MAX), payload));
         }
     }
-    let backend = transaction.get_database_backend();
-    if backend == DbBackend::Postgres {
-        transaction
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO events (tenant_id, commit_id, part, payload) \
-                 SELECT v.tenant_id, pg_current_xact_id()::text::bigint, v.part, v.payload \
-                 FROM UNNEST($1::uuid[], $2::int[], $3::bytea[]) AS v(tenant_id, part, payload)",
-                [tenants.into(), parts.into(), payloads.into()],
-            ))
-            .await?;
+    Ok(rows_out)
+}
+
+/// Writes a batch's events on SQLite, numbered by the counter its one writer
+/// advances (PostgreSQL writes them with the rest of a batch).
+pub async fn write_sqlite(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> Result<(), WalletError> {
+    let rows_out = encode(batch)?;
+    if rows_out.is_empty() {
         return Ok(());
     }
+    let backend = transaction.get_database_backend();
     let row = transaction
         .query_one_raw(Statement::from_string(
             backend,
@@ -226,12 +220,12 @@ pub async fn write(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> 
         .await?
         .ok_or_else(|| WalletError::Internal("the event numbering row is missing".into()))?;
     let commit: i64 = row.try_get("", "last_commit")?;
-    for ((tenant, part), payload) in tenants.into_iter().zip(parts).zip(payloads) {
+    for (tenant, part, payload) in rows_out {
         transaction
             .execute_raw(Statement::from_sql_and_values(
                 backend,
                 "INSERT INTO events (tenant_id, commit_id, part, payload) VALUES ($1, $2, $3, $4)",
-                [tenant.into(), commit.into(), part.into(), payload.into()],
+                [tenant.0.into(), commit.into(), part.into(), payload.into()],
             ))
             .await?;
     }

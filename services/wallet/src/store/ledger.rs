@@ -7,10 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use reservoir_common::db::rows_per_insert;
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    Statement, Value,
-};
+use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
 use uuid::Uuid;
 
 use super::entities::entry;
@@ -37,89 +34,78 @@ where
     }
 }
 
-/// Inserts entries. Arrays cannot carry NULLs through the driver, so empty
-/// texts, the nil UUID and a zero sequence stand for NULL and are turned
-/// back into it by the statement.
-pub async fn insert(connection: &impl ConnectionTrait, rows: Vec<entry::ActiveModel>) -> Result<(), WalletError> {
-    if rows.is_empty() {
-        return Ok(());
+/// Inserts entries on SQLite (PostgreSQL writes them with the rest of a
+/// batch, see [`insert_body`]).
+pub async fn insert_sqlite(connection: &impl ConnectionTrait, rows: Vec<entry::ActiveModel>) -> Result<(), WalletError> {
+    // An entry row is a few hundred bytes on the wire.
+    for chunk in rows.chunks(rows_per_insert(400)) {
+        entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(connection).await?;
     }
-    let backend = connection.get_database_backend();
-    if backend != DbBackend::Postgres {
-        // An entry row is a few hundred bytes on the wire.
-        for chunk in rows.chunks(rows_per_insert(400)) {
-            entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(connection).await?;
-        }
-        return Ok(());
-    }
+    Ok(())
+}
+
+/// The PostgreSQL statement that inserts `rows`, its columns bound as arrays
+/// through `bind` (which returns each array's placeholder with its cast).
+/// Arrays cannot carry NULLs through the driver, so empty texts, the nil UUID
+/// and a zero sequence stand for NULL and are turned back into it.
+pub fn insert_body(
+    bind: &mut dyn FnMut(ArrayType, Vec<Value>, &str) -> String,
+    rows: &[entry::ActiveModel],
+) -> Result<String, WalletError> {
     let count = rows.len();
-    let mut numbers = Vec::with_capacity(count);
-    let mut sequences = Vec::with_capacity(count);
-    let mut created = Vec::with_capacity(count);
-    let mut grants = Vec::with_capacity(count);
-    let mut holds = Vec::with_capacity(count);
-    let mut positions = Vec::with_capacity(count);
-    let mut kinds = Vec::with_capacity(count);
-    let mut amounts = Vec::with_capacity(count);
-    let mut balances = Vec::with_capacity(count);
-    let mut keys = Vec::with_capacity(count);
-    let mut correlations = Vec::with_capacity(count);
-    let mut meters = Vec::with_capacity(count);
-    let mut descriptions = Vec::with_capacity(count);
-    let mut metadata = Vec::with_capacity(count);
-    let mut refunded = Vec::with_capacity(count);
+    let mut columns: Vec<Vec<Value>> = (0..15).map(|_| Vec::with_capacity(count)).collect();
     let text = |field: &ActiveValue<Option<String>>| Value::from(value(field).cloned().flatten().unwrap_or_default());
-    for row in &rows {
+    for row in rows {
         let missing = || WalletError::Internal("an entry row is incomplete".into());
-        numbers.push(Value::from(*value(&row.account_number).ok_or_else(missing)?));
-        sequences.push(Value::from(*value(&row.sequence).ok_or_else(missing)?));
-        created.push(Value::from(*value(&row.created_at).ok_or_else(missing)?));
-        grants.push(Value::from(value(&row.grant_id).copied().flatten().unwrap_or(Uuid::nil())));
-        holds.push(Value::from(value(&row.hold_id).copied().flatten().unwrap_or(Uuid::nil())));
-        positions.push(Value::from(*value(&row.position).ok_or_else(missing)?));
-        kinds.push(Value::from(*value(&row.kind).ok_or_else(missing)?));
-        amounts.push(Value::from(value(&row.amount).ok_or_else(missing)?.0));
-        balances.push(Value::from(value(&row.balance_after).ok_or_else(missing)?.0));
-        keys.push(Value::from(value(&row.idempotency_key).ok_or_else(missing)?.clone()));
-        correlations.push(text(&row.correlation_id));
-        meters.push(text(&row.meter_code));
-        descriptions.push(text(&row.description));
-        metadata.push(text(&row.metadata));
-        refunded.push(Value::from(value(&row.refunded_sequence).copied().flatten().unwrap_or(0)));
+        let values: [Value; 15] = [
+            Value::from(*value(&row.account_number).ok_or_else(missing)?),
+            Value::from(*value(&row.sequence).ok_or_else(missing)?),
+            Value::from(*value(&row.created_at).ok_or_else(missing)?),
+            Value::from(value(&row.grant_id).copied().flatten().unwrap_or(Uuid::nil())),
+            Value::from(value(&row.hold_id).copied().flatten().unwrap_or(Uuid::nil())),
+            Value::from(*value(&row.position).ok_or_else(missing)?),
+            Value::from(*value(&row.kind).ok_or_else(missing)?),
+            Value::from(value(&row.amount).ok_or_else(missing)?.0),
+            Value::from(value(&row.balance_after).ok_or_else(missing)?.0),
+            Value::from(value(&row.idempotency_key).ok_or_else(missing)?.clone()),
+            text(&row.correlation_id),
+            text(&row.meter_code),
+            text(&row.description),
+            text(&row.metadata),
+            Value::from(value(&row.refunded_sequence).copied().flatten().unwrap_or(0)),
+        ];
+        for (column, value) in columns.iter_mut().zip(values) {
+            column.push(value);
+        }
     }
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
+    let kinds = [
+        (ArrayType::BigInt, "bigint[]"),
+        (ArrayType::BigInt, "bigint[]"),
+        (ArrayType::ChronoDateTimeUtc, "timestamptz[]"),
+        (ArrayType::Uuid, "uuid[]"),
+        (ArrayType::Uuid, "uuid[]"),
+        (ArrayType::Int, "int[]"),
+        (ArrayType::SmallInt, "smallint[]"),
+        (ArrayType::Decimal, "numeric[]"),
+        (ArrayType::Decimal, "numeric[]"),
+        (ArrayType::String, "text[]"),
+        (ArrayType::String, "text[]"),
+        (ArrayType::String, "text[]"),
+        (ArrayType::String, "text[]"),
+        (ArrayType::String, "text[]"),
+        (ArrayType::BigInt, "bigint[]"),
+    ];
+    let parameters: Vec<String> =
+        kinds.into_iter().zip(columns).map(|((kind, cast), column)| bind(kind, column, cast)).collect();
+    Ok(format!(
         "INSERT INTO ledger (account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, \
          balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence) \
          SELECT v.n, v.s, v.c, NULLIF(v.g, '00000000-0000-0000-0000-000000000000'::uuid), \
          NULLIF(v.h, '00000000-0000-0000-0000-000000000000'::uuid), v.p, v.k, v.a, v.b, v.key, NULLIF(v.cor, ''), \
          NULLIF(v.m, ''), NULLIF(v.d, ''), NULLIF(v.md, ''), NULLIF(v.r, 0) \
-         FROM UNNEST($1::bigint[], $2::bigint[], $3::timestamptz[], $4::uuid[], $5::uuid[], $6::int[], \
-         $7::smallint[], $8::numeric[], $9::numeric[], $10::text[], $11::text[], $12::text[], $13::text[], \
-         $14::text[], $15::bigint[]) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r)",
-        [
-            array(ArrayType::BigInt, numbers),
-            array(ArrayType::BigInt, sequences),
-            array(ArrayType::ChronoDateTimeUtc, created),
-            array(ArrayType::Uuid, grants),
-            array(ArrayType::Uuid, holds),
-            array(ArrayType::Int, positions),
-            array(ArrayType::SmallInt, kinds),
-            array(ArrayType::Decimal, amounts),
-            array(ArrayType::Decimal, balances),
-            array(ArrayType::String, keys),
-            array(ArrayType::String, correlations),
-            array(ArrayType::String, meters),
-            array(ArrayType::String, descriptions),
-            array(ArrayType::String, metadata),
-            array(ArrayType::BigInt, refunded),
-        ],
-    );
-    let inserted = connection.execute_raw(statement).await?.rows_affected();
-    if inserted != count as u64 {
-        return Err(WalletError::Internal(format!("{inserted} of {count} entries were written")));
-    }
-    Ok(())
+         FROM UNNEST({}) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r)",
+        parameters.join(", ")
+    ))
 }
 
 /// Turns rows of one account into entries, looking up the ids of the entries

@@ -408,6 +408,7 @@ impl MigrationTrait for LeanLedger {
         .await?;
         db.execute_unprepared("DROP TABLE ledger_entries").await?;
         if postgres {
+            db.execute_unprepared(super::batch::CHECK_FUNCTION).await?;
             db.execute_unprepared(
                 "CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger \
                  FOR EACH ROW EXECUTE FUNCTION refuse_ledger_change(); \

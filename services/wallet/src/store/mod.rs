@@ -5,6 +5,7 @@
 //! entries, events and the replay record together. Nothing here knows the
 //! wire: changes come in as domain commands and go out as domain answers.
 
+mod batch;
 mod cache;
 mod committer;
 mod entities;
@@ -35,7 +36,7 @@ use self::entities::{account, api_key, entry, grant, hold, replay as replay_reco
 use self::ledger::array;
 use self::replay::Recorded;
 use crate::domain::{
-    Account, AccountId, Answer, Changes, Command, Entry, EntryId, Event, Grant, GrantId, Hold, HoldId,
+    Account, AccountId, Answer, Command, Entry, EntryId, Event, Grant, GrantId, Hold, HoldId,
     OperationContext, Wallet,
 };
 use crate::error::WalletError;
@@ -766,24 +767,28 @@ impl Store {
         answer: &Answer,
         mut wallets: [&mut Wallet; N],
     ) -> Result<(), WalletError> {
+        let mut records = Vec::new();
         if let Some(check) = check {
             let numbers: Vec<(AccountId, u64)> =
                 wallets.iter().map(|wallet| (wallet.account.id, wallet.account.number)).collect();
             let encoded = replay::encode(answer, |id| {
                 numbers.iter().find(|(account, _)| *account == id).map(|(_, number)| *number)
             })?;
-            let record = (check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded);
-            if insert_records(&transaction, vec![record]).await? != 1 {
-                // Another call with the same key committed first (on another
-                // account, so the row lock did not order them): this one must
-                // not commit; its retry will replay or be told the key was reused.
-                return Err(WalletError::Conflict("the idempotency key was recorded concurrently".into()));
-            }
+            records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
         }
-        let changes: Vec<Changes> = wallets.iter_mut().map(|wallet| wallet.take_changes()).collect();
-        let has_events = changes.iter().any(|changes| !changes.events.is_empty());
-        let batch: Vec<(&Wallet, Changes)> = wallets.iter().map(|wallet| &**wallet).zip(changes).collect();
-        write::write_changes(&transaction, &batch).await?;
+        let touched: Vec<batch::Touched<'_>> = wallets
+            .iter_mut()
+            .map(|wallet| (wallet.account.version, wallet.take_changes(), &**wallet))
+            .map(|(read_version, changes, wallet)| batch::Touched { wallet, changes, read_version })
+            .collect();
+        let has_events = touched.iter().any(|touched| !touched.changes.events.is_empty());
+        if !write::write_in_transaction(&transaction, &touched, records).await? {
+            // Another call with the same key committed first (on another
+            // account, so the row lock did not order them): this one must
+            // not commit; its retry will replay or be told the key was reused.
+            transaction.rollback().await?;
+            return Err(WalletError::Conflict("the idempotency key was recorded concurrently".into()));
+        }
         transaction.commit().await?;
         for wallet in &wallets {
             self.cache.put(wallet);
@@ -881,55 +886,6 @@ pub(crate) async fn recorded_keys(
     Ok(recorded)
 }
 
-/// Records answers under their digests, skipping digests already recorded;
-/// returns how many were recorded. On PostgreSQL one statement for them all.
-pub(crate) async fn insert_records(
-    transaction: &DatabaseTransaction,
-    records: Vec<(Vec<u8>, i16, Vec<u8>, Vec<u8>)>,
-) -> Result<u64, WalletError> {
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let backend = transaction.get_database_backend();
-    if backend == DbBackend::Postgres {
-        let mut digests = Vec::with_capacity(records.len());
-        let mut methods = Vec::with_capacity(records.len());
-        let mut hashes = Vec::with_capacity(records.len());
-        let mut answers = Vec::with_capacity(records.len());
-        for (digest, method, hash, answer) in records {
-            digests.push(Value::from(digest));
-            methods.push(Value::from(method));
-            hashes.push(Value::from(hash));
-            answers.push(Value::from(answer));
-        }
-        let result = transaction
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO replay_records (digest, method, request_hash, answer)                  SELECT * FROM UNNEST($1::bytea[], $2::smallint[], $3::bytea[], $4::bytea[])                  ON CONFLICT (digest) DO NOTHING",
-                [
-                    array(ArrayType::Bytes, digests),
-                    array(ArrayType::SmallInt, methods),
-                    array(ArrayType::Bytes, hashes),
-                    array(ArrayType::Bytes, answers),
-                ],
-            ))
-            .await?;
-        return Ok(result.rows_affected());
-    }
-    let mut inserted = 0;
-    for (digest, method, hash, answer) in records {
-        inserted += transaction
-            .execute_raw(Statement::from_sql_and_values(
-                backend,
-                "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES ($1, $2, $3, $4)                  ON CONFLICT (digest) DO NOTHING",
-                [digest.into(), method.into(), hash.into(), answer.into()],
-            ))
-            .await?
-            .rows_affected();
-    }
-    Ok(inserted)
-}
-
 /// Answers again from a record: the entries are read back from the ledger,
 /// where the record says they are. A record naming another tenant's account
 /// (two keys whose digests met) is refused rather than shown.
@@ -961,14 +917,15 @@ pub(crate) async fn replayed(
     stored.into_answer(wallets).map(Reply::Answer)
 }
 
-/// Loads many wallets at once, for the group committer, locking their
-/// accounts in id order: three statements for the whole batch, each with its
-/// ids bound as one array on PostgreSQL. Accounts of another tenant are left
-/// out, as if they did not exist.
+/// Loads many wallets at once, for the group committer (locking their
+/// accounts in id order when `lock`): three statements for the whole batch,
+/// each with its ids bound as one array on PostgreSQL. Accounts of another
+/// tenant are left out, as if they did not exist.
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
     wanted: &BTreeSet<(TenantId, AccountId)>,
     now: DateTime<Utc>,
+    lock: bool,
 ) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
     let ids: Vec<Uuid> = wanted.iter().map(|(_, account)| account.0).collect();
     let mut accounts = Vec::new();
@@ -980,7 +937,11 @@ pub(crate) async fn load_many(
         let rows = account::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 backend,
-                "SELECT * FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                if lock {
+                    "SELECT * FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+                } else {
+                    "SELECT * FROM accounts WHERE id = ANY($1)"
+                },
                 [ids_value()],
             ))
             .all(connection)
