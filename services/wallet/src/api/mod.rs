@@ -127,6 +127,42 @@ impl WalletApi {
         respond::respond(reply, |answer| respond::debit(answer, &unit))
     }
 
+    /// One line of DrawUsage: checked, then drawn through the group committer.
+    async fn draw_line(&self, tenant: TenantId, line: pb::UsageLine) -> Result<pb::UsageDraw, WalletError> {
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &line.account_id, AccountId);
+        violations.idempotency_key("idempotency_key", &line.idempotency_key);
+        violations.meter_code("meter_code", &line.meter_code);
+        if line.meter_code.is_empty() {
+            violations.add("meter_code", "is required");
+        }
+        violations.text("reference", &line.reference, ID_LENGTH_MAX);
+        if line.amounts.is_empty() || line.amounts.len() > USAGE_LINE_AMOUNTS_MAX {
+            violations.add("amounts", format!("must hold 1 to {USAGE_LINE_AMOUNTS_MAX} amounts"));
+        }
+        violations.finish()?;
+        let Some(account_id) = account_id else {
+            return Err(WalletError::Internal("validated id missing".into()));
+        };
+        let check = idempotency_check(tenant, "DrawUsage", &line.idempotency_key, &line);
+        let unit = self.unit_of(tenant, account_id).await?;
+        let mut violations = Violations::default();
+        let amounts: Vec<Decimal> = line
+            .amounts
+            .iter()
+            .enumerate()
+            .filter_map(|(index, text)| violations.positive_amount(&format!("amounts[{index}]"), &unit, text))
+            .collect();
+        violations.finish()?;
+        let now = now();
+        let mut ctx = OperationContext::new(now, line.idempotency_key.clone());
+        ctx.correlation_id = line.reference.clone();
+        ctx.description = format!("usage of {}", line.meter_code);
+        let command = Command::DrawUsage { meter_code: line.meter_code.clone(), amounts };
+        let reply = self.store.submit(tenant, account_id, check, ctx, command).await?;
+        respond::respond(reply, |answer| respond::usage(answer, &unit))
+    }
+
     /// Runs a change of one wallet under its key and builds the response
     /// from its answer (or from the recorded one on a replay).
     #[allow(clippy::too_many_arguments)]
@@ -167,6 +203,23 @@ impl WalletApi {
         })
         .map(Some)
     }
+}
+
+/// One debit's (or usage line's) failure among others that may succeed.
+fn debit_error(error: WalletError) -> pb::DebitError {
+    let fields = match &error {
+        WalletError::InvalidArgument(violations) => violations.iter().map(|v| v.field.clone()).collect(),
+        _ => Vec::new(),
+    };
+    if matches!(error, WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_))) {
+        // Logged once, whole; the caller gets no internals.
+        let _ = Status::from(WalletError::Internal(error.to_string()));
+    }
+    let message = match &error {
+        WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_)) => "internal error".to_owned(),
+        other => other.to_string(),
+    };
+    pb::DebitError { code: error.code() as i32, reason: error.reason().to_owned(), message, fields }
 }
 
 /// The answer of a change to a hold: the hold as it stands, the entries and the balance.
@@ -544,34 +597,43 @@ impl WalletService for WalletApi {
         for answer in answers {
             let outcome = match answer {
                 Ok(response) => pb::batch_debit_result::Outcome::Ok(response),
-                Err(error) => {
-                    let fields = match &error {
-                        WalletError::InvalidArgument(violations) => {
-                            violations.iter().map(|v| v.field.clone()).collect()
-                        }
-                        _ => Vec::new(),
-                    };
-                    if matches!(error, WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_))) {
-                        // Logged once, whole; the caller gets no internals.
-                        let _ = Status::from(WalletError::Internal(error.to_string()));
-                    }
-                    let message = match &error {
-                        WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_)) => {
-                            "internal error".to_owned()
-                        }
-                        other => other.to_string(),
-                    };
-                    pb::batch_debit_result::Outcome::Error(pb::DebitError {
-                        code: error.code() as i32,
-                        reason: error.reason().to_owned(),
-                        message,
-                        fields,
-                    })
-                }
+                Err(error) => pb::batch_debit_result::Outcome::Error(debit_error(error)),
             };
             results.push(pb::BatchDebitResult { outcome: Some(outcome) });
         }
         Ok(Response::new(pb::BatchDebitResponse { results }))
+    }
+
+    async fn draw_usage(
+        &self,
+        request: Request<pb::DrawUsageRequest>,
+    ) -> Result<Response<pb::DrawUsageResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        if request.lines.is_empty() || request.lines.len() > USAGE_LINES_MAX {
+            return Err(WalletError::field("lines", format!("must hold 1 to {USAGE_LINES_MAX} lines")).into());
+        }
+        let amounts: usize = request.lines.iter().map(|line| line.amounts.len()).sum();
+        if amounts > USAGE_AMOUNTS_MAX {
+            return Err(WalletError::field("lines", format!("must hold at most {USAGE_AMOUNTS_MAX} amounts in all")).into());
+        }
+        // Every account's unit first, in one query, so that below each line
+        // reaches its committer without waiting on anything.
+        let accounts: std::collections::BTreeSet<uuid::Uuid> =
+            request.lines.iter().filter_map(|line| uuid::Uuid::parse_str(&line.account_id).ok()).collect();
+        self.learn_units(tenant, accounts.into_iter().map(AccountId).collect()).await?;
+        let answers =
+            futures::future::join_all(request.lines.into_iter().map(|line| self.draw_line(tenant, line))).await;
+        let results = answers
+            .into_iter()
+            .map(|answer| pb::UsageLineResult {
+                outcome: Some(match answer {
+                    Ok(drawn) => pb::usage_line_result::Outcome::Drawn(drawn),
+                    Err(error) => pb::usage_line_result::Outcome::Error(debit_error(error)),
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::DrawUsageResponse { results }))
     }
 
     async fn quote_debit(

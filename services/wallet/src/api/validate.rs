@@ -24,6 +24,12 @@ pub const METADATA_KEY_LENGTH_MAX: usize = 64;
 pub const METADATA_VALUE_LENGTH_MAX: usize = 512;
 /// Debits per BatchDebit: one ingest batch of the metering service.
 pub const BATCH_DEBITS_MAX: usize = 1_000;
+/// Lines per DrawUsage: an ingest batch's accounts and meters.
+pub const USAGE_LINES_MAX: usize = 1_000;
+/// Amounts per usage line, and per DrawUsage: what a few ingest batches hold,
+/// so one request stays a few hundred kilobytes.
+pub const USAGE_LINE_AMOUNTS_MAX: usize = 1_000;
+pub const USAGE_AMOUNTS_MAX: usize = 10_000;
 /// Ledger page size: a page stays under a megabyte on the wire.
 pub const PAGE_SIZE_MAX: u32 = 1_000;
 pub const PAGE_SIZE_DEFAULT: u32 = 100;

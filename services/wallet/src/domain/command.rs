@@ -15,6 +15,8 @@ pub enum Command {
     Debit { amount: Decimal, meter_code: Option<String> },
     Grant(NewGrant),
     Reserve { amount: Decimal, ttl: Duration, meter_code: Option<String> },
+    /// The priced amounts of one meter's usage, in order (see [`Wallet::draw_usage`]).
+    DrawUsage { meter_code: String, amounts: Vec<Decimal> },
 }
 
 impl Command {
@@ -36,6 +38,9 @@ impl Command {
                 let hold = wallet.hold_by_id(id).ok_or(DomainError::Inconsistent("the new hold is missing"))?;
                 answer.hold = Some(hold.clone());
             }
+            Self::DrawUsage { meter_code, amounts } => {
+                answer.usage = Some(wallet.draw_usage(ctx, meter_code, amounts)?);
+            }
         }
         answer.wallets.push(WalletAnswer::of(wallet, ctx));
         Ok(answer)
@@ -53,6 +58,8 @@ pub struct Answer {
     pub grants: Vec<Grant>,
     pub hold: Option<Hold>,
     pub account: Option<Account>,
+    /// For a usage draw: what became of each amount.
+    pub usage: Option<UsageDrawn>,
 }
 
 impl Answer {

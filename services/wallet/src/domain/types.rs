@@ -537,3 +537,11 @@ pub struct AccountUpdate {
     pub transfer_max: Option<Option<Decimal>>,
     pub transfer_daily_limit: Option<Option<Decimal>>,
 }
+
+/// What a usage draw did: per amount, in order, `None` when charged or the
+/// reason it was not; and the total charged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageDrawn {
+    pub outcomes: Vec<Option<DomainError>>,
+    pub charged: Decimal,
+}

@@ -259,6 +259,88 @@ impl Wallet {
         Ok(())
     }
 
+    /// Draws usage of one meter in aggregate: each amount, in order, is
+    /// charged if it fits (funds, overdraft, spending cap) as a debit of it
+    /// alone would, and is left uncovered with the reason otherwise; then
+    /// what was charged is drawn at once, one entry per grant touched (and
+    /// one for the overdraft part), and one DEBITED event. Taking amounts
+    /// from grants in drawdown order one after another takes from each grant
+    /// exactly what one draw of their sum takes, so the entries add up to
+    /// the per-amount answers. A wallet that takes no debits refuses the
+    /// whole line.
+    pub fn draw_usage(
+        &mut self,
+        ctx: &OperationContext,
+        meter_code: &str,
+        amounts: &[Decimal],
+    ) -> DomainResult<UsageDrawn> {
+        self.expire(&ctx.for_expiry());
+        self.refuse_unless_active()?;
+        let meter = Some(meter_code);
+        let mut outcomes = Vec::with_capacity(amounts.len());
+        // What each grant (None: the overdraft) gave, in the order first drawn.
+        let mut taken: Vec<(Option<GrantId>, Decimal)> = Vec::new();
+        let mut charged = Decimal::ZERO;
+        for amount in amounts {
+            if amount.is_zero() {
+                outcomes.push(None);
+                continue;
+            }
+            match self.check_cap(*amount).and_then(|()| self.check_fit(ctx, *amount, meter, false, Decimal::ZERO)) {
+                Ok(()) => {
+                    self.take(ctx, *amount, meter, &mut taken);
+                    self.account.spend.month_spend += *amount;
+                    charged += *amount;
+                    outcomes.push(None);
+                }
+                Err(error) => outcomes.push(Some(error)),
+            }
+        }
+        if !charged.is_zero() {
+            // Entries carry the running balance as of their own amounts, and
+            // how many amounts the draw charged.
+            let events = outcomes.iter().zip(amounts).filter(|(outcome, amount)| outcome.is_none() && !amount.is_zero());
+            let mut entry_ctx = ctx.clone();
+            entry_ctx.metadata.insert("events".to_owned(), events.count().to_string());
+            let mut balance = self.ledger_balance() + charged;
+            for (grant_id, amount) in &taken {
+                balance -= *amount;
+                self.push_entry_at(&entry_ctx, EntryKind::Debit, -*amount, *grant_id, meter, balance);
+            }
+            self.push_event(ctx, EventType::Debited, Some(charged), None, None, Some(meter_code.to_owned()));
+        }
+        self.update_alerts(ctx);
+        Ok(UsageDrawn { outcomes, charged })
+    }
+
+    /// Takes `amount` from the grants in drawdown order and the rest from the
+    /// overdraft, adding what each gave to `taken` instead of writing entries.
+    fn take(
+        &mut self,
+        ctx: &OperationContext,
+        amount: Decimal,
+        meter_code: Option<&str>,
+        taken: &mut Vec<(Option<GrantId>, Decimal)>,
+    ) {
+        let mut left = amount;
+        for index in self.drawdown_order(ctx, meter_code, false) {
+            if left.is_zero() {
+                break;
+            }
+            let grant = &mut self.grants[index];
+            let take = left.min(grant.remaining);
+            grant.remaining -= take;
+            left -= take;
+            let id = grant.id;
+            self.changes.touched_grants.insert(id);
+            add_taken(taken, Some(id), take);
+        }
+        if left > Decimal::ZERO {
+            self.account.overdraft_used += left;
+            add_taken(taken, None, left);
+        }
+    }
+
     /// Sets `amount` aside until `ttl` has passed.
     pub fn reserve(
         &mut self,
@@ -1017,6 +1099,23 @@ impl Wallet {
         self.changes.entries.push(entry);
     }
 
+    /// An entry whose balance after is given: entries written after the
+    /// state already moved on (a usage draw's) carry their own running sum.
+    fn push_entry_at(
+        &mut self,
+        ctx: &OperationContext,
+        kind: EntryKind,
+        amount: Decimal,
+        grant_id: Option<GrantId>,
+        meter_code: Option<&str>,
+        balance_after: Decimal,
+    ) {
+        self.push_entry(ctx, kind, amount, grant_id, None, meter_code, None, None);
+        if let Some(entry) = self.changes.entries.last_mut() {
+            entry.balance_after = balance_after;
+        }
+    }
+
     fn push_event(
         &mut self,
         ctx: &OperationContext,
@@ -1042,6 +1141,14 @@ impl Wallet {
             cap_percent: None,
             counterparty: None,
         });
+    }
+}
+
+/// Adds what a grant (or the overdraft) gave to a draw's totals.
+fn add_taken(taken: &mut Vec<(Option<GrantId>, Decimal)>, grant: Option<GrantId>, amount: Decimal) {
+    match taken.iter_mut().find(|(id, _)| *id == grant) {
+        Some((_, total)) => *total += amount,
+        None => taken.push((grant, amount)),
     }
 }
 

@@ -101,6 +101,7 @@ pub fn encode(answer: &Answer, number_of: impl Fn(AccountId) -> Option<u64>) -> 
         grants: answer.grants.iter().map(StoredGrant::from).collect(),
         hold: answer.hold.as_ref().map(StoredHold::from),
         account: answer.account.as_ref().map(StoredAccount::from),
+        usage: answer.usage.as_ref().map(StoredUsage::from),
     };
     let mut bytes = vec![FORMAT_ANSWER];
     bytes.extend(
@@ -118,6 +119,53 @@ pub struct StoredAnswer {
     grants: Vec<StoredGrant>,
     hold: Option<StoredHold>,
     account: Option<StoredAccount>,
+    usage: Option<StoredUsage>,
+}
+
+/// A usage draw's answers: how many amounts, and those not charged with why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredUsage {
+    count: u32,
+    refused: Vec<(u32, u8)>,
+    charged: Amount,
+}
+
+/// The reasons an amount of a usage draw can be left uncovered for.
+const USAGE_REFUSALS: [DomainError; 4] = [
+    DomainError::InsufficientFunds,
+    DomainError::CreditBlocked,
+    DomainError::SpendingCapReached,
+    DomainError::BalanceOutOfRange,
+];
+
+impl From<&UsageDrawn> for StoredUsage {
+    fn from(drawn: &UsageDrawn) -> Self {
+        Self {
+            count: u32::try_from(drawn.outcomes.len()).unwrap_or(u32::MAX),
+            refused: drawn
+                .outcomes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, outcome)| {
+                    outcome.as_ref().map(|error| {
+                        (u32::try_from(index).unwrap_or(u32::MAX), code_of(&USAGE_REFUSALS, error))
+                    })
+                })
+                .collect(),
+            charged: drawn.charged.into(),
+        }
+    }
+}
+
+impl StoredUsage {
+    fn into_drawn(self) -> Result<UsageDrawn, WalletError> {
+        let mut outcomes = vec![None; usize::try_from(self.count).unwrap_or(0)];
+        for (index, code) in self.refused {
+            let slot = outcomes.get_mut(usize::try_from(index).unwrap_or(usize::MAX)).ok_or_else(|| corrupt("usage"))?;
+            *slot = Some(USAGE_REFUSALS.get(usize::from(code)).cloned().ok_or_else(|| corrupt("usage refusal"))?);
+        }
+        Ok(UsageDrawn { outcomes, charged: self.charged.value()? })
+    }
 }
 
 /// One wallet's part: where its entries are, and its balance.
@@ -152,6 +200,7 @@ impl StoredAnswer {
             grants: self.grants.into_iter().map(StoredGrant::into_grant).collect::<Result<_, _>>()?,
             hold: self.hold.map(StoredHold::into_hold).transpose()?,
             account: self.account.map(StoredAccount::into_account).transpose()?,
+            usage: self.usage.map(StoredUsage::into_drawn).transpose()?,
         })
     }
 }

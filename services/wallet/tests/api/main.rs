@@ -17,3 +17,4 @@ mod reports;
 mod server;
 mod spend;
 mod transfers;
+mod usage;
