@@ -543,7 +543,7 @@ async fn main() -> anyhow::Result<()> {
                     .collect();
                 earlier.extend(events.iter().take(100).map(|event| event.event_id.clone()));
                 drop(earlier);
-                client.ingest_events(metering_pb::IngestEventsRequest { events }).await.is_ok()
+                client.ingest_events(metering_pb::IngestEventsRequest { events, asynchronous: false }).await.is_ok()
             }
         })
         .await;

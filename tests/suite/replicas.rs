@@ -89,31 +89,48 @@ async fn two_replicas_of_each_service_expire_and_charge_everything_once_on_postg
         ..Default::default()
     };
     // One event while the wallets are up, so metering knows the account.
-    let first_event = metering.ingest_events(pb::IngestEventsRequest { events: vec![usage("10")] }).await.unwrap();
+    let first_event = metering
+        .ingest_events(pb::IngestEventsRequest { events: vec![usage("10")], asynchronous: false })
+        .await
+        .unwrap();
     assert_eq!(first_event.into_inner().results[0].status, i32::from(pb::EventStatus::Charged));
     for wallet in &mut wallets {
         wallet.terminate().await;
     }
     let events: Vec<pb::UsageEvent> = (0..60).map(|_| usage("10")).collect();
-    let results = metering.ingest_events(pb::IngestEventsRequest { events }).await.unwrap().into_inner().results;
+    let results = metering
+        .ingest_events(pb::IngestEventsRequest { events, asynchronous: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
     assert!(
         results.iter().all(|result| result.status == i32::from(pb::EventStatus::Pending)),
         "accepted and waiting while the wallet is away"
     );
     wallets[0].start(&first).await;
     wallets[1].start(&second).await;
-    let mut debits = 0;
+    // Usage is drawn a line at a time; each line's entry names how many
+    // events it charged.
+    let charged_events = |entries: &[wallet_pb::LedgerEntry]| -> usize {
+        entries_of(entries, wallet_pb::EntryKind::Debit)
+            .iter()
+            .map(|entry| entry.metadata.get("events").and_then(|count| count.parse::<usize>().ok()).unwrap_or(0))
+            .sum()
+    };
+    let mut debited = 0;
     for _ in 0..200 {
-        debits = entries_of(&ledger(&clients[0], &payer).await, wallet_pb::EntryKind::Debit).len();
-        if debits == 61 {
+        debited = charged_events(&ledger(&clients[0], &payer).await);
+        if debited == 61 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let entries = ledger(&clients[1], &payer).await;
-    assert_eq!(debits, 61);
-    assert_eq!(entries_of(&entries, wallet_pb::EntryKind::Debit).len(), 61, "each event debited once");
+    assert_eq!(debited, 61);
+    assert_eq!(charged_events(&entries), 61, "each event debited once");
+    assert_eq!(entries_of(&entries, wallet_pb::EntryKind::Debit).len(), 2, "one entry for each batch's line");
     assert_eq!(available(&clients[1], &payer).await, d("100") - Decimal::new(61, 1));
     assert_books_balance(&clients[1], &payer).await;
 

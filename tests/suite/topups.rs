@@ -561,7 +561,10 @@ async fn automatic_top_ups(backend: Backend) {
         };
         async move {
             metering
-                .ingest_events(reservoir_proto::metering::IngestEventsRequest { events: vec![event] })
+                .ingest_events(reservoir_proto::metering::IngestEventsRequest {
+                    events: vec![event],
+                    asynchronous: false,
+                })
                 .await
                 .unwrap();
         }

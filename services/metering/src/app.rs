@@ -16,9 +16,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{MeteringApi, now};
-use crate::charge::charge_events;
+use crate::charge::draw_lines;
 use crate::error::MeteringError;
-use crate::store::{Store, StoredEvent};
+use crate::store::{Line, Store};
 use crate::wallet::WalletGateway;
 
 pub const SERVICE_NAME: &str = "reservoir.metering.v1.MeteringService";
@@ -177,16 +177,16 @@ async fn work(
 
 async fn work_once(api: &MeteringApi, store: &Store, wallet: &WalletGateway) -> Result<(), MeteringError> {
     let now = now();
-    // Each event is claimed before it is sent, so no two senders (another
-    // replica's worker, an ingest re-sending it) ever race on its debit.
-    let pending = store.claim_pending_events(now, WORKER_BATCH).await?;
-    let mut by_tenant: BTreeMap<_, Vec<StoredEvent>> = BTreeMap::new();
-    for (tenant, event) in pending {
-        by_tenant.entry(tenant).or_default().push(event);
+    // Each line is claimed before it is drawn, so no two senders (another
+    // replica's worker, an ingest or the drawdown still at it) ever race on it.
+    let lines = store.claim_lines(now, WORKER_BATCH).await?;
+    let mut by_tenant: BTreeMap<_, Vec<Line>> = BTreeMap::new();
+    for line in lines {
+        by_tenant.entry(line.tenant).or_default().push(line);
     }
-    for (tenant, events) in by_tenant {
-        if let Err(error) = charge_events(store, wallet, tenant, events, now).await {
-            tracing::warn!(%error, %tenant, "pending usage not charged; its claim runs out and it is retried");
+    for (tenant, lines) in by_tenant {
+        if let Err(error) = draw_lines(store, wallet, tenant, lines, now).await {
+            tracing::warn!(%error, %tenant, "pending usage not drawn; its claim runs out and it is retried");
         }
     }
     api.resume_settlements(now - SETTLEMENT_GRACE).await;

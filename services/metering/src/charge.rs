@@ -1,67 +1,123 @@
-//! Drawing stored usage from wallets: one BatchDebit per tenant and batch,
-//! each debit keyed by its event, and the answers recorded. Ingestion calls
-//! it right after storing a batch; the worker calls it for whatever is still
-//! pending after a crash or an outage.
+//! Drawing stored usage from wallets a line at a time: a line is one
+//! account's usage of one meter from one batch, sent to the wallet's
+//! DrawUsage under the line's key with its amounts in order, so the wallet
+//! answers each event and writes one entry per grant touched. Sending a line
+//! again (after a crash or an outage) sends the same amounts under the same
+//! key, which the wallet replays. Ingestion draws the lines it stored at
+//! once; the worker draws whatever is still listed.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
 
 use crate::domain::EventStatus;
 use crate::error::MeteringError;
-use crate::store::{Settlement, Store, StoredEvent};
-use crate::wallet::{WalletGateway, debit_for, settlement_of};
+use crate::store::{LEGACY_LINE_PREFIX, Line, Settlement, Store, StoredEvent};
+use crate::wallet::{WalletGateway, debit_for, is_final_refusal, settlement_of};
 
-/// Debits per BatchDebit: the wallet's limit.
-const DEBITS_PER_CALL_MAX: usize = 1_000;
+/// Lines per DrawUsage, and amounts per DrawUsage: the wallet's limits.
+const LINES_PER_CALL_MAX: usize = 1_000;
+const AMOUNTS_PER_CALL_MAX: usize = 10_000;
 
-/// Charges pending events of one tenant and returns every event as it now
-/// stands (still PENDING where the wallet could not be reached).
-pub async fn charge_events(
+/// Draws lines of one tenant and returns every event of them as it now
+/// stands (still PENDING where the wallet could not be reached; those lines
+/// are let go for the worker).
+pub async fn draw_lines(
     store: &Store,
     wallet: &WalletGateway,
     tenant: TenantId,
-    events: Vec<StoredEvent>,
+    lines: Vec<Line>,
     now: DateTime<Utc>,
 ) -> Result<HashMap<String, StoredEvent>, MeteringError> {
     let mut settlements: Vec<(String, Settlement)> = Vec::new();
-    let (free, priced): (Vec<StoredEvent>, Vec<StoredEvent>) = events
-        .iter()
-        .filter(|event| event.status == EventStatus::Pending)
-        .cloned()
-        .partition(|event| event.amount.is_zero());
-    for event in &free {
-        let settlement = Settlement {
-            status: EventStatus::Charged,
-            charged_amount: Decimal::ZERO,
-            uncovered_amount: Decimal::ZERO,
-            entry_ids: Vec::new(),
-            reason: String::new(),
-        };
-        settlements.push((event.event_id.clone(), settlement));
+    let mut settled_lines: Vec<String> = Vec::new();
+    let mut released: Vec<String> = Vec::new();
+    let (legacy, lines): (Vec<Line>, Vec<Line>) =
+        lines.into_iter().partition(|line| line.key.starts_with(LEGACY_LINE_PREFIX));
+    // Each request holds whole lines, up to the wallet's limits.
+    let mut requests: Vec<Vec<&Line>> = Vec::new();
+    let mut amounts_in_request = 0;
+    for line in &lines {
+        let priced = line.events.iter().filter(|event| !event.amount.is_zero()).count();
+        if priced == 0 {
+            // Nothing to draw: every event of the line costs nothing.
+            for event in &line.events {
+                settlements.push((event.event_id.clone(), charged(event, &[])));
+            }
+            settled_lines.push(line.key.clone());
+            continue;
+        }
+        let full = requests.last().is_none_or(|request| {
+            request.len() >= LINES_PER_CALL_MAX || amounts_in_request + priced > AMOUNTS_PER_CALL_MAX
+        });
+        if full {
+            requests.push(Vec::new());
+            amounts_in_request = 0;
+        }
+        amounts_in_request += priced;
+        if let Some(request) = requests.last_mut() {
+            request.push(line);
+        }
     }
-    for chunk in priced.chunks(DEBITS_PER_CALL_MAX) {
-        match wallet.batch_debit(tenant, chunk.iter().map(debit_for).collect()).await {
+    for request in requests {
+        let usage_lines = request.iter().map(|line| usage_line(line)).collect();
+        match wallet.draw_usage(tenant, usage_lines).await {
             Ok(results) => {
-                for (event, result) in chunk.iter().zip(results.iter()) {
-                    if let Some(settlement) = settlement_of(event, result) {
-                        settlements.push((event.event_id.clone(), settlement));
+                for (line, result) in request.iter().zip(results) {
+                    match line_settlements(line, &result) {
+                        Some(line_settlements) => {
+                            settlements.extend(line_settlements);
+                            settled_lines.push(line.key.clone());
+                        }
+                        None => released.push(line.key.clone()),
                     }
                 }
             }
             Err(error) => {
-                // Stored and pending: the worker finishes them once the wallet answers.
-                tracing::warn!(%error, events = chunk.len(), "wallet unreachable; usage stays pending");
-                let ids: Vec<String> = chunk.iter().map(|event| event.event_id.clone()).collect();
-                store.release_claims(tenant, &ids, now).await?;
+                // Stored and listed: the worker draws them once the wallet answers.
+                tracing::warn!(%error, lines = request.len(), "wallet unreachable; usage stays pending");
+                released.extend(request.iter().map(|line| line.key.clone()));
             }
         }
     }
-    store.settle_events(tenant, &settlements, now).await?;
-    let mut outcome: HashMap<String, StoredEvent> =
-        events.into_iter().map(|event| (event.event_id.clone(), event)).collect();
+    // Events stored before lines are debited alone, under the keys they always had.
+    if !legacy.is_empty() {
+        let events: Vec<&StoredEvent> = legacy.iter().flat_map(|line| &line.events).collect();
+        let debits = events.iter().map(|event| debit_for(event)).collect();
+        match wallet.batch_debit(tenant, debits).await {
+            Ok(results) => {
+                for (line, result) in legacy.iter().zip(results.iter()) {
+                    let Some(event) = line.events.first() else { continue };
+                    match settlement_of(event, result) {
+                        Some(settlement) => {
+                            settlements.push((event.event_id.clone(), settlement));
+                            settled_lines.push(line.key.clone());
+                        }
+                        None => released.push(line.key.clone()),
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "wallet unreachable; earlier usage stays pending");
+                released.extend(legacy.iter().map(|line| line.key.clone()));
+            }
+        }
+        // Legacy lines without their event (already settled) are done.
+        settled_lines.extend(legacy.iter().filter(|line| line.events.is_empty()).map(|line| line.key.clone()));
+    }
+    if !released.is_empty() {
+        store.release_lines(tenant, &released, now).await?;
+    }
+    store.settle_lines(tenant, &settlements, &settled_lines, now).await?;
+    let mut outcome: HashMap<String, StoredEvent> = lines
+        .into_iter()
+        .chain(legacy)
+        .flat_map(|line| line.events)
+        .map(|event| (event.event_id.clone(), event))
+        .collect();
     for (event_id, settlement) in settlements {
         if let Some(event) = outcome.get_mut(&event_id) {
             event.status = settlement.status;
@@ -72,4 +128,79 @@ pub async fn charge_events(
         }
     }
     Ok(outcome)
+}
+
+/// The wallet's line for a line of events: the same request every time it is sent.
+fn usage_line(line: &Line) -> wallet_pb::UsageLine {
+    wallet_pb::UsageLine {
+        account_id: line.account_id.to_string(),
+        meter_code: line.meter_code.clone(),
+        amounts: line
+            .events
+            .iter()
+            .filter(|event| !event.amount.is_zero())
+            .map(|event| event.amount.normalize().to_string())
+            .collect(),
+        reference: line.key.clone(),
+        idempotency_key: line.key.clone(),
+    }
+}
+
+fn charged(event: &StoredEvent, entry_ids: &[String]) -> Settlement {
+    Settlement {
+        status: EventStatus::Charged,
+        charged_amount: event.amount,
+        uncovered_amount: Decimal::ZERO,
+        entry_ids: entry_ids.to_vec(),
+        reason: String::new(),
+    }
+}
+
+fn uncovered(event: &StoredEvent, reason: &str) -> Settlement {
+    Settlement {
+        status: EventStatus::Uncovered,
+        charged_amount: Decimal::ZERO,
+        uncovered_amount: event.amount,
+        entry_ids: Vec::new(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// What a line's answer means for each of its events; `None` while the line
+/// must be sent again (the wallet failed it for a passing reason).
+fn line_settlements(line: &Line, result: &wallet_pb::UsageLineResult) -> Option<Vec<(String, Settlement)>> {
+    match result.outcome.as_ref()? {
+        wallet_pb::usage_line_result::Outcome::Drawn(drawn) => {
+            let entry_ids: Vec<String> = drawn.entries.iter().map(|entry| entry.id.clone()).collect();
+            let mut answers = drawn.amounts.iter();
+            let mut settlements = Vec::with_capacity(line.events.len());
+            for event in &line.events {
+                let settlement = if event.amount.is_zero() {
+                    charged(event, &[])
+                } else {
+                    match answers.next() {
+                        Some(answer) if answer.charged => charged(event, &entry_ids),
+                        Some(answer) => uncovered(event, &answer.reason),
+                        // The wallet answered fewer amounts than it was sent: a bug; try again.
+                        None => return None,
+                    }
+                };
+                settlements.push((event.event_id.clone(), settlement));
+            }
+            Some(settlements)
+        }
+        wallet_pb::usage_line_result::Outcome::Error(error) if is_final_refusal(tonic::Code::from_i32(error.code)) => {
+            Some(
+                line.events
+                    .iter()
+                    .map(|event| {
+                        let settlement =
+                            if event.amount.is_zero() { charged(event, &[]) } else { uncovered(event, &error.reason) };
+                        (event.event_id.clone(), settlement)
+                    })
+                    .collect(),
+            )
+        }
+        wallet_pb::usage_line_result::Outcome::Error(_) => None,
+    }
 }

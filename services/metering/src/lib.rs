@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod charge;
 pub mod domain;
+pub mod drawdown;
 pub mod error;
 pub mod store;
 pub mod wallet;

@@ -130,6 +130,21 @@ impl WalletGateway {
             .map_err(|s| unavailable(&s))
     }
 
+    /// One DrawUsage for lines of one tenant.
+    pub async fn draw_usage(
+        &self,
+        tenant: TenantId,
+        lines: Vec<pb::UsageLine>,
+    ) -> Result<Vec<pb::UsageLineResult>, MeteringError> {
+        let request = service_request(pb::DrawUsageRequest { lines }, &self.service_key, tenant)
+            .map_err(|status| MeteringError::Internal(status.to_string()))?;
+        self.client()
+            .draw_usage(request)
+            .await
+            .map(|response| response.into_inner().results)
+            .map_err(|s| unavailable(&s))
+    }
+
     pub async fn debit(&self, tenant: TenantId, debit: pb::DebitRequest) -> Result<pb::DebitResponse, Status> {
         let request = service_request(debit, &self.service_key, tenant)?;
         self.client().debit(request).await.map(|response| response.into_inner())

@@ -144,7 +144,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     );
     let mut summary = Summary::default();
     for batch in events.chunks(args.batch_size) {
-        let response = metering.ingest_events(pb::IngestEventsRequest { events: batch.to_vec() }).await?.into_inner();
+        let response = metering
+            .ingest_events(pb::IngestEventsRequest { events: batch.to_vec(), asynchronous: false })
+            .await?
+            .into_inner();
         for result in response.results {
             let amount: Decimal = result.amount.parse().unwrap_or_default();
             match pb::EventStatus::try_from(result.status) {

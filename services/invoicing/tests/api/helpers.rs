@@ -285,7 +285,7 @@ pub async fn use_meter(
     suite
         .metering
         .clone()
-        .ingest_events(metering_pb::IngestEventsRequest { events: vec![event] })
+        .ingest_events(metering_pb::IngestEventsRequest { events: vec![event], asynchronous: false })
         .await
         .unwrap()
         .into_inner()

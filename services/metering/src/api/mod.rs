@@ -18,13 +18,14 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::*;
-use crate::charge::charge_events;
+use crate::charge::draw_lines;
 use crate::domain::{
     EventStatus, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
     UNIT_PRICE_SCALE_MAX, group_usage, month_of, price_at,
 };
+use crate::drawdown::Drawdown;
 use crate::error::MeteringError;
-use crate::store::{AuthorizationRow, MeterRow, NewEvent, Settlement, Store, Stored, StoredEvent};
+use crate::store::{AuthorizationRow, MeterRow, NewEvent, Settlement, Store, Stored};
 use crate::wallet::{WalletGateway, is_final_refusal, wallet_key};
 
 /// Events per IngestEvents: one BatchDebit of the wallet.
@@ -49,6 +50,7 @@ const DESCRIPTION_LENGTH_MAX: usize = 512;
 pub struct MeteringApi {
     store: Store,
     wallet: WalletGateway,
+    drawdown: Drawdown,
 }
 
 pub fn now() -> DateTime<Utc> {
@@ -101,7 +103,8 @@ fn schedule_from(violations: &mut Violations, field: &str, tiers: &[pb::Tier]) -
 
 impl MeteringApi {
     pub fn new(store: Store, wallet: WalletGateway) -> Self {
-        Self { store, wallet }
+        let drawdown = Drawdown::start(store.clone(), wallet.clone());
+        Self { store, wallet, drawdown }
     }
 
     async fn meter(&self, tenant: TenantId, field: &str, code: &str) -> Result<MeterRow, MeteringError> {
@@ -127,11 +130,14 @@ impl MeteringApi {
     }
 
     /// Ingests one batch: checks each event, stores the valid ones with
-    /// their prices, then draws them from the wallets and answers each.
+    /// their prices in lines (an account's usage of a meter), then draws the
+    /// lines from the wallets and answers each event; or, `asynchronously`,
+    /// answers once they are stored and has them drawn in the background.
     pub async fn ingest(
         &self,
         tenant: TenantId,
         events: Vec<pb::UsageEvent>,
+        asynchronously: bool,
     ) -> Result<Vec<pb::EventResult>, MeteringError> {
         if events.is_empty() || events.len() > EVENTS_PER_CALL_MAX {
             return Err(MeteringError::field("events", format!("must hold 1 to {EVENTS_PER_CALL_MAX} events")));
@@ -231,23 +237,28 @@ impl MeteringApi {
                 .map_err(|error| MeteringError::field("quantity", error.to_string()))
         };
         let indexes: Vec<usize> = accepted.iter().map(|(index, _)| *index).collect();
-        let stored =
-            self.store.store_events(tenant, accepted.into_iter().map(|(_, event)| event).collect(), now, price).await?;
-        let mut to_charge: Vec<StoredEvent> = Vec::new();
-        for outcome in &stored {
-            let event = match outcome {
-                Stored::New(event) | Stored::Duplicate { event, resend: true } => event,
-                Stored::Duplicate { resend: false, .. } => continue,
-            };
-            if !to_charge.iter().any(|e| e.event_id == event.event_id) {
-                to_charge.push(event.clone());
-            }
+        let new_events: Vec<NewEvent> = accepted.into_iter().map(|(_, event)| event).collect();
+        if asynchronously {
+            // An account's earlier accepted batch is drawn before another is accepted.
+            let accounts: Vec<Uuid> = new_events.iter().map(|event| event.account_id).collect();
+            self.drawdown.wait_for(tenant, &accounts).await;
         }
-        let charged = charge_events(&self.store, &self.wallet, tenant, to_charge, now).await?;
+        let (stored, lines) = self.store.store_events(tenant, new_events, now, price).await?;
+        let drawn = if asynchronously {
+            if let Err(error) = self.drawdown.accept(tenant, lines).await {
+                tracing::warn!(%error, "accepted usage is left to the worker");
+            }
+            HashMap::new()
+        } else {
+            draw_lines(&self.store, &self.wallet, tenant, lines, now).await?
+        };
         for (index, outcome) in indexes.into_iter().zip(stored) {
             let result = match outcome {
-                Stored::New(event) => event_result(charged.get(&event.event_id).unwrap_or(&event), false),
-                Stored::Duplicate { event, .. } => event_result(charged.get(&event.event_id).unwrap_or(&event), true),
+                Stored::New(event) if asynchronously => {
+                    pb::EventResult { status: pb::EventStatus::Accepted.into(), ..event_result(&event, false) }
+                }
+                Stored::New(event) => event_result(drawn.get(&event.event_id).unwrap_or(&event), false),
+                Stored::Duplicate(event) => event_result(&event, true),
             };
             results[index] = Some(result);
         }
@@ -474,7 +485,8 @@ impl MeteringService for MeteringApi {
         request: Request<pb::IngestEventsRequest>,
     ) -> Result<Response<pb::IngestEventsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let results = self.ingest(tenant, request.into_inner().events).await?;
+        let request = request.into_inner();
+        let results = self.ingest(tenant, request.events, request.asynchronous).await?;
         let mut by_status: std::collections::BTreeMap<i32, u64> = std::collections::BTreeMap::new();
         for result in &results {
             *by_status.entry(result.status).or_default() += 1;

@@ -120,6 +120,11 @@ pub mod event {
         pub claimed_until: DateTimeUtc,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// The wallet key of the line the event is drawn in; none for events
+        /// stored before lines, and for a settlement's.
+        pub draw_key: Option<String>,
+        /// The event's place in its line.
+        pub draw_position: Option<i32>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -175,6 +180,30 @@ pub mod idempotency {
         pub method: String,
         pub request_hash: String,
         pub response: Vec<u8>,
+        pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod line {
+    use sea_orm::entity::prelude::*;
+
+    /// A line of usage not yet drawn from the wallet.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "usage_lines")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub draw_key: String,
+        pub account_id: Uuid,
+        pub meter_code: String,
+        /// Whoever is drawing the line holds it until then; nobody else draws it meanwhile.
+        pub claimed_until: DateTimeUtc,
         pub created_at: DateTimeUtc,
     }
 

@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial)]
+        vec![Box::new(Initial), Box::new(UsageLines)]
     }
 }
 
@@ -123,6 +123,52 @@ impl MigrationTrait for Initial {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(SCHEMA, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// Usage drawn a line at a time: each ingested event belongs to a line (its
+/// batch, account and meter), drawn from the wallet in one go under the
+/// line's key. Lines not yet drawn are listed on their own, so no index of
+/// the events names their status and settling an event can stay a HOT update.
+struct UsageLines;
+
+impl MigrationName for UsageLines {
+    fn name(&self) -> &str {
+        "m0002_usage_lines"
+    }
+}
+
+const USAGE_LINES: &str = r#"
+ALTER TABLE usage_events ADD COLUMN draw_key TEXT;
+ALTER TABLE usage_events ADD COLUMN draw_position INTEGER;
+CREATE INDEX usage_events_by_line ON usage_events (tenant_id, draw_key) WHERE draw_key IS NOT NULL;
+CREATE TABLE usage_lines (
+    tenant_id {uuid} NOT NULL,
+    draw_key TEXT NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    claimed_until {time} NOT NULL,
+    created_at {time} NOT NULL,
+    PRIMARY KEY (tenant_id, draw_key)
+);
+CREATE INDEX usage_lines_due ON usage_lines (claimed_until);
+INSERT INTO usage_lines (tenant_id, draw_key, account_id, meter_code, claimed_until, created_at)
+    SELECT tenant_id, 'legacy:' || event_id, account_id, meter_code, claimed_until, created_at
+    FROM usage_events WHERE status = 'PENDING' AND origin = 'INGEST';
+DROP INDEX usage_events_pending;
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for UsageLines {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render_schema(USAGE_LINES, backend)).await?;
+        if backend == sea_orm::DbBackend::Postgres {
+            // Room on each page for a settled event's new version beside the old.
+            db.execute_unprepared("ALTER TABLE usage_events SET (fillfactor = 70)").await?;
+        }
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 
 mod entities;
 pub mod migrations;
+mod usage;
 
 use std::collections::BTreeMap;
 
@@ -29,7 +30,7 @@ use crate::error::MeteringError;
 /// wallet call may take (10 s), so two senders never both get an answer for
 /// one event. A sender that fails lets go at once; only a crashed one makes
 /// its events wait this long.
-const CLAIM: chrono::Duration = chrono::Duration::seconds(15);
+pub(crate) const CLAIM: chrono::Duration = chrono::Duration::seconds(15);
 
 /// A meter as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,12 +75,13 @@ pub struct NewEvent {
 /// What storing an event did.
 #[derive(Debug, Clone)]
 pub enum Stored {
-    /// Stored now, and claimed for sending by the caller.
+    /// Stored now, in a line the caller draws.
     New(StoredEvent),
-    /// The event id was seen before: what was stored then. `resend` when it
-    /// is still pending and nobody else holds it, so the caller sends it now.
-    Duplicate { event: StoredEvent, resend: bool },
+    /// The event id was seen before: what was stored then.
+    Duplicate(StoredEvent),
 }
+
+pub use self::usage::{LEGACY_LINE_PREFIX, Line};
 
 /// The wallet's answer for one event's debit.
 #[derive(Debug, Clone)]
@@ -119,7 +121,7 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
@@ -127,7 +129,7 @@ fn corrupt(what: &str) -> MeteringError {
     MeteringError::Internal(format!("stored {what} is not valid"))
 }
 
-fn event_from_row(row: event::Model) -> Result<StoredEvent, MeteringError> {
+pub(crate) fn event_from_row(row: event::Model) -> Result<StoredEvent, MeteringError> {
     Ok(StoredEvent {
         status: EventStatus::from_name(&row.status).ok_or_else(|| corrupt("event status"))?,
         dimensions: serde_json::from_str(&row.dimensions).map_err(|_| corrupt("dimensions"))?,
@@ -374,27 +376,9 @@ impl Store {
 
     // ---- usage events ----------------------------------------------------------
 
-    /// Takes this tenant's turn at the usage counters: on PostgreSQL a
-    /// transaction-scoped advisory lock per tenant, so concurrent ingests
-    /// advance counters one at a time and never deadlock; SQLite has one writer.
-    async fn serialize_tenant(&self, connection: &impl ConnectionTrait, tenant: TenantId) -> Result<(), MeteringError> {
-        if connection.get_database_backend() == DbBackend::Postgres {
-            let bytes = tenant.0.as_bytes();
-            let mut first = [0_u8; 8];
-            first.copy_from_slice(&bytes[..8]);
-            let key = i64::from_be_bytes(first);
-            let statement = sea_orm::Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT pg_advisory_xact_lock($1)",
-                [key.into()],
-            );
-            connection.execute_raw(statement).await?;
-        }
-        Ok(())
-    }
-
     /// Advances the account's monthly usage counter of a meter by `quantity`
-    /// and returns the usage before it.
+    /// and returns the usage before it. The counter row is locked (created
+    /// first if missing), so concurrent writers of one counter take turns.
     async fn advance_counter(
         connection: &impl ConnectionTrait,
         tenant: TenantId,
@@ -404,65 +388,40 @@ impl Store {
         quantity: Decimal,
     ) -> Result<Decimal, MeteringError> {
         let key = (tenant.0, account_id, meter_code.to_owned(), month.to_owned());
-        let existing = counter::Entity::find_by_id(key.clone()).one(connection).await?;
-        let before = existing.as_ref().map_or(Decimal::ZERO, |row| row.quantity.0);
+        counter::Entity::insert(counter::ActiveModel {
+            tenant_id: Set(tenant.0),
+            account_id: Set(account_id),
+            meter_code: Set(meter_code.to_owned()),
+            month: Set(month.to_owned()),
+            quantity: Set(Amount(Decimal::ZERO)),
+        })
+        .on_conflict(
+            OnConflict::columns([
+                counter::Column::TenantId,
+                counter::Column::AccountId,
+                counter::Column::MeterCode,
+                counter::Column::Month,
+            ])
+            .do_nothing()
+            .to_owned(),
+        )
+        .exec_without_returning(connection)
+        .await?;
+        let mut query = counter::Entity::find_by_id(key);
+        if connection.get_database_backend() == DbBackend::Postgres {
+            query = query.lock_exclusive();
+        }
+        let before = query.one(connection).await?.map_or(Decimal::ZERO, |row| row.quantity.0);
         let after = before.checked_add(quantity).ok_or_else(|| MeteringError::field("quantity", "too large"))?;
-        if existing.is_some() {
-            counter::Entity::update_many()
-                .col_expr(counter::Column::Quantity, Expr::value(Amount(after)))
-                .filter(counter::Column::TenantId.eq(tenant.0))
-                .filter(counter::Column::AccountId.eq(account_id))
-                .filter(counter::Column::MeterCode.eq(meter_code))
-                .filter(counter::Column::Month.eq(month))
-                .exec(connection)
-                .await?;
-        } else {
-            counter::Entity::insert(counter::ActiveModel {
-                tenant_id: Set(tenant.0),
-                account_id: Set(account_id),
-                meter_code: Set(meter_code.to_owned()),
-                month: Set(month.to_owned()),
-                quantity: Set(Amount(after)),
-            })
-            .exec_without_returning(connection)
+        counter::Entity::update_many()
+            .col_expr(counter::Column::Quantity, Expr::value(Amount(after)))
+            .filter(counter::Column::TenantId.eq(tenant.0))
+            .filter(counter::Column::AccountId.eq(account_id))
+            .filter(counter::Column::MeterCode.eq(meter_code))
+            .filter(counter::Column::Month.eq(month))
+            .exec(connection)
             .await?;
-        }
         Ok(before)
-    }
-
-    /// Writes back the counters a batch advanced, in one upsert per chunk.
-    async fn write_counters(
-        connection: &impl ConnectionTrait,
-        tenant: TenantId,
-        counters: &BTreeMap<(Uuid, String, String), (Decimal, Decimal)>,
-    ) -> Result<(), MeteringError> {
-        let changed: Vec<counter::ActiveModel> = counters
-            .iter()
-            .filter(|(_, (before, after))| before != after)
-            .map(|(key, (_, after))| counter::ActiveModel {
-                tenant_id: Set(tenant.0),
-                account_id: Set(key.0),
-                meter_code: Set(key.1.clone()),
-                month: Set(key.2.clone()),
-                quantity: Set(Amount(*after)),
-            })
-            .collect();
-        for chunk in changed.chunks(reservoir_common::db::rows_per_insert(200)) {
-            counter::Entity::insert_many(chunk.to_vec())
-                .on_conflict(
-                    OnConflict::columns([
-                        counter::Column::TenantId,
-                        counter::Column::AccountId,
-                        counter::Column::MeterCode,
-                        counter::Column::Month,
-                    ])
-                    .update_column(counter::Column::Quantity)
-                    .to_owned(),
-                )
-                .exec_without_returning(connection)
-                .await?;
-        }
-        Ok(())
     }
 
     /// The account's usage of a meter in a month so far.
@@ -477,220 +436,16 @@ impl Store {
         Ok(counter::Entity::find_by_id(key).one(&self.db).await?.map_or(Decimal::ZERO, |row| row.quantity.0))
     }
 
-    /// Stores events in one transaction, in order: a known event id answers
-    /// with what was stored for it; a new event advances its monthly usage
-    /// counter and is stored PENDING with the amount `price` gives it for the
-    /// usage before it.
-    pub async fn store_events(
-        &self,
-        tenant: TenantId,
-        events: Vec<NewEvent>,
-        now: DateTime<Utc>,
-        price: impl Fn(&NewEvent, Decimal) -> Result<Decimal, MeteringError>,
-    ) -> Result<Vec<Stored>, MeteringError> {
-        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        self.serialize_tenant(&transaction, tenant).await?;
-        let ids: Vec<String> = events.iter().map(|event| event.event_id.clone()).collect();
-        let mut known: BTreeMap<String, StoredEvent> = BTreeMap::new();
-        for chunk in ids.chunks(500) {
-            let rows = event::Entity::find()
-                .filter(event::Column::TenantId.eq(tenant.0))
-                .filter(event::Column::EventId.is_in(chunk.to_vec()))
-                .all(&transaction)
-                .await?;
-            for row in rows {
-                let stored = event_from_row(row)?;
-                known.insert(stored.event_id.clone(), stored);
-            }
-        }
-        let mut results = Vec::with_capacity(events.len());
-        let mut rows = Vec::new();
-        let mut claimed_now: std::collections::HashSet<String> = std::collections::HashSet::new();
-        // Each monthly counter the batch touches: (value before the batch, value now).
-        let mut counters: BTreeMap<(Uuid, String, String), (Decimal, Decimal)> = BTreeMap::new();
-        // The counters of the batch's accounts, meters and months only: an
-        // account's older months would otherwise be read again every batch.
-        let fresh: Vec<&NewEvent> = events.iter().filter(|event| !known.contains_key(&event.event_id)).collect();
-        let wanted: std::collections::BTreeSet<Uuid> = fresh.iter().map(|event| event.account_id).collect();
-        let wanted: Vec<Uuid> = wanted.into_iter().collect();
-        let meters: std::collections::BTreeSet<&str> = fresh.iter().map(|event| event.meter_code.as_str()).collect();
-        let months: std::collections::BTreeSet<String> =
-            fresh.iter().map(|event| month_of(event.occurred_at)).collect();
-        for chunk in wanted.chunks(500) {
-            for row in counter::Entity::find()
-                .filter(counter::Column::TenantId.eq(tenant.0))
-                .filter(counter::Column::AccountId.is_in(chunk.to_vec()))
-                .filter(counter::Column::MeterCode.is_in(meters.iter().copied()))
-                .filter(counter::Column::Month.is_in(months.iter().cloned()))
-                .all(&transaction)
-                .await?
-            {
-                counters.insert((row.account_id, row.meter_code, row.month), (row.quantity.0, row.quantity.0));
-            }
-        }
-        for new in events {
-            if let Some(stored) = known.get(&new.event_id) {
-                let resend = stored.status == EventStatus::Pending
-                    && (claimed_now.contains(&stored.event_id)
-                        || self.claim(&transaction, tenant, &stored.event_id, now).await?);
-                if resend {
-                    claimed_now.insert(stored.event_id.clone());
-                }
-                results.push(Stored::Duplicate { event: stored.clone(), resend });
-                continue;
-            }
-            let month = month_of(new.occurred_at);
-            let key = (new.account_id, new.meter_code.clone(), month);
-            // Every existing counter of these accounts is loaded; a missing one starts at zero.
-            let counter = counters.entry(key).or_insert((Decimal::ZERO, Decimal::ZERO));
-            let before = counter.1;
-            counter.1 =
-                before.checked_add(new.quantity).ok_or_else(|| MeteringError::field("quantity", "too large"))?;
-            let amount = price(&new, before)?;
-            let stored = StoredEvent {
-                event_id: new.event_id.clone(),
-                account_id: new.account_id,
-                meter_code: new.meter_code.clone(),
-                quantity: new.quantity,
-                dimensions: new.dimensions.clone(),
-                occurred_at: new.occurred_at,
-                status: EventStatus::Pending,
-                amount,
-                charged_amount: Decimal::ZERO,
-                uncovered_amount: Decimal::ZERO,
-                entry_ids: Vec::new(),
-                reason: String::new(),
-            };
-            rows.push(event::ActiveModel {
-                tenant_id: Set(tenant.0),
-                event_id: Set(stored.event_id.clone()),
-                account_id: Set(stored.account_id),
-                meter_code: Set(stored.meter_code.clone()),
-                quantity: Set(Amount(stored.quantity)),
-                dimensions: Set(json(&stored.dimensions)),
-                occurred_at: Set(stored.occurred_at),
-                status: Set(EventStatus::Pending.name().to_owned()),
-                amount: Set(Amount(amount)),
-                charged_amount: Set(Amount(Decimal::ZERO)),
-                uncovered_amount: Set(Amount(Decimal::ZERO)),
-                entry_ids: Set("[]".to_owned()),
-                reason: Set(String::new()),
-                origin: Set("INGEST".to_owned()),
-                claimed_until: Set(now + CLAIM),
-                created_at: Set(now),
-                updated_at: Set(now),
-            });
-            claimed_now.insert(stored.event_id.clone());
-            known.insert(stored.event_id.clone(), stored.clone());
-            results.push(Stored::New(stored));
-        }
-        // An event row is a few hundred bytes on the wire.
-        for chunk in rows.chunks(reservoir_common::db::rows_per_insert(400)) {
-            event::Entity::insert_many(chunk.to_vec()).exec_without_returning(&transaction).await?;
-        }
-        Self::write_counters(&transaction, tenant, &counters).await?;
-        transaction.commit().await?;
-        Ok(results)
-    }
-
-    /// Claims a pending ingested event for sending, unless someone holds it.
-    async fn claim(
-        &self,
-        connection: &impl ConnectionTrait,
-        tenant: TenantId,
-        event_id: &str,
-        now: DateTime<Utc>,
-    ) -> Result<bool, MeteringError> {
-        let result = event::Entity::update_many()
-            .col_expr(event::Column::ClaimedUntil, Expr::value(now + CLAIM))
-            .filter(event::Column::TenantId.eq(tenant.0))
-            .filter(event::Column::EventId.eq(event_id))
-            .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-            .filter(event::Column::Origin.eq("INGEST"))
-            .filter(event::Column::ClaimedUntil.lt(now))
-            .exec(connection)
-            .await?;
-        Ok(result.rows_affected == 1)
-    }
-
-    /// Lets go of events whose debit could not be sent, so the worker takes
-    /// them at its next pass.
-    pub async fn release_claims(
-        &self,
-        tenant: TenantId,
-        event_ids: &[String],
-        now: DateTime<Utc>,
-    ) -> Result<(), MeteringError> {
-        for chunk in event_ids.chunks(500) {
-            event::Entity::update_many()
-                .col_expr(event::Column::ClaimedUntil, Expr::value(now))
-                .filter(event::Column::TenantId.eq(tenant.0))
-                .filter(event::Column::EventId.is_in(chunk.to_vec()))
-                .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-                .exec(&self.db)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Records the wallet's answers. Only PENDING events change, so a late
-    /// answer never overwrites a final one. Rows are updated in event id
-    /// order under the tenant's turn, so concurrent recorders never deadlock.
+    /// Records answers for settlement usage (events not drawn in lines). Only
+    /// PENDING events change, so a late answer never overwrites a final one.
     pub async fn settle_events(
         &self,
         tenant: TenantId,
         settlements: &[(String, Settlement)],
         now: DateTime<Utc>,
     ) -> Result<(), MeteringError> {
-        if settlements.is_empty() {
-            return Ok(());
-        }
-        let mut ordered: Vec<&(String, Settlement)> = settlements.iter().collect();
-        ordered.sort_by(|a, b| a.0.cmp(&b.0));
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        self.serialize_tenant(&transaction, tenant).await?;
-        if transaction.get_database_backend() == DbBackend::Postgres {
-            // One UPDATE … FROM (VALUES …) per chunk; the driver sends typed parameters.
-            // A settlement row is a couple of hundred bytes on the wire.
-            for chunk in ordered.chunks(reservoir_common::db::rows_per_insert(300)) {
-                let mut values: Vec<sea_orm::Value> = vec![tenant.0.into(), now.into()];
-                for (event_id, settlement) in chunk {
-                    values.extend([
-                        event_id.clone().into(),
-                        settlement.status.name().into(),
-                        Amount(settlement.charged_amount).into(),
-                        Amount(settlement.uncovered_amount).into(),
-                        json(&settlement.entry_ids).into(),
-                        settlement.reason.clone().into(),
-                    ]);
-                }
-                let sql = format!(
-                    "UPDATE usage_events SET status = v.status, charged_amount = v.charged, uncovered_amount = v.uncovered, \
-                     entry_ids = v.entries, reason = v.reason, updated_at = $2 \
-                     FROM (VALUES {}) AS v(event_id, status, charged, uncovered, entries, reason) \
-                     WHERE usage_events.tenant_id = $1 AND usage_events.event_id = v.event_id AND usage_events.status = 'PENDING'",
-                    reservoir_common::db::values_list(chunk.len(), 6, 2)
-                );
-                transaction
-                    .execute_raw(sea_orm::Statement::from_sql_and_values(DbBackend::Postgres, sql, values))
-                    .await?;
-            }
-        } else {
-            for (event_id, settlement) in ordered {
-                event::Entity::update_many()
-                    .col_expr(event::Column::Status, Expr::value(settlement.status.name()))
-                    .col_expr(event::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
-                    .col_expr(event::Column::UncoveredAmount, Expr::value(Amount(settlement.uncovered_amount)))
-                    .col_expr(event::Column::EntryIds, Expr::value(json(&settlement.entry_ids)))
-                    .col_expr(event::Column::Reason, Expr::value(settlement.reason.clone()))
-                    .col_expr(event::Column::UpdatedAt, Expr::value(now))
-                    .filter(event::Column::TenantId.eq(tenant.0))
-                    .filter(event::Column::EventId.eq(event_id.clone()))
-                    .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-                    .exec(&transaction)
-                    .await?;
-            }
-        }
+        usage::settle(&transaction, tenant, settlements, now).await?;
         transaction.commit().await?;
         Ok(())
     }
@@ -698,31 +453,6 @@ impl Store {
     pub async fn event(&self, tenant: TenantId, event_id: &str) -> Result<Option<StoredEvent>, MeteringError> {
         let row = event::Entity::find_by_id((tenant.0, event_id.to_owned())).one(&self.db).await?;
         row.map(event_from_row).transpose()
-    }
-
-    /// Claims up to `limit` pending ingested events nobody holds, oldest
-    /// claim first, with their tenants. Settlement usage is left to its settlement.
-    pub async fn claim_pending_events(
-        &self,
-        now: DateTime<Utc>,
-        limit: u64,
-    ) -> Result<Vec<(TenantId, StoredEvent)>, MeteringError> {
-        let rows = event::Entity::find()
-            .filter(event::Column::Status.eq(EventStatus::Pending.name()))
-            .filter(event::Column::Origin.eq("INGEST"))
-            .filter(event::Column::ClaimedUntil.lt(now))
-            .order_by_asc(event::Column::ClaimedUntil)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let tenant = TenantId(row.tenant_id);
-            if self.claim(&self.db, tenant, &row.event_id, now).await? {
-                claimed.push((tenant, event_from_row(row)?));
-            }
-        }
-        Ok(claimed)
     }
 
     /// An account's events in a time range, for reports.
@@ -843,7 +573,6 @@ impl Store {
     ) -> Result<Option<StoredEvent>, MeteringError> {
         let tenant = authorization.tenant_id;
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        self.serialize_tenant(&transaction, tenant).await?;
         let current = authorization::Entity::find_by_id(authorization.id).lock_exclusive().one(&transaction).await?;
         if current.as_ref().map(|row| row.status.as_str()) != Some("ACTIVE") {
             return Ok(None);
@@ -879,6 +608,8 @@ impl Store {
             claimed_until: Set(now),
             created_at: Set(now),
             updated_at: Set(now),
+            draw_key: Set(None),
+            draw_position: Set(None),
         })
         .exec_without_returning(&transaction)
         .await?;

@@ -203,7 +203,14 @@ pub fn event(account: &wallet_pb::Account, meter: &str, quantity: &str) -> pb::U
 }
 
 pub async fn ingest(suite: &Suite, events: Vec<pb::UsageEvent>) -> Vec<pb::EventResult> {
-    suite.metering.clone().ingest_events(pb::IngestEventsRequest { events }).await.unwrap().into_inner().results
+    suite
+        .metering
+        .clone()
+        .ingest_events(pb::IngestEventsRequest { events, asynchronous: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .results
 }
 
 pub fn statuses(results: &[pb::EventResult]) -> Vec<pb::EventStatus> {

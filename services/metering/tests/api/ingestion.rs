@@ -16,10 +16,16 @@ async fn ingested_usage_is_priced_and_drawn_from_the_wallet(suite: Suite) -> Sui
     let entries = ledger(&suite.wallet, &account).await;
     let debits: Vec<&wallet_pb::LedgerEntry> =
         entries.iter().filter(|entry| entry.kind == i32::from(wallet_pb::EntryKind::Debit)).collect();
-    assert_eq!(debits.len(), 3);
-    assert!(debits.iter().all(|entry| entry.meter_code == "tokens"));
-    assert_eq!(debits[0].id, results[0].entry_ids[0], "each result names its wallet entries");
-    assert_eq!(debits[0].correlation_id, results[0].event_id);
+    // The account's usage of the meter is drawn in one go: one entry for
+    // the one grant it touched, carrying the meter and the event count.
+    assert_eq!(debits.len(), 1);
+    assert_eq!(debits[0].amount, "-3.50");
+    assert_eq!(debits[0].meter_code, "tokens");
+    assert_eq!(debits[0].metadata.get("events").map(String::as_str), Some("3"));
+    assert!(!debits[0].correlation_id.is_empty(), "the entry points back to the events' line");
+    for result in &results {
+        assert_eq!(result.entry_ids, vec![debits[0].id.clone()], "each result names its wallet entries");
+    }
     assert_books_balance(&suite.wallet, &account).await;
     suite
 }
@@ -211,7 +217,10 @@ async fn bad_events_are_answered_one_by_one_and_the_rest_charged(suite: Suite) -
     assert_eq!((answers[7].0, answers[7].1, answers[7].2), (Invalid, "meter_code", "NO_PRICE"));
     assert_eq!(available(&suite.wallet, &account).await, d("9"));
     let too_many: Vec<pb::UsageEvent> = (0..1_001).map(|_| event(&account, "tokens", "1")).collect();
-    assert_invalid(suite.metering.clone().ingest_events(pb::IngestEventsRequest { events: too_many }).await, "events");
+    assert_invalid(
+        suite.metering.clone().ingest_events(pb::IngestEventsRequest { events: too_many, asynchronous: false }).await,
+        "events",
+    );
     suite
 }
 

@@ -42,7 +42,10 @@ async fn an_ingest_is_one_trace_through_metering_and_the_wallet(suite: Suite) ->
     let account = funded_account(&suite, "10").await;
     let trace = TraceId::from_bytes(*uuid::Uuid::new_v4().as_bytes());
     let caller = SpanId::from_bytes(uuid::Uuid::new_v4().as_bytes()[..8].try_into().unwrap());
-    let mut request = tonic::Request::new(pb::IngestEventsRequest { events: vec![event(&account, "tokens", "100")] });
+    let mut request = tonic::Request::new(pb::IngestEventsRequest {
+        events: vec![event(&account, "tokens", "100")],
+        asynchronous: false,
+    });
     request.metadata_mut().insert("traceparent", format!("00-{trace}-{caller}-01").parse().unwrap());
     let results = suite.metering.clone().ingest_events(request).await.unwrap().into_inner().results;
     assert_eq!(statuses(&results), vec![pb::EventStatus::Charged]);
@@ -58,7 +61,7 @@ async fn an_ingest_is_one_trace_through_metering_and_the_wallet(suite: Suite) ->
             .collect::<Vec<_>>();
         let has = |path: &str| in_trace.iter().any(|span| method(span) == path);
         if has("/reservoir.metering.v1.MeteringService/IngestEvents")
-            && has("/reservoir.wallet.v1.WalletService/BatchDebit")
+            && has("/reservoir.wallet.v1.WalletService/DrawUsage")
         {
             break;
         }
@@ -71,7 +74,7 @@ async fn an_ingest_is_one_trace_through_metering_and_the_wallet(suite: Suite) ->
     assert_eq!(ingest.parent_span_id, caller, "metering's span is the child of the caller's");
     let debit = in_trace
         .iter()
-        .find(|span| method(span) == "/reservoir.wallet.v1.WalletService/BatchDebit")
+        .find(|span| method(span) == "/reservoir.wallet.v1.WalletService/DrawUsage")
         .unwrap_or_else(|| panic!("the wallet's span is in the caller's trace: {in_trace:#?}"));
     // The wallet's span hangs under metering's: its parent is metering's
     // call span or a span beneath it, all in this trace.

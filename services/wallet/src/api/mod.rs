@@ -363,7 +363,10 @@ impl WalletService for WalletApi {
         );
         let reply = self
             .store
-            .create_account(&check, wallet, |wallet| Answer { account: Some(wallet.account.clone()), ..Answer::at(now) })
+            .create_account(&check, wallet, |wallet| Answer {
+                account: Some(wallet.account.clone()),
+                ..Answer::at(now)
+            })
             .await?;
         Ok(Response::new(respond::respond(reply, respond::create_account)?))
     }
@@ -615,7 +618,9 @@ impl WalletService for WalletApi {
         }
         let amounts: usize = request.lines.iter().map(|line| line.amounts.len()).sum();
         if amounts > USAGE_AMOUNTS_MAX {
-            return Err(WalletError::field("lines", format!("must hold at most {USAGE_AMOUNTS_MAX} amounts in all")).into());
+            return Err(
+                WalletError::field("lines", format!("must hold at most {USAGE_AMOUNTS_MAX} amounts in all")).into()
+            );
         }
         // Every account's unit first, in one query, so that below each line
         // reaches its committer without waiting on anything.

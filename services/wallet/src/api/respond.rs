@@ -136,19 +136,16 @@ pub fn create_account(answer: &Answer) -> Result<pb::CreateAccountResponse, Wall
 
 pub fn usage(answer: &Answer, unit: &Unit) -> Result<pb::UsageDraw, WalletError> {
     let part = part(answer, 0)?;
-    let drawn = answer
-        .usage
-        .as_ref()
-        .ok_or(WalletError::Domain(DomainError::Inconsistent("an answer lost its usage")))?;
+    let drawn =
+        answer.usage.as_ref().ok_or(WalletError::Domain(DomainError::Inconsistent("an answer lost its usage")))?;
     let amounts = drawn
         .outcomes
         .iter()
         .map(|outcome| match outcome {
             None => pb::UsageAmountResult { charged: true, reason: String::new() },
-            Some(error) => pb::UsageAmountResult {
-                charged: false,
-                reason: WalletError::Domain(error.clone()).reason().to_owned(),
-            },
+            Some(error) => {
+                pb::UsageAmountResult { charged: false, reason: WalletError::Domain(error.clone()).reason().to_owned() }
+            }
         })
         .collect();
     Ok(pb::UsageDraw { amounts, entries: entries(part, unit), balance: balance(part, unit) })

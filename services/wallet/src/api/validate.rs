@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use prost::Message;
+use reservoir_common::auth::TenantId;
 use reservoir_common::time::truncate_to_micros;
 pub use reservoir_common::validate::{IDEMPOTENCY_KEY_LENGTH_MAX, METER_CODE_LENGTH_MAX, Violations};
-use reservoir_common::auth::TenantId;
 
 use crate::store::IdempotencyCheck;
 

@@ -12,11 +12,21 @@ use super::wallet::Wallet;
 /// A change the group committer applies to one wallet.
 #[derive(Debug, Clone)]
 pub enum Command {
-    Debit { amount: Decimal, meter_code: Option<String> },
+    Debit {
+        amount: Decimal,
+        meter_code: Option<String>,
+    },
     Grant(NewGrant),
-    Reserve { amount: Decimal, ttl: Duration, meter_code: Option<String> },
+    Reserve {
+        amount: Decimal,
+        ttl: Duration,
+        meter_code: Option<String>,
+    },
     /// The priced amounts of one meter's usage, in order (see [`Wallet::draw_usage`]).
-    DrawUsage { meter_code: String, amounts: Vec<Decimal> },
+    DrawUsage {
+        meter_code: String,
+        amounts: Vec<Decimal>,
+    },
 }
 
 impl Command {

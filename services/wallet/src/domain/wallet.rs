@@ -299,7 +299,8 @@ impl Wallet {
         if !charged.is_zero() {
             // Entries carry the running balance as of their own amounts, and
             // how many amounts the draw charged.
-            let events = outcomes.iter().zip(amounts).filter(|(outcome, amount)| outcome.is_none() && !amount.is_zero());
+            let events =
+                outcomes.iter().zip(amounts).filter(|(outcome, amount)| outcome.is_none() && !amount.is_zero());
             let mut entry_ctx = ctx.clone();
             entry_ctx.metadata.insert("events".to_owned(), events.count().to_string());
             let mut balance = self.ledger_balance() + charged;

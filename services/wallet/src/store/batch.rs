@@ -47,11 +47,12 @@ const NO_AMOUNT: i64 = -1;
 /// The SQLSTATE of a database error, if it has one.
 pub fn sqlstate(error: &DbErr) -> Option<String> {
     match error {
-        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => match inner.as_ref()
-        {
-            sea_orm::sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
-            _ => None,
-        },
+        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
+            match inner.as_ref() {
+                sea_orm::sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -161,11 +162,16 @@ pub async fn write(
     let written: Vec<Written<'_>> = changed
         .iter()
         .filter(|touched| !touched.changes.events.is_empty())
-        .map(|touched| Written { wallet: touched.wallet, events: &touched.changes.events, entries: &touched.changes.entries })
+        .map(|touched| Written {
+            wallet: touched.wallet,
+            events: &touched.changes.events,
+            entries: &touched.changes.entries,
+        })
         .collect();
     let parts = events::encode(&written)?;
     if !parts.is_empty() {
-        let tenants = builder.array(ArrayType::Uuid, parts.iter().map(|part| Value::from(part.0.0)).collect(), "uuid[]");
+        let tenants =
+            builder.array(ArrayType::Uuid, parts.iter().map(|part| Value::from(part.0.0)).collect(), "uuid[]");
         let numbers = builder.array(ArrayType::Int, parts.iter().map(|part| Value::from(part.1)).collect(), "int[]");
         let payloads =
             builder.array(ArrayType::Bytes, parts.into_iter().map(|part| Value::from(part.2)).collect(), "bytea[]");
@@ -206,7 +212,8 @@ pub async fn write(
     if builder.ctes.is_empty() {
         return Ok(());
     }
-    let accounts_count = if changed.is_empty() { "0".to_owned() } else { "(SELECT count(*) FROM accounts_written)".to_owned() };
+    let accounts_count =
+        if changed.is_empty() { "0".to_owned() } else { "(SELECT count(*) FROM accounts_written)".to_owned() };
     let unchanged_count = if builder.ctes.iter().any(|cte| cte.starts_with("unchanged ")) {
         "(SELECT count(*) FROM unchanged)"
     } else {

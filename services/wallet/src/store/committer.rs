@@ -101,7 +101,18 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
         expected = jobs.len();
         let (replies, operations): (Vec<_>, Vec<_>) = jobs
             .into_iter()
-            .map(|job| (job.reply, Operation { tenant: job.tenant, account: job.account, check: job.check, ctx: job.ctx, command: job.command }))
+            .map(|job| {
+                (
+                    job.reply,
+                    Operation {
+                        tenant: job.tenant,
+                        account: job.account,
+                        check: job.check,
+                        ctx: job.ctx,
+                        command: job.command,
+                    },
+                )
+            })
             .unzip();
         // Optimistically without reading the keys first: a key already
         // recorded shows when the batch records its own, and then the batch
@@ -258,7 +269,8 @@ async fn decide(
                 let number = wallet.account.number;
                 let account = wallet.account.id;
                 let encoded = replay::encode(&answer, |id| (id == account).then_some(number))?;
-                recorded.insert(check.digest.clone(), (check.method_code(), check.request_hash.clone(), encoded.clone()));
+                recorded
+                    .insert(check.digest.clone(), (check.method_code(), check.request_hash.clone(), encoded.clone()));
                 records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
                 decided.push(Decided::Applied(answer));
                 outcomes.push("applied");
@@ -316,7 +328,11 @@ fn record_metrics(operations: &[Operation], outcomes: &[&'static str], started: 
 /// are decided on them, and everything is written by one statement that
 /// holds every account to the version it was read at. The statement is its
 /// own transaction: all of the batch is written, or nothing.
-async fn commit_postgres(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
+async fn commit_postgres(
+    shared: &Shared,
+    operations: &[Operation],
+    look_up_keys: bool,
+) -> Result<Attempt, WalletError> {
     let started = std::time::Instant::now();
     let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
     let accounts: BTreeSet<(TenantId, AccountId)> =

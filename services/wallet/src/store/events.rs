@@ -91,7 +91,11 @@ impl Amount {
 /// Where an event's key, correlation id and meter are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum Texts {
-    Inline { key: String, correlation: String, meter: Option<String> },
+    Inline {
+        key: String,
+        correlation: String,
+        meter: Option<String>,
+    },
     /// The same as the entry at this sequence of the event's account.
     Entry(u64),
 }

@@ -36,7 +36,10 @@ where
 
 /// Inserts entries on SQLite (PostgreSQL writes them with the rest of a
 /// batch, see [`insert_body`]).
-pub async fn insert_sqlite(connection: &impl ConnectionTrait, rows: Vec<entry::ActiveModel>) -> Result<(), WalletError> {
+pub async fn insert_sqlite(
+    connection: &impl ConnectionTrait,
+    rows: Vec<entry::ActiveModel>,
+) -> Result<(), WalletError> {
     // An entry row is a few hundred bytes on the wire.
     for chunk in rows.chunks(rows_per_insert(400)) {
         entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(connection).await?;
@@ -115,10 +118,8 @@ pub async fn entries_of(
     account_id: AccountId,
     rows: Vec<entry::Model>,
 ) -> Result<Vec<Entry>, WalletError> {
-    let refunded: BTreeSet<(i64, i64)> = rows
-        .iter()
-        .filter_map(|row| row.refunded_sequence.map(|sequence| (row.account_number, sequence)))
-        .collect();
+    let refunded: BTreeSet<(i64, i64)> =
+        rows.iter().filter_map(|row| row.refunded_sequence.map(|sequence| (row.account_number, sequence))).collect();
     let mut legacy: HashMap<(i64, i64), Uuid> = HashMap::new();
     for (number, sequence) in &refunded {
         let row = entry::Entity::find_by_id((*number, *sequence))
@@ -135,7 +136,9 @@ pub async fn entries_of(
         .map(|row| {
             let refunded_id = row.refunded_sequence.map(|sequence| match legacy.get(&(row.account_number, sequence)) {
                 Some(id) => EntryId(*id),
-                None => EntryId::of(u64::try_from(row.account_number).unwrap_or(0), u64::try_from(sequence).unwrap_or(0)),
+                None => {
+                    EntryId::of(u64::try_from(row.account_number).unwrap_or(0), u64::try_from(sequence).unwrap_or(0))
+                }
             });
             rows::entry_from_row(row, account_id, refunded_id)
         })

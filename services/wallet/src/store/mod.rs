@@ -36,8 +36,7 @@ use self::entities::{account, api_key, entry, grant, hold, replay as replay_reco
 use self::ledger::array;
 use self::replay::Recorded;
 use crate::domain::{
-    Account, AccountId, Answer, Command, Entry, EntryId, Event, Grant, GrantId, Hold, HoldId,
-    OperationContext, Wallet,
+    Account, AccountId, Answer, Command, Entry, EntryId, Event, Grant, GrantId, Hold, HoldId, OperationContext, Wallet,
 };
 use crate::error::WalletError;
 
@@ -447,8 +446,10 @@ impl Store {
 
     pub async fn entry(&self, tenant_id: TenantId, entry_id: EntryId) -> Result<Entry, WalletError> {
         let row = ledger::by_id(&self.db, entry_id).await?.ok_or(WalletError::NotFound("entry"))?;
-        let account =
-            self.account_numbered(&self.db, tenant_id, row.account_number).await?.ok_or(WalletError::NotFound("entry"))?;
+        let account = self
+            .account_numbered(&self.db, tenant_id, row.account_number)
+            .await?
+            .ok_or(WalletError::NotFound("entry"))?;
         let mut entries = ledger::entries_of(&self.db, account.id, vec![row]).await?;
         entries.pop().ok_or(WalletError::NotFound("entry"))
     }
@@ -537,7 +538,8 @@ impl Store {
                 .into_tuple()
                 .all(&self.db)
                 .await?;
-            let mut known = self.numbers.lock().map_err(|_| WalletError::Internal("the number map is poisoned".into()))?;
+            let mut known =
+                self.numbers.lock().map_err(|_| WalletError::Internal("the number map is poisoned".into()))?;
             if known.len() + rows.len() > NUMBERS_CACHED_MAX {
                 known.clear();
             }
@@ -606,8 +608,9 @@ impl Store {
         read.into_iter()
             .map(|read| {
                 let mut event = read.event;
-                event.account_id =
-                    *ids.get(&read.account_number).ok_or(WalletError::Internal("an event's account is missing".into()))?;
+                event.account_id = *ids
+                    .get(&read.account_number)
+                    .ok_or(WalletError::Internal("an event's account is missing".into()))?;
                 if let Some(at) = read.texts_at {
                     let (key, correlation, meter) = texts
                         .get(&(read.account_number, at))
@@ -653,7 +656,11 @@ impl Store {
     /// Looks up a replay record without taking any lock: a retry of a
     /// finished call is answered without touching the wallet. `None` for a
     /// fresh key; a different request under the key is refused.
-    pub async fn replay_only(&self, tenant_id: TenantId, check: &IdempotencyCheck) -> Result<Option<Reply>, WalletError> {
+    pub async fn replay_only(
+        &self,
+        tenant_id: TenantId,
+        check: &IdempotencyCheck,
+    ) -> Result<Option<Reply>, WalletError> {
         let Some(recorded) = lookup(&self.db, check).await? else {
             return Ok(None);
         };

@@ -147,9 +147,9 @@ impl From<&UsageDrawn> for StoredUsage {
                 .iter()
                 .enumerate()
                 .filter_map(|(index, outcome)| {
-                    outcome.as_ref().map(|error| {
-                        (u32::try_from(index).unwrap_or(u32::MAX), code_of(&USAGE_REFUSALS, error))
-                    })
+                    outcome
+                        .as_ref()
+                        .map(|error| (u32::try_from(index).unwrap_or(u32::MAX), code_of(&USAGE_REFUSALS, error)))
                 })
                 .collect(),
             charged: drawn.charged.into(),
@@ -161,7 +161,8 @@ impl StoredUsage {
     fn into_drawn(self) -> Result<UsageDrawn, WalletError> {
         let mut outcomes = vec![None; usize::try_from(self.count).unwrap_or(0)];
         for (index, code) in self.refused {
-            let slot = outcomes.get_mut(usize::try_from(index).unwrap_or(usize::MAX)).ok_or_else(|| corrupt("usage"))?;
+            let slot =
+                outcomes.get_mut(usize::try_from(index).unwrap_or(usize::MAX)).ok_or_else(|| corrupt("usage"))?;
             *slot = Some(USAGE_REFUSALS.get(usize::from(code)).cloned().ok_or_else(|| corrupt("usage refusal"))?);
         }
         Ok(UsageDrawn { outcomes, charged: self.charged.value()? })
@@ -275,7 +276,8 @@ impl From<&BalanceView> for StoredBalance {
 impl StoredBalance {
     fn into_view(self) -> BalanceView {
         let (paid, promotional, courtesy) = (self.paid.lossy(), self.promotional.lossy(), self.courtesy.lossy());
-        let (held, overdraft_used, credit_limit) = (self.held.lossy(), self.overdraft_used.lossy(), self.credit_limit.lossy());
+        let (held, overdraft_used, credit_limit) =
+            (self.held.lossy(), self.overdraft_used.lossy(), self.credit_limit.lossy());
         let total = paid + promotional + courtesy - overdraft_used;
         let available = total - held;
         let spendable = match self.policy {

@@ -98,7 +98,11 @@ async fn write_sqlite(transaction: &DatabaseTransaction, touched: &[Touched<'_>]
     let written: Vec<Written<'_>> = changed
         .iter()
         .filter(|touched| !touched.changes.events.is_empty())
-        .map(|touched| Written { wallet: touched.wallet, events: &touched.changes.events, entries: &touched.changes.entries })
+        .map(|touched| Written {
+            wallet: touched.wallet,
+            events: &touched.changes.events,
+            entries: &touched.changes.entries,
+        })
         .collect();
     events::write_sqlite(transaction, &written).await
 }

@@ -121,11 +121,9 @@ async fn lines_of_refused_accounts_fail_alone(app: &TestApp) {
     app.client.clone().update_account(update).await.unwrap();
     let unknown = pb::UsageLine { account_id: uuid::Uuid::now_v7().to_string(), ..line(&account, "tokens", &["1"]) };
     let bad = line(&account, "tokens", &["1.001"]);
-    let results = draw(
-        &app.client,
-        vec![line(&account, "tokens", &["1"]), line(&suspended, "tokens", &["1"]), unknown, bad],
-    )
-    .await;
+    let results =
+        draw(&app.client, vec![line(&account, "tokens", &["1"]), line(&suspended, "tokens", &["1"]), unknown, bad])
+            .await;
     assert_eq!(answers(drawn(&results[0])), vec![(true, "")]);
     let errors: Vec<(i32, &str)> = results[1..]
         .iter()

@@ -1,0 +1,597 @@
+//! Usage events, stored a batch at a time and drawn a line at a time. A
+//! batch is one transaction: the monthly counters it advances are locked (in
+//! key order, so batches never deadlock), events already known are answered
+//! as they stood, the new ones are priced in order and inserted, and each
+//! new event joins the line of its batch, account and meter. A line is what
+//! the wallet draws in one go under one key; until its answer is recorded it
+//! stays listed in `usage_lines`, from which a crashed or failed draw is
+//! taken up again, with the same events in the same order under the same key.
+//!
+//! On PostgreSQL every step is one statement whatever the batch size, its
+//! rows bound as arrays; SQLite (one writer) goes through sea-orm.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use chrono::{DateTime, Utc};
+use reservoir_common::auth::TenantId;
+use reservoir_common::db::{Amount, WriteTransaction, rows_per_insert};
+use rust_decimal::Decimal;
+use sea_orm::sea_query::{ArrayType, Expr, OnConflict};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Statement, Value,
+};
+use uuid::Uuid;
+
+use super::entities::{counter, event, line};
+use super::{CLAIM, NewEvent, Settlement, Store, Stored, StoredEvent, event_from_row, json};
+use crate::domain::{EventStatus, month_of};
+use crate::error::MeteringError;
+use crate::wallet::wallet_key;
+
+/// Lines of events stored before lines existed are named by this and the
+/// event id: each such event is drawn alone, under the key it always had.
+pub const LEGACY_LINE_PREFIX: &str = "legacy:";
+
+/// Times a batch is stored again when a concurrent batch stored one of its
+/// new event ids first: the next try finds it known.
+const STORE_TRIES_MAX: usize = 3;
+
+/// One line: the usage of one account and meter drawn in one go.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub tenant: TenantId,
+    /// The wallet key the line is drawn under.
+    pub key: String,
+    pub account_id: Uuid,
+    pub meter_code: String,
+    /// The line's events in order.
+    pub events: Vec<StoredEvent>,
+}
+
+fn array(kind: ArrayType, values: Vec<Value>) -> Value {
+    Value::Array(kind, Some(Box::new(values)))
+}
+
+/// A counter's key: account, meter, month.
+type CounterKey = (Uuid, String, String);
+
+impl Store {
+    /// Stores a batch of events in one transaction, in order. A known event
+    /// id answers with what was stored for it; a new event advances its
+    /// monthly counter, is priced by `price` for the usage before it, and
+    /// joins its line. The lines of the new events are returned claimed, for
+    /// the caller to draw now.
+    pub async fn store_events(
+        &self,
+        tenant: TenantId,
+        events: Vec<NewEvent>,
+        now: DateTime<Utc>,
+        price: impl Fn(&NewEvent, Decimal) -> Result<Decimal, MeteringError>,
+    ) -> Result<(Vec<Stored>, Vec<Line>), MeteringError> {
+        for _ in 1..STORE_TRIES_MAX {
+            if let Some(stored) = self.try_store_events(tenant, &events, now, &price).await? {
+                return Ok(stored);
+            }
+        }
+        self.try_store_events(tenant, &events, now, &price)
+            .await?
+            .ok_or_else(|| MeteringError::Conflict("events of the batch were stored concurrently".into()))
+    }
+
+    /// One try; `None` when a new event id was stored concurrently (nothing is written then).
+    async fn try_store_events(
+        &self,
+        tenant: TenantId,
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+        price: &impl Fn(&NewEvent, Decimal) -> Result<Decimal, MeteringError>,
+    ) -> Result<Option<(Vec<Stored>, Vec<Line>)>, MeteringError> {
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
+        let keys: BTreeSet<CounterKey> = events
+            .iter()
+            .map(|event| (event.account_id, event.meter_code.clone(), month_of(event.occurred_at)))
+            .collect();
+        let mut counters = lock_counters(&transaction, tenant, &keys).await?;
+        let before: HashMap<CounterKey, Decimal> = counters.iter().map(|(key, value)| (key.clone(), *value)).collect();
+        let mut known = known_events(&transaction, tenant, events).await?;
+        // One line per account and meter of this batch.
+        let batch = Uuid::now_v7();
+        let mut lines: BTreeMap<(Uuid, String), Line> = BTreeMap::new();
+        let mut results = Vec::with_capacity(events.len());
+        let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
+        for new in events {
+            if let Some(stored) = known.get(&new.event_id) {
+                results.push(Stored::Duplicate(stored.clone()));
+                continue;
+            }
+            let key = (new.account_id, new.meter_code.clone(), month_of(new.occurred_at));
+            let counter = counters.entry(key).or_insert(Decimal::ZERO);
+            let usage_before = *counter;
+            *counter =
+                usage_before.checked_add(new.quantity).ok_or_else(|| MeteringError::field("quantity", "too large"))?;
+            let amount = price(new, usage_before)?;
+            let stored = StoredEvent {
+                event_id: new.event_id.clone(),
+                account_id: new.account_id,
+                meter_code: new.meter_code.clone(),
+                quantity: new.quantity,
+                dimensions: new.dimensions.clone(),
+                occurred_at: new.occurred_at,
+                status: EventStatus::Pending,
+                amount,
+                charged_amount: Decimal::ZERO,
+                uncovered_amount: Decimal::ZERO,
+                entry_ids: Vec::new(),
+                reason: String::new(),
+            };
+            let line = lines.entry((new.account_id, new.meter_code.clone())).or_insert_with(|| Line {
+                tenant,
+                key: wallet_key("usage", &format!("{batch}/{}/{}", new.account_id, new.meter_code)),
+                account_id: new.account_id,
+                meter_code: new.meter_code.clone(),
+                events: Vec::new(),
+            });
+            let position = i32::try_from(line.events.len()).unwrap_or(i32::MAX);
+            line.events.push(stored.clone());
+            rows.push((stored.clone(), line.key.clone(), position));
+            known.insert(stored.event_id.clone(), stored.clone());
+            results.push(Stored::New(stored));
+        }
+        let expected = rows.len() as u64;
+        if insert_events(&transaction, tenant, rows, now).await? != expected {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
+        write_counters(&transaction, tenant, &counters, &before).await?;
+        let lines: Vec<Line> = lines.into_values().collect();
+        insert_lines(&transaction, &lines, now + CLAIM, now).await?;
+        transaction.commit().await?;
+        Ok(Some((results, lines)))
+    }
+
+    /// Claims up to `limit` lines nobody holds, oldest claim first, with their
+    /// events in order (an event stored before lines is a line of its own).
+    pub async fn claim_lines(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<Line>, MeteringError> {
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
+        let backend = transaction.get_database_backend();
+        let mut query = line::Entity::find()
+            .filter(line::Column::ClaimedUntil.lt(now))
+            .order_by_asc(line::Column::ClaimedUntil)
+            .limit(limit);
+        if backend == DbBackend::Postgres {
+            query = query
+                .lock_with_behavior(sea_orm::sea_query::LockType::Update, sea_orm::sea_query::LockBehavior::SkipLocked);
+        }
+        let due = query.all(&transaction).await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut by_tenant: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+        for row in &due {
+            by_tenant.entry(row.tenant_id).or_default().push(row.draw_key.clone());
+        }
+        for (tenant, keys) in &by_tenant {
+            line::Entity::update_many()
+                .col_expr(line::Column::ClaimedUntil, Expr::value(now + CLAIM))
+                .filter(line::Column::TenantId.eq(*tenant))
+                .filter(line::Column::DrawKey.is_in(keys.clone()))
+                .exec(&transaction)
+                .await?;
+        }
+        let mut lines = Vec::with_capacity(due.len());
+        for (tenant, keys) in by_tenant {
+            let (legacy, drawn): (Vec<String>, Vec<String>) =
+                keys.into_iter().partition(|key| key.starts_with(LEGACY_LINE_PREFIX));
+            let mut events: BTreeMap<String, Vec<event::Model>> = BTreeMap::new();
+            for chunk in drawn.chunks(500) {
+                for row in event::Entity::find()
+                    .filter(event::Column::TenantId.eq(tenant))
+                    .filter(event::Column::DrawKey.is_in(chunk.to_vec()))
+                    .order_by_asc(event::Column::DrawPosition)
+                    .all(&transaction)
+                    .await?
+                {
+                    if let Some(key) = row.draw_key.clone() {
+                        events.entry(key).or_default().push(row);
+                    }
+                }
+            }
+            for key in legacy {
+                let id = key.trim_start_matches(LEGACY_LINE_PREFIX).to_owned();
+                if let Some(row) = event::Entity::find_by_id((tenant, id)).one(&transaction).await? {
+                    events.insert(key, vec![row]);
+                }
+            }
+            for row in due.iter().filter(|row| row.tenant_id == tenant) {
+                let rows = events.remove(&row.draw_key).unwrap_or_default();
+                lines.push(Line {
+                    tenant: TenantId(tenant),
+                    key: row.draw_key.clone(),
+                    account_id: row.account_id,
+                    meter_code: row.meter_code.clone(),
+                    events: rows.into_iter().map(event_from_row).collect::<Result<_, _>>()?,
+                });
+            }
+        }
+        transaction.commit().await?;
+        Ok(lines)
+    }
+
+    /// Lets go of lines whose draw could not be sent, so the next pass takes them.
+    pub async fn release_lines(
+        &self,
+        tenant: TenantId,
+        keys: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), MeteringError> {
+        for chunk in keys.chunks(500) {
+            line::Entity::update_many()
+                .col_expr(line::Column::ClaimedUntil, Expr::value(now))
+                .filter(line::Column::TenantId.eq(tenant.0))
+                .filter(line::Column::DrawKey.is_in(chunk.to_vec()))
+                .exec(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records the wallet's answers for drawn lines and forgets the lines, in
+    /// one transaction.
+    pub async fn settle_lines(
+        &self,
+        tenant: TenantId,
+        settlements: &[(String, Settlement)],
+        lines: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<(), MeteringError> {
+        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
+        settle(&transaction, tenant, settlements, now).await?;
+        for chunk in lines.chunks(500) {
+            line::Entity::delete_many()
+                .filter(line::Column::TenantId.eq(tenant.0))
+                .filter(line::Column::DrawKey.is_in(chunk.to_vec()))
+                .exec(&transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+}
+
+/// Locks the batch's counters in key order (creating missing ones at zero)
+/// and reads them.
+async fn lock_counters(
+    transaction: &DatabaseTransaction,
+    tenant: TenantId,
+    keys: &BTreeSet<CounterKey>,
+) -> Result<BTreeMap<CounterKey, Decimal>, MeteringError> {
+    let mut counters = BTreeMap::new();
+    if keys.is_empty() {
+        return Ok(counters);
+    }
+    if transaction.get_database_backend() == DbBackend::Postgres {
+        let accounts = array(ArrayType::Uuid, keys.iter().map(|key| Value::from(key.0)).collect());
+        let meters = array(ArrayType::String, keys.iter().map(|key| Value::from(key.1.clone())).collect());
+        let months = array(ArrayType::String, keys.iter().map(|key| Value::from(key.2.clone())).collect());
+        transaction
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO usage_counters (tenant_id, account_id, meter_code, month, quantity) \
+                 SELECT $1, v.a, v.m, v.mo, 0 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS v(a, m, mo) \
+                 ORDER BY v.a, v.m, v.mo ON CONFLICT DO NOTHING",
+                [tenant.0.into(), accounts.clone(), meters.clone(), months.clone()],
+            ))
+            .await?;
+        let rows = transaction
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT c.account_id, c.meter_code, c.month, c.quantity FROM usage_counters c \
+                 JOIN UNNEST($2::uuid[], $3::text[], $4::text[]) AS v(a, m, mo) \
+                 ON c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo \
+                 WHERE c.tenant_id = $1 ORDER BY c.account_id, c.meter_code, c.month FOR UPDATE OF c",
+                [tenant.0.into(), accounts, meters, months],
+            ))
+            .await?;
+        for row in rows {
+            let key = (row.try_get("", "account_id")?, row.try_get("", "meter_code")?, row.try_get("", "month")?);
+            let quantity: Decimal = row.try_get("", "quantity")?;
+            counters.insert(key, quantity);
+        }
+        return Ok(counters);
+    }
+    let accounts: BTreeSet<Uuid> = keys.iter().map(|key| key.0).collect();
+    let accounts: Vec<Uuid> = accounts.into_iter().collect();
+    for chunk in accounts.chunks(500) {
+        for row in counter::Entity::find()
+            .filter(counter::Column::TenantId.eq(tenant.0))
+            .filter(counter::Column::AccountId.is_in(chunk.to_vec()))
+            .all(transaction)
+            .await?
+        {
+            let key = (row.account_id, row.meter_code, row.month);
+            if keys.contains(&key) {
+                counters.insert(key, row.quantity.0);
+            }
+        }
+    }
+    Ok(counters)
+}
+
+/// The stored events among the batch's ids.
+async fn known_events(
+    transaction: &DatabaseTransaction,
+    tenant: TenantId,
+    events: &[NewEvent],
+) -> Result<HashMap<String, StoredEvent>, MeteringError> {
+    let ids: Vec<String> = events.iter().map(|event| event.event_id.clone()).collect();
+    let mut known = HashMap::new();
+    let rows = if transaction.get_database_backend() == DbBackend::Postgres {
+        event::Entity::find()
+            .from_raw_sql(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT * FROM usage_events WHERE tenant_id = $1 AND event_id = ANY($2)",
+                [tenant.0.into(), array(ArrayType::String, ids.into_iter().map(Value::from).collect())],
+            ))
+            .all(transaction)
+            .await?
+    } else {
+        let mut rows = Vec::new();
+        for chunk in ids.chunks(500) {
+            rows.extend(
+                event::Entity::find()
+                    .filter(event::Column::TenantId.eq(tenant.0))
+                    .filter(event::Column::EventId.is_in(chunk.to_vec()))
+                    .all(transaction)
+                    .await?,
+            );
+        }
+        rows
+    };
+    for row in rows {
+        let stored = event_from_row(row)?;
+        known.insert(stored.event_id.clone(), stored);
+    }
+    Ok(known)
+}
+
+/// Inserts new events, skipping ids stored meanwhile; returns how many were inserted.
+async fn insert_events(
+    transaction: &DatabaseTransaction,
+    tenant: TenantId,
+    rows: Vec<(StoredEvent, String, i32)>,
+    now: DateTime<Utc>,
+) -> Result<u64, MeteringError> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    if transaction.get_database_backend() == DbBackend::Postgres {
+        let mut columns: Vec<Vec<Value>> = (0..9).map(|_| Vec::with_capacity(rows.len())).collect();
+        for (stored, key, position) in &rows {
+            let values: [Value; 9] = [
+                stored.event_id.clone().into(),
+                stored.account_id.into(),
+                stored.meter_code.clone().into(),
+                stored.quantity.into(),
+                json(&stored.dimensions).into(),
+                stored.occurred_at.into(),
+                stored.amount.into(),
+                key.clone().into(),
+                (*position).into(),
+            ];
+            for (column, value) in columns.iter_mut().zip(values) {
+                column.push(value);
+            }
+        }
+        let kinds = [
+            ArrayType::String,
+            ArrayType::Uuid,
+            ArrayType::String,
+            ArrayType::Decimal,
+            ArrayType::String,
+            ArrayType::ChronoDateTimeUtc,
+            ArrayType::Decimal,
+            ArrayType::String,
+            ArrayType::Int,
+        ];
+        let mut values: Vec<Value> = vec![tenant.0.into(), now.into()];
+        values.extend(kinds.into_iter().zip(columns).map(|(kind, column)| array(kind, column)));
+        let inserted = transaction
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO usage_events (tenant_id, event_id, account_id, meter_code, quantity, dimensions, \
+                 occurred_at, status, amount, charged_amount, uncovered_amount, entry_ids, reason, origin, \
+                 claimed_until, created_at, updated_at, draw_key, draw_position) \
+                 SELECT $1, v.id, v.account, v.meter, v.quantity, v.dimensions, v.occurred_at, 'PENDING', v.amount, \
+                 0, 0, '[]', '', 'INGEST', $2, $2, $2, v.draw_key, v.position \
+                 FROM UNNEST($3::text[], $4::uuid[], $5::text[], $6::numeric[], $7::text[], $8::timestamptz[], \
+                 $9::numeric[], $10::text[], $11::int[]) \
+                 AS v(id, account, meter, quantity, dimensions, occurred_at, amount, draw_key, position) \
+                 ON CONFLICT (tenant_id, event_id) DO NOTHING",
+                values,
+            ))
+            .await?;
+        return Ok(inserted.rows_affected());
+    }
+    let count = rows.len() as u64;
+    let models: Vec<event::ActiveModel> = rows
+        .into_iter()
+        .map(|(stored, key, position)| event::ActiveModel {
+            tenant_id: Set(tenant.0),
+            event_id: Set(stored.event_id),
+            account_id: Set(stored.account_id),
+            meter_code: Set(stored.meter_code),
+            quantity: Set(Amount(stored.quantity)),
+            dimensions: Set(json(&stored.dimensions)),
+            occurred_at: Set(stored.occurred_at),
+            status: Set(EventStatus::Pending.name().to_owned()),
+            amount: Set(Amount(stored.amount)),
+            charged_amount: Set(Amount(Decimal::ZERO)),
+            uncovered_amount: Set(Amount(Decimal::ZERO)),
+            entry_ids: Set("[]".to_owned()),
+            reason: Set(String::new()),
+            origin: Set("INGEST".to_owned()),
+            claimed_until: Set(now),
+            created_at: Set(now),
+            updated_at: Set(now),
+            draw_key: Set(Some(key)),
+            draw_position: Set(Some(position)),
+        })
+        .collect();
+    // An event row is a few hundred bytes on the wire.
+    for chunk in models.chunks(rows_per_insert(400)) {
+        event::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
+    }
+    Ok(count)
+}
+
+/// Writes back the counters the batch advanced.
+async fn write_counters(
+    transaction: &DatabaseTransaction,
+    tenant: TenantId,
+    counters: &BTreeMap<CounterKey, Decimal>,
+    before: &HashMap<CounterKey, Decimal>,
+) -> Result<(), MeteringError> {
+    let changed: Vec<(&CounterKey, &Decimal)> =
+        counters.iter().filter(|(key, value)| before.get(*key) != Some(*value)).collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    if transaction.get_database_backend() == DbBackend::Postgres {
+        let accounts = array(ArrayType::Uuid, changed.iter().map(|(key, _)| Value::from(key.0)).collect());
+        let meters = array(ArrayType::String, changed.iter().map(|(key, _)| Value::from(key.1.clone())).collect());
+        let months = array(ArrayType::String, changed.iter().map(|(key, _)| Value::from(key.2.clone())).collect());
+        let quantities = array(ArrayType::Decimal, changed.iter().map(|(_, value)| Value::from(**value)).collect());
+        transaction
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE usage_counters c SET quantity = v.q \
+                 FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::numeric[]) AS v(a, m, mo, q) \
+                 WHERE c.tenant_id = $1 AND c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo",
+                [tenant.0.into(), accounts, meters, months, quantities],
+            ))
+            .await?;
+        return Ok(());
+    }
+    let models: Vec<counter::ActiveModel> = changed
+        .into_iter()
+        .map(|(key, value)| counter::ActiveModel {
+            tenant_id: Set(tenant.0),
+            account_id: Set(key.0),
+            meter_code: Set(key.1.clone()),
+            month: Set(key.2.clone()),
+            quantity: Set(Amount(*value)),
+        })
+        .collect();
+    for chunk in models.chunks(rows_per_insert(200)) {
+        counter::Entity::insert_many(chunk.to_vec())
+            .on_conflict(
+                OnConflict::columns([
+                    counter::Column::TenantId,
+                    counter::Column::AccountId,
+                    counter::Column::MeterCode,
+                    counter::Column::Month,
+                ])
+                .update_column(counter::Column::Quantity)
+                .to_owned(),
+            )
+            .exec_without_returning(transaction)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Lists lines as not yet drawn, held until `claimed_until`.
+async fn insert_lines(
+    transaction: &DatabaseTransaction,
+    lines: &[Line],
+    claimed_until: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<(), MeteringError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    if transaction.get_database_backend() == DbBackend::Postgres {
+        let tenants = array(ArrayType::Uuid, lines.iter().map(|line| Value::from(line.tenant.0)).collect());
+        let keys = array(ArrayType::String, lines.iter().map(|line| Value::from(line.key.clone())).collect());
+        let accounts = array(ArrayType::Uuid, lines.iter().map(|line| Value::from(line.account_id)).collect());
+        let meters = array(ArrayType::String, lines.iter().map(|line| Value::from(line.meter_code.clone())).collect());
+        transaction
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "INSERT INTO usage_lines (tenant_id, draw_key, account_id, meter_code, claimed_until, created_at) \
+                 SELECT v.t, v.k, v.a, v.m, $5, $6 FROM UNNEST($1::uuid[], $2::text[], $3::uuid[], $4::text[]) \
+                 AS v(t, k, a, m)",
+                [tenants, keys, accounts, meters, claimed_until.into(), now.into()],
+            ))
+            .await?;
+        return Ok(());
+    }
+    let models: Vec<line::ActiveModel> = lines
+        .iter()
+        .map(|line| line::ActiveModel {
+            tenant_id: Set(line.tenant.0),
+            draw_key: Set(line.key.clone()),
+            account_id: Set(line.account_id),
+            meter_code: Set(line.meter_code.clone()),
+            claimed_until: Set(claimed_until),
+            created_at: Set(now),
+        })
+        .collect();
+    for chunk in models.chunks(rows_per_insert(200)) {
+        line::Entity::insert_many(chunk.to_vec()).exec_without_returning(transaction).await?;
+    }
+    Ok(())
+}
+
+/// Records the wallet's answers. Only PENDING events change, so a late
+/// answer never overwrites a final one. On PostgreSQL one statement.
+pub async fn settle(
+    transaction: &DatabaseTransaction,
+    tenant: TenantId,
+    settlements: &[(String, Settlement)],
+    now: DateTime<Utc>,
+) -> Result<(), MeteringError> {
+    if settlements.is_empty() {
+        return Ok(());
+    }
+    if transaction.get_database_backend() == DbBackend::Postgres {
+        let mut ordered: Vec<&(String, Settlement)> = settlements.iter().collect();
+        // In id order, so concurrent recorders take the rows in one order.
+        ordered.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids = array(ArrayType::String, ordered.iter().map(|(id, _)| Value::from(id.clone())).collect());
+        let statuses = array(ArrayType::String, ordered.iter().map(|(_, s)| Value::from(s.status.name())).collect());
+        let charged = array(ArrayType::Decimal, ordered.iter().map(|(_, s)| Value::from(s.charged_amount)).collect());
+        let uncovered =
+            array(ArrayType::Decimal, ordered.iter().map(|(_, s)| Value::from(s.uncovered_amount)).collect());
+        let entries = array(ArrayType::String, ordered.iter().map(|(_, s)| Value::from(json(&s.entry_ids))).collect());
+        let reasons = array(ArrayType::String, ordered.iter().map(|(_, s)| Value::from(s.reason.clone())).collect());
+        transaction
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "UPDATE usage_events e SET status = v.status, charged_amount = v.charged, uncovered_amount = v.uncovered, \
+                 entry_ids = v.entries, reason = v.reason, updated_at = $2 \
+                 FROM UNNEST($3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::text[], $8::text[]) \
+                 AS v(id, status, charged, uncovered, entries, reason) \
+                 WHERE e.tenant_id = $1 AND e.event_id = v.id AND e.status = 'PENDING'",
+                [tenant.0.into(), now.into(), ids, statuses, charged, uncovered, entries, reasons],
+            ))
+            .await?;
+        return Ok(());
+    }
+    for (event_id, settlement) in settlements {
+        event::Entity::update_many()
+            .col_expr(event::Column::Status, Expr::value(settlement.status.name()))
+            .col_expr(event::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
+            .col_expr(event::Column::UncoveredAmount, Expr::value(Amount(settlement.uncovered_amount)))
+            .col_expr(event::Column::EntryIds, Expr::value(json(&settlement.entry_ids)))
+            .col_expr(event::Column::Reason, Expr::value(settlement.reason.clone()))
+            .col_expr(event::Column::UpdatedAt, Expr::value(now))
+            .filter(event::Column::TenantId.eq(tenant.0))
+            .filter(event::Column::EventId.eq(event_id.clone()))
+            .filter(event::Column::Status.eq(EventStatus::Pending.name()))
+            .exec(transaction)
+            .await?;
+    }
+    Ok(())
+}
