@@ -185,6 +185,126 @@ async fn killed_mid_ingest(backend: Backend) {
     }
 }
 
+/// Asynchronous ingestion answers once events are stored; a kill before
+/// they are drawn (first with the wallet away, so none can be, then in the
+/// middle of a stream of batches) loses none and draws none twice.
+async fn killed_before_accepted_usage_is_drawn(backend: Backend) {
+    let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
+        start(backend).await
+    else {
+        return;
+    };
+    let batch = |quantity: &str| -> Vec<pb::UsageEvent> {
+        (0..BATCH)
+            .map(|_| pb::UsageEvent {
+                event_id: key(),
+                account_id: account.id.clone(),
+                meter_code: "tokens".into(),
+                quantity: quantity.into(),
+                ..Default::default()
+            })
+            .collect()
+    };
+    let mut api = metering_client(metering.address(), &api_key).await;
+    // Metering learns the account while the wallet is there.
+    api.ingest_events(pb::IngestEventsRequest { events: batch("1"), asynchronous: false }).await.unwrap();
+    let mut batches = Vec::new();
+    wallet.terminate().await;
+    for _ in 0..3 {
+        let events = batch("3");
+        let results = api
+            .ingest_events(pb::IngestEventsRequest { events: events.clone(), asynchronous: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+        assert!(results.iter().all(|result| result.status == i32::from(pb::EventStatus::Accepted)));
+        batches.push(events);
+    }
+    metering.kill().await;
+    wallet.start(&environment).await;
+    metering.start(&environment).await;
+    // Then a stream of accepted batches with metering killed under it.
+    let sender = {
+        let mut api = metering_client(metering.address(), &api_key).await;
+        let stream: Vec<Vec<pb::UsageEvent>> = (0..40).map(|_| batch("3")).collect();
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for events in stream {
+                sent.push(events.clone());
+                if api.ingest_events(pb::IngestEventsRequest { events, asynchronous: true }).await.is_err() {
+                    break;
+                }
+            }
+            sent
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    metering.kill().await;
+    batches.extend(sender.await.unwrap());
+    metering.start(&environment).await;
+    let mut api = metering_client(metering.address(), &api_key).await;
+    // Every batch sent again until each event is charged: each is stored once.
+    let mut amounts: HashMap<String, Decimal> = HashMap::new();
+    for _ in 0..150 {
+        amounts.clear();
+        let mut all_charged = true;
+        for events in &batches {
+            let results = match api
+                .ingest_events(pb::IngestEventsRequest { events: events.clone(), asynchronous: false })
+                .await
+            {
+                Ok(response) => response.into_inner().results,
+                Err(status) if matches!(status.code(), tonic::Code::Aborted | tonic::Code::Unavailable) => {
+                    all_charged = false;
+                    continue;
+                }
+                Err(status) => panic!("re-sending a batch failed: {status:?}"),
+            };
+            for result in results {
+                let status = if result.status == i32::from(pb::EventStatus::Duplicate) {
+                    result.original_status
+                } else {
+                    result.status
+                };
+                all_charged &= status == i32::from(pb::EventStatus::Charged);
+                amounts.insert(result.event_id.clone(), d(&result.amount));
+            }
+        }
+        if all_charged {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let events = batches.iter().map(Vec::len).sum::<usize>();
+    assert_eq!(amounts.len(), events);
+    let charged: Decimal = amounts.values().sum();
+    assert_eq!(charged, Decimal::new(3, 2) * Decimal::from(events as u64));
+    let entries = ledger(&wallet_client, &account).await;
+    let debits: Vec<&wallet_pb::LedgerEntry> =
+        entries.iter().filter(|entry| entry.kind == i32::from(wallet_pb::EntryKind::Debit)).collect();
+    let mut lines: HashMap<&str, usize> = HashMap::new();
+    for entry in &debits {
+        lines.insert(
+            entry.correlation_id.as_str(),
+            entry.metadata.get("events").and_then(|n| n.parse().ok()).unwrap_or(0),
+        );
+    }
+    assert_eq!(lines.values().sum::<usize>(), events + BATCH, "every accepted event debited exactly once");
+    let debited: Decimal = debits.iter().map(|entry| -d(&entry.amount)).sum();
+    assert_eq!(
+        debited,
+        charged + Decimal::new(1, 2) * Decimal::from(BATCH as u64),
+        "the wallet's debits equal the charges"
+    );
+    assert_books_balance(&wallet_client, &account).await;
+    metering.terminate().await;
+    wallet.terminate().await;
+    for database in databases {
+        database.drop_database().await;
+    }
+}
+
 async fn ingest_command(backend: Backend) {
     let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
         start(backend).await
@@ -262,4 +382,14 @@ async fn metering_killed_mid_ingest_debits_every_event_once_on_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metering_killed_mid_ingest_debits_every_event_once_on_postgres() {
     killed_mid_ingest(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing_on_sqlite() {
+    killed_before_accepted_usage_is_drawn(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing_on_postgres() {
+    killed_before_accepted_usage_is_drawn(Backend::Postgres).await;
 }

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod aggregate;
 mod authorizations;
 mod ingestion;
 mod outage;
