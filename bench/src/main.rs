@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod baseline;
+mod ingest;
 mod load;
 mod setup;
 mod stats;
@@ -75,6 +76,12 @@ struct Args {
     /// With `--profile`: balance reads per second alongside the debits (0: none).
     #[arg(long, default_value_t = 0.0)]
     profile_reads: f64,
+    /// With `--profile`: ingest usage over this many accounts instead of debiting (0: debit).
+    #[arg(long, default_value_t = 0)]
+    profile_ingest: usize,
+    /// With `--profile-ingest`: asynchronous ingestion.
+    #[arg(long)]
+    asynchronous: bool,
 }
 
 const CENT: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
@@ -343,8 +350,59 @@ fn line(report: &mut String, comparison: &Comparison) {
     );
 }
 
+/// Ingestion alone, for a profiler: prints the services' pids, then the figures.
+async fn profile_ingest(args: &Args) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("reservoir-profile-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir)?;
+    let url = bench_database(&args.postgres).await?;
+    fresh_schema(&url, "wallet_bench").await?;
+    fresh_schema(&url, "metering_bench").await?;
+    let services = Services::start(&args.reservoir, &url, Some(&url), &data_dir).await?;
+    let wallet = services.wallet_client().await?;
+    let metering = services.metering_client().await?;
+    let books = baseline::connect(&url, Some("wallet_bench"), 2).await?;
+    let metering_books = baseline::connect(&url, Some("metering_bench"), 2).await?;
+    let tenant = ingest::tenant_of(&wallet).await?;
+    let accounts = Arc::new(ingest::bulk_accounts(&books, tenant, args.profile_ingest, FUNDS).await?);
+    ingest::price_tokens(&metering).await?;
+    let sent = Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    ingest::learn_accounts(&metering, &accounts).await?;
+    println!(
+        "wallet pid {}, metering pid {}",
+        services.wallet.id().unwrap_or(0),
+        services.metering.as_ref().and_then(|child| child.id()).unwrap_or(0)
+    );
+    let since = chrono::Utc::now();
+    let result =
+        ingest::run(&metering, accounts.clone(), Duration::from_secs(args.seconds), args.asynchronous, 1, sent).await;
+    println!(
+        "events/s {:.0}, batch p50 {:.2} ms, p99 {:.2} ms, failed batches {}",
+        result.throughput(),
+        result.latency_ms(0.5),
+        result.latency_ms(0.99),
+        result.errors
+    );
+    if args.asynchronous {
+        ingest::drained(&metering_books, Duration::from_secs(60)).await?;
+        let (p50, p99) = ingest::lag_ms(&metering_books, since).await?;
+        println!("drawdown lag p50 {p50:.1} ms, p99 {p99:.1} ms");
+    }
+    ingest::check_stored_once(&metering_books).await?;
+    println!(
+        "wallet resident {:.0} MiB, metering resident {:.0} MiB",
+        services.wallet_rss_mib(),
+        services.metering_rss_mib()
+    );
+    services.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
 /// Hot-wallet debits (and optionally balance reads) against one service, for a profiler.
 async fn profile(args: &Args) -> anyhow::Result<()> {
+    if args.profile_ingest > 0 {
+        return profile_ingest(args).await;
+    }
     let data_dir = std::env::temp_dir().join(format!("reservoir-profile-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&data_dir)?;
     let (wallet_url, books_url, books_schema) = if args.sqlite {

@@ -3,8 +3,10 @@
 mod convert;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
+use futures::StreamExt;
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::time::truncate_to_micros;
@@ -25,7 +27,8 @@ use crate::domain::{
 };
 use crate::drawdown::Drawdown;
 use crate::error::MeteringError;
-use crate::store::{AuthorizationRow, MeterRow, NewEvent, Settlement, Store, Stored};
+use crate::store::batcher::StoreBatcher;
+use crate::store::{AuthorizationRow, IngestEvent, MeterRow, NewEvent, Settlement, Store, Stored};
 use crate::wallet::{WalletGateway, is_final_refusal, wallet_key};
 
 /// Events per IngestEvents: one BatchDebit of the wallet.
@@ -46,11 +49,24 @@ const USAGE_RANGE_DAYS_MAX: i64 = 366;
 const NAME_LENGTH_MAX: usize = 64;
 const DESCRIPTION_LENGTH_MAX: usize = 512;
 
+/// What the wallet said of an account's unit: its code and scale, if the tenant has it.
+type WalletUnit = Result<Option<(String, u32)>, MeteringError>;
+/// A meter with its prices, oldest first.
+type PricedMeter = (MeterRow, Vec<Arc<PriceVersion>>);
+
+/// Accounts looked up in the wallet at once when a batch names many it never saw.
+const WALLET_LOOKUPS_AT_ONCE: usize = 32;
+/// Account scales remembered in memory; past this many the map starts over.
+/// A scale never changes, so a remembered one is never stale.
+const SCALES_CACHED_MAX: usize = 200_000;
+
 #[derive(Clone)]
 pub struct MeteringApi {
     store: Store,
     wallet: WalletGateway,
     drawdown: Drawdown,
+    batcher: StoreBatcher,
+    scales: Arc<std::sync::Mutex<HashMap<(TenantId, Uuid), u32>>>,
 }
 
 pub fn now() -> DateTime<Utc> {
@@ -104,7 +120,8 @@ fn schedule_from(violations: &mut Violations, field: &str, tiers: &[pb::Tier]) -
 impl MeteringApi {
     pub fn new(store: Store, wallet: WalletGateway) -> Self {
         let drawdown = Drawdown::start(store.clone(), wallet.clone());
-        Self { store, wallet, drawdown }
+        let batcher = StoreBatcher::start(store.clone());
+        Self { store, wallet, drawdown, batcher, scales: Default::default() }
     }
 
     async fn meter(&self, tenant: TenantId, field: &str, code: &str) -> Result<MeterRow, MeteringError> {
@@ -129,6 +146,65 @@ impl MeteringApi {
         }
     }
 
+    /// The wallet scales of many accounts at once: from memory, then in one
+    /// query from the accounts metering has seen, then from the wallet one by
+    /// one for accounts never seen. An account the tenant lacks maps to `None`.
+    async fn account_scales(
+        &self,
+        tenant: TenantId,
+        accounts: impl Iterator<Item = Uuid>,
+    ) -> Result<HashMap<Uuid, Option<u32>>, MeteringError> {
+        let mut found: HashMap<Uuid, Option<u32>> = HashMap::new();
+        let mut missing = Vec::new();
+        if let Ok(known) = self.scales.lock() {
+            for account in accounts {
+                match known.get(&(tenant, account)) {
+                    Some(scale) => {
+                        found.insert(account, Some(*scale));
+                    }
+                    None if !found.contains_key(&account) => missing.push(account),
+                    None => {}
+                }
+            }
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        let stored = self.store.account_units(tenant, &missing).await?;
+        let mut learned: Vec<(Uuid, u32)> = stored.into_iter().collect();
+        let remembered: std::collections::HashSet<Uuid> = learned.iter().map(|(account, _)| *account).collect();
+        // Accounts never seen are asked of the wallet a few at a time, and
+        // remembered together.
+        let unseen = missing.into_iter().filter(|account| !remembered.contains(account));
+        let asked: Vec<(Uuid, WalletUnit)> = futures::stream::iter(unseen)
+            .map(|account| async move { (account, self.wallet.account_unit(tenant, account).await) })
+            .buffer_unordered(WALLET_LOOKUPS_AT_ONCE)
+            .collect()
+            .await;
+        let mut new_units = Vec::new();
+        for (account, unit) in asked {
+            match unit? {
+                Some((code, scale)) => {
+                    learned.push((account, scale));
+                    new_units.push((account, code, scale));
+                }
+                None => {
+                    found.insert(account, None);
+                }
+            }
+        }
+        self.store.remember_accounts(tenant, &new_units).await?;
+        if let Ok(mut known) = self.scales.lock() {
+            if known.len() + learned.len() > SCALES_CACHED_MAX {
+                known.clear();
+            }
+            for (account, scale) in learned {
+                known.insert((tenant, account), scale);
+                found.insert(account, Some(scale));
+            }
+        }
+        Ok(found)
+    }
+
     /// Ingests one batch: checks each event, stores the valid ones with
     /// their prices in lines (an account's usage of a meter), then draws the
     /// lines from the wallets and answers each event; or, `asynchronously`,
@@ -143,10 +219,14 @@ impl MeteringApi {
             return Err(MeteringError::field("events", format!("must hold 1 to {EVENTS_PER_CALL_MAX} events")));
         }
         let now = now();
+        let started = std::time::Instant::now();
         let mut results: Vec<Option<pb::EventResult>> = vec![None; events.len()];
-        let mut meters: HashMap<String, Option<(MeterRow, Vec<PriceVersion>)>> = HashMap::new();
-        let mut scales: HashMap<Uuid, Option<u32>> = HashMap::new();
-        let mut accepted: Vec<(usize, NewEvent)> = Vec::new();
+        let mut meters: HashMap<String, Option<PricedMeter>> = HashMap::new();
+        // Every account's scale first, in one go.
+        let mut scales: HashMap<Uuid, Option<u32>> = self
+            .account_scales(tenant, events.iter().filter_map(|event| Uuid::parse_str(&event.account_id).ok()))
+            .await?;
+        let mut accepted: Vec<(usize, IngestEvent)> = Vec::new();
         for (index, event) in events.iter().enumerate() {
             let invalid = |field: &str, reason: &str| pb::EventResult {
                 event_id: event.event_id.clone(),
@@ -177,7 +257,7 @@ impl MeteringApi {
                 let found = match self.store.meter(tenant, &event.meter_code).await? {
                     Some(meter) => {
                         let prices = self.store.prices(meter.id).await?;
-                        Some((meter, prices))
+                        Some((meter, prices.into_iter().map(Arc::new).collect()))
                     }
                     None => None,
                 };
@@ -187,10 +267,16 @@ impl MeteringApi {
                 results[index] = Some(invalid("meter_code", "UNKNOWN_METER"));
                 continue;
             };
-            if price_at(prices, occurred_at).is_none() {
+            // The latest price effective at the event's instant.
+            let Some(price) = prices
+                .iter()
+                .filter(|price| price.effective_from <= occurred_at)
+                .max_by_key(|price| price.effective_from)
+                .cloned()
+            else {
                 results[index] = Some(invalid("meter_code", "NO_PRICE"));
                 continue;
-            }
+            };
             let quantity = if meter.aggregation == "COUNT" {
                 Decimal::ONE
             } else {
@@ -209,41 +295,30 @@ impl MeteringApi {
             if let std::collections::hash_map::Entry::Vacant(vacant) = scales.entry(account_id) {
                 vacant.insert(self.account_scale(tenant, account_id).await?);
             }
-            if scales.get(&account_id).copied().flatten().is_none() {
+            let Some(scale) = scales.get(&account_id).copied().flatten() else {
                 results[index] = Some(invalid("account_id", "UNKNOWN_ACCOUNT"));
                 continue;
-            }
-            accepted.push((
-                index,
-                NewEvent {
-                    event_id: event.event_id.clone(),
-                    account_id,
-                    meter_code: event.meter_code.clone(),
-                    quantity,
-                    dimensions: event.dimensions.clone(),
-                    occurred_at,
-                },
-            ));
+            };
+            let event = NewEvent {
+                event_id: event.event_id.clone(),
+                account_id,
+                meter_code: event.meter_code.clone(),
+                quantity,
+                dimensions: event.dimensions.clone(),
+                occurred_at,
+            };
+            accepted.push((index, IngestEvent { event, price, scale }));
         }
-        let price = |event: &NewEvent, before: Decimal| -> Result<Decimal, MeteringError> {
-            let version = meters
-                .get(&event.meter_code)
-                .and_then(|found| found.as_ref())
-                .and_then(|(_, prices)| price_at(prices, event.occurred_at))
-                .ok_or_else(|| MeteringError::Internal("a checked price went missing".into()))?;
-            let scale = scales.get(&event.account_id).copied().flatten().unwrap_or(0);
-            version
-                .charge(&event.dimensions, before, event.quantity, scale)
-                .map_err(|error| MeteringError::field("quantity", error.to_string()))
-        };
         let indexes: Vec<usize> = accepted.iter().map(|(index, _)| *index).collect();
-        let new_events: Vec<NewEvent> = accepted.into_iter().map(|(_, event)| event).collect();
+        let new_events: Vec<IngestEvent> = accepted.into_iter().map(|(_, event)| event).collect();
         if asynchronously {
             // An account's earlier accepted batch is drawn before another is accepted.
-            let accounts: Vec<Uuid> = new_events.iter().map(|event| event.account_id).collect();
+            let accounts: Vec<Uuid> = new_events.iter().map(|new| new.event.account_id).collect();
             self.drawdown.wait_for(tenant, &accounts).await;
         }
-        let (stored, lines) = self.store.store_events(tenant, new_events, now, price).await?;
+        let checked = started.elapsed();
+        let (stored, lines) = self.batcher.store(tenant, new_events, now).await?;
+        let stored_at = started.elapsed();
         let drawn = if asynchronously {
             if let Err(error) = self.drawdown.accept(tenant, lines).await {
                 tracing::warn!(%error, "accepted usage is left to the worker");
@@ -252,6 +327,14 @@ impl MeteringApi {
         } else {
             draw_lines(&self.store, &self.wallet, tenant, lines, now).await?
         };
+        tracing::debug!(
+            events = indexes.len(),
+            check_us = checked.as_micros() as u64,
+            store_us = (stored_at - checked).as_micros() as u64,
+            draw_us = (started.elapsed() - stored_at).as_micros() as u64,
+            asynchronously,
+            "ingest"
+        );
         for (index, outcome) in indexes.into_iter().zip(stored) {
             let result = match outcome {
                 Stored::New(event) if asynchronously => {

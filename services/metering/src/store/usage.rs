@@ -8,9 +8,14 @@
 //! taken up again, with the same events in the same order under the same key.
 //!
 //! On PostgreSQL every step is one statement whatever the batch size, its
-//! rows bound as arrays; SQLite (one writer) goes through sea-orm.
+//! rows bound as arrays; SQLite (one writer) goes through sea-orm. Where a
+//! statement joins a table with its arrays, every condition on the table is
+//! part of the join (the tenant comes along as a column): a condition on the
+//! table alone lets the planner, on a young table's statistics, scan the
+//! table first and the arrays once per row, which costs seconds a batch.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
@@ -25,7 +30,7 @@ use uuid::Uuid;
 
 use super::entities::{counter, event, line};
 use super::{CLAIM, NewEvent, Settlement, Store, Stored, StoredEvent, event_from_row, json};
-use crate::domain::{EventStatus, month_of};
+use crate::domain::{EventStatus, PriceVersion, month_of};
 use crate::error::MeteringError;
 use crate::wallet::wallet_key;
 
@@ -33,9 +38,18 @@ use crate::wallet::wallet_key;
 /// event id: each such event is drawn alone, under the key it always had.
 pub const LEGACY_LINE_PREFIX: &str = "legacy:";
 
-/// Times a batch is stored again when a concurrent batch stored one of its
+/// Times batches are stored again when a concurrent batch stored one of their
 /// new event ids first: the next try finds it known.
 const STORE_TRIES_MAX: usize = 3;
+
+/// What one try at storing batches came to.
+enum Tried {
+    Stored(Vec<StoredBatch>),
+    /// The batch at this position has an event that cannot be priced.
+    Unpriced(usize, MeteringError),
+    /// A new event id was stored concurrently; nothing was written.
+    Raced,
+}
 
 /// One line: the usage of one account and meter drawn in one go.
 #[derive(Debug, Clone)]
@@ -53,101 +67,156 @@ fn array(kind: ArrayType, values: Vec<Value>) -> Value {
     Value::Array(kind, Some(Box::new(values)))
 }
 
+/// The tenant once per row, as an array joined like the others (a lone
+/// `tenant_id = $1` would be planned as a condition on the table alone).
+fn tenants(tenant: TenantId, rows: usize) -> Value {
+    array(ArrayType::Uuid, vec![Value::from(tenant.0); rows])
+}
+
 /// A counter's key: account, meter, month.
 type CounterKey = (Uuid, String, String);
 
+/// An event to store from ingestion, with the price it is charged by and
+/// the scale of its wallet.
+#[derive(Debug, Clone)]
+pub struct IngestEvent {
+    pub event: NewEvent,
+    pub price: Arc<PriceVersion>,
+    pub scale: u32,
+}
+
+impl IngestEvent {
+    fn charge(&self, usage_before: Decimal) -> Result<Decimal, MeteringError> {
+        self.price
+            .charge(&self.event.dimensions, usage_before, self.event.quantity, self.scale)
+            .map_err(|error| MeteringError::field("quantity", error.to_string()))
+    }
+}
+
+/// What storing one batch came to: each event's fate, and the lines of the new ones.
+pub type StoredBatch = (Vec<Stored>, Vec<Line>);
+
 impl Store {
-    /// Stores a batch of events in one transaction, in order. A known event
-    /// id answers with what was stored for it; a new event advances its
-    /// monthly counter, is priced by `price` for the usage before it, and
-    /// joins its line. The lines of the new events are returned claimed, for
-    /// the caller to draw now.
-    pub async fn store_events(
+    /// Stores batches of one tenant in one transaction, each in order and
+    /// after the ones before it. A known event id answers with what was
+    /// stored for it; a new event advances its monthly counter, is priced for
+    /// the usage before it, and joins its batch's line of its account and
+    /// meter. The lines of the new events are returned claimed, for the
+    /// caller to draw now. A batch an event of which cannot be priced fails
+    /// alone; the others are stored without it.
+    pub async fn store_batches(
         &self,
         tenant: TenantId,
-        events: Vec<NewEvent>,
+        batches: Vec<Vec<IngestEvent>>,
         now: DateTime<Utc>,
-        price: impl Fn(&NewEvent, Decimal) -> Result<Decimal, MeteringError>,
-    ) -> Result<(Vec<Stored>, Vec<Line>), MeteringError> {
-        for _ in 1..STORE_TRIES_MAX {
-            if let Some(stored) = self.try_store_events(tenant, &events, now, &price).await? {
-                return Ok(stored);
+    ) -> Result<Vec<Result<StoredBatch, MeteringError>>, MeteringError> {
+        let mut failed: Vec<Option<MeteringError>> = batches.iter().map(|_| None).collect();
+        for _ in 0..STORE_TRIES_MAX + batches.len() {
+            let included: Vec<usize> = (0..batches.len()).filter(|index| failed[*index].is_none()).collect();
+            if included.is_empty() {
+                break;
+            }
+            let attempt: Vec<&[IngestEvent]> = included.iter().map(|index| batches[*index].as_slice()).collect();
+            match self.try_store_batches(tenant, &attempt, now).await? {
+                Tried::Stored(stored) => {
+                    let mut stored = stored.into_iter();
+                    return Ok(failed
+                        .into_iter()
+                        .map(|failure| match failure {
+                            Some(error) => Err(error),
+                            None => stored.next().ok_or_else(|| MeteringError::Internal("a batch went missing".into())),
+                        })
+                        .collect());
+                }
+                Tried::Unpriced(position, error) => failed[included[position]] = Some(error),
+                Tried::Raced => {}
             }
         }
-        self.try_store_events(tenant, &events, now, &price)
-            .await?
-            .ok_or_else(|| MeteringError::Conflict("events of the batch were stored concurrently".into()))
+        Err(MeteringError::Conflict("events of the batch were stored concurrently".into()))
     }
 
-    /// One try; `None` when a new event id was stored concurrently (nothing is written then).
-    async fn try_store_events(
+    /// One try; nothing is written unless every included batch is stored.
+    async fn try_store_batches(
         &self,
         tenant: TenantId,
-        events: &[NewEvent],
+        batches: &[&[IngestEvent]],
         now: DateTime<Utc>,
-        price: &impl Fn(&NewEvent, Decimal) -> Result<Decimal, MeteringError>,
-    ) -> Result<Option<(Vec<Stored>, Vec<Line>)>, MeteringError> {
+    ) -> Result<Tried, MeteringError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let keys: BTreeSet<CounterKey> = events
-            .iter()
-            .map(|event| (event.account_id, event.meter_code.clone(), month_of(event.occurred_at)))
+        let all = || batches.iter().flat_map(|batch| batch.iter());
+        let keys: BTreeSet<CounterKey> = all()
+            .map(|new| (new.event.account_id, new.event.meter_code.clone(), month_of(new.event.occurred_at)))
             .collect();
         let mut counters = lock_counters(&transaction, tenant, &keys).await?;
         let before: HashMap<CounterKey, Decimal> = counters.iter().map(|(key, value)| (key.clone(), *value)).collect();
-        let mut known = known_events(&transaction, tenant, events).await?;
-        // One line per account and meter of this batch.
-        let batch = Uuid::now_v7();
-        let mut lines: BTreeMap<(Uuid, String), Line> = BTreeMap::new();
-        let mut results = Vec::with_capacity(events.len());
+        let ids: Vec<String> = all().map(|new| new.event.event_id.clone()).collect();
+        let mut known = known_events(&transaction, tenant, ids).await?;
+        let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
-        for new in events {
-            if let Some(stored) = known.get(&new.event_id) {
-                results.push(Stored::Duplicate(stored.clone()));
-                continue;
+        let mut all_lines: Vec<Line> = Vec::new();
+        for (position, batch) in batches.iter().enumerate() {
+            // One line per account and meter of this batch.
+            let batch_id = Uuid::now_v7();
+            let mut lines: BTreeMap<(Uuid, String), Line> = BTreeMap::new();
+            let mut results = Vec::with_capacity(batch.len());
+            for new in batch.iter() {
+                let event = &new.event;
+                if let Some(stored) = known.get(&event.event_id) {
+                    results.push(Stored::Duplicate(stored.clone()));
+                    continue;
+                }
+                let key = (event.account_id, event.meter_code.clone(), month_of(event.occurred_at));
+                let counter = counters.entry(key).or_insert(Decimal::ZERO);
+                let usage_before = *counter;
+                let Some(after) = usage_before.checked_add(event.quantity) else {
+                    return Ok(Tried::Unpriced(position, MeteringError::field("quantity", "too large")));
+                };
+                let amount = match new.charge(usage_before) {
+                    Ok(amount) => amount,
+                    Err(error) => return Ok(Tried::Unpriced(position, error)),
+                };
+                *counter = after;
+                let stored = StoredEvent {
+                    event_id: event.event_id.clone(),
+                    account_id: event.account_id,
+                    meter_code: event.meter_code.clone(),
+                    quantity: event.quantity,
+                    dimensions: event.dimensions.clone(),
+                    occurred_at: event.occurred_at,
+                    status: EventStatus::Pending,
+                    amount,
+                    charged_amount: Decimal::ZERO,
+                    uncovered_amount: Decimal::ZERO,
+                    entry_ids: Vec::new(),
+                    reason: String::new(),
+                };
+                let line = lines.entry((event.account_id, event.meter_code.clone())).or_insert_with(|| Line {
+                    tenant,
+                    key: wallet_key("usage", &format!("{batch_id}/{}/{}", event.account_id, event.meter_code)),
+                    account_id: event.account_id,
+                    meter_code: event.meter_code.clone(),
+                    events: Vec::new(),
+                });
+                let line_position = i32::try_from(line.events.len()).unwrap_or(i32::MAX);
+                line.events.push(stored.clone());
+                rows.push((stored.clone(), line.key.clone(), line_position));
+                known.insert(stored.event_id.clone(), stored.clone());
+                results.push(Stored::New(stored));
             }
-            let key = (new.account_id, new.meter_code.clone(), month_of(new.occurred_at));
-            let counter = counters.entry(key).or_insert(Decimal::ZERO);
-            let usage_before = *counter;
-            *counter =
-                usage_before.checked_add(new.quantity).ok_or_else(|| MeteringError::field("quantity", "too large"))?;
-            let amount = price(new, usage_before)?;
-            let stored = StoredEvent {
-                event_id: new.event_id.clone(),
-                account_id: new.account_id,
-                meter_code: new.meter_code.clone(),
-                quantity: new.quantity,
-                dimensions: new.dimensions.clone(),
-                occurred_at: new.occurred_at,
-                status: EventStatus::Pending,
-                amount,
-                charged_amount: Decimal::ZERO,
-                uncovered_amount: Decimal::ZERO,
-                entry_ids: Vec::new(),
-                reason: String::new(),
-            };
-            let line = lines.entry((new.account_id, new.meter_code.clone())).or_insert_with(|| Line {
-                tenant,
-                key: wallet_key("usage", &format!("{batch}/{}/{}", new.account_id, new.meter_code)),
-                account_id: new.account_id,
-                meter_code: new.meter_code.clone(),
-                events: Vec::new(),
-            });
-            let position = i32::try_from(line.events.len()).unwrap_or(i32::MAX);
-            line.events.push(stored.clone());
-            rows.push((stored.clone(), line.key.clone(), position));
-            known.insert(stored.event_id.clone(), stored.clone());
-            results.push(Stored::New(stored));
+            let lines: Vec<Line> = lines.into_values().collect();
+            all_lines.extend(lines.iter().cloned());
+            stored_batches.push((results, lines));
         }
         let expected = rows.len() as u64;
         if insert_events(&transaction, tenant, rows, now).await? != expected {
+            // A new event id was stored concurrently: the next try finds it known.
             transaction.rollback().await?;
-            return Ok(None);
+            return Ok(Tried::Raced);
         }
         write_counters(&transaction, tenant, &counters, &before).await?;
-        let lines: Vec<Line> = lines.into_values().collect();
-        insert_lines(&transaction, &lines, now + CLAIM, now).await?;
+        insert_lines(&transaction, &all_lines, now + CLAIM, now).await?;
         transaction.commit().await?;
-        Ok(Some((results, lines)))
+        Ok(Tried::Stored(stored_batches))
     }
 
     /// Claims up to `limit` lines nobody holds, oldest claim first, with their
@@ -247,12 +316,28 @@ impl Store {
     ) -> Result<(), MeteringError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         settle(&transaction, tenant, settlements, now).await?;
-        for chunk in lines.chunks(500) {
-            line::Entity::delete_many()
-                .filter(line::Column::TenantId.eq(tenant.0))
-                .filter(line::Column::DrawKey.is_in(chunk.to_vec()))
-                .exec(&transaction)
-                .await?;
+        if transaction.get_database_backend() == DbBackend::Postgres {
+            if !lines.is_empty() {
+                transaction
+                    .execute_raw(Statement::from_sql_and_values(
+                        DbBackend::Postgres,
+                        "DELETE FROM usage_lines l USING UNNEST($1::uuid[], $2::text[]) AS v(t, k) \
+                         WHERE l.tenant_id = v.t AND l.draw_key = v.k",
+                        [
+                            tenants(tenant, lines.len()),
+                            array(ArrayType::String, lines.iter().map(|key| Value::from(key.clone())).collect()),
+                        ],
+                    ))
+                    .await?;
+            }
+        } else {
+            for chunk in lines.chunks(500) {
+                line::Entity::delete_many()
+                    .filter(line::Column::TenantId.eq(tenant.0))
+                    .filter(line::Column::DrawKey.is_in(chunk.to_vec()))
+                    .exec(&transaction)
+                    .await?;
+            }
         }
         transaction.commit().await?;
         Ok(())
@@ -287,10 +372,10 @@ async fn lock_counters(
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT c.account_id, c.meter_code, c.month, c.quantity FROM usage_counters c \
-                 JOIN UNNEST($2::uuid[], $3::text[], $4::text[]) AS v(a, m, mo) \
-                 ON c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo \
-                 WHERE c.tenant_id = $1 ORDER BY c.account_id, c.meter_code, c.month FOR UPDATE OF c",
-                [tenant.0.into(), accounts, meters, months],
+                 JOIN UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(t, a, m, mo) \
+                 ON c.tenant_id = v.t AND c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo \
+                 ORDER BY c.account_id, c.meter_code, c.month FOR UPDATE OF c",
+                [tenants(tenant, keys.len()), accounts, meters, months],
             ))
             .await?;
         for row in rows {
@@ -322,16 +407,16 @@ async fn lock_counters(
 async fn known_events(
     transaction: &DatabaseTransaction,
     tenant: TenantId,
-    events: &[NewEvent],
+    ids: Vec<String>,
 ) -> Result<HashMap<String, StoredEvent>, MeteringError> {
-    let ids: Vec<String> = events.iter().map(|event| event.event_id.clone()).collect();
     let mut known = HashMap::new();
     let rows = if transaction.get_database_backend() == DbBackend::Postgres {
         event::Entity::find()
             .from_raw_sql(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT * FROM usage_events WHERE tenant_id = $1 AND event_id = ANY($2)",
-                [tenant.0.into(), array(ArrayType::String, ids.into_iter().map(Value::from).collect())],
+                "SELECT e.* FROM UNNEST($1::uuid[], $2::text[]) AS v(t, id) \
+                 JOIN usage_events e ON e.tenant_id = v.t AND e.event_id = v.id",
+                [tenants(tenant, ids.len()), array(ArrayType::String, ids.into_iter().map(Value::from).collect())],
             ))
             .all(transaction)
             .await?
@@ -466,9 +551,9 @@ async fn write_counters(
             .execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "UPDATE usage_counters c SET quantity = v.q \
-                 FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::numeric[]) AS v(a, m, mo, q) \
-                 WHERE c.tenant_id = $1 AND c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo",
-                [tenant.0.into(), accounts, meters, months, quantities],
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::numeric[]) AS v(t, a, m, mo, q) \
+                 WHERE c.tenant_id = v.t AND c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo",
+                [tenants(tenant, changed.len()), accounts, meters, months, quantities],
             ))
             .await?;
         return Ok(());
@@ -571,10 +656,10 @@ pub async fn settle(
                 DbBackend::Postgres,
                 "UPDATE usage_events e SET status = v.status, charged_amount = v.charged, uncovered_amount = v.uncovered, \
                  entry_ids = v.entries, reason = v.reason, updated_at = $2 \
-                 FROM UNNEST($3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::text[], $8::text[]) \
-                 AS v(id, status, charged, uncovered, entries, reason) \
-                 WHERE e.tenant_id = $1 AND e.event_id = v.id AND e.status = 'PENDING'",
-                [tenant.0.into(), now.into(), ids, statuses, charged, uncovered, entries, reasons],
+                 FROM UNNEST($1::uuid[], $3::text[], $4::text[], $5::numeric[], $6::numeric[], $7::text[], $8::text[]) \
+                 AS v(t, id, status, charged, uncovered, entries, reason) \
+                 WHERE e.tenant_id = v.t AND e.event_id = v.id AND e.status = 'PENDING'",
+                [tenants(tenant, ordered.len()), now.into(), ids, statuses, charged, uncovered, entries, reasons],
             ))
             .await?;
         return Ok(());

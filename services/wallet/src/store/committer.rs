@@ -173,7 +173,7 @@ struct Operation {
 
 /// What became of one command in a committed batch.
 enum Decided {
-    Applied(Answer),
+    Applied(Box<Answer>),
     /// Its key was recorded before: answered from the record after the commit.
     Replay(Recorded),
     Refused(WalletError),
@@ -272,7 +272,7 @@ async fn decide(
                 recorded
                     .insert(check.digest.clone(), (check.method_code(), check.request_hash.clone(), encoded.clone()));
                 records.push((check.digest.clone(), check.method_code(), check.request_hash.clone(), encoded));
-                decided.push(Decided::Applied(answer));
+                decided.push(Decided::Applied(Box::new(answer)));
                 outcomes.push("applied");
             }
             Err(error) => {

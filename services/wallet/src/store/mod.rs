@@ -42,6 +42,10 @@ use crate::error::WalletError;
 
 pub use self::rows::{EntryFilter, entry_kind_name, grant_kind_name, grant_source_name};
 
+/// An entry's place and the texts events share with it: account number,
+/// sequence, idempotency key, correlation id, meter.
+type EntryTexts = (i64, i64, String, Option<String>, Option<String>);
+
 /// The tenant that owns the service keys.
 const SERVICES_TENANT: &str = "reservoir-services";
 
@@ -80,7 +84,7 @@ impl IdempotencyCheck {
 /// earlier version recorded under the key (which the api decodes).
 #[derive(Debug, Clone)]
 pub enum Reply {
-    Answer(Answer),
+    Answer(Box<Answer>),
     Legacy(Vec<u8>),
 }
 
@@ -587,7 +591,7 @@ impl Store {
                         .add(entry::Column::Sequence.eq(to_i64(*sequence))),
                 );
             }
-            let rows: Vec<(i64, i64, String, Option<String>, Option<String>)> = entry::Entity::find()
+            let rows: Vec<EntryTexts> = entry::Entity::find()
                 .filter(condition)
                 .select_only()
                 .column(entry::Column::AccountNumber)
@@ -706,7 +710,7 @@ impl Store {
         }
         let answer = answer(&wallet);
         self.commit_changes(transaction, Some(check), &answer, [&mut wallet]).await?;
-        Ok(Reply::Answer(answer))
+        Ok(Reply::Answer(Box::new(answer)))
     }
 
     /// Changes one wallet through the group committer: concurrent commands,
@@ -761,7 +765,7 @@ impl Store {
             .is_some_and(|row| row.allow_promotional_transfers);
         let answer = operate(&mut first, &mut second, allow_promotional)?;
         self.commit_changes(transaction, Some(check), &answer, [&mut first, &mut second]).await?;
-        Ok(Reply::Answer(answer))
+        Ok(Reply::Answer(Box::new(answer)))
     }
 
     /// The end of a change: the answer recorded under the key first, then
@@ -837,7 +841,7 @@ impl Store {
         }
         let answer = operate(&mut loaded)?;
         self.commit_changes(transaction, check, &answer, [&mut loaded.wallet]).await?;
-        Ok(Reply::Answer(answer))
+        Ok(Reply::Answer(Box::new(answer)))
     }
 }
 
@@ -921,7 +925,7 @@ pub(crate) async fn replayed(
         }
         wallets.push((AccountId(row.id), ledger::entries_of(connection, AccountId(row.id), rows).await?));
     }
-    stored.into_answer(wallets).map(Reply::Answer)
+    stored.into_answer(wallets).map(|answer| Reply::Answer(Box::new(answer)))
 }
 
 /// Loads many wallets at once, for the group committer (locking their

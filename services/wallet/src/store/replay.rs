@@ -65,7 +65,7 @@ pub fn method_code(method: &str) -> i16 {
 #[derive(Debug, Clone)]
 pub enum Recorded {
     /// An answer recorded by this version.
-    Answer(StoredAnswer),
+    Answer(Box<StoredAnswer>),
     /// The encoded response an earlier version recorded, for the api to decode.
     Legacy(Vec<u8>),
 }
@@ -73,7 +73,7 @@ pub enum Recorded {
 pub fn decode(bytes: &[u8]) -> Result<Recorded, WalletError> {
     match bytes.split_first() {
         Some((&FORMAT_ANSWER, rest)) => postcard::from_bytes(rest)
-            .map(Recorded::Answer)
+            .map(|stored| Recorded::Answer(Box::new(stored)))
             .map_err(|error| WalletError::Internal(format!("a replay record does not decode: {error}"))),
         Some((&FORMAT_LEGACY, rest)) => Ok(Recorded::Legacy(rest.to_vec())),
         _ => Err(WalletError::Internal("a replay record has an unknown format".into())),
@@ -600,7 +600,7 @@ pub async fn migrate_legacy_records(db: &impl ConnectionTrait) -> Result<(), DbE
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::panic)]
 
     use super::*;
 
