@@ -61,6 +61,19 @@ impl TestApp {
         Some(Self { client, store, tenant, address, metrics, database, stop, server })
     }
 
+    /// A server on a database already holding a tenant's data, with a key of that tenant.
+    pub async fn spawn_on(database: TestDatabase, tenant: TenantId) -> Self {
+        let application =
+            Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
+        let address = application.local_addr().expect("a bound address");
+        let metrics = application.metrics_addr().expect("a metrics endpoint");
+        let store = application.store();
+        let (stop, server) = run_in_background(application);
+        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
+        let client = client(address, &key).await;
+        Self { client, store, tenant, address, metrics, database, stop, server }
+    }
+
     /// A second tenant with its own key.
     pub async fn other_tenant(&self) -> (TenantId, Client) {
         let tenant = self.store.create_tenant("other", Utc::now()).await.unwrap();

@@ -17,4 +17,5 @@ mod reports;
 mod server;
 mod spend;
 mod transfers;
+mod upgrade;
 mod usage;
