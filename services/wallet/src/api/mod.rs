@@ -23,7 +23,7 @@ pub use self::validate::*;
 use crate::convert;
 use crate::domain::*;
 use crate::error::WalletError;
-use crate::store::{EntryFilter, EventRecord, IdempotencyCheck, LoadPlan, Loaded, Reply, Store};
+use crate::store::{EntryFilter, EventRecord, IdempotencyCheck, LoadPlan, Loaded, Reply, Store, Submitted};
 
 /// How often an idle event stream looks for events written by other replicas;
 /// events written by this process wake it at once.
@@ -127,8 +127,8 @@ impl WalletApi {
         respond::respond(reply, |answer| respond::debit(answer, &unit))
     }
 
-    /// One line of DrawUsage: checked, then drawn through the group committer.
-    async fn draw_line(&self, tenant: TenantId, line: pb::UsageLine) -> Result<pb::UsageDraw, WalletError> {
+    /// One line of DrawUsage, checked and made a command for the group committer.
+    async fn check_line(&self, tenant: TenantId, line: pb::UsageLine) -> Result<(Submitted, Unit), WalletError> {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &line.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &line.idempotency_key);
@@ -159,8 +159,7 @@ impl WalletApi {
         ctx.correlation_id = line.reference.clone();
         ctx.description = format!("usage of {}", line.meter_code);
         let command = Command::DrawUsage { meter_code: line.meter_code.clone(), amounts };
-        let reply = self.store.submit(tenant, account_id, check, ctx, command).await?;
-        respond::respond(reply, |answer| respond::usage(answer, &unit))
+        Ok((Submitted { tenant, account: account_id, check, ctx, command }, unit))
     }
 
     /// Runs a change of one wallet under its key and builds the response
@@ -627,10 +626,32 @@ impl WalletService for WalletApi {
         let accounts: std::collections::BTreeSet<uuid::Uuid> =
             request.lines.iter().filter_map(|line| uuid::Uuid::parse_str(&line.account_id).ok()).collect();
         self.learn_units(tenant, accounts.into_iter().map(AccountId).collect()).await?;
-        let answers =
-            futures::future::join_all(request.lines.into_iter().map(|line| self.draw_line(tenant, line))).await;
-        let results = answers
+        // Every line checked first, then all handed to the committers at
+        // once, so they take them in few batches.
+        let mut checked = Vec::with_capacity(request.lines.len());
+        let mut units = Vec::with_capacity(request.lines.len());
+        for line in request.lines {
+            match self.check_line(tenant, line).await {
+                Ok((command, unit)) => {
+                    checked.push(Ok(command));
+                    units.push(Some(unit));
+                }
+                Err(error) => {
+                    checked.push(Err(error));
+                    units.push(None);
+                }
+            }
+        }
+        let replies = self.store.submit_all(checked).await;
+        let results = replies
             .into_iter()
+            .zip(units)
+            .map(|(reply, unit)| {
+                reply.and_then(|reply| match unit {
+                    Some(unit) => respond::respond(reply, |answer| respond::usage(answer, &unit)),
+                    None => Err(WalletError::Internal("a checked line lost its unit".into())),
+                })
+            })
             .map(|answer| pb::UsageLineResult {
                 outcome: Some(match answer {
                     Ok(drawn) => pb::usage_line_result::Outcome::Drawn(drawn),

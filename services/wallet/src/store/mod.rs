@@ -123,6 +123,15 @@ pub struct TenantRow {
     pub active_keys: usize,
 }
 
+/// A command for the group committer, with what it is checked and done under.
+pub struct Submitted {
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub check: IdempotencyCheck,
+    pub ctx: OperationContext,
+    pub command: Command,
+}
+
 /// An event read from the outbox: this version's, or an earlier version's
 /// encoded wire event (which the api decodes).
 #[derive(Debug, Clone)]
@@ -729,6 +738,37 @@ impl Store {
         let job = committer::Job { tenant, account, check, ctx, command, reply };
         self.committers.submit(job).await?;
         answer.await.map_err(|_| WalletError::Unavailable("the committer has stopped".into()))?
+    }
+
+    /// Hands many commands to the group committers at once (each goes to its
+    /// account's committer, in the order given) and waits for all their
+    /// answers; a command that could not even be made answers its error.
+    pub async fn submit_all(&self, commands: Vec<Result<Submitted, WalletError>>) -> Vec<Result<Reply, WalletError>> {
+        let mut waiting = Vec::with_capacity(commands.len());
+        for command in commands {
+            waiting.push(match command {
+                Ok(Submitted { tenant, account, check, ctx, command }) => {
+                    let (reply, answer) = tokio::sync::oneshot::channel();
+                    let job = committer::Job { tenant, account, check, ctx, command, reply };
+                    match self.committers.submit(job).await {
+                        Ok(()) => Ok(answer),
+                        Err(error) => Err(error),
+                    }
+                }
+                Err(error) => Err(error),
+            });
+        }
+        let mut replies = Vec::with_capacity(waiting.len());
+        for waiting in waiting {
+            replies.push(match waiting {
+                Ok(answer) => answer
+                    .await
+                    .map_err(|_| WalletError::Unavailable("the committer has stopped".into()))
+                    .and_then(|reply| reply),
+                Err(error) => Err(error),
+            });
+        }
+        replies
     }
 
     /// Changes two wallets of a tenant in one transaction, as [`Store::mutate`]
