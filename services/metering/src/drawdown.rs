@@ -2,8 +2,9 @@
 //! from the wallets by a task of their own, as soon as it can take them and
 //! several ingest calls' lines at a time, while the callers already have
 //! their answer. An account never has more than one accepted batch not yet
-//! drawn: an ingest naming an account that is still being drawn waits for
-//! that draw first, so an account can overspend by at most one batch.
+//! drawn: an ingest naming an account that is still being drawn stores its
+//! events, then waits for that draw before it answers, so an account can
+//! overspend by at most one batch.
 //!
 //! What is accepted is stored and listed before it is answered, so a crash
 //! of this task (or the process) loses nothing: the worker draws the listed
@@ -44,8 +45,18 @@ struct Undrawn {
 }
 
 impl Undrawn {
-    fn any(&self, tenant: TenantId, accounts: &[Uuid]) -> bool {
-        self.lines.lock().is_ok_and(|lines| accounts.iter().any(|account| lines.contains_key(&(tenant, *account))))
+    /// Lists the lines if none of their accounts has lines listed; says whether it did.
+    fn add_if_clear(&self, tenant: TenantId, lines: &[Line]) -> bool {
+        let Ok(mut undrawn) = self.lines.lock() else {
+            return true;
+        };
+        if lines.iter().any(|line| undrawn.contains_key(&(tenant, line.account_id))) {
+            return false;
+        }
+        for line in lines {
+            *undrawn.entry((tenant, line.account_id)).or_default() += 1;
+        }
+        true
     }
 
     fn add(&self, tenant: TenantId, lines: &[Line]) {
@@ -80,28 +91,28 @@ impl Drawdown {
         Self { queue, undrawn }
     }
 
-    /// Waits until none of `accounts` has accepted usage not yet drawn (or
-    /// until waiting longer would only hold the caller up during an outage).
-    pub async fn wait_for(&self, tenant: TenantId, accounts: &[Uuid]) {
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        loop {
-            let drawn = self.undrawn.drawn.notified();
-            if !self.undrawn.any(tenant, accounts) {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, drawn).await.is_err() {
-                tracing::warn!(%tenant, "accepted usage is slow to be drawn; ingesting on");
-                return;
-            }
-        }
-    }
-
-    /// Hands lines just stored (and claimed) over to be drawn.
+    /// Hands lines just stored (and claimed) over to be drawn, once none of
+    /// their accounts has an earlier accepted batch still undrawn (or once
+    /// waiting longer would only hold the caller up during an outage). The
+    /// wait and the listing are one step, so two ingests racing for one
+    /// account cannot both find it clear. Storing comes before this wait, so
+    /// a sender's next batch is stored while its previous one is drawn.
     pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>) -> Result<(), MeteringError> {
         if lines.is_empty() {
             return Ok(());
         }
-        self.undrawn.add(tenant, &lines);
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        loop {
+            let drawn = self.undrawn.drawn.notified();
+            if self.undrawn.add_if_clear(tenant, &lines) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, drawn).await.is_err() {
+                tracing::warn!(%tenant, "accepted usage is slow to be drawn; ingesting on");
+                self.undrawn.add(tenant, &lines);
+                break;
+            }
+        }
         if let Err(error) = self.queue.send((tenant, lines)).await {
             // Stored and listed: the worker draws them once their claim runs out.
             let (tenant, lines) = error.0;

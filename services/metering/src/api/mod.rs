@@ -311,15 +311,11 @@ impl MeteringApi {
         }
         let indexes: Vec<usize> = accepted.iter().map(|(index, _)| *index).collect();
         let new_events: Vec<IngestEvent> = accepted.into_iter().map(|(_, event)| event).collect();
-        if asynchronously {
-            // An account's earlier accepted batch is drawn before another is accepted.
-            let accounts: Vec<Uuid> = new_events.iter().map(|new| new.event.account_id).collect();
-            self.drawdown.wait_for(tenant, &accounts).await;
-        }
         let checked = started.elapsed();
         let (stored, lines) = self.batcher.store(tenant, new_events, now).await?;
         let stored_at = started.elapsed();
         let drawn = if asynchronously {
+            // Accepted once an account's earlier accepted batch is drawn.
             if let Err(error) = self.drawdown.accept(tenant, lines).await {
                 tracing::warn!(%error, "accepted usage is left to the worker");
             }

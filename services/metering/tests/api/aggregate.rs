@@ -173,9 +173,48 @@ async fn a_statement_reconciles_the_drawn_lines_with_the_usage(suite: Suite) -> 
     suite
 }
 
+async fn concurrent_asynchronous_batches_leave_at_most_one_undrawn_per_account(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "1").await;
+    let account = funded_account(&suite, "100").await;
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let senders = (0..6).map(|_| {
+        let (metering, wallet, account, answered) =
+            (suite.metering.clone(), suite.wallet.clone(), account.clone(), answered.clone());
+        async move {
+            let events: Vec<pb::UsageEvent> = (0..5).map(|_| event(&account, "tokens", "1")).collect();
+            let results = metering
+                .clone()
+                .ingest_events(pb::IngestEventsRequest { events, asynchronous: true })
+                .await
+                .unwrap()
+                .into_inner()
+                .results;
+            assert_eq!(statuses(&results), vec![pb::EventStatus::Accepted; 5]);
+            // Of the batches answered so far, all but one at most are drawn.
+            let answered = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let drawn = events_charged(&ledger(&wallet, &account).await);
+            assert!(drawn >= (answered - 1) * 5, "{answered} batches accepted but only {drawn} events drawn");
+        }
+    });
+    futures::future::join_all(senders).await;
+    let mut drawn = 0;
+    for _ in 0..100 {
+        drawn = events_charged(&ledger(&suite.wallet, &account).await);
+        if drawn == 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(drawn, 30);
+    assert_eq!(available(&suite.wallet, &account).await, d("70"));
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
 crate::on_both_backends!(
     events_are_answered_in_order_as_the_account_runs_out_mid_batch,
     asynchronous_usage_is_accepted_then_drawn_moments_later,
     accepted_usage_waits_out_a_wallet_outage_and_is_drawn_once,
     a_statement_reconciles_the_drawn_lines_with_the_usage,
+    concurrent_asynchronous_batches_leave_at_most_one_undrawn_per_account,
 );
