@@ -37,9 +37,11 @@ pub async fn draw_lines(
     let mut released: Vec<String> = Vec::new();
     let (legacy, lines): (Vec<Line>, Vec<Line>) =
         lines.into_iter().partition(|line| line.key.starts_with(LEGACY_LINE_PREFIX));
-    // Each request holds whole lines, up to the wallet's limits.
-    let mut requests: Vec<Vec<&Line>> = Vec::new();
-    let mut amounts_in_request = 0;
+    // Each request holds whole lines, up to the wallet's limits, and all the
+    // lines of an account (in order), so the requests share no account and
+    // go to the wallet side by side.
+    let mut by_account: Vec<Vec<&Line>> = Vec::new();
+    let mut account_index: HashMap<uuid::Uuid, usize> = HashMap::new();
     for line in &lines {
         let priced = line.events.iter().filter(|event| !event.amount.is_zero()).count();
         if priced == 0 {
@@ -50,36 +52,60 @@ pub async fn draw_lines(
             settled_lines.push(line.key.clone());
             continue;
         }
-        let full = requests.last().is_none_or(|request| {
-            request.len() >= LINES_PER_CALL_MAX || amounts_in_request + priced > AMOUNTS_PER_CALL_MAX
+        let index = *account_index.entry(line.account_id).or_insert_with(|| {
+            by_account.push(Vec::new());
+            by_account.len() - 1
         });
-        if full {
-            requests.push(Vec::new());
-            amounts_in_request = 0;
+        by_account[index].push(line);
+    }
+    // An account with more than one request's worth is drawn in waves: its
+    // first request's worth in the first wave, the next in the second, and so
+    // on, so its lines still reach the wallet in order.
+    let mut waves: Vec<Wave<'_>> = Vec::new();
+    for account_lines in by_account {
+        let mut wave = 0;
+        let mut chunk: Vec<&Line> = Vec::new();
+        let mut priced_in_chunk = 0;
+        for line in account_lines {
+            let priced = line.events.iter().filter(|event| !event.amount.is_zero()).count();
+            if !chunk.is_empty()
+                && (chunk.len() + 1 > LINES_PER_CALL_MAX || priced_in_chunk + priced > AMOUNTS_PER_CALL_MAX)
+            {
+                wave_at(&mut waves, wave).add(std::mem::take(&mut chunk), priced_in_chunk);
+                wave += 1;
+                priced_in_chunk = 0;
+            }
+            chunk.push(line);
+            priced_in_chunk += priced;
         }
-        amounts_in_request += priced;
-        if let Some(request) = requests.last_mut() {
-            request.push(line);
+        if !chunk.is_empty() {
+            wave_at(&mut waves, wave).add(chunk, priced_in_chunk);
         }
     }
-    for request in requests {
-        let usage_lines = request.iter().map(|line| usage_line(line)).collect();
-        match wallet.draw_usage(tenant, usage_lines).await {
-            Ok(results) => {
-                for (line, result) in request.iter().zip(results) {
-                    match line_settlements(line, &result) {
-                        Some(line_settlements) => {
-                            settlements.extend(line_settlements);
-                            settled_lines.push(line.key.clone());
+    for wave in waves {
+        let answers = futures::future::join_all(wave.requests.iter().map(|(request, _)| {
+            let usage_lines = request.iter().map(|line| usage_line(line)).collect();
+            wallet.draw_usage(tenant, usage_lines)
+        }))
+        .await;
+        for ((request, _), answer) in wave.requests.iter().zip(answers) {
+            match answer {
+                Ok(results) => {
+                    for (line, result) in request.iter().zip(results) {
+                        match line_settlements(line, &result) {
+                            Some(line_settlements) => {
+                                settlements.extend(line_settlements);
+                                settled_lines.push(line.key.clone());
+                            }
+                            None => released.push(line.key.clone()),
                         }
-                        None => released.push(line.key.clone()),
                     }
                 }
-            }
-            Err(error) => {
-                // Stored and listed: the worker draws them once the wallet answers.
-                tracing::warn!(%error, lines = request.len(), "wallet unreachable; usage stays pending");
-                released.extend(request.iter().map(|line| line.key.clone()));
+                Err(error) => {
+                    // Stored and listed: the worker draws them once the wallet answers.
+                    tracing::warn!(%error, lines = request.len(), "wallet unreachable; usage stays pending");
+                    released.extend(request.iter().map(|line| line.key.clone()));
+                }
             }
         }
     }
@@ -128,6 +154,36 @@ pub async fn draw_lines(
         }
     }
     Ok(outcome)
+}
+
+/// DrawUsage requests that share no account and so go to the wallet at once:
+/// each with its lines and how many priced amounts they hold.
+#[derive(Default)]
+struct Wave<'a> {
+    requests: Vec<(Vec<&'a Line>, usize)>,
+}
+
+impl<'a> Wave<'a> {
+    /// Adds an account's lines to the last request, or to a new one if they
+    /// would take it past the wallet's limits.
+    fn add(&mut self, lines: Vec<&'a Line>, priced: usize) {
+        match self.requests.last_mut() {
+            Some((request, amounts))
+                if request.len() + lines.len() <= LINES_PER_CALL_MAX && *amounts + priced <= AMOUNTS_PER_CALL_MAX =>
+            {
+                request.extend(lines);
+                *amounts += priced;
+            }
+            _ => self.requests.push((lines, priced)),
+        }
+    }
+}
+
+fn wave_at<'w, 'a>(waves: &'w mut Vec<Wave<'a>>, index: usize) -> &'w mut Wave<'a> {
+    while waves.len() <= index {
+        waves.push(Wave::default());
+    }
+    &mut waves[index]
 }
 
 /// The wallet's line for a line of events: the same request every time it is sent.

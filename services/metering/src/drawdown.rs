@@ -1,13 +1,13 @@
 //! Asynchronous drawdown: lines of usage ingested asynchronously are drawn
-//! from the wallets by a task of their own, as soon as it can take them and
-//! several ingest calls' lines at a time, while the callers already have
-//! their answer. An account never has more than one accepted batch not yet
-//! drawn: an ingest naming an account that is still being drawn stores its
-//! events, then waits for that draw before it answers, so an account can
-//! overspend by at most one batch.
+//! from the wallets by a task of their own, several ingest calls' lines at a
+//! time. An ingest lists its lines here as soon as they are stored, then
+//! answers once every earlier listing naming one of its accounts is drawn:
+//! an account never has more than one acknowledged batch not yet drawn, so
+//! it can overspend by at most one batch, while the next batch is already
+//! being stored and listed.
 //!
-//! What is accepted is stored and listed before it is answered, so a crash
-//! of this task (or the process) loses nothing: the worker draws the listed
+//! What is accepted is stored and claimed before it is listed, so a crash
+//! of this task (or the process) loses nothing: the worker draws the stored
 //! lines once their claim runs out, under the same keys.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reservoir_common::auth::TenantId;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
 use crate::charge::draw_lines;
@@ -23,57 +23,60 @@ use crate::error::MeteringError;
 use crate::store::{Line, Store};
 use crate::wallet::WalletGateway;
 
-/// Lines waiting to be drawn; past this an ingest waits to hand its lines over.
+/// Listings waiting to be drawn; past this an ingest waits to list its lines.
 const QUEUE_MAX: usize = 64;
-/// Lines drawn together at most: one DrawUsage's worth.
-const DRAW_LINES_MAX: usize = 1_000;
-/// How long an ingest waits for an account's earlier batch before it goes on
-/// anyway (the wallet is slow or down: the worker draws what is listed).
+/// Lines drawn together at most (in as many DrawUsage calls as they need).
+const DRAW_LINES_MAX: usize = 4_000;
+/// How long an ingest waits for an account's earlier batch before it answers
+/// anyway (the wallet is slow or down: the worker draws what is stored).
 const WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// One ingest's lines, numbered in the order they were listed.
+struct Listing {
+    tenant: TenantId,
+    number: u64,
+    lines: Vec<Line>,
+    _slot: OwnedSemaphorePermit,
+}
 
 #[derive(Clone)]
 pub struct Drawdown {
-    queue: mpsc::Sender<(TenantId, Vec<Line>)>,
+    queue: mpsc::UnboundedSender<Listing>,
+    slots: Arc<Semaphore>,
     undrawn: Arc<Undrawn>,
 }
 
-/// Lines accepted and not yet drawn, per account.
+/// What is listed and not yet drawn.
 #[derive(Default)]
 struct Undrawn {
-    lines: Mutex<HashMap<(TenantId, Uuid), usize>>,
+    state: Mutex<Listed>,
     drawn: Notify,
 }
 
+#[derive(Default)]
+struct Listed {
+    /// The number the next listing gets.
+    next: u64,
+    /// Every listing numbered below this is drawn (they are drawn in order).
+    drawn_below: u64,
+    /// Each account's latest listing not yet drawn.
+    latest: HashMap<(TenantId, Uuid), u64>,
+}
+
 impl Undrawn {
-    /// Lists the lines if none of their accounts has lines listed; says whether it did.
-    fn add_if_clear(&self, tenant: TenantId, lines: &[Line]) -> bool {
-        let Ok(mut undrawn) = self.lines.lock() else {
-            return true;
-        };
-        if lines.iter().any(|line| undrawn.contains_key(&(tenant, line.account_id))) {
-            return false;
-        }
-        for line in lines {
-            *undrawn.entry((tenant, line.account_id)).or_default() += 1;
-        }
-        true
+    fn is_drawn(&self, number: u64) -> bool {
+        self.state.lock().map_or(true, |state| number < state.drawn_below)
     }
 
-    fn add(&self, tenant: TenantId, lines: &[Line]) {
-        if let Ok(mut undrawn) = self.lines.lock() {
-            for line in lines {
-                *undrawn.entry((tenant, line.account_id)).or_default() += 1;
-            }
-        }
-    }
-
-    fn remove(&self, tenant: TenantId, lines: &[Line]) {
-        if let Ok(mut undrawn) = self.lines.lock() {
-            for line in lines {
-                if let Some(count) = undrawn.get_mut(&(tenant, line.account_id)) {
-                    *count -= 1;
-                    if *count == 0 {
-                        undrawn.remove(&(tenant, line.account_id));
+    /// Marks every listing up to `number` drawn.
+    fn drawn_through(&self, tenant_lines: &[(TenantId, &[Line])], number: u64) {
+        if let Ok(mut state) = self.state.lock() {
+            state.drawn_below = state.drawn_below.max(number + 1);
+            for (tenant, lines) in tenant_lines {
+                for line in *lines {
+                    let key = (*tenant, line.account_id);
+                    if state.latest.get(&key).is_some_and(|latest| *latest <= number) {
+                        state.latest.remove(&key);
                     }
                 }
             }
@@ -85,70 +88,95 @@ impl Undrawn {
 impl Drawdown {
     /// Starts the drawing task.
     pub fn start(store: Store, wallet: WalletGateway) -> Self {
-        let (queue, receiver) = mpsc::channel(QUEUE_MAX);
+        let (queue, receiver) = mpsc::unbounded_channel();
         let undrawn = Arc::new(Undrawn::default());
         tokio::spawn(run(store, wallet, receiver, undrawn.clone()));
-        Self { queue, undrawn }
+        Self { queue, slots: Arc::new(Semaphore::new(QUEUE_MAX)), undrawn }
     }
 
-    /// Hands lines just stored (and claimed) over to be drawn, once none of
-    /// their accounts has an earlier accepted batch still undrawn (or once
-    /// waiting longer would only hold the caller up during an outage). The
-    /// wait and the listing are one step, so two ingests racing for one
-    /// account cannot both find it clear. Storing comes before this wait, so
-    /// a sender's next batch is stored while its previous one is drawn.
+    /// Lists lines just stored (and claimed) to be drawn, then waits until
+    /// every earlier listing naming one of their accounts is drawn (or until
+    /// waiting longer would only hold the caller up during an outage).
     pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>) -> Result<(), MeteringError> {
         if lines.is_empty() {
             return Ok(());
         }
+        let slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| MeteringError::Unavailable("the drawdown has stopped".into()))?;
+        // Numbered and queued under one lock, so the queue is in number order.
+        let earlier = {
+            let Ok(mut state) = self.undrawn.state.lock() else {
+                return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
+            };
+            let number = state.next;
+            state.next += 1;
+            let mut earlier = None;
+            for line in &lines {
+                if let Some(previous) = state.latest.insert((tenant, line.account_id), number)
+                    && previous != number
+                {
+                    earlier = earlier.max(Some(previous));
+                }
+            }
+            if self.queue.send(Listing { tenant, number, lines, _slot: slot }).is_err() {
+                // Stored and claimed: the worker draws them once their claim runs out.
+                return Err(MeteringError::Unavailable("the drawdown has stopped".into()));
+            }
+            earlier
+        };
+        let Some(earlier) = earlier else {
+            return Ok(());
+        };
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         loop {
             let drawn = self.undrawn.drawn.notified();
-            if self.undrawn.add_if_clear(tenant, &lines) {
-                break;
+            if self.undrawn.is_drawn(earlier) {
+                return Ok(());
             }
             if tokio::time::timeout_at(deadline, drawn).await.is_err() {
-                tracing::warn!(%tenant, "accepted usage is slow to be drawn; ingesting on");
-                self.undrawn.add(tenant, &lines);
-                break;
+                tracing::warn!(%tenant, "accepted usage is slow to be drawn; answering anyway");
+                return Ok(());
             }
         }
-        if let Err(error) = self.queue.send((tenant, lines)).await {
-            // Stored and listed: the worker draws them once their claim runs out.
-            let (tenant, lines) = error.0;
-            self.undrawn.remove(tenant, &lines);
-            return Err(MeteringError::Unavailable("the drawdown has stopped".into()));
-        }
-        Ok(())
     }
 }
 
 async fn run(
     store: Store,
     wallet: WalletGateway,
-    mut receiver: mpsc::Receiver<(TenantId, Vec<Line>)>,
+    mut receiver: mpsc::UnboundedReceiver<Listing>,
     undrawn: Arc<Undrawn>,
 ) {
     while let Some(first) = receiver.recv().await {
         // Whatever else is waiting, drawn together per tenant.
-        let mut by_tenant: BTreeMap<TenantId, Vec<Line>> = BTreeMap::new();
-        let mut count = first.1.len();
-        by_tenant.entry(first.0).or_default().extend(first.1);
+        let mut listings = vec![first];
+        let mut count = listings[0].lines.len();
         while count < DRAW_LINES_MAX {
             match receiver.try_recv() {
-                Ok((tenant, lines)) => {
-                    count += lines.len();
-                    by_tenant.entry(tenant).or_default().extend(lines);
+                Ok(listing) => {
+                    count += listing.lines.len();
+                    listings.push(listing);
                 }
                 Err(_) => break,
             }
         }
-        for (tenant, lines) in by_tenant {
+        let last = listings.iter().map(|listing| listing.number).max().unwrap_or_default();
+        let mut by_tenant: BTreeMap<TenantId, Vec<Line>> = BTreeMap::new();
+        for listing in listings {
+            by_tenant.entry(listing.tenant).or_default().extend(listing.lines);
+        }
+        for (tenant, lines) in &by_tenant {
             let now = crate::api::now();
-            if let Err(error) = draw_lines(&store, &wallet, tenant, lines.clone(), now).await {
+            if let Err(error) = draw_lines(&store, &wallet, *tenant, lines.clone(), now).await {
                 tracing::warn!(%error, %tenant, "accepted usage not drawn; the worker draws it when its claim runs out");
             }
-            undrawn.remove(tenant, &lines);
         }
+        let drawn: Vec<(TenantId, &[Line])> =
+            by_tenant.iter().map(|(tenant, lines)| (*tenant, lines.as_slice())).collect();
+        undrawn.drawn_through(&drawn, last);
     }
 }
