@@ -3,6 +3,7 @@
 
 mod reports;
 mod respond;
+mod units;
 mod validate;
 
 use std::pin::Pin;
@@ -31,14 +32,10 @@ const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Events read per query of a stream.
 const EVENT_BATCH: usize = 500;
 
-/// Account units remembered by the API; a unit never changes, so the cache
-/// never goes stale. Past this many it is cleared rather than grown.
-const UNIT_CACHE_MAX: usize = 100_000;
-
 #[derive(Clone)]
 pub struct WalletApi {
     store: Store,
-    units: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<(TenantId, AccountId), Unit>>>,
+    units: units::Units,
     /// Turns true when the server stops, ending open event streams so the
     /// graceful shutdown is not held open by them.
     stopping: watch::Receiver<bool>,
@@ -46,7 +43,7 @@ pub struct WalletApi {
 
 impl WalletApi {
     pub fn new(store: Store, stopping: watch::Receiver<bool>) -> Self {
-        Self { store, stopping, units: Default::default() }
+        Self { units: units::Units::start(store.clone()), store, stopping }
     }
 
     fn balance_of(wallet: &Wallet, now: DateTime<Utc>) -> pb::Balance {
@@ -54,38 +51,12 @@ impl WalletApi {
     }
 
     async fn unit_of(&self, tenant: TenantId, account_id: AccountId) -> Result<Unit, WalletError> {
-        if let Ok(units) = self.units.lock()
-            && let Some(unit) = units.get(&(tenant, account_id))
-        {
-            return Ok(unit.clone());
-        }
-        let unit = self.store.account(tenant, account_id).await?.unit;
-        if let Ok(mut units) = self.units.lock() {
-            if units.len() >= UNIT_CACHE_MAX {
-                units.clear();
-            }
-            units.insert((tenant, account_id), unit.clone());
-        }
-        Ok(unit)
+        self.units.of(tenant, account_id).await
     }
 
     /// Fetches, in one query, the units of those accounts not yet remembered.
     async fn learn_units(&self, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
-        let unknown: Vec<AccountId> = match self.units.lock() {
-            Ok(units) => accounts.into_iter().filter(|account| !units.contains_key(&(tenant, *account))).collect(),
-            Err(_) => accounts,
-        };
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        let found = self.store.units(tenant, &unknown).await?;
-        if let Ok(mut units) = self.units.lock() {
-            if units.len() + found.len() > UNIT_CACHE_MAX {
-                units.clear();
-            }
-            units.extend(found.into_iter().map(|(account, unit)| ((tenant, account), unit)));
-        }
-        Ok(())
+        self.units.learn(&self.store, tenant, accounts).await
     }
 
     /// One debit, as Debit and each element of BatchDebit run it.

@@ -79,10 +79,18 @@ impl Committers {
     }
 }
 
+/// The accounts of a batch.
+type Accounts = BTreeSet<(TenantId, AccountId)>;
+
 async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
     // How many requests the last batch held: while they come back, a new
     // batch waits briefly for them instead of committing the first few alone.
     let mut expected = 1;
+    // The batch being written, and its accounts: the next batch is gathered
+    // and, if it shares no account with it, decided and written beside it,
+    // so one batch's round trips overlap the other's. One account's commands
+    // still commit in arrival order: a batch sharing an account waits.
+    let mut in_flight: Option<(tokio::task::JoinHandle<()>, Accounts)> = None;
     while let Some(first) = receiver.recv().await {
         let mut jobs = vec![first];
         drain(&mut receiver, &mut jobs);
@@ -98,49 +106,73 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
                 }
             }
         }
-        expected = jobs.len();
-        let (replies, operations): (Vec<_>, Vec<_>) = jobs
-            .into_iter()
-            .map(|job| {
-                (
-                    job.reply,
-                    Operation {
-                        tenant: job.tenant,
-                        account: job.account,
-                        check: job.check,
-                        ctx: job.ctx,
-                        command: job.command,
-                    },
-                )
-            })
-            .unzip();
-        // Optimistically without reading the keys first: a key already
-        // recorded shows when the batch records its own, and then the batch
-        // is run again, reading every key first.
-        let outcome = commit_with_retries(&shared, &operations).await;
-        let results = match outcome {
-            Ok(Attempt::Done(results, wrote_events)) => {
-                if wrote_events {
-                    shared.events_written.notify_waiters();
-                }
-                finish_replays(&shared.pool, &operations, results).await
+        let mut accounts: Accounts = jobs.iter().map(|job| (job.tenant, job.account)).collect();
+        if let Some((writing, writing_accounts)) = in_flight.take() {
+            if writing_accounts.is_disjoint(&accounts) {
+                in_flight = Some((writing, writing_accounts));
+            } else {
+                let _ = writing.await;
+                // What queued meanwhile joins this batch.
+                drain(&mut receiver, &mut jobs);
+                accounts = jobs.iter().map(|job| (job.tenant, job.account)).collect();
             }
-            Ok(Attempt::KeysTaken | Attempt::Stale) => {
-                // A key of this batch was recorded concurrently elsewhere, or
-                // its accounts kept changing: the retries replay, are told of
-                // the reuse, or go through.
-                let error = WalletError::Conflict("the batch conflicted with concurrent changes".into());
-                replies.iter().map(|_| Err(same_error(&error))).collect()
-            }
-            Err(error) => {
-                tracing::warn!(%error, requests = replies.len(), "a group commit failed; its requests are answered with the error");
-                replies.iter().map(|_| Err(same_error(&error))).collect()
-            }
-        };
-        for (reply, result) in replies.into_iter().zip(results) {
-            // The caller may have gone; its change stands regardless.
-            let _ = reply.send(result);
         }
+        expected = jobs.len();
+        let batch = tokio::spawn(commit_and_answer(shared.clone(), jobs));
+        // At most two batches at once: the earlier one finishes first.
+        if let Some((writing, _)) = in_flight.take() {
+            let _ = writing.await;
+        }
+        in_flight = Some((batch, accounts));
+    }
+    if let Some((writing, _)) = in_flight {
+        let _ = writing.await;
+    }
+}
+
+/// Commits one batch and answers each of its requests.
+async fn commit_and_answer(shared: Shared, jobs: Vec<Job>) {
+    let (replies, operations): (Vec<_>, Vec<_>) = jobs
+        .into_iter()
+        .map(|job| {
+            (
+                job.reply,
+                Operation {
+                    tenant: job.tenant,
+                    account: job.account,
+                    check: job.check,
+                    ctx: job.ctx,
+                    command: job.command,
+                },
+            )
+        })
+        .unzip();
+    // Optimistically without reading the keys first: a key already
+    // recorded shows when the batch records its own, and then the batch
+    // is run again, reading every key first.
+    let outcome = commit_with_retries(&shared, &operations).await;
+    let results = match outcome {
+        Ok(Attempt::Done(results, wrote_events)) => {
+            if wrote_events {
+                shared.events_written.notify_waiters();
+            }
+            finish_replays(&shared.pool, &operations, results).await
+        }
+        Ok(Attempt::KeysTaken | Attempt::Stale) => {
+            // A key of this batch was recorded concurrently elsewhere, or
+            // its accounts kept changing: the retries replay, are told of
+            // the reuse, or go through.
+            let error = WalletError::Conflict("the batch conflicted with concurrent changes".into());
+            replies.iter().map(|_| Err(same_error(&error))).collect()
+        }
+        Err(error) => {
+            tracing::warn!(%error, requests = replies.len(), "a group commit failed; its requests are answered with the error");
+            replies.iter().map(|_| Err(same_error(&error))).collect()
+        }
+    };
+    for (reply, result) in replies.into_iter().zip(results) {
+        // The caller may have gone; its change stands regardless.
+        let _ = reply.send(result);
     }
 }
 

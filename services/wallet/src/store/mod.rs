@@ -363,6 +363,24 @@ impl Store {
         account_ids: &[AccountId],
     ) -> Result<Vec<(AccountId, reservoir_common::money::Unit)>, WalletError> {
         let mut units = Vec::with_capacity(account_ids.len());
+        let backend = self.db.get_database_backend();
+        if backend == DbBackend::Postgres {
+            // One statement text whatever the count, so it is planned once.
+            let ids = array(ArrayType::Uuid, account_ids.iter().map(|id| Value::from(id.0)).collect());
+            let rows = account::Entity::find()
+                .from_raw_sql(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT * FROM accounts WHERE id = ANY($1) AND tenant_id = $2",
+                    [ids, tenant_id.0.into()],
+                ))
+                .all(&self.db)
+                .await?;
+            for row in rows {
+                let account = rows::account_from_row(row)?;
+                units.push((account.id, account.unit));
+            }
+            return Ok(units);
+        }
         for chunk in account_ids.chunks(500) {
             let rows = account::Entity::find()
                 .filter(account::Column::TenantId.eq(tenant_id.0))

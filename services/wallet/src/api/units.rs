@@ -1,0 +1,130 @@
+//! Account units, which never change once an account is open: remembered,
+//! and those not yet remembered read together. A caller that finds its
+//! account's unit missing queues for it; one task reads every queued
+//! account's unit with a query per tenant, so a burst of calls on accounts
+//! seen for the first time costs a query per burst, not one per call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use reservoir_common::auth::TenantId;
+use reservoir_common::money::Unit;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::AccountId;
+use crate::error::WalletError;
+use crate::store::Store;
+
+/// Units remembered; past this many the memory starts over (a unit is a
+/// hundred bytes or so).
+const REMEMBERED_MAX: usize = 100_000;
+/// Accounts read by one query at most.
+const READ_MAX: usize = 500;
+/// Callers queued for a unit; past this, callers wait to queue.
+const QUEUE_MAX: usize = 4_096;
+
+type Known = Arc<Mutex<HashMap<(TenantId, AccountId), Unit>>>;
+
+struct Wanted {
+    tenant: TenantId,
+    account: AccountId,
+    answer: oneshot::Sender<Result<Option<Unit>, WalletError>>,
+}
+
+#[derive(Clone)]
+pub struct Units {
+    known: Known,
+    wanted: mpsc::Sender<Wanted>,
+}
+
+impl Units {
+    /// Starts the task that reads missing units.
+    pub fn start(store: Store) -> Self {
+        let known = Known::default();
+        let (wanted, receiver) = mpsc::channel(QUEUE_MAX);
+        tokio::spawn(read_missing(store, known.clone(), receiver));
+        Self { known, wanted }
+    }
+
+    fn remembered(&self, tenant: TenantId, account: AccountId) -> Option<Unit> {
+        self.known.lock().ok()?.get(&(tenant, account)).cloned()
+    }
+
+    /// The account's unit; NOT_FOUND if the tenant has no such account.
+    pub async fn of(&self, tenant: TenantId, account: AccountId) -> Result<Unit, WalletError> {
+        if let Some(unit) = self.remembered(tenant, account) {
+            return Ok(unit);
+        }
+        let (answer, answered) = oneshot::channel();
+        self.wanted
+            .send(Wanted { tenant, account, answer })
+            .await
+            .map_err(|_| WalletError::Unavailable("the unit reader has stopped".into()))?;
+        answered
+            .await
+            .map_err(|_| WalletError::Unavailable("the unit reader has stopped".into()))??
+            .ok_or(WalletError::NotFound("account"))
+    }
+
+    /// Reads, in one query, the units of those accounts not yet remembered.
+    pub async fn learn(&self, store: &Store, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
+        let unknown: Vec<AccountId> = match self.known.lock() {
+            Ok(known) => accounts.into_iter().filter(|account| !known.contains_key(&(tenant, *account))).collect(),
+            Err(_) => accounts,
+        };
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let found = store.units(tenant, &unknown).await?;
+        remember(&self.known, tenant, found);
+        Ok(())
+    }
+}
+
+fn remember(known: &Known, tenant: TenantId, found: Vec<(AccountId, Unit)>) {
+    if let Ok(mut known) = known.lock() {
+        if known.len() + found.len() > REMEMBERED_MAX {
+            known.clear();
+        }
+        known.extend(found.into_iter().map(|(account, unit)| ((tenant, account), unit)));
+    }
+}
+
+async fn read_missing(store: Store, known: Known, mut receiver: mpsc::Receiver<Wanted>) {
+    while let Some(first) = receiver.recv().await {
+        let mut wanted = vec![first];
+        while wanted.len() < READ_MAX {
+            match receiver.try_recv() {
+                Ok(more) => wanted.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut by_tenant: BTreeMap<TenantId, Vec<Wanted>> = BTreeMap::new();
+        for one in wanted {
+            by_tenant.entry(one.tenant).or_default().push(one);
+        }
+        for (tenant, wanted) in by_tenant {
+            let mut accounts: Vec<AccountId> = wanted.iter().map(|one| one.account).collect();
+            accounts.sort_by_key(|account| account.0);
+            accounts.dedup();
+            match store.units(tenant, &accounts).await {
+                Ok(found) => {
+                    let units: HashMap<AccountId, Unit> = found.iter().cloned().collect();
+                    remember(&known, tenant, found);
+                    for one in wanted {
+                        // The caller may have gone.
+                        let _ = one.answer.send(Ok(units.get(&one.account).cloned()));
+                    }
+                }
+                Err(error) => {
+                    for one in wanted {
+                        let _ = one.answer.send(Err(match &error {
+                            WalletError::Unavailable(message) => WalletError::Unavailable(message.clone()),
+                            other => WalletError::Internal(other.to_string()),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}
