@@ -5,6 +5,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use reservoir_common::auth::TenantId;
 
@@ -12,10 +15,16 @@ use crate::domain::{AccountId, Wallet};
 
 /// Wallets kept at most (a kilobyte or two each); past this the longest kept goes.
 const CACHED_MAX: usize = 50_000;
+/// How long a read waits for a batch being written to keep its wallet.
+const WRITING_WAIT_MAX: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
 pub struct WalletCache {
     wallets: Mutex<Cached>,
+    /// Versions this process is writing: a read that finds one of them
+    /// committed waits for the writer to keep the wallet.
+    writing: Mutex<HashMap<(TenantId, AccountId), u64>>,
+    kept: Notify,
 }
 
 /// The wallets, and the order they were first kept in: when full, the
@@ -31,6 +40,44 @@ impl WalletCache {
     pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
         let cached = self.wallets.lock().ok()?;
         cached.wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).cloned()
+    }
+
+    /// The wallet at exactly `version`; if this process is writing that
+    /// version, once it is kept (the database already shows it committed,
+    /// the writer has yet to hear so).
+    pub async fn get_or_wait(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
+        let deadline = tokio::time::Instant::now() + WRITING_WAIT_MAX;
+        loop {
+            let kept = self.kept.notified();
+            if let Some(wallet) = self.get(tenant, account, version) {
+                return Some(wallet);
+            }
+            let being_written = self.writing.lock().ok()?.get(&(tenant, account)) == Some(&version);
+            if !being_written || tokio::time::timeout_at(deadline, kept).await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Notes the versions a batch is about to write.
+    pub fn writing(&self, versions: &[(TenantId, AccountId, u64)]) {
+        if let Ok(mut writing) = self.writing.lock() {
+            for (tenant, account, version) in versions {
+                writing.insert((*tenant, *account), *version);
+            }
+        }
+    }
+
+    /// The batch that was writing these versions is done, kept or not.
+    pub fn written(&self, versions: &[(TenantId, AccountId, u64)]) {
+        if let Ok(mut writing) = self.writing.lock() {
+            for (tenant, account, version) in versions {
+                if writing.get(&(*tenant, *account)) == Some(version) {
+                    writing.remove(&(*tenant, *account));
+                }
+            }
+        }
+        self.kept.notify_waiters();
     }
 
     /// The wallet as last kept, at whatever version: for the group committer,

@@ -404,7 +404,22 @@ async fn commit_postgres(
         .map(|(changes, wallet, read_version)| Touched { wallet: &*wallet, changes, read_version })
         .collect();
     let wrote_events = touched.iter().any(|touched| !touched.changes.events.is_empty());
-    match batch::write(&shared.pool, &touched, records, true).await {
+    // A read that finds a version this batch is writing waits for the batch
+    // to keep the wallet, instead of reading it afresh.
+    let writing: Vec<(TenantId, AccountId, u64)> = touched
+        .iter()
+        .filter(|touched| touched.wallet.account.version != touched.read_version)
+        .map(|touched| (touched.wallet.account.tenant_id, touched.wallet.account.id, touched.wallet.account.version))
+        .collect();
+    shared.cache.writing(&writing);
+    let written = batch::write(&shared.pool, &touched, records, true).await;
+    if written.is_ok() {
+        for touched in &touched {
+            shared.cache.put(touched.wallet);
+        }
+    }
+    shared.cache.written(&writing);
+    match written {
         Ok(()) => {}
         Err(Refused::KeyRecorded) => return Ok(Attempt::KeysTaken),
         Err(Refused::Stale) => {
@@ -414,9 +429,6 @@ async fn commit_postgres(
             return Ok(Attempt::Stale);
         }
         Err(Refused::Failed(error)) => return Err(error),
-    }
-    for touched in &touched {
-        shared.cache.put(touched.wallet);
     }
     record_metrics(operations, &outcomes, started);
     tracing::debug!(

@@ -416,7 +416,8 @@ impl Store {
             .await?;
         let (version, held) = current.ok_or(WalletError::NotFound("account"))?;
         if held.0.is_zero()
-            && let Some(wallet) = self.cache.get(tenant_id, account_id, u64::try_from(version).unwrap_or(0))
+            && let Some(wallet) =
+                self.cache.get_or_wait(tenant_id, account_id, u64::try_from(version).unwrap_or(0)).await
         {
             return Ok(wallet);
         }
