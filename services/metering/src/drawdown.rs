@@ -122,8 +122,15 @@ impl Drawdown {
                     earlier = earlier.max(Some(previous));
                 }
             }
-            if self.queue.send(Listing { tenant, number, lines, _slot: slot }).is_err() {
-                // Stored and claimed: the worker draws them once their claim runs out.
+            if let Err(refused) = self.queue.send(Listing { tenant, number, lines, _slot: slot }) {
+                // Stored and claimed: the worker draws them once their claim
+                // runs out. Nothing here waits for them.
+                for line in &refused.0.lines {
+                    let key = (tenant, line.account_id);
+                    if state.latest.get(&key) == Some(&number) {
+                        state.latest.remove(&key);
+                    }
+                }
                 return Err(MeteringError::Unavailable("the drawdown has stopped".into()));
             }
             earlier
