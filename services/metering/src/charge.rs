@@ -6,7 +6,7 @@
 //! key, which the wallet replays. Ingestion draws the lines it stored at
 //! once; the worker draws whatever is still listed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
@@ -82,13 +82,25 @@ pub async fn draw_lines(
             wave_at(&mut waves, wave).add(chunk, priced_in_chunk);
         }
     }
+    // An account whose line was not drawn has its later lines left too, so
+    // they are never drawn before it.
+    let mut held_back: HashSet<uuid::Uuid> = HashSet::new();
     for wave in waves {
-        let answers = futures::future::join_all(wave.requests.iter().map(|(request, _)| {
+        let mut requests: Vec<Vec<&Line>> = Vec::with_capacity(wave.requests.len());
+        for (request, _) in wave.requests {
+            let (held, go): (Vec<&Line>, Vec<&Line>) =
+                request.into_iter().partition(|line| held_back.contains(&line.account_id));
+            released.extend(held.iter().map(|line| line.key.clone()));
+            if !go.is_empty() {
+                requests.push(go);
+            }
+        }
+        let answers = futures::future::join_all(requests.iter().map(|request| {
             let usage_lines = request.iter().map(|line| usage_line(line)).collect();
             wallet.draw_usage(tenant, usage_lines)
         }))
         .await;
-        for ((request, _), answer) in wave.requests.iter().zip(answers) {
+        for (request, answer) in requests.iter().zip(answers) {
             match answer {
                 Ok(results) => {
                     for (line, result) in request.iter().zip(results) {
@@ -97,7 +109,10 @@ pub async fn draw_lines(
                                 settlements.extend(line_settlements);
                                 settled_lines.push(line.key.clone());
                             }
-                            None => released.push(line.key.clone()),
+                            None => {
+                                released.push(line.key.clone());
+                                held_back.insert(line.account_id);
+                            }
                         }
                     }
                 }
@@ -105,6 +120,7 @@ pub async fn draw_lines(
                     // Stored and listed: the worker draws them once the wallet answers.
                     tracing::warn!(%error, lines = request.len(), "wallet unreachable; usage stays pending");
                     released.extend(request.iter().map(|line| line.key.clone()));
+                    held_back.extend(request.iter().map(|line| line.account_id));
                 }
             }
         }

@@ -2,9 +2,12 @@
 //! from the wallets by a task of their own, several ingest calls' lines at a
 //! time. An ingest lists its lines here as soon as they are stored, then
 //! answers once every earlier listing naming one of its accounts is drawn:
-//! an account never has more than one acknowledged batch not yet drawn, so
-//! it can overspend by at most one batch, while the next batch is already
-//! being stored and listed.
+//! while the wallet keeps up, an account has at most one acknowledged batch
+//! not yet drawn by this replica, so it can overspend by at most one batch,
+//! while the next batch is already being stored and listed. The bound is
+//! per replica and holds only within the 5 s an ingest waits: a draw that
+//! fails (the wallet is down) counts as done here and is left to the worker,
+//! and past 5 s an ingest is answered anyway.
 //!
 //! What is accepted is stored and claimed before it is listed, so a crash
 //! of this task (or the process) loses nothing: the worker draws the stored
@@ -95,26 +98,31 @@ impl Drawdown {
     }
 
     /// Lists lines just stored (and claimed) to be drawn, then waits until
-    /// every earlier listing naming one of their accounts is drawn (or until
-    /// waiting longer would only hold the caller up during an outage).
-    pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>) -> Result<(), MeteringError> {
-        if lines.is_empty() {
-            return Ok(());
-        }
-        let slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| MeteringError::Unavailable("the drawdown has stopped".into()))?;
-        // Numbered and queued under one lock, so the queue is in number order.
-        let earlier = {
+    /// every earlier listing naming one of their accounts is drawn, and
+    /// every listing naming one of `repeated` (the accounts of events the
+    /// call repeats: a retry of a call still waiting must not be answered
+    /// sooner than the call itself). Waiting stops after 5 s, slot
+    /// included: past that the wallet is slow or down, and the worker draws
+    /// what is stored.
+    pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>, repeated: &[Uuid]) -> Result<(), MeteringError> {
+        let deadline = tokio::time::Instant::now() + WAIT_MAX;
+        let earlier = if lines.is_empty() {
+            let Ok(state) = self.undrawn.state.lock() else {
+                return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
+            };
+            repeated.iter().filter_map(|account| state.latest.get(&(tenant, *account)).copied()).max()
+        } else {
+            let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await else {
+                return Err(MeteringError::Unavailable("the drawdown is too far behind; the worker draws this".into()));
+            };
+            // Numbered and queued under one lock, so the queue is in number order.
             let Ok(mut state) = self.undrawn.state.lock() else {
                 return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
             };
             let number = state.next;
             state.next += 1;
-            let mut earlier = None;
+            let mut earlier =
+                repeated.iter().filter_map(|account| state.latest.get(&(tenant, *account)).copied()).max();
             for line in &lines {
                 if let Some(previous) = state.latest.insert((tenant, line.account_id), number)
                     && previous != number
@@ -138,7 +146,6 @@ impl Drawdown {
         let Some(earlier) = earlier else {
             return Ok(());
         };
-        let deadline = tokio::time::Instant::now() + WAIT_MAX;
         loop {
             let drawn = self.undrawn.drawn.notified();
             if self.undrawn.is_drawn(earlier) {

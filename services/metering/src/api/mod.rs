@@ -316,7 +316,14 @@ impl MeteringApi {
         let stored_at = started.elapsed();
         let drawn = if asynchronously {
             // Accepted once an account's earlier accepted batch is drawn.
-            if let Err(error) = self.drawdown.accept(tenant, lines).await {
+            let repeated: Vec<Uuid> = stored
+                .iter()
+                .filter_map(|outcome| match outcome {
+                    Stored::Duplicate(event) if event.status == EventStatus::Pending => Some(event.account_id),
+                    _ => None,
+                })
+                .collect();
+            if let Err(error) = self.drawdown.accept(tenant, lines, &repeated).await {
                 tracing::warn!(%error, "accepted usage is left to the worker");
             }
             HashMap::new()
