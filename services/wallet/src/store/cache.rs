@@ -59,25 +59,15 @@ impl WalletCache {
         }
     }
 
-    /// Notes the versions a batch is about to write.
-    pub fn writing(&self, versions: &[(TenantId, AccountId, u64)]) {
+    /// Notes the versions a batch is about to write, until the mark returned
+    /// is dropped (the batch is done, kept or not, or its task unwound).
+    pub fn writing(&self, versions: Vec<(TenantId, AccountId, u64)>) -> Writing<'_> {
         if let Ok(mut writing) = self.writing.lock() {
-            for (tenant, account, version) in versions {
+            for (tenant, account, version) in &versions {
                 writing.insert((*tenant, *account), *version);
             }
         }
-    }
-
-    /// The batch that was writing these versions is done, kept or not.
-    pub fn written(&self, versions: &[(TenantId, AccountId, u64)]) {
-        if let Ok(mut writing) = self.writing.lock() {
-            for (tenant, account, version) in versions {
-                if writing.get(&(*tenant, *account)) == Some(version) {
-                    writing.remove(&(*tenant, *account));
-                }
-            }
-        }
-        self.kept.notify_waiters();
+        Writing { cache: self, versions }
     }
 
     /// The wallet as last kept, at whatever version: for the group committer,
@@ -125,5 +115,24 @@ impl WalletCache {
             }
         }
         cached.wallets.insert(key, wallet.clone());
+    }
+}
+
+/// Versions being written, noted in the cache while this lives.
+pub struct Writing<'a> {
+    cache: &'a WalletCache,
+    versions: Vec<(TenantId, AccountId, u64)>,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut writing) = self.cache.writing.lock() {
+            for (tenant, account, version) in &self.versions {
+                if writing.get(&(*tenant, *account)) == Some(version) {
+                    writing.remove(&(*tenant, *account));
+                }
+            }
+        }
+        self.cache.kept.notify_waiters();
     }
 }

@@ -411,14 +411,14 @@ async fn commit_postgres(
         .filter(|touched| touched.wallet.account.version != touched.read_version)
         .map(|touched| (touched.wallet.account.tenant_id, touched.wallet.account.id, touched.wallet.account.version))
         .collect();
-    shared.cache.writing(&writing);
+    let marked = shared.cache.writing(writing);
     let written = batch::write(&shared.pool, &touched, records, true).await;
     if written.is_ok() {
         for touched in &touched {
             shared.cache.put(touched.wallet);
         }
     }
-    shared.cache.written(&writing);
+    drop(marked);
     match written {
         Ok(()) => {}
         Err(Refused::KeyRecorded) => return Ok(Attempt::KeysTaken),
