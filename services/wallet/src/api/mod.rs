@@ -56,7 +56,7 @@ impl WalletApi {
 
     /// Fetches, in one query, the units of those accounts not yet remembered.
     async fn learn_units(&self, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
-        self.units.learn(&self.store, tenant, accounts).await
+        self.units.learn(tenant, accounts).await
     }
 
     /// One debit, as Debit and each element of BatchDebit run it.

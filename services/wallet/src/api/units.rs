@@ -33,6 +33,7 @@ struct Wanted {
 
 #[derive(Clone)]
 pub struct Units {
+    store: Store,
     known: Known,
     wanted: mpsc::Sender<Wanted>,
 }
@@ -42,8 +43,8 @@ impl Units {
     pub fn start(store: Store) -> Self {
         let known = Known::default();
         let (wanted, receiver) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(read_missing(store, known.clone(), receiver));
-        Self { known, wanted }
+        tokio::spawn(read_missing(store.clone(), known.clone(), receiver));
+        Self { store, known, wanted }
     }
 
     fn remembered(&self, tenant: TenantId, account: AccountId) -> Option<Unit> {
@@ -67,7 +68,7 @@ impl Units {
     }
 
     /// Reads, in one query, the units of those accounts not yet remembered.
-    pub async fn learn(&self, store: &Store, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
+    pub async fn learn(&self, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
         let unknown: Vec<AccountId> = match self.known.lock() {
             Ok(known) => accounts.into_iter().filter(|account| !known.contains_key(&(tenant, *account))).collect(),
             Err(_) => accounts,
@@ -75,7 +76,7 @@ impl Units {
         if unknown.is_empty() {
             return Ok(());
         }
-        let found = store.units(tenant, &unknown).await?;
+        let found = self.store.units(tenant, &unknown).await?;
         remember(&self.known, tenant, found);
         Ok(())
     }

@@ -49,26 +49,26 @@ pub fn auth_settings() -> AuthSettings {
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Option<Self> {
         let database = TestDatabase::create(backend).await?;
-        let application =
-            Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
-        let address = application.local_addr().expect("a bound address");
-        let metrics = application.metrics_addr().expect("a metrics endpoint");
-        let store = application.store();
-        let (stop, server) = run_in_background(application);
-        let tenant = store.create_tenant("test", Utc::now()).await.expect("a tenant");
-        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
-        let client = client(address, &key).await;
-        Some(Self { client, store, tenant, address, metrics, database, stop, server })
+        Some(Self::start(database, None).await)
     }
 
     /// A server on a database already holding a tenant's data, with a key of that tenant.
     pub async fn spawn_on(database: TestDatabase, tenant: TenantId) -> Self {
+        Self::start(database, Some(tenant)).await
+    }
+
+    /// A server on `database`, with a key of `tenant` (a new one when none is given).
+    async fn start(database: TestDatabase, tenant: Option<TenantId>) -> Self {
         let application =
             Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
         let address = application.local_addr().expect("a bound address");
         let metrics = application.metrics_addr().expect("a metrics endpoint");
         let store = application.store();
         let (stop, server) = run_in_background(application);
+        let tenant = match tenant {
+            Some(tenant) => tenant,
+            None => store.create_tenant("test", Utc::now()).await.expect("a tenant"),
+        };
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
         let client = client(address, &key).await;
         Self { client, store, tenant, address, metrics, database, stop, server }
@@ -214,4 +214,14 @@ macro_rules! on_both_backends {
             )*
         }
     };
+}
+
+/// The tenant's events from the first one on.
+pub async fn events_from_start(client: &Client) -> tonic::Streaming<pb::WatchEventsResponse> {
+    client
+        .clone()
+        .watch_events(pb::WatchEventsRequest { after_sequence: 0, ..Default::default() })
+        .await
+        .expect("an event stream")
+        .into_inner()
 }

@@ -31,12 +31,7 @@ async fn spend(client: &Client, account: &pb::Account) -> pb::Spend {
 
 /// The account's events of one type, read until `count` arrive or a few seconds pass.
 async fn events_of(client: &Client, account: &pb::Account, wanted: pb::EventType, count: usize) -> Vec<pb::Event> {
-    let mut stream = client
-        .clone()
-        .watch_events(pb::WatchEventsRequest { after_sequence: 0, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = events_from_start(client).await;
     let mut events = Vec::new();
     while events.len() < count {
         match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {

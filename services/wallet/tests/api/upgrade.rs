@@ -153,13 +153,7 @@ async fn data_from_before_the_lean_ledger_stays_readable_replayable_and_refundab
     assert_eq!(fresh.entries[0].sequence, 4, "new entries follow on");
     assert_eq!(available(&app.client, &account).await, d("6"));
     assert_books_balance(&app.client, &account).await;
-    let mut stream = app
-        .client
-        .clone()
-        .watch_events(pb::WatchEventsRequest { after_sequence: 0, ..Default::default() })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = events_from_start(&app.client).await;
     let mut events = Vec::new();
     while events.len() < 4 {
         match tokio::time::timeout(std::time::Duration::from_secs(5), stream.next()).await {
