@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod baseline;
+mod ceiling;
 mod ingest;
 mod load;
 mod setup;
@@ -87,6 +88,10 @@ struct Args {
     /// With `--profile-ingest`: asynchronous ingestion.
     #[arg(long)]
     asynchronous: bool,
+    /// With `--profile`: only the machine's ceilings beside the plain
+    /// transaction baselines, hot and spread over `--accounts`.
+    #[arg(long)]
+    ceilings: bool,
 }
 
 const CENT: Decimal = Decimal::from_parts(1, 0, 0, false, 2);
@@ -408,6 +413,9 @@ async fn profile(args: &Args) -> anyhow::Result<()> {
     if args.profile_ingest > 0 {
         return profile_ingest(args).await;
     }
+    if args.ceilings {
+        return profile_ceilings(args).await;
+    }
     let data_dir = std::env::temp_dir().join(format!("reservoir-profile-{}", uuid::Uuid::now_v7()));
     std::fs::create_dir_all(&data_dir)?;
     let (wallet_url, books_url, books_schema) = if args.sqlite {
@@ -463,6 +471,95 @@ async fn profile(args: &Args) -> anyhow::Result<()> {
         );
     }
     println!("wallet resident {:.0} MiB", services.wallet_rss_mib());
+    services.stop().await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    Ok(())
+}
+
+/// The machine's ceilings beside the plain transaction, over the rounds.
+#[derive(Default)]
+struct Ceilings {
+    clients: usize,
+    empty_calls: Vec<RunResult>,
+    hot_writes: Vec<RunResult>,
+    hot_baseline: Vec<RunResult>,
+    spread_writes: Vec<RunResult>,
+    spread_baseline: Vec<RunResult>,
+}
+
+impl Ceilings {
+    /// One round of each, interleaved, on the baseline's tables (`accounts` rows).
+    async fn measure(
+        &mut self,
+        services: &Services,
+        baseline_db: &sea_orm::DatabaseConnection,
+        accounts: usize,
+        args: &Args,
+        round: usize,
+    ) -> anyhow::Result<()> {
+        let duration = Duration::from_secs(args.seconds);
+        self.clients = args.concurrency;
+        let one: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(|_| 0);
+        let uniform: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| random.below(accounts));
+        self.empty_calls.push(ceiling::empty_calls(services.wallet_address, args.concurrency, duration).await?);
+        self.hot_baseline.push(run_baseline_debits(baseline_db, one.clone(), args, round).await);
+        self.hot_writes.push(ceiling::batched_writes(baseline_db, one, args.concurrency, duration, round).await);
+        self.spread_baseline.push(run_baseline_debits(baseline_db, uniform.clone(), args, round).await);
+        self.spread_writes.push(ceiling::batched_writes(baseline_db, uniform, args.concurrency, duration, round).await);
+        Ok(())
+    }
+
+    /// Lines for the report (and the profile's output).
+    fn lines(&self, accounts: usize) -> Vec<String> {
+        let median = |runs: &[RunResult]| Comparison::median(runs, RunResult::throughput);
+        let figure = |runs: &[RunResult]| {
+            let (median, low, high) = median(runs);
+            format!("{median:.0} ({low:.0}–{high:.0})")
+        };
+        let calls = median(&self.empty_calls).0;
+        let mut lines = vec![format!(
+            "Empty calls (health checks, {} clients on one channel): {}/s, p99 {:.2} ms.",
+            self.clients,
+            figure(&self.empty_calls),
+            Comparison::median(&self.empty_calls, |run| run.latency_ms(0.99)).0,
+        )];
+        for (name, writes, baseline, target) in [
+            ("hot wallet", &self.hot_writes, &self.hot_baseline, 10.0),
+            (&*format!("spread over {accounts} accounts"), &self.spread_writes, &self.spread_baseline, 2.0),
+        ] {
+            let bound = ceiling::combined(calls, median(writes).0);
+            let plain = median(baseline).0;
+            lines.push(format!(
+                "{name}: the database alone, {} debits per statement and {} in flight, writes {} debits/s (the plain transaction: {}). With an empty call each, at most {bound:.0} debits/s = **{:.1}×** the plain transaction (target {target}×).",
+                ceiling::batch(self.clients),
+                ceiling::CONNECTIONS,
+                figure(writes),
+                figure(baseline),
+                bound / plain.max(1e-9),
+            ));
+        }
+        lines
+    }
+}
+
+/// The ceilings alone, for reading them quickly.
+async fn profile_ceilings(args: &Args) -> anyhow::Result<()> {
+    let data_dir = std::env::temp_dir().join(format!("reservoir-profile-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&data_dir)?;
+    let url = bench_database(&args.postgres).await?;
+    for schema in ["wallet_bench", "baseline"] {
+        fresh_schema(&url, schema).await?;
+    }
+    let services = Services::start(&args.reservoir, &url, None, &data_dir).await?;
+    let baseline_db = baseline::connect(&url, Some("baseline"), args.concurrency as u32).await?;
+    baseline::prepare(&baseline_db, args.accounts, Decimal::from(FUNDS)).await?;
+    let mut ceilings = Ceilings::default();
+    for round in 0..args.rounds {
+        ceilings.measure(&services, &baseline_db, args.accounts, args, round).await?;
+    }
+    for line in ceilings.lines(args.accounts) {
+        println!("{line}");
+    }
     services.stop().await;
     let _ = std::fs::remove_dir_all(&data_dir);
     Ok(())
@@ -577,6 +674,11 @@ async fn main() -> anyhow::Result<()> {
             wallet_rss = wallet_rss.max(services.wallet_rss_mib());
         }
         comparisons.push(spread);
+    }
+    eprintln!("ceilings: empty calls, batched writes");
+    let mut ceilings = Ceilings::default();
+    for round in 0..args.rounds {
+        ceilings.measure(&services, &baseline_db, args.accounts, &args, round).await?;
     }
     books.execute_unprepared("VACUUM ANALYZE ledger, replay_records, events").await?;
     let bytes_per_debit =
@@ -842,6 +944,14 @@ async fn main() -> anyhow::Result<()> {
         lag_p50,
         lag_p99,
     );
+    let _ = writeln!(report, "\n## Ceilings of this machine\n");
+    let _ = writeln!(
+        report,
+        "What no design of the service could pass here, measured in the same run: a debit costs at least one call and its share of a batched write, on the same two cores as the database and the load generator.\n"
+    );
+    for line in ceilings.lines(args.accounts) {
+        let _ = writeln!(report, "- {line}");
+    }
     let _ = writeln!(report, "\n## Debits against the number of accounts\n");
     let _ = writeln!(report, "| accounts | debits/s | p50 ms | p99 ms |");
     let _ = writeln!(report, "|---|---|---|---|");
