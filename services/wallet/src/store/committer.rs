@@ -452,7 +452,7 @@ async fn commit_sqlite(shared: &Shared, operations: &[Operation], look_up_keys: 
     let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
     let accounts: BTreeSet<(TenantId, AccountId)> =
         operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
-    let mut wallets = load_many(&transaction, &accounts, now, true).await?;
+    let mut wallets = cached_or_loaded(shared, &transaction, &accounts, now).await?;
     let recorded = if look_up_keys {
         recorded_keys(&transaction, operations.iter().map(|operation| operation.check.digest.clone())).await?
     } else {
@@ -468,14 +468,55 @@ async fn commit_sqlite(shared: &Shared, operations: &[Operation], look_up_keys: 
         .map(|(read_version, changes, wallet)| Touched { wallet: &*wallet, changes, read_version })
         .collect();
     let wrote_events = touched.iter().any(|touched| !touched.changes.events.is_empty());
+    let decided_at = started.elapsed();
     if !write_in_transaction(&transaction, &touched, records).await? {
         transaction.rollback().await?;
         return Ok(Attempt::KeysTaken);
     }
+    let written_at = started.elapsed();
     transaction.commit().await?;
     for touched in &touched {
         shared.cache.put(touched.wallet);
     }
     record_metrics(operations, &outcomes, started);
+    tracing::debug!(
+        size = operations.len(),
+        accounts = accounts.len(),
+        load_us = decided_at.as_micros() as u64,
+        write_us = (written_at - decided_at).as_micros() as u64,
+        commit_us = (started.elapsed() - written_at).as_micros() as u64,
+        look_up_keys,
+        "group commit"
+    );
     Ok(Attempt::Done(decided, wrote_events))
+}
+
+/// The wallets of a SQLite batch, inside its write transaction: a cached
+/// wallet whose account row still carries its version is current (nothing
+/// can write between this read and the commit), so only the version is read
+/// for it; the rest are loaded. One statement instead of three for a wallet
+/// kept, and each statement is a round trip to the connection's thread.
+async fn cached_or_loaded(
+    shared: &Shared,
+    transaction: &sea_orm::DatabaseTransaction,
+    accounts: &BTreeSet<(TenantId, AccountId)>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
+    let mut wallets = BTreeMap::new();
+    let cached: Vec<Wallet> =
+        accounts.iter().filter_map(|(tenant, account)| shared.cache.latest(*tenant, *account)).collect();
+    if !cached.is_empty() {
+        let current = super::account_versions(transaction, cached.iter().map(|wallet| wallet.account.id.0)).await?;
+        for wallet in cached {
+            if current.get(&wallet.account.id.0) == Some(&wallet.account.version) {
+                wallets.insert((wallet.account.tenant_id, wallet.account.id), wallet);
+            }
+        }
+    }
+    let missing: BTreeSet<(TenantId, AccountId)> =
+        accounts.iter().filter(|key| !wallets.contains_key(key)).copied().collect();
+    if !missing.is_empty() {
+        wallets.extend(load_many(transaction, &missing, now, true).await?);
+    }
+    Ok(wallets)
 }

@@ -991,6 +991,27 @@ pub(crate) async fn replayed(
 /// accounts in id order when `lock`): three statements for the whole batch,
 /// each with its ids bound as one array on PostgreSQL. Accounts of another
 /// tenant are left out, as if they did not exist.
+/// The current version of each of `ids` that exists.
+pub(crate) async fn account_versions(
+    connection: &impl ConnectionTrait,
+    ids: impl Iterator<Item = Uuid>,
+) -> Result<HashMap<Uuid, u64>, WalletError> {
+    let ids: Vec<Uuid> = ids.collect();
+    let mut versions = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let rows: Vec<(Uuid, i64)> = account::Entity::find()
+            .filter(account::Column::Id.is_in(chunk.to_vec()))
+            .select_only()
+            .column(account::Column::Id)
+            .column(account::Column::Version)
+            .into_tuple()
+            .all(connection)
+            .await?;
+        versions.extend(rows.into_iter().map(|(id, version)| (id, u64::try_from(version).unwrap_or(0))));
+    }
+    Ok(versions)
+}
+
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
     wanted: &BTreeSet<(TenantId, AccountId)>,

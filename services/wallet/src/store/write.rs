@@ -11,7 +11,7 @@ use super::events::{self, Written};
 use super::ledger;
 use super::rows;
 use crate::error::WalletError;
-use reservoir_common::db::Amount;
+use reservoir_common::db::{Amount, rows_per_insert, values_list};
 
 /// Writes the wallets' changes and the replay records. `Ok(false)` when a
 /// record's key was already recorded: then nothing may commit, and the
@@ -38,17 +38,22 @@ pub async fn write_in_transaction(
 }
 
 /// Records answers under their digests, skipping digests already recorded;
-/// returns how many were recorded.
+/// returns how many were recorded. Many rows per statement: on SQLite each
+/// statement is a round trip to the connection's thread.
 async fn insert_records_sqlite(transaction: &DatabaseTransaction, records: Vec<Record>) -> Result<u64, WalletError> {
     let mut inserted = 0;
-    for (digest, method, hash, answer) in records {
+    // A record is its answer (about a hundred bytes) and two digests.
+    for chunk in records.chunks(rows_per_insert(200)) {
+        let mut values = Vec::with_capacity(chunk.len() * 4);
+        for (digest, method, hash, answer) in chunk {
+            values.extend([digest.clone().into(), (*method).into(), hash.clone().into(), answer.clone().into()]);
+        }
+        let sql = format!(
+            "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES {} ON CONFLICT (digest) DO NOTHING",
+            values_list(chunk.len(), 4, 0)
+        );
         inserted += transaction
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (digest) DO NOTHING",
-                [digest.into(), method.into(), hash.into(), answer.into()],
-            ))
+            .execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
             .await?
             .rows_affected();
     }
