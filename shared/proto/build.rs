@@ -22,6 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // every retry; the idempotency check compares those hashes.
     config.btree_map(["."]);
     tonic_prost_build::configure()
+        // Undecodable requests are INVALID_ARGUMENT, not INTERNAL.
+        .codec_path("crate::codec::StrictCodec")
         .file_descriptor_set_path(out_dir.join("reservoir_descriptor.bin"))
         .compile_with_config(config, &protos, &[root, include])?;
     Ok(())

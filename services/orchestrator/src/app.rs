@@ -210,7 +210,7 @@ impl Application {
                 .await;
             }
         });
-        let webhook_api = WebhookApi::new(self.store.clone(), self.webhooks.allow_http);
+        let webhook_api = WebhookApi::new(self.store.clone(), &self.webhooks);
         let api = TopUpApi::new(self.saga, stopping);
         let routes = tonic::service::Routes::new(TopUpServiceServer::new(api))
             .add_service(WebhookServiceServer::new(webhook_api));

@@ -78,8 +78,10 @@ retry_base_ms = 5000
 retry_max_ms = 3600000
 retry_hours = 72
 timeout_ms = 10000
-# Local development sends to receivers on this machine; production wants https.
+# Local development sends to receivers on this machine; production wants
+# https to public addresses only.
 allow_http = true
+allow_private_destinations = true
 
 [auth]
 api_key_pepper = "reservoir-development-pepper"

@@ -90,8 +90,21 @@ impl Authenticator {
 
     /// Who presented `key`, or UNAUTHENTICATED.
     pub async fn authenticate(&self, key: &str) -> Result<Caller, Status> {
+        self.authenticate_with(key, true).await
+    }
+
+    /// As [`Self::authenticate`], from the resolver whatever is cached.
+    /// Services that resolve keys through this one (GetCaller) keep their
+    /// own cache: answering them from this cache too would stack the two
+    /// windows, and a revoked key would live twice as long there.
+    pub async fn authenticate_fresh(&self, key: &str) -> Result<Caller, Status> {
+        self.authenticate_with(key, false).await
+    }
+
+    async fn authenticate_with(&self, key: &str, cached: bool) -> Result<Caller, Status> {
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        if let Ok(cache) = self.cache.lock()
+        if cached
+            && let Ok(cache) = self.cache.lock()
             && let Some((caller, at)) = cache.get(&digest)
             && at.elapsed() < self.ttl
         {
@@ -111,6 +124,9 @@ impl Authenticator {
         Ok(caller)
     }
 }
+
+/// The call other services resolve keys with (see [`WalletKeyResolver`]).
+const KEY_RESOLUTION_PATH: &str = "/reservoir.wallet.v1.WalletService/GetCaller";
 
 /// Calls to these services need no key: probes and tooling must reach them.
 fn is_public(path: &str) -> bool {
@@ -183,7 +199,12 @@ where
             let Some(key) = bearer_key(&request).map(str::to_owned) else {
                 return Ok(Status::unauthenticated("missing bearer API key in authorization metadata").into_http());
             };
-            let caller = match authenticator.authenticate(&key).await {
+            let resolving_for_a_service = request.uri().path() == KEY_RESOLUTION_PATH;
+            let caller = match if resolving_for_a_service {
+                authenticator.authenticate_fresh(&key).await
+            } else {
+                authenticator.authenticate(&key).await
+            } {
                 Ok(caller) => caller,
                 Err(status) => return Ok(status.into_http()),
             };
@@ -275,6 +296,7 @@ pub fn service_request<T>(message: T, service_key: &str, tenant: TenantId) -> Re
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -285,5 +307,34 @@ mod tests {
         assert_eq!(hash_key("p", &key), hash_key("p", &key));
         assert_ne!(hash_key("p", &key), hash_key("q", &key));
         assert_ne!(hash_key("p", &key), hash_key("p", &generate_key()));
+    }
+
+    /// A resolver whose answer can be changed, counting its lookups.
+    struct Switch {
+        valid: std::sync::atomic::AtomicBool,
+        lookups: std::sync::atomic::AtomicUsize,
+    }
+
+    impl KeyResolver for Arc<Switch> {
+        fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+            use std::sync::atomic::Ordering;
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let valid = self.valid.load(Ordering::SeqCst);
+            Box::pin(async move { Ok(valid.then_some(Caller::Service)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fresh_lookup_sees_a_revocation_the_cache_still_hides() {
+        use std::sync::atomic::Ordering;
+        let switch = Arc::new(Switch { valid: true.into(), lookups: 0.into() });
+        let authenticator = Authenticator::new(Arc::new(switch.clone()), Duration::from_secs(60));
+        assert!(authenticator.authenticate("k").await.is_ok());
+        assert!(authenticator.authenticate("k").await.is_ok());
+        assert_eq!(switch.lookups.load(Ordering::SeqCst), 1, "the second came from the cache");
+        switch.valid.store(false, Ordering::SeqCst);
+        assert!(authenticator.authenticate("k").await.is_ok(), "cached for its window");
+        let fresh = authenticator.authenticate_fresh("k").await.unwrap_err();
+        assert_eq!(fresh.code(), tonic::Code::Unauthenticated);
     }
 }

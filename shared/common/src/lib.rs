@@ -9,6 +9,7 @@ pub mod money;
 pub mod outbox;
 pub mod serve;
 pub mod settings;
+pub mod spreadsheet;
 pub mod status;
 pub mod telemetry;
 pub mod time;

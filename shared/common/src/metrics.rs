@@ -4,7 +4,9 @@
 //! status code and times it. Services add their own domain counters with
 //! the `metrics` macros.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -68,20 +70,61 @@ pub async fn watch_pool(
 
 /// Counts and times every call: `reservoir_rpc_requests_total{service,
 /// method, code}` and `reservoir_rpc_duration_seconds{service, method}`.
-#[derive(Clone, Copy, Default)]
-pub struct RpcMetricsLayer;
+/// Only methods this server has are labelled by name; any other path,
+/// whoever sends it and whatever it is refused with, counts as
+/// `unknown`/`unknown`, so no caller can add a series.
+#[derive(Clone, Default)]
+pub struct RpcMetricsLayer {
+    known: Arc<HashSet<String>>,
+}
+
+impl RpcMetricsLayer {
+    /// Labels by name the methods of `services` found in `descriptor_sets`
+    /// (encoded `FileDescriptorSet`s), besides health and reflection.
+    pub fn new(descriptor_sets: &[&[u8]], services: &[&str]) -> Self {
+        let mut known: HashSet<String> = [
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        let served = |name: &str| name == "grpc.health.v1.Health" || services.contains(&name);
+        for encoded in descriptor_sets {
+            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
+                continue;
+            };
+            for file in set.file {
+                let package = file.package.unwrap_or_default();
+                for service in file.service {
+                    let name = format!("{package}.{}", service.name.unwrap_or_default());
+                    if served(&name) {
+                        known.extend(
+                            service
+                                .method
+                                .into_iter()
+                                .map(|method| format!("/{name}/{}", method.name.unwrap_or_default())),
+                        );
+                    }
+                }
+            }
+        }
+        Self { known: Arc::new(known) }
+    }
+}
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner }
+        RpcMetrics { inner, known: self.known.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
+    known: Arc<HashSet<String>>,
 }
 
 impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -98,7 +141,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (service, method) = service_and_method(request.uri().path());
+        let path = request.uri().path();
+        let (service, method) = if self.known.contains(path) {
+            service_and_method(path)
+        } else {
+            ("unknown".to_owned(), "unknown".to_owned())
+        };
         let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
@@ -113,12 +161,6 @@ where
                     .and_then(|value| value.parse::<i32>().ok())
                     .map_or(tonic::Code::Ok, tonic::Code::from),
                 Err(_) => tonic::Code::Internal,
-            };
-            // Unknown paths are not labelled by name: their number is unbounded.
-            let (service, method) = if code == tonic::Code::Unimplemented {
-                ("unknown".into(), "unknown".into())
-            } else {
-                (service, method)
             };
             metrics::counter!(
                 "reservoir_rpc_requests_total",
@@ -145,6 +187,18 @@ fn service_and_method(path: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::service_and_method;
+
+    #[test]
+    fn only_the_served_methods_are_known() {
+        let layer = super::RpcMetricsLayer::new(
+            &[reservoir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
+            &["reservoir.wallet.v1.WalletService"],
+        );
+        assert!(layer.known.contains("/reservoir.wallet.v1.WalletService/Debit"));
+        assert!(layer.known.contains("/grpc.health.v1.Health/Check"));
+        assert!(!layer.known.contains("/reservoir.metering.v1.MeteringService/IngestEvents"));
+        assert!(!layer.known.contains("/reservoir.wallet.v1.WalletService/NoSuchMethod"));
+    }
 
     #[test]
     fn paths_split_into_service_and_method() {

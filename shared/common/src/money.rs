@@ -2,7 +2,6 @@
 //! parsing refuses what the unit cannot represent instead of rounding it.
 
 use std::fmt;
-use std::str::FromStr;
 
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -163,30 +162,42 @@ impl fmt::Display for Unit {
 }
 
 /// Parses a decimal string exactly: no exponent, at most `scale` decimals,
-/// absolute value below [`amount_limit`].
+/// absolute value below [`amount_limit`]. The digits are checked as text
+/// before any arithmetic, so no input is ever rounded: a decimal past the
+/// scale is refused however many digits come before or after it, and
+/// trailing zeros ("1.500" in cents) and leading zeros change nothing.
 pub fn parse_amount(text: &str, scale: u32) -> Result<Decimal, MoneyError> {
-    let trimmed = text.trim();
-    let well_formed = !trimmed.is_empty()
-        && trimmed.len() == text.len()
-        && trimmed.strip_prefix('-').unwrap_or(trimmed).chars().all(|c| c.is_ascii_digit() || c == '.')
-        && trimmed.matches('.').count() <= 1
-        && !trimmed.ends_with('.')
-        && !trimmed.trim_start_matches('-').starts_with('.');
-    if !well_formed {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (integer, fraction) = match unsigned.split_once('.') {
+        Some((integer, fraction)) => (integer, Some(fraction)),
+        None => (unsigned, None),
+    };
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    if !digits(integer) || fraction.is_some_and(|fraction| !digits(fraction)) {
         return Err(MoneyError::NotANumber);
     }
-    let integer_digits = trimmed.trim_start_matches('-').split('.').next().unwrap_or("").trim_start_matches('0').len();
-    // Checked before parsing so that a 40-digit string is "out of range", not
-    // a parser overflow.
-    if integer_digits > 18 {
+    let integer = integer.trim_start_matches('0');
+    let fraction = fraction.unwrap_or("").trim_end_matches('0');
+    if integer.len() > 18 {
         return Err(MoneyError::OutOfRange);
     }
-    let mut value = Decimal::from_str(trimmed).map_err(|_| MoneyError::NotANumber)?;
-    // Trailing zeros beyond the scale ("1.500" in cents) change nothing and are accepted.
-    value = value.normalize();
-    if value.scale() > scale {
+    if fraction.len() > scale as usize {
         return Err(MoneyError::TooManyDecimals { scale });
     }
+    // At most 18 + SCALE_MAX significant digits: within Decimal's 28, so
+    // what follows is exact.
+    let mut mantissa: i128 = 0;
+    for byte in integer.bytes().chain(fraction.bytes()) {
+        mantissa = mantissa * 10 + i128::from(byte - b'0');
+    }
+    if negative {
+        mantissa = -mantissa;
+    }
+    let value =
+        Decimal::try_from_i128_with_scale(mantissa, fraction.len() as u32).map_err(|_| MoneyError::OutOfRange)?;
     if value.abs() >= amount_limit() {
         return Err(MoneyError::OutOfRange);
     }
@@ -259,6 +270,66 @@ mod tests {
         assert_eq!(unit.parse_positive("1000000000000000000"), Err(MoneyError::OutOfRange));
         assert_eq!(unit.parse_positive("99999999999999999999999999999999999999"), Err(MoneyError::OutOfRange));
         assert!(unit.parse_positive("999999999999999999.99").is_ok());
+    }
+
+    #[test]
+    fn digits_past_the_scale_are_refused_however_long_the_number() {
+        let unit = usd();
+        // Past Decimal's 28 digits a parser would round these to 0.01 and 1.00.
+        assert_eq!(unit.parse("0.00999999999999999999999999999999"), Err(MoneyError::TooManyDecimals { scale: 2 }));
+        assert_eq!(unit.parse("1.0000000000000000000000000000001"), Err(MoneyError::TooManyDecimals { scale: 2 }));
+        assert_eq!(unit.parse("-0.001"), Err(MoneyError::TooManyDecimals { scale: 2 }));
+        assert_eq!(unit.parse(&format!("1.{}", "0".repeat(200))).unwrap(), Decimal::ONE);
+        assert_eq!(unit.parse(&format!("{}7.25", "0".repeat(200))).unwrap(), Decimal::new(725, 2));
+        assert_eq!(unit.parse("-0").unwrap(), Decimal::ZERO);
+        assert_eq!(unit.parse_positive("-0.00"), Err(MoneyError::Zero));
+    }
+
+    proptest::proptest! {
+        /// Any string is refused or parsed to exactly the number it writes,
+        /// never to a rounded one.
+        #[test]
+        fn any_string_is_refused_or_parsed_exactly(text in "-?[0-9]{0,30}(\\.[0-9]{0,34})?|\\PC{0,40}", scale in 0_u32..=SCALE_MAX) {
+            match parse_amount(&text, scale) {
+                Ok(value) => {
+                    proptest::prop_assert!(value.scale() <= scale);
+                    proptest::prop_assert!(value.abs() < amount_limit());
+                    proptest::prop_assert_eq!(same_number(&text), Some(canonical(value)));
+                }
+                Err(_) => {
+                    if let Some(number) = same_number(&text) {
+                        let decimals = number.split_once('.').map_or(0, |(_, fraction)| fraction.len());
+                        let integer = number.trim_start_matches('-').split('.').next().unwrap_or("").len();
+                        proptest::prop_assert!(decimals > scale as usize || integer > 18,
+                            "{text:?} refused at scale {scale}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The number a plain decimal string writes, as canonical text (no
+    /// leading or trailing zeros, no sign on zero), or None for anything else.
+    fn same_number(text: &str) -> Option<String> {
+        let (negative, unsigned) = text.strip_prefix('-').map_or((false, text), |rest| (true, rest));
+        let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+        let plain = |part: &str| part.bytes().all(|byte| byte.is_ascii_digit());
+        if integer.is_empty() || !plain(integer) || !plain(fraction) || (unsigned.contains('.') && fraction.is_empty())
+        {
+            return None;
+        }
+        let integer = match integer.trim_start_matches('0') {
+            "" => "0",
+            digits => digits,
+        };
+        let fraction = fraction.trim_end_matches('0');
+        let body = if fraction.is_empty() { integer.to_owned() } else { format!("{integer}.{fraction}") };
+        Some(if negative && body != "0" { format!("-{body}") } else { body })
+    }
+
+    fn canonical(value: Decimal) -> String {
+        let text = value.normalize().to_string();
+        if text == "-0" { "0".to_owned() } else { text }
     }
 
     #[test]

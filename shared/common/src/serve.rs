@@ -81,7 +81,10 @@ pub async fn serve(
     tracing::info!(address = ?local, services = ?service_names, "serving");
     let served = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::rpc_span)
-        .layer(crate::metrics::RpcMetricsLayer)
+        .layer(crate::metrics::RpcMetricsLayer::new(
+            &[reservoir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
+            service_names,
+        ))
         // Bounds the calls one connection may have open; beyond it callers
         // queue on their side rather than in this process's memory.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))

@@ -37,6 +37,11 @@ impl Violations {
     }
 
     /// `Err` with every violation found, if any.
+    /// Whether nothing has been found wrong so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn finish(self) -> Result<(), InvalidRequest> {
         if self.0.is_empty() { Ok(()) } else { Err(InvalidRequest(self.0)) }
     }
@@ -66,6 +71,14 @@ impl Violations {
     pub fn text(&mut self, field: &str, text: &str, length_max: usize) {
         if text.chars().count() > length_max {
             self.add(field, format!("is longer than {length_max} characters"));
+        } else if let Some(refused) = text.chars().find(|c| refused_character(*c)) {
+            self.add(
+                field,
+                format!(
+                    "holds the character U+{:04X}: control and text-direction characters are refused",
+                    u32::from(refused)
+                ),
+            );
         }
     }
 
@@ -103,6 +116,10 @@ impl Violations {
         for (key, value) in metadata {
             if key.is_empty() || key.chars().count() > key_length_max {
                 self.add(format!("{field}[{key}]"), format!("keys are 1 to {key_length_max} characters"));
+            } else if key.chars().any(refused_character) || value.chars().any(refused_character) {
+                let shown: String = key.chars().filter(|c| !refused_character(*c)).collect();
+                self.add(format!("{field}[{shown}]"), "holds a control or text-direction character");
+                continue;
             }
             if value.chars().count() > value_length_max {
                 self.add(format!("{field}[{key}]"), format!("values are at most {value_length_max} characters"));
@@ -142,5 +159,37 @@ impl Violations {
                 None
             }
         }
+    }
+}
+
+/// Characters no text field takes: controls (NUL included; a newline or a
+/// tab is allowed in free text) and the invisible marks that reorder text
+/// (bidirectional overrides, embeddings and isolates), which can make a
+/// statement line read differently from what it holds.
+pub fn refused_character(c: char) -> bool {
+    (c.is_control() && c != '\n' && c != '\t')
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_and_direction_marks_are_refused_in_text_and_maps() {
+        for bad in ["a\0b", "\u{202E}gnp.exe", "x\u{2066}y", "bell\u{7}", "cr\r", "\u{200F}"] {
+            let mut violations = Violations::default();
+            violations.text("description", bad, 100);
+            assert!(!violations.is_empty(), "{bad:?}");
+        }
+        for good in ["plain", "two\nlines", "tab\there", "naïve — ünïcode ✓", "עברית"] {
+            let mut violations = Violations::default();
+            violations.text("description", good, 100);
+            assert!(violations.is_empty(), "{good:?}");
+        }
+        let mut violations = Violations::default();
+        let metadata = BTreeMap::from([("k".to_owned(), "v\0".to_owned())]);
+        violations.map("metadata", &metadata, 10, 10, 10);
+        assert!(!violations.is_empty());
     }
 }

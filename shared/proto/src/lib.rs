@@ -1,5 +1,7 @@
 //! Generated protobuf and gRPC code for the Reservoir services.
 
+pub mod codec;
+
 /// `reservoir.wallet.v1`.
 pub mod wallet {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]

@@ -128,7 +128,7 @@ pub fn invoice_to_pb(invoice: &InvoiceRow, now: DateTime<Utc>) -> pb::Invoice {
 
 /// The CSV of ExportReport: a header, then one row per invoice line.
 pub fn report_csv(invoices: &[InvoiceRow], now: DateTime<Utc>) -> Result<String, csv::Error> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
     writer.write_record([
         "invoice_number",
         "invoice_id",
@@ -185,7 +185,7 @@ pub fn report_csv(invoices: &[InvoiceRow], now: DateTime<Utc>) -> Result<String,
             ])?;
         }
     }
-    let bytes = writer.into_inner().map_err(|error| error.into_error())?;
+    let bytes = writer.into_inner()?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

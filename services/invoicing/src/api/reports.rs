@@ -215,7 +215,7 @@ impl InvoicingApi {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<String, InvoicingError> {
-        let mut writer = csv::Writer::from_writer(Vec::new());
+        let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
         let csv_error = |error: csv::Error| InvoicingError::Internal(format!("writing CSV: {error}"));
         writer
             .write_record([

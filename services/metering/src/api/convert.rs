@@ -109,7 +109,7 @@ pub fn usage_group_to_pb(group: &UsageGroup) -> pb::UsageGroup {
 
 /// Usage groups as CSV, a header line first.
 pub fn usage_csv(groups: &[pb::UsageGroup]) -> Result<String, MeteringError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
     let failed = |error: csv::Error| MeteringError::Internal(format!("writing CSV: {error}"));
     writer
         .write_record([

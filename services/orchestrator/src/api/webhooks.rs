@@ -22,15 +22,31 @@ const GRACE_SECONDS_DEFAULT: u32 = 24 * 3_600;
 const PAGE_SIZE_MAX: u32 = 1_000;
 const PAGE_SIZE_DEFAULT: u32 = 100;
 
+/// Endpoints one tenant may have: each event fans out to all of them.
+pub const ENDPOINTS_MAX: usize = 16;
+
 #[derive(Clone)]
 pub struct WebhookApi {
     store: Store,
     allow_http: bool,
+    allow_private_destinations: bool,
 }
 
 impl WebhookApi {
-    pub fn new(store: Store, allow_http: bool) -> Self {
-        Self { store, allow_http }
+    pub fn new(store: Store, settings: &crate::webhooks::WebhookSettings) -> Self {
+        Self { store, allow_http: settings.allow_http, allow_private_destinations: settings.allow_private_destinations }
+    }
+
+    /// Refuses a URL that points inward, unless private destinations are allowed.
+    async fn check_destination(&self, violations: &mut Violations, field: &str, url: &str) {
+        if self.allow_private_destinations || !violations.is_empty() {
+            return;
+        }
+        if let Ok(parsed) = reqwest::Url::parse(url)
+            && let Err(refusal) = crate::destination::check(&parsed).await
+        {
+            violations.add(field, refusal);
+        }
     }
 
     fn check_url(&self, violations: &mut Violations, field: &str, url: &str) {
@@ -122,7 +138,17 @@ impl WebhookService for WebhookApi {
         violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
         Self::check_types(&mut violations, "event_types", &request.event_types);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
+        self.check_destination(&mut violations, "url", &request.url).await;
         violations.finish()?;
+        let existing = self.store.endpoints(tenant).await?;
+        let retried = existing.iter().any(|endpoint| endpoint.idempotency_key == request.idempotency_key);
+        if !retried && existing.len() >= ENDPOINTS_MAX {
+            return Err(OrchestratorError::Precondition {
+                reason: "ENDPOINT_LIMIT_REACHED".into(),
+                message: format!("a tenant has at most {ENDPOINTS_MAX} webhook endpoints; delete one first"),
+            }
+            .into());
+        }
         let now = now();
         let row = EndpointRow {
             id: Uuid::now_v7(),
@@ -178,6 +204,7 @@ impl WebhookService for WebhookApi {
         let mut violations = Violations::default();
         if let Some(url) = &request.url {
             self.check_url(&mut violations, "url", url);
+            self.check_destination(&mut violations, "url", url).await;
         }
         if let Some(description) = &request.description {
             violations.text("description", description, DESCRIPTION_LENGTH_MAX);

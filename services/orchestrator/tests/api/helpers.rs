@@ -38,6 +38,12 @@ pub struct Suite {
 
 impl Suite {
     pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with(backend, true).await
+    }
+
+    /// A suite whose orchestrator sends webhooks to public addresses only
+    /// (`allow_private_destinations` off), as production runs.
+    pub async fn spawn_with(backend: Backend, allow_private_destinations: bool) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let orchestrator_database = TestDatabase::create(backend).await?;
         let invoicing_database = TestDatabase::create(backend).await?;
@@ -139,6 +145,8 @@ impl Suite {
                 retry_base_ms: 100,
                 retry_max_ms: 400,
                 allow_http: true,
+                // Receivers in these tests listen on loopback.
+                allow_private_destinations,
                 ..Default::default()
             },
         };

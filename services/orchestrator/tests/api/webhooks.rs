@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac};
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::payments as payments_pb;
 use reservoir_proto::wallet as wallet_pb;
+use reservoir_testing::Backend;
 use sha2::Sha256;
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -284,6 +285,8 @@ async fn deliveries_wait_out_a_receiver_that_is_down_and_keep_their_order(suite:
         .attempts;
     let codes: Vec<u32> = attempts.iter().map(|attempt| attempt.status_code).collect();
     assert!(codes.len() >= 4 && codes[..codes.len() - 1].iter().all(|code| *code == 503), "{codes:?}");
+    // A failed attempt keeps the status line only, never the receiver's answer.
+    assert!(attempts[..attempts.len() - 1].iter().all(|attempt| attempt.error == "HTTP 503 Service Unavailable"));
     assert_eq!(codes.last(), Some(&204));
 
     // A replay sends the same event, with the same id, once more.
@@ -392,6 +395,81 @@ async fn endpoints_are_checked_by_field_and_kept_to_their_tenant(suite: Suite) -
     suite
 }
 
+/// A tenant has at most 16 endpoints; a retry of one it has still answers.
+async fn a_tenant_has_at_most_sixteen_endpoints(suite: Suite) -> Suite {
+    let mut webhooks = suite.webhooks.clone();
+    let request = |index: usize| pb::CreateWebhookEndpointRequest {
+        url: format!("https://example.com/hooks/{index}"),
+        description: String::new(),
+        event_types: vec![],
+        idempotency_key: format!("endpoint-{index}"),
+    };
+    for index in 0..16 {
+        webhooks.create_webhook_endpoint(request(index)).await.unwrap();
+    }
+    assert_refused(
+        webhooks.create_webhook_endpoint(request(16)).await,
+        Code::FailedPrecondition,
+        "ENDPOINT_LIMIT_REACHED",
+    );
+    let retried = webhooks.create_webhook_endpoint(request(3)).await.unwrap().into_inner();
+    assert_eq!(retried.endpoint.unwrap().url, "https://example.com/hooks/3");
+    let listed = webhooks.list_webhook_endpoints(pb::ListWebhookEndpointsRequest {}).await.unwrap().into_inner();
+    assert_eq!(listed.endpoints.len(), 16);
+    suite
+}
+
+/// With private destinations not allowed (production), an endpoint on
+/// loopback, a private network or the metadata address is refused in every
+/// spelling, on creation and on update, and nothing is saved.
+#[tokio::test]
+async fn endpoints_pointing_inward_are_refused() {
+    let Some(suite) = Suite::spawn_with(Backend::Sqlite, false).await else {
+        return;
+    };
+    let mut webhooks = suite.webhooks.clone();
+    let request = |url: &str| pb::CreateWebhookEndpointRequest {
+        url: url.into(),
+        description: String::new(),
+        event_types: vec![],
+        idempotency_key: key(),
+    };
+    for url in [
+        "http://127.0.0.1:9055/metrics",
+        "http://localhost:50051/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://[::1]:50051/",
+        "http://[::ffff:127.0.0.1]/",
+        "https://10.0.0.8/hooks",
+        "https://192.168.1.1/",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://[fd00:ec2::254]/",
+        "https://0.0.0.0/",
+    ] {
+        assert_invalid(webhooks.create_webhook_endpoint(request(url)).await, "url");
+    }
+    let listed = webhooks.list_webhook_endpoints(pb::ListWebhookEndpointsRequest {}).await.unwrap().into_inner();
+    assert!(listed.endpoints.is_empty(), "nothing was saved");
+    let endpoint = webhooks
+        .create_webhook_endpoint(request("https://93.184.216.34/hooks"))
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+    let inward = pb::UpdateWebhookEndpointRequest {
+        endpoint_id: endpoint.id.clone(),
+        url: Some("http://127.0.0.1/".into()),
+        ..Default::default()
+    };
+    assert_invalid(webhooks.update_webhook_endpoint(inward).await, "url");
+    let get = pb::GetWebhookEndpointRequest { endpoint_id: endpoint.id };
+    let kept = webhooks.get_webhook_endpoint(get).await.unwrap().into_inner().endpoint.unwrap();
+    assert_eq!(kept.url, "https://93.184.216.34/hooks");
+    suite.stop().await;
+}
+
 fn debit_request_for(account: &wallet_pb::Account, amount: &str) -> wallet_pb::DebitRequest {
     wallet_pb::DebitRequest {
         account_id: account.id.clone(),
@@ -425,4 +503,5 @@ crate::on_both_backends!(
     deliveries_wait_out_a_receiver_that_is_down_and_keep_their_order,
     a_rotated_secret_signs_beside_the_old_one_until_its_grace_ends,
     endpoints_are_checked_by_field_and_kept_to_their_tenant,
+    a_tenant_has_at_most_sixteen_endpoints,
 );

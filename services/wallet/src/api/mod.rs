@@ -1206,9 +1206,15 @@ impl WalletService for WalletApi {
         violations.meter_code("consumer", &request.consumer);
         violations.finish()?;
         let mut cursor = request.after_sequence;
-        let consumer = if request.consumer.is_empty() { "unnamed".to_owned() } else { request.consumer };
-        // How far behind the outbox this consumer is: the age of the oldest
-        // event not yet sent to it, 0 when it has them all.
+        // How far behind the outbox the suite's own consumers are: the age of
+        // the oldest event not yet sent, 0 when caught up. The label takes
+        // only these names, never one a caller chose; other streams share
+        // the series `other`.
+        let consumer: &'static str = match request.consumer.as_str() {
+            "orchestrator" => "orchestrator",
+            "webhooks" => "webhooks",
+            _ => "other",
+        };
         let lag = metrics::gauge!("reservoir_wallet_outbox_lag_seconds", "consumer" => consumer);
         let store = self.store.clone();
         let api = self.clone();

@@ -40,7 +40,7 @@ const STATEMENT_HEADER: [&str; 14] = [
 ];
 
 fn csv_rows<const N: usize>(rows: &[[String; N]]) -> Result<String, WalletError> {
-    let mut writer = csv::Writer::from_writer(Vec::new());
+    let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
     for row in rows {
         writer.write_record(row).map_err(|error| WalletError::Internal(format!("writing CSV: {error}")))?;
     }

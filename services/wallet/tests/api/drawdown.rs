@@ -42,13 +42,31 @@ async fn a_debit_equal_to_the_balance_succeeds_and_one_cent_more_is_refused(app:
 async fn bad_amounts_are_refused_naming_the_field(app: &TestApp) {
     let account = prepaid(&app.client).await;
     grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
-    for bad in ["1.001", "0", "-1", "1e2", "abc", "", "1000000000000000000"] {
+    // The last two have a digit past the cent beyond 28 significant digits,
+    // where a decimal parser rounds them to 0.01 and 1.00.
+    for bad in [
+        "1.001",
+        "0",
+        "-1",
+        "1e2",
+        "abc",
+        "",
+        "1000000000000000000",
+        "0.00999999999999999999999999999999",
+        "1.0000000000000000000000000000001",
+    ] {
         assert_invalid(debit(&app.client, &account, bad).await, "amount");
         let mut request = grant_request(&account, bad, pb::GrantKind::Paid);
         request.idempotency_key = key();
         assert_invalid(app.client.clone().grant_credits(request).await, "amount");
     }
+    // Text that is not what it shows: a NUL, a control, a direction override.
+    for description in ["a\0b", "bell\u{7}", "\u{202E}fdp.exe"] {
+        let request = pb::DebitRequest { description: description.into(), ..debit_request(&account, "1") };
+        assert_invalid(app.client.clone().debit(request).await, "description");
+    }
     assert_eq!(ledger(&app.client, &account).await.len(), 1, "nothing was written");
+    assert_eq!(available(&app.client, &account).await, Decimal::from(10));
 }
 
 async fn a_grant_restricted_to_a_meter_is_drawn_only_by_that_meter(app: &TestApp) {

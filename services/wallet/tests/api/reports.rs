@@ -161,7 +161,34 @@ async fn reports_refuse_bad_periods_and_other_tenants_accounts(app: &TestApp) {
     assert_refused(other.clone().export_refill_history(theirs).await, Code::NotFound, "NOT_FOUND");
 }
 
+/// A description that a spreadsheet would run as a formula reaches the
+/// statement as text, while amounts stay numbers.
+async fn a_statement_opens_in_a_spreadsheet_without_running_formulas(app: &TestApp) {
+    let account = open_funded_account(&app.client, "50").await;
+    let start = chrono::Utc::now() - chrono::Duration::seconds(1);
+    for description in ["=HYPERLINK(\"http://evil.example\",\"x\")", "@SUM(A1)", "+1", "-2+3"] {
+        let request = pb::DebitRequest { description: description.into(), ..debit_request(&account, "2") };
+        app.client.clone().debit(request).await.unwrap();
+    }
+    let rows = statement(&app.client, &account, start, chrono::Utc::now() + chrono::Duration::seconds(1)).await;
+    let debits: Vec<(&str, &str)> = section(&rows, "ENTRY")
+        .iter()
+        .filter(|row| row["kind"] == "DEBIT")
+        .map(|row| (row["amount"].as_str(), row["description"].as_str()))
+        .collect();
+    assert_eq!(
+        debits,
+        vec![
+            ("-2.00", "'=HYPERLINK(\"http://evil.example\",\"x\")"),
+            ("-2.00", "'@SUM(A1)"),
+            ("-2.00", "'+1"),
+            ("-2.00", "'-2+3"),
+        ]
+    );
+}
+
 crate::on_both_backends!(
+    a_statement_opens_in_a_spreadsheet_without_running_formulas,
     a_statement_closes_at_its_opening_balance_plus_its_entries,
     the_refill_history_lists_what_added_credits_with_the_balance_after,
     reports_refuse_bad_periods_and_other_tenants_accounts,

@@ -145,7 +145,86 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="refused""#]) >= 1.0, "{text}");
     assert!(value("reservoir_wallet_group_commit_seconds_count", &[]) >= 1.0, "{text}");
     assert!(text.contains("reservoir_db_pool_connections"), "{text}");
-    assert!(text.contains(r#"reservoir_wallet_outbox_lag_seconds{consumer="metrics-test"}"#), "{text}");
+    // A consumer's name is the caller's choice: it never becomes a label.
+    assert!(text.contains(r#"reservoir_wallet_outbox_lag_seconds{consumer="other"}"#), "{text}");
+    assert!(!text.contains("metrics-test"), "{text}");
+}
+
+/// A body that is not the method's message is the caller's mistake:
+/// INVALID_ARGUMENT, never INTERNAL, and nothing is written.
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let account = prepaid(&app.client).await;
+    let key = app.store.issue_key(app.tenant, PEPPER, chrono::Utc::now()).await.unwrap().key;
+    let mut grpc = tonic::client::Grpc::new(channel(app.address).await);
+    grpc.ready().await.unwrap();
+    // Field 1 of DebitRequest (account_id) is a string: these bytes are not UTF-8.
+    let mut request = tonic::Request::new(vec![0xff_u8, 0xfe, 0xfd]);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let path = "/reservoir.wallet.v1.WalletService/Debit".parse().unwrap();
+    let status = grpc
+        .unary::<Vec<u8>, reservoir_proto::wallet::DebitResponse, _>(request, path, tonic_prost::ProstCodec::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert_eq!(ledger(&app.client, &account).await.len(), 0);
+    app.stop().await;
+}
+
+/// Ten thousand calls to made-up methods, without a key and with one, add
+/// no series to the scrape endpoint: they all count as one unknown method.
+#[tokio::test]
+async fn made_up_methods_add_no_series_to_the_metrics() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let grpc = tonic::client::Grpc::new(channel(app.address).await);
+    let key = app.store.issue_key(app.tenant, PEPPER, chrono::Utc::now()).await.unwrap().key;
+    let call = |number: usize, key: Option<String>| {
+        let mut grpc = grpc.clone();
+        async move {
+            grpc.ready().await.unwrap();
+            let path = format!("/made.up.Service{number}/Method{number}");
+            let mut request = tonic::Request::new(());
+            if let Some(key) = key {
+                request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+            }
+            grpc.unary::<(), (), _>(request, path.parse().unwrap(), tonic_prost::ProstCodec::default())
+                .await
+                .unwrap_err()
+                .code()
+        }
+    };
+    assert_eq!(call(0, None).await, tonic::Code::Unauthenticated);
+    assert_eq!(call(0, Some(key.clone())).await, tonic::Code::Unimplemented);
+    // The recorder is the process's, shared with the tests running beside
+    // this one: count the series these calls can reach.
+    let series = |text: &str| {
+        text.lines().filter(|line| line.starts_with("reservoir_rpc_") && line.contains(r#"service="unknown""#)).count()
+    };
+    let before = scrape(app.metrics).await;
+    for chunk in 0..100 {
+        let calls = (1..=100).map(|index| {
+            let number = chunk * 100 + index;
+            call(number, (number % 2 == 0).then(|| key.clone()))
+        });
+        for code in futures::future::join_all(calls).await {
+            assert!(matches!(code, tonic::Code::Unauthenticated | tonic::Code::Unimplemented), "{code:?}");
+        }
+    }
+    let after = scrape(app.metrics).await;
+    assert_eq!(series(&after), series(&before), "{after}");
+    assert!(!after.contains("made.up") && !after.contains("Method"), "{after}");
+    let unknown: f64 = after
+        .lines()
+        .filter(|line| line.starts_with("reservoir_rpc_requests_total") && line.contains(r#"method="unknown""#))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(unknown >= 10_002.0, "{after}");
+    app.stop().await;
 }
 
 /// GET /metrics over plain HTTP/1.1.
