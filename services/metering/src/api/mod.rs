@@ -345,6 +345,13 @@ impl MeteringApi {
                 }
                 Stored::New(event) => event_result(drawn.get(&event.event_id).unwrap_or(&event), false),
                 Stored::Duplicate(event) => event_result(&event, true),
+                Stored::Unpriced(reason) => pb::EventResult {
+                    event_id: events[index].event_id.clone(),
+                    status: pb::EventStatus::Invalid.into(),
+                    field: "quantity".to_owned(),
+                    reason,
+                    ..Default::default()
+                },
             };
             results[index] = Some(result);
         }

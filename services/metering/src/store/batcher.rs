@@ -3,7 +3,8 @@
 //! of one tenant touch the same monthly counters, and one transaction that
 //! locks them once does in one go what separate ones would do one after the
 //! other, each waiting for the last to commit. Nobody is answered before
-//! that commit; a batch that cannot be priced fails alone.
+//! that commit; an event whose charge cannot be computed is refused on its
+//! own and never fails a batch.
 
 use std::collections::BTreeMap;
 

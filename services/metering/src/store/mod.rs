@@ -80,6 +80,10 @@ pub enum Stored {
     New(StoredEvent),
     /// The event id was seen before: what was stored then.
     Duplicate(StoredEvent),
+    /// Its charge cannot be computed (the usage or the cost past what an
+    /// amount holds): refused on its own, nothing stored, the rest of its
+    /// batch stored as if it were not there.
+    Unpriced(String),
 }
 
 pub use self::usage::{IngestEvent, LEGACY_LINE_PREFIX, Line, StoredBatch};

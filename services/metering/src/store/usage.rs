@@ -45,8 +45,6 @@ const STORE_TRIES_MAX: usize = 3;
 /// What one try at storing batches came to.
 enum Tried {
     Stored(Vec<StoredBatch>),
-    /// The batch at this position has an event that cannot be priced.
-    Unpriced(usize, MeteringError),
     /// A new event id was stored concurrently; nothing was written.
     Raced,
 }
@@ -86,10 +84,10 @@ pub struct IngestEvent {
 }
 
 impl IngestEvent {
-    fn charge(&self, usage_before: Decimal) -> Result<Decimal, MeteringError> {
+    fn charge(&self, usage_before: Decimal) -> Result<Decimal, String> {
         self.price
             .charge(&self.event.dimensions, usage_before, self.event.quantity, self.scale)
-            .map_err(|error| MeteringError::field("quantity", error.to_string()))
+            .map_err(|error| error.to_string())
     }
 }
 
@@ -102,33 +100,18 @@ impl Store {
     /// stored for it; a new event advances its monthly counter, is priced for
     /// the usage before it, and joins its batch's line of its account and
     /// meter. The lines of the new events are returned claimed, for the
-    /// caller to draw now. A batch an event of which cannot be priced fails
-    /// alone; the others are stored without it.
+    /// caller to draw now. An event whose charge cannot be computed is
+    /// refused on its own (`Stored::Unpriced`); its batch is stored without it.
     pub async fn store_batches(
         &self,
         tenant: TenantId,
         batches: Vec<Vec<IngestEvent>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Result<StoredBatch, MeteringError>>, MeteringError> {
-        let mut failed: Vec<Option<MeteringError>> = batches.iter().map(|_| None).collect();
-        for _ in 0..STORE_TRIES_MAX + batches.len() {
-            let included: Vec<usize> = (0..batches.len()).filter(|index| failed[*index].is_none()).collect();
-            if included.is_empty() {
-                break;
-            }
-            let attempt: Vec<&[IngestEvent]> = included.iter().map(|index| batches[*index].as_slice()).collect();
+        let attempt: Vec<&[IngestEvent]> = batches.iter().map(Vec::as_slice).collect();
+        for _ in 0..STORE_TRIES_MAX {
             match self.try_store_batches(tenant, &attempt, now).await? {
-                Tried::Stored(stored) => {
-                    let mut stored = stored.into_iter();
-                    return Ok(failed
-                        .into_iter()
-                        .map(|failure| match failure {
-                            Some(error) => Err(error),
-                            None => stored.next().ok_or_else(|| MeteringError::Internal("a batch went missing".into())),
-                        })
-                        .collect());
-                }
-                Tried::Unpriced(position, error) => failed[included[position]] = Some(error),
+                Tried::Stored(stored) => return Ok(stored.into_iter().map(Ok).collect()),
                 Tried::Raced => {}
             }
         }
@@ -154,7 +137,7 @@ impl Store {
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
         let mut all_lines: Vec<Line> = Vec::new();
-        for (position, batch) in batches.iter().enumerate() {
+        for batch in batches {
             // One line per account and meter of this batch.
             let batch_id = Uuid::now_v7();
             let mut lines: BTreeMap<(Uuid, String), Line> = BTreeMap::new();
@@ -169,11 +152,15 @@ impl Store {
                 let counter = counters.entry(key).or_insert(Decimal::ZERO);
                 let usage_before = *counter;
                 let Some(after) = usage_before.checked_add(event.quantity) else {
-                    return Ok(Tried::Unpriced(position, MeteringError::field("quantity", "too large")));
+                    results.push(Stored::Unpriced("the month's usage would be too large to count".into()));
+                    continue;
                 };
                 let amount = match new.charge(usage_before) {
                     Ok(amount) => amount,
-                    Err(error) => return Ok(Tried::Unpriced(position, error)),
+                    Err(reason) => {
+                        results.push(Stored::Unpriced(reason));
+                        continue;
+                    }
                 };
                 *counter = after;
                 let stored = StoredEvent {

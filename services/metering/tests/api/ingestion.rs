@@ -224,6 +224,30 @@ async fn bad_events_are_answered_one_by_one_and_the_rest_charged(suite: Suite) -
     suite
 }
 
+/// An event whose charge is past what can be computed is INVALID on its own:
+/// the events beside it in the batch are charged, and a retry answers the same.
+async fn an_event_whose_charge_cannot_be_computed_is_refused_alone(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "1").await;
+    priced_meter(&suite, "dear", "100000000000000000").await;
+    let account = funded_account(&suite, "10").await;
+    let events = vec![
+        event(&account, "tokens", "1"),
+        // 10^15 units at 10^17 each: 10^32, past what a decimal holds.
+        event(&account, "dear", "1000000000000000"),
+        event(&account, "tokens", "2"),
+    ];
+    let results = ingest(&suite, events.clone()).await;
+    use pb::EventStatus::*;
+    assert_eq!(statuses(&results), vec![Charged, Invalid, Charged]);
+    assert_eq!(results[1].field, "quantity");
+    assert!(results[1].reason.contains("too large"), "{:?}", results[1]);
+    assert_eq!(available(&suite.wallet, &account).await, d("7"));
+    let again = ingest(&suite, events).await;
+    assert_eq!(statuses(&again), vec![Duplicate, Invalid, Duplicate]);
+    assert_eq!(available(&suite.wallet, &account).await, d("7"));
+    suite
+}
+
 async fn a_count_meter_counts_events(suite: Suite) -> Suite {
     meter(&suite, "requests", pb::Aggregation::Count).await;
     price(&suite, "requests", flat("0.25")).await;
@@ -263,6 +287,7 @@ crate::on_both_backends!(
     usage_past_the_spending_cap_is_refused_until_the_cap_is_raised,
     usage_groups_by_day_and_dimension,
     bad_events_are_answered_one_by_one_and_the_rest_charged,
+    an_event_whose_charge_cannot_be_computed_is_refused_alone,
     a_count_meter_counts_events,
     many_small_events_cost_what_one_large_event_costs,
 );
