@@ -95,6 +95,7 @@ pub struct Application {
     sandbox: SandboxGateway,
     authenticator: Arc<Authenticator>,
     gateway_timeout: Duration,
+    accounts: crate::api::Accounts,
 }
 
 impl Application {
@@ -114,6 +115,7 @@ impl Application {
             .map_err(|source| AppError::Listen { address: settings.listen, source })?;
         let metrics =
             reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let accounts = crate::api::Accounts::new(wallet.clone(), settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
             listener,
@@ -122,6 +124,7 @@ impl Application {
             store,
             authenticator,
             gateway_timeout: Duration::from_millis(settings.gateway_timeout_ms),
+            accounts,
         })
     }
 
@@ -152,7 +155,13 @@ impl Application {
             self.store.database().clone(),
             stopping.clone(),
         ));
-        let api = PaymentsApi::new(self.store.clone(), Arc::new(self.sandbox.clone()), self.gateway_timeout, stopping);
+        let api = PaymentsApi::new(
+            self.store.clone(),
+            Arc::new(self.sandbox.clone()),
+            self.gateway_timeout,
+            self.accounts.clone(),
+            stopping,
+        );
         let routes = tonic::service::Routes::new(PaymentsServiceServer::new(api));
         let stop = async move {
             shutdown.await;

@@ -12,11 +12,13 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
-use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::auth::{TenantId, service_request, tenant_of};
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_server::PaymentsService;
+use reservoir_proto::wallet as wallet_pb;
+use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
@@ -65,10 +67,42 @@ const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The attempt code of a gateway call that did not answer in time.
 const TIMEOUT_CODE: &str = "timeout";
 
+/// Asks the wallet whether an account is the tenant's, with payments' own
+/// service key: a payment method is only ever added to an account the
+/// caller holds.
+#[derive(Clone)]
+pub struct Accounts {
+    wallet: WalletServiceClient<tonic::transport::Channel>,
+    service_key: String,
+}
+
+impl Accounts {
+    pub fn new(wallet: tonic::transport::Channel, service_key: String) -> Self {
+        Self { wallet: WalletServiceClient::new(wallet), service_key }
+    }
+
+    /// Ok when `account` is one of `tenant`'s; NOT_FOUND when it is not (or
+    /// not anyone's); UNAVAILABLE when the wallet cannot tell now.
+    async fn check(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
+        let message = wallet_pb::GetAccountRequest { account_id: account.to_string() };
+        let request = service_request(message, &self.service_key, tenant)
+            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+        match self.wallet.clone().get_account(request).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == tonic::Code::NotFound => Err(PaymentsError::NotFound("account")),
+            Err(status) => Err(PaymentsError::Unavailable(format!(
+                "the wallet could not confirm the account: {}",
+                status.message()
+            ))),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct PaymentsApi {
     store: Store,
     gateway: Arc<dyn Gateway>,
+    accounts: Accounts,
     /// How long one gateway call may take before it counts as timed out.
     gateway_timeout: Duration,
     /// Turns true when the server stops, ending open event streams so the
@@ -104,9 +138,10 @@ impl PaymentsApi {
         store: Store,
         gateway: Arc<dyn Gateway>,
         gateway_timeout: Duration,
+        accounts: Accounts,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { store, gateway, gateway_timeout, stopping }
+        Self { store, gateway, accounts, gateway_timeout, stopping }
     }
 
     async fn record_of(&self, tenant: TenantId, id: Uuid) -> Result<PaymentRecord, PaymentsError> {
@@ -313,6 +348,7 @@ impl PaymentsService for PaymentsApi {
         if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await? {
             return Ok(Response::new(response));
         }
+        self.accounts.check(tenant, account_id).await?;
         let method = PaymentMethodRow {
             id: Uuid::now_v7(),
             account_id,

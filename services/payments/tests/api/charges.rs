@@ -6,7 +6,7 @@ use tonic::Code;
 use crate::helpers::*;
 
 async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
-    let account_id = account();
+    let account_id = account(&suite).await;
     let succeed = card(&suite, &account_id, "tok_succeed").await;
     let payment = charge(&suite, charge_request(&succeed, "12.50")).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
@@ -51,7 +51,7 @@ async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
 }
 
 async fn a_transient_failure_is_retried_with_the_same_key_and_charged_once(suite: Suite) -> Suite {
-    let method = card(&suite, &account(), "tok_fail_2").await;
+    let method = card(&suite, &account(&suite).await, "tok_fail_2").await;
     let request = charge_request(&method, "20.00");
     let first = charge(&suite, request.clone()).await;
     assert_eq!(status(&first), pb::PaymentStatus::Failed);
@@ -74,7 +74,7 @@ async fn a_transient_failure_is_retried_with_the_same_key_and_charged_once(suite
 }
 
 async fn a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge(suite: Suite) -> Suite {
-    let method = card(&suite, &account(), "tok_timeout").await;
+    let method = card(&suite, &account(&suite).await, "tok_timeout").await;
     let request = charge_request(&method, "9.99");
     let first = charge(&suite, request.clone()).await;
     assert_eq!(status(&first), pb::PaymentStatus::Failed);
@@ -88,7 +88,7 @@ async fn a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge(suit
 }
 
 async fn a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused(suite: Suite) -> Suite {
-    let method = card(&suite, &account(), "tok_succeed").await;
+    let method = card(&suite, &account(&suite).await, "tok_succeed").await;
     let mut request = charge_request(&method, "30");
     request.metadata = BTreeMap::from([("order".to_owned(), "A-17".to_owned())]);
     let first = charge(&suite, request.clone()).await;
@@ -103,7 +103,7 @@ async fn a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused(suit
 }
 
 async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> Suite {
-    let request = reconcile_later_request(&account(), "100.00");
+    let request = reconcile_later_request(&account(&suite).await, "100.00");
     let payment = charge(&suite, request.clone()).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Pending);
     assert!(payment.attempts.is_empty(), "no gateway call, so no attempt");
@@ -126,7 +126,8 @@ async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> S
     );
     assert_eq!(get(&suite, &payment).await.external_transaction_id, "bank-2024-001");
 
-    let declined = charge(&suite, charge_request(&card(&suite, &account(), "tok_decline").await, "1")).await;
+    let declined =
+        charge(&suite, charge_request(&card(&suite, &account(&suite).await, "tok_decline").await, "1")).await;
     let not_pending =
         pb::ConfirmPaymentRequest { payment_id: declined.id.clone(), external_transaction_id: "bank-1".into() };
     assert_refused(client.confirm_payment(not_pending).await, Code::FailedPrecondition, "PAYMENT_NOT_PENDING");
@@ -135,7 +136,7 @@ async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> S
 }
 
 async fn a_bank_transfer_is_pending_without_a_gateway_call(suite: Suite) -> Suite {
-    let account_id = account();
+    let account_id = account(&suite).await;
     let transfer = add_method(&suite, &account_id, pb::PaymentMethodKind::BankTransfer, "").await;
     let request = charge_request(&transfer, "250");
     let payment = charge(&suite, request.clone()).await;
@@ -148,7 +149,7 @@ async fn a_bank_transfer_is_pending_without_a_gateway_call(suite: Suite) -> Suit
 
 async fn charges_and_methods_are_checked(suite: Suite) -> Suite {
     let mut client = suite.payments.clone();
-    let account_id = account();
+    let account_id = account(&suite).await;
     let method = card(&suite, &account_id, "tok_succeed").await;
     let valid = charge_request(&method, "10");
     let both = pb::ChargeRequest { reconcile_later: true, ..valid.clone() };
@@ -165,10 +166,30 @@ async fn charges_and_methods_are_checked(suite: Suite) -> Suite {
     );
     let metadata: BTreeMap<String, String> = (0..33).map(|index| (format!("k{index}"), "v".to_owned())).collect();
     assert_invalid(client.charge(pb::ChargeRequest { metadata, ..valid.clone() }).await, "metadata");
-    let someone_else = pb::ChargeRequest { account_id: account(), ..valid.clone() };
+    let someone_else = pb::ChargeRequest { account_id: account(&suite).await, ..valid.clone() };
     assert_refused(client.charge(someone_else).await, Code::FailedPrecondition, "PAYMENT_METHOD_MISMATCH");
     let unknown = pb::ChargeRequest { payment_method_id: uuid::Uuid::now_v7().to_string(), ..valid.clone() };
     assert_refused(client.charge(unknown).await, Code::NotFound, "NOT_FOUND");
+
+    // A method goes only on an account the wallet says is the caller's.
+    let theirs = reservoir_testing::wallet::open_funded_account(&suite.other_wallet, "0").await.id;
+    for account_id in [theirs, uuid::Uuid::now_v7().to_string()] {
+        let request = pb::AddPaymentMethodRequest {
+            account_id: account_id.clone(),
+            kind: pb::PaymentMethodKind::Card.into(),
+            gateway_token: "tok_succeed".into(),
+            label: String::new(),
+            idempotency_key: key(),
+        };
+        assert_refused(client.add_payment_method(request).await, Code::NotFound, "NOT_FOUND");
+        let listed = client
+            .list_payment_methods(pb::ListPaymentMethodsRequest { account_id })
+            .await
+            .unwrap()
+            .into_inner()
+            .payment_methods;
+        assert!(listed.is_empty(), "nothing was added");
+    }
 
     let card_without_token = pb::AddPaymentMethodRequest {
         account_id: account_id.clone(),
@@ -233,7 +254,7 @@ async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
     };
     assert_refused(other.charge(borrowed).await, Code::NotFound, "NOT_FOUND");
     let same_key = pb::ChargeRequest {
-        account_id: account(),
+        account_id: account(&suite).await,
         invoice_id: uuid::Uuid::now_v7().to_string(),
         amount: "1".into(),
         currency: "USD".into(),

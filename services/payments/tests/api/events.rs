@@ -24,7 +24,7 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
     let mut client = suite.payments.clone();
     let refund = client.refund(refund_request(&payment, "5")).await.unwrap().into_inner().refund.unwrap();
     let batch = voucher_batch(&suite, 1, "10").await;
-    let redeemer = account();
+    let redeemer = account(&suite).await;
     client.redeem_voucher(redeem_request(&batch.codes[0], &redeemer)).await.unwrap();
 
     let mut stream = client.watch_events(pb::WatchEventsRequest { after_sequence: 0 }).await.unwrap().into_inner();
@@ -45,7 +45,7 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
     assert!(succeeded.sequence < refunded.sequence && refunded.sequence < redeemed.sequence);
 
     // Events committed while the stream is open arrive on it.
-    let pending = charge(&suite, reconcile_later_request(&account(), "3")).await;
+    let pending = charge(&suite, reconcile_later_request(&account(&suite).await, "3")).await;
     let live = next(&mut stream).await;
     assert_eq!(event_type(&live), pb::EventType::PaymentPending);
     assert_eq!(live.payment_id, pending.id);
@@ -62,7 +62,7 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
         (event_type(&confirmed), confirmed.payment_id.as_str()),
         (pb::EventType::PaymentConfirmed, pending.id.as_str())
     );
-    let declining = card(&suite, &account(), "tok_decline").await;
+    let declining = card(&suite, &account(&suite).await, "tok_decline").await;
     let declined_payment = charge(&suite, charge_request(&declining, "4")).await;
     let declined = next(&mut stream).await;
     assert_eq!(

@@ -41,6 +41,10 @@ pub struct Suite {
     /// A second tenant's client, for isolation.
     pub other: PaymentsClient,
     pub tenant: TenantId,
+    /// The wallet, under the first tenant's key.
+    pub wallet: reservoir_testing::wallet::Client,
+    /// The wallet, under the second tenant's key.
+    pub other_wallet: reservoir_testing::wallet::Client,
     pub sandbox: SandboxGateway,
     running: Vec<Running>,
     databases: Vec<TestDatabase>,
@@ -88,6 +92,8 @@ impl Suite {
             payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
             other: PaymentsServiceClient::with_interceptor(connection, BearerKey::new(&other_key)),
             tenant,
+            wallet: reservoir_testing::wallet::client(wallet_address, &tenant_key).await,
+            other_wallet: reservoir_testing::wallet::client(wallet_address, &other_key).await,
             sandbox,
             running: vec![payments_running, wallet_running],
             databases: vec![wallet_database, payments_database],
@@ -137,8 +143,10 @@ fn spawn_payments(application: Payments) -> Running {
 }
 
 /// A fresh account id: payments takes the caller's word for its accounts.
-pub fn account() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// A new account of the first tenant, opened in the wallet: payments adds
+/// payment methods only to accounts the wallet says are the caller's.
+pub async fn account(suite: &Suite) -> String {
+    reservoir_testing::wallet::open_funded_account(&suite.wallet, "0").await.id
 }
 
 pub async fn add_method(
@@ -203,7 +211,7 @@ pub async fn charge(suite: &Suite, request: pb::ChargeRequest) -> pb::Payment {
 
 /// A succeeded card payment of `amount` USD.
 pub async fn paid(suite: &Suite, amount: &str) -> pb::Payment {
-    let method = card(suite, &account(), "tok_succeed").await;
+    let method = card(suite, &account(suite).await, "tok_succeed").await;
     let payment = charge(suite, charge_request(&method, amount)).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
     payment

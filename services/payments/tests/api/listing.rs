@@ -7,7 +7,7 @@ async fn list(suite: &Suite, request: pb::ListPaymentsRequest) -> pb::ListPaymen
 }
 
 async fn payments_are_listed_newest_first_by_account_invoice_and_status(suite: Suite) -> Suite {
-    let account_id = account();
+    let account_id = account(&suite).await;
     let good = card(&suite, &account_id, "tok_succeed").await;
     let bad = card(&suite, &account_id, "tok_decline").await;
     let first = charge(&suite, charge_request(&good, "1")).await;
@@ -73,7 +73,7 @@ async fn payments_are_listed_newest_first_by_account_invoice_and_status(suite: S
 }
 
 async fn payment_methods_are_listed_newest_first(suite: Suite) -> Suite {
-    let account_id = account();
+    let account_id = account(&suite).await;
     let card = card(&suite, &account_id, "tok_succeed").await;
     let transfer = add_method(&suite, &account_id, pb::PaymentMethodKind::BankTransfer, "").await;
     let wallet = add_method(&suite, &account_id, pb::PaymentMethodKind::MobileWallet, "tok_succeed_wallet").await;
@@ -89,7 +89,7 @@ async fn payment_methods_are_listed_newest_first(suite: Suite) -> Suite {
     let other = suite
         .payments
         .clone()
-        .list_payment_methods(pb::ListPaymentMethodsRequest { account_id: account() })
+        .list_payment_methods(pb::ListPaymentMethodsRequest { account_id: account(&suite).await })
         .await
         .unwrap()
         .into_inner()

@@ -81,7 +81,7 @@ async fn a_batch_has_unique_well_formed_codes_that_verify(suite: Suite) -> Suite
 async fn a_voucher_raced_for_by_two_accounts_is_redeemed_once(suite: Suite) -> Suite {
     let batch = voucher_batch(&suite, 1, "50").await;
     let code = &batch.codes[0];
-    let (first_account, second_account) = (account(), account());
+    let (first_account, second_account) = (account(&suite).await, account(&suite).await);
     // Asked for in another unit, it is refused and stays unredeemed.
     let mut in_euros = redeem_request(code, &first_account);
     in_euros.unit_code = "EUR".into();
@@ -117,7 +117,7 @@ async fn a_voucher_raced_for_by_two_accounts_is_redeemed_once(suite: Suite) -> S
 async fn a_wrong_check_character_is_invalid_and_not_counted(suite: Suite) -> Suite {
     let batch = voucher_batch(&suite, 1, "5").await;
     let code = &batch.codes[0];
-    let account_id = account();
+    let account_id = account(&suite).await;
     let mut client = suite.payments.clone();
     for _ in 0..8 {
         assert_invalid(client.redeem_voucher(redeem_request(&with_wrong_check(code), &account_id)).await, "code");
@@ -132,7 +132,7 @@ async fn a_wrong_check_character_is_invalid_and_not_counted(suite: Suite) -> Sui
 async fn five_unknown_codes_lock_the_account_out_for_a_while(suite: Suite) -> Suite {
     let batch = voucher_batch(&suite, 1, "5").await;
     let code = &batch.codes[0];
-    let account_id = account();
+    let account_id = account(&suite).await;
     let mut client = suite.payments.clone();
     for _ in 0..5 {
         let guess = VoucherCode::generate().display();
@@ -152,7 +152,7 @@ async fn five_unknown_codes_lock_the_account_out_for_a_while(suite: Suite) -> Su
         Code::ResourceExhausted,
         "VOUCHER_ATTEMPTS_EXCEEDED",
     );
-    let other = account();
+    let other = account(&suite).await;
     let redeemed = client.redeem_voucher(redeem_request(code, &other)).await.unwrap().into_inner();
     assert_eq!(redeemed.voucher.unwrap().redeemed_by_account_id, other, "other accounts are not held back");
     suite
@@ -173,11 +173,12 @@ async fn an_expired_voucher_is_refused(suite: Suite) -> Suite {
         .into_inner();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_refused(
-        client.redeem_voucher(redeem_request(&batch.codes[0], &account())).await,
+        client.redeem_voucher(redeem_request(&batch.codes[0], &account(&suite).await)).await,
         Code::FailedPrecondition,
         "VOUCHER_EXPIRED",
     );
-    let other_tenant = suite.other.clone().redeem_voucher(redeem_request(&batch.codes[0], &account())).await;
+    let other_tenant =
+        suite.other.clone().redeem_voucher(redeem_request(&batch.codes[0], &account(&suite).await)).await;
     assert_refused(other_tenant, Code::NotFound, "VOUCHER_NOT_FOUND");
     suite
 }
