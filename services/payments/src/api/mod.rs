@@ -654,6 +654,8 @@ impl PaymentsService for PaymentsApi {
         let code =
             VoucherCode::parse(&request.code).map_err(|error| PaymentsError::field("code", error.to_string()))?;
         let unit = (!request.unit_code.is_empty()).then_some(request.unit_code.as_str());
+        // A voucher is spent only on an account the caller holds.
+        self.accounts.check(tenant, account_id).await?;
         let redeemed = self.store.redeem_voucher(tenant, account_id, &code.digest(), unit, now).await?;
         if redeemed.fresh {
             metrics::counter!("reservoir_payments_vouchers_redeemed_total").increment(1);

@@ -90,6 +90,10 @@ async fn a_voucher_raced_for_by_two_accounts_is_redeemed_once(suite: Suite) -> S
         Code::FailedPrecondition,
         "VOUCHER_UNIT_MISMATCH",
     );
+    // Spent only on an account of the caller's: a made-up one is not found,
+    // and the voucher stays to be redeemed.
+    let made_up = redeem_request(code, &uuid::Uuid::now_v7().to_string());
+    assert_refused(suite.payments.clone().redeem_voucher(made_up).await, Code::NotFound, "NOT_FOUND");
     let (mut first, mut second) = (suite.payments.clone(), suite.payments.clone());
     let (a, b) = tokio::join!(
         first.redeem_voucher(redeem_request(code, &first_account)),
@@ -177,8 +181,8 @@ async fn an_expired_voucher_is_refused(suite: Suite) -> Suite {
         Code::FailedPrecondition,
         "VOUCHER_EXPIRED",
     );
-    let other_tenant =
-        suite.other.clone().redeem_voucher(redeem_request(&batch.codes[0], &account(&suite).await)).await;
+    let theirs = reservoir_testing::wallet::open_funded_account(&suite.other_wallet, "0").await.id;
+    let other_tenant = suite.other.clone().redeem_voucher(redeem_request(&batch.codes[0], &theirs)).await;
     assert_refused(other_tenant, Code::NotFound, "VOUCHER_NOT_FOUND");
     suite
 }
