@@ -488,7 +488,9 @@ struct Ceilings {
 }
 
 impl Ceilings {
-    /// One round of each, interleaved, on the baseline's tables (`accounts` rows).
+    /// One round of each on the baseline's tables (`accounts` rows); with
+    /// `baselines`, the plain transactions too, interleaved (the full run
+    /// takes them from its hot and spread scenarios instead).
     async fn measure(
         &mut self,
         services: &Services,
@@ -496,15 +498,20 @@ impl Ceilings {
         accounts: usize,
         args: &Args,
         round: usize,
+        baselines: bool,
     ) -> anyhow::Result<()> {
         let duration = Duration::from_secs(args.seconds);
         self.clients = args.concurrency;
         let one: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(|_| 0);
         let uniform: Arc<dyn Fn(&mut Random) -> usize + Send + Sync> = Arc::new(move |random| random.below(accounts));
         self.empty_calls.push(ceiling::empty_calls(services.wallet_address, args.concurrency, duration).await?);
-        self.hot_baseline.push(run_baseline_debits(baseline_db, one.clone(), args, round).await);
+        if baselines {
+            self.hot_baseline.push(run_baseline_debits(baseline_db, one.clone(), args, round).await);
+        }
         self.hot_writes.push(ceiling::batched_writes(baseline_db, one, args.concurrency, duration, round).await);
-        self.spread_baseline.push(run_baseline_debits(baseline_db, uniform.clone(), args, round).await);
+        if baselines {
+            self.spread_baseline.push(run_baseline_debits(baseline_db, uniform.clone(), args, round).await);
+        }
         self.spread_writes.push(ceiling::batched_writes(baseline_db, uniform, args.concurrency, duration, round).await);
         Ok(())
     }
@@ -555,7 +562,7 @@ async fn profile_ceilings(args: &Args) -> anyhow::Result<()> {
     baseline::prepare(&baseline_db, args.accounts, Decimal::from(FUNDS)).await?;
     let mut ceilings = Ceilings::default();
     for round in 0..args.rounds {
-        ceilings.measure(&services, &baseline_db, args.accounts, args, round).await?;
+        ceilings.measure(&services, &baseline_db, args.accounts, args, round, true).await?;
     }
     for line in ceilings.lines(args.accounts) {
         println!("{line}");
@@ -865,9 +872,14 @@ async fn main() -> anyhow::Result<()> {
     // autovacuum while the scenarios after them ran ------------------------------------
     eprintln!("ceilings: empty calls, batched writes");
     baseline::prepare(&baseline_db, args.accounts.max(1), Decimal::from(FUNDS)).await?;
-    let mut ceilings = Ceilings::default();
+    // Against the plain transactions of (a) and (b), measured in this run.
+    let mut ceilings = Ceilings {
+        hot_baseline: comparisons[0].baseline.clone(),
+        spread_baseline: comparisons[1].baseline.clone(),
+        ..Ceilings::default()
+    };
     for round in 0..args.rounds {
-        ceilings.measure(&services, &baseline_db, args.accounts, &args, round).await?;
+        ceilings.measure(&services, &baseline_db, args.accounts, &args, round, false).await?;
     }
     services.stop().await;
 

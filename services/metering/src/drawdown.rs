@@ -106,40 +106,42 @@ impl Drawdown {
     /// what is stored.
     pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>, repeated: &[Uuid]) -> Result<(), MeteringError> {
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
-        let earlier = if lines.is_empty() {
-            let Ok(state) = self.undrawn.state.lock() else {
-                return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
-            };
-            repeated.iter().filter_map(|account| state.latest.get(&(tenant, *account)).copied()).max()
+        let slot = if lines.is_empty() {
+            None
         } else {
             let Ok(Ok(slot)) = tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await else {
                 return Err(MeteringError::Unavailable("the drawdown is too far behind; the worker draws this".into()));
             };
-            // Numbered and queued under one lock, so the queue is in number order.
+            Some(slot)
+        };
+        let earlier = {
             let Ok(mut state) = self.undrawn.state.lock() else {
                 return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
             };
-            let number = state.next;
-            state.next += 1;
             let mut earlier =
                 repeated.iter().filter_map(|account| state.latest.get(&(tenant, *account)).copied()).max();
-            for line in &lines {
-                if let Some(previous) = state.latest.insert((tenant, line.account_id), number)
-                    && previous != number
-                {
-                    earlier = earlier.max(Some(previous));
-                }
-            }
-            if let Err(refused) = self.queue.send(Listing { tenant, number, lines, _slot: slot }) {
-                // Stored and claimed: the worker draws them once their claim
-                // runs out. Nothing here waits for them.
-                for line in &refused.0.lines {
-                    let key = (tenant, line.account_id);
-                    if state.latest.get(&key) == Some(&number) {
-                        state.latest.remove(&key);
+            if let Some(slot) = slot {
+                // Numbered and queued under one lock, so the queue is in number order.
+                let number = state.next;
+                state.next += 1;
+                for line in &lines {
+                    if let Some(previous) = state.latest.insert((tenant, line.account_id), number)
+                        && previous != number
+                    {
+                        earlier = earlier.max(Some(previous));
                     }
                 }
-                return Err(MeteringError::Unavailable("the drawdown has stopped".into()));
+                if let Err(refused) = self.queue.send(Listing { tenant, number, lines, _slot: slot }) {
+                    // Stored and claimed: the worker draws them once their claim
+                    // runs out. Nothing here waits for them.
+                    for line in &refused.0.lines {
+                        let key = (tenant, line.account_id);
+                        if state.latest.get(&key) == Some(&number) {
+                            state.latest.remove(&key);
+                        }
+                    }
+                    return Err(MeteringError::Unavailable("the drawdown has stopped".into()));
+                }
             }
             earlier
         };

@@ -66,14 +66,6 @@ fn embedded_v4(segments: [u16; 8]) -> Ipv4Addr {
     Ipv4Addr::new((high >> 8) as u8, high as u8, (low >> 8) as u8, low as u8)
 }
 
-/// Why a destination was refused, in words for the caller.
-pub fn refusal(url: &reqwest::Url, resolved: &[IpAddr]) -> Option<String> {
-    if let Some(ip) = literal(url) {
-        return (!is_public(ip)).then(|| format!("points to {ip}, which is not a public address"));
-    }
-    resolved.iter().find(|ip| !is_public(**ip)).map(|ip| format!("resolves to {ip}, which is not a public address"))
-}
-
 /// The address a URL names directly, if its host is one (the URL parser
 /// has already turned forms like `0x7f000001` into `127.0.0.1`).
 pub fn literal(url: &reqwest::Url) -> Option<IpAddr> {
@@ -81,23 +73,30 @@ pub fn literal(url: &reqwest::Url) -> Option<IpAddr> {
     host.strip_prefix('[').and_then(|host| host.strip_suffix(']')).unwrap_or(host).parse().ok()
 }
 
+/// Why a URL whose host is an address is refused, if it is: such a host
+/// never reaches [`PublicOnly`], so each delivery checks it with this.
+pub fn literal_refusal(url: &str) -> Option<String> {
+    let ip = reqwest::Url::parse(url).ok().as_ref().and_then(literal)?;
+    (!is_public(ip)).then(|| format!("points to {ip}, which is not a public address"))
+}
+
 /// Checks a URL about to be saved: a literal address must be public, and a
 /// name must not resolve to anything that is not. A name that does not
 /// resolve yet is let through; each delivery resolves it again.
 pub async fn check(url: &reqwest::Url) -> Result<(), String> {
+    if literal(url).is_some() {
+        return literal_refusal(url.as_str()).map_or(Ok(()), Err);
+    }
     let Some(host) = url.host_str() else {
         return Err("has no host".into());
     };
-    let resolved: Vec<IpAddr> = if literal(url).is_some() {
-        Vec::new()
-    } else {
-        let port = url.port_or_known_default().unwrap_or(443);
-        match tokio::net::lookup_host((host, port)).await {
-            Ok(addresses) => addresses.map(|address| address.ip()).collect(),
-            Err(_) => Vec::new(),
-        }
-    };
-    refusal(url, &resolved).map_or(Ok(()), Err)
+    let port = url.port_or_known_default().unwrap_or(443);
+    // A name that does not resolve now resolves to nothing refused.
+    let resolved = tokio::net::lookup_host((host, port)).await.into_iter().flatten();
+    match resolved.map(|address| address.ip()).find(|ip| !is_public(*ip)) {
+        Some(ip) => Err(format!("resolves to {ip}, which is not a public address")),
+        None => Ok(()),
+    }
 }
 
 /// Resolves names for webhook deliveries and keeps only public addresses,

@@ -519,10 +519,11 @@ impl Webhooks {
         let started = Instant::now();
         // A name is checked by the resolver as the connection is made; an
         // address written in the URL never reaches it, so it is checked here.
-        let inward = (!self.settings.allow_private_destinations)
-            .then(|| reqwest::Url::parse(&endpoint.url).ok())
-            .flatten()
-            .and_then(|url| crate::destination::refusal(&url, &[]));
+        let inward = if self.settings.allow_private_destinations {
+            None
+        } else {
+            crate::destination::literal_refusal(&endpoint.url)
+        };
         let sent = match inward {
             Some(refusal) => Err(refusal),
             None => self

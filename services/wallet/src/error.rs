@@ -31,6 +31,16 @@ pub enum WalletError {
 }
 
 impl WalletError {
+    /// The same failure once more, for each of several callers that shared
+    /// the work that failed (a batch, a read of units).
+    pub fn again(&self) -> Self {
+        match self {
+            Self::Conflict(message) => Self::Conflict(message.clone()),
+            Self::Unavailable(message) => Self::Unavailable(message.clone()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }

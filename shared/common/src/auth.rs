@@ -200,11 +200,12 @@ where
                 return Ok(Status::unauthenticated("missing bearer API key in authorization metadata").into_http());
             };
             let resolving_for_a_service = request.uri().path() == KEY_RESOLUTION_PATH;
-            let caller = match if resolving_for_a_service {
+            let checked = if resolving_for_a_service {
                 authenticator.authenticate_fresh(&key).await
             } else {
                 authenticator.authenticate(&key).await
-            } {
+            };
+            let caller = match checked {
                 Ok(caller) => caller,
                 Err(status) => return Ok(status.into_http()),
             };

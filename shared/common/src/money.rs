@@ -171,16 +171,12 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<Decimal, MoneyError> {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    let (integer, fraction) = match unsigned.split_once('.') {
-        Some((integer, fraction)) => (integer, Some(fraction)),
-        None => (unsigned, None),
-    };
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
-    if !digits(integer) || fraction.is_some_and(|fraction| !digits(fraction)) {
+    if !is_plain_decimal(text) {
         return Err(MoneyError::NotANumber);
     }
+    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let integer = integer.trim_start_matches('0');
-    let fraction = fraction.unwrap_or("").trim_end_matches('0');
+    let fraction = fraction.trim_end_matches('0');
     if integer.len() > 18 {
         return Err(MoneyError::OutOfRange);
     }
@@ -202,6 +198,16 @@ pub fn parse_amount(text: &str, scale: u32) -> Result<Decimal, MoneyError> {
         return Err(MoneyError::OutOfRange);
     }
     Ok(value)
+}
+
+/// Whether `text` is written as a plain decimal: an optional `-`, digits,
+/// and at most one point with digits on both sides (`-12.50`, `7`; not
+/// `1.`, `.5`, `+1`, `1e3` or ` 1`).
+pub fn is_plain_decimal(text: &str) -> bool {
+    let unsigned = text.strip_prefix('-').unwrap_or(text);
+    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
+    digits(integer) && digits(fraction)
 }
 
 /// Accepts only amounts above zero.

@@ -44,15 +44,7 @@ impl SafeWriter {
 /// `cell` as a spreadsheet will show it, not run it.
 pub fn safe_cell(cell: &str) -> Cow<'_, str> {
     let risky = cell.starts_with(['=', '+', '-', '@', '\t', '\r']);
-    if risky && !is_plain_number(cell) { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
-}
-
-/// A decimal such as `-12.50`: a sign, digits, at most one point between digits.
-fn is_plain_number(cell: &str) -> bool {
-    let unsigned = cell.strip_prefix('-').unwrap_or(cell);
-    let (integer, fraction) = unsigned.split_once('.').unwrap_or((unsigned, "0"));
-    let digits = |part: &str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_digit());
-    digits(integer) && digits(fraction)
+    if risky && !crate::money::is_plain_decimal(cell) { Cow::Owned(format!("'{cell}")) } else { Cow::Borrowed(cell) }
 }
 
 #[cfg(test)]

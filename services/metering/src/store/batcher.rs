@@ -89,7 +89,7 @@ async fn run(store: Store, mut receiver: mpsc::Receiver<Job>) {
                 Ok(results) => {
                     for (reply, result) in replies.into_iter().zip(results) {
                         // The caller may have gone; what was stored stays and is drawn by the worker.
-                        let _ = reply.send(result);
+                        let _ = reply.send(Ok(result));
                     }
                 }
                 Err(error) => {

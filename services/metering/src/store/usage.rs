@@ -107,18 +107,18 @@ impl Store {
         tenant: TenantId,
         batches: Vec<Vec<IngestEvent>>,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Result<StoredBatch, MeteringError>>, MeteringError> {
+    ) -> Result<Vec<StoredBatch>, MeteringError> {
         let attempt: Vec<&[IngestEvent]> = batches.iter().map(Vec::as_slice).collect();
         for _ in 0..STORE_TRIES_MAX {
             match self.try_store_batches(tenant, &attempt, now).await? {
-                Tried::Stored(stored) => return Ok(stored.into_iter().map(Ok).collect()),
+                Tried::Stored(stored) => return Ok(stored),
                 Tried::Raced => {}
             }
         }
         Err(MeteringError::Conflict("events of the batch were stored concurrently".into()))
     }
 
-    /// One try; nothing is written unless every included batch is stored.
+    /// One try; nothing is written unless every batch is stored.
     async fn try_store_batches(
         &self,
         tenant: TenantId,
@@ -151,10 +151,8 @@ impl Store {
                 let key = (event.account_id, event.meter_code.clone(), month_of(event.occurred_at));
                 let counter = counters.entry(key).or_insert(Decimal::ZERO);
                 let usage_before = *counter;
-                let Some(after) = usage_before.checked_add(event.quantity) else {
-                    results.push(Stored::Unpriced("the month's usage would be too large to count".into()));
-                    continue;
-                };
+                // Pricing adds the quantity to the usage before it, checked:
+                // once priced, the counter cannot overflow.
                 let amount = match new.charge(usage_before) {
                     Ok(amount) => amount,
                     Err(reason) => {
@@ -162,7 +160,7 @@ impl Store {
                         continue;
                     }
                 };
-                *counter = after;
+                *counter = usage_before + event.quantity;
                 let stored = StoredEvent {
                     event_id: event.event_id.clone(),
                     account_id: event.account_id,

@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 pub type PaymentsClient = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
 
-const PEPPER: &str = "test-pepper";
+pub const PEPPER: &str = "test-pepper";
 
 struct Running {
     stop: oneshot::Sender<()>,
@@ -41,6 +41,10 @@ pub struct Suite {
     /// A second tenant's client, for isolation.
     pub other: PaymentsClient,
     pub tenant: TenantId,
+    /// The wallet's store, for keys.
+    pub wallet_store: reservoir_wallet::store::Store,
+    /// Payments' address.
+    pub address: std::net::SocketAddr,
     /// The wallet, under the first tenant's key.
     pub wallet: reservoir_testing::wallet::Client,
     /// The wallet, under the second tenant's key.
@@ -52,6 +56,12 @@ pub struct Suite {
 
 impl Suite {
     pub async fn spawn(backend: Backend) -> Option<Self> {
+        Self::spawn_with_key_cache(backend, Duration::from_secs(60)).await
+    }
+
+    /// A suite whose payments trusts a checked key for `key_cache_ttl`; the
+    /// wallet keeps its own for a minute.
+    pub async fn spawn_with_key_cache(backend: Backend, key_cache_ttl: Duration) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let payments_database = TestDatabase::create(backend).await?;
         let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
@@ -83,7 +93,7 @@ impl Suite {
             gateway_timeout_ms: 5_000,
             metrics_listen: String::new(),
         };
-        let payments = Payments::build(&settings, Duration::from_secs(60)).await.expect("building payments");
+        let payments = Payments::build(&settings, key_cache_ttl).await.expect("building payments");
         let address = payments.local_addr().unwrap();
         let sandbox = payments.sandbox();
         let payments_running = spawn_payments(payments);
@@ -92,6 +102,8 @@ impl Suite {
             payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
             other: PaymentsServiceClient::with_interceptor(connection, BearerKey::new(&other_key)),
             tenant,
+            wallet_store: store,
+            address,
             wallet: reservoir_testing::wallet::client(wallet_address, &tenant_key).await,
             other_wallet: reservoir_testing::wallet::client(wallet_address, &other_key).await,
             sandbox,

@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use reservoir_proto::payments as pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 
 use crate::helpers::*;
 
@@ -102,3 +105,27 @@ crate::on_both_backends!(
     payments_are_listed_newest_first_by_account_invoice_and_status,
     payment_methods_are_listed_newest_first,
 );
+
+/// A key revoked in the wallet stops working on payments within payments'
+/// own key cache window: the wallet answers payments' lookups from its key
+/// store, not from its own cache (a minute here), so the two windows do not
+/// stack.
+#[tokio::test]
+async fn a_revoked_key_stops_working_within_one_cache_window() {
+    let window = Duration::from_millis(300);
+    let Some(suite) = Suite::spawn_with_key_cache(reservoir_testing::Backend::Sqlite, window).await else {
+        return;
+    };
+    let issued = suite.wallet_store.issue_key(suite.tenant, PEPPER, chrono::Utc::now()).await.unwrap();
+    let mut client = PaymentsServiceClient::with_interceptor(
+        reservoir_testing::wallet::channel(suite.address).await,
+        reservoir_testing::BearerKey::new(&issued.key),
+    );
+    let list = || pb::ListPaymentMethodsRequest { account_id: uuid::Uuid::now_v7().to_string() };
+    client.list_payment_methods(list()).await.unwrap();
+    assert!(suite.wallet_store.revoke_key(issued.id, chrono::Utc::now()).await.unwrap());
+    tokio::time::sleep(window + Duration::from_millis(200)).await;
+    let refused = client.list_payment_methods(list()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    suite.stop().await;
+}

@@ -119,10 +119,7 @@ async fn read_missing(store: Store, known: Known, mut receiver: mpsc::Receiver<W
                 }
                 Err(error) => {
                     for one in wanted {
-                        let _ = one.answer.send(Err(match &error {
-                            WalletError::Unavailable(message) => WalletError::Unavailable(message.clone()),
-                            other => WalletError::Internal(other.to_string()),
-                        }));
+                        let _ = one.answer.send(Err(error.again()));
                     }
                 }
             }

@@ -81,6 +81,8 @@ impl Committers {
 
 /// The accounts of a batch.
 type Accounts = BTreeSet<(TenantId, AccountId)>;
+/// The wallets of a batch, by account.
+type Wallets = BTreeMap<(TenantId, AccountId), Wallet>;
 
 async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
     // How many requests the last batch held: while they come back, a new
@@ -163,11 +165,11 @@ async fn commit_and_answer(shared: Shared, jobs: Vec<Job>) {
             // its accounts kept changing: the retries replay, are told of
             // the reuse, or go through.
             let error = WalletError::Conflict("the batch conflicted with concurrent changes".into());
-            replies.iter().map(|_| Err(same_error(&error))).collect()
+            replies.iter().map(|_| Err(error.again())).collect()
         }
         Err(error) => {
             tracing::warn!(%error, requests = replies.len(), "a group commit failed; its requests are answered with the error");
-            replies.iter().map(|_| Err(same_error(&error))).collect()
+            replies.iter().map(|_| Err(error.again())).collect()
         }
     };
     for (reply, result) in replies.into_iter().zip(results) {
@@ -183,15 +185,6 @@ fn drain(receiver: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>) {
             Ok(job) => jobs.push(job),
             Err(_) => break,
         }
-    }
-}
-
-/// The same failure for every request of a failed batch.
-fn same_error(error: &WalletError) -> WalletError {
-    match error {
-        WalletError::Conflict(message) => WalletError::Conflict(message.clone()),
-        WalletError::Unavailable(message) => WalletError::Unavailable(message.clone()),
-        other => WalletError::Internal(other.to_string()),
     }
 }
 
@@ -369,18 +362,7 @@ async fn commit_postgres(
     let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
     let accounts: BTreeSet<(TenantId, AccountId)> =
         operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
-    let mut wallets: BTreeMap<(TenantId, AccountId), Wallet> = BTreeMap::new();
-    let mut missing: BTreeSet<(TenantId, AccountId)> = BTreeSet::new();
-    for (tenant, account) in &accounts {
-        match shared.cache.latest(*tenant, *account) {
-            Some(wallet) => {
-                wallets.insert((*tenant, *account), wallet);
-            }
-            None => {
-                missing.insert((*tenant, *account));
-            }
-        }
-    }
+    let (mut wallets, missing) = from_cache(&shared.cache, &accounts);
     let cached = wallets.len();
     if !missing.is_empty() {
         wallets.extend(load_many(&shared.pool, &missing, now, false).await?);
@@ -502,21 +484,36 @@ async fn cached_or_loaded(
     accounts: &BTreeSet<(TenantId, AccountId)>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
-    let mut wallets = BTreeMap::new();
-    let cached: Vec<Wallet> =
-        accounts.iter().filter_map(|(tenant, account)| shared.cache.latest(*tenant, *account)).collect();
-    if !cached.is_empty() {
-        let current = super::account_versions(transaction, cached.iter().map(|wallet| wallet.account.id.0)).await?;
-        for wallet in cached {
-            if current.get(&wallet.account.id.0) == Some(&wallet.account.version) {
-                wallets.insert((wallet.account.tenant_id, wallet.account.id), wallet);
+    let (mut wallets, mut missing) = from_cache(&shared.cache, accounts);
+    if !wallets.is_empty() {
+        let current = super::account_versions(transaction, wallets.keys().map(|(_, account)| account.0)).await?;
+        wallets.retain(|key, wallet| {
+            let fresh = current.get(&wallet.account.id.0) == Some(&wallet.account.version);
+            if !fresh {
+                missing.insert(*key);
             }
-        }
+            fresh
+        });
     }
-    let missing: BTreeSet<(TenantId, AccountId)> =
-        accounts.iter().filter(|key| !wallets.contains_key(key)).copied().collect();
     if !missing.is_empty() {
         wallets.extend(load_many(transaction, &missing, now, true).await?);
     }
     Ok(wallets)
+}
+
+/// The batch's wallets this process keeps, and the accounts it does not.
+fn from_cache(cache: &WalletCache, accounts: &Accounts) -> (Wallets, Accounts) {
+    let mut wallets = BTreeMap::new();
+    let mut missing = BTreeSet::new();
+    for &(tenant, account) in accounts {
+        match cache.latest(tenant, account) {
+            Some(wallet) => {
+                wallets.insert((tenant, account), wallet);
+            }
+            None => {
+                missing.insert((tenant, account));
+            }
+        }
+    }
+    (wallets, missing)
 }

@@ -224,16 +224,18 @@ pub async fn write_sqlite(transaction: &DatabaseTransaction, batch: &[Written<'_
         .await?
         .ok_or_else(|| WalletError::Internal("the event numbering row is missing".into()))?;
     let commit: i64 = row.try_get("", "last_commit")?;
-    // A part is up to a few kilobytes; many per statement all the same, as
-    // each statement is a round trip to the connection's thread.
-    for chunk in rows_out.chunks(16) {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(chunk.len() * 4);
-        for (tenant, part, payload) in chunk {
-            values.extend([tenant.0.into(), commit.into(), (*part).into(), payload.clone().into()]);
+    // Many parts per statement, as each statement is a round trip to the
+    // connection's thread; a part is up to a few kilobytes.
+    let per_statement = reservoir_common::db::rows_per_insert(2_048);
+    let mut rows_out = rows_out.into_iter().peekable();
+    while rows_out.peek().is_some() {
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(per_statement * 4);
+        for (tenant, part, payload) in rows_out.by_ref().take(per_statement) {
+            values.extend([tenant.0.into(), commit.into(), part.into(), payload.into()]);
         }
         let sql = format!(
             "INSERT INTO events (tenant_id, commit_id, part, payload) VALUES {}",
-            reservoir_common::db::values_list(chunk.len(), 4, 0)
+            reservoir_common::db::values_list(values.len() / 4, 4, 0)
         );
         transaction.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
     }

@@ -987,10 +987,6 @@ pub(crate) async fn replayed(
     stored.into_answer(wallets).map(|answer| Reply::Answer(Box::new(answer)))
 }
 
-/// Loads many wallets at once, for the group committer (locking their
-/// accounts in id order when `lock`): three statements for the whole batch,
-/// each with its ids bound as one array on PostgreSQL. Accounts of another
-/// tenant are left out, as if they did not exist.
 /// The current version of each of `ids` that exists.
 pub(crate) async fn account_versions(
     connection: &impl ConnectionTrait,
@@ -1012,6 +1008,10 @@ pub(crate) async fn account_versions(
     Ok(versions)
 }
 
+/// Loads many wallets at once, for the group committer (locking their
+/// accounts in id order when `lock`): three statements for the whole batch,
+/// each with its ids bound as one array on PostgreSQL. Accounts of another
+/// tenant are left out, as if they did not exist.
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
     wanted: &BTreeSet<(TenantId, AccountId)>,

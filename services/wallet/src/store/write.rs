@@ -43,14 +43,16 @@ pub async fn write_in_transaction(
 async fn insert_records_sqlite(transaction: &DatabaseTransaction, records: Vec<Record>) -> Result<u64, WalletError> {
     let mut inserted = 0;
     // A record is its answer (about a hundred bytes) and two digests.
-    for chunk in records.chunks(rows_per_insert(200)) {
-        let mut values = Vec::with_capacity(chunk.len() * 4);
-        for (digest, method, hash, answer) in chunk {
-            values.extend([digest.clone().into(), (*method).into(), hash.clone().into(), answer.clone().into()]);
+    let per_statement = rows_per_insert(200);
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let mut values = Vec::with_capacity(per_statement * 4);
+        for (digest, method, hash, answer) in records.by_ref().take(per_statement) {
+            values.extend([digest.into(), method.into(), hash.into(), answer.into()]);
         }
         let sql = format!(
             "INSERT INTO replay_records (digest, method, request_hash, answer) VALUES {} ON CONFLICT (digest) DO NOTHING",
-            values_list(chunk.len(), 4, 0)
+            values_list(values.len() / 4, 4, 0)
         );
         inserted += transaction
             .execute_raw(Statement::from_sql_and_values(DbBackend::Sqlite, sql, values))
