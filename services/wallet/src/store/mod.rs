@@ -365,19 +365,14 @@ impl Store {
         let mut units = Vec::with_capacity(account_ids.len());
         let backend = self.db.get_database_backend();
         if backend == DbBackend::Postgres {
-            // One statement text whatever the count, so it is planned once.
-            let ids = array(ArrayType::Uuid, account_ids.iter().map(|id| Value::from(id.0)).collect());
-            let rows = account::Entity::find()
-                .from_raw_sql(Statement::from_sql_and_values(
-                    backend,
-                    "SELECT * FROM accounts WHERE id = ANY($1) AND tenant_id = $2",
-                    [ids, tenant_id.0.into()],
-                ))
-                .all(&self.db)
-                .await?;
-            for row in rows {
-                let account = rows::account_from_row(row)?;
-                units.push((account.id, account.unit));
+            // The wallets come along in the same statement and are kept: a
+            // unit is asked for just before the account's first command, so
+            // its committer then finds the wallet kept instead of reading it
+            // again (a kept wallet is held to its version when written).
+            let ids: Vec<Uuid> = account_ids.iter().map(|id| id.0).collect();
+            for (account, grants) in accounts_with_grants(&self.db, &ids, Some(tenant_id), false).await? {
+                units.push((account.id, account.unit.clone()));
+                self.cache.put(&Wallet::new(account, grants, Vec::new()));
             }
             return Ok(units);
         }
@@ -1009,8 +1004,9 @@ pub(crate) async fn account_versions(
 }
 
 /// Loads many wallets at once, for the group committer (locking their
-/// accounts in id order when `lock`): three statements for the whole batch,
-/// each with its ids bound as one array on PostgreSQL. Accounts of another
+/// accounts in id order when `lock`): on PostgreSQL one statement for the
+/// accounts and grants of the whole batch (and one for lapsed holds, only
+/// when an account holds funds), with its ids bound as one array. Accounts of another
 /// tenant are left out, as if they did not exist.
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
@@ -1025,34 +1021,11 @@ pub(crate) async fn load_many(
     let backend = connection.get_database_backend();
     if backend == DbBackend::Postgres {
         let ids_value = || array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect());
-        let rows = account::Entity::find()
-            .from_raw_sql(Statement::from_sql_and_values(
-                backend,
-                if lock {
-                    "SELECT * FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-                } else {
-                    "SELECT * FROM accounts WHERE id = ANY($1)"
-                },
-                [ids_value()],
-            ))
-            .all(connection)
-            .await?;
         let mut any_held = false;
-        for row in rows {
-            let account = rows::account_from_row(row)?;
+        for (account, account_grants) in accounts_with_grants(connection, &ids, None, lock).await? {
             any_held |= !account.held.is_zero();
+            grants.insert(account.id.0, account_grants);
             accounts.push(account);
-        }
-        for row in grant::Entity::find()
-            .from_raw_sql(Statement::from_sql_and_values(
-                backend,
-                "SELECT * FROM grants WHERE account_id = ANY($1) AND status = 'ACTIVE'",
-                [ids_value()],
-            ))
-            .all(connection)
-            .await?
-        {
-            grants.entry(row.account_id).or_default().push(rows::grant_from_row(row)?);
         }
         // Only a wallet holding funds can have a hold past its expiry.
         if any_held {
@@ -1107,6 +1080,56 @@ pub(crate) async fn load_many(
             (key, Wallet::new(account, grants.remove(&id).unwrap_or_default(), holds.remove(&id).unwrap_or_default()))
         })
         .collect())
+}
+
+/// Accounts and their active grants in one statement (PostgreSQL): a batch
+/// of wallets not kept costs one round trip and one snapshot, not one per
+/// table. Only the account rows are locked when `lock`. With `tenant`, only
+/// that tenant's accounts.
+async fn accounts_with_grants(
+    connection: &impl ConnectionTrait,
+    ids: &[Uuid],
+    tenant: Option<TenantId>,
+    lock: bool,
+) -> Result<Vec<(Account, Vec<Grant>)>, WalletError> {
+    static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+        use sea_orm::{IdenStatic, Iterable};
+        let columns = |alias: &str, names: Vec<&str>| {
+            names.iter().map(|name| format!("{alias}.{name} AS {alias}_{name}")).collect::<Vec<_>>().join(", ")
+        };
+        let select = format!(
+            "SELECT {}, {} FROM accounts a LEFT JOIN grants g ON g.account_id = a.id AND g.status = 'ACTIVE' \
+             WHERE a.id = ANY($1)",
+            columns("a", account::Column::iter().map(|column| column.as_str()).collect()),
+            columns("g", grant::Column::iter().map(|column| column.as_str()).collect()),
+        );
+        [
+            format!("{select} ORDER BY a.id"),
+            format!("{select} ORDER BY a.id FOR UPDATE OF a"),
+            format!("{select} AND a.tenant_id = $2 ORDER BY a.id"),
+            format!("{select} AND a.tenant_id = $2 ORDER BY a.id FOR UPDATE OF a"),
+        ]
+    });
+    let sql = &SQL[usize::from(tenant.is_some()) * 2 + usize::from(lock)];
+    let mut values = vec![array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect())];
+    if let Some(tenant) = tenant {
+        values.push(tenant.0.into());
+    }
+    let rows = connection.query_all_raw(Statement::from_sql_and_values(DbBackend::Postgres, sql, values)).await?;
+    let mut wallets: Vec<(Account, Vec<Grant>)> = Vec::new();
+    for row in rows {
+        use sea_orm::FromQueryResult;
+        let id: Uuid = row.try_get("", "a_id")?;
+        if wallets.last().is_none_or(|(account, _)| account.id.0 != id) {
+            wallets.push((rows::account_from_row(account::Model::from_query_result(&row, "a_")?)?, Vec::new()));
+        }
+        if let Some(grant) = grant::Model::from_query_result_optional(&row, "g_")?
+            && let Some((_, grants)) = wallets.last_mut()
+        {
+            grants.push(rows::grant_from_row(grant)?);
+        }
+    }
+    Ok(wallets)
 }
 
 /// Loads a wallet: the account (locked when `for_update`), its active grants
