@@ -32,7 +32,9 @@ pub struct WalletCache {
 /// longest kept goes first.
 #[derive(Default)]
 struct Cached {
-    wallets: HashMap<(TenantId, AccountId), Wallet>,
+    /// Boxed: the map moves its entries when it grows or drops what was
+    /// removed, and a wallet is a kilobyte or more; a box is a pointer.
+    wallets: HashMap<(TenantId, AccountId), Box<Wallet>>,
     order: VecDeque<(TenantId, AccountId)>,
 }
 
@@ -40,7 +42,7 @@ impl WalletCache {
     /// The wallet at exactly `version`, if held.
     pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
         let cached = self.wallets.lock().ok()?;
-        cached.wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).cloned()
+        cached.wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).map(|wallet| (**wallet).clone())
     }
 
     /// The wallet at exactly `version`; if this process is writing that
@@ -75,7 +77,7 @@ impl WalletCache {
     /// which holds its writes to that version, so a stale one only costs a retry.
     pub fn latest(&self, tenant: TenantId, account: AccountId) -> Option<Wallet> {
         let cached = self.wallets.lock().ok()?;
-        cached.wallets.get(&(tenant, account)).cloned()
+        cached.wallets.get(&(tenant, account)).map(|wallet| (**wallet).clone())
     }
 
     /// Forgets a wallet found stale.
@@ -115,7 +117,7 @@ impl WalletCache {
                 order.retain(|key| wallets.contains_key(key));
             }
         }
-        cached.wallets.insert(key, wallet.clone());
+        cached.wallets.insert(key, Box::new(wallet.clone()));
     }
 }
 

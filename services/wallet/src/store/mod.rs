@@ -1092,16 +1092,16 @@ async fn accounts_with_grants(
     tenant: Option<TenantId>,
     lock: bool,
 ) -> Result<Vec<(Account, Vec<Grant>)>, WalletError> {
+    // The account's columns under their own names, the grant's prefixed:
+    // an empty prefix spares sea-orm building each column's name per row.
     static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
         use sea_orm::{IdenStatic, Iterable};
-        let columns = |alias: &str, names: Vec<&str>| {
-            names.iter().map(|name| format!("{alias}.{name} AS {alias}_{name}")).collect::<Vec<_>>().join(", ")
-        };
+        let grant_columns: Vec<String> =
+            grant::Column::iter().map(|column| format!("g.{0} AS g_{0}", column.as_str())).collect();
         let select = format!(
-            "SELECT {}, {} FROM accounts a LEFT JOIN grants g ON g.account_id = a.id AND g.status = 'ACTIVE' \
+            "SELECT a.*, {} FROM accounts a LEFT JOIN grants g ON g.account_id = a.id AND g.status = 'ACTIVE' \
              WHERE a.id = ANY($1)",
-            columns("a", account::Column::iter().map(|column| column.as_str()).collect()),
-            columns("g", grant::Column::iter().map(|column| column.as_str()).collect()),
+            grant_columns.join(", ")
         );
         [
             format!("{select} ORDER BY a.id"),
@@ -1119,14 +1119,16 @@ async fn accounts_with_grants(
     let mut wallets: Vec<(Account, Vec<Grant>)> = Vec::new();
     for row in rows {
         use sea_orm::FromQueryResult;
-        let id: Uuid = row.try_get("", "a_id")?;
+        let id: Uuid = row.try_get("", "id")?;
         if wallets.last().is_none_or(|(account, _)| account.id.0 != id) {
-            wallets.push((rows::account_from_row(account::Model::from_query_result(&row, "a_")?)?, Vec::new()));
+            wallets.push((rows::account_from_row(account::Model::from_query_result(&row, "")?)?, Vec::new()));
         }
-        if let Some(grant) = grant::Model::from_query_result_optional(&row, "g_")?
+        // An account without active grants has one row, with no grant in it.
+        let grant_id: Option<Uuid> = row.try_get("", "g_id")?;
+        if grant_id.is_some()
             && let Some((_, grants)) = wallets.last_mut()
         {
-            grants.push(rows::grant_from_row(grant)?);
+            grants.push(rows::grant_from_row(grant::Model::from_query_result(&row, "g_")?)?);
         }
     }
     Ok(wallets)
