@@ -20,7 +20,7 @@ database_url = "sqlite://./data/wallet.db?mode=rwc"
 database_schema = "wallet"
 database_max_connections = 8
 sweep_interval_ms = 1000
-committers = 2
+committers = 1
 metrics_listen = "127.0.0.1:9051"
 
 [metering]
