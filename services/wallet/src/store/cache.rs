@@ -42,7 +42,11 @@ impl WalletCache {
     /// The wallet at exactly `version`, if held.
     pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
         let cached = self.wallets.lock().ok()?;
-        cached.wallets.get(&(tenant, account)).filter(|wallet| wallet.account.version == version).map(|wallet| (**wallet).clone())
+        cached
+            .wallets
+            .get(&(tenant, account))
+            .filter(|wallet| wallet.account.version == version)
+            .map(|wallet| (**wallet).clone())
     }
 
     /// The wallet at exactly `version`; if this process is writing that
