@@ -68,6 +68,9 @@ pub enum Caller {
 pub trait KeyResolver: Send + Sync + 'static {
     /// `Ok(None)` for an unknown or revoked key.
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>>;
+
+    /// Whether `tenant` exists, asked with the service `key` that names it.
+    fn tenant_exists(&self, key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>>;
 }
 
 /// Remembers recent answers of a resolver for a short time, so a busy client
@@ -77,6 +80,9 @@ pub struct Authenticator {
     resolver: Arc<dyn KeyResolver>,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Caller, Instant)>>,
+    /// Tenants service calls named that exist: a tenant is never deleted,
+    /// so once known it stays so (the set starts over past its bound).
+    tenants: Mutex<std::collections::HashSet<TenantId>>,
 }
 
 /// Most cached keys; past this the cache is cleared rather than grown, which
@@ -85,7 +91,30 @@ const KEY_CACHE_ENTRIES_MAX: usize = 10_000;
 
 impl Authenticator {
     pub fn new(resolver: Arc<dyn KeyResolver>, ttl: Duration) -> Self {
-        Self { resolver, ttl, cache: Mutex::new(HashMap::new()) }
+        Self { resolver, ttl, cache: Mutex::new(HashMap::new()), tenants: Mutex::new(Default::default()) }
+    }
+
+    /// Ok when `tenant`, named by a service call made with `key`, exists;
+    /// UNAUTHENTICATED otherwise, before the call can touch anything (an
+    /// unknown tenant once failed deep in the store, as INTERNAL).
+    pub async fn check_tenant(&self, key: &str, tenant: TenantId) -> Result<(), Status> {
+        if self.tenants.lock().is_ok_and(|tenants| tenants.contains(&tenant)) {
+            return Ok(());
+        }
+        let exists = self.resolver.tenant_exists(key.to_owned(), tenant).await.map_err(|cause| {
+            tracing::error!(%cause, "tenant lookup failed");
+            Status::unavailable("the key store is unavailable")
+        })?;
+        if !exists {
+            return Err(Status::unauthenticated(format!("{TENANT_HEADER} names no tenant")));
+        }
+        if let Ok(mut tenants) = self.tenants.lock() {
+            if tenants.len() >= KEY_CACHE_ENTRIES_MAX {
+                tenants.clear();
+            }
+            tenants.insert(tenant);
+        }
+        Ok(())
     }
 
     /// Who presented `key`, or UNAUTHENTICATED.
@@ -213,6 +242,12 @@ where
                 Caller::Tenant(tenant) => Some(tenant),
                 Caller::Service => acting_tenant(&request),
             };
+            if caller == Caller::Service
+                && let Some(tenant) = tenant
+                && let Err(status) = authenticator.check_tenant(&key, tenant).await
+            {
+                return Ok(status.into_http());
+            }
             request.extensions_mut().insert(caller);
             if let Some(tenant) = tenant {
                 request.extensions_mut().insert(tenant);
@@ -281,6 +316,21 @@ impl KeyResolver for WalletKeyResolver {
             }
         })
     }
+
+    /// Asks GetCaller with the key and the tenant named: the wallet's own
+    /// auth layer refuses a tenant it does not have.
+    fn tenant_exists(&self, key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {
+        use reservoir_proto::wallet::{GetCallerRequest, wallet_service_client::WalletServiceClient};
+        let channel = self.channel.clone();
+        Box::pin(async move {
+            let Ok(request) = service_request(GetCallerRequest {}, &key, tenant) else { return Ok(false) };
+            match WalletServiceClient::new(channel).get_caller(request).await {
+                Ok(_) => Ok(true),
+                Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(false),
+                Err(status) => Err(format!("asking the wallet whether a tenant exists: {status}")),
+            }
+        })
+    }
 }
 
 /// Builds a call a service makes for a tenant: its own key, and the tenant it acts for.
@@ -323,6 +373,12 @@ mod tests {
             let valid = self.valid.load(Ordering::SeqCst);
             Box::pin(async move { Ok(valid.then_some(Caller::Service)) })
         }
+
+        fn tenant_exists(&self, _key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {
+            use std::sync::atomic::Ordering;
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move { Ok(tenant.0.is_nil()) })
+        }
     }
 
     #[tokio::test]
@@ -337,5 +393,23 @@ mod tests {
         assert!(authenticator.authenticate("k").await.is_ok(), "cached for its window");
         let fresh = authenticator.authenticate_fresh("k").await.unwrap_err();
         assert_eq!(fresh.code(), tonic::Code::Unauthenticated);
+    }
+
+    #[tokio::test]
+    async fn a_known_tenant_is_asked_for_once_and_an_unknown_one_refused_each_time() {
+        use std::sync::atomic::Ordering;
+        let switch = Arc::new(Switch { valid: true.into(), lookups: 0.into() });
+        let authenticator = Authenticator::new(Arc::new(switch.clone()), Duration::from_secs(60));
+        let known = TenantId(Uuid::nil());
+        assert!(authenticator.check_tenant("k", known).await.is_ok());
+        assert!(authenticator.check_tenant("k", known).await.is_ok());
+        assert_eq!(switch.lookups.load(Ordering::SeqCst), 1, "a known tenant is remembered");
+        let unknown = TenantId(Uuid::now_v7());
+        for _ in 0..2 {
+            let refused = authenticator.check_tenant("k", unknown).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+            assert!(refused.message().contains(TENANT_HEADER), "{}", refused.message());
+        }
+        assert_eq!(switch.lookups.load(Ordering::SeqCst), 3, "an unknown tenant is asked for every time");
     }
 }

@@ -38,6 +38,11 @@ impl Running {
 pub struct Suite {
     pub wallet: Client,
     pub metering: MeteringClient,
+    /// Where metering listens, and a service key of the suite, for calls
+    /// made as a service.
+    pub metering_address: SocketAddr,
+    pub service_key: String,
+    pub tenant: reservoir_common::auth::TenantId,
     wallet_settings: WalletSettings,
     wallet_running: Option<Running>,
     metering_running: Running,
@@ -85,7 +90,7 @@ impl Suite {
             database_schema: metering_database.schema.clone(),
             database_max_connections: 16,
             wallet_endpoint: format!("http://{wallet_address}"),
-            wallet_service_key: service_key,
+            wallet_service_key: service_key.clone(),
             worker_interval_ms: 200,
             metrics_listen: String::new(),
         };
@@ -105,6 +110,9 @@ impl Suite {
         Some(Self {
             wallet: client(wallet_address, &key).await,
             metering,
+            metering_address,
+            service_key,
+            tenant,
             wallet_settings,
             wallet_running: Some(wallet_running),
             metering_running: Running { stop, task },

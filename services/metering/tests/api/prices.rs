@@ -111,7 +111,34 @@ async fn prices_and_meters_are_checked(suite: Suite) -> Suite {
     suite
 }
 
+/// A service key acts for the tenant each call names, and only for one the
+/// wallet has: naming no tenant is UNAUTHENTICATED before anything runs.
+async fn a_service_key_naming_no_tenant_is_unauthenticated(suite: Suite) -> Suite {
+    use reservoir_common::auth::{TenantId, service_request};
+    use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
+    priced_meter(&suite, "tokens", "1").await;
+    let mut service = MeteringServiceClient::new(channel(suite.metering_address).await);
+    let own = service_request(pb::ListMetersRequest {}, &suite.service_key, suite.tenant).unwrap();
+    assert_eq!(service.list_meters(own).await.unwrap().into_inner().meters.len(), 1);
+    let nobody = TenantId(uuid::Uuid::now_v7());
+    let create = pb::CreateMeterRequest {
+        code: "calls".into(),
+        unit_name: "call".into(),
+        aggregation: pb::Aggregation::Count.into(),
+        description: String::new(),
+    };
+    let status = service.create_meter(service_request(create, &suite.service_key, nobody).unwrap()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("x-reservoir-tenant"), "{}", status.message());
+    let listed = service.list_meters(service_request(pb::ListMetersRequest {}, &suite.service_key, nobody).unwrap());
+    assert_eq!(listed.await.unwrap_err().code(), Code::Unauthenticated);
+    let own = service_request(pb::ListMetersRequest {}, &suite.service_key, suite.tenant).unwrap();
+    assert_eq!(service.list_meters(own).await.unwrap().into_inner().meters.len(), 1, "nothing was created");
+    suite
+}
+
 crate::on_both_backends!(
+    a_service_key_naming_no_tenant_is_unauthenticated,
     a_new_price_applies_from_its_instant_and_never_to_earlier_usage,
     a_dimension_override_prices_matching_usage,
     prices_and_meters_are_checked,

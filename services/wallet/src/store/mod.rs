@@ -1221,4 +1221,13 @@ impl KeyResolver for StoreKeyResolver {
         let hash = hash_key(&self.pepper, &key);
         Box::pin(async move { store.caller_for_key_hash(&hash).await.map_err(|error| error.to_string()) })
     }
+
+    fn tenant_exists(
+        &self,
+        _key: String,
+        tenant: TenantId,
+    ) -> futures::future::BoxFuture<'static, Result<bool, String>> {
+        let store = self.store.clone();
+        Box::pin(async move { store.tenant_exists(tenant).await.map_err(|error| error.to_string()) })
+    }
 }

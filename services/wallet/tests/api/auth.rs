@@ -77,7 +77,27 @@ async fn a_service_key_acts_for_the_tenant_each_call_names(app: &TestApp) {
     );
 }
 
+async fn a_service_key_naming_no_tenant_is_unauthenticated_and_writes_nothing(app: &TestApp) {
+    let service_key = app.store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
+    let mut service = WalletServiceClient::new(channel(app.address).await);
+    let nobody = reservoir_common::auth::TenantId(uuid::Uuid::now_v7());
+    let open = pb::CreateAccountRequest {
+        external_id: "cust-1".into(),
+        unit: usd(),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    let request = reservoir_common::auth::service_request(open, &service_key, nobody).unwrap();
+    let status = service.create_account(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("x-reservoir-tenant"), "{}", status.message());
+    let request = reservoir_common::auth::service_request(pb::GetCallerRequest {}, &service_key, nobody).unwrap();
+    assert_eq!(service.get_caller(request).await.unwrap_err().code(), Code::Unauthenticated);
+    assert!(app.store.accounts_page(nobody, None, 10).await.unwrap().is_empty(), "nothing was written for it");
+}
+
 crate::on_both_backends!(
+    a_service_key_naming_no_tenant_is_unauthenticated_and_writes_nothing,
     a_service_key_acts_for_the_tenant_each_call_names,
     another_tenants_account_is_not_found,
     a_call_without_a_valid_key_is_unauthenticated,
