@@ -116,8 +116,9 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
         }
         let mut accounts: Accounts = jobs.iter().map(|job| (job.tenant, job.account)).collect();
         // A batch sharing an account with one being written waits for it
-        // (and for those before it, which finish first anyway).
-        if let Some(last_shared) =
+        // (and for those before it, which finish first anyway); what joins
+        // it meanwhile is checked again against those still in flight.
+        while let Some(last_shared) =
             in_flight.iter().rposition(|(_, writing_accounts)| !writing_accounts.is_disjoint(&accounts))
         {
             for (writing, _) in in_flight.drain(..=last_shared) {

@@ -370,7 +370,7 @@ impl Store {
             // its committer then finds the wallet kept instead of reading it
             // again (a kept wallet is held to its version when written).
             let ids: Vec<Uuid> = account_ids.iter().map(|id| id.0).collect();
-            for (account, grants) in accounts_with_grants(&self.db, &ids, Some(tenant_id), false).await? {
+            for (account, grants) in accounts_with_grants(&self.db, &ids, Some(tenant_id)).await? {
                 units.push((account.id, account.unit.clone()));
                 self.cache.put(&Wallet::new(account, grants, Vec::new()));
             }
@@ -1021,8 +1021,19 @@ pub(crate) async fn load_many(
     let backend = connection.get_database_backend();
     if backend == DbBackend::Postgres {
         let ids_value = || array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect());
+        if lock {
+            // Locked first, by a statement of its own, so the read after it
+            // sees what the lock holders committed, grants included.
+            connection
+                .execute_raw(Statement::from_sql_and_values(
+                    backend,
+                    "SELECT 1 FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+                    [ids_value()],
+                ))
+                .await?;
+        }
         let mut any_held = false;
-        for (account, account_grants) in accounts_with_grants(connection, &ids, None, lock).await? {
+        for (account, account_grants) in accounts_with_grants(connection, &ids, None).await? {
             any_held |= !account.held.is_zero();
             grants.insert(account.id.0, account_grants);
             accounts.push(account);
@@ -1084,17 +1095,17 @@ pub(crate) async fn load_many(
 
 /// Accounts and their active grants in one statement (PostgreSQL): a batch
 /// of wallets not kept costs one round trip and one snapshot, not one per
-/// table. Only the account rows are locked when `lock`. With `tenant`, only
-/// that tenant's accounts.
+/// table. With `tenant`, only that tenant's accounts. Nothing is locked: a
+/// `FOR UPDATE OF a` here would wait for a row and then see its newest
+/// version beside grants as of the statement's start.
 async fn accounts_with_grants(
     connection: &impl ConnectionTrait,
     ids: &[Uuid],
     tenant: Option<TenantId>,
-    lock: bool,
 ) -> Result<Vec<(Account, Vec<Grant>)>, WalletError> {
     // The account's columns under their own names, the grant's prefixed:
     // an empty prefix spares sea-orm building each column's name per row.
-    static SQL: std::sync::LazyLock<[String; 4]> = std::sync::LazyLock::new(|| {
+    static SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
         use sea_orm::{IdenStatic, Iterable};
         let grant_columns: Vec<String> =
             grant::Column::iter().map(|column| format!("g.{0} AS g_{0}", column.as_str())).collect();
@@ -1103,14 +1114,10 @@ async fn accounts_with_grants(
              WHERE a.id = ANY($1)",
             grant_columns.join(", ")
         );
-        [
-            format!("{select} ORDER BY a.id"),
-            format!("{select} ORDER BY a.id FOR UPDATE OF a"),
-            format!("{select} AND a.tenant_id = $2 ORDER BY a.id"),
-            format!("{select} AND a.tenant_id = $2 ORDER BY a.id FOR UPDATE OF a"),
-        ]
+        let order = "ORDER BY a.id, g.created_sequence, g.id";
+        [format!("{select} {order}"), format!("{select} AND a.tenant_id = $2 {order}")]
     });
-    let sql = &SQL[usize::from(tenant.is_some()) * 2 + usize::from(lock)];
+    let sql = &SQL[usize::from(tenant.is_some())];
     let mut values = vec![array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect())];
     if let Some(tenant) = tenant {
         values.push(tenant.0.into());
