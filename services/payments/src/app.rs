@@ -42,9 +42,9 @@ pub struct PaymentsSettings {
     /// The wallet's gRPC address, such as `http://wallet:50051`. Payments asks
     /// the wallet who holds each caller's API key, and nothing else.
     pub wallet_endpoint: String,
-    /// Payments' service key for the wallet (`reservoir key issue-service`).
-    /// Checking a caller's key is authorized by that key itself, so payments
-    /// does not need it yet; it is taken for symmetry with the other services.
+    /// Payments' service key for the wallet (`reservoir key issue-service`):
+    /// it asks the wallet whether an account named by a payment method or a
+    /// voucher redemption is the caller's.
     #[serde(default)]
     pub wallet_service_key: String,
     /// How long one gateway call may take before the attempt counts as
@@ -68,6 +68,9 @@ impl PaymentsSettings {
         self.database().validate().map_err(|error| format!("payments: {error}"))?;
         if !self.wallet_endpoint.starts_with("http://") && !self.wallet_endpoint.starts_with("https://") {
             return Err(format!("payments: wallet_endpoint must be an http(s) URL, not {:?}", self.wallet_endpoint));
+        }
+        if self.wallet_service_key.is_empty() {
+            return Err("payments: wallet_service_key is required (reservoir key issue-service)".into());
         }
         if self.gateway_timeout_ms == 0 || self.gateway_timeout_ms > GATEWAY_TIMEOUT_MS_MAX {
             return Err(format!("payments: gateway_timeout_ms must be 1 to {GATEWAY_TIMEOUT_MS_MAX}"));

@@ -36,12 +36,12 @@ impl Violations {
         self.0.push(FieldViolation::new(field, description));
     }
 
-    /// `Err` with every violation found, if any.
     /// Whether nothing has been found wrong so far.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// `Err` with every violation found, if any.
     pub fn finish(self) -> Result<(), InvalidRequest> {
         if self.0.is_empty() { Ok(()) } else { Err(InvalidRequest(self.0)) }
     }

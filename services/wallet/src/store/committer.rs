@@ -375,7 +375,7 @@ async fn commit_postgres(
     let (mut wallets, missing) = from_cache(&shared.cache, &accounts);
     let cached = wallets.len();
     if !missing.is_empty() {
-        wallets.extend(load_many(&shared.pool, &missing, now, false).await?);
+        wallets.extend(load_many(&shared.pool, &missing, now).await?);
     }
     let loaded = started.elapsed();
     let recorded = if look_up_keys {
@@ -506,7 +506,7 @@ async fn cached_or_loaded(
         });
     }
     if !missing.is_empty() {
-        wallets.extend(load_many(transaction, &missing, now, true).await?);
+        wallets.extend(load_many(transaction, &missing, now).await?);
     }
     Ok(wallets)
 }

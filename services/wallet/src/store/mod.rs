@@ -1003,16 +1003,17 @@ pub(crate) async fn account_versions(
     Ok(versions)
 }
 
-/// Loads many wallets at once, for the group committer (locking their
-/// accounts in id order when `lock`): on PostgreSQL one statement for the
-/// accounts and grants of the whole batch (and one for lapsed holds, only
-/// when an account holds funds), with its ids bound as one array. Accounts of another
-/// tenant are left out, as if they did not exist.
+/// Loads many wallets at once, for the group committer, which holds its
+/// writes to the versions read (PostgreSQL) or reads inside the single
+/// writer's transaction (SQLite), so nothing is locked: on PostgreSQL one
+/// statement for the accounts and grants of the whole batch (and one for
+/// lapsed holds, only when an account holds funds), with its ids bound as
+/// one array. Accounts of another tenant are left out, as if they did not
+/// exist.
 pub(crate) async fn load_many(
     connection: &impl ConnectionTrait,
     wanted: &BTreeSet<(TenantId, AccountId)>,
     now: DateTime<Utc>,
-    lock: bool,
 ) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
     let ids: Vec<Uuid> = wanted.iter().map(|(_, account)| account.0).collect();
     let mut accounts = Vec::new();
@@ -1020,18 +1021,6 @@ pub(crate) async fn load_many(
     let mut holds: HashMap<Uuid, Vec<Hold>> = HashMap::new();
     let backend = connection.get_database_backend();
     if backend == DbBackend::Postgres {
-        let ids_value = || array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect());
-        if lock {
-            // Locked first, by a statement of its own, so the read after it
-            // sees what the lock holders committed, grants included.
-            connection
-                .execute_raw(Statement::from_sql_and_values(
-                    backend,
-                    "SELECT 1 FROM accounts WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                    [ids_value()],
-                ))
-                .await?;
-        }
         let mut any_held = false;
         for (account, account_grants) in accounts_with_grants(connection, &ids, None).await? {
             any_held |= !account.held.is_zero();
@@ -1044,7 +1033,7 @@ pub(crate) async fn load_many(
                 .from_raw_sql(Statement::from_sql_and_values(
                     backend,
                     "SELECT * FROM holds WHERE account_id = ANY($1) AND status = 'ACTIVE' AND expires_at <= $2",
-                    [ids_value(), now.into()],
+                    [array(ArrayType::Uuid, ids.iter().map(|id| Value::from(*id)).collect()), now.into()],
                 ))
                 .all(connection)
                 .await?
