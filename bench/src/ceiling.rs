@@ -30,6 +30,17 @@ pub async fn empty_calls(address: SocketAddr, workers: usize, duration: Duration
     .await)
 }
 
+/// Health checks at a fixed rate on one channel: what the cheapest call's
+/// latency is at a given rate, beside whatever else the machine runs.
+pub async fn empty_calls_at_rate(address: SocketAddr, rate: f64, duration: Duration) -> anyhow::Result<RunResult> {
+    let client = HealthClient::new(channel(address).await?);
+    Ok(load::open_loop(rate, duration, move |_| {
+        let mut client = client.clone();
+        async move { client.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
+    })
+    .await)
+}
+
 /// The baseline's tables written the cheapest way a service could: `clients`
 /// debits outstanding at once (as many as the closed-loop clients can have),
 /// split over `CONNECTIONS` autocommit statements in flight (one guarded

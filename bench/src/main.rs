@@ -79,7 +79,8 @@ struct Args {
     /// With `--profile`: accounts the debits spread over, uniformly.
     #[arg(long, default_value_t = 1)]
     profile_accounts: usize,
-    /// With `--profile`: balance reads per second alongside the debits (0: none).
+    /// With `--profile`: balance reads per second alongside debits at
+    /// `--read-write-rate` on the same account, as in (d) (0: none).
     #[arg(long, default_value_t = 0.0)]
     profile_reads: f64,
     /// With `--profile`: ingest usage over this many accounts instead of debiting (0: debit).
@@ -450,7 +451,15 @@ async fn profile(args: &Args) -> anyhow::Result<()> {
             async move { available(&client, &account).await.is_ok() }
         }))
     });
-    let result = run_debits(&wallet, &books, &hot, one, args, 0).await?;
+    // Beside reads, debits go at the read scenario's fixed rate, as in (d);
+    // otherwise as fast as the clients can.
+    let result = if readers.is_some() {
+        let acknowledged = Arc::new(AtomicU64::new(0));
+        debits_at_rate(&wallet, &hot[0].id, args.read_write_rate, Duration::from_secs(args.seconds), acknowledged)
+            .await?
+    } else {
+        run_debits(&wallet, &books, &hot, one, args, 0).await?
+    };
     println!(
         "debits/s {:.0}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, failed {}",
         result.throughput(),
@@ -469,6 +478,18 @@ async fn profile(args: &Args) -> anyhow::Result<()> {
             reads.latency_ms(0.999),
             reads.errors
         );
+        // The same again with health checks for reads: the ceiling beside it.
+        let duration = Duration::from_secs(args.seconds);
+        let writers =
+            debits_at_rate(&wallet, &hot[0].id, args.read_write_rate, duration, Arc::new(AtomicU64::new(0)));
+        let empty = ceiling::empty_calls_at_rate(services.wallet_address, args.profile_reads, duration).await?;
+        writers.await?;
+        println!(
+            "empty calls at the same rate beside the same debits: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+            empty.latency_ms(0.5),
+            empty.latency_ms(0.99),
+            empty.latency_ms(0.999),
+        );
     }
     println!("wallet resident {:.0} MiB", services.wallet_rss_mib());
     services.stop().await;
@@ -485,6 +506,10 @@ struct Ceilings {
     hot_baseline: Vec<RunResult>,
     spread_writes: Vec<RunResult>,
     spread_baseline: Vec<RunResult>,
+    /// Health checks at the read scenario's rate beside its debits, and that rate.
+    empty_reads: Vec<RunResult>,
+    read_rate: f64,
+    read_write_rate: f64,
 }
 
 impl Ceilings {
@@ -543,6 +568,16 @@ impl Ceilings {
                 figure(writes),
                 figure(baseline),
                 bound / plain.max(1e-9),
+            ));
+        }
+        if !self.empty_reads.is_empty() {
+            let latency = |quantile| Comparison::median(&self.empty_reads, |run| run.latency_ms(quantile));
+            let (p99, low, high) = latency(0.99);
+            lines.push(format!(
+                "balance reads: empty calls at {:.0}/s beside {:.0} debits/s on one account, as in (d): p50 {:.2} ms, p99 {p99:.2} ms ({low:.2}–{high:.2}) (target for GetBalance: p99 2 ms).",
+                self.read_rate,
+                self.read_write_rate,
+                latency(0.5).0,
             ));
         }
         lines
@@ -763,6 +798,7 @@ async fn main() -> anyhow::Result<()> {
     let mut reads = Comparison::new("(d) balance reads at a fixed rate: reads/s");
     let stale = Arc::new(AtomicU64::new(0));
     let read_account = open_account(&wallet, FUNDS).await?;
+    let mut empty_reads = Vec::new();
     for _ in 0..args.rounds {
         // Baseline: plain SELECTs while plain transactions write at the same rate.
         let (db, writer_db) = (baseline_db.clone(), baseline_db.clone());
@@ -810,6 +846,19 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
             .await,
+        );
+        writers.await?;
+        // The ceiling beside it: health checks instead of balance reads.
+        let writers = debits_at_rate(
+            &wallet,
+            &read_account.id,
+            args.read_write_rate,
+            Duration::from_secs(args.seconds),
+            Arc::new(AtomicU64::new(0)),
+        );
+        empty_reads.push(
+            ceiling::empty_calls_at_rate(services.wallet_address, args.read_rate, Duration::from_secs(args.seconds))
+                .await?,
         );
         writers.await?;
         wallet_rss = wallet_rss.max(services.wallet_rss_mib());
@@ -876,6 +925,9 @@ async fn main() -> anyhow::Result<()> {
     let mut ceilings = Ceilings {
         hot_baseline: comparisons[0].baseline.clone(),
         spread_baseline: comparisons[1].baseline.clone(),
+        empty_reads,
+        read_rate: args.read_rate,
+        read_write_rate: args.read_write_rate,
         ..Ceilings::default()
     };
     for round in 0..args.rounds {

@@ -14,6 +14,7 @@ mod ledger;
 pub mod migrations;
 pub mod replay;
 mod rows;
+mod versions;
 mod write;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -154,6 +155,9 @@ pub struct Store {
     numbering: Arc<tokio::sync::OnceCell<events::Numbering>>,
     /// Account ids by number, for events.
     numbers: Arc<Mutex<HashMap<u64, AccountId>>>,
+    /// Balance reads' version checks, read together (PostgreSQL; on SQLite a
+    /// statement is no round trip, and each read takes its own).
+    versions: Option<versions::VersionReader>,
 }
 
 impl Store {
@@ -172,7 +176,10 @@ impl Store {
             cache: cache.clone(),
         };
         let committers = committer::Committers::start(shared, count);
+        let versions =
+            settings.is_postgres().then(|| versions::VersionReader::start(database.connection().clone()));
         Ok(Self {
+            versions,
             committers,
             cache,
             db: database.connection().clone(),
@@ -401,21 +408,29 @@ impl Store {
         account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
-        let current: Option<(i64, Amount)> = account::Entity::find_by_id(account_id.0)
-            .filter(account::Column::TenantId.eq(tenant_id.0))
-            .select_only()
-            .column(account::Column::Version)
-            .column(account::Column::Held)
-            .into_tuple()
-            .one(&self.db)
-            .await?;
-        let (version, held) = current.ok_or(WalletError::NotFound("account"))?;
-        if held.0.is_zero()
-            && let Some(wallet) =
-                self.cache.get_or_wait(tenant_id, account_id, u64::try_from(version).unwrap_or(0)).await
+        let current = match &self.versions {
+            Some(reader) => reader.of(tenant_id, account_id).await?,
+            None => account::Entity::find_by_id(account_id.0)
+                .filter(account::Column::TenantId.eq(tenant_id.0))
+                .select_only()
+                .column(account::Column::Version)
+                .column(account::Column::Held)
+                .into_tuple::<(i64, Amount)>()
+                .one(&self.db)
+                .await?
+                .map(|(version, held)| versions::Current {
+                    version: u64::try_from(version).unwrap_or(0),
+                    holds: !held.0.is_zero(),
+                }),
+        };
+        let current = current.ok_or(WalletError::NotFound("account"))?;
+        if !current.holds
+            && let Some(wallet) = self.cache.get_or_wait(tenant_id, account_id, current.version).await
         {
+            metrics::counter!("reservoir_wallet_balance_reads_total", "source" => "kept").increment(1);
             return Ok(wallet);
         }
+        metrics::counter!("reservoir_wallet_balance_reads_total", "source" => "snapshot").increment(1);
         let snapshot = self.database.begin_snapshot().await?;
         let loaded = load(&snapshot, tenant_id, account_id, &LoadPlan::default(), now, false).await?;
         snapshot.commit().await?;
