@@ -480,8 +480,7 @@ async fn profile(args: &Args) -> anyhow::Result<()> {
         );
         // The same again with health checks for reads: the ceiling beside it.
         let duration = Duration::from_secs(args.seconds);
-        let writers =
-            debits_at_rate(&wallet, &hot[0].id, args.read_write_rate, duration, Arc::new(AtomicU64::new(0)));
+        let writers = debits_at_rate(&wallet, &hot[0].id, args.read_write_rate, duration, Arc::new(AtomicU64::new(0)));
         let empty = ceiling::empty_calls_at_rate(services.wallet_address, args.profile_reads, duration).await?;
         writers.await?;
         println!(

@@ -176,8 +176,7 @@ impl Store {
             cache: cache.clone(),
         };
         let committers = committer::Committers::start(shared, count);
-        let versions =
-            settings.is_postgres().then(|| versions::VersionReader::start(database.connection().clone()));
+        let versions = settings.is_postgres().then(|| versions::VersionReader::start(database.connection().clone()));
         Ok(Self {
             versions,
             committers,
