@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer;
@@ -108,6 +109,8 @@ pub struct Application {
     store: Store,
     api: InvoicingApi,
     authenticator: Arc<Authenticator>,
+    /// Bounds on connections, calls in flight and each tenant's rate.
+    limits: LimitSettings,
     worker_interval: Duration,
 }
 
@@ -128,6 +131,7 @@ impl Application {
         let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
         let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock(), mailer);
         Ok(Self {
+            limits: LimitSettings::default(),
             listener,
             metrics,
             store,
@@ -135,6 +139,12 @@ impl Application {
             authenticator,
             worker_interval: Duration::from_millis(settings.worker_interval_ms),
         })
+    }
+
+    /// Serves within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -169,7 +179,8 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
+        let served =
+            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the invoicing worker ended abnormally");
         }

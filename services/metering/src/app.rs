@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_proto::metering::metering_service_server::MeteringServiceServer;
@@ -93,6 +94,8 @@ pub struct Application {
     store: Store,
     wallet: WalletGateway,
     authenticator: Arc<Authenticator>,
+    /// Bounds on connections, calls in flight and each tenant's rate.
+    limits: LimitSettings,
     worker_interval: Duration,
 }
 
@@ -110,6 +113,7 @@ impl Application {
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet.channel())), key_cache_ttl));
         Ok(Self {
+            limits: LimitSettings::default(),
             listener,
             metrics,
             store,
@@ -117,6 +121,12 @@ impl Application {
             authenticator,
             worker_interval: Duration::from_millis(settings.worker_interval_ms),
         })
+    }
+
+    /// Serves within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -147,7 +157,8 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await;
+        let served =
+            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the metering worker ended abnormally");
         }

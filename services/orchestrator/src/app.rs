@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
@@ -124,6 +125,8 @@ pub struct Application {
     store: Store,
     saga: Saga,
     authenticator: Arc<Authenticator>,
+    /// Bounds on connections, calls in flight and each tenant's rate.
+    limits: LimitSettings,
     worker_interval: Duration,
     webhooks: WebhookSettings,
 }
@@ -154,6 +157,7 @@ impl Application {
             settings.attempts_before_action,
         );
         Ok(Self {
+            limits: LimitSettings::default(),
             listener,
             metrics,
             store,
@@ -162,6 +166,12 @@ impl Application {
             worker_interval: Duration::from_millis(settings.worker_interval_ms),
             webhooks: settings.webhooks.clone(),
         })
+    }
+
+    /// Serves within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -219,7 +229,7 @@ impl Application {
             let _ = stop_sender.send(true);
         };
         let names = [SERVICE_NAME, WEBHOOK_SERVICE_NAME];
-        let served = serve(self.listener, routes, &names, self.authenticator, self.metrics, stop).await;
+        let served = serve(self.listener, routes, &names, self.authenticator, &self.limits, self.metrics, stop).await;
         for (task, name) in [(running, "worker"), (delivering, "webhook deliverer")] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "the orchestrator {name} ended abnormally");

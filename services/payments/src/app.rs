@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
@@ -97,6 +98,8 @@ pub struct Application {
     store: Store,
     sandbox: SandboxGateway,
     authenticator: Arc<Authenticator>,
+    /// Bounds on connections, calls in flight and each tenant's rate.
+    limits: LimitSettings,
     gateway_timeout: Duration,
     accounts: crate::api::Accounts,
 }
@@ -121,6 +124,7 @@ impl Application {
         let accounts = crate::api::Accounts::new(wallet.clone(), settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
+            limits: LimitSettings::default(),
             listener,
             metrics,
             sandbox: SandboxGateway::new(store.clone()),
@@ -129,6 +133,12 @@ impl Application {
             gateway_timeout: Duration::from_millis(settings.gateway_timeout_ms),
             accounts,
         })
+    }
+
+    /// Serves within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -170,7 +180,7 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop).await?;
+        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await?;
         tracing::info!("payments stopped");
         Ok(())
     }

@@ -263,7 +263,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-wallet").map_err(anyhow::Error::msg)?;
-    let application = Application::build(&settings.wallet, &settings.auth).await?;
+    let application = Application::build(&settings.wallet, &settings.auth).await?.with_limits(settings.limits.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
@@ -273,7 +273,9 @@ async fn serve_metering(config: Option<&Path>) -> anyhow::Result<()> {
     settings.metering.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-metering").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
+    let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
@@ -283,7 +285,9 @@ async fn serve_invoicing(config: Option<&Path>) -> anyhow::Result<()> {
     settings.invoicing.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-invoicing").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
+    let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
@@ -293,7 +297,9 @@ async fn serve_payments(config: Option<&Path>) -> anyhow::Result<()> {
     settings.payments.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-payments").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
+    let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
@@ -303,7 +309,9 @@ async fn serve_orchestrator(config: Option<&Path>) -> anyhow::Result<()> {
     settings.orchestrator.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-orchestrator").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
+    let application = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
@@ -348,7 +356,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let mut settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir").map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let wallet = Application::build(&settings.wallet, &settings.auth).await?;
+    let wallet = Application::build(&settings.wallet, &settings.auth).await?.with_limits(settings.limits.clone());
     let store = wallet.store();
     let now = chrono::Utc::now();
     if store.list_tenants().await?.is_empty() {
@@ -390,22 +398,30 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         println!("wallet       listening on {address}");
     }
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
+    let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     if let Some(address) = metering.local_addr() {
         settings.invoicing.metering_endpoint = format!("http://{address}");
         println!("metering     listening on {address}");
     }
-    let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
+    let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     if let Some(address) = invoicing.local_addr() {
         settings.orchestrator.invoicing_endpoint = format!("http://{address}");
         println!("invoicing    listening on {address}");
     }
-    let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
+    let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     if let Some(address) = payments.local_addr() {
         settings.orchestrator.payments_endpoint = format!("http://{address}");
         println!("payments     listening on {address}");
     }
-    let orchestrator = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
+    let orchestrator = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
+        .await?
+        .with_limits(settings.limits.clone());
     if let Some(address) = orchestrator.local_addr() {
         println!("orchestrator listening on {address}");
     }

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
 use reservoir_invoicing::app::InvoicingSettings;
 use reservoir_metering::app::MeteringSettings;
@@ -83,6 +84,18 @@ timeout_ms = 10000
 allow_http = true
 allow_private_destinations = true
 
+[limits]
+max_connections = 4096
+handshake_timeout_ms = 10000
+keepalive_interval_ms = 30000
+keepalive_timeout_ms = 10000
+max_connection_age_ms = 1800000
+max_connection_age_grace_ms = 300000
+max_in_flight = 2048
+tenant_calls_per_second = 50000
+tenant_burst = 50000
+tenant_overrides = {}
+
 [auth]
 api_key_pepper = "reservoir-development-pepper"
 key_cache_ttl_ms = 5000
@@ -103,6 +116,8 @@ pub struct Settings {
     pub payments: PaymentsSettings,
     pub orchestrator: OrchestratorSettings,
     pub auth: AuthSettings,
+    /// Bounds every service serves within (each service counts its own).
+    pub limits: LimitSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -110,6 +125,7 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, String> {
         let settings: Self = load(DEFAULTS, file).map_err(|error| format!("settings: {error}"))?;
         settings.wallet.validate()?;
+        settings.limits.validate()?;
         if settings.auth.api_key_pepper.is_empty() {
             return Err("auth.api_key_pepper must not be empty".into());
         }

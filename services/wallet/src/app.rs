@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::Authenticator;
+use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::{AuthSettings, DatabaseSettings};
 use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
@@ -96,6 +97,8 @@ pub struct Application {
     metrics: Option<TcpListener>,
     store: Store,
     authenticator: Arc<Authenticator>,
+    /// Bounds on connections, calls in flight and each tenant's rate.
+    limits: LimitSettings,
     sweep_interval: Duration,
 }
 
@@ -114,12 +117,19 @@ impl Application {
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
         Ok(Self {
+            limits: LimitSettings::default(),
             listener,
             metrics,
             store,
             authenticator,
             sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
         })
+    }
+
+    /// Serves within `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -148,7 +158,8 @@ impl Application {
             let _ = stop_sender.send(true);
         };
         let served =
-            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, self.metrics, stop_streams).await;
+            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop_streams)
+                .await;
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "the expiry sweeper ended abnormally");
         }

@@ -226,6 +226,7 @@ where
                 return inner.call(request).await;
             }
             let Some(key) = bearer_key(&request).map(str::to_owned) else {
+                crate::limits::refused("unauthenticated");
                 return Ok(Status::unauthenticated("missing bearer API key in authorization metadata").into_http());
             };
             let resolving_for_a_service = request.uri().path() == KEY_RESOLUTION_PATH;
@@ -236,7 +237,10 @@ where
             };
             let caller = match checked {
                 Ok(caller) => caller,
-                Err(status) => return Ok(status.into_http()),
+                Err(status) => {
+                    crate::limits::refused("unauthenticated");
+                    return Ok(status.into_http());
+                }
             };
             let tenant = match caller {
                 Caller::Tenant(tenant) => Some(tenant),

@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod db;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod outbox;

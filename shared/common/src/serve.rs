@@ -10,6 +10,7 @@ use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, Authenticator};
+use crate::limits::{InFlightLayer, LimitSettings, TenantRateLayer, bounded_connections};
 
 /// Calls one HTTP/2 connection may have in flight at once.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -45,12 +46,14 @@ pub async fn shutdown_signal() {
 
 /// Serves `routes` plus health and reflection on `listener` until `shutdown`
 /// resolves; then stops accepting calls and returns once those in flight end.
-/// `service_names` are reported SERVING by the health service.
+/// `service_names` are reported SERVING by the health service. `limits`
+/// bound the connections, the calls in flight and each tenant's rate.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     authenticator: Arc<Authenticator>,
+    limits: &LimitSettings,
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -79,30 +82,40 @@ pub async fn serve(
     let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, "serving");
+    // Without TCP_NODELAY small responses wait on delayed ACKs: tens of
+    // milliseconds per call under load.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(limits.keepalive_interval()));
     let served = tonic::transport::Server::builder()
         .trace_fn(crate::telemetry::rpc_span)
+        // Bounds the calls one connection may have open; beyond it callers
+        // queue on their side rather than in this process's memory.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .http2_keepalive_interval(Some(limits.keepalive_interval()))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
+        .max_connection_age(limits.max_connection_age())
+        .max_connection_age_grace(limits.max_connection_age_grace())
+        // Outermost: a call past the limit is refused before anything else
+        // is spent on it.
+        .layer(InFlightLayer::new(limits))
+        .layer(AuthLayer::new(authenticator))
+        // Inside authentication: the tenant is known, and nothing an
+        // unauthenticated caller sends becomes a label.
+        .layer(TenantRateLayer::new(limits))
         .layer(crate::metrics::RpcMetricsLayer::new(
             &[reservoir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
             service_names,
         ))
-        // Bounds the calls one connection may have open; beyond it callers
-        // queue on their side rather than in this process's memory.
-        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
-        .layer(AuthLayer::new(authenticator))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY small responses wait on delayed ACKs: tens of
-            // milliseconds per call under load.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown.await;
-                // Probes see the pod going before its port closes.
-                reporter.set_service_status("", ServingStatus::NotServing).await;
-                for name in names {
-                    reporter.set_service_status(name, ServingStatus::NotServing).await;
-                }
-            },
-        )
+        .serve_with_incoming_shutdown(bounded_connections(incoming, limits), async move {
+            shutdown.await;
+            // Probes see the pod going before its port closes.
+            reporter.set_service_status("", ServingStatus::NotServing).await;
+            for name in names {
+                reporter.set_service_status(name, ServingStatus::NotServing).await;
+            }
+        })
         .await
         .map_err(|error| ServeError::Transport(error.to_string()));
     let _ = metrics_stop.send(());

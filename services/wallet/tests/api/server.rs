@@ -175,7 +175,8 @@ async fn an_undecodable_request_is_invalid_argument() {
 }
 
 /// Ten thousand calls to made-up methods, without a key and with one, add
-/// no series to the scrape endpoint: they all count as one unknown method.
+/// no series to the scrape endpoint: those with a key count as one unknown
+/// method, those without as refused.
 #[tokio::test]
 async fn made_up_methods_add_no_series_to_the_metrics() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
@@ -218,12 +219,17 @@ async fn made_up_methods_add_no_series_to_the_metrics() {
     let after = scrape(app.metrics).await;
     assert_eq!(series(&after), series(&before), "{after}");
     assert!(!after.contains("made.up") && !after.contains("Method"), "{after}");
-    let unknown: f64 = after
-        .lines()
-        .filter(|line| line.starts_with("reservoir_rpc_requests_total") && line.contains(r#"method="unknown""#))
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
-    assert!(unknown >= 10_002.0, "{after}");
+    let sum = |name: &str, label: &str| -> f64 {
+        after
+            .lines()
+            .filter(|line| line.starts_with(name) && line.contains(label))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    // Every call is counted: those with a key after authentication, as one
+    // unknown method; those without one among the refused, by reason.
+    assert!(sum("reservoir_rpc_requests_total", r#"method="unknown""#) >= 5_001.0, "{after}");
+    assert!(sum("reservoir_rpc_refused_total", r#"reason="unauthenticated""#) >= 5_001.0, "{after}");
     app.stop().await;
 }
 

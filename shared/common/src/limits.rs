@@ -1,0 +1,420 @@
+//! Bounds on what callers can make a service hold: open connections, how
+//! long a connection may take to start speaking HTTP/2, how long one lives,
+//! calls in flight, and each tenant's rate of calls. Past a bound a call is
+//! refused at once with RetryInfo, so a flood costs the caller, not this
+//! process's memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::num::NonZeroU32;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{Stream, StreamExt};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::auth::{Caller, TenantId};
+use crate::status::ERROR_DOMAIN;
+
+/// The client's first bytes on an HTTP/2 connection (RFC 9113, 3.4).
+const PREFACE_LENGTH: usize = 24;
+
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Connections open at once per listener; a connection past this is
+    /// closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a new connection has to send the HTTP/2 preface before it is
+    /// closed: a socket opened and left silent holds nothing for long.
+    pub handshake_timeout_ms: u64,
+    /// How often an HTTP/2 PING (and a TCP keepalive) checks each
+    /// connection's peer is still there.
+    pub keepalive_interval_ms: u64,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout_ms: u64,
+    /// A connection is asked to close (GOAWAY) after this long, busy or
+    /// idle; clients reconnect, which also spreads them over new replicas.
+    pub max_connection_age_ms: u64,
+    /// How long calls and streams still open on an aged connection may go on
+    /// before it is closed regardless (WatchEvents resumes from its last sequence).
+    pub max_connection_age_grace_ms: u64,
+    /// Calls in flight at once per listener, over all connections; past this a
+    /// call is refused UNAVAILABLE with RetryInfo.
+    pub max_in_flight: usize,
+    /// Calls a second each tenant's keys may make to this service (a token
+    /// bucket; 0: no limit). Service keys are not limited here.
+    pub tenant_calls_per_second: u32,
+    /// The bucket's depth: how many calls a tenant may make at once before
+    /// the rate applies.
+    pub tenant_burst: u32,
+    /// Per tenant (by id): calls a second instead of `tenant_calls_per_second`
+    /// (0: no limit); the burst is the same number.
+    pub tenant_overrides: BTreeMap<String, u32>,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 4_096,
+            handshake_timeout_ms: 10_000,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            max_connection_age_ms: 30 * 60 * 1_000,
+            max_connection_age_grace_ms: 5 * 60 * 1_000,
+            max_in_flight: 2_048,
+            tenant_calls_per_second: 50_000,
+            tenant_burst: 50_000,
+            tenant_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+impl LimitSettings {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("keepalive_interval_ms", self.keepalive_interval_ms),
+            ("keepalive_timeout_ms", self.keepalive_timeout_ms),
+            ("max_connection_age_ms", self.max_connection_age_ms),
+            ("max_in_flight", self.max_in_flight as u64),
+        ] {
+            if value == 0 {
+                return Err(format!("limits.{name} must be at least 1"));
+            }
+        }
+        if self.tenant_calls_per_second > 0 && self.tenant_burst == 0 {
+            return Err("limits.tenant_burst must be at least 1 when tenant_calls_per_second is set".into());
+        }
+        for tenant in self.tenant_overrides.keys() {
+            if uuid::Uuid::parse_str(tenant).is_err() {
+                return Err(format!("limits.tenant_overrides: {tenant:?} is not a tenant id"));
+            }
+        }
+        Ok(())
+    }
+
+    fn duration(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    pub fn handshake_timeout(&self) -> Duration {
+        Self::duration(self.handshake_timeout_ms)
+    }
+
+    pub fn keepalive_interval(&self) -> Duration {
+        Self::duration(self.keepalive_interval_ms)
+    }
+
+    pub fn keepalive_timeout(&self) -> Duration {
+        Self::duration(self.keepalive_timeout_ms)
+    }
+
+    pub fn max_connection_age(&self) -> Duration {
+        Self::duration(self.max_connection_age_ms)
+    }
+
+    pub fn max_connection_age_grace(&self) -> Duration {
+        Self::duration(self.max_connection_age_grace_ms)
+    }
+}
+
+/// A refusal a client should retry after `delay`: the code, an ErrorInfo
+/// reason, and RetryInfo.
+fn retry_later(code: Code, reason: &str, message: &str, delay: Duration) -> tonic::Status {
+    let mut details = ErrorDetails::with_retry_info(Some(delay));
+    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
+    tonic::Status::with_error_details(code, message, details)
+}
+
+/// Counts a call or connection refused by a limit or by authentication.
+pub(crate) fn refused(reason: &'static str) {
+    metrics::counter!("reservoir_rpc_refused_total", "reason" => reason).increment(1);
+}
+
+// ---- connections ---------------------------------------------------------------
+
+/// The accepted connections of `incoming`, at most `max_connections` open at
+/// once (one past it is dropped, closing it, as soon as it is accepted), each
+/// closed if it has not sent the HTTP/2 preface within the handshake timeout.
+///
+/// Written here because neither tonic nor tower bounds a listener's
+/// connections (tower's limits count requests); this is only the glue: a
+/// semaphore permit and a timer carried by each connection.
+pub fn bounded_connections<S>(incoming: S, limits: &LimitSettings) -> impl Stream<Item = io::Result<Bounded>>
+where
+    S: Stream<Item = io::Result<TcpStream>>,
+{
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let handshake = limits.handshake_timeout();
+    incoming.filter_map(move |accepted| {
+        let open = open.clone();
+        async move {
+            match accepted {
+                Ok(stream) => match open.try_acquire_owned() {
+                    Ok(permit) => Some(Ok(Bounded {
+                        stream,
+                        _permit: permit,
+                        handshake: Some(Box::pin(tokio::time::sleep(handshake))),
+                        received: 0,
+                    })),
+                    Err(_) => {
+                        refused("connections");
+                        None
+                    }
+                },
+                Err(error) => Some(Err(error)),
+            }
+        }
+    })
+}
+
+/// A connection holding its place among those allowed open.
+pub struct Bounded {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    /// Until the client has sent the HTTP/2 preface: when it must have.
+    handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+    received: usize,
+}
+
+impl Connected for Bounded {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Bounded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if this.handshake.is_some() {
+                    this.received += buf.filled().len() - before;
+                    if this.received >= PREFACE_LENGTH {
+                        this.handshake = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let late = this.handshake.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if late {
+                    refused("handshake_timeout");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl AsyncWrite for Bounded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+// ---- calls in flight ---------------------------------------------------------------
+
+/// How long a client refused for load is told to wait.
+const OVERLOADED_RETRY: Duration = Duration::from_millis(100);
+
+/// Calls in flight, at most `max_in_flight` over every connection of the
+/// listener: tower's global concurrency limit with load shedding, the shed
+/// call answered UNAVAILABLE with RetryInfo instead of tonic's generic
+/// RESOURCE_EXHAUSTED.
+#[derive(Clone)]
+pub struct InFlightLayer {
+    semaphore: Arc<Semaphore>,
+}
+
+impl InFlightLayer {
+    pub fn new(limits: &LimitSettings) -> Self {
+        Self { semaphore: Arc::new(Semaphore::new(limits.max_in_flight)) }
+    }
+}
+
+impl<S> tower::Layer<S> for InFlightLayer {
+    type Service = Shed<tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        let limited = tower::limit::ConcurrencyLimit::with_semaphore(inner, self.semaphore.clone());
+        Shed { inner: tower::load_shed::LoadShed::new(limited) }
+    }
+}
+
+/// Answers a call the load shedder refused.
+#[derive(Clone)]
+pub struct Shed<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            match answer.await {
+                Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {
+                    refused("in_flight");
+                    Ok(retry_later(
+                        Code::Unavailable,
+                        "OVERLOADED",
+                        "too many calls in flight; retry after the delay given",
+                        OVERLOADED_RETRY,
+                    )
+                    .into_http())
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+// ---- each tenant's rate ----------------------------------------------------------------
+
+/// Each tenant's calls a second, checked after authentication (the tenant
+/// is known then): governor's token buckets, one per tenant, and one of its
+/// own for a tenant with an override.
+#[derive(Clone)]
+pub struct TenantRateLayer {
+    buckets: Option<Arc<TenantBuckets>>,
+}
+
+struct TenantBuckets {
+    /// Tenants on the default rate; `None` when it is unlimited.
+    default: Option<DefaultKeyedRateLimiter<TenantId>>,
+    /// Tenants with their own rate; `None` for one without a limit.
+    overrides: BTreeMap<TenantId, Option<DefaultDirectRateLimiter>>,
+}
+
+fn quota(per_second: u32, burst: u32) -> Option<Quota> {
+    let rate = NonZeroU32::new(per_second)?;
+    Some(Quota::per_second(rate).allow_burst(NonZeroU32::new(burst).unwrap_or(rate)))
+}
+
+impl TenantRateLayer {
+    pub fn new(limits: &LimitSettings) -> Self {
+        let default = quota(limits.tenant_calls_per_second, limits.tenant_burst).map(RateLimiter::keyed);
+        let overrides: BTreeMap<TenantId, Option<DefaultDirectRateLimiter>> = limits
+            .tenant_overrides
+            .iter()
+            .filter_map(|(tenant, rate)| {
+                let tenant = TenantId(uuid::Uuid::parse_str(tenant).ok()?);
+                Some((tenant, quota(*rate, *rate).map(RateLimiter::direct)))
+            })
+            .collect();
+        let unlimited = default.is_none() && overrides.values().all(Option::is_none);
+        Self { buckets: (!unlimited).then(|| Arc::new(TenantBuckets { default, overrides })) }
+    }
+}
+
+impl TenantBuckets {
+    /// How long the tenant must wait, if its bucket is empty.
+    fn wait(&self, tenant: TenantId) -> Option<Duration> {
+        let clock = governor::clock::DefaultClock::default();
+        let checked = match self.overrides.get(&tenant) {
+            Some(None) => return None,
+            Some(Some(bucket)) => bucket.check(),
+            None => self.default.as_ref()?.check_key(&tenant),
+        };
+        checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
+    }
+}
+
+impl<S> tower::Layer<S> for TenantRateLayer {
+    type Service = TenantRate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantRate { inner, buckets: self.buckets.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct TenantRate<S> {
+    inner: S,
+    buckets: Option<Arc<TenantBuckets>>,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for TenantRate<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures::future::Either<S::Future, futures::future::Ready<Result<http::Response<tonic::body::Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let tenant = match request.extensions().get::<Caller>() {
+            Some(Caller::Tenant(tenant)) => Some(*tenant),
+            _ => None,
+        };
+        if let (Some(buckets), Some(tenant)) = (&self.buckets, tenant)
+            && let Some(delay) = buckets.wait(tenant)
+        {
+            refused("tenant_rate");
+            let status = retry_later(
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+                "this tenant's calls a second are over its limit; retry after the delay given",
+                delay,
+            );
+            return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
+        }
+        futures::future::Either::Left(self.inner.call(request))
+    }
+}

@@ -1,0 +1,231 @@
+//! The serving loop's bounds, seen from a client: a silent connection is
+//! closed after the handshake timeout, connections past the limit are closed
+//! at once, calls past the in-flight limit and a tenant past its rate are
+//! refused with RetryInfo, and an aged connection is closed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use reservoir_common::auth::{Authenticator, Caller, KeyResolver, TenantId};
+use reservoir_common::limits::LimitSettings;
+use reservoir_common::status::reason_of;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::Code;
+use tonic::codegen::http;
+use tonic_types::StatusExt;
+
+const TENANT_KEY: &str = "tenant-key";
+const OTHER_TENANT_KEY: &str = "other-tenant-key";
+const SERVICE_KEY: &str = "service-key";
+const TENANT: TenantId = TenantId(uuid::Uuid::from_u128(1));
+const OTHER_TENANT: TenantId = TenantId(uuid::Uuid::from_u128(2));
+
+struct Keys;
+
+impl KeyResolver for Keys {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+        Box::pin(async move {
+            Ok(match key.as_str() {
+                TENANT_KEY => Some(Caller::Tenant(TENANT)),
+                OTHER_TENANT_KEY => Some(Caller::Tenant(OTHER_TENANT)),
+                SERVICE_KEY => Some(Caller::Service),
+                _ => None,
+            })
+        })
+    }
+
+    fn tenant_exists(&self, _key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {
+        Box::pin(async move { Ok(tenant == TENANT || tenant == OTHER_TENANT) })
+    }
+}
+
+/// A method that takes half a second to answer.
+#[derive(Clone)]
+struct Slow;
+
+impl tonic::server::NamedService for Slow {
+    const NAME: &'static str = "test.Slow";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for Slow {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Ok(tonic::Status::unimplemented("slow, then nothing").into_http())
+        })
+    }
+}
+
+/// Serves the slow method within `limits` until the test ends.
+async fn start(limits: LimitSettings) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let authenticator = Arc::new(Authenticator::new(Arc::new(Keys), Duration::from_secs(60)));
+    tokio::spawn(async move {
+        reservoir_common::serve::serve(
+            listener,
+            tonic::service::Routes::new(Slow),
+            &["test.Slow"],
+            authenticator,
+            &limits,
+            None,
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+    });
+    address
+}
+
+async fn call(address: SocketAddr, key: &str, tenant: Option<TenantId>) -> tonic::Status {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    call_on(channel, key, tenant).await
+}
+
+/// A call to the slow method.
+async fn call_on(channel: tonic::transport::Channel, key: &str, tenant: Option<TenantId>) -> tonic::Status {
+    call_path(channel, key, tenant, "/test.Slow/Call").await
+}
+
+/// A call to a method nobody serves: UNIMPLEMENTED at once, once past the limits.
+async fn quick_call(channel: tonic::transport::Channel, key: &str, tenant: Option<TenantId>) -> tonic::Status {
+    call_path(channel, key, tenant, "/test.Quick/Call").await
+}
+
+async fn call_path(
+    channel: tonic::transport::Channel,
+    key: &str,
+    tenant: Option<TenantId>,
+    path: &'static str,
+) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(());
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    if let Some(tenant) = tenant {
+        request.metadata_mut().insert("x-reservoir-tenant", tenant.0.to_string().parse().unwrap());
+    }
+    let codec: tonic_prost::ProstCodec<(), ()> = tonic_prost::ProstCodec::default();
+    match grpc.unary(request, http::uri::PathAndQuery::from_static(path), codec).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+/// Reads until the server closes the connection; how long that took.
+async fn closed_within(mut stream: TcpStream, limit: Duration) -> Duration {
+    let started = Instant::now();
+    let mut buffer = [0_u8; 1024];
+    loop {
+        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("the connection was still open after {limit:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_never_speaks_is_closed_after_the_handshake_timeout() {
+    let address = start(LimitSettings { handshake_timeout_ms: 300, ..LimitSettings::default() }).await;
+    let silent = TcpStream::connect(address).await.unwrap();
+    let took = closed_within(silent, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}, before the timeout");
+    // One that speaks HTTP/2 in time is served.
+    let status = call(address, TENANT_KEY, None).await;
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_connection_past_the_limit_is_closed_at_once() {
+    let address = start(LimitSettings { max_connections: 2, ..LimitSettings::default() }).await;
+    let _first = TcpStream::connect(address).await.unwrap();
+    let _second = TcpStream::connect(address).await.unwrap();
+    let mut third = TcpStream::connect(address).await.unwrap();
+    // The server may close before or after the client writes.
+    let _ = third.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    let took = closed_within(third, Duration::from_secs(2)).await;
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn calls_past_the_in_flight_limit_are_refused_with_retry_info() {
+    let address = start(LimitSettings { max_in_flight: 2, ..LimitSettings::default() }).await;
+    let calls: Vec<_> = (0..6).map(|_| tokio::spawn(call(address, TENANT_KEY, None))).collect();
+    let mut answered = 0;
+    let mut refused = 0;
+    for call in calls {
+        let status = call.await.unwrap();
+        match status.code() {
+            Code::Unimplemented => answered += 1,
+            Code::Unavailable => {
+                refused += 1;
+                assert_eq!(reason_of(&status).as_deref(), Some("OVERLOADED"));
+                let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay;
+                assert!(retry.is_some_and(|delay| delay > Duration::ZERO), "{retry:?}");
+            }
+            other => panic!("unexpected {other:?}: {status:?}"),
+        }
+    }
+    assert_eq!(answered, 2, "as many answered as the limit");
+    assert_eq!(refused, 4);
+    // Once they are done, calls go through again.
+    assert_eq!(call(address, TENANT_KEY, None).await.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_tenant_past_its_rate_is_refused_with_retry_info_and_others_are_not() {
+    let limits = LimitSettings {
+        tenant_calls_per_second: 1,
+        tenant_burst: 3,
+        tenant_overrides: BTreeMap::from([(OTHER_TENANT.0.to_string(), 0)]),
+        ..LimitSettings::default()
+    };
+    let address = start(limits).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    for _ in 0..3 {
+        let status = quick_call(channel.clone(), TENANT_KEY, None).await;
+        assert_eq!(status.code(), Code::Unimplemented, "within the burst: {status:?}");
+    }
+    let status = quick_call(channel.clone(), TENANT_KEY, None).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason_of(&status).as_deref(), Some("RATE_LIMITED"));
+    let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay.expect("a delay");
+    assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+    // The tenant with no limit of its own, and service keys, go on.
+    for _ in 0..10 {
+        assert_eq!(quick_call(channel.clone(), OTHER_TENANT_KEY, None).await.code(), Code::Unimplemented);
+        assert_eq!(quick_call(channel.clone(), SERVICE_KEY, Some(TENANT)).await.code(), Code::Unimplemented);
+    }
+    // After the delay given, the tenant is served again.
+    tokio::time::sleep(retry).await;
+    assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn an_aged_connection_is_closed() {
+    let limits =
+        LimitSettings { max_connection_age_ms: 300, max_connection_age_grace_ms: 200, ..LimitSettings::default() };
+    let address = start(limits).await;
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    // The client preface and an empty SETTINGS frame, then nothing.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    let took = closed_within(stream, Duration::from_secs(5)).await;
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+}
