@@ -57,6 +57,15 @@ impl Billing {
         )
     }
 
+    /// Invoicing as the payment flow calls it: the services' key, for the tenant.
+    async fn invoicing_as_service(&self) -> Invoicing {
+        let tenant = Environment::tenant_of(self.processes[0].address(), &self.api_key).await;
+        InvoicingServiceClient::with_interceptor(
+            channel(self.processes[2].address()).await,
+            BearerKey::service(&self.environment.service_key(), tenant),
+        )
+    }
+
     async fn payments(&self) -> Payments {
         PaymentsServiceClient::with_interceptor(
             channel(self.processes[3].address()).await,
@@ -136,7 +145,9 @@ async fn a_top_up_is_invoiced_charged_and_paid(backend: Backend) {
         .payment
         .unwrap();
     assert_eq!(payment.status, i32::from(payments_pb::PaymentStatus::Succeeded));
-    let paid = invoicing
+    let paid = billing
+        .invoicing_as_service()
+        .await
         .mark_invoice_paid(invoicing_pb::MarkInvoicePaidRequest {
             invoice_id: invoice.id.clone(),
             payment_reference: payment.id.clone(),

@@ -161,6 +161,18 @@ impl Environment {
         self.issue(&["tenant", "create", "suite"]).await
     }
 
+    /// The services' key, once issued.
+    pub fn service_key(&self) -> String {
+        self.variables.get("RESERVOIR__ORCHESTRATOR__SERVICE_KEY").cloned().expect("the service key is issued")
+    }
+
+    /// The tenant a tenant's key belongs to, as the wallet at `wallet` tells.
+    pub async fn tenant_of(wallet: SocketAddr, api_key: &str) -> reservoir_common::auth::TenantId {
+        let mut client = reservoir_testing::wallet::client(wallet, api_key).await;
+        let caller = client.get_caller(reservoir_proto::wallet::GetCallerRequest {}).await.unwrap().into_inner();
+        reservoir_common::auth::TenantId(caller.tenant_id.parse().unwrap())
+    }
+
     /// Issues the services' key and hands it to metering, invoicing and payments.
     pub async fn issue_service_key(&mut self) {
         let key = self.issue(&["key", "issue-service"]).await;

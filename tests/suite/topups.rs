@@ -398,15 +398,18 @@ async fn top_ups_by_hand(backend: Backend) {
         .into_inner()
         .top_ups;
     assert_eq!(waiting.iter().map(|top_up| top_up.id.clone()).collect::<Vec<_>>(), vec![later.id.clone()]);
-    suite
-        .payments
-        .clone()
-        .confirm_payment(payments_pb::ConfirmPaymentRequest {
-            payment_id: later.payment_id.clone(),
-            external_transaction_id: "bank-transfer-42".into(),
-        })
-        .await
-        .unwrap();
+    // Confirming a payment received by bank transfer takes the services' key.
+    let tenant = Environment::tenant_of(suite.processes[0].address(), &suite.api_key).await;
+    PaymentsServiceClient::with_interceptor(
+        channel(suite.processes[3].address()).await,
+        BearerKey::service(&suite.environment.service_key(), tenant),
+    )
+    .confirm_payment(payments_pb::ConfirmPaymentRequest {
+        payment_id: later.payment_id.clone(),
+        external_transaction_id: "bank-transfer-42".into(),
+    })
+    .await
+    .unwrap();
     let id = later.id.clone();
     eventually("the confirmed top-up", || {
         let mut orchestrator = orchestrator.clone();

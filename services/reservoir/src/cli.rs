@@ -101,15 +101,47 @@ enum TenantCommand {
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Role {
+    Admin,
+    Write,
+    ReadOnly,
+}
+
+impl From<Role> for reservoir_common::auth::KeyRole {
+    fn from(role: Role) -> Self {
+        match role {
+            Role::Admin => Self::Admin,
+            Role::Write => Self::Write,
+            Role::ReadOnly => Self::ReadOnly,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum KeyCommand {
     /// Issue a new API key for a tenant; it is shown once.
-    Issue { tenant_id: String },
+    Issue {
+        tenant_id: String,
+        /// What the key may do: read-only reads; write also changes balances,
+        /// accounts and top-ups; admin also changes the tenant's settings,
+        /// meters and prices, webhook endpoints and voucher batches.
+        #[arg(long, value_enum, default_value_t = Role::Admin)]
+        role: Role,
+    },
     /// Issue a key for Reservoir's own services (metering and the others call
     /// the wallet with it, naming the tenant of each call); shown once.
     IssueService,
     /// Revoke an API key by its id.
     Revoke { key_id: String },
+    /// Replace an API key: a new key (shown once) for the same tenant and
+    /// role, while the old one keeps working for the overlap.
+    Rotate {
+        key_id: String,
+        /// Hours the old key keeps working (0: it stops now).
+        #[arg(long, default_value_t = 24)]
+        overlap_hours: u32,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -506,16 +538,30 @@ async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<()> {
     let (settings, store) = operator_store(config).await?;
     let now = chrono::Utc::now();
     match command {
-        KeyCommand::Issue { tenant_id } => {
+        KeyCommand::Issue { tenant_id, role } => {
             let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
-            let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
+            let role = role.into();
+            let issued = store.issue_key_with_role(tenant, role, &settings.auth.api_key_pepper, now).await?;
             println!("key id {}", issued.id);
+            println!("role {}", role.as_str());
             println!("api key {}", issued.key);
         }
         KeyCommand::IssueService => {
             let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
             println!("key id {}", issued.id);
             println!("api key {}", issued.key);
+        }
+        KeyCommand::Rotate { key_id, overlap_hours } => {
+            let overlap = chrono::Duration::hours(i64::from(overlap_hours));
+            let Some(issued) = store
+                .rotate_key(key_id.parse().context("key id")?, overlap, &settings.auth.api_key_pepper, now)
+                .await?
+            else {
+                bail!("no active key {key_id}");
+            };
+            println!("key id {}", issued.id);
+            println!("api key {}", issued.key);
+            println!("the old key {key_id} works until {}", now + overlap);
         }
         KeyCommand::Revoke { key_id } => {
             if !store.revoke_key(key_id.parse().context("key id")?, now).await? {

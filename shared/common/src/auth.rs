@@ -57,10 +57,100 @@ pub const TENANT_HEADER: &str = "x-reservoir-tenant";
 /// Who a key belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Caller {
-    /// A tenant's key: every call acts for that tenant.
-    Tenant(TenantId),
+    /// A tenant's key, with what it may do: every call acts for that tenant.
+    Tenant(TenantId, KeyRole),
     /// A Reservoir service's key: each call names its tenant in [`TENANT_HEADER`].
     Service,
+}
+
+/// What a tenant's key may do. Reads are open to every role; changes need
+/// [`KeyRole::Write`]; the tenant's configuration needs [`KeyRole::Admin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyRole {
+    Admin,
+    Write,
+    ReadOnly,
+}
+
+impl KeyRole {
+    /// As stored and shown: ADMIN, WRITE, READ_ONLY.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Admin => "ADMIN",
+            Self::Write => "WRITE",
+            Self::ReadOnly => "READ_ONLY",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ADMIN" => Some(Self::Admin),
+            "WRITE" => Some(Self::Write),
+            "READ_ONLY" => Some(Self::ReadOnly),
+            _ => None,
+        }
+    }
+}
+
+/// Calls only the suite's own services make, with a service key: a tenant's
+/// key is refused on them whatever its role (money arrives through the
+/// payment flow, not by a tenant saying so).
+const SERVICE_ONLY: &[&str] = &[
+    "/reservoir.invoicing.v1.InvoicingService/MarkInvoicePaid",
+    "/reservoir.payments.v1.PaymentsService/ConfirmPayment",
+];
+
+/// Changes to a tenant's configuration: what it charges, where its events
+/// go, what its vouchers are worth, its wallet settings.
+const ADMIN_ONLY: &[&str] = &[
+    "/reservoir.wallet.v1.WalletService/UpdateTenantSettings",
+    "/reservoir.metering.v1.MeteringService/CreateMeter",
+    "/reservoir.metering.v1.MeteringService/SetPrice",
+    "/reservoir.invoicing.v1.InvoicingService/UpdateBillingSettings",
+    "/reservoir.invoicing.v1.InvoicingService/UpdateReportSchedule",
+    "/reservoir.orchestrator.v1.WebhookService/CreateWebhookEndpoint",
+    "/reservoir.orchestrator.v1.WebhookService/UpdateWebhookEndpoint",
+    "/reservoir.orchestrator.v1.WebhookService/RotateWebhookSecret",
+    "/reservoir.payments.v1.PaymentsService/CreateVoucherBatch",
+];
+
+/// Whether the method at `path` only reads: by the verb its name starts with.
+fn only_reads(path: &str) -> bool {
+    let method = path.rsplit('/').next().unwrap_or_default();
+    ["Get", "List", "Watch", "Export", "Quote"].iter().any(|verb| method.starts_with(verb))
+}
+
+/// Why `caller` may not call the method at `path`, if it may not:
+/// PERMISSION_DENIED with reason SERVICE_KEY_REQUIRED or KEY_ROLE.
+pub fn refusal(caller: Caller, path: &str) -> Option<Status> {
+    let Caller::Tenant(_, role) = caller else {
+        return None;
+    };
+    if SERVICE_ONLY.contains(&path) {
+        return Some(crate::status::with_reason(
+            tonic::Code::PermissionDenied,
+            "SERVICE_KEY_REQUIRED",
+            "this call is made by Reservoir's own services, with a service key",
+        ));
+    }
+    let needed = if only_reads(path) {
+        return None;
+    } else if ADMIN_ONLY.contains(&path) {
+        KeyRole::Admin
+    } else {
+        KeyRole::Write
+    };
+    let allowed = match needed {
+        KeyRole::Admin => role == KeyRole::Admin,
+        _ => role != KeyRole::ReadOnly,
+    };
+    (!allowed).then(|| {
+        crate::status::with_reason(
+            tonic::Code::PermissionDenied,
+            "KEY_ROLE",
+            format!("this key's role is {}; this call needs {}", role.as_str(), needed.as_str()),
+        )
+    })
 }
 
 /// Looks up who presented a key: the store that keeps the keys, or a remote
@@ -242,8 +332,12 @@ where
                     return Ok(status.into_http());
                 }
             };
+            if let Some(status) = refusal(caller, request.uri().path()) {
+                crate::limits::refused("key_role");
+                return Ok(status.into_http());
+            }
             let tenant = match caller {
-                Caller::Tenant(tenant) => Some(tenant),
+                Caller::Tenant(tenant, _) => Some(tenant),
                 Caller::Service => acting_tenant(&request),
             };
             if caller == Caller::Service
@@ -297,7 +391,9 @@ impl WalletKeyResolver {
 
 impl KeyResolver for WalletKeyResolver {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
-        use reservoir_proto::wallet::{CallerKind, GetCallerRequest, wallet_service_client::WalletServiceClient};
+        use reservoir_proto::wallet::{
+            CallerKind, GetCallerRequest, KeyRole as WireRole, wallet_service_client::WalletServiceClient,
+        };
         let channel = self.channel.clone();
         Box::pin(async move {
             let mut request = tonic::Request::new(GetCallerRequest {});
@@ -307,9 +403,16 @@ impl KeyResolver for WalletKeyResolver {
             match WalletServiceClient::new(channel).get_caller(request).await {
                 Ok(response) => {
                     let response = response.into_inner();
+                    // A wallet from before roles answers none: its keys all act as admins.
+                    let role = match WireRole::try_from(response.role) {
+                        Ok(WireRole::Write) => KeyRole::Write,
+                        Ok(WireRole::ReadOnly) => KeyRole::ReadOnly,
+                        Ok(WireRole::Admin | WireRole::Unspecified) => KeyRole::Admin,
+                        Err(_) => return Err("the wallet answered an unknown key role".to_owned()),
+                    };
                     match CallerKind::try_from(response.kind) {
                         Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
-                            .map(|id| Some(Caller::Tenant(TenantId(id))))
+                            .map(|id| Some(Caller::Tenant(TenantId(id), role)))
                             .map_err(|error| format!("the wallet named a malformed tenant: {error}")),
                         Ok(CallerKind::Service) => Ok(Some(Caller::Service)),
                         _ => Err("the wallet answered an unknown caller kind".to_owned()),
@@ -382,6 +485,54 @@ mod tests {
             use std::sync::atomic::Ordering;
             self.lookups.fetch_add(1, Ordering::SeqCst);
             Box::pin(async move { Ok(tenant.0.is_nil()) })
+        }
+    }
+
+    #[test]
+    fn each_role_reaches_what_it_may() {
+        let tenant = TenantId(Uuid::nil());
+        let reads = "/reservoir.wallet.v1.WalletService/GetBalance";
+        let change = "/reservoir.wallet.v1.WalletService/Debit";
+        let configuration = "/reservoir.metering.v1.MeteringService/SetPrice";
+        let service_only = "/reservoir.payments.v1.PaymentsService/ConfirmPayment";
+        let reason = |caller, path| refusal(caller, path).map(|status| crate::status::reason_of(&status));
+        for role in [KeyRole::Admin, KeyRole::Write, KeyRole::ReadOnly] {
+            let caller = Caller::Tenant(tenant, role);
+            assert_eq!(reason(caller, reads), None, "{role:?} reads");
+            assert_eq!(reason(caller, service_only), Some(Some("SERVICE_KEY_REQUIRED".into())), "{role:?}");
+        }
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Admin), change), None);
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Admin), configuration), None);
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Write), change), None);
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Write), configuration), Some(Some("KEY_ROLE".into())));
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::ReadOnly), change), Some(Some("KEY_ROLE".into())));
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::ReadOnly), configuration), Some(Some("KEY_ROLE".into())));
+        for path in [reads, change, configuration, service_only] {
+            assert!(refusal(Caller::Service, path).is_none(), "services reach {path}");
+        }
+        for role in [KeyRole::Admin, KeyRole::Write, KeyRole::ReadOnly] {
+            assert_eq!(KeyRole::parse(role.as_str()), Some(role));
+        }
+    }
+
+    /// Every path the policy names is a method some service serves.
+    #[test]
+    fn the_policy_names_real_methods() {
+        let set =
+            <prost_types::FileDescriptorSet as prost::Message>::decode(reservoir_proto::FILE_DESCRIPTOR_SET).unwrap();
+        let served: std::collections::HashSet<String> = set
+            .file
+            .into_iter()
+            .flat_map(|file| {
+                let package = file.package.unwrap_or_default();
+                file.service.into_iter().flat_map(move |service| {
+                    let name = format!("{package}.{}", service.name.unwrap_or_default());
+                    service.method.into_iter().map(move |method| format!("/{name}/{}", method.name.unwrap_or_default()))
+                })
+            })
+            .collect();
+        for path in SERVICE_ONLY.iter().chain(ADMIN_ONLY) {
+            assert!(served.contains(*path), "{path} is not a method");
         }
     }
 

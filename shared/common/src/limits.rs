@@ -400,7 +400,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let tenant = match request.extensions().get::<Caller>() {
-            Some(Caller::Tenant(tenant)) => Some(*tenant),
+            Some(Caller::Tenant(tenant, _)) => Some(*tenant),
             _ => None,
         };
         if let (Some(buckets), Some(tenant)) = (&self.buckets, tenant)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use reservoir_common::auth::{Authenticator, Caller, KeyResolver, TenantId};
+use reservoir_common::auth::{Authenticator, Caller, KeyResolver, KeyRole, TenantId};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::status::reason_of;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,8 +32,8 @@ impl KeyResolver for Keys {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
         Box::pin(async move {
             Ok(match key.as_str() {
-                TENANT_KEY => Some(Caller::Tenant(TENANT)),
-                OTHER_TENANT_KEY => Some(Caller::Tenant(OTHER_TENANT)),
+                TENANT_KEY => Some(Caller::Tenant(TENANT, KeyRole::Admin)),
+                OTHER_TENANT_KEY => Some(Caller::Tenant(OTHER_TENANT, KeyRole::Admin)),
                 SERVICE_KEY => Some(Caller::Service),
                 _ => None,
             })

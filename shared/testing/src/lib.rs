@@ -132,19 +132,31 @@ fn unreachable_postgres(url: &str, error: &str) -> Option<TestDatabase> {
     None
 }
 
-/// Adds `authorization: Bearer <key>` to every call.
+/// Adds `authorization: Bearer <key>` to every call, and for a service key
+/// the tenant it acts for.
 #[derive(Clone)]
-pub struct BearerKey(pub MetadataValue<Ascii>);
+pub struct BearerKey {
+    authorization: MetadataValue<Ascii>,
+    tenant: Option<MetadataValue<Ascii>>,
+}
 
 impl BearerKey {
     pub fn new(key: &str) -> Self {
-        Self(format!("Bearer {key}").parse().expect("an API key is ASCII"))
+        Self { authorization: format!("Bearer {key}").parse().expect("an API key is ASCII"), tenant: None }
+    }
+
+    /// A service key acting for `tenant`, as the suite's services call each other.
+    pub fn service(key: &str, tenant: reservoir_common::auth::TenantId) -> Self {
+        Self { tenant: Some(tenant.to_string().parse().expect("a tenant id is ASCII")), ..Self::new(key) }
     }
 }
 
 impl tonic::service::Interceptor for BearerKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+        request.metadata_mut().insert("authorization", self.authorization.clone());
+        if let Some(tenant) = &self.tenant {
+            request.metadata_mut().insert(reservoir_common::auth::TENANT_HEADER, tenant.clone());
+        }
         Ok(request)
     }
 }

@@ -55,6 +55,9 @@ pub struct Suite {
     pub wallet: Client,
     pub metering: MeteringClient,
     pub invoicing: InvoicingClient,
+    /// Invoicing as the suite's services call it: a service key acting for
+    /// the tenant (marking an invoice paid takes one).
+    pub invoicing_as_service: InvoicingClient,
     /// What invoicing believes the time is; `None` follows the system clock.
     pub clock: Arc<Mutex<Option<DateTime<Utc>>>>,
     /// The mail server scheduled reports go to.
@@ -128,6 +131,10 @@ impl Suite {
             wallet: client(wallet_address, &key).await,
             metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
             invoicing: InvoicingServiceClient::with_interceptor(channel(invoicing_address).await, BearerKey::new(&key)),
+            invoicing_as_service: InvoicingServiceClient::with_interceptor(
+                channel(invoicing_address).await,
+                BearerKey::service(&invoicing_settings.service_key, tenant),
+            ),
             clock,
             smtp,
             wallet_settings,
@@ -318,9 +325,10 @@ pub async fn finalize(suite: &Suite, invoice: &pb::Invoice) -> Result<pb::Invoic
         .map(|response| response.into_inner().invoice.unwrap())
 }
 
+/// Marks the invoice paid as the payment flow does, with a service key.
 pub async fn pay(suite: &Suite, invoice: &pb::Invoice, reference: &str) -> Result<pb::Invoice, tonic::Status> {
     suite
-        .invoicing
+        .invoicing_as_service
         .clone()
         .mark_invoice_paid(pb::MarkInvoicePaidRequest {
             invoice_id: invoice.id.clone(),
@@ -364,4 +372,16 @@ macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         reservoir_testing::on_both_backends!($crate::helpers::Suite; $($name),*);
     };
+}
+
+pub async fn get_invoice(suite: &Suite, invoice: &pb::Invoice) -> pb::Invoice {
+    suite
+        .invoicing
+        .clone()
+        .get_invoice(pb::GetInvoiceRequest { invoice_id: invoice.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap()
 }

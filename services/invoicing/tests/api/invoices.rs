@@ -58,6 +58,19 @@ async fn a_top_up_invoice_goes_from_draft_to_open_to_paid_and_refuses_the_rest(s
     let open_again = finalize(&suite, &draft).await.unwrap();
     assert_eq!(open_again.number, 1, "finalizing twice keeps the number");
 
+    // Only the payment flow marks an invoice paid: a tenant's key, even an
+    // admin's, is refused and the invoice stays open.
+    let by_tenant = suite
+        .invoicing
+        .clone()
+        .mark_invoice_paid(pb::MarkInvoicePaidRequest {
+            invoice_id: open.id.clone(),
+            payment_reference: "self-declared".into(),
+        })
+        .await;
+    assert_refused(by_tenant, Code::PermissionDenied, "SERVICE_KEY_REQUIRED");
+    assert_eq!(status(&get_invoice(&suite, &open).await), pb::InvoiceStatus::Open);
+
     let paid = pay(&suite, &open, "pay_1").await.unwrap();
     assert_eq!(status(&paid), pb::InvoiceStatus::Paid);
     assert_eq!(paid.payment_reference, "pay_1");

@@ -33,18 +33,16 @@ async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
     let payment = charge(&suite, charge_request(&pending, "7")).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Pending);
     assert_eq!(outcomes(&payment), vec![pb::AttemptOutcome::Pending]);
-    let confirmed = suite
-        .payments
-        .clone()
-        .confirm_payment(pb::ConfirmPaymentRequest {
-            payment_id: payment.id.clone(),
-            external_transaction_id: "settlement-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .payment
-        .unwrap();
+    let confirm =
+        pb::ConfirmPaymentRequest { payment_id: payment.id.clone(), external_transaction_id: "settlement-1".into() };
+    // A tenant's key cannot declare its own payment received.
+    assert_refused(
+        suite.payments.clone().confirm_payment(confirm.clone()).await,
+        Code::PermissionDenied,
+        "SERVICE_KEY_REQUIRED",
+    );
+    assert_eq!(status(&get(&suite, &payment).await), pb::PaymentStatus::Pending);
+    let confirmed = suite.service.clone().confirm_payment(confirm).await.unwrap().into_inner().payment.unwrap();
     assert_eq!(status(&confirmed), pb::PaymentStatus::Succeeded);
     assert_eq!(confirmed.external_transaction_id, "settlement-1");
     suite
@@ -113,7 +111,7 @@ async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> S
         payment_id: payment.id.clone(),
         external_transaction_id: external.into(),
     };
-    let mut client = suite.payments.clone();
+    let mut client = suite.service.clone();
     let confirmed = client.confirm_payment(confirm("bank-2024-001")).await.unwrap().into_inner().payment.unwrap();
     assert_eq!(status(&confirmed), pb::PaymentStatus::Succeeded);
     assert_eq!(confirmed.external_transaction_id, "bank-2024-001");
@@ -231,7 +229,7 @@ async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
     let get = pb::GetPaymentRequest { payment_id: payment.id.clone() };
     assert_refused(other.get_payment(get).await, Code::NotFound, "NOT_FOUND");
     let confirm = pb::ConfirmPaymentRequest { payment_id: payment.id.clone(), external_transaction_id: "x".into() };
-    assert_refused(other.confirm_payment(confirm).await, Code::NotFound, "NOT_FOUND");
+    assert_refused(suite.other_service.clone().confirm_payment(confirm).await, Code::NotFound, "NOT_FOUND");
     assert_refused(other.refund(refund_request(&payment, "1")).await, Code::NotFound, "NOT_FOUND");
     let listed = other.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
     assert!(listed.payments.is_empty());

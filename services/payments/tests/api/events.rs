@@ -50,7 +50,9 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
     assert_eq!(event_type(&live), pb::EventType::PaymentPending);
     assert_eq!(live.payment_id, pending.id);
     // Its confirmation, and a declined charge, go out too.
-    client
+    suite
+        .service
+        .clone()
         .confirm_payment(pb::ConfirmPaymentRequest {
             payment_id: pending.id.clone(),
             external_transaction_id: "bank-1".into(),

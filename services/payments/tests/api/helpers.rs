@@ -40,6 +40,10 @@ pub struct Suite {
     pub payments: PaymentsClient,
     /// A second tenant's client, for isolation.
     pub other: PaymentsClient,
+    /// Payments as the suite's services call it, with a service key acting
+    /// for the first tenant and for the second (confirming a payment takes one).
+    pub service: PaymentsClient,
+    pub other_service: PaymentsClient,
     pub tenant: TenantId,
     /// The wallet's store, for keys.
     pub wallet_store: reservoir_wallet::store::Store,
@@ -89,7 +93,7 @@ impl Suite {
             database_schema: payments_database.schema.clone(),
             database_max_connections: 8,
             wallet_endpoint: format!("http://{wallet_address}"),
-            wallet_service_key: service_key,
+            wallet_service_key: service_key.clone(),
             gateway_timeout_ms: 5_000,
             metrics_listen: String::new(),
         };
@@ -100,7 +104,15 @@ impl Suite {
         let connection = channel(address).await;
         Some(Self {
             payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
-            other: PaymentsServiceClient::with_interceptor(connection, BearerKey::new(&other_key)),
+            other: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&other_key)),
+            service: PaymentsServiceClient::with_interceptor(
+                connection.clone(),
+                BearerKey::service(&service_key, tenant),
+            ),
+            other_service: PaymentsServiceClient::with_interceptor(
+                connection,
+                BearerKey::service(&service_key, other_tenant),
+            ),
             tenant,
             wallet_store: store,
             address,

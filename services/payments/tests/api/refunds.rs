@@ -79,7 +79,9 @@ async fn only_a_succeeded_payment_is_refunded(suite: Suite) -> Suite {
 async fn a_confirmed_payment_is_refunded_by_hand(suite: Suite) -> Suite {
     let mut client = suite.payments.clone();
     let payment = charge(&suite, reconcile_later_request(&account(&suite).await, "40")).await;
-    client
+    suite
+        .service
+        .clone()
         .confirm_payment(pb::ConfirmPaymentRequest {
             payment_id: payment.id.clone(),
             external_transaction_id: "wire-77".into(),

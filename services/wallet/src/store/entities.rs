@@ -35,6 +35,8 @@ pub mod api_key {
         pub revoked_at: Option<DateTimeUtc>,
         /// TENANT or SERVICE.
         pub kind: String,
+        /// A tenant key's role: ADMIN, WRITE or READ_ONLY (ADMIN for a service key).
+        pub role: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

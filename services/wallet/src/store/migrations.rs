@@ -18,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(AccountVersion),
             Box::new(SpendControl),
             Box::new(LeanLedger),
+            Box::new(KeyRoles),
         ]
     }
 }
@@ -438,6 +439,29 @@ impl MigrationTrait for LeanLedger {
         // responses they hold (the api decodes those).
         crate::store::replay::migrate_legacy_records(db).await?;
         db.execute_unprepared("DROP TABLE idempotency_keys").await?;
+        Ok(())
+    }
+}
+
+/// What each tenant key may do; keys issued before roles keep doing everything.
+struct KeyRoles;
+
+impl MigrationName for KeyRoles {
+    fn name(&self) -> &str {
+        "m0007_key_roles"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for KeyRoles {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(
+                "ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'ADMIN' \
+                 CHECK (role IN ('ADMIN', 'WRITE', 'READ_ONLY'))",
+            )
+            .await?;
         Ok(())
     }
 }

@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use reservoir_common::auth::{Caller, KeyResolver, TenantId, generate_key, hash_key, key_display_prefix};
+use reservoir_common::auth::{Caller, KeyResolver, KeyRole, TenantId, generate_key, hash_key, key_display_prefix};
 use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{ArrayType, Expr};
@@ -272,10 +272,21 @@ impl Store {
         pepper: &str,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey, WalletError> {
+        self.issue_key_with_role(tenant, KeyRole::Admin, pepper, now).await
+    }
+
+    /// Issues a tenant key that may do what `role` allows.
+    pub async fn issue_key_with_role(
+        &self,
+        tenant: TenantId,
+        role: KeyRole,
+        pepper: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedKey, WalletError> {
         if !self.tenant_exists(tenant).await? {
             return Err(WalletError::NotFound("tenant"));
         }
-        self.insert_key(tenant, "TENANT", pepper, now).await
+        self.insert_key(tenant, "TENANT", role, pepper, now).await
     }
 
     /// Issues a key for Reservoir's own services (metering, invoicing, ...),
@@ -287,13 +298,14 @@ impl Store {
             Some(row) => TenantId(row.id),
             None => self.create_tenant(SERVICES_TENANT, now).await?,
         };
-        self.insert_key(tenant, "SERVICE", pepper, now).await
+        self.insert_key(tenant, "SERVICE", KeyRole::Admin, pepper, now).await
     }
 
     async fn insert_key(
         &self,
         tenant_id: TenantId,
         kind: &str,
+        role: KeyRole,
         pepper: &str,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey, WalletError> {
@@ -307,6 +319,7 @@ impl Store {
             created_at: Set(now),
             revoked_at: Set(None),
             kind: Set(kind.to_owned()),
+            role: Set(role.as_str().to_owned()),
         })
         .exec_without_returning(&self.db)
         .await?;
@@ -318,20 +331,54 @@ impl Store {
         let result = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(now))
             .filter(api_key::Column::Id.eq(key_id))
-            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(active_at(now))
             .exec(&self.db)
             .await?;
         Ok(result.rows_affected == 1)
     }
 
-    /// Who holds the key with this hash, if it is issued and not revoked.
+    /// Replaces a key: a new one for the same tenant, of the same kind and
+    /// role, while the old one keeps working for `overlap` (its revocation
+    /// is set that far ahead), so clients can move over without a gap.
+    /// `None` if no active key has that id.
+    pub async fn rotate_key(
+        &self,
+        key_id: Uuid,
+        overlap: chrono::Duration,
+        pepper: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<IssuedKey>, WalletError> {
+        let Some(old) = api_key::Entity::find_by_id(key_id).filter(active_at(now)).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let role = KeyRole::parse(&old.role)
+            .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", old.role)))?;
+        let issued = self.insert_key(TenantId(old.tenant_id), &old.kind, role, pepper, now).await?;
+        let ends = now + overlap;
+        api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(ends))
+            .filter(api_key::Column::Id.eq(key_id))
+            .filter(active_at(ends))
+            .exec(&self.db)
+            .await?;
+        Ok(Some(issued))
+    }
+
+    /// Who holds the key with this hash, if it is issued and not revoked
+    /// (a key being rotated out works until its revocation comes).
     pub async fn caller_for_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, WalletError> {
         let row = api_key::Entity::find()
             .filter(api_key::Column::KeyHash.eq(key_hash))
-            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(active_at(Utc::now()))
             .one(&self.db)
             .await?;
-        Ok(row.map(|row| if row.kind == "SERVICE" { Caller::Service } else { Caller::Tenant(TenantId(row.tenant_id)) }))
+        let Some(row) = row else { return Ok(None) };
+        if row.kind == "SERVICE" {
+            return Ok(Some(Caller::Service));
+        }
+        let role = KeyRole::parse(&row.role)
+            .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", row.role)))?;
+        Ok(Some(Caller::Tenant(TenantId(row.tenant_id), role)))
     }
 
     // ---- reads --------------------------------------------------------------
@@ -1101,6 +1148,11 @@ pub(crate) async fn load_many(
 /// table. With `tenant`, only that tenant's accounts. Nothing is locked: a
 /// `FOR UPDATE OF a` here would wait for a row and then see its newest
 /// version beside grants as of the statement's start.
+/// Keys not revoked as of `at`: never, or only later (a rotation's overlap).
+fn active_at(at: DateTime<Utc>) -> sea_orm::Condition {
+    sea_orm::Condition::any().add(api_key::Column::RevokedAt.is_null()).add(api_key::Column::RevokedAt.gt(at))
+}
+
 async fn accounts_with_grants(
     connection: &impl ConnectionTrait,
     ids: &[Uuid],

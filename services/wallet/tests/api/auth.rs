@@ -50,6 +50,30 @@ async fn a_revoked_key_stops_working(app: &TestApp) {
     assert_eq!(status.code(), Code::Unauthenticated);
 }
 
+async fn a_rotated_key_works_beside_its_successor_until_the_overlap_ends(app: &TestApp) {
+    use reservoir_common::auth::KeyRole;
+    let account = prepaid(&app.client).await;
+    let get = || pb::GetAccountRequest { account_id: account.id.clone() };
+    let old = app.store.issue_key_with_role(app.tenant, KeyRole::Write, PEPPER, Utc::now()).await.unwrap();
+    let new = app.store.rotate_key(old.id, chrono::Duration::hours(1), PEPPER, Utc::now()).await.unwrap().unwrap();
+    assert_ne!(new.key, old.key);
+    assert_eq!(new.tenant_id, app.tenant);
+    let (old_client, new_client) = (client(app.address, &old.key).await, client(app.address, &new.key).await);
+    old_client.clone().get_account(get()).await.expect("the old key works during the overlap");
+    new_client.clone().get_account(get()).await.expect("the new key works at once");
+    let role = new_client.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner().role();
+    assert_eq!(role, pb::KeyRole::Write, "the new key keeps the old one's role");
+    // Revoking the old key ends its overlap at once.
+    assert!(app.store.revoke_key(old.id, Utc::now()).await.unwrap());
+    assert_eq!(old_client.clone().get_account(get()).await.unwrap_err().code(), Code::Unauthenticated);
+    new_client.clone().get_account(get()).await.unwrap();
+    // Without an overlap the old key stops now; a revoked key is not rotated.
+    let newer = app.store.rotate_key(new.id, chrono::Duration::zero(), PEPPER, Utc::now()).await.unwrap().unwrap();
+    assert_eq!(new_client.clone().get_account(get()).await.unwrap_err().code(), Code::Unauthenticated);
+    client(app.address, &newer.key).await.get_account(get()).await.unwrap();
+    assert!(app.store.rotate_key(old.id, chrono::Duration::hours(1), PEPPER, Utc::now()).await.unwrap().is_none());
+}
+
 async fn a_service_key_acts_for_the_tenant_each_call_names(app: &TestApp) {
     let account = prepaid(&app.client).await;
     let service_key = app.store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
@@ -96,7 +120,101 @@ async fn a_service_key_naming_no_tenant_is_unauthenticated_and_writes_nothing(ap
     assert!(app.store.accounts_page(nobody, None, 10).await.unwrap().is_empty(), "nothing was written for it");
 }
 
+/// Every method of the wallet, by path, and whether it only reads.
+fn wallet_methods() -> Vec<(String, bool)> {
+    let set = <prost_types::FileDescriptorSet as prost::Message>::decode(reservoir_proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in set.file.into_iter().filter(|file| file.package() == "reservoir.wallet.v1") {
+        for service in file.service {
+            let service_name = service.name().to_owned();
+            for method in service.method {
+                let name = method.name().to_owned();
+                let reads = ["Get", "List", "Watch", "Export", "Quote"].iter().any(|verb| name.starts_with(verb));
+                methods.push((format!("/reservoir.wallet.v1.{service_name}/{name}"), reads));
+            }
+        }
+    }
+    methods
+}
+
+/// A call to `path` with an empty body under `key`: its status.
+async fn raw_call(app: &TestApp, key: &str, path: &str) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(channel(app.address).await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(());
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let codec: tonic_prost::ProstCodec<(), ()> = tonic_prost::ProstCodec::default();
+    match grpc.unary(request, path.parse().unwrap(), codec).await {
+        Ok(_) => tonic::Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+async fn a_read_only_key_reads_and_is_refused_every_change(app: &TestApp) {
+    use reservoir_common::auth::KeyRole;
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
+    let before = ledger(&app.client, &account).await.len();
+    let issued = app.store.issue_key_with_role(app.tenant, KeyRole::ReadOnly, PEPPER, Utc::now()).await.unwrap();
+    let reader = client(app.address, &issued.key).await;
+    let caller = reader.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
+    assert_eq!(caller.role(), pb::KeyRole::ReadOnly);
+    assert_eq!(available(&reader, &account).await, d("10"), "reads go through");
+    assert_eq!(ledger(&reader, &account).await.len(), before);
+    let mut events = reader
+        .clone()
+        .watch_events(pb::WatchEventsRequest { after_sequence: 0, consumer: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(tokio_stream::StreamExt::next(&mut events).await.unwrap().is_ok(), "events stream to a reader");
+    // Every method that changes something is refused before it runs.
+    let methods = wallet_methods();
+    assert!(methods.iter().filter(|(_, reads)| !reads).count() >= 14, "{methods:?}");
+    for (path, reads) in &methods {
+        // A stream (WatchEvents, the exports) would not end as a single call: its reads are tried above.
+        if *reads && (path.contains("/Watch") || path.contains("/Export")) {
+            continue;
+        }
+        let status = raw_call(app, &issued.key, path).await;
+        if *reads {
+            assert_ne!(status.code(), Code::PermissionDenied, "{path} reads: {status:?}");
+        } else {
+            assert_refused(Err::<(), _>(status), Code::PermissionDenied, "KEY_ROLE");
+        }
+    }
+    assert_refused(reader.clone().debit(debit_request(&account, "1")).await, Code::PermissionDenied, "KEY_ROLE");
+    assert_eq!(available(&app.client, &account).await, d("10"), "nothing changed");
+    assert_eq!(ledger(&app.client, &account).await.len(), before);
+}
+
+async fn a_write_key_changes_balances_but_not_the_tenants_settings(app: &TestApp) {
+    use reservoir_common::auth::KeyRole;
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
+    let issued = app.store.issue_key_with_role(app.tenant, KeyRole::Write, PEPPER, Utc::now()).await.unwrap();
+    let writer = client(app.address, &issued.key).await;
+    let caller = writer.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
+    assert_eq!(caller.role(), pb::KeyRole::Write);
+    debit(&writer, &account, "4").await.unwrap();
+    assert_eq!(available(&app.client, &account).await, d("6"));
+    let settings = |allow| pb::UpdateTenantSettingsRequest { allow_promotional_transfers: Some(allow) };
+    let before = app.client.clone().get_tenant_settings(pb::GetTenantSettingsRequest {}).await.unwrap().into_inner();
+    let allow = !before.settings.unwrap().allow_promotional_transfers;
+    assert_refused(writer.clone().update_tenant_settings(settings(allow)).await, Code::PermissionDenied, "KEY_ROLE");
+    let unchanged = writer.clone().get_tenant_settings(pb::GetTenantSettingsRequest {}).await.unwrap().into_inner();
+    assert_eq!(unchanged.settings.unwrap().allow_promotional_transfers, !allow);
+    // The tenant's first key is an admin's, as every key issued before roles.
+    let admin = app.client.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
+    assert_eq!(admin.role(), pb::KeyRole::Admin);
+    let changed = app.client.clone().update_tenant_settings(settings(allow)).await.unwrap().into_inner();
+    assert_eq!(changed.settings.unwrap().allow_promotional_transfers, allow);
+}
+
 crate::on_both_backends!(
+    a_read_only_key_reads_and_is_refused_every_change,
+    a_write_key_changes_balances_but_not_the_tenants_settings,
+    a_rotated_key_works_beside_its_successor_until_the_overlap_ends,
     a_service_key_naming_no_tenant_is_unauthenticated_and_writes_nothing,
     a_service_key_acts_for_the_tenant_each_call_names,
     another_tenants_account_is_not_found,
