@@ -82,6 +82,13 @@ pub async fn serve(
     let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, "serving");
+    if local.is_some_and(|address| !address.ip().is_loopback()) {
+        tracing::warn!(
+            address = ?local,
+            "serving plaintext gRPC beyond this machine: bearer keys travel in clear unless a mesh (Istio, Linkerd) \
+             encrypts the traffic between pods"
+        );
+    }
     // Without TCP_NODELAY small responses wait on delayed ACKs: tens of
     // milliseconds per call under load.
     let incoming = tonic::transport::server::TcpIncoming::from(listener)

@@ -351,9 +351,7 @@ impl Store {
         let Some(old) = api_key::Entity::find_by_id(key_id).filter(active_at(now)).one(&self.db).await? else {
             return Ok(None);
         };
-        let role = KeyRole::parse(&old.role)
-            .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", old.role)))?;
-        let issued = self.insert_key(TenantId(old.tenant_id), &old.kind, role, pepper, now).await?;
+        let issued = self.insert_key(TenantId(old.tenant_id), &old.kind, role_of(&old)?, pepper, now).await?;
         let ends = now + overlap;
         api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(ends))
@@ -376,9 +374,7 @@ impl Store {
         if row.kind == "SERVICE" {
             return Ok(Some(Caller::Service));
         }
-        let role = KeyRole::parse(&row.role)
-            .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", row.role)))?;
-        Ok(Some(Caller::Tenant(TenantId(row.tenant_id), role)))
+        Ok(Some(Caller::Tenant(TenantId(row.tenant_id), role_of(&row)?)))
     }
 
     // ---- reads --------------------------------------------------------------
@@ -1143,16 +1139,22 @@ pub(crate) async fn load_many(
         .collect())
 }
 
-/// Accounts and their active grants in one statement (PostgreSQL): a batch
-/// of wallets not kept costs one round trip and one snapshot, not one per
-/// table. With `tenant`, only that tenant's accounts. Nothing is locked: a
-/// `FOR UPDATE OF a` here would wait for a row and then see its newest
-/// version beside grants as of the statement's start.
+/// A stored key's role.
+fn role_of(row: &api_key::Model) -> Result<KeyRole, WalletError> {
+    KeyRole::parse(&row.role)
+        .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", row.role)))
+}
+
 /// Keys not revoked as of `at`: never, or only later (a rotation's overlap).
 fn active_at(at: DateTime<Utc>) -> sea_orm::Condition {
     sea_orm::Condition::any().add(api_key::Column::RevokedAt.is_null()).add(api_key::Column::RevokedAt.gt(at))
 }
 
+/// Accounts and their active grants in one statement (PostgreSQL): a batch
+/// of wallets not kept costs one round trip and one snapshot, not one per
+/// table. With `tenant`, only that tenant's accounts. Nothing is locked: a
+/// `FOR UPDATE OF a` here would wait for a row and then see its newest
+/// version beside grants as of the statement's start.
 async fn accounts_with_grants(
     connection: &impl ConnectionTrait,
     ids: &[Uuid],
