@@ -51,8 +51,14 @@ pub struct LimitSettings {
     /// before it is closed regardless (WatchEvents resumes from its last sequence).
     pub max_connection_age_grace_ms: u64,
     /// Calls in flight at once per listener, over all connections; past this a
-    /// call is refused UNAVAILABLE with RetryInfo.
+    /// call is refused UNAVAILABLE with RetryInfo. Health checks are not
+    /// counted: a probe must get its answer from an overloaded pod too. A
+    /// stream counts until its response starts.
     pub max_in_flight: usize,
+    /// How long a call may take until its response starts (a client's
+    /// shorter grpc-timeout wins): a caller that sends headers and never its
+    /// body gives its place back after this.
+    pub call_timeout_ms: u64,
     /// Calls a second each tenant's keys may make to this service (a token
     /// bucket; 0: no limit). Service keys are not limited here.
     pub tenant_calls_per_second: u32,
@@ -74,6 +80,7 @@ impl Default for LimitSettings {
             max_connection_age_ms: 30 * 60 * 1_000,
             max_connection_age_grace_ms: 5 * 60 * 1_000,
             max_in_flight: 2_048,
+            call_timeout_ms: 60_000,
             tenant_calls_per_second: 50_000,
             tenant_burst: 50_000,
             tenant_overrides: BTreeMap::new(),
@@ -90,6 +97,7 @@ impl LimitSettings {
             ("keepalive_timeout_ms", self.keepalive_timeout_ms),
             ("max_connection_age_ms", self.max_connection_age_ms),
             ("max_in_flight", self.max_in_flight as u64),
+            ("call_timeout_ms", self.call_timeout_ms),
         ] {
             if value == 0 {
                 return Err(format!("limits.{name} must be at least 1"));
@@ -128,6 +136,10 @@ impl LimitSettings {
 
     pub fn max_connection_age_grace(&self) -> Duration {
         Self::duration(self.max_connection_age_grace_ms)
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Self::duration(self.call_timeout_ms)
     }
 }
 
@@ -271,24 +283,27 @@ impl InFlightLayer {
     }
 }
 
-impl<S> tower::Layer<S> for InFlightLayer {
-    type Service = Shed<tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>>;
+impl<S: Clone> tower::Layer<S> for InFlightLayer {
+    type Service = Shed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let limited = tower::limit::ConcurrencyLimit::with_semaphore(inner, self.semaphore.clone());
-        Shed { inner: tower::load_shed::LoadShed::new(limited) }
+        let limited = tower::limit::ConcurrencyLimit::with_semaphore(inner.clone(), self.semaphore.clone());
+        Shed { limited: tower::load_shed::LoadShed::new(limited), probes: inner }
     }
 }
 
-/// Answers a call the load shedder refused.
+/// Counts calls against the limit and answers one the load shedder refused;
+/// health checks go straight through.
 #[derive(Clone)]
 pub struct Shed<S> {
-    inner: S,
+    limited: tower::load_shed::LoadShed<tower::limit::ConcurrencyLimit<S>>,
+    probes: S,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Shed<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>, Error = tower::BoxError>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone,
+    S::Error: Into<tower::BoxError>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -296,11 +311,20 @@ where
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        // Load shedding is always ready; the probes' path is the inner service's.
+        match self.probes.poll_ready(cx) {
+            Poll::Ready(Ok(())) => self.limited.poll_ready(cx),
+            Poll::Ready(Err(error)) => Poll::Ready(Err(error.into())),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let answer = self.inner.call(request);
+        if request.uri().path().starts_with("/grpc.health.v1.") {
+            let answer = self.probes.call(request);
+            return Box::pin(async move { answer.await.map_err(Into::into) });
+        }
+        let answer = self.limited.call(request);
         Box::pin(async move {
             match answer.await {
                 Err(error) if error.is::<tower::load_shed::error::Overloaded>() => {

@@ -103,6 +103,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout()))
         .max_connection_age(limits.max_connection_age())
         .max_connection_age_grace(limits.max_connection_age_grace())
+        .timeout(limits.call_timeout())
         // Outermost: a call past the limit is refused before anything else
         // is spent on it.
         .layer(InFlightLayer::new(limits))

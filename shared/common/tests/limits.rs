@@ -164,9 +164,15 @@ async fn a_connection_past_the_limit_is_closed_at_once() {
 }
 
 #[tokio::test]
-async fn calls_past_the_in_flight_limit_are_refused_with_retry_info() {
+async fn calls_past_the_in_flight_limit_are_refused_with_retry_info_and_probes_are_answered() {
     let address = start(LimitSettings { max_in_flight: 2, ..LimitSettings::default() }).await;
     let calls: Vec<_> = (0..6).map(|_| tokio::spawn(call(address, TENANT_KEY, None))).collect();
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.unwrap());
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.is_ok()
+    });
     let mut answered = 0;
     let mut refused = 0;
     for call in calls {
@@ -183,6 +189,7 @@ async fn calls_past_the_in_flight_limit_are_refused_with_retry_info() {
         }
     }
     assert_eq!(answered, 2, "as many answered as the limit");
+    assert!(probe.await.unwrap(), "a health check is answered while the limit is full");
     assert_eq!(refused, 4);
     // Once they are done, calls go through again.
     assert_eq!(call(address, TENANT_KEY, None).await.code(), Code::Unimplemented);
@@ -228,4 +235,15 @@ async fn an_aged_connection_is_closed() {
     stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
     let took = closed_within(stream, Duration::from_secs(5)).await;
     assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn a_call_past_the_call_timeout_gives_its_place_back() {
+    let address = start(LimitSettings { call_timeout_ms: 200, max_in_flight: 1, ..LimitSettings::default() }).await;
+    let status = call(address, TENANT_KEY, None).await;
+    assert_eq!(status.code(), Code::Cancelled, "the slow method outlives the timeout: {status:?}");
+    // Its place is free again at once.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented);
 }

@@ -309,21 +309,7 @@ impl Store {
         pepper: &str,
         now: DateTime<Utc>,
     ) -> Result<IssuedKey, WalletError> {
-        let key = generate_key();
-        let id = Uuid::now_v7();
-        api_key::Entity::insert(api_key::ActiveModel {
-            id: Set(id),
-            tenant_id: Set(tenant_id.0),
-            key_hash: Set(hash_key(pepper, &key)),
-            display_prefix: Set(key_display_prefix(&key)),
-            created_at: Set(now),
-            revoked_at: Set(None),
-            kind: Set(kind.to_owned()),
-            role: Set(role.as_str().to_owned()),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(IssuedKey { id, tenant_id, key })
+        insert_key_in(&self.db, tenant_id, kind, role, pepper, now).await
     }
 
     /// Revokes a key by its id; `false` when there is no such active key.
@@ -348,17 +334,26 @@ impl Store {
         pepper: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<IssuedKey>, WalletError> {
-        let Some(old) = api_key::Entity::find_by_id(key_id).filter(active_at(now)).one(&self.db).await? else {
+        // The old key's end is set first, in the same transaction as its
+        // successor: a revocation racing it either comes first (nothing is
+        // rotated) or waits, and no successor outlives a revoked key.
+        let reservoir_common::db::WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
+        let Some(old) = api_key::Entity::find_by_id(key_id).filter(active_at(now)).one(&transaction).await? else {
             return Ok(None);
         };
-        let issued = self.insert_key(TenantId(old.tenant_id), &old.kind, role_of(&old)?, pepper, now).await?;
         let ends = now + overlap;
-        api_key::Entity::update_many()
+        let ended = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(ends))
             .filter(api_key::Column::Id.eq(key_id))
-            .filter(active_at(ends))
-            .exec(&self.db)
+            .filter(active_at(now))
+            .exec(&transaction)
             .await?;
+        if ended.rows_affected != 1 {
+            return Ok(None);
+        }
+        let issued =
+            insert_key_in(&transaction, TenantId(old.tenant_id), &old.kind, role_of(&old)?, pepper, now).await?;
+        transaction.commit().await?;
         Ok(Some(issued))
     }
 
@@ -1137,6 +1132,32 @@ pub(crate) async fn load_many(
             (key, Wallet::new(account, grants.remove(&id).unwrap_or_default(), holds.remove(&id).unwrap_or_default()))
         })
         .collect())
+}
+
+/// Stores a new key's hash; the key itself is returned once, never stored.
+async fn insert_key_in(
+    connection: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    kind: &str,
+    role: KeyRole,
+    pepper: &str,
+    now: DateTime<Utc>,
+) -> Result<IssuedKey, WalletError> {
+    let key = generate_key();
+    let id = Uuid::now_v7();
+    api_key::Entity::insert(api_key::ActiveModel {
+        id: Set(id),
+        tenant_id: Set(tenant_id.0),
+        key_hash: Set(hash_key(pepper, &key)),
+        display_prefix: Set(key_display_prefix(&key)),
+        created_at: Set(now),
+        revoked_at: Set(None),
+        kind: Set(kind.to_owned()),
+        role: Set(role.as_str().to_owned()),
+    })
+    .exec_without_returning(connection)
+    .await?;
+    Ok(IssuedKey { id, tenant_id, key })
 }
 
 /// A stored key's role.
