@@ -286,7 +286,7 @@ impl Store {
         if !self.tenant_exists(tenant).await? {
             return Err(WalletError::NotFound("tenant"));
         }
-        self.insert_key(tenant, "TENANT", role, pepper, now).await
+        insert_key_in(&self.db, tenant, "TENANT", role, pepper, now).await
     }
 
     /// Issues a key for Reservoir's own services (metering, invoicing, ...),
@@ -298,18 +298,7 @@ impl Store {
             Some(row) => TenantId(row.id),
             None => self.create_tenant(SERVICES_TENANT, now).await?,
         };
-        self.insert_key(tenant, "SERVICE", KeyRole::Admin, pepper, now).await
-    }
-
-    async fn insert_key(
-        &self,
-        tenant_id: TenantId,
-        kind: &str,
-        role: KeyRole,
-        pepper: &str,
-        now: DateTime<Utc>,
-    ) -> Result<IssuedKey, WalletError> {
-        insert_key_in(&self.db, tenant_id, kind, role, pepper, now).await
+        insert_key_in(&self.db, tenant, "SERVICE", KeyRole::Admin, pepper, now).await
     }
 
     /// Revokes a key by its id; `false` when there is no such active key.
