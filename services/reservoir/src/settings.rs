@@ -93,6 +93,7 @@ max_connection_age_ms = 1800000
 max_connection_age_grace_ms = 300000
 max_in_flight = 2048
 call_timeout_ms = 60000
+tenant_max_in_flight = 512
 tenant_calls_per_second = 50000
 tenant_burst = 50000
 tenant_overrides = {}

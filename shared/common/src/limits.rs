@@ -59,6 +59,9 @@ pub struct LimitSettings {
     /// shorter grpc-timeout wins): a caller that sends headers and never its
     /// body gives its place back after this.
     pub call_timeout_ms: u64,
+    /// Calls in flight at once for one tenant's keys, within `max_in_flight`:
+    /// one tenant's slow calls cannot take every place (0: no share).
+    pub tenant_max_in_flight: usize,
     /// Calls a second each tenant's keys may make to this service (a token
     /// bucket; 0: no limit). Service keys are not limited here.
     pub tenant_calls_per_second: u32,
@@ -81,6 +84,7 @@ impl Default for LimitSettings {
             max_connection_age_grace_ms: 5 * 60 * 1_000,
             max_in_flight: 2_048,
             call_timeout_ms: 60_000,
+            tenant_max_in_flight: 512,
             tenant_calls_per_second: 50_000,
             tenant_burst: 50_000,
             tenant_overrides: BTreeMap::new(),
@@ -345,12 +349,35 @@ where
 
 // ---- each tenant's rate ----------------------------------------------------------------
 
-/// Each tenant's calls a second, checked after authentication (the tenant
-/// is known then): governor's token buckets, one per tenant, and one of its
-/// own for a tenant with an override.
+/// Each tenant's calls a second and its share of the calls in flight,
+/// checked after authentication (the tenant is known then): governor's
+/// token buckets, one per tenant (one of its own for a tenant with an
+/// override), and a semaphore per tenant.
 #[derive(Clone)]
 pub struct TenantRateLayer {
     buckets: Option<Arc<TenantBuckets>>,
+    shares: Option<Arc<TenantShares>>,
+}
+
+/// Each tenant's places among the calls in flight: a semaphore per tenant
+/// seen (only authenticated tenants, so as many as the deployment has).
+struct TenantShares {
+    per_tenant: usize,
+    tenants: std::sync::Mutex<std::collections::HashMap<TenantId, Arc<Semaphore>>>,
+}
+
+impl TenantShares {
+    /// A place for one of the tenant's calls, if it has one free.
+    fn take(&self, tenant: TenantId) -> Option<OwnedSemaphorePermit> {
+        let semaphore = self
+            .tenants
+            .lock()
+            .ok()?
+            .entry(tenant)
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_tenant)))
+            .clone();
+        semaphore.try_acquire_owned().ok()
+    }
 }
 
 struct TenantBuckets {
@@ -377,7 +404,9 @@ impl TenantRateLayer {
             })
             .collect();
         let unlimited = default.is_none() && overrides.values().all(Option::is_none);
-        Self { buckets: (!unlimited).then(|| Arc::new(TenantBuckets { default, overrides })) }
+        let shares = (limits.tenant_max_in_flight > 0)
+            .then(|| Arc::new(TenantShares { per_tenant: limits.tenant_max_in_flight, tenants: Default::default() }));
+        Self { buckets: (!unlimited).then(|| Arc::new(TenantBuckets { default, overrides })), shares }
     }
 }
 
@@ -398,7 +427,7 @@ impl<S> tower::Layer<S> for TenantRateLayer {
     type Service = TenantRate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TenantRate { inner, buckets: self.buckets.clone() }
+        TenantRate { inner, buckets: self.buckets.clone(), shares: self.shares.clone() }
     }
 }
 
@@ -406,17 +435,18 @@ impl<S> tower::Layer<S> for TenantRateLayer {
 pub struct TenantRate<S> {
     inner: S,
     buckets: Option<Arc<TenantBuckets>>,
+    shares: Option<Arc<TenantShares>>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for TenantRate<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Error: Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future =
-        futures::future::Either<S::Future, futures::future::Ready<Result<http::Response<tonic::body::Body>, S::Error>>>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -437,8 +467,29 @@ where
                 "this tenant's calls a second are over its limit; retry after the delay given",
                 delay,
             );
-            return futures::future::Either::Right(futures::future::ready(Ok(status.into_http())));
+            return Box::pin(futures::future::ready(Ok(status.into_http())));
         }
-        futures::future::Either::Left(self.inner.call(request))
+        let place = match (&self.shares, tenant) {
+            (Some(shares), Some(tenant)) => match shares.take(tenant) {
+                Some(place) => Some(place),
+                None => {
+                    refused("tenant_in_flight");
+                    let status = retry_later(
+                        Code::ResourceExhausted,
+                        "TENANT_IN_FLIGHT",
+                        "this tenant has as many calls in flight as it may; retry after the delay given",
+                        OVERLOADED_RETRY,
+                    );
+                    return Box::pin(futures::future::ready(Ok(status.into_http())));
+                }
+            },
+            _ => None,
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answered = answer.await;
+            drop(place);
+            answered
+        })
     }
 }

@@ -247,3 +247,28 @@ async fn a_call_past_the_call_timeout_gives_its_place_back() {
         tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
     assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented);
 }
+
+#[tokio::test]
+async fn one_tenant_cannot_take_every_place_in_flight() {
+    let address = start(LimitSettings { tenant_max_in_flight: 2, ..LimitSettings::default() }).await;
+    let calls: Vec<_> = (0..5).map(|_| tokio::spawn(call(address, TENANT_KEY, None))).collect();
+    // Another tenant, and the services, are served meanwhile.
+    let others = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (call(address, OTHER_TENANT_KEY, None).await.code(), call(address, SERVICE_KEY, Some(TENANT)).await.code())
+    });
+    let mut codes = Vec::new();
+    for call in calls {
+        let status = call.await.unwrap();
+        if status.code() == Code::ResourceExhausted {
+            assert_eq!(reason_of(&status).as_deref(), Some("TENANT_IN_FLIGHT"));
+            assert!(status.get_error_details().retry_info().is_some(), "{status:?}");
+        }
+        codes.push(status.code());
+    }
+    assert_eq!(codes.iter().filter(|code| **code == Code::Unimplemented).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|code| **code == Code::ResourceExhausted).count(), 3, "{codes:?}");
+    assert_eq!(others.await.unwrap(), (Code::Unimplemented, Code::Unimplemented));
+    // Its places come back when its calls end.
+    assert_eq!(call(address, TENANT_KEY, None).await.code(), Code::Unimplemented);
+}
