@@ -82,6 +82,26 @@ impl KeyRole {
         }
     }
 
+    /// As GetCaller carries it; a wallet from before roles sends none, and
+    /// its keys all act as admins.
+    pub fn from_wire(role: i32) -> Option<Self> {
+        use reservoir_proto::wallet::KeyRole as Wire;
+        match Wire::try_from(role).ok()? {
+            Wire::Admin | Wire::Unspecified => Some(Self::Admin),
+            Wire::Write => Some(Self::Write),
+            Wire::ReadOnly => Some(Self::ReadOnly),
+        }
+    }
+
+    pub fn to_wire(self) -> reservoir_proto::wallet::KeyRole {
+        use reservoir_proto::wallet::KeyRole as Wire;
+        match self {
+            Self::Admin => Wire::Admin,
+            Self::Write => Wire::Write,
+            Self::ReadOnly => Wire::ReadOnly,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "ADMIN" => Some(Self::Admin),
@@ -391,9 +411,7 @@ impl WalletKeyResolver {
 
 impl KeyResolver for WalletKeyResolver {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
-        use reservoir_proto::wallet::{
-            CallerKind, GetCallerRequest, KeyRole as WireRole, wallet_service_client::WalletServiceClient,
-        };
+        use reservoir_proto::wallet::{CallerKind, GetCallerRequest, wallet_service_client::WalletServiceClient};
         let channel = self.channel.clone();
         Box::pin(async move {
             let mut request = tonic::Request::new(GetCallerRequest {});
@@ -403,12 +421,8 @@ impl KeyResolver for WalletKeyResolver {
             match WalletServiceClient::new(channel).get_caller(request).await {
                 Ok(response) => {
                     let response = response.into_inner();
-                    // A wallet from before roles answers none: its keys all act as admins.
-                    let role = match WireRole::try_from(response.role) {
-                        Ok(WireRole::Write) => KeyRole::Write,
-                        Ok(WireRole::ReadOnly) => KeyRole::ReadOnly,
-                        Ok(WireRole::Admin | WireRole::Unspecified) => KeyRole::Admin,
-                        Err(_) => return Err("the wallet answered an unknown key role".to_owned()),
+                    let Some(role) = KeyRole::from_wire(response.role) else {
+                        return Err("the wallet answered an unknown key role".to_owned());
                     };
                     match CallerKind::try_from(response.kind) {
                         Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
@@ -518,19 +532,11 @@ mod tests {
     /// Every path the policy names is a method some service serves.
     #[test]
     fn the_policy_names_real_methods() {
-        let set =
-            <prost_types::FileDescriptorSet as prost::Message>::decode(reservoir_proto::FILE_DESCRIPTOR_SET).unwrap();
-        let served: std::collections::HashSet<String> = set
-            .file
-            .into_iter()
-            .flat_map(|file| {
-                let package = file.package.unwrap_or_default();
-                file.service.into_iter().flat_map(move |service| {
-                    let name = format!("{package}.{}", service.name.unwrap_or_default());
-                    service.method.into_iter().map(move |method| format!("/{name}/{}", method.name.unwrap_or_default()))
-                })
-            })
-            .collect();
+        let served: std::collections::HashSet<String> =
+            crate::metrics::method_paths(&[reservoir_proto::FILE_DESCRIPTOR_SET])
+                .into_iter()
+                .map(|(_, path)| path)
+                .collect();
         for path in SERVICE_ONLY.iter().chain(ADMIN_ONLY) {
             assert!(served.contains(*path), "{path} is not a method");
         }

@@ -22,10 +22,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::auth::{Caller, TenantId};
-use crate::status::ERROR_DOMAIN;
+use crate::status::retry_later;
 
 /// The client's first bytes on an HTTP/2 connection (RFC 9113, 3.4).
 const PREFACE_LENGTH: usize = 24;
@@ -145,14 +144,6 @@ impl LimitSettings {
     pub fn call_timeout(&self) -> Duration {
         Self::duration(self.call_timeout_ms)
     }
-}
-
-/// A refusal a client should retry after `delay`: the code, an ErrorInfo
-/// reason, and RetryInfo.
-fn retry_later(code: Code, reason: &str, message: &str, delay: Duration) -> tonic::Status {
-    let mut details = ErrorDetails::with_retry_info(Some(delay));
-    details.set_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new());
-    tonic::Status::with_error_details(code, message, details)
 }
 
 /// Counts a call or connection refused by a limit or by authentication.

@@ -90,27 +90,32 @@ impl RpcMetricsLayer {
         .map(str::to_owned)
         .collect();
         let served = |name: &str| name == "grpc.health.v1.Health" || services.contains(&name);
-        for encoded in descriptor_sets {
-            let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
-                continue;
-            };
-            for file in set.file {
-                let package = file.package.unwrap_or_default();
-                for service in file.service {
-                    let name = format!("{package}.{}", service.name.unwrap_or_default());
-                    if served(&name) {
-                        known.extend(
-                            service
-                                .method
-                                .into_iter()
-                                .map(|method| format!("/{name}/{}", method.name.unwrap_or_default())),
-                        );
-                    }
+        known.extend(
+            method_paths(descriptor_sets).into_iter().filter(|(service, _)| served(service)).map(|(_, path)| path),
+        );
+        Self { known: Arc::new(known) }
+    }
+}
+
+/// Every method in `descriptor_sets` (encoded `FileDescriptorSet`s): its
+/// service's full name and its path, `/package.Service/Method`.
+pub(crate) fn method_paths(descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
+    let mut paths = Vec::new();
+    for encoded in descriptor_sets {
+        let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
+            continue;
+        };
+        for file in set.file {
+            let package = file.package.unwrap_or_default();
+            for service in file.service {
+                let name = format!("{package}.{}", service.name.unwrap_or_default());
+                for method in service.method {
+                    paths.push((name.clone(), format!("/{name}/{}", method.name.unwrap_or_default())));
                 }
             }
         }
-        Self { known: Arc::new(known) }
     }
+    paths
 }
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {

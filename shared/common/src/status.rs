@@ -40,7 +40,16 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
 
 /// A status with an ErrorInfo reason, for errors a client acts on by reason.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
-    let mut details = ErrorDetails::new();
+    reasoned(code, reason, message, ErrorDetails::new())
+}
+
+/// As [`with_reason`], with a RetryInfo saying when to try again: a refusal
+/// for load or rate that a client should retry after `delay`.
+pub fn retry_later(code: Code, reason: &str, message: impl Into<String>, delay: std::time::Duration) -> Status {
+    reasoned(code, reason, message, ErrorDetails::with_retry_info(Some(delay)))
+}
+
+fn reasoned(code: Code, reason: &str, message: impl Into<String>, mut details: ErrorDetails) -> Status {
     details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
     Status::with_error_details(code, message, details)
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
-use reservoir_common::auth::{Caller, KeyRole, TenantId, caller_of, tenant_of};
+use reservoir_common::auth::{Caller, TenantId, caller_of, tenant_of};
 use reservoir_common::money::{Unit, non_negative, positive};
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_server::WalletService;
@@ -1189,12 +1189,7 @@ impl WalletService for WalletApi {
             Caller::Tenant(tenant, role) => pb::GetCallerResponse {
                 kind: pb::CallerKind::Tenant.into(),
                 tenant_id: tenant.to_string(),
-                role: match role {
-                    KeyRole::Admin => pb::KeyRole::Admin,
-                    KeyRole::Write => pb::KeyRole::Write,
-                    KeyRole::ReadOnly => pb::KeyRole::ReadOnly,
-                }
-                .into(),
+                role: role.to_wire().into(),
             },
             Caller::Service => pb::GetCallerResponse {
                 kind: pb::CallerKind::Service.into(),

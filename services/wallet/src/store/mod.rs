@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{Caller, KeyResolver, KeyRole, TenantId, generate_key, hash_key, key_display_prefix};
-use reservoir_common::db::{Amount, Database, WriteTransaction, is_unique_violation};
+use reservoir_common::db::{Database, WriteTransaction, is_unique_violation};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
@@ -155,9 +155,8 @@ pub struct Store {
     numbering: Arc<tokio::sync::OnceCell<events::Numbering>>,
     /// Account ids by number, for events.
     numbers: Arc<Mutex<HashMap<u64, AccountId>>>,
-    /// Balance reads' version checks, read together (PostgreSQL; on SQLite a
-    /// statement is no round trip, and each read takes its own).
-    versions: Option<versions::VersionReader>,
+    /// Balance reads' version checks.
+    versions: versions::VersionReader,
 }
 
 impl Store {
@@ -176,7 +175,7 @@ impl Store {
             cache: cache.clone(),
         };
         let committers = committer::Committers::start(shared, count);
-        let versions = settings.is_postgres().then(|| versions::VersionReader::start(database.connection().clone()));
+        let versions = versions::VersionReader::start(database.connection().clone());
         Ok(Self {
             versions,
             committers,
@@ -434,22 +433,7 @@ impl Store {
         account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<Wallet, WalletError> {
-        let current = match &self.versions {
-            Some(reader) => reader.of(tenant_id, account_id).await?,
-            None => account::Entity::find_by_id(account_id.0)
-                .filter(account::Column::TenantId.eq(tenant_id.0))
-                .select_only()
-                .column(account::Column::Version)
-                .column(account::Column::Held)
-                .into_tuple::<(i64, Amount)>()
-                .one(&self.db)
-                .await?
-                .map(|(version, held)| versions::Current {
-                    version: u64::try_from(version).unwrap_or(0),
-                    holds: !held.0.is_zero(),
-                }),
-        };
-        let current = current.ok_or(WalletError::NotFound("account"))?;
+        let current = self.versions.of(tenant_id, account_id).await?.ok_or(WalletError::NotFound("account"))?;
         if !current.holds
             && let Some(wallet) = self.cache.get_or_wait(tenant_id, account_id, current.version).await
         {

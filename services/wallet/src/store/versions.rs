@@ -13,9 +13,11 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Value};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::entities;
 use super::ledger::array;
 use crate::domain::AccountId;
 use crate::error::WalletError;
+use reservoir_common::db::Amount;
 
 /// Reads answered by one statement at most.
 const READ_MAX: usize = 1_000;
@@ -38,26 +40,50 @@ struct Wanted {
     answer: oneshot::Sender<Answer>,
 }
 
+/// Reads versions: queued and read together on PostgreSQL; on SQLite a
+/// statement is no round trip, and each read takes its own.
 #[derive(Clone)]
 pub struct VersionReader {
-    wanted: mpsc::Sender<Wanted>,
+    pool: DatabaseConnection,
+    wanted: Option<mpsc::Sender<Wanted>>,
 }
 
 impl VersionReader {
-    /// Starts the task that reads queued versions (PostgreSQL).
+    /// On PostgreSQL, starts the task that reads queued versions.
     pub fn start(pool: DatabaseConnection) -> Self {
-        let (wanted, receiver) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(read_queued(pool, receiver));
-        Self { wanted }
+        let wanted = (pool.get_database_backend() == DbBackend::Postgres).then(|| {
+            let (wanted, receiver) = mpsc::channel(QUEUE_MAX);
+            tokio::spawn(read_queued(pool.clone(), receiver));
+            wanted
+        });
+        Self { pool, wanted }
     }
 
     /// The account's current version; `None` if the tenant has no such account.
     pub async fn of(&self, tenant: TenantId, account: AccountId) -> Answer {
+        let Some(wanted) = &self.wanted else {
+            return read_one(&self.pool, tenant, account).await;
+        };
         let stopped = || WalletError::Unavailable("the version reader has stopped".into());
         let (answer, answered) = oneshot::channel();
-        self.wanted.send(Wanted { tenant, account, answer }).await.map_err(|_| stopped())?;
+        wanted.send(Wanted { tenant, account, answer }).await.map_err(|_| stopped())?;
         answered.await.map_err(|_| stopped())?
     }
+}
+
+/// One account's version, by its own statement.
+async fn read_one(pool: &DatabaseConnection, tenant: TenantId, account: AccountId) -> Answer {
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
+    let current: Option<(i64, Amount)> = entities::account::Entity::find_by_id(account.0)
+        .filter(entities::account::Column::TenantId.eq(tenant.0))
+        .select_only()
+        .column(entities::account::Column::Version)
+        .column(entities::account::Column::Held)
+        .into_tuple()
+        .one(pool)
+        .await?;
+    Ok(current
+        .map(|(version, held)| Current { version: u64::try_from(version).unwrap_or(0), holds: !held.0.is_zero() }))
 }
 
 async fn read_queued(pool: DatabaseConnection, mut receiver: mpsc::Receiver<Wanted>) {
