@@ -440,11 +440,10 @@ async fn commit_postgres(
 /// writer's turn: the wallets are read inside it, so they cannot be stale.
 async fn commit_sqlite(shared: &Shared, operations: &[Operation], look_up_keys: bool) -> Result<Attempt, WalletError> {
     let started = std::time::Instant::now();
-    let WriteTransaction { transaction, turn: _turn } = shared.database.begin_write().await?;
     let now = operations.iter().map(|operation| operation.ctx.now).max().unwrap_or_else(chrono::Utc::now);
     let accounts: BTreeSet<(TenantId, AccountId)> =
         operations.iter().map(|operation| (operation.tenant, operation.account)).collect();
-    let mut wallets = cached_or_loaded(shared, &transaction, &accounts, now).await?;
+    let (WriteTransaction { transaction, turn: _turn }, mut wallets) = cached_or_loaded(shared, &accounts, now).await?;
     let recorded = if look_up_keys {
         recorded_keys(&transaction, operations.iter().map(|operation| operation.check.digest.clone())).await?
     } else {
@@ -483,20 +482,22 @@ async fn commit_sqlite(shared: &Shared, operations: &[Operation], look_up_keys: 
     Ok(Attempt::Done(decided, wrote_events))
 }
 
-/// The wallets of a SQLite batch, inside its write transaction: a cached
-/// wallet whose account row still carries its version is current (nothing
-/// can write between this read and the commit), so only the version is read
-/// for it; the rest are loaded. One statement instead of three for a wallet
-/// kept, and each statement is a round trip to the connection's thread.
+/// Begins a SQLite batch's write transaction and reads its wallets in it: a
+/// cached wallet whose account row still carries its version is current
+/// (nothing can write between this read and the commit), so only the
+/// version is read for it, in the round trip that takes the write lock; the
+/// rest are loaded. Each statement is a round trip to the connection's thread.
 async fn cached_or_loaded(
     shared: &Shared,
-    transaction: &sea_orm::DatabaseTransaction,
     accounts: &BTreeSet<(TenantId, AccountId)>,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<BTreeMap<(TenantId, AccountId), Wallet>, WalletError> {
+) -> Result<(WriteTransaction, Wallets), WalletError> {
     let (mut wallets, mut missing) = from_cache(&shared.cache, accounts);
-    if !wallets.is_empty() {
-        let current = super::account_versions(transaction, wallets.keys().map(|(_, account)| account.0)).await?;
+    let write = if wallets.is_empty() {
+        shared.database.begin_write().await?
+    } else {
+        let (write, rows) = shared.database.begin_write_with(super::account_versions_statement(wallets.keys())).await?;
+        let current = super::versions_of(rows)?;
         wallets.retain(|key, wallet| {
             let fresh = current.get(&wallet.account.id.0) == Some(&wallet.account.version);
             if !fresh {
@@ -504,11 +505,12 @@ async fn cached_or_loaded(
             }
             fresh
         });
-    }
+        write
+    };
     if !missing.is_empty() {
-        wallets.extend(load_many(transaction, &missing, now).await?);
+        wallets.extend(load_many(&write.transaction, &missing, now).await?);
     }
-    Ok(wallets)
+    Ok((write, wallets))
 }
 
 /// The batch's wallets this process keeps, and the accounts it does not.

@@ -21,10 +21,11 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::write::Script;
 use crate::domain::*;
 use crate::error::WalletError;
 
@@ -208,36 +209,26 @@ pub fn encode(batch: &[Written<'_>]) -> Result<Vec<(TenantId, i32, Vec<u8>)>, Wa
     Ok(rows_out)
 }
 
-/// Writes a batch's events on SQLite, numbered by the counter its one writer
-/// advances (PostgreSQL writes them with the rest of a batch).
-pub async fn write_sqlite(transaction: &DatabaseTransaction, batch: &[Written<'_>]) -> Result<(), WalletError> {
+/// Adds a batch's events to a SQLite script, numbered by the counter its one
+/// writer advances (PostgreSQL writes them with the rest of a batch).
+pub fn push_sqlite(script: &mut Script, batch: &[Written<'_>]) -> Result<(), WalletError> {
     let rows_out = encode(batch)?;
     if rows_out.is_empty() {
         return Ok(());
     }
-    let backend = transaction.get_database_backend();
-    let row = transaction
-        .query_one_raw(Statement::from_string(
-            backend,
-            "UPDATE event_numbering SET last_commit = last_commit + 1 WHERE id = 1 RETURNING last_commit",
-        ))
-        .await?
-        .ok_or_else(|| WalletError::Internal("the event numbering row is missing".into()))?;
-    let commit: i64 = row.try_get("", "last_commit")?;
-    // Many parts per statement, as each statement is a round trip to the
-    // connection's thread; a part is up to a few kilobytes.
+    script.push_sql("UPDATE event_numbering SET last_commit = last_commit + 1 WHERE id = 1", Vec::new());
+    // A part is up to a few kilobytes.
     let per_statement = reservoir_common::db::rows_per_insert(2_048);
     let mut rows_out = rows_out.into_iter().peekable();
     while rows_out.peek().is_some() {
-        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(per_statement * 4);
+        let mut values: Vec<sea_orm::Value> = Vec::with_capacity(per_statement * 3);
+        let mut rows = Vec::with_capacity(per_statement);
         for (tenant, part, payload) in rows_out.by_ref().take(per_statement) {
-            values.extend([tenant.0.into(), commit.into(), part.into(), payload.into()]);
+            values.extend([tenant.0.into(), part.into(), payload.into()]);
+            rows.push("(?, (SELECT last_commit FROM event_numbering WHERE id = 1), ?, ?)");
         }
-        let sql = format!(
-            "INSERT INTO events (tenant_id, commit_id, part, payload) VALUES {}",
-            reservoir_common::db::values_list(values.len() / 4, 4, 0)
-        );
-        transaction.execute_raw(Statement::from_sql_and_values(backend, sql, values)).await?;
+        let sql = format!("INSERT INTO events (tenant_id, commit_id, part, payload) VALUES {}", rows.join(", "));
+        script.push_sql(&sql, values);
     }
     Ok(())
 }

@@ -7,11 +7,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use reservoir_common::db::rows_per_insert;
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ActiveValue, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Value};
+use sea_orm::{
+    ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Value,
+};
 use uuid::Uuid;
 
 use super::entities::entry;
 use super::rows;
+use super::write::Script;
 use crate::domain::{AccountId, Entry, EntryId};
 use crate::error::WalletError;
 
@@ -34,17 +38,13 @@ where
     }
 }
 
-/// Inserts entries on SQLite (PostgreSQL writes them with the rest of a
-/// batch, see [`insert_body`]).
-pub async fn insert_sqlite(
-    connection: &impl ConnectionTrait,
-    rows: Vec<entry::ActiveModel>,
-) -> Result<(), WalletError> {
-    // An entry row is a few hundred bytes on the wire.
+/// Adds the inserts of entries to a SQLite script (PostgreSQL writes them
+/// with the rest of a batch, see [`insert_body`]).
+pub fn push_sqlite(script: &mut Script, rows: Vec<entry::ActiveModel>) {
+    // An entry row is a few hundred bytes.
     for chunk in rows.chunks(rows_per_insert(400)) {
-        entry::Entity::insert_many(chunk.to_vec()).exec_without_returning(connection).await?;
+        script.push(entry::Entity::insert_many(chunk.to_vec()).build(DbBackend::Sqlite));
     }
-    Ok(())
 }
 
 /// The PostgreSQL statement that inserts `rows`, its columns bound as arrays

@@ -27,7 +27,7 @@ use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, Value,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Statement, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use tokio::sync::Notify;
@@ -1007,25 +1007,26 @@ pub(crate) async fn replayed(
     stored.into_answer(wallets).map(|answer| Reply::Answer(Box::new(answer)))
 }
 
-/// The current version of each of `ids` that exists.
-pub(crate) async fn account_versions(
-    connection: &impl ConnectionTrait,
-    ids: impl Iterator<Item = Uuid>,
-) -> Result<HashMap<Uuid, u64>, WalletError> {
-    let ids: Vec<Uuid> = ids.collect();
-    let mut versions = HashMap::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
-        let rows: Vec<(Uuid, i64)> = account::Entity::find()
-            .filter(account::Column::Id.is_in(chunk.to_vec()))
-            .select_only()
-            .column(account::Column::Id)
-            .column(account::Column::Version)
-            .into_tuple()
-            .all(connection)
-            .await?;
-        versions.extend(rows.into_iter().map(|(id, version)| (id, u64::try_from(version).unwrap_or(0))));
-    }
-    Ok(versions)
+/// The statement that reads the current version of each of `accounts`
+/// that exists (a batch's accounts: fewer than SQLite's parameters).
+pub(crate) fn account_versions_statement<'a>(accounts: impl Iterator<Item = &'a (TenantId, AccountId)>) -> Statement {
+    account::Entity::find()
+        .filter(account::Column::Id.is_in(accounts.map(|(_, account)| account.0)))
+        .select_only()
+        .column(account::Column::Id)
+        .column(account::Column::Version)
+        .build(DbBackend::Sqlite)
+}
+
+/// The versions read by [`account_versions_statement`], by account id.
+pub(crate) fn versions_of(rows: Vec<sea_orm::QueryResult>) -> Result<HashMap<Uuid, u64>, WalletError> {
+    rows.iter()
+        .map(|row| {
+            let id: Uuid = row.try_get("", "id")?;
+            let version: i64 = row.try_get("", "version")?;
+            Ok((id, u64::try_from(version).unwrap_or(0)))
+        })
+        .collect()
 }
 
 /// Loads many wallets at once, for the group committer, which holds its

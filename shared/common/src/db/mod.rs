@@ -11,7 +11,7 @@ use std::future::Future;
 
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database as SeaDatabase, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, Statement, TransactionTrait,
+    DbErr, QueryResult, Statement, TransactionTrait,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -81,6 +81,10 @@ impl Database {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(10))
                     .foreign_keys(true)
+                    // Statement journals and other temporary tables in
+                    // memory: otherwise each multi-row write transaction
+                    // creates, writes and unlinks a file in /var/tmp.
+                    .pragma("temp_store", "memory")
             });
         }
         // Another process opening a fresh SQLite file, or migrating it, at
@@ -128,6 +132,29 @@ impl Database {
             transaction.execute_unprepared("UPDATE reservoir_write_turn SET id = 1 WHERE id = 1").await?;
         }
         Ok(WriteTransaction { transaction, turn })
+    }
+
+    /// Begins a write transaction as [`Self::begin_write`] does and runs
+    /// `first` in it, on SQLite in the same round trip to the connection's
+    /// thread as the statement that takes the write lock; returns its rows.
+    pub async fn begin_write_with(&self, first: Statement) -> Result<(WriteTransaction, Vec<QueryResult>), DbErr> {
+        let turn = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let transaction = self.connection.begin().await?;
+        let first = if turn.is_some() {
+            let values = first.values.map(|values| values.0).unwrap_or_default();
+            Statement::from_sql_and_values(
+                DbBackend::Sqlite,
+                format!("UPDATE reservoir_write_turn SET id = 1 WHERE id = 1;\n{}", first.sql),
+                values,
+            )
+        } else {
+            first
+        };
+        let rows = transaction.query_all_raw(first).await?;
+        Ok((WriteTransaction { transaction, turn }, rows))
     }
 
     /// Begins a read-only transaction that sees one snapshot: REPEATABLE READ
