@@ -44,6 +44,9 @@ pub const ENDPOINTS_FRESH_FOR: Duration = Duration::from_secs(1);
 const CURSOR_SAVE_EVERY: u32 = 500;
 /// How long a broken stream waits before it connects again.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// How long a follower trusts its count of the tenant's pending deliveries
+/// (plus what it kept since) while below the limit.
+const PENDING_FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// How deliveries are made and retried.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -72,6 +75,12 @@ pub struct WebhookSettings {
     /// each delivery.
     #[serde(default)]
     pub allow_private_destinations: bool,
+    /// Deliveries a tenant may have waiting (on its enabled endpoints)
+    /// before its events stop being read: past it, new events wait in the
+    /// services that emit them, none lost, until deliveries drain or an
+    /// endpoint that is down is disabled.
+    #[serde(default = "max_pending_per_tenant_default")]
+    pub max_pending_per_tenant: u64,
 }
 
 fn interval_ms_default() -> u64 {
@@ -89,6 +98,9 @@ fn retry_hours_default() -> u32 {
 fn timeout_ms_default() -> u64 {
     10_000
 }
+fn max_pending_per_tenant_default() -> u64 {
+    100_000
+}
 
 impl Default for WebhookSettings {
     fn default() -> Self {
@@ -100,6 +112,7 @@ impl Default for WebhookSettings {
             timeout_ms: timeout_ms_default(),
             allow_http: false,
             allow_private_destinations: false,
+            max_pending_per_tenant: max_pending_per_tenant_default(),
         }
     }
 }
@@ -111,6 +124,9 @@ impl WebhookSettings {
         }
         if self.interval_ms == 0 || self.retry_base_ms == 0 || self.timeout_ms == 0 {
             return Err("orchestrator: webhooks interval_ms, retry_base_ms and timeout_ms must be at least 1".into());
+        }
+        if self.max_pending_per_tenant == 0 {
+            return Err("orchestrator: webhooks.max_pending_per_tenant must be at least 1".into());
         }
         if self.retry_max_ms < self.retry_base_ms {
             return Err("orchestrator: webhooks.retry_max_ms must not be below retry_base_ms".into());
@@ -397,7 +413,9 @@ impl Webhooks {
             let Some(message) = next.map_err(|status| OrchestratorError::Unavailable(status.to_string()))? else {
                 continue;
             };
-            self.keep(tenant, source, &message, &mut endpoints).await?;
+            if !self.keep(tenant, source, &message, &mut endpoints).await? {
+                return Ok(());
+            }
         }
     }
 
@@ -408,7 +426,9 @@ impl Webhooks {
         loop {
             let events = self.store.events_after(tenant, after, EVENT_BATCH).await?;
             for event in &events {
-                self.keep(tenant, Source::TopUps, &top_up_message(event), &mut endpoints).await?;
+                if !self.keep(tenant, Source::TopUps, &top_up_message(event), &mut endpoints).await? {
+                    return Ok(());
+                }
                 after = event.sequence;
             }
             if events.len() as u64 == EVENT_BATCH {
@@ -421,13 +441,16 @@ impl Webhooks {
         }
     }
 
+    /// Keeps a message for the endpoints that want it, once the tenant has
+    /// room for its deliveries; `false` when the service stops first (the
+    /// message is not kept and the cursor stays before it).
     async fn keep(
         &self,
         tenant: TenantId,
         source: Source,
         message: &WebhookMessage,
         endpoints: &mut Endpoints,
-    ) -> Result<(), OrchestratorError> {
+    ) -> Result<bool, OrchestratorError> {
         let wanted: Vec<Uuid> = endpoints
             .of(&self.store, tenant)
             .await?
@@ -446,13 +469,58 @@ impl Webhooks {
                 endpoints.skipped = None;
                 endpoints.skipped_count = 0;
             }
-            return Ok(());
+            return Ok(true);
+        }
+        if !self.room_for(wanted.len() as u64, endpoints).await? {
+            return Ok(false);
         }
         self.store.keep_webhook_message(tenant, source.cursor(), message, &wanted, now()).await?;
+        endpoints.pending += wanted.len() as u64;
         endpoints.skipped = None;
         endpoints.skipped_count = 0;
         metrics::counter!("reservoir_orchestrator_webhook_events_total", "source" => source.name()).increment(1);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Waits while `more` deliveries would take the tenant past its
+    /// pending limit: the backpressure that keeps a receiver that is down,
+    /// or a burst of events, from filling the store and the delivery loop.
+    /// The count is read again at most every [`PENDING_FRESH_FOR`] while
+    /// there is room, and at every interval while there is none. `false`
+    /// when the service stops while waiting.
+    async fn room_for(&self, more: u64, endpoints: &mut Endpoints) -> Result<bool, OrchestratorError> {
+        let limit = self.settings.max_pending_per_tenant;
+        let mut stopping = self.stopping.clone();
+        let mut waited = false;
+        loop {
+            let stale = endpoints.pending_at.is_none_or(|at| at.elapsed() >= PENDING_FRESH_FOR);
+            if stale || endpoints.pending + more > limit {
+                let enabled: Vec<Uuid> =
+                    endpoints.rows.iter().filter(|endpoint| endpoint.enabled).map(|endpoint| endpoint.id).collect();
+                endpoints.pending = self.store.pending_deliveries(&enabled).await?;
+                endpoints.pending_at = Some(Instant::now());
+            }
+            // One message always fits, however many endpoints want it.
+            if endpoints.pending + more <= limit || endpoints.pending == 0 {
+                return Ok(true);
+            }
+            if !waited {
+                waited = true;
+                metrics::counter!("reservoir_orchestrator_webhook_backpressure_total").increment(1);
+                tracing::info!(
+                    pending = endpoints.pending,
+                    limit,
+                    "webhook deliveries at the tenant's limit: reading events waits"
+                );
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(self.settings.interval_ms)) => {}
+                _ = stopping.changed() => return Ok(false),
+            }
+            if *stopping.borrow() {
+                return Ok(false);
+            }
+        }
     }
 
     /// Attempts every delivery that is first in its line and due.
@@ -600,6 +668,9 @@ struct Endpoints {
     read_at: Option<Instant>,
     skipped: Option<u64>,
     skipped_count: u32,
+    /// The tenant's deliveries waiting, as last counted plus those kept since.
+    pending: u64,
+    pending_at: Option<Instant>,
 }
 
 impl Endpoints {

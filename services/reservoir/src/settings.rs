@@ -83,6 +83,7 @@ timeout_ms = 10000
 # https to public addresses only.
 allow_http = true
 allow_private_destinations = true
+max_pending_per_tenant = 100000
 
 [limits]
 max_connections = 4096

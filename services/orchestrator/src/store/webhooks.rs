@@ -9,7 +9,9 @@ use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{WriteTransaction, is_unique_violation};
 use sea_orm::sea_query::{Expr, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, Condition, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use uuid::Uuid;
 
 use super::entities::{webhook_attempt, webhook_delivery, webhook_endpoint, webhook_message};
@@ -303,6 +305,19 @@ impl Store {
             .all(&self.db)
             .await?;
         Ok(tenants.into_iter().map(TenantId).collect())
+    }
+
+    /// Deliveries waiting on `endpoints`: pending, whether due or backing off.
+    pub async fn pending_deliveries(&self, endpoints: &[Uuid]) -> Result<u64, OrchestratorError> {
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let count = webhook_delivery::Entity::find()
+            .filter(webhook_delivery::Column::Status.eq(DeliveryStatus::Pending.name()))
+            .filter(webhook_delivery::Column::EndpointId.is_in(endpoints.iter().copied()))
+            .count(&self.db)
+            .await?;
+        Ok(count)
     }
 
     /// Keeps an event for the endpoints that want it and moves the stream's

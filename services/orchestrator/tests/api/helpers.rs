@@ -44,6 +44,33 @@ impl Suite {
     /// A suite whose orchestrator sends webhooks to public addresses only
     /// (`allow_private_destinations` off), as production runs.
     pub async fn spawn_with(backend: Backend, allow_private_destinations: bool) -> Option<Self> {
+        Self::spawn_with_webhooks(
+            backend,
+            reservoir_orchestrator::webhooks::WebhookSettings {
+                // Receivers in these tests listen on loopback.
+                allow_private_destinations,
+                ..Self::quick_webhooks()
+            },
+        )
+        .await
+    }
+
+    /// Quick retries, so a receiver that is down for a second sees several.
+    pub fn quick_webhooks() -> reservoir_orchestrator::webhooks::WebhookSettings {
+        reservoir_orchestrator::webhooks::WebhookSettings {
+            interval_ms: 50,
+            retry_base_ms: 100,
+            retry_max_ms: 400,
+            allow_http: true,
+            allow_private_destinations: true,
+            ..Default::default()
+        }
+    }
+
+    pub async fn spawn_with_webhooks(
+        backend: Backend,
+        webhooks: reservoir_orchestrator::webhooks::WebhookSettings,
+    ) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let orchestrator_database = TestDatabase::create(backend).await?;
         let invoicing_database = TestDatabase::create(backend).await?;
@@ -139,16 +166,7 @@ impl Suite {
             attempts_before_action: 8,
             crash_at: String::new(),
             metrics_listen: String::new(),
-            // Quick retries, so a receiver that is down for a second sees several.
-            webhooks: reservoir_orchestrator::webhooks::WebhookSettings {
-                interval_ms: 50,
-                retry_base_ms: 100,
-                retry_max_ms: 400,
-                allow_http: true,
-                // Receivers in these tests listen on loopback.
-                allow_private_destinations,
-                ..Default::default()
-            },
+            webhooks,
         };
         let orchestrator = Orchestrator::build(&settings, Duration::from_secs(60)).await.unwrap();
         let address = orchestrator.local_addr().unwrap();

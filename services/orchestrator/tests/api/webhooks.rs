@@ -470,6 +470,58 @@ async fn endpoints_pointing_inward_are_refused() {
     suite.stop().await;
 }
 
+/// A tenant's waiting deliveries stop at its limit: with the receiver down,
+/// events past the limit are not read, and none is lost: once the receiver
+/// is back, every one arrives, in order.
+async fn pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(backend: Backend) {
+    let webhooks =
+        reservoir_orchestrator::webhooks::WebhookSettings { max_pending_per_tenant: 3, ..Suite::quick_webhooks() };
+    let Some(suite) = Suite::spawn_with_webhooks(backend, webhooks).await else {
+        return;
+    };
+    let (receiver, address) = Receiver::start().await;
+    receiver.down.store(true, Ordering::SeqCst);
+    let (endpoint, _) = create_endpoint(&suite, address, &["wallet.debited"]).await;
+    let account = open_funded_account(&suite.wallet, "100").await;
+    for amount in 1..=8 {
+        suite.wallet.clone().debit(debit_request_for(&account, &amount.to_string())).await.unwrap();
+    }
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = deliveries(&suite, &endpoint).await;
+        if listed.len() == 3 && listed.iter().any(|delivery| delivery.attempts >= 2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(listed.len(), 3, "three kept, the rest not read yet");
+    // Retries go on for a while; nothing more is kept meanwhile.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(deliveries(&suite, &endpoint).await.len(), 3);
+    assert!(receiver.unique().is_empty());
+
+    receiver.down.store(false, Ordering::SeqCst);
+    eventually("all eight after the receiver came back", || receiver.unique().len() == 8).await;
+    let amounts: Vec<String> =
+        receiver.unique().iter().map(|request| request.json["data"]["amount"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (1..=8).map(|amount| format!("{amount}.00")).collect();
+    assert_eq!(amounts, expected);
+    let listed = deliveries(&suite, &endpoint).await;
+    assert_eq!(listed.len(), 8);
+    assert!(listed.iter().all(|delivery| delivery.status == i32::from(pb::DeliveryStatus::Succeeded)));
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn pending_deliveries_stop_at_the_tenant_limit_on_sqlite() {
+    pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn pending_deliveries_stop_at_the_tenant_limit_on_postgres() {
+    pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(Backend::Postgres).await;
+}
+
 fn debit_request_for(account: &wallet_pb::Account, amount: &str) -> wallet_pb::DebitRequest {
     wallet_pb::DebitRequest {
         account_id: account.id.clone(),
