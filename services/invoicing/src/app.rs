@@ -10,6 +10,7 @@ use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
+use reservoir_common::tls::TlsSettings;
 use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -111,6 +112,8 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     /// Bounds on connections, calls in flight and each tenant's rate.
     limits: LimitSettings,
+    /// TLS (and mTLS) on the port; plaintext without a certificate.
+    tls: TlsSettings,
     worker_interval: Duration,
 }
 
@@ -132,6 +135,7 @@ impl Application {
         let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock(), mailer);
         Ok(Self {
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
             listener,
             metrics,
             store,
@@ -144,6 +148,12 @@ impl Application {
     /// Serves within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -179,8 +189,17 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served =
-            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await;
+        let served = serve(
+            self.listener,
+            routes,
+            &[SERVICE_NAME],
+            self.authenticator,
+            &self.limits,
+            &self.tls,
+            self.metrics,
+            stop,
+        )
+        .await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the invoicing worker ended abnormally");
         }

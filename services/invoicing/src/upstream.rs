@@ -16,7 +16,7 @@ use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use rust_decimal::Decimal;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ pub struct Upstream {
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<Channel, InvoicingError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
+    Ok(reservoir_common::tls::endpoint(endpoint)
         .map_err(|error| InvoicingError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))

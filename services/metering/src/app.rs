@@ -11,6 +11,7 @@ use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
+use reservoir_common::tls::TlsSettings;
 use reservoir_proto::metering::metering_service_server::MeteringServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -96,6 +97,8 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     /// Bounds on connections, calls in flight and each tenant's rate.
     limits: LimitSettings,
+    /// TLS (and mTLS) on the port; plaintext without a certificate.
+    tls: TlsSettings,
     worker_interval: Duration,
 }
 
@@ -114,6 +117,7 @@ impl Application {
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet.channel())), key_cache_ttl));
         Ok(Self {
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
             listener,
             metrics,
             store,
@@ -126,6 +130,12 @@ impl Application {
     /// Serves within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -157,8 +167,17 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served =
-            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await;
+        let served = serve(
+            self.listener,
+            routes,
+            &[SERVICE_NAME],
+            self.authenticator,
+            &self.limits,
+            &self.tls,
+            self.metrics,
+            stop,
+        )
+        .await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the metering worker ended abnormally");
         }

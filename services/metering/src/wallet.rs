@@ -8,7 +8,7 @@ use reservoir_common::auth::{TenantId, service_request};
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use sha2::{Digest, Sha256};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -80,7 +80,7 @@ fn unavailable(status: &Status) -> MeteringError {
 impl WalletGateway {
     /// Connects lazily: metering starts and accepts usage while the wallet is down.
     pub fn new(endpoint: &str, service_key: String) -> Result<Self, MeteringError> {
-        let channel = Endpoint::from_shared(endpoint.to_owned())
+        let channel = reservoir_common::tls::endpoint(endpoint)
             .map_err(|error| MeteringError::Internal(format!("wallet endpoint {endpoint:?}: {error}")))?
             .timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))

@@ -10,6 +10,7 @@ use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
+use reservoir_common::tls::TlsSettings;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
 use reservoir_proto::orchestrator::webhook_service_server::WebhookServiceServer;
 use serde::Deserialize;
@@ -127,6 +128,8 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     /// Bounds on connections, calls in flight and each tenant's rate.
     limits: LimitSettings,
+    /// TLS (and mTLS) on the port; plaintext without a certificate.
+    tls: TlsSettings,
     worker_interval: Duration,
     webhooks: WebhookSettings,
 }
@@ -158,6 +161,7 @@ impl Application {
         );
         Ok(Self {
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
             listener,
             metrics,
             store,
@@ -171,6 +175,12 @@ impl Application {
     /// Serves within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -229,7 +239,8 @@ impl Application {
             let _ = stop_sender.send(true);
         };
         let names = [SERVICE_NAME, WEBHOOK_SERVICE_NAME];
-        let served = serve(self.listener, routes, &names, self.authenticator, &self.limits, self.metrics, stop).await;
+        let served =
+            serve(self.listener, routes, &names, self.authenticator, &self.limits, &self.tls, self.metrics, stop).await;
         for (task, name) in [(running, "worker"), (delivering, "webhook deliverer")] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "the orchestrator {name} ended abnormally");

@@ -16,7 +16,7 @@ use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_proto::wallet as wallet_pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use rust_decimal::Decimal;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -94,7 +94,7 @@ pub struct Upstream {
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<Channel, OrchestratorError> {
-    Ok(Endpoint::from_shared(endpoint.to_owned())
+    Ok(reservoir_common::tls::endpoint(endpoint)
         .map_err(|error| OrchestratorError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))

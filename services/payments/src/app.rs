@@ -10,11 +10,11 @@ use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
+use reservoir_common::tls::TlsSettings;
 use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 
 use crate::api::PaymentsApi;
 use crate::error::PaymentsError;
@@ -100,6 +100,8 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     /// Bounds on connections, calls in flight and each tenant's rate.
     limits: LimitSettings,
+    /// TLS (and mTLS) on the port; plaintext without a certificate.
+    tls: TlsSettings,
     gateway_timeout: Duration,
     accounts: crate::api::Accounts,
 }
@@ -111,7 +113,7 @@ impl Application {
         store.migrate().await?;
         // Connected lazily: payments starts while the wallet is down, and
         // calls are refused as UNAVAILABLE until it is up.
-        let wallet = Endpoint::from_shared(settings.wallet_endpoint.clone())
+        let wallet = reservoir_common::tls::endpoint(&settings.wallet_endpoint)
             .map_err(|error| AppError::Settings(format!("payments: wallet_endpoint: {error}")))?
             .timeout(WALLET_CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
@@ -125,6 +127,7 @@ impl Application {
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
             listener,
             metrics,
             sandbox: SandboxGateway::new(store.clone()),
@@ -138,6 +141,12 @@ impl Application {
     /// Serves within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -180,7 +189,8 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop).await?;
+        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, &self.tls, self.metrics, stop)
+            .await?;
         tracing::info!("payments stopped");
         Ok(())
     }

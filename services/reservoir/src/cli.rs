@@ -292,64 +292,79 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
+/// The settings, with their TLS made the channels' to other services: a
+/// process has one identity, used by every service it runs.
+fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    reservoir_common::tls::use_for_channels(&settings.tls);
+    Ok(settings)
+}
+
+async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
+    let settings = load_settings(config)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-wallet").map_err(anyhow::Error::msg)?;
-    let application = Application::build(&settings.wallet, &settings.auth).await?.with_limits(settings.limits.clone());
+    let application = Application::build(&settings.wallet, &settings.auth)
+        .await?
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn serve_metering(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     settings.metering.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-metering").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn serve_invoicing(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     settings.invoicing.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-invoicing").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn serve_payments(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     settings.payments.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-payments").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn serve_orchestrator(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     settings.orchestrator.validate().map_err(anyhow::Error::msg)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir-orchestrator").map_err(anyhow::Error::msg)?;
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let application = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     application.run_until(shutdown_signal()).await?;
     Ok(())
 }
 
 async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     match service {
         Service::Wallet => Store::connect(&settings.wallet.database(), 1).await?.migrate().await?,
         Service::Metering => {
@@ -385,10 +400,15 @@ impl Service {
 /// tenant, prints its key and keeps a copy in `<data_dir>/dev-api-key`; the
 /// services' own key for calling the wallet is kept in `<data_dir>/service-api-key`.
 async fn up(config: Option<&Path>) -> anyhow::Result<()> {
-    let mut settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let mut settings = load_settings(config)?;
     let _telemetry = telemetry::init(&settings.telemetry, "reservoir").map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
-    let wallet = Application::build(&settings.wallet, &settings.auth).await?.with_limits(settings.limits.clone());
+    // With a certificate, the services call one another over TLS too.
+    let scheme = if settings.tls.enabled() { "https" } else { "http" };
+    let wallet = Application::build(&settings.wallet, &settings.auth)
+        .await?
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     let store = wallet.store();
     let now = chrono::Utc::now();
     if store.list_tenants().await?.is_empty() {
@@ -422,7 +442,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     if let Some(address) = wallet.local_addr() {
-        let endpoint = format!("http://{address}");
+        let endpoint = format!("{scheme}://{address}");
         settings.metering.wallet_endpoint.clone_from(&endpoint);
         settings.invoicing.wallet_endpoint.clone_from(&endpoint);
         settings.orchestrator.wallet_endpoint.clone_from(&endpoint);
@@ -432,28 +452,32 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
     let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     if let Some(address) = metering.local_addr() {
-        settings.invoicing.metering_endpoint = format!("http://{address}");
+        settings.invoicing.metering_endpoint = format!("{scheme}://{address}");
         println!("metering     listening on {address}");
     }
     let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     if let Some(address) = invoicing.local_addr() {
-        settings.orchestrator.invoicing_endpoint = format!("http://{address}");
+        settings.orchestrator.invoicing_endpoint = format!("{scheme}://{address}");
         println!("invoicing    listening on {address}");
     }
     let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     if let Some(address) = payments.local_addr() {
-        settings.orchestrator.payments_endpoint = format!("http://{address}");
+        settings.orchestrator.payments_endpoint = format!("{scheme}://{address}");
         println!("payments     listening on {address}");
     }
     let orchestrator = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
         .await?
-        .with_limits(settings.limits.clone());
+        .with_limits(settings.limits.clone())
+        .with_tls(settings.tls.clone());
     if let Some(address) = orchestrator.local_addr() {
         println!("orchestrator listening on {address}");
     }
@@ -491,7 +515,7 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
 }
 
 async fn operator_store(config: Option<&Path>) -> anyhow::Result<(Settings, Store)> {
-    let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
+    let settings = load_settings(config)?;
     let store = Store::connect(&settings.wallet.database(), 1).await?;
     store.migrate().await?;
     Ok((settings, store))

@@ -25,7 +25,7 @@ impl tonic::service::Interceptor for BearerKey {
 pub type Wallet = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
-    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
+    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(WalletServiceClient::with_interceptor(channel, BearerKey(value)))
 }
@@ -34,7 +34,7 @@ pub type Metering =
     reservoir_proto::metering::metering_service_client::MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub async fn metering(endpoint: &str, api_key: &str) -> anyhow::Result<Metering> {
-    let channel = Channel::from_shared(endpoint.to_owned())?.connect().await?;
+    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(reservoir_proto::metering::metering_service_client::MeteringServiceClient::with_interceptor(
         channel,

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
+use reservoir_common::tls::TlsSettings;
 use reservoir_invoicing::app::InvoicingSettings;
 use reservoir_metering::app::MeteringSettings;
 use reservoir_orchestrator::app::OrchestratorSettings;
@@ -99,6 +100,14 @@ tenant_calls_per_second = 50000
 tenant_burst = 50000
 tenant_overrides = {}
 
+[tls]
+# Plaintext unless a certificate is given; see docs/OPERATIONS.md, Security.
+cert_file = ""
+key_file = ""
+client_ca_file = ""
+ca_file = ""
+reload_interval_ms = 30000
+
 [auth]
 api_key_pepper = "reservoir-development-pepper"
 key_cache_ttl_ms = 5000
@@ -121,6 +130,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Bounds every service serves within (each service counts its own).
     pub limits: LimitSettings,
+    /// TLS of every service's port and of the channels between services
+    /// (each process has one certificate).
+    pub tls: TlsSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -129,6 +141,7 @@ impl Settings {
         let settings: Self = load(DEFAULTS, file).map_err(|error| format!("settings: {error}"))?;
         settings.wallet.validate()?;
         settings.limits.validate()?;
+        settings.tls.validate()?;
         if settings.auth.api_key_pepper.is_empty() {
             return Err("auth.api_key_pepper must not be empty".into());
         }

@@ -118,7 +118,7 @@ pub enum TopUpCommand {
 type Client = TopUpServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerKey>>;
 
 async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(args.endpoint.clone())?
+    let channel = reservoir_common::tls::endpoint(&args.endpoint)?
         .connect()
         .await
         .with_context(|| format!("connecting to {}", args.endpoint))?;

@@ -10,6 +10,7 @@ use reservoir_common::auth::Authenticator;
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::serve::{ServeError, serve};
 use reservoir_common::settings::{AuthSettings, DatabaseSettings};
+use reservoir_common::tls::TlsSettings;
 use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -99,6 +100,8 @@ pub struct Application {
     authenticator: Arc<Authenticator>,
     /// Bounds on connections, calls in flight and each tenant's rate.
     limits: LimitSettings,
+    /// TLS (and mTLS) on the port; plaintext without a certificate.
+    tls: TlsSettings,
     sweep_interval: Duration,
 }
 
@@ -118,6 +121,7 @@ impl Application {
             Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
         Ok(Self {
             limits: LimitSettings::default(),
+            tls: TlsSettings::default(),
             listener,
             metrics,
             store,
@@ -129,6 +133,12 @@ impl Application {
     /// Serves within `limits` instead of the defaults.
     pub fn with_limits(mut self, limits: LimitSettings) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// Serves over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
+        self.tls = tls;
         self
     }
 
@@ -157,9 +167,17 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served =
-            serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, self.metrics, stop_streams)
-                .await;
+        let served = serve(
+            self.listener,
+            routes,
+            &[SERVICE_NAME],
+            self.authenticator,
+            &self.limits,
+            &self.tls,
+            self.metrics,
+            stop_streams,
+        )
+        .await;
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "the expiry sweeper ended abnormally");
         }

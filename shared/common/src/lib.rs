@@ -14,4 +14,5 @@ pub mod spreadsheet;
 pub mod status;
 pub mod telemetry;
 pub mod time;
+pub mod tls;
 pub mod validate;

@@ -160,7 +160,7 @@ pub(crate) fn refused(reason: &'static str) {
 /// Written here because neither tonic nor tower bounds a listener's
 /// connections (tower's limits count requests); this is only the glue: a
 /// semaphore permit and a timer carried by each connection.
-pub fn bounded_connections<S>(incoming: S, limits: &LimitSettings) -> impl Stream<Item = io::Result<Bounded>>
+pub fn bounded_connections<S>(incoming: S, limits: &LimitSettings) -> impl Stream<Item = io::Result<Bounded>> + use<S>
 where
     S: Stream<Item = io::Result<TcpStream>>,
 {

@@ -34,19 +34,41 @@ pub fn recorder() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+/// Serves `GET /metrics` on `listener` until `shutdown` completes, with
+/// `GET /healthz` (200 while the process serves) and `GET /readyz` (200
+/// while `ready` is true, 503 once the service drains) for probes that
+/// cannot speak gRPC over TLS.
+pub async fn serve(
+    listener: TcpListener,
+    ready: tokio::sync::watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let handle = recorder().map_err(std::io::Error::other)?;
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                handle.run_upkeep();
-                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
-            }
-        }),
-    );
+    let router = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move {
+                    handle.run_upkeep();
+                    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+                }
+            }),
+        )
+        .route("/healthz", axum::routing::get(|| async { "serving\n" }))
+        .route(
+            "/readyz",
+            axum::routing::get(move || {
+                let ready = *ready.borrow();
+                async move {
+                    if ready {
+                        (http::StatusCode::OK, "ready\n")
+                    } else {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    }
+                }
+            }),
+        );
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
 }
 

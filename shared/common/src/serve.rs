@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, Authenticator};
 use crate::limits::{InFlightLayer, LimitSettings, TenantRateLayer, bounded_connections};
+use crate::tls::{ServerTls, TlsSettings};
 
 /// Calls one HTTP/2 connection may have in flight at once.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
@@ -47,20 +48,30 @@ pub async fn shutdown_signal() {
 /// Serves `routes` plus health and reflection on `listener` until `shutdown`
 /// resolves; then stops accepting calls and returns once those in flight end.
 /// `service_names` are reported SERVING by the health service. `limits`
-/// bound the connections, the calls in flight and each tenant's rate.
+/// bound the connections, the calls in flight and each tenant's rate; `tls`
+/// says whether connections are TLS (and mTLS), plaintext when it has no
+/// certificate.
+#[allow(clippy::too_many_arguments)]
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     service_names: &[&str],
     authenticator: Arc<Authenticator>,
     limits: &LimitSettings,
+    tls: &TlsSettings,
     metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let tls = ServerTls::load(tls).map_err(|error| ServeError::Tls(error.to_string()))?;
+    let (tls_stop, tls_stopping) = tokio::sync::watch::channel(false);
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().reload_until(tls_stopping.clone()));
+    }
     // The scrape endpoint lives as long as the gRPC server.
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (ready, ready_seen) = tokio::sync::watch::channel(true);
     let metrics_server = metrics.map(|listener| {
-        tokio::spawn(crate::metrics::serve(listener, async move {
+        tokio::spawn(crate::metrics::serve(listener, ready_seen, async move {
             let _ = metrics_stopped.await;
         }))
     });
@@ -81,8 +92,8 @@ pub async fn serve(
     let routes = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
     let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(address = ?local, services = ?service_names, "serving");
-    if local.is_some_and(|address| !address.ip().is_loopback()) {
+    tracing::info!(address = ?local, services = ?service_names, tls = tls.is_some(), "serving");
+    if tls.is_none() && local.is_some_and(|address| !address.ip().is_loopback()) {
         tracing::warn!(
             address = ?local,
             "serving plaintext gRPC beyond this machine: bearer keys travel in clear unless a mesh (Istio, Linkerd) \
@@ -116,16 +127,21 @@ pub async fn serve(
             service_names,
         ))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(bounded_connections(incoming, limits), async move {
-            shutdown.await;
-            // Probes see the pod going before its port closes.
-            reporter.set_service_status("", ServingStatus::NotServing).await;
-            for name in names {
-                reporter.set_service_status(name, ServingStatus::NotServing).await;
-            }
-        })
+        .serve_with_incoming_shutdown(
+            crate::tls::accept(bounded_connections(incoming, limits), tls, limits.handshake_timeout(), tls_stopping),
+            async move {
+                shutdown.await;
+                // Probes see the pod going before its port closes.
+                let _ = ready.send(false);
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                for name in names {
+                    reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
+            },
+        )
         .await
         .map_err(|error| ServeError::Transport(error.to_string()));
+    let _ = tls_stop.send(true);
     let _ = metrics_stop.send(());
     if let Some(server) = metrics_server {
         match server.await {
@@ -155,6 +171,8 @@ pub enum ServeError {
     Reflection(String),
     #[error("serving: {0}")]
     Transport(String),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Runs `pass` at once and then every `interval` (a slow pass delays the

@@ -82,6 +82,7 @@ async fn start(limits: LimitSettings) -> SocketAddr {
             &["test.Slow"],
             authenticator,
             &limits,
+            &reservoir_common::tls::TlsSettings::default(),
             None,
             std::future::pending(),
         )
