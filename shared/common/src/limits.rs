@@ -171,12 +171,7 @@ where
         async move {
             match accepted {
                 Ok(stream) => match open.try_acquire_owned() {
-                    Ok(permit) => Some(Ok(Bounded {
-                        stream,
-                        _permit: permit,
-                        handshake: Some(Box::pin(tokio::time::sleep(handshake))),
-                        received: 0,
-                    })),
+                    Ok(permit) => Some(Ok(Bounded { stream, _permit: permit, preface: Preface::new(handshake) })),
                     Err(_) => {
                         refused("connections");
                         None
@@ -192,9 +187,64 @@ where
 pub struct Bounded {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Until the client has sent the HTTP/2 preface: when it must have.
-    handshake: Option<Pin<Box<tokio::time::Sleep>>>,
+    preface: Preface,
+}
+
+impl Bounded {
+    /// Hands the preface's deadline to whoever reads the HTTP/2 bytes: over
+    /// TLS the first bytes on the socket are the TLS handshake's, and the
+    /// preface is what comes out of it.
+    pub fn take_preface(&mut self) -> Preface {
+        std::mem::replace(&mut self.preface, Preface { deadline: None, received: 0 })
+    }
+}
+
+/// The HTTP/2 preface a new connection owes, and by when: reads fail with
+/// TimedOut once the deadline passes before its bytes have arrived.
+pub struct Preface {
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     received: usize,
+}
+
+impl Preface {
+    fn new(within: Duration) -> Self {
+        Self { deadline: Some(Box::pin(tokio::time::sleep(within))), received: 0 }
+    }
+
+    /// When the preface must have arrived; `None` once it has.
+    pub fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.deadline.as_ref().map(|sleep| sleep.deadline())
+    }
+
+    /// Reads from `inner`, counting the bytes until the preface is in.
+    pub fn poll_read<R: AsyncRead + Unpin>(
+        &mut self,
+        inner: &mut R,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if self.deadline.is_some() {
+                    self.received += buf.filled().len() - before;
+                    if self.received >= PREFACE_LENGTH {
+                        self.deadline = None;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let late = self.deadline.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if late {
+                    refused("handshake_timeout");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
+                }
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
 }
 
 impl Connected for Bounded {
@@ -208,27 +258,7 @@ impl Connected for Bounded {
 impl AsyncRead for Bounded {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                if this.handshake.is_some() {
-                    this.received += buf.filled().len() - before;
-                    if this.received >= PREFACE_LENGTH {
-                        this.handshake = None;
-                    }
-                }
-                Poll::Ready(Ok(()))
-            }
-            Poll::Pending => {
-                let late = this.handshake.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if late {
-                    refused("handshake_timeout");
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "no HTTP/2 preface in time")));
-                }
-                Poll::Pending
-            }
-            other => other,
-        }
+        this.preface.poll_read(&mut this.stream, cx, buf)
     }
 }
 

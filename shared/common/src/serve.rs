@@ -128,7 +128,7 @@ pub async fn serve(
         ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            crate::tls::accept(bounded_connections(incoming, limits), tls, limits.handshake_timeout(), tls_stopping),
+            crate::tls::accept(bounded_connections(incoming, limits), tls, tls_stopping),
             async move {
                 shutdown.await;
                 // Probes see the pod going before its port closes.

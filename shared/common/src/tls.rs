@@ -36,7 +36,7 @@ use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::limits::{Bounded, refused};
+use crate::limits::{Bounded, Preface, refused};
 
 /// TLS for a process's server and its channels to the other services.
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -212,18 +212,19 @@ impl ServerTls {
 /// TCP connection, with the TCP peer as its connect info either way.
 pub enum Connection {
     Plain(Bounded),
-    Tls(Box<tokio_rustls::server::TlsStream<Bounded>>),
+    /// With the HTTP/2 preface it still owes, read from inside the TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<Bounded>>, Preface),
 }
 
 /// The connections to serve: `connections` as they are, or each through a
-/// TLS handshake of its own, within `handshake` (a slow or failed one holds
-/// up nobody else's). Failed handshakes are counted and dropped. With TLS,
+/// TLS handshake of its own (a slow or failed one holds up nobody else's),
+/// which with the HTTP/2 preface after it must end within the connection's
+/// handshake timeout. Failed handshakes are counted and dropped. With TLS,
 /// the listener is closed when `stopping` turns true or the server stops
 /// taking connections.
 pub fn accept(
     connections: impl Stream<Item = io::Result<Bounded>> + Send + 'static,
     tls: Option<ServerTls>,
-    handshake: Duration,
     mut stopping: watch::Receiver<bool>,
 ) -> Pin<Box<dyn Stream<Item = io::Result<Connection>> + Send>> {
     let Some(tls) = tls else {
@@ -239,7 +240,7 @@ pub fn accept(
                 () = accepted.closed() => return,
             };
             let Some(next) = next else { return };
-            let connection = match next {
+            let mut connection = match next {
                 Ok(connection) => connection,
                 Err(error) => {
                     if accepted.send(Err(error)).await.is_err() {
@@ -249,10 +250,12 @@ pub fn accept(
                 }
             };
             let (acceptor, accepted) = (tls.acceptor(), accepted.clone());
+            let preface = connection.take_preface();
+            let until = preface.deadline().unwrap_or_else(tokio::time::Instant::now);
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake, acceptor.accept(connection)).await {
+                match tokio::time::timeout_at(until, acceptor.accept(connection)).await {
                     Ok(Ok(stream)) => {
-                        let _ = accepted.send(Ok(Connection::Tls(Box::new(stream)))).await;
+                        let _ = accepted.send(Ok(Connection::Tls(Box::new(stream), preface))).await;
                     }
                     Ok(Err(error)) => {
                         refused("tls_handshake");
@@ -272,7 +275,7 @@ impl Connected for Connection {
     fn connect_info(&self) -> Self::ConnectInfo {
         match self {
             Self::Plain(connection) => connection.connect_info(),
-            Self::Tls(stream) => stream.get_ref().0.connect_info(),
+            Self::Tls(stream, _) => stream.get_ref().0.connect_info(),
         }
     }
 }
@@ -281,7 +284,7 @@ impl AsyncRead for Connection {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(connection) => Pin::new(connection).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Self::Tls(stream, preface) => preface.poll_read(stream.as_mut(), cx, buf),
         }
     }
 }
@@ -290,7 +293,7 @@ impl AsyncWrite for Connection {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(connection) => Pin::new(connection).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -301,28 +304,28 @@ impl AsyncWrite for Connection {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(connection) => Pin::new(connection).poll_write_vectored(cx, bufs),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(connection) => connection.is_write_vectored(),
-            Self::Tls(stream) => stream.is_write_vectored(),
+            Self::Tls(stream, _) => stream.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(connection) => Pin::new(connection).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(connection) => Pin::new(connection).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Self::Tls(stream, _) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 }

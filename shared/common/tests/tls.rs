@@ -77,10 +77,10 @@ fn directory() -> std::path::PathBuf {
 
 /// Serves health and reflection with `tls` until the test ends.
 async fn start(tls: TlsSettings) -> SocketAddr {
-    start_with_metrics(tls, None).await
+    start_on(tls, LimitSettings::default(), None).await
 }
 
-async fn start_with_metrics(tls: TlsSettings, metrics: Option<TcpListener>) -> SocketAddr {
+async fn start_on(tls: TlsSettings, limits: LimitSettings, metrics: Option<TcpListener>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let authenticator = Arc::new(Authenticator::new(Arc::new(NoKeys), Duration::from_secs(60)));
@@ -90,7 +90,7 @@ async fn start_with_metrics(tls: TlsSettings, metrics: Option<TcpListener>) -> S
             tonic::service::Routes::default(),
             &[],
             authenticator,
-            &LimitSettings::default(),
+            &limits,
             &tls,
             metrics,
             std::future::pending(),
@@ -204,7 +204,8 @@ async fn with_tls_on_the_port_probes_are_answered_on_the_metrics_port() {
     let (cert_file, key_file) = write_pair(&directory, "server", authority.issue(&["127.0.0.1"]));
     let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_address = metrics.local_addr().unwrap();
-    start_with_metrics(TlsSettings { cert_file, key_file, ..TlsSettings::default() }, Some(metrics)).await;
+    let tls = TlsSettings { cert_file, key_file, ..TlsSettings::default() };
+    start_on(tls, LimitSettings::default(), Some(metrics)).await;
     let mut status = String::new();
     for _ in 0..50 {
         if let Ok(stream) = tokio::net::TcpStream::connect(metrics_address).await {
@@ -216,6 +217,49 @@ async fn with_tls_on_the_port_probes_are_answered_on_the_metrics_port() {
     }
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(get(metrics_address, "/healthz").await, "HTTP/1.1 200 OK");
+    std::fs::remove_dir_all(directory).unwrap();
+}
+
+/// A client that completes the TLS handshake and then says nothing is
+/// closed when the handshake timeout ends, as one in plaintext would be:
+/// the HTTP/2 preface is owed from inside the TLS, not by the handshake's bytes.
+#[tokio::test]
+async fn a_client_silent_after_the_tls_handshake_is_closed_at_the_handshake_timeout() {
+    use tokio::io::AsyncReadExt;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, pki_types::ServerName};
+
+    let directory = directory();
+    let authority = Authority::new("Reservoir test CA");
+    let (cert_file, key_file) = write_pair(&directory, "server", authority.issue(&["127.0.0.1"]));
+    let limits = LimitSettings { handshake_timeout_ms: 300, ..LimitSettings::default() };
+    let address = start_on(TlsSettings { cert_file, key_file, ..TlsSettings::default() }, limits, None).await;
+
+    let mut roots = RootCertStore::empty();
+    roots.add(authority.issuer.der().clone()).unwrap();
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let started = std::time::Instant::now();
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let mut stream = connector.connect(ServerName::try_from("127.0.0.1").unwrap(), tcp).await.unwrap();
+    // The server speaks first (its HTTP/2 settings); then it waits for ours.
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buffer = [0_u8; 1024];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server closed the connection");
+    assert!(started.elapsed() < Duration::from_secs(3), "closed after {:?}", started.elapsed());
     std::fs::remove_dir_all(directory).unwrap();
 }
 
