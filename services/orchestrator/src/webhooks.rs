@@ -44,6 +44,14 @@ pub const ENDPOINTS_FRESH_FOR: Duration = Duration::from_secs(1);
 const CURSOR_SAVE_EVERY: u32 = 500;
 /// How long a broken stream waits before it connects again.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// Whether a tenant has room for a message's deliveries.
+enum Room {
+    Now,
+    /// After waiting: who wants the message is to be decided again.
+    AfterWaiting,
+    Stopping,
+}
+
 /// How long a follower trusts its count of the tenant's pending deliveries
 /// (plus what it kept since) while below the limit.
 const PENDING_FRESH_FOR: Duration = Duration::from_secs(1);
@@ -451,29 +459,35 @@ impl Webhooks {
         message: &WebhookMessage,
         endpoints: &mut Endpoints,
     ) -> Result<bool, OrchestratorError> {
-        let wanted: Vec<Uuid> = endpoints
-            .of(&self.store, tenant)
-            .await?
-            .iter()
-            .filter(|endpoint| endpoint.wants(&message.event_type, message.occurred_at))
-            .map(|endpoint| endpoint.id)
-            .collect();
-        if wanted.is_empty() {
-            // Nothing to keep: the cursor moves on now and then rather than
-            // in a transaction per event, and an event read again after a
-            // restart is passed over again.
-            endpoints.skipped = Some(message.source_sequence);
-            endpoints.skipped_count += 1;
-            if endpoints.skipped_count >= CURSOR_SAVE_EVERY {
-                self.store.save_cursor(tenant, source.cursor(), message.source_sequence).await?;
-                endpoints.skipped = None;
-                endpoints.skipped_count = 0;
+        let wanted = loop {
+            let wanted: Vec<Uuid> = endpoints
+                .of(&self.store, tenant)
+                .await?
+                .iter()
+                .filter(|endpoint| endpoint.wants(&message.event_type, message.occurred_at))
+                .map(|endpoint| endpoint.id)
+                .collect();
+            if wanted.is_empty() {
+                // Nothing to keep: the cursor moves on now and then rather than
+                // in a transaction per event, and an event read again after a
+                // restart is passed over again.
+                endpoints.skipped = Some(message.source_sequence);
+                endpoints.skipped_count += 1;
+                if endpoints.skipped_count >= CURSOR_SAVE_EVERY {
+                    self.store.save_cursor(tenant, source.cursor(), message.source_sequence).await?;
+                    endpoints.skipped = None;
+                    endpoints.skipped_count = 0;
+                }
+                return Ok(true);
             }
-            return Ok(true);
-        }
-        if !self.room_for(wanted.len() as u64, endpoints).await? {
-            return Ok(false);
-        }
+            match self.room_for(tenant, wanted.len() as u64, endpoints).await? {
+                Room::Now => break wanted,
+                // Endpoints may have been disabled or changed meanwhile:
+                // who wants the message is decided again.
+                Room::AfterWaiting => continue,
+                Room::Stopping => return Ok(false),
+            }
+        };
         self.store.keep_webhook_message(tenant, source.cursor(), message, &wanted, now()).await?;
         endpoints.pending += wanted.len() as u64;
         endpoints.skipped = None;
@@ -485,24 +499,35 @@ impl Webhooks {
     /// Waits while `more` deliveries would take the tenant past its
     /// pending limit: the backpressure that keeps a receiver that is down,
     /// or a burst of events, from filling the store and the delivery loop.
-    /// The count is read again at most every [`PENDING_FRESH_FOR`] while
-    /// there is room, and at every interval while there is none. `false`
-    /// when the service stops while waiting.
-    async fn room_for(&self, more: u64, endpoints: &mut Endpoints) -> Result<bool, OrchestratorError> {
+    /// The count, over the tenant's endpoints enabled now (a disabled
+    /// endpoint's deliveries wait without counting), is read again at most
+    /// every [`PENDING_FRESH_FOR`] while there is room, and at every
+    /// interval while there is none.
+    async fn room_for(
+        &self,
+        tenant: TenantId,
+        more: u64,
+        endpoints: &mut Endpoints,
+    ) -> Result<Room, OrchestratorError> {
         let limit = self.settings.max_pending_per_tenant;
         let mut stopping = self.stopping.clone();
         let mut waited = false;
         loop {
             let stale = endpoints.pending_at.is_none_or(|at| at.elapsed() >= PENDING_FRESH_FOR);
             if stale || endpoints.pending + more > limit {
-                let enabled: Vec<Uuid> =
-                    endpoints.rows.iter().filter(|endpoint| endpoint.enabled).map(|endpoint| endpoint.id).collect();
+                let enabled: Vec<Uuid> = endpoints
+                    .of(&self.store, tenant)
+                    .await?
+                    .iter()
+                    .filter(|endpoint| endpoint.enabled)
+                    .map(|endpoint| endpoint.id)
+                    .collect();
                 endpoints.pending = self.store.pending_deliveries(&enabled).await?;
                 endpoints.pending_at = Some(Instant::now());
             }
             // One message always fits, however many endpoints want it.
             if endpoints.pending + more <= limit || endpoints.pending == 0 {
-                return Ok(true);
+                return Ok(if waited { Room::AfterWaiting } else { Room::Now });
             }
             if !waited {
                 waited = true;
@@ -515,10 +540,10 @@ impl Webhooks {
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(self.settings.interval_ms)) => {}
-                _ = stopping.changed() => return Ok(false),
+                _ = stopping.changed() => return Ok(Room::Stopping),
             }
             if *stopping.borrow() {
-                return Ok(false);
+                return Ok(Room::Stopping);
             }
         }
     }

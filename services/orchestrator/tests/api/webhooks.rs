@@ -512,6 +512,52 @@ async fn pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(backend
     suite.stop().await;
 }
 
+/// A receiver that stays down holds up the tenant's other endpoints once
+/// the limit is reached; disabling it frees them at once.
+async fn disabling_a_dead_endpoint_frees_the_tenant_past_its_limit(backend: Backend) {
+    let webhooks =
+        reservoir_orchestrator::webhooks::WebhookSettings { max_pending_per_tenant: 4, ..Suite::quick_webhooks() };
+    let Some(suite) = Suite::spawn_with_webhooks(backend, webhooks).await else {
+        return;
+    };
+    let (dead, dead_address) = Receiver::start().await;
+    dead.down.store(true, Ordering::SeqCst);
+    let (live, live_address) = Receiver::start().await;
+    let (dead_endpoint, _) = create_endpoint(&suite, dead_address, &["wallet.debited"]).await;
+    create_endpoint(&suite, live_address, &["wallet.debited"]).await;
+    let account = open_funded_account(&suite.wallet, "100").await;
+    for amount in 1..=8 {
+        suite.wallet.clone().debit(debit_request_for(&account, &amount.to_string())).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let held = live.unique().len();
+    assert!(held < 8, "the live endpoint waits behind the dead one's deliveries: {held} of 8");
+
+    let disable = pb::UpdateWebhookEndpointRequest {
+        endpoint_id: dead_endpoint.id.clone(),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    suite.webhooks.clone().update_webhook_endpoint(disable).await.unwrap();
+    eventually("all eight at the live endpoint", || live.unique().len() == 8).await;
+    let amounts: Vec<String> =
+        live.unique().iter().map(|request| request.json["data"]["amount"].as_str().unwrap().to_owned()).collect();
+    let expected: Vec<String> = (1..=8).map(|amount| format!("{amount}.00")).collect();
+    assert_eq!(amounts, expected);
+    assert!(deliveries(&suite, &dead_endpoint).await.len() < 8, "nothing more is kept for the disabled endpoint");
+    suite.stop().await;
+}
+
+#[tokio::test]
+async fn disabling_a_dead_endpoint_frees_the_tenant_on_sqlite() {
+    disabling_a_dead_endpoint_frees_the_tenant_past_its_limit(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn disabling_a_dead_endpoint_frees_the_tenant_on_postgres() {
+    disabling_a_dead_endpoint_frees_the_tenant_past_its_limit(Backend::Postgres).await;
+}
+
 #[tokio::test]
 async fn pending_deliveries_stop_at_the_tenant_limit_on_sqlite() {
     pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(Backend::Sqlite).await;

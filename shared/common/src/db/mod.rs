@@ -137,6 +137,7 @@ impl Database {
     /// Begins a write transaction as [`Self::begin_write`] does and runs
     /// `first` in it, on SQLite in the same round trip to the connection's
     /// thread as the statement that takes the write lock; returns its rows.
+    /// `first` is built for this database's backend.
     pub async fn begin_write_with(&self, first: Statement) -> Result<(WriteTransaction, Vec<QueryResult>), DbErr> {
         let turn = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
