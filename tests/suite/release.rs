@@ -21,3 +21,69 @@ fn version_names_the_release_and_the_commit() {
         None => assert!(!commit.is_empty(), "printed {printed:?}"),
     }
 }
+
+/// The `key: value` lines an operator command printed, by key.
+async fn operator(
+    environment: &crate::process::Environment,
+    arguments: &[&str],
+) -> std::collections::HashMap<String, String> {
+    let output = environment.command(arguments).output().await.unwrap();
+    assert!(output.status.success(), "{arguments:?}: {}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    ["key id ", "api key ", "role "]
+        .into_iter()
+        .filter_map(|label| {
+            stdout
+                .lines()
+                .find_map(|line| line.strip_prefix(label))
+                .map(|value| (label.trim().to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+/// `reservoir key rotate` gives a key a successor for the same tenant and
+/// role; the old key keeps working through the overlap, and `reservoir key
+/// revoke` ends it within the key cache's time.
+#[tokio::test]
+async fn an_operator_rotates_a_key_then_revokes_the_old_one() {
+    use reservoir_proto::wallet::{GetCallerRequest, KeyRole};
+    use reservoir_testing::{Backend, TestDatabase};
+
+    let Some(database) = TestDatabase::create(Backend::Sqlite).await else {
+        return;
+    };
+    let mut environment = crate::process::Environment::new(&database, None);
+    environment.set("RESERVOIR__AUTH__KEY_CACHE_TTL_MS", "100");
+    let admin_key = environment.create_tenant().await;
+    let mut wallet = crate::process::ServiceProcess::wallet(&environment);
+    wallet.start(&environment).await;
+    let tenant = crate::process::Environment::tenant_of(wallet.address(), &admin_key).await;
+
+    let issued = operator(&environment, &["key", "issue", &tenant.0.to_string(), "--role", "read-only"]).await;
+    let rotated = operator(&environment, &["key", "rotate", &issued["key id"], "--overlap-hours", "1"]).await;
+    assert_ne!(rotated["key id"], issued["key id"]);
+    assert_ne!(rotated["api key"], issued["api key"]);
+    for key in [&issued["api key"], &rotated["api key"]] {
+        let mut client = reservoir_testing::wallet::client(wallet.address(), key).await;
+        let caller = client.get_caller(GetCallerRequest {}).await.unwrap().into_inner();
+        assert_eq!(caller.tenant_id, tenant.0.to_string());
+        assert_eq!(caller.role, i32::from(KeyRole::ReadOnly), "the successor keeps the role");
+    }
+
+    operator(&environment, &["key", "revoke", &issued["key id"]]).await;
+    let mut refused = false;
+    for _ in 0..60 {
+        let mut client = reservoir_testing::wallet::client(wallet.address(), &issued["api key"]).await;
+        if let Err(status) = client.get_caller(GetCallerRequest {}).await {
+            assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the revoked key is refused");
+    let mut client = reservoir_testing::wallet::client(wallet.address(), &rotated["api key"]).await;
+    assert!(client.get_caller(GetCallerRequest {}).await.is_ok(), "its successor still works");
+    wallet.terminate().await;
+    database.drop_database().await;
+}
