@@ -87,3 +87,38 @@ async fn an_operator_rotates_a_key_then_revokes_the_old_one() {
     wallet.terminate().await;
     database.drop_database().await;
 }
+
+/// A service listening beyond loopback without a certificate says at start
+/// that keys travel in clear unless a mesh encrypts the traffic.
+#[tokio::test]
+async fn plaintext_beyond_loopback_is_warned_about_at_start() {
+    use reservoir_testing::{Backend, TestDatabase};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let Some(database) = TestDatabase::create(Backend::Sqlite).await else {
+        return;
+    };
+    let mut environment = crate::process::Environment::new(&database, None);
+    let port = environment.wallet_address.port();
+    environment.set("RESERVOIR__WALLET__LISTEN", &format!("0.0.0.0:{port}"));
+    environment.set("RESERVOIR__TELEMETRY__LOG_FORMAT", "text");
+    let mut child = environment
+        .command(&["serve", "wallet"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let warned = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("WARN") && line.contains("serving plaintext gRPC beyond this machine") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    child.kill().await.unwrap();
+    assert_eq!(warned, Ok(true), "the warning is logged at start");
+    database.drop_database().await;
+}
