@@ -707,9 +707,13 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
             ..Default::default()
         }),
     };
-    // Three weeks missed while nothing ran: one top-up, not three.
+    // Three weeks missed while nothing ran: one top-up, not three. The
+    // hour keeps the fourth period off `now` itself: a worker pass that
+    // began a moment before `now` would rightly see that period as still
+    // to come, and fire it once it came, a second top-up for a period of
+    // its own (seen once in make test under load).
     let now = chrono::Utc::now();
-    let first_due = now - chrono::Duration::days(21);
+    let first_due = now - chrono::Duration::days(21) + chrono::Duration::hours(1);
     orchestrator.configure_recurring_top_up(configure(first_due)).await.unwrap();
     eventually("the first period", || async { available(&suite.wallet, &account).await == d("10") }).await;
     let schedule = orchestrator
