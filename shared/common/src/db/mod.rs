@@ -23,6 +23,9 @@ use crate::settings::DatabaseSettings;
 const WRITE_TURN_TABLE: &str = "CREATE TABLE IF NOT EXISTS reservoir_write_turn (id INTEGER PRIMARY KEY CHECK (id = 1)); \
      INSERT OR IGNORE INTO reservoir_write_turn (id) VALUES (1)";
 
+/// The first statement of a SQLite write transaction: it takes the write lock.
+const WRITE_TURN_UPDATE: &str = "UPDATE reservoir_write_turn SET id = 1 WHERE id = 1";
+
 /// How long a connection may be waited for before the call fails as UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -123,15 +126,11 @@ impl Database {
     /// a write in between (a single-statement write outside this process's
     /// queue, another process), instead of waiting its turn.
     pub async fn begin_write(&self) -> Result<WriteTransaction, DbErr> {
-        let turn = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
-            None => None,
-        };
-        let transaction = self.connection.begin().await?;
-        if turn.is_some() {
-            transaction.execute_unprepared("UPDATE reservoir_write_turn SET id = 1 WHERE id = 1").await?;
+        let write = self.begin_turn().await?;
+        if write.turn.is_some() {
+            write.transaction.execute_unprepared(WRITE_TURN_UPDATE).await?;
         }
-        Ok(WriteTransaction { transaction, turn })
+        Ok(write)
     }
 
     /// Begins a write transaction as [`Self::begin_write`] does and runs
@@ -139,23 +138,24 @@ impl Database {
     /// thread as the statement that takes the write lock; returns its rows.
     /// `first` is built for this database's backend.
     pub async fn begin_write_with(&self, first: Statement) -> Result<(WriteTransaction, Vec<QueryResult>), DbErr> {
+        let write = self.begin_turn().await?;
+        let first = if write.turn.is_some() {
+            let values = first.values.map(|values| values.0).unwrap_or_default();
+            Statement::from_sql_and_values(DbBackend::Sqlite, format!("{WRITE_TURN_UPDATE};\n{}", first.sql), values)
+        } else {
+            first
+        };
+        let rows = write.transaction.query_all_raw(first).await?;
+        Ok((write, rows))
+    }
+
+    /// The SQLite writer's turn (none on PostgreSQL), then a transaction.
+    async fn begin_turn(&self) -> Result<WriteTransaction, DbErr> {
         let turn = match &self.write_lock {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let transaction = self.connection.begin().await?;
-        let first = if turn.is_some() {
-            let values = first.values.map(|values| values.0).unwrap_or_default();
-            Statement::from_sql_and_values(
-                DbBackend::Sqlite,
-                format!("UPDATE reservoir_write_turn SET id = 1 WHERE id = 1;\n{}", first.sql),
-                values,
-            )
-        } else {
-            first
-        };
-        let rows = transaction.query_all_raw(first).await?;
-        Ok((WriteTransaction { transaction, turn }, rows))
+        Ok(WriteTransaction { transaction: self.connection.begin().await?, turn })
     }
 
     /// Begins a read-only transaction that sees one snapshot: REPEATABLE READ
