@@ -71,6 +71,17 @@ async fn an_operator_rotates_a_key_then_revokes_the_old_one() {
     }
 
     operator(&environment, &["key", "revoke", &issued["key id"]]).await;
+    // The list names both keys by id and first characters, never in full.
+    let listed = environment.command(&["key", "list", &tenant.0.to_string()]).output().await.unwrap();
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    for (id, key) in [(&issued["key id"], &issued["api key"]), (&rotated["key id"], &rotated["api key"])] {
+        let line = listed.lines().find(|line| line.starts_with(id.as_str())).unwrap_or_else(|| panic!("{listed}"));
+        assert!(line.contains("READ_ONLY") && line.contains(&key[..12]), "{line}");
+        assert!(!listed.contains(key.as_str()), "a key is never shown in full: {listed}");
+    }
+    let revoked_line = listed.lines().find(|line| line.starts_with(issued["key id"].as_str())).unwrap();
+    assert_eq!(revoked_line.split_whitespace().count(), 5, "the revoked key shows when: {revoked_line}");
     let mut refused = false;
     for _ in 0..60 {
         let mut client = reservoir_testing::wallet::client(wallet.address(), &issued["api key"]).await;

@@ -132,6 +132,9 @@ enum KeyCommand {
     /// Issue a key for Reservoir's own services (metering and the others call
     /// the wallet with it, naming the tenant of each call); shown once.
     IssueService,
+    /// List a tenant's keys, revoked ones included: id, first characters,
+    /// role, when issued and when revoked (never the keys themselves).
+    List { tenant_id: String },
     /// Revoke an API key by its id.
     Revoke { key_id: String },
     /// Replace an API key: a new key (shown once) for the same tenant and
@@ -586,6 +589,21 @@ async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<()> {
             println!("key id {}", issued.id);
             println!("api key {}", issued.key);
             println!("the old key {key_id} works until {}", now + overlap);
+        }
+        KeyCommand::List { tenant_id } => {
+            let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
+            println!("{:<36}  {:<12}  {:<9}  {:<20}  revoked", "key id", "starts with", "role", "issued");
+            for key in store.keys(tenant).await? {
+                let role = if key.service { "SERVICE" } else { key.role.as_str() };
+                let revoked = key.revoked_at.map(|at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
+                println!(
+                    "{:<36}  {:<12}  {:<9}  {:<20}  {revoked}",
+                    key.id,
+                    key.display_prefix,
+                    role,
+                    key.created_at.format("%Y-%m-%dT%H:%M:%SZ")
+                );
+            }
         }
         KeyCommand::Revoke { key_id } => {
             if !store.revoke_key(key_id.parse().context("key id")?, now).await? {

@@ -186,6 +186,7 @@ pub fn entry(entry: &Entry, unit_: &Unit) -> pb::LedgerEntry {
         metadata: entry.metadata.clone(),
         created_at: Some(to_timestamp(entry.created_at)),
         refunded_entry_id: optional_id(entry.refunded_entry_id),
+        key_id: entry.key_id.map(|key| key.to_string()).unwrap_or_default(),
     }
 }
 

@@ -25,6 +25,26 @@ impl fmt::Display for TenantId {
     }
 }
 
+/// An API key's id in the wallet's key table (never the key itself): what
+/// ledger entries and configuration changes record as the key that made
+/// them. The auth layer puts it into the request extensions beside the
+/// [`Caller`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(pub Uuid);
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Who presented a key, and which key it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub caller: Caller,
+    pub key: KeyId,
+}
+
 /// Every key starts with this, so a leaked key is recognisable in logs and by scanners.
 pub const KEY_PREFIX: &str = "rsv_";
 
@@ -134,6 +154,43 @@ const ADMIN_ONLY: &[&str] = &[
     "/reservoir.payments.v1.PaymentsService/CreateVoucherBatch",
 ];
 
+/// The configuration changes and service-only calls, as the audit log names
+/// them: only these static paths, so no caller can choose what is logged.
+fn audited_method(path: &str) -> Option<&'static str> {
+    ADMIN_ONLY.iter().chain(SERVICE_ONLY).find(|method| **method == path).copied()
+}
+
+/// One line of the audit log (target `reservoir::audit`) for a configuration
+/// change or service-only call that got past the key check: which key made
+/// it, for which tenant, and how it ended. Changes of money are recorded on
+/// the ledger entries they write instead, each with its key id.
+fn audit<B, E>(identity: Identity, tenant: Option<TenantId>, method: &str, result: &Result<http::Response<B>, E>) {
+    // A failed unary call carries its status in the headers (trailers-only).
+    let code = match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map_or(tonic::Code::Ok, tonic::Code::from),
+        Err(_) => tonic::Code::Internal,
+    };
+    let (kind, role) = match identity.caller {
+        Caller::Tenant(_, role) => ("tenant", role.as_str()),
+        Caller::Service => ("service", ""),
+    };
+    tracing::info!(
+        target: "reservoir::audit",
+        key_id = %identity.key,
+        caller = kind,
+        role,
+        tenant = tenant.map(|tenant| tenant.to_string()).unwrap_or_default(),
+        method,
+        code = ?code,
+        "audited call"
+    );
+}
+
 /// Whether the method at `path` only reads: by the verb its name starts with.
 fn only_reads(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
@@ -177,7 +234,7 @@ pub fn refusal(caller: Caller, path: &str) -> Option<Status> {
 /// service that can tell.
 pub trait KeyResolver: Send + Sync + 'static {
     /// `Ok(None)` for an unknown or revoked key.
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>>;
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Identity>, String>>;
 
     /// Whether `tenant` exists, asked with the service `key` that names it.
     fn tenant_exists(&self, key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>>;
@@ -189,7 +246,7 @@ pub trait KeyResolver: Send + Sync + 'static {
 pub struct Authenticator {
     resolver: Arc<dyn KeyResolver>,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Caller, Instant)>>,
+    cache: Mutex<HashMap<String, (Identity, Instant)>>,
     /// Tenants service calls named that exist: a tenant is never deleted,
     /// so once known it stays so (the set starts over past its bound).
     tenants: Mutex<std::collections::HashSet<TenantId>>,
@@ -228,7 +285,7 @@ impl Authenticator {
     }
 
     /// Who presented `key`, or UNAUTHENTICATED.
-    pub async fn authenticate(&self, key: &str) -> Result<Caller, Status> {
+    pub async fn authenticate(&self, key: &str) -> Result<Identity, Status> {
         self.authenticate_with(key, true).await
     }
 
@@ -236,31 +293,31 @@ impl Authenticator {
     /// Services that resolve keys through this one (GetCaller) keep their
     /// own cache: answering them from this cache too would stack the two
     /// windows, and a revoked key would live twice as long there.
-    pub async fn authenticate_fresh(&self, key: &str) -> Result<Caller, Status> {
+    pub async fn authenticate_fresh(&self, key: &str) -> Result<Identity, Status> {
         self.authenticate_with(key, false).await
     }
 
-    async fn authenticate_with(&self, key: &str, cached: bool) -> Result<Caller, Status> {
+    async fn authenticate_with(&self, key: &str, cached: bool) -> Result<Identity, Status> {
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
         if cached
             && let Ok(cache) = self.cache.lock()
-            && let Some((caller, at)) = cache.get(&digest)
+            && let Some((identity, at)) = cache.get(&digest)
             && at.elapsed() < self.ttl
         {
-            return Ok(*caller);
+            return Ok(*identity);
         }
         let resolved = self.resolver.resolve(key.to_owned()).await.map_err(|cause| {
             tracing::error!(%cause, "API key lookup failed");
             Status::unavailable("the key store is unavailable")
         })?;
-        let caller = resolved.ok_or_else(|| Status::unauthenticated("unknown or revoked API key"))?;
+        let identity = resolved.ok_or_else(|| Status::unauthenticated("unknown or revoked API key"))?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= KEY_CACHE_ENTRIES_MAX {
                 cache.clear();
             }
-            cache.insert(digest, (caller, Instant::now()));
+            cache.insert(digest, (identity, Instant::now()));
         }
-        Ok(caller)
+        Ok(identity)
     }
 }
 
@@ -345,8 +402,8 @@ where
             } else {
                 authenticator.authenticate(&key).await
             };
-            let caller = match checked {
-                Ok(caller) => caller,
+            let Identity { caller, key: key_id } = match checked {
+                Ok(identity) => identity,
                 Err(status) => {
                     crate::limits::refused("unauthenticated");
                     return Ok(status.into_http());
@@ -367,10 +424,16 @@ where
                 return Ok(status.into_http());
             }
             request.extensions_mut().insert(caller);
+            request.extensions_mut().insert(key_id);
             if let Some(tenant) = tenant {
                 request.extensions_mut().insert(tenant);
             }
-            inner.call(request).await
+            let audited = audited_method(request.uri().path());
+            let result = inner.call(request).await;
+            if let Some(method) = audited {
+                audit(Identity { caller, key: key_id }, tenant, method, &result);
+            }
+            result
         })
     }
 }
@@ -397,6 +460,12 @@ pub fn caller_of<T>(request: &tonic::Request<T>) -> Result<Caller, Status> {
         .ok_or_else(|| Status::unauthenticated("missing bearer API key in authorization metadata"))
 }
 
+/// The id of the key that made the call, as the auth layer left it on the
+/// request (none on public calls).
+pub fn key_of<T>(request: &tonic::Request<T>) -> Option<KeyId> {
+    request.extensions().get::<KeyId>().copied()
+}
+
 /// Resolves keys by asking the wallet, which keeps them: how every other
 /// service authenticates its callers without reading the wallet's tables.
 pub struct WalletKeyResolver {
@@ -410,7 +479,7 @@ impl WalletKeyResolver {
 }
 
 impl KeyResolver for WalletKeyResolver {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
         use reservoir_proto::wallet::{CallerKind, GetCallerRequest, wallet_service_client::WalletServiceClient};
         let channel = self.channel.clone();
         Box::pin(async move {
@@ -424,13 +493,17 @@ impl KeyResolver for WalletKeyResolver {
                     let Some(role) = KeyRole::from_wire(response.role) else {
                         return Err("the wallet answered an unknown key role".to_owned());
                     };
-                    match CallerKind::try_from(response.kind) {
+                    let key = Uuid::parse_str(&response.key_id)
+                        .map(KeyId)
+                        .map_err(|error| format!("the wallet named a malformed key id: {error}"))?;
+                    let caller = match CallerKind::try_from(response.kind) {
                         Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
-                            .map(|id| Some(Caller::Tenant(TenantId(id), role)))
-                            .map_err(|error| format!("the wallet named a malformed tenant: {error}")),
-                        Ok(CallerKind::Service) => Ok(Some(Caller::Service)),
-                        _ => Err("the wallet answered an unknown caller kind".to_owned()),
-                    }
+                            .map(|id| Caller::Tenant(TenantId(id), role))
+                            .map_err(|error| format!("the wallet named a malformed tenant: {error}"))?,
+                        Ok(CallerKind::Service) => Caller::Service,
+                        _ => return Err("the wallet answered an unknown caller kind".to_owned()),
+                    };
+                    Ok(Some(Identity { caller, key }))
                 }
                 Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(None),
                 Err(status) => Err(format!("asking the wallet who holds a key: {status}")),
@@ -488,11 +561,11 @@ mod tests {
     }
 
     impl KeyResolver for Arc<Switch> {
-        fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+        fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
             use std::sync::atomic::Ordering;
             self.lookups.fetch_add(1, Ordering::SeqCst);
             let valid = self.valid.load(Ordering::SeqCst);
-            Box::pin(async move { Ok(valid.then_some(Caller::Service)) })
+            Box::pin(async move { Ok(valid.then_some(Identity { caller: Caller::Service, key: KeyId(Uuid::nil()) })) })
         }
 
         fn tenant_exists(&self, _key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use reservoir_common::auth::{Authenticator, Caller, KeyResolver, KeyRole, TenantId};
+use reservoir_common::auth::{Authenticator, Caller, Identity, KeyId, KeyResolver, KeyRole, TenantId};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::status::reason_of;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,14 +29,15 @@ const OTHER_TENANT: TenantId = TenantId(uuid::Uuid::from_u128(2));
 struct Keys;
 
 impl KeyResolver for Keys {
-    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+    fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
         Box::pin(async move {
-            Ok(match key.as_str() {
-                TENANT_KEY => Some(Caller::Tenant(TENANT, KeyRole::Admin)),
-                OTHER_TENANT_KEY => Some(Caller::Tenant(OTHER_TENANT, KeyRole::Admin)),
-                SERVICE_KEY => Some(Caller::Service),
-                _ => None,
-            })
+            let (caller, id) = match key.as_str() {
+                TENANT_KEY => (Caller::Tenant(TENANT, KeyRole::Admin), 11),
+                OTHER_TENANT_KEY => (Caller::Tenant(OTHER_TENANT, KeyRole::Admin), 12),
+                SERVICE_KEY => (Caller::Service, 13),
+                _ => return Ok(None),
+            };
+            Ok(Some(Identity { caller, key: KeyId(uuid::Uuid::from_u128(id)) }))
         })
     }
 
@@ -272,4 +273,56 @@ async fn one_tenant_cannot_take_every_place_in_flight() {
     assert_eq!(others.await.unwrap(), (Code::Unimplemented, Code::Unimplemented));
     // Its places come back when its calls end.
     assert_eq!(call(address, TENANT_KEY, None).await.code(), Code::Unimplemented);
+}
+
+/// Log output kept in memory.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn audit_lines(&self) -> Vec<String> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines().filter(|line| line.contains("reservoir::audit")).map(str::to_owned).collect()
+    }
+}
+
+#[tokio::test]
+async fn configuration_changes_and_service_calls_are_audited_with_the_key_that_made_them() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).init();
+    let address = start(LimitSettings::default()).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    const SET_PRICE: &str = "/reservoir.metering.v1.MeteringService/SetPrice";
+    const CONFIRM: &str = "/reservoir.payments.v1.PaymentsService/ConfirmPayment";
+    // This server has neither method: past the key check, each ends UNIMPLEMENTED.
+    assert_eq!(call_path(channel.clone(), TENANT_KEY, None, SET_PRICE).await.code(), Code::Unimplemented);
+    assert_eq!(call_path(channel.clone(), SERVICE_KEY, Some(OTHER_TENANT), CONFIRM).await.code(), Code::Unimplemented);
+    // Neither a call that is not a configuration change nor a refused key is audited.
+    assert_eq!(quick_call(channel.clone(), TENANT_KEY, None).await.code(), Code::Unimplemented);
+    assert_eq!(call_path(channel, "no-such-key", None, SET_PRICE).await.code(), Code::Unauthenticated);
+    let lines = captured.audit_lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    for (line, key, tenant, method) in [(&lines[0], 11_u128, TENANT, SET_PRICE), (&lines[1], 13, OTHER_TENANT, CONFIRM)]
+    {
+        assert!(line.contains(&format!("key_id={}", uuid::Uuid::from_u128(key))), "{line}");
+        assert!(line.contains(&format!("tenant=\"{tenant}\"")), "{line}");
+        assert!(line.contains(&format!("method=\"{method}\"")), "{line}");
+        assert!(line.contains("code=Unimplemented"), "{line}");
+        assert!(!line.contains(TENANT_KEY) && !line.contains(SERVICE_KEY), "no key in clear: {line}");
+    }
+    assert!(lines[0].contains("role=\"ADMIN\""), "{}", lines[0]);
+    assert!(lines[1].contains("caller=\"service\""), "{}", lines[1]);
 }

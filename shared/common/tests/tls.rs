@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
-use reservoir_common::auth::{Authenticator, Caller, KeyResolver, TenantId};
+use reservoir_common::auth::{Authenticator, Identity, KeyResolver, TenantId};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::tls::{TlsSettings, endpoint_with};
 use tokio::net::TcpListener;
@@ -22,7 +22,7 @@ use tonic_health::pb::health_client::HealthClient;
 struct NoKeys;
 
 impl KeyResolver for NoKeys {
-    fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Caller>, String>> {
+    fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
         Box::pin(async { Ok(None) })
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
-use reservoir_common::auth::{Caller, TenantId, caller_of, tenant_of};
+use reservoir_common::auth::{Caller, KeyId, TenantId, caller_of, key_of, tenant_of};
 use reservoir_common::money::{Unit, non_negative, positive};
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_server::WalletService;
@@ -63,6 +63,7 @@ impl WalletApi {
     pub async fn debit_one(
         &self,
         tenant: TenantId,
+        key: Option<KeyId>,
         request: pb::DebitRequest,
     ) -> Result<pb::DebitResponse, WalletError> {
         let mut violations = Violations::default();
@@ -86,7 +87,7 @@ impl WalletApi {
         violations.finish()?;
         let amount = amount.unwrap_or_default();
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.correlation_id = request.correlation_id.clone();
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
@@ -99,7 +100,12 @@ impl WalletApi {
     }
 
     /// One line of DrawUsage, checked and made a command for the group committer.
-    async fn check_line(&self, tenant: TenantId, line: pb::UsageLine) -> Result<(Submitted, Unit), WalletError> {
+    async fn check_line(
+        &self,
+        tenant: TenantId,
+        key: Option<KeyId>,
+        line: pb::UsageLine,
+    ) -> Result<(Submitted, Unit), WalletError> {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &line.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &line.idempotency_key);
@@ -126,7 +132,7 @@ impl WalletApi {
             .collect();
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, line.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, line.idempotency_key.clone()).with_key(key);
         ctx.correlation_id = line.reference.clone();
         ctx.description = format!("usage of {}", line.meter_code);
         let command = Command::DrawUsage { meter_code: line.meter_code.clone(), amounts };
@@ -294,6 +300,7 @@ impl WalletService for WalletApi {
         request: Request<pb::CreateAccountRequest>,
     ) -> Result<Response<pb::CreateAccountResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         violations.required_text("external_id", &request.external_id, ID_LENGTH_MAX);
@@ -319,7 +326,7 @@ impl WalletService for WalletApi {
         };
         let check = idempotency_check(tenant, "CreateAccount", &request.idempotency_key, &request);
         let now = now();
-        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         let wallet = Wallet::open(
             NewAccount {
                 tenant_id: tenant,
@@ -393,6 +400,7 @@ impl WalletService for WalletApi {
         request: Request<pb::UpdateAccountRequest>,
     ) -> Result<Response<pb::UpdateAccountResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
@@ -437,7 +445,7 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let now = now();
-        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         let response = self
             .change(
                 tenant,
@@ -460,6 +468,7 @@ impl WalletService for WalletApi {
         request: Request<pb::GrantCreditsRequest>,
     ) -> Result<Response<pb::GrantCreditsResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
@@ -534,7 +543,7 @@ impl WalletService for WalletApi {
             source_reference: request.source_reference.clone(),
             metadata: request.metadata.clone(),
         };
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.correlation_id = request.correlation_id.clone();
         ctx.metadata = request.metadata.clone();
         // Through the group committer, like debits: grants need only the live wallet.
@@ -544,7 +553,7 @@ impl WalletService for WalletApi {
 
     async fn debit(&self, request: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        Ok(Response::new(self.debit_one(tenant, request.into_inner()).await?))
+        Ok(Response::new(self.debit_one(tenant, key_of(&request), request.into_inner()).await?))
     }
 
     async fn batch_debit(
@@ -552,6 +561,7 @@ impl WalletService for WalletApi {
         request: Request<pb::BatchDebitRequest>,
     ) -> Result<Response<pb::BatchDebitResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         if request.debits.is_empty() || request.debits.len() > BATCH_DEBITS_MAX {
             return Err(WalletError::field("debits", format!("must hold 1 to {BATCH_DEBITS_MAX} debits")).into());
@@ -565,7 +575,7 @@ impl WalletService for WalletApi {
         // All at once, so the group committer takes them in few transactions;
         // each keeps its own result, in the order given.
         let answers =
-            futures::future::join_all(request.debits.into_iter().map(|debit| self.debit_one(tenant, debit))).await;
+            futures::future::join_all(request.debits.into_iter().map(|debit| self.debit_one(tenant, key, debit))).await;
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
             let outcome = match answer {
@@ -582,6 +592,7 @@ impl WalletService for WalletApi {
         request: Request<pb::DrawUsageRequest>,
     ) -> Result<Response<pb::DrawUsageResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         if request.lines.is_empty() || request.lines.len() > USAGE_LINES_MAX {
             return Err(WalletError::field("lines", format!("must hold 1 to {USAGE_LINES_MAX} lines")).into());
@@ -602,7 +613,7 @@ impl WalletService for WalletApi {
         let mut checked = Vec::with_capacity(request.lines.len());
         let mut units = Vec::with_capacity(request.lines.len());
         for line in request.lines {
-            match self.check_line(tenant, line).await {
+            match self.check_line(tenant, key, line).await {
                 Ok((command, unit)) => {
                     checked.push(Ok(command));
                     units.push(Some(unit));
@@ -683,6 +694,7 @@ impl WalletService for WalletApi {
 
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
@@ -704,7 +716,7 @@ impl WalletService for WalletApi {
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.correlation_id = request.correlation_id.clone();
         let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
         let ttl = chrono::Duration::seconds(i64::from(request.ttl_seconds));
@@ -718,6 +730,7 @@ impl WalletService for WalletApi {
         request: Request<pb::CaptureHoldRequest>,
     ) -> Result<Response<pb::CaptureHoldResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let hold_id = violations.id("hold_id", &request.hold_id, HoldId);
@@ -739,7 +752,7 @@ impl WalletService for WalletApi {
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
         let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
@@ -765,6 +778,7 @@ impl WalletService for WalletApi {
         request: Request<pb::ReleaseHoldRequest>,
     ) -> Result<Response<pb::ReleaseHoldResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let hold_id = violations.id("hold_id", &request.hold_id, HoldId);
@@ -778,7 +792,7 @@ impl WalletService for WalletApi {
         let hold = self.store.hold(tenant, hold_id).await?;
         let unit = self.unit_of(tenant, hold.account_id).await?;
         let now = now();
-        let ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         let plan = LoadPlan { hold_ids: vec![hold_id], ..LoadPlan::default() };
         let response = self
             .change(
@@ -799,6 +813,7 @@ impl WalletService for WalletApi {
 
     async fn adjust(&self, request: Request<pb::AdjustRequest>) -> Result<Response<pb::AdjustResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
@@ -823,7 +838,7 @@ impl WalletService for WalletApi {
         });
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.description = request.reason.clone();
         ctx.metadata = request.metadata.clone();
         let response = self
@@ -849,6 +864,7 @@ impl WalletService for WalletApi {
 
     async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let entry_id = violations.id("entry_id", &request.entry_id, EntryId);
@@ -872,7 +888,7 @@ impl WalletService for WalletApi {
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.description = request.reason.clone();
         ctx.correlation_id = entry.correlation_id.clone();
         let plan = LoadPlan { refund_of: Some(entry.id), ..LoadPlan::default() };
@@ -899,6 +915,7 @@ impl WalletService for WalletApi {
         request: Request<pb::VoidGrantRequest>,
     ) -> Result<Response<pb::VoidGrantResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let grant_id = violations.id("grant_id", &request.grant_id, GrantId);
@@ -913,7 +930,7 @@ impl WalletService for WalletApi {
         let grant = self.store.grant(tenant, grant_id).await?;
         let unit = self.unit_of(tenant, grant.account_id).await?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.description = request.reason.clone();
         let plan = LoadPlan { grant_ids: vec![grant_id], ..LoadPlan::default() };
         let response = self
@@ -942,6 +959,7 @@ impl WalletService for WalletApi {
 
     async fn transfer(&self, request: Request<pb::TransferRequest>) -> Result<Response<pb::TransferResponse>, Status> {
         let tenant = tenant_of(&request)?;
+        let key = key_of(&request);
         let request = request.into_inner();
         let mut violations = Violations::default();
         let from = violations.id("from_account_id", &request.from_account_id, AccountId);
@@ -969,7 +987,7 @@ impl WalletService for WalletApi {
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
         let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone());
+        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.correlation_id = request.correlation_id.clone();
         ctx.description = request.description.clone();
         ctx.metadata = request.metadata.clone();
@@ -1185,16 +1203,19 @@ impl WalletService for WalletApi {
         &self,
         request: Request<pb::GetCallerRequest>,
     ) -> Result<Response<pb::GetCallerResponse>, Status> {
+        let key_id = key_of(&request).map(|key| key.to_string()).unwrap_or_default();
         let response = match caller_of(&request)? {
             Caller::Tenant(tenant, role) => pb::GetCallerResponse {
                 kind: pb::CallerKind::Tenant.into(),
                 tenant_id: tenant.to_string(),
                 role: role.to_wire().into(),
+                key_id,
             },
             Caller::Service => pb::GetCallerResponse {
                 kind: pb::CallerKind::Service.into(),
                 tenant_id: String::new(),
                 role: pb::KeyRole::Unspecified.into(),
+                key_id,
             },
         };
         Ok(Response::new(response))

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use reservoir_common::auth::TenantId;
+use reservoir_common::auth::{KeyId, TenantId};
 use reservoir_common::money::Unit;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -325,6 +325,9 @@ pub struct Entry {
     pub metadata: Metadata,
     pub refunded_entry_id: Option<EntryId>,
     pub created_at: DateTime<Utc>,
+    /// The API key whose call wrote the entry; none for what time did
+    /// (expiries) and for entries from before keys were recorded.
+    pub key_id: Option<KeyId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -468,6 +471,8 @@ pub struct OperationContext {
     pub correlation_id: String,
     pub description: String,
     pub metadata: Metadata,
+    /// The API key the call was made with, recorded on every entry.
+    pub key_id: Option<KeyId>,
 }
 
 impl OperationContext {
@@ -479,7 +484,14 @@ impl OperationContext {
             correlation_id: String::new(),
             description: String::new(),
             metadata: Metadata::new(),
+            key_id: None,
         }
+    }
+
+    /// The same context, made with `key`.
+    pub fn with_key(mut self, key: Option<KeyId>) -> Self {
+        self.key_id = key;
+        self
     }
 }
 
@@ -494,6 +506,7 @@ impl OperationContext {
             correlation_id: String::new(),
             description: String::new(),
             metadata: Metadata::new(),
+            key_id: None,
         }
     }
 }

@@ -1096,6 +1096,7 @@ impl Wallet {
             metadata: ctx.metadata.clone(),
             refunded_entry_id,
             created_at: ctx.now,
+            key_id: ctx.key_id,
         };
         self.changes.entries.push(entry);
     }

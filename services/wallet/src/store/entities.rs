@@ -182,6 +182,8 @@ pub mod entry {
         pub refunded_sequence: Option<i64>,
         /// The id of an entry written before ids named their place.
         pub legacy_id: Option<Uuid>,
+        /// The API key whose call wrote the entry.
+        pub key_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

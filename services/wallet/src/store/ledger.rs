@@ -56,11 +56,11 @@ pub fn insert_body(
     rows: &[entry::ActiveModel],
 ) -> Result<String, WalletError> {
     let count = rows.len();
-    let mut columns: Vec<Vec<Value>> = (0..15).map(|_| Vec::with_capacity(count)).collect();
+    let mut columns: Vec<Vec<Value>> = (0..16).map(|_| Vec::with_capacity(count)).collect();
     let text = |field: &ActiveValue<Option<String>>| Value::from(value(field).cloned().flatten().unwrap_or_default());
     for row in rows {
         let missing = || WalletError::Internal("an entry row is incomplete".into());
-        let values: [Value; 15] = [
+        let values: [Value; 16] = [
             Value::from(*value(&row.account_number).ok_or_else(missing)?),
             Value::from(*value(&row.sequence).ok_or_else(missing)?),
             Value::from(*value(&row.created_at).ok_or_else(missing)?),
@@ -76,6 +76,7 @@ pub fn insert_body(
             text(&row.description),
             text(&row.metadata),
             Value::from(value(&row.refunded_sequence).copied().flatten().unwrap_or(0)),
+            Value::from(value(&row.key_id).copied().flatten().unwrap_or(Uuid::nil())),
         ];
         for (column, value) in columns.iter_mut().zip(values) {
             column.push(value);
@@ -97,16 +98,19 @@ pub fn insert_body(
         (ArrayType::String, "text[]"),
         (ArrayType::String, "text[]"),
         (ArrayType::BigInt, "bigint[]"),
+        (ArrayType::Uuid, "uuid[]"),
     ];
     let parameters: Vec<String> =
         kinds.into_iter().zip(columns).map(|((kind, cast), column)| bind(kind, column, cast)).collect();
     Ok(format!(
         "INSERT INTO ledger (account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, \
-         balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence) \
+         balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence, \
+         key_id) \
          SELECT v.n, v.s, v.c, NULLIF(v.g, '00000000-0000-0000-0000-000000000000'::uuid), \
          NULLIF(v.h, '00000000-0000-0000-0000-000000000000'::uuid), v.p, v.k, v.a, v.b, v.key, NULLIF(v.cor, ''), \
-         NULLIF(v.m, ''), NULLIF(v.d, ''), NULLIF(v.md, ''), NULLIF(v.r, 0) \
-         FROM UNNEST({}) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r)",
+         NULLIF(v.m, ''), NULLIF(v.d, ''), NULLIF(v.md, ''), NULLIF(v.r, 0), \
+         NULLIF(v.api_key, '00000000-0000-0000-0000-000000000000'::uuid) \
+         FROM UNNEST({}) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r, api_key)",
         parameters.join(", ")
     ))
 }

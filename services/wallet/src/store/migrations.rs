@@ -19,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(SpendControl),
             Box::new(LeanLedger),
             Box::new(KeyRoles),
+            Box::new(EntryKeys),
         ]
     }
 }
@@ -461,6 +462,26 @@ impl MigrationTrait for KeyRoles {
                 "ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'ADMIN' \
                  CHECK (role IN ('ADMIN', 'WRITE', 'READ_ONLY'))",
             )
+            .await?;
+        Ok(())
+    }
+}
+
+/// The API key whose call wrote each entry (NULL for entries written before,
+/// and for what time does, such as expiries).
+struct EntryKeys;
+
+impl MigrationName for EntryKeys {
+    fn name(&self) -> &str {
+        "m0008_entry_keys"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for EntryKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema("ALTER TABLE ledger ADD COLUMN key_id {uuid}", db.get_database_backend()))
             .await?;
         Ok(())
     }

@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use reservoir_common::auth::{Caller, KeyResolver, KeyRole, TenantId, generate_key, hash_key, key_display_prefix};
+use reservoir_common::auth::{
+    Caller, Identity, KeyId, KeyResolver, KeyRole, TenantId, generate_key, hash_key, key_display_prefix,
+};
 use reservoir_common::db::{Database, WriteTransaction, is_unique_violation};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::{ArrayType, Expr};
@@ -114,6 +116,17 @@ pub struct IssuedKey {
     pub id: Uuid,
     pub tenant_id: TenantId,
     pub key: String,
+}
+
+/// A key as listed: never the key itself, only its first characters.
+#[derive(Debug, Clone)]
+pub struct KeyListed {
+    pub id: Uuid,
+    pub display_prefix: String,
+    pub service: bool,
+    pub role: KeyRole,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +313,29 @@ impl Store {
         insert_key_in(&self.db, tenant, "SERVICE", KeyRole::Admin, pepper, now).await
     }
 
+    /// A tenant's keys, oldest first, revoked ones included: what an operator
+    /// matches the key ids on ledger entries and in the audit log against.
+    pub async fn keys(&self, tenant_id: TenantId) -> Result<Vec<KeyListed>, WalletError> {
+        let rows = api_key::Entity::find()
+            .filter(api_key::Column::TenantId.eq(tenant_id.0))
+            .order_by_asc(api_key::Column::CreatedAt)
+            .order_by_asc(api_key::Column::Id)
+            .all(&self.db)
+            .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(KeyListed {
+                    id: row.id,
+                    display_prefix: row.display_prefix.clone(),
+                    service: row.kind == "SERVICE",
+                    role: role_of(&row)?,
+                    created_at: row.created_at,
+                    revoked_at: row.revoked_at,
+                })
+            })
+            .collect()
+    }
+
     /// Revokes a key by its id; `false` when there is no such active key.
     pub async fn revoke_key(&self, key_id: Uuid, now: DateTime<Utc>) -> Result<bool, WalletError> {
         let result = api_key::Entity::update_many()
@@ -347,17 +383,19 @@ impl Store {
 
     /// Who holds the key with this hash, if it is issued and not revoked
     /// (a key being rotated out works until its revocation comes).
-    pub async fn caller_for_key_hash(&self, key_hash: &str) -> Result<Option<Caller>, WalletError> {
+    pub async fn caller_for_key_hash(&self, key_hash: &str) -> Result<Option<Identity>, WalletError> {
         let row = api_key::Entity::find()
             .filter(api_key::Column::KeyHash.eq(key_hash))
             .filter(active_at(Utc::now()))
             .one(&self.db)
             .await?;
         let Some(row) = row else { return Ok(None) };
-        if row.kind == "SERVICE" {
-            return Ok(Some(Caller::Service));
-        }
-        Ok(Some(Caller::Tenant(TenantId(row.tenant_id), role_of(&row)?)))
+        let caller = if row.kind == "SERVICE" {
+            Caller::Service
+        } else {
+            Caller::Tenant(TenantId(row.tenant_id), role_of(&row)?)
+        };
+        Ok(Some(Identity { caller, key: KeyId(row.id) }))
     }
 
     // ---- reads --------------------------------------------------------------
@@ -1275,7 +1313,7 @@ pub struct StoreKeyResolver {
 }
 
 impl KeyResolver for StoreKeyResolver {
-    fn resolve(&self, key: String) -> futures::future::BoxFuture<'static, Result<Option<Caller>, String>> {
+    fn resolve(&self, key: String) -> futures::future::BoxFuture<'static, Result<Option<Identity>, String>> {
         let store = self.store.clone();
         let hash = hash_key(&self.pepper, &key);
         Box::pin(async move { store.caller_for_key_hash(&hash).await.map_err(|error| error.to_string()) })

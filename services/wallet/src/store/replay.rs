@@ -602,6 +602,8 @@ pub async fn migrate_legacy_records(db: &impl ConnectionTrait) -> Result<(), DbE
 mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
 
+    use reservoir_common::auth::KeyId;
+
     use super::*;
 
     #[test]
@@ -637,6 +639,7 @@ mod tests {
             metadata: Metadata::new(),
             refunded_entry_id: None,
             created_at: Utc::now(),
+            key_id: Some(KeyId(Uuid::now_v7())),
         };
         let answer = Answer {
             at: Utc::now(),

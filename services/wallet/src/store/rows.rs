@@ -2,7 +2,7 @@
 //! metadata and meter codes as JSON text.
 
 use chrono::{DateTime, Utc};
-use reservoir_common::auth::TenantId;
+use reservoir_common::auth::{KeyId, TenantId};
 use reservoir_common::money::Unit;
 use sea_orm::ActiveValue::Set;
 
@@ -350,6 +350,7 @@ pub fn entry_from_row(
         metadata: row.metadata.as_deref().map(metadata_from).transpose()?.unwrap_or_default(),
         refunded_entry_id: refunded_id,
         created_at: row.created_at,
+        key_id: row.key_id.map(KeyId),
     })
 }
 
@@ -380,5 +381,6 @@ pub fn entry_to_row(
         metadata: Set((!entry.metadata.is_empty()).then(|| metadata_to(&entry.metadata))),
         refunded_sequence: Set(refunded_sequence.map(to_i64)),
         legacy_id: Set(None),
+        key_id: Set(entry.key_id.map(|key| key.0)),
     }
 }

@@ -211,7 +211,47 @@ async fn a_write_key_changes_balances_but_not_the_tenants_settings(app: &TestApp
     assert_eq!(changed.settings.unwrap().allow_promotional_transfers, allow);
 }
 
+/// Every entry names the key whose call wrote it: a tenant's key for its own
+/// calls, a service's key for what a service did for the tenant, and never
+/// the key itself.
+async fn every_entry_records_the_key_that_wrote_it(app: &TestApp) {
+    use reservoir_common::auth::KeyRole;
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "10", pb::GrantKind::Paid).await;
+    let admin = app.client.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
+    let issued = app.store.issue_key_with_role(app.tenant, KeyRole::Write, PEPPER, Utc::now()).await.unwrap();
+    let writer = client(app.address, &issued.key).await;
+    let caller = writer.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
+    assert_eq!(caller.key_id, issued.id.to_string(), "GetCaller names the key's id");
+    assert_ne!(caller.key_id, admin.key_id);
+    debit(&writer, &account, "1").await.unwrap();
+    writer
+        .clone()
+        .batch_debit(pb::BatchDebitRequest { debits: vec![debit_request(&account, "2"), debit_request(&account, "3")] })
+        .await
+        .unwrap();
+    let service = app.store.issue_service_key(PEPPER, Utc::now()).await.unwrap();
+    let request =
+        reservoir_common::auth::service_request(debit_request(&account, "0.5"), &service.key, app.tenant).unwrap();
+    WalletServiceClient::new(channel(app.address).await).debit(request).await.unwrap();
+    let entries = ledger(&app.client, &account).await;
+    let made_by: Vec<(pb::EntryKind, String)> =
+        entries.iter().map(|entry| (entry.kind(), entry.key_id.clone())).collect();
+    assert_eq!(
+        made_by,
+        vec![
+            (pb::EntryKind::Grant, admin.key_id.clone()),
+            (pb::EntryKind::Debit, issued.id.to_string()),
+            (pb::EntryKind::Debit, issued.id.to_string()),
+            (pb::EntryKind::Debit, issued.id.to_string()),
+            (pb::EntryKind::Debit, service.id.to_string()),
+        ]
+    );
+    assert!(entries.iter().all(|entry| !entry.key_id.contains(&issued.key) && !entry.key_id.contains(&service.key)));
+}
+
 crate::on_both_backends!(
+    every_entry_records_the_key_that_wrote_it,
     a_read_only_key_reads_and_is_refused_every_change,
     a_write_key_changes_balances_but_not_the_tenants_settings,
     a_rotated_key_works_beside_its_successor_until_the_overlap_ends,
