@@ -45,7 +45,8 @@ pub struct PaymentsSettings {
     pub wallet_endpoint: String,
     /// Payments' service key for the wallet (`reservoir key issue-service`):
     /// it asks the wallet whether an account named by a payment method or a
-    /// voucher redemption is the caller's.
+    /// voucher redemption is the caller's, and whether the unit of a new
+    /// voucher batch is one the tenant keeps accounts in.
     #[serde(default)]
     pub wallet_service_key: String,
     /// How long one gateway call may take before the attempt counts as

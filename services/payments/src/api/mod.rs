@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
 use reservoir_common::auth::{TenantId, service_request, tenant_of};
+use reservoir_common::money::Unit;
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::payments as pb;
@@ -94,6 +95,29 @@ impl Accounts {
                 "the wallet could not confirm the account: {}",
                 status.message()
             ))),
+        }
+    }
+
+    /// The unit `code` when some account of `tenant` is kept in it; `None`
+    /// when none is (a voucher in it could never be redeemed); UNAVAILABLE
+    /// when the wallet cannot tell now.
+    async fn unit(&self, tenant: TenantId, code: &str) -> Result<Option<Unit>, PaymentsError> {
+        let message = wallet_pb::GetUnitRequest { unit_code: code.to_owned() };
+        let request = service_request(message, &self.service_key, tenant)
+            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+        match self.wallet.clone().get_unit(request).await {
+            Ok(response) => {
+                let unit = response.into_inner().unit.unwrap_or_default();
+                Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency)
+                    .map(Some)
+                    .map_err(|error| {
+                        PaymentsError::Internal(format!("the wallet answered a unit it cannot have: {error}"))
+                    })
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => {
+                Err(PaymentsError::Unavailable(format!("the wallet could not confirm the unit: {}", status.message())))
+            }
         }
     }
 }
@@ -579,7 +603,16 @@ impl PaymentsService for PaymentsApi {
         }
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.finish().map_err(PaymentsError::from)?;
-        let value = value.ok_or_else(missing)?;
+        // Well formed, checked with the other fields; exactly, in the unit, below.
+        value.ok_or_else(missing)?;
+        // Only a unit the tenant keeps accounts in: a voucher in any other
+        // could never be redeemed. And no finer than that unit counts.
+        let Some(unit) = self.accounts.unit(tenant, &request.unit_code).await? else {
+            return Err(PaymentsError::field("unit_code", "is not the unit of any of the tenant's accounts").into());
+        };
+        let value = unit
+            .parse_positive(&request.value)
+            .map_err(|error| PaymentsError::field("value", format!("in {}: {error}", unit.code())))?;
         let hash = request_hash(&request);
         if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "CreateVoucherBatch", &hash).await?
         {

@@ -270,7 +270,29 @@ pub fn refund_request(payment: &pb::Payment, amount: &str) -> pb::RefundRequest 
     }
 }
 
+/// Opens an account of the first tenant in CREDIT (two decimal places, a
+/// cent each): vouchers are only made in a unit the tenant keeps accounts in.
+pub async fn credit_account(suite: &Suite) -> String {
+    use reservoir_proto::wallet as wallet_pb;
+    let unit = wallet_pb::Unit {
+        code: "CREDIT".into(),
+        scale: Some(2),
+        price_per_credit: "0.01".into(),
+        billing_currency: "USD".into(),
+    };
+    let request = wallet_pb::CreateAccountRequest {
+        external_id: key(),
+        unit: Some(unit),
+        overdraft_policy: wallet_pb::OverdraftPolicy::None.into(),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    suite.wallet.clone().create_account(request).await.unwrap().into_inner().account.unwrap().id
+}
+
+/// A batch of CREDIT vouchers.
 pub async fn voucher_batch(suite: &Suite, count: u32, value: &str) -> pb::CreateVoucherBatchResponse {
+    credit_account(suite).await;
     suite
         .payments
         .clone()

@@ -16,6 +16,7 @@ fn with_wrong_check(code: &str) -> String {
 }
 
 async fn a_batch_has_unique_well_formed_codes_that_verify(suite: Suite) -> Suite {
+    credit_account(&suite).await;
     let mut client = suite.payments.clone();
     let request = pb::CreateVoucherBatchRequest {
         count: 200,
@@ -67,6 +68,16 @@ async fn a_batch_has_unique_well_formed_codes_that_verify(suite: Suite) -> Suite
     };
     assert_invalid(client.create_voucher_batch(invalid(cents)).await, "value");
     assert_invalid(client.create_voucher_batch(invalid(|r| r.unit_code = "no spaces".into())).await, "unit_code");
+    // Only in a unit the tenant keeps accounts in, and no finer than it counts.
+    assert_invalid(client.create_voucher_batch(invalid(|r| r.unit_code = "NOSUCHUNIT".into())).await, "unit_code");
+    assert_invalid(client.create_voucher_batch(invalid(|r| r.unit_code = "EUR".into())).await, "unit_code");
+    assert_invalid(client.create_voucher_batch(invalid(|r| r.value = "25.555".into())).await, "value");
+    let theirs = suite
+        .other
+        .clone()
+        .create_voucher_batch(pb::CreateVoucherBatchRequest { idempotency_key: key(), ..request.clone() })
+        .await;
+    assert_invalid(theirs, "unit_code");
     assert_invalid(
         client
             .create_voucher_batch(invalid(|r| {
@@ -163,6 +174,7 @@ async fn five_unknown_codes_lock_the_account_out_for_a_while(suite: Suite) -> Su
 }
 
 async fn an_expired_voucher_is_refused(suite: Suite) -> Suite {
+    let redeemer = account(&suite).await;
     let mut client = suite.payments.clone();
     let batch = client
         .create_voucher_batch(pb::CreateVoucherBatchRequest {
@@ -177,7 +189,7 @@ async fn an_expired_voucher_is_refused(suite: Suite) -> Suite {
         .into_inner();
     tokio::time::sleep(Duration::from_millis(2_200)).await;
     assert_refused(
-        client.redeem_voucher(redeem_request(&batch.codes[0], &account(&suite).await)).await,
+        client.redeem_voucher(redeem_request(&batch.codes[0], &redeemer)).await,
         Code::FailedPrecondition,
         "VOUCHER_EXPIRED",
     );

@@ -361,6 +361,21 @@ impl WalletService for WalletApi {
         Ok(Response::new(pb::GetAccountResponse { account: Some(convert::account(&account)) }))
     }
 
+    async fn get_unit(&self, request: Request<pb::GetUnitRequest>) -> Result<Response<pb::GetUnitResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        // A code no unit could have is refused, not looked up.
+        violations.required_text("unit_code", &request.unit_code, ID_LENGTH_MAX);
+        let well_formed = request.unit_code.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !request.unit_code.is_empty() && !well_formed {
+            violations.add("unit_code", "is letters, digits and underscores");
+        }
+        violations.finish()?;
+        let unit = self.store.unit_held(tenant, &request.unit_code).await?.ok_or(WalletError::NotFound("unit"))?;
+        Ok(Response::new(pb::GetUnitResponse { unit: Some(convert::unit(&unit)) }))
+    }
+
     async fn list_accounts(
         &self,
         request: Request<pb::ListAccountsRequest>,

@@ -20,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(LeanLedger),
             Box::new(KeyRoles),
             Box::new(EntryKeys),
+            Box::new(AccountsByUnit),
         ]
     }
 }
@@ -482,6 +483,27 @@ impl MigrationTrait for EntryKeys {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema("ALTER TABLE ledger ADD COLUMN key_id {uuid}", db.get_database_backend()))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Finding a tenant's account in a unit (GetUnit) without reading all of
+/// the tenant's accounts.
+struct AccountsByUnit;
+
+impl MigrationName for AccountsByUnit {
+    fn name(&self) -> &str {
+        "m0009_accounts_by_unit"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for AccountsByUnit {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared("CREATE INDEX accounts_by_unit ON accounts (tenant_id, unit_code)")
             .await?;
         Ok(())
     }

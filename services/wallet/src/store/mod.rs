@@ -409,6 +409,21 @@ impl Store {
         rows::account_from_row(row)
     }
 
+    /// The unit of one of the tenant's accounts kept in `code`, if any is:
+    /// an account's unit never changes, so any one of them tells.
+    pub async fn unit_held(
+        &self,
+        tenant_id: TenantId,
+        code: &str,
+    ) -> Result<Option<reservoir_common::money::Unit>, WalletError> {
+        let row = account::Entity::find()
+            .filter(account::Column::TenantId.eq(tenant_id.0))
+            .filter(account::Column::UnitCode.eq(code))
+            .one(&self.db)
+            .await?;
+        row.map(|row| rows::account_from_row(row).map(|account| account.unit)).transpose()
+    }
+
     /// One page of the tenant's accounts in the order they were opened
     /// (account ids are time-ordered), after the account `after`.
     pub async fn accounts_page(

@@ -143,7 +143,34 @@ async fn a_twenty_digit_amount_round_trips_exactly(app: &TestApp) {
     assert_eq!(read.account.unwrap().unit.unwrap().price_per_credit, "0.00002");
 }
 
+/// GetUnit finds a unit by its code among the tenant's own accounts only.
+async fn a_unit_is_found_only_where_the_tenant_keeps_accounts_in_it(app: &TestApp) {
+    let credits = pb::Unit {
+        code: "TOKENS".into(),
+        scale: Some(3),
+        price_per_credit: "0.002".into(),
+        billing_currency: "EUR".into(),
+    };
+    open_account_with(&app.client, |request| request.unit = Some(credits.clone())).await;
+    prepaid(&app.client).await;
+    let get = |code: &str| {
+        let mut client = app.client.clone();
+        let request = pb::GetUnitRequest { unit_code: code.into() };
+        async move { client.get_unit(request).await }
+    };
+    assert_eq!(get("TOKENS").await.unwrap().into_inner().unit, Some(credits));
+    let usd = get("USD").await.unwrap().into_inner().unit.unwrap();
+    assert_eq!((usd.code.as_str(), usd.scale), ("USD", Some(2)));
+    assert_refused(get("EUR").await, Code::NotFound, "NOT_FOUND");
+    assert_invalid(get("").await, "unit_code");
+    assert_invalid(get("TOK ENS").await, "unit_code");
+    let (_, other) = app.other_tenant().await;
+    let theirs = other.clone().get_unit(pb::GetUnitRequest { unit_code: "TOKENS".into() }).await;
+    assert_refused(theirs, Code::NotFound, "NOT_FOUND");
+}
+
 crate::on_both_backends!(
+    a_unit_is_found_only_where_the_tenant_keeps_accounts_in_it,
     an_account_reads_back_as_it_was_opened,
     a_second_account_with_the_same_external_id_is_refused,
     account_settings_are_checked_field_by_field,
