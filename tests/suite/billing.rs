@@ -170,9 +170,31 @@ async fn payments_killed_mid_stream_never_charge_twice(backend: Backend) {
     let account = open_funded_account(&wallet, "0").await;
     let mut payments = billing.payments().await;
     let card = add_card(&mut payments, &account.id, "tok_succeed").await;
+    // Each charge pays an open invoice of its own amount.
+    let mut invoicing = billing.invoicing().await;
+    let mut invoices = Vec::new();
+    for number in 0..400 {
+        let draft = invoicing
+            .create_invoice(invoicing_pb::CreateInvoiceRequest {
+                account_id: account.id.clone(),
+                credits: format!("{}", number + 1),
+                idempotency_key: key(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .invoice
+            .unwrap();
+        invoicing
+            .finalize_invoice(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id.clone() })
+            .await
+            .unwrap();
+        invoices.push(draft.id);
+    }
     let request = |number: usize| payments_pb::ChargeRequest {
         account_id: account.id.clone(),
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        invoice_id: invoices[number].clone(),
         amount: format!("{}.00", number + 1),
         currency: "USD".into(),
         payment_method_id: card.clone(),

@@ -67,6 +67,7 @@ impl Environment {
             ("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string()),
             ("RESERVOIR__PAYMENTS__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__PAYMENTS__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}")),
             ("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), orchestrator_address.to_string()),
             ("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__ORCHESTRATOR__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
@@ -129,6 +130,7 @@ impl Environment {
         variables.insert("RESERVOIR__INVOICING__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}"));
         variables.insert("RESERVOIR__PAYMENTS__LISTEN".to_owned(), payments_address.to_string());
         variables.insert("RESERVOIR__PAYMENTS__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        variables.insert("RESERVOIR__PAYMENTS__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}"));
         variables.insert("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), orchestrator_address.to_string());
         variables.insert("RESERVOIR__ORCHESTRATOR__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
         variables

@@ -41,14 +41,21 @@ pub struct PaymentsSettings {
     /// Connections in this replica's pool.
     pub database_max_connections: u32,
     /// The wallet's gRPC address, such as `http://wallet:50051`. Payments asks
-    /// the wallet who holds each caller's API key, and nothing else.
+    /// the wallet who holds each caller's API key, and whose accounts and
+    /// units the ones a call names are.
     pub wallet_endpoint: String,
-    /// Payments' service key for the wallet (`reservoir key issue-service`):
-    /// it asks the wallet whether an account named by a payment method or a
-    /// voucher redemption is the caller's, and whether the unit of a new
-    /// voucher batch is one the tenant keeps accounts in.
+    /// Payments' service key (`reservoir key issue-service`): it asks the
+    /// wallet whether an account named by a payment method or a voucher
+    /// redemption is the caller's, and whether the unit of a new voucher
+    /// batch is one the tenant keeps accounts in; and invoicing whether the
+    /// invoice a charge names is the caller's and open.
     #[serde(default)]
     pub wallet_service_key: String,
+    /// Invoicing's gRPC address, such as `http://invoicing:50053`: a charge
+    /// is made only for an open invoice of the caller's, for its account
+    /// and currency and at most its amount due.
+    #[serde(default)]
+    pub invoicing_endpoint: String,
     /// How long one gateway call may take before the attempt counts as
     /// timed out (the payment is FAILED, and a retry with its key asks again).
     pub gateway_timeout_ms: u64,
@@ -73,6 +80,12 @@ impl PaymentsSettings {
         }
         if self.wallet_service_key.is_empty() {
             return Err("payments: wallet_service_key is required (reservoir key issue-service)".into());
+        }
+        if !self.invoicing_endpoint.starts_with("http://") && !self.invoicing_endpoint.starts_with("https://") {
+            return Err(format!(
+                "payments: invoicing_endpoint must be an http(s) URL, not {:?}",
+                self.invoicing_endpoint
+            ));
         }
         if self.gateway_timeout_ms == 0 || self.gateway_timeout_ms > GATEWAY_TIMEOUT_MS_MAX {
             return Err(format!("payments: gateway_timeout_ms must be 1 to {GATEWAY_TIMEOUT_MS_MAX}"));
@@ -104,7 +117,7 @@ pub struct Application {
     /// TLS (and mTLS) on the port; plaintext without a certificate.
     tls: TlsSettings,
     gateway_timeout: Duration,
-    accounts: crate::api::Accounts,
+    owners: crate::api::Owners,
 }
 
 impl Application {
@@ -124,7 +137,12 @@ impl Application {
             .map_err(|source| AppError::Listen { address: settings.listen, source })?;
         let metrics =
             reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
-        let accounts = crate::api::Accounts::new(wallet.clone(), settings.wallet_service_key.clone());
+        let invoicing = reservoir_common::tls::endpoint(&settings.invoicing_endpoint)
+            .map_err(|error| AppError::Settings(format!("payments: invoicing_endpoint: {error}")))?
+            .timeout(WALLET_CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy();
+        let owners = crate::api::Owners::new(wallet.clone(), invoicing, settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
             limits: LimitSettings::default(),
@@ -135,7 +153,7 @@ impl Application {
             store,
             authenticator,
             gateway_timeout: Duration::from_millis(settings.gateway_timeout_ms),
-            accounts,
+            owners,
         })
     }
 
@@ -182,7 +200,7 @@ impl Application {
             self.store.clone(),
             Arc::new(self.sandbox.clone()),
             self.gateway_timeout,
-            self.accounts.clone(),
+            self.owners.clone(),
             stopping,
         );
         let routes = tonic::service::Routes::new(PaymentsServiceServer::new(api));

@@ -53,6 +53,9 @@ fn reason(refusal: &Refusal) -> &'static str {
         Refusal::VoucherAlreadyRedeemed => "VOUCHER_ALREADY_REDEEMED",
         Refusal::VoucherExpired => "VOUCHER_EXPIRED",
         Refusal::VoucherUnitMismatch => "VOUCHER_UNIT_MISMATCH",
+        Refusal::InvoiceMismatch => "INVOICE_MISMATCH",
+        Refusal::InvoiceNotPayable => "INVOICE_NOT_PAYABLE",
+        Refusal::ChargeExceedsAmountDue => "CHARGE_EXCEEDS_AMOUNT_DUE",
     }
 }
 

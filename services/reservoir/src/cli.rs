@@ -467,6 +467,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         .with_tls(settings.tls.clone());
     if let Some(address) = invoicing.local_addr() {
         settings.orchestrator.invoicing_endpoint = format!("{scheme}://{address}");
+        settings.payments.invoicing_endpoint = format!("{scheme}://{address}");
         println!("invoicing    listening on {address}");
     }
     let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)

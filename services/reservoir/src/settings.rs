@@ -56,6 +56,7 @@ database_schema = "payments"
 database_max_connections = 8
 wallet_endpoint = "http://127.0.0.1:50051"
 wallet_service_key = ""
+invoicing_endpoint = "http://127.0.0.1:50053"
 gateway_timeout_ms = 10000
 metrics_listen = "127.0.0.1:9054"
 

@@ -137,6 +137,7 @@ impl Suite {
                 database_max_connections: 8,
                 wallet_endpoint: format!("http://{wallet_address}"),
                 wallet_service_key: service_key.clone(),
+                invoicing_endpoint: format!("http://{invoicing_address}"),
                 gateway_timeout_ms: 5_000,
                 metrics_listen: String::new(),
             },

@@ -16,6 +16,8 @@ use reservoir_common::auth::{TenantId, service_request, tenant_of};
 use reservoir_common::money::Unit;
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_server::PaymentsService;
 use reservoir_proto::wallet as wallet_pb;
@@ -27,8 +29,8 @@ use uuid::Uuid;
 
 use self::convert::*;
 use crate::domain::{
-    AttemptOutcome, Channel, ChargeStep, RefundStatus, Refusal, VoucherCode, charge_step, check_unit_code,
-    initial_status, payment_amount, payment_currency, voucher_value,
+    AttemptOutcome, Channel, ChargeStep, InvoiceFacts, RefundStatus, Refusal, VoucherCode, charge_step, check_invoice,
+    check_unit_code, initial_status, payment_amount, payment_currency, voucher_value,
 };
 use crate::error::PaymentsError;
 use crate::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
@@ -68,23 +70,29 @@ const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The attempt code of a gateway call that did not answer in time.
 const TIMEOUT_CODE: &str = "timeout";
 
-/// Asks the wallet whether an account is the tenant's, with payments' own
-/// service key: a payment method is only ever added to an account the
-/// caller holds.
+/// Asks the services that own accounts, units and invoices about those a
+/// call names, with payments' own service key: a payment method is only
+/// added to an account the caller holds, a voucher only made in a unit its
+/// accounts are kept in, and a charge only made for the caller's invoice.
 #[derive(Clone)]
-pub struct Accounts {
+pub struct Owners {
     wallet: WalletServiceClient<tonic::transport::Channel>,
+    invoicing: InvoicingServiceClient<tonic::transport::Channel>,
     service_key: String,
 }
 
-impl Accounts {
-    pub fn new(wallet: tonic::transport::Channel, service_key: String) -> Self {
-        Self { wallet: WalletServiceClient::new(wallet), service_key }
+impl Owners {
+    pub fn new(wallet: tonic::transport::Channel, invoicing: tonic::transport::Channel, service_key: String) -> Self {
+        Self {
+            wallet: WalletServiceClient::new(wallet),
+            invoicing: InvoicingServiceClient::new(invoicing),
+            service_key,
+        }
     }
 
     /// Ok when `account` is one of `tenant`'s; NOT_FOUND when it is not (or
     /// not anyone's); UNAVAILABLE when the wallet cannot tell now.
-    async fn check(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
+    async fn check_account(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
         let message = wallet_pb::GetAccountRequest { account_id: account.to_string() };
         let request = service_request(message, &self.service_key, tenant)
             .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
@@ -120,13 +128,40 @@ impl Accounts {
             }
         }
     }
+
+    /// What a charge needs to know of the tenant's invoice `invoice`:
+    /// NOT_FOUND when the tenant has no such invoice; UNAVAILABLE when
+    /// invoicing cannot tell now.
+    async fn invoice(&self, tenant: TenantId, invoice: Uuid) -> Result<InvoiceFacts, PaymentsError> {
+        let message = invoicing_pb::GetInvoiceRequest { invoice_id: invoice.to_string() };
+        let request = service_request(message, &self.service_key, tenant)
+            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+        let invoice = match self.invoicing.clone().get_invoice(request).await {
+            Ok(response) => response.into_inner().invoice.unwrap_or_default(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Err(PaymentsError::NotFound("invoice")),
+            Err(status) => {
+                return Err(PaymentsError::Unavailable(format!(
+                    "invoicing could not confirm the invoice: {}",
+                    status.message()
+                )));
+            }
+        };
+        let unreadable = |what: &str| PaymentsError::Internal(format!("invoicing answered an invoice with {what}"));
+        let status = invoice.status();
+        Ok(InvoiceFacts {
+            account_id: Uuid::parse_str(&invoice.account_id).map_err(|_| unreadable("a malformed account id"))?,
+            payable: matches!(status, invoicing_pb::InvoiceStatus::Open | invoicing_pb::InvoiceStatus::Uncollectible),
+            amount_due: invoice.amount_due.parse().map_err(|_| unreadable("a malformed amount due"))?,
+            currency: invoice.currency,
+        })
+    }
 }
 
 #[derive(Clone)]
 pub struct PaymentsApi {
     store: Store,
     gateway: Arc<dyn Gateway>,
-    accounts: Accounts,
+    owners: Owners,
     /// How long one gateway call may take before it counts as timed out.
     gateway_timeout: Duration,
     /// Turns true when the server stops, ending open event streams so the
@@ -162,10 +197,10 @@ impl PaymentsApi {
         store: Store,
         gateway: Arc<dyn Gateway>,
         gateway_timeout: Duration,
-        accounts: Accounts,
+        owners: Owners,
         stopping: watch::Receiver<bool>,
     ) -> Self {
-        Self { store, gateway, accounts, gateway_timeout, stopping }
+        Self { store, gateway, owners, gateway_timeout, stopping }
     }
 
     async fn record_of(&self, tenant: TenantId, id: Uuid) -> Result<PaymentRecord, PaymentsError> {
@@ -240,6 +275,11 @@ impl PaymentsApi {
         checked: CheckedCharge,
         hash: String,
     ) -> Result<PaymentRow, PaymentsError> {
+        // Only the tenant's own invoice, for this account and currency, open
+        // and asking for at least this much. Checked when the payment is
+        // made, not on a retry of it: the invoice it paid is no longer open.
+        let invoice = self.owners.invoice(tenant, checked.invoice_id).await?;
+        check_invoice(&invoice, checked.account_id, &request.currency, checked.amount)?;
         let (channel, method_id, token) = match checked.payment_method_id {
             None => (Channel::Manual, None, String::new()),
             Some(method_id) => {
@@ -372,7 +412,7 @@ impl PaymentsService for PaymentsApi {
         if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await? {
             return Ok(Response::new(response));
         }
-        self.accounts.check(tenant, account_id).await?;
+        self.owners.check_account(tenant, account_id).await?;
         let method = PaymentMethodRow {
             id: Uuid::now_v7(),
             account_id,
@@ -607,7 +647,7 @@ impl PaymentsService for PaymentsApi {
         value.ok_or_else(missing)?;
         // Only a unit the tenant keeps accounts in: a voucher in any other
         // could never be redeemed. And no finer than that unit counts.
-        let Some(unit) = self.accounts.unit(tenant, &request.unit_code).await? else {
+        let Some(unit) = self.owners.unit(tenant, &request.unit_code).await? else {
             return Err(PaymentsError::field("unit_code", "is not the unit of any of the tenant's accounts").into());
         };
         let value = unit
@@ -688,7 +728,7 @@ impl PaymentsService for PaymentsApi {
             VoucherCode::parse(&request.code).map_err(|error| PaymentsError::field("code", error.to_string()))?;
         let unit = (!request.unit_code.is_empty()).then_some(request.unit_code.as_str());
         // A voucher is spent only on an account the caller holds.
-        self.accounts.check(tenant, account_id).await?;
+        self.owners.check_account(tenant, account_id).await?;
         let redeemed = self.store.redeem_voucher(tenant, account_id, &code.digest(), unit, now).await?;
         if redeemed.fresh {
             metrics::counter!("reservoir_payments_vouchers_redeemed_total").increment(1);

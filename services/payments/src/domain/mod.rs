@@ -33,4 +33,10 @@ pub enum Refusal {
     VoucherExpired,
     #[error("the voucher is in another unit than the account")]
     VoucherUnitMismatch,
+    #[error("the invoice is for another account or in another currency than the charge")]
+    InvoiceMismatch,
+    #[error("the invoice is not open for payment (a draft, paid or void)")]
+    InvoiceNotPayable,
+    #[error("the charge is more than the invoice's amount due")]
+    ChargeExceedsAmountDue,
 }

@@ -391,3 +391,63 @@ mod tests {
         assert!(!MethodKind::BankTransfer.needs_token());
     }
 }
+
+/// What a charge needs to know of the invoice it pays, as invoicing tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceFacts {
+    pub account_id: uuid::Uuid,
+    /// ISO-4217.
+    pub currency: String,
+    /// OPEN, or UNCOLLECTIBLE (which may still be paid).
+    pub payable: bool,
+    pub amount_due: Decimal,
+}
+
+/// Whether a new charge of `amount` in `currency` on `account_id` may pay
+/// `invoice`: same account and currency, an invoice open for payment, and
+/// no more than it still asks for.
+pub fn check_invoice(
+    invoice: &InvoiceFacts,
+    account_id: uuid::Uuid,
+    currency: &str,
+    amount: Decimal,
+) -> Result<(), Refusal> {
+    if invoice.account_id != account_id || !invoice.currency.eq_ignore_ascii_case(currency) {
+        return Err(Refusal::InvoiceMismatch);
+    }
+    if !invoice.payable {
+        return Err(Refusal::InvoiceNotPayable);
+    }
+    if amount > invoice.amount_due {
+        return Err(Refusal::ChargeExceedsAmountDue);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod invoice_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_charge_pays_only_its_own_open_invoice_up_to_what_is_due() {
+        let account = uuid::Uuid::now_v7();
+        let invoice = InvoiceFacts {
+            account_id: account,
+            currency: "USD".into(),
+            payable: true,
+            amount_due: "20".parse().unwrap(),
+        };
+        let twenty: Decimal = "20".parse().unwrap();
+        assert_eq!(check_invoice(&invoice, account, "USD", twenty), Ok(()));
+        assert_eq!(check_invoice(&invoice, account, "USD", "5".parse().unwrap()), Ok(()), "a part of it");
+        assert_eq!(
+            check_invoice(&invoice, account, "USD", "20.01".parse().unwrap()),
+            Err(Refusal::ChargeExceedsAmountDue)
+        );
+        assert_eq!(check_invoice(&invoice, uuid::Uuid::now_v7(), "USD", twenty), Err(Refusal::InvoiceMismatch));
+        assert_eq!(check_invoice(&invoice, account, "EUR", twenty), Err(Refusal::InvoiceMismatch));
+        let paid = InvoiceFacts { payable: false, amount_due: Decimal::ZERO, ..invoice };
+        assert_eq!(check_invoice(&paid, account, "USD", twenty), Err(Refusal::InvoiceNotPayable));
+    }
+}

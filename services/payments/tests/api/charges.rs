@@ -8,7 +8,7 @@ use crate::helpers::*;
 async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
     let account_id = account(&suite).await;
     let succeed = card(&suite, &account_id, "tok_succeed").await;
-    let payment = charge(&suite, charge_request(&succeed, "12.50")).await;
+    let payment = charge(&suite, charge_request(&suite, &succeed, "12.50").await).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
     assert_eq!(outcomes(&payment), vec![pb::AttemptOutcome::Succeeded]);
     assert_eq!(payment.amount, "12.5", "amounts are normalized decimal strings");
@@ -22,7 +22,7 @@ async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
         ("tok_x", "invalid_token"),
     ] {
         let method = card(&suite, &account_id, token).await;
-        let declined = charge(&suite, charge_request(&method, "5")).await;
+        let declined = charge(&suite, charge_request(&suite, &method, "5").await).await;
         assert_eq!(status(&declined), pb::PaymentStatus::Declined, "{token}");
         assert_eq!(declined.failure_code, code, "{token}");
         assert_eq!(outcomes(&declined), vec![pb::AttemptOutcome::Declined]);
@@ -30,7 +30,7 @@ async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
     }
 
     let pending = card(&suite, &account_id, "tok_pending").await;
-    let payment = charge(&suite, charge_request(&pending, "7")).await;
+    let payment = charge(&suite, charge_request(&suite, &pending, "7").await).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Pending);
     assert_eq!(outcomes(&payment), vec![pb::AttemptOutcome::Pending]);
     let confirm =
@@ -50,7 +50,7 @@ async fn each_sandbox_token_gives_its_outcome(suite: Suite) -> Suite {
 
 async fn a_transient_failure_is_retried_with_the_same_key_and_charged_once(suite: Suite) -> Suite {
     let method = card(&suite, &account(&suite).await, "tok_fail_2").await;
-    let request = charge_request(&method, "20.00");
+    let request = charge_request(&suite, &method, "20.00").await;
     let first = charge(&suite, request.clone()).await;
     assert_eq!(status(&first), pb::PaymentStatus::Failed);
     assert_eq!(first.failure_code, "gateway_unavailable");
@@ -73,7 +73,7 @@ async fn a_transient_failure_is_retried_with_the_same_key_and_charged_once(suite
 
 async fn a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge(suite: Suite) -> Suite {
     let method = card(&suite, &account(&suite).await, "tok_timeout").await;
-    let request = charge_request(&method, "9.99");
+    let request = charge_request(&suite, &method, "9.99").await;
     let first = charge(&suite, request.clone()).await;
     assert_eq!(status(&first), pb::PaymentStatus::Failed);
     assert_eq!(outcomes(&first), vec![pb::AttemptOutcome::TimedOut]);
@@ -87,7 +87,7 @@ async fn a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge(suit
 
 async fn a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused(suite: Suite) -> Suite {
     let method = card(&suite, &account(&suite).await, "tok_succeed").await;
-    let mut request = charge_request(&method, "30");
+    let mut request = charge_request(&suite, &method, "30").await;
     request.metadata = BTreeMap::from([("order".to_owned(), "A-17".to_owned())]);
     let first = charge(&suite, request.clone()).await;
     let again = charge(&suite, request.clone()).await;
@@ -101,7 +101,7 @@ async fn a_replayed_charge_makes_no_new_attempt_and_a_reused_key_is_refused(suit
 }
 
 async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> Suite {
-    let request = reconcile_later_request(&account(&suite).await, "100.00");
+    let request = reconcile_later_request(&suite, &account(&suite).await, "100.00").await;
     let payment = charge(&suite, request.clone()).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Pending);
     assert!(payment.attempts.is_empty(), "no gateway call, so no attempt");
@@ -125,7 +125,8 @@ async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> S
     assert_eq!(get(&suite, &payment).await.external_transaction_id, "bank-2024-001");
 
     let declined =
-        charge(&suite, charge_request(&card(&suite, &account(&suite).await, "tok_decline").await, "1")).await;
+        charge(&suite, charge_request(&suite, &card(&suite, &account(&suite).await, "tok_decline").await, "1").await)
+            .await;
     let not_pending =
         pb::ConfirmPaymentRequest { payment_id: declined.id.clone(), external_transaction_id: "bank-1".into() };
     assert_refused(client.confirm_payment(not_pending).await, Code::FailedPrecondition, "PAYMENT_NOT_PENDING");
@@ -136,7 +137,7 @@ async fn a_reconcile_later_payment_waits_for_its_confirmation(suite: Suite) -> S
 async fn a_bank_transfer_is_pending_without_a_gateway_call(suite: Suite) -> Suite {
     let account_id = account(&suite).await;
     let transfer = add_method(&suite, &account_id, pb::PaymentMethodKind::BankTransfer, "").await;
-    let request = charge_request(&transfer, "250");
+    let request = charge_request(&suite, &transfer, "250").await;
     let payment = charge(&suite, request.clone()).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Pending);
     assert!(payment.attempts.is_empty());
@@ -149,7 +150,7 @@ async fn charges_and_methods_are_checked(suite: Suite) -> Suite {
     let mut client = suite.payments.clone();
     let account_id = account(&suite).await;
     let method = card(&suite, &account_id, "tok_succeed").await;
-    let valid = charge_request(&method, "10");
+    let valid = charge_request(&suite, &method, "10").await;
     let both = pb::ChargeRequest { reconcile_later: true, ..valid.clone() };
     assert_invalid(client.charge(both).await, "payment_method_id");
     let neither = pb::ChargeRequest { payment_method_id: String::new(), ..valid.clone() };
@@ -164,8 +165,11 @@ async fn charges_and_methods_are_checked(suite: Suite) -> Suite {
     );
     let metadata: BTreeMap<String, String> = (0..33).map(|index| (format!("k{index}"), "v".to_owned())).collect();
     assert_invalid(client.charge(pb::ChargeRequest { metadata, ..valid.clone() }).await, "metadata");
-    let someone_else = pb::ChargeRequest { account_id: account(&suite).await, ..valid.clone() };
-    assert_refused(client.charge(someone_else).await, Code::FailedPrecondition, "PAYMENT_METHOD_MISMATCH");
+    let someone_else = account(&suite).await;
+    let their_invoice = open_invoice(&suite, &someone_else, "10").await.id;
+    let someone_elses =
+        pb::ChargeRequest { account_id: someone_else.clone(), invoice_id: their_invoice, ..valid.clone() };
+    assert_refused(client.charge(someone_elses).await, Code::FailedPrecondition, "PAYMENT_METHOD_MISMATCH");
     let unknown = pb::ChargeRequest { payment_method_id: uuid::Uuid::now_v7().to_string(), ..valid.clone() };
     assert_refused(client.charge(unknown).await, Code::NotFound, "NOT_FOUND");
 
@@ -240,9 +244,14 @@ async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
         .into_inner();
     assert!(methods.payment_methods.is_empty());
     let method_id = payment.payment_method_id.clone();
+    // Another tenant's invoice is not found; and a method is the tenant's
+    // own, even on an invoice of the other tenant's own.
+    let on_their_invoice = reconcile_later_request(&suite, &payment.account_id, "1").await;
+    assert_refused(other.charge(on_their_invoice).await, Code::NotFound, "NOT_FOUND");
+    let own_account = reservoir_testing::wallet::open_funded_account(&suite.other_wallet, "0").await.id;
     let borrowed = pb::ChargeRequest {
-        account_id: payment.account_id.clone(),
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        account_id: own_account.clone(),
+        invoice_id: open_invoice_with(&suite.other_invoicing, &own_account, "1").await.id,
         amount: "1".into(),
         currency: "USD".into(),
         payment_method_id: method_id,
@@ -252,8 +261,8 @@ async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
     };
     assert_refused(other.charge(borrowed).await, Code::NotFound, "NOT_FOUND");
     let same_key = pb::ChargeRequest {
-        account_id: account(&suite).await,
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        account_id: own_account.clone(),
+        invoice_id: open_invoice_with(&suite.other_invoicing, &own_account, "1").await.id,
         amount: "1".into(),
         currency: "USD".into(),
         payment_method_id: String::new(),
@@ -266,7 +275,49 @@ async fn a_tenant_cannot_see_another_tenants_payment(suite: Suite) -> Suite {
     suite
 }
 
+/// A charge pays only an invoice invoicing says is the caller's, for the
+/// same account and currency, open, and asking for at least as much; a
+/// refused charge makes no payment and calls no gateway.
+async fn a_charge_pays_only_an_open_invoice_of_its_own(suite: Suite) -> Suite {
+    use reservoir_proto::invoicing as invoicing_pb;
+    let mut client = suite.payments.clone();
+    let account_id = account(&suite).await;
+    let method = card(&suite, &account_id, "tok_succeed").await;
+    let valid = charge_request(&suite, &method, "10").await;
+    let refused = |change: &dyn Fn(&mut pb::ChargeRequest)| {
+        let mut request = pb::ChargeRequest { idempotency_key: key(), ..valid.clone() };
+        change(&mut request);
+        request
+    };
+    let made_up = refused(&|request| request.invoice_id = uuid::Uuid::now_v7().to_string());
+    assert_refused(client.charge(made_up.clone()).await, Code::NotFound, "NOT_FOUND");
+    let another_account = account(&suite).await;
+    let elsewhere = open_invoice(&suite, &another_account, "10").await.id;
+    let misdirected = refused(&|request| request.invoice_id = elsewhere.clone());
+    assert_refused(client.charge(misdirected.clone()).await, Code::FailedPrecondition, "INVOICE_MISMATCH");
+    let in_euros = refused(&|request| request.currency = "EUR".into());
+    assert_refused(client.charge(in_euros.clone()).await, Code::FailedPrecondition, "INVOICE_MISMATCH");
+    let too_much = refused(&|request| request.amount = "10.01".into());
+    assert_refused(client.charge(too_much.clone()).await, Code::FailedPrecondition, "CHARGE_EXCEEDS_AMOUNT_DUE");
+    let void = open_invoice(&suite, &account_id, "10").await.id;
+    suite.invoicing.clone().void_invoice(invoicing_pb::VoidInvoiceRequest { invoice_id: void.clone() }).await.unwrap();
+    let on_void = refused(&|request| request.invoice_id = void.clone());
+    assert_refused(client.charge(on_void.clone()).await, Code::FailedPrecondition, "INVOICE_NOT_PAYABLE");
+    for request in [&made_up, &misdirected, &in_euros, &too_much, &on_void] {
+        assert_eq!(suite.charges_for(&request.idempotency_key).await, 0, "no gateway call");
+    }
+    let listed = client.list_payments(pb::ListPaymentsRequest::default()).await.unwrap().into_inner();
+    assert!(listed.payments.is_empty(), "no payment was made: {listed:?}");
+    // Part of what is due, and then the rest, are charged.
+    let part = refused(&|request| request.amount = "4".into());
+    assert_eq!(status(&charge(&suite, part).await), pb::PaymentStatus::Succeeded);
+    let rest = refused(&|request| request.amount = "6".into());
+    assert_eq!(status(&charge(&suite, rest).await), pb::PaymentStatus::Succeeded);
+    suite
+}
+
 crate::on_both_backends!(
+    a_charge_pays_only_an_open_invoice_of_its_own,
     each_sandbox_token_gives_its_outcome,
     a_transient_failure_is_retried_with_the_same_key_and_charged_once,
     a_timed_out_charge_is_recovered_by_a_retry_without_a_second_charge,

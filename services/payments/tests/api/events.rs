@@ -45,7 +45,7 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
     assert!(succeeded.sequence < refunded.sequence && refunded.sequence < redeemed.sequence);
 
     // Events committed while the stream is open arrive on it.
-    let pending = charge(&suite, reconcile_later_request(&account(&suite).await, "3")).await;
+    let pending = charge(&suite, reconcile_later_request(&suite, &account(&suite).await, "3").await).await;
     let live = next(&mut stream).await;
     assert_eq!(event_type(&live), pb::EventType::PaymentPending);
     assert_eq!(live.payment_id, pending.id);
@@ -65,7 +65,7 @@ async fn events_are_delivered_in_commit_order_to_their_tenant_only(suite: Suite)
         (pb::EventType::PaymentConfirmed, pending.id.as_str())
     );
     let declining = card(&suite, &account(&suite).await, "tok_decline").await;
-    let declined_payment = charge(&suite, charge_request(&declining, "4")).await;
+    let declined_payment = charge(&suite, charge_request(&suite, &declining, "4").await).await;
     let declined = next(&mut stream).await;
     assert_eq!(
         (event_type(&declined), declined.payment_id.as_str()),

@@ -1,13 +1,17 @@
-//! A wallet (for API keys) and a payments service on free ports, each with a
-//! database of its own, two tenants with a key each, and clients for both.
+//! A wallet (for API keys and accounts), invoicing (for the invoices charges
+//! pay) and a payments service on free ports, each with a database of its
+//! own, two tenants with a key each, and clients for both.
 
 use std::time::Duration;
 
 use chrono::Utc;
 use reservoir_common::auth::TenantId;
 use reservoir_common::settings::AuthSettings;
+use reservoir_invoicing::app::{Application as Invoicing, InvoicingSettings};
 use reservoir_payments::app::{Application as Payments, PaymentsSettings};
 use reservoir_payments::gateway::{SandboxGateway, gateway_key};
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_testing::wallet::channel;
@@ -20,6 +24,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type PaymentsClient = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
+pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub const PEPPER: &str = "test-pepper";
 
@@ -54,6 +59,10 @@ pub struct Suite {
     /// The wallet, under the second tenant's key.
     pub other_wallet: reservoir_testing::wallet::Client,
     pub sandbox: SandboxGateway,
+    /// Invoicing, under the first tenant's key.
+    pub invoicing: InvoicingClient,
+    /// Invoicing, under the second tenant's key.
+    pub other_invoicing: InvoicingClient,
     running: Vec<Running>,
     databases: Vec<TestDatabase>,
 }
@@ -67,6 +76,7 @@ impl Suite {
     /// wallet keeps its own for a minute.
     pub async fn spawn_with_key_cache(backend: Backend, key_cache_ttl: Duration) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
+        let invoicing_database = TestDatabase::create(backend).await?;
         let payments_database = TestDatabase::create(backend).await?;
         let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
         let wallet_settings = WalletSettings {
@@ -87,6 +97,39 @@ impl Suite {
         let other_key = store.issue_key(other_tenant, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
         let wallet_running = spawn_wallet(wallet);
+        let invoicing = Invoicing::build(
+            &InvoicingSettings {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                database_url: invoicing_database.url.clone(),
+                database_schema: invoicing_database.schema.clone(),
+                database_max_connections: 8,
+                wallet_endpoint: format!("http://{wallet_address}"),
+                // Nothing listens here: charges need invoices, not statements.
+                metering_endpoint: "http://127.0.0.1:9".into(),
+                service_key: service_key.clone(),
+                payment_due_days_default: 14,
+                worker_interval_ms: 60_000,
+                metrics_listen: String::new(),
+                smtp_url: String::new(),
+                report_from: "Reservoir <reservoir@localhost>".into(),
+            },
+            Duration::from_secs(60),
+        )
+        .await
+        .expect("building invoicing");
+        let invoicing_address = invoicing.local_addr().unwrap();
+        let invoicing_running = {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                invoicing
+                    .run_until(async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                    .expect("invoicing serves");
+            });
+            Running { stop, task }
+        };
         let settings = PaymentsSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: payments_database.url.clone(),
@@ -94,6 +137,7 @@ impl Suite {
             database_max_connections: 8,
             wallet_endpoint: format!("http://{wallet_address}"),
             wallet_service_key: service_key.clone(),
+            invoicing_endpoint: format!("http://{invoicing_address}"),
             gateway_timeout_ms: 5_000,
             metrics_listen: String::new(),
         };
@@ -119,12 +163,20 @@ impl Suite {
             wallet: reservoir_testing::wallet::client(wallet_address, &tenant_key).await,
             other_wallet: reservoir_testing::wallet::client(wallet_address, &other_key).await,
             sandbox,
-            running: vec![payments_running, wallet_running],
-            databases: vec![wallet_database, payments_database],
+            invoicing: InvoicingServiceClient::with_interceptor(
+                channel(invoicing_address).await,
+                BearerKey::new(&tenant_key),
+            ),
+            other_invoicing: InvoicingServiceClient::with_interceptor(
+                channel(invoicing_address).await,
+                BearerKey::new(&other_key),
+            ),
+            running: vec![payments_running, invoicing_running, wallet_running],
+            databases: vec![wallet_database, invoicing_database, payments_database],
         })
     }
 
-    /// Stops payments, then the wallet, and drops both databases.
+    /// Stops payments, invoicing and the wallet, and drops their databases.
     pub async fn stop(self) {
         for running in self.running {
             running.stop().await;
@@ -201,11 +253,43 @@ pub async fn card(suite: &Suite, account_id: &str, token: &str) -> pb::PaymentMe
     add_method(suite, account_id, pb::PaymentMethodKind::Card, token).await
 }
 
-/// A charge of `amount` USD with a method, under a fresh key and invoice.
-pub fn charge_request(method: &pb::PaymentMethod, amount: &str) -> pb::ChargeRequest {
+/// An open invoice of the first tenant for `amount` of the account's unit
+/// (USD, one for one), as a top-up makes it: created, then finalized.
+pub async fn open_invoice(suite: &Suite, account_id: &str, amount: &str) -> invoicing_pb::Invoice {
+    open_invoice_with(&suite.invoicing, account_id, amount).await
+}
+
+/// An open invoice made with `invoicing`'s key.
+pub async fn open_invoice_with(invoicing: &InvoicingClient, account_id: &str, amount: &str) -> invoicing_pb::Invoice {
+    let mut invoicing = invoicing.clone();
+    let draft = invoicing
+        .create_invoice(invoicing_pb::CreateInvoiceRequest {
+            account_id: account_id.into(),
+            credits: amount.into(),
+            description: "credits".into(),
+            metadata: Default::default(),
+            idempotency_key: key(),
+        })
+        .await
+        .expect("CreateInvoice")
+        .into_inner()
+        .invoice
+        .unwrap();
+    invoicing
+        .finalize_invoice(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id })
+        .await
+        .expect("FinalizeInvoice")
+        .into_inner()
+        .invoice
+        .unwrap()
+}
+
+/// A charge of `amount` USD with a method, under a fresh key, paying an
+/// open invoice of that amount.
+pub async fn charge_request(suite: &Suite, method: &pb::PaymentMethod, amount: &str) -> pb::ChargeRequest {
     pb::ChargeRequest {
         account_id: method.account_id.clone(),
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        invoice_id: open_invoice(suite, &method.account_id, amount).await.id,
         amount: amount.into(),
         currency: "USD".into(),
         payment_method_id: method.id.clone(),
@@ -215,11 +299,11 @@ pub fn charge_request(method: &pb::PaymentMethod, amount: &str) -> pb::ChargeReq
     }
 }
 
-/// A reconcile-later charge of `amount` USD.
-pub fn reconcile_later_request(account_id: &str, amount: &str) -> pb::ChargeRequest {
+/// A reconcile-later charge of `amount` USD, paying an open invoice of that amount.
+pub async fn reconcile_later_request(suite: &Suite, account_id: &str, amount: &str) -> pb::ChargeRequest {
     pb::ChargeRequest {
         account_id: account_id.into(),
-        invoice_id: uuid::Uuid::now_v7().to_string(),
+        invoice_id: open_invoice(suite, account_id, amount).await.id,
         amount: amount.into(),
         currency: "USD".into(),
         payment_method_id: String::new(),
@@ -236,7 +320,7 @@ pub async fn charge(suite: &Suite, request: pb::ChargeRequest) -> pb::Payment {
 /// A succeeded card payment of `amount` USD.
 pub async fn paid(suite: &Suite, amount: &str) -> pb::Payment {
     let method = card(suite, &account(suite).await, "tok_succeed").await;
-    let payment = charge(suite, charge_request(&method, amount)).await;
+    let payment = charge(suite, charge_request(suite, &method, amount).await).await;
     assert_eq!(status(&payment), pb::PaymentStatus::Succeeded);
     payment
 }

@@ -13,9 +13,9 @@ async fn payments_are_listed_newest_first_by_account_invoice_and_status(suite: S
     let account_id = account(&suite).await;
     let good = card(&suite, &account_id, "tok_succeed").await;
     let bad = card(&suite, &account_id, "tok_decline").await;
-    let first = charge(&suite, charge_request(&good, "1")).await;
-    let second = charge(&suite, charge_request(&bad, "2")).await;
-    let third = charge(&suite, charge_request(&good, "3")).await;
+    let first = charge(&suite, charge_request(&suite, &good, "1").await).await;
+    let second = charge(&suite, charge_request(&suite, &bad, "2").await).await;
+    let third = charge(&suite, charge_request(&suite, &good, "3").await).await;
     let elsewhere = paid(&suite, "4").await;
 
     let by_account =

@@ -48,7 +48,8 @@ async fn a_payment_is_refunded_in_part_then_in_full(suite: Suite) -> Suite {
 async fn only_a_succeeded_payment_is_refunded(suite: Suite) -> Suite {
     let mut client = suite.payments.clone();
     let declined =
-        charge(&suite, charge_request(&card(&suite, &account(&suite).await, "tok_decline").await, "8")).await;
+        charge(&suite, charge_request(&suite, &card(&suite, &account(&suite).await, "tok_decline").await, "8").await)
+            .await;
     assert_refused(
         client.refund(refund_request(&declined, "")).await,
         Code::FailedPrecondition,
@@ -59,7 +60,7 @@ async fn only_a_succeeded_payment_is_refunded(suite: Suite) -> Suite {
         Code::FailedPrecondition,
         "PAYMENT_NOT_REFUNDABLE",
     );
-    let pending = charge(&suite, reconcile_later_request(&account(&suite).await, "8")).await;
+    let pending = charge(&suite, reconcile_later_request(&suite, &account(&suite).await, "8").await).await;
     assert_refused(
         client.refund(refund_request(&pending, "")).await,
         Code::FailedPrecondition,
@@ -78,7 +79,7 @@ async fn only_a_succeeded_payment_is_refunded(suite: Suite) -> Suite {
 
 async fn a_confirmed_payment_is_refunded_by_hand(suite: Suite) -> Suite {
     let mut client = suite.payments.clone();
-    let payment = charge(&suite, reconcile_later_request(&account(&suite).await, "40")).await;
+    let payment = charge(&suite, reconcile_later_request(&suite, &account(&suite).await, "40").await).await;
     suite
         .service
         .clone()
