@@ -100,6 +100,7 @@ tenant_max_in_flight = 512
 tenant_calls_per_second = 50000
 tenant_burst = 50000
 tenant_overrides = {}
+key_overrides = {}
 
 [tls]
 # Plaintext unless a certificate is given; see docs/OPERATIONS.md, Security.

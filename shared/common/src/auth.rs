@@ -29,7 +29,7 @@ impl fmt::Display for TenantId {
 /// ledger entries and configuration changes record as the key that made
 /// them. The auth layer puts it into the request extensions beside the
 /// [`Caller`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct KeyId(pub Uuid);
 
 impl fmt::Display for KeyId {

@@ -23,7 +23,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-use crate::auth::{Caller, TenantId};
+use crate::auth::{Caller, KeyId, TenantId};
 use crate::status::retry_later;
 
 /// The client's first bytes on an HTTP/2 connection (RFC 9113, 3.4).
@@ -70,6 +70,11 @@ pub struct LimitSettings {
     /// Per tenant (by id): calls a second instead of `tenant_calls_per_second`
     /// (0: no limit); the burst is the same number.
     pub tenant_overrides: BTreeMap<String, u32>,
+    /// Per tenant API key (by key id, as `reservoir key list` shows): calls a
+    /// second that key may make, checked besides its tenant's rate, so one
+    /// key (a batch job's, say) can be held below the rest; the burst is the
+    /// same number.
+    pub key_overrides: BTreeMap<String, u32>,
 }
 
 impl Default for LimitSettings {
@@ -87,6 +92,7 @@ impl Default for LimitSettings {
             tenant_calls_per_second: 50_000,
             tenant_burst: 50_000,
             tenant_overrides: BTreeMap::new(),
+            key_overrides: BTreeMap::new(),
         }
     }
 }
@@ -112,6 +118,14 @@ impl LimitSettings {
         for tenant in self.tenant_overrides.keys() {
             if uuid::Uuid::parse_str(tenant).is_err() {
                 return Err(format!("limits.tenant_overrides: {tenant:?} is not a tenant id"));
+            }
+        }
+        for (key, rate) in &self.key_overrides {
+            if uuid::Uuid::parse_str(key).is_err() {
+                return Err(format!("limits.key_overrides: {key:?} is not a key id"));
+            }
+            if *rate == 0 {
+                return Err(format!("limits.key_overrides: {key:?} must allow at least 1 call a second"));
             }
         }
         Ok(())
@@ -373,7 +387,8 @@ where
 /// Each tenant's calls a second and its share of the calls in flight,
 /// checked after authentication (the tenant is known then): governor's
 /// token buckets, one per tenant (one of its own for a tenant with an
-/// override), and a semaphore per tenant.
+/// override, and one more for a key with an override of its own), and a
+/// semaphore per tenant.
 #[derive(Clone)]
 pub struct TenantRateLayer {
     buckets: Option<Arc<TenantBuckets>>,
@@ -406,6 +421,8 @@ struct TenantBuckets {
     default: Option<DefaultKeyedRateLimiter<TenantId>>,
     /// Tenants with their own rate; `None` for one without a limit.
     overrides: BTreeMap<TenantId, Option<DefaultDirectRateLimiter>>,
+    /// Keys held to a rate of their own besides their tenant's.
+    keys: BTreeMap<KeyId, DefaultDirectRateLimiter>,
 }
 
 fn quota(per_second: u32, burst: u32) -> Option<Quota> {
@@ -424,14 +441,29 @@ impl TenantRateLayer {
                 Some((tenant, quota(*rate, *rate).map(RateLimiter::direct)))
             })
             .collect();
-        let unlimited = default.is_none() && overrides.values().all(Option::is_none);
+        let keys: BTreeMap<KeyId, DefaultDirectRateLimiter> = limits
+            .key_overrides
+            .iter()
+            .filter_map(|(key, rate)| {
+                let key = KeyId(uuid::Uuid::parse_str(key).ok()?);
+                Some((key, quota(*rate, *rate).map(RateLimiter::direct)?))
+            })
+            .collect();
+        let unlimited = default.is_none() && overrides.values().all(Option::is_none) && keys.is_empty();
         let shares = (limits.tenant_max_in_flight > 0)
             .then(|| Arc::new(TenantShares { per_tenant: limits.tenant_max_in_flight, tenants: Default::default() }));
-        Self { buckets: (!unlimited).then(|| Arc::new(TenantBuckets { default, overrides })), shares }
+        Self { buckets: (!unlimited).then(|| Arc::new(TenantBuckets { default, overrides, keys })), shares }
     }
 }
 
 impl TenantBuckets {
+    /// How long the key must wait, if it has a bucket of its own and that is empty.
+    fn key_wait(&self, key: KeyId) -> Option<Duration> {
+        let clock = governor::clock::DefaultClock::default();
+        let checked = self.keys.get(&key)?.check();
+        checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
+    }
+
     /// How long the tenant must wait, if its bucket is empty.
     fn wait(&self, tenant: TenantId) -> Option<Duration> {
         let clock = governor::clock::DefaultClock::default();
@@ -478,6 +510,18 @@ where
             Some(Caller::Tenant(tenant, _)) => Some(*tenant),
             _ => None,
         };
+        if let (Some(buckets), Some(_), Some(key)) = (&self.buckets, tenant, request.extensions().get::<KeyId>())
+            && let Some(delay) = buckets.key_wait(*key)
+        {
+            refused("key_rate");
+            let status = retry_later(
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+                "this key's calls a second are over its own limit; retry after the delay given",
+                delay,
+            );
+            return Box::pin(futures::future::ready(Ok(status.into_http())));
+        }
         if let (Some(buckets), Some(tenant)) = (&self.buckets, tenant)
             && let Some(delay) = buckets.wait(tenant)
         {

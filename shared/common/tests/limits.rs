@@ -23,6 +23,8 @@ use tonic_types::StatusExt;
 const TENANT_KEY: &str = "tenant-key";
 const OTHER_TENANT_KEY: &str = "other-tenant-key";
 const SERVICE_KEY: &str = "service-key";
+/// A second key of the first tenant.
+const SECOND_TENANT_KEY: &str = "second-tenant-key";
 const TENANT: TenantId = TenantId(uuid::Uuid::from_u128(1));
 const OTHER_TENANT: TenantId = TenantId(uuid::Uuid::from_u128(2));
 
@@ -35,6 +37,7 @@ impl KeyResolver for Keys {
                 TENANT_KEY => (Caller::Tenant(TENANT, KeyRole::Admin), 11),
                 OTHER_TENANT_KEY => (Caller::Tenant(OTHER_TENANT, KeyRole::Admin), 12),
                 SERVICE_KEY => (Caller::Service, 13),
+                SECOND_TENANT_KEY => (Caller::Tenant(TENANT, KeyRole::Write), 14),
                 _ => return Ok(None),
             };
             Ok(Some(Identity { caller, key: KeyId(uuid::Uuid::from_u128(id)) }))
@@ -225,6 +228,39 @@ async fn a_tenant_past_its_rate_is_refused_with_retry_info_and_others_are_not() 
     // After the delay given, the tenant is served again.
     tokio::time::sleep(retry).await;
     assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented);
+}
+
+#[tokio::test]
+async fn a_key_held_to_a_rate_of_its_own_is_refused_while_its_tenants_other_keys_go_on() {
+    let limits = LimitSettings {
+        key_overrides: BTreeMap::from([(uuid::Uuid::from_u128(11).to_string(), 2)]),
+        ..LimitSettings::default()
+    };
+    assert!(limits.validate().is_ok());
+    let address = start(limits).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(quick_call(channel.clone(), TENANT_KEY, None).await.code(), Code::Unimplemented);
+    }
+    let status = quick_call(channel.clone(), TENANT_KEY, None).await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason_of(&status).as_deref(), Some("RATE_LIMITED"));
+    let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay.expect("a delay");
+    assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+    for _ in 0..10 {
+        assert_eq!(quick_call(channel.clone(), SECOND_TENANT_KEY, None).await.code(), Code::Unimplemented);
+    }
+    tokio::time::sleep(retry).await;
+    assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented);
+    // A key id must be one, and a key's own rate at least a call a second.
+    let malformed = LimitSettings { key_overrides: BTreeMap::from([("k".to_owned(), 2)]), ..LimitSettings::default() };
+    assert!(malformed.validate().unwrap_err().contains("key_overrides"));
+    let zero = LimitSettings {
+        key_overrides: BTreeMap::from([(uuid::Uuid::from_u128(11).to_string(), 0)]),
+        ..LimitSettings::default()
+    };
+    assert!(zero.validate().is_err());
 }
 
 #[tokio::test]
