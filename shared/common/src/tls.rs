@@ -13,8 +13,10 @@
 //! A channel to another service uses TLS when its endpoint is `https://`:
 //! it trusts `ca_file` (or the Mozilla roots when that is empty) and, when
 //! the process has a certificate, presents it, so the same files serve as
-//! the service's identity in both directions. That identity is read once,
-//! at start ([`use_for_channels`]); a restart picks up a renewed one.
+//! the service's identity in both directions. Its files are read again when
+//! they change, like the server's: a channel's next connection presents the
+//! renewed certificate without a restart. tonic's client TLS reads its files
+//! once too, so channels over TLS are dialled by this module ([`Dialer`]).
 
 use std::io;
 use std::path::Path;
@@ -23,18 +25,21 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
-use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::limits::{Bounded, Preface, refused};
 
@@ -342,25 +347,178 @@ pub fn use_for_channels(settings: &TlsSettings) {
 
 /// An endpoint for another service: TLS when the URL is `https://`, with
 /// the settings given to [`use_for_channels`] (or none: the Mozilla roots).
-pub fn endpoint(url: &str) -> Result<Endpoint, TlsError> {
+pub fn endpoint(url: &str) -> Result<ServiceEndpoint, TlsError> {
     endpoint_with(url, CHANNELS.get().unwrap_or(&TlsSettings::default()))
 }
 
 /// An endpoint for another service with explicit TLS settings.
-pub fn endpoint_with(url: &str, settings: &TlsSettings) -> Result<Endpoint, TlsError> {
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|error| TlsError::Config(format!("{url}: {error}")))?;
-    if !url.starts_with("https://") {
-        return Ok(endpoint);
-    }
-    let mut config = ClientTlsConfig::new();
-    config = if settings.ca_file.is_empty() {
-        config.with_webpki_roots()
-    } else {
-        config.ca_certificate(Certificate::from_pem(read(&settings.ca_file)?))
+pub fn endpoint_with(url: &str, settings: &TlsSettings) -> Result<ServiceEndpoint, TlsError> {
+    let Some(rest) = url.strip_prefix("https://") else {
+        let endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|error| TlsError::Config(format!("{url}: {error}")))?;
+        return Ok(ServiceEndpoint { endpoint, tls: None });
     };
-    if settings.enabled() {
-        config = config.identity(Identity::from_pem(read(&settings.cert_file)?, read(&settings.key_file)?));
+    // tonic is given the address only: the dialer below does the TLS, so
+    // that each new connection takes the identity as its files are now.
+    let endpoint =
+        Endpoint::from_shared(format!("http://{rest}")).map_err(|error| TlsError::Config(format!("{url}: {error}")))?;
+    Ok(ServiceEndpoint { endpoint, tls: Some(Arc::new(ClientTls::load(settings)?)) })
+}
+
+/// A channel's endpoint, plaintext or over TLS; built like tonic's.
+pub struct ServiceEndpoint {
+    endpoint: Endpoint,
+    tls: Option<Arc<ClientTls>>,
+}
+
+impl ServiceEndpoint {
+    /// How long a call may take.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self { endpoint: self.endpoint.timeout(timeout), ..self }
     }
-    endpoint.tls_config(config).map_err(|error| TlsError::Config(format!("{url}: {error}")))
+
+    /// How long connecting (and the TLS handshake) may take.
+    pub fn connect_timeout(self, timeout: Duration) -> Self {
+        Self { endpoint: self.endpoint.connect_timeout(timeout), ..self }
+    }
+
+    /// A channel that connects on first use, and again after a connection is lost.
+    pub fn connect_lazy(self) -> Channel {
+        match self.tls {
+            None => self.endpoint.connect_lazy(),
+            Some(tls) => self.endpoint.connect_with_connector_lazy(Dialer { tls }),
+        }
+    }
+
+    /// A channel connected now.
+    pub async fn connect(self) -> Result<Channel, tonic::transport::Error> {
+        match self.tls {
+            None => self.endpoint.connect().await,
+            Some(tls) => self.endpoint.connect_with_connector(Dialer { tls }).await,
+        }
+    }
+}
+
+/// When each file a client's TLS is built from was last changed.
+fn client_stamps(settings: &TlsSettings) -> Vec<Option<(SystemTime, u64)>> {
+    [&settings.cert_file, &settings.key_file, &settings.ca_file]
+        .into_iter()
+        .map(|path| {
+            let metadata = std::fs::metadata(Path::new(path)).ok()?;
+            Some((metadata.modified().ok()?, metadata.len()))
+        })
+        .collect()
+}
+
+/// A client's rustls configuration, built afresh from the files: the CA
+/// file's roots (the Mozilla roots without one) and, when the process has a
+/// certificate, that certificate as its identity.
+fn client_config(settings: &TlsSettings) -> Result<ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    if settings.ca_file.is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        for certificate in certificates(&settings.ca_file)? {
+            roots.add(certificate).map_err(|error| TlsError::Config(format!("ca_file: {error}")))?;
+        }
+    }
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|error| TlsError::Config(error.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = if settings.enabled() {
+        let key = PrivateKeyDer::from_pem_slice(&read(&settings.key_file)?)
+            .map_err(|error| TlsError::File { path: settings.key_file.clone(), message: error.to_string() })?;
+        builder
+            .with_client_auth_cert(certificates(&settings.cert_file)?, key)
+            .map_err(|error| TlsError::Config(format!("cert_file and key_file: {error}")))?
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// A client's TLS, re-read when its files change: looked at when a
+/// connection is made, at most every `reload_interval_ms`. A renewed
+/// certificate that does not load yet is logged and the previous one kept.
+pub struct ClientTls {
+    settings: TlsSettings,
+    state: std::sync::Mutex<ClientState>,
+}
+
+struct ClientState {
+    config: Arc<ClientConfig>,
+    stamps: Vec<Option<(SystemTime, u64)>>,
+    checked: std::time::Instant,
+}
+
+impl ClientTls {
+    fn load(settings: &TlsSettings) -> Result<Self, TlsError> {
+        let state = ClientState {
+            config: Arc::new(client_config(settings)?),
+            stamps: client_stamps(settings),
+            checked: std::time::Instant::now(),
+        };
+        Ok(Self { settings: settings.clone(), state: std::sync::Mutex::new(state) })
+    }
+
+    /// The configuration for a new connection.
+    fn config(&self) -> Arc<ClientConfig> {
+        let mut state = match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if state.checked.elapsed() >= Duration::from_millis(self.settings.reload_interval_ms) {
+            state.checked = std::time::Instant::now();
+            let stamps = client_stamps(&self.settings);
+            if stamps != state.stamps {
+                match client_config(&self.settings) {
+                    Ok(config) => {
+                        state.config = Arc::new(config);
+                        state.stamps = stamps;
+                        metrics::counter!("reservoir_tls_reloads_total", "outcome" => "loaded").increment(1);
+                        tracing::info!(cert_file = %self.settings.cert_file, "client TLS files changed: reloaded");
+                    }
+                    Err(error) => {
+                        metrics::counter!("reservoir_tls_reloads_total", "outcome" => "failed").increment(1);
+                        tracing::warn!(%error, "client TLS files changed but do not load; the previous ones stay in use");
+                    }
+                }
+            }
+        }
+        state.config.clone()
+    }
+}
+
+/// Dials a service and runs the TLS handshake with the client's TLS as it
+/// is now. Written here because tonic's own client TLS reads its files once.
+#[derive(Clone)]
+struct Dialer {
+    tls: Arc<ClientTls>,
+}
+
+impl tower::Service<http::Uri> for Dialer {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, io::Result<Self::Response>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let config = self.tls.config();
+        Box::pin(async move {
+            let invalid = |message: String| io::Error::new(io::ErrorKind::InvalidInput, message);
+            let host = uri.host().ok_or_else(|| invalid(format!("{uri}: no host")))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let port = uri.port_u16().unwrap_or(443);
+            let name = ServerName::try_from(host.clone()).map_err(|error| invalid(format!("{host}: {error}")))?;
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }

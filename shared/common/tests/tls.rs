@@ -271,3 +271,43 @@ fn half_a_certificate_or_a_client_ca_alone_is_refused_at_start() {
     assert!(ca_only.validate().unwrap_err().contains("client_ca_file"));
     assert!(TlsSettings::default().validate().is_ok());
 }
+
+#[tokio::test]
+async fn a_renewed_client_certificate_is_presented_without_a_restart() {
+    let directory = directory();
+    let servers = Authority::new("Reservoir servers");
+    let old_clients = Authority::new("Retired client CA");
+    let clients = Authority::new("Reservoir services");
+    let (cert_file, key_file) = write_pair(&directory, "server", servers.issue(&["127.0.0.1"]));
+    let client_ca_file = clients.write(&directory, "clients.pem");
+    let address = start(TlsSettings { cert_file, key_file, client_ca_file, ..TlsSettings::default() }).await;
+    let url = format!("https://127.0.0.1:{}", address.port());
+    // The client starts with a certificate the server no longer trusts.
+    let (cert_file, key_file) = write_pair(&directory, "metering", old_clients.issue(&["metering"]));
+    let settings = TlsSettings {
+        ca_file: servers.write(&directory, "servers.pem"),
+        cert_file,
+        key_file,
+        reload_interval_ms: 50,
+        ..TlsSettings::default()
+    };
+    // One channel for the whole test, as a service keeps it.
+    let channel = endpoint_with(&url, &settings).unwrap().connect_timeout(Duration::from_secs(2)).connect_lazy();
+    let check = || {
+        let mut health = HealthClient::new(channel.clone());
+        async move { health.check(HealthCheckRequest { service: String::new() }).await.is_ok() }
+    };
+    assert!(!check().await, "refused with the old certificate");
+    // The renewal, written in place as a secret update does.
+    write_pair(&directory, "metering", clients.issue(&["metering"]));
+    let mut served = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if check().await {
+            served = true;
+            break;
+        }
+    }
+    assert!(served, "the same channel presents the renewed certificate on its next connection");
+    std::fs::remove_dir_all(directory).unwrap();
+}
