@@ -42,7 +42,9 @@ impl fmt::Display for KeyId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub caller: Caller,
-    pub key: KeyId,
+    /// `None` only from a wallet older than key ids, while a rolling upgrade
+    /// runs both: calls then go on, unattributed.
+    pub key: Option<KeyId>,
 }
 
 /// Every key starts with this, so a leaked key is recognisable in logs and by scanners.
@@ -181,7 +183,7 @@ fn audit<B, E>(identity: Identity, tenant: Option<TenantId>, method: &str, resul
     };
     tracing::info!(
         target: "reservoir::audit",
-        key_id = %identity.key,
+        key_id = identity.key.map(|key| key.to_string()).unwrap_or_default(),
         caller = kind,
         role,
         tenant = tenant.map(|tenant| tenant.to_string()).unwrap_or_default(),
@@ -424,7 +426,9 @@ where
                 return Ok(status.into_http());
             }
             request.extensions_mut().insert(caller);
-            request.extensions_mut().insert(key_id);
+            if let Some(key_id) = key_id {
+                request.extensions_mut().insert(key_id);
+            }
             if let Some(tenant) = tenant {
                 request.extensions_mut().insert(tenant);
             }
@@ -480,7 +484,7 @@ impl WalletKeyResolver {
 
 impl KeyResolver for WalletKeyResolver {
     fn resolve(&self, key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
-        use reservoir_proto::wallet::{CallerKind, GetCallerRequest, wallet_service_client::WalletServiceClient};
+        use reservoir_proto::wallet::{GetCallerRequest, wallet_service_client::WalletServiceClient};
         let channel = self.channel.clone();
         Box::pin(async move {
             let mut request = tonic::Request::new(GetCallerRequest {});
@@ -488,23 +492,7 @@ impl KeyResolver for WalletKeyResolver {
             request.metadata_mut().insert("authorization", value);
             crate::telemetry::inject_trace_context(request.metadata_mut());
             match WalletServiceClient::new(channel).get_caller(request).await {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    let Some(role) = KeyRole::from_wire(response.role) else {
-                        return Err("the wallet answered an unknown key role".to_owned());
-                    };
-                    let key = Uuid::parse_str(&response.key_id)
-                        .map(KeyId)
-                        .map_err(|error| format!("the wallet named a malformed key id: {error}"))?;
-                    let caller = match CallerKind::try_from(response.kind) {
-                        Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
-                            .map(|id| Caller::Tenant(TenantId(id), role))
-                            .map_err(|error| format!("the wallet named a malformed tenant: {error}"))?,
-                        Ok(CallerKind::Service) => Caller::Service,
-                        _ => return Err("the wallet answered an unknown caller kind".to_owned()),
-                    };
-                    Ok(Some(Identity { caller, key }))
-                }
+                Ok(response) => identity_from(response.into_inner()).map(Some),
                 Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(None),
                 Err(status) => Err(format!("asking the wallet who holds a key: {status}")),
             }
@@ -525,6 +513,29 @@ impl KeyResolver for WalletKeyResolver {
             }
         })
     }
+}
+
+/// Who GetCaller says holds a key.
+fn identity_from(response: reservoir_proto::wallet::GetCallerResponse) -> Result<Identity, String> {
+    use reservoir_proto::wallet::CallerKind;
+    let Some(role) = KeyRole::from_wire(response.role) else {
+        return Err("the wallet answered an unknown key role".to_owned());
+    };
+    // A wallet from before key ids names none.
+    let key = match response.key_id.as_str() {
+        "" => None,
+        id => Some(
+            Uuid::parse_str(id).map(KeyId).map_err(|error| format!("the wallet named a malformed key id: {error}"))?,
+        ),
+    };
+    let caller = match CallerKind::try_from(response.kind) {
+        Ok(CallerKind::Tenant) => Uuid::parse_str(&response.tenant_id)
+            .map(|id| Caller::Tenant(TenantId(id), role))
+            .map_err(|error| format!("the wallet named a malformed tenant: {error}"))?,
+        Ok(CallerKind::Service) => Caller::Service,
+        _ => return Err("the wallet answered an unknown caller kind".to_owned()),
+    };
+    Ok(Identity { caller, key })
 }
 
 /// Builds a call a service makes for a tenant: its own key, and the tenant it acts for.
@@ -565,7 +576,7 @@ mod tests {
             use std::sync::atomic::Ordering;
             self.lookups.fetch_add(1, Ordering::SeqCst);
             let valid = self.valid.load(Ordering::SeqCst);
-            Box::pin(async move { Ok(valid.then_some(Identity { caller: Caller::Service, key: KeyId(Uuid::nil()) })) })
+            Box::pin(async move { Ok(valid.then_some(Identity { caller: Caller::Service, key: None })) })
         }
 
         fn tenant_exists(&self, _key: String, tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {
@@ -613,6 +624,24 @@ mod tests {
         for path in SERVICE_ONLY.iter().chain(ADMIN_ONLY) {
             assert!(served.contains(*path), "{path} is not a method");
         }
+    }
+
+    #[test]
+    fn a_wallet_from_before_key_ids_still_answers_who_holds_a_key() {
+        use reservoir_proto::wallet::{CallerKind, GetCallerResponse, KeyRole as Wire};
+        let tenant = Uuid::now_v7();
+        let older = GetCallerResponse {
+            kind: CallerKind::Tenant.into(),
+            tenant_id: tenant.to_string(),
+            role: Wire::Write.into(),
+            key_id: String::new(),
+        };
+        let identity = identity_from(older.clone()).unwrap();
+        assert_eq!(identity, Identity { caller: Caller::Tenant(TenantId(tenant), KeyRole::Write), key: None });
+        let key = Uuid::now_v7();
+        let current = GetCallerResponse { key_id: key.to_string(), ..older.clone() };
+        assert_eq!(identity_from(current).unwrap().key, Some(KeyId(key)));
+        assert!(identity_from(GetCallerResponse { key_id: "k".into(), ..older }).is_err());
     }
 
     #[tokio::test]

@@ -40,7 +40,7 @@ impl KeyResolver for Keys {
                 SECOND_TENANT_KEY => (Caller::Tenant(TENANT, KeyRole::Write), 14),
                 _ => return Ok(None),
             };
-            Ok(Some(Identity { caller, key: KeyId(uuid::Uuid::from_u128(id)) }))
+            Ok(Some(Identity { caller, key: Some(KeyId(uuid::Uuid::from_u128(id))) }))
         })
     }
 
@@ -353,7 +353,7 @@ async fn configuration_changes_and_service_calls_are_audited_with_the_key_that_m
     assert_eq!(lines.len(), 2, "{lines:#?}");
     for (line, key, tenant, method) in [(&lines[0], 11_u128, TENANT, SET_PRICE), (&lines[1], 13, OTHER_TENANT, CONFIRM)]
     {
-        assert!(line.contains(&format!("key_id={}", uuid::Uuid::from_u128(key))), "{line}");
+        assert!(line.contains(&format!("key_id=\"{}\"", uuid::Uuid::from_u128(key))), "{line}");
         assert!(line.contains(&format!("tenant=\"{tenant}\"")), "{line}");
         assert!(line.contains(&format!("method=\"{method}\"")), "{line}");
         assert!(line.contains("code=Unimplemented"), "{line}");

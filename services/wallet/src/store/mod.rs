@@ -395,7 +395,7 @@ impl Store {
         } else {
             Caller::Tenant(TenantId(row.tenant_id), role_of(&row)?)
         };
-        Ok(Some(Identity { caller, key: KeyId(row.id) }))
+        Ok(Some(Identity { caller, key: Some(KeyId(row.id)) }))
     }
 
     // ---- reads --------------------------------------------------------------
