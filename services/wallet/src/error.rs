@@ -37,6 +37,8 @@ impl WalletError {
         match self {
             Self::Conflict(message) => Self::Conflict(message.clone()),
             Self::Unavailable(message) => Self::Unavailable(message.clone()),
+            // Its cause once, not wrapped again ("internal: internal: …").
+            Self::Internal(message) => Self::Internal(message.clone()),
             other => Self::Internal(other.to_string()),
         }
     }
@@ -123,5 +125,18 @@ impl From<DbErr> for WalletError {
             Failure::Unavailable => Self::Unavailable(error.to_string()),
             Failure::Internal => Self::Internal(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WalletError;
+
+    #[test]
+    fn a_failure_shared_by_a_batch_keeps_its_cause_once() {
+        let failed = WalletError::Internal("broken".into());
+        assert_eq!(failed.again().again().to_string(), "internal: broken");
+        let unreachable = WalletError::Unavailable("gone".into());
+        assert_eq!(unreachable.again().to_string(), "database unavailable: gone");
     }
 }

@@ -61,6 +61,8 @@ fn same_error(error: &MeteringError) -> MeteringError {
     match error {
         MeteringError::Conflict(message) => MeteringError::Conflict(message.clone()),
         MeteringError::Unavailable(message) => MeteringError::Unavailable(message.clone()),
+        // Its cause once, not wrapped again.
+        MeteringError::Internal(message) => MeteringError::Internal(message.clone()),
         other => MeteringError::Internal(other.to_string()),
     }
 }

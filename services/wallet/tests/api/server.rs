@@ -248,3 +248,23 @@ async fn scrape(address: std::net::SocketAddr) -> String {
 }
 
 crate::on_both_backends!(metrics_count_calls_codes_and_changes);
+
+/// A connection PostgreSQL ends under a query (an administrator's or a
+/// restart's termination) is UNAVAILABLE to the caller, which may retry,
+/// never INTERNAL, which it must not.
+#[tokio::test]
+async fn a_connection_the_database_ends_is_unavailable_not_internal() {
+    use reservoir_common::db::{Failure, classify};
+    use sea_orm::ConnectionTrait;
+
+    let Some(database) = reservoir_testing::TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let connection = sea_orm::Database::connect(&database.url).await.unwrap();
+    let ended = connection.execute_unprepared("SELECT pg_terminate_backend(pg_backend_pid())").await.unwrap_err();
+    assert_eq!(classify(&ended), Failure::Unavailable, "{ended}");
+    let status = tonic::Status::from(reservoir_wallet::error::WalletError::from(ended));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    connection.close().await.ok();
+    database.drop_database().await;
+}

@@ -288,18 +288,77 @@ pub enum Failure {
     Internal,
 }
 
-/// Classifies a database error, so every service maps them alike.
+/// The driver's error inside a database error, when there is one.
+fn driver_error(error: &DbErr) -> Option<&sea_orm::sqlx::Error> {
+    use sea_orm::RuntimeErr;
+    match error {
+        DbErr::Conn(RuntimeErr::SqlxError(inner))
+        | DbErr::Exec(RuntimeErr::SqlxError(inner))
+        | DbErr::Query(RuntimeErr::SqlxError(inner)) => Some(inner.as_ref()),
+        _ => None,
+    }
+}
+
+/// What an SQLSTATE (PostgreSQL) or result code (SQLite) means to a caller,
+/// for those that say the call may be tried again.
+fn failure_of_code(code: &str) -> Option<Failure> {
+    match code {
+        // Serialization failure, deadlock; a lock not to be had now.
+        "40001" | "40P01" | "55P03" => Some(Failure::Conflict),
+        // SQLite busy or locked, with their extended codes.
+        "5" | "6" | "261" | "262" | "517" => Some(Failure::Conflict),
+        // The server shutting down or restarting (57P01 admin shutdown,
+        // 57P02 crash shutdown, 57P03 cannot connect now), too many
+        // connections, and every connection exception (class 08).
+        "57P01" | "57P02" | "57P03" | "53300" => Some(Failure::Unavailable),
+        code if code.starts_with("08") => Some(Failure::Unavailable),
+        _ => None,
+    }
+}
+
+/// Classifies a database error, so every service maps them alike: what a
+/// retry can get past (a lost connection, a server going down or starting
+/// up, a serialization failure) is never Internal, so callers that retry
+/// UNAVAILABLE and ABORTED and treat INTERNAL as final do the right thing.
 pub fn classify(error: &DbErr) -> Failure {
+    use sea_orm::sqlx::Error as Driver;
     if is_unique_violation(error) {
         return Failure::Conflict;
     }
     if matches!(error, DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) {
         return Failure::Unavailable;
     }
+    if let Some(driver) = driver_error(error) {
+        match driver {
+            Driver::Database(database) => {
+                if let Some(failure) = database.code().as_deref().and_then(failure_of_code) {
+                    return failure;
+                }
+            }
+            // The connection broke under the query: reset, broken pipe, EOF.
+            Driver::Io(_)
+            | Driver::Tls(_)
+            | Driver::PoolTimedOut
+            | Driver::PoolClosed
+            | Driver::WorkerCrashed
+            | Driver::BeginFailed => return Failure::Unavailable,
+            // A reply cut short reads as a protocol error ("expected to read 5
+            // bytes, got 0 bytes at EOF").
+            Driver::Protocol(message) if message.contains("EOF") => return Failure::Unavailable,
+            _ => {}
+        }
+    }
     let text = error.to_string();
     if text.contains("40001") || text.contains("40P01") || text.contains("database is locked") {
         Failure::Conflict
-    } else if text.contains("Connection refused") || text.contains("pool timed out") || text.contains("PoolTimedOut") {
+    } else if text.contains("Connection refused")
+        || text.contains("pool timed out")
+        || text.contains("PoolTimedOut")
+        || text.contains("connection reset")
+        || text.contains("Broken pipe")
+        || text.contains("terminating connection")
+        || text.contains("at EOF")
+    {
         Failure::Unavailable
     } else {
         Failure::Internal
@@ -332,6 +391,43 @@ pub fn values_list(rows: usize, columns: usize, after: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::{Failure, classify};
+
+    fn driver(error: sqlx::Error) -> DbErr {
+        DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
+    }
+
+    #[test]
+    fn a_broken_connection_is_unavailable_not_internal() {
+        for kind in
+            [std::io::ErrorKind::ConnectionReset, std::io::ErrorKind::BrokenPipe, std::io::ErrorKind::UnexpectedEof]
+        {
+            let error = driver(sqlx::Error::Io(std::io::Error::new(kind, "gone")));
+            assert_eq!(classify(&error), Failure::Unavailable, "{kind:?}");
+        }
+        let cut_short = driver(sqlx::Error::Protocol("expected to read 5 bytes, got 0 bytes at EOF".into()));
+        assert_eq!(classify(&cut_short), Failure::Unavailable);
+        assert_eq!(classify(&driver(sqlx::Error::PoolTimedOut)), Failure::Unavailable);
+        assert_eq!(classify(&driver(sqlx::Error::RowNotFound)), Failure::Internal, "a bug stays one");
+    }
+
+    #[test]
+    fn codes_that_a_retry_gets_past_are_told_apart() {
+        for code in ["57P01", "57P02", "57P03", "08006", "08003", "53300"] {
+            assert_eq!(super::failure_of_code(code), Some(Failure::Unavailable), "{code}");
+        }
+        for code in ["40001", "40P01", "55P03", "5", "517"] {
+            assert_eq!(super::failure_of_code(code), Some(Failure::Conflict), "{code}");
+        }
+        for code in ["23503", "22003", "42P01", "XX000"] {
+            assert_eq!(super::failure_of_code(code), None, "{code}");
+        }
+    }
+
     #[test]
     fn values_lists_number_parameters_after_the_leading_ones() {
         assert_eq!(super::values_list(2, 3, 1), "($2, $3, $4), ($5, $6, $7)");
