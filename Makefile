@@ -18,6 +18,8 @@ PYTHON_CLIENT := target/clients/python
 # The wire contract of the last release, as a buf image; proto-breaking
 # compares the protos against it, proto-release writes a new one.
 PROTO_RELEASE := $(lastword $(sort $(wildcard proto/releases/v*.binpb)))
+# The workspace's version: the tag the production overlays pin the image to.
+RELEASE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
 .PHONY: clients client-smoke run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench clean-data help
 
@@ -60,6 +62,12 @@ k8s-validate: $(KUBERNETES_VALIDATE) ## render every overlay in k8s/ and validat
 		name=$$(basename $$overlay); \
 		kubectl kustomize $$overlay > target/k8s-$$name.yaml; \
 		$(KUBERNETES_VALIDATE) --strict --quiet target/k8s-$$name.yaml; \
+		images=$$(sed -n 's/^ *image: *//p' target/k8s-$$name.yaml | sort -u); \
+		for image in $$images; do case "$$image" in \
+			*:latest|reservoir) echo "k8s/overlays/$$name: $$image is not pinned"; exit 1;; \
+			ghcr.io/reservoir/reservoir:$(RELEASE_VERSION)|reservoir:dev) ;; \
+			*) echo "k8s/overlays/$$name: $$image is not this release's image ($(RELEASE_VERSION))"; exit 1;; \
+		esac; done; \
 		echo "k8s/overlays/$$name: $$(grep -c '^kind:' target/k8s-$$name.yaml) resources valid"; \
 	done
 
