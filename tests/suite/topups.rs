@@ -441,8 +441,13 @@ async fn top_ups_by_hand(backend: Backend) {
     let redeemed = orchestrator.redeem_voucher(redeem.clone()).await.unwrap().into_inner().top_up.unwrap();
     assert_eq!(status(&redeemed), pb::TopUpStatus::Succeeded, "{redeemed:?}");
     assert_eq!((redeemed.trigger, redeemed.credits.as_str()), (i32::from(pb::TopUpTrigger::Voucher), "15"));
-    let again = orchestrator.redeem_voucher(redeem).await.unwrap().into_inner().top_up.unwrap();
+    let again = orchestrator.redeem_voucher(redeem.clone()).await.unwrap().into_inner().top_up.unwrap();
     assert_eq!(again.grant_id, redeemed.grant_id, "the same grant, not a second one");
+    assert_eq!(again.id, redeemed.id, "the first top-up, not a second one");
+    // Typed as a person might, it is the same redemption.
+    let typed = pb::RedeemVoucherRequest { code: redeem.code.to_lowercase().replace('-', " "), ..redeem.clone() };
+    let typed = orchestrator.redeem_voucher(typed).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(typed.id, redeemed.id);
     assert_eq!(available(&suite.wallet, &account).await, d("91"));
     let voucher_grants = suite.grants_from(&account, &redeemed.voucher_id).await;
     assert_eq!(voucher_grants.len(), 1);

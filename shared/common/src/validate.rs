@@ -171,6 +171,21 @@ pub fn refused_character(c: char) -> bool {
         || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
+/// A voucher code as typed, made canonical: case, spaces and hyphens do not
+/// matter, and the letters Crockford's alphabet leaves out because they look
+/// like digits are read as those digits (I and L as 1, O as 0).
+pub fn normalize_voucher_code(input: &str) -> String {
+    input
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-')
+        .map(|c| match c.to_ascii_uppercase() {
+            'I' | 'L' => '1',
+            'O' => '0',
+            other => other,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

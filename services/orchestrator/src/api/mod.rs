@@ -536,8 +536,24 @@ impl TopUpService for TopUpApi {
         violations.finish()?;
         let account_id = account_id.unwrap_or_default();
         self.scale_of(tenant, account_id).await?;
-        // Each call is its own top-up; the voucher's grant carries the
-        // voucher's key, so redeeming it again credits nothing twice.
+        // Keyed by the code (as typed, made canonical, and only its digest)
+        // and the account: the same redemption sent again is the same
+        // top-up, answered as the first time. Another account's try is a
+        // top-up of its own, which payments refuses; and the voucher's grant
+        // carries the voucher's key, so nothing is ever credited twice.
+        let code = reservoir_common::validate::normalize_voucher_code(&request.code);
+        let redemption = format!("voucher:{}", hex::encode(Sha256::digest(format!("{code}:{account_id}").as_bytes())));
+        let key = match self.saga.store().top_up_by_key(tenant, &redemption).await? {
+            // Refused before the voucher was found (a wrong code, an account
+            // locked out for a while): a try later is a try of its own.
+            Some(earlier) if earlier.status == TopUpStatus::Failed && earlier.voucher_id.is_none() => {
+                format!("{redemption}:{}", Uuid::now_v7())
+            }
+            Some(earlier) => {
+                return Ok(Response::new(pb::RedeemVoucherResponse { top_up: Some(self.view(&earlier).await?) }));
+            }
+            None => redemption,
+        };
         let mut row = new_top_up(
             tenant,
             account_id,
@@ -546,7 +562,7 @@ impl TopUpService for TopUpApi {
             Decimal::ZERO,
             "PAID",
             None,
-            format!("voucher:{}", Uuid::now_v7()),
+            key,
             now(),
         );
         row.voucher_code = Some(request.code.clone());

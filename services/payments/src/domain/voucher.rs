@@ -101,20 +101,9 @@ impl VoucherCode {
     }
 }
 
-/// A code as typed, made canonical: case, spaces and hyphens do not matter,
-/// and the letters Crockford's alphabet leaves out because they look like
-/// digits are read as those digits (I and L as 1, O as 0).
-pub fn normalize_code(input: &str) -> String {
-    input
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != '-')
-        .map(|c| match c.to_ascii_uppercase() {
-            'I' | 'L' => '1',
-            'O' => '0',
-            other => other,
-        })
-        .collect()
-}
+/// A code as typed, made canonical (shared with the orchestrator, which
+/// keys a redemption by it).
+pub use reservoir_common::validate::normalize_voucher_code as normalize_code;
 
 /// The value of a base32 character.
 fn value_of(character: u8) -> Option<u32> {
