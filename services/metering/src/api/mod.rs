@@ -586,7 +586,7 @@ impl MeteringService for MeteringApi {
         }
         for (status, count) in by_status {
             let status = pb::EventStatus::try_from(status).unwrap_or(pb::EventStatus::Unspecified);
-            metrics::counter!("reservoir_metering_events_total", "status" => status.as_str_name()).increment(count);
+            metrics::counter!("reservoir_metering_events_total", "status" => status_label(status)).increment(count);
         }
         Ok(Response::new(pb::IngestEventsResponse { results }))
     }
@@ -799,5 +799,34 @@ impl MeteringApi {
         let records = self.store.usage(tenant, account_id, meter, start, end).await?;
         let dimension = (!request.dimension_key.is_empty()).then_some(request.dimension_key.as_str());
         Ok(group_usage(&records, period, dimension).iter().map(usage_group_to_pb).collect())
+    }
+}
+
+/// An event status as the metrics label and the docs name it: `CHARGED`,
+/// not the wire's `EVENT_STATUS_CHARGED`.
+fn status_label(status: pb::EventStatus) -> &'static str {
+    let name = status.as_str_name();
+    name.strip_prefix("EVENT_STATUS_").unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The labels are the statuses as the docs and the alert on PENDING name them.
+    #[test]
+    fn event_statuses_are_labelled_as_documented() {
+        let labels: Vec<&str> = [
+            pb::EventStatus::Charged,
+            pb::EventStatus::Uncovered,
+            pb::EventStatus::Duplicate,
+            pb::EventStatus::Invalid,
+            pb::EventStatus::Pending,
+            pb::EventStatus::Accepted,
+        ]
+        .into_iter()
+        .map(status_label)
+        .collect();
+        assert_eq!(labels, ["CHARGED", "UNCOVERED", "DUPLICATE", "INVALID", "PENDING", "ACCEPTED"]);
     }
 }
