@@ -27,6 +27,8 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
         return;
     };
+    let expected =
+        |reflection: &'static str| ["grpc.health.v1.Health", reflection, "reservoir.wallet.v1.WalletService"];
     {
         use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
@@ -44,7 +46,9 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
         else {
             panic!("expected a service list");
         };
-        assert!(list.service.iter().any(|service| service.name == reservoir_wallet::app::SERVICE_NAME));
+        let mut listed: Vec<&str> = list.service.iter().map(|service| service.name.as_str()).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, expected("grpc.reflection.v1.ServerReflection"), "only what this port serves");
     }
     {
         use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
@@ -63,7 +67,9 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
         else {
             panic!("expected a service list");
         };
-        assert!(list.service.iter().any(|service| service.name == reservoir_wallet::app::SERVICE_NAME));
+        let mut listed: Vec<&str> = list.service.iter().map(|service| service.name.as_str()).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, expected("grpc.reflection.v1alpha.ServerReflection"), "only what this port serves");
     }
     app.stop().await;
 }
