@@ -24,9 +24,21 @@ pub async fn next_sequence(connection: &impl ConnectionTrait, table: &str) -> Re
     row.try_get("", "last_sequence")
 }
 
+/// How an event stream ends when its server stops: UNAVAILABLE, reason
+/// SHUTTING_DOWN, so a consumer tells a drain from an end and resumes on
+/// another replica after the last sequence it received.
+pub fn shutting_down() -> Status {
+    crate::status::with_reason(
+        tonic::Code::Unavailable,
+        "SHUTTING_DOWN",
+        "the server is shutting down; resume after the last sequence received",
+    )
+}
+
 /// The events after `after`, then each new one as `read` finds it, asking
-/// again every `poll` while there are none, until `stopping` turns true. An
-/// error ends the stream after it is sent.
+/// again every `poll` while there are none, until `stopping` turns true
+/// (then it ends with [`shutting_down`]). An error ends the stream after it
+/// is sent.
 pub fn follow<E, F, Fut>(
     after: u64,
     stopping: watch::Receiver<bool>,
@@ -58,7 +70,8 @@ where
                 return Some((Ok(event), state));
             }
             if *state.stopping.borrow() {
-                return None;
+                state.failed = true;
+                return Some((Err(shutting_down()), state));
             }
             match (state.read)(state.cursor).await {
                 Err(status) => {

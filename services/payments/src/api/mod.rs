@@ -750,7 +750,7 @@ impl PaymentsService for PaymentsApi {
         let stream = async_stream::try_stream! {
             loop {
                 if *stopping.borrow() {
-                    break;
+                    Err(reservoir_common::outbox::shutting_down())?;
                 }
                 // Registered before the read, so a commit between the read and
                 // the wait still wakes this stream.

@@ -1265,7 +1265,7 @@ impl WalletService for WalletApi {
         let stream = async_stream::try_stream! {
             loop {
                 if *stopping.borrow() {
-                    break;
+                    Err(reservoir_common::outbox::shutting_down())?;
                 }
                 // Registered before the read, so a commit between the read and
                 // the wait still wakes this stream.

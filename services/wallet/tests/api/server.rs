@@ -86,9 +86,21 @@ async fn stopping_ends_open_event_streams_instead_of_waiting_for_them() {
         .await
         .unwrap()
         .into_inner();
-    let reader = tokio::spawn(async move { while let Some(Ok(_)) = stream.next().await {} });
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    });
     tokio::time::timeout(Duration::from_secs(10), app.stop()).await.expect("the server stops promptly");
-    tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the stream ended").unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(5), reader).await.expect("the stream ended").unwrap();
+    // Told apart from an end of events: UNAVAILABLE, to resume elsewhere.
+    let status = ended.expect("the stream ends with a status, not as if it were complete");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(reservoir_common::status::reason_of(&status).as_deref(), Some("SHUTTING_DOWN"));
 }
 
 /// Replicas that start together on a fresh database migrate one at a time:
