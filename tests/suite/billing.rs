@@ -100,18 +100,12 @@ async fn add_card(payments: &mut Payments, account_id: &str, token: &str) -> Str
         .id
 }
 
-async fn a_top_up_is_invoiced_charged_and_paid(backend: Backend) {
-    let Some(billing) = Billing::start(backend).await else {
-        return;
-    };
-    let wallet = client(billing.processes[0].address(), &billing.api_key).await;
-    let account = open_funded_account(&wallet, "0").await;
-    let mut invoicing = billing.invoicing().await;
-    let mut payments = billing.payments().await;
+/// An invoice for `credits` of the account's unit, created and finalized.
+async fn open_invoice(invoicing: &mut Invoicing, account_id: &str, credits: &str) -> invoicing_pb::Invoice {
     let draft = invoicing
         .create_invoice(invoicing_pb::CreateInvoiceRequest {
-            account_id: account.id.clone(),
-            credits: "25".into(),
+            account_id: account_id.into(),
+            credits: credits.into(),
             idempotency_key: key(),
             ..Default::default()
         })
@@ -120,13 +114,24 @@ async fn a_top_up_is_invoiced_charged_and_paid(backend: Backend) {
         .into_inner()
         .invoice
         .unwrap();
-    let invoice = invoicing
-        .finalize_invoice(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id.clone() })
+    invoicing
+        .finalize_invoice(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id })
         .await
         .unwrap()
         .into_inner()
         .invoice
-        .unwrap();
+        .unwrap()
+}
+
+async fn a_top_up_is_invoiced_charged_and_paid(backend: Backend) {
+    let Some(billing) = Billing::start(backend).await else {
+        return;
+    };
+    let wallet = client(billing.processes[0].address(), &billing.api_key).await;
+    let account = open_funded_account(&wallet, "0").await;
+    let mut invoicing = billing.invoicing().await;
+    let mut payments = billing.payments().await;
+    let invoice = open_invoice(&mut invoicing, &account.id, "25").await;
     assert_eq!((invoice.number, invoice.total.as_str()), (1, "25.00"));
     let card = add_card(&mut payments, &account.id, "tok_succeed").await;
     let payment = payments
@@ -174,23 +179,7 @@ async fn payments_killed_mid_stream_never_charge_twice(backend: Backend) {
     let mut invoicing = billing.invoicing().await;
     let mut invoices = Vec::new();
     for number in 0..400 {
-        let draft = invoicing
-            .create_invoice(invoicing_pb::CreateInvoiceRequest {
-                account_id: account.id.clone(),
-                credits: format!("{}", number + 1),
-                idempotency_key: key(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .invoice
-            .unwrap();
-        invoicing
-            .finalize_invoice(invoicing_pb::FinalizeInvoiceRequest { invoice_id: draft.id.clone() })
-            .await
-            .unwrap();
-        invoices.push(draft.id);
+        invoices.push(open_invoice(&mut invoicing, &account.id, &format!("{}", number + 1)).await.id);
     }
     let request = |number: usize| payments_pb::ChargeRequest {
         account_id: account.id.clone(),

@@ -167,16 +167,7 @@ fn audited_method(path: &str) -> Option<&'static str> {
 /// it, for which tenant, and how it ended. Changes of money are recorded on
 /// the ledger entries they write instead, each with its key id.
 fn audit<B, E>(identity: Identity, tenant: Option<TenantId>, method: &str, result: &Result<http::Response<B>, E>) {
-    // A failed unary call carries its status in the headers (trailers-only).
-    let code = match result {
-        Ok(response) => response
-            .headers()
-            .get("grpc-status")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<i32>().ok())
-            .map_or(tonic::Code::Ok, tonic::Code::from),
-        Err(_) => tonic::Code::Internal,
-    };
+    let code = crate::metrics::code_of(result);
     let (kind, role) = match identity.caller {
         Caller::Tenant(_, role) => ("tenant", role.as_str()),
         Caller::Service => ("service", ""),

@@ -178,17 +178,7 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            // A failed unary call answers with its status in the headers
-            // (trailers-only); a call that gets that far without one is OK.
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<i32>().ok())
-                    .map_or(tonic::Code::Ok, tonic::Code::from),
-                Err(_) => tonic::Code::Internal,
-            };
+            let code = code_of(&result);
             metrics::counter!(
                 "reservoir_rpc_requests_total",
                 "service" => service.clone(),
@@ -200,6 +190,21 @@ where
                 .record(started.elapsed().as_secs_f64());
             result
         })
+    }
+}
+
+/// The gRPC code a call was answered with, as far as its response headers
+/// tell: a failed unary call answers with its status there (trailers-only);
+/// a call that gets that far without one is OK.
+pub(crate) fn code_of<B, E>(result: &Result<http::Response<B>, E>) -> tonic::Code {
+    match result {
+        Ok(response) => response
+            .headers()
+            .get("grpc-status")
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.parse::<i32>().ok())
+            .map_or(tonic::Code::Ok, tonic::Code::from),
+        Err(_) => tonic::Code::Internal,
     }
 }
 
