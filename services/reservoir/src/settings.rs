@@ -94,6 +94,7 @@ keepalive_interval_ms = 30000
 keepalive_timeout_ms = 10000
 max_connection_age_ms = 1800000
 max_connection_age_grace_ms = 300000
+drain_delay_ms = 0
 max_in_flight = 2048
 call_timeout_ms = 60000
 tenant_max_in_flight = 512

@@ -49,6 +49,12 @@ pub struct LimitSettings {
     /// How long calls and streams still open on an aged connection may go on
     /// before it is closed regardless (WatchEvents resumes from its last sequence).
     pub max_connection_age_grace_ms: u64,
+    /// On SIGTERM, how long the service goes on taking calls after its
+    /// health turns NOT_SERVING, before it stops accepting and finishes what
+    /// is in flight: long enough for Kubernetes to take the pod out of its
+    /// Service's endpoints, so no caller is refused meanwhile (0: stop at
+    /// once, as `reservoir up` does).
+    pub drain_delay_ms: u64,
     /// Calls in flight at once per listener, over all connections; past this a
     /// call is refused UNAVAILABLE with RetryInfo. Health checks are not
     /// counted: a probe must get its answer from an overloaded pod too. A
@@ -86,6 +92,7 @@ impl Default for LimitSettings {
             keepalive_timeout_ms: 10_000,
             max_connection_age_ms: 30 * 60 * 1_000,
             max_connection_age_grace_ms: 5 * 60 * 1_000,
+            drain_delay_ms: 0,
             max_in_flight: 2_048,
             call_timeout_ms: 60_000,
             tenant_max_in_flight: 512,
@@ -153,6 +160,10 @@ impl LimitSettings {
 
     pub fn max_connection_age_grace(&self) -> Duration {
         Self::duration(self.max_connection_age_grace_ms)
+    }
+
+    pub fn drain_delay(&self) -> Duration {
+        Self::duration(self.drain_delay_ms)
     }
 
     pub fn call_timeout(&self) -> Duration {

@@ -108,6 +108,7 @@ pub async fn serve(
     }
     // Without TCP_NODELAY small responses wait on delayed ACKs: tens of
     // milliseconds per call under load.
+    let drain_delay = limits.drain_delay();
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(limits.keepalive_interval()));
@@ -142,6 +143,12 @@ pub async fn serve(
                 reporter.set_service_status("", ServingStatus::NotServing).await;
                 for name in names {
                     reporter.set_service_status(name, ServingStatus::NotServing).await;
+                }
+                // Calls still arrive while the pod is taken out of the
+                // endpoints; they are served until the delay is over.
+                if !drain_delay.is_zero() {
+                    tracing::info!(delay = ?drain_delay, "draining: NOT_SERVING, still taking calls");
+                    tokio::time::sleep(drain_delay).await;
                 }
             },
         )

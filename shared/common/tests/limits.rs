@@ -362,3 +362,49 @@ async fn configuration_changes_and_service_calls_are_audited_with_the_key_that_m
     assert!(lines[0].contains("role=\"ADMIN\""), "{}", lines[0]);
     assert!(lines[1].contains("caller=\"service\""), "{}", lines[1]);
 }
+
+#[tokio::test]
+async fn on_shutdown_health_turns_not_serving_and_calls_are_served_through_the_drain_delay() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let limits = LimitSettings { drain_delay_ms: 600, ..LimitSettings::default() };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let authenticator = Arc::new(Authenticator::new(Arc::new(Keys), Duration::from_secs(60)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        reservoir_common::serve::serve(
+            listener,
+            tonic::service::Routes::new(Slow),
+            &["test.Slow"],
+            authenticator,
+            &limits,
+            &reservoir_common::tls::TlsSettings::default(),
+            None,
+            async move {
+                let _ = stopped.await;
+            },
+        )
+        .await
+        .unwrap();
+    });
+    let connect =
+        || async move { tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await };
+    let health = |channel| async move {
+        let request = HealthCheckRequest { service: "test.Slow".into() };
+        HealthClient::new(channel).check(request).await.unwrap().into_inner().status()
+    };
+    assert_eq!(health(connect().await.unwrap()).await, ServingStatus::Serving);
+    let stopping = Instant::now();
+    stop.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Draining: probes are told to stop sending, callers are still served,
+    // on connections open before and on new ones.
+    let channel = connect().await.expect("new connections are still taken");
+    assert_eq!(health(channel.clone()).await, ServingStatus::NotServing);
+    assert_eq!(quick_call(channel, TENANT_KEY, None).await.code(), Code::Unimplemented, "still served");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("the server stops after the delay").unwrap();
+    assert!(stopping.elapsed() >= Duration::from_millis(600), "{:?}", stopping.elapsed());
+    assert!(connect().await.is_err(), "then the port is closed");
+}
