@@ -62,6 +62,7 @@ k8s-validate: $(KUBERNETES_VALIDATE) ## render every overlay in k8s/ and validat
 		name=$$(basename $$overlay); \
 		kubectl kustomize $$overlay > target/k8s-$$name.yaml; \
 		$(KUBERNETES_VALIDATE) --strict --quiet target/k8s-$$name.yaml; \
+		$(TOOLS)/k8s/bin/python k8s/check-rendered.py target/k8s-$$name.yaml; \
 		images=$$(sed -n 's/^ *image: *//p' target/k8s-$$name.yaml | sort -u); \
 		for image in $$images; do case "$$image" in \
 			*:latest|reservoir) echo "k8s/overlays/$$name: $$image is not pinned"; exit 1;; \
