@@ -76,10 +76,19 @@ impl tower::Service<http::Request<tonic::body::Body>> for Slow {
 
 /// Serves the slow method within `limits` until the test ends.
 async fn start(limits: LimitSettings) -> SocketAddr {
+    start_until(limits, std::future::pending()).await.0
+}
+
+/// Serves the slow method within `limits` until `shutdown`; the server's
+/// task ends once it has stopped.
+async fn start_until(
+    limits: LimitSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let authenticator = Arc::new(Authenticator::new(Arc::new(Keys), Duration::from_secs(60)));
-    tokio::spawn(async move {
+    let server = tokio::spawn(async move {
         reservoir_common::serve::serve(
             listener,
             tonic::service::Routes::new(Slow),
@@ -88,12 +97,12 @@ async fn start(limits: LimitSettings) -> SocketAddr {
             &limits,
             &reservoir_common::tls::TlsSettings::default(),
             None,
-            std::future::pending(),
+            shutdown,
         )
         .await
         .unwrap();
     });
-    address
+    (address, server)
 }
 
 async fn call(address: SocketAddr, key: &str, tenant: Option<TenantId>) -> tonic::Status {
@@ -369,26 +378,11 @@ async fn on_shutdown_health_turns_not_serving_and_calls_are_served_through_the_d
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let limits = LimitSettings { drain_delay_ms: 600, ..LimitSettings::default() };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let authenticator = Arc::new(Authenticator::new(Arc::new(Keys), Duration::from_secs(60)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        reservoir_common::serve::serve(
-            listener,
-            tonic::service::Routes::new(Slow),
-            &["test.Slow"],
-            authenticator,
-            &limits,
-            &reservoir_common::tls::TlsSettings::default(),
-            None,
-            async move {
-                let _ = stopped.await;
-            },
-        )
-        .await
-        .unwrap();
-    });
+    let (address, server) = start_until(limits, async move {
+        let _ = stopped.await;
+    })
+    .await;
     let connect =
         || async move { tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await };
     let health = |channel| async move {
