@@ -25,13 +25,41 @@ static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 pub fn recorder() -> Result<PrometheusHandle, String> {
     RECORDER
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
                 .map_err(|error| error.to_string())?
                 .install_recorder()
-                .map_err(|error| format!("installing the metrics recorder: {error}"))
+                .map_err(|error| format!("installing the metrics recorder: {error}"))?;
+            describe();
+            Ok(handle)
         })
         .clone()
+}
+
+/// The `# HELP` text of the series every service shares, and the build's
+/// version as `reservoir_build_info` (always 1), so a dashboard can tell
+/// which release each pod runs.
+fn describe() {
+    metrics::describe_counter!(
+        "reservoir_rpc_requests_total",
+        "Calls answered, by service, method and gRPC code (unknown methods counted as unknown)."
+    );
+    metrics::describe_histogram!(
+        "reservoir_rpc_duration_seconds",
+        metrics::Unit::Seconds,
+        "How long calls took until answered, by service and method."
+    );
+    metrics::describe_counter!(
+        "reservoir_rpc_refused_total",
+        "Calls and connections refused before reaching a method, by reason."
+    );
+    metrics::describe_counter!(
+        "reservoir_tls_reloads_total",
+        "Changes of the TLS certificate files taken up (loaded) or not (failed)."
+    );
+    metrics::describe_gauge!("reservoir_db_pool_connections", "Database pool connections, by service and state.");
+    metrics::describe_gauge!("reservoir_build_info", "Always 1: the running build's version as a label.");
+    metrics::gauge!("reservoir_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes, with

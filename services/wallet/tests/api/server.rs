@@ -163,6 +163,11 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="refused""#]) >= 1.0, "{text}");
     assert!(value("reservoir_wallet_group_commit_seconds_count", &[]) >= 1.0, "{text}");
     assert!(text.contains("reservoir_db_pool_connections"), "{text}");
+    // What the shared series mean, and which build answers.
+    assert!(text.contains("# HELP reservoir_rpc_requests_total Calls answered"), "{text}");
+    assert!(text.contains("# HELP reservoir_rpc_duration_seconds"), "{text}");
+    let build = format!(r#"reservoir_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{text}");
     // A consumer's name is the caller's choice: it never becomes a label.
     assert!(text.contains(r#"reservoir_wallet_outbox_lag_seconds{consumer="other"}"#), "{text}");
     assert!(!text.contains("metrics-test"), "{text}");
