@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-/// The `ErrorInfo.domain` of every Reservoir error.
-pub const ERROR_DOMAIN: &str = "reservoir";
+/// The `ErrorInfo.domain` of every Reservoir error: a DNS-style name, as
+/// AIP-193 asks, so it cannot be mistaken for another system's.
+pub const ERROR_DOMAIN: &str = "reservoir.io";
 
 /// One field a request got wrong, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +30,11 @@ pub fn invalid_argument(violations: &[FieldViolation]) -> Status {
     for violation in violations {
         details.add_bad_request_violation(violation.field.clone(), violation.description.clone());
     }
-    details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, HashMap::new());
+    // The fields named in the metadata too, for clients that read only ErrorInfo.
+    let mut fields: Vec<&str> = violations.iter().map(|violation| violation.field.as_str()).collect();
+    fields.dedup();
+    let metadata = HashMap::from([("fields".to_owned(), fields.join(","))]);
+    details.set_error_info("INVALID_ARGUMENT", ERROR_DOMAIN, metadata);
     let message = violations
         .iter()
         .map(|violation| format!("{}: {}", violation.field, violation.description))
@@ -75,4 +80,24 @@ pub fn internal(cause: &dyn std::fmt::Display) -> Status {
     let location = std::panic::Location::caller();
     tracing::error!(%cause, file = location.file(), line = location.line(), "internal error");
     with_reason(Code::Internal, "INTERNAL", "internal error")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn error_info_names_a_dns_style_domain_and_the_fields_at_fault() {
+        let status = invalid_argument(&[
+            FieldViolation::new("amount", "has more digits than the unit"),
+            FieldViolation::new("currency", "is not a currency"),
+        ]);
+        let info = status.get_error_details().error_info().unwrap().clone();
+        assert_eq!((info.domain.as_str(), info.reason.as_str()), ("reservoir.io", "INVALID_ARGUMENT"));
+        assert_eq!(info.metadata.get("fields").map(String::as_str), Some("amount,currency"));
+        assert_eq!(violated_fields(&status), ["amount", "currency"]);
+        let refused = with_reason(Code::FailedPrecondition, "INSUFFICIENT_FUNDS", "not enough");
+        assert_eq!(refused.get_error_details().error_info().unwrap().domain, "reservoir.io");
+    }
 }
