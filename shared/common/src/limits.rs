@@ -470,21 +470,26 @@ impl TenantRateLayer {
 impl TenantBuckets {
     /// How long the key must wait, if it has a bucket of its own and that is empty.
     fn key_wait(&self, key: KeyId) -> Option<Duration> {
-        let clock = governor::clock::DefaultClock::default();
-        let checked = self.keys.get(&key)?.check();
-        checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
+        delay_of(self.keys.get(&key)?.check())
     }
 
     /// How long the tenant must wait, if its bucket is empty.
     fn wait(&self, tenant: TenantId) -> Option<Duration> {
-        let clock = governor::clock::DefaultClock::default();
         let checked = match self.overrides.get(&tenant) {
             Some(None) => return None,
             Some(Some(bucket)) => bucket.check(),
             None => self.default.as_ref()?.check_key(&tenant),
         };
-        checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
+        delay_of(checked)
     }
+}
+
+/// How long until a bucket that refused has a token again; none if it gave one.
+fn delay_of(
+    checked: Result<(), governor::NotUntil<<governor::clock::DefaultClock as governor::clock::Clock>::Instant>>,
+) -> Option<Duration> {
+    let clock = governor::clock::DefaultClock::default();
+    checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
 }
 
 impl<S> tower::Layer<S> for TenantRateLayer {
@@ -521,28 +526,22 @@ where
             Some(Caller::Tenant(tenant, _)) => Some(*tenant),
             _ => None,
         };
-        if let (Some(buckets), Some(_), Some(key)) = (&self.buckets, tenant, request.extensions().get::<KeyId>())
-            && let Some(delay) = buckets.key_wait(*key)
-        {
-            refused("key_rate");
-            let status = retry_later(
-                Code::ResourceExhausted,
-                "RATE_LIMITED",
-                "this key's calls a second are over its own limit; retry after the delay given",
-                delay,
-            );
-            return Box::pin(futures::future::ready(Ok(status.into_http())));
-        }
-        if let (Some(buckets), Some(tenant)) = (&self.buckets, tenant)
-            && let Some(delay) = buckets.wait(tenant)
-        {
-            refused("tenant_rate");
-            let status = retry_later(
-                Code::ResourceExhausted,
-                "RATE_LIMITED",
-                "this tenant's calls a second are over its limit; retry after the delay given",
-                delay,
-            );
+        // A key with a rate of its own is held to it first, then to its tenant's.
+        let key = request.extensions().get::<KeyId>().copied();
+        let limited = tenant.zip(self.buckets.as_ref()).and_then(|(tenant, buckets)| {
+            let key_wait = key.and_then(|key| buckets.key_wait(key));
+            key_wait.map(|delay| ("key_rate", "this key's calls a second are over its own limit", delay)).or_else(
+                || {
+                    buckets
+                        .wait(tenant)
+                        .map(|delay| ("tenant_rate", "this tenant's calls a second are over its limit", delay))
+                },
+            )
+        });
+        if let Some((counted, message, delay)) = limited {
+            refused(counted);
+            let message = format!("{message}; retry after the delay given");
+            let status = retry_later(Code::ResourceExhausted, "RATE_LIMITED", message, delay);
             return Box::pin(futures::future::ready(Ok(status.into_http())));
         }
         let place = match (&self.shares, tenant) {

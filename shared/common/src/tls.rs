@@ -143,8 +143,8 @@ fn server_config(settings: &TlsSettings) -> Result<ServerConfig, TlsError> {
 }
 
 /// When each file was last changed, to notice a renewal.
-fn stamps(settings: &TlsSettings) -> Vec<Option<(SystemTime, u64)>> {
-    [&settings.cert_file, &settings.key_file, &settings.client_ca_file]
+fn stamps(paths: [&str; 3]) -> Vec<Option<(SystemTime, u64)>> {
+    paths
         .into_iter()
         .map(|path| {
             let metadata = std::fs::metadata(Path::new(path)).ok()?;
@@ -184,13 +184,13 @@ impl ServerTls {
     /// the previous one kept; the next check tries again.
     pub async fn reload_until(self, mut stopping: watch::Receiver<bool>) {
         let interval = Duration::from_millis(self.settings.reload_interval_ms);
-        let mut seen = stamps(&self.settings);
+        let mut seen = stamps(server_files(&self.settings));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 _ = stopping.changed() => return,
             }
-            let now = stamps(&self.settings);
+            let now = stamps(server_files(&self.settings));
             if now == seen {
                 continue;
             }
@@ -399,15 +399,14 @@ impl ServiceEndpoint {
     }
 }
 
-/// When each file a client's TLS is built from was last changed.
-fn client_stamps(settings: &TlsSettings) -> Vec<Option<(SystemTime, u64)>> {
+/// The files a server's TLS is built from.
+fn server_files(settings: &TlsSettings) -> [&str; 3] {
+    [&settings.cert_file, &settings.key_file, &settings.client_ca_file]
+}
+
+/// The files a client's TLS is built from.
+fn client_files(settings: &TlsSettings) -> [&str; 3] {
     [&settings.cert_file, &settings.key_file, &settings.ca_file]
-        .into_iter()
-        .map(|path| {
-            let metadata = std::fs::metadata(Path::new(path)).ok()?;
-            Some((metadata.modified().ok()?, metadata.len()))
-        })
-        .collect()
 }
 
 /// A client's rustls configuration, built afresh from the files: the CA
@@ -457,7 +456,7 @@ impl ClientTls {
     fn load(settings: &TlsSettings) -> Result<Self, TlsError> {
         let state = ClientState {
             config: Arc::new(client_config(settings)?),
-            stamps: client_stamps(settings),
+            stamps: stamps(client_files(settings)),
             checked: std::time::Instant::now(),
         };
         Ok(Self { settings: settings.clone(), state: std::sync::Mutex::new(state) })
@@ -471,12 +470,12 @@ impl ClientTls {
         };
         if state.checked.elapsed() >= Duration::from_millis(self.settings.reload_interval_ms) {
             state.checked = std::time::Instant::now();
-            let stamps = client_stamps(&self.settings);
-            if stamps != state.stamps {
+            let now = stamps(client_files(&self.settings));
+            if now != state.stamps {
                 match client_config(&self.settings) {
                     Ok(config) => {
                         state.config = Arc::new(config);
-                        state.stamps = stamps;
+                        state.stamps = now;
                         metrics::counter!("reservoir_tls_reloads_total", "outcome" => "loaded").increment(1);
                         tracing::info!(cert_file = %self.settings.cert_file, "client TLS files changed: reloaded");
                     }

@@ -313,6 +313,16 @@ async fn a_charge_pays_only_an_open_invoice_of_its_own(suite: Suite) -> Suite {
     assert_eq!(status(&charge(&suite, part).await), pb::PaymentStatus::Succeeded);
     let rest = refused(&|request| request.amount = "6".into());
     assert_eq!(status(&charge(&suite, rest).await), pb::PaymentStatus::Succeeded);
+    // An invoice written off may still be paid.
+    let written_off = open_invoice(&suite, &account_id, "10").await.id;
+    suite
+        .invoicing
+        .clone()
+        .mark_invoice_uncollectible(invoicing_pb::MarkInvoiceUncollectibleRequest { invoice_id: written_off.clone() })
+        .await
+        .unwrap();
+    let on_written_off = refused(&|request| request.invoice_id = written_off.clone());
+    assert_eq!(status(&charge(&suite, on_written_off).await), pb::PaymentStatus::Succeeded);
     suite
 }
 

@@ -8,9 +8,10 @@
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::db::sqlstate;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::ArrayType;
-use sea_orm::{ConnectionTrait, DbBackend, DbErr, RuntimeErr, Statement, Value};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use super::entities::entry;
 use super::events::{self, Written};
@@ -43,19 +44,6 @@ $$;
 /// Stands for "no amount" in array parameters, which cannot carry NULL: every
 /// optional amount of an account is zero or more.
 const NO_AMOUNT: i64 = -1;
-
-/// The SQLSTATE of a database error, if it has one.
-pub fn sqlstate(error: &DbErr) -> Option<String> {
-    match error {
-        DbErr::Exec(RuntimeErr::SqlxError(inner)) | DbErr::Query(RuntimeErr::SqlxError(inner)) => {
-            match inner.as_ref() {
-                sea_orm::sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
-                _ => None,
-            }
-        }
-        _ => None,
-    }
-}
 
 /// A wallet the batch wrote, or only read (a refusal is decided on what was
 /// read, so that must still be current), with the version it was read at.

@@ -299,6 +299,15 @@ fn driver_error(error: &DbErr) -> Option<&sea_orm::sqlx::Error> {
     }
 }
 
+/// The SQLSTATE (PostgreSQL) or result code (SQLite) of a database error,
+/// if the database gave one.
+pub fn sqlstate(error: &DbErr) -> Option<String> {
+    match driver_error(error)? {
+        sea_orm::sqlx::Error::Database(database) => database.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
 /// What an SQLSTATE (PostgreSQL) or result code (SQLite) means to a caller,
 /// for those that say the call may be tried again.
 fn failure_of_code(code: &str) -> Option<Failure> {
@@ -330,8 +339,8 @@ pub fn classify(error: &DbErr) -> Failure {
     }
     if let Some(driver) = driver_error(error) {
         match driver {
-            Driver::Database(database) => {
-                if let Some(failure) = database.code().as_deref().and_then(failure_of_code) {
+            Driver::Database(_) => {
+                if let Some(failure) = sqlstate(error).as_deref().and_then(failure_of_code) {
                     return failure;
                 }
             }
