@@ -14,7 +14,7 @@
 //! table alone lets the planner, on a young table's statistics, scan the
 //! table first and the arrays once per row, which costs seconds a batch.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -109,8 +109,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<StoredBatch>, MeteringError> {
         let attempt: Vec<&[IngestEvent]> = batches.iter().map(Vec::as_slice).collect();
-        for _ in 0..STORE_TRIES_MAX {
-            match self.try_store_batches(tenant, &attempt, now).await? {
+        for tried in 0..STORE_TRIES_MAX {
+            // A retry takes the counters before it reads the known events,
+            // so a concurrent batch with the same new ids is waited out.
+            let counters_first = tried > 0;
+            match self.try_store_batches(tenant, &attempt, now, counters_first).await? {
                 Tried::Stored(stored) => return Ok(stored),
                 Tried::Raced => {}
             }
@@ -118,22 +121,32 @@ impl Store {
         Err(MeteringError::Conflict("events of the batch were stored concurrently".into()))
     }
 
-    /// One try; nothing is written unless every batch is stored.
+    /// One try; nothing is written unless every batch is stored. The first
+    /// try reads which events are known, then takes the counters advanced
+    /// by what the new ones add (one statement on PostgreSQL); a new id
+    /// stored concurrently meanwhile makes the try [`Tried::Raced`].
+    /// `counters_first` takes the counters unchanged before reading the
+    /// known events instead, so a concurrent batch holding them is waited
+    /// out and its events found known.
     async fn try_store_batches(
         &self,
         tenant: TenantId,
         batches: &[&[IngestEvent]],
         now: DateTime<Utc>,
+        counters_first: bool,
     ) -> Result<Tried, MeteringError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let all = || batches.iter().flat_map(|batch| batch.iter());
-        let keys: BTreeSet<CounterKey> = all()
-            .map(|new| (new.event.account_id, new.event.meter_code.clone(), month_of(new.event.occurred_at)))
-            .collect();
-        let mut counters = lock_counters(&transaction, tenant, &keys).await?;
-        let before: HashMap<CounterKey, Decimal> = counters.iter().map(|(key, value)| (key.clone(), *value)).collect();
         let ids: Vec<String> = all().map(|new| new.event.event_id.clone()).collect();
-        let mut known = known_events(&transaction, tenant, ids).await?;
+        let (mut known, Counters { mut counters, held }) = if counters_first {
+            let unchanged = all().map(|new| (counter_key(&new.event), Some(Decimal::ZERO))).collect();
+            let counters = take_counters(&transaction, tenant, unchanged).await?;
+            (known_events(&transaction, tenant, ids).await?, counters)
+        } else {
+            let known = known_events(&transaction, tenant, ids).await?;
+            let additions = additions(all().map(|new| &new.event), &known);
+            (known, take_counters(&transaction, tenant, additions).await?)
+        };
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
         let mut all_lines: Vec<Line> = Vec::new();
@@ -148,8 +161,7 @@ impl Store {
                     results.push(Stored::Duplicate(stored.clone()));
                     continue;
                 }
-                let key = (event.account_id, event.meter_code.clone(), month_of(event.occurred_at));
-                let counter = counters.entry(key).or_insert(Decimal::ZERO);
+                let counter = counters.entry(counter_key(event)).or_insert(Decimal::ZERO);
                 let usage_before = *counter;
                 // Pricing adds the quantity to the usage before it, checked:
                 // once priced, the counter cannot overflow.
@@ -198,7 +210,7 @@ impl Store {
             transaction.rollback().await?;
             return Ok(Tried::Raced);
         }
-        write_counters(&transaction, tenant, &counters, &before).await?;
+        write_counters(&transaction, tenant, &counters, &held).await?;
         insert_lines(&transaction, &all_lines, now + CLAIM, now).await?;
         transaction.commit().await?;
         Ok(Tried::Stored(stored_batches))
@@ -329,48 +341,85 @@ impl Store {
     }
 }
 
-/// Locks the batch's counters in key order (creating missing ones at zero)
-/// and reads them.
-async fn lock_counters(
+/// A counter's key for an event.
+fn counter_key(event: &NewEvent) -> CounterKey {
+    (event.account_id, event.meter_code.clone(), month_of(event.occurred_at))
+}
+
+/// What the new events among `events` add to each counter, should every one
+/// be priced (`None` where the sum would overflow: that counter is taken
+/// unchanged and written once the events are priced).
+fn additions<'a>(
+    events: impl Iterator<Item = &'a NewEvent>,
+    known: &HashMap<String, StoredEvent>,
+) -> BTreeMap<CounterKey, Option<Decimal>> {
+    let mut additions: BTreeMap<CounterKey, Option<Decimal>> = BTreeMap::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for event in events.filter(|event| !known.contains_key(&event.event_id)) {
+        // Every counter an event may advance is taken, a repeated id's too
+        // (it is new again should pricing refuse its first occurrence).
+        let sum = additions.entry(counter_key(event)).or_insert(Some(Decimal::ZERO));
+        if seen.insert(event.event_id.as_str()) {
+            *sum = sum.and_then(|sum| sum.checked_add(event.quantity));
+        }
+    }
+    additions
+}
+
+/// A batch's monthly counters once taken: as they stood before the batch
+/// (to price its events from), and as its transaction holds them now (what
+/// [`write_counters`] compares the priced counters with).
+struct Counters {
+    counters: BTreeMap<CounterKey, Decimal>,
+    held: HashMap<CounterKey, Decimal>,
+}
+
+/// Takes the counters of `additions` for the transaction. On PostgreSQL one
+/// statement creates the missing ones, locks them in key order (so batches
+/// never deadlock) and adds to each what the batch's new events would add,
+/// so a batch whose events are all priced writes its counters once; an event
+/// pricing refuses is taken back by [`write_counters`]. SQLite has one
+/// writer at a time: its counters are read as they stand.
+async fn take_counters(
     transaction: &DatabaseTransaction,
     tenant: TenantId,
-    keys: &BTreeSet<CounterKey>,
-) -> Result<BTreeMap<CounterKey, Decimal>, MeteringError> {
-    let mut counters = BTreeMap::new();
-    if keys.is_empty() {
-        return Ok(counters);
+    additions: BTreeMap<CounterKey, Option<Decimal>>,
+) -> Result<Counters, MeteringError> {
+    let mut taken = Counters { counters: BTreeMap::new(), held: HashMap::new() };
+    if additions.is_empty() {
+        return Ok(taken);
     }
     if transaction.get_database_backend() == DbBackend::Postgres {
-        let accounts = array(ArrayType::Uuid, keys.iter().map(|key| Value::from(key.0)).collect());
-        let meters = array(ArrayType::String, keys.iter().map(|key| Value::from(key.1.clone())).collect());
-        let months = array(ArrayType::String, keys.iter().map(|key| Value::from(key.2.clone())).collect());
-        transaction
-            .execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "INSERT INTO usage_counters (tenant_id, account_id, meter_code, month, quantity) \
-                 SELECT $1, v.a, v.m, v.mo, 0 FROM UNNEST($2::uuid[], $3::text[], $4::text[]) AS v(a, m, mo) \
-                 ORDER BY v.a, v.m, v.mo ON CONFLICT DO NOTHING",
-                [tenant.0.into(), accounts.clone(), meters.clone(), months.clone()],
-            ))
-            .await?;
+        let accounts = array(ArrayType::Uuid, additions.keys().map(|key| Value::from(key.0)).collect());
+        let meters = array(ArrayType::String, additions.keys().map(|key| Value::from(key.1.clone())).collect());
+        let months = array(ArrayType::String, additions.keys().map(|key| Value::from(key.2.clone())).collect());
+        let sums = array(
+            ArrayType::Decimal,
+            additions.values().map(|sum| Value::from(sum.unwrap_or(Decimal::ZERO))).collect(),
+        );
         let rows = transaction
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT c.account_id, c.meter_code, c.month, c.quantity FROM usage_counters c \
-                 JOIN UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS v(t, a, m, mo) \
-                 ON c.tenant_id = v.t AND c.account_id = v.a AND c.meter_code = v.m AND c.month = v.mo \
-                 ORDER BY c.account_id, c.meter_code, c.month FOR UPDATE OF c",
-                [tenants(tenant, keys.len()), accounts, meters, months],
+                "INSERT INTO usage_counters AS c (tenant_id, account_id, meter_code, month, quantity) \
+                 SELECT $1, v.a, v.m, v.mo, v.q FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::numeric[]) \
+                 AS v(a, m, mo, q) ORDER BY v.a, v.m, v.mo \
+                 ON CONFLICT (tenant_id, account_id, meter_code, month) \
+                 DO UPDATE SET quantity = c.quantity + EXCLUDED.quantity \
+                 RETURNING c.account_id, c.meter_code, c.month, c.quantity",
+                [tenant.0.into(), accounts, meters, months, sums],
             ))
             .await?;
         for row in rows {
-            let key = (row.try_get("", "account_id")?, row.try_get("", "meter_code")?, row.try_get("", "month")?);
+            let key: CounterKey =
+                (row.try_get("", "account_id")?, row.try_get("", "meter_code")?, row.try_get("", "month")?);
             let quantity: Decimal = row.try_get("", "quantity")?;
-            counters.insert(key, quantity);
+            let added = additions.get(&key).copied().flatten().unwrap_or(Decimal::ZERO);
+            taken.counters.insert(key.clone(), quantity - added);
+            taken.held.insert(key, quantity);
         }
-        return Ok(counters);
+        return Ok(taken);
     }
-    let accounts: BTreeSet<Uuid> = keys.iter().map(|key| key.0).collect();
+    let accounts: BTreeSet<Uuid> = additions.keys().map(|key| key.0).collect();
     let accounts: Vec<Uuid> = accounts.into_iter().collect();
     for chunk in accounts.chunks(500) {
         for row in counter::Entity::find()
@@ -380,12 +429,13 @@ async fn lock_counters(
             .await?
         {
             let key = (row.account_id, row.meter_code, row.month);
-            if keys.contains(&key) {
-                counters.insert(key, row.quantity.0);
+            if additions.contains_key(&key) {
+                taken.counters.insert(key.clone(), row.quantity.0);
+                taken.held.insert(key, row.quantity.0);
             }
         }
     }
-    Ok(counters)
+    Ok(taken)
 }
 
 /// The stored events among the batch's ids.
@@ -515,15 +565,17 @@ async fn insert_events(
     Ok(count)
 }
 
-/// Writes back the counters the batch advanced.
+/// Writes the counters whose priced value is not what the transaction
+/// holds (on PostgreSQL, only where pricing refused an event; on SQLite,
+/// every counter the batch advanced).
 async fn write_counters(
     transaction: &DatabaseTransaction,
     tenant: TenantId,
     counters: &BTreeMap<CounterKey, Decimal>,
-    before: &HashMap<CounterKey, Decimal>,
+    held: &HashMap<CounterKey, Decimal>,
 ) -> Result<(), MeteringError> {
     let changed: Vec<(&CounterKey, &Decimal)> =
-        counters.iter().filter(|(key, value)| before.get(*key) != Some(*value)).collect();
+        counters.iter().filter(|(key, value)| held.get(*key) != Some(*value)).collect();
     if changed.is_empty() {
         return Ok(());
     }

@@ -248,6 +248,55 @@ async fn an_event_whose_charge_cannot_be_computed_is_refused_alone(suite: Suite)
     suite
 }
 
+/// A refused event adds nothing to its meter's usage: the events after it,
+/// in the batch and in the next one, are priced on the tiers as if it had
+/// never been sent.
+async fn a_refused_event_does_not_move_usage_up_the_tiers(suite: Suite) -> Suite {
+    meter(&suite, "tokens", pb::Aggregation::Sum).await;
+    let tiers = vec![
+        pb::Tier { up_to: "100".into(), unit_price: "0.01".into() },
+        pb::Tier { up_to: String::new(), unit_price: "10000000000000000".into() },
+    ];
+    price(&suite, "tokens", tiers).await;
+    let account = funded_account(&suite, "10").await;
+    let events = vec![
+        event(&account, "tokens", "50"),
+        event(&account, "tokens", "1000000000000000"),
+        event(&account, "tokens", "10"),
+    ];
+    let results = ingest(&suite, events).await;
+    use pb::EventStatus::*;
+    assert_eq!(statuses(&results), vec![Charged, Invalid, Charged]);
+    assert_eq!((results[0].amount.as_str(), results[2].amount.as_str()), ("0.5", "0.1"));
+    let next = ingest(&suite, vec![event(&account, "tokens", "10")]).await;
+    assert_eq!(statuses(&next), vec![Charged]);
+    assert_eq!(next[0].amount, "0.1", "usage stands at 60 of the first tier's 100");
+    assert_eq!(available(&suite.wallet, &account).await, d("9.3"));
+    suite
+}
+
+/// The same new events sent twice at once are stored and charged once:
+/// each is CHARGED in one answer and a DUPLICATE in the other.
+async fn the_same_new_events_sent_twice_at_once_are_charged_once(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "0.01").await;
+    let accounts = [funded_account(&suite, "100").await, funded_account(&suite, "100").await];
+    for round in 1..=5 {
+        let events: Vec<pb::UsageEvent> = (0..40).map(|index| event(&accounts[index % 2], "tokens", "100")).collect();
+        let (first, second) = tokio::join!(ingest(&suite, events.clone()), ingest(&suite, events));
+        for (one, other) in first.iter().zip(&second) {
+            let mut pair = [statuses(std::slice::from_ref(one))[0], statuses(std::slice::from_ref(other))[0]];
+            pair.sort_by_key(|status| *status as i32);
+            assert_eq!(pair, [pb::EventStatus::Charged, pb::EventStatus::Duplicate], "round {round}");
+        }
+        for account in &accounts {
+            let spent = d("20") * rust_decimal::Decimal::from(round);
+            assert_eq!(available(&suite.wallet, account).await, d("100") - spent, "round {round}");
+            assert_eq!(debited(&suite, account).await, spent, "round {round}");
+        }
+    }
+    suite
+}
+
 async fn a_count_meter_counts_events(suite: Suite) -> Suite {
     meter(&suite, "requests", pb::Aggregation::Count).await;
     price(&suite, "requests", flat("0.25")).await;
@@ -288,6 +337,8 @@ crate::on_both_backends!(
     usage_groups_by_day_and_dimension,
     bad_events_are_answered_one_by_one_and_the_rest_charged,
     an_event_whose_charge_cannot_be_computed_is_refused_alone,
+    a_refused_event_does_not_move_usage_up_the_tiers,
+    the_same_new_events_sent_twice_at_once_are_charged_once,
     a_count_meter_counts_events,
     many_small_events_cost_what_one_large_event_costs,
 );
