@@ -13,6 +13,8 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 # The Python client: grpcio-tools from PyPI in a virtualenv under target/.
 GRPCIO_VERSION := 1.85.1
+# The Standard Webhooks library a receiver verifies deliveries with (the smoke test does).
+STANDARDWEBHOOKS_VERSION := 1.3.0
 PYTHON_ENV := $(TOOLS)/python
 PYTHON_CLIENT := target/clients/python
 # The wire contract of the last release, as a buf image; proto-breaking
@@ -74,7 +76,8 @@ k8s-validate: $(KUBERNETES_VALIDATE) ## render every overlay in k8s/ and validat
 
 $(PYTHON_ENV)/bin/python:
 	python3 -m venv $(PYTHON_ENV)
-	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_VERSION) setuptools==84.2.1 wheel==0.48.0
+	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check grpcio==$(GRPCIO_VERSION) grpcio-tools==$(GRPCIO_VERSION) setuptools==84.2.1 wheel==0.48.0 \
+		standardwebhooks==$(STANDARDWEBHOOKS_VERSION)
 
 clients: $(PYTHON_ENV)/bin/python ## generate the Python client package from proto/ into target/clients/python and install it
 	rm -rf $(PYTHON_CLIENT) && mkdir -p $(PYTHON_CLIENT)
@@ -83,7 +86,7 @@ clients: $(PYTHON_ENV)/bin/python ## generate the Python client package from pro
 	cp clients/python/pyproject.toml $(PYTHON_CLIENT)/
 	$(PYTHON_ENV)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation $(PYTHON_CLIENT)
 
-client-smoke: clients ## the Python client against a running suite: account, grant, debit, balance, ledger
+client-smoke: clients ## the Python client against a running suite: account, grant, debit, balance, ledger, webhooks
 	$(CARGO) build --locked --workspace --bins
 	$(PYTHON_ENV)/bin/python clients/python/smoke_test.py target/debug/reservoir
 

@@ -2,24 +2,33 @@
 
 Starts `reservoir up` on free ports with SQLite in a temporary directory,
 then, as an outside caller would: creates an account, grants credits,
-debits, and reads the balance and the ledger. Exits non-zero on any
-mismatch, so a proto change that breaks Python callers fails CI.
+debits, and reads the balance and the ledger; registers a webhook endpoint
+served here and verifies its deliveries with the Standard Webhooks library
+from PyPI, before and during a secret rotation; and receives the same
+events through `reservoir webhooks listen`. Exits non-zero on any mismatch,
+so a proto change that breaks Python callers fails CI.
 
     python smoke_test.py path/to/reservoir
 """
 
+import http.server
+import json
 import os
+import queue
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from decimal import Decimal
 
 import grpc
+import standardwebhooks
 
 from reservoir.invoicing.v1 import invoicing_pb2, invoicing_pb2_grpc
+from reservoir.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from reservoir.wallet.v1 import wallet_pb2 as pb
 from reservoir.wallet.v1 import wallet_pb2_grpc
 
@@ -31,7 +40,13 @@ def free_port() -> int:
 
 
 def start_suite(binary: str, data_dir: str):
-    wallet_port, metering_port, invoicing_port, payments_port = free_port(), free_port(), free_port(), free_port()
+    wallet_port, metering_port, invoicing_port, payments_port, orchestrator_port = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    )
     env = dict(os.environ)
     env.update(
         {
@@ -48,6 +63,10 @@ def start_suite(binary: str, data_dir: str):
             "RESERVOIR__PAYMENTS__LISTEN": f"127.0.0.1:{payments_port}",
             "RESERVOIR__PAYMENTS__DATABASE_URL": f"sqlite://{data_dir}/payments.db?mode=rwc",
             "RESERVOIR__PAYMENTS__METRICS_LISTEN": "127.0.0.1:0",
+            "RESERVOIR__ORCHESTRATOR__LISTEN": f"127.0.0.1:{orchestrator_port}",
+            "RESERVOIR__ORCHESTRATOR__DATABASE_URL": f"sqlite://{data_dir}/orchestrator.db?mode=rwc",
+            "RESERVOIR__ORCHESTRATOR__METRICS_LISTEN": "127.0.0.1:0",
+            "RESERVOIR__ORCHESTRATOR__WEBHOOKS__INTERVAL_MS": "100",
             "RESERVOIR__TELEMETRY__LOG_FILTER": "warn",
         }
     )
@@ -61,7 +80,126 @@ def start_suite(binary: str, data_dir: str):
         time.sleep(0.1)
     with open(key_path) as file:
         key = file.read().strip()
-    return process, f"127.0.0.1:{wallet_port}", f"127.0.0.1:{invoicing_port}", key
+    addresses = {
+        "wallet": f"127.0.0.1:{wallet_port}",
+        "invoicing": f"127.0.0.1:{invoicing_port}",
+        "orchestrator": f"127.0.0.1:{orchestrator_port}",
+    }
+    return process, addresses, key
+
+
+class Receiver(http.server.BaseHTTPRequestHandler):
+    """Takes every POST as a delivery: its headers and body, answered 204."""
+
+    deliveries: "queue.Queue[tuple[dict, bytes]]" = queue.Queue()
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        self.deliveries.put(({name.lower(): value for name, value in self.headers.items()}, body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def next_delivery(event_type: str, timeout: float = 30) -> tuple:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            headers, body = Receiver.deliveries.get(timeout=deadline - time.monotonic())
+        except queue.Empty:
+            break
+        if json.loads(body)["type"] == event_type:
+            return headers, body
+    sys.exit(f"FAILED: no {event_type} delivery within {timeout} s")
+
+
+def check_webhooks(binary: str, addresses: dict, key: str, wallet, auth, account_id: str) -> None:
+    """Deliveries verified by the Standard Webhooks library, and by `reservoir webhooks listen`."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    channel = grpc.insecure_channel(addresses["orchestrator"])
+    grpc.channel_ready_future(channel).result(timeout=30)
+    webhooks = orchestrator_pb2_grpc.WebhookServiceStub(channel)
+    created = webhooks.CreateWebhookEndpoint(
+        orchestrator_pb2.CreateWebhookEndpointRequest(
+            url=f"http://127.0.0.1:{server.server_address[1]}/hooks",
+            event_types=["wallet.debited"],
+            idempotency_key=str(uuid.uuid4()),
+        ),
+        metadata=auth,
+        timeout=10,
+    )
+    # The endpoint gets events from a second after it was created on.
+    time.sleep(1.5)
+    listen = subprocess.Popen(
+        [binary, "webhooks", "listen", "--listen", "127.0.0.1:0", "--events", "wallet.debited"],
+        env=dict(
+            os.environ,
+            RESERVOIR_API_KEY=key,
+            RESERVOIR_ORCHESTRATOR_ENDPOINT=f"http://{addresses['orchestrator']}",
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in listen.stdout], daemon=True).start()
+
+    def listen_line(contains: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=deadline - time.monotonic())
+            except queue.Empty:
+                break
+            if contains in line:
+                return line
+        listen.kill()
+        sys.exit(f"FAILED: `reservoir webhooks listen` printed no line with {contains!r} within {timeout} s")
+
+    try:
+        listen_line("Ready: receiving deliveries")
+        time.sleep(1.5)
+
+        def debit(amount: str) -> None:
+            wallet.Debit(
+                pb.DebitRequest(account_id=account_id, amount=amount, idempotency_key=str(uuid.uuid4())),
+                metadata=auth,
+                timeout=10,
+            )
+
+        debit("0.25")
+        headers, body = next_delivery("wallet.debited")
+        for name in ("webhook-id", "webhook-timestamp", "webhook-signature"):
+            check(name in headers, f"a delivery carries {name}")
+        payload = standardwebhooks.Webhook(created.secret).verify(body, headers)
+        check(Decimal(payload["data"]["amount"]) == Decimal("0.25"), f"the verified payload is the debit, got {payload}")
+        check(payload["id"] == headers["webhook-id"], "webhook-id is the event's id")
+        try:
+            standardwebhooks.Webhook(created.secret).verify(body.replace(b'"0.25"', b'"0.26"'), headers)
+            check(False, "a changed body does not verify")
+        except standardwebhooks.WebhookVerificationError:
+            pass
+        line = listen_line("wallet.debited")
+        check(line.rstrip().endswith("verified"), f"reservoir webhooks listen verified it: {line!r}")
+
+        rotated = webhooks.RotateWebhookSecret(
+            orchestrator_pb2.RotateWebhookSecretRequest(endpoint_id=created.endpoint.id), metadata=auth, timeout=10
+        )
+        debit("0.50")
+        headers, body = next_delivery("wallet.debited")
+        for secret in (rotated.secret, created.secret):
+            payload = standardwebhooks.Webhook(secret).verify(body, headers)
+            check(Decimal(payload["data"]["amount"]) == Decimal("0.5"), f"both secrets verify during the rotation, got {payload}")
+        listen.terminate()
+        listen.wait(timeout=30)
+        listen_line("Disabled endpoint", timeout=5)
+    finally:
+        if listen.poll() is None:
+            listen.kill()
+        server.shutdown()
+    print("python client: webhooks verified by standardwebhooks (before and during a rotation) and by `reservoir webhooks listen`")
 
 
 def check(condition: bool, message: str) -> None:
@@ -72,9 +210,9 @@ def check(condition: bool, message: str) -> None:
 def main() -> None:
     binary = sys.argv[1]
     with tempfile.TemporaryDirectory() as data_dir:
-        process, address, invoicing_address, key = start_suite(binary, data_dir)
+        process, addresses, key = start_suite(binary, data_dir)
         try:
-            channel = grpc.insecure_channel(address)
+            channel = grpc.insecure_channel(addresses["wallet"])
             grpc.channel_ready_future(channel).result(timeout=30)
             wallet = wallet_pb2_grpc.WalletServiceStub(channel)
             auth = [("authorization", f"Bearer {key}")]
@@ -128,7 +266,7 @@ def main() -> None:
             except grpc.RpcError as error:
                 check(error.code() == grpc.StatusCode.UNAUTHENTICATED, f"UNAUTHENTICATED, got {error.code()}")
 
-            invoicing_channel = grpc.insecure_channel(invoicing_address)
+            invoicing_channel = grpc.insecure_channel(addresses["invoicing"])
             grpc.channel_ready_future(invoicing_channel).result(timeout=30)
             invoicing = invoicing_pb2_grpc.InvoicingServiceStub(invoicing_channel)
             draft = invoicing.CreateInvoice(
@@ -145,6 +283,7 @@ def main() -> None:
             ).invoice
             check(invoice.number == 1, f"the tenant's first number, got {invoice.number}")
             print("python client: account, grant, debit (and its replay), balance, ledger, refusals and an invoice as expected")
+            check_webhooks(binary, addresses, key, wallet, auth, account.id)
         finally:
             process.terminate()
             process.wait(timeout=30)

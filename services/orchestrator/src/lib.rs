@@ -9,6 +9,7 @@ pub mod destination;
 pub mod domain;
 pub mod error;
 pub mod saga;
+pub mod signature;
 pub mod store;
 pub mod upstream;
 pub mod webhooks;

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use hmac::{Hmac, Mac};
 use reservoir_common::auth::TenantId;
 use reservoir_common::time::from_timestamp;
 use reservoir_proto::invoicing as invoicing_pb;
@@ -20,13 +19,13 @@ use reservoir_proto::payments as payments_pb;
 use reservoir_proto::wallet as wallet_pb;
 use serde::Deserialize;
 use serde_json::json;
-use sha2::Sha256;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
 use crate::error::OrchestratorError;
 use crate::saga::now;
+use crate::signature;
 use crate::store::{
     AttemptResult, AttemptRow, DeliveryRow, DeliveryStatus, EndpointRow, Store, StoredEvent, WebhookMessage,
 };
@@ -224,6 +223,9 @@ fn message(
     let body = json!({
         "id": id.to_string(),
         "type": event_type,
+        // The payload's fields as Standard Webhooks recommends them (type,
+        // timestamp, data), with the event's id and account beside them.
+        "timestamp": rfc3339(occurred_at),
         "created_at": rfc3339(occurred_at),
         "account_id": account_id,
         "data": data,
@@ -286,30 +288,6 @@ pub fn top_up_message(event: &StoredEvent) -> WebhookMessage {
     });
     let enum_name = format!("EVENT_TYPE_{}", event.event_type);
     message(Source::TopUps, event.sequence, event.account_id.to_string(), &enum_name, event.occurred_at, data)
-}
-
-/// The signature header's value: "v1,<hex HMAC-SHA256 of '<timestamp>.<body>'>"
-/// for each secret, separated by spaces.
-pub fn signature_header(secrets: &[&str], timestamp: i64, body: &str) -> String {
-    secrets.iter().map(|secret| format!("v1,{}", sign(secret, timestamp, body))).collect::<Vec<_>>().join(" ")
-}
-
-/// HMAC-SHA256 keyed with the secret's text, over "<timestamp>.<body>", in hex.
-pub fn sign(secret: &str, timestamp: i64, body: &str) -> String {
-    // An HMAC takes a key of any length.
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return String::new();
-    };
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body.as_bytes());
-    hex::encode(mac.finalize().into_bytes())
-}
-
-/// A fresh signing secret: "whsec_" and 32 random bytes in hex.
-pub fn new_secret() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("whsec_{}", hex::encode(bytes))
 }
 
 #[derive(Clone)]
@@ -608,7 +586,10 @@ impl Webhooks {
         let body = self.store.message_body(delivery.message_id).await?;
         let attempted_at = now();
         let timestamp = attempted_at.timestamp();
-        let signature = signature_header(&endpoint.signing_secrets(attempted_at), timestamp, &body);
+        let id = delivery.message_id.to_string();
+        let secrets = endpoint.signing_secrets(attempted_at);
+        let signature = signature::signature_header(&secrets, &id, timestamp, body.as_bytes());
+        let legacy_signature = signature::legacy_signature_header(&secrets, timestamp, body.as_bytes());
         let started = Instant::now();
         // A name is checked by the resolver as the connection is made; an
         // address written in the URL never reaches it, so it is checked here.
@@ -623,9 +604,12 @@ impl Webhooks {
                 .http
                 .post(&endpoint.url)
                 .header("content-type", "application/json")
-                .header("reservoir-webhook-id", delivery.message_id.to_string())
-                .header("reservoir-webhook-timestamp", timestamp.to_string())
-                .header("reservoir-webhook-signature", signature)
+                .header(signature::ID_HEADER, &id)
+                .header(signature::TIMESTAMP_HEADER, timestamp.to_string())
+                .header(signature::SIGNATURE_HEADER, signature)
+                .header(signature::LEGACY_ID_HEADER, &id)
+                .header(signature::LEGACY_TIMESTAMP_HEADER, timestamp.to_string())
+                .header(signature::LEGACY_SIGNATURE_HEADER, legacy_signature)
                 .body(body)
                 .send()
                 .await
@@ -712,18 +696,6 @@ impl Endpoints {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_signature_is_the_hmac_of_timestamp_and_body() {
-        // RFC 4231 style check against an independently computed value.
-        let signature = sign("whsec_test", 1_700_000_000, r#"{"id":"1"}"#);
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"whsec_test").unwrap();
-        mac.update(br#"1700000000.{"id":"1"}"#);
-        assert_eq!(signature, hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(signature.len(), 64);
-        let both = signature_header(&["a", "b"], 5, "x");
-        assert_eq!(both, format!("v1,{} v1,{}", sign("a", 5, "x"), sign("b", 5, "x")));
-    }
 
     #[test]
     fn retries_back_off_exponentially_up_to_the_maximum() {

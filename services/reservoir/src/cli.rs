@@ -65,6 +65,9 @@ enum Command {
     /// Top-ups and their configuration, through the running orchestrator.
     #[command(subcommand, name = "top-up")]
     TopUp(crate::topup::TopUpCommand),
+    /// Webhooks: receive, verify and print deliveries locally.
+    #[command(subcommand)]
+    Webhooks(crate::webhooks::WebhooksCommand),
     /// Reports as CSV on standard output: statements, refill history, usage.
     #[command(subcommand)]
     Report(crate::report::ReportCommand),
@@ -285,6 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,
+        Command::Webhooks(command) => crate::webhooks::run(command).await,
         Command::Tenant(command) => tenant(config, command).await,
         Command::Key(command) => key(config, command).await,
         Command::Account(command) => account(command).await,

@@ -6,6 +6,7 @@ mod ingest;
 mod report;
 mod settings;
 mod topup;
+mod webhooks;
 
 /// mimalloc rather than glibc's malloc: every call allocates on one worker
 /// thread and frees on another, which glibc handles slowly.

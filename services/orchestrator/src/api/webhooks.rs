@@ -11,8 +11,9 @@ use uuid::Uuid;
 
 use crate::error::OrchestratorError;
 use crate::saga::now;
+use crate::signature::new_secret;
 use crate::store::{DeliveryRow, DeliveryStatus, EndpointRow, Store};
-use crate::webhooks::{event_types, new_secret};
+use crate::webhooks::event_types;
 
 const URL_LENGTH_MAX: usize = 2_048;
 const DESCRIPTION_LENGTH_MAX: usize = 512;

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::payments as payments_pb;
@@ -27,6 +29,8 @@ struct Received {
     id: String,
     timestamp: String,
     signatures: Vec<String>,
+    /// What the deprecated `reservoir-webhook-*` headers carried.
+    legacy: (String, String, Vec<String>),
     body: String,
     json: serde_json::Value,
 }
@@ -53,13 +57,21 @@ impl Receiver {
                     let header = |name: &str| {
                         headers.get(name).and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned()
                     };
-                    let received = Received {
-                        id: header("reservoir-webhook-id"),
-                        timestamp: header("reservoir-webhook-timestamp"),
-                        signatures: header("reservoir-webhook-signature")
+                    let signatures = |name: &str| {
+                        header(name)
                             .split(' ')
                             .filter_map(|part| part.strip_prefix("v1,").map(str::to_owned))
-                            .collect(),
+                            .collect::<Vec<_>>()
+                    };
+                    let received = Received {
+                        id: header("webhook-id"),
+                        timestamp: header("webhook-timestamp"),
+                        signatures: signatures("webhook-signature"),
+                        legacy: (
+                            header("reservoir-webhook-id"),
+                            header("reservoir-webhook-timestamp"),
+                            signatures("reservoir-webhook-signature"),
+                        ),
                         json: serde_json::from_str(&body).unwrap_or_default(),
                         body,
                     };
@@ -85,11 +97,25 @@ impl Receiver {
     }
 }
 
+/// Signed as Standard Webhooks defines it: base64 HMAC-SHA256, keyed by the
+/// base64 after `whsec_`, of `<id>.<timestamp>.<body>`.
 fn signed_by(request: &Received, secret: &str) -> bool {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(format!("{}.{}", request.timestamp, request.body).as_bytes());
-    let expected = hex::encode(mac.finalize().into_bytes());
+    let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{}.{}.{}", request.id, request.timestamp, request.body).as_bytes());
+    let expected = STANDARD.encode(mac.finalize().into_bytes());
     request.signatures.contains(&expected)
+}
+
+/// Signed as 0.1 did, in the deprecated headers: hex HMAC-SHA256 keyed by
+/// the secret's text, of `<timestamp>.<body>`.
+fn legacy_signed_by(request: &Received, secret: &str) -> bool {
+    let (id, timestamp, signatures) = &request.legacy;
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.{}", request.body).as_bytes());
+    *id == request.id
+        && *timestamp == request.timestamp
+        && signatures.contains(&hex::encode(mac.finalize().into_bytes()))
 }
 
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
@@ -235,6 +261,9 @@ async fn a_receiver_gets_every_event_once_by_id_signed_and_in_order(suite: Suite
     assert_eq!(debits, vec!["1.00", "2.00", "3.00", "4.00", "5.00"]);
     for request in &got {
         assert!(signed_by(request, &secret), "signed with the endpoint's secret: {request:?}");
+        assert!(legacy_signed_by(request, &secret), "and in the headers of 0.1: {request:?}");
+        let key = STANDARD.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+        assert_eq!(key.len(), 32, "a secret is whsec_ and the base64 of 32 bytes: {secret}");
         assert_eq!(request.json["id"], request.id.as_str(), "the header names the body's id");
     }
     let all = receiver.requests.lock().unwrap().len();
