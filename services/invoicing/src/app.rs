@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_common::tls::TlsSettings;
 use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer;
@@ -189,17 +189,16 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(
-            self.listener,
-            routes,
-            &[SERVICE_NAME],
-            self.authenticator,
-            &self.limits,
-            &self.tls,
-            self.metrics,
-            stop,
-        )
-        .await;
+        let port = Port {
+            listener: self.listener,
+            service_names: &[SERVICE_NAME],
+            authenticator: self.authenticator,
+            limits: &self.limits,
+            tls: &self.tls,
+            metrics: self.metrics,
+            database: Some(self.store.database().clone()),
+        };
+        let served = serve(port, routes, stop).await;
         if let Err(error) = worker.await {
             tracing::error!(%error, "the invoicing worker ended abnormally");
         }

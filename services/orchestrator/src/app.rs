@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_common::tls::TlsSettings;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
@@ -239,8 +239,20 @@ impl Application {
             let _ = stop_sender.send(true);
         };
         let names = [SERVICE_NAME, WEBHOOK_SERVICE_NAME];
-        let served =
-            serve(self.listener, routes, &names, self.authenticator, &self.limits, &self.tls, self.metrics, stop).await;
+        let served = serve(
+            Port {
+                listener: self.listener,
+                service_names: &names,
+                authenticator: self.authenticator,
+                limits: &self.limits,
+                tls: &self.tls,
+                metrics: self.metrics,
+                database: Some(self.store.database().clone()),
+            },
+            routes,
+            stop,
+        )
+        .await;
         for (task, name) in [(running, "worker"), (delivering, "webhook deliverer")] {
             if let Err(error) = task.await {
                 tracing::error!(%error, "the orchestrator {name} ended abnormally");

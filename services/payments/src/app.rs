@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
 use reservoir_common::tls::TlsSettings;
 use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
@@ -208,8 +208,16 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        serve(self.listener, routes, &[SERVICE_NAME], self.authenticator, &self.limits, &self.tls, self.metrics, stop)
-            .await?;
+        let port = Port {
+            listener: self.listener,
+            service_names: &[SERVICE_NAME],
+            authenticator: self.authenticator,
+            limits: &self.limits,
+            tls: &self.tls,
+            metrics: self.metrics,
+            database: Some(self.store.database().clone()),
+        };
+        serve(port, routes, stop).await?;
         tracing::info!("payments stopped");
         Ok(())
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use reservoir_common::auth::Authenticator;
 use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{ServeError, serve};
+use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::{AuthSettings, DatabaseSettings};
 use reservoir_common::tls::TlsSettings;
 use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
@@ -167,17 +167,16 @@ impl Application {
             shutdown.await;
             let _ = stop_sender.send(true);
         };
-        let served = serve(
-            self.listener,
-            routes,
-            &[SERVICE_NAME],
-            self.authenticator,
-            &self.limits,
-            &self.tls,
-            self.metrics,
-            stop_streams,
-        )
-        .await;
+        let port = Port {
+            listener: self.listener,
+            service_names: &[SERVICE_NAME],
+            authenticator: self.authenticator,
+            limits: &self.limits,
+            tls: &self.tls,
+            metrics: self.metrics,
+            database: Some(self.store.database().clone()),
+        };
+        let served = serve(port, routes, stop_streams).await;
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "the expiry sweeper ended abnormally");
         }

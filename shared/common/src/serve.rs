@@ -4,12 +4,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 use tonic_health::ServingStatus;
 
 use crate::auth::{AuthLayer, Authenticator};
+use crate::db::Database;
 use crate::limits::{InFlightLayer, LimitSettings, TenantRateLayer, bounded_connections};
 use crate::tls::{ServerTls, TlsSettings};
 
@@ -45,27 +47,49 @@ pub async fn shutdown_signal() {
     tracing::info!("stop requested: finishing calls in flight");
 }
 
-/// Serves `routes` plus health and reflection on `listener` until `shutdown`
+/// How often the database is asked whether it answers, how long it has to
+/// answer, and how many misses in a row take the services out: a pool busy
+/// for a moment must not take a replica out of its Service.
+const DATABASE_CHECK_EVERY: Duration = Duration::from_secs(2);
+const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+const DATABASE_MISSES_MAX: u32 = 3;
+
+/// One service port: where it listens and what guards it.
+pub struct Port<'a> {
+    pub listener: TcpListener,
+    /// The services it serves, reported SERVING by health while the
+    /// process takes calls and its database answers.
+    pub service_names: &'a [&'a str],
+    pub authenticator: Arc<Authenticator>,
+    /// The connections, the calls in flight and each tenant's rate.
+    pub limits: &'a LimitSettings,
+    /// TLS (and mTLS) when it has a certificate, plaintext when not.
+    pub tls: &'a TlsSettings,
+    /// The scrape endpoint, with `/healthz` and `/readyz`.
+    pub metrics: Option<TcpListener>,
+    /// The database health follows.
+    pub database: Option<Database>,
+}
+
+/// Serves `routes` plus health and reflection on the port until `shutdown`
 /// resolves; then stops accepting calls and returns once those in flight end.
-/// `service_names` are reported SERVING by the health service. `limits`
-/// bound the connections, the calls in flight and each tenant's rate; `tls`
-/// says whether connections are TLS (and mTLS), plaintext when it has no
-/// certificate.
-#[allow(clippy::too_many_arguments)]
+///
+/// Health answers for each of the port's services (what readiness probes
+/// ask): SERVING while the process takes calls and the database answers,
+/// NOT_SERVING after three missed checks two seconds apart until it answers
+/// again, and from the start of a drain on. The server as a whole (the
+/// empty service name, what liveness probes ask) stays SERVING while the
+/// database is away: restarting the process would not bring it back.
 pub async fn serve(
-    listener: TcpListener,
+    port: Port<'_>,
     routes: Routes,
-    service_names: &[&str],
-    authenticator: Arc<Authenticator>,
-    limits: &LimitSettings,
-    tls: &TlsSettings,
-    metrics: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    let Port { listener, service_names, authenticator, limits, tls, metrics, database } = port;
     let tls = ServerTls::load(tls).map_err(|error| ServeError::Tls(error.to_string()))?;
-    let (tls_stop, tls_stopping) = tokio::sync::watch::channel(false);
+    let (background_stop, background_stopping) = tokio::sync::watch::channel(false);
     if let Some(tls) = &tls {
-        tokio::spawn(tls.clone().reload_until(tls_stopping.clone()));
+        tokio::spawn(tls.clone().reload_until(background_stopping.clone()));
     }
     // The scrape endpoint lives as long as the gRPC server.
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -78,6 +102,15 @@ pub async fn serve(
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in service_names {
         reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    let serving = Arc::new(Serving {
+        reporter: reporter.clone(),
+        names: service_names.iter().map(|name| (*name).to_owned()).collect(),
+        ready,
+        state: tokio::sync::Mutex::new(ServingState { draining: false, database_answers: true }),
+    });
+    if let Some(database) = database {
+        tokio::spawn(follow_database(serving.clone(), database, background_stopping.clone()));
     }
     // Reflection advertises what this port serves (its services, health and
     // itself), not every service the suite's descriptors hold.
@@ -96,7 +129,6 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|error| ServeError::Reflection(error.to_string()))?;
     let routes = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
-    let names: Vec<String> = service_names.iter().map(|name| (*name).to_owned()).collect();
     let local: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(address = ?local, services = ?service_names, tls = tls.is_some(), "serving");
     if tls.is_none() && local.is_some_and(|address| !address.ip().is_loopback()) {
@@ -135,15 +167,12 @@ pub async fn serve(
         ))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            crate::tls::accept(bounded_connections(incoming, limits), tls, tls_stopping),
+            crate::tls::accept(bounded_connections(incoming, limits), tls, background_stopping),
             async move {
                 shutdown.await;
                 // Probes see the pod going before its port closes.
-                let _ = ready.send(false);
+                serving.change(|state| state.draining = true).await;
                 reporter.set_service_status("", ServingStatus::NotServing).await;
-                for name in names {
-                    reporter.set_service_status(name, ServingStatus::NotServing).await;
-                }
                 // Calls still arrive while the pod is taken out of the
                 // endpoints; they are served until the delay is over.
                 if !drain_delay.is_zero() {
@@ -154,7 +183,7 @@ pub async fn serve(
         )
         .await
         .map_err(|error| ServeError::Transport(error.to_string()));
-    let _ = tls_stop.send(true);
+    let _ = background_stop.send(true);
     let _ = metrics_stop.send(());
     if let Some(server) = metrics_server {
         match server.await {
@@ -164,6 +193,69 @@ pub async fn serve(
         }
     }
     served
+}
+
+/// What the port's services are reported as, and why.
+struct Serving {
+    reporter: tonic_health::server::HealthReporter,
+    names: Vec<String>,
+    /// What `/readyz` answers.
+    ready: tokio::sync::watch::Sender<bool>,
+    /// Held while a change is reported, so a late database check cannot
+    /// report SERVING after the drain has begun.
+    state: tokio::sync::Mutex<ServingState>,
+}
+
+struct ServingState {
+    draining: bool,
+    database_answers: bool,
+}
+
+impl Serving {
+    async fn change(&self, change: impl FnOnce(&mut ServingState)) {
+        let mut state = self.state.lock().await;
+        let was = !state.draining && state.database_answers;
+        change(&mut state);
+        let now = !state.draining && state.database_answers;
+        if was != now {
+            let status = if now { ServingStatus::Serving } else { ServingStatus::NotServing };
+            for name in &self.names {
+                self.reporter.set_service_status(name, status).await;
+            }
+            let _ = self.ready.send(now);
+        }
+    }
+}
+
+/// Asks the database whether it answers every two seconds until `stopping`,
+/// and takes the services out after three misses in a row, back in at the
+/// first answer.
+async fn follow_database(serving: Arc<Serving>, database: Database, mut stopping: tokio::sync::watch::Receiver<bool>) {
+    let mut misses = 0;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(DATABASE_CHECK_EVERY) => {}
+            _ = stopping.changed() => return,
+        }
+        let answered =
+            matches!(tokio::time::timeout(DATABASE_CHECK_TIMEOUT, database.connection().ping()).await, Ok(Ok(())));
+        if answered {
+            if misses >= DATABASE_MISSES_MAX {
+                tracing::info!("the database answers again: SERVING");
+            }
+            misses = 0;
+            serving.change(|state| state.database_answers = true).await;
+        } else {
+            misses += 1;
+            if misses == DATABASE_MISSES_MAX {
+                tracing::warn!(
+                    checks = misses,
+                    "the database has not answered: NOT_SERVING until it does (liveness stays SERVING)"
+                );
+                serving.change(|state| state.database_answers = false).await;
+            }
+        }
+    }
 }
 
 /// Binds the scrape endpoint named by a `metrics_listen` setting: empty

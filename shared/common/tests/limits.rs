@@ -89,18 +89,16 @@ async fn start_until(
     let address = listener.local_addr().unwrap();
     let authenticator = Arc::new(Authenticator::new(Arc::new(Keys), Duration::from_secs(60)));
     let server = tokio::spawn(async move {
-        reservoir_common::serve::serve(
+        let port = reservoir_common::serve::Port {
             listener,
-            tonic::service::Routes::new(Slow),
-            &["test.Slow"],
+            service_names: &["test.Slow"],
             authenticator,
-            &limits,
-            &reservoir_common::tls::TlsSettings::default(),
-            None,
-            shutdown,
-        )
-        .await
-        .unwrap();
+            limits: &limits,
+            tls: &reservoir_common::tls::TlsSettings::default(),
+            metrics: None,
+            database: None,
+        };
+        reservoir_common::serve::serve(port, tonic::service::Routes::new(Slow), shutdown).await.unwrap();
     });
     (address, server)
 }

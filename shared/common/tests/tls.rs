@@ -85,18 +85,16 @@ async fn start_on(tls: TlsSettings, limits: LimitSettings, metrics: Option<TcpLi
     let address = listener.local_addr().unwrap();
     let authenticator = Arc::new(Authenticator::new(Arc::new(NoKeys), Duration::from_secs(60)));
     tokio::spawn(async move {
-        reservoir_common::serve::serve(
+        let port = reservoir_common::serve::Port {
             listener,
-            tonic::service::Routes::default(),
-            &[],
+            service_names: &[],
             authenticator,
-            &limits,
-            &tls,
+            limits: &limits,
+            tls: &tls,
             metrics,
-            std::future::pending(),
-        )
-        .await
-        .unwrap();
+            database: None,
+        };
+        reservoir_common::serve::serve(port, tonic::service::Routes::default(), std::future::pending()).await.unwrap();
     });
     address
 }

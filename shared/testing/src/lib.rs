@@ -194,4 +194,5 @@ macro_rules! on_both_backends {
     };
 }
 
+pub mod proxy;
 pub mod wallet;

@@ -58,7 +58,7 @@ impl TestApp {
     }
 
     /// A server on `database`, with a key of `tenant` (a new one when none is given).
-    async fn start(database: TestDatabase, tenant: Option<TenantId>) -> Self {
+    pub async fn start(database: TestDatabase, tenant: Option<TenantId>) -> Self {
         let application =
             Application::build(&settings(&database), &auth_settings()).await.expect("building the wallet");
         let address = application.local_addr().expect("a bound address");

@@ -258,16 +258,75 @@ async fn made_up_methods_add_no_series_to_the_metrics() {
 
 /// GET /metrics over plain HTTP/1.1.
 async fn scrape(address: std::net::SocketAddr) -> String {
+    let response = get(address, "/metrics").await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// A GET over plain HTTP/1.1: the whole response, status line first.
+async fn get(address: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
     stream
-        .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     response
+}
+
+/// Health follows the database. With PostgreSQL out of reach (the network
+/// to it cut), the wallet's service turns NOT_SERVING and `/readyz` 503, so
+/// readiness takes the replica out of its Service, while the server as a
+/// whole stays SERVING and `/healthz` 200, so liveness does not restart it;
+/// calls meanwhile are UNAVAILABLE (retry), never INTERNAL. Once the
+/// database is back, SERVING again and calls are served.
+#[tokio::test]
+async fn health_follows_the_database() {
+    let Some(database) = reservoir_testing::TestDatabase::create(Backend::Postgres).await else {
+        return;
+    };
+    let host = database.url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap().to_owned();
+    let upstream = tokio::net::lookup_host(&host).await.unwrap().next().unwrap();
+    let proxy = reservoir_testing::proxy::TcpProxy::start(upstream).await;
+    let mut through = database.clone();
+    through.url = database.url.replacen(&host, &proxy.address().to_string(), 1);
+    let app = TestApp::start(through, None).await;
+    let account = open_funded_account(&app.client, "10").await;
+    let health = HealthClient::new(channel(app.address).await);
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move { health.check(HealthCheckRequest { service: service.into() }).await.unwrap().into_inner().status }
+    };
+    let wallet = reservoir_wallet::app::SERVICE_NAME;
+    assert_eq!(status(wallet).await, ServingStatus::Serving as i32);
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    while status(wallet).await != ServingStatus::NotServing as i32 {
+        assert!(cut_at.elapsed() < Duration::from_secs(20), "still SERVING 20 s after the database went away");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status("").await, ServingStatus::Serving as i32, "liveness stays SERVING");
+    assert!(get(app.metrics, "/readyz").await.starts_with("HTTP/1.1 503"));
+    assert!(get(app.metrics, "/healthz").await.starts_with("HTTP/1.1 200"));
+    let refused = app
+        .client
+        .clone()
+        .get_balance(reservoir_proto::wallet::GetBalanceRequest { account_id: account.id.clone() })
+        .await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Unavailable);
+
+    proxy.restore();
+    let restored_at = std::time::Instant::now();
+    while status(wallet).await != ServingStatus::Serving as i32 {
+        assert!(restored_at.elapsed() < Duration::from_secs(20), "still NOT_SERVING 20 s after the database came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(get(app.metrics, "/readyz").await.starts_with("HTTP/1.1 200"));
+    assert_eq!(available(&app.client, &account).await, d("10"));
+    app.stop().await;
 }
 
 crate::on_both_backends!(metrics_count_calls_codes_and_changes);
