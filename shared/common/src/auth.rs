@@ -538,6 +538,10 @@ pub fn service_request<T>(message: T, service_key: &str, tenant: TenantId) -> Re
     request.metadata_mut().insert("authorization", authorization);
     request.metadata_mut().insert(TENANT_HEADER, tenant_value);
     crate::telemetry::inject_trace_context(request.metadata_mut());
+    // Made while serving a call: what is left of that call's deadline.
+    if let Some(left) = crate::deadline::remaining() {
+        request.set_timeout(left);
+    }
     Ok(request)
 }
 

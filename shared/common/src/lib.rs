@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod limits;
 pub mod metrics;

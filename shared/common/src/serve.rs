@@ -165,6 +165,9 @@ pub async fn serve(
             &[reservoir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
             service_names,
         ))
+        // Innermost, around the handler: the calls it makes to other
+        // services carry what is left of its caller's deadline.
+        .layer(crate::deadline::DeadlineLayer)
         .add_routes(routes)
         .serve_with_incoming_shutdown(
             crate::tls::accept(bounded_connections(incoming, limits), tls, background_stopping),

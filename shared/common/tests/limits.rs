@@ -67,9 +67,19 @@ impl tower::Service<http::Request<tonic::body::Body>> for Slow {
     }
 
     fn call(&mut self, _: http::Request<tonic::body::Body>) -> Self::Future {
-        Box::pin(async {
+        // What the handler knows of its caller's deadline, and what a call it
+        // made to another service would send on, both in its answer.
+        let known = reservoir_common::deadline::remaining().map(|left| left.as_millis());
+        let sent = reservoir_common::auth::service_request((), SERVICE_KEY, TENANT)
+            .unwrap()
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| reservoir_common::deadline::parse_grpc_timeout(value.to_str().unwrap()))
+            .map(|left| left.as_millis());
+        Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            Ok(tonic::Status::unimplemented("slow, then nothing").into_http())
+            let message = format!("slow, then nothing; deadline in {known:?} ms, sent on as {sent:?} ms");
+            Ok(tonic::Status::unimplemented(message).into_http())
         })
     }
 }
@@ -137,6 +147,37 @@ async fn call_path(
         Ok(_) => tonic::Status::ok(""),
         Err(status) => status,
     }
+}
+
+/// A call's deadline reaches its handler, and what is left of it goes with
+/// the calls the handler makes to other services; a call without one has
+/// none and sends none.
+#[tokio::test]
+async fn a_call_s_deadline_reaches_its_handler_and_the_calls_it_makes() {
+    let address = start(LimitSettings::default()).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(());
+    request.metadata_mut().insert("authorization", format!("Bearer {TENANT_KEY}").parse().unwrap());
+    request.set_timeout(Duration::from_secs(3));
+    let codec: tonic_prost::ProstCodec<(), ()> = tonic_prost::ProstCodec::default();
+    let status = grpc.unary(request, http::uri::PathAndQuery::from_static("/test.Slow/Call"), codec).await.unwrap_err();
+    let message = status.message();
+    let millis = |after: &str| -> u128 {
+        message
+            .split(after)
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|millis| millis.parse().ok())
+            .unwrap_or_else(|| panic!("no {after} in {message:?}"))
+    };
+    let (known, sent) = (millis("deadline in Some("), millis("sent on as Some("));
+    assert!((2_000..=3_000).contains(&known), "{message}");
+    assert!(sent <= known && sent + 100 >= known, "{message}");
+    let without = call_on(channel, TENANT_KEY, None).await;
+    assert!(without.message().ends_with("deadline in None ms, sent on as None ms"), "{}", without.message());
 }
 
 /// Reads until the server closes the connection; how long that took.
