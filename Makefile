@@ -15,6 +15,8 @@ KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 GRPCIO_VERSION := 1.85.1
 # The Standard Webhooks library a receiver verifies deliveries with (the smoke test does).
 STANDARDWEBHOOKS_VERSION := 1.3.0
+# Fault cycles of `make faults` (`make test` runs 14 of them).
+FAULT_CYCLES ?= 500
 PYTHON_ENV := $(TOOLS)/python
 PYTHON_CLIENT := target/clients/python
 # The wire contract of the last release, as a buf image; proto-breaking
@@ -23,7 +25,7 @@ PROTO_RELEASE := $(lastword $(sort $(wildcard proto/releases/v*.binpb)))
 # The workspace's version: the tag the production overlays pin the image to.
 RELEASE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench clean-data help
+.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench faults clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -96,6 +98,9 @@ unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL,
 
 release: ## the optimized binary at target/release/reservoir
 	$(CARGO) build --release --locked -p reservoir
+
+faults: ## the fault harness for 500 cycles (about half an hour): kills, pauses, network cuts, then the books checked
+	RESERVOIR_FAULT_CYCLES=$(FAULT_CYCLES) $(CARGO) test --locked -p reservoir --test suite -- faults --nocapture
 
 bench: ## the load generator against PostgreSQL and SQLite; writes docs/PERFORMANCE.md
 	$(CARGO) build --release --locked -p reservoir -p reservoir-bench

@@ -5,6 +5,7 @@
 
 mod billing;
 mod crash;
+mod faults;
 mod metering;
 mod process;
 mod release;

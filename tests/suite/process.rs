@@ -257,6 +257,13 @@ impl ServiceProcess {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) to the running process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("a running process").to_string();
+        let sent = Command::new("kill").args([&format!("-{signal}"), &pid]).status().await.unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: no chance to finish anything.
     pub async fn kill(&mut self) {
         let mut child = self.child.take().expect("a running process");

@@ -97,6 +97,12 @@ impl TestDatabase {
         }
     }
 
+    /// A schema on a PostgreSQL server a test runs itself (the fault
+    /// harness's cluster), reached at `url`.
+    pub fn postgres_at(url: String, schema: &str) -> Self {
+        Self { backend: Backend::Postgres, url, schema: schema.to_owned(), sqlite_file: None }
+    }
+
     /// Removes the database. Tests call it at the end; a failed test leaves
     /// its database behind to be looked at.
     pub async fn drop_database(self) {
