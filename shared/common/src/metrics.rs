@@ -118,8 +118,9 @@ pub async fn watch_pool(
     .await;
 }
 
-/// Counts and times every call: `reservoir_rpc_requests_total{service,
-/// method, code}` and `reservoir_rpc_duration_seconds{service, method}`.
+/// Counts and times every call when it ends (a stream when it is over):
+/// `reservoir_rpc_requests_total{service, method, code}` and
+/// `reservoir_rpc_duration_seconds{service, method}`.
 /// Only methods this server has are labelled by name; any other path,
 /// whoever sends it and whatever it is refused with, counts as
 /// `unknown`/`unknown`, so no caller can add a series.
@@ -182,9 +183,9 @@ pub struct RpcMetrics<S> {
     known: Arc<HashSet<String>>,
 }
 
-impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -202,23 +203,148 @@ where
         } else {
             ("unknown".to_owned(), "unknown".to_owned())
         };
-        let started = Instant::now();
+        let call = Call { service, method, started: Instant::now() };
+        let deadline = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::deadline::parse_grpc_timeout)
+            .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
         let future = self.inner.call(request);
         Box::pin(async move {
-            let result = future.await;
-            let code = code_of(&result);
-            metrics::counter!(
-                "reservoir_rpc_requests_total",
-                "service" => service.clone(),
-                "method" => method.clone(),
-                "code" => format!("{code:?}"),
-            )
-            .increment(1);
-            metrics::histogram!("reservoir_rpc_duration_seconds", "service" => service, "method" => method)
-                .record(started.elapsed().as_secs_f64());
-            result
+            match future.await {
+                Ok(response) => {
+                    let headers_code = grpc_status(response.headers());
+                    Ok(response.map(|body| {
+                        tonic::body::Body::new(Metered {
+                            inner: body,
+                            call: Some(call),
+                            headers_code,
+                            deadline: deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline))),
+                            ended: false,
+                        })
+                    }))
+                }
+                Err(error) => {
+                    call.end(tonic::Code::Internal);
+                    Err(error)
+                }
+            }
         })
     }
+}
+
+/// One call being counted: recorded once, when it ends.
+struct Call {
+    service: String,
+    method: String,
+    started: Instant,
+}
+
+impl Call {
+    fn end(self, code: tonic::Code) {
+        metrics::counter!(
+            "reservoir_rpc_requests_total",
+            "service" => self.service.clone(),
+            "method" => self.method.clone(),
+            "code" => format!("{code:?}"),
+        )
+        .increment(1);
+        metrics::histogram!("reservoir_rpc_duration_seconds", "service" => self.service, "method" => self.method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A response body that records its call when it ends, with the status it
+/// ended with: in the headers for a call refused at once, in the trailers
+/// for one answered (a stream's status comes only there, once it is over),
+/// CANCELLED for one the caller went away from. A stream still open at the
+/// caller's deadline is ended there with DEADLINE_EXCEEDED, as the caller
+/// sees it, so nothing keeps streaming to a caller that has given up.
+struct Metered {
+    inner: tonic::body::Body,
+    call: Option<Call>,
+    headers_code: Option<tonic::Code>,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    ended: bool,
+}
+
+impl Metered {
+    fn end(&mut self, code: tonic::Code) {
+        if let Some(call) = self.call.take() {
+            call.end(code);
+        }
+    }
+}
+
+impl http_body::Body for Metered {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.end(grpc_status(trailers).unwrap_or(tonic::Code::Unknown));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                this.end(status.code());
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                let code = this.headers_code.unwrap_or(tonic::Code::Ok);
+                this.end(code);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let expired = this.deadline.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+                if !expired {
+                    return Poll::Pending;
+                }
+                this.ended = true;
+                this.end(tonic::Code::DeadlineExceeded);
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
+                trailers.insert("grpc-message", http::HeaderValue::from_static("the%20deadline%20has%20passed"));
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // Dropped unfinished: a call answered in its headers alone (its body
+        // never read), or one the caller cancelled.
+        let code = self.headers_code.unwrap_or(tonic::Code::Cancelled);
+        self.end(code);
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from)
 }
 
 /// The gRPC code a call was answered with, as far as its response headers
@@ -226,12 +352,7 @@ where
 /// a call that gets that far without one is OK.
 pub(crate) fn code_of<B, E>(result: &Result<http::Response<B>, E>) -> tonic::Code {
     match result {
-        Ok(response) => response
-            .headers()
-            .get("grpc-status")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.parse::<i32>().ok())
-            .map_or(tonic::Code::Ok, tonic::Code::from),
+        Ok(response) => grpc_status(response.headers()).unwrap_or(tonic::Code::Ok),
         Err(_) => tonic::Code::Internal,
     }
 }

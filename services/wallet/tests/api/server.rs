@@ -173,6 +173,55 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     assert!(!text.contains("metrics-test"), "{text}");
 }
 
+/// A stream is counted when it ends, with the status it ended with and
+/// the whole of its life: one still open at its caller's deadline is ended
+/// there, DEADLINE_EXCEEDED; one its caller drops is CANCELLED.
+#[tokio::test]
+async fn streams_are_counted_when_they_end_with_their_status() {
+    let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let watch = || reservoir_proto::wallet::WatchEventsRequest { after_sequence: 0, ..Default::default() };
+    // The deadline as a header alone: the client itself waits for ever.
+    let mut request = tonic::Request::new(watch());
+    request.metadata_mut().insert("grpc-timeout", "500m".parse().unwrap());
+    let started = std::time::Instant::now();
+    let mut stream = app.client.clone().watch_events(request).await.unwrap().into_inner();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(status)) => return Some(status),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends at its deadline")
+    .expect("with a status");
+    assert_eq!(ended.code(), tonic::Code::DeadlineExceeded, "{ended:?}");
+    assert!(started.elapsed() >= Duration::from_millis(450), "{:?}", started.elapsed());
+
+    let dropped = app.client.clone().watch_events(watch()).await.unwrap().into_inner();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(dropped);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let text = scrape(app.metrics).await;
+    let value = |name: &str, labels: &[&str]| -> f64 {
+        text.lines()
+            .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let watches = r#"method="WatchEvents""#;
+    assert_eq!(value("reservoir_rpc_requests_total", &[watches, r#"code="DeadlineExceeded""#]), 1.0, "{text}");
+    assert_eq!(value("reservoir_rpc_requests_total", &[watches, r#"code="Cancelled""#]), 1.0, "{text}");
+    assert_eq!(value("reservoir_rpc_requests_total", &[watches, r#"code="Ok""#]), 0.0, "{text}");
+    assert!(value("reservoir_rpc_duration_seconds_sum", &[watches]) >= 0.75, "the streams' whole lives: {text}");
+    app.stop().await;
+}
+
 /// A body that is not the method's message is the caller's mistake:
 /// INVALID_ARGUMENT, never INTERNAL, and nothing is written.
 #[tokio::test]
