@@ -149,12 +149,7 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     let mut events = app.client.clone().watch_events(watch("metrics-test")).await.unwrap().into_inner();
     assert!(tokio_stream::StreamExt::next(&mut events).await.unwrap().is_ok());
     let text = scrape(app.metrics).await;
-    let value = |name: &str, labels: &[&str]| -> f64 {
-        text.lines()
-            .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
-            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
+    let value = |name: &str, labels: &[&str]| metric(&text, name, labels);
     let debits = r#"method="Debit""#;
     assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="Ok""#]) >= 1.0, "{text}");
     assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="FailedPrecondition""#]) >= 1.0, "{text}");
@@ -208,12 +203,7 @@ async fn streams_are_counted_when_they_end_with_their_status() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let text = scrape(app.metrics).await;
-    let value = |name: &str, labels: &[&str]| -> f64 {
-        text.lines()
-            .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
-            .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
+    let value = |name: &str, labels: &[&str]| metric(&text, name, labels);
     let watches = r#"method="WatchEvents""#;
     assert_eq!(value("reservoir_rpc_requests_total", &[watches, r#"code="DeadlineExceeded""#]), 1.0, "{text}");
     assert_eq!(value("reservoir_rpc_requests_total", &[watches, r#"code="Cancelled""#]), 1.0, "{text}");
@@ -303,6 +293,14 @@ async fn made_up_methods_add_no_series_to_the_metrics() {
     assert!(sum("reservoir_rpc_requests_total", r#"method="unknown""#) >= 5_001.0, "{after}");
     assert!(sum("reservoir_rpc_refused_total", r#"reason="unauthenticated""#) >= 5_001.0, "{after}");
     app.stop().await;
+}
+
+/// The sum of a metric's samples whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// GET /metrics over plain HTTP/1.1.
