@@ -18,6 +18,7 @@ STANDARDWEBHOOKS_VERSION := 1.3.0
 # Fault cycles of `make faults` (`make test` runs 14 of them).
 FAULT_CYCLES ?= 500
 PYTHON_ENV := $(TOOLS)/python
+PYTHON_LOWEST := $(TOOLS)/python-lowest
 PYTHON_CLIENT := target/clients/python
 # The wire contract of the last release, as a buf image; proto-breaking
 # compares the protos against it, proto-release writes a new one.
@@ -25,7 +26,7 @@ PROTO_RELEASE := $(lastword $(sort $(wildcard proto/releases/v*.binpb)))
 # The workspace's version: the tag the production overlays pin the image to.
 RELEASE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: clients client-smoke run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench faults clean-data help
+.PHONY: clients client-smoke client-lowest run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench faults clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -33,7 +34,7 @@ help: ## list the targets
 run: ## run the whole suite on SQLite under ./data, no setup
 	$(CARGO) run -p reservoir -- up
 
-test: lint unit-tests client-smoke ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
+test: lint unit-tests client-smoke client-lowest ## everything CI checks: formatting, lints, proto lint, every test on SQLite and PostgreSQL
 
 lint: fmt-check clippy proto-lint proto-breaking k8s-validate ## formatting, clippy, buf lint and breaking, the Kubernetes manifests
 
@@ -91,6 +92,14 @@ clients: $(PYTHON_ENV)/bin/python ## generate the Python client package from pro
 client-smoke: clients ## the Python client against a running suite: account, grant, debit, balance, ledger, webhooks
 	$(CARGO) build --locked --workspace --bins
 	$(PYTHON_ENV)/bin/python clients/python/smoke_test.py target/debug/reservoir
+
+client-lowest: clients ## the smoke test again on the lowest grpcio and protobuf the client's pins allow
+	$(CARGO) build --locked --workspace --bins
+	rm -rf $(PYTHON_LOWEST) && python3 -m venv $(PYTHON_LOWEST)
+	$(PYTHON_LOWEST)/bin/pip install --quiet --disable-pip-version-check setuptools==84.2.1 wheel==0.48.0 \
+		standardwebhooks==$(STANDARDWEBHOOKS_VERSION) $$(python3 clients/python/lowest.py clients/python/pyproject.toml)
+	$(PYTHON_LOWEST)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps $(PYTHON_CLIENT)
+	$(PYTHON_LOWEST)/bin/python clients/python/smoke_test.py target/debug/reservoir
 
 unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart
 	set -o pipefail; $(CARGO) test --workspace --locked --all-targets 2>&1 | tee target/test.log
