@@ -77,7 +77,7 @@ impl Cluster {
         };
         let directory = std::env::temp_dir().join(format!("reservoir-faults-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&directory).unwrap();
-        let user = if unsafe_is_root() { Some(postgres_ids().await) } else { None };
+        let user = if is_root() { Some(postgres_ids().await) } else { None };
         if let Some((uid, gid)) = user {
             let owned = Command::new("chown").arg(format!("{uid}:{gid}")).arg(&directory).status().await.unwrap();
             assert!(owned.success());
@@ -153,7 +153,7 @@ impl Drop for Cluster {
     }
 }
 
-fn unsafe_is_root() -> bool {
+fn is_root() -> bool {
     std::process::Command::new("id").arg("-u").output().is_ok_and(|output| output.stdout.starts_with(b"0\n"))
 }
 

@@ -12,12 +12,12 @@
 //! Written here because tonic offers the header but no propagation, and a
 //! task-local around the handler is all it takes.
 
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::future::Either;
-use tokio::task::futures::TaskLocalFuture;
-use tokio::time::Instant;
+use futures::future::{BoxFuture, Either};
+use tokio::time::{Instant, Sleep};
 
 tokio::task_local! {
     static DEADLINE: Instant;
@@ -26,11 +26,6 @@ tokio::task_local! {
 /// What is left of the deadline of the call being served, if it has one.
 pub fn remaining() -> Option<Duration> {
     DEADLINE.try_with(|deadline| deadline.saturating_duration_since(Instant::now())).ok()
-}
-
-/// Runs `future` as the call with this deadline would.
-pub async fn within<F: Future>(deadline: Instant, future: F) -> F::Output {
-    DEADLINE.scope(deadline, future).await
 }
 
 /// A `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -55,7 +50,10 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 }
 
 /// Puts each call's deadline (from its `grpc-timeout`) where [`remaining`]
-/// finds it while the call's handler runs.
+/// finds it while the call's handler runs, and ends a response still
+/// streaming at the deadline with DEADLINE_EXCEEDED, so nothing streams on
+/// to a caller that has given up (tonic's own timeout stops at the
+/// response's headers).
 #[derive(Clone, Copy, Default)]
 pub struct DeadlineLayer;
 
@@ -72,13 +70,16 @@ pub struct Deadline<S> {
     inner: S,
 }
 
+type Answer<E> = Result<http::Response<tonic::body::Body>, E>;
+
 impl<S, B> tower::Service<http::Request<B>> for Deadline<S>
 where
-    S: tower::Service<http::Request<B>>,
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Either<TaskLocalFuture<Instant, S::Future>, S::Future>;
+    type Future = Either<BoxFuture<'static, Answer<S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -87,10 +88,60 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let timeout =
             request.headers().get("grpc-timeout").and_then(|value| value.to_str().ok()).and_then(parse_grpc_timeout);
-        match timeout.and_then(|timeout| Instant::now().checked_add(timeout)) {
-            Some(deadline) => Either::Left(DEADLINE.scope(deadline, self.inner.call(request))),
-            None => Either::Right(self.inner.call(request)),
+        let Some(deadline) = timeout.and_then(|timeout| Instant::now().checked_add(timeout)) else {
+            return Either::Right(self.inner.call(request));
+        };
+        let answer = DEADLINE.scope(deadline, self.inner.call(request));
+        Either::Left(Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| {
+                tonic::body::Body::new(Bounded {
+                    inner: body,
+                    deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                    ended: false,
+                })
+            }))
+        }))
+    }
+}
+
+/// A response body ended at its call's deadline, with DEADLINE_EXCEEDED.
+struct Bounded {
+    inner: tonic::body::Body,
+    deadline: Pin<Box<Sleep>>,
+    ended: bool,
+}
+
+impl http_body::Body for Bounded {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
         }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending if this.deadline.as_mut().poll(cx).is_ready() => {
+                this.ended = true;
+                let mut trailers = http::HeaderMap::new();
+                trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
+                trailers.insert("grpc-message", http::HeaderValue::from_static("the%20deadline%20has%20passed"));
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+            polled => polled,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -115,9 +166,9 @@ mod tests {
     #[tokio::test]
     async fn the_deadline_is_known_inside_the_call_only() {
         assert_eq!(remaining(), None);
-        let left = within(Instant::now() + Duration::from_secs(5), async { remaining() }).await.unwrap();
+        let left = DEADLINE.scope(Instant::now() + Duration::from_secs(5), async { remaining() }).await.unwrap();
         assert!(left <= Duration::from_secs(5) && left > Duration::from_secs(4), "{left:?}");
-        let gone = within(Instant::now() - Duration::from_millis(1), async { remaining() }).await;
+        let gone = DEADLINE.scope(Instant::now() - Duration::from_millis(1), async { remaining() }).await;
         assert_eq!(gone, Some(Duration::ZERO));
     }
 }

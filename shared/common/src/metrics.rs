@@ -204,26 +204,13 @@ where
             ("unknown".to_owned(), "unknown".to_owned())
         };
         let call = Call { service, method, started: Instant::now() };
-        let deadline = request
-            .headers()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(crate::deadline::parse_grpc_timeout)
-            .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
                 Ok(response) => {
                     let headers_code = grpc_status(response.headers());
-                    Ok(response.map(|body| {
-                        tonic::body::Body::new(Metered {
-                            inner: body,
-                            call: Some(call),
-                            headers_code,
-                            deadline: deadline.map(|deadline| Box::pin(tokio::time::sleep_until(deadline))),
-                            ended: false,
-                        })
-                    }))
+                    Ok(response
+                        .map(|body| tonic::body::Body::new(Metered { inner: body, call: Some(call), headers_code })))
                 }
                 Err(error) => {
                     call.end(tonic::Code::Internal);
@@ -257,16 +244,13 @@ impl Call {
 
 /// A response body that records its call when it ends, with the status it
 /// ended with: in the headers for a call refused at once, in the trailers
-/// for one answered (a stream's status comes only there, once it is over),
-/// CANCELLED for one the caller went away from. A stream still open at the
-/// caller's deadline is ended there with DEADLINE_EXCEEDED, as the caller
-/// sees it, so nothing keeps streaming to a caller that has given up.
+/// for one answered (a stream's status comes only there, once it is over:
+/// DEADLINE_EXCEEDED for one [`crate::deadline::DeadlineLayer`] ended),
+/// CANCELLED for one the caller went away from.
 struct Metered {
     inner: tonic::body::Body,
     call: Option<Call>,
     headers_code: Option<tonic::Code>,
-    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    ended: bool,
 }
 
 impl Metered {
@@ -286,9 +270,6 @@ impl http_body::Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        if this.ended {
-            return Poll::Ready(None);
-        }
         match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
@@ -301,28 +282,16 @@ impl http_body::Body for Metered {
                 Poll::Ready(Some(Err(status)))
             }
             Poll::Ready(None) => {
-                this.ended = true;
                 let code = this.headers_code.unwrap_or(tonic::Code::Ok);
                 this.end(code);
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let expired = this.deadline.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if !expired {
-                    return Poll::Pending;
-                }
-                this.ended = true;
-                this.end(tonic::Code::DeadlineExceeded);
-                let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", http::HeaderValue::from(tonic::Code::DeadlineExceeded as i32));
-                trailers.insert("grpc-message", http::HeaderValue::from_static("the%20deadline%20has%20passed"));
-                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
-            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended || self.inner.is_end_stream()
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
