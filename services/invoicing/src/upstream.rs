@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, service_request};
+use reservoir_common::channel::ServiceChannel;
 use reservoir_common::money::Unit;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as metering_pb;
@@ -16,7 +17,6 @@ use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -43,12 +43,12 @@ pub struct AccountInfo {
 
 #[derive(Clone)]
 pub struct Upstream {
-    wallet: Channel,
-    metering: Channel,
+    wallet: ServiceChannel,
+    metering: ServiceChannel,
     service_key: String,
 }
 
-fn channel(endpoint: &str, name: &str) -> Result<Channel, InvoicingError> {
+fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, InvoicingError> {
     Ok(reservoir_common::tls::endpoint(endpoint)
         .map_err(|error| InvoicingError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
@@ -98,7 +98,7 @@ impl Upstream {
         })
     }
 
-    pub fn wallet_channel(&self) -> Channel {
+    pub fn wallet_channel(&self) -> ServiceChannel {
         self.wallet.clone()
     }
 
@@ -107,11 +107,11 @@ impl Upstream {
             .map_err(|status| InvoicingError::Internal(status.to_string()))
     }
 
-    fn wallet(&self) -> WalletServiceClient<Channel> {
+    fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
         WalletServiceClient::new(self.wallet.clone())
     }
 
-    fn metering(&self) -> MeteringServiceClient<Channel> {
+    fn metering(&self) -> MeteringServiceClient<ServiceChannel> {
         MeteringServiceClient::new(self.metering.clone())
     }
 

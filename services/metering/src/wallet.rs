@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use reservoir_common::auth::{TenantId, service_request};
+use reservoir_common::channel::ServiceChannel;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -21,7 +21,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct WalletGateway {
-    channel: Channel,
+    channel: ServiceChannel,
     service_key: String,
 }
 
@@ -88,11 +88,11 @@ impl WalletGateway {
         Ok(Self { channel, service_key })
     }
 
-    pub fn channel(&self) -> Channel {
+    pub fn channel(&self) -> ServiceChannel {
         self.channel.clone()
     }
 
-    fn client(&self) -> WalletServiceClient<Channel> {
+    fn client(&self) -> WalletServiceClient<ServiceChannel> {
         WalletServiceClient::new(self.channel.clone())
     }
 

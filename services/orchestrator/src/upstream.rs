@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, service_request};
+use reservoir_common::channel::ServiceChannel;
 use reservoir_common::status::reason_of;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::invoicing as invoicing_pb;
@@ -16,7 +17,6 @@ use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_proto::wallet as wallet_pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use rust_decimal::Decimal;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
@@ -87,13 +87,13 @@ pub struct Payment {
 
 #[derive(Clone)]
 pub struct Upstream {
-    wallet: Channel,
-    invoicing: Channel,
-    payments: Channel,
+    wallet: ServiceChannel,
+    invoicing: ServiceChannel,
+    payments: ServiceChannel,
     service_key: String,
 }
 
-fn channel(endpoint: &str, name: &str) -> Result<Channel, OrchestratorError> {
+fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, OrchestratorError> {
     Ok(reservoir_common::tls::endpoint(endpoint)
         .map_err(|error| OrchestratorError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
@@ -125,7 +125,7 @@ impl Upstream {
         })
     }
 
-    pub fn wallet_channel(&self) -> Channel {
+    pub fn wallet_channel(&self) -> ServiceChannel {
         self.wallet.clone()
     }
 
@@ -133,15 +133,15 @@ impl Upstream {
         service_request(message, &self.service_key, tenant).map_err(|status| CallError::Transient(status.to_string()))
     }
 
-    pub fn wallet(&self) -> WalletServiceClient<Channel> {
+    pub fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
         WalletServiceClient::new(self.wallet.clone())
     }
 
-    pub fn invoicing(&self) -> InvoicingServiceClient<Channel> {
+    pub fn invoicing(&self) -> InvoicingServiceClient<ServiceChannel> {
         InvoicingServiceClient::new(self.invoicing.clone())
     }
 
-    pub fn payments(&self) -> PaymentsServiceClient<Channel> {
+    pub fn payments(&self) -> PaymentsServiceClient<ServiceChannel> {
         PaymentsServiceClient::new(self.payments.clone())
     }
 

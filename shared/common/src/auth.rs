@@ -464,11 +464,11 @@ pub fn key_of<T>(request: &tonic::Request<T>) -> Option<KeyId> {
 /// Resolves keys by asking the wallet, which keeps them: how every other
 /// service authenticates its callers without reading the wallet's tables.
 pub struct WalletKeyResolver {
-    channel: tonic::transport::Channel,
+    channel: crate::channel::ServiceChannel,
 }
 
 impl WalletKeyResolver {
-    pub fn new(channel: tonic::transport::Channel) -> Self {
+    pub fn new(channel: crate::channel::ServiceChannel) -> Self {
         Self { channel }
     }
 }
@@ -481,7 +481,6 @@ impl KeyResolver for WalletKeyResolver {
             let mut request = tonic::Request::new(GetCallerRequest {});
             let Ok(value) = format!("Bearer {key}").parse() else { return Ok(None) };
             request.metadata_mut().insert("authorization", value);
-            crate::telemetry::inject_trace_context(request.metadata_mut());
             match WalletServiceClient::new(channel).get_caller(request).await {
                 Ok(response) => identity_from(response.into_inner()).map(Some),
                 Err(status) if status.code() == tonic::Code::Unauthenticated => Ok(None),
@@ -537,7 +536,6 @@ pub fn service_request<T>(message: T, service_key: &str, tenant: TenantId) -> Re
     let tenant_value = tenant.to_string().parse().map_err(|_| Status::internal("a tenant id is not ASCII"))?;
     request.metadata_mut().insert("authorization", authorization);
     request.metadata_mut().insert(TENANT_HEADER, tenant_value);
-    crate::telemetry::inject_trace_context(request.metadata_mut());
     // Made while serving a call: what is left of that call's deadline.
     if let Some(left) = crate::deadline::remaining() {
         request.set_timeout(left);

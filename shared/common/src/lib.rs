@@ -2,6 +2,7 @@
 //! money, authentication, and the serving loop with health and reflection.
 
 pub mod auth;
+pub mod channel;
 pub mod db;
 pub mod deadline;
 pub mod error;

@@ -203,14 +203,17 @@ where
         } else {
             ("unknown".to_owned(), "unknown".to_owned())
         };
-        let call = Call { service, method, started: Instant::now() };
+        let started = Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
+            // Polled inside the call's span (tonic enters it around the
+            // response future); kept until the body ends, so the span lasts
+            // as long as the call, a stream's included.
+            let call = Call { service, method, started, span: tracing::Span::current() };
             match future.await {
                 Ok(response) => {
                     let headers_code = grpc_status(response.headers());
-                    Ok(response
-                        .map(|body| tonic::body::Body::new(Metered { inner: body, call: Some(call), headers_code })))
+                    Ok(response.map(|body| tonic::body::Body::new(Ending::new(body, call, headers_code))))
                 }
                 Err(error) => {
                     call.end(tonic::Code::Internal);
@@ -226,10 +229,12 @@ struct Call {
     service: String,
     method: String,
     started: Instant,
+    span: tracing::Span,
 }
 
-impl Call {
+impl EndOfCall for Call {
     fn end(self, code: tonic::Code) {
+        crate::telemetry::end_rpc_span(&self.span, code);
         metrics::counter!(
             "reservoir_rpc_requests_total",
             "service" => self.service.clone(),
@@ -242,18 +247,27 @@ impl Call {
     }
 }
 
-/// A response body that records its call when it ends, with the status it
+/// What is done when a call ends, with the status it ended with.
+pub(crate) trait EndOfCall {
+    fn end(self, code: tonic::Code);
+}
+
+/// A response body that ends its call when it ends, with the status it
 /// ended with: in the headers for a call refused at once, in the trailers
 /// for one answered (a stream's status comes only there, once it is over:
 /// DEADLINE_EXCEEDED for one [`crate::deadline::DeadlineLayer`] ended),
 /// CANCELLED for one the caller went away from.
-struct Metered {
+pub(crate) struct Ending<C: EndOfCall> {
     inner: tonic::body::Body,
-    call: Option<Call>,
+    call: Option<C>,
     headers_code: Option<tonic::Code>,
 }
 
-impl Metered {
+impl<C: EndOfCall> Ending<C> {
+    pub(crate) fn new(inner: tonic::body::Body, call: C, headers_code: Option<tonic::Code>) -> Self {
+        Self { inner, call: Some(call), headers_code }
+    }
+
     fn end(&mut self, code: tonic::Code) {
         if let Some(call) = self.call.take() {
             call.end(code);
@@ -261,7 +275,7 @@ impl Metered {
     }
 }
 
-impl http_body::Body for Metered {
+impl<C: EndOfCall + Unpin> http_body::Body for Ending<C> {
     type Data = tonic::codegen::Bytes;
     type Error = tonic::Status;
 
@@ -299,7 +313,7 @@ impl http_body::Body for Metered {
     }
 }
 
-impl Drop for Metered {
+impl<C: EndOfCall> Drop for Ending<C> {
     fn drop(&mut self) {
         // Dropped unfinished: a call answered in its headers alone (its body
         // never read), or one the caller cancelled.
@@ -308,7 +322,7 @@ impl Drop for Metered {
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
+pub(crate) fn grpc_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
         .get("grpc-status")
         .and_then(|value| value.to_str().ok())

@@ -130,10 +130,11 @@ pub async fn serve(
         .map_err(|error| ServeError::Reflection(error.to_string()))?;
     let routes = routes.add_service(health).add_service(reflection_v1).add_service(reflection_v1alpha);
     let local: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(address = ?local, services = ?service_names, tls = tls.is_some(), "serving");
+    let address = local.map(|address| address.to_string()).unwrap_or_default();
+    tracing::info!(%address, services = %service_names.join(","), tls = tls.is_some(), "serving");
     if tls.is_none() && local.is_some_and(|address| !address.ip().is_loopback()) {
         tracing::warn!(
-            address = ?local,
+            %address,
             "serving plaintext gRPC beyond this machine: bearer keys travel in clear unless a mesh (Istio, Linkerd) \
              encrypts the traffic between pods"
         );
@@ -179,7 +180,10 @@ pub async fn serve(
                 // Calls still arrive while the pod is taken out of the
                 // endpoints; they are served until the delay is over.
                 if !drain_delay.is_zero() {
-                    tracing::info!(delay = ?drain_delay, "draining: NOT_SERVING, still taking calls");
+                    tracing::info!(
+                        delay_ms = drain_delay.as_millis() as u64,
+                        "draining: NOT_SERVING, still taking calls"
+                    );
                     tokio::time::sleep(drain_delay).await;
                 }
             },

@@ -382,12 +382,13 @@ impl ServiceEndpoint {
         Self { endpoint: self.endpoint.connect_timeout(timeout), ..self }
     }
 
-    /// A channel that connects on first use, and again after a connection is lost.
-    pub fn connect_lazy(self) -> Channel {
-        match self.tls {
+    /// A channel that connects on first use, and again after a connection
+    /// is lost; its calls are traced.
+    pub fn connect_lazy(self) -> crate::channel::ServiceChannel {
+        crate::channel::ServiceChannel::new(match self.tls {
             None => self.endpoint.connect_lazy(),
             Some(tls) => self.endpoint.connect_with_connector_lazy(Dialer { tls }),
-        }
+        })
     }
 
     /// A channel connected now.

@@ -76,8 +76,28 @@ async fn an_ingest_is_one_trace_through_metering_and_the_wallet(suite: Suite) ->
         .iter()
         .find(|span| method(span) == "/reservoir.wallet.v1.WalletService/DrawUsage")
         .unwrap_or_else(|| panic!("the wallet's span is in the caller's trace: {in_trace:#?}"));
-    // The wallet's span hangs under metering's: its parent is metering's
-    // call span or a span beneath it, all in this trace.
+    // Both follow OpenTelemetry's RPC conventions, and the wallet's parent
+    // is the span of metering's call to it, a client span.
+    let attribute = |span: &SpanData, key: &str| {
+        span.attributes
+            .iter()
+            .find(|attribute| attribute.key.as_str() == key)
+            .map(|attribute| attribute.value.to_string())
+    };
+    assert_eq!(ingest.name, "reservoir.metering.v1.MeteringService/IngestEvents");
+    assert_eq!(ingest.span_kind, opentelemetry::trace::SpanKind::Server);
+    assert_eq!(attribute(ingest, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attribute(ingest, "rpc.method").as_deref(), Some("IngestEvents"));
+    assert_eq!(attribute(ingest, "rpc.grpc.status_code").as_deref(), Some("0"));
+    let call = in_trace
+        .iter()
+        .find(|span| span.span_context.span_id() == debit.parent_span_id)
+        .unwrap_or_else(|| panic!("the wallet's parent is in the trace: {in_trace:#?}"));
+    assert_eq!(call.span_kind, opentelemetry::trace::SpanKind::Client, "{call:#?}");
+    assert_eq!(call.name, "reservoir.wallet.v1.WalletService/DrawUsage");
+    assert_eq!(attribute(call, "rpc.grpc.status_code").as_deref(), Some("0"));
+    // Which hangs under metering's span: its parent is metering's call
+    // span or a span beneath it, all in this trace.
     let mut parent = debit.parent_span_id;
     let mut hops = 0;
     while parent != ingest.span_context.span_id() {

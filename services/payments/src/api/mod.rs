@@ -76,13 +76,17 @@ const TIMEOUT_CODE: &str = "timeout";
 /// accounts are kept in, and a charge only made for the caller's invoice.
 #[derive(Clone)]
 pub struct Owners {
-    wallet: WalletServiceClient<tonic::transport::Channel>,
-    invoicing: InvoicingServiceClient<tonic::transport::Channel>,
+    wallet: WalletServiceClient<reservoir_common::channel::ServiceChannel>,
+    invoicing: InvoicingServiceClient<reservoir_common::channel::ServiceChannel>,
     service_key: String,
 }
 
 impl Owners {
-    pub fn new(wallet: tonic::transport::Channel, invoicing: tonic::transport::Channel, service_key: String) -> Self {
+    pub fn new(
+        wallet: reservoir_common::channel::ServiceChannel,
+        invoicing: reservoir_common::channel::ServiceChannel,
+        service_key: String,
+    ) -> Self {
         Self {
             wallet: WalletServiceClient::new(wallet),
             invoicing: InvoicingServiceClient::new(invoicing),
