@@ -21,6 +21,13 @@ const LATENCY_BUCKETS: [f64; 14] =
 
 static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
+/// The process's CPU, memory, open files and threads (`process_*`), read
+/// at each scrape.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// The five services, as series name them.
+const SERVICES: [&str; 5] = ["wallet", "metering", "invoicing", "payments", "orchestrator"];
+
 /// The process's recorder, installed on first use.
 pub fn recorder() -> Result<PrometheusHandle, String> {
     RECORDER
@@ -31,6 +38,7 @@ pub fn recorder() -> Result<PrometheusHandle, String> {
                 .install_recorder()
                 .map_err(|error| format!("installing the metrics recorder: {error}"))?;
             describe();
+            PROCESS.get_or_init(metrics_process::Collector::default).describe();
             Ok(handle)
         })
         .clone()
@@ -42,12 +50,12 @@ pub fn recorder() -> Result<PrometheusHandle, String> {
 fn describe() {
     metrics::describe_counter!(
         "reservoir_rpc_requests_total",
-        "Calls answered, by service, method and gRPC code (unknown methods counted as unknown)."
+        "Calls answered, by server, service, method and gRPC code (unknown methods counted as unknown)."
     );
     metrics::describe_histogram!(
         "reservoir_rpc_duration_seconds",
         metrics::Unit::Seconds,
-        "How long calls took until answered, by service and method."
+        "How long calls took until answered, by server, service and method."
     );
     metrics::describe_counter!(
         "reservoir_rpc_refused_total",
@@ -66,20 +74,30 @@ fn describe() {
 /// `GET /healthz` (200 while the process serves) and `GET /readyz` (200
 /// while `ready` is true, 503 once the service drains) for probes that
 /// cannot speak gRPC over TLS.
+///
+/// `owner` is the service of the port (`wallet`, …). The process has one
+/// recorder, and under `reservoir up` one process runs all five services:
+/// each port shows only the series of its own service (see [`owned`]), so
+/// scraping every port counts each call once.
 pub async fn serve(
     listener: TcpListener,
+    owner: String,
     ready: tokio::sync::watch::Receiver<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let handle = recorder().map_err(std::io::Error::other)?;
+    let owner: Arc<str> = owner.into();
     let router = axum::Router::new()
         .route(
             "/metrics",
             axum::routing::get(move || {
-                let handle = handle.clone();
+                let (handle, owner) = (handle.clone(), owner.clone());
                 async move {
+                    if let Some(process) = PROCESS.get() {
+                        process.collect();
+                    }
                     handle.run_upkeep();
-                    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+                    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], owned(&handle.render(), &owner))
                 }
             }),
         )
@@ -98,6 +116,72 @@ pub async fn serve(
             }),
         );
     axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+}
+
+/// The lines of a Prometheus text exposition that belong on `owner`'s
+/// port: a series naming a service (`reservoir_<service>_…`, or a
+/// `server` or `service` label naming it) only on that service's port; a
+/// series of the process (`process_*`, build info, connections refused,
+/// TLS reloads) on every port. `# HELP` and `# TYPE` lines go with their
+/// series.
+///
+/// Filtering the rendered text is written here because the `metrics`
+/// facade has one recorder per process, and no exporter splits one by a
+/// label.
+pub(crate) fn owned(exposition: &str, owner: &str) -> String {
+    let belongs = |sample: &str| match series_service(sample) {
+        Some(service) => service == owner,
+        None => true,
+    };
+    let mut out = String::with_capacity(exposition.len());
+    // A family's comments come before its samples: held until one is kept.
+    let mut comments: Vec<&str> = Vec::new();
+    for line in exposition.lines() {
+        if line.starts_with('#') {
+            // A new family's comments replace those of one with nothing kept.
+            let family = |comment: &str| comment.split_whitespace().nth(2).map(str::to_owned);
+            if comments.last().is_some_and(|last| family(last) != family(line)) {
+                comments.clear();
+            }
+            comments.push(line);
+            continue;
+        }
+        if line.is_empty() || !belongs(line) {
+            continue;
+        }
+        for comment in comments.drain(..) {
+            out.push_str(comment);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The service a sample line names, if any.
+fn series_service(sample: &str) -> Option<&'static str> {
+    let name_end = sample.find(['{', ' ']).unwrap_or(sample.len());
+    let name = &sample[..name_end];
+    let labels = sample[name_end..].strip_prefix('{').and_then(|rest| rest.rfind('}').map(|end| &rest[..end]));
+    SERVICES.into_iter().find(|service| {
+        name.strip_prefix("reservoir_").is_some_and(|rest| rest.starts_with(&format!("{service}_")))
+            || labels.is_some_and(|labels| {
+                labels.contains(&format!("server=\"{service}\""))
+                    || labels.contains(&format!("service=\"{service}\""))
+                    || labels.contains(&format!("service=\"reservoir.{service}."))
+            })
+    })
+}
+
+/// The short name of a port's service, from the first gRPC service it
+/// serves: `reservoir.wallet.v1.WalletService` → `wallet`.
+pub fn owner_of(service_names: &[&str]) -> String {
+    service_names
+        .first()
+        .and_then(|name| name.strip_prefix("reservoir.")?.split('.').next())
+        .unwrap_or("unknown")
+        .to_owned()
 }
 
 /// Sets `reservoir_db_pool_connections{service, state}` (in use, idle) from
@@ -127,6 +211,7 @@ pub async fn watch_pool(
 #[derive(Clone, Default)]
 pub struct RpcMetricsLayer {
     known: Arc<HashSet<String>>,
+    server: Arc<str>,
 }
 
 impl RpcMetricsLayer {
@@ -144,7 +229,7 @@ impl RpcMetricsLayer {
         known.extend(
             method_paths(descriptor_sets).into_iter().filter(|(service, _)| served(service)).map(|(_, path)| path),
         );
-        Self { known: Arc::new(known) }
+        Self { known: Arc::new(known), server: owner_of(services).into() }
     }
 }
 
@@ -173,7 +258,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner, known: self.known.clone() }
+        RpcMetrics { inner, known: self.known.clone(), server: self.server.clone() }
     }
 }
 
@@ -181,6 +266,7 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
 pub struct RpcMetrics<S> {
     inner: S,
     known: Arc<HashSet<String>>,
+    server: Arc<str>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -204,12 +290,13 @@ where
             ("unknown".to_owned(), "unknown".to_owned())
         };
         let started = Instant::now();
+        let server = self.server.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
             // Polled inside the call's span (tonic enters it around the
             // response future); kept until the body ends, so the span lasts
             // as long as the call, a stream's included.
-            let call = Call { service, method, started, span: tracing::Span::current() };
+            let call = Call { server, service, method, started, span: tracing::Span::current() };
             match future.await {
                 Ok(response) => {
                     let headers_code = grpc_status(response.headers());
@@ -226,6 +313,7 @@ where
 
 /// One call being counted: recorded once, when it ends.
 struct Call {
+    server: Arc<str>,
     service: String,
     method: String,
     started: Instant,
@@ -237,13 +325,19 @@ impl EndOfCall for Call {
         crate::telemetry::end_rpc_span(&self.span, code);
         metrics::counter!(
             "reservoir_rpc_requests_total",
+            "server" => self.server.to_string(),
             "service" => self.service.clone(),
             "method" => self.method.clone(),
             "code" => format!("{code:?}"),
         )
         .increment(1);
-        metrics::histogram!("reservoir_rpc_duration_seconds", "service" => self.service, "method" => self.method)
-            .record(self.started.elapsed().as_secs_f64());
+        metrics::histogram!(
+            "reservoir_rpc_duration_seconds",
+            "server" => self.server.to_string(),
+            "service" => self.service,
+            "method" => self.method
+        )
+        .record(self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -362,6 +456,45 @@ mod tests {
         assert!(layer.known.contains("/grpc.health.v1.Health/Check"));
         assert!(!layer.known.contains("/reservoir.metering.v1.MeteringService/IngestEvents"));
         assert!(!layer.known.contains("/reservoir.wallet.v1.WalletService/NoSuchMethod"));
+    }
+
+    #[test]
+    fn each_port_shows_the_series_of_its_own_service_and_those_of_the_process() {
+        let exposition = "\
+# HELP reservoir_rpc_requests_total Calls answered.
+# TYPE reservoir_rpc_requests_total counter
+reservoir_rpc_requests_total{server=\"wallet\",service=\"reservoir.wallet.v1.WalletService\",method=\"Debit\",code=\"Ok\"} 3
+reservoir_rpc_requests_total{server=\"metering\",service=\"grpc.health.v1.Health\",method=\"Check\",code=\"Ok\"} 2
+# HELP reservoir_metering_events_total Events.
+# TYPE reservoir_metering_events_total counter
+reservoir_metering_events_total{status=\"CHARGED\"} 5
+# TYPE reservoir_db_pool_connections gauge
+reservoir_db_pool_connections{service=\"wallet\",state=\"idle\"} 4
+reservoir_db_pool_connections{service=\"metering\",state=\"idle\"} 1
+# TYPE reservoir_build_info gauge
+reservoir_build_info{version=\"0.1.0\"} 1
+process_resident_memory_bytes 1000
+";
+        let wallet = super::owned(exposition, "wallet");
+        assert_eq!(
+            wallet,
+            "\
+# HELP reservoir_rpc_requests_total Calls answered.
+# TYPE reservoir_rpc_requests_total counter
+reservoir_rpc_requests_total{server=\"wallet\",service=\"reservoir.wallet.v1.WalletService\",method=\"Debit\",code=\"Ok\"} 3
+# TYPE reservoir_db_pool_connections gauge
+reservoir_db_pool_connections{service=\"wallet\",state=\"idle\"} 4
+# TYPE reservoir_build_info gauge
+reservoir_build_info{version=\"0.1.0\"} 1
+process_resident_memory_bytes 1000
+"
+        );
+        let metering = super::owned(exposition, "metering");
+        assert!(metering.contains("server=\"metering\",service=\"grpc.health.v1.Health\""), "{metering}");
+        assert!(metering.contains("reservoir_metering_events_total{status=\"CHARGED\"} 5"), "{metering}");
+        assert!(!metering.contains("Debit") && !metering.contains("service=\"wallet\""), "{metering}");
+        assert!(metering.contains("process_resident_memory_bytes 1000"), "{metering}");
+        assert_eq!(super::owner_of(&["reservoir.orchestrator.v1.TopUpService"]), "orchestrator");
     }
 
     #[test]

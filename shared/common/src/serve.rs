@@ -95,7 +95,7 @@ pub async fn serve(
     let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let (ready, ready_seen) = tokio::sync::watch::channel(true);
     let metrics_server = metrics.map(|listener| {
-        tokio::spawn(crate::metrics::serve(listener, ready_seen, async move {
+        tokio::spawn(crate::metrics::serve(listener, crate::metrics::owner_of(service_names), ready_seen, async move {
             let _ = metrics_stopped.await;
         }))
     });

@@ -153,6 +153,7 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     let debits = r#"method="Debit""#;
     assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="Ok""#]) >= 1.0, "{text}");
     assert!(value("reservoir_rpc_requests_total", &[debits, r#"code="FailedPrecondition""#]) >= 1.0, "{text}");
+    assert!(value("reservoir_rpc_requests_total", &[debits, r#"server="wallet""#]) >= 2.0, "{text}");
     assert!(value("reservoir_rpc_duration_seconds_count", &[debits]) >= 2.0, "{text}");
     assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="applied""#]) >= 1.0, "{text}");
     assert!(value("reservoir_wallet_changes_total", &[r#"method="Debit""#, r#"outcome="refused""#]) >= 1.0, "{text}");
@@ -163,6 +164,10 @@ async fn metrics_count_calls_codes_and_changes(app: &TestApp) {
     assert!(text.contains("# HELP reservoir_rpc_duration_seconds"), "{text}");
     let build = format!(r#"reservoir_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
     assert!(text.contains(&build), "{text}");
+    // The process's own figures.
+    assert!(value("process_resident_memory_bytes", &[]) > 0.0, "{text}");
+    assert!(text.contains("\nprocess_cpu_seconds_total "), "{text}");
+    assert!(text.contains("# HELP process_resident_memory_bytes"), "{text}");
     // A consumer's name is the caller's choice: it never becomes a label.
     assert!(text.contains(r#"reservoir_wallet_outbox_lag_seconds{consumer="other"}"#), "{text}");
     assert!(!text.contains("metrics-test"), "{text}");
