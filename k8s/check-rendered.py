@@ -1,13 +1,79 @@
 """Checks a rendered overlay (kubectl kustomize) for what schema validation
 cannot see: a Deployment an HPA scales sets no replicas of its own (an apply
 would reset the count the HPA chose), and the namespaces enforce the
-restricted Pod Security Standard that every pod is written to meet.
+restricted Pod Security Standard that every pod is written to meet; where
+the optional monitoring component is used, the ServiceMonitor reaches a
+`metrics` port of each service and every alert is complete and asks only for
+metrics docs/OPERATIONS.md lists; where the tracing component is used, every
+service sends its spans to a Service of the render.
 
 Usage: check-rendered.py RENDERED.yaml; exits 1 naming what is wrong."""
 
+import pathlib
+import re
 import sys
 
 import yaml
+
+SERVICES = ["wallet", "metering", "invoicing", "payments", "orchestrator"]
+DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "OPERATIONS.md"
+
+
+def documented_metrics() -> set:
+    """The metric names in the metrics table of docs/OPERATIONS.md."""
+    names = set()
+    for line in DOCS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([a-z_]+)(?:\{[^`]*\})?`", line.split("|")[1]))
+    return names
+
+
+def check_monitoring(documents: list, problems: list) -> None:
+    services = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Service"}
+    for monitor in (d for d in documents if d["kind"] == "ServiceMonitor"):
+        selected = []
+        for expression in monitor["spec"]["selector"].get("matchExpressions", []):
+            if expression["key"] == "app.kubernetes.io/name" and expression["operator"] == "In":
+                selected.extend(expression["values"])
+        if sorted(selected) != sorted(SERVICES):
+            problems.append(f"ServiceMonitor {monitor['metadata']['name']} selects {selected}, not the five services")
+        ports = [endpoint["port"] for endpoint in monitor["spec"]["endpoints"]]
+        for name in selected:
+            service_ports = [port["name"] for port in services.get(name, {}).get("spec", {}).get("ports", [])]
+            for port in ports:
+                if port not in service_ports:
+                    problems.append(f"ServiceMonitor scrapes port {port}, which Service {name} does not have")
+    known = documented_metrics()
+    for rule_set in (d for d in documents if d["kind"] == "PrometheusRule"):
+        for group in rule_set["spec"]["groups"]:
+            for rule in group["rules"]:
+                name = rule.get("alert", "?")
+                for field in ("expr", "for"):
+                    if not rule.get(field):
+                        problems.append(f"alert {name} has no {field}")
+                if not rule.get("labels", {}).get("severity"):
+                    problems.append(f"alert {name} has no severity")
+                if not rule.get("annotations", {}).get("summary"):
+                    problems.append(f"alert {name} has no summary")
+                for metric in re.findall(r"\b(reservoir_[a-z_]+)", rule.get("expr", "")):
+                    base = re.sub(r"_(bucket|sum|count)$", "", metric)
+                    if base not in known:
+                        problems.append(f"alert {name} asks for {metric}, which docs/OPERATIONS.md does not list")
+
+
+def check_tracing(documents: list, problems: list) -> None:
+    services = {d["metadata"]["name"] for d in documents if d["kind"] == "Service"}
+    endpoints = {
+        d["metadata"]["name"]: d.get("data", {}).get("RESERVOIR__TELEMETRY__OTLP_ENDPOINT", "")
+        for d in documents
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].split("-")[0] in SERVICES
+    }
+    if not any(endpoints.values()):
+        return
+    for settings, endpoint in endpoints.items():
+        host = re.sub(r"^https?://", "", endpoint).split(":")[0]
+        if host not in services:
+            problems.append(f"ConfigMap {settings} sends spans to {endpoint!r}, not a Service of this render")
 
 
 def main(path: str) -> int:
@@ -27,6 +93,8 @@ def main(path: str) -> int:
             labels = document["metadata"].get("labels", {})
             if labels.get("pod-security.kubernetes.io/enforce") != "restricted":
                 problems.append(f"Namespace {name} does not enforce the restricted Pod Security Standard")
+    check_monitoring(documents, problems)
+    check_tracing(documents, problems)
     for problem in problems:
         print(f"{path}: {problem}")
     return 1 if problems else 0
