@@ -384,6 +384,16 @@ impl TopUpService for TopUpApi {
         {
             violations.add("auto_replenish.min_credits_per_top_up", "must not be above max_credits_per_top_up");
         }
+        // A FIXED amount is always what it says: bounds it does not meet
+        // are refused, not applied to it.
+        if let Some(Strategy::Fixed(amount)) = strategy {
+            if min.is_some_and(|min| amount < min) {
+                violations.add("auto_replenish.fixed_amount", "must not be below min_credits_per_top_up");
+            }
+            if max.is_some_and(|max| amount > max) {
+                violations.add("auto_replenish.fixed_amount", "must not be above max_credits_per_top_up");
+            }
+        }
         if wanted.low_balance_warning_percent > 100 {
             violations.add("auto_replenish.low_balance_warning_percent", "must be 0 to 100");
         }

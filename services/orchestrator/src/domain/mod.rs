@@ -219,10 +219,11 @@ pub enum AutoDecision {
     NotNeeded,
 }
 
-/// Decides an automatic top-up for an available balance. TO_TARGET computes
-/// the amount now; the per-top-up bounds clamp it; the daily count and the
-/// monthly amount stop it (a month's remainder is used when it still meets
-/// the minimum).
+/// Decides an automatic top-up for an available balance. FIXED is always
+/// its amount: when the month's remainder cannot take all of it, the top-up
+/// is held back (and reported), never cut. TO_TARGET computes the amount
+/// now, the per-top-up bounds clamp it, and a month's remainder is used
+/// when it still meets the minimum. The daily count stops either.
 pub fn decide_auto(settings: &AutoReplenish, available: Decimal, history: AutoHistory) -> AutoDecision {
     if available >= settings.threshold {
         return AutoDecision::NotNeeded;
@@ -230,25 +231,33 @@ pub fn decide_auto(settings: &AutoReplenish, available: Decimal, history: AutoHi
     if history.top_ups_today >= settings.max_top_ups_per_day {
         return AutoDecision::Limited("MAX_TOP_UPS_PER_DAY");
     }
-    let mut amount = match settings.strategy {
-        Strategy::Fixed(amount) => amount,
-        Strategy::ToTarget(target) => target - available,
-    };
-    if let Some(min) = settings.min_credits {
-        amount = amount.max(min);
-    }
-    if let Some(max) = settings.max_credits {
-        amount = amount.min(max);
-    }
-    if let Some(month_max) = settings.max_credits_per_month {
-        let left = month_max - history.credits_this_month;
-        if amount > left {
-            amount = left;
-            if settings.min_credits.is_some_and(|min| amount < min) {
+    let left = settings.max_credits_per_month.map(|month_max| month_max - history.credits_this_month);
+    let amount = match settings.strategy {
+        Strategy::Fixed(amount) => {
+            if left.is_some_and(|left| amount > left) {
                 return AutoDecision::Limited("MAX_CREDITS_PER_MONTH");
             }
+            amount
         }
-    }
+        Strategy::ToTarget(target) => {
+            let mut amount = target - available;
+            if let Some(min) = settings.min_credits {
+                amount = amount.max(min);
+            }
+            if let Some(max) = settings.max_credits {
+                amount = amount.min(max);
+            }
+            if let Some(left) = left
+                && amount > left
+            {
+                amount = left;
+                if settings.min_credits.is_some_and(|min| amount < min) {
+                    return AutoDecision::Limited("MAX_CREDITS_PER_MONTH");
+                }
+            }
+            amount
+        }
+    };
     if amount <= Decimal::ZERO {
         return AutoDecision::Limited("MAX_CREDITS_PER_MONTH");
     }

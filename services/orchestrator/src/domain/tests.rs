@@ -45,10 +45,30 @@ fn the_daily_count_and_the_monthly_amount_stop_automatic_top_ups() {
     let fixed = settings(Strategy::Fixed(d("20")));
     let two_today = AutoHistory { top_ups_today: 2, credits_this_month: d("40") };
     assert_eq!(decide_auto(&fixed, d("1"), two_today), AutoDecision::Limited("MAX_TOP_UPS_PER_DAY"));
-    let month_nearly_spent = AutoHistory { top_ups_today: 0, credits_this_month: d("90") };
-    assert_eq!(decide_auto(&fixed, d("1"), month_nearly_spent), AutoDecision::TopUp(d("10")));
     let month_spent = AutoHistory { top_ups_today: 0, credits_this_month: d("98") };
     assert_eq!(decide_auto(&fixed, d("1"), month_spent), AutoDecision::Limited("MAX_CREDITS_PER_MONTH"));
+    let month_left_exactly = AutoHistory { top_ups_today: 0, credits_this_month: d("80") };
+    assert_eq!(decide_auto(&fixed, d("1"), month_left_exactly), AutoDecision::TopUp(d("20")));
+}
+
+#[test]
+fn a_fixed_top_up_the_month_cannot_take_in_full_is_held_back_not_cut() {
+    let month_nearly_spent = AutoHistory { top_ups_today: 0, credits_this_month: d("90") };
+    let fixed = settings(Strategy::Fixed(d("20")));
+    assert_eq!(decide_auto(&fixed, d("1"), month_nearly_spent), AutoDecision::Limited("MAX_CREDITS_PER_MONTH"));
+    // TO_TARGET takes the month's remainder while it meets the minimum.
+    let to_target = settings(Strategy::ToTarget(d("50")));
+    assert_eq!(decide_auto(&to_target, d("1"), month_nearly_spent), AutoDecision::TopUp(d("10")));
+    let month_all_but_spent = AutoHistory { top_ups_today: 0, credits_this_month: d("97") };
+    assert_eq!(decide_auto(&to_target, d("1"), month_all_but_spent), AutoDecision::Limited("MAX_CREDITS_PER_MONTH"));
+}
+
+#[test]
+fn the_per_top_up_bounds_do_not_change_a_fixed_amount() {
+    let mut fixed = settings(Strategy::Fixed(d("80")));
+    fixed.max_credits = None;
+    fixed.min_credits = None;
+    assert_eq!(decide_auto(&fixed, d("1"), AutoHistory::default()), AutoDecision::TopUp(d("80")));
 }
 
 #[test]

@@ -76,6 +76,13 @@ async fn bad_auto_replenish_settings_are_refused_by_field(suite: Suite) -> Suite
     ] {
         assert_invalid(top_ups.configure_auto_replenish(request).await, field);
     }
+    // A FIXED amount outside the per-top-up bounds would not be what it says.
+    let mut below = settings("10", "20", "", 3);
+    below.auto_replenish.as_mut().unwrap().min_credits_per_top_up = "25".into();
+    assert_invalid(top_ups.configure_auto_replenish(below).await, "auto_replenish.fixed_amount");
+    let mut above = settings("10", "20", "", 3);
+    above.auto_replenish.as_mut().unwrap().max_credits_per_top_up = "15".into();
+    assert_invalid(top_ups.configure_auto_replenish(above).await, "auto_replenish.fixed_amount");
     let mut over = settings("10", "20", "", 3);
     over.auto_replenish.as_mut().unwrap().low_balance_warning_percent = 101;
     assert_invalid(top_ups.configure_auto_replenish(over).await, "auto_replenish.low_balance_warning_percent");
