@@ -788,6 +788,42 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
     assert!(suite.payments_of(&allowed).await.is_empty());
     let balance = balance(&suite.wallet, &allowed).await;
     assert_eq!(d(&balance.promotional), d("7"));
+
+    // A monthly schedule first run on a 31st comes back to the 31st after
+    // a shorter month, whatever ran in between.
+    use chrono::Datelike;
+    let mut anchor = (chrono::Utc::now() - chrono::Duration::days(40)).date_naive();
+    while anchor.day() != 31 {
+        anchor = anchor.pred_opt().unwrap();
+    }
+    let anchor = anchor.and_hms_opt(9, 0, 0).unwrap().and_utc();
+    let monthly = open_funded_account(&suite.wallet, "0").await;
+    orchestrator
+        .configure_recurring_top_up(pb::ConfigureRecurringTopUpRequest {
+            recurring_top_up: Some(pb::RecurringTopUp {
+                account_id: monthly.id.clone(),
+                credits: "3".into(),
+                interval: pb::Interval::Monthly.into(),
+                mode: pb::RecurringMode::Granted.into(),
+                next_run_at: Some(reservoir_common::time::to_timestamp(anchor)),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    eventually("the monthly period", || async { available(&suite.wallet, &monthly).await == d("3") }).await;
+    let schedule = orchestrator
+        .get_recurring_top_up(pb::GetRecurringTopUpRequest { account_id: monthly.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .recurring_top_up
+        .unwrap();
+    let next = reservoir_common::time::from_timestamp(schedule.next_run_at.as_ref().unwrap()).unwrap();
+    let last_of_its_month = (next + chrono::Duration::days(1)).day() == 1;
+    assert!(next.day() == 31 || last_of_its_month, "the anchor's day, or the month's last: {next} from {anchor}");
+    assert_eq!(next.time(), anchor.time(), "{next}");
+    assert!(next > chrono::Utc::now() && next <= chrono::Utc::now() + chrono::Duration::days(31), "{next}");
     suite.stop().await;
 }
 

@@ -93,7 +93,7 @@ impl Worker {
                 detail: format!("period due {}", row.next_run_at.to_rfc3339()),
                 at: now,
             };
-            let next = next_run(row.interval, row.next_run_at, now);
+            let next = next_run(row.interval, row.anchor_at, row.next_run_at, now);
             if self.saga.store().fire_recurring(&row, next, &top_up, &first).await? {
                 metrics::counter!("reservoir_orchestrator_top_ups_started_total", "trigger" => "RECURRING")
                     .increment(1);

@@ -498,6 +498,7 @@ impl TopUpService for TopUpApi {
         let amount = credits(&mut violations, "recurring_top_up.credits", &wanted.credits, scale);
         violations.finish()?;
         let runs = self.saga.store().recurring(tenant, account_id).await?.map_or(0, |row| row.runs);
+        let started = now();
         let row = RecurringRow {
             tenant_id: tenant,
             account_id,
@@ -506,7 +507,8 @@ impl TopUpService for TopUpApi {
             mode: mode.to_owned(),
             payment_method_id: method,
             credits_expire_after_days: wanted.credits_expire_after_days,
-            next_run_at: first.unwrap_or_else(now),
+            next_run_at: first.unwrap_or(started),
+            anchor_at: first.unwrap_or(started),
             enabled: true,
             runs,
         };

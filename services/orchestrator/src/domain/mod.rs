@@ -287,29 +287,37 @@ impl Interval {
         [Self::Weekly, Self::Monthly].into_iter().find(|interval| interval.name() == name)
     }
 
-    /// The instant one interval after `from` (a month keeps the day of the
-    /// month where it can, else the month's last day).
-    pub fn after(self, from: DateTime<Utc>) -> DateTime<Utc> {
+    /// The start of period `k` of a schedule counting from `anchor`: a
+    /// month keeps the anchor's day where the month has it, else takes the
+    /// month's last day, and comes back to the anchor's day after.
+    pub fn nth(self, anchor: DateTime<Utc>, k: u32) -> DateTime<Utc> {
         match self {
-            Self::Weekly => from + Duration::weeks(1),
-            Self::Monthly => from.checked_add_months(Months::new(1)).unwrap_or(from + Duration::days(31)),
+            Self::Weekly => anchor + Duration::weeks(i64::from(k)),
+            Self::Monthly => {
+                anchor.checked_add_months(Months::new(k)).unwrap_or(anchor + Duration::days(31 * i64::from(k)))
+            }
         }
     }
 }
 
-/// When a recurring top-up due at `due` fires next, seen at `now`: the
-/// first period start after `now`. Periods missed while nothing ran are
-/// skipped, so a long downtime fires once, not once per missed period.
-pub fn next_run(interval: Interval, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
-    let mut next = interval.after(due);
-    // A bound on the loop: ten years of weekly periods.
-    for _ in 0..520 {
-        if next > now {
-            return next;
+/// When a recurring top-up counting from `anchor`, due at `due`, fires
+/// next, seen at `now`: the first period start after both. Periods missed
+/// while nothing ran are skipped, so a long downtime fires once, not once
+/// per missed period.
+pub fn next_run(interval: Interval, anchor: DateTime<Utc>, due: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    let after = due.max(now);
+    // A period count just below the answer, then forward to it.
+    let mut k = match interval {
+        Interval::Weekly => (after - anchor).num_weeks(),
+        Interval::Monthly => {
+            i64::from(after.year() - anchor.year()) * 12 + i64::from(after.month()) - i64::from(anchor.month()) - 1
         }
-        next = interval.after(next);
     }
-    interval.after(now)
+    .clamp(0, i64::from(u32::MAX)) as u32;
+    while interval.nth(anchor, k) <= after {
+        k += 1;
+    }
+    interval.nth(anchor, k)
 }
 
 /// The first instant of the UTC day and month of `now`, for the limits.

@@ -80,11 +80,31 @@ fn auto_replenish_pauses_at_the_third_decline_in_a_row() {
 #[test]
 fn a_missed_period_fires_once_and_the_next_is_after_now() {
     let due = Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap();
-    assert_eq!(Interval::Monthly.after(due), Utc.with_ymd_and_hms(2026, 2, 28, 9, 0, 0).unwrap());
+    assert_eq!(Interval::Monthly.nth(due, 1), Utc.with_ymd_and_hms(2026, 2, 28, 9, 0, 0).unwrap());
     let now = due + Duration::days(100);
-    let next = next_run(Interval::Weekly, due, now);
+    let next = next_run(Interval::Weekly, due, due, now);
     assert!(next > now && next - now <= Duration::weeks(1));
-    assert_eq!(next_run(Interval::Weekly, due, due), due + Duration::weeks(1));
+    assert_eq!(next_run(Interval::Weekly, due, due, due), due + Duration::weeks(1));
+    let monthly = next_run(Interval::Monthly, due, due, now);
+    assert_eq!(monthly, Utc.with_ymd_and_hms(2026, 5, 31, 9, 0, 0).unwrap(), "the first period after now");
+}
+
+#[test]
+fn a_monthly_top_up_keeps_its_anchor_day_after_a_short_month() {
+    let anchor = Utc.with_ymd_and_hms(2026, 1, 31, 9, 0, 0).unwrap();
+    let mut due = anchor;
+    let mut runs = Vec::new();
+    for _ in 0..4 {
+        due = next_run(Interval::Monthly, anchor, due, due);
+        runs.push(due.format("%Y-%m-%d").to_string());
+    }
+    assert_eq!(runs, ["2026-02-28", "2026-03-31", "2026-04-30", "2026-05-31"]);
+    // Years later, still the anchor's day.
+    let later = Utc.with_ymd_and_hms(2031, 8, 31, 9, 0, 0).unwrap();
+    assert_eq!(next_run(Interval::Monthly, anchor, later, later), Utc.with_ymd_and_hms(2031, 9, 30, 9, 0, 0).unwrap());
+    let weekly_later = next_run(Interval::Weekly, anchor, later, later);
+    assert_eq!((weekly_later - anchor).num_days() % 7, 0, "weekly periods stay on the anchor's weekday");
+    assert!(weekly_later > later && weekly_later - later <= Duration::weeks(1));
 }
 
 #[test]

@@ -114,6 +114,7 @@ pub mod recurring {
         pub payment_method_id: Option<Uuid>,
         pub credits_expire_after_days: i32,
         pub next_run_at: DateTimeUtc,
+        pub anchor_at: Option<DateTimeUtc>,
         pub enabled: bool,
         pub runs: i64,
         pub updated_at: DateTimeUtc,

@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ReplenishWarning), Box::new(Webhooks)]
+        vec![Box::new(Initial), Box::new(ReplenishWarning), Box::new(Webhooks), Box::new(RecurringAnchor)]
     }
 }
 
@@ -245,6 +245,30 @@ impl MigrationTrait for Webhooks {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(WEBHOOKS, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// The instant a recurring top-up's periods count from, so a monthly one
+/// set for the 31st comes back to the 31st after a short month. Rows from
+/// before it count from their next run.
+struct RecurringAnchor;
+
+impl MigrationName for RecurringAnchor {
+    fn name(&self) -> &str {
+        "m0004_recurring_anchor"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for RecurringAnchor {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(
+            "ALTER TABLE recurring_top_ups ADD COLUMN anchor_at {time}",
+            db.get_database_backend(),
+        ))
+        .await?;
         Ok(())
     }
 }

@@ -118,6 +118,8 @@ pub struct RecurringRow {
     pub payment_method_id: Option<Uuid>,
     pub credits_expire_after_days: u32,
     pub next_run_at: DateTime<Utc>,
+    /// What the periods count from: the first run as configured.
+    pub anchor_at: DateTime<Utc>,
     pub enabled: bool,
     pub runs: u64,
 }
@@ -230,6 +232,7 @@ fn recurring_from_row(row: recurring::Model) -> Result<RecurringRow, Orchestrato
         payment_method_id: row.payment_method_id,
         credits_expire_after_days: u32::try_from(row.credits_expire_after_days).unwrap_or(0),
         next_run_at: row.next_run_at,
+        anchor_at: row.anchor_at.unwrap_or(row.next_run_at),
         enabled: row.enabled,
         runs: u64::try_from(row.runs).unwrap_or(0),
     })
@@ -695,6 +698,7 @@ impl Store {
             payment_method_id: Set(row.payment_method_id),
             credits_expire_after_days: Set(i32::try_from(row.credits_expire_after_days).unwrap_or(i32::MAX)),
             next_run_at: Set(row.next_run_at),
+            anchor_at: Set(Some(row.anchor_at)),
             enabled: Set(row.enabled),
             runs: Set(i64::try_from(row.runs).unwrap_or(i64::MAX)),
             updated_at: Set(now),
@@ -708,6 +712,7 @@ impl Store {
                     recurring::Column::PaymentMethodId,
                     recurring::Column::CreditsExpireAfterDays,
                     recurring::Column::NextRunAt,
+                    recurring::Column::AnchorAt,
                     recurring::Column::Enabled,
                     recurring::Column::UpdatedAt,
                 ])
