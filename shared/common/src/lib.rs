@@ -10,6 +10,7 @@ pub mod limits;
 pub mod metrics;
 pub mod money;
 pub mod outbox;
+pub mod paging;
 pub mod serve;
 pub mod settings;
 pub mod spreadsheet;

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::outbox::follow;
+use reservoir_common::paging::Page;
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as pb;
@@ -31,8 +32,6 @@ use crate::upstream::Upstream;
 const DESCRIPTION_LENGTH_MAX: usize = 512;
 /// Payment references: a payment id or a bank's transaction id with room to spare.
 const PAYMENT_REFERENCE_LENGTH_MAX: usize = 128;
-const PAGE_SIZE_MAX: u32 = 1_000;
-const PAGE_SIZE_DEFAULT: u32 = 100;
 /// Reports span at most a year, as usage reports do.
 const REPORT_RANGE_DAYS_MAX: i64 = 366;
 /// Paid statements whose repayment the worker finishes per pass.
@@ -548,28 +547,16 @@ impl InvoicingService for InvoicingApi {
             request.period_from.as_ref().and_then(|_| violations.time("period_from", request.period_from.as_ref()));
         let period_to =
             request.period_to.as_ref().and_then(|_| violations.time("period_to", request.period_to.as_ref()));
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let before = if request.page_token.is_empty() {
-            None
-        } else {
-            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
-                Some(id) => Some(id),
-                None => {
-                    violations.add("page_token", "is not a token this service returned");
-                    None
-                }
-            }
-        };
+        let page = Page::<Uuid>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.account_id, request.status, request.kind, request.period_from, request.period_to),
+        );
         violations.finish()?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
         let filter = InvoiceFilter { account_id, status, kind, period_from, period_to };
-        let invoices = self.store.list(tenant, &filter, before, u64::from(page_size)).await?;
-        let next_page_token = match invoices.last() {
-            Some(last) if invoices.len() == page_size as usize => format!("before:{}", last.id),
-            _ => String::new(),
-        };
+        let invoices = self.store.list(tenant, &filter, page.after, page.rows_to_read()).await?;
+        let (invoices, next_page_token) = page.finish(invoices, |invoice| invoice.id);
         let now = self.now();
         Ok(Response::new(pb::ListInvoicesResponse {
             invoices: invoices.iter().map(|invoice| invoice_to_pb(invoice, now)).collect(),

@@ -186,6 +186,26 @@ async fn fifty_concurrent_finalizations_take_the_numbers_one_to_fifty(suite: Sui
     assert_eq!(seen.len(), 50);
     let newest_first: Vec<String> = drafts.iter().rev().map(|draft| draft.id.clone()).collect();
     assert_eq!(seen, newest_first);
+
+    // Pages of 25: two, and no empty third; a token continues only the
+    // request it came from.
+    let list = |page_token: String, status: pb::InvoiceStatus| pb::ListInvoicesRequest {
+        account_id: account.id.clone(),
+        status: status.into(),
+        page_size: 25,
+        page_token,
+        ..Default::default()
+    };
+    let mut invoicing = suite.invoicing.clone();
+    let first = invoicing.list_invoices(list(String::new(), pb::InvoiceStatus::Open)).await.unwrap().into_inner();
+    assert_eq!(first.invoices.len(), 25);
+    assert!(!first.next_page_token.contains(&first.invoices[24].id), "opaque: {}", first.next_page_token);
+    let second =
+        invoicing.list_invoices(list(first.next_page_token.clone(), pb::InvoiceStatus::Open)).await.unwrap().into_inner();
+    assert_eq!(second.invoices.len(), 25);
+    assert_eq!(second.next_page_token, "", "the last page says so; no empty page follows");
+    let other_filter = invoicing.list_invoices(list(first.next_page_token.clone(), pb::InvoiceStatus::Paid)).await;
+    assert_invalid(other_filter, "page_token");
     suite
 }
 

@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::money::parse_amount;
+use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpService;
@@ -28,8 +29,6 @@ use crate::saga::{Saga, now};
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
 use crate::upstream::CallError;
 
-const PAGE_SIZE_MAX: u32 = 1_000;
-const PAGE_SIZE_DEFAULT: u32 = 100;
 /// Automatic top-ups a day at most: beyond a hundred, a flapping balance is
 /// a fault to look at, not a need.
 const TOP_UPS_PER_DAY_MAX: u32 = 100;
@@ -298,27 +297,15 @@ impl TopUpService for TopUpApi {
                 None
             }
         };
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let before = if request.page_token.is_empty() {
-            None
-        } else {
-            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
-                Some(id) => Some(id),
-                None => {
-                    violations.add("page_token", "is not a token this service returned");
-                    None
-                }
-            }
-        };
+        let page = Page::<Uuid>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.account_id, request.status),
+        );
         violations.finish()?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
-        let rows = self.saga.store().list(tenant, account_id, status, before, u64::from(page_size)).await?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == page_size as usize => format!("before:{}", last.id),
-            _ => String::new(),
-        };
+        let rows = self.saga.store().list(tenant, account_id, status, page.after, page.rows_to_read()).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id);
         let mut top_ups = Vec::with_capacity(rows.len());
         for row in &rows {
             top_ups.push(self.view(row).await?);

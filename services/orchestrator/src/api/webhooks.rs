@@ -2,6 +2,7 @@
 //! deliveries and attempts made to them.
 
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::paging::Page;
 use reservoir_common::time::to_timestamp;
 use reservoir_common::validate::Violations;
 use reservoir_proto::orchestrator as pb;
@@ -20,8 +21,6 @@ const DESCRIPTION_LENGTH_MAX: usize = 512;
 /// A week: long enough to redeploy every receiver, short enough that a leaked secret dies.
 const GRACE_SECONDS_MAX: u32 = 7 * 24 * 3_600;
 const GRACE_SECONDS_DEFAULT: u32 = 24 * 3_600;
-const PAGE_SIZE_MAX: u32 = 1_000;
-const PAGE_SIZE_DEFAULT: u32 = 100;
 
 /// Endpoints one tenant may have: each event fans out to all of them.
 pub const ENDPOINTS_MAX: usize = 16;
@@ -284,25 +283,15 @@ impl WebhookService for WebhookApi {
                 None
             }
         };
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let before = if request.page_token.is_empty() {
-            None
-        } else {
-            let parsed = request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok());
-            if parsed.is_none() {
-                violations.add("page_token", "is not a token this service returned");
-            }
-            parsed
-        };
+        let page = Page::<Uuid>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.endpoint_id, request.status),
+        );
         violations.finish()?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
-        let rows = self.store.deliveries_page(tenant, endpoint.id, status, before, u64::from(page_size)).await?;
-        let next_page_token = match rows.last() {
-            Some(last) if rows.len() == page_size as usize => format!("before:{}", last.id),
-            _ => String::new(),
-        };
+        let rows = self.store.deliveries_page(tenant, endpoint.id, status, page.after, page.rows_to_read()).await?;
+        let (rows, next_page_token) = page.finish(rows, |row| row.id);
         // The page's bodies in one query, not one per delivery.
         let ids: Vec<Uuid> = rows.iter().map(|row| row.message_id).collect();
         let mut bodies = self.store.message_bodies(&ids).await?;

@@ -14,6 +14,7 @@ use futures::Stream;
 use prost::Message;
 use reservoir_common::auth::{TenantId, service_request, tenant_of};
 use reservoir_common::money::Unit;
+use reservoir_common::paging::Page;
 use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as invoicing_pb;
@@ -54,9 +55,6 @@ const METADATA_VALUE_LENGTH_MAX: usize = 512;
 const EXTERNAL_TRANSACTION_ID_LENGTH_MAX: usize = 128;
 /// Refund reasons: a sentence or two for the customer's statement.
 const REFUND_REASON_LENGTH_MAX: usize = 512;
-/// Payments per ListPayments page; each carries its attempts and refunds.
-const PAGE_SIZE_MAX: u32 = 1_000;
-const PAGE_SIZE_DEFAULT: u32 = 100;
 /// Vouchers per batch: one answer holds every code, and 10,000 codes with
 /// their vouchers stay well below the 4 MiB a gRPC message may have.
 const VOUCHERS_PER_BATCH_MAX: u32 = 10_000;
@@ -592,31 +590,16 @@ impl PaymentsService for PaymentsApi {
                 None
             }
         };
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let before = if request.page_token.is_empty() {
-            None
-        } else {
-            match request.page_token.strip_prefix("before:").and_then(|rest| Uuid::parse_str(rest).ok()) {
-                Some(id) => Some(id),
-                None => {
-                    violations.add("page_token", "is not a token this service returned");
-                    None
-                }
-            }
-        };
+        let page = Page::<Uuid>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.account_id, &request.invoice_id, request.status),
+        );
         violations.finish().map_err(PaymentsError::from)?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
         let filter = PaymentFilter { account_id, invoice_id, status };
-        // One more than the page tells whether another page follows.
-        let mut records = self.store.payments_page(tenant, &filter, before, u64::from(page_size) + 1).await?;
-        let more = records.len() > page_size as usize;
-        records.truncate(page_size as usize);
-        let next_page_token = match (more, records.last()) {
-            (true, Some(last)) => format!("before:{}", last.payment.id),
-            _ => String::new(),
-        };
+        let records = self.store.payments_page(tenant, &filter, page.after, page.rows_to_read()).await?;
+        let (records, next_page_token) = page.finish(records, |record| record.payment.id);
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: records.iter().map(payment_to_pb).collect(),
             next_page_token,

@@ -14,6 +14,7 @@ use futures::Stream;
 use prost::Message;
 use reservoir_common::auth::{Caller, KeyId, TenantId, caller_of, key_of, tenant_of};
 use reservoir_common::money::{Unit, non_negative, positive};
+use reservoir_common::paging::Page;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_server::WalletService;
 use rust_decimal::Decimal;
@@ -383,27 +384,10 @@ impl WalletService for WalletApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let after = if request.page_token.is_empty() {
-            None
-        } else {
-            match request.page_token.strip_prefix("after:").and_then(|rest| uuid::Uuid::parse_str(rest).ok()) {
-                Some(id) => Some(AccountId(id)),
-                None => {
-                    violations.add("page_token", "is not a token this service returned");
-                    None
-                }
-            }
-        };
+        let page = Page::<uuid::Uuid>::of(&mut violations, request.page_size, &request.page_token, &());
         violations.finish()?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
-        let accounts = self.store.accounts_page(tenant, after, u64::from(page_size)).await?;
-        let next_page_token = match accounts.last() {
-            Some(last) if accounts.len() == page_size as usize => format!("after:{}", last.id.0),
-            _ => String::new(),
-        };
+        let accounts = self.store.accounts_page(tenant, page.after.map(AccountId), page.rows_to_read()).await?;
+        let (accounts, next_page_token) = page.finish(accounts, |account| account.id.0);
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: accounts.iter().map(convert::account).collect(),
             next_page_token,
@@ -1168,20 +1152,12 @@ impl WalletService for WalletApi {
         let request = request.into_inner();
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, AccountId);
-        if request.page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
-        let after_sequence = if request.page_token.is_empty() {
-            0
-        } else {
-            match request.page_token.strip_prefix("after:").and_then(|rest| rest.parse::<u64>().ok()) {
-                Some(sequence) => sequence,
-                None => {
-                    violations.add("page_token", "is not a token this service returned");
-                    0
-                }
-            }
-        };
+        let page = Page::<u64>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.account_id, &request.kinds, request.start_time, request.end_time),
+        );
         let mut kinds = Vec::new();
         for (index, kind) in request.kinds.iter().enumerate() {
             match entry_kind_from(*kind) {
@@ -1195,19 +1171,12 @@ impl WalletService for WalletApi {
         let start = violations.time("start_time", request.start_time.as_ref());
         let end = violations.time("end_time", request.end_time.as_ref());
         violations.finish()?;
-        let page_size = if request.page_size == 0 { PAGE_SIZE_DEFAULT } else { request.page_size };
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         let account = self.store.account(tenant, account_id).await?;
         let filter = EntryFilter { kinds, start, end, through_sequence: None };
-        // One more than the page tells whether another page follows.
-        let mut entries =
-            self.store.entries(tenant, account_id, &filter, after_sequence, u64::from(page_size) + 1).await?;
-        let more = entries.len() > page_size as usize;
-        entries.truncate(page_size as usize);
-        let next_page_token = match (more, entries.last()) {
-            (true, Some(last)) => format!("after:{}", last.sequence),
-            _ => String::new(),
-        };
+        let entries =
+            self.store.entries(tenant, account_id, &filter, page.after.unwrap_or(0), page.rows_to_read()).await?;
+        let (entries, next_page_token) = page.finish(entries, |entry| entry.sequence);
         Ok(Response::new(pb::ListLedgerEntriesResponse {
             entries: entries.iter().map(|entry| convert::entry(entry, &account.unit)).collect(),
             next_page_token,

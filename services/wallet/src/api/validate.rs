@@ -30,9 +30,6 @@ pub const USAGE_LINES_MAX: usize = 1_000;
 /// so one request stays a few hundred kilobytes.
 pub const USAGE_LINE_AMOUNTS_MAX: usize = 1_000;
 pub const USAGE_AMOUNTS_MAX: usize = 10_000;
-/// Ledger page size: a page stays under a megabyte on the wire.
-pub const PAGE_SIZE_MAX: u32 = 1_000;
-pub const PAGE_SIZE_DEFAULT: u32 = 100;
 /// Hold lifetimes: at least a second, at most 30 days (a card authorisation's usual longest).
 pub const HOLD_TTL_SECONDS_MAX: u32 = 30 * 24 * 3_600;
 /// Priorities: small non-negative numbers are plenty to order grants.
