@@ -3,17 +3,37 @@
 //! span it is made in, and carries that client span's W3C trace context,
 //! so the callee's span is its child: one request, one trace, across
 //! services.
+//!
+//! A call that cannot apply twice is retried when the callee is
+//! unavailable (the connection failed, or the answer is UNAVAILABLE): a
+//! read (`Get…`, `List…`, health checks) or a change carrying an idempotency
+//! key, which the callee applies once however often it arrives. Up to
+//! [`ATTEMPTS`] tries, apart by a random wait below a doubling bound (full
+//! jitter, so callers that failed together do not come back together),
+//! never past the caller's deadline. Anything else is tried once: its
+//! caller decides.
 
+use std::collections::HashSet;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use http_body_util::BodyExt;
 use tonic::body::Body;
 use tonic::transport::Channel;
+use tower::ServiceExt;
 use tracing::Instrument;
 
 use crate::metrics::{EndOfCall, Ending, grpc_status};
 
-/// A channel to another service whose calls are traced.
+/// Tries of a call that can be retried, the first included.
+pub const ATTEMPTS: u32 = 3;
+/// The bound of the first wait between tries; it doubles after each.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+
+/// A channel to another service whose calls are traced, and retried where
+/// that is safe.
 #[derive(Clone, Debug)]
 pub struct ServiceChannel {
     inner: Channel,
@@ -27,19 +47,61 @@ impl ServiceChannel {
 
 impl tower::Service<http::Request<Body>> for ServiceChannel {
     type Response = http::Response<Body>;
-    type Error = tonic::transport::Error;
+    type Error = tower::BoxError;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let span = crate::telemetry::client_span(request.uri().path());
         crate::telemetry::inject_into_headers(&span, request.headers_mut());
-        let future = self.inner.call(request);
+        // The channel made ready takes the call; a clone (the same
+        // connections) waits here for the next one.
+        let clone = self.inner.clone();
+        let mut ready = std::mem::replace(&mut self.inner, clone);
+        let answer: BoxFuture<'static, Result<http::Response<Body>, tower::BoxError>> =
+            if idempotent(request.uri().path()) {
+                Box::pin(async move {
+                    let (head, body) = request.into_parts();
+                    // A unary request is one small message: kept to send again.
+                    let bytes = body.collect().await?.to_bytes();
+                    let mut attempt = 1;
+                    loop {
+                        let mut again = http::Request::new(Body::new(http_body_util::Full::new(bytes.clone())));
+                        *again.method_mut() = head.method.clone();
+                        *again.uri_mut() = head.uri.clone();
+                        *again.version_mut() = head.version;
+                        *again.headers_mut() = head.headers.clone();
+                        let outcome = if attempt == 1 {
+                            ready.call(again).await
+                        } else {
+                            match ready.ready().await {
+                                Ok(channel) => channel.call(again).await,
+                                Err(error) => Err(error),
+                            }
+                        };
+                        let unavailable = match &outcome {
+                            Ok(response) => grpc_status(response.headers()) == Some(tonic::Code::Unavailable),
+                            Err(_) => true,
+                        };
+                        let wait = backoff(attempt);
+                        let in_time = crate::deadline::remaining().is_none_or(|left| left > wait);
+                        if !unavailable || attempt >= ATTEMPTS || !in_time {
+                            return outcome.map_err(tower::BoxError::from);
+                        }
+                        tracing::debug!(attempt, wait_ms = wait.as_millis() as u64, "unavailable; trying again");
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                    }
+                })
+            } else {
+                let future = ready.call(request);
+                Box::pin(async move { future.await.map_err(tower::BoxError::from) })
+            };
         Box::pin(async move {
-            match future.instrument(span.clone()).await {
+            match answer.instrument(span.clone()).await {
                 Ok(response) => {
                     let headers_code = grpc_status(response.headers());
                     Ok(response.map(|body| Body::new(Ending::new(body, ClientCall(span), headers_code))))
@@ -52,6 +114,24 @@ impl tower::Service<http::Request<Body>> for ServiceChannel {
             }
         })
     }
+}
+/// A random wait before try `attempt + 1`: below 50 ms, then 100, 200 …
+fn backoff(attempt: u32) -> Duration {
+    let bound = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(6));
+    bound.mul_f64(rand::random::<f64>())
+}
+
+/// Whether a call to `path` cannot apply twice: a read, or a change whose
+/// request carries an idempotency key (required of every change).
+fn idempotent(path: &str) -> bool {
+    static IDEMPOTENT: OnceLock<HashSet<String>> = OnceLock::new();
+    IDEMPOTENT
+        .get_or_init(|| {
+            let mut paths: HashSet<String> = ["/grpc.health.v1.Health/Check".to_owned()].into();
+            paths.extend(crate::metrics::idempotent_methods(&[reservoir_proto::FILE_DESCRIPTOR_SET]));
+            paths
+        })
+        .contains(path)
 }
 
 /// A call made: its span ends with the status the callee answered.
@@ -112,5 +192,119 @@ mod tests {
         assert_eq!(parts[1], trace, "the callee is in the caller's trace: {arrived:?} {line}");
         assert_ne!(parts[2], handler_span, "its parent is the client span, a child of the handler's: {arrived:?}");
         assert_eq!(parts[2].len(), 16, "{arrived:?}");
+    }
+
+    /// What a fake service answers: UNAVAILABLE to its first `failures`
+    /// calls, then what the real health service answers.
+    #[derive(Clone)]
+    struct Flaky<N> {
+        failures: usize,
+        arrivals: Arc<std::sync::atomic::AtomicUsize>,
+        health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+        name: std::marker::PhantomData<N>,
+    }
+
+    trait Named: Clone + Send + Sync + 'static {
+        const NAME: &'static str;
+    }
+
+    #[derive(Clone)]
+    struct Health;
+    impl Named for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    #[derive(Clone)]
+    struct TopUps;
+    impl Named for TopUps {
+        const NAME: &'static str = "reservoir.orchestrator.v1.TopUpService";
+    }
+
+    impl<N: Named> tonic::server::NamedService for Flaky<N> {
+        const NAME: &'static str = N::NAME;
+    }
+
+    impl<N: Named> tower::Service<http::Request<tonic::body::Body>> for Flaky<N> {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            let arrived = self.arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            if arrived <= self.failures {
+                return Box::pin(async { Ok(tonic::Status::unavailable("restarting").into_http()) });
+            }
+            let mut health = self.health.clone();
+            Box::pin(async move { tower::Service::call(&mut health, request).await })
+        }
+    }
+
+    /// Serves a fake that fails `failures` times; returns its channel and arrivals.
+    async fn flaky<N: Named>(failures: usize) -> (super::ServiceChannel, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let health = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(tonic_health::server::HealthReporter::new()),
+        );
+        let service = Flaky::<N> { failures, arrivals: arrivals.clone(), health, name: std::marker::PhantomData };
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (crate::tls::endpoint(&format!("http://{address}")).unwrap().connect_lazy(), arrivals)
+    }
+
+    fn count(arrivals: &std::sync::atomic::AtomicUsize) -> usize {
+        arrivals.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_read_is_tried_again_while_the_callee_is_unavailable_up_to_three_times() {
+        let (channel, arrivals) = flaky::<Health>(2).await;
+        let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+        assert!(answer.is_ok(), "{answer:?}");
+        assert_eq!(count(&arrivals), 3);
+
+        let (channel, arrivals) = flaky::<Health>(10).await;
+        let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(count(&arrivals), super::ATTEMPTS as usize, "three tries, then the caller hears of it");
+    }
+
+    #[tokio::test]
+    async fn a_change_without_an_idempotency_key_is_tried_once() {
+        use reservoir_proto::orchestrator::RedeemVoucherRequest;
+        use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+        let (channel, arrivals) = flaky::<TopUps>(10).await;
+        let request = RedeemVoucherRequest { code: "0000-0000-0000-0000-0".into(), account_id: String::new() };
+        let answer = TopUpServiceClient::new(channel).redeem_voucher(request).await;
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(count(&arrivals), 1);
+    }
+
+    #[test]
+    fn reads_and_keyed_changes_are_idempotent_streams_and_unkeyed_changes_are_not() {
+        for path in [
+            "/reservoir.wallet.v1.WalletService/GetBalance",
+            "/reservoir.wallet.v1.WalletService/Debit",
+            "/reservoir.wallet.v1.WalletService/DrawUsage",
+            "/reservoir.invoicing.v1.InvoicingService/ListInvoices",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            assert!(super::idempotent(path), "{path}");
+        }
+        for path in [
+            "/reservoir.wallet.v1.WalletService/WatchEvents",
+            "/reservoir.orchestrator.v1.TopUpService/RedeemVoucher",
+            "/reservoir.wallet.v1.WalletService/NoSuchMethod",
+        ] {
+            assert!(!super::idempotent(path), "{path}");
+        }
     }
 }

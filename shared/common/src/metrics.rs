@@ -254,6 +254,63 @@ pub(crate) fn method_paths(descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
     paths
 }
 
+/// The paths of the unary methods in `descriptor_sets` that cannot apply
+/// twice: reads (`Get…`, `List…`) and those whose request has an
+/// `idempotency_key`.
+pub(crate) fn idempotent_methods(descriptor_sets: &[&[u8]]) -> Vec<String> {
+    let mut paths = Vec::new();
+    for encoded in descriptor_sets {
+        let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
+            continue;
+        };
+        let messages: Vec<(String, &prost_types::DescriptorProto)> = set
+            .file
+            .iter()
+            .flat_map(|file| {
+                let package = file.package.clone().unwrap_or_default();
+                file.message_type.iter().map(move |message| (format!(".{package}.{}", message.name()), message))
+            })
+            .collect();
+        // Keyed: a message with an idempotency key, or one whose fields
+        // are all keyed messages where they are messages (a batch of keyed
+        // changes), found until nothing more is.
+        let mut keyed: HashSet<String> = HashSet::new();
+        loop {
+            let before = keyed.len();
+            for (name, message) in &messages {
+                let has_key = message.field.iter().any(|field| field.name() == "idempotency_key");
+                let nested: Vec<&str> = message
+                    .field
+                    .iter()
+                    .filter(|field| field.r#type() == prost_types::field_descriptor_proto::Type::Message)
+                    .map(|field| field.type_name())
+                    .collect();
+                let batch = !nested.is_empty() && nested.iter().all(|nested| keyed.contains(*nested));
+                if has_key || batch {
+                    keyed.insert(name.clone());
+                }
+            }
+            if keyed.len() == before {
+                break;
+            }
+        }
+        for file in &set.file {
+            let package = file.package.clone().unwrap_or_default();
+            for service in &file.service {
+                for method in &service.method {
+                    let unary = !method.client_streaming() && !method.server_streaming();
+                    let name = method.name();
+                    let read = name.starts_with("Get") || name.starts_with("List");
+                    if unary && (read || keyed.contains(method.input_type())) {
+                        paths.push(format!("/{package}.{}/{name}", service.name()));
+                    }
+                }
+            }
+        }
+    }
+    paths
+}
+
 impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 

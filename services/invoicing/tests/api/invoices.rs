@@ -200,8 +200,11 @@ async fn fifty_concurrent_finalizations_take_the_numbers_one_to_fifty(suite: Sui
     let first = invoicing.list_invoices(list(String::new(), pb::InvoiceStatus::Open)).await.unwrap().into_inner();
     assert_eq!(first.invoices.len(), 25);
     assert!(!first.next_page_token.contains(&first.invoices[24].id), "opaque: {}", first.next_page_token);
-    let second =
-        invoicing.list_invoices(list(first.next_page_token.clone(), pb::InvoiceStatus::Open)).await.unwrap().into_inner();
+    let second = invoicing
+        .list_invoices(list(first.next_page_token.clone(), pb::InvoiceStatus::Open))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.invoices.len(), 25);
     assert_eq!(second.next_page_token, "", "the last page says so; no empty page follows");
     let other_filter = invoicing.list_invoices(list(first.next_page_token.clone(), pb::InvoiceStatus::Paid)).await;
