@@ -5,7 +5,9 @@ restricted Pod Security Standard that every pod is written to meet; where
 the optional monitoring component is used, the ServiceMonitor reaches a
 `metrics` port of each service and every alert is complete and asks only for
 metrics docs/OPERATIONS.md lists; where the tracing component is used, every
-service sends its spans to a Service of the render.
+service sends its spans to a Service of the render. And the Dockerfile the
+image is built from exposes every port the manifests give its containers and
+carries the OCI labels a registry shows.
 
 Usage: check-rendered.py RENDERED.yaml; exits 1 naming what is wrong."""
 
@@ -17,6 +19,32 @@ import yaml
 
 SERVICES = ["wallet", "metering", "invoicing", "payments", "orchestrator"]
 DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs" / "OPERATIONS.md"
+DOCKERFILE = pathlib.Path(__file__).resolve().parent.parent / "Dockerfile"
+OCI_LABELS = ["title", "description", "version", "revision", "source", "licenses"]
+
+
+def check_image(documents: list, problems: list) -> None:
+    """The final stage of the Dockerfile against the reservoir containers."""
+    final = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ")[-1]
+    exposed = set()
+    for line in final.splitlines():
+        if line.startswith("EXPOSE "):
+            exposed.update(int(port.split("/")[0]) for port in line.split()[1:])
+    for label in OCI_LABELS:
+        if f"org.opencontainers.image.{label}=" not in final:
+            problems.append(f"Dockerfile: the image has no org.opencontainers.image.{label} label")
+    for document in documents:
+        if document["kind"] not in ("Deployment", "Job"):
+            continue
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            if "reservoir" not in container["image"]:
+                continue
+            for port in container.get("ports", []):
+                if port["containerPort"] not in exposed:
+                    problems.append(
+                        f"{document['kind']} {document['metadata']['name']} uses port {port['containerPort']}, "
+                        "which the Dockerfile does not EXPOSE"
+                    )
 
 
 def documented_metrics() -> set:
@@ -95,6 +123,7 @@ def main(path: str) -> int:
                 problems.append(f"Namespace {name} does not enforce the restricted Pod Security Standard")
     check_monitoring(documents, problems)
     check_tracing(documents, problems)
+    check_image(documents, problems)
     for problem in problems:
         print(f"{path}: {problem}")
     return 1 if problems else 0
