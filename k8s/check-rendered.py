@@ -23,6 +23,38 @@ DOCKERFILE = pathlib.Path(__file__).resolve().parent.parent / "Dockerfile"
 OCI_LABELS = ["title", "description", "version", "revision", "source", "licenses"]
 
 
+def check_orchestrator_egress(documents: list, problems: list) -> None:
+    """The orchestrator reaches what its top-ups call and DNS, and no webhook
+    reaches a private or link-local address."""
+    policies = [
+        d for d in documents
+        if d["kind"] == "NetworkPolicy"
+        and "Egress" in d["spec"].get("policyTypes", [])
+        and d["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "orchestrator"
+    ]
+    if not policies:
+        problems.append("the orchestrator has no egress NetworkPolicy")
+        return
+    rules = [rule for policy in policies for rule in policy["spec"].get("egress", [])]
+    reached = {
+        peer.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name")
+        for rule in rules
+        for peer in rule.get("to", [])
+    }
+    for service in ("wallet", "invoicing", "payments"):
+        if service not in reached:
+            problems.append(f"the orchestrator's egress does not reach {service}")
+    if not any(port.get("port") == 53 for rule in rules for port in rule.get("ports", [])):
+        problems.append("the orchestrator's egress does not reach DNS")
+    for rule in rules:
+        for peer in rule.get("to", []):
+            block = peer.get("ipBlock")
+            if block and block["cidr"] == "0.0.0.0/0":
+                for inward in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "127.0.0.0/8"):
+                    if inward not in block.get("except", []):
+                        problems.append(f"the orchestrator's egress to the internet does not except {inward}")
+
+
 def check_image(documents: list, problems: list) -> None:
     """The final stage of the Dockerfile against the reservoir containers."""
     final = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ")[-1]
@@ -124,6 +156,7 @@ def main(path: str) -> int:
     check_monitoring(documents, problems)
     check_tracing(documents, problems)
     check_image(documents, problems)
+    check_orchestrator_egress(documents, problems)
     for problem in problems:
         print(f"{path}: {problem}")
     return 1 if problems else 0
