@@ -53,11 +53,11 @@ impl From<MeteringError> for Status {
             }
             MeteringError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");
-                status::with_reason(Code::Aborted, "CONFLICT", "a concurrent change conflicted; retry")
+                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
             }
             MeteringError::Unavailable(cause) => {
                 tracing::warn!(%cause, "a dependency is unavailable");
-                status::with_reason(Code::Unavailable, "UNAVAILABLE", "a dependency is unavailable; retry")
+                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
             MeteringError::Internal(_) => status::internal(&error),
         }

@@ -78,11 +78,11 @@ impl From<PaymentsError> for Status {
             }
             PaymentsError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");
-                status::with_reason(Code::Aborted, "CONFLICT", "a concurrent change conflicted; retry")
+                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
             }
             PaymentsError::Unavailable(cause) => {
                 tracing::warn!(%cause, "a dependency is unavailable");
-                status::with_reason(Code::Unavailable, "UNAVAILABLE", "a dependency is unavailable; retry")
+                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
             PaymentsError::Internal(_) => status::internal(&error),
         }

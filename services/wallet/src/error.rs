@@ -98,11 +98,11 @@ impl From<WalletError> for Status {
             WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => status::internal(&error),
             WalletError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
-                status::with_reason(Code::Unavailable, error.reason(), "the database is unavailable; retry")
+                status::unavailable(error.reason(), "the database is unavailable; retry")
             }
             WalletError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");
-                status::with_reason(Code::Aborted, error.reason(), "a concurrent change conflicted; retry")
+                status::conflict(error.reason(), "a concurrent change conflicted; retry")
             }
             WalletError::NotFound(_)
             | WalletError::Domain(_)

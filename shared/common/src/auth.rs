@@ -263,7 +263,7 @@ impl Authenticator {
         }
         let exists = self.resolver.tenant_exists(key.to_owned(), tenant).await.map_err(|cause| {
             tracing::error!(%cause, "tenant lookup failed");
-            Status::unavailable("the key store is unavailable")
+            crate::status::unavailable("KEY_STORE_UNAVAILABLE", "the key store is unavailable; retry")
         })?;
         if !exists {
             return Err(Status::unauthenticated(format!("{TENANT_HEADER} names no tenant")));
@@ -301,7 +301,7 @@ impl Authenticator {
         }
         let resolved = self.resolver.resolve(key.to_owned()).await.map_err(|cause| {
             tracing::error!(%cause, "API key lookup failed");
-            Status::unavailable("the key store is unavailable")
+            crate::status::unavailable("KEY_STORE_UNAVAILABLE", "the key store is unavailable; retry")
         })?;
         let identity = resolved.ok_or_else(|| Status::unauthenticated("unknown or revoked API key"))?;
         if let Ok(mut cache) = self.cache.lock() {

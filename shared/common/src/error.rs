@@ -52,11 +52,11 @@ impl From<ServiceError> for Status {
             }
             ServiceError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");
-                status::with_reason(Code::Aborted, "CONFLICT", "a concurrent change conflicted; retry")
+                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
             }
             ServiceError::Unavailable(cause) => {
                 tracing::warn!(%cause, "a dependency is unavailable");
-                status::with_reason(Code::Unavailable, "UNAVAILABLE", "a dependency is unavailable; retry")
+                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
             ServiceError::Internal(_) => status::internal(&error),
         }

@@ -28,10 +28,12 @@ pub async fn next_sequence(connection: &impl ConnectionTrait, table: &str) -> Re
 /// SHUTTING_DOWN, so a consumer tells a drain from an end and resumes on
 /// another replica after the last sequence it received.
 pub fn shutting_down() -> Status {
-    crate::status::with_reason(
+    // At once: another replica takes the stream.
+    crate::status::retry_later(
         tonic::Code::Unavailable,
         "SHUTTING_DOWN",
         "the server is shutting down; resume after the last sequence received",
+        std::time::Duration::ZERO,
     )
 }
 

@@ -48,6 +48,23 @@ pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Stat
     reasoned(code, reason, message, ErrorDetails::new())
 }
 
+/// How long a caller waits before trying again a call answered UNAVAILABLE
+/// because a dependency (the database, another service) did not answer.
+pub const UNAVAILABLE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a caller waits before trying again a call ABORTED by a
+/// concurrent change: hardly at all, the change it met is committed.
+pub const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// UNAVAILABLE with its reason and a RetryInfo of [`UNAVAILABLE_RETRY`].
+pub fn unavailable(reason: &str, message: impl Into<String>) -> Status {
+    retry_later(Code::Unavailable, reason, message, UNAVAILABLE_RETRY)
+}
+
+/// ABORTED with its reason and a RetryInfo of [`CONFLICT_RETRY`].
+pub fn conflict(reason: &str, message: impl Into<String>) -> Status {
+    retry_later(Code::Aborted, reason, message, CONFLICT_RETRY)
+}
+
 /// As [`with_reason`], with a RetryInfo saying when to try again: a refusal
 /// for load or rate that a client should retry after `delay`.
 pub fn retry_later(code: Code, reason: &str, message: impl Into<String>, delay: std::time::Duration) -> Status {
@@ -86,6 +103,20 @@ pub fn internal(cause: &dyn std::fmt::Display) -> Status {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn retryable_refusals_say_when_to_try_again() {
+        for (status, code, delay) in [
+            (unavailable("UNAVAILABLE", "the database is unavailable; retry"), Code::Unavailable, UNAVAILABLE_RETRY),
+            (conflict("CONFLICT", "a concurrent change conflicted; retry"), Code::Aborted, CONFLICT_RETRY),
+        ] {
+            assert_eq!(status.code(), code);
+            let details = status.get_error_details();
+            let retry = details.retry_info().unwrap().retry_delay.unwrap();
+            assert_eq!(retry, delay);
+            assert_eq!(details.error_info().unwrap().domain, ERROR_DOMAIN);
+        }
+    }
 
     #[test]
     fn error_info_names_a_dns_style_domain_and_the_fields_at_fault() {
