@@ -14,7 +14,10 @@
 //! acknowledged key applied exactly once (one entry of its kind, none for a
 //! refused one, none nobody asked for); each balance equal to its grants
 //! less its debits and transfers, and to the sum of its entries; no balance
-//! below its floor; every usage event charged exactly once. It prints the
+//! below its floor; every usage event charged exactly once; and every
+//! balance read of an account that one client debits, one debit at a time,
+//! showing exactly the debits acknowledged before it, through either
+//! replica, whatever fault came between (no read back in time). It prints the
 //! cycles survived by fault kind, the calls acknowledged, the violations,
 //! and the median and worst time to recover.
 //!
@@ -46,6 +49,8 @@ const CYCLES_IN_MAKE_TEST: usize = 14;
 const ACCOUNTS: usize = 6;
 /// What each of them is granted first.
 const OPENING: &str = "100.00";
+/// The opening balance of the account whose reads are checked: enough never to refuse a debit.
+const WATCHED_OPENING: &str = "1000000.00";
 /// Usage: events of one token at 0.01, on accounts of their own.
 const USAGE_ACCOUNTS: usize = 2;
 const USAGE_BATCH: usize = 5;
@@ -214,6 +219,10 @@ struct Told {
     internal: Vec<String>,
     /// Usage events stored (each answered, in one try or another).
     events: u64,
+    /// Balance reads answered, and those that did not show exactly the
+    /// debits acknowledged before them.
+    reads: u64,
+    stale_reads: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -338,6 +347,51 @@ async fn move_money(wallets: Vec<Client>, accounts: Vec<String>, told: Arc<Mutex
                     async move { wallet.debit(request).await }
                 })
                 .await;
+            }
+        }
+    }
+}
+
+/// Debits one account that nothing else touches, one debit at a time, and
+/// after each acknowledged debit reads its balance through either replica:
+/// every read must show exactly the debits acknowledged before it, never
+/// fewer (a read back in time) and never more.
+async fn debit_and_read(
+    wallets: Vec<Client>,
+    account: String,
+    opening: Decimal,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut acknowledged = Decimal::ZERO;
+    while !stop.load(Ordering::SeqCst) {
+        let key = key();
+        let amount = cents(1, 100);
+        let request = pb::DebitRequest {
+            account_id: account.clone(),
+            amount: amount.to_string(),
+            idempotency_key: key.clone(),
+            ..Default::default()
+        };
+        let applied = Applied::Debit { account: account.clone(), amount };
+        settle(&wallets, &told, &key, applied, |mut wallet| {
+            let request = request.clone();
+            async move { wallet.debit(request).await }
+        })
+        .await;
+        if told.lock().unwrap().applied.contains_key(&key) {
+            acknowledged += amount;
+        }
+        let mut wallet = wallets[rand::rng().random_range(0..wallets.len())].clone();
+        let read = wallet.get_balance(pb::GetBalanceRequest { account_id: account.clone() });
+        if let Ok(Ok(balance)) = tokio::time::timeout(TRY_TIMEOUT, read).await {
+            let available: Decimal = balance.into_inner().balance.unwrap().available.parse().unwrap();
+            let mut told = told.lock().unwrap();
+            told.reads += 1;
+            if available != opening - acknowledged {
+                told.stale_reads.push(format!(
+                    "account {account}: read {available} available after debits of {acknowledged} from {opening}"
+                ));
             }
         }
     }
@@ -493,6 +547,22 @@ async fn faults_lose_double_and_invent_no_money() {
         load.push(tokio::spawn(move_money(wallets.clone(), ids.clone(), told.clone(), stop.clone())));
     }
     load.push(tokio::spawn(use_tokens(meterings.clone(), usage_ids, told.clone(), stop.clone())));
+    // One account only debited, its balance read after every debit; in the
+    // books like the others.
+    let watched = open_funded_account(&wallets[0], "0").await;
+    let opening: Decimal = WATCHED_OPENING.parse().unwrap();
+    let key = key();
+    let request = pb::GrantCreditsRequest {
+        account_id: watched.id.clone(),
+        amount: WATCHED_OPENING.into(),
+        kind: pb::GrantKind::Paid.into(),
+        idempotency_key: key.clone(),
+        ..Default::default()
+    };
+    wallets[0].clone().grant_credits(request).await.unwrap();
+    told.lock().unwrap().applied.insert(key, Applied::Grant { account: watched.id.clone(), amount: opening });
+    load.push(tokio::spawn(debit_and_read(wallets.clone(), watched.id.clone(), opening, told.clone(), stop.clone())));
+    accounts.push(watched);
 
     let started = Instant::now();
     let mut survived: BTreeMap<Fault, usize> = BTreeMap::new();
@@ -559,6 +629,7 @@ async fn faults_lose_double_and_invent_no_money() {
     let mut violations: Vec<String> = Vec::new();
     let told = std::mem::take(&mut *told.lock().unwrap());
     violations.extend(told.internal.iter().map(|status| format!("answered INTERNAL: {status}")));
+    violations.extend(told.stale_reads.iter().cloned());
     let wallet = &wallets[0];
     let price: Decimal = "0.01".parse().unwrap();
     let charged_for = Decimal::from(told.events) * price;
@@ -641,12 +712,13 @@ async fn faults_lose_double_and_invent_no_money() {
     let worst = recoveries.last().copied().unwrap_or_default();
     println!(
         "fault harness: {cycles} cycles in {:.0} s ({}); {} changes acknowledged, {} refused, {} usage events; \
-         recovery median {} ms, worst {} ms; {} violations",
+         {} balance reads checked; recovery median {} ms, worst {} ms; {} violations",
         ran_for.as_secs_f64(),
         survived.iter().map(|(fault, count)| format!("{fault:?} {count}")).collect::<Vec<_>>().join(", "),
         told.applied.len(),
         told.refused.len(),
         told.events,
+        told.reads,
         median.as_millis(),
         worst.as_millis(),
         violations.len(),
@@ -656,6 +728,7 @@ async fn faults_lose_double_and_invent_no_money() {
     }
     assert!(violations.is_empty(), "{} violations (above)", violations.len());
     assert!(told.applied.len() > ACCOUNTS, "the load made changes");
+    assert!(told.reads > 0, "balances were read");
     assert!(told.events > 0, "usage was ingested");
 
     for replica in &mut replicas {

@@ -11,3 +11,4 @@ mod process;
 mod release;
 mod replicas;
 mod topups;
+mod webhooks;
