@@ -55,6 +55,21 @@ def check_orchestrator_egress(documents: list, problems: list) -> None:
                         problems.append(f"the orchestrator's egress to the internet does not except {inward}")
 
 
+def check_migration_jobs(documents: list, problems: list) -> None:
+    """A migration Job deletes itself when finished, so the next apply runs
+    it again whatever changed, and runs without a mesh sidecar."""
+    jobs = [d for d in documents if d["kind"] == "Job" and d["metadata"]["name"].endswith("-migrate")]
+    if len(jobs) != len(SERVICES):
+        problems.append(f"{len(jobs)} migration Jobs, not one per service")
+    for job in jobs:
+        name = job["metadata"]["name"]
+        if job["spec"].get("ttlSecondsAfterFinished") != 0:
+            problems.append(f"Job {name} outlives its run: the next apply cannot change it")
+        annotations = job["spec"]["template"]["metadata"].get("annotations", {})
+        if annotations.get("sidecar.istio.io/inject") != "false" or annotations.get("linkerd.io/inject") != "disabled":
+            problems.append(f"Job {name} would get a mesh sidecar that keeps it from finishing")
+
+
 def check_image(documents: list, problems: list) -> None:
     """The final stage of the Dockerfile against the reservoir containers."""
     final = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ")[-1]
@@ -157,6 +172,7 @@ def main(path: str) -> int:
     check_tracing(documents, problems)
     check_image(documents, problems)
     check_orchestrator_egress(documents, problems)
+    check_migration_jobs(documents, problems)
     for problem in problems:
         print(f"{path}: {problem}")
     return 1 if problems else 0
