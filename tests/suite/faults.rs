@@ -352,6 +352,23 @@ async fn move_money(wallets: Vec<Client>, accounts: Vec<String>, told: Arc<Mutex
     }
 }
 
+/// Opens an account with a paid grant of `opening`, the grant in the books.
+async fn open_in_the_books(wallet: &Client, told: &Mutex<Told>, opening: &str) -> pb::Account {
+    let account = open_funded_account(wallet, "0").await;
+    let key = key();
+    let request = pb::GrantCreditsRequest {
+        account_id: account.id.clone(),
+        amount: opening.into(),
+        kind: pb::GrantKind::Paid.into(),
+        idempotency_key: key.clone(),
+        ..Default::default()
+    };
+    wallet.clone().grant_credits(request).await.unwrap();
+    let amount: Decimal = opening.parse().unwrap();
+    told.lock().unwrap().applied.insert(key, Applied::Grant { account: account.id.clone(), amount });
+    account
+}
+
 /// Debits one account that nothing else touches, one debit at a time, and
 /// after each acknowledged debit reads its balance through either replica:
 /// every read must show exactly the debits acknowledged before it, never
@@ -520,19 +537,7 @@ async fn faults_lose_double_and_invent_no_money() {
     let told = Arc::new(Mutex::new(Told::default()));
     let mut accounts = Vec::new();
     for _ in 0..ACCOUNTS {
-        let account = open_funded_account(&wallets[0], "0").await;
-        let key = key();
-        let amount: Decimal = OPENING.parse().unwrap();
-        let request = pb::GrantCreditsRequest {
-            account_id: account.id.clone(),
-            amount: OPENING.into(),
-            kind: pb::GrantKind::Paid.into(),
-            idempotency_key: key.clone(),
-            ..Default::default()
-        };
-        wallets[0].clone().grant_credits(request).await.unwrap();
-        told.lock().unwrap().applied.insert(key, Applied::Grant { account: account.id.clone(), amount });
-        accounts.push(account);
+        accounts.push(open_in_the_books(&wallets[0], &told, OPENING).await);
     }
     let mut usage_accounts = Vec::new();
     for _ in 0..USAGE_ACCOUNTS {
@@ -549,18 +554,8 @@ async fn faults_lose_double_and_invent_no_money() {
     load.push(tokio::spawn(use_tokens(meterings.clone(), usage_ids, told.clone(), stop.clone())));
     // One account only debited, its balance read after every debit; in the
     // books like the others.
-    let watched = open_funded_account(&wallets[0], "0").await;
+    let watched = open_in_the_books(&wallets[0], &told, WATCHED_OPENING).await;
     let opening: Decimal = WATCHED_OPENING.parse().unwrap();
-    let key = key();
-    let request = pb::GrantCreditsRequest {
-        account_id: watched.id.clone(),
-        amount: WATCHED_OPENING.into(),
-        kind: pb::GrantKind::Paid.into(),
-        idempotency_key: key.clone(),
-        ..Default::default()
-    };
-    wallets[0].clone().grant_credits(request).await.unwrap();
-    told.lock().unwrap().applied.insert(key, Applied::Grant { account: watched.id.clone(), amount: opening });
     load.push(tokio::spawn(debit_and_read(wallets.clone(), watched.id.clone(), opening, told.clone(), stop.clone())));
     accounts.push(watched);
 

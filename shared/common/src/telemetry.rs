@@ -92,24 +92,33 @@ where
     json_subscriber::fmt::layer().with_current_span(true).with_opentelemetry_ids(true).with_writer(writer)
 }
 
+/// A call's span: named `package.Service/Method` and described as
+/// OpenTelemetry's RPC conventions say, its outcome recorded when it ends
+/// ([`end_rpc_span`]). A macro because a span's name must be a literal.
+macro_rules! call_span {
+    ($name:literal, $kind:literal, $path:expr) => {{
+        let path: &str = $path;
+        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+        tracing::info_span!(
+            $name,
+            method = %path,
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = $kind,
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %service,
+            rpc.method = %method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        )
+    }};
+}
+
 /// The span of one incoming call, named and described as OpenTelemetry's
 /// RPC conventions say (`rpc.system`, `rpc.service`, `rpc.method`, and
 /// `rpc.grpc.status_code` once it ends), the child of the caller's span when
 /// the call carries W3C trace context (`traceparent`).
 pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
-    let path = request.uri().path();
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
-    let span = tracing::info_span!(
-        "rpc",
-        method = %path,
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-    );
+    let span = call_span!("rpc", "server", request.uri().path());
     // Most calls carry none; without one there is nothing to extract.
     if request.headers().contains_key("traceparent") {
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
@@ -123,18 +132,7 @@ pub fn rpc_span<B>(request: &http::Request<B>) -> tracing::Span {
 /// The span of one call to another service, named and described like the
 /// server's.
 pub fn client_span(path: &str) -> tracing::Span {
-    let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
-    tracing::info_span!(
-        "rpc.client",
-        method = %path,
-        otel.name = %path.trim_start_matches('/'),
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = %service,
-        rpc.method = %method,
-        rpc.grpc.status_code = tracing::field::Empty,
-    )
+    call_span!("rpc.client", "client", path)
 }
 
 /// Records how a call ended on its span: the gRPC code, and an error status
