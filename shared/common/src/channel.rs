@@ -74,6 +74,12 @@ impl tower::Service<http::Request<Body>> for ServiceChannel {
                         *again.uri_mut() = head.uri.clone();
                         *again.version_mut() = head.version;
                         *again.headers_mut() = head.headers.clone();
+                        // A later try has less of the caller's deadline left.
+                        if let Some(left) = crate::deadline::remaining().filter(|_| attempt > 1)
+                            && let Ok(timeout) = http::HeaderValue::from_str(&format!("{}m", left.as_millis().max(1)))
+                        {
+                            again.headers_mut().insert("grpc-timeout", timeout);
+                        }
                         let outcome = if attempt == 1 {
                             ready.call(again).await
                         } else {
@@ -115,6 +121,7 @@ impl tower::Service<http::Request<Body>> for ServiceChannel {
         })
     }
 }
+
 /// A random wait before try `attempt + 1`: below 50 ms, then 100, 200 …
 fn backoff(attempt: u32) -> Duration {
     let bound = BACKOFF_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(6));
