@@ -19,8 +19,9 @@ pub enum WalletError {
     Domain(#[from] DomainError),
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
+    /// The account that holds the external id already, when known.
     #[error("an account with this external_id already exists")]
-    AccountExists,
+    AccountExists(Option<crate::domain::AccountId>),
     /// A race another attempt will not lose: retry.
     #[error("conflict: {0}")]
     Conflict(String),
@@ -70,7 +71,7 @@ impl WalletError {
                 DomainError::Inconsistent(_) => "INTERNAL",
             },
             Self::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
-            Self::AccountExists => "ACCOUNT_EXISTS",
+            Self::AccountExists(_) => "ACCOUNT_EXISTS",
             Self::Conflict(_) => "CONFLICT",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
@@ -84,7 +85,7 @@ impl WalletError {
             Self::NotFound(_) => Code::NotFound,
             Self::Domain(DomainError::Inconsistent(_)) | Self::Internal(_) => Code::Internal,
             Self::Domain(_) => Code::FailedPrecondition,
-            Self::IdempotencyKeyReused | Self::AccountExists => Code::AlreadyExists,
+            Self::IdempotencyKeyReused | Self::AccountExists(_) => Code::AlreadyExists,
             Self::Conflict(_) => Code::Aborted,
             Self::Unavailable(_) => Code::Unavailable,
         }
@@ -104,10 +105,17 @@ impl From<WalletError> for Status {
                 tracing::info!(%cause, "conflict; the caller retries");
                 status::conflict(error.reason(), "a concurrent change conflicted; retry")
             }
+            // The account in the way, so the caller can use it.
+            WalletError::AccountExists(Some(existing)) => status::with_metadata(
+                error.code(),
+                error.reason(),
+                error.to_string(),
+                [("account_id", existing.0.to_string())],
+            ),
             WalletError::NotFound(_)
             | WalletError::Domain(_)
             | WalletError::IdempotencyKeyReused
-            | WalletError::AccountExists => status::with_reason(error.code(), error.reason(), error.to_string()),
+            | WalletError::AccountExists(None) => status::with_reason(error.code(), error.reason(), error.to_string()),
         }
     }
 }

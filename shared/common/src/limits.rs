@@ -468,13 +468,15 @@ impl TenantRateLayer {
 }
 
 impl TenantBuckets {
-    /// How long the key must wait, if it has a bucket of its own and that is empty.
-    fn key_wait(&self, key: KeyId) -> Option<Duration> {
+    /// How long the key must wait, if it has a bucket of its own and that
+    /// is empty, and the bucket's calls a second.
+    fn key_wait(&self, key: KeyId) -> Option<(Duration, u64)> {
         delay_of(self.keys.get(&key)?.check())
     }
 
-    /// How long the tenant must wait, if its bucket is empty.
-    fn wait(&self, tenant: TenantId) -> Option<Duration> {
+    /// How long the tenant must wait, if its bucket is empty, and the
+    /// bucket's calls a second.
+    fn wait(&self, tenant: TenantId) -> Option<(Duration, u64)> {
         let checked = match self.overrides.get(&tenant) {
             Some(None) => return None,
             Some(Some(bucket)) => bucket.check(),
@@ -484,12 +486,17 @@ impl TenantBuckets {
     }
 }
 
-/// How long until a bucket that refused has a token again; none if it gave one.
+/// How long until a bucket that refused has a token again, and its calls a
+/// second; none if it gave one.
 fn delay_of(
     checked: Result<(), governor::NotUntil<<governor::clock::DefaultClock as governor::clock::Clock>::Instant>>,
-) -> Option<Duration> {
+) -> Option<(Duration, u64)> {
     let clock = governor::clock::DefaultClock::default();
-    checked.err().map(|not_until| not_until.wait_time_from(governor::clock::Clock::now(&clock)))
+    checked.err().map(|not_until| {
+        let interval = not_until.quota().replenish_interval().as_nanos().max(1);
+        let per_second = u64::try_from(1_000_000_000 / interval).unwrap_or(u64::MAX);
+        (not_until.wait_time_from(governor::clock::Clock::now(&clock)), per_second)
+    })
 }
 
 impl<S> tower::Layer<S> for TenantRateLayer {
@@ -530,18 +537,21 @@ where
         let key = request.extensions().get::<KeyId>().copied();
         let limited = tenant.zip(self.buckets.as_ref()).and_then(|(tenant, buckets)| {
             let key_wait = key.and_then(|key| buckets.key_wait(key));
-            key_wait.map(|delay| ("key_rate", "this key's calls a second are over its own limit", delay)).or_else(
+            key_wait.map(|wait| ("key_rate", "key", "this key's calls a second are over its own limit", wait)).or_else(
                 || {
                     buckets
                         .wait(tenant)
-                        .map(|delay| ("tenant_rate", "this tenant's calls a second are over its limit", delay))
+                        .map(|wait| ("tenant_rate", "tenant", "this tenant's calls a second are over its limit", wait))
                 },
             )
         });
-        if let Some((counted, message, delay)) = limited {
+        if let Some((counted, scope, message, (delay, per_second))) = limited {
             refused(counted);
-            let message = format!("{message}; retry after the delay given");
-            let status = retry_later(Code::ResourceExhausted, "RATE_LIMITED", message, delay);
+            let message = format!("{message} ({per_second}); retry after the delay given");
+            // Which limit, and how many calls a second it allows.
+            let metadata = [("scope", scope.to_owned()), ("calls_per_second", per_second.to_string())];
+            let status =
+                crate::status::retry_later_with(Code::ResourceExhausted, "RATE_LIMITED", message, delay, metadata);
             return Box::pin(futures::future::ready(Ok(status.into_http())));
         }
         let place = match (&self.shares, tenant) {

@@ -71,8 +71,41 @@ pub fn retry_later(code: Code, reason: &str, message: impl Into<String>, delay: 
     reasoned(code, reason, message, ErrorDetails::with_retry_info(Some(delay)))
 }
 
-fn reasoned(code: Code, reason: &str, message: impl Into<String>, mut details: ErrorDetails) -> Status {
-    details.set_error_info(reason, ERROR_DOMAIN, HashMap::new());
+/// As [`with_reason`], the ErrorInfo carrying `metadata`: what the caller
+/// needs to act on the error, such as the id of the resource in the way.
+pub fn with_metadata<const N: usize>(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    metadata: [(&str, String); N],
+) -> Status {
+    reasoned_with(code, reason, message, ErrorDetails::new(), metadata)
+}
+
+/// As [`retry_later`], the ErrorInfo carrying `metadata` (the limit met).
+pub fn retry_later_with<const N: usize>(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    delay: std::time::Duration,
+    metadata: [(&str, String); N],
+) -> Status {
+    reasoned_with(code, reason, message, ErrorDetails::with_retry_info(Some(delay)), metadata)
+}
+
+fn reasoned(code: Code, reason: &str, message: impl Into<String>, details: ErrorDetails) -> Status {
+    reasoned_with(code, reason, message, details, [])
+}
+
+fn reasoned_with<const N: usize>(
+    code: Code,
+    reason: &str,
+    message: impl Into<String>,
+    mut details: ErrorDetails,
+    metadata: [(&str, String); N],
+) -> Status {
+    let metadata: HashMap<String, String> = metadata.into_iter().map(|(key, value)| (key.to_owned(), value)).collect();
+    details.set_error_info(reason, ERROR_DOMAIN, metadata);
     Status::with_error_details(code, message, details)
 }
 

@@ -268,6 +268,10 @@ async fn a_tenant_past_its_rate_is_refused_with_retry_info_and_others_are_not() 
     assert_eq!(reason_of(&status).as_deref(), Some("RATE_LIMITED"));
     let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay.expect("a delay");
     assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+    // The ErrorInfo names the limit met.
+    let info = status.get_error_details().error_info().expect("ErrorInfo").clone();
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some("tenant"), "{info:?}");
+    assert_eq!(info.metadata.get("calls_per_second").map(String::as_str), Some("1"), "{info:?}");
     // The tenant with no limit of its own, and service keys, go on.
     for _ in 0..10 {
         assert_eq!(quick_call(channel.clone(), OTHER_TENANT_KEY, None).await.code(), Code::Unimplemented);
@@ -296,6 +300,9 @@ async fn a_key_held_to_a_rate_of_its_own_is_refused_while_its_tenants_other_keys
     assert_eq!(reason_of(&status).as_deref(), Some("RATE_LIMITED"));
     let retry = status.get_error_details().retry_info().expect("RetryInfo").retry_delay.expect("a delay");
     assert!(retry > Duration::ZERO && retry <= Duration::from_secs(1), "{retry:?}");
+    let info = status.get_error_details().error_info().expect("ErrorInfo").clone();
+    assert_eq!(info.metadata.get("scope").map(String::as_str), Some("key"), "{info:?}");
+    assert_eq!(info.metadata.get("calls_per_second").map(String::as_str), Some("2"), "{info:?}");
     for _ in 0..10 {
         assert_eq!(quick_call(channel.clone(), SECOND_TENANT_KEY, None).await.code(), Code::Unimplemented);
     }

@@ -791,8 +791,8 @@ impl Store {
             .filter(account::Column::ExternalId.eq(wallet.account.external_id.clone()))
             .one(&transaction)
             .await?;
-        if exists.is_some() {
-            return Err(WalletError::AccountExists);
+        if let Some(existing) = exists {
+            return Err(WalletError::AccountExists(Some(AccountId(existing.id))));
         }
         wallet.account.number = next_account_number(&transaction).await?;
         let inserted =
@@ -806,7 +806,14 @@ impl Store {
             transaction.rollback().await?;
             return match lookup(&self.db, check).await? {
                 Some(recorded) => replayed(&self.db, tenant_id, recorded).await,
-                None => Err(WalletError::AccountExists),
+                None => {
+                    let existing = account::Entity::find()
+                        .filter(account::Column::TenantId.eq(tenant_id.0))
+                        .filter(account::Column::ExternalId.eq(wallet.account.external_id.clone()))
+                        .one(&self.db)
+                        .await?;
+                    Err(WalletError::AccountExists(existing.map(|row| AccountId(row.id))))
+                }
             };
         }
         let answer = answer(&wallet);

@@ -34,7 +34,14 @@ async fn a_second_account_with_the_same_external_id_is_refused(app: &TestApp) {
             ..Default::default()
         })
         .await;
-    assert_refused(again, Code::AlreadyExists, "ACCOUNT_EXISTS");
+    let refused = again.unwrap_err();
+    assert_eq!(
+        (refused.code(), reservoir_common::status::reason_of(&refused).as_deref()),
+        (Code::AlreadyExists, Some("ACCOUNT_EXISTS"))
+    );
+    // The ErrorInfo names the account in the way.
+    let info = tonic_types::StatusExt::get_error_details(&refused).error_info().unwrap().clone();
+    assert_eq!(info.metadata.get("account_id"), Some(&account.id), "{info:?}");
 }
 
 async fn account_settings_are_checked_field_by_field(app: &TestApp) {
