@@ -7,8 +7,8 @@
 //! sent again with the same key until it is known. Meanwhile the harness, one
 //! fault per cycle: SIGKILLs and restarts a wallet or a metering replica or
 //! the whole database, SIGSTOPs a wallet for two seconds, stops one with
-//! SIGTERM and starts it again, and cuts the network between a service and
-//! the database for three seconds.
+//! SIGTERM and starts it again, and cuts the network for three seconds
+//! between a service and the database, or between metering and its wallet.
 //!
 //! Then it checks what a bank would: no call answered INTERNAL; every
 //! acknowledged key applied exactly once (one entry of its kind, none for a
@@ -22,7 +22,7 @@
 //! and the median and worst time to recover.
 //!
 //! `make faults` runs 500 cycles (`RESERVOIR_FAULT_CYCLES`); `make test`
-//! runs 14, each kind twice.
+//! runs 16, each kind twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ use tonic::Code;
 use crate::metering::{MeteringClient, metering_client, price_tokens};
 use crate::process::{Environment, ServiceProcess};
 
-const CYCLES_IN_MAKE_TEST: usize = 14;
+const CYCLES_IN_MAKE_TEST: usize = 16;
 /// Prepaid accounts the debits, grants and transfers move money between.
 const ACCOUNTS: usize = 6;
 /// What each of them is granted first.
@@ -178,13 +178,15 @@ fn as_user(command: &mut Command, user: Option<(u32, u32)>) -> &mut Command {
     command
 }
 
-/// One replica: its wallet and metering processes and their proxies to the database.
+/// One replica: its wallet and metering processes, their proxies to the
+/// database, and the proxy metering reaches its wallet through.
 struct Replica {
     environment: Environment,
     wallet: ServiceProcess,
     metering: ServiceProcess,
     wallet_proxy: TcpProxy,
     metering_proxy: TcpProxy,
+    metering_to_wallet: TcpProxy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -196,9 +198,10 @@ enum Fault {
     TerminateWallet,
     CutWalletFromDatabase,
     CutMeteringFromDatabase,
+    CutMeteringFromWallet,
 }
 
-const FAULTS: [Fault; 7] = [
+const FAULTS: [Fault; 8] = [
     Fault::KillWallet,
     Fault::KillMetering,
     Fault::KillDatabase,
@@ -206,6 +209,7 @@ const FAULTS: [Fault; 7] = [
     Fault::TerminateWallet,
     Fault::CutWalletFromDatabase,
     Fault::CutMeteringFromDatabase,
+    Fault::CutMeteringFromWallet,
 ];
 
 /// What the clients were told, to check the books against.
@@ -508,6 +512,9 @@ async fn faults_lose_double_and_invent_no_money() {
         environment.set("RESERVOIR__WALLET__DATABASE_URL", &wallet_database.url);
         environment.set("RESERVOIR__METERING__DATABASE_URL", &metering_database.url);
         environment.set("RESERVOIR__TELEMETRY__LOG_FILTER", "error");
+        // Metering calls its wallet (draws, key lookups) through a proxy too.
+        let metering_to_wallet = TcpProxy::start(environment.wallet_address).await;
+        environment.set("RESERVOIR__METERING__WALLET_ENDPOINT", &format!("http://{}", metering_to_wallet.address()));
         if index == 0 {
             environment.issue_service_key().await;
         }
@@ -515,7 +522,7 @@ async fn faults_lose_double_and_invent_no_money() {
         wallet.start(&environment).await;
         let mut metering = ServiceProcess::metering(&environment);
         metering.start(&environment).await;
-        replicas.push(Replica { environment, wallet, metering, wallet_proxy, metering_proxy });
+        replicas.push(Replica { environment, wallet, metering, wallet_proxy, metering_proxy, metering_to_wallet });
     }
     let api_key = replicas[0].environment.create_tenant().await;
     let wallets: Vec<Client> = {
@@ -567,7 +574,8 @@ async fn faults_lose_double_and_invent_no_money() {
         tokio::time::sleep(pause).await;
         let fault = FAULTS[cycle % FAULTS.len()];
         let replica = cycle / FAULTS.len() % replicas.len();
-        let Replica { environment, wallet, metering, wallet_proxy, metering_proxy } = &mut replicas[replica];
+        let Replica { environment, wallet, metering, wallet_proxy, metering_proxy, metering_to_wallet } =
+            &mut replicas[replica];
         match fault {
             Fault::KillWallet => {
                 wallet.kill().await;
@@ -604,9 +612,14 @@ async fn faults_lose_double_and_invent_no_money() {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 metering_proxy.restore();
             }
+            Fault::CutMeteringFromWallet => {
+                metering_to_wallet.cut();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                metering_to_wallet.restore();
+            }
         }
         let (service, name) = match fault {
-            Fault::KillMetering | Fault::CutMeteringFromDatabase => {
+            Fault::KillMetering | Fault::CutMeteringFromDatabase | Fault::CutMeteringFromWallet => {
                 (replicas[replica].metering.address(), "reservoir.metering.v1.MeteringService")
             }
             _ => (replicas[replica].wallet.address(), "reservoir.wallet.v1.WalletService"),
