@@ -9,7 +9,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reservoir_common::time::truncate_to_micros;
 use reservoir_proto::payments::PaymentStatus;
 use reservoir_proto::wallet as wallet_pb;
 use uuid::Uuid;
@@ -27,9 +26,7 @@ const STEPS_PER_RUN_MAX: usize = 12;
 /// event says it was confirmed.
 const PAYMENT_POLL: chrono::Duration = chrono::Duration::seconds(30);
 
-pub fn now() -> DateTime<Utc> {
-    truncate_to_micros(Utc::now())
-}
+pub use reservoir_common::time::now;
 
 /// Where a test asks the process to die: `before:CHARGE`, `after:GRANT`, ...
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,12 @@ pub fn to_timestamp(instant: DateTime<Utc>) -> Timestamp {
 
 /// Instants are kept to the microsecond, which both databases store exactly,
 /// so what is written reads back equal.
+/// The current instant at the precision the databases keep (microseconds),
+/// so what a change stores reads back equal to what it answered.
+pub fn now() -> DateTime<Utc> {
+    truncate_to_micros(Utc::now())
+}
+
 pub fn truncate_to_micros(instant: DateTime<Utc>) -> DateTime<Utc> {
     let micros = instant.timestamp_micros();
     DateTime::from_timestamp_micros(micros).unwrap_or(instant)

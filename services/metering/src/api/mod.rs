@@ -9,7 +9,6 @@ use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
-use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_server::MeteringService;
@@ -69,9 +68,7 @@ pub struct MeteringApi {
     scales: Arc<std::sync::Mutex<HashMap<(TenantId, Uuid), u32>>>,
 }
 
-pub fn now() -> DateTime<Utc> {
-    truncate_to_micros(Utc::now())
-}
+pub use reservoir_common::time::now;
 
 fn request_hash(request: &impl Message) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))

@@ -9,13 +9,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use futures::Stream;
 use prost::Message;
 use reservoir_common::auth::{TenantId, service_request, tenant_of};
 use reservoir_common::money::Unit;
 use reservoir_common::paging::Page;
-use reservoir_common::time::truncate_to_micros;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
@@ -171,9 +169,7 @@ pub struct PaymentsApi {
     stopping: watch::Receiver<bool>,
 }
 
-pub fn now() -> DateTime<Utc> {
-    truncate_to_micros(Utc::now())
-}
+pub use reservoir_common::time::now;
 
 fn request_hash(request: &impl Message) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))

@@ -3,10 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::auth::TenantId;
-use reservoir_common::time::truncate_to_micros;
 pub use reservoir_common::validate::{IDEMPOTENCY_KEY_LENGTH_MAX, METER_CODE_LENGTH_MAX, Violations};
 
 use crate::store::IdempotencyCheck;
@@ -46,9 +44,7 @@ pub fn idempotency_check(
     IdempotencyCheck::new(tenant, method, key, &request.encode_to_vec())
 }
 
-pub fn now() -> DateTime<Utc> {
-    truncate_to_micros(Utc::now())
-}
+pub use reservoir_common::time::now;
 
 /// Checks a metadata map against the wallet's limits.
 pub fn check_metadata(violations: &mut Violations, field: &str, metadata: &BTreeMap<String, String>) {
