@@ -135,10 +135,53 @@ fn idempotent(path: &str) -> bool {
     IDEMPOTENT
         .get_or_init(|| {
             let mut paths: HashSet<String> = ["/grpc.health.v1.Health/Check".to_owned()].into();
-            paths.extend(crate::metrics::idempotent_methods(&[reservoir_proto::FILE_DESCRIPTOR_SET]));
+            paths.extend(idempotent_methods(&crate::metrics::decoded(&[reservoir_proto::FILE_DESCRIPTOR_SET])));
             paths
         })
         .contains(path)
+}
+
+/// The paths of the unary methods of `sets` that cannot apply twice: reads
+/// (`Get…`, `List…`) and those whose request is keyed.
+fn idempotent_methods(sets: &[prost_types::FileDescriptorSet]) -> Vec<String> {
+    let keyed = keyed_messages(sets);
+    crate::metrics::methods(sets)
+        .filter(|(_, _, method)| !method.client_streaming() && !method.server_streaming())
+        .filter(|(_, _, method)| {
+            let name = method.name();
+            name.starts_with("Get") || name.starts_with("List") || keyed.contains(method.input_type())
+        })
+        .map(|(_, path, _)| path)
+        .collect()
+}
+
+/// The full names (`.package.Message`) of the messages that are keyed: with
+/// an idempotency key, or whose message fields are all keyed (a batch of
+/// keyed changes), found until nothing more is.
+fn keyed_messages(sets: &[prost_types::FileDescriptorSet]) -> HashSet<String> {
+    use prost_types::field_descriptor_proto::Type;
+    let messages: Vec<(String, &prost_types::DescriptorProto)> = sets
+        .iter()
+        .flat_map(|set| &set.file)
+        .flat_map(|file| {
+            file.message_type.iter().map(move |message| (format!(".{}.{}", file.package(), message.name()), message))
+        })
+        .collect();
+    let mut keyed: HashSet<String> = HashSet::new();
+    loop {
+        let before = keyed.len();
+        for (name, message) in &messages {
+            let has_key = message.field.iter().any(|field| field.name() == "idempotency_key");
+            let mut nested = message.field.iter().filter(|field| field.r#type() == Type::Message).peekable();
+            let batch = nested.peek().is_some() && nested.all(|field| keyed.contains(field.type_name()));
+            if has_key || batch {
+                keyed.insert(name.clone());
+            }
+        }
+        if keyed.len() == before {
+            return keyed;
+        }
+    }
 }
 
 /// A call made: its span ends with the status the callee answered.
@@ -207,6 +250,8 @@ mod tests {
     struct Flaky<N> {
         failures: usize,
         arrivals: Arc<std::sync::atomic::AtomicUsize>,
+        /// The `grpc-timeout` each call arrived with.
+        timeouts: Arc<Mutex<Vec<String>>>,
         health: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
         name: std::marker::PhantomData<N>,
     }
@@ -242,6 +287,8 @@ mod tests {
 
         fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
             let arrived = self.arrivals.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let timeout = request.headers().get("grpc-timeout").and_then(|value| value.to_str().ok());
+            self.timeouts.lock().unwrap().push(timeout.unwrap_or_default().to_owned());
             if arrived <= self.failures {
                 return Box::pin(async { Ok(tonic::Status::unavailable("restarting").into_http()) });
             }
@@ -252,19 +299,34 @@ mod tests {
 
     /// Serves a fake that fails `failures` times; returns its channel and arrivals.
     async fn flaky<N: Named>(failures: usize) -> (super::ServiceChannel, Arc<std::sync::atomic::AtomicUsize>) {
+        let (channel, arrivals, _) = flaky_with_timeouts::<N>(failures).await;
+        (channel, arrivals)
+    }
+
+    /// As [`flaky`], with the `grpc-timeout` each call arrived with.
+    async fn flaky_with_timeouts<N: Named>(
+        failures: usize,
+    ) -> (super::ServiceChannel, Arc<std::sync::atomic::AtomicUsize>, Arc<Mutex<Vec<String>>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let arrivals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let timeouts: Arc<Mutex<Vec<String>>> = Arc::default();
         let health = tonic_health::pb::health_server::HealthServer::new(
             tonic_health::server::HealthService::from_health_reporter(tonic_health::server::HealthReporter::new()),
         );
-        let service = Flaky::<N> { failures, arrivals: arrivals.clone(), health, name: std::marker::PhantomData };
+        let service = Flaky::<N> {
+            failures,
+            arrivals: arrivals.clone(),
+            timeouts: timeouts.clone(),
+            health,
+            name: std::marker::PhantomData,
+        };
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
                 .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
         );
-        (crate::tls::endpoint(&format!("http://{address}")).unwrap().connect_lazy(), arrivals)
+        (crate::tls::endpoint(&format!("http://{address}")).unwrap().connect_lazy(), arrivals, timeouts)
     }
 
     fn count(arrivals: &std::sync::atomic::AtomicUsize) -> usize {
@@ -282,6 +344,26 @@ mod tests {
         let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
         assert_eq!(answer.unwrap_err().code(), tonic::Code::Unavailable);
         assert_eq!(count(&arrivals), super::ATTEMPTS as usize, "three tries, then the caller hears of it");
+    }
+
+    #[tokio::test]
+    async fn a_call_tried_again_carries_what_is_left_of_its_callers_deadline() {
+        let (channel, _, timeouts) = flaky_with_timeouts::<Health>(2).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let answer = crate::deadline::DEADLINE
+            .scope(deadline, HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }))
+            .await;
+        assert!(answer.is_ok(), "{answer:?}");
+        let millis: Vec<u64> = timeouts
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .map(|timeout| crate::deadline::parse_grpc_timeout(timeout).unwrap().as_millis() as u64)
+            .collect();
+        assert_eq!(millis.len(), 2, "two tries after the first");
+        assert!(millis.iter().all(|left| *left <= 3_000), "{millis:?}");
+        assert!(millis[1] <= millis[0], "a later try never has more left: {millis:?}");
     }
 
     #[tokio::test]

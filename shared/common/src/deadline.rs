@@ -20,7 +20,7 @@ use futures::future::{BoxFuture, Either};
 use tokio::time::{Instant, Sleep};
 
 tokio::task_local! {
-    static DEADLINE: Instant;
+    pub(crate) static DEADLINE: Instant;
 }
 
 /// What is left of the deadline of the call being served, if it has one.

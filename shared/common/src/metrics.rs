@@ -120,7 +120,8 @@ pub async fn serve(
 
 /// The lines of a Prometheus text exposition that belong on `owner`'s
 /// port: a series naming a service (`reservoir_<service>_…`, or a
-/// `server` or `service` label naming it) only on that service's port; a
+/// `server` label, as every call's series has, or a `service` label naming
+/// it) only on that service's port; a
 /// series of the process (`process_*`, build info, connections refused,
 /// TLS reloads) on every port. `# HELP` and `# TYPE` lines go with their
 /// series.
@@ -167,9 +168,7 @@ fn series_service(sample: &str) -> Option<&'static str> {
     SERVICES.into_iter().find(|service| {
         name.strip_prefix("reservoir_").is_some_and(|rest| rest.starts_with(&format!("{service}_")))
             || labels.is_some_and(|labels| {
-                labels.contains(&format!("server=\"{service}\""))
-                    || labels.contains(&format!("service=\"{service}\""))
-                    || labels.contains(&format!("service=\"reservoir.{service}."))
+                labels.contains(&format!("server=\"{service}\"")) || labels.contains(&format!("service=\"{service}\""))
             })
     })
 }
@@ -233,82 +232,28 @@ impl RpcMetricsLayer {
     }
 }
 
+/// The decoded `FileDescriptorSet`s of `descriptor_sets`.
+pub(crate) fn decoded(descriptor_sets: &[&[u8]]) -> Vec<prost_types::FileDescriptorSet> {
+    descriptor_sets.iter().filter_map(|encoded| prost::Message::decode(*encoded).ok()).collect()
+}
+
+/// Every method of `sets`: its service's full name, its path
+/// (`/package.Service/Method`) and its descriptor.
+pub(crate) fn methods(
+    sets: &[prost_types::FileDescriptorSet],
+) -> impl Iterator<Item = (String, String, &prost_types::MethodDescriptorProto)> {
+    sets.iter().flat_map(|set| &set.file).flat_map(|file| {
+        file.service.iter().flat_map(move |service| {
+            let name = format!("{}.{}", file.package(), service.name());
+            service.method.iter().map(move |method| (name.clone(), format!("/{name}/{}", method.name()), method))
+        })
+    })
+}
+
 /// Every method in `descriptor_sets` (encoded `FileDescriptorSet`s): its
 /// service's full name and its path, `/package.Service/Method`.
 pub(crate) fn method_paths(descriptor_sets: &[&[u8]]) -> Vec<(String, String)> {
-    let mut paths = Vec::new();
-    for encoded in descriptor_sets {
-        let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
-            continue;
-        };
-        for file in set.file {
-            let package = file.package.unwrap_or_default();
-            for service in file.service {
-                let name = format!("{package}.{}", service.name.unwrap_or_default());
-                for method in service.method {
-                    paths.push((name.clone(), format!("/{name}/{}", method.name.unwrap_or_default())));
-                }
-            }
-        }
-    }
-    paths
-}
-
-/// The paths of the unary methods in `descriptor_sets` that cannot apply
-/// twice: reads (`Get…`, `List…`) and those whose request has an
-/// `idempotency_key`.
-pub(crate) fn idempotent_methods(descriptor_sets: &[&[u8]]) -> Vec<String> {
-    let mut paths = Vec::new();
-    for encoded in descriptor_sets {
-        let Ok(set) = <prost_types::FileDescriptorSet as prost::Message>::decode(*encoded) else {
-            continue;
-        };
-        let messages: Vec<(String, &prost_types::DescriptorProto)> = set
-            .file
-            .iter()
-            .flat_map(|file| {
-                let package = file.package.clone().unwrap_or_default();
-                file.message_type.iter().map(move |message| (format!(".{package}.{}", message.name()), message))
-            })
-            .collect();
-        // Keyed: a message with an idempotency key, or one whose fields
-        // are all keyed messages where they are messages (a batch of keyed
-        // changes), found until nothing more is.
-        let mut keyed: HashSet<String> = HashSet::new();
-        loop {
-            let before = keyed.len();
-            for (name, message) in &messages {
-                let has_key = message.field.iter().any(|field| field.name() == "idempotency_key");
-                let nested: Vec<&str> = message
-                    .field
-                    .iter()
-                    .filter(|field| field.r#type() == prost_types::field_descriptor_proto::Type::Message)
-                    .map(|field| field.type_name())
-                    .collect();
-                let batch = !nested.is_empty() && nested.iter().all(|nested| keyed.contains(*nested));
-                if has_key || batch {
-                    keyed.insert(name.clone());
-                }
-            }
-            if keyed.len() == before {
-                break;
-            }
-        }
-        for file in &set.file {
-            let package = file.package.clone().unwrap_or_default();
-            for service in &file.service {
-                for method in &service.method {
-                    let unary = !method.client_streaming() && !method.server_streaming();
-                    let name = method.name();
-                    let read = name.starts_with("Get") || name.starts_with("List");
-                    if unary && (read || keyed.contains(method.input_type())) {
-                        paths.push(format!("/{package}.{}/{name}", service.name()));
-                    }
-                }
-            }
-        }
-    }
-    paths
+    methods(&decoded(descriptor_sets)).map(|(service, path, _)| (service, path)).collect()
 }
 
 impl<S> tower::Layer<S> for RpcMetricsLayer {
@@ -382,7 +327,7 @@ impl EndOfCall for Call {
         crate::telemetry::end_rpc_span(&self.span, code);
         metrics::counter!(
             "reservoir_rpc_requests_total",
-            "server" => self.server.to_string(),
+            "server" => self.server.clone(),
             "service" => self.service.clone(),
             "method" => self.method.clone(),
             "code" => format!("{code:?}"),
@@ -390,7 +335,7 @@ impl EndOfCall for Call {
         .increment(1);
         metrics::histogram!(
             "reservoir_rpc_duration_seconds",
-            "server" => self.server.to_string(),
+            "server" => self.server,
             "service" => self.service,
             "method" => self.method
         )
@@ -492,10 +437,14 @@ pub(crate) fn code_of<B, E>(result: &Result<http::Response<B>, E>) -> tonic::Cod
 }
 
 /// `/reservoir.wallet.v1.WalletService/Debit` → (`reservoir.wallet.v1.WalletService`, `Debit`).
-fn service_and_method(path: &str) -> (String, String) {
+pub(crate) fn split_path(path: &str) -> (&str, &str) {
     let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default();
-    let method = parts.next().unwrap_or_default();
+    (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+}
+
+/// As [`split_path`], owned, for labels.
+fn service_and_method(path: &str) -> (String, String) {
+    let (service, method) = split_path(path);
     (service.to_owned(), method.to_owned())
 }
 

@@ -98,7 +98,7 @@ where
 macro_rules! call_span {
     ($name:literal, $kind:literal, $path:expr) => {{
         let path: &str = $path;
-        let (service, method) = path.trim_start_matches('/').split_once('/').unwrap_or((path, ""));
+        let (service, method) = $crate::metrics::split_path(path);
         tracing::info_span!(
             $name,
             method = %path,

@@ -786,13 +786,8 @@ impl Store {
             transaction.rollback().await?;
             return replayed(&self.db, tenant_id, recorded).await;
         }
-        let exists = account::Entity::find()
-            .filter(account::Column::TenantId.eq(tenant_id.0))
-            .filter(account::Column::ExternalId.eq(wallet.account.external_id.clone()))
-            .one(&transaction)
-            .await?;
-        if let Some(existing) = exists {
-            return Err(WalletError::AccountExists(Some(AccountId(existing.id))));
+        if let Some(existing) = holder_of(&transaction, tenant_id, &wallet.account.external_id).await? {
+            return Err(WalletError::AccountExists(Some(existing)));
         }
         wallet.account.number = next_account_number(&transaction).await?;
         let inserted =
@@ -807,12 +802,7 @@ impl Store {
             return match lookup(&self.db, check).await? {
                 Some(recorded) => replayed(&self.db, tenant_id, recorded).await,
                 None => {
-                    let existing = account::Entity::find()
-                        .filter(account::Column::TenantId.eq(tenant_id.0))
-                        .filter(account::Column::ExternalId.eq(wallet.account.external_id.clone()))
-                        .one(&self.db)
-                        .await?;
-                    Err(WalletError::AccountExists(existing.map(|row| AccountId(row.id))))
+                    Err(WalletError::AccountExists(holder_of(&self.db, tenant_id, &wallet.account.external_id).await?))
                 }
             };
         }
@@ -1349,4 +1339,18 @@ impl KeyResolver for StoreKeyResolver {
         let store = self.store.clone();
         Box::pin(async move { store.tenant_exists(tenant).await.map_err(|error| error.to_string()) })
     }
+}
+
+/// The account of `tenant` that holds `external_id`, if one does.
+async fn holder_of(
+    connection: &impl ConnectionTrait,
+    tenant: TenantId,
+    external_id: &str,
+) -> Result<Option<AccountId>, WalletError> {
+    let row = account::Entity::find()
+        .filter(account::Column::TenantId.eq(tenant.0))
+        .filter(account::Column::ExternalId.eq(external_id))
+        .one(connection)
+        .await?;
+    Ok(row.map(|row| AccountId(row.id)))
 }

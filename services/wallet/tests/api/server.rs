@@ -101,6 +101,9 @@ async fn stopping_ends_open_event_streams_instead_of_waiting_for_them() {
     let status = ended.expect("the stream ends with a status, not as if it were complete");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(reservoir_common::status::reason_of(&status).as_deref(), Some("SHUTTING_DOWN"));
+    // And resumed at once on another replica.
+    let retry = tonic_types::StatusExt::get_error_details(&status).retry_info().and_then(|info| info.retry_delay);
+    assert_eq!(retry, Some(Duration::ZERO), "{status:?}");
 }
 
 /// Replicas that start together on a fresh database migrate one at a time:
