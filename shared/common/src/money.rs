@@ -39,7 +39,7 @@ pub enum MoneyError {
 }
 
 /// What a wallet counts in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum UnitKind {
     /// An ISO-4217 currency.
     Currency,
@@ -48,7 +48,7 @@ pub enum UnitKind {
 }
 
 /// A wallet's unit: its code, its scale and what it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Unit {
     code: String,
     scale: u32,

@@ -4,7 +4,7 @@
 //! account's unit with a query per tenant, so a burst of calls on accounts
 //! seen for the first time costs a query per burst, not one per call.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use reservoir_common::auth::TenantId;
@@ -15,15 +15,23 @@ use crate::domain::AccountId;
 use crate::error::WalletError;
 use crate::store::Store;
 
-/// Units remembered; past this many the memory starts over (a unit is a
-/// hundred bytes or so).
-const REMEMBERED_MAX: usize = 100_000;
+/// Accounts whose unit is remembered; past this many the memory starts
+/// over. Each costs its key and a pointer to one copy of its unit, about
+/// 50 bytes: 500,000 take some 25 MB.
+const REMEMBERED_MAX: usize = 500_000;
 /// Accounts read by one query at most.
 const READ_MAX: usize = 500;
 /// Callers queued for a unit; past this, callers wait to queue.
 const QUEUE_MAX: usize = 4_096;
 
-type Known = Arc<Mutex<HashMap<(TenantId, AccountId), Unit>>>;
+type Known = Arc<Mutex<Remembered>>;
+
+/// The units of accounts, each distinct unit held once.
+#[derive(Default)]
+struct Remembered {
+    of: HashMap<(TenantId, AccountId), Arc<Unit>>,
+    distinct: HashSet<Arc<Unit>>,
+}
 
 struct Wanted {
     tenant: TenantId,
@@ -48,7 +56,7 @@ impl Units {
     }
 
     fn remembered(&self, tenant: TenantId, account: AccountId) -> Option<Unit> {
-        self.known.lock().ok()?.get(&(tenant, account)).cloned()
+        self.known.lock().ok()?.of.get(&(tenant, account)).map(|unit| Unit::clone(unit))
     }
 
     /// The account's unit; NOT_FOUND if the tenant has no such account.
@@ -70,7 +78,7 @@ impl Units {
     /// Reads, in one query, the units of those accounts not yet remembered.
     pub async fn learn(&self, tenant: TenantId, accounts: Vec<AccountId>) -> Result<(), WalletError> {
         let unknown: Vec<AccountId> = match self.known.lock() {
-            Ok(known) => accounts.into_iter().filter(|account| !known.contains_key(&(tenant, *account))).collect(),
+            Ok(known) => accounts.into_iter().filter(|account| !known.of.contains_key(&(tenant, *account))).collect(),
             Err(_) => accounts,
         };
         if unknown.is_empty() {
@@ -84,10 +92,20 @@ impl Units {
 
 fn remember(known: &Known, tenant: TenantId, found: Vec<(AccountId, Unit)>) {
     if let Ok(mut known) = known.lock() {
-        if known.len() + found.len() > REMEMBERED_MAX {
-            known.clear();
+        if known.of.len() + found.len() > REMEMBERED_MAX {
+            *known = Remembered::default();
         }
-        known.extend(found.into_iter().map(|(account, unit)| ((tenant, account), unit)));
+        for (account, unit) in found {
+            let unit = match known.distinct.get(&unit) {
+                Some(held) => held.clone(),
+                None => {
+                    let unit = Arc::new(unit);
+                    known.distinct.insert(unit.clone());
+                    unit
+                }
+            };
+            known.of.insert((tenant, account), unit);
+        }
     }
 }
 

@@ -11,15 +11,19 @@ use tokio::sync::Notify;
 
 use reservoir_common::auth::TenantId;
 
+use super::kept;
 use crate::domain::{AccountId, Wallet};
 
-/// Wallets kept at most (a kilobyte or two each); past this the longest kept
-/// goes. At 50,000 the wallet's resident set passed 190 MiB in the bench.
-const CACHED_MAX: usize = 25_000;
+/// Bytes of kept wallets at most, encodings and their place in the map
+/// (a busy account's wallet encodes in a few hundred bytes): past this the
+/// longest kept goes. 64 MiB keeps about 150,000 wallets.
+const KEPT_BYTES_MAX: usize = 64 << 20;
+/// What keeping one wallet costs beside its encoding: its key twice (map
+/// and order), the map's slot and the allocation's rounding.
+const ENTRY_BYTES: usize = 128;
 /// How long a read waits for a batch being written to keep its wallet.
 const WRITING_WAIT_MAX: Duration = Duration::from_millis(50);
 
-#[derive(Default)]
 pub struct WalletCache {
     wallets: Mutex<Cached>,
     /// Versions this process is writing: a read that finds one of them
@@ -28,25 +32,60 @@ pub struct WalletCache {
     kept: Notify,
 }
 
+impl Default for WalletCache {
+    fn default() -> Self {
+        Self::with_budget(KEPT_BYTES_MAX)
+    }
+}
+
+/// One wallet as kept: its version, and its encoding ([`kept`]).
+struct Kept {
+    version: u64,
+    bytes: Box<[u8]>,
+}
+
 /// The wallets, and the order they were first kept in: when full, the
 /// longest kept goes first.
 #[derive(Default)]
 struct Cached {
-    /// Boxed: the map moves its entries when it grows or drops what was
-    /// removed, and a wallet is a kilobyte or more; a box is a pointer.
-    wallets: HashMap<(TenantId, AccountId), Box<Wallet>>,
+    wallets: HashMap<(TenantId, AccountId), Kept>,
     order: VecDeque<(TenantId, AccountId)>,
+    /// What the kept wallets cost, and what they may.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Cached {
+    fn remove(&mut self, key: &(TenantId, AccountId)) {
+        if let Some(kept) = self.wallets.remove(key) {
+            self.bytes -= kept.bytes.len() + ENTRY_BYTES;
+        }
+    }
+}
+
+/// A kept wallet, decoded outside the lock. One that does not decode (a
+/// bug) is as good as not kept: the caller reads the wallet instead.
+fn decoded(bytes: Option<Box<[u8]>>) -> Option<Wallet> {
+    kept::decode(&bytes?).inspect_err(|error| tracing::error!(%error, "a kept wallet is lost")).ok()
 }
 
 impl WalletCache {
+    /// A cache keeping at most `budget` bytes of wallets.
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            wallets: Mutex::new(Cached { budget, ..Cached::default() }),
+            writing: Mutex::default(),
+            kept: Notify::new(),
+        }
+    }
+
     /// The wallet at exactly `version`, if held.
     pub fn get(&self, tenant: TenantId, account: AccountId, version: u64) -> Option<Wallet> {
-        let cached = self.wallets.lock().ok()?;
-        cached
-            .wallets
-            .get(&(tenant, account))
-            .filter(|wallet| wallet.account.version == version)
-            .map(|wallet| (**wallet).clone())
+        let bytes = {
+            let cached = self.wallets.lock().ok()?;
+            cached.wallets.get(&(tenant, account)).filter(|kept| kept.version == version).map(|kept| kept.bytes.clone())
+        };
+        decoded(bytes)
     }
 
     /// The wallet at exactly `version`; if this process is writing that
@@ -80,14 +119,17 @@ impl WalletCache {
     /// The wallet as last kept, at whatever version: for the group committer,
     /// which holds its writes to that version, so a stale one only costs a retry.
     pub fn latest(&self, tenant: TenantId, account: AccountId) -> Option<Wallet> {
-        let cached = self.wallets.lock().ok()?;
-        cached.wallets.get(&(tenant, account)).map(|wallet| (**wallet).clone())
+        let bytes = {
+            let cached = self.wallets.lock().ok()?;
+            cached.wallets.get(&(tenant, account)).map(|kept| kept.bytes.clone())
+        };
+        decoded(bytes)
     }
 
     /// Forgets a wallet found stale.
     pub fn forget(&self, tenant: TenantId, account: AccountId) {
         if let Ok(mut cached) = self.wallets.lock() {
-            cached.wallets.remove(&(tenant, account));
+            cached.remove(&(tenant, account));
         }
     }
 
@@ -95,33 +137,44 @@ impl WalletCache {
     /// with active holds is not kept: a hold lapsing changes its balance
     /// without a new version, so it is read afresh every time.
     pub fn put(&self, wallet: &Wallet) {
+        let key = (wallet.account.tenant_id, wallet.account.id);
+        let version = wallet.account.version;
+        // Encoded before the lock is taken; a wallet that does not encode
+        // (a bug) is not kept, and one kept before it is forgotten.
+        let bytes = if wallet.account.held.is_zero() {
+            kept::encode(wallet).inspect_err(|error| tracing::error!(%error, "a wallet is not kept")).ok()
+        } else {
+            None
+        };
         let Ok(mut cached) = self.wallets.lock() else {
             return;
         };
-        let key = (wallet.account.tenant_id, wallet.account.id);
-        if !wallet.account.held.is_zero() {
-            cached.wallets.remove(&key);
+        let Some(bytes) = bytes else {
+            cached.remove(&key);
             return;
-        }
+        };
         if let Some(held) = cached.wallets.get(&key)
-            && held.account.version > wallet.account.version
+            && held.version > version
         {
             return;
         }
-        if !cached.wallets.contains_key(&key) {
-            while cached.wallets.len() >= CACHED_MAX {
-                let Some(oldest) = cached.order.pop_front() else { break };
-                cached.wallets.remove(&oldest);
-            }
-            cached.order.push_back(key);
-            // Keys of wallets forgotten since stay in the order; drop them
-            // before they outnumber the wallets.
-            if cached.order.len() > 2 * CACHED_MAX {
-                let Cached { wallets, order } = &mut *cached;
-                order.retain(|key| wallets.contains_key(key));
-            }
+        let cost = bytes.len() + ENTRY_BYTES;
+        if let Some(previous) = cached.wallets.insert(key, Kept { version, bytes }) {
+            cached.bytes = cached.bytes - (previous.bytes.len() + ENTRY_BYTES) + cost;
+            return;
         }
-        cached.wallets.insert(key, Box::new(wallet.clone()));
+        cached.bytes += cost;
+        cached.order.push_back(key);
+        while cached.bytes > cached.budget {
+            let Some(oldest) = cached.order.pop_front() else { break };
+            cached.remove(&oldest);
+        }
+        // Keys of wallets forgotten since stay in the order; drop them
+        // before they outnumber the wallets.
+        if cached.order.len() > 2 * cached.wallets.len().max(1_024) {
+            let Cached { wallets, order, .. } = &mut *cached;
+            order.retain(|key| wallets.contains_key(key));
+        }
     }
 }
 
@@ -141,5 +194,74 @@ impl Drop for Writing<'_> {
             }
         }
         self.cache.kept.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use reservoir_common::money::Unit;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{NewAccount, OperationContext, Overdraft};
+
+    fn wallet(tenant: TenantId) -> Wallet {
+        let new = NewAccount {
+            tenant_id: tenant,
+            external_id: "customer".into(),
+            unit: Unit::currency("USD", None).unwrap(),
+            overdraft: Overdraft::None,
+            low_balance_threshold: None,
+            metadata: Default::default(),
+        };
+        let mut wallet = Wallet::open(new, &OperationContext::new(reservoir_common::time::now(), "open"));
+        let _ = wallet.take_changes();
+        wallet
+    }
+
+    #[test]
+    fn the_longest_kept_goes_when_the_budget_is_spent() {
+        let tenant = TenantId(Uuid::now_v7());
+        let cost = kept::encode(&wallet(tenant)).unwrap().len() + ENTRY_BYTES;
+        let cache = WalletCache::with_budget(cost * 3);
+        let wallets: Vec<Wallet> = (0..4).map(|_| wallet(tenant)).collect();
+        for one in &wallets {
+            cache.put(one);
+        }
+        assert!(cache.latest(tenant, wallets[0].account.id).is_none(), "the first kept went");
+        for one in &wallets[1..] {
+            let kept = cache.get(tenant, one.account.id, one.account.version).unwrap();
+            assert_eq!(kept.account, one.account);
+        }
+    }
+
+    #[test]
+    fn an_older_version_does_not_replace_a_newer_one() {
+        let tenant = TenantId(Uuid::now_v7());
+        let older = wallet(tenant);
+        let mut newer = older.clone();
+        newer.account.version += 1;
+        let cache = WalletCache::default();
+        cache.put(&newer);
+        cache.put(&older);
+        let kept = cache.latest(tenant, older.account.id).unwrap();
+        assert_eq!(kept.account.version, newer.account.version);
+        assert!(cache.get(tenant, older.account.id, older.account.version).is_none());
+    }
+
+    #[test]
+    fn a_wallet_holding_funds_is_forgotten_not_kept() {
+        let tenant = TenantId(Uuid::now_v7());
+        let free = wallet(tenant);
+        let mut holding = free.clone();
+        holding.account.held = "1.00".parse().unwrap();
+        holding.account.version += 1;
+        let cache = WalletCache::default();
+        cache.put(&free);
+        assert!(cache.latest(tenant, free.account.id).is_some());
+        cache.put(&holding);
+        assert!(cache.latest(tenant, free.account.id).is_none());
     }
 }

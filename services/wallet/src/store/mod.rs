@@ -10,6 +10,7 @@ mod cache;
 mod committer;
 mod entities;
 mod events;
+mod kept;
 mod ledger;
 pub mod migrations;
 pub mod replay;

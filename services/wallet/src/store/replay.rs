@@ -208,7 +208,7 @@ impl StoredAnswer {
 
 /// A decimal as its mantissa and scale: a few bytes as postcard varints.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct Amount(i128, u32);
+pub(super) struct Amount(i128, u32);
 
 impl From<Decimal> for Amount {
     fn from(value: Decimal) -> Self {
@@ -217,7 +217,7 @@ impl From<Decimal> for Amount {
 }
 
 impl Amount {
-    fn value(self) -> Result<Decimal, WalletError> {
+    pub(super) fn value(self) -> Result<Decimal, WalletError> {
         Decimal::try_from_i128_with_scale(self.0, self.1)
             .map_err(|_| WalletError::Internal("a recorded amount is out of range".into()))
     }
@@ -228,11 +228,11 @@ impl Amount {
     }
 }
 
-fn micros(at: DateTime<Utc>) -> i64 {
+pub(super) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn from_micros(value: i64) -> DateTime<Utc> {
+pub(super) fn from_micros(value: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(value).unwrap_or_default()
 }
 
@@ -314,7 +314,7 @@ fn metadata_of(pairs: Vec<(String, String)>) -> Metadata {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredGrant {
+pub(super) struct StoredGrant {
     id: [u8; 16],
     account_id: [u8; 16],
     kind: u8,
@@ -371,7 +371,7 @@ impl From<&Grant> for StoredGrant {
 }
 
 impl StoredGrant {
-    fn into_grant(self) -> Result<Grant, WalletError> {
+    pub(super) fn into_grant(self) -> Result<Grant, WalletError> {
         Ok(Grant {
             id: GrantId(Uuid::from_bytes(self.id)),
             account_id: AccountId(Uuid::from_bytes(self.account_id)),
@@ -393,7 +393,7 @@ impl StoredGrant {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredHold {
+pub(super) struct StoredHold {
     id: [u8; 16],
     account_id: [u8; 16],
     amount: Amount,
@@ -420,7 +420,7 @@ impl From<&Hold> for StoredHold {
 }
 
 impl StoredHold {
-    fn into_hold(self) -> Result<Hold, WalletError> {
+    pub(super) fn into_hold(self) -> Result<Hold, WalletError> {
         Ok(Hold {
             id: HoldId(Uuid::from_bytes(self.id)),
             account_id: AccountId(Uuid::from_bytes(self.account_id)),
@@ -436,7 +436,7 @@ impl StoredHold {
 
 /// An account as answered (opened or updated): every field a response shows.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredAccount {
+pub(super) struct StoredAccount {
     id: [u8; 16],
     number: u64,
     tenant_id: [u8; 16],
@@ -500,7 +500,7 @@ impl From<&Account> for StoredAccount {
 
 impl StoredAccount {
     /// The account as answered. Counters no response shows start afresh.
-    fn into_account(self) -> Result<Account, WalletError> {
+    pub(super) fn into_account(self) -> Result<Account, WalletError> {
         let unit = Unit::from_parts(
             &self.unit_code,
             Some(self.unit_scale),
