@@ -15,8 +15,27 @@ where
     F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = bool> + Send,
 {
+    let deadline = Instant::now() + duration;
+    closed_loop_until(workers, move |worker, sequence| {
+        let operation = operation.clone();
+        async move {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            Some(operation(worker, sequence).await)
+        }
+    })
+    .await
+}
+
+/// `workers` loops each calling `operation(worker, sequence)` until it
+/// answers `None`; `Some(ok)` is a request answered, timed, or failed.
+async fn closed_loop_until<F, Fut>(workers: usize, operation: F) -> RunResult
+where
+    F: Fn(usize, u64) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Option<bool>> + Send,
+{
     let started = Instant::now();
-    let deadline = started + duration;
     let tasks: Vec<_> = (0..workers)
         .map(|worker| {
             let operation = operation.clone();
@@ -24,12 +43,12 @@ where
                 let mut latencies = Vec::new();
                 let mut errors = 0;
                 let mut sequence = 0;
-                while Instant::now() < deadline {
+                loop {
                     let begun = Instant::now();
-                    if operation(worker, sequence).await {
-                        latencies.push(begun.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
+                    match operation(worker, sequence).await {
+                        Some(true) => latencies.push(begun.elapsed().as_micros() as u64),
+                        Some(false) => errors += 1,
+                        None => break,
                     }
                     sequence += 1;
                 }
@@ -47,6 +66,28 @@ where
     }
     result.elapsed = started.elapsed();
     result
+}
+
+/// `workers` loops calling `operation(index)` once for each index below
+/// `count`, each index once, as fast as answers come.
+pub async fn each_once<F, Fut>(workers: usize, count: usize, operation: F) -> RunResult
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = bool> + Send,
+{
+    let next = Arc::new(AtomicU64::new(0));
+    let workers = workers.max(1);
+    closed_loop_until(workers, move |_, _| {
+        let (operation, next) = (operation.clone(), next.clone());
+        async move {
+            let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+            if index >= count {
+                return None;
+            }
+            Some(operation(index).await)
+        }
+    })
+    .await
 }
 
 /// Calls `operation(sequence)` at `rate` per second for `duration`, each in
