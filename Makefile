@@ -15,7 +15,7 @@ KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 GRPCIO_VERSION := 1.85.1
 # The Standard Webhooks library a receiver verifies deliveries with (the smoke test does).
 STANDARDWEBHOOKS_VERSION := 1.3.0
-# Fault cycles of `make faults` (`make test` runs 16 of them).
+# Fault cycles of `make faults` (`make test` runs 22 of them).
 FAULT_CYCLES ?= 500
 PYTHON_ENV := $(TOOLS)/python
 PYTHON_LOWEST := $(TOOLS)/python-lowest

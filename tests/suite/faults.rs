@@ -1,20 +1,24 @@
-//! The fault harness. Two replicas of the wallet and of metering run as
+//! The fault harness. Two replicas of each of the five services run as
 //! `reservoir serve` processes on a PostgreSQL cluster of the harness's own
-//! (initdb in a temporary folder, its own port), each reaching the database
-//! through a TCP proxy the harness controls. Clients debit, grant, transfer
-//! and ingest usage, every call under an idempotency key and, when its
+//! (initdb in a temporary folder, its own port), the wallets and meterings
+//! reaching the database through TCP proxies the harness controls. Clients
+//! debit, grant, transfer, ingest usage and start paid top-ups, every call
+//! under an idempotency key and, when its
 //! outcome is unknown (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, no answer),
 //! sent again with the same key until it is known. Meanwhile the harness, one
-//! fault per cycle: SIGKILLs and restarts a wallet or a metering replica or
-//! the whole database, SIGSTOPs a wallet for two seconds, stops one with
-//! SIGTERM and starts it again, and cuts the network for three seconds
-//! between a service and the database, or between metering and its wallet.
+//! fault per cycle: SIGKILLs and restarts a wallet, metering, payments or
+//! orchestrator replica or the whole database, SIGSTOPs a wallet for two
+//! seconds, stops one with SIGTERM and starts it again, and cuts the network
+//! for three seconds between a service and the database, between metering
+//! and its wallet, or between the orchestrator and its wallet.
 //!
 //! Then it checks what a bank would: no call answered INTERNAL; every
 //! acknowledged key applied exactly once (one entry of its kind, none for a
 //! refused one, none nobody asked for); each balance equal to its grants
 //! less its debits and transfers, and to the sum of its entries; no balance
-//! below its floor; every usage event charged exactly once; and every
+//! below its floor; every usage event charged exactly once; every top-up
+//! acknowledged, none nobody started, each with one grant of its credits or
+//! none (one when it succeeded, none when it failed); and every
 //! balance read of an account that one client debits, one debit at a time,
 //! showing exactly the debits acknowledged before it, through either
 //! replica, whatever fault came between (no read back in time). It prints the
@@ -22,7 +26,7 @@
 //! and the median and worst time to recover.
 //!
 //! `make faults` runs 500 cycles (`RESERVOIR_FAULT_CYCLES`); `make test`
-//! runs 16, each kind twice.
+//! runs 22, each kind twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -33,18 +37,24 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use reservoir_proto::metering as metering_pb;
+use reservoir_proto::orchestrator as orchestrator_pb;
+use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use reservoir_proto::payments as payments_pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_proto::wallet as pb;
-use reservoir_testing::TestDatabase;
 use reservoir_testing::proxy::TcpProxy;
 use reservoir_testing::wallet::*;
+use reservoir_testing::{BearerKey, TestDatabase};
 use rust_decimal::Decimal;
 use tokio::process::{Child, Command};
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 
 use crate::metering::{MeteringClient, metering_client, price_tokens};
 use crate::process::{Environment, ServiceProcess};
 
-const CYCLES_IN_MAKE_TEST: usize = 16;
+const CYCLES_IN_MAKE_TEST: usize = 22;
 /// Prepaid accounts the debits, grants and transfers move money between.
 const ACCOUNTS: usize = 6;
 /// What each of them is granted first.
@@ -54,6 +64,8 @@ const WATCHED_OPENING: &str = "1000000.00";
 /// Usage: events of one token at 0.01, on accounts of their own.
 const USAGE_ACCOUNTS: usize = 2;
 const USAGE_BATCH: usize = 5;
+/// Accounts topped up by card.
+const TOP_UP_ACCOUNTS: usize = 2;
 /// How long one try of a call may take before its outcome counts as unknown.
 const TRY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -184,10 +196,16 @@ struct Replica {
     environment: Environment,
     wallet: ServiceProcess,
     metering: ServiceProcess,
+    invoicing: ServiceProcess,
+    payments: ServiceProcess,
+    orchestrator: ServiceProcess,
     wallet_proxy: TcpProxy,
     metering_proxy: TcpProxy,
     metering_to_wallet: TcpProxy,
+    orchestrator_to_wallet: TcpProxy,
 }
+
+type Orchestrator = TopUpServiceClient<InterceptedService<Channel, BearerKey>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Fault {
@@ -199,9 +217,12 @@ enum Fault {
     CutWalletFromDatabase,
     CutMeteringFromDatabase,
     CutMeteringFromWallet,
+    KillPayments,
+    KillOrchestrator,
+    CutOrchestratorFromWallet,
 }
 
-const FAULTS: [Fault; 8] = [
+const FAULTS: [Fault; 11] = [
     Fault::KillWallet,
     Fault::KillMetering,
     Fault::KillDatabase,
@@ -210,6 +231,9 @@ const FAULTS: [Fault; 8] = [
     Fault::CutWalletFromDatabase,
     Fault::CutMeteringFromDatabase,
     Fault::CutMeteringFromWallet,
+    Fault::KillPayments,
+    Fault::KillOrchestrator,
+    Fault::CutOrchestratorFromWallet,
 ];
 
 /// What the clients were told, to check the books against.
@@ -227,6 +251,10 @@ struct Told {
     /// debits acknowledged before them.
     reads: u64,
     stale_reads: Vec<String>,
+    /// Top-ups acknowledged: their ids, with the account and credits asked for.
+    top_ups: HashMap<String, (String, Decimal)>,
+    /// Top-ups refused for good.
+    top_ups_refused: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -250,6 +278,11 @@ enum Outcome<T> {
 fn outcome<T>(tried: Result<Result<tonic::Response<T>, tonic::Status>, tokio::time::error::Elapsed>) -> Outcome<T> {
     match tried {
         Ok(Ok(response)) => Outcome::Done(response.into_inner()),
+        // A status made by the client's own transport (it carries the
+        // transport's error as its source): the connection was closed under
+        // the call, say by a draining server's GOAWAY, which tonic reports as
+        // INTERNAL. No service answered, so the outcome is unknown.
+        Ok(Err(status)) if std::error::Error::source(&status).is_some() => Outcome::Unknown,
         Ok(Err(status)) => match status.code() {
             Code::Internal | Code::DataLoss => Outcome::Internal(format!("{status:?}")),
             Code::FailedPrecondition | Code::InvalidArgument | Code::NotFound | Code::AlreadyExists => Outcome::Refused,
@@ -458,6 +491,74 @@ async fn use_tokens(
 /// How long, from the end of a fault, until the service it hit reports
 /// SERVING again (health follows the database) and the replica's wallet
 /// answers a read.
+/// Paid top-ups of a few credits on the accounts, each under its own key and
+/// sent again with that key, through either orchestrator, until its outcome
+/// is known.
+async fn top_up(
+    orchestrators: Vec<Orchestrator>,
+    accounts: Vec<(String, String)>,
+    told: Arc<Mutex<Told>>,
+    stop: Arc<AtomicBool>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let (account, card) = accounts[rand::rng().random_range(0..accounts.len())].clone();
+        let credits = Decimal::from(rand::rng().random_range(1..=5));
+        let request = orchestrator_pb::StartTopUpRequest {
+            account_id: account.clone(),
+            credits: credits.to_string(),
+            payment_method_id: card,
+            reconcile_later: false,
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            credits_expire_at: None,
+        };
+        loop {
+            let mut orchestrator = orchestrators[rand::rng().random_range(0..orchestrators.len())].clone();
+            match outcome(tokio::time::timeout(TRY_TIMEOUT, orchestrator.start_top_up(request.clone())).await) {
+                Outcome::Done(answer) => {
+                    let id = answer.top_up.map(|top_up| top_up.id).unwrap_or_default();
+                    told.lock().unwrap().top_ups.insert(id, (account.clone(), credits));
+                    break;
+                }
+                Outcome::Refused => {
+                    told.lock().unwrap().top_ups_refused += 1;
+                    break;
+                }
+                Outcome::Internal(status) => {
+                    told.lock().unwrap().internal.push(status);
+                    break;
+                }
+                Outcome::Unknown => tokio::time::sleep(jitter()).await,
+            }
+        }
+        let pause = Duration::from_millis(rand::rng().random_range(100..400));
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// The top-ups of an account, every one of them settled (succeeded, failed
+/// or waiting for a person), waiting up to 90 s for those still running.
+async fn settled_top_ups(orchestrator: &Orchestrator, account: &str) -> Vec<orchestrator_pb::TopUp> {
+    let by = Instant::now() + Duration::from_secs(90);
+    loop {
+        let top_ups = orchestrator
+            .clone()
+            .list_top_ups(orchestrator_pb::ListTopUpsRequest {
+                account_id: account.to_owned(),
+                page_size: 1_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .top_ups;
+        let running = top_ups.iter().any(|top_up| top_up.status == i32::from(orchestrator_pb::TopUpStatus::Pending));
+        if !running || Instant::now() > by {
+            return top_ups;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 async fn recovered(service: SocketAddr, name: &str, wallet: &Client, account: &str) -> Duration {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -489,8 +590,12 @@ async fn faults_lose_double_and_invent_no_money() {
         .ok()
         .and_then(|cycles| cycles.parse().ok())
         .unwrap_or(CYCLES_IN_MAKE_TEST);
-    cluster.create_database("wallet").await;
-    cluster.create_database("metering").await;
+    for name in ["wallet", "metering", "invoicing", "payments", "orchestrator"] {
+        cluster.create_database(name).await;
+    }
+    let invoicing_database = TestDatabase::postgres_at(cluster.url("invoicing"), "invoicing");
+    let payments_database = TestDatabase::postgres_at(cluster.url("payments"), "payments");
+    let orchestrator_database = TestDatabase::postgres_at(cluster.url("orchestrator"), "orchestrator");
 
     // Two replicas of each service, every process on a proxy of its own to the database.
     let mut replicas: Vec<Replica> = Vec::new();
@@ -506,7 +611,9 @@ async fn faults_lose_double_and_invent_no_money() {
             "metering",
         );
         let mut environment = match replicas.first() {
-            None => Environment::new(&wallet_database, Some(&metering_database)),
+            None => Environment::new(&wallet_database, Some(&metering_database))
+                .with_billing(&invoicing_database, &payments_database)
+                .with_orchestrator(&orchestrator_database),
             Some(first) => first.environment.replica(),
         };
         environment.set("RESERVOIR__WALLET__DATABASE_URL", &wallet_database.url);
@@ -515,6 +622,10 @@ async fn faults_lose_double_and_invent_no_money() {
         // Metering calls its wallet (draws, key lookups) through a proxy too.
         let metering_to_wallet = TcpProxy::start(environment.wallet_address).await;
         environment.set("RESERVOIR__METERING__WALLET_ENDPOINT", &format!("http://{}", metering_to_wallet.address()));
+        // And the orchestrator its wallet (the grants of top-ups).
+        let orchestrator_to_wallet = TcpProxy::start(environment.wallet_address).await;
+        environment
+            .set("RESERVOIR__ORCHESTRATOR__WALLET_ENDPOINT", &format!("http://{}", orchestrator_to_wallet.address()));
         if index == 0 {
             environment.issue_service_key().await;
         }
@@ -522,7 +633,24 @@ async fn faults_lose_double_and_invent_no_money() {
         wallet.start(&environment).await;
         let mut metering = ServiceProcess::metering(&environment);
         metering.start(&environment).await;
-        replicas.push(Replica { environment, wallet, metering, wallet_proxy, metering_proxy, metering_to_wallet });
+        let mut invoicing = ServiceProcess::invoicing(&environment);
+        invoicing.start(&environment).await;
+        let mut payments = ServiceProcess::payments(&environment);
+        payments.start(&environment).await;
+        let mut orchestrator = ServiceProcess::orchestrator(&environment);
+        orchestrator.start(&environment).await;
+        replicas.push(Replica {
+            environment,
+            wallet,
+            metering,
+            invoicing,
+            payments,
+            orchestrator,
+            wallet_proxy,
+            metering_proxy,
+            metering_to_wallet,
+            orchestrator_to_wallet,
+        });
     }
     let api_key = replicas[0].environment.create_tenant().await;
     let wallets: Vec<Client> = {
@@ -540,6 +668,35 @@ async fn faults_lose_double_and_invent_no_money() {
         meterings
     };
     price_tokens(&mut meterings[0].clone()).await;
+    let mut orchestrators: Vec<Orchestrator> = Vec::new();
+    for replica in &replicas {
+        let channel = channel(replica.orchestrator.address()).await;
+        orchestrators.push(TopUpServiceClient::with_interceptor(channel, BearerKey::new(&api_key)));
+    }
+    // Accounts topped up by card, each with a card that always pays.
+    let mut top_up_accounts: Vec<(String, String)> = Vec::new();
+    for _ in 0..TOP_UP_ACCOUNTS {
+        let account = open_funded_account(&wallets[0], "0").await;
+        let mut payments = PaymentsServiceClient::with_interceptor(
+            channel(replicas[0].payments.address()).await,
+            BearerKey::new(&api_key),
+        );
+        let card = payments
+            .add_payment_method(payments_pb::AddPaymentMethodRequest {
+                account_id: account.id.clone(),
+                kind: payments_pb::PaymentMethodKind::Card.into(),
+                gateway_token: "tok_succeed".into(),
+                label: "card".into(),
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .payment_method
+            .unwrap()
+            .id;
+        top_up_accounts.push((account.id, card));
+    }
 
     let told = Arc::new(Mutex::new(Told::default()));
     let mut accounts = Vec::new();
@@ -559,6 +716,7 @@ async fn faults_lose_double_and_invent_no_money() {
         load.push(tokio::spawn(move_money(wallets.clone(), ids.clone(), told.clone(), stop.clone())));
     }
     load.push(tokio::spawn(use_tokens(meterings.clone(), usage_ids, told.clone(), stop.clone())));
+    load.push(tokio::spawn(top_up(orchestrators.clone(), top_up_accounts.clone(), told.clone(), stop.clone())));
     // One account only debited, its balance read after every debit; in the
     // books like the others.
     let watched = open_in_the_books(&wallets[0], &told, WATCHED_OPENING).await;
@@ -574,8 +732,18 @@ async fn faults_lose_double_and_invent_no_money() {
         tokio::time::sleep(pause).await;
         let fault = FAULTS[cycle % FAULTS.len()];
         let replica = cycle / FAULTS.len() % replicas.len();
-        let Replica { environment, wallet, metering, wallet_proxy, metering_proxy, metering_to_wallet } =
-            &mut replicas[replica];
+        let Replica {
+            environment,
+            wallet,
+            metering,
+            payments,
+            orchestrator,
+            wallet_proxy,
+            metering_proxy,
+            metering_to_wallet,
+            orchestrator_to_wallet,
+            ..
+        } = &mut replicas[replica];
         match fault {
             Fault::KillWallet => {
                 wallet.kill().await;
@@ -617,10 +785,29 @@ async fn faults_lose_double_and_invent_no_money() {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 metering_to_wallet.restore();
             }
+            Fault::KillPayments => {
+                payments.kill().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                payments.start(environment).await;
+            }
+            Fault::KillOrchestrator => {
+                orchestrator.kill().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                orchestrator.start(environment).await;
+            }
+            Fault::CutOrchestratorFromWallet => {
+                orchestrator_to_wallet.cut();
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                orchestrator_to_wallet.restore();
+            }
         }
         let (service, name) = match fault {
             Fault::KillMetering | Fault::CutMeteringFromDatabase | Fault::CutMeteringFromWallet => {
                 (replicas[replica].metering.address(), "reservoir.metering.v1.MeteringService")
+            }
+            Fault::KillPayments => (replicas[replica].payments.address(), "reservoir.payments.v1.PaymentsService"),
+            Fault::KillOrchestrator | Fault::CutOrchestratorFromWallet => {
+                (replicas[replica].orchestrator.address(), "reservoir.orchestrator.v1.TopUpService")
             }
             _ => (replicas[replica].wallet.address(), "reservoir.wallet.v1.WalletService"),
         };
@@ -660,6 +847,57 @@ async fn faults_lose_double_and_invent_no_money() {
     if usage_debited != charged_for {
         violations
             .push(format!("{} usage events stored, {charged_for} to charge, {usage_debited} debited", told.events));
+    }
+
+    // Every top-up acknowledged and none other; one grant of its credits when
+    // it succeeded, none when it failed, never two; each balance their sum.
+    let mut top_ups_listed = 0;
+    let mut grants_made = 0;
+    for (account, _) in &top_up_accounts {
+        let top_ups = settled_top_ups(&orchestrators[0], account).await;
+        top_ups_listed += top_ups.len();
+        let grants = wallet
+            .clone()
+            .list_grants(pb::ListGrantsRequest { account_id: account.clone(), include_inactive: true })
+            .await
+            .unwrap()
+            .into_inner()
+            .grants;
+        grants_made += grants.len();
+        let mut granted = Decimal::ZERO;
+        for grant in &grants {
+            granted += d(&grant.original_amount);
+            if !top_ups.iter().any(|top_up| top_up.invoice_id == grant.source_reference) {
+                violations.push(format!("account {account}: grant {} belongs to no top-up", grant.id));
+            }
+        }
+        for top_up in &top_ups {
+            match told.top_ups.get(&top_up.id) {
+                Some((asked_on, credits)) if asked_on == account && d(&top_up.credits) == *credits => {}
+                other => violations.push(format!("top-up {}: nobody was told of it as it is ({other:?})", top_up.id)),
+            }
+            let of_it: Vec<&pb::Grant> =
+                grants.iter().filter(|grant| grant.source_reference == top_up.invoice_id).collect();
+            let status = orchestrator_pb::TopUpStatus::try_from(top_up.status).unwrap_or_default();
+            let wanted = match status {
+                orchestrator_pb::TopUpStatus::Succeeded => 1..=1,
+                orchestrator_pb::TopUpStatus::Failed => 0..=0,
+                _ => 0..=1,
+            };
+            if !wanted.contains(&of_it.len()) {
+                violations.push(format!("top-up {} {status:?}: {} grants", top_up.id, of_it.len()));
+            }
+            if of_it.iter().any(|grant| d(&grant.original_amount) != d(&top_up.credits)) {
+                violations.push(format!("top-up {}: a grant of other than its {} credits", top_up.id, top_up.credits));
+            }
+        }
+        let available = d(&balance(wallet, &pb::Account { id: account.clone(), ..Default::default() }).await.available);
+        if available != granted {
+            violations.push(format!("account {account}: {available} available, its top-ups granted {granted}"));
+        }
+    }
+    if top_ups_listed != told.top_ups.len() {
+        violations.push(format!("{} top-ups acknowledged, {top_ups_listed} listed", told.top_ups.len()));
     }
 
     let mut expected: HashMap<String, Decimal> = HashMap::new();
@@ -719,13 +957,16 @@ async fn faults_lose_double_and_invent_no_money() {
     let median = recoveries.get(recoveries.len() / 2).copied().unwrap_or_default();
     let worst = recoveries.last().copied().unwrap_or_default();
     println!(
-        "fault harness: {cycles} cycles in {:.0} s ({}); {} changes acknowledged, {} refused, {} usage events; \
-         {} balance reads checked; recovery median {} ms, worst {} ms; {} violations",
+        "fault harness: {cycles} cycles in {:.0} s ({}); {} changes acknowledged, {} refused, {} usage events, \
+         {} top-ups ({} refused, {grants_made} granted); {} balance reads checked; recovery median {} ms, \
+         worst {} ms; {} violations",
         ran_for.as_secs_f64(),
         survived.iter().map(|(fault, count)| format!("{fault:?} {count}")).collect::<Vec<_>>().join(", "),
         told.applied.len(),
         told.refused.len(),
         told.events,
+        told.top_ups.len(),
+        told.top_ups_refused,
         told.reads,
         median.as_millis(),
         worst.as_millis(),
@@ -738,9 +979,17 @@ async fn faults_lose_double_and_invent_no_money() {
     assert!(told.applied.len() > ACCOUNTS, "the load made changes");
     assert!(told.reads > 0, "balances were read");
     assert!(told.events > 0, "usage was ingested");
+    assert!(grants_made > 0, "top-ups were granted");
 
     for replica in &mut replicas {
-        replica.wallet.kill().await;
-        replica.metering.kill().await;
+        for process in [
+            &mut replica.orchestrator,
+            &mut replica.payments,
+            &mut replica.invoicing,
+            &mut replica.metering,
+            &mut replica.wallet,
+        ] {
+            process.kill().await;
+        }
     }
 }
