@@ -559,6 +559,20 @@ async fn settled_top_ups(orchestrator: &Orchestrator, account: &str) -> Vec<orch
     }
 }
 
+/// SIGKILL, half a second down, and a start on the same address.
+async fn kill_and_restart(process: &mut ServiceProcess, environment: &Environment) {
+    process.kill().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    process.start(environment).await;
+}
+
+/// The network through `proxy` cut for three seconds.
+async fn cut_for_a_while(proxy: &TcpProxy) {
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.restore();
+}
+
 async fn recovered(service: SocketAddr, name: &str, wallet: &Client, account: &str) -> Duration {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -746,14 +760,10 @@ async fn faults_lose_double_and_invent_no_money() {
         } = &mut replicas[replica];
         match fault {
             Fault::KillWallet => {
-                wallet.kill().await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                wallet.start(environment).await;
+                kill_and_restart(wallet, environment).await;
             }
             Fault::KillMetering => {
-                metering.kill().await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                metering.start(environment).await;
+                kill_and_restart(metering, environment).await;
             }
             Fault::KillDatabase => {
                 cluster.kill().await;
@@ -771,34 +781,22 @@ async fn faults_lose_double_and_invent_no_money() {
                 wallet.start(environment).await;
             }
             Fault::CutWalletFromDatabase => {
-                wallet_proxy.cut();
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                wallet_proxy.restore();
+                cut_for_a_while(wallet_proxy).await;
             }
             Fault::CutMeteringFromDatabase => {
-                metering_proxy.cut();
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                metering_proxy.restore();
+                cut_for_a_while(metering_proxy).await;
             }
             Fault::CutMeteringFromWallet => {
-                metering_to_wallet.cut();
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                metering_to_wallet.restore();
+                cut_for_a_while(metering_to_wallet).await;
             }
             Fault::KillPayments => {
-                payments.kill().await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                payments.start(environment).await;
+                kill_and_restart(payments, environment).await;
             }
             Fault::KillOrchestrator => {
-                orchestrator.kill().await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                orchestrator.start(environment).await;
+                kill_and_restart(orchestrator, environment).await;
             }
             Fault::CutOrchestratorFromWallet => {
-                orchestrator_to_wallet.cut();
-                tokio::time::sleep(Duration::from_secs(3)).await;
-                orchestrator_to_wallet.restore();
+                cut_for_a_while(orchestrator_to_wallet).await;
             }
         }
         let (service, name) = match fault {
