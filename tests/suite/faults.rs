@@ -535,22 +535,32 @@ async fn top_up(
     }
 }
 
-/// The top-ups of an account, every one of them settled (succeeded, failed
-/// or waiting for a person), waiting up to 90 s for those still running.
+/// The top-ups of an account, every page of them, every one settled
+/// (succeeded, failed or waiting for a person), waiting up to 90 s for
+/// those still running. Small pages, so paging is part of every run.
 async fn settled_top_ups(orchestrator: &Orchestrator, account: &str) -> Vec<orchestrator_pb::TopUp> {
     let by = Instant::now() + Duration::from_secs(90);
     loop {
-        let top_ups = orchestrator
-            .clone()
-            .list_top_ups(orchestrator_pb::ListTopUpsRequest {
-                account_id: account.to_owned(),
-                page_size: 1_000,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .top_ups;
+        let mut top_ups = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = orchestrator
+                .clone()
+                .list_top_ups(orchestrator_pb::ListTopUpsRequest {
+                    account_id: account.to_owned(),
+                    page_size: 20,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            top_ups.extend(page.top_ups);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
         let running = top_ups.iter().any(|top_up| top_up.status == i32::from(orchestrator_pb::TopUpStatus::Pending));
         if !running || Instant::now() > by {
             return top_ups;
