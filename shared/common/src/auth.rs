@@ -579,6 +579,37 @@ mod tests {
         }
     }
 
+    /// A key store that does not answer.
+    struct Down;
+
+    impl KeyResolver for Down {
+        fn resolve(&self, _key: String) -> BoxFuture<'static, Result<Option<Identity>, String>> {
+            Box::pin(async { Err("connection refused".to_owned()) })
+        }
+
+        fn tenant_exists(&self, _key: String, _tenant: TenantId) -> BoxFuture<'static, Result<bool, String>> {
+            Box::pin(async { Err("connection refused".to_owned()) })
+        }
+    }
+
+    /// A key store that does not answer is a refusal to retry, saying when:
+    /// UNAVAILABLE, KEY_STORE_UNAVAILABLE, and a RetryInfo.
+    #[tokio::test]
+    async fn a_key_store_that_does_not_answer_says_when_to_try_again() {
+        let authenticator = Authenticator::new(Arc::new(Down), Duration::from_secs(60));
+        let refusals = [
+            authenticator.authenticate("rsv_some_key").await.unwrap_err(),
+            authenticator.check_tenant("rsv_some_key", TenantId(Uuid::now_v7())).await.unwrap_err(),
+        ];
+        for status in refusals {
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert_eq!(crate::status::reason_of(&status).as_deref(), Some("KEY_STORE_UNAVAILABLE"));
+            let retry =
+                tonic_types::StatusExt::get_error_details(&status).retry_info().and_then(|info| info.retry_delay);
+            assert_eq!(retry, Some(crate::status::UNAVAILABLE_RETRY));
+        }
+    }
+
     #[test]
     fn each_role_reaches_what_it_may() {
         let tenant = TenantId(Uuid::nil());
