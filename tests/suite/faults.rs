@@ -292,30 +292,39 @@ fn outcome<T>(tried: Result<Result<tonic::Response<T>, tonic::Status>, tokio::ti
     }
 }
 
+/// Sends a call until its outcome is known, each try through a client of
+/// `clients` picked at random (the same request, so the same key).
+async fn until_known<C, T, F, Fut>(clients: &[C], mut call: F) -> Outcome<T>
+where
+    C: Clone,
+    F: FnMut(C) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    loop {
+        let client = clients[rand::rng().random_range(0..clients.len())].clone();
+        match outcome(tokio::time::timeout(TRY_TIMEOUT, call(client)).await) {
+            Outcome::Unknown => tokio::time::sleep(jitter()).await,
+            known => return known,
+        }
+    }
+}
+
 /// Sends a wallet call with one key until its outcome is known, through
 /// either replica, and records what it came to.
-async fn settle<T, F, Fut>(wallets: &[Client], told: &Mutex<Told>, key: &str, applied: Applied, mut call: F)
+async fn settle<T, F, Fut>(wallets: &[Client], told: &Mutex<Told>, key: &str, applied: Applied, call: F)
 where
     F: FnMut(Client) -> Fut,
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    loop {
-        let wallet = wallets[rand::rng().random_range(0..wallets.len())].clone();
-        match outcome(tokio::time::timeout(TRY_TIMEOUT, call(wallet)).await) {
-            Outcome::Done(_) => {
-                told.lock().unwrap().applied.insert(key.to_owned(), applied);
-                return;
-            }
-            Outcome::Refused => {
-                told.lock().unwrap().refused.push(key.to_owned());
-                return;
-            }
-            Outcome::Internal(status) => {
-                told.lock().unwrap().internal.push(status);
-                return;
-            }
-            Outcome::Unknown => tokio::time::sleep(jitter()).await,
+    let known = until_known(wallets, call).await;
+    let mut told = told.lock().unwrap();
+    match known {
+        Outcome::Done(_) => {
+            told.applied.insert(key.to_owned(), applied);
         }
+        Outcome::Refused => told.refused.push(key.to_owned()),
+        Outcome::Internal(status) => told.internal.push(status),
+        Outcome::Unknown => {}
     }
 }
 
@@ -511,24 +520,19 @@ async fn top_up(
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             credits_expire_at: None,
         };
-        loop {
-            let mut orchestrator = orchestrators[rand::rng().random_range(0..orchestrators.len())].clone();
-            match outcome(tokio::time::timeout(TRY_TIMEOUT, orchestrator.start_top_up(request.clone())).await) {
-                Outcome::Done(answer) => {
-                    let id = answer.top_up.map(|top_up| top_up.id).unwrap_or_default();
-                    told.lock().unwrap().top_ups.insert(id, (account.clone(), credits));
-                    break;
-                }
-                Outcome::Refused => {
-                    told.lock().unwrap().top_ups_refused += 1;
-                    break;
-                }
-                Outcome::Internal(status) => {
-                    told.lock().unwrap().internal.push(status);
-                    break;
-                }
-                Outcome::Unknown => tokio::time::sleep(jitter()).await,
+        let known = until_known(&orchestrators, |mut orchestrator| {
+            let request = request.clone();
+            async move { orchestrator.start_top_up(request).await }
+        })
+        .await;
+        match known {
+            Outcome::Done(answer) => {
+                let id = answer.top_up.map(|top_up| top_up.id).unwrap_or_default();
+                told.lock().unwrap().top_ups.insert(id, (account, credits));
             }
+            Outcome::Refused => told.lock().unwrap().top_ups_refused += 1,
+            Outcome::Internal(status) => told.lock().unwrap().internal.push(status),
+            Outcome::Unknown => {}
         }
         let pause = Duration::from_millis(rand::rng().random_range(100..400));
         tokio::time::sleep(pause).await;

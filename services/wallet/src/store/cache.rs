@@ -158,13 +158,12 @@ impl WalletCache {
         {
             return;
         }
-        let cost = bytes.len() + ENTRY_BYTES;
-        if let Some(previous) = cached.wallets.insert(key, Kept { version, bytes }) {
-            cached.bytes = cached.bytes - (previous.bytes.len() + ENTRY_BYTES) + cost;
-            return;
+        cached.bytes += bytes.len() + ENTRY_BYTES;
+        match cached.wallets.insert(key, Kept { version, bytes }) {
+            Some(previous) => cached.bytes -= previous.bytes.len() + ENTRY_BYTES,
+            None => cached.order.push_back(key),
         }
-        cached.bytes += cost;
-        cached.order.push_back(key);
+        // A wallet kept again may have grown, too.
         while cached.bytes > cached.budget {
             let Some(oldest) = cached.order.pop_front() else { break };
             cached.remove(&oldest);

@@ -228,11 +228,11 @@ impl Amount {
     }
 }
 
-pub(super) fn micros(at: DateTime<Utc>) -> i64 {
+fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-pub(super) fn from_micros(value: i64) -> DateTime<Utc> {
+fn from_micros(value: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(value).unwrap_or_default()
 }
 
