@@ -11,4 +11,5 @@ mod process;
 mod release;
 mod replicas;
 mod topups;
+mod up;
 mod webhooks;

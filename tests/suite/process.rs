@@ -16,7 +16,7 @@ pub const PEPPER: &str = "suite-pepper";
 /// (32768 and up on Linux), where the outgoing connections of every test
 /// take their ports: a port the kernel handed out with bind(0) could be
 /// given to a connection in the moment before the service binds it.
-fn free_address() -> SocketAddr {
+pub fn free_address() -> SocketAddr {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     const FIRST: u32 = 20_000;
@@ -283,4 +283,16 @@ impl ServiceProcess {
 fn capitalized(word: &str) -> String {
     let mut characters = word.chars();
     characters.next().map(|first| first.to_ascii_uppercase().to_string() + characters.as_str()).unwrap_or_default()
+}
+
+/// GET /metrics over plain HTTP/1.1.
+pub async fn scrape(address: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
 }

@@ -195,18 +195,6 @@ fn start(account: &wallet_pb::Account, credits: &str, method: &str) -> pb::Start
     }
 }
 
-/// GET /metrics over plain HTTP/1.1.
-async fn scrape(address: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
 fn status(top_up: &pb::TopUp) -> pb::TopUpStatus {
     pb::TopUpStatus::try_from(top_up.status).unwrap()
 }
@@ -509,7 +497,7 @@ async fn top_ups_by_hand(backend: Backend) {
     assert_eq!(available(&suite.wallet, &other).await, d("5"));
 
     // The scrape endpoint counts the top-ups by trigger and outcome.
-    let text = scrape(orchestrator_metrics).await;
+    let text = crate::process::scrape(orchestrator_metrics).await;
     let value = |name: &str, labels: &[&str]| -> f64 {
         text.lines()
             .filter(|line| line.starts_with(name) && labels.iter().all(|label| line.contains(label)))

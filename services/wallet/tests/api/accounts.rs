@@ -44,6 +44,38 @@ async fn a_second_account_with_the_same_external_id_is_refused(app: &TestApp) {
     assert_eq!(info.metadata.get("account_id"), Some(&account.id), "{info:?}");
 }
 
+/// Opened at once under one external id by different requests: one opens
+/// it, and every other is refused naming that account, whether it lost
+/// before inserting or at the insert.
+async fn racing_opens_under_one_external_id_open_one_account_and_name_it(app: &TestApp) {
+    let external_id = format!("race-{}", key());
+    let calls = (0..12).map(|_| {
+        let mut client = app.client.clone();
+        let request = pb::CreateAccountRequest {
+            external_id: external_id.clone(),
+            unit: usd(),
+            idempotency_key: key(),
+            ..Default::default()
+        };
+        async move { client.create_account(request).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let opened: Vec<_> = results
+        .iter()
+        .filter_map(|result| result.as_ref().ok())
+        .map(|answer| answer.get_ref().account.clone().unwrap().id)
+        .collect();
+    assert_eq!(opened.len(), 1, "{results:?}");
+    for refused in results.iter().filter_map(|result| result.as_ref().err()) {
+        assert_eq!(
+            (refused.code(), reservoir_common::status::reason_of(refused).as_deref()),
+            (Code::AlreadyExists, Some("ACCOUNT_EXISTS"))
+        );
+        let info = tonic_types::StatusExt::get_error_details(refused).error_info().unwrap().clone();
+        assert_eq!(info.metadata.get("account_id"), Some(&opened[0]), "{info:?}");
+    }
+}
+
 async fn account_settings_are_checked_field_by_field(app: &TestApp) {
     let mut client = app.client.clone();
     let base = pb::CreateAccountRequest {
@@ -180,6 +212,7 @@ crate::on_both_backends!(
     a_unit_is_found_only_where_the_tenant_keeps_accounts_in_it,
     an_account_reads_back_as_it_was_opened,
     a_second_account_with_the_same_external_id_is_refused,
+    racing_opens_under_one_external_id_open_one_account_and_name_it,
     account_settings_are_checked_field_by_field,
     unknown_and_malformed_ids_are_told_apart,
     a_suspended_account_refuses_debits_until_reactivated,
