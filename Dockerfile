@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
 # One image for every service: `reservoir serve <service>` (see k8s/).
 # Build: docker build --build-arg VERSION=0.1.0 --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t reservoir:dev .
-# The base images are pinned by tag; pin them by digest as well in a
-# registry you mirror them to (FROM rust:1.95-bookworm@sha256:…).
-FROM rust:1.95-bookworm AS build
+# The base images are pinned by digest (the tag says what the digest is):
+# a rebuild gets the same bytes until someone moves the pin on purpose.
+# To move it: docker buildx imagetools inspect rust:1.95-bookworm (and the
+# distroless image), and put the digest of the list it prints here; when the
+# images come from a registry you mirror them to, keep the same digests.
+FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS build
 WORKDIR /src
 # .git is not copied; pass the commit.
 ARG GIT_COMMIT=unknown
@@ -17,7 +20,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked -p reservoir \
     && install -D target/release/reservoir /out/reservoir
 
-FROM gcr.io/distroless/cc-debian12:nonroot
+FROM gcr.io/distroless/cc-debian12:nonroot@sha256:9dac0a79194e45a7da0158a9c6da57b217585af0786db3845d1f0ec1a0dd182f
 ARG VERSION=0.1.0
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="reservoir" \

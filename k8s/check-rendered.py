@@ -6,8 +6,8 @@ the optional monitoring component is used, the ServiceMonitor reaches a
 `metrics` port of each service and every alert is complete and asks only for
 metrics docs/OPERATIONS.md lists; where the tracing component is used, every
 service sends its spans to a Service of the render. And the Dockerfile the
-image is built from exposes every port the manifests give its containers and
-carries the OCI labels a registry shows.
+image is built from pins its base images by digest, exposes every port the
+manifests give its containers and carries the OCI labels a registry shows.
 
 Usage: check-rendered.py RENDERED.yaml; exits 1 naming what is wrong."""
 
@@ -72,7 +72,11 @@ def check_migration_jobs(documents: list, problems: list) -> None:
 
 def check_image(documents: list, problems: list) -> None:
     """The final stage of the Dockerfile against the reservoir containers."""
-    final = DOCKERFILE.read_text(encoding="utf-8").split("\nFROM ")[-1]
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.startswith("FROM ") and not re.search(r"@sha256:[0-9a-f]{64}(\s|$)", line):
+            problems.append(f"Dockerfile: a base image pinned by tag only: {line}")
+    final = text.split("\nFROM ")[-1]
     exposed = set()
     for line in final.splitlines():
         if line.startswith("EXPOSE "):
