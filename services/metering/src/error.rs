@@ -12,9 +12,9 @@ pub enum MeteringError {
     InvalidArgument(Vec<FieldViolation>),
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// A meter code already defined differently.
-    #[error("a meter with this code exists with another definition")]
-    MeterExists,
+    /// A meter code already defined differently: the definition in the way.
+    #[error("the meter {code} exists with another definition")]
+    MeterExists { code: String, unit_name: String, aggregation: String },
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
     /// A refusal a client acts on by its reason, such as INSUFFICIENT_FUNDS.
@@ -44,7 +44,12 @@ impl From<MeteringError> for Status {
         match &error {
             MeteringError::InvalidArgument(violations) => status::invalid_argument(violations),
             MeteringError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
-            MeteringError::MeterExists => status::with_reason(Code::AlreadyExists, "METER_EXISTS", error.to_string()),
+            MeteringError::MeterExists { code, unit_name, aggregation } => status::with_metadata(
+                Code::AlreadyExists,
+                "METER_EXISTS",
+                error.to_string(),
+                [("code", code.clone()), ("unit_name", unit_name.clone()), ("aggregation", aggregation.clone())],
+            ),
             MeteringError::IdempotencyKeyReused => {
                 status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
             }

@@ -114,6 +114,11 @@ pub fn reason_of(status: &Status) -> Option<String> {
     status.get_error_details().error_info().map(|info| info.reason.clone())
 }
 
+/// The ErrorInfo metadata a status carries (empty without one).
+pub fn metadata_of(status: &Status) -> HashMap<String, String> {
+    status.get_error_details().error_info().map(|info| info.metadata.clone()).unwrap_or_default()
+}
+
 /// The fields a BadRequest names, if any.
 pub fn violated_fields(status: &Status) -> Vec<String> {
     status

@@ -243,7 +243,15 @@ impl Store {
             let same = existing.unit_name == new.unit_name
                 && existing.aggregation == new.aggregation
                 && existing.description == new.description;
-            return if same { Ok(existing) } else { Err(MeteringError::MeterExists) };
+            return if same {
+                Ok(existing)
+            } else {
+                Err(MeteringError::MeterExists {
+                    code: existing.code,
+                    unit_name: existing.unit_name,
+                    aggregation: existing.aggregation,
+                })
+            };
         }
         let inserted = meter::Entity::insert(meter::ActiveModel {
             id: Set(new.id),

@@ -80,7 +80,16 @@ async fn prices_and_meters_are_checked(suite: Suite) -> Suite {
         aggregation: pb::Aggregation::Count.into(),
         description: String::new(),
     };
-    assert_refused(client.create_meter(different).await, Code::AlreadyExists, "METER_EXISTS");
+    let refused = client.create_meter(different).await;
+    // The ErrorInfo shows the definition in the way.
+    let metadata = reservoir_common::status::metadata_of(refused.as_ref().unwrap_err());
+    let shown = |name: &str| metadata.get(name).map(String::as_str);
+    assert_eq!(
+        (shown("code"), shown("unit_name"), shown("aggregation")),
+        (Some("tokens"), Some(same.unit_name.as_str()), Some("SUM")),
+        "{metadata:?}"
+    );
+    assert_refused(refused, Code::AlreadyExists, "METER_EXISTS");
     let bad_meter = pb::CreateMeterRequest { code: "has space".into(), ..Default::default() };
     assert_invalid(client.create_meter(bad_meter).await, "code");
     let request = |tiers: Vec<pb::Tier>| pb::SetPriceRequest {
