@@ -52,7 +52,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::metering::{MeteringClient, metering_client, price_tokens};
-use crate::process::{Environment, ServiceProcess};
+use crate::process::{Environment, ServiceProcess, is_serving};
 
 const CYCLES_IN_MAKE_TEST: usize = 22;
 /// Prepaid accounts the debits, grants and transfers move money between.
@@ -497,9 +497,6 @@ async fn use_tokens(
     }
 }
 
-/// How long, from the end of a fault, until the service it hit reports
-/// SERVING again (health follows the database) and the replica's wallet
-/// answers a read.
 /// Paid top-ups of a few credits on the accounts, each under its own key and
 /// sent again with that key, through either orchestrator, until its outcome
 /// is known.
@@ -587,21 +584,17 @@ async fn cut_for_a_while(proxy: &TcpProxy) {
     proxy.restore();
 }
 
+/// How long, from the end of a fault, until the service it hit reports
+/// SERVING again (health follows the database) and the replica's wallet
+/// answers a read.
 async fn recovered(service: SocketAddr, name: &str, wallet: &Client, account: &str) -> Duration {
-    use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     let started = Instant::now();
     loop {
         let serving = async {
-            let channel =
-                tonic::transport::Endpoint::from_shared(format!("http://{service}")).ok()?.connect().await.ok()?;
-            let request = HealthCheckRequest { service: name.to_owned() };
-            let status = HealthClient::new(channel).check(request).await.ok()?.into_inner().status;
-            let read =
-                wallet.clone().get_balance(pb::GetBalanceRequest { account_id: account.to_owned() }).await.ok()?;
-            (status == ServingStatus::Serving as i32).then_some(read)
+            is_serving(service, name).await
+                && wallet.clone().get_balance(pb::GetBalanceRequest { account_id: account.to_owned() }).await.is_ok()
         };
-        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(2), serving).await {
+        if let Ok(true) = tokio::time::timeout(Duration::from_secs(2), serving).await {
             return started.elapsed();
         }
         assert!(started.elapsed() < Duration::from_secs(120), "{name} not recovered within 120 s");
@@ -703,12 +696,12 @@ async fn faults_lose_double_and_invent_no_money() {
     }
     // Accounts topped up by card, each with a card that always pays.
     let mut top_up_accounts: Vec<(String, String)> = Vec::new();
+    let mut payments = PaymentsServiceClient::with_interceptor(
+        channel(replicas[0].payments.address()).await,
+        BearerKey::new(&api_key),
+    );
     for _ in 0..TOP_UP_ACCOUNTS {
         let account = open_funded_account(&wallets[0], "0").await;
-        let mut payments = PaymentsServiceClient::with_interceptor(
-            channel(replicas[0].payments.address()).await,
-            BearerKey::new(&api_key),
-        );
         let card = payments
             .add_payment_method(payments_pb::AddPaymentMethodRequest {
                 account_id: account.id.clone(),

@@ -231,15 +231,8 @@ impl ServiceProcess {
             service => format!("reservoir.{0}.v1.{1}Service", service, capitalized(service)),
         };
         for _ in 0..300 {
-            if let Ok(channel) =
-                tonic::transport::Channel::from_shared(format!("http://{}", self.address)).unwrap().connect().await
-            {
-                let request = HealthCheckRequest { service: name.clone() };
-                if let Ok(response) = HealthClient::new(channel).check(request).await
-                    && response.into_inner().status == ServingStatus::Serving as i32
-                {
-                    return;
-                }
+            if is_serving(self.address, &name).await {
+                return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -283,6 +276,20 @@ impl ServiceProcess {
 fn capitalized(word: &str) -> String {
     let mut characters = word.chars();
     characters.next().map(|first| first.to_ascii_uppercase().to_string() + characters.as_str()).unwrap_or_default()
+}
+
+/// One health check: whether the server at `address` answers SERVING for
+/// `service` (the empty name: the server as a whole).
+pub async fn is_serving(address: SocketAddr, service: &str) -> bool {
+    let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{address}")).unwrap().connect().await
+    else {
+        return false;
+    };
+    let request = HealthCheckRequest { service: service.to_owned() };
+    HealthClient::new(channel)
+        .check(request)
+        .await
+        .is_ok_and(|response| response.into_inner().status == ServingStatus::Serving as i32)
 }
 
 /// GET /metrics over plain HTTP/1.1.

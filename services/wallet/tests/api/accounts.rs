@@ -40,8 +40,8 @@ async fn a_second_account_with_the_same_external_id_is_refused(app: &TestApp) {
         (Code::AlreadyExists, Some("ACCOUNT_EXISTS"))
     );
     // The ErrorInfo names the account in the way.
-    let info = tonic_types::StatusExt::get_error_details(&refused).error_info().unwrap().clone();
-    assert_eq!(info.metadata.get("account_id"), Some(&account.id), "{info:?}");
+    let metadata = reservoir_common::status::metadata_of(&refused);
+    assert_eq!(metadata.get("account_id"), Some(&account.id), "{metadata:?}");
 }
 
 /// Opened at once under one external id by different requests: one opens
@@ -71,8 +71,8 @@ async fn racing_opens_under_one_external_id_open_one_account_and_name_it(app: &T
             (refused.code(), reservoir_common::status::reason_of(refused).as_deref()),
             (Code::AlreadyExists, Some("ACCOUNT_EXISTS"))
         );
-        let info = tonic_types::StatusExt::get_error_details(refused).error_info().unwrap().clone();
-        assert_eq!(info.metadata.get("account_id"), Some(&opened[0]), "{info:?}");
+        let metadata = reservoir_common::status::metadata_of(refused);
+        assert_eq!(metadata.get("account_id"), Some(&opened[0]), "{metadata:?}");
     }
 }
 
