@@ -6,6 +6,7 @@
 mod billing;
 mod crash;
 mod faults;
+mod layers;
 mod metering;
 mod process;
 mod release;

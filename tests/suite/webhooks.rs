@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use reservoir_orchestrator::signature;
+use reservoir_orchestrator::domain::signature;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 /// Posts `body` to `address` with Standard Webhooks headers; the status code.

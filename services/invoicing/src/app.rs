@@ -17,11 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Clock, InvoicingApi, system_clock};
+use crate::clients::Upstream;
+use crate::clients::mail::Mailer;
 use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
-use crate::mail::Mailer;
 use crate::store::Store;
-use crate::upstream::Upstream;
 
 pub const SERVICE_NAME: &str = "reservoir.invoicing.v1.InvoicingService";
 

@@ -1,11 +1,10 @@
 //! The invoicing service: top-up invoices, monthly statements, postpaid debt
 //! and gapless numbering. `api` translates gRPC, `domain` decides, `store`
-//! persists, `upstream` reads the wallet and metering.
+//! persists, `clients` reads the wallet and metering and sends mail.
 
 pub mod api;
 pub mod app;
+pub mod clients;
 pub mod domain;
 pub mod error;
-pub mod mail;
 pub mod store;
-pub mod upstream;

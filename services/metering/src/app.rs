@@ -18,10 +18,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{MeteringApi, now};
-use crate::charge::draw_lines;
+use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
 use crate::store::{Line, Store};
-use crate::wallet::WalletGateway;
+use crate::usecases::charge::draw_lines;
 
 pub const SERVICE_NAME: &str = "reservoir.metering.v1.MeteringService";
 

@@ -18,12 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{TopUpApi, WebhookApi};
+use crate::clients::Upstream;
 use crate::error::OrchestratorError;
-use crate::saga::{CrashPoint, Saga};
 use crate::store::Store;
-use crate::upstream::Upstream;
-use crate::webhooks::{WebhookSettings, Webhooks};
-use crate::worker::Worker;
+use crate::usecases::saga::{CrashPoint, Saga};
+use crate::usecases::webhooks::{WebhookSettings, Webhooks};
+use crate::usecases::worker::Worker;
 
 pub const SERVICE_NAME: &str = "reservoir.orchestrator.v1.TopUpService";
 pub const WEBHOOK_SERVICE_NAME: &str = "reservoir.orchestrator.v1.WebhookService";

@@ -1,16 +1,13 @@
-//! The orchestrator: top-up sagas that survive crashes. `api` translates
-//! gRPC, `domain` decides, `store` persists, `saga` runs the steps,
-//! `worker` resumes them and follows other services' events, `upstream`
-//! calls the wallet, invoicing and payments.
+//! The orchestrator: top-up sagas that survive crashes, and webhooks.
+//! `api` translates gRPC, `usecases` runs the flows (the saga's steps, the
+//! worker that resumes them and follows other services' events, webhook
+//! delivery), `domain` decides, `store` persists, `clients` calls the
+//! wallet, invoicing and payments and guards webhook destinations.
 
 pub mod api;
 pub mod app;
-pub mod destination;
+pub mod clients;
 pub mod domain;
 pub mod error;
-pub mod saga;
-pub mod signature;
 pub mod store;
-pub mod upstream;
-pub mod webhooks;
-pub mod worker;
+pub mod usecases;

@@ -17,8 +17,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::PaymentsApi;
+use crate::clients::gateway::SandboxGateway;
 use crate::error::PaymentsError;
-use crate::gateway::SandboxGateway;
 use crate::store::Store;
 
 /// The gRPC service name, as health checks ask for it.
@@ -117,7 +117,7 @@ pub struct Application {
     /// TLS (and mTLS) on the port; plaintext without a certificate.
     tls: TlsSettings,
     gateway_timeout: Duration,
-    owners: crate::api::Owners,
+    owners: crate::clients::owners::Owners,
 }
 
 impl Application {
@@ -142,7 +142,8 @@ impl Application {
             .timeout(WALLET_CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        let owners = crate::api::Owners::new(wallet.clone(), invoicing, settings.wallet_service_key.clone());
+        let owners =
+            crate::clients::owners::Owners::new(wallet.clone(), invoicing, settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
             limits: LimitSettings::default(),

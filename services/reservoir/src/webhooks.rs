@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use clap::{Args, Subcommand};
 use reservoir_common::serve::shutdown_signal;
-use reservoir_orchestrator::signature;
+use reservoir_orchestrator::domain::signature;
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
 use tonic::metadata::MetadataValue;

@@ -3,7 +3,6 @@
 
 pub mod api;
 pub mod app;
-pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod store;

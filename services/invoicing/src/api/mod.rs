@@ -22,12 +22,12 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::{invoice_to_pb, kind_from_pb, report_csv, status_from_pb};
+use crate::clients::Upstream;
 use crate::domain::{
     InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, due_at, statement, top_up_lines,
 };
 use crate::error::InvoicingError;
 use crate::store::{Change, CreditBlock, InvoiceFilter, InvoiceRow, Issue, Store, TenantSettings};
-use crate::upstream::Upstream;
 
 const DESCRIPTION_LENGTH_MAX: usize = 512;
 /// Payment references: a payment id or a bank's transaction id with room to spare.
@@ -80,7 +80,7 @@ pub struct InvoicingApi {
     upstream: Upstream,
     payment_due_days_default: u32,
     clock: Clock,
-    mailer: crate::mail::Mailer,
+    mailer: crate::clients::mail::Mailer,
     /// Turns true when the server stops, ending open event streams.
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
@@ -91,7 +91,7 @@ impl InvoicingApi {
         upstream: Upstream,
         payment_due_days_default: u32,
         clock: Clock,
-        mailer: crate::mail::Mailer,
+        mailer: crate::clients::mail::Mailer,
     ) -> Self {
         Self { store, upstream, payment_due_days_default, clock, mailer, stopping: None }
     }

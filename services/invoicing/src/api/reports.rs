@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::InvoicingApi;
 use super::convert::report_csv;
+use crate::clients::mail::{Csv, is_address};
 use crate::domain::Frequency;
 use crate::error::InvoicingError;
-use crate::mail::{Csv, is_address};
 use crate::store::{ReportRun, ReportSchedule, RunStatus};
 
 const RECIPIENTS_MAX: usize = 20;

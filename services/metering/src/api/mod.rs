@@ -19,16 +19,17 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::*;
-use crate::charge::draw_lines;
+use crate::clients::wallet::{WalletGateway, is_final_refusal};
+use crate::domain::wallet_key;
 use crate::domain::{
     EventStatus, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
     UNIT_PRICE_SCALE_MAX, group_usage, month_of, price_at,
 };
-use crate::drawdown::Drawdown;
 use crate::error::MeteringError;
 use crate::store::batcher::StoreBatcher;
 use crate::store::{AuthorizationRow, IngestEvent, MeterRow, NewEvent, Settlement, Store, Stored};
-use crate::wallet::{WalletGateway, is_final_refusal, wallet_key};
+use crate::usecases::charge::draw_lines;
+use crate::usecases::drawdown::Drawdown;
 
 /// Events per IngestEvents: one BatchDebit of the wallet.
 pub const EVENTS_PER_CALL_MAX: usize = 1_000;

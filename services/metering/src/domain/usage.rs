@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Datelike, TimeZone, Utc};
 use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
 
 /// Where an accepted event stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +113,13 @@ pub fn group_usage(records: &[UsageRecord], period: Period, dimension_key: Optio
         }
     }
     groups.into_values().collect()
+}
+
+/// The wallet's idempotency key for a debit metering makes: the purpose and a
+/// digest of what it is for, so any event id fits the wallet's key length.
+pub fn wallet_key(purpose: &str, id: &str) -> String {
+    let digest = hex::encode(Sha256::digest(id.as_bytes()));
+    format!("{purpose}:{}", &digest[..48])
 }
 
 #[cfg(test)]

@@ -30,9 +30,9 @@ use uuid::Uuid;
 
 use super::entities::{counter, event, line};
 use super::{CLAIM, NewEvent, Settlement, Store, Stored, StoredEvent, event_from_row, json};
+use crate::domain::wallet_key;
 use crate::domain::{EventStatus, PriceVersion, month_of};
 use crate::error::MeteringError;
-use crate::wallet::wallet_key;
 
 /// Lines of events stored before lines existed are named by this and the
 /// event id: each such event is drawn alone, under the key it always had.

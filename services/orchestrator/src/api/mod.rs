@@ -8,7 +8,6 @@ pub use self::webhooks::WebhookApi;
 use std::pin::Pin;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::money::parse_amount;
@@ -23,11 +22,12 @@ use tonic::{Code, Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::{auto_to_pb, event_to_pb, recurring_to_pb, top_up_to_pb};
+use crate::clients::CallError;
 use crate::domain::{AutoReplenish, Interval, Outcome, Status as TopUpStatus, Step, Strategy, Trigger};
 use crate::error::OrchestratorError;
-use crate::saga::{Saga, now};
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
-use crate::upstream::CallError;
+use crate::usecases::saga::{Saga, new_top_up};
+use reservoir_common::time::now;
 
 /// Automatic top-ups a day at most: beyond a hundred, a flapping balance is
 /// a fault to look at, not a need.
@@ -123,49 +123,6 @@ fn account_id_of(text: &str) -> Result<Uuid, OrchestratorError> {
     let account_id = violations.id("account_id", text, |id| id);
     violations.finish()?;
     account_id.ok_or_else(|| OrchestratorError::field("account_id", "is required"))
-}
-
-/// A new top-up's row, before its first step.
-#[allow(clippy::too_many_arguments)]
-pub fn new_top_up(
-    tenant: TenantId,
-    account_id: Uuid,
-    trigger: Trigger,
-    step: Step,
-    credits: Decimal,
-    grant_kind: &str,
-    payment_method_id: Option<Uuid>,
-    idempotency_key: String,
-    now: DateTime<Utc>,
-) -> TopUpRow {
-    TopUpRow {
-        id: Uuid::now_v7(),
-        tenant_id: tenant,
-        account_id,
-        trigger,
-        status: TopUpStatus::Pending,
-        step,
-        credits,
-        grant_kind: grant_kind.to_owned(),
-        payment_method_id,
-        reconcile_later: false,
-        credits_expire_at: None,
-        invoice_id: None,
-        payment_id: None,
-        grant_id: None,
-        voucher_id: None,
-        voucher_code: None,
-        amount: None,
-        currency: String::new(),
-        reason: String::new(),
-        attempts: 0,
-        next_attempt_at: now,
-        claimed_until: now,
-        idempotency_key,
-        request_hash: String::new(),
-        created_at: now,
-        updated_at: now,
-    }
 }
 
 /// The status a voucher refusal is answered with.

@@ -10,11 +10,11 @@ use reservoir_proto::orchestrator::webhook_service_server::WebhookService;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::domain::signature::new_secret;
 use crate::error::OrchestratorError;
-use crate::saga::now;
-use crate::signature::new_secret;
 use crate::store::{DeliveryRow, DeliveryStatus, EndpointRow, Store};
-use crate::webhooks::event_types;
+use crate::usecases::webhooks::event_types;
+use reservoir_common::time::now;
 
 const URL_LENGTH_MAX: usize = 2_048;
 const DESCRIPTION_LENGTH_MAX: usize = 512;
@@ -33,7 +33,7 @@ pub struct WebhookApi {
 }
 
 impl WebhookApi {
-    pub fn new(store: Store, settings: &crate::webhooks::WebhookSettings) -> Self {
+    pub fn new(store: Store, settings: &crate::usecases::webhooks::WebhookSettings) -> Self {
         Self { store, allow_http: settings.allow_http, allow_private_destinations: settings.allow_private_destinations }
     }
 
@@ -43,7 +43,7 @@ impl WebhookApi {
             return;
         }
         if let Ok(parsed) = reqwest::Url::parse(url)
-            && let Err(refusal) = crate::destination::check(&parsed).await
+            && let Err(refusal) = crate::clients::destination::check(&parsed).await
         {
             violations.add(field, refusal);
         }

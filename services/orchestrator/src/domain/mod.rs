@@ -1,7 +1,9 @@
 //! The orchestrator's rules, without I/O: the steps of a top-up and what
 //! follows each outcome, how long to wait before a retry, how much an
 //! automatic top-up adds and whether its limits allow it, and when a
-//! recurring top-up fires next.
+//! recurring top-up fires next. `signature` signs webhooks.
+
+pub mod signature;
 
 use chrono::{DateTime, Datelike, Duration, Months, TimeZone, Utc};
 use rust_decimal::Decimal;
@@ -9,6 +11,10 @@ use rust_decimal::Decimal;
 #[cfg(test)]
 mod tests;
 
+/// How long a follower uses the endpoints it read before reading them again.
+/// An endpoint gets the events from this long after it was created on, so
+/// every follower knows it by then.
+pub const ENDPOINTS_FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 /// Declined automatic charges in a row after which auto-replenish pauses
 /// itself: a card that keeps failing must not be charged forever.
 pub const DECLINES_BEFORE_PAUSE: u32 = 3;

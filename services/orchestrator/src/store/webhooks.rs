@@ -44,7 +44,7 @@ impl EndpointRow {
     /// a moment then (a new endpoint is not sent the tenant's history, and
     /// every replica's follower has read it before its first event).
     pub fn wants(&self, event_type: &str, occurred_at: DateTime<Utc>) -> bool {
-        let fresh = chrono::Duration::from_std(crate::webhooks::ENDPOINTS_FRESH_FOR).unwrap_or_default();
+        let fresh = chrono::Duration::from_std(crate::domain::ENDPOINTS_FRESH_FOR).unwrap_or_default();
         self.enabled
             && occurred_at >= self.created_at + fresh
             && (self.event_types.is_empty() || self.event_types.iter().any(|wanted| wanted == event_type))

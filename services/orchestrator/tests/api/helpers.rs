@@ -46,7 +46,7 @@ impl Suite {
     pub async fn spawn_with(backend: Backend, allow_private_destinations: bool) -> Option<Self> {
         Self::spawn_with_webhooks(
             backend,
-            reservoir_orchestrator::webhooks::WebhookSettings {
+            reservoir_orchestrator::usecases::webhooks::WebhookSettings {
                 // Receivers in these tests listen on loopback.
                 allow_private_destinations,
                 ..Self::quick_webhooks()
@@ -56,8 +56,8 @@ impl Suite {
     }
 
     /// Quick retries, so a receiver that is down for a second sees several.
-    pub fn quick_webhooks() -> reservoir_orchestrator::webhooks::WebhookSettings {
-        reservoir_orchestrator::webhooks::WebhookSettings {
+    pub fn quick_webhooks() -> reservoir_orchestrator::usecases::webhooks::WebhookSettings {
+        reservoir_orchestrator::usecases::webhooks::WebhookSettings {
             interval_ms: 50,
             retry_base_ms: 100,
             retry_max_ms: 400,
@@ -69,7 +69,7 @@ impl Suite {
 
     pub async fn spawn_with_webhooks(
         backend: Backend,
-        webhooks: reservoir_orchestrator::webhooks::WebhookSettings,
+        webhooks: reservoir_orchestrator::usecases::webhooks::WebhookSettings,
     ) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let orchestrator_database = TestDatabase::create(backend).await?;

@@ -142,7 +142,7 @@ async fn create_endpoint(suite: &Suite, address: SocketAddr, types: &[&str]) -> 
         .unwrap()
         .into_inner();
     // An endpoint gets the events from a second after its creation on.
-    tokio::time::sleep(reservoir_orchestrator::webhooks::ENDPOINTS_FRESH_FOR + Duration::from_millis(100)).await;
+    tokio::time::sleep(reservoir_orchestrator::domain::ENDPOINTS_FRESH_FOR + Duration::from_millis(100)).await;
     (response.endpoint.unwrap(), response.secret)
 }
 
@@ -503,8 +503,10 @@ async fn endpoints_pointing_inward_are_refused() {
 /// events past the limit are not read, and none is lost: once the receiver
 /// is back, every one arrives, in order.
 async fn pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(backend: Backend) {
-    let webhooks =
-        reservoir_orchestrator::webhooks::WebhookSettings { max_pending_per_tenant: 3, ..Suite::quick_webhooks() };
+    let webhooks = reservoir_orchestrator::usecases::webhooks::WebhookSettings {
+        max_pending_per_tenant: 3,
+        ..Suite::quick_webhooks()
+    };
     let Some(suite) = Suite::spawn_with_webhooks(backend, webhooks).await else {
         return;
     };
@@ -544,8 +546,10 @@ async fn pending_deliveries_stop_at_the_tenant_limit_and_nothing_is_lost(backend
 /// A receiver that stays down holds up the tenant's other endpoints once
 /// the limit is reached; disabling it frees them at once.
 async fn disabling_a_dead_endpoint_frees_the_tenant_past_its_limit(backend: Backend) {
-    let webhooks =
-        reservoir_orchestrator::webhooks::WebhookSettings { max_pending_per_tenant: 4, ..Suite::quick_webhooks() };
+    let webhooks = reservoir_orchestrator::usecases::webhooks::WebhookSettings {
+        max_pending_per_tenant: 4,
+        ..Suite::quick_webhooks()
+    };
     let Some(suite) = Suite::spawn_with_webhooks(backend, webhooks).await else {
         return;
     };

@@ -11,28 +11,24 @@ use std::time::Duration;
 
 use futures::Stream;
 use prost::Message;
-use reservoir_common::auth::{TenantId, service_request, tenant_of};
-use reservoir_common::money::Unit;
+use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
-use reservoir_proto::invoicing as invoicing_pb;
-use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_server::PaymentsService;
-use reservoir_proto::wallet as wallet_pb;
-use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::*;
+use crate::clients::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
+use crate::clients::owners::Owners;
 use crate::domain::{
-    AttemptOutcome, Channel, ChargeStep, InvoiceFacts, RefundStatus, Refusal, VoucherCode, charge_step, check_invoice,
+    AttemptOutcome, Channel, ChargeStep, RefundStatus, Refusal, VoucherCode, charge_step, check_invoice,
     check_unit_code, initial_status, payment_amount, payment_currency, voucher_value,
 };
 use crate::error::PaymentsError;
-use crate::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
 use crate::store::{
     BeganRefund, NewRefund, PaymentFilter, PaymentMethodRow, PaymentRecord, PaymentRow, RefundFinish, RefundRow, Store,
     VoucherBatchRow,
@@ -65,97 +61,6 @@ const EVENT_BATCH: u64 = 500;
 const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The attempt code of a gateway call that did not answer in time.
 const TIMEOUT_CODE: &str = "timeout";
-
-/// Asks the services that own accounts, units and invoices about those a
-/// call names, with payments' own service key: a payment method is only
-/// added to an account the caller holds, a voucher only made in a unit its
-/// accounts are kept in, and a charge only made for the caller's invoice.
-#[derive(Clone)]
-pub struct Owners {
-    wallet: WalletServiceClient<reservoir_common::channel::ServiceChannel>,
-    invoicing: InvoicingServiceClient<reservoir_common::channel::ServiceChannel>,
-    service_key: String,
-}
-
-impl Owners {
-    pub fn new(
-        wallet: reservoir_common::channel::ServiceChannel,
-        invoicing: reservoir_common::channel::ServiceChannel,
-        service_key: String,
-    ) -> Self {
-        Self {
-            wallet: WalletServiceClient::new(wallet),
-            invoicing: InvoicingServiceClient::new(invoicing),
-            service_key,
-        }
-    }
-
-    /// Ok when `account` is one of `tenant`'s; NOT_FOUND when it is not (or
-    /// not anyone's); UNAVAILABLE when the wallet cannot tell now.
-    async fn check_account(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
-        let message = wallet_pb::GetAccountRequest { account_id: account.to_string() };
-        let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
-        match self.wallet.clone().get_account(request).await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == tonic::Code::NotFound => Err(PaymentsError::NotFound("account")),
-            Err(status) => Err(PaymentsError::Unavailable(format!(
-                "the wallet could not confirm the account: {}",
-                status.message()
-            ))),
-        }
-    }
-
-    /// The unit `code` when some account of `tenant` is kept in it; `None`
-    /// when none is (a voucher in it could never be redeemed); UNAVAILABLE
-    /// when the wallet cannot tell now.
-    async fn unit(&self, tenant: TenantId, code: &str) -> Result<Option<Unit>, PaymentsError> {
-        let message = wallet_pb::GetUnitRequest { unit_code: code.to_owned() };
-        let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
-        match self.wallet.clone().get_unit(request).await {
-            Ok(response) => {
-                let unit = response.into_inner().unit.unwrap_or_default();
-                Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency)
-                    .map(Some)
-                    .map_err(|error| {
-                        PaymentsError::Internal(format!("the wallet answered a unit it cannot have: {error}"))
-                    })
-            }
-            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
-            Err(status) => {
-                Err(PaymentsError::Unavailable(format!("the wallet could not confirm the unit: {}", status.message())))
-            }
-        }
-    }
-
-    /// What a charge needs to know of the tenant's invoice `invoice`:
-    /// NOT_FOUND when the tenant has no such invoice; UNAVAILABLE when
-    /// invoicing cannot tell now.
-    async fn invoice(&self, tenant: TenantId, invoice: Uuid) -> Result<InvoiceFacts, PaymentsError> {
-        let message = invoicing_pb::GetInvoiceRequest { invoice_id: invoice.to_string() };
-        let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
-        let invoice = match self.invoicing.clone().get_invoice(request).await {
-            Ok(response) => response.into_inner().invoice.unwrap_or_default(),
-            Err(status) if status.code() == tonic::Code::NotFound => return Err(PaymentsError::NotFound("invoice")),
-            Err(status) => {
-                return Err(PaymentsError::Unavailable(format!(
-                    "invoicing could not confirm the invoice: {}",
-                    status.message()
-                )));
-            }
-        };
-        let unreadable = |what: &str| PaymentsError::Internal(format!("invoicing answered an invoice with {what}"));
-        let status = invoice.status();
-        Ok(InvoiceFacts {
-            account_id: Uuid::parse_str(&invoice.account_id).map_err(|_| unreadable("a malformed account id"))?,
-            payable: matches!(status, invoicing_pb::InvoiceStatus::Open | invoicing_pb::InvoiceStatus::Uncollectible),
-            amount_due: invoice.amount_due.parse().map_err(|_| unreadable("a malformed amount due"))?,
-            currency: invoice.currency,
-        })
-    }
-}
 
 #[derive(Clone)]
 pub struct PaymentsApi {

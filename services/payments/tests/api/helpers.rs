@@ -9,7 +9,7 @@ use reservoir_common::auth::TenantId;
 use reservoir_common::settings::AuthSettings;
 use reservoir_invoicing::app::{Application as Invoicing, InvoicingSettings};
 use reservoir_payments::app::{Application as Payments, PaymentsSettings};
-use reservoir_payments::gateway::{SandboxGateway, gateway_key};
+use reservoir_payments::clients::gateway::{SandboxGateway, gateway_key};
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as pb;

@@ -1,6 +1,7 @@
 //! gRPC handlers: they check the request, ask the domain through the store,
 //! and translate the answer. No rule about money lives here.
 
+mod convert;
 mod reports;
 mod respond;
 mod units;
@@ -22,7 +23,6 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 pub use self::validate::*;
-use crate::convert;
 use crate::domain::*;
 use crate::error::WalletError;
 use crate::store::{EntryFilter, EventRecord, IdempotencyCheck, LoadPlan, Loaded, Reply, Store, Submitted};

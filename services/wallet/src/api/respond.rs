@@ -6,7 +6,7 @@ use prost::Message;
 use reservoir_common::money::Unit;
 use reservoir_proto::wallet as pb;
 
-use crate::convert;
+use super::convert;
 use crate::domain::{Answer, DomainError, WalletAnswer};
 use crate::error::WalletError;
 use crate::store::Reply;

@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
-use crate::api::new_top_up;
 use crate::domain::{AutoDecision, Outcome, Step, Trigger, day_and_month_start, decide_auto, next_run};
 use crate::error::OrchestratorError;
-use crate::saga::{Saga, now};
 use crate::store::{NewEvent, StepLine};
+use crate::usecases::saga::{Saga, new_top_up};
+use reservoir_common::time::now;
 
 /// Top-ups one pass resumes at most.
 const RUNNABLE_PER_PASS: u64 = 100;

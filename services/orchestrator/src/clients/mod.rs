@@ -2,6 +2,9 @@
 //! orchestrator's service key for the tenant each call is about. Every
 //! change carries an idempotency key derived from the top-up and the step,
 //! so a step repeated after a crash is answered by the first call's record.
+//! `destination` guards where webhooks may be sent.
+
+pub mod destination;
 
 use std::time::Duration;
 

@@ -9,14 +9,16 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use reservoir_common::auth::TenantId;
 use reservoir_proto::payments::PaymentStatus;
 use reservoir_proto::wallet as wallet_pb;
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::clients::{CallError, Invoice, Upstream};
 use crate::domain::{Outcome, Status, Step, Trigger, backoff};
 use crate::error::OrchestratorError;
 use crate::store::{NewEvent, StepLine, Store, TopUpRow};
-use crate::upstream::{CallError, Invoice, Upstream};
 
 /// The failure code payments gives a charge whose gateway did not answer.
 const GATEWAY_TIMEOUT_CODE: &str = "timeout";
@@ -26,7 +28,7 @@ const STEPS_PER_RUN_MAX: usize = 12;
 /// event says it was confirmed.
 const PAYMENT_POLL: chrono::Duration = chrono::Duration::seconds(30);
 
-pub use reservoir_common::time::now;
+use reservoir_common::time::now;
 
 /// Where a test asks the process to die: `before:CHARGE`, `after:GRANT`, ...
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,11 +116,7 @@ impl Saga {
     }
 
     /// Takes a top-up's lease and runs it as far as it goes now.
-    pub async fn claim_and_run(
-        &self,
-        id: Uuid,
-        tenant: reservoir_common::auth::TenantId,
-    ) -> Result<(), OrchestratorError> {
+    pub async fn claim_and_run(&self, id: Uuid, tenant: TenantId) -> Result<(), OrchestratorError> {
         let now = now();
         if !self.store.claim(id, now, self.lease_until(now)).await? {
             return Ok(());
@@ -225,7 +223,7 @@ impl Saga {
         match self.upstream.available(row.tenant_id, row.account_id).await {
             Ok(available) => {
                 let key = format!("auto:{}:after:{}", row.account_id, row.id);
-                crate::worker::start_automatic(self, row.tenant_id, row.account_id, available, key).await?;
+                crate::usecases::worker::start_automatic(self, row.tenant_id, row.account_id, available, key).await?;
             }
             Err(error) => tracing::warn!(error = %error.detail(), "balance not read after an automatic top-up"),
         }
@@ -455,5 +453,48 @@ impl Saga {
             }
             Step::Done => Next::Wait { detail: String::new(), event: None },
         })
+    }
+}
+
+/// A new top-up's row, before its first step.
+#[allow(clippy::too_many_arguments)]
+pub fn new_top_up(
+    tenant: TenantId,
+    account_id: Uuid,
+    trigger: Trigger,
+    step: Step,
+    credits: Decimal,
+    grant_kind: &str,
+    payment_method_id: Option<Uuid>,
+    idempotency_key: String,
+    now: DateTime<Utc>,
+) -> TopUpRow {
+    TopUpRow {
+        id: Uuid::now_v7(),
+        tenant_id: tenant,
+        account_id,
+        trigger,
+        status: Status::Pending,
+        step,
+        credits,
+        grant_kind: grant_kind.to_owned(),
+        payment_method_id,
+        reconcile_later: false,
+        credits_expire_at: None,
+        invoice_id: None,
+        payment_id: None,
+        grant_id: None,
+        voucher_id: None,
+        voucher_code: None,
+        amount: None,
+        currency: String::new(),
+        reason: String::new(),
+        attempts: 0,
+        next_attempt_at: now,
+        claimed_until: now,
+        idempotency_key,
+        request_hash: String::new(),
+        created_at: now,
+        updated_at: now,
     }
 }

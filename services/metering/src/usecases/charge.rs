@@ -13,10 +13,10 @@ use reservoir_common::auth::TenantId;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
 
+use crate::clients::wallet::{WalletGateway, debit_for, is_final_refusal, settlement_of};
 use crate::domain::EventStatus;
 use crate::error::MeteringError;
 use crate::store::{LEGACY_LINE_PREFIX, Line, Settlement, Store, StoredEvent};
-use crate::wallet::{WalletGateway, debit_for, is_final_refusal, settlement_of};
 
 /// Lines per DrawUsage, and amounts per DrawUsage: the wallet's limits.
 const LINES_PER_CALL_MAX: usize = 1_000;

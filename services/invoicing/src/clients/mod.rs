@@ -3,6 +3,9 @@
 //! invoicing's service key for the tenant each call is about. Every change
 //! carries an idempotency key derived from what it is for, so repeating it
 //! after a crash is answered by the wallet's record of the first.
+//! `mail` sends scheduled reports over SMTP.
+
+pub mod mail;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

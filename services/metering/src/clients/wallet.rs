@@ -8,11 +8,11 @@ use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
-use sha2::{Digest, Sha256};
 use tonic::{Code, Status};
 use uuid::Uuid;
 
 use crate::domain::EventStatus;
+use crate::domain::wallet_key;
 use crate::error::MeteringError;
 use crate::store::{Settlement, StoredEvent};
 
@@ -23,13 +23,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WalletGateway {
     channel: ServiceChannel,
     service_key: String,
-}
-
-/// The wallet's idempotency key for a debit metering makes: the purpose and a
-/// digest of what it is for, so any event id fits the wallet's key length.
-pub fn wallet_key(purpose: &str, id: &str) -> String {
-    let digest = hex::encode(Sha256::digest(id.as_bytes()));
-    format!("{purpose}:{}", &digest[..48])
 }
 
 /// The debit of one usage event: the same request every time it is sent.

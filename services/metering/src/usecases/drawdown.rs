@@ -21,10 +21,10 @@ use reservoir_common::auth::TenantId;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use uuid::Uuid;
 
-use crate::charge::draw_lines;
+use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
 use crate::store::{Line, Store};
-use crate::wallet::WalletGateway;
+use crate::usecases::charge::draw_lines;
 
 /// Listings waiting to be drawn; past this an ingest waits to list its lines.
 const QUEUE_MAX: usize = 64;
@@ -186,7 +186,7 @@ async fn run(
             by_tenant.entry(listing.tenant).or_default().extend(listing.lines);
         }
         for (tenant, lines) in &by_tenant {
-            let now = crate::api::now();
+            let now = reservoir_common::time::now();
             if let Err(error) = draw_lines(&store, &wallet, *tenant, lines.clone(), now).await {
                 tracing::warn!(%error, %tenant, "accepted usage not drawn; the worker draws it when its claim runs out");
             }

@@ -23,22 +23,19 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 use uuid::Uuid;
 
+use crate::clients::Upstream;
+use crate::domain::ENDPOINTS_FRESH_FOR;
+use crate::domain::signature;
 use crate::error::OrchestratorError;
-use crate::saga::now;
-use crate::signature;
 use crate::store::{
     AttemptResult, AttemptRow, DeliveryRow, DeliveryStatus, EndpointRow, Store, StoredEvent, WebhookMessage,
 };
-use crate::upstream::Upstream;
+use reservoir_common::time::now;
 
 /// Attempts one pass makes at most.
 const ATTEMPTS_PER_PASS: u64 = 100;
 /// Top-up events read per query.
 const EVENT_BATCH: u64 = 500;
-/// How long a follower uses the endpoints it read before reading them again.
-/// An endpoint gets the events from this long after it was created on, so
-/// every follower knows it by then.
-pub const ENDPOINTS_FRESH_FOR: Duration = Duration::from_secs(1);
 /// Events passed over (no endpoint wants them) between two saves of a cursor.
 const CURSOR_SAVE_EVERY: u32 = 500;
 /// How long a broken stream waits before it connects again.
@@ -313,7 +310,7 @@ impl Webhooks {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent("Reservoir-Webhooks/1");
         if !settings.allow_private_destinations {
-            http = http.dns_resolver(Arc::new(crate::destination::PublicOnly));
+            http = http.dns_resolver(Arc::new(crate::clients::destination::PublicOnly));
         }
         let http =
             http.build().map_err(|error| OrchestratorError::Internal(format!("the webhook HTTP client: {error}")))?;
@@ -596,7 +593,7 @@ impl Webhooks {
         let inward = if self.settings.allow_private_destinations {
             None
         } else {
-            crate::destination::literal_refusal(&endpoint.url)
+            crate::clients::destination::literal_refusal(&endpoint.url)
         };
         let sent = match inward {
             Some(refusal) => Err(refusal),

@@ -1,0 +1,3 @@
+//! Outbound calls: the wallet.
+
+pub mod wallet;
