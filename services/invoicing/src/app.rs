@@ -6,14 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
-use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
-use reservoir_common::tls::TlsSettings;
 use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{Clock, InvoicingApi, system_clock};
@@ -92,28 +89,13 @@ impl InvoicingSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("settings: {0}")]
-    Settings(String),
-    #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Store(#[from] InvoicingError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type AppError = reservoir_common::app::AppError<InvoicingError>;
 
 pub struct Application {
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     store: Store,
     api: InvoicingApi,
     authenticator: Arc<Authenticator>,
-    /// Bounds on connections, calls in flight and each tenant's rate.
-    limits: LimitSettings,
-    /// TLS (and mTLS) on the port; plaintext without a certificate.
-    tls: TlsSettings,
     worker_interval: Duration,
 }
 
@@ -124,46 +106,18 @@ impl Application {
         store.migrate().await?;
         let upstream =
             Upstream::new(&settings.wallet_endpoint, &settings.metering_endpoint, settings.service_key.clone())?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
-        let metrics =
-            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
         let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
         let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock(), mailer);
         Ok(Self {
-            limits: LimitSettings::default(),
-            tls: TlsSettings::default(),
-            listener,
-            metrics,
+            listeners,
             store,
             api,
             authenticator,
             worker_interval: Duration::from_millis(settings.worker_interval_ms),
         })
-    }
-
-    /// Serves within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Serves over TLS as `tls` says.
-    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
-    /// The Prometheus scrape endpoint's address, if one is served.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn store(&self) -> Store {
@@ -175,36 +129,31 @@ impl Application {
     pub fn set_clock(&mut self, clock: Clock) {
         self.api = self.api.with_clock(clock);
     }
+}
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let (stop_sender, stopping) = watch::channel(false);
-        tokio::spawn(reservoir_common::metrics::watch_pool(
-            "invoicing",
-            self.store.database().clone(),
-            stopping.clone(),
-        ));
+impl App for Application {
+    type Error = InvoicingError;
+
+    fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopping) = watch::channel(false);
         let worker = tokio::spawn(work(self.api.clone(), self.worker_interval, stopping.clone()));
-        let routes = tonic::service::Routes::new(InvoicingServiceServer::new(self.api.with_stopping(stopping.clone())));
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
-        };
-        let port = Port {
-            listener: self.listener,
+        let served = Served {
+            name: "invoicing",
             service_names: &[SERVICE_NAME],
             authenticator: self.authenticator,
-            limits: &self.limits,
-            tls: &self.tls,
-            metrics: self.metrics,
-            database: Some(self.store.database().clone()),
+            database: self.store.database().clone(),
+            routes: tonic::service::Routes::new(InvoicingServiceServer::new(self.api.with_stopping(stopping))),
+            tasks: vec![(worker, "worker")],
         };
-        let served = serve(port, routes, stop).await;
-        if let Err(error) = worker.await {
-            tracing::error!(%error, "the invoicing worker ended abnormally");
-        }
-        served?;
-        tracing::info!("invoicing stopped");
-        Ok(())
+        self.listeners.run(served, stop, shutdown).await
     }
 }
 

@@ -7,14 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
-use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
-use reservoir_common::tls::TlsSettings;
 use reservoir_proto::metering::metering_service_server::MeteringServiceServer;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{MeteringApi, now};
@@ -77,28 +74,13 @@ impl MeteringSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("settings: {0}")]
-    Settings(String),
-    #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Store(#[from] MeteringError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type AppError = reservoir_common::app::AppError<MeteringError>;
 
 pub struct Application {
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     store: Store,
     wallet: WalletGateway,
     authenticator: Arc<Authenticator>,
-    /// Bounds on connections, calls in flight and each tenant's rate.
-    limits: LimitSettings,
-    /// TLS (and mTLS) on the port; plaintext without a certificate.
-    tls: TlsSettings,
     worker_interval: Duration,
 }
 
@@ -108,18 +90,11 @@ impl Application {
         let store = Store::connect(&settings.database()).await?;
         store.migrate().await?;
         let wallet = WalletGateway::new(&settings.wallet_endpoint, settings.wallet_service_key.clone())?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
-        let metrics =
-            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet.channel())), key_cache_ttl));
         Ok(Self {
-            limits: LimitSettings::default(),
-            tls: TlsSettings::default(),
-            listener,
-            metrics,
+            listeners,
             store,
             wallet,
             authenticator,
@@ -127,62 +102,36 @@ impl Application {
         })
     }
 
-    /// Serves within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Serves over TLS as `tls` says.
-    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
-    /// The Prometheus scrape endpoint's address, if one is served.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
-    }
-
     pub fn store(&self) -> Store {
         self.store.clone()
     }
+}
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let (stop_sender, stopping) = watch::channel(false);
-        tokio::spawn(reservoir_common::metrics::watch_pool(
-            "metering",
-            self.store.database().clone(),
-            stopping.clone(),
-        ));
+impl App for Application {
+    type Error = MeteringError;
+
+    fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopping) = watch::channel(false);
         let api = MeteringApi::new(self.store.clone(), self.wallet.clone());
         let worker =
             tokio::spawn(work(api.clone(), self.store.clone(), self.wallet.clone(), self.worker_interval, stopping));
-        let routes = tonic::service::Routes::new(MeteringServiceServer::new(api));
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
-        };
-        let port = Port {
-            listener: self.listener,
+        let served = Served {
+            name: "metering",
             service_names: &[SERVICE_NAME],
             authenticator: self.authenticator,
-            limits: &self.limits,
-            tls: &self.tls,
-            metrics: self.metrics,
-            database: Some(self.store.database().clone()),
+            database: self.store.database().clone(),
+            routes: tonic::service::Routes::new(MeteringServiceServer::new(api)),
+            tasks: vec![(worker, "worker")],
         };
-        let served = serve(port, routes, stop).await;
-        if let Err(error) = worker.await {
-            tracing::error!(%error, "the metering worker ended abnormally");
-        }
-        served?;
-        tracing::info!("metering stopped");
-        Ok(())
+        self.listeners.run(served, stop, shutdown).await
     }
 }
 

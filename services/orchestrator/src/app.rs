@@ -6,15 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
-use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
-use reservoir_common::tls::TlsSettings;
 use reservoir_proto::orchestrator::top_up_service_server::TopUpServiceServer;
 use reservoir_proto::orchestrator::webhook_service_server::WebhookServiceServer;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::{TopUpApi, WebhookApi};
@@ -108,28 +105,13 @@ impl OrchestratorSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("settings: {0}")]
-    Settings(String),
-    #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Store(#[from] OrchestratorError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type AppError = reservoir_common::app::AppError<OrchestratorError>;
 
 pub struct Application {
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     store: Store,
     saga: Saga,
     authenticator: Arc<Authenticator>,
-    /// Bounds on connections, calls in flight and each tenant's rate.
-    limits: LimitSettings,
-    /// TLS (and mTLS) on the port; plaintext without a certificate.
-    tls: TlsSettings,
     worker_interval: Duration,
     webhooks: WebhookSettings,
 }
@@ -145,11 +127,7 @@ impl Application {
             &settings.payments_endpoint,
             settings.service_key.clone(),
         )?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
-        let metrics =
-            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
         let saga = Saga::new(
@@ -160,10 +138,7 @@ impl Application {
             settings.attempts_before_action,
         );
         Ok(Self {
-            limits: LimitSettings::default(),
-            tls: TlsSettings::default(),
-            listener,
-            metrics,
+            listeners,
             store,
             saga,
             authenticator,
@@ -172,38 +147,24 @@ impl Application {
         })
     }
 
-    /// Serves within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Serves over TLS as `tls` says.
-    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
-    /// The Prometheus scrape endpoint's address, if one is served.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
-    }
-
     pub fn store(&self) -> Store {
         self.store.clone()
     }
+}
 
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let (stop_sender, stopping) = watch::channel(false);
-        tokio::spawn(reservoir_common::metrics::watch_pool(
-            "orchestrator",
-            self.store.database().clone(),
-            stopping.clone(),
-        ));
+impl App for Application {
+    type Error = OrchestratorError;
+
+    fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopping) = watch::channel(false);
         let worker = Worker::new(self.saga.clone(), stopping.clone());
         let running = tokio::spawn({
             let stopping = stopping.clone();
@@ -232,34 +193,15 @@ impl Application {
         });
         let webhook_api = WebhookApi::new(self.store.clone(), &self.webhooks);
         let api = TopUpApi::new(self.saga, stopping);
-        let routes = tonic::service::Routes::new(TopUpServiceServer::new(api))
-            .add_service(WebhookServiceServer::new(webhook_api));
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
+        let served = Served {
+            name: "orchestrator",
+            service_names: &[SERVICE_NAME, WEBHOOK_SERVICE_NAME],
+            authenticator: self.authenticator,
+            database: self.store.database().clone(),
+            routes: tonic::service::Routes::new(TopUpServiceServer::new(api))
+                .add_service(WebhookServiceServer::new(webhook_api)),
+            tasks: vec![(running, "worker"), (delivering, "webhook deliverer")],
         };
-        let names = [SERVICE_NAME, WEBHOOK_SERVICE_NAME];
-        let served = serve(
-            Port {
-                listener: self.listener,
-                service_names: &names,
-                authenticator: self.authenticator,
-                limits: &self.limits,
-                tls: &self.tls,
-                metrics: self.metrics,
-                database: Some(self.store.database().clone()),
-            },
-            routes,
-            stop,
-        )
-        .await;
-        for (task, name) in [(running, "worker"), (delivering, "webhook deliverer")] {
-            if let Err(error) = task.await {
-                tracing::error!(%error, "the orchestrator {name} ended abnormally");
-            }
-        }
-        served?;
-        tracing::info!("orchestrator stopped");
-        Ok(())
+        self.listeners.run(served, stop, shutdown).await
     }
 }

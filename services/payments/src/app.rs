@@ -6,14 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
-use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::DatabaseSettings;
-use reservoir_common::tls::TlsSettings;
 use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::PaymentsApi;
@@ -94,28 +91,13 @@ impl PaymentsSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("settings: {0}")]
-    Settings(String),
-    #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Store(#[from] PaymentsError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type AppError = reservoir_common::app::AppError<PaymentsError>;
 
 pub struct Application {
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     store: Store,
     sandbox: SandboxGateway,
     authenticator: Arc<Authenticator>,
-    /// Bounds on connections, calls in flight and each tenant's rate.
-    limits: LimitSettings,
-    /// TLS (and mTLS) on the port; plaintext without a certificate.
-    tls: TlsSettings,
     gateway_timeout: Duration,
     owners: crate::clients::owners::Owners,
 }
@@ -132,11 +114,7 @@ impl Application {
             .timeout(WALLET_CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
-        let metrics =
-            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
         let invoicing = reservoir_common::tls::endpoint(&settings.invoicing_endpoint)
             .map_err(|error| AppError::Settings(format!("payments: invoicing_endpoint: {error}")))?
             .timeout(WALLET_CALL_TIMEOUT)
@@ -146,37 +124,13 @@ impl Application {
             crate::clients::owners::Owners::new(wallet.clone(), invoicing, settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));
         Ok(Self {
-            limits: LimitSettings::default(),
-            tls: TlsSettings::default(),
-            listener,
-            metrics,
+            listeners,
             sandbox: SandboxGateway::new(store.clone()),
             store,
             authenticator,
             gateway_timeout: Duration::from_millis(settings.gateway_timeout_ms),
             owners,
         })
-    }
-
-    /// Serves within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Serves over TLS as `tls` says.
-    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
-    /// The Prometheus scrape endpoint's address, if one is served.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
     }
 
     pub fn store(&self) -> Store {
@@ -187,16 +141,21 @@ impl Application {
     pub fn sandbox(&self) -> SandboxGateway {
         self.sandbox.clone()
     }
+}
 
-    /// Serves until `shutdown` resolves, then stops taking calls, ends the
-    /// open event streams and returns once the calls in flight are done.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let (stop_sender, stopping) = watch::channel(false);
-        tokio::spawn(reservoir_common::metrics::watch_pool(
-            "payments",
-            self.store.database().clone(),
-            stopping.clone(),
-        ));
+impl App for Application {
+    type Error = PaymentsError;
+
+    fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
+
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopping) = watch::channel(false);
         let api = PaymentsApi::new(
             self.store.clone(),
             Arc::new(self.sandbox.clone()),
@@ -204,22 +163,14 @@ impl Application {
             self.owners.clone(),
             stopping,
         );
-        let routes = tonic::service::Routes::new(PaymentsServiceServer::new(api));
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
-        };
-        let port = Port {
-            listener: self.listener,
+        let served = Served {
+            name: "payments",
             service_names: &[SERVICE_NAME],
             authenticator: self.authenticator,
-            limits: &self.limits,
-            tls: &self.tls,
-            metrics: self.metrics,
-            database: Some(self.store.database().clone()),
+            database: self.store.database().clone(),
+            routes: tonic::service::Routes::new(PaymentsServiceServer::new(api)),
+            tasks: Vec::new(),
         };
-        serve(port, routes, stop).await?;
-        tracing::info!("payments stopped");
-        Ok(())
+        self.listeners.run(served, stop, shutdown).await
     }
 }

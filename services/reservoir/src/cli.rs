@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::Table;
+use reservoir_common::app::App;
 use reservoir_common::serve::shutdown_signal;
 use reservoir_common::status::reason_of;
 use reservoir_common::telemetry;
@@ -279,11 +280,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::settings::reference().map_err(anyhow::Error::msg)?);
             Ok(())
         }
-        Command::Serve { service: Service::Wallet } => serve_wallet(config).await,
-        Command::Serve { service: Service::Metering } => serve_metering(config).await,
-        Command::Serve { service: Service::Invoicing } => serve_invoicing(config).await,
-        Command::Serve { service: Service::Payments } => serve_payments(config).await,
-        Command::Serve { service: Service::Orchestrator } => serve_orchestrator(config).await,
+        Command::Serve { service } => serve(config, service).await,
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::TopUp(command) => crate::topup::run(command).await,
@@ -307,66 +304,53 @@ fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
     Ok(settings)
 }
 
-async fn serve_wallet(config: Option<&Path>) -> anyhow::Result<()> {
+/// One service in this process, until SIGTERM or Ctrl-C.
+async fn serve(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
     let settings = load_settings(config)?;
-    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-wallet").map_err(anyhow::Error::msg)?;
-    let application = Application::build(&settings.wallet, &settings.auth)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
-    application.run_until(shutdown_signal()).await?;
-    Ok(())
+    let valid = match service {
+        Service::Wallet => settings.wallet.validate(),
+        Service::Metering => settings.metering.validate(),
+        Service::Invoicing => settings.invoicing.validate(),
+        Service::Payments => settings.payments.validate(),
+        Service::Orchestrator => settings.orchestrator.validate(),
+    };
+    valid.map_err(anyhow::Error::msg)?;
+    let _telemetry =
+        telemetry::init(&settings.telemetry, &format!("reservoir-{}", service.name())).map_err(anyhow::Error::msg)?;
+    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
+    match service {
+        Service::Wallet => {
+            let application = Application::build(&settings.wallet, &settings.auth).await?;
+            serve_until_stopped(application, &settings).await
+        }
+        Service::Metering => {
+            let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?;
+            serve_until_stopped(application, &settings).await
+        }
+        Service::Invoicing => {
+            let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?;
+            serve_until_stopped(application, &settings).await
+        }
+        Service::Payments => {
+            let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?;
+            serve_until_stopped(application, &settings).await
+        }
+        Service::Orchestrator => {
+            let application =
+                reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
+            serve_until_stopped(application, &settings).await
+        }
+    }
 }
 
-async fn serve_metering(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = load_settings(config)?;
-    settings.metering.validate().map_err(anyhow::Error::msg)?;
-    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-metering").map_err(anyhow::Error::msg)?;
-    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
-    application.run_until(shutdown_signal()).await?;
-    Ok(())
+/// A built service with the process's limits and TLS.
+fn guarded<A: App>(application: A, settings: &Settings) -> A {
+    application.with_limits(settings.limits.clone()).with_tls(settings.tls.clone())
 }
 
-async fn serve_invoicing(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = load_settings(config)?;
-    settings.invoicing.validate().map_err(anyhow::Error::msg)?;
-    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-invoicing").map_err(anyhow::Error::msg)?;
-    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
-    application.run_until(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn serve_payments(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = load_settings(config)?;
-    settings.payments.validate().map_err(anyhow::Error::msg)?;
-    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-payments").map_err(anyhow::Error::msg)?;
-    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
-    application.run_until(shutdown_signal()).await?;
-    Ok(())
-}
-
-async fn serve_orchestrator(config: Option<&Path>) -> anyhow::Result<()> {
-    let settings = load_settings(config)?;
-    settings.orchestrator.validate().map_err(anyhow::Error::msg)?;
-    let _telemetry = telemetry::init(&settings.telemetry, "reservoir-orchestrator").map_err(anyhow::Error::msg)?;
-    let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let application = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
-    application.run_until(shutdown_signal()).await?;
+/// Serves a built service until the process is asked to stop.
+async fn serve_until_stopped<A: App>(application: A, settings: &Settings) -> anyhow::Result<()> {
+    guarded(application, settings).run_until(shutdown_signal()).await?;
     Ok(())
 }
 
@@ -412,10 +396,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir).with_context(|| format!("creating {}", settings.data_dir.display()))?;
     // With a certificate, the services call one another over TLS too.
     let scheme = if settings.tls.enabled() { "https" } else { "http" };
-    let wallet = Application::build(&settings.wallet, &settings.auth)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
+    let wallet = guarded(Application::build(&settings.wallet, &settings.auth).await?, &settings);
     let store = wallet.store();
     let now = chrono::Utc::now();
     if store.list_tenants().await?.is_empty() {
@@ -457,35 +438,29 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         println!("wallet       listening on {address}");
     }
     let key_cache_ttl = Duration::from_millis(settings.auth.key_cache_ttl_ms);
-    let metering = reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
+    let metering =
+        guarded(reservoir_metering::app::Application::build(&settings.metering, key_cache_ttl).await?, &settings);
     if let Some(address) = metering.local_addr() {
         settings.invoicing.metering_endpoint = format!("{scheme}://{address}");
         println!("metering     listening on {address}");
     }
-    let invoicing = reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
+    let invoicing =
+        guarded(reservoir_invoicing::app::Application::build(&settings.invoicing, key_cache_ttl).await?, &settings);
     if let Some(address) = invoicing.local_addr() {
         settings.orchestrator.invoicing_endpoint = format!("{scheme}://{address}");
         settings.payments.invoicing_endpoint = format!("{scheme}://{address}");
         println!("invoicing    listening on {address}");
     }
-    let payments = reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
+    let payments =
+        guarded(reservoir_payments::app::Application::build(&settings.payments, key_cache_ttl).await?, &settings);
     if let Some(address) = payments.local_addr() {
         settings.orchestrator.payments_endpoint = format!("{scheme}://{address}");
         println!("payments     listening on {address}");
     }
-    let orchestrator = reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl)
-        .await?
-        .with_limits(settings.limits.clone())
-        .with_tls(settings.tls.clone());
+    let orchestrator = guarded(
+        reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?,
+        &settings,
+    );
     if let Some(address) = orchestrator.local_addr() {
         println!("orchestrator listening on {address}");
     }

@@ -6,14 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::Authenticator;
-use reservoir_common::limits::LimitSettings;
-use reservoir_common::serve::{Port, ServeError, serve};
 use reservoir_common::settings::{AuthSettings, DatabaseSettings};
-use reservoir_common::tls::TlsSettings;
 use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::WalletApi;
@@ -81,27 +78,12 @@ impl WalletSettings {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    #[error("settings: {0}")]
-    Settings(String),
-    #[error("listening on {address}: {source}")]
-    Listen { address: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    Store(#[from] WalletError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
+pub type AppError = reservoir_common::app::AppError<WalletError>;
 
 pub struct Application {
-    listener: TcpListener,
-    metrics: Option<TcpListener>,
+    listeners: Listeners,
     store: Store,
     authenticator: Arc<Authenticator>,
-    /// Bounds on connections, calls in flight and each tenant's rate.
-    limits: LimitSettings,
-    /// TLS (and mTLS) on the port; plaintext without a certificate.
-    tls: TlsSettings,
     sweep_interval: Duration,
 }
 
@@ -111,78 +93,44 @@ impl Application {
         settings.validate().map_err(AppError::Settings)?;
         let store = Store::connect(&settings.database(), settings.committers).await?;
         store.migrate().await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| AppError::Listen { address: settings.listen, source })?;
-        let metrics =
-            reservoir_common::serve::bind_metrics(&settings.metrics_listen).await.map_err(AppError::Settings)?;
+        let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
         let resolver = StoreKeyResolver { store: store.clone(), pepper: auth.api_key_pepper.clone() };
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
-        Ok(Self {
-            limits: LimitSettings::default(),
-            tls: TlsSettings::default(),
-            listener,
-            metrics,
-            store,
-            authenticator,
-            sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
-        })
-    }
-
-    /// Serves within `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: LimitSettings) -> Self {
-        self.limits = limits;
-        self
-    }
-
-    /// Serves over TLS as `tls` says.
-    pub fn with_tls(mut self, tls: TlsSettings) -> Self {
-        self.tls = tls;
-        self
-    }
-
-    pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.local_addr().ok()
-    }
-
-    /// The Prometheus scrape endpoint's address, if one is served.
-    pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics.as_ref().and_then(|listener| listener.local_addr().ok())
+        Ok(Self { listeners, store, authenticator, sweep_interval: Duration::from_millis(settings.sweep_interval_ms) })
     }
 
     pub fn store(&self) -> Store {
         self.store.clone()
     }
+}
+
+impl App for Application {
+    type Error = WalletError;
+
+    fn listeners(&self) -> &Listeners {
+        &self.listeners
+    }
+
+    fn listeners_mut(&mut self) -> &mut Listeners {
+        &mut self.listeners
+    }
 
     /// Serves until `shutdown` resolves, then stops taking calls, lets those
     /// in flight finish, and stops the sweeper.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
-        let (stop_sender, stopping) = watch::channel(false);
+    async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
+        let (stop, stopping) = watch::channel(false);
         let sweeper = tokio::spawn(sweep(self.store.clone(), self.sweep_interval, stopping.clone()));
-        tokio::spawn(reservoir_common::metrics::watch_pool("wallet", self.store.database().clone(), stopping.clone()));
         let api = WalletApi::new(self.store.clone(), stopping);
-        let routes = tonic::service::Routes::new(WalletServiceServer::new(api));
-        let stop_streams = async move {
-            shutdown.await;
-            let _ = stop_sender.send(true);
-        };
-        let port = Port {
-            listener: self.listener,
+        let served = Served {
+            name: "wallet",
             service_names: &[SERVICE_NAME],
             authenticator: self.authenticator,
-            limits: &self.limits,
-            tls: &self.tls,
-            metrics: self.metrics,
-            database: Some(self.store.database().clone()),
+            database: self.store.database().clone(),
+            routes: tonic::service::Routes::new(WalletServiceServer::new(api)),
+            tasks: vec![(sweeper, "expiry sweeper")],
         };
-        let served = serve(port, routes, stop_streams).await;
-        if let Err(error) = sweeper.await {
-            tracing::error!(%error, "the expiry sweeper ended abnormally");
-        }
-        served?;
-        tracing::info!("wallet stopped");
-        Ok(())
+        self.listeners.run(served, stop, shutdown).await
     }
 }
 

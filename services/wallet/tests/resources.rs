@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use reservoir_common::app::App;
 use std::time::Duration;
 
 use reservoir_common::limits::LimitSettings;

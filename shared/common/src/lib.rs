@@ -1,6 +1,7 @@
 //! What every Reservoir service shares: settings, telemetry, error mapping,
 //! money, authentication, and the serving loop with health and reflection.
 
+pub mod app;
 pub mod auth;
 pub mod channel;
 pub mod db;

@@ -2,6 +2,7 @@
 //! its own, a tenant with a key, clients for all three, and a clock for
 //! invoicing that a test moves to the next month.
 
+use reservoir_common::app::App;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! A wallet and a metering service on free ports, each with a database of its
 //! own, a tenant with a key, and clients for both.
 
+use reservoir_common::app::App;
 use std::net::SocketAddr;
 use std::time::Duration;
 

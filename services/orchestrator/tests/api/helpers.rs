@@ -2,6 +2,7 @@
 //! with a database of its own, a tenant with a key, and clients. Metering is
 //! not running: nothing here bills usage.
 
+use reservoir_common::app::App;
 use std::time::Duration;
 
 use chrono::Utc;

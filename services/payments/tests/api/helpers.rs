@@ -2,6 +2,7 @@
 //! pay) and a payments service on free ports, each with a database of its
 //! own, two tenants with a key each, and clients for both.
 
+use reservoir_common::app::App;
 use std::time::Duration;
 
 use chrono::Utc;

@@ -1,6 +1,7 @@
 //! A wallet server on a free port with a database of its own, a tenant, an
 //! API key and a client that presents it.
 
+use reservoir_common::app::App;
 use std::net::SocketAddr;
 
 use chrono::Utc;
