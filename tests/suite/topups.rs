@@ -494,6 +494,14 @@ async fn top_ups_by_hand(backend: Backend) {
         .redeem_voucher(pb::RedeemVoucherRequest { code: "0000-0000-0000-0000-0".into(), account_id: other.id.clone() })
         .await;
     assert_eq!(wrong.unwrap_err().code(), tonic::Code::NotFound);
+    // A code that cannot be one (too short, its check character wrong) is
+    // refused as the caller's mistake, naming the field.
+    let malformed = orchestrator
+        .redeem_voucher(pb::RedeemVoucherRequest { code: "1234".into(), account_id: other.id.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument, "{malformed:?}");
+    assert_eq!(reservoir_common::status::violated_fields(&malformed), ["code"]);
     assert_eq!(available(&suite.wallet, &other).await, d("5"));
 
     // The scrape endpoint counts the top-ups by trigger and outcome.

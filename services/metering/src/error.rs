@@ -1,6 +1,7 @@
 //! Metering's one error type and its one mapping to gRPC statuses.
 
 use reservoir_common::db::{Failure, classify};
+use reservoir_common::error::Cause;
 use reservoir_common::status::{self, FieldViolation};
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
@@ -26,10 +27,16 @@ pub enum MeteringError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(Cause),
 }
 
 impl MeteringError {
+    /// An internal failure, remembered with the line that called this.
+    #[track_caller]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(Cause::new(message))
+    }
+
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
@@ -64,7 +71,7 @@ impl From<MeteringError> for Status {
                 tracing::warn!(%cause, "a dependency is unavailable");
                 status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
-            MeteringError::Internal(_) => status::internal(&error),
+            MeteringError::Internal(cause) => status::internal(&error, cause.at()),
         }
     }
 }
@@ -76,11 +83,12 @@ impl From<InvalidRequest> for MeteringError {
 }
 
 impl From<DbErr> for MeteringError {
+    #[track_caller]
     fn from(error: DbErr) -> Self {
         match classify(&error) {
             Failure::Conflict => Self::Conflict(error.to_string()),
             Failure::Unavailable => Self::Unavailable(error.to_string()),
-            Failure::Internal => Self::Internal(error.to_string()),
+            Failure::Internal => Self::internal(error.to_string()),
         }
     }
 }

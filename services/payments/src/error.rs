@@ -1,6 +1,7 @@
 //! Payments' one error type and its one mapping to gRPC statuses.
 
 use reservoir_common::db::{Failure, classify};
+use reservoir_common::error::Cause;
 use reservoir_common::status::{self, FieldViolation};
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
@@ -31,10 +32,16 @@ pub enum PaymentsError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(Cause),
 }
 
 impl PaymentsError {
+    /// An internal failure, remembered with the line that called this.
+    #[track_caller]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(Cause::new(message))
+    }
+
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
@@ -84,7 +91,7 @@ impl From<PaymentsError> for Status {
                 tracing::warn!(%cause, "a dependency is unavailable");
                 status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
-            PaymentsError::Internal(_) => status::internal(&error),
+            PaymentsError::Internal(cause) => status::internal(&error, cause.at()),
         }
     }
 }
@@ -96,11 +103,12 @@ impl From<InvalidRequest> for PaymentsError {
 }
 
 impl From<DbErr> for PaymentsError {
+    #[track_caller]
     fn from(error: DbErr) -> Self {
         match classify(&error) {
             Failure::Conflict => Self::Conflict(error.to_string()),
             Failure::Unavailable => Self::Unavailable(error.to_string()),
-            Failure::Internal => Self::Internal(error.to_string()),
+            Failure::Internal => Self::internal(error.to_string()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The wallet's one error type and its one mapping to gRPC statuses.
 
 use reservoir_common::db::{Failure, classify};
+use reservoir_common::error::Cause;
 use reservoir_common::status::{self, FieldViolation};
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
@@ -28,19 +29,26 @@ pub enum WalletError {
     #[error("database unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(Cause),
 }
 
 impl WalletError {
+    /// An internal failure, remembered with the line that called this.
+    #[track_caller]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(Cause::new(message))
+    }
+
     /// The same failure once more, for each of several callers that shared
     /// the work that failed (a batch, a read of units).
+    #[track_caller]
     pub fn again(&self) -> Self {
         match self {
             Self::Conflict(message) => Self::Conflict(message.clone()),
             Self::Unavailable(message) => Self::Unavailable(message.clone()),
             // Its cause once, not wrapped again ("internal: internal: …").
             Self::Internal(message) => Self::Internal(message.clone()),
-            other => Self::Internal(other.to_string()),
+            other => Self::internal(other.to_string()),
         }
     }
 
@@ -93,10 +101,15 @@ impl WalletError {
 }
 
 impl From<WalletError> for Status {
+    #[track_caller]
     fn from(error: WalletError) -> Self {
         match &error {
             WalletError::InvalidArgument(violations) => status::invalid_argument(violations),
-            WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => status::internal(&error),
+            WalletError::Internal(cause) => status::internal(&error, cause.at()),
+            // Where the handler turned it into a status: the domain names the inconsistency.
+            WalletError::Domain(DomainError::Inconsistent(_)) => {
+                status::internal(&error, std::panic::Location::caller())
+            }
             WalletError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
                 status::unavailable(error.reason(), "the database is unavailable; retry")
@@ -127,11 +140,12 @@ impl From<InvalidRequest> for WalletError {
 }
 
 impl From<DbErr> for WalletError {
+    #[track_caller]
     fn from(error: DbErr) -> Self {
         match classify(&error) {
             Failure::Conflict => Self::Conflict(error.to_string()),
             Failure::Unavailable => Self::Unavailable(error.to_string()),
-            Failure::Internal => Self::Internal(error.to_string()),
+            Failure::Internal => Self::internal(error.to_string()),
         }
     }
 }
@@ -142,7 +156,7 @@ mod tests {
 
     #[test]
     fn a_failure_shared_by_a_batch_keeps_its_cause_once() {
-        let failed = WalletError::Internal("broken".into());
+        let failed = WalletError::internal("broken");
         assert_eq!(failed.again().again().to_string(), "internal: broken");
         let unreachable = WalletError::Unavailable("gone".into());
         assert_eq!(unreachable.again().to_string(), "database unavailable: gone");

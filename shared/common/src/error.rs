@@ -3,11 +3,41 @@
 //! Each names it after itself (`InvoicingError`); the wallet, metering and
 //! payments have refusals of their own and types of their own.
 
+use std::fmt;
+use std::panic::Location;
+
 use crate::db::{Failure, classify};
 use crate::status::{self, FieldViolation};
 use crate::validate::InvalidRequest;
 use sea_orm::DbErr;
 use tonic::{Code, Status};
+
+/// What went wrong inside, and the line where it arose: captured when the
+/// error is made (`#[track_caller]`, through `?` too), so the log names the
+/// line that failed rather than the conversion into a status.
+#[derive(Debug, Clone)]
+pub struct Cause {
+    message: String,
+    at: &'static Location<'static>,
+}
+
+impl Cause {
+    #[track_caller]
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), at: Location::caller() }
+    }
+
+    /// Where it arose.
+    pub fn at(&self) -> &'static Location<'static> {
+        self.at
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.message)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -26,10 +56,16 @@ pub enum ServiceError {
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(Cause),
 }
 
 impl ServiceError {
+    /// An internal failure, remembered with the line that called this.
+    #[track_caller]
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal(Cause::new(message))
+    }
+
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
@@ -58,7 +94,7 @@ impl From<ServiceError> for Status {
                 tracing::warn!(%cause, "a dependency is unavailable");
                 status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
             }
-            ServiceError::Internal(_) => status::internal(&error),
+            ServiceError::Internal(cause) => status::internal(&error, cause.at()),
         }
     }
 }
@@ -70,11 +106,39 @@ impl From<InvalidRequest> for ServiceError {
 }
 
 impl From<DbErr> for ServiceError {
+    #[track_caller]
     fn from(error: DbErr) -> Self {
         match classify(&error) {
             Failure::Conflict => Self::Conflict(error.to_string()),
             Failure::Unavailable => Self::Unavailable(error.to_string()),
-            Failure::Internal => Self::Internal(error.to_string()),
+            Failure::Internal => Self::internal(error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn failing_query() -> Result<(), ServiceError> {
+        Err(DbErr::Custom("the query broke".into()))?;
+        Ok(())
+    }
+
+    #[test]
+    fn an_internal_error_names_the_line_it_arose_on() {
+        let made = ServiceError::internal("a checked field went missing");
+        let made_on = line!() - 1;
+        let Err(ServiceError::Internal(converted)) = failing_query() else { panic!("not internal") };
+        let ServiceError::Internal(made) = made else { panic!("not internal") };
+        assert_eq!((made.at().file(), made.at().line()), (file!(), made_on));
+        // Through `?`: the line of the `?` in `failing_query`, not of the conversion.
+        let question_mark = include_str!("error.rs")
+            .lines()
+            .position(|line| line.trim() == r#"Err(DbErr::Custom("the query broke".into()))?;"#)
+            .unwrap();
+        assert_eq!((converted.at().file(), converted.at().line()), (file!(), question_mark as u32 + 1));
+        assert_eq!(converted.to_string(), "Custom Error: the query broke");
     }
 }

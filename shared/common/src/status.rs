@@ -109,6 +109,36 @@ fn reasoned_with<const N: usize>(
     Status::with_error_details(code, message, details)
 }
 
+/// A code's canonical name, as gRPC writes it and as ErrorInfo reasons
+/// spell the generic ones: `Code::InvalidArgument` is "INVALID_ARGUMENT".
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The reason a status gives: its ErrorInfo reason, or without one its
+/// code's canonical name.
+pub fn reason_or_code(status: &Status) -> String {
+    reason_of(status).unwrap_or_else(|| code_name(status.code()).to_owned())
+}
+
 /// The ErrorInfo reason a status carries, if any.
 pub fn reason_of(status: &Status) -> Option<String> {
     status.get_error_details().error_info().map(|info| info.reason.clone())
@@ -129,11 +159,9 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 }
 
 /// INTERNAL with nothing of the cause in it; the cause is logged here, once,
-/// with the caller's location.
-#[track_caller]
-pub fn internal(cause: &dyn std::fmt::Display) -> Status {
-    let location = std::panic::Location::caller();
-    tracing::error!(%cause, file = location.file(), line = location.line(), "internal error");
+/// with where it arose (`at`).
+pub fn internal(cause: &dyn std::fmt::Display, at: &std::panic::Location<'_>) -> Status {
+    tracing::error!(%cause, file = at.file(), line = at.line(), "internal error");
     with_reason(Code::Internal, "INTERNAL", "internal error")
 }
 
@@ -154,6 +182,14 @@ mod tests {
             assert_eq!(retry, delay);
             assert_eq!(details.error_info().unwrap().domain, ERROR_DOMAIN);
         }
+    }
+
+    #[test]
+    fn a_status_without_error_info_gives_its_code_as_grpc_names_it() {
+        assert_eq!(reason_or_code(&Status::invalid_argument("bad")), "INVALID_ARGUMENT");
+        assert_eq!(reason_or_code(&Status::failed_precondition("no")), "FAILED_PRECONDITION");
+        let reasoned = with_reason(Code::FailedPrecondition, "VOUCHER_EXPIRED", "expired");
+        assert_eq!(reason_or_code(&reasoned), "VOUCHER_EXPIRED");
     }
 
     #[test]

@@ -191,9 +191,9 @@ impl InvoicingApi {
                 continue;
             }
             let pricing = Pricing::of(&account.unit)
-                .map_err(|error| InvoicingError::Internal(format!("account {} unit: {error}", account.id)))?;
+                .map_err(|error| InvoicingError::internal(format!("account {} unit: {error}", account.id)))?;
             let statement = statement(&usage, drawdown, &pricing)
-                .map_err(|error| InvoicingError::Internal(format!("statement of {}: {error}", account.id)))?;
+                .map_err(|error| InvoicingError::internal(format!("statement of {}: {error}", account.id)))?;
             let now = self.now();
             let due = statement.amount_due > Decimal::ZERO;
             let row = InvoiceRow {
@@ -363,7 +363,7 @@ impl InvoicingService for InvoicingApi {
         }
         let account = self.upstream.account(tenant, account_id.unwrap_or_default()).await?;
         let pricing =
-            Pricing::of(&account.unit).map_err(|error| InvoicingError::Internal(format!("account unit: {error}")))?;
+            Pricing::of(&account.unit).map_err(|error| InvoicingError::internal(format!("account unit: {error}")))?;
         let mut violations = Violations::default();
         let credits = violations.positive_amount("credits", &account.unit, &request.credits);
         violations.finish()?;
@@ -608,7 +608,7 @@ impl InvoicingService for InvoicingApi {
             return Err(InvoicingError::field("start_time", "is required").into());
         };
         let invoices = self.store.invoices_in(tenant, start, end).await?;
-        let csv = report_csv(&invoices, self.now()).map_err(|error| InvoicingError::Internal(error.to_string()))?;
+        let csv = report_csv(&invoices, self.now()).map_err(|error| InvoicingError::internal(error.to_string()))?;
         Ok(Response::new(pb::ExportReportResponse { csv }))
     }
 

@@ -104,7 +104,7 @@ impl InvoicingApi {
         }
         violations.finish()?;
         let Some(frequency) = frequency else {
-            return Err(InvoicingError::Internal("validated frequency missing".into()).into());
+            return Err(InvoicingError::internal("validated frequency missing").into());
         };
         let now = self.now();
         let current = self.store.report_schedule(tenant).await?;
@@ -216,7 +216,7 @@ impl InvoicingApi {
         end: DateTime<Utc>,
     ) -> Result<String, InvoicingError> {
         let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
-        let csv_error = |error: csv::Error| InvoicingError::Internal(format!("writing CSV: {error}"));
+        let csv_error = |error: csv::Error| InvoicingError::internal(format!("writing CSV: {error}"));
         writer
             .write_record([
                 "account_id",
@@ -246,7 +246,7 @@ impl InvoicingApi {
                     .map_err(csv_error)?;
             }
         }
-        let bytes = writer.into_inner().map_err(|error| InvoicingError::Internal(error.to_string()))?;
-        String::from_utf8(bytes).map_err(|error| InvoicingError::Internal(error.to_string()))
+        let bytes = writer.into_inner().map_err(|error| InvoicingError::internal(error.to_string()))?;
+        String::from_utf8(bytes).map_err(|error| InvoicingError::internal(error.to_string()))
     }
 }

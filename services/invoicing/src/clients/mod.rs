@@ -53,7 +53,7 @@ pub struct Upstream {
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, InvoicingError> {
     Ok(reservoir_common::tls::endpoint(endpoint)
-        .map_err(|error| InvoicingError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
+        .map_err(|error| InvoicingError::internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())
@@ -74,10 +74,10 @@ fn policy_name(policy: i32) -> &'static str {
 fn account_info(account: pb::Account) -> Result<AccountInfo, InvoicingError> {
     let unit = account.unit.unwrap_or_default();
     let unit = Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency)
-        .map_err(|error| InvoicingError::Internal(format!("the wallet answered an invalid unit: {error}")))?;
+        .map_err(|error| InvoicingError::internal(format!("the wallet answered an invalid unit: {error}")))?;
     Ok(AccountInfo {
         id: Uuid::parse_str(&account.id)
-            .map_err(|_| InvoicingError::Internal("the wallet answered an invalid account id".into()))?,
+            .map_err(|_| InvoicingError::internal("the wallet answered an invalid account id"))?,
         unit,
         overdraft_policy: policy_name(account.overdraft_policy),
         created_at: account.created_at.as_ref().and_then(reservoir_common::time::from_timestamp),
@@ -88,7 +88,7 @@ fn decimal(text: &str) -> Result<Decimal, InvoicingError> {
     if text.is_empty() {
         return Ok(Decimal::ZERO);
     }
-    text.parse().map_err(|_| InvoicingError::Internal(format!("an upstream service answered {text:?} as an amount")))
+    text.parse().map_err(|_| InvoicingError::internal(format!("an upstream service answered {text:?} as an amount")))
 }
 
 impl Upstream {
@@ -107,7 +107,7 @@ impl Upstream {
 
     fn request<T>(&self, message: T, tenant: TenantId) -> Result<tonic::Request<T>, InvoicingError> {
         service_request(message, &self.service_key, tenant)
-            .map_err(|status| InvoicingError::Internal(status.to_string()))
+            .map_err(|status| InvoicingError::internal(status.to_string()))
     }
 
     fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
@@ -144,7 +144,7 @@ impl Upstream {
             }
             page_token = page.next_page_token;
         }
-        Err(InvoicingError::Internal("the wallet's account listing did not end".into()))
+        Err(InvoicingError::internal("the wallet's account listing did not end"))
     }
 
     /// How the month's money left the wallet: debits and captures less
@@ -199,7 +199,7 @@ impl Upstream {
             }
             page_token = page.next_page_token;
         }
-        Err(InvoicingError::Internal("the wallet's ledger listing did not end".into()))
+        Err(InvoicingError::internal("the wallet's ledger listing did not end"))
     }
 
     /// For each meter with a price that depends on a dimension, that

@@ -110,7 +110,7 @@ pub struct Store {
 }
 
 fn corrupt(what: &str) -> InvoicingError {
-    InvoicingError::Internal(format!("stored {what} is not valid"))
+    InvoicingError::internal(format!("stored {what} is not valid"))
 }
 
 fn line_from_row(row: line::Model) -> Result<Line, InvoicingError> {
@@ -257,7 +257,7 @@ impl Store {
         let row = connection
             .query_one_raw(Statement::from_sql_and_values(backend, sql, [tenant.0.into()]))
             .await?
-            .ok_or_else(|| InvoicingError::Internal("taking an invoice number returned nothing".into()))?;
+            .ok_or_else(|| InvoicingError::internal("taking an invoice number returned nothing"))?;
         Ok(row.try_get::<i64>("", "last_number")?)
     }
 

@@ -79,7 +79,7 @@ fn schedule_from(row: report_schedule::Model) -> Result<ReportSchedule, Invoicin
     Ok(ReportSchedule {
         tenant_id: TenantId(row.tenant_id),
         frequency: Frequency::parse(&row.frequency)
-            .ok_or_else(|| InvoicingError::Internal("stored report frequency is not valid".into()))?,
+            .ok_or_else(|| InvoicingError::internal("stored report frequency is not valid"))?,
         billing_contact: row.billing_contact,
         recipients: lines(&row.recipients),
         enabled: row.enabled,
@@ -93,7 +93,7 @@ fn run_from(row: report_run::Model) -> Result<ReportRun, InvoicingError> {
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
         frequency: Frequency::parse(&row.frequency)
-            .ok_or_else(|| InvoicingError::Internal("stored report frequency is not valid".into()))?,
+            .ok_or_else(|| InvoicingError::internal("stored report frequency is not valid"))?,
         period_start: row.period_start,
         period_end: row.period_end,
         recipients: lines(&row.recipients),

@@ -110,7 +110,7 @@ pub fn usage_group_to_pb(group: &UsageGroup) -> pb::UsageGroup {
 /// Usage groups as CSV, a header line first.
 pub fn usage_csv(groups: &[pb::UsageGroup]) -> Result<String, MeteringError> {
     let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
-    let failed = |error: csv::Error| MeteringError::Internal(format!("writing CSV: {error}"));
+    let failed = |error: csv::Error| MeteringError::internal(format!("writing CSV: {error}"));
     writer
         .write_record([
             "period_start",
@@ -147,6 +147,6 @@ pub fn usage_csv(groups: &[pb::UsageGroup]) -> Result<String, MeteringError> {
             ])
             .map_err(failed)?;
     }
-    let bytes = writer.into_inner().map_err(|error| MeteringError::Internal(format!("writing CSV: {error}")))?;
-    String::from_utf8(bytes).map_err(|error| MeteringError::Internal(format!("CSV is not UTF-8: {error}")))
+    let bytes = writer.into_inner().map_err(|error| MeteringError::internal(format!("writing CSV: {error}")))?;
+    String::from_utf8(bytes).map_err(|error| MeteringError::internal(format!("CSV is not UTF-8: {error}")))
 }

@@ -549,7 +549,7 @@ impl MeteringService for MeteringApi {
         }
         let meter = self.meter(tenant, "meter_code", &request.meter_code).await?;
         let Some(version) = version else {
-            return Err(MeteringError::Internal("a checked price went missing".into()).into());
+            return Err(MeteringError::internal("a checked price went missing").into());
         };
         self.store.add_price(tenant, meter.id, &version, now).await?;
         let response = pb::SetPriceResponse { price: Some(price_to_pb(&meter.code, &version)) };
@@ -608,7 +608,7 @@ impl MeteringService for MeteringApi {
         }
         violations.finish().map_err(MeteringError::from)?;
         let (Some(account_id), Some(estimate)) = (account_id, estimate) else {
-            return Err(MeteringError::Internal("checked fields went missing".into()).into());
+            return Err(MeteringError::internal("checked fields went missing").into());
         };
         let hash = request_hash(&request);
         let row = match self.store.authorization_by_key(tenant, &request.idempotency_key).await? {
@@ -687,7 +687,7 @@ impl MeteringService for MeteringApi {
         let actual = quantity(&mut violations, "actual_quantity", &request.actual_quantity, false);
         violations.finish().map_err(MeteringError::from)?;
         let (Some(id), Some(actual)) = (id, actual) else {
-            return Err(MeteringError::Internal("checked fields went missing".into()).into());
+            return Err(MeteringError::internal("checked fields went missing").into());
         };
         let mut row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
         let meter = self.meter(tenant, "meter_code", &row.meter_code).await?;
@@ -737,7 +737,7 @@ impl MeteringService for MeteringApi {
             .store
             .event(tenant, &crate::store::settlement_event_id(id))
             .await?
-            .ok_or_else(|| MeteringError::Internal("the settlement's usage event is missing".into()))?;
+            .ok_or_else(|| MeteringError::internal("the settlement's usage event is missing"))?;
         Ok(Response::new(pb::SettleResponse {
             authorization: Some(self.authorization_response(tenant, id).await?),
             result: Some(event_result(&event, false)),
@@ -791,7 +791,7 @@ impl MeteringApi {
         };
         violations.finish()?;
         let (Some(account_id), Some(start), Some(end)) = (account_id, start, end) else {
-            return Err(MeteringError::Internal("checked fields went missing".into()));
+            return Err(MeteringError::internal("checked fields went missing"));
         };
         let meter = (!request.meter_code.is_empty()).then_some(request.meter_code.as_str());
         let records = self.store.usage(tenant, account_id, meter, start, end).await?;

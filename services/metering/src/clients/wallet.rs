@@ -74,7 +74,7 @@ impl WalletGateway {
     /// Connects lazily: metering starts and accepts usage while the wallet is down.
     pub fn new(endpoint: &str, service_key: String) -> Result<Self, MeteringError> {
         let channel = reservoir_common::tls::endpoint(endpoint)
-            .map_err(|error| MeteringError::Internal(format!("wallet endpoint {endpoint:?}: {error}")))?
+            .map_err(|error| MeteringError::internal(format!("wallet endpoint {endpoint:?}: {error}")))?
             .timeout(CALL_TIMEOUT)
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy();
@@ -97,7 +97,7 @@ impl WalletGateway {
     ) -> Result<Option<(String, u32)>, MeteringError> {
         let request =
             service_request(pb::GetAccountRequest { account_id: account_id.to_string() }, &self.service_key, tenant)
-                .map_err(|status| MeteringError::Internal(status.to_string()))?;
+                .map_err(|status| MeteringError::internal(status.to_string()))?;
         match self.client().get_account(request).await {
             Ok(response) => {
                 let unit = response.into_inner().account.and_then(|account| account.unit).unwrap_or_default();
@@ -115,7 +115,7 @@ impl WalletGateway {
         debits: Vec<pb::DebitRequest>,
     ) -> Result<Vec<pb::BatchDebitResult>, MeteringError> {
         let request = service_request(pb::BatchDebitRequest { debits }, &self.service_key, tenant)
-            .map_err(|status| MeteringError::Internal(status.to_string()))?;
+            .map_err(|status| MeteringError::internal(status.to_string()))?;
         self.client()
             .batch_debit(request)
             .await
@@ -130,7 +130,7 @@ impl WalletGateway {
         lines: Vec<pb::UsageLine>,
     ) -> Result<Vec<pb::UsageLineResult>, MeteringError> {
         let request = service_request(pb::DrawUsageRequest { lines }, &self.service_key, tenant)
-            .map_err(|status| MeteringError::Internal(status.to_string()))?;
+            .map_err(|status| MeteringError::internal(status.to_string()))?;
         self.client()
             .draw_usage(request)
             .await

@@ -62,8 +62,8 @@ fn same_error(error: &MeteringError) -> MeteringError {
         MeteringError::Conflict(message) => MeteringError::Conflict(message.clone()),
         MeteringError::Unavailable(message) => MeteringError::Unavailable(message.clone()),
         // Its cause once, not wrapped again.
-        MeteringError::Internal(message) => MeteringError::Internal(message.clone()),
-        other => MeteringError::Internal(other.to_string()),
+        MeteringError::Internal(cause) => MeteringError::Internal(cause.clone()),
+        other => MeteringError::internal(other.to_string()),
     }
 }
 

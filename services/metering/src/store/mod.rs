@@ -131,7 +131,7 @@ pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 fn corrupt(what: &str) -> MeteringError {
-    MeteringError::Internal(format!("stored {what} is not valid"))
+    MeteringError::internal(format!("stored {what} is not valid"))
 }
 
 pub(crate) fn event_from_row(row: event::Model) -> Result<StoredEvent, MeteringError> {
@@ -748,7 +748,7 @@ impl Store {
         }
         M::decode(record.response.as_slice())
             .map(Some)
-            .map_err(|error| MeteringError::Internal(format!("stored response does not decode: {error}")))
+            .map_err(|error| MeteringError::internal(format!("stored response does not decode: {error}")))
     }
 
     pub async fn record<M: prost::Message>(

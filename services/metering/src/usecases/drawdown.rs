@@ -116,7 +116,7 @@ impl Drawdown {
         };
         let earlier = {
             let Ok(mut state) = self.undrawn.state.lock() else {
-                return Err(MeteringError::Internal("the drawdown's state is poisoned".into()));
+                return Err(MeteringError::internal("the drawdown's state is poisoned"));
             };
             let mut earlier =
                 repeated.iter().filter_map(|account| state.latest.get(&(tenant, *account)).copied()).max();

@@ -138,7 +138,7 @@ fn voucher_refusal(reason: &str) -> Status {
                 "too many wrong codes; try again later",
             );
         }
-        "InvalidArgument" => OrchestratorError::field("code", "is not a voucher code"),
+        "INVALID_ARGUMENT" => OrchestratorError::field("code", "is not a voucher code"),
         other => OrchestratorError::precondition(other, "the voucher cannot be redeemed"),
     };
     error.into()

@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
-use reservoir_common::status::reason_of;
+use reservoir_common::status::reason_or_code;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
@@ -46,10 +46,7 @@ impl CallError {
             | Code::AlreadyExists
             | Code::PermissionDenied
             | Code::Unauthenticated
-            | Code::OutOfRange => Self::Refused {
-                code: status.code(),
-                reason: reason_of(status).unwrap_or_else(|| format!("{:?}", status.code())),
-            },
+            | Code::OutOfRange => Self::Refused { code: status.code(), reason: reason_or_code(status) },
             _ => Self::Transient(format!("{:?}: {}", status.code(), status.message())),
         }
     }
@@ -98,7 +95,7 @@ pub struct Upstream {
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, OrchestratorError> {
     Ok(reservoir_common::tls::endpoint(endpoint)
-        .map_err(|error| OrchestratorError::Internal(format!("{name} endpoint {endpoint:?}: {error}")))?
+        .map_err(|error| OrchestratorError::internal(format!("{name} endpoint {endpoint:?}: {error}")))?
         .timeout(CALL_TIMEOUT)
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy())

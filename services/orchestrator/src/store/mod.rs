@@ -131,7 +131,7 @@ pub struct Store {
 }
 
 fn corrupt(what: &str) -> OrchestratorError {
-    OrchestratorError::Internal(format!("stored {what} is not valid"))
+    OrchestratorError::internal(format!("stored {what} is not valid"))
 }
 
 fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {

@@ -313,7 +313,7 @@ impl Webhooks {
             http = http.dns_resolver(Arc::new(crate::clients::destination::PublicOnly));
         }
         let http =
-            http.build().map_err(|error| OrchestratorError::Internal(format!("the webhook HTTP client: {error}")))?;
+            http.build().map_err(|error| OrchestratorError::internal(format!("the webhook HTTP client: {error}")))?;
         Ok(Self { store, upstream, http, settings, following: Arc::default(), stopping })
     }
 

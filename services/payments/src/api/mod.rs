@@ -90,7 +90,7 @@ fn optional_id(violations: &mut Violations, field: &str, text: &str) -> Option<U
 }
 
 fn missing() -> PaymentsError {
-    PaymentsError::Internal("checked fields went missing".into())
+    PaymentsError::internal("checked fields went missing")
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
@@ -165,7 +165,7 @@ impl PaymentsApi {
                 Ok(refund)
             }
             RefundStatus::Declined => Err(Refusal::RefundDeclined { code: refund.code }.into()),
-            RefundStatus::Processing => Err(PaymentsError::Internal("a finished refund is still processing".into())),
+            RefundStatus::Processing => Err(PaymentsError::internal("a finished refund is still processing")),
         }
     }
 
@@ -421,7 +421,7 @@ impl PaymentsService for PaymentsApi {
                     None
                 } else {
                     let currency = payment_currency(&payment.currency)
-                        .map_err(|error| PaymentsError::Internal(format!("stored currency: {error}")))?;
+                        .map_err(|error| PaymentsError::internal(format!("stored currency: {error}")))?;
                     let amount = payment_amount(&currency, &request.amount)
                         .map_err(|error| PaymentsError::field("amount", error.to_string()))?;
                     Some(amount)

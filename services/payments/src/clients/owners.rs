@@ -39,7 +39,7 @@ impl Owners {
     pub async fn check_account(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
         let message = wallet_pb::GetAccountRequest { account_id: account.to_string() };
         let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+            .map_err(|status| PaymentsError::internal(status.message().to_owned()))?;
         match self.wallet.clone().get_account(request).await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == tonic::Code::NotFound => Err(PaymentsError::NotFound("account")),
@@ -56,14 +56,14 @@ impl Owners {
     pub async fn unit(&self, tenant: TenantId, code: &str) -> Result<Option<Unit>, PaymentsError> {
         let message = wallet_pb::GetUnitRequest { unit_code: code.to_owned() };
         let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+            .map_err(|status| PaymentsError::internal(status.message().to_owned()))?;
         match self.wallet.clone().get_unit(request).await {
             Ok(response) => {
                 let unit = response.into_inner().unit.unwrap_or_default();
                 Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency)
                     .map(Some)
                     .map_err(|error| {
-                        PaymentsError::Internal(format!("the wallet answered a unit it cannot have: {error}"))
+                        PaymentsError::internal(format!("the wallet answered a unit it cannot have: {error}"))
                     })
             }
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
@@ -79,7 +79,7 @@ impl Owners {
     pub async fn invoice(&self, tenant: TenantId, invoice: Uuid) -> Result<InvoiceFacts, PaymentsError> {
         let message = invoicing_pb::GetInvoiceRequest { invoice_id: invoice.to_string() };
         let request = service_request(message, &self.service_key, tenant)
-            .map_err(|status| PaymentsError::Internal(status.message().to_owned()))?;
+            .map_err(|status| PaymentsError::internal(status.message().to_owned()))?;
         let invoice = match self.invoicing.clone().get_invoice(request).await {
             Ok(response) => response.into_inner().invoice.unwrap_or_default(),
             Err(status) if status.code() == tonic::Code::NotFound => return Err(PaymentsError::NotFound("invoice")),
@@ -90,7 +90,7 @@ impl Owners {
                 )));
             }
         };
-        let unreadable = |what: &str| PaymentsError::Internal(format!("invoicing answered an invoice with {what}"));
+        let unreadable = |what: &str| PaymentsError::internal(format!("invoicing answered an invoice with {what}"));
         let status = invoice.status();
         Ok(InvoiceFacts {
             account_id: Uuid::parse_str(&invoice.account_id).map_err(|_| unreadable("a malformed account id"))?,

@@ -185,7 +185,7 @@ pub struct Store {
 }
 
 fn corrupt(what: &str) -> PaymentsError {
-    PaymentsError::Internal(format!("stored {what} is not valid"))
+    PaymentsError::internal(format!("stored {what} is not valid"))
 }
 
 fn json<T: serde::Serialize>(value: &T) -> String {
@@ -259,7 +259,7 @@ impl Store {
         let row = connection
             .query_one_raw(statement)
             .await?
-            .ok_or_else(|| PaymentsError::Internal("the event sequence row is missing".into()))?;
+            .ok_or_else(|| PaymentsError::internal("the event sequence row is missing"))?;
         let sequence: i64 = row.try_get("", "last_sequence")?;
         event::Entity::insert(event::ActiveModel {
             sequence: Set(sequence),
@@ -320,7 +320,7 @@ impl Store {
         }
         M::decode(record.response.as_slice())
             .map(Some)
-            .map_err(|error| PaymentsError::Internal(format!("stored response does not decode: {error}")))
+            .map_err(|error| PaymentsError::internal(format!("stored response does not decode: {error}")))
     }
 
     /// Records an answer in the caller's transaction. A key recorded

@@ -292,7 +292,7 @@ impl Store {
         }
         let next = outcome.status();
         if !payment.status.can_become(next) {
-            let error = PaymentsError::Internal(format!("a {:?} payment cannot become {next:?}", payment.status));
+            let error = PaymentsError::internal(format!("a {:?} payment cannot become {next:?}", payment.status));
             return refuse(transaction, error).await;
         }
         let last = attempt::Entity::find()
@@ -548,7 +548,7 @@ impl Store {
             .refunded_amount
             .checked_add(amount)
             .filter(|refunded| *refunded <= payment.amount)
-            .ok_or_else(|| PaymentsError::Internal("a refund passed its check but exceeds the payment".into()))?;
+            .ok_or_else(|| PaymentsError::internal("a refund passed its check but exceeds the payment"))?;
         payment.refunded_amount = refunded;
         payment::Entity::update_many()
             .col_expr(payment::Column::RefundedAmount, Expr::value(Amount(refunded)))
@@ -617,7 +617,7 @@ impl Store {
                         .refunded_amount
                         .checked_sub(amount)
                         .filter(|rest| !rest.is_sign_negative())
-                        .ok_or_else(|| PaymentsError::Internal("a declined refund was never counted".into()))?;
+                        .ok_or_else(|| PaymentsError::internal("a declined refund was never counted"))?;
                     payment::Entity::update_many()
                         .col_expr(payment::Column::RefundedAmount, Expr::value(Amount(payment.refunded_amount)))
                         .col_expr(payment::Column::UpdatedAt, Expr::value(now))

@@ -136,7 +136,7 @@ impl Store {
         let row = sandbox_charge::Entity::find_by_id((operation.name().to_owned(), key.to_owned()))
             .one(&transaction)
             .await?
-            .ok_or_else(|| PaymentsError::Internal("a sandbox call vanished".into()))?;
+            .ok_or_else(|| PaymentsError::internal("a sandbox call vanished"))?;
         transaction.commit().await?;
         Ok(SandboxCall {
             calls: u32::try_from(row.calls).map_err(|_| corrupt("sandbox call count"))?,
@@ -170,9 +170,9 @@ impl Store {
         let row = sandbox_charge::Entity::find_by_id((operation.name().to_owned(), key.to_owned()))
             .one(&transaction)
             .await?
-            .ok_or_else(|| PaymentsError::Internal("a sandbox call vanished".into()))?;
+            .ok_or_else(|| PaymentsError::internal("a sandbox call vanished"))?;
         transaction.commit().await?;
-        record_from_row(row)?.ok_or_else(|| PaymentsError::Internal("a sandbox record was not kept".into()))
+        record_from_row(row)?.ok_or_else(|| PaymentsError::internal("a sandbox record was not kept"))
     }
 
     /// The charge the sandbox gave `reference`.

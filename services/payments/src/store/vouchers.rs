@@ -162,7 +162,7 @@ impl Store {
             .lock_exclusive()
             .one(&transaction)
             .await?
-            .ok_or_else(|| PaymentsError::Internal("the voucher failure counter vanished".into()))?;
+            .ok_or_else(|| PaymentsError::internal("the voucher failure counter vanished"))?;
         let window = window_from_row(&counter)?;
         if window.is_exhausted(now) {
             return refuse(transaction, PaymentsError::VoucherAttemptsExceeded).await;
@@ -207,7 +207,7 @@ impl Store {
             // Another account's redemption committed first; what it did decides.
             let current = voucher_by_digest(&transaction, tenant, digest)
                 .await?
-                .ok_or_else(|| PaymentsError::Internal("a voucher vanished while redeemed".into()))?;
+                .ok_or_else(|| PaymentsError::internal("a voucher vanished while redeemed"))?;
             transaction.rollback().await?;
             return match redemption(current.redeemed_by, current.expires_at, account_id, now) {
                 Ok(_) if current.redeemed_by == Some(account_id) => Ok(Redeemed { voucher: current, fresh: false }),

@@ -79,7 +79,7 @@ impl WalletApi {
         }
         violations.finish()?;
         let Some(account_id) = account_id else {
-            return Err(WalletError::Internal("validated id missing".into()));
+            return Err(WalletError::internal("validated id missing"));
         };
         let check = idempotency_check(tenant, "Debit", &request.idempotency_key, &request);
         let unit = self.unit_of(tenant, account_id).await?;
@@ -120,7 +120,7 @@ impl WalletApi {
         }
         violations.finish()?;
         let Some(account_id) = account_id else {
-            return Err(WalletError::Internal("validated id missing".into()));
+            return Err(WalletError::internal("validated id missing"));
         };
         let check = idempotency_check(tenant, "DrawUsage", &line.idempotency_key, &line);
         let unit = self.unit_of(tenant, account_id).await?;
@@ -176,7 +176,7 @@ impl WalletApi {
         };
         respond::respond(reply, |answer| match &unit {
             Some(unit) => build(answer, unit),
-            None => Err(WalletError::Internal("a replayed answer names no wallet".into())),
+            None => Err(WalletError::internal("a replayed answer names no wallet")),
         })
         .map(Some)
     }
@@ -190,7 +190,7 @@ fn debit_error(error: WalletError) -> pb::DebitError {
     };
     if matches!(error, WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_))) {
         // Logged once, whole; the caller gets no internals.
-        let _ = Status::from(WalletError::Internal(error.to_string()));
+        let _ = Status::from(WalletError::internal(error.to_string()));
     }
     let message = match &error {
         WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_)) => "internal error".to_owned(),
@@ -323,7 +323,7 @@ impl WalletService for WalletApi {
         };
         violations.finish()?;
         let (Some(unit), Some(overdraft)) = (unit, overdraft) else {
-            return Err(WalletError::Internal("validated fields missing".into()).into());
+            return Err(WalletError::internal("validated fields missing").into());
         };
         let check = idempotency_check(tenant, "CreateAccount", &request.idempotency_key, &request);
         let now = now();
@@ -630,7 +630,7 @@ impl WalletService for WalletApi {
             .map(|(reply, unit)| {
                 reply.and_then(|reply| match unit {
                     Some(unit) => respond::respond(reply, |answer| respond::usage(answer, &unit)),
-                    None => Err(WalletError::Internal("a checked line lost its unit".into())),
+                    None => Err(WalletError::internal("a checked line lost its unit")),
                 })
             })
             .map(|answer| pb::UsageLineResult {
@@ -975,7 +975,7 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let (Some(from), Some(to)) = (from, to) else {
-            return Err(WalletError::Internal("validated id missing".into()).into());
+            return Err(WalletError::internal("validated id missing").into());
         };
         let check = idempotency_check(tenant, "Transfer", &request.idempotency_key, &request);
         if let Some(response) = self.replay(tenant, &check, respond::transfer).await? {
@@ -1100,7 +1100,7 @@ impl WalletService for WalletApi {
         }
         violations.finish()?;
         let (Some(account_id), Some(start), Some(end)) = (account_id, start, end) else {
-            return Err(WalletError::Internal("validated fields missing".into()).into());
+            return Err(WalletError::internal("validated fields missing").into());
         };
         let unit = self.unit_of(tenant, account_id).await?;
         let rows = reports::statement(self.store.clone(), tenant, account_id, unit, start, end);
@@ -1257,7 +1257,7 @@ impl WalletService for WalletApi {
                         }
                         EventRecord::Legacy { sequence, payload } => {
                             let mut event = pb::Event::decode(payload.as_slice()).map_err(|error| {
-                                Status::from(WalletError::Internal(format!("outbox payload: {error}")))
+                                Status::from(WalletError::internal(format!("outbox payload: {error}")))
                             })?;
                             event.sequence = sequence;
                             (sequence, event)

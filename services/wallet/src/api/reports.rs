@@ -42,10 +42,10 @@ const STATEMENT_HEADER: [&str; 14] = [
 fn csv_rows<const N: usize>(rows: &[[String; N]]) -> Result<String, WalletError> {
     let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
     for row in rows {
-        writer.write_record(row).map_err(|error| WalletError::Internal(format!("writing CSV: {error}")))?;
+        writer.write_record(row).map_err(|error| WalletError::internal(format!("writing CSV: {error}")))?;
     }
-    let bytes = writer.into_inner().map_err(|error| WalletError::Internal(format!("writing CSV: {error}")))?;
-    String::from_utf8(bytes).map_err(|error| WalletError::Internal(format!("writing CSV: {error}")))
+    let bytes = writer.into_inner().map_err(|error| WalletError::internal(format!("writing CSV: {error}")))?;
+    String::from_utf8(bytes).map_err(|error| WalletError::internal(format!("writing CSV: {error}")))
 }
 
 fn date(at: DateTime<Utc>) -> String {

@@ -19,7 +19,7 @@ pub fn respond<M: Message + Default>(
     match reply {
         Reply::Answer(answer) => build(&answer),
         Reply::Legacy(bytes) => M::decode(bytes.as_slice())
-            .map_err(|error| WalletError::Internal(format!("a recorded response does not decode: {error}"))),
+            .map_err(|error| WalletError::internal(format!("a recorded response does not decode: {error}"))),
     }
 }
 

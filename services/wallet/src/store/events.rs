@@ -68,7 +68,7 @@ pub async fn numbering(connection: &impl ConnectionTrait) -> Result<Numbering, W
             "SELECT base, commit_base FROM event_numbering WHERE id = 1",
         ))
         .await?
-        .ok_or_else(|| WalletError::Internal("the event numbering row is missing".into()))?;
+        .ok_or_else(|| WalletError::internal("the event numbering row is missing"))?;
     let base: i64 = row.try_get("", "base")?;
     Ok(Numbering { base: u64::try_from(base).unwrap_or(0), commit_base: row.try_get("", "commit_base")? })
 }
@@ -198,11 +198,11 @@ pub fn encode(batch: &[Written<'_>]) -> Result<Vec<(TenantId, i32, Vec<u8>)>, Wa
     let mut rows_out = Vec::new();
     for (tenant, events) in by_tenant {
         if events.len() >= 1 << INDEX_BITS {
-            return Err(WalletError::Internal("a transaction wrote more events than a commit can number".into()));
+            return Err(WalletError::internal("a transaction wrote more events than a commit can number"));
         }
         for (part, chunk) in events.chunks(EVENTS_PER_PART).enumerate() {
             let payload = postcard::to_allocvec(&StoredPart { at: base, events: chunk.to_vec() })
-                .map_err(|error| WalletError::Internal(format!("events do not encode: {error}")))?;
+                .map_err(|error| WalletError::internal(format!("events do not encode: {error}")))?;
             rows_out.push((tenant, i32::try_from(part).unwrap_or(i32::MAX), payload));
         }
     }
@@ -291,7 +291,7 @@ pub async fn read(
         let part_number: i32 = row.try_get("", "part")?;
         let payload: Vec<u8> = row.try_get("", "payload")?;
         let part: StoredPart = postcard::from_bytes(&payload)
-            .map_err(|error| WalletError::Internal(format!("stored events do not decode: {error}")))?;
+            .map_err(|error| WalletError::internal(format!("stored events do not decode: {error}")))?;
         let first = u64::try_from(part_number).unwrap_or(0) * EVENTS_PER_PART as u64;
         for (offset, stored) in part.events.into_iter().enumerate() {
             let index = first + offset as u64;
@@ -311,7 +311,7 @@ pub async fn read(
 fn decode(sequence: u64, at: i64, stored: StoredEvent) -> Result<ReadEvent, WalletError> {
     let event_type = *EVENT_TYPES
         .get(usize::from(stored.kind))
-        .ok_or_else(|| WalletError::Internal("a stored event has an unknown type".into()))?;
+        .ok_or_else(|| WalletError::internal("a stored event has an unknown type"))?;
     let occurred_at: DateTime<Utc> = DateTime::from_timestamp_micros(at + stored.after).unwrap_or_default();
     let (texts_at, idempotency_key, correlation_id, meter_code) = match stored.texts {
         Texts::Inline { key, correlation, meter } => (None, key, correlation, meter),

@@ -61,13 +61,13 @@ pub fn encode(wallet: &Wallet) -> Result<Box<[u8]>, WalletError> {
     };
     postcard::to_allocvec(&kept)
         .map(Vec::into_boxed_slice)
-        .map_err(|error| WalletError::Internal(format!("a wallet does not encode: {error}")))
+        .map_err(|error| WalletError::internal(format!("a wallet does not encode: {error}")))
 }
 
 /// The wallet again, exactly as encoded.
 pub fn decode(bytes: &[u8]) -> Result<Wallet, WalletError> {
     let kept: KeptWallet = postcard::from_bytes(bytes)
-        .map_err(|error| WalletError::Internal(format!("a kept wallet does not decode: {error}")))?;
+        .map_err(|error| WalletError::internal(format!("a kept wallet does not decode: {error}")))?;
     let counters = kept.counters;
     let mut account: Account = kept.account.into_account()?;
     account.low_balance_alerted = counters.low_balance_alerted;

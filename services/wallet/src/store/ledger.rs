@@ -59,7 +59,7 @@ pub fn insert_body(
     let mut columns: Vec<Vec<Value>> = (0..16).map(|_| Vec::with_capacity(count)).collect();
     let text = |field: &ActiveValue<Option<String>>| Value::from(value(field).cloned().flatten().unwrap_or_default());
     for row in rows {
-        let missing = || WalletError::Internal("an entry row is incomplete".into());
+        let missing = || WalletError::internal("an entry row is incomplete");
         let values: [Value; 16] = [
             Value::from(*value(&row.account_number).ok_or_else(missing)?),
             Value::from(*value(&row.sequence).ok_or_else(missing)?),

@@ -644,8 +644,7 @@ impl Store {
                 .into_tuple()
                 .all(&self.db)
                 .await?;
-            let mut known =
-                self.numbers.lock().map_err(|_| WalletError::Internal("the number map is poisoned".into()))?;
+            let mut known = self.numbers.lock().map_err(|_| WalletError::internal("the number map is poisoned"))?;
             if known.len() + rows.len() > NUMBERS_CACHED_MAX {
                 known.clear();
             }
@@ -714,14 +713,13 @@ impl Store {
         read.into_iter()
             .map(|read| {
                 let mut event = read.event;
-                event.account_id = *ids
-                    .get(&read.account_number)
-                    .ok_or(WalletError::Internal("an event's account is missing".into()))?;
+                event.account_id =
+                    *ids.get(&read.account_number).ok_or(WalletError::internal("an event's account is missing"))?;
                 if let Some(at) = read.texts_at {
                     let (key, correlation, meter) = texts
                         .get(&(read.account_number, at))
                         .cloned()
-                        .ok_or(WalletError::Internal("an event's entry is missing".into()))?;
+                        .ok_or(WalletError::internal("an event's entry is missing"))?;
                     event.idempotency_key = key;
                     event.correlation_id = correlation;
                     event.meter_code = meter;
@@ -991,7 +989,7 @@ async fn next_account_number(transaction: &DatabaseTransaction) -> Result<u64, W
     let row = transaction
         .query_one_raw(Statement::from_string(backend, sql))
         .await?
-        .ok_or_else(|| WalletError::Internal("no account number".into()))?;
+        .ok_or_else(|| WalletError::internal("no account number"))?;
     let number: i64 = row.try_get("", "number")?;
     Ok(u64::try_from(number).unwrap_or(0))
 }
@@ -1045,13 +1043,13 @@ pub(crate) async fn replayed(
             .filter(account::Column::Number.eq(to_i64(part.number)))
             .one(connection)
             .await?
-            .ok_or_else(|| WalletError::Internal("a replayed account is missing".into()))?;
+            .ok_or_else(|| WalletError::internal("a replayed account is missing"))?;
         if row.tenant_id != tenant.0 {
             return Err(WalletError::IdempotencyKeyReused);
         }
         let rows = ledger::range(connection, part.number, part.first_sequence, part.count).await?;
         if rows.len() as u64 != part.count {
-            return Err(WalletError::Internal("a replayed answer's entries are missing".into()));
+            return Err(WalletError::internal("a replayed answer's entries are missing"));
         }
         wallets.push((AccountId(row.id), ledger::entries_of(connection, AccountId(row.id), rows).await?));
     }
@@ -1188,7 +1186,7 @@ async fn insert_key_in(
 /// A stored key's role.
 fn role_of(row: &api_key::Model) -> Result<KeyRole, WalletError> {
     KeyRole::parse(&row.role)
-        .ok_or_else(|| WalletError::Internal(format!("a key with the unknown role {:?}", row.role)))
+        .ok_or_else(|| WalletError::internal(format!("a key with the unknown role {:?}", row.role)))
 }
 
 /// Keys not revoked as of `at`: never, or only later (a rotation's overlap).

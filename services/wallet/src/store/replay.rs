@@ -74,9 +74,9 @@ pub fn decode(bytes: &[u8]) -> Result<Recorded, WalletError> {
     match bytes.split_first() {
         Some((&FORMAT_ANSWER, rest)) => postcard::from_bytes(rest)
             .map(|stored| Recorded::Answer(Box::new(stored)))
-            .map_err(|error| WalletError::Internal(format!("a replay record does not decode: {error}"))),
+            .map_err(|error| WalletError::internal(format!("a replay record does not decode: {error}"))),
         Some((&FORMAT_LEGACY, rest)) => Ok(Recorded::Legacy(rest.to_vec())),
-        _ => Err(WalletError::Internal("a replay record has an unknown format".into())),
+        _ => Err(WalletError::internal("a replay record has an unknown format")),
     }
 }
 
@@ -84,14 +84,13 @@ pub fn decode(bytes: &[u8]) -> Result<Recorded, WalletError> {
 pub fn encode(answer: &Answer, number_of: impl Fn(AccountId) -> Option<u64>) -> Result<Vec<u8>, WalletError> {
     let mut wallets = Vec::with_capacity(answer.wallets.len());
     for part in &answer.wallets {
-        let number =
-            number_of(part.account_id).ok_or(WalletError::Internal("an answered account has no number".into()))?;
+        let number = number_of(part.account_id).ok_or(WalletError::internal("an answered account has no number"))?;
         let (first_sequence, count) = match (part.entries.first(), part.entries.last()) {
             (Some(first), Some(last)) => (first.sequence, last.sequence - first.sequence + 1),
             _ => (0, 0),
         };
         if usize::try_from(count).ok() != Some(part.entries.len()) {
-            return Err(WalletError::Internal("an answer's entries are not consecutive".into()));
+            return Err(WalletError::internal("an answer's entries are not consecutive"));
         }
         wallets.push(StoredWallet { number, first_sequence, count, balance: StoredBalance::from(&part.balance) });
     }
@@ -106,7 +105,7 @@ pub fn encode(answer: &Answer, number_of: impl Fn(AccountId) -> Option<u64>) -> 
     let mut bytes = vec![FORMAT_ANSWER];
     bytes.extend(
         postcard::to_allocvec(&stored)
-            .map_err(|error| WalletError::Internal(format!("an answer does not encode: {error}")))?,
+            .map_err(|error| WalletError::internal(format!("an answer does not encode: {error}")))?,
     );
     Ok(bytes)
 }
@@ -183,7 +182,7 @@ impl StoredAnswer {
     /// from the ledger, in the order of `wallets`.
     pub fn into_answer(self, wallets: Vec<(AccountId, Vec<Entry>)>) -> Result<Answer, WalletError> {
         if wallets.len() != self.wallets.len() {
-            return Err(WalletError::Internal("a replayed answer lost a wallet".into()));
+            return Err(WalletError::internal("a replayed answer lost a wallet"));
         }
         let parts = self
             .wallets
@@ -219,7 +218,7 @@ impl From<Decimal> for Amount {
 impl Amount {
     pub(super) fn value(self) -> Result<Decimal, WalletError> {
         Decimal::try_from_i128_with_scale(self.0, self.1)
-            .map_err(|_| WalletError::Internal("a recorded amount is out of range".into()))
+            .map_err(|_| WalletError::internal("a recorded amount is out of range"))
     }
 
     /// For figures this version wrote itself: out of range only by a bug.
@@ -302,7 +301,7 @@ impl StoredBalance {
 }
 
 fn corrupt(what: &str) -> WalletError {
-    WalletError::Internal(format!("a recorded {what} is not valid"))
+    WalletError::internal(format!("a recorded {what} is not valid"))
 }
 
 fn metadata_pairs(metadata: &Metadata) -> Vec<(String, String)> {

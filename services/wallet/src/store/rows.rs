@@ -22,7 +22,7 @@ pub struct EntryFilter {
 }
 
 fn corrupt(what: &str, value: &str) -> WalletError {
-    WalletError::Internal(format!("stored {what} {value:?} is not valid"))
+    WalletError::internal(format!("stored {what} {value:?} is not valid"))
 }
 
 fn to_u64(value: i64) -> u64 {
