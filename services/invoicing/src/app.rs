@@ -13,12 +13,13 @@ use reservoir_proto::invoicing::invoicing_service_server::InvoicingServiceServer
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::api::{Clock, InvoicingApi, system_clock};
+use crate::api::InvoicingApi;
 use crate::clients::Upstream;
 use crate::clients::mail::Mailer;
 use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
 use crate::store::Store;
+use crate::usecases::billing::{Billing, Clock, system_clock};
 
 pub const SERVICE_NAME: &str = "reservoir.invoicing.v1.InvoicingService";
 
@@ -110,7 +111,8 @@ impl Application {
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
         let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
-        let api = InvoicingApi::new(store.clone(), upstream, settings.payment_due_days_default, system_clock(), mailer);
+        let billing = Billing::new(store.clone(), upstream.clone(), settings.payment_due_days_default, system_clock());
+        let api = InvoicingApi::new(store.clone(), upstream, billing, mailer);
         Ok(Self {
             listeners,
             store,
@@ -163,13 +165,13 @@ impl App for Application {
 async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
     reservoir_common::serve::every(interval, stopping, || async {
         let now = api.now();
-        if let Err(error) = api.finish_repayments().await {
+        if let Err(error) = api.billing().finish_repayments().await {
             tracing::warn!(%error, "repaying paid statements failed; retried next pass");
         }
-        if let Err(error) = api.reconcile_credit_blocks(now).await {
+        if let Err(error) = api.billing().reconcile_credit_blocks(now).await {
             tracing::warn!(%error, "applying credit blocks failed; retried next pass");
         }
-        if let Err(error) = api.run_due_cycles(now).await {
+        if let Err(error) = api.billing().run_due_cycles(now).await {
             tracing::warn!(%error, "the monthly billing cycle failed; retried next pass");
         }
         if let Err(error) = api.send_due_reports(now).await {

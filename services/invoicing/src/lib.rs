@@ -1,6 +1,7 @@
 //! The invoicing service: top-up invoices, monthly statements, postpaid debt
-//! and gapless numbering. `api` translates gRPC, `domain` decides, `store`
-//! persists, `clients` reads the wallet and metering and sends mail.
+//! and gapless numbering. `api` translates gRPC, `usecases` runs the billing
+//! cycle, credit blocks and repayments, `domain` decides, `store` persists,
+//! `clients` reads the wallet and metering and sends mail.
 
 pub mod api;
 pub mod app;
@@ -8,3 +9,4 @@ pub mod clients;
 pub mod domain;
 pub mod error;
 pub mod store;
+pub mod usecases;
