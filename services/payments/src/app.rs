@@ -17,6 +17,7 @@ use crate::api::PaymentsApi;
 use crate::clients::gateway::SandboxGateway;
 use crate::error::PaymentsError;
 use crate::store::Store;
+use crate::usecases::charges::Charges;
 
 /// The gRPC service name, as health checks ask for it.
 pub const SERVICE_NAME: &str = "reservoir.payments.v1.PaymentsService";
@@ -156,13 +157,9 @@ impl App for Application {
 
     async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop, stopping) = watch::channel(false);
-        let api = PaymentsApi::new(
-            self.store.clone(),
-            Arc::new(self.sandbox.clone()),
-            self.gateway_timeout,
-            self.owners.clone(),
-            stopping,
-        );
+        let charges =
+            Charges::new(self.store.clone(), Arc::new(self.sandbox.clone()), self.gateway_timeout, self.owners.clone());
+        let api = PaymentsApi::new(self.store.clone(), charges, self.owners.clone(), stopping);
         let served = Served {
             name: "payments",
             service_names: &[SERVICE_NAME],

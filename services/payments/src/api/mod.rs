@@ -6,7 +6,6 @@ mod convert;
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -22,17 +21,11 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use self::convert::*;
-use crate::clients::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
 use crate::clients::owners::Owners;
-use crate::domain::{
-    AttemptOutcome, Channel, ChargeStep, RefundStatus, Refusal, VoucherCode, charge_step, check_invoice,
-    check_unit_code, initial_status, payment_amount, payment_currency, voucher_value,
-};
+use crate::domain::{VoucherCode, check_unit_code, payment_amount, payment_currency, voucher_value};
 use crate::error::PaymentsError;
-use crate::store::{
-    BeganRefund, NewRefund, PaymentFilter, PaymentMethodRow, PaymentRecord, PaymentRow, RefundFinish, RefundRow, Store,
-    VoucherBatchRow,
-};
+use crate::store::{PaymentFilter, PaymentMethodRow, PaymentRecord, Store, VoucherBatchRow};
+use crate::usecases::charges::{Charges, NewCharge, RefundAsk};
 
 /// Gateway tokens and method labels: room for any processor's token and a
 /// label such as "Visa ending 4242".
@@ -59,16 +52,12 @@ const EVENT_BATCH: u64 = 500;
 /// How often an idle event stream looks for events other replicas wrote;
 /// events this process writes wake it at once.
 const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// The attempt code of a gateway call that did not answer in time.
-const TIMEOUT_CODE: &str = "timeout";
 
 #[derive(Clone)]
 pub struct PaymentsApi {
     store: Store,
-    gateway: Arc<dyn Gateway>,
+    charges: Charges,
     owners: Owners,
-    /// How long one gateway call may take before it counts as timed out.
-    gateway_timeout: Duration,
     /// Turns true when the server stops, ending open event streams so the
     /// graceful shutdown is not held open by them.
     stopping: watch::Receiver<bool>,
@@ -96,152 +85,16 @@ fn missing() -> PaymentsError {
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
 
 impl PaymentsApi {
-    pub fn new(
-        store: Store,
-        gateway: Arc<dyn Gateway>,
-        gateway_timeout: Duration,
-        owners: Owners,
-        stopping: watch::Receiver<bool>,
-    ) -> Self {
-        Self { store, gateway, owners, gateway_timeout, stopping }
+    pub fn new(store: Store, charges: Charges, owners: Owners, stopping: watch::Receiver<bool>) -> Self {
+        Self { store, charges, owners, stopping }
     }
 
     async fn record_of(&self, tenant: TenantId, id: Uuid) -> Result<PaymentRecord, PaymentsError> {
         self.store.payment(tenant, id).await?.ok_or(PaymentsError::NotFound("payment"))
     }
-
-    /// Asks the gateway to charge a payment, under the payment's own key so
-    /// that the gateway answers every retry with the same charge, and
-    /// records the attempt. A call that outlasts the timeout counts as
-    /// timed out; the gateway may still have charged, which the next retry
-    /// learns from it.
-    async fn attempt(&self, tenant: TenantId, payment: &PaymentRow) -> Result<PaymentRow, PaymentsError> {
-        let charge = GatewayCharge {
-            token: payment.gateway_token.clone(),
-            amount: payment.amount,
-            currency: payment.currency.clone(),
-            idempotency_key: gateway_key(tenant, &payment.idempotency_key),
-        };
-        let answer = tokio::time::timeout(self.gateway_timeout, self.gateway.charge(charge)).await;
-        let (outcome, reference, code) = match answer {
-            Ok(Ok(GatewayOutcome::Succeeded { reference })) => (AttemptOutcome::Succeeded, reference, String::new()),
-            Ok(Ok(GatewayOutcome::Declined { code })) => (AttemptOutcome::Declined, String::new(), code),
-            Ok(Ok(GatewayOutcome::Pending { reference })) => (AttemptOutcome::Pending, reference, String::new()),
-            Ok(Err(GatewayError::Transient { code })) => (AttemptOutcome::Failed, String::new(), code),
-            Ok(Err(GatewayError::TimedOut)) | Err(_) => {
-                (AttemptOutcome::TimedOut, String::new(), TIMEOUT_CODE.to_owned())
-            }
-        };
-        metrics::counter!("reservoir_payments_charges_total", "outcome" => outcome.name()).increment(1);
-        self.store.record_attempt(tenant, payment.id, outcome, &reference, &code, now()).await
-    }
-
-    /// Asks the gateway to return a PROCESSING refund's money, under the
-    /// refund's own key, and records its answer. When the gateway does not
-    /// answer the refund stays PROCESSING, and a retry with its key asks again.
-    async fn refund_through_gateway(&self, tenant: TenantId, refund: RefundRow) -> Result<RefundRow, PaymentsError> {
-        let payment =
-            self.store.payment_row(tenant, refund.payment_id).await?.ok_or(PaymentsError::NotFound("payment"))?;
-        let call = self.gateway.refund(GatewayRefund {
-            gateway_reference: payment.gateway_reference.clone(),
-            amount: refund.amount,
-            idempotency_key: gateway_key(tenant, &refund.idempotency_key),
-        });
-        let finish = match tokio::time::timeout(self.gateway_timeout, call).await {
-            // A refund the gateway accepted is on its way back; nothing remains to be done here.
-            Ok(Ok(GatewayOutcome::Succeeded { reference } | GatewayOutcome::Pending { reference })) => {
-                RefundFinish::Succeeded { reference }
-            }
-            Ok(Ok(GatewayOutcome::Declined { code })) => RefundFinish::Declined { code },
-            Ok(Err(error)) => {
-                return Err(PaymentsError::Unavailable(format!("refunding through the gateway: {error}")));
-            }
-            Err(_) => return Err(PaymentsError::Unavailable("the gateway did not answer a refund in time".into())),
-        };
-        let refund = self.store.finish_refund(tenant, refund.id, &finish, now()).await?;
-        match refund.status {
-            RefundStatus::Succeeded => {
-                metrics::counter!("reservoir_payments_refunds_total").increment(1);
-                Ok(refund)
-            }
-            RefundStatus::Declined => Err(Refusal::RefundDeclined { code: refund.code }.into()),
-            RefundStatus::Processing => Err(PaymentsError::internal("a finished refund is still processing")),
-        }
-    }
-
-    /// Creates the payment of a Charge seen for the first time, or returns
-    /// the one a concurrent call with the same key created.
-    async fn create_payment(
-        &self,
-        tenant: TenantId,
-        request: &pb::ChargeRequest,
-        checked: CheckedCharge,
-        hash: String,
-    ) -> Result<PaymentRow, PaymentsError> {
-        // Only the tenant's own invoice, for this account and currency, open
-        // and asking for at least this much. Checked when the payment is
-        // made, not on a retry of it: the invoice it paid is no longer open.
-        let invoice = self.owners.invoice(tenant, checked.invoice_id).await?;
-        check_invoice(&invoice, checked.account_id, &request.currency, checked.amount)?;
-        let (channel, method_id, token) = match checked.payment_method_id {
-            None => (Channel::Manual, None, String::new()),
-            Some(method_id) => {
-                let method = self
-                    .store
-                    .payment_method(tenant, method_id)
-                    .await?
-                    .ok_or(PaymentsError::NotFound("payment method"))?;
-                if method.account_id != checked.account_id {
-                    return Err(Refusal::PaymentMethodMismatch.into());
-                }
-                (method.kind.channel(), Some(method.id), method.gateway_token)
-            }
-        };
-        let now = now();
-        let payment = PaymentRow {
-            id: Uuid::now_v7(),
-            tenant_id: tenant,
-            account_id: checked.account_id,
-            invoice_id: checked.invoice_id,
-            payment_method_id: method_id,
-            channel,
-            gateway_token: token,
-            amount: checked.amount,
-            currency: request.currency.clone(),
-            status: initial_status(channel),
-            idempotency_key: request.idempotency_key.clone(),
-            request_hash: hash,
-            gateway_reference: String::new(),
-            external_transaction_id: String::new(),
-            failure_code: String::new(),
-            refunded_amount: rust_decimal::Decimal::ZERO,
-            metadata: request.metadata.clone(),
-            created_at: now,
-            updated_at: now,
-        };
-        if self.store.insert_payment(&payment).await? {
-            if channel == Channel::Manual {
-                metrics::counter!("reservoir_payments_charges_total", "outcome" => "RECONCILE_LATER").increment(1);
-            }
-            return Ok(payment);
-        }
-        self.store
-            .payment_by_key(tenant, &request.idempotency_key)
-            .await?
-            .ok_or_else(|| PaymentsError::Conflict("a concurrent charge with this key vanished".into()))
-    }
 }
 
-/// The parts of a ChargeRequest its checks parse.
-struct CheckedCharge {
-    account_id: Uuid,
-    invoice_id: Uuid,
-    amount: rust_decimal::Decimal,
-    /// `None` for a reconcile-later payment.
-    payment_method_id: Option<Uuid>,
-}
-
-fn check_charge(request: &pb::ChargeRequest) -> Result<CheckedCharge, PaymentsError> {
+fn check_charge(request: &pb::ChargeRequest) -> Result<NewCharge, PaymentsError> {
     let mut violations = Violations::default();
     let account_id = violations.id("account_id", &request.account_id, |id| id);
     let invoice_id = violations.id("invoice_id", &request.invoice_id, |id| id);
@@ -277,9 +130,15 @@ fn check_charge(request: &pb::ChargeRequest) -> Result<CheckedCharge, PaymentsEr
     metadata(&mut violations, "metadata", &request.metadata);
     violations.finish()?;
     match (account_id, invoice_id, amount, payment_method_id) {
-        (Some(account_id), Some(invoice_id), Some(amount), Some(payment_method_id)) => {
-            Ok(CheckedCharge { account_id, invoice_id, amount, payment_method_id })
-        }
+        (Some(account_id), Some(invoice_id), Some(amount), Some(payment_method_id)) => Ok(NewCharge {
+            account_id,
+            invoice_id,
+            amount,
+            currency: request.currency.clone(),
+            payment_method_id,
+            idempotency_key: request.idempotency_key.clone(),
+            metadata: request.metadata.clone(),
+        }),
         _ => Err(missing()),
     }
 }
@@ -365,18 +224,8 @@ impl PaymentsService for PaymentsApi {
     async fn charge(&self, request: Request<pb::ChargeRequest>) -> Result<Response<pb::ChargeResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
-        let checked = check_charge(&request)?;
-        let hash = request_hash(&request);
-        let payment = match self.store.payment_by_key(tenant, &request.idempotency_key).await? {
-            Some(existing) => existing,
-            None => self.create_payment(tenant, &request, checked, hash.clone()).await?,
-        };
-        if payment.request_hash != hash {
-            return Err(PaymentsError::IdempotencyKeyReused.into());
-        }
-        if charge_step(payment.status) == ChargeStep::Attempt {
-            self.attempt(tenant, &payment).await?;
-        }
+        let charge = check_charge(&request)?;
+        let payment = self.charges.charge(tenant, charge, request_hash(&request)).await?;
         let record = self.record_of(tenant, payment.id).await?;
         Ok(Response::new(pb::ChargeResponse { payment: Some(payment_to_pb(&record)) }))
     }
@@ -410,51 +259,13 @@ impl PaymentsService for PaymentsApi {
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         violations.finish().map_err(PaymentsError::from)?;
         let payment_id = payment_id.ok_or_else(missing)?;
-        let hash = request_hash(&request);
-        let refund = match self.store.refund_by_key(tenant, &request.idempotency_key).await? {
-            Some(existing) => existing,
-            None => {
-                let payment =
-                    self.store.payment_row(tenant, payment_id).await?.ok_or(PaymentsError::NotFound("payment"))?;
-                // The amount is in the payment's currency, so it is checked once the payment is known.
-                let requested = if request.amount.is_empty() {
-                    None
-                } else {
-                    let currency = payment_currency(&payment.currency)
-                        .map_err(|error| PaymentsError::internal(format!("stored currency: {error}")))?;
-                    let amount = payment_amount(&currency, &request.amount)
-                        .map_err(|error| PaymentsError::field("amount", error.to_string()))?;
-                    Some(amount)
-                };
-                let new = NewRefund {
-                    id: Uuid::now_v7(),
-                    payment_id,
-                    idempotency_key: request.idempotency_key.clone(),
-                    request_hash: hash.clone(),
-                    requested,
-                    reason: request.reason.clone(),
-                };
-                match self.store.begin_refund(tenant, &new, now()).await? {
-                    BeganRefund::Began(refund) => {
-                        if refund.status == RefundStatus::Succeeded {
-                            metrics::counter!("reservoir_payments_refunds_total").increment(1);
-                        }
-                        refund
-                    }
-                    BeganRefund::Exists(refund) => refund,
-                }
-            }
+        let ask = RefundAsk {
+            payment_id,
+            amount: request.amount.clone(),
+            reason: request.reason.clone(),
+            idempotency_key: request.idempotency_key.clone(),
         };
-        if refund.request_hash != hash {
-            return Err(PaymentsError::IdempotencyKeyReused.into());
-        }
-        let refund = match refund.status {
-            RefundStatus::Succeeded => refund,
-            RefundStatus::Declined => {
-                return Err(PaymentsError::from(Refusal::RefundDeclined { code: refund.code }).into());
-            }
-            RefundStatus::Processing => self.refund_through_gateway(tenant, refund).await?,
-        };
+        let refund = self.charges.refund(tenant, ask, request_hash(&request)).await?;
         let record = self.record_of(tenant, refund.payment_id).await?;
         Ok(Response::new(pb::RefundResponse {
             refund: Some(refund_to_pb(&refund)),
@@ -681,8 +492,8 @@ mod tests {
         assert!(matches!(check_charge(&both), Err(PaymentsError::InvalidArgument(_))));
         assert!(matches!(check_charge(&base), Err(PaymentsError::InvalidArgument(_))));
         let later = pb::ChargeRequest { reconcile_later: true, ..base.clone() };
-        assert!(matches!(check_charge(&later), Ok(CheckedCharge { payment_method_id: None, .. })));
+        assert!(matches!(check_charge(&later), Ok(NewCharge { payment_method_id: None, .. })));
         let method = pb::ChargeRequest { payment_method_id: Uuid::now_v7().to_string(), ..base };
-        assert!(matches!(check_charge(&method), Ok(CheckedCharge { payment_method_id: Some(_), .. })));
+        assert!(matches!(check_charge(&method), Ok(NewCharge { payment_method_id: Some(_), .. })));
     }
 }

@@ -1,0 +1,4 @@
+//! Flows that span the store and the gateway: charges and refunds
+//! (`charges`).
+
+pub mod charges;
