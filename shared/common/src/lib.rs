@@ -7,6 +7,7 @@ pub mod channel;
 pub mod db;
 pub mod deadline;
 pub mod error;
+pub mod idempotency;
 pub mod limits;
 pub mod metrics;
 pub mod money;

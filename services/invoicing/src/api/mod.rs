@@ -5,15 +5,14 @@ mod convert;
 mod reports;
 
 use chrono::{DateTime, Utc};
-use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::idempotency::request_hash;
 use reservoir_common::outbox::follow;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as pb;
 use reservoir_proto::invoicing::invoicing_service_server::InvoicingService;
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -32,10 +31,6 @@ const REPORT_RANGE_DAYS_MAX: i64 = 366;
 /// A state change retried after losing a race to another; more than a
 /// couple of losses in a row would mean a bug, not contention.
 const TRANSITION_ATTEMPTS_MAX: usize = 3;
-
-fn request_hash(request: &impl Message) -> String {
-    hex::encode(Sha256::digest(request.encode_to_vec()))
-}
 
 fn refused(current: InvoiceStatus, action: &str) -> InvoicingError {
     InvoicingError::precondition(

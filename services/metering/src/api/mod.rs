@@ -7,14 +7,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
-use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::idempotency::request_hash;
 use reservoir_common::validate::Violations;
 use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_server::MeteringService;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
-use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
@@ -70,10 +69,6 @@ pub struct MeteringApi {
 }
 
 pub use reservoir_common::time::now;
-
-fn request_hash(request: &impl Message) -> String {
-    hex::encode(Sha256::digest(request.encode_to_vec()))
-}
 
 /// A quantity: zero or more (positive where `positive`), up to 8 decimals.
 fn quantity(violations: &mut Violations, field: &str, text: &str, positive: bool) -> Option<Decimal> {

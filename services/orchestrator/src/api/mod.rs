@@ -8,8 +8,8 @@ pub use self::webhooks::WebhookApi;
 use std::pin::Pin;
 use std::time::Duration;
 
-use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::idempotency::request_hash;
 use reservoir_common::money::parse_amount;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
@@ -40,10 +40,6 @@ const EVENT_BATCH: u64 = 500;
 const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// Voucher codes as typed, with separators: 16 characters and a check one.
 const VOUCHER_CODE_LENGTH_MAX: usize = 64;
-
-fn request_hash(request: &impl Message) -> String {
-    hex::encode(Sha256::digest(request.encode_to_vec()))
-}
 
 #[derive(Clone)]
 pub struct TopUpApi {

@@ -9,13 +9,12 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use prost::Message;
 use reservoir_common::auth::{TenantId, tenant_of};
+use reservoir_common::idempotency::request_hash;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_server::PaymentsService;
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
@@ -64,10 +63,6 @@ pub struct PaymentsApi {
 }
 
 pub use reservoir_common::time::now;
-
-fn request_hash(request: &impl Message) -> String {
-    hex::encode(Sha256::digest(request.encode_to_vec()))
-}
 
 fn metadata(violations: &mut Violations, field: &str, metadata: &BTreeMap<String, String>) {
     violations.map(field, metadata, METADATA_ENTRIES_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX);
