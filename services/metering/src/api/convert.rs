@@ -4,7 +4,7 @@ use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as pb;
 use rust_decimal::Decimal;
 
-use crate::domain::{EventStatus, PriceVersion, Schedule, UsageGroup};
+use crate::domain::{AuthorizationStatus, EventStatus, PriceVersion, Schedule, UsageGroup};
 use crate::error::MeteringError;
 use crate::store::{AuthorizationRow, MeterRow, StoredEvent};
 
@@ -70,11 +70,15 @@ pub fn event_result(event: &StoredEvent, duplicate: bool) -> pb::EventResult {
 }
 
 pub fn authorization_to_pb(row: &AuthorizationRow) -> pb::Authorization {
-    let status = match row.status.as_str() {
-        "SETTLING" => pb::AuthorizationStatus::Settling,
-        "SETTLED" => pb::AuthorizationStatus::Settled,
-        "EXPIRED" => pb::AuthorizationStatus::Expired,
-        _ => pb::AuthorizationStatus::Active,
+    // The wire has no state for PENDING and REFUSED (a hold not yet, or not
+    // again, asked for); they read as ACTIVE, as they always have.
+    let status = match row.status {
+        AuthorizationStatus::Settling => pb::AuthorizationStatus::Settling,
+        AuthorizationStatus::Settled => pb::AuthorizationStatus::Settled,
+        AuthorizationStatus::Expired => pb::AuthorizationStatus::Expired,
+        AuthorizationStatus::Pending | AuthorizationStatus::Active | AuthorizationStatus::Refused => {
+            pb::AuthorizationStatus::Active
+        }
     };
     pb::Authorization {
         id: row.id.to_string(),

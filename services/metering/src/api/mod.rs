@@ -21,8 +21,8 @@ use self::convert::*;
 use crate::clients::wallet::{WalletGateway, is_final_refusal};
 use crate::domain::wallet_key;
 use crate::domain::{
-    EventStatus, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
-    UNIT_PRICE_SCALE_MAX, group_usage, month_of, price_at,
+    AuthorizationStatus, EventStatus, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule,
+    Tier, UNIT_PRICE_SCALE_MAX, group_usage, month_of, price_at,
 };
 use crate::error::MeteringError;
 use crate::store::batcher::StoreBatcher;
@@ -458,7 +458,7 @@ impl MeteringApi {
     /// Finishes settlements a crash or an outage interrupted, each on its own:
     /// one that keeps failing does not hold up the others.
     pub async fn resume_settlements(&self, before: DateTime<Utc>) {
-        let open = match self.store.authorizations_in("SETTLING", before, 100).await {
+        let open = match self.store.authorizations_in(AuthorizationStatus::Settling, before, 100).await {
             Ok(open) => open,
             Err(error) => {
                 tracing::warn!(%error, "cannot list unfinished settlements");
@@ -631,7 +631,7 @@ impl MeteringService for MeteringApi {
                     estimated_quantity: estimate,
                     estimated_amount: amount,
                     hold_id: None,
-                    status: "PENDING".into(),
+                    status: AuthorizationStatus::Pending,
                     expires_at: now + Duration::seconds(i64::from(ttl_seconds)),
                     actual_quantity: None,
                     actual_amount: None,
@@ -642,9 +642,9 @@ impl MeteringService for MeteringApi {
                 row
             }
         };
-        if matches!(row.status.as_str(), "PENDING" | "REFUSED") {
+        if row.status.awaits_hold() {
             if row.estimated_amount.is_zero() {
-                self.store.transition_authorization(row.id, &row.status, "ACTIVE", None, now).await?;
+                self.store.transition_authorization(row.id, row.status, AuthorizationStatus::Active, None, now).await?;
             } else {
                 let reserve = wallet_pb::ReserveRequest {
                     account_id: row.account_id.to_string(),
@@ -657,10 +657,14 @@ impl MeteringService for MeteringApi {
                 match self.wallet.reserve(tenant, reserve).await {
                     Ok(response) => {
                         let hold = response.hold.and_then(|hold| Uuid::parse_str(&hold.id).ok());
-                        self.store.transition_authorization(row.id, &row.status, "ACTIVE", hold, now).await?;
+                        self.store
+                            .transition_authorization(row.id, row.status, AuthorizationStatus::Active, hold, now)
+                            .await?;
                     }
                     Err(status) if is_final_refusal(status.code()) => {
-                        self.store.transition_authorization(row.id, &row.status, "REFUSED", None, now).await?;
+                        self.store
+                            .transition_authorization(row.id, row.status, AuthorizationStatus::Refused, None, now)
+                            .await?;
                         let reason = reservoir_common::status::reason_of(&status).unwrap_or_else(|| "REFUSED".into());
                         return Err(MeteringError::precondition(&reason, status.message().to_owned()).into());
                     }
@@ -688,11 +692,11 @@ impl MeteringService for MeteringApi {
         let meter = self.meter(tenant, "meter_code", &row.meter_code).await?;
         // A COUNT meter counts whole events.
         let actual = if meter.aggregation == "COUNT" { actual.ceil() } else { actual };
-        if row.status == "ACTIVE" && row.expires_at <= now {
+        if row.status == AuthorizationStatus::Active && row.expires_at <= now {
             return Err(MeteringError::precondition("AUTHORIZATION_EXPIRED", "the authorization has expired").into());
         }
-        match row.status.as_str() {
-            "ACTIVE" => {
+        match row.status {
+            AuthorizationStatus::Active => {
                 let prices = self.store.prices(meter.id).await?;
                 let scale =
                     self.account_scale(tenant, row.account_id).await?.ok_or(MeteringError::NotFound("account"))?;
@@ -706,13 +710,13 @@ impl MeteringService for MeteringApi {
                 self.store.begin_settlement(&row, actual, now, price).await?;
                 row = self.store.authorization(tenant, id).await?.ok_or(MeteringError::NotFound("authorization"))?;
             }
-            "SETTLING" | "SETTLED" => {}
-            "EXPIRED" => {
+            AuthorizationStatus::Settling | AuthorizationStatus::Settled => {}
+            AuthorizationStatus::Expired => {
                 return Err(
                     MeteringError::precondition("AUTHORIZATION_EXPIRED", "the authorization has expired").into()
                 );
             }
-            _ => {
+            AuthorizationStatus::Pending | AuthorizationStatus::Refused => {
                 return Err(
                     MeteringError::precondition("AUTHORIZATION_NOT_ACTIVE", "the authorization holds nothing").into()
                 );
@@ -725,7 +729,7 @@ impl MeteringService for MeteringApi {
             )
             .into());
         }
-        if row.status == "SETTLING" {
+        if row.status == AuthorizationStatus::Settling {
             self.settle_authorization(tenant, &row, now).await?;
         }
         let event = self

@@ -1,8 +1,10 @@
 //! Metering's rules, without I/O: how a price is chosen and how an event is
 //! charged, and how usage is grouped for reports.
 
+mod authorization;
 mod pricing;
 mod usage;
 
+pub use authorization::*;
 pub use pricing::*;
 pub use usage::*;

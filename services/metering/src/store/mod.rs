@@ -24,7 +24,9 @@ use sea_orm_migration::MigratorTrait;
 use uuid::Uuid;
 
 use self::entities::{account, authorization, counter, event, idempotency, meter, price};
-use crate::domain::{EventStatus, Override, PriceError, PriceVersion, Schedule, Tier, UsageRecord, month_of};
+use crate::domain::{
+    AuthorizationStatus, EventStatus, Override, PriceError, PriceVersion, Schedule, Tier, UsageRecord, month_of,
+};
 use crate::error::MeteringError;
 
 /// How long whoever sends an event's debit holds the event: longer than a
@@ -111,8 +113,7 @@ pub struct AuthorizationRow {
     pub estimated_quantity: Decimal,
     pub estimated_amount: Decimal,
     pub hold_id: Option<Uuid>,
-    /// PENDING, ACTIVE, REFUSED, SETTLING, SETTLED or EXPIRED.
-    pub status: String,
+    pub status: AuthorizationStatus,
     pub expires_at: DateTime<Utc>,
     pub actual_quantity: Option<Decimal>,
     pub actual_amount: Option<Decimal>,
@@ -163,7 +164,7 @@ fn authorization_from_row(row: authorization::Model) -> Result<AuthorizationRow,
         estimated_quantity: row.estimated_quantity.0,
         estimated_amount: row.estimated_amount.0,
         hold_id: row.hold_id,
-        status: row.status,
+        status: AuthorizationStatus::from_name(&row.status).ok_or_else(|| corrupt("authorization status"))?,
         expires_at: row.expires_at,
         actual_quantity: row.actual_quantity.map(|amount| amount.0),
         actual_amount: row.actual_amount.map(|amount| amount.0),
@@ -581,7 +582,7 @@ impl Store {
             estimated_quantity: Set(Amount(row.estimated_quantity)),
             estimated_amount: Set(Amount(row.estimated_amount)),
             hold_id: Set(row.hold_id),
-            status: Set(row.status.clone()),
+            status: Set(row.status.name().to_owned()),
             expires_at: Set(row.expires_at),
             actual_quantity: Set(None),
             actual_amount: Set(None),
@@ -600,16 +601,16 @@ impl Store {
     pub async fn transition_authorization(
         &self,
         id: Uuid,
-        from: &str,
-        to: &str,
+        from: AuthorizationStatus,
+        to: AuthorizationStatus,
         hold_id: Option<Uuid>,
         now: DateTime<Utc>,
     ) -> Result<bool, MeteringError> {
         let mut update = authorization::Entity::update_many()
-            .col_expr(authorization::Column::Status, Expr::value(to))
+            .col_expr(authorization::Column::Status, Expr::value(to.name()))
             .col_expr(authorization::Column::UpdatedAt, Expr::value(now))
             .filter(authorization::Column::Id.eq(id))
-            .filter(authorization::Column::Status.eq(from));
+            .filter(authorization::Column::Status.eq(from.name()));
         if let Some(hold) = hold_id {
             update = update.col_expr(authorization::Column::HoldId, Expr::value(hold));
         }
@@ -629,7 +630,7 @@ impl Store {
         let tenant = authorization.tenant_id;
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let current = authorization::Entity::find_by_id(authorization.id).lock_exclusive().one(&transaction).await?;
-        if current.as_ref().map(|row| row.status.as_str()) != Some("ACTIVE") {
+        if current.as_ref().map(|row| row.status.as_str()) != Some(AuthorizationStatus::Active.name()) {
             return Ok(None);
         }
         let new = NewEvent {
@@ -669,7 +670,7 @@ impl Store {
         .exec_without_returning(&transaction)
         .await?;
         authorization::Entity::update_many()
-            .col_expr(authorization::Column::Status, Expr::value("SETTLING"))
+            .col_expr(authorization::Column::Status, Expr::value(AuthorizationStatus::Settling.name()))
             .col_expr(authorization::Column::ActualQuantity, Expr::value(Amount(actual_quantity)))
             .col_expr(authorization::Column::ActualAmount, Expr::value(Amount(amount)))
             .col_expr(authorization::Column::UpdatedAt, Expr::value(now))
@@ -690,12 +691,12 @@ impl Store {
         let event_id = settlement_event_id(authorization.id);
         self.settle_events(authorization.tenant_id, &[(event_id, settlement.clone())], now).await?;
         authorization::Entity::update_many()
-            .col_expr(authorization::Column::Status, Expr::value("SETTLED"))
+            .col_expr(authorization::Column::Status, Expr::value(AuthorizationStatus::Settled.name()))
             .col_expr(authorization::Column::ChargedAmount, Expr::value(Amount(settlement.charged_amount)))
             .col_expr(authorization::Column::UncoveredAmount, Expr::value(Amount(settlement.uncovered_amount)))
             .col_expr(authorization::Column::UpdatedAt, Expr::value(now))
             .filter(authorization::Column::Id.eq(authorization.id))
-            .filter(authorization::Column::Status.eq("SETTLING"))
+            .filter(authorization::Column::Status.eq(AuthorizationStatus::Settling.name()))
             .exec(&self.db)
             .await?;
         Ok(())
@@ -704,12 +705,12 @@ impl Store {
     /// Authorizations in `status` last touched before `before`.
     pub async fn authorizations_in(
         &self,
-        status: &str,
+        status: AuthorizationStatus,
         before: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<AuthorizationRow>, MeteringError> {
         let rows = authorization::Entity::find()
-            .filter(authorization::Column::Status.eq(status))
+            .filter(authorization::Column::Status.eq(status.name()))
             .filter(authorization::Column::UpdatedAt.lt(before))
             .order_by_asc(authorization::Column::UpdatedAt)
             .limit(limit)
@@ -722,9 +723,12 @@ impl Store {
     /// holds expire on their own).
     pub async fn expire_authorizations(&self, now: DateTime<Utc>) -> Result<u64, MeteringError> {
         let result = authorization::Entity::update_many()
-            .col_expr(authorization::Column::Status, Expr::value("EXPIRED"))
+            .col_expr(authorization::Column::Status, Expr::value(AuthorizationStatus::Expired.name()))
             .col_expr(authorization::Column::UpdatedAt, Expr::value(now))
-            .filter(authorization::Column::Status.is_in(["ACTIVE", "PENDING"]))
+            .filter(
+                authorization::Column::Status
+                    .is_in([AuthorizationStatus::Active, AuthorizationStatus::Pending].map(AuthorizationStatus::name)),
+            )
             .filter(authorization::Column::ExpiresAt.lte(now))
             .exec(&self.db)
             .await?;
