@@ -1,7 +1,6 @@
 //! Metering as a running service: settings, the server, and the worker that
 //! finishes every debit a crash or a wallet outage interrupted.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,20 +13,13 @@ use reservoir_proto::metering::metering_service_server::MeteringServiceServer;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::api::{MeteringApi, now};
+use crate::api::MeteringApi;
 use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
-use crate::store::{Line, Store};
-use crate::usecases::charge::draw_lines;
+use crate::store::Store;
+use crate::usecases::worker::work;
 
 pub const SERVICE_NAME: &str = "reservoir.metering.v1.MeteringService";
-
-/// Pending events the worker takes per pass.
-const WORKER_BATCH: u64 = 1_000;
-/// The worker leaves a settlement alone for this long after it last moved:
-/// a Settle call still in flight (its wallet calls may take 10 s each) is
-/// about to finish it itself.
-const SETTLEMENT_GRACE: chrono::Duration = chrono::Duration::seconds(30);
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct MeteringSettings {
@@ -121,8 +113,7 @@ impl App for Application {
     async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop, stopping) = watch::channel(false);
         let api = MeteringApi::new(self.store.clone(), self.wallet.clone());
-        let worker =
-            tokio::spawn(work(api.clone(), self.store.clone(), self.wallet.clone(), self.worker_interval, stopping));
+        let worker = tokio::spawn(work(self.store.clone(), self.wallet.clone(), self.worker_interval, stopping));
         let served = Served {
             name: "metering",
             service_names: &[SERVICE_NAME],
@@ -133,41 +124,4 @@ impl App for Application {
         };
         self.listeners.run(served, stop, shutdown).await
     }
-}
-
-/// Finishes what ingestion and settlement left pending. Every replica may run
-/// it: the wallet's idempotency keys make a repeated debit a replay, and a
-/// settled event is never changed again.
-async fn work(
-    api: MeteringApi,
-    store: Store,
-    wallet: WalletGateway,
-    interval: Duration,
-    stopping: watch::Receiver<bool>,
-) {
-    reservoir_common::serve::every(interval, stopping, || async {
-        if let Err(error) = work_once(&api, &store, &wallet).await {
-            tracing::warn!(%error, "metering worker pass failed; retried next pass");
-        }
-    })
-    .await;
-}
-
-async fn work_once(api: &MeteringApi, store: &Store, wallet: &WalletGateway) -> Result<(), MeteringError> {
-    let now = now();
-    // Each line is claimed before it is drawn, so no two senders (another
-    // replica's worker, an ingest or the drawdown still at it) ever race on it.
-    let lines = store.claim_lines(now, WORKER_BATCH).await?;
-    let mut by_tenant: BTreeMap<_, Vec<Line>> = BTreeMap::new();
-    for line in lines {
-        by_tenant.entry(line.tenant).or_default().push(line);
-    }
-    for (tenant, lines) in by_tenant {
-        if let Err(error) = draw_lines(store, wallet, tenant, lines, now).await {
-            tracing::warn!(%error, %tenant, "pending usage not drawn; its claim runs out and it is retried");
-        }
-    }
-    api.resume_settlements(now - SETTLEMENT_GRACE).await;
-    store.expire_authorizations(now).await?;
-    Ok(())
 }
