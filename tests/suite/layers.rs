@@ -88,7 +88,7 @@ fn relative(path: &Path) -> String {
 fn every_service_has_the_same_layers() {
     for service in SERVICES {
         let source = root().join("services").join(service).join("src");
-        for layer in ["api", "domain", "store"] {
+        for layer in ["api", "domain", "store", "usecases"] {
             assert!(source.join(layer).is_dir(), "services/{service}/src/{layer}/ is missing");
         }
         for stray in ["upstream.rs", "gateway.rs", "wallet.rs", "saga.rs", "worker.rs", "convert.rs"] {

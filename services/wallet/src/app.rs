@@ -14,15 +14,12 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::api::WalletApi;
-use crate::domain::OperationContext;
 use crate::error::WalletError;
-use crate::store::{LoadPlan, Store, StoreKeyResolver};
+use crate::store::{Store, StoreKeyResolver};
+use crate::usecases::sweep::sweep;
 
 /// The gRPC service name, as health checks ask for it.
 pub const SERVICE_NAME: &str = "reservoir.wallet.v1.WalletService";
-
-/// Accounts the sweeper writes off per pass; the next pass takes the rest.
-const SWEEP_ACCOUNTS_MAX: u64 = 200;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct WalletSettings {
@@ -131,35 +128,5 @@ impl App for Application {
             tasks: vec![(sweeper, "expiry sweeper")],
         };
         self.listeners.run(served, stop, shutdown).await
-    }
-}
-
-/// Writes off expired grants and holds. Every replica may run it: each
-/// account is changed under its row lock and an already written-off grant is
-/// skipped, so nothing is expired twice.
-async fn sweep(store: Store, interval: Duration, stopping: watch::Receiver<bool>) {
-    reservoir_common::serve::every(interval, stopping, || sweep_once(&store)).await;
-}
-
-async fn sweep_once(store: &Store) {
-    let now = crate::api::now();
-    let due = match store.accounts_due_for_expiry(now, SWEEP_ACCOUNTS_MAX).await {
-        Ok(due) => due,
-        Err(error) => {
-            tracing::warn!(%error, "expiry sweep could not list due accounts");
-            return;
-        }
-    };
-    for (tenant, account) in due {
-        let ctx = OperationContext::new(now, String::new());
-        let result = store
-            .mutate(tenant, account, None, &LoadPlan::default(), now, |loaded| {
-                loaded.wallet.expire(&ctx);
-                Ok(crate::domain::Answer::at(now))
-            })
-            .await;
-        if let Err(error) = result {
-            tracing::warn!(%error, %account, "expiry sweep failed for an account; it is retried next pass");
-        }
     }
 }
