@@ -69,7 +69,7 @@ pub struct MeteringApi {
     scales: Arc<std::sync::Mutex<HashMap<(TenantId, Uuid), u32>>>,
 }
 
-pub use reservoir_common::time::now;
+use reservoir_common::time::now;
 
 /// A quantity: zero or more (positive where `positive`), up to 8 decimals.
 fn quantity(violations: &mut Violations, field: &str, text: &str, positive: bool) -> Option<Decimal> {

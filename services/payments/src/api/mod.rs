@@ -62,7 +62,7 @@ pub struct PaymentsApi {
     stopping: watch::Receiver<bool>,
 }
 
-pub use reservoir_common::time::now;
+use reservoir_common::time::now;
 
 fn metadata(violations: &mut Violations, field: &str, metadata: &BTreeMap<String, String>) {
     violations.map(field, metadata, METADATA_ENTRIES_MAX, METADATA_KEY_LENGTH_MAX, METADATA_VALUE_LENGTH_MAX);

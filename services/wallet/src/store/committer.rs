@@ -102,12 +102,13 @@ async fn run(shared: Shared, mut receiver: mpsc::Receiver<Job>) {
         // A batch written and answered has its callers back in the queue.
         in_flight.retain(|(writing, _, _)| !writing.is_finished());
         let writing: usize = in_flight.iter().map(|(_, _, size)| size).sum();
-        let share = demand.share();
+        let callers = demand.callers();
+        let share = Demand::share_of(callers);
         let mut jobs = vec![first];
         drain(&mut receiver, &mut jobs, share);
         // While the callers not in a batch come back, a new batch waits
         // briefly for them instead of committing the first few alone.
-        let wanted = demand.callers().saturating_sub(writing).clamp(1, share);
+        let wanted = callers.saturating_sub(writing).clamp(1, share);
         if jobs.len() < wanted {
             let deadline = tokio::time::Instant::now() + GATHER_WINDOW;
             while jobs.len() < wanted {
@@ -179,9 +180,16 @@ impl Demand {
         self.recent.iter().copied().max().unwrap_or(1).max(1)
     }
 
-    /// The most a batch takes.
+    /// The most a batch takes when `callers` are about.
+    fn share_of(callers: usize) -> usize {
+        callers.div_ceil(IN_FLIGHT_MAX).clamp(1, BATCH_MAX)
+    }
+
+    /// The share of the callers seen lately (the run loop reads `callers`
+    /// once and uses `share_of`).
+    #[cfg(test)]
     fn share(&self) -> usize {
-        self.callers().div_ceil(IN_FLIGHT_MAX).clamp(1, BATCH_MAX)
+        Self::share_of(self.callers())
     }
 }
 
