@@ -7,6 +7,8 @@ use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
 use tonic::{Code, Status};
 
+use crate::domain::Refusal;
+
 #[derive(Debug, thiserror::Error)]
 pub enum MeteringError {
     #[error("invalid argument")]
@@ -18,9 +20,9 @@ pub enum MeteringError {
     MeterExists { code: String, unit_name: String, aggregation: String },
     #[error("the idempotency key was used for a different request")]
     IdempotencyKeyReused,
-    /// A refusal a client acts on by its reason, such as INSUFFICIENT_FUNDS.
-    #[error("{message}")]
-    Precondition { reason: String, message: String },
+    /// A refusal by the rules, which the client acts on by its reason.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("conflict: {0}")]
     Conflict(String),
     /// The database or the wallet cannot be reached.
@@ -40,10 +42,6 @@ impl MeteringError {
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
     }
-
-    pub fn precondition(reason: &str, message: impl Into<String>) -> Self {
-        Self::Precondition { reason: reason.to_owned(), message: message.into() }
-    }
 }
 
 impl From<MeteringError> for Status {
@@ -60,8 +58,8 @@ impl From<MeteringError> for Status {
             MeteringError::IdempotencyKeyReused => {
                 status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
             }
-            MeteringError::Precondition { reason, message } => {
-                status::with_reason(Code::FailedPrecondition, reason, message.clone())
+            MeteringError::Refused(refusal) => {
+                status::with_reason(Code::FailedPrecondition, refusal.reason(), refusal.to_string())
             }
             MeteringError::Conflict(cause) => {
                 tracing::info!(%cause, "conflict; the caller retries");

@@ -3,8 +3,10 @@
 
 mod authorization;
 mod pricing;
+mod refusal;
 mod usage;
 
 pub use authorization::*;
 pub use pricing::*;
+pub use refusal::Refusal;
 pub use usage::*;
