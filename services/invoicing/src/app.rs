@@ -20,6 +20,7 @@ use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
 use crate::store::Store;
 use crate::usecases::billing::{Billing, Clock, system_clock};
+use crate::usecases::reports::Reports;
 
 pub const SERVICE_NAME: &str = "reservoir.invoicing.v1.InvoicingService";
 
@@ -112,7 +113,8 @@ impl Application {
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
         let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
         let billing = Billing::new(store.clone(), upstream.clone(), settings.payment_due_days_default, system_clock());
-        let api = InvoicingApi::new(store.clone(), upstream, billing, mailer);
+        let reports = Reports::new(store.clone(), upstream.clone(), mailer, system_clock());
+        let api = InvoicingApi::new(store.clone(), upstream, billing, reports);
         Ok(Self {
             listeners,
             store,
@@ -174,7 +176,7 @@ async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<b
         if let Err(error) = api.billing().run_due_cycles(now).await {
             tracing::warn!(%error, "the monthly billing cycle failed; retried next pass");
         }
-        if let Err(error) = api.send_due_reports(now).await {
+        if let Err(error) = api.reports().send_due_reports(now).await {
             tracing::warn!(%error, "scheduled reports failed; retried next pass");
         }
     })

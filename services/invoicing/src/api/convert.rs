@@ -3,21 +3,11 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::invoicing as pb;
-use rust_decimal::Decimal;
 
-use crate::domain::{InvoiceKind, InvoiceStatus, Line, LineKind};
+use crate::domain::{
+    InvoiceKind, InvoiceStatus, Line, LineKind, currency_scale, format_decimal as decimal, format_money as money,
+};
 use crate::store::InvoiceRow;
-
-fn decimal(value: Decimal) -> String {
-    value.normalize().to_string()
-}
-
-/// An amount in a currency, with its minor unit's decimals ("12.50").
-fn money(value: Decimal, scale: u32) -> String {
-    let mut value = value.round_dp(scale);
-    value.rescale(scale);
-    value.to_string()
-}
 
 pub fn status_to_pb(status: InvoiceStatus) -> pb::InvoiceStatus {
     match status {
@@ -77,25 +67,6 @@ fn line_to_pb(line: &Line, scale: u32) -> pb::InvoiceLine {
     }
 }
 
-/// The decimal places of an ISO-4217 currency (2 when unknown).
-pub fn currency_scale(currency: &str) -> u32 {
-    reservoir_common::money::Unit::currency(currency, None).map(|unit| unit.scale()).unwrap_or(2)
-}
-
-/// Whether an unpaid invoice is past its due date.
-pub fn is_overdue(invoice: &InvoiceRow, now: DateTime<Utc>) -> bool {
-    matches!(invoice.status, InvoiceStatus::Open | InvoiceStatus::Uncollectible)
-        && invoice.due_at.is_some_and(|due| due <= now)
-}
-
-pub fn amount_due(invoice: &InvoiceRow) -> Decimal {
-    if matches!(invoice.status, InvoiceStatus::Open | InvoiceStatus::Uncollectible) {
-        invoice.total
-    } else {
-        Decimal::ZERO
-    }
-}
-
 pub fn invoice_to_pb(invoice: &InvoiceRow, now: DateTime<Utc>) -> pb::Invoice {
     let scale = currency_scale(&invoice.currency);
     pb::Invoice {
@@ -107,7 +78,7 @@ pub fn invoice_to_pb(invoice: &InvoiceRow, now: DateTime<Utc>) -> pb::Invoice {
         currency: invoice.currency.clone(),
         lines: invoice.lines.iter().map(|line| line_to_pb(line, scale)).collect(),
         total: money(invoice.total, scale),
-        amount_due: money(amount_due(invoice), scale),
+        amount_due: money(invoice.status.amount_due(invoice.total), scale),
         unit_code: invoice.unit_code.clone(),
         credits: decimal(invoice.credits),
         uncovered_amount: money(invoice.uncovered_amount, scale),
@@ -115,7 +86,7 @@ pub fn invoice_to_pb(invoice: &InvoiceRow, now: DateTime<Utc>) -> pb::Invoice {
         period_end: Some(to_timestamp(invoice.period_end)),
         issued_at: invoice.issued_at.map(to_timestamp),
         due_at: invoice.due_at.map(to_timestamp),
-        overdue: is_overdue(invoice, now),
+        overdue: invoice.status.is_overdue(invoice.due_at, now),
         paid_at: invoice.paid_at.map(to_timestamp),
         payment_reference: invoice.payment_reference.clone(),
         voided_at: invoice.voided_at.map(to_timestamp),
@@ -124,69 +95,6 @@ pub fn invoice_to_pb(invoice: &InvoiceRow, now: DateTime<Utc>) -> pb::Invoice {
         created_at: Some(to_timestamp(invoice.created_at)),
         updated_at: Some(to_timestamp(invoice.updated_at)),
     }
-}
-
-/// The CSV of ExportReport: a header, then one row per invoice line.
-pub fn report_csv(invoices: &[InvoiceRow], now: DateTime<Utc>) -> Result<String, csv::Error> {
-    let mut writer = reservoir_common::spreadsheet::SafeWriter::new();
-    writer.write_record([
-        "invoice_number",
-        "invoice_id",
-        "account_id",
-        "kind",
-        "status",
-        "currency",
-        "period_start",
-        "period_end",
-        "issued_at",
-        "due_at",
-        "overdue",
-        "line_number",
-        "line_kind",
-        "description",
-        "meter_code",
-        "dimension_key",
-        "dimension_value",
-        "quantity",
-        "unit_price",
-        "line_amount",
-        "invoice_total",
-        "amount_due",
-        "payment_reference",
-    ])?;
-    let time = |instant: Option<DateTime<Utc>>| instant.map(|at| at.to_rfc3339()).unwrap_or_default();
-    for invoice in invoices {
-        let scale = currency_scale(&invoice.currency);
-        for (index, line) in invoice.lines.iter().enumerate() {
-            writer.write_record([
-                invoice.number.map(|number| number.to_string()).unwrap_or_default(),
-                invoice.id.to_string(),
-                invoice.account_id.to_string(),
-                invoice.kind.name().to_owned(),
-                invoice.status.name().to_owned(),
-                invoice.currency.clone(),
-                invoice.period_start.to_rfc3339(),
-                invoice.period_end.to_rfc3339(),
-                time(invoice.issued_at),
-                time(invoice.due_at),
-                is_overdue(invoice, now).to_string(),
-                (index + 1).to_string(),
-                line.kind.name().to_owned(),
-                line.description.clone(),
-                line.meter_code.clone(),
-                line.dimension_key.clone(),
-                line.dimension_value.clone(),
-                decimal(line.quantity),
-                line.unit_price.map(decimal).unwrap_or_default(),
-                money(line.amount, scale),
-                money(invoice.total, scale),
-                money(amount_due(invoice), scale),
-                invoice.payment_reference.clone(),
-            ])?;
-        }
-    }
-    let bytes = writer.into_inner()?;
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 pub fn event_to_pb(event: &crate::store::InvoiceEvent) -> pb::Event {

@@ -16,12 +16,13 @@ use rust_decimal::Decimal;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use self::convert::{invoice_to_pb, kind_from_pb, report_csv, status_from_pb};
+use self::convert::{invoice_to_pb, kind_from_pb, status_from_pb};
 use crate::clients::Upstream;
-use crate::domain::{InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, due_at, top_up_lines};
+use crate::domain::{InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, Refusal, due_at, top_up_lines};
 use crate::error::InvoicingError;
 use crate::store::{Change, InvoiceFilter, InvoiceRow, Store};
 use crate::usecases::billing::{Billing, Clock};
+use crate::usecases::reports::{Reports, invoices_csv};
 
 const DESCRIPTION_LENGTH_MAX: usize = 512;
 /// Payment references: a payment id or a bank's transaction id with room to spare.
@@ -32,11 +33,8 @@ const REPORT_RANGE_DAYS_MAX: i64 = 366;
 /// couple of losses in a row would mean a bug, not contention.
 const TRANSITION_ATTEMPTS_MAX: usize = 3;
 
-fn refused(current: InvoiceStatus, action: &str) -> InvoicingError {
-    InvoicingError::precondition(
-        "INVALID_INVOICE_STATE",
-        format!("an invoice that is {} cannot be {action}", current.name()),
-    )
+fn refused(status: InvoiceStatus, action: &'static str) -> InvoicingError {
+    Refusal::InvalidInvoiceState { status, action }.into()
 }
 
 /// Events one read of the outbox takes.
@@ -49,14 +47,14 @@ pub struct InvoicingApi {
     store: Store,
     upstream: Upstream,
     billing: Billing,
-    mailer: crate::clients::mail::Mailer,
+    reports: Reports,
     /// Turns true when the server stops, ending open event streams.
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl InvoicingApi {
-    pub fn new(store: Store, upstream: Upstream, billing: Billing, mailer: crate::clients::mail::Mailer) -> Self {
-        Self { store, upstream, billing, mailer, stopping: None }
+    pub fn new(store: Store, upstream: Upstream, billing: Billing, reports: Reports) -> Self {
+        Self { store, upstream, billing, reports, stopping: None }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -72,6 +70,11 @@ impl InvoicingApi {
         &self.billing
     }
 
+    /// The scheduled reports this service makes and sends.
+    pub fn reports(&self) -> &Reports {
+        &self.reports
+    }
+
     /// The same service, ending its event streams when `stopping` turns true.
     pub fn with_stopping(&self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         Self { stopping: Some(stopping), ..self.clone() }
@@ -79,7 +82,11 @@ impl InvoicingApi {
 
     /// The same service reading the time from `clock`.
     pub fn with_clock(&self, clock: Clock) -> Self {
-        Self { billing: self.billing.with_clock(clock), ..self.clone() }
+        Self {
+            billing: self.billing.with_clock(clock.clone()),
+            reports: self.reports.with_clock(clock),
+            ..self.clone()
+        }
     }
 
     async fn existing(&self, tenant: TenantId, id: &str) -> Result<InvoiceRow, InvoicingError> {
@@ -96,7 +103,7 @@ impl InvoicingApi {
         tenant: TenantId,
         id: &str,
         to: InvoiceStatus,
-        action: &str,
+        action: &'static str,
         change: impl Fn(&InvoiceRow) -> Result<Option<Change>, InvoicingError>,
     ) -> Result<InvoiceRow, InvoicingError> {
         for _ in 0..TRANSITION_ATTEMPTS_MAX {
@@ -251,10 +258,7 @@ impl InvoicingService for InvoicingApi {
                     return if invoice.payment_reference == reference {
                         Ok(None)
                     } else {
-                        Err(InvoicingError::precondition(
-                            "INVALID_INVOICE_STATE",
-                            "the invoice was paid by another payment",
-                        ))
+                        Err(Refusal::PaidByAnotherPayment.into())
                     };
                 }
                 if invoice.status == InvoiceStatus::Draft {
@@ -392,7 +396,7 @@ impl InvoicingService for InvoicingApi {
             return Err(InvoicingError::field("start_time", "is required").into());
         };
         let invoices = self.store.invoices_in(tenant, start, end).await?;
-        let csv = report_csv(&invoices, self.now()).map_err(|error| InvoicingError::internal(error.to_string()))?;
+        let csv = invoices_csv(&invoices, self.now()).map_err(|error| InvoicingError::internal(error.to_string()))?;
         Ok(Response::new(pb::ExportReportResponse { csv }))
     }
 

@@ -13,6 +13,43 @@ pub use reports::Frequency;
 #[cfg(test)]
 mod tests;
 
+/// What invoicing refuses by its rules (FAILED_PRECONDITION).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The invoice's state does not allow the change asked for.
+    #[error("an invoice that is {} cannot be {action}", .status.name())]
+    InvalidInvoiceState { status: InvoiceStatus, action: &'static str },
+    /// Marked paid again, with another payment than the one it was paid by.
+    #[error("the invoice was paid by another payment")]
+    PaidByAnotherPayment,
+}
+
+impl Refusal {
+    /// The ErrorInfo reason a client matches on.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidInvoiceState { .. } | Self::PaidByAnotherPayment => "INVALID_INVOICE_STATE",
+        }
+    }
+}
+
+/// The decimal places of an ISO-4217 currency (2 when unknown).
+pub fn currency_scale(currency: &str) -> u32 {
+    Unit::currency(currency, None).map(|unit| unit.scale()).unwrap_or(2)
+}
+
+/// A quantity or a credit amount as written: no trailing zeros ("12.5").
+pub fn format_decimal(value: Decimal) -> String {
+    value.normalize().to_string()
+}
+
+/// An amount in a currency, with its minor unit's decimals ("12.50").
+pub fn format_money(value: Decimal, scale: u32) -> String {
+    let mut value = value.round_dp(scale);
+    value.rescale(scale);
+    value.to_string()
+}
+
 /// Days a statement may be due after it is issued: a year is already far
 /// beyond any payment term in use.
 pub const PAYMENT_DUE_DAYS_MAX: u32 = 365;
@@ -41,6 +78,22 @@ impl InvoiceStatus {
         [Self::Draft, Self::Open, Self::Paid, Self::Void, Self::Uncollectible]
             .into_iter()
             .find(|status| status.name() == name)
+    }
+
+    /// Whether an invoice in this state is owed: issued and not yet paid,
+    /// voided or written off for good.
+    pub fn is_owed(self) -> bool {
+        matches!(self, Self::Open | Self::Uncollectible)
+    }
+
+    /// Whether an invoice in this state, due at `due_at`, is late at `now`.
+    pub fn is_overdue(self, due_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
+        self.is_owed() && due_at.is_some_and(|due| due <= now)
+    }
+
+    /// What is still to pay of an invoice of `total` in this state.
+    pub fn amount_due(self, total: Decimal) -> Decimal {
+        if self.is_owed() { total } else { Decimal::ZERO }
     }
 
     /// Whether an invoice may move from this state to `to`. Moving to the
