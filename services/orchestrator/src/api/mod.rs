@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use self::convert::{auto_to_pb, event_to_pb, recurring_to_pb, top_up_to_pb};
 use crate::clients::CallError;
-use crate::domain::{AutoReplenish, Interval, Outcome, Status as TopUpStatus, Step, Strategy, Trigger};
+use crate::domain::{AutoReplenish, Interval, Outcome, Status as TopUpStatus, Step, Strategy, Trigger, VoucherRefusal};
 use crate::error::OrchestratorError;
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
 use crate::usecases::saga::{Saga, new_top_up};
@@ -122,22 +122,18 @@ fn account_id_of(text: &str) -> Result<Uuid, OrchestratorError> {
 }
 
 /// The status a voucher refusal is answered with.
-fn voucher_refusal(reason: &str) -> Status {
-    let error = match reason {
-        "VOUCHER_NOT_FOUND" => {
-            return reservoir_common::status::with_reason(Code::NotFound, reason, "no voucher has this code");
+fn voucher_refusal(refusal: VoucherRefusal) -> Status {
+    use reservoir_common::status::with_reason;
+    match refusal {
+        VoucherRefusal::NotFound => with_reason(Code::NotFound, "VOUCHER_NOT_FOUND", "no voucher has this code"),
+        VoucherRefusal::AttemptsExceeded => {
+            with_reason(Code::ResourceExhausted, "VOUCHER_ATTEMPTS_EXCEEDED", "too many wrong codes; try again later")
         }
-        "VOUCHER_ATTEMPTS_EXCEEDED" => {
-            return reservoir_common::status::with_reason(
-                Code::ResourceExhausted,
-                reason,
-                "too many wrong codes; try again later",
-            );
+        VoucherRefusal::MalformedCode => OrchestratorError::field("code", "is not a voucher code").into(),
+        VoucherRefusal::Other(reason) => {
+            OrchestratorError::precondition(&reason, "the voucher cannot be redeemed").into()
         }
-        "INVALID_ARGUMENT" => OrchestratorError::field("code", "is not a voucher code"),
-        other => OrchestratorError::precondition(other, "the voucher cannot be redeemed"),
-    };
-    error.into()
+    }
 }
 
 type EventStream = Pin<Box<dyn futures::Stream<Item = Result<pb::WatchEventsResponse, Status>> + Send>>;
@@ -520,7 +516,7 @@ impl TopUpService for TopUpApi {
         row.voucher_code = Some(request.code.clone());
         let row = self.start(row).await?;
         if row.status == TopUpStatus::Failed && row.voucher_id.is_none() {
-            return Err(voucher_refusal(&row.reason));
+            return Err(voucher_refusal(VoucherRefusal::of_reason(&row.reason)));
         }
         Ok(Response::new(pb::RedeemVoucherResponse { top_up: Some(self.view(&row).await?) }))
     }

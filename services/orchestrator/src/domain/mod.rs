@@ -11,6 +11,32 @@ use rust_decimal::Decimal;
 #[cfg(test)]
 mod tests;
 
+/// Why a voucher redemption failed before the voucher was found, read from
+/// the reason its top-up recorded: payments' reason, or the code it
+/// answered with when it gave none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoucherRefusal {
+    /// No voucher has the code (NOT_FOUND).
+    NotFound,
+    /// Too many wrong codes from the account lately (RESOURCE_EXHAUSTED).
+    AttemptsExceeded,
+    /// The code is not a voucher code at all (INVALID_ARGUMENT on `code`).
+    MalformedCode,
+    /// Any other refusal, by its reason (VOUCHER_EXPIRED…).
+    Other(String),
+}
+
+impl VoucherRefusal {
+    pub fn of_reason(reason: &str) -> Self {
+        match reason {
+            "VOUCHER_NOT_FOUND" => Self::NotFound,
+            "VOUCHER_ATTEMPTS_EXCEEDED" => Self::AttemptsExceeded,
+            "INVALID_ARGUMENT" => Self::MalformedCode,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
 /// How long a follower uses the endpoints it read before reading them again.
 /// An endpoint gets the events from this long after it was created on, so
 /// every follower knows it by then.
