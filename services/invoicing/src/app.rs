@@ -19,7 +19,7 @@ use crate::clients::mail::Mailer;
 use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
 use crate::store::Store;
-use crate::usecases::billing::{Billing, Clock, system_clock};
+use crate::usecases::billing::{Billing, system_clock};
 use crate::usecases::reports::Reports;
 
 pub const SERVICE_NAME: &str = "reservoir.invoicing.v1.InvoicingService";
@@ -130,7 +130,8 @@ impl Application {
 
     /// Replaces the clock, for tests: it decides when months end and
     /// statements fall due.
-    pub fn set_clock(&mut self, clock: Clock) {
+    #[cfg(feature = "test-hooks")]
+    pub fn set_clock(&mut self, clock: crate::usecases::billing::Clock) {
         self.api = self.api.with_clock(clock);
     }
 }

@@ -54,6 +54,8 @@ pub struct OrchestratorSettings {
     pub attempts_before_action: u32,
     /// Testing only: abort the process at a saga point such as `before:CHARGE`
     /// or `after:GRANT`, to prove a crash there loses nothing. Empty: never.
+    /// Refused by builds without the `test-hooks` feature (every build but
+    /// the tests').
     #[serde(default)]
     pub crash_at: String,
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
@@ -98,6 +100,9 @@ impl OrchestratorSettings {
             return Err("orchestrator: worker_interval_ms and saga_lease_ms must be at least 1".into());
         }
         self.webhooks.validate()?;
+        if !self.crash_at.is_empty() && !cfg!(feature = "test-hooks") {
+            return Err("orchestrator: crash_at is a test hook, and this build has none".into());
+        }
         if !self.crash_at.is_empty() && CrashPoint::parse(&self.crash_at).is_none() {
             return Err(format!("orchestrator: crash_at {:?} is not before:STEP or after:STEP", self.crash_at));
         }

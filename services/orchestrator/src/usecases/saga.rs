@@ -66,6 +66,7 @@ pub struct Saga {
     store: Store,
     upstream: Upstream,
     lease: chrono::Duration,
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     crash_at: Option<CrashPoint>,
     attempts_before_action: u32,
 }
@@ -108,12 +109,18 @@ impl Saga {
         now + self.lease
     }
 
+    /// Aborts the process at the configured crash point: a test hook, only in
+    /// builds with the `test-hooks` feature (the tests').
+    #[cfg(feature = "test-hooks")]
     fn crash_if(&self, before: bool, step: Step) {
         if self.crash_at.as_ref().is_some_and(|point| point.before == before && point.step == step) {
             tracing::error!(step = step.name(), before, "crashing on purpose at the configured crash point");
             std::process::abort();
         }
     }
+
+    #[cfg(not(feature = "test-hooks"))]
+    fn crash_if(&self, _before: bool, _step: Step) {}
 
     /// Takes a top-up's lease and runs it as far as it goes now.
     pub async fn claim_and_run(&self, id: Uuid, tenant: TenantId) -> Result<(), OrchestratorError> {

@@ -151,6 +151,7 @@ impl SandboxGateway {
 
     /// How many charges the sandbox made for a gateway idempotency key (see
     /// [`gateway_key`]): 0 or 1, however often it was called.
+    #[cfg(feature = "test-hooks")]
     pub async fn charges_for(&self, key: &str) -> Result<u64, PaymentsError> {
         self.store.sandbox_successful_charges(key).await
     }

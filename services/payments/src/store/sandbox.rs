@@ -7,7 +7,7 @@ use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation};
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, ExprTrait};
-use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QuerySelect};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect};
 
 use super::entities::sandbox_charge;
 use super::{Store, corrupt};
@@ -202,7 +202,9 @@ impl Store {
     }
 
     /// How many charges the sandbox made for a key.
+    #[cfg(feature = "test-hooks")]
     pub async fn sandbox_successful_charges(&self, key: &str) -> Result<u64, PaymentsError> {
+        use sea_orm::PaginatorTrait;
         Ok(sandbox_charge::Entity::find()
             .filter(sandbox_charge::Column::Operation.eq(SandboxOperation::Charge.name()))
             .filter(sandbox_charge::Column::IdempotencyKey.eq(key))
