@@ -169,17 +169,26 @@ impl tonic::service::Interceptor for BearerKey {
 
 /// Runs each named test body on SQLite and on PostgreSQL, each time with a
 /// fresh `$suite` (a type with `spawn(Backend) -> Option<Self>` and
-/// `stop(self)`); a body takes the suite and hands it back to be stopped.
+/// `stop(self)`): `on_both_backends!(Suite; a, b)` for bodies that take the
+/// suite and hand it back to be stopped, `on_both_backends!(&Suite; a, b)`
+/// for bodies that borrow it.
 #[macro_export]
 macro_rules! on_both_backends {
     ($suite:path; $($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(@backends $suite; |suite, body| body(suite).await; $($name),*);
+    };
+    (&$suite:path; $($name:ident),* $(,)?) => {
+        $crate::on_both_backends!(@backends $suite; |suite, body| { body(&suite).await; suite }; $($name),*);
+    };
+    (@backends $suite:path; |$s:ident, $body:ident| $run:expr; $($name:ident),*) => {
         mod sqlite {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     use $suite as Suite;
-                    if let Some(suite) = Suite::spawn($crate::Backend::Sqlite).await {
-                        let suite = super::$name(suite).await;
+                    if let Some($s) = Suite::spawn($crate::Backend::Sqlite).await {
+                        let $body = super::$name;
+                        let suite = $run;
                         suite.stop().await;
                     }
                 }
@@ -190,8 +199,9 @@ macro_rules! on_both_backends {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     use $suite as Suite;
-                    if let Some(suite) = Suite::spawn($crate::Backend::Postgres).await {
-                        let suite = super::$name(suite).await;
+                    if let Some($s) = Suite::spawn($crate::Backend::Postgres).await {
+                        let $body = super::$name;
+                        let suite = $run;
                         suite.stop().await;
                     }
                 }

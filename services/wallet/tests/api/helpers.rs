@@ -192,28 +192,7 @@ pub async fn debit(client: &Client, account: &pb::Account, amount: &str) -> Resu
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(app) = $crate::helpers::TestApp::spawn(reservoir_testing::Backend::Sqlite).await {
-                        super::$name(&app).await;
-                        app.stop().await;
-                    }
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    if let Some(app) = $crate::helpers::TestApp::spawn(reservoir_testing::Backend::Postgres).await {
-                        super::$name(&app).await;
-                        app.stop().await;
-                    }
-                }
-            )*
-        }
+        reservoir_testing::on_both_backends!(&$crate::helpers::TestApp; $($name),*);
     };
 }
 
