@@ -238,22 +238,4 @@ async fn payments_killed_mid_stream_never_charge_twice(backend: Backend) {
     billing.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_top_up_is_invoiced_charged_and_paid_on_sqlite() {
-    a_top_up_is_invoiced_charged_and_paid(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_top_up_is_invoiced_charged_and_paid_on_postgres() {
-    a_top_up_is_invoiced_charged_and_paid(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_killed_mid_stream_never_charge_twice_on_sqlite() {
-    payments_killed_mid_stream_never_charge_twice(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payments_killed_mid_stream_never_charge_twice_on_postgres() {
-    payments_killed_mid_stream_never_charge_twice(Backend::Postgres).await;
-}
+reservoir_testing::each_backend!(a_top_up_is_invoiced_charged_and_paid, payments_killed_mid_stream_never_charge_twice,);

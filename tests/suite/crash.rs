@@ -54,7 +54,7 @@ fn start_debiting(
         .collect()
 }
 
-async fn killed_mid_stream(backend: Backend) {
+async fn a_wallet_killed_mid_stream_loses_and_repeats_nothing(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
@@ -118,7 +118,7 @@ async fn killed_mid_stream(backend: Backend) {
     database.drop_database().await;
 }
 
-async fn terminated_mid_stream(backend: Backend) {
+async fn sigterm_finishes_calls_in_flight(backend: Backend) {
     let Some(database) = TestDatabase::create(backend).await else {
         return;
     };
@@ -148,22 +148,7 @@ async fn terminated_mid_stream(backend: Backend) {
     database.drop_database().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wallet_killed_mid_stream_loses_and_repeats_nothing_on_sqlite() {
-    killed_mid_stream(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wallet_killed_mid_stream_loses_and_repeats_nothing_on_postgres() {
-    killed_mid_stream(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_calls_in_flight_on_sqlite() {
-    terminated_mid_stream(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_finishes_calls_in_flight_on_postgres() {
-    terminated_mid_stream(Backend::Postgres).await;
-}
+reservoir_testing::each_backend!(
+    a_wallet_killed_mid_stream_loses_and_repeats_nothing,
+    sigterm_finishes_calls_in_flight,
+);

@@ -83,7 +83,7 @@ async fn start(backend: Backend) -> Option<Running> {
     })
 }
 
-async fn killed_mid_ingest(backend: Backend) {
+async fn metering_killed_mid_ingest_debits_every_event_once(backend: Backend) {
     let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
         start(backend).await
     else {
@@ -188,7 +188,7 @@ async fn killed_mid_ingest(backend: Backend) {
 /// Asynchronous ingestion answers once events are stored; a kill before
 /// they are drawn (first with the wallet away, so none can be, then in the
 /// middle of a stream of batches) loses none and draws none twice.
-async fn killed_before_accepted_usage_is_drawn(backend: Backend) {
+async fn metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing(backend: Backend) {
     let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
         start(backend).await
     else {
@@ -305,7 +305,7 @@ async fn killed_before_accepted_usage_is_drawn(backend: Backend) {
     }
 }
 
-async fn ingest_command(backend: Backend) {
+async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up(backend: Backend) {
     let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
         start(backend).await
     else {
@@ -364,32 +364,8 @@ async fn ingest_command(backend: Backend) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up_on_sqlite() {
-    ingest_command(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up_on_postgres() {
-    ingest_command(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metering_killed_mid_ingest_debits_every_event_once_on_sqlite() {
-    killed_mid_ingest(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metering_killed_mid_ingest_debits_every_event_once_on_postgres() {
-    killed_mid_ingest(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing_on_sqlite() {
-    killed_before_accepted_usage_is_drawn(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing_on_postgres() {
-    killed_before_accepted_usage_is_drawn(Backend::Postgres).await;
-}
+reservoir_testing::each_backend!(
+    the_ingest_command_reads_csv_and_ndjson_and_sums_up,
+    metering_killed_mid_ingest_debits_every_event_once,
+    metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing,
+);

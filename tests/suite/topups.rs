@@ -929,16 +929,6 @@ async fn a_refused_grant_after_a_charge_asks_for_a_person(backend: Backend) {
     suite.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_grant_after_a_charge_asks_for_a_person_on_sqlite() {
-    a_refused_grant_after_a_charge_asks_for_a_person(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refused_grant_after_a_charge_asks_for_a_person_on_postgres() {
-    a_refused_grant_after_a_charge_asks_for_a_person(Backend::Postgres).await;
-}
-
 /// Two replicas of each of the five services on one PostgreSQL database,
 /// the orchestrators' workers passing often: every recurring period,
 /// automatic top-up and saga step still happens once.
@@ -1017,42 +1007,10 @@ async fn two_replicas_of_each_service_run_each_top_up_once_on_postgres() {
     suite.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_ups_by_hand_on_sqlite() {
-    top_ups_by_hand(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_ups_by_hand_on_postgres() {
-    top_ups_by_hand(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_top_ups_on_sqlite() {
-    automatic_top_ups(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn automatic_top_ups_on_postgres() {
-    automatic_top_ups(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recurring_top_ups_fire_once_per_period_across_a_restart_on_sqlite() {
-    recurring_top_ups_fire_once_per_period_across_a_restart(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recurring_top_ups_fire_once_per_period_across_a_restart_on_postgres() {
-    recurring_top_ups_fire_once_per_period_across_a_restart(Backend::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_at_any_step_loses_nothing_and_charges_once_on_sqlite() {
-    a_crash_at_any_step_loses_nothing_and_charges_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_crash_at_any_step_loses_nothing_and_charges_once_on_postgres() {
-    a_crash_at_any_step_loses_nothing_and_charges_once(Backend::Postgres).await;
-}
+reservoir_testing::each_backend!(
+    a_refused_grant_after_a_charge_asks_for_a_person,
+    top_ups_by_hand,
+    automatic_top_ups,
+    recurring_top_ups_fire_once_per_period_across_a_restart,
+    a_crash_at_any_step_loses_nothing_and_charges_once,
+);

@@ -210,5 +210,30 @@ macro_rules! on_both_backends {
     };
 }
 
+/// Runs each named test body, an `async fn(Backend)` that starts what it
+/// needs itself, once on SQLite (`sqlite::name`) and once on PostgreSQL
+/// (`postgres::name`).
+#[macro_export]
+macro_rules! each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::Backend::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
 pub mod proxy;
 pub mod wallet;
