@@ -1,0 +1,243 @@
+//! Handlers that read: balances, spend, grants, the ledger, CSV exports
+//! and the event stream.
+
+use std::time::Duration;
+
+use prost::Message;
+use reservoir_common::auth::tenant_of;
+use reservoir_common::paging::Page;
+use reservoir_proto::wallet as pb;
+use reservoir_proto::wallet::wallet_service_server::WalletService;
+use tonic::{Request, Response, Status};
+
+use super::validate::*;
+use super::{WalletApi, convert, reports};
+use crate::domain::*;
+use crate::error::WalletError;
+use crate::store::{EntryFilter, EventRecord};
+
+/// How often an idle event stream looks for events written by other replicas;
+/// events written by this process wake it at once.
+const EVENT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Events read per query of a stream.
+const EVENT_BATCH: usize = 500;
+
+impl WalletApi {
+    pub(super) async fn get_spend_impl(
+        &self,
+        request: Request<pb::GetSpendRequest>,
+    ) -> Result<Response<pb::GetSpendResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let now = now();
+        let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
+        let view = wallet.spend_view(now);
+        Ok(Response::new(pb::GetSpendResponse { spend: Some(convert::spend(&wallet.account, &view, now)) }))
+    }
+
+    pub(super) async fn export_refill_history_impl(
+        &self,
+        request: Request<pb::ExportRefillHistoryRequest>,
+    ) -> Result<Response<<Self as WalletService>::ExportRefillHistoryStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            violations.add("end_time", "must be after start_time");
+        }
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let unit = self.unit_of(tenant, account_id).await?;
+        let rows = reports::refill_history(self.store.clone(), tenant, account_id, unit, start, end);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(rows, |csv| {
+            csv.map(|csv| pb::ExportRefillHistoryResponse { csv })
+        }))))
+    }
+
+    pub(super) async fn export_statement_impl(
+        &self,
+        request: Request<pb::ExportStatementRequest>,
+    ) -> Result<Response<<Self as WalletService>::ExportStatementStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        if request.start_time.is_none() {
+            violations.add("start_time", "is required");
+        }
+        if request.end_time.is_none() {
+            violations.add("end_time", "is required");
+        }
+        if let (Some(start), Some(end)) = (start, end)
+            && end <= start
+        {
+            violations.add("end_time", "must be after start_time");
+        }
+        violations.finish()?;
+        let (Some(account_id), Some(start), Some(end)) = (account_id, start, end) else {
+            return Err(WalletError::internal("validated fields missing").into());
+        };
+        let unit = self.unit_of(tenant, account_id).await?;
+        let rows = reports::statement(self.store.clone(), tenant, account_id, unit, start, end);
+        Ok(Response::new(Box::pin(futures::StreamExt::map(rows, |csv| {
+            csv.map(|csv| pb::ExportStatementResponse { csv })
+        }))))
+    }
+
+    pub(super) async fn get_balance_impl(
+        &self,
+        request: Request<pb::GetBalanceRequest>,
+    ) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let now = now();
+        let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
+        Ok(Response::new(pb::GetBalanceResponse { balance: Some(Self::balance_of(&wallet, now)) }))
+    }
+
+    pub(super) async fn list_grants_impl(
+        &self,
+        request: Request<pb::ListGrantsRequest>,
+    ) -> Result<Response<pb::ListGrantsResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let account = self.store.account(tenant, account_id).await?;
+        let now = now();
+        let grants = self.store.grants(tenant, account_id, request.include_inactive).await?;
+        let grants = grants
+            .iter()
+            .filter(|grant| request.include_inactive || !grant.is_past_expiry(now))
+            .map(|grant| convert::grant(grant, &account.unit, now))
+            .collect();
+        Ok(Response::new(pb::ListGrantsResponse { grants }))
+    }
+
+    pub(super) async fn list_ledger_entries_impl(
+        &self,
+        request: Request<pb::ListLedgerEntriesRequest>,
+    ) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let page = Page::<u64>::of(
+            &mut violations,
+            request.page_size,
+            &request.page_token,
+            &(&request.account_id, &request.kinds, request.start_time, request.end_time),
+        );
+        let mut kinds = Vec::new();
+        for (index, kind) in request.kinds.iter().enumerate() {
+            match entry_kind_from(*kind) {
+                Some(kind) => kinds.push(kind),
+                None => violations.add(format!("kinds[{index}]"), "is not an entry kind"),
+            }
+        }
+        if request.kinds.len() > EntryKind::ALL.len() {
+            violations.add("kinds", "lists more kinds than there are");
+        }
+        let start = violations.time("start_time", request.start_time.as_ref());
+        let end = violations.time("end_time", request.end_time.as_ref());
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let account = self.store.account(tenant, account_id).await?;
+        let filter = EntryFilter { kinds, start, end, through_sequence: None };
+        let entries =
+            self.store.entries(tenant, account_id, &filter, page.after.unwrap_or(0), page.rows_to_read()).await?;
+        let (entries, next_page_token) = page.finish(entries, |entry| entry.sequence);
+        Ok(Response::new(pb::ListLedgerEntriesResponse {
+            entries: entries.iter().map(|entry| convert::entry(entry, &account.unit)).collect(),
+            next_page_token,
+        }))
+    }
+
+    pub(super) async fn watch_events_impl(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<<Self as WalletService>::WatchEventsStream>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        violations.meter_code("consumer", &request.consumer);
+        violations.finish()?;
+        let mut cursor = request.after_sequence;
+        // How far behind the outbox the suite's own consumers are: the age of
+        // the oldest event not yet sent, 0 when caught up. The label takes
+        // only these names, never one a caller chose; other streams share
+        // the series `other`.
+        let consumer: &'static str = match request.consumer.as_str() {
+            "orchestrator" => "orchestrator",
+            "webhooks" => "webhooks",
+            _ => "other",
+        };
+        let lag = metrics::gauge!("reservoir_wallet_outbox_lag_seconds", "consumer" => consumer);
+        let store = self.store.clone();
+        let api = self.clone();
+        let written = store.events_written();
+        let mut stopping = self.stopping.clone();
+        let stream = async_stream::try_stream! {
+            loop {
+                if *stopping.borrow() {
+                    Err(reservoir_common::outbox::shutting_down())?;
+                }
+                // Registered before the read, so a commit between the read and
+                // the wait still wakes this stream.
+                let notified = written.notified();
+                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
+                if batch.is_empty() {
+                    lag.set(0.0);
+                    tokio::select! {
+                        () = notified => {}
+                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
+                        _ = stopping.changed() => {}
+                    }
+                    continue;
+                }
+                for (index, record) in batch.into_iter().enumerate() {
+                    let (sequence, event) = match record {
+                        EventRecord::Event { sequence, event } => {
+                            let unit = api.unit_of(tenant, event.account_id).await.map_err(Status::from)?;
+                            (sequence, convert::event(&event, &unit, sequence))
+                        }
+                        EventRecord::Legacy { sequence, payload } => {
+                            let mut event = pb::Event::decode(payload.as_slice()).map_err(|error| {
+                                Status::from(WalletError::internal(format!("outbox payload: {error}")))
+                            })?;
+                            event.sequence = sequence;
+                            (sequence, event)
+                        }
+                    };
+                    if index == 0
+                        && let Some(occurred) = event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)
+                    {
+                        lag.set((now() - occurred).num_milliseconds().max(0) as f64 / 1_000.0);
+                    }
+                    cursor = sequence;
+                    yield pb::WatchEventsResponse { event: Some(event) };
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+fn entry_kind_from(kind: i32) -> Option<EntryKind> {
+    EntryKind::ALL.into_iter().find(|candidate| i32::from(convert::entry_kind(*candidate)) == kind)
+}
