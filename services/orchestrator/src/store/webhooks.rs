@@ -15,7 +15,8 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{webhook_attempt, webhook_delivery, webhook_endpoint, webhook_message};
-use super::{Store, corrupt, save_cursor_on};
+use super::events::save_cursor_on;
+use super::{Store, corrupt};
 use crate::error::OrchestratorError;
 
 /// An endpoint as stored. The secret is kept in the clear: signing needs it.
