@@ -9,17 +9,19 @@ use std::time::Duration;
 use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::Authenticator;
 use reservoir_common::settings::{AuthSettings, DatabaseSettings};
+use reservoir_proto::wallet::admin_service_server::AdminServiceServer;
 use reservoir_proto::wallet::wallet_service_server::WalletServiceServer;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::api::WalletApi;
+use crate::api::{AdminApi, WalletApi};
 use crate::error::WalletError;
 use crate::store::{Store, StoreKeyResolver};
 use crate::usecases::sweep::sweep;
 
 /// The gRPC service name, as health checks ask for it.
 pub const SERVICE_NAME: &str = "reservoir.wallet.v1.WalletService";
+pub const ADMIN_SERVICE_NAME: &str = "reservoir.wallet.v1.AdminService";
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 pub struct WalletSettings {
@@ -82,6 +84,8 @@ pub struct Application {
     store: Store,
     authenticator: Arc<Authenticator>,
     sweep_interval: Duration,
+    /// Keys AdminService issues are stored as their hash under it.
+    pepper: String,
 }
 
 impl Application {
@@ -94,7 +98,13 @@ impl Application {
         let resolver = StoreKeyResolver { store: store.clone(), pepper: auth.api_key_pepper.clone() };
         let authenticator =
             Arc::new(Authenticator::new(Arc::new(resolver), Duration::from_millis(auth.key_cache_ttl_ms)));
-        Ok(Self { listeners, store, authenticator, sweep_interval: Duration::from_millis(settings.sweep_interval_ms) })
+        Ok(Self {
+            listeners,
+            store,
+            authenticator,
+            sweep_interval: Duration::from_millis(settings.sweep_interval_ms),
+            pepper: auth.api_key_pepper.clone(),
+        })
     }
 
     pub fn store(&self) -> Store {
@@ -119,12 +129,14 @@ impl App for Application {
         let (stop, stopping) = watch::channel(false);
         let sweeper = tokio::spawn(sweep(self.store.clone(), self.sweep_interval, stopping.clone()));
         let api = WalletApi::new(self.store.clone(), stopping);
+        let admin = AdminApi::new(self.store.clone(), self.pepper);
         let served = Served {
             name: "wallet",
-            service_names: &[SERVICE_NAME],
+            service_names: &[SERVICE_NAME, ADMIN_SERVICE_NAME],
             authenticator: self.authenticator,
             database: self.store.database().clone(),
-            routes: tonic::service::Routes::new(WalletServiceServer::new(api)),
+            routes: tonic::service::Routes::new(WalletServiceServer::new(api))
+                .add_service(AdminServiceServer::new(admin)),
             tasks: vec![(sweeper, "expiry sweeper")],
         };
         self.listeners.run(served, stop, shutdown).await

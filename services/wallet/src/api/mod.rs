@@ -2,6 +2,7 @@
 //! and translate the answer. No rule about money lives here.
 
 mod accounts;
+mod admin;
 mod convert;
 mod debits;
 mod movements;
@@ -23,6 +24,7 @@ use reservoir_proto::wallet::wallet_service_server::WalletService;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+pub use self::admin::AdminApi;
 pub use self::validate::*;
 use crate::domain::*;
 use crate::error::WalletError;

@@ -12,6 +12,8 @@ pub mod tenant {
         pub name: String,
         pub created_at: DateTimeUtc,
         pub allow_promotional_transfers: bool,
+        /// What CreateTenant was called with; none for tenants made otherwise.
+        pub idempotency_key: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -25,6 +25,7 @@ pub struct IssuedKey {
 #[derive(Debug, Clone)]
 pub struct KeyListed {
     pub id: Uuid,
+    pub tenant_id: TenantId,
     pub display_prefix: String,
     pub service: bool,
     pub role: KeyRole,
@@ -48,10 +49,69 @@ impl Store {
             name: Set(name.to_owned()),
             created_at: Set(now),
             allow_promotional_transfers: Set(false),
+            idempotency_key: Set(None),
         })
         .exec_without_returning(&self.db)
         .await?;
         Ok(TenantId(id))
+    }
+
+    /// Creates a tenant under an idempotency key: the same key again answers
+    /// the tenant it made, refused when asked with another name.
+    pub async fn create_tenant_once(
+        &self,
+        name: &str,
+        idempotency_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<TenantRow, WalletError> {
+        let existing = || async {
+            tenant::Entity::find().filter(tenant::Column::IdempotencyKey.eq(idempotency_key)).one(&self.db).await
+        };
+        if existing().await?.is_none() {
+            let inserted = tenant::Entity::insert(tenant::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                name: Set(name.to_owned()),
+                created_at: Set(now),
+                allow_promotional_transfers: Set(false),
+                idempotency_key: Set(Some(idempotency_key.to_owned())),
+            })
+            .exec_without_returning(&self.db)
+            .await;
+            match inserted {
+                // A concurrent call with the same key made it first.
+                Err(error) if reservoir_common::db::is_unique_violation(&error) => {}
+                other => {
+                    other?;
+                }
+            }
+        }
+        let row = existing().await?.ok_or_else(|| WalletError::internal("a tenant just created went missing"))?;
+        if row.name != name {
+            return Err(WalletError::IdempotencyKeyReused);
+        }
+        self.tenant(TenantId(row.id)).await?.ok_or(WalletError::NotFound("tenant"))
+    }
+
+    /// One tenant with its count of active keys.
+    pub async fn tenant(&self, id: TenantId) -> Result<Option<TenantRow>, WalletError> {
+        let Some(row) = tenant::Entity::find_by_id(id.0).one(&self.db).await? else {
+            return Ok(None);
+        };
+        let active_keys = api_key::Entity::find()
+            .filter(api_key::Column::TenantId.eq(id.0))
+            .filter(active_at(Utc::now()))
+            .all(&self.db)
+            .await?
+            .len();
+        Ok(Some(TenantRow { id, name: row.name, created_at: row.created_at, active_keys }))
+    }
+
+    /// One key as listed, revoked or not.
+    pub async fn key(&self, key_id: Uuid) -> Result<Option<KeyListed>, WalletError> {
+        let Some(row) = api_key::Entity::find_by_id(key_id).one(&self.db).await? else {
+            return Ok(None);
+        };
+        listed(&row).map(Some)
     }
 
     pub async fn list_tenants(&self) -> Result<Vec<TenantRow>, WalletError> {
@@ -133,18 +193,7 @@ impl Store {
             .order_by_asc(api_key::Column::Id)
             .all(&self.db)
             .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(KeyListed {
-                    id: row.id,
-                    display_prefix: row.display_prefix.clone(),
-                    service: row.kind == "SERVICE",
-                    role: role_of(&row)?,
-                    created_at: row.created_at,
-                    revoked_at: row.revoked_at,
-                })
-            })
-            .collect()
+        rows.iter().map(listed).collect()
     }
 
     /// Revokes a key by its id; `false` when there is no such active key.
@@ -234,6 +283,19 @@ async fn insert_key_in(
     .exec_without_returning(connection)
     .await?;
     Ok(IssuedKey { id, tenant_id, key })
+}
+
+/// A stored key as listed.
+fn listed(row: &api_key::Model) -> Result<KeyListed, WalletError> {
+    Ok(KeyListed {
+        id: row.id,
+        tenant_id: TenantId(row.tenant_id),
+        display_prefix: row.display_prefix.clone(),
+        service: row.kind == "SERVICE",
+        role: role_of(row)?,
+        created_at: row.created_at,
+        revoked_at: row.revoked_at,
+    })
 }
 
 /// A stored key's role.

@@ -22,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(EntryKeys),
             Box::new(AccountsByUnit),
             Box::new(RoomForUpdates),
+            Box::new(TenantKeys),
         ]
     }
 }
@@ -534,6 +535,27 @@ impl MigrationTrait for RoomForUpdates {
             )
             .await?;
         }
+        Ok(())
+    }
+}
+
+/// The idempotency key a tenant was created with (CreateTenant), so a
+/// retried creation answers the same tenant. Tenants created before have
+/// none; many NULLs sit under the unique index on both backends.
+struct TenantKeys;
+
+impl MigrationName for TenantKeys {
+    fn name(&self) -> &str {
+        "m0011_tenant_keys"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for TenantKeys {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("ALTER TABLE tenants ADD COLUMN idempotency_key TEXT").await?;
+        db.execute_unprepared("CREATE UNIQUE INDEX tenants_by_idempotency_key ON tenants (idempotency_key)").await?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod accounts;
+mod admin;
 mod auth;
 mod concurrency;
 mod drawdown;

@@ -5,17 +5,26 @@ use tonic::Status;
 
 use super::{Caller, Identity, KeyRole, TenantId};
 
-/// Calls only the suite's own services make, with a service key: a tenant's
-/// key is refused on them whatever its role (money arrives through the
-/// payment flow, not by a tenant saying so).
+/// Calls only the suite's own services and operators make, with a service
+/// key: a tenant's key is refused on them whatever its role (money arrives
+/// through the payment flow, not by a tenant saying so; tenants and service
+/// keys are an operator's to make).
 const SERVICE_ONLY: &[&str] = &[
     "/reservoir.invoicing.v1.InvoicingService/MarkInvoicePaid",
     "/reservoir.payments.v1.PaymentsService/ConfirmPayment",
+    "/reservoir.wallet.v1.AdminService/CreateTenant",
+    "/reservoir.wallet.v1.AdminService/ListTenants",
+    "/reservoir.wallet.v1.AdminService/IssueServiceKey",
 ];
 
 /// Changes to a tenant's configuration: what it charges, where its events
-/// go, what its vouchers are worth, its wallet settings.
+/// go, what its vouchers are worth, its wallet settings, its keys (listing
+/// them too: the keys of a tenant are an admin's to see).
 const ADMIN_ONLY: &[&str] = &[
+    "/reservoir.wallet.v1.AdminService/IssueApiKey",
+    "/reservoir.wallet.v1.AdminService/ListApiKeys",
+    "/reservoir.wallet.v1.AdminService/RevokeApiKey",
+    "/reservoir.wallet.v1.AdminService/RotateApiKey",
     "/reservoir.wallet.v1.WalletService/UpdateTenantSettings",
     "/reservoir.metering.v1.MeteringService/CreateMeter",
     "/reservoir.metering.v1.MeteringService/SetPrice",
@@ -79,10 +88,10 @@ pub fn refusal(caller: Caller, path: &str) -> Option<Status> {
             "this call is made by Reservoir's own services, with a service key",
         ));
     }
-    let needed = if only_reads(path) {
-        return None;
-    } else if ADMIN_ONLY.contains(&path) {
+    let needed = if ADMIN_ONLY.contains(&path) {
         KeyRole::Admin
+    } else if only_reads(path) {
+        return None;
     } else {
         KeyRole::Write
     };
@@ -127,6 +136,12 @@ mod tests {
         assert_eq!(reason(Caller::Tenant(tenant, KeyRole::ReadOnly), configuration), Some(Some("KEY_ROLE".into())));
         for path in [reads, change, configuration, service_only] {
             assert!(refusal(Caller::Service, path).is_none(), "services reach {path}");
+        }
+        // Listing keys reads, yet only an admin may.
+        let keys = "/reservoir.wallet.v1.AdminService/ListApiKeys";
+        assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Admin), keys), None);
+        for role in [KeyRole::Write, KeyRole::ReadOnly] {
+            assert_eq!(reason(Caller::Tenant(tenant, role), keys), Some(Some("KEY_ROLE".into())), "{role:?}");
         }
         for role in [KeyRole::Admin, KeyRole::Write, KeyRole::ReadOnly] {
             assert_eq!(KeyRole::parse(role.as_str()), Some(role));
