@@ -159,8 +159,20 @@ impl Environment {
     }
 
     /// Creates a tenant through the operator command and returns its API key.
+    /// The command calls the wallet's AdminService with a service key, so a
+    /// wallet of this environment's serves it, on an address of its own, for
+    /// as long as that takes.
     pub async fn create_tenant(&self) -> String {
-        self.issue(&["tenant", "create", "suite"]).await
+        let operator = self.issue(&["key", "issue-service", "--bootstrap"]).await;
+        let mut environment = self.clone();
+        environment.wallet_address = free_address();
+        environment.set("RESERVOIR__WALLET__LISTEN", &environment.wallet_address.to_string());
+        let mut wallet = ServiceProcess::wallet(&environment);
+        wallet.start(&environment).await;
+        let endpoint = format!("http://{}", environment.wallet_address);
+        let key = self.issue(&["tenant", "create", "suite", "--endpoint", &endpoint, "--api-key", &operator]).await;
+        wallet.terminate().await;
+        key
     }
 
     /// The services' key, once issued.
@@ -177,7 +189,7 @@ impl Environment {
 
     /// Issues the services' key and hands it to metering, invoicing and payments.
     pub async fn issue_service_key(&mut self) {
-        let key = self.issue(&["key", "issue-service"]).await;
+        let key = self.issue(&["key", "issue-service", "--bootstrap"]).await;
         self.variables.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), key.clone());
         self.variables.insert("RESERVOIR__INVOICING__SERVICE_KEY".to_owned(), key.clone());
         self.variables.insert("RESERVOIR__PAYMENTS__WALLET_SERVICE_KEY".to_owned(), key.clone());

@@ -58,6 +58,10 @@ async fn an_operator_rotates_a_key_then_revokes_the_old_one() {
     let mut wallet = crate::process::ServiceProcess::wallet(&environment);
     wallet.start(&environment).await;
     let tenant = crate::process::Environment::tenant_of(wallet.address(), &admin_key).await;
+    // The key commands call the wallet's AdminService, here with the
+    // tenant's ADMIN key.
+    environment.set("RESERVOIR_ENDPOINT", &format!("http://{}", wallet.address()));
+    environment.set("RESERVOIR_API_KEY", &admin_key);
 
     let issued = operator(&environment, &["key", "issue", &tenant.0.to_string(), "--role", "read-only"]).await;
     let rotated = operator(&environment, &["key", "rotate", &issued["key id"], "--overlap-hours", "1"]).await;

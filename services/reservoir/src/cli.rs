@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use comfy_table::Table;
 use reservoir_common::app::App;
@@ -44,12 +44,13 @@ enum Command {
     Serve { service: Service },
     /// Apply one service's database migrations and exit.
     Migrate { service: Service },
-    /// Tenants (straight on the wallet database).
+    /// Tenants, through the wallet's AdminService (a service key).
     #[command(subcommand)]
-    Tenant(TenantCommand),
-    /// API keys (straight on the wallet database).
+    Tenant(crate::admin::TenantCommand),
+    /// API keys, through the wallet's AdminService (a service key, or a
+    /// tenant's ADMIN key for its own).
     #[command(subcommand)]
-    Key(KeyCommand),
+    Key(crate::admin::KeyCommand),
     /// Accounts, through the running wallet service.
     #[command(subcommand)]
     Account(AccountCommand),
@@ -92,63 +93,6 @@ enum Service {
     Invoicing,
     Payments,
     Orchestrator,
-}
-
-#[derive(Subcommand)]
-enum TenantCommand {
-    /// Create a tenant and issue its first API key.
-    Create { name: String },
-    /// List tenants.
-    List {
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Role {
-    Admin,
-    Write,
-    ReadOnly,
-}
-
-impl From<Role> for reservoir_common::auth::KeyRole {
-    fn from(role: Role) -> Self {
-        match role {
-            Role::Admin => Self::Admin,
-            Role::Write => Self::Write,
-            Role::ReadOnly => Self::ReadOnly,
-        }
-    }
-}
-
-#[derive(Subcommand)]
-enum KeyCommand {
-    /// Issue a new API key for a tenant; it is shown once.
-    Issue {
-        tenant_id: String,
-        /// What the key may do: read-only reads; write also changes balances,
-        /// accounts and top-ups; admin also changes the tenant's settings,
-        /// meters and prices, webhook endpoints and voucher batches.
-        #[arg(long, value_enum, default_value_t = Role::Admin)]
-        role: Role,
-    },
-    /// Issue a key for Reservoir's own services (metering and the others call
-    /// the wallet with it, naming the tenant of each call); shown once.
-    IssueService,
-    /// List a tenant's keys, revoked ones included: id, first characters,
-    /// role, when issued and when revoked (never the keys themselves).
-    List { tenant_id: String },
-    /// Revoke an API key by its id.
-    Revoke { key_id: String },
-    /// Replace an API key: a new key (shown once) for the same tenant and
-    /// role, while the old one keeps working for the overlap.
-    Rotate {
-        key_id: String,
-        /// Hours the old key keeps working (0: it stops now).
-        #[arg(long, default_value_t = 24)]
-        overlap_hours: u32,
-    },
 }
 
 #[derive(Args, Clone)]
@@ -286,8 +230,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,
         Command::Webhooks(command) => crate::webhooks::run(command).await,
-        Command::Tenant(command) => tenant(config, command).await,
-        Command::Key(command) => key(config, command).await,
+        Command::Tenant(command) => crate::admin::tenant(command).await,
+        Command::Key(command) => crate::admin::key(config, command).await,
         Command::Account(command) => account(command).await,
         Command::Grant(args) => grant(args).await,
         Command::Debit(args) => debit(args).await,
@@ -298,7 +242,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 /// The settings, with their TLS made the channels' to other services: a
 /// process has one identity, used by every service it runs.
-fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
+pub(crate) fn load_settings(config: Option<&Path>) -> anyhow::Result<Settings> {
     let settings = Settings::load(config).map_err(anyhow::Error::msg)?;
     reservoir_common::tls::use_for_channels(&settings.tls);
     Ok(settings)
@@ -390,14 +334,10 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     // With a certificate, the services call one another over TLS too.
     let scheme = if settings.tls.enabled() { "https" } else { "http" };
     let wallet = guarded(Application::build(&settings.wallet, &settings.auth).await?, &settings);
-    let store = wallet.store();
-    let now = chrono::Utc::now();
-    if store.list_tenants().await?.is_empty() {
-        let tenant = store.create_tenant("development", now).await?;
-        let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
+    if let Some(issued) = wallet.first_tenant("development").await? {
         let path = settings.data_dir.join("dev-api-key");
         write_secret(&path, &issued.key)?;
-        println!("Created the development tenant {tenant}.");
+        println!("Created the development tenant {}.", issued.tenant_id);
         println!("Its API key (shown once; a copy is in {}):", path.display());
         println!("  {}", issued.key);
     }
@@ -407,7 +347,7 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let service_key = match std::fs::read_to_string(&path) {
         Ok(key) if !key.trim().is_empty() => key.trim().to_owned(),
         _ => {
-            let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
+            let issued = wallet.issue_service_key().await?;
             write_secret(&path, &issued.key)?;
             issued.key
         }
@@ -486,104 +426,6 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    Ok(())
-}
-
-async fn operator_store(config: Option<&Path>) -> anyhow::Result<(Settings, Store)> {
-    let settings = load_settings(config)?;
-    let store = Store::connect(&settings.wallet.database(), 1).await?;
-    store.migrate().await?;
-    Ok((settings, store))
-}
-
-async fn tenant(config: Option<&Path>, command: TenantCommand) -> anyhow::Result<()> {
-    let (settings, store) = operator_store(config).await?;
-    let now = chrono::Utc::now();
-    match command {
-        TenantCommand::Create { name } => {
-            let tenant = store.create_tenant(&name, now).await?;
-            let issued = store.issue_key(tenant, &settings.auth.api_key_pepper, now).await?;
-            println!("tenant {tenant}");
-            println!("key id {}", issued.id);
-            println!("api key {}", issued.key);
-        }
-        TenantCommand::List { json } => {
-            let tenants = store.list_tenants().await?;
-            if json {
-                let rows: Vec<_> = tenants
-                    .iter()
-                    .map(|tenant| json!({"id": tenant.id.to_string(), "name": tenant.name, "created_at": tenant.created_at, "active_keys": tenant.active_keys}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                let mut table = Table::new();
-                table.set_header(["id", "name", "created at", "active keys"]);
-                for tenant in tenants {
-                    table.add_row([
-                        tenant.id.to_string(),
-                        tenant.name,
-                        tenant.created_at.to_rfc3339(),
-                        tenant.active_keys.to_string(),
-                    ]);
-                }
-                println!("{table}");
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<()> {
-    let (settings, store) = operator_store(config).await?;
-    let now = chrono::Utc::now();
-    match command {
-        KeyCommand::Issue { tenant_id, role } => {
-            let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
-            let role = role.into();
-            let issued = store.issue_key_with_role(tenant, role, &settings.auth.api_key_pepper, now).await?;
-            println!("key id {}", issued.id);
-            println!("role {}", role.as_str());
-            println!("api key {}", issued.key);
-        }
-        KeyCommand::IssueService => {
-            let issued = store.issue_service_key(&settings.auth.api_key_pepper, now).await?;
-            println!("key id {}", issued.id);
-            println!("api key {}", issued.key);
-        }
-        KeyCommand::Rotate { key_id, overlap_hours } => {
-            let overlap = chrono::Duration::hours(i64::from(overlap_hours));
-            let Some(issued) = store
-                .rotate_key(key_id.parse().context("key id")?, overlap, &settings.auth.api_key_pepper, now)
-                .await?
-            else {
-                bail!("no active key {key_id}");
-            };
-            println!("key id {}", issued.id);
-            println!("api key {}", issued.key);
-            println!("the old key {key_id} works until {}", now + overlap);
-        }
-        KeyCommand::List { tenant_id } => {
-            let tenant = reservoir_common::auth::TenantId(tenant_id.parse().context("tenant id")?);
-            println!("{:<36}  {:<12}  {:<9}  {:<20}  revoked", "key id", "starts with", "role", "issued");
-            for key in store.keys(tenant).await? {
-                let role = if key.service { "SERVICE" } else { key.role.as_str() };
-                let revoked = key.revoked_at.map(|at| at.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default();
-                println!(
-                    "{:<36}  {:<12}  {:<9}  {:<20}  {revoked}",
-                    key.id,
-                    key.display_prefix,
-                    role,
-                    key.created_at.format("%Y-%m-%dT%H:%M:%SZ")
-                );
-            }
-        }
-        KeyCommand::Revoke { key_id } => {
-            if !store.revoke_key(key_id.parse().context("key id")?, now).await? {
-                bail!("no active key {key_id}");
-            }
-            println!("revoked {key_id}");
-        }
     }
     Ok(())
 }

@@ -30,6 +30,15 @@ pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
     Ok(WalletServiceClient::with_interceptor(channel, BearerKey(value)))
 }
 
+pub type Admin =
+    reservoir_proto::wallet::admin_service_client::AdminServiceClient<InterceptedService<Channel, BearerKey>>;
+
+pub async fn admin(endpoint: &str, api_key: &str) -> anyhow::Result<Admin> {
+    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
+    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
+    Ok(reservoir_proto::wallet::admin_service_client::AdminServiceClient::with_interceptor(channel, BearerKey(value)))
+}
+
 pub type Metering =
     reservoir_proto::metering::metering_service_client::MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
 

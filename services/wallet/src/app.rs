@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use crate::api::{AdminApi, WalletApi};
 use crate::error::WalletError;
-use crate::store::{Store, StoreKeyResolver};
+use crate::store::{IssuedKey, Store, StoreKeyResolver};
 use crate::usecases::sweep::sweep;
 
 /// The gRPC service name, as health checks ask for it.
@@ -110,6 +110,34 @@ impl Application {
     pub fn store(&self) -> Store {
         self.store.clone()
     }
+
+    /// A new installation's first tenant and its ADMIN key, when the wallet
+    /// has no tenant yet (what `reservoir up` hands a developer); `None`
+    /// once there is one.
+    pub async fn first_tenant(&self, name: &str) -> Result<Option<IssuedKey>, WalletError> {
+        if !self.store.list_tenants().await?.is_empty() {
+            return Ok(None);
+        }
+        let now = chrono::Utc::now();
+        let tenant = self.store.create_tenant(name, now).await?;
+        self.store.issue_key(tenant, &self.pepper, now).await.map(Some)
+    }
+
+    /// A key for the suite's own services, issued by the wallet this process
+    /// runs (`reservoir up` hands it to the other services).
+    pub async fn issue_service_key(&self) -> Result<IssuedKey, WalletError> {
+        self.store.issue_service_key(&self.pepper, chrono::Utc::now()).await
+    }
+}
+
+/// The first service key of an installation, written straight to the
+/// wallet's database as migrations are: AdminService takes a key, so the
+/// first one cannot come from it (`reservoir key issue-service --bootstrap`).
+pub async fn bootstrap_service_key(settings: &WalletSettings, auth: &AuthSettings) -> Result<IssuedKey, AppError> {
+    settings.validate().map_err(AppError::Settings)?;
+    let store = Store::connect(&settings.database(), 1).await?;
+    store.migrate().await?;
+    Ok(store.issue_service_key(&auth.api_key_pepper, chrono::Utc::now()).await?)
 }
 
 impl App for Application {
