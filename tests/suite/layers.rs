@@ -16,17 +16,6 @@ const IO_AND_WIRE: [&str; 11] =
 const WIRE_AND_OUTSIDE: [&str; 8] =
     ["tonic", "prost", "reservoir_proto", "reqwest", "lettre", "hyper", "axum", "tower"];
 
-/// Stores that still keep a replay record as the encoded response, so they
-/// encode and decode it with prost. Each must still do so (the list only
-/// shrinks): a compact record of what rebuilds the answer, as the wallet's,
-/// removes the file from it.
-const ENCODED_REPLAY_RECORDS: [&str; 4] = [
-    "services/metering/src/store/mod.rs",
-    "services/payments/src/store/mod.rs",
-    "services/payments/src/store/payments.rs",
-    "services/payments/src/store/vouchers.rs",
-];
-
 struct Rule {
     layer: &'static str,
     crates: &'static [&'static str],
@@ -103,7 +92,6 @@ fn every_service_has_the_same_layers() {
 #[test]
 fn layers_import_only_what_they_may() {
     let mut broken = Vec::new();
-    let mut encoded_replay_seen = Vec::new();
     for service in SERVICES {
         for rule in &RULES {
             let mut files = Vec::new();
@@ -114,10 +102,6 @@ fn layers_import_only_what_they_may() {
                 for (number, line) in code_lines(&text) {
                     for krate in rule.crates {
                         if !names(line, krate) {
-                            continue;
-                        }
-                        if *krate == "prost" && ENCODED_REPLAY_RECORDS.contains(&name.as_str()) {
-                            encoded_replay_seen.push(name.clone());
                             continue;
                         }
                         broken.push(format!("{name}:{number}: the {} layer uses {krate}: {}", rule.layer, line.trim()));
@@ -136,12 +120,6 @@ fn layers_import_only_what_they_may() {
         }
     }
     assert!(broken.is_empty(), "layering broken:\n{}", broken.join("\n"));
-    for file in ENCODED_REPLAY_RECORDS {
-        assert!(
-            encoded_replay_seen.iter().any(|seen| seen == file),
-            "{file} no longer encodes replay records with prost: take it off ENCODED_REPLAY_RECORDS"
-        );
-    }
 }
 
 #[test]

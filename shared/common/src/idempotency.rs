@@ -12,9 +12,24 @@ pub fn request_hash(request: &impl Message) -> String {
     hex::encode(Sha256::digest(request.encode_to_vec()))
 }
 
+/// A recorded answer as a replay finds it: the record a store keeps of an
+/// answer now (`T`, what rebuilds it), or, for records written before
+/// stores kept answers that way, the encoded response itself.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Replayed<T> {
+    Answer(T),
+    Encoded(Vec<u8>),
+}
+
+/// A response recorded encoded, as it was sent.
+pub fn decode_encoded<M: Message + Default>(encoded: &[u8]) -> Result<M, String> {
+    M::decode(encoded).map_err(|error| format!("a recorded response does not decode: {error}"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::request_hash;
+    #![allow(clippy::unwrap_used)]
+    use super::{decode_encoded, request_hash};
 
     #[test]
     fn the_same_request_hashes_the_same_and_another_does_not() {
@@ -22,5 +37,14 @@ mod tests {
         assert_eq!(request_hash(&health("a")), request_hash(&health("a")));
         assert_ne!(request_hash(&health("a")), request_hash(&health("b")));
         assert_eq!(request_hash(&health("a")).len(), 64);
+    }
+
+    #[test]
+    fn an_encoded_response_decodes_as_sent() {
+        let sent = tonic_health::pb::HealthCheckRequest { service: "a".to_owned() };
+        let decoded: tonic_health::pb::HealthCheckRequest =
+            decode_encoded(&prost::Message::encode_to_vec(&sent)).unwrap();
+        assert_eq!(decoded, sent);
+        assert!(decode_encoded::<tonic_health::pb::HealthCheckRequest>(&[0xff]).is_err());
     }
 }

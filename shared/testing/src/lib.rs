@@ -99,6 +99,22 @@ impl TestDatabase {
 
     /// A schema on a PostgreSQL server a test runs itself (the fault
     /// harness's cluster), reached at `url`.
+    /// Runs one statement on the database, as an older release would have
+    /// written its rows (`$1`, `$2` … for `values`).
+    pub async fn execute(&self, sql: &str, values: Vec<sea_orm::Value>) {
+        use sea_orm::ConnectionTrait;
+        let settings = reservoir_common::settings::DatabaseSettings {
+            url: self.url.clone(),
+            schema: self.schema.clone(),
+            max_connections: 1,
+        };
+        let database =
+            reservoir_common::db::Database::connect(&settings).await.expect("connecting to the test database");
+        let connection = database.connection();
+        let statement = sea_orm::Statement::from_sql_and_values(connection.get_database_backend(), sql, values);
+        connection.execute_raw(statement).await.expect("running a statement");
+    }
+
     pub fn postgres_at(url: String, schema: &str) -> Self {
         Self { backend: Backend::Postgres, url, schema: schema.to_owned(), sqlite_file: None }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use reservoir_common::auth::{TenantId, tenant_of};
-use reservoir_common::idempotency::request_hash;
+use reservoir_common::idempotency::{Replayed, decode_encoded, request_hash};
 use reservoir_common::validate::Violations;
 use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_server::MeteringService;
@@ -221,16 +221,27 @@ impl MeteringService for MeteringApi {
         let version = Self::parse_price(&mut violations, effective_from, &request.tiers, &request.overrides);
         violations.finish().map_err(MeteringError::from)?;
         let hash = request_hash(&request);
-        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "SetPrice", &hash).await? {
-            return Ok(Response::new(response));
+        // A price is never changed once set, so the instant it starts at
+        // finds the price an earlier call set.
+        let replayed = self.store.replay::<DateTime<Utc>>(tenant, &request.idempotency_key, "SetPrice", &hash).await?;
+        if let Some(Replayed::Encoded(encoded)) = &replayed {
+            return Ok(Response::new(decode_encoded(encoded).map_err(MeteringError::internal)?));
         }
         let meter = meter(&self.store, tenant, "meter_code", &request.meter_code).await?;
+        if let Some(Replayed::Answer(effective_from)) = replayed {
+            let prices = self.store.prices(meter.id).await?;
+            let version = prices
+                .iter()
+                .find(|version| version.effective_from == effective_from)
+                .ok_or_else(|| MeteringError::internal("the price a replay names is missing"))?;
+            return Ok(Response::new(pb::SetPriceResponse { price: Some(price_to_pb(&meter.code, version)) }));
+        }
         let Some(version) = version else {
             return Err(MeteringError::internal("a checked price went missing").into());
         };
         self.store.add_price(tenant, meter.id, &version, now).await?;
         let response = pb::SetPriceResponse { price: Some(price_to_pb(&meter.code, &version)) };
-        self.store.record(tenant, &request.idempotency_key, "SetPrice", &hash, &response, now).await?;
+        self.store.record(tenant, &request.idempotency_key, "SetPrice", &hash, &version.effective_from, now).await?;
         Ok(Response::new(response))
     }
 

@@ -179,7 +179,10 @@ pub mod idempotency {
         pub key: String,
         pub method: String,
         pub request_hash: String,
+        /// The encoded response, in records written before `answer`; empty since.
         pub response: Vec<u8>,
+        /// What rebuilds the answer, as JSON.
+        pub answer: Option<String>,
         pub created_at: DateTimeUtc,
     }
 

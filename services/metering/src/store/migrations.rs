@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(UsageLines), Box::new(SettlingRoom)]
+        vec![Box::new(Initial), Box::new(UsageLines), Box::new(SettlingRoom), Box::new(RecordedAnswers)]
     }
 }
 
@@ -194,6 +194,25 @@ impl MigrationTrait for SettlingRoom {
         if db.get_database_backend() == sea_orm::DbBackend::Postgres {
             db.execute_unprepared("ALTER TABLE usage_events SET (fillfactor = 45)").await?;
         }
+        Ok(())
+    }
+}
+
+/// Replay records keep what rebuilds an answer (as JSON) instead of the
+/// encoded response; records written before keep theirs, and answer as
+/// they did.
+struct RecordedAnswers;
+
+impl MigrationName for RecordedAnswers {
+    fn name(&self) -> &str {
+        "m0004_recorded_answers"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for RecordedAnswers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared("ALTER TABLE idempotency_keys ADD COLUMN answer TEXT").await?;
         Ok(())
     }
 }

@@ -23,10 +23,13 @@ pub use self::usage::{IngestEvent, StoredBatch};
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::Database;
+use reservoir_common::idempotency::Replayed;
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
 use sea_orm_migration::MigratorTrait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use self::entities::idempotency;
 use crate::error::MeteringError;
@@ -72,31 +75,40 @@ impl Store {
 
     // ---- idempotency -------------------------------------------------------------
 
-    pub async fn replay<M: prost::Message + Default>(
+    /// The answer recorded under a key, if any: the record of it this store
+    /// keeps (`T`, serialized as JSON), or, for a record from before that,
+    /// the encoded response. The key used for another method or request is
+    /// refused.
+    pub async fn replay<T: DeserializeOwned>(
         &self,
         tenant: TenantId,
         key: &str,
         method: &str,
         request_hash: &str,
-    ) -> Result<Option<M>, MeteringError> {
+    ) -> Result<Option<Replayed<T>>, MeteringError> {
         let Some(record) = idempotency::Entity::find_by_id((tenant.0, key.to_owned())).one(&self.db).await? else {
             return Ok(None);
         };
         if record.method != method || record.request_hash != request_hash {
             return Err(MeteringError::IdempotencyKeyReused);
         }
-        M::decode(record.response.as_slice())
-            .map(Some)
-            .map_err(|error| MeteringError::internal(format!("stored response does not decode: {error}")))
+        match record.answer {
+            Some(answer) => serde_json::from_str(&answer)
+                .map(|answer| Some(Replayed::Answer(answer)))
+                .map_err(|error| MeteringError::internal(format!("a recorded answer does not read: {error}"))),
+            None => Ok(Some(Replayed::Encoded(record.response))),
+        }
     }
 
-    pub async fn record<M: prost::Message>(
+    /// Records what rebuilds an answer under its key; a key recorded
+    /// meanwhile keeps its first record.
+    pub async fn record<T: Serialize>(
         &self,
         tenant: TenantId,
         key: &str,
         method: &str,
         request_hash: &str,
-        response: &M,
+        answer: &T,
         now: DateTime<Utc>,
     ) -> Result<(), MeteringError> {
         idempotency::Entity::insert(idempotency::ActiveModel {
@@ -104,7 +116,8 @@ impl Store {
             key: Set(key.to_owned()),
             method: Set(method.to_owned()),
             request_hash: Set(request_hash.to_owned()),
-            response: Set(response.encode_to_vec()),
+            response: Set(Vec::new()),
+            answer: Set(Some(json(answer))),
             created_at: Set(now),
         })
         .on_conflict(

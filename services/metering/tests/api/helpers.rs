@@ -121,6 +121,11 @@ impl Suite {
         })
     }
 
+    /// Metering' database, to write rows as an older release did.
+    pub fn metering_database(&self) -> &TestDatabase {
+        &self.databases[1]
+    }
+
     /// Stops the wallet, as an outage would.
     pub async fn stop_wallet(&mut self) {
         if let Some(running) = self.wallet_running.take() {

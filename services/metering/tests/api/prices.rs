@@ -146,7 +146,61 @@ async fn a_service_key_naming_no_tenant_is_unauthenticated(suite: Suite) -> Suit
     suite
 }
 
+/// A retried SetPrice answers as the first time and sets nothing again; a
+/// record an earlier release kept (the encoded response) answers as it did.
+async fn a_retried_set_price_answers_as_the_first_time(suite: Suite) -> Suite {
+    priced_meter(&suite, "tokens", "1").await;
+    let request = |unit_price: &str, minutes: i64, idempotency_key: &str| pb::SetPriceRequest {
+        meter_code: "tokens".into(),
+        effective_from: Some(to_timestamp(chrono::Utc::now() + chrono::Duration::minutes(minutes))),
+        tiers: flat(unit_price),
+        overrides: Vec::new(),
+        idempotency_key: idempotency_key.into(),
+    };
+    let schedule = || async {
+        let request = pb::GetPriceRequest { meter_code: "tokens".into(), at: None };
+        suite.metering.clone().get_price(request).await.unwrap().into_inner().schedule
+    };
+    let first_key = key();
+    let sent = request("2", 60, &first_key);
+    let first = suite.metering.clone().set_price(sent.clone()).await.unwrap().into_inner();
+    let again = suite.metering.clone().set_price(sent.clone()).await.unwrap().into_inner();
+    assert_eq!(again, first);
+    assert_eq!(schedule().await.len(), 2, "set once");
+    let changed = pb::SetPriceRequest { tiers: flat("3"), ..sent };
+    assert_refused(suite.metering.clone().set_price(changed).await, Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED");
+
+    let legacy = request("5", 120, &key());
+    let recorded = pb::SetPriceResponse {
+        price: Some(pb::Price {
+            meter_code: "tokens".into(),
+            effective_from: legacy.effective_from,
+            tiers: flat("5"),
+            overrides: Vec::new(),
+            created_at: None,
+        }),
+    };
+    suite
+        .metering_database()
+        .execute(
+            "INSERT INTO idempotency_keys (tenant_id, \"key\", method, request_hash, response, created_at) \
+             VALUES ($1, $2, 'SetPrice', $3, $4, $5)",
+            vec![
+                suite.tenant.0.into(),
+                legacy.idempotency_key.clone().into(),
+                reservoir_common::idempotency::request_hash(&legacy).into(),
+                prost::Message::encode_to_vec(&recorded).into(),
+                chrono::Utc::now().into(),
+            ],
+        )
+        .await;
+    assert_eq!(suite.metering.clone().set_price(legacy).await.unwrap().into_inner(), recorded);
+    assert_eq!(schedule().await.len(), 2, "a replay sets nothing");
+    suite
+}
+
 crate::on_both_backends!(
+    a_retried_set_price_answers_as_the_first_time,
     a_service_key_naming_no_tenant_is_unauthenticated,
     a_new_price_applies_from_its_instant_and_never_to_earlier_usage,
     a_dimension_override_prices_matching_usage,

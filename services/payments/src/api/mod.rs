@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::Stream;
 use reservoir_common::auth::{TenantId, tenant_of};
-use reservoir_common::idempotency::request_hash;
+use reservoir_common::idempotency::{Replayed, decode_encoded, request_hash};
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::payments as pb;
@@ -23,7 +23,9 @@ use self::convert::*;
 use crate::clients::owners::Owners;
 use crate::domain::{VoucherCode, check_unit_code, payment_amount, payment_currency, voucher_value};
 use crate::error::PaymentsError;
-use crate::store::{PaymentFilter, PaymentMethodRow, PaymentRecord, Store, VoucherBatchRow};
+use crate::store::{
+    IssuedVoucher, PaymentFilter, PaymentMethodRow, PaymentRecord, Store, VoucherBatchRow, VouchersIssued,
+};
 use crate::usecases::charges::{Charges, NewCharge, RefundAsk};
 
 /// Gateway tokens and method labels: room for any processor's token and a
@@ -138,6 +140,76 @@ fn check_charge(request: &pb::ChargeRequest) -> Result<NewCharge, PaymentsError>
     }
 }
 
+impl PaymentsApi {
+    /// The answer an earlier AddPaymentMethod with this key gave, if any: its
+    /// method (never changed once added), or the response recorded whole.
+    async fn replayed_method(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<pb::AddPaymentMethodResponse>, PaymentsError> {
+        match self.store.replay::<Uuid>(tenant, key, "AddPaymentMethod", hash).await? {
+            None => Ok(None),
+            Some(Replayed::Encoded(encoded)) => decode_encoded(&encoded).map(Some).map_err(PaymentsError::internal),
+            Some(Replayed::Answer(id)) => {
+                let method = self
+                    .store
+                    .payment_method(tenant, id)
+                    .await?
+                    .ok_or_else(|| PaymentsError::internal("the payment method a replay names is missing"))?;
+                Ok(Some(pb::AddPaymentMethodResponse { payment_method: Some(method_to_pb(&method)) }))
+            }
+        }
+    }
+
+    /// The answer an earlier CreateVoucherBatch with this key gave, if any:
+    /// its batch and codes, each voucher as it was issued.
+    async fn replayed_batch(
+        &self,
+        tenant: TenantId,
+        key: &str,
+        hash: &str,
+    ) -> Result<Option<pb::CreateVoucherBatchResponse>, PaymentsError> {
+        match self.store.replay::<VouchersIssued>(tenant, key, "CreateVoucherBatch", hash).await? {
+            None => Ok(None),
+            Some(Replayed::Encoded(encoded)) => decode_encoded(&encoded).map(Some).map_err(PaymentsError::internal),
+            Some(Replayed::Answer(issued)) => {
+                let batch = self
+                    .store
+                    .voucher_batch(tenant, issued.batch_id)
+                    .await?
+                    .ok_or_else(|| PaymentsError::internal("the voucher batch a replay names is missing"))?;
+                Ok(Some(batch_response(&batch, &issued.vouchers)))
+            }
+        }
+    }
+}
+
+/// CreateVoucherBatch's answer: the batch's codes, shown this once, and its
+/// vouchers as they were issued (none redeemed yet).
+fn batch_response(batch: &VoucherBatchRow, vouchers: &[(Uuid, String)]) -> pb::CreateVoucherBatchResponse {
+    pb::CreateVoucherBatchResponse {
+        batch_id: batch.id.to_string(),
+        codes: vouchers.iter().map(|(_, code)| code.clone()).collect(),
+        vouchers: vouchers
+            .iter()
+            .map(|(id, _)| {
+                voucher_to_pb(&crate::store::VoucherRow {
+                    id: *id,
+                    batch_id: batch.id,
+                    value: batch.value,
+                    unit_code: batch.unit_code.clone(),
+                    expires_at: batch.expires_at,
+                    redeemed_by: None,
+                    redeemed_at: None,
+                    created_at: batch.created_at,
+                })
+            })
+            .collect(),
+    }
+}
+
 #[tonic::async_trait]
 impl PaymentsService for PaymentsApi {
     async fn add_payment_method(
@@ -166,7 +238,7 @@ impl PaymentsService for PaymentsApi {
             return Err(missing().into());
         };
         let hash = request_hash(&request);
-        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await? {
+        if let Some(response) = self.replayed_method(tenant, &request.idempotency_key, &hash).await? {
             return Ok(Response::new(response));
         }
         self.owners.check_account(tenant, account_id).await?;
@@ -178,23 +250,15 @@ impl PaymentsService for PaymentsApi {
             label: request.label.clone(),
             created_at: now(),
         };
-        let response = pb::AddPaymentMethodResponse { payment_method: Some(method_to_pb(&method)) };
         let added = self
             .store
-            .add_payment_method(
-                tenant,
-                &method,
-                PAYMENT_METHODS_PER_ACCOUNT_MAX,
-                &request.idempotency_key,
-                &hash,
-                &response,
-            )
+            .add_payment_method(tenant, &method, PAYMENT_METHODS_PER_ACCOUNT_MAX, &request.idempotency_key, &hash)
             .await?;
         if added {
-            return Ok(Response::new(response));
+            return Ok(Response::new(pb::AddPaymentMethodResponse { payment_method: Some(method_to_pb(&method)) }));
         }
         // A concurrent call with the same key answered first: answer as it did.
-        let replayed = self.store.replay(tenant, &request.idempotency_key, "AddPaymentMethod", &hash).await?;
+        let replayed = self.replayed_method(tenant, &request.idempotency_key, &hash).await?;
         replayed
             .map(Response::new)
             .ok_or_else(|| PaymentsError::Conflict("a concurrent call with this key vanished".into()).into())
@@ -348,8 +412,7 @@ impl PaymentsService for PaymentsApi {
             .parse_positive(&request.value)
             .map_err(|error| PaymentsError::field("value", format!("in {}: {error}", unit.code())))?;
         let hash = request_hash(&request);
-        if let Some(response) = self.store.replay(tenant, &request.idempotency_key, "CreateVoucherBatch", &hash).await?
-        {
+        if let Some(response) = self.replayed_batch(tenant, &request.idempotency_key, &hash).await? {
             return Ok(Response::new(response));
         }
         let batch = VoucherBatchRow {
@@ -361,38 +424,22 @@ impl PaymentsService for PaymentsApi {
             created_at: now,
         };
         let codes: Vec<VoucherCode> = (0..request.count).map(|_| VoucherCode::generate()).collect();
-        let digests: Vec<(Uuid, String)> = codes.iter().map(|code| (Uuid::now_v7(), code.digest())).collect();
-        let distinct: HashSet<&str> = digests.iter().map(|(_, digest)| digest.as_str()).collect();
-        if distinct.len() != digests.len() {
+        let vouchers: Vec<IssuedVoucher> = codes
+            .iter()
+            .map(|code| IssuedVoucher { id: Uuid::now_v7(), digest: code.digest(), code: code.display() })
+            .collect();
+        let distinct: HashSet<&str> = vouchers.iter().map(|voucher| voucher.digest.as_str()).collect();
+        if distinct.len() != vouchers.len() {
             // Two of 80-bit random codes matched: never seen, but never stored either.
             return Err(PaymentsError::Conflict("two generated voucher codes matched".into()).into());
         }
-        let vouchers = digests
-            .iter()
-            .map(|(id, _)| crate::store::VoucherRow {
-                id: *id,
-                batch_id: batch.id,
-                value,
-                unit_code: batch.unit_code.clone(),
-                expires_at,
-                redeemed_by: None,
-                redeemed_at: None,
-                created_at: now,
-            })
-            .map(|voucher| voucher_to_pb(&voucher))
-            .collect();
-        let response = pb::CreateVoucherBatchResponse {
-            batch_id: batch.id.to_string(),
-            codes: codes.iter().map(VoucherCode::display).collect(),
-            vouchers,
-        };
-        if self.store.create_voucher_batch(tenant, &batch, &digests, &request.idempotency_key, &hash, &response).await?
-        {
-            return Ok(Response::new(response));
+        if self.store.create_voucher_batch(tenant, &batch, &vouchers, &request.idempotency_key, &hash).await? {
+            let issued: Vec<(Uuid, String)> = vouchers.into_iter().map(|voucher| (voucher.id, voucher.code)).collect();
+            return Ok(Response::new(batch_response(&batch, &issued)));
         }
         // The key was taken by a concurrent call (answer as it did), or a
         // code matched a stored one (a retry draws new codes).
-        let replayed = self.store.replay(tenant, &request.idempotency_key, "CreateVoucherBatch", &hash).await?;
+        let replayed = self.replayed_batch(tenant, &request.idempotency_key, &hash).await?;
         replayed
             .map(Response::new)
             .ok_or_else(|| PaymentsError::Conflict("a voucher code or the key was taken meanwhile".into()).into())

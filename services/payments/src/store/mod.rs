@@ -15,6 +15,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, Database};
+use reservoir_common::idempotency::Replayed;
 use reservoir_common::settings::DatabaseSettings;
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
@@ -23,13 +24,15 @@ use sea_orm::{
     QuerySelect, Statement,
 };
 use sea_orm_migration::MigratorTrait;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::entities::{event, idempotency};
 pub use self::payments::{BeganRefund, NewRefund, PaymentFilter, RefundFinish};
 pub use self::sandbox::{SandboxCall, SandboxOperation, SandboxOutcome, SandboxRecord};
-pub use self::vouchers::Redeemed;
+pub use self::vouchers::{IssuedVoucher, Redeemed, VouchersIssued};
 use crate::domain::{AttemptOutcome, Channel, EventType, MethodKind, PaymentStatus, RefundStatus};
 use crate::error::PaymentsError;
 
@@ -303,43 +306,51 @@ impl Store {
 
     // ---- idempotency -------------------------------------------------------------
 
-    /// The answer recorded for a key, if any; the key used for another
-    /// method or another request is refused.
-    pub async fn replay<M: prost::Message + Default>(
+    /// The answer recorded for a key, if any: the record of it this store
+    /// keeps (`T`, serialized as JSON), or, for a record from before that,
+    /// the encoded response. The key used for another method or another
+    /// request is refused.
+    pub async fn replay<T: DeserializeOwned>(
         &self,
         tenant: TenantId,
         key: &str,
         method: &str,
         request_hash: &str,
-    ) -> Result<Option<M>, PaymentsError> {
+    ) -> Result<Option<Replayed<T>>, PaymentsError> {
         let Some(record) = idempotency::Entity::find_by_id((tenant.0, key.to_owned())).one(&self.db).await? else {
             return Ok(None);
         };
         if record.method != method || record.request_hash != request_hash {
             return Err(PaymentsError::IdempotencyKeyReused);
         }
-        M::decode(record.response.as_slice())
-            .map(Some)
-            .map_err(|error| PaymentsError::internal(format!("stored response does not decode: {error}")))
+        match record.answer {
+            Some(answer) => serde_json::from_str(&answer)
+                .map(|answer| Some(Replayed::Answer(answer)))
+                .map_err(|error| PaymentsError::internal(format!("a recorded answer does not read: {error}"))),
+            None => Ok(Some(Replayed::Encoded(record.response))),
+        }
     }
 
-    /// Records an answer in the caller's transaction. A key recorded
-    /// meanwhile by a concurrent call fails it with a unique violation.
+    /// Records what rebuilds an answer in the caller's transaction. A key
+    /// recorded meanwhile by a concurrent call fails it with a unique
+    /// violation.
     async fn record(
         connection: &impl ConnectionTrait,
         tenant: TenantId,
         key: &str,
         method: &str,
         request_hash: &str,
-        response: &impl prost::Message,
+        answer: &impl Serialize,
         now: DateTime<Utc>,
     ) -> Result<(), sea_orm::DbErr> {
+        let answer = serde_json::to_string(answer).map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
         idempotency::Entity::insert(idempotency::ActiveModel {
             tenant_id: Set(tenant.0),
             key: Set(key.to_owned()),
             method: Set(method.to_owned()),
             request_hash: Set(request_hash.to_owned()),
-            response: Set(response.encode_to_vec()),
+            response: Set(Vec::new()),
+            answer: Set(Some(answer)),
             created_at: Set(now),
         })
         .exec_without_returning(connection)

@@ -145,7 +145,6 @@ impl Store {
         methods_max: u64,
         key: &str,
         request_hash: &str,
-        response: &impl prost::Message,
     ) -> Result<bool, PaymentsError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let existing = payment_method::Entity::find()
@@ -156,7 +155,7 @@ impl Store {
         if existing >= methods_max {
             return refuse(transaction, Refusal::PaymentMethodLimit.into()).await;
         }
-        match Self::record(&transaction, tenant, key, "AddPaymentMethod", request_hash, response, method.created_at)
+        match Self::record(&transaction, tenant, key, "AddPaymentMethod", request_hash, &method.id, method.created_at)
             .await
         {
             Ok(()) => {}

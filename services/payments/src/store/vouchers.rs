@@ -55,22 +55,43 @@ async fn voucher_by_digest(
     Ok(row.map(voucher_from_row))
 }
 
+/// A voucher being issued: its id, its code's digest (all that is stored of
+/// it on the voucher) and the code itself, shown once in the answer.
+#[derive(Debug, Clone)]
+pub struct IssuedVoucher {
+    pub id: Uuid,
+    pub digest: String,
+    pub code: String,
+}
+
+/// What CreateVoucherBatch answered, as its replay record keeps it: the
+/// batch, and each voucher's id with its code (the answer shows the codes,
+/// and a retry must show the same ones).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VouchersIssued {
+    pub batch_id: Uuid,
+    pub vouchers: Vec<(Uuid, String)>,
+}
+
 impl Store {
     /// Stores a batch, its vouchers (each by its code's digest) and the
-    /// answer for its idempotency key in one transaction; `false` when the
-    /// key or a code digest was taken meanwhile.
+    /// record of its answer under its idempotency key in one transaction;
+    /// `false` when the key or a code digest was taken meanwhile.
     pub async fn create_voucher_batch(
         &self,
         tenant: TenantId,
         batch: &VoucherBatchRow,
-        vouchers: &[(Uuid, String)],
+        vouchers: &[IssuedVoucher],
         key: &str,
         request_hash: &str,
-        response: &impl prost::Message,
     ) -> Result<bool, PaymentsError> {
+        let issued = VouchersIssued {
+            batch_id: batch.id,
+            vouchers: vouchers.iter().map(|voucher| (voucher.id, voucher.code.clone())).collect(),
+        };
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let written = async {
-            Self::record(&transaction, tenant, key, "CreateVoucherBatch", request_hash, response, batch.created_at)
+            Self::record(&transaction, tenant, key, "CreateVoucherBatch", request_hash, &issued, batch.created_at)
                 .await?;
             voucher_batch::Entity::insert(voucher_batch::ActiveModel {
                 id: Set(batch.id),
@@ -86,11 +107,11 @@ impl Store {
             .await?;
             let rows: Vec<voucher::ActiveModel> = vouchers
                 .iter()
-                .map(|(id, digest)| voucher::ActiveModel {
-                    id: Set(*id),
+                .map(|voucher| voucher::ActiveModel {
+                    id: Set(voucher.id),
                     tenant_id: Set(tenant.0),
                     batch_id: Set(batch.id),
-                    code_hash: Set(digest.clone()),
+                    code_hash: Set(voucher.digest.clone()),
                     value: Set(Amount(batch.value)),
                     unit_code: Set(batch.unit_code.clone()),
                     expires_at: Set(batch.expires_at),
@@ -117,6 +138,25 @@ impl Store {
             }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// A batch of vouchers as it was created.
+    pub async fn voucher_batch(&self, tenant: TenantId, id: Uuid) -> Result<Option<VoucherBatchRow>, PaymentsError> {
+        let Some(row) = voucher_batch::Entity::find_by_id(id)
+            .filter(voucher_batch::Column::TenantId.eq(tenant.0))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(VoucherBatchRow {
+            id: row.id,
+            count: u32::try_from(row.count).map_err(|_| corrupt("voucher batch count"))?,
+            value: row.value.0,
+            unit_code: row.unit_code,
+            expires_at: row.expires_at,
+            created_at: row.created_at,
+        }))
     }
 
     /// The account's window of unknown codes, if it ever entered one.

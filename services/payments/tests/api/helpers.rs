@@ -177,6 +177,11 @@ impl Suite {
         })
     }
 
+    /// Payments' database, to write rows as an older release did.
+    pub fn payments_database(&self) -> &TestDatabase {
+        &self.databases[2]
+    }
+
     /// Stops payments, invoicing and the wallet, and drops their databases.
     pub async fn stop(self) {
         for running in self.running {

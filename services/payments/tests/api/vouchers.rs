@@ -199,7 +199,74 @@ async fn an_expired_voucher_is_refused(suite: Suite) -> Suite {
     suite
 }
 
+/// Replay records an earlier release kept hold the encoded response; a
+/// retry still answers with it, and does nothing again.
+async fn answers_recorded_by_an_earlier_release_replay_as_recorded(suite: Suite) -> Suite {
+    credit_account(&suite).await;
+    let account = reservoir_testing::wallet::open_funded_account(&suite.wallet, "0").await.id;
+    let batch_request = pb::CreateVoucherBatchRequest {
+        count: 1,
+        value: "5".into(),
+        unit_code: "CREDIT".into(),
+        expires_at: None,
+        idempotency_key: key(),
+    };
+    let recorded_batch = pb::CreateVoucherBatchResponse {
+        batch_id: uuid::Uuid::now_v7().to_string(),
+        codes: vec!["an-earlier-code".into()],
+        vouchers: Vec::new(),
+    };
+    let method_request = pb::AddPaymentMethodRequest {
+        account_id: account.clone(),
+        kind: pb::PaymentMethodKind::Card.into(),
+        gateway_token: "tok_succeed".into(),
+        label: "earlier".into(),
+        idempotency_key: key(),
+    };
+    let recorded_method = pb::AddPaymentMethodResponse {
+        payment_method: Some(pb::PaymentMethod {
+            id: uuid::Uuid::now_v7().to_string(),
+            account_id: account.clone(),
+            label: "earlier".into(),
+            ..Default::default()
+        }),
+    };
+    let database = suite.payments_database();
+    let tenant = suite.tenant;
+    let record = |method: &'static str, key: &str, hash: String, encoded: Vec<u8>| {
+        let values: Vec<sea_orm::Value> = vec![
+            tenant.0.into(),
+            key.to_owned().into(),
+            method.into(),
+            hash.into(),
+            encoded.into(),
+            chrono::Utc::now().into(),
+        ];
+        async move {
+            database
+                .execute(
+                    "INSERT INTO idempotency_keys (tenant_id, \"key\", method, request_hash, response, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    values,
+                )
+                .await;
+        }
+    };
+    use prost::Message;
+    use reservoir_common::idempotency::request_hash;
+    let (batch_hash, method_hash) = (request_hash(&batch_request), request_hash(&method_request));
+    record("CreateVoucherBatch", &batch_request.idempotency_key, batch_hash, recorded_batch.encode_to_vec()).await;
+    record("AddPaymentMethod", &method_request.idempotency_key, method_hash, recorded_method.encode_to_vec()).await;
+    let mut client = suite.payments.clone();
+    assert_eq!(client.create_voucher_batch(batch_request).await.unwrap().into_inner(), recorded_batch);
+    assert_eq!(client.add_payment_method(method_request).await.unwrap().into_inner(), recorded_method);
+    let listed = pb::ListPaymentMethodsRequest { account_id: account };
+    assert!(client.list_payment_methods(listed).await.unwrap().into_inner().payment_methods.is_empty(), "none added");
+    suite
+}
+
 crate::on_both_backends!(
+    answers_recorded_by_an_earlier_release_replay_as_recorded,
     a_batch_has_unique_well_formed_codes_that_verify,
     a_voucher_raced_for_by_two_accounts_is_redeemed_once,
     a_wrong_check_character_is_invalid_and_not_counted,
