@@ -20,9 +20,10 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::batch::{self, Record, Refused, Touched};
 use super::cache::WalletCache;
+use super::loads::{account_versions_statement, load_many, recorded_keys, replayed, versions_of};
 use super::replay::{self, Recorded};
 use super::write::write_in_transaction;
-use super::{IdempotencyCheck, Reply, load_many, recorded_keys, replayed};
+use super::{IdempotencyCheck, Reply};
 use crate::domain::{AccountId, Answer, Command, OperationContext, Wallet};
 use crate::error::WalletError;
 
@@ -547,8 +548,8 @@ async fn cached_or_loaded(
     let write = if wallets.is_empty() {
         shared.database.begin_write().await?
     } else {
-        let (write, rows) = shared.database.begin_write_with(super::account_versions_statement(wallets.keys())).await?;
-        let current = super::versions_of(rows)?;
+        let (write, rows) = shared.database.begin_write_with(account_versions_statement(wallets.keys())).await?;
+        let current = versions_of(rows)?;
         wallets.retain(|key, wallet| {
             let fresh = current.get(&wallet.account.id.0) == Some(&wallet.account.version);
             if !fresh {

@@ -9,10 +9,8 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
 use uuid::Uuid;
 
 use super::entities::{account, entry, grant, hold};
-use super::{
-    EntryFilter, EventRecord, LoadPlan, NUMBERS_CACHED_MAX, Store, accounts_with_grants, events, ledger, load, rows,
-    to_i64,
-};
+use super::loads::{accounts_with_grants, load};
+use super::{EntryFilter, EventRecord, LoadPlan, NUMBERS_CACHED_MAX, Store, events, ledger, rows, to_i64};
 use crate::domain::{Account, AccountId, Entry, EntryId, Grant, GrantId, Hold, HoldId, Wallet};
 use crate::error::WalletError;
 
