@@ -154,3 +154,26 @@ fn the_check_sees_what_it_looks_for() {
     let lines: Vec<_> = code_lines("/// uses tonic::Status\nuse tokio::sync;\n").collect();
     assert_eq!(lines, vec![(2, "use tokio::sync;")]);
 }
+
+/// A service's error type is what its store, domain and use cases return,
+/// so it speaks no wire: the one mapping to gRPC statuses is the api's
+/// (`api/status.rs`, or the shared one in `reservoir_common::status`).
+#[test]
+fn error_types_speak_no_wire() {
+    let mut broken = Vec::new();
+    let files = SERVICES
+        .iter()
+        .map(|service| root().join("services").join(service).join("src").join("error.rs"))
+        .chain([root().join("shared/common/src/error.rs")]);
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for (number, line) in code_lines(&text) {
+            for krate in WIRE_AND_OUTSIDE {
+                if names(line, krate) {
+                    broken.push(format!("{}:{number}: uses {krate}: {}", relative(&file), line.trim()));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "error types that speak the wire:\n{}", broken.join("\n"));
+}

@@ -1,11 +1,11 @@
-//! Metering's one error type and its one mapping to gRPC statuses.
+//! Metering's one error type; its one mapping to gRPC statuses is
+//! `api/status.rs`.
 
 use reservoir_common::db::{Failure, classify};
 use reservoir_common::error::Cause;
-use reservoir_common::status::{self, FieldViolation};
+use reservoir_common::status::FieldViolation;
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
-use tonic::{Code, Status};
 
 use crate::domain::Refusal;
 
@@ -41,36 +41,6 @@ impl MeteringError {
 
     pub fn field(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
-    }
-}
-
-impl From<MeteringError> for Status {
-    fn from(error: MeteringError) -> Self {
-        match &error {
-            MeteringError::InvalidArgument(violations) => status::invalid_argument(violations),
-            MeteringError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
-            MeteringError::MeterExists { code, unit_name, aggregation } => status::with_metadata(
-                Code::AlreadyExists,
-                "METER_EXISTS",
-                error.to_string(),
-                [("code", code.clone()), ("unit_name", unit_name.clone()), ("aggregation", aggregation.clone())],
-            ),
-            MeteringError::IdempotencyKeyReused => {
-                status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
-            }
-            MeteringError::Refused(refusal) => {
-                status::with_reason(Code::FailedPrecondition, refusal.reason(), refusal.to_string())
-            }
-            MeteringError::Conflict(cause) => {
-                tracing::info!(%cause, "conflict; the caller retries");
-                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
-            }
-            MeteringError::Unavailable(cause) => {
-                tracing::warn!(%cause, "a dependency is unavailable");
-                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
-            }
-            MeteringError::Internal(cause) => status::internal(&error, cause.at()),
-        }
     }
 }
 

@@ -2,10 +2,9 @@
 
 use reservoir_common::db::{Failure, classify};
 use reservoir_common::error::Cause;
-use reservoir_common::status::{self, FieldViolation};
+use reservoir_common::status::FieldViolation;
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
-use tonic::{Code, Status};
 
 use crate::domain::Refusal;
 
@@ -48,7 +47,7 @@ impl PaymentsError {
 }
 
 /// The ErrorInfo reason of each refusal.
-fn reason(refusal: &Refusal) -> &'static str {
+pub(crate) fn reason(refusal: &Refusal) -> &'static str {
     match refusal {
         Refusal::PaymentNotPending => "PAYMENT_NOT_PENDING",
         Refusal::PaymentNotRefundable => "PAYMENT_NOT_REFUNDABLE",
@@ -63,36 +62,6 @@ fn reason(refusal: &Refusal) -> &'static str {
         Refusal::InvoiceMismatch => "INVOICE_MISMATCH",
         Refusal::InvoiceNotPayable => "INVOICE_NOT_PAYABLE",
         Refusal::ChargeExceedsAmountDue => "CHARGE_EXCEEDS_AMOUNT_DUE",
-    }
-}
-
-impl From<PaymentsError> for Status {
-    fn from(error: PaymentsError) -> Self {
-        match &error {
-            PaymentsError::InvalidArgument(violations) => status::invalid_argument(violations),
-            PaymentsError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
-            PaymentsError::VoucherNotFound => {
-                status::with_reason(Code::NotFound, "VOUCHER_NOT_FOUND", error.to_string())
-            }
-            PaymentsError::IdempotencyKeyReused => {
-                status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
-            }
-            PaymentsError::Refused(refusal) => {
-                status::with_reason(Code::FailedPrecondition, reason(refusal), refusal.to_string())
-            }
-            PaymentsError::VoucherAttemptsExceeded => {
-                status::with_reason(Code::ResourceExhausted, "VOUCHER_ATTEMPTS_EXCEEDED", error.to_string())
-            }
-            PaymentsError::Conflict(cause) => {
-                tracing::info!(%cause, "conflict; the caller retries");
-                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
-            }
-            PaymentsError::Unavailable(cause) => {
-                tracing::warn!(%cause, "a dependency is unavailable");
-                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
-            }
-            PaymentsError::Internal(cause) => status::internal(&error, cause.at()),
-        }
     }
 }
 

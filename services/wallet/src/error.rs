@@ -1,11 +1,11 @@
-//! The wallet's one error type and its one mapping to gRPC statuses.
+//! The wallet's one error type; its one mapping to gRPC statuses is
+//! `api/status.rs`.
 
 use reservoir_common::db::{Failure, classify};
 use reservoir_common::error::Cause;
-use reservoir_common::status::{self, FieldViolation};
+use reservoir_common::status::FieldViolation;
 use reservoir_common::validate::InvalidRequest;
 use sea_orm::DbErr;
-use tonic::{Code, Status};
 
 use crate::domain::DomainError;
 
@@ -83,52 +83,6 @@ impl WalletError {
             Self::Conflict(_) => "CONFLICT",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
-        }
-    }
-
-    /// The gRPC code.
-    pub fn code(&self) -> Code {
-        match self {
-            Self::InvalidArgument(_) => Code::InvalidArgument,
-            Self::NotFound(_) => Code::NotFound,
-            Self::Domain(DomainError::Inconsistent(_)) | Self::Internal(_) => Code::Internal,
-            Self::Domain(_) => Code::FailedPrecondition,
-            Self::IdempotencyKeyReused | Self::AccountExists(_) => Code::AlreadyExists,
-            Self::Conflict(_) => Code::Aborted,
-            Self::Unavailable(_) => Code::Unavailable,
-        }
-    }
-}
-
-impl From<WalletError> for Status {
-    #[track_caller]
-    fn from(error: WalletError) -> Self {
-        match &error {
-            WalletError::InvalidArgument(violations) => status::invalid_argument(violations),
-            WalletError::Internal(cause) => status::internal(&error, cause.at()),
-            // Where the handler turned it into a status: the domain names the inconsistency.
-            WalletError::Domain(DomainError::Inconsistent(_)) => {
-                status::internal(&error, std::panic::Location::caller())
-            }
-            WalletError::Unavailable(cause) => {
-                tracing::warn!(%cause, "database unavailable");
-                status::unavailable(error.reason(), "the database is unavailable; retry")
-            }
-            WalletError::Conflict(cause) => {
-                tracing::info!(%cause, "conflict; the caller retries");
-                status::conflict(error.reason(), "a concurrent change conflicted; retry")
-            }
-            // The account in the way, so the caller can use it.
-            WalletError::AccountExists(Some(existing)) => status::with_metadata(
-                error.code(),
-                error.reason(),
-                error.to_string(),
-                [("account_id", existing.0.to_string())],
-            ),
-            WalletError::NotFound(_)
-            | WalletError::Domain(_)
-            | WalletError::IdempotencyKeyReused
-            | WalletError::AccountExists(None) => status::with_reason(error.code(), error.reason(), error.to_string()),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The error type of the services whose refusals need nothing of their own
-//! (invoicing, the orchestrator), and its one mapping to gRPC statuses.
+//! (invoicing, the orchestrator); its one mapping to gRPC statuses is in
+//! `status.rs`, with the other status helpers.
 //! Each names it after itself (`InvoicingError`); the wallet, metering and
 //! payments have refusals of their own and types of their own.
 
@@ -7,10 +8,9 @@ use std::fmt;
 use std::panic::Location;
 
 use crate::db::{Failure, classify};
-use crate::status::{self, FieldViolation};
+use crate::status::FieldViolation;
 use crate::validate::InvalidRequest;
 use sea_orm::DbErr;
-use tonic::{Code, Status};
 
 /// What went wrong inside, and the line where it arose: captured when the
 /// error is made (`#[track_caller]`, through `?` too), so the log names the
@@ -72,30 +72,6 @@ impl ServiceError {
 
     pub fn precondition(reason: &str, message: impl Into<String>) -> Self {
         Self::Precondition { reason: reason.to_owned(), message: message.into() }
-    }
-}
-
-impl From<ServiceError> for Status {
-    fn from(error: ServiceError) -> Self {
-        match &error {
-            ServiceError::InvalidArgument(violations) => status::invalid_argument(violations),
-            ServiceError::NotFound(_) => status::with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
-            ServiceError::IdempotencyKeyReused => {
-                status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
-            }
-            ServiceError::Precondition { reason, message } => {
-                status::with_reason(Code::FailedPrecondition, reason, message.clone())
-            }
-            ServiceError::Conflict(cause) => {
-                tracing::info!(%cause, "conflict; the caller retries");
-                status::conflict("CONFLICT", "a concurrent change conflicted; retry")
-            }
-            ServiceError::Unavailable(cause) => {
-                tracing::warn!(%cause, "a dependency is unavailable");
-                status::unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
-            }
-            ServiceError::Internal(cause) => status::internal(&error, cause.at()),
-        }
     }
 }
 

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::error::ServiceError;
+
 /// The `ErrorInfo.domain` of every Reservoir error: a DNS-style name, as
 /// AIP-193 asks, so it cannot be mistaken for another system's.
 pub const ERROR_DOMAIN: &str = "reservoir.io";
@@ -163,6 +165,31 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 pub fn internal(cause: &dyn std::fmt::Display, at: &std::panic::Location<'_>) -> Status {
     tracing::error!(%cause, file = at.file(), line = at.line(), "internal error");
     with_reason(Code::Internal, "INTERNAL", "internal error")
+}
+
+/// The one mapping of the shared service error to gRPC statuses.
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        match &error {
+            ServiceError::InvalidArgument(violations) => invalid_argument(violations),
+            ServiceError::NotFound(_) => with_reason(Code::NotFound, "NOT_FOUND", error.to_string()),
+            ServiceError::IdempotencyKeyReused => {
+                with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
+            }
+            ServiceError::Precondition { reason, message } => {
+                with_reason(Code::FailedPrecondition, reason, message.clone())
+            }
+            ServiceError::Conflict(cause) => {
+                tracing::info!(%cause, "conflict; the caller retries");
+                conflict("CONFLICT", "a concurrent change conflicted; retry")
+            }
+            ServiceError::Unavailable(cause) => {
+                tracing::warn!(%cause, "a dependency is unavailable");
+                unavailable("UNAVAILABLE", "a dependency is unavailable; retry")
+            }
+            ServiceError::Internal(cause) => internal(&error, cause.at()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! gRPC handlers of the metering service.
 
 mod convert;
+mod status;
 
 use std::collections::BTreeMap;
 

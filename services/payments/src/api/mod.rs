@@ -3,6 +3,7 @@
 //! and translate the answers.
 
 mod convert;
+mod status;
 
 use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;

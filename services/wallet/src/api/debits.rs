@@ -259,5 +259,5 @@ fn debit_error(error: WalletError) -> pb::DebitError {
         WalletError::Internal(_) | WalletError::Domain(DomainError::Inconsistent(_)) => "internal error".to_owned(),
         other => other.to_string(),
     };
-    pb::DebitError { code: error.code() as i32, reason: error.reason().to_owned(), message, fields }
+    pb::DebitError { code: super::status::code(&error) as i32, reason: error.reason().to_owned(), message, fields }
 }

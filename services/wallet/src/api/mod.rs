@@ -9,6 +9,7 @@ mod movements;
 mod reads;
 mod reports;
 mod respond;
+mod status;
 mod units;
 mod validate;
 
