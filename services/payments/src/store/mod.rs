@@ -4,8 +4,10 @@
 //! in sequence order never skips an event that commits later.
 
 mod entities;
+mod methods;
 pub mod migrations;
 mod payments;
+mod refunds;
 mod sandbox;
 mod vouchers;
 
@@ -30,7 +32,8 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::entities::{event, idempotency};
-pub use self::payments::{BeganRefund, NewRefund, PaymentFilter, RefundFinish};
+pub use self::payments::PaymentFilter;
+pub use self::refunds::{BeganRefund, NewRefund, RefundFinish};
 pub use self::sandbox::{SandboxCall, SandboxOperation, SandboxOutcome, SandboxRecord};
 pub use self::vouchers::{IssuedVoucher, Redeemed, VouchersIssued};
 use crate::domain::{AttemptOutcome, Channel, EventType, MethodKind, PaymentStatus, RefundStatus};

@@ -1,4 +1,5 @@
-//! Payment methods, payments with their attempts, and refunds.
+//! Payments with their attempts (payment methods are in `methods.rs`,
+//! refunds in `refunds.rs`).
 
 use std::collections::BTreeMap;
 
@@ -8,16 +9,15 @@ use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation};
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
 
-use super::entities::{attempt, payment, payment_method, refund};
-use super::{
-    AttemptRow, NewEvent, PaymentMethodRow, PaymentRecord, PaymentRow, RefundRow, Store, corrupt, json, refuse,
-};
+use super::entities::{attempt, payment, refund};
+use super::refunds::refund_from_row;
+use super::{AttemptRow, NewEvent, PaymentRecord, PaymentRow, RefundRow, Store, corrupt, json, refuse};
 use crate::domain::{
-    AttemptOutcome, Channel, ChargeStep, Confirmation, EventType, MethodKind, PaymentStatus, RefundStatus, Refusal,
-    charge_step, confirmation, refund_amount, refunds_through_gateway,
+    AttemptOutcome, Channel, ChargeStep, Confirmation, EventType, PaymentStatus, RefundStatus, charge_step,
+    confirmation,
 };
 use crate::error::PaymentsError;
 
@@ -27,45 +27,6 @@ pub struct PaymentFilter {
     pub account_id: Option<Uuid>,
     pub invoice_id: Option<Uuid>,
     pub status: Option<PaymentStatus>,
-}
-
-/// A refund to begin.
-#[derive(Debug, Clone)]
-pub struct NewRefund {
-    pub id: Uuid,
-    pub payment_id: Uuid,
-    pub idempotency_key: String,
-    pub request_hash: String,
-    /// `None` refunds everything not refunded yet.
-    pub requested: Option<Decimal>,
-    pub reason: String,
-}
-
-/// What beginning a refund did.
-#[derive(Debug, Clone)]
-pub enum BeganRefund {
-    /// Stored now: SUCCEEDED when manual, PROCESSING when the gateway is to be asked.
-    Began(RefundRow),
-    /// A concurrent call with the same key stored this one first.
-    Exists(RefundRow),
-}
-
-/// The gateway's answer to a refund.
-#[derive(Debug, Clone)]
-pub enum RefundFinish {
-    Succeeded { reference: String },
-    Declined { code: String },
-}
-
-fn method_from_row(row: payment_method::Model) -> Result<PaymentMethodRow, PaymentsError> {
-    Ok(PaymentMethodRow {
-        kind: MethodKind::from_name(&row.kind).ok_or_else(|| corrupt("payment method kind"))?,
-        id: row.id,
-        account_id: row.account_id,
-        gateway_token: row.gateway_token,
-        label: row.label,
-        created_at: row.created_at,
-    })
 }
 
 fn payment_from_row(row: payment::Model) -> Result<PaymentRow, PaymentsError> {
@@ -102,25 +63,9 @@ fn attempt_from_row(row: attempt::Model) -> Result<AttemptRow, PaymentsError> {
     })
 }
 
-fn refund_from_row(row: refund::Model) -> Result<RefundRow, PaymentsError> {
-    Ok(RefundRow {
-        channel: Channel::from_name(&row.channel).ok_or_else(|| corrupt("refund channel"))?,
-        status: RefundStatus::from_name(&row.status).ok_or_else(|| corrupt("refund status"))?,
-        id: row.id,
-        payment_id: row.payment_id,
-        idempotency_key: row.idempotency_key,
-        request_hash: row.request_hash,
-        amount: row.amount.0,
-        reason: row.reason,
-        gateway_reference: row.gateway_reference,
-        code: row.code,
-        created_at: row.created_at,
-    })
-}
-
 /// A payment row locked for the rest of the transaction (on PostgreSQL;
 /// SQLite's one writer needs no row lock), seen only by its tenant.
-async fn lock_payment(
+pub(super) async fn lock_payment(
     connection: &impl ConnectionTrait,
     tenant: TenantId,
     id: Uuid,
@@ -134,79 +79,6 @@ async fn lock_payment(
 }
 
 impl Store {
-    // ---- payment methods -----------------------------------------------------------
-
-    /// Stores a payment method and the answer for its idempotency key in one
-    /// transaction; `false` when a concurrent call took the key first.
-    pub async fn add_payment_method(
-        &self,
-        tenant: TenantId,
-        method: &PaymentMethodRow,
-        methods_max: u64,
-        key: &str,
-        request_hash: &str,
-    ) -> Result<bool, PaymentsError> {
-        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let existing = payment_method::Entity::find()
-            .filter(payment_method::Column::TenantId.eq(tenant.0))
-            .filter(payment_method::Column::AccountId.eq(method.account_id))
-            .count(&transaction)
-            .await?;
-        if existing >= methods_max {
-            return refuse(transaction, Refusal::PaymentMethodLimit.into()).await;
-        }
-        match Self::record(&transaction, tenant, key, "AddPaymentMethod", request_hash, &method.id, method.created_at)
-            .await
-        {
-            Ok(()) => {}
-            Err(error) if is_unique_violation(&error) => {
-                transaction.rollback().await?;
-                return Ok(false);
-            }
-            Err(error) => return Err(error.into()),
-        }
-        payment_method::Entity::insert(payment_method::ActiveModel {
-            id: Set(method.id),
-            tenant_id: Set(tenant.0),
-            account_id: Set(method.account_id),
-            kind: Set(method.kind.name().to_owned()),
-            gateway_token: Set(method.gateway_token.clone()),
-            label: Set(method.label.clone()),
-            created_at: Set(method.created_at),
-        })
-        .exec_without_returning(&transaction)
-        .await?;
-        transaction.commit().await?;
-        Ok(true)
-    }
-
-    pub async fn payment_method(&self, tenant: TenantId, id: Uuid) -> Result<Option<PaymentMethodRow>, PaymentsError> {
-        let row = payment_method::Entity::find_by_id(id)
-            .filter(payment_method::Column::TenantId.eq(tenant.0))
-            .one(&self.db)
-            .await?;
-        row.map(method_from_row).transpose()
-    }
-
-    /// An account's payment methods, newest first, at most `limit`.
-    pub async fn payment_methods(
-        &self,
-        tenant: TenantId,
-        account_id: Uuid,
-        limit: u64,
-    ) -> Result<Vec<PaymentMethodRow>, PaymentsError> {
-        let rows = payment_method::Entity::find()
-            .filter(payment_method::Column::TenantId.eq(tenant.0))
-            .filter(payment_method::Column::AccountId.eq(account_id))
-            .order_by_desc(payment_method::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?;
-        rows.into_iter().map(method_from_row).collect()
-    }
-
-    // ---- payments ------------------------------------------------------------------
-
     pub async fn payment_by_key(&self, tenant: TenantId, key: &str) -> Result<Option<PaymentRow>, PaymentsError> {
         let row = payment::Entity::find()
             .filter(payment::Column::TenantId.eq(tenant.0))
@@ -449,190 +321,5 @@ impl Store {
                 payment,
             })
             .collect())
-    }
-
-    // ---- refunds -----------------------------------------------------------------------
-
-    pub async fn refund_by_key(&self, tenant: TenantId, key: &str) -> Result<Option<RefundRow>, PaymentsError> {
-        let row = refund::Entity::find()
-            .filter(refund::Column::TenantId.eq(tenant.0))
-            .filter(refund::Column::IdempotencyKey.eq(key))
-            .one(&self.db)
-            .await?;
-        row.map(refund_from_row).transpose()
-    }
-
-    /// Begins a refund under the payment's row lock: checks what may still
-    /// be refunded, stores the refund and counts its amount against the
-    /// payment. A manual refund is done then, with its event; a gateway one
-    /// stays PROCESSING until [`Store::finish_refund`]. A refusal changes nothing.
-    pub async fn begin_refund(
-        &self,
-        tenant: TenantId,
-        new: &NewRefund,
-        now: DateTime<Utc>,
-    ) -> Result<BeganRefund, PaymentsError> {
-        let WriteTransaction { transaction, turn } = self.database.begin_write().await?;
-        let Some(mut payment) = lock_payment(&transaction, tenant, new.payment_id).await? else {
-            return refuse(transaction, PaymentsError::NotFound("payment")).await;
-        };
-        // A concurrent call with the same key may have committed while this
-        // one waited for the lock: its refund is the answer, before any
-        // check of what is left to refund.
-        let earlier = refund::Entity::find()
-            .filter(refund::Column::TenantId.eq(tenant.0))
-            .filter(refund::Column::IdempotencyKey.eq(new.idempotency_key.as_str()))
-            .one(&transaction)
-            .await?;
-        if let Some(earlier) = earlier {
-            transaction.rollback().await?;
-            drop(turn);
-            return Ok(BeganRefund::Exists(refund_from_row(earlier)?));
-        }
-        let amount = match refund_amount(payment.status, payment.amount, payment.refunded_amount, new.requested) {
-            Ok(amount) => amount,
-            Err(refusal) => return refuse(transaction, refusal.into()).await,
-        };
-        let channel =
-            if refunds_through_gateway(payment.channel, &payment.gateway_reference, &payment.external_transaction_id) {
-                Channel::Gateway
-            } else {
-                Channel::Manual
-            };
-        let status = if channel == Channel::Gateway { RefundStatus::Processing } else { RefundStatus::Succeeded };
-        let row = RefundRow {
-            id: new.id,
-            payment_id: payment.id,
-            idempotency_key: new.idempotency_key.clone(),
-            request_hash: new.request_hash.clone(),
-            amount,
-            reason: new.reason.clone(),
-            channel,
-            status,
-            gateway_reference: String::new(),
-            code: String::new(),
-            created_at: now,
-        };
-        let inserted = refund::Entity::insert(refund::ActiveModel {
-            id: Set(row.id),
-            tenant_id: Set(tenant.0),
-            payment_id: Set(row.payment_id),
-            idempotency_key: Set(row.idempotency_key.clone()),
-            request_hash: Set(row.request_hash.clone()),
-            amount: Set(Amount(amount)),
-            reason: Set(row.reason.clone()),
-            channel: Set(channel.name().to_owned()),
-            status: Set(status.name().to_owned()),
-            gateway_reference: Set(String::new()),
-            code: Set(String::new()),
-            created_at: Set(now),
-            updated_at: Set(now),
-        })
-        .exec_without_returning(&transaction)
-        .await;
-        match inserted {
-            Ok(_) => {}
-            Err(error) if is_unique_violation(&error) => {
-                transaction.rollback().await?;
-                drop(turn);
-                let existing = self
-                    .refund_by_key(tenant, &new.idempotency_key)
-                    .await?
-                    .ok_or_else(|| PaymentsError::Conflict("a concurrent refund with this key vanished".into()))?;
-                return Ok(BeganRefund::Exists(existing));
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let refunded = payment
-            .refunded_amount
-            .checked_add(amount)
-            .filter(|refunded| *refunded <= payment.amount)
-            .ok_or_else(|| PaymentsError::internal("a refund passed its check but exceeds the payment"))?;
-        payment.refunded_amount = refunded;
-        payment::Entity::update_many()
-            .col_expr(payment::Column::RefundedAmount, Expr::value(Amount(refunded)))
-            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-            .filter(payment::Column::Id.eq(payment.id))
-            .exec(&transaction)
-            .await?;
-        let announced = status == RefundStatus::Succeeded;
-        if announced {
-            let mut event = NewEvent::of_payment(EventType::PaymentRefunded, &payment, amount, now);
-            event.refund_id = Some(row.id);
-            Self::append_event(&transaction, tenant, event).await?;
-        }
-        transaction.commit().await?;
-        if announced {
-            self.announce_events();
-        }
-        Ok(BeganRefund::Began(row))
-    }
-
-    /// Records the gateway's answer to a PROCESSING refund: SUCCEEDED with
-    /// its event, or DECLINED with its amount given back to the payment. A
-    /// refund already finished by a concurrent call is returned as it is.
-    pub async fn finish_refund(
-        &self,
-        tenant: TenantId,
-        refund_id: Uuid,
-        finish: &RefundFinish,
-        now: DateTime<Utc>,
-    ) -> Result<RefundRow, PaymentsError> {
-        let WriteTransaction { transaction, turn } = self.database.begin_write().await?;
-        let current = refund::Entity::find_by_id(refund_id)
-            .filter(refund::Column::TenantId.eq(tenant.0))
-            .one(&transaction)
-            .await?
-            .ok_or(PaymentsError::NotFound("refund"))?;
-        // The payment first, as every writer of a refund locks them.
-        let Some(mut payment) = lock_payment(&transaction, tenant, current.payment_id).await? else {
-            return refuse(transaction, PaymentsError::NotFound("payment")).await;
-        };
-        let update = refund::Entity::update_many()
-            .col_expr(refund::Column::UpdatedAt, Expr::value(now))
-            .filter(refund::Column::Id.eq(refund_id))
-            .filter(refund::Column::Status.eq(RefundStatus::Processing.name()));
-        let update = match finish {
-            RefundFinish::Succeeded { reference } => update
-                .col_expr(refund::Column::Status, Expr::value(RefundStatus::Succeeded.name()))
-                .col_expr(refund::Column::GatewayReference, Expr::value(reference.clone())),
-            RefundFinish::Declined { code } => update
-                .col_expr(refund::Column::Status, Expr::value(RefundStatus::Declined.name()))
-                .col_expr(refund::Column::Code, Expr::value(code.clone())),
-        };
-        let changed = update.exec(&transaction).await?.rows_affected == 1;
-        let amount = current.amount.0;
-        let mut announced = false;
-        if changed {
-            match finish {
-                RefundFinish::Succeeded { .. } => {
-                    let mut event = NewEvent::of_payment(EventType::PaymentRefunded, &payment, amount, now);
-                    event.refund_id = Some(refund_id);
-                    Self::append_event(&transaction, tenant, event).await?;
-                    announced = true;
-                }
-                RefundFinish::Declined { .. } => {
-                    payment.refunded_amount = payment
-                        .refunded_amount
-                        .checked_sub(amount)
-                        .filter(|rest| !rest.is_sign_negative())
-                        .ok_or_else(|| PaymentsError::internal("a declined refund was never counted"))?;
-                    payment::Entity::update_many()
-                        .col_expr(payment::Column::RefundedAmount, Expr::value(Amount(payment.refunded_amount)))
-                        .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-                        .filter(payment::Column::Id.eq(payment.id))
-                        .exec(&transaction)
-                        .await?;
-                }
-            }
-        }
-        transaction.commit().await?;
-        drop(turn);
-        if announced {
-            self.announce_events();
-        }
-        let row =
-            refund::Entity::find_by_id(refund_id).one(&self.db).await?.ok_or(PaymentsError::NotFound("refund"))?;
-        refund_from_row(row)
     }
 }
