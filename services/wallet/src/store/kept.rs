@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::replay::{Amount, StoredAccount, StoredGrant, StoredHold};
+use super::stored::{Amount, StoredAccount, StoredGrant, StoredHold};
 use crate::domain::{Account, Wallet};
 use crate::error::WalletError;
 

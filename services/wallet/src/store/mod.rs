@@ -19,6 +19,7 @@ pub mod migrations;
 mod reads;
 pub mod replay;
 mod rows;
+mod stored;
 mod versions;
 mod write;
 
