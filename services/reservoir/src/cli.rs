@@ -5,19 +5,15 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use comfy_table::Table;
+use clap::{Parser, Subcommand, ValueEnum};
 use reservoir_common::app::App;
 use reservoir_common::serve::shutdown_signal;
 use reservoir_common::status::reason_of;
 use reservoir_common::telemetry;
-use reservoir_common::time::to_timestamp;
-use reservoir_proto::wallet as pb;
 use reservoir_wallet::app::Application;
 use reservoir_wallet::store::Store;
-use serde_json::json;
 
-use crate::client;
+use crate::accounts::{AccountCommand, ClientArgs, DebitArgs, GrantArgs};
 use crate::ingest::IngestArgs;
 use crate::settings::Settings;
 
@@ -95,101 +91,6 @@ enum Service {
     Orchestrator,
 }
 
-#[derive(Args, Clone)]
-pub struct ClientArgs {
-    /// The wallet service's address.
-    #[arg(long, env = "RESERVOIR_ENDPOINT", default_value = "http://127.0.0.1:50051")]
-    pub endpoint: String,
-    /// The tenant's API key.
-    #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
-    pub api_key: String,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum OverdraftArg {
-    None,
-    CreditLimit,
-    Unlimited,
-}
-
-#[derive(Subcommand)]
-enum AccountCommand {
-    /// Open an account.
-    Create {
-        /// Your id for the customer.
-        #[arg(long)]
-        external_id: String,
-        /// An ISO-4217 currency, or a custom credit unit with --scale, --price-per-credit and --billing-currency.
-        #[arg(long, default_value = "USD")]
-        unit: String,
-        #[arg(long)]
-        scale: Option<u32>,
-        #[arg(long, default_value = "")]
-        price_per_credit: String,
-        #[arg(long, default_value = "")]
-        billing_currency: String,
-        #[arg(long, value_enum, default_value = "none")]
-        overdraft: OverdraftArg,
-        #[arg(long, default_value = "")]
-        credit_limit: String,
-        #[arg(long, default_value = "")]
-        low_balance_threshold: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-    /// Show an account.
-    Get {
-        account_id: String,
-        #[command(flatten)]
-        client: ClientArgs,
-    },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum KindArg {
-    Paid,
-    Promotional,
-    Courtesy,
-}
-
-#[derive(Args)]
-struct GrantArgs {
-    account_id: String,
-    amount: String,
-    #[arg(long, value_enum, default_value = "paid")]
-    kind: KindArg,
-    /// RFC 3339 instant after which the credits no longer count.
-    #[arg(long)]
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    #[arg(long)]
-    priority: Option<i32>,
-    /// Restrict the credits to these meters.
-    #[arg(long = "meter")]
-    meters: Vec<String>,
-    /// Reuse a key to retry safely; a fresh one is made when omitted.
-    #[arg(long)]
-    idempotency_key: Option<String>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
-#[derive(Args)]
-struct DebitArgs {
-    account_id: String,
-    amount: String,
-    #[arg(long, default_value = "")]
-    meter: String,
-    #[arg(long, default_value = "")]
-    description: String,
-    #[arg(long)]
-    idempotency_key: Option<String>,
-    #[command(flatten)]
-    client: ClientArgs,
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -232,11 +133,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhooks(command) => crate::webhooks::run(command).await,
         Command::Tenant(command) => crate::admin::tenant(command).await,
         Command::Key(command) => crate::admin::key(config, command).await,
-        Command::Account(command) => account(command).await,
-        Command::Grant(args) => grant(args).await,
-        Command::Debit(args) => debit(args).await,
-        Command::Balance { account_id, client } => balance(account_id, client).await,
-        Command::Ledger { account_id, limit, client } => ledger(account_id, limit, client).await,
+        Command::Account(command) => crate::accounts::account(command).await,
+        Command::Grant(args) => crate::accounts::grant(args).await,
+        Command::Debit(args) => crate::accounts::debit(args).await,
+        Command::Balance { account_id, client } => crate::accounts::balance(account_id, client).await,
+        Command::Ledger { account_id, limit, client } => crate::accounts::ledger(account_id, limit, client).await,
     }
 }
 
@@ -428,218 +329,4 @@ fn write_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     Ok(())
-}
-
-fn fresh_key() -> String {
-    uuid::Uuid::now_v7().to_string()
-}
-
-fn print_account(account: &pb::Account, as_json: bool) -> anyhow::Result<()> {
-    let unit = account.unit.as_ref().map(|unit| unit.code.clone()).unwrap_or_default();
-    let policy = pb::OverdraftPolicy::try_from(account.overdraft_policy).map(|p| p.as_str_name()).unwrap_or("?");
-    let status = pb::AccountStatus::try_from(account.status).map(|s| s.as_str_name()).unwrap_or("?");
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "id": account.id, "external_id": account.external_id, "unit": unit,
-                "overdraft_policy": policy, "credit_limit": account.credit_limit, "status": status,
-                "low_balance_threshold": account.low_balance_threshold,
-            }))?
-        );
-    } else {
-        let mut table = Table::new();
-        table.set_header(["id", "external id", "unit", "overdraft", "credit limit", "status"]);
-        table.add_row([
-            account.id.clone(),
-            account.external_id.clone(),
-            unit,
-            policy.to_owned(),
-            account.credit_limit.clone(),
-            status.to_owned(),
-        ]);
-        println!("{table}");
-    }
-    Ok(())
-}
-
-fn print_balance(balance: &pb::Balance, as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "account_id": balance.account_id, "unit": balance.unit_code, "available": balance.available,
-                "held": balance.held, "total": balance.total, "credit_limit": balance.credit_limit,
-                "overdraft_used": balance.overdraft_used, "paid": balance.paid, "promotional": balance.promotional,
-                "courtesy": balance.courtesy, "pending": balance.pending, "spendable": balance.spendable,
-            }))?
-        );
-    } else {
-        let mut table = Table::new();
-        table.set_header(["available", "held", "total", "paid", "promotional", "courtesy", "overdraft used", "unit"]);
-        table.add_row([
-            balance.available.clone(),
-            balance.held.clone(),
-            balance.total.clone(),
-            balance.paid.clone(),
-            balance.promotional.clone(),
-            balance.courtesy.clone(),
-            balance.overdraft_used.clone(),
-            balance.unit_code.clone(),
-        ]);
-        println!("{table}");
-    }
-    Ok(())
-}
-
-fn entry_kind_name(kind: i32) -> &'static str {
-    pb::EntryKind::try_from(kind).map(|kind| kind.as_str_name().trim_start_matches("ENTRY_KIND_")).unwrap_or("?")
-}
-
-fn print_entries(entries: &[pb::LedgerEntry], as_json: bool) -> anyhow::Result<()> {
-    if as_json {
-        let rows: Vec<_> = entries
-            .iter()
-            .map(|entry| {
-                json!({
-                    "sequence": entry.sequence, "kind": entry_kind_name(entry.kind), "amount": entry.amount,
-                    "grant_id": entry.grant_id, "hold_id": entry.hold_id, "balance_after": entry.balance_after,
-                    "idempotency_key": entry.idempotency_key, "meter_code": entry.meter_code,
-                    "description": entry.description, "created_at": entry.created_at.map(|t| t.to_string()),
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        let mut table = Table::new();
-        table.set_header(["seq", "kind", "amount", "balance after", "grant", "meter", "description"]);
-        for entry in entries {
-            table.add_row([
-                entry.sequence.to_string(),
-                entry_kind_name(entry.kind).to_owned(),
-                entry.amount.clone(),
-                entry.balance_after.clone(),
-                entry.grant_id.chars().rev().take(12).collect::<Vec<_>>().into_iter().rev().collect(),
-                entry.meter_code.clone(),
-                entry.description.clone(),
-            ]);
-        }
-        println!("{table}");
-    }
-    Ok(())
-}
-
-async fn account(command: AccountCommand) -> anyhow::Result<()> {
-    match command {
-        AccountCommand::Create {
-            external_id,
-            unit,
-            scale,
-            price_per_credit,
-            billing_currency,
-            overdraft,
-            credit_limit,
-            low_balance_threshold,
-            client,
-        } => {
-            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-            let policy = match overdraft {
-                OverdraftArg::None => pb::OverdraftPolicy::None,
-                OverdraftArg::CreditLimit => pb::OverdraftPolicy::CreditLimit,
-                OverdraftArg::Unlimited => pb::OverdraftPolicy::Unlimited,
-            };
-            let response = wallet
-                .create_account(pb::CreateAccountRequest {
-                    external_id,
-                    unit: Some(pb::Unit { code: unit, scale, price_per_credit, billing_currency }),
-                    overdraft_policy: policy.into(),
-                    credit_limit,
-                    low_balance_threshold,
-                    metadata: Default::default(),
-                    idempotency_key: fresh_key(),
-                })
-                .await?
-                .into_inner();
-            print_account(&response.account.unwrap_or_default(), client.json)
-        }
-        AccountCommand::Get { account_id, client } => {
-            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-            let response = wallet.get_account(pb::GetAccountRequest { account_id }).await?.into_inner();
-            print_account(&response.account.unwrap_or_default(), client.json)
-        }
-    }
-}
-
-async fn grant(args: GrantArgs) -> anyhow::Result<()> {
-    let mut wallet = client::wallet(&args.client.endpoint, &args.client.api_key).await?;
-    let kind = match args.kind {
-        KindArg::Paid => pb::GrantKind::Paid,
-        KindArg::Promotional => pb::GrantKind::Promotional,
-        KindArg::Courtesy => pb::GrantKind::Courtesy,
-    };
-    let response = wallet
-        .grant_credits(pb::GrantCreditsRequest {
-            account_id: args.account_id,
-            amount: args.amount,
-            kind: kind.into(),
-            priority: args.priority,
-            expires_at: args.expires_at.map(to_timestamp),
-            meter_codes: args.meters,
-            idempotency_key: args.idempotency_key.unwrap_or_else(fresh_key),
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    if !args.client.json {
-        println!("grant {}", response.grant.as_ref().map(|grant| grant.id.as_str()).unwrap_or(""));
-    }
-    print_entries(&response.entries, args.client.json)?;
-    print_balance(&response.balance.unwrap_or_default(), args.client.json)
-}
-
-async fn debit(args: DebitArgs) -> anyhow::Result<()> {
-    let mut wallet = client::wallet(&args.client.endpoint, &args.client.api_key).await?;
-    let response = wallet
-        .debit(pb::DebitRequest {
-            account_id: args.account_id,
-            amount: args.amount,
-            meter_code: args.meter,
-            idempotency_key: args.idempotency_key.unwrap_or_else(fresh_key),
-            description: args.description,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    print_entries(&response.entries, args.client.json)?;
-    print_balance(&response.balance.unwrap_or_default(), args.client.json)
-}
-
-async fn balance(account_id: String, client: ClientArgs) -> anyhow::Result<()> {
-    let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-    let response = wallet.get_balance(pb::GetBalanceRequest { account_id }).await?.into_inner();
-    print_balance(&response.balance.unwrap_or_default(), client.json)
-}
-
-async fn ledger(account_id: String, limit: u32, client: ClientArgs) -> anyhow::Result<()> {
-    let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
-    let mut entries = Vec::new();
-    let mut page_token = String::new();
-    while entries.len() < limit as usize {
-        let page_size = (limit as usize - entries.len()).min(1_000) as u32;
-        let response = wallet
-            .list_ledger_entries(pb::ListLedgerEntriesRequest {
-                account_id: account_id.clone(),
-                page_size,
-                page_token: page_token.clone(),
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        entries.extend(response.entries);
-        if response.next_page_token.is_empty() {
-            break;
-        }
-        page_token = response.next_page_token;
-    }
-    print_entries(&entries, client.json)
 }

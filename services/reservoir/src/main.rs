@@ -1,5 +1,6 @@
 //! `reservoir`: runs the services and the operator commands.
 
+mod accounts;
 mod admin;
 mod cli;
 mod client;
