@@ -21,6 +21,24 @@ pub enum Replayed<T> {
     Encoded(Vec<u8>),
 }
 
+impl<T: serde::de::DeserializeOwned> Replayed<T> {
+    /// A replay record's two columns read back: the answer's record (JSON)
+    /// where there is one, else the encoded response of an older record.
+    pub fn read(answer: Option<&str>, response: Vec<u8>) -> Result<Self, String> {
+        match answer {
+            Some(answer) => serde_json::from_str(answer)
+                .map(Self::Answer)
+                .map_err(|error| format!("a recorded answer does not read: {error}")),
+            None => Ok(Self::Encoded(response)),
+        }
+    }
+}
+
+/// What a replay record keeps of an answer: its record, as JSON.
+pub fn answer_record(answer: &impl serde::Serialize) -> Result<String, String> {
+    serde_json::to_string(answer).map_err(|error| format!("an answer does not record: {error}"))
+}
+
 /// A response recorded encoded, as it was sent.
 pub fn decode_encoded<M: Message + Default>(encoded: &[u8]) -> Result<M, String> {
     M::decode(encoded).map_err(|error| format!("a recorded response does not decode: {error}"))

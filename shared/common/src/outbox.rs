@@ -1,14 +1,16 @@
 //! The outbox pattern's two halves that the services share: numbering an
 //! event from a one-row counter in the transaction that writes it, and
-//! streaming a tenant's events after a cursor by polling.
+//! streaming a tenant's events after a cursor by polling (and, where the
+//! process wrote them, at once).
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use sea_orm::{ConnectionTrait, DbErr, Statement};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tonic::Status;
 
 /// The next number of the counter row (`id = 1`, `last_sequence`) of
@@ -52,16 +54,36 @@ where
     F: FnMut(u64) -> Fut + Send + 'static,
     Fut: Future<Output = Result<Vec<(u64, E)>, Status>> + Send,
 {
+    follow_woken(after, stopping, poll, None, read)
+}
+
+/// As [`follow`], and asking again at once when `written` is notified (this
+/// process committed events), not only every `poll` (events other replicas
+/// wrote).
+pub fn follow_woken<E, F, Fut>(
+    after: u64,
+    stopping: watch::Receiver<bool>,
+    poll: Duration,
+    written: Option<Arc<Notify>>,
+    read: F,
+) -> impl Stream<Item = Result<E, Status>> + Send
+where
+    E: Send + 'static,
+    F: FnMut(u64) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Vec<(u64, E)>, Status>> + Send,
+{
     struct State<E, F> {
         cursor: u64,
         buffered: VecDeque<(u64, E)>,
         stopping: watch::Receiver<bool>,
         /// The sender is gone: `stopping` will never change.
         unwatched: bool,
+        written: Option<Arc<Notify>>,
         read: F,
         failed: bool,
     }
-    let state = State { cursor: after, buffered: VecDeque::new(), stopping, unwatched: false, read, failed: false };
+    let state =
+        State { cursor: after, buffered: VecDeque::new(), stopping, unwatched: false, written, read, failed: false };
     futures::stream::unfold(state, move |mut state| async move {
         if state.failed {
             return None;
@@ -75,6 +97,9 @@ where
                 state.failed = true;
                 return Some((Err(shutting_down()), state));
             }
+            // Registered before the read, so a commit between the read and
+            // the wait still wakes the stream.
+            let notified = state.written.clone().map(Notify::notified_owned);
             match (state.read)(state.cursor).await {
                 Err(status) => {
                     state.failed = true;
@@ -82,8 +107,15 @@ where
                 }
                 Ok(batch) if batch.is_empty() => {
                     let unwatched = state.unwatched;
+                    let woken = async {
+                        match notified {
+                            Some(notified) => notified.await,
+                            None => std::future::pending().await,
+                        }
+                    };
                     tokio::select! {
                         () = tokio::time::sleep(poll) => {}
+                        () = woken => {}
                         changed = state.stopping.changed(), if !unwatched => state.unwatched = changed.is_err(),
                     }
                 }

@@ -46,6 +46,12 @@ impl Violations {
         if self.0.is_empty() { Ok(()) } else { Err(InvalidRequest(self.0)) }
     }
 
+    /// An id that may be left out (a filter): `None` when empty, refused
+    /// when it is not an id.
+    pub fn optional_id(&mut self, field: &str, text: &str) -> Option<Uuid> {
+        if text.is_empty() { None } else { self.id(field, text, |id| id) }
+    }
+
     pub fn id<T>(&mut self, field: &str, text: &str, wrap: impl FnOnce(Uuid) -> T) -> Option<T> {
         match Uuid::parse_str(text) {
             Ok(id) => Some(wrap(id)),

@@ -318,11 +318,7 @@ impl InvoicingService for InvoicingApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = if request.account_id.is_empty() {
-            None
-        } else {
-            violations.id("account_id", &request.account_id, |id| id)
-        };
+        let account_id = violations.optional_id("account_id", &request.account_id);
         let status = status_from_pb(request.status).unwrap_or_else(|| {
             violations.add("status", "is not an invoice status");
             None

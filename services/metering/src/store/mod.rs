@@ -23,7 +23,7 @@ pub use self::usage::{IngestEvent, StoredBatch};
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::Database;
-use reservoir_common::idempotency::Replayed;
+use reservoir_common::idempotency::{Replayed, answer_record};
 use reservoir_common::settings::DatabaseSettings;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
@@ -92,12 +92,7 @@ impl Store {
         if record.method != method || record.request_hash != request_hash {
             return Err(MeteringError::IdempotencyKeyReused);
         }
-        match record.answer {
-            Some(answer) => serde_json::from_str(&answer)
-                .map(|answer| Some(Replayed::Answer(answer)))
-                .map_err(|error| MeteringError::internal(format!("a recorded answer does not read: {error}"))),
-            None => Ok(Some(Replayed::Encoded(record.response))),
-        }
+        Replayed::read(record.answer.as_deref(), record.response).map(Some).map_err(MeteringError::internal)
     }
 
     /// Records what rebuilds an answer under its key; a key recorded
@@ -117,7 +112,7 @@ impl Store {
             method: Set(method.to_owned()),
             request_hash: Set(request_hash.to_owned()),
             response: Set(Vec::new()),
-            answer: Set(Some(json(answer))),
+            answer: Set(Some(answer_record(answer).map_err(MeteringError::internal)?)),
             created_at: Set(now),
         })
         .on_conflict(

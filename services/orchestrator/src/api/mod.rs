@@ -151,11 +151,7 @@ impl TopUpService for TopUpApi {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &request.account_id, |id| id);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
-        let payment_method_id = if request.payment_method_id.is_empty() {
-            None
-        } else {
-            violations.id("payment_method_id", &request.payment_method_id, |id| id)
-        };
+        let payment_method_id = violations.optional_id("payment_method_id", &request.payment_method_id);
         if payment_method_id.is_none() && !request.reconcile_later && request.payment_method_id.is_empty() {
             violations.add("payment_method_id", "is required unless reconcile_later is set");
         }
@@ -230,11 +226,7 @@ impl TopUpService for TopUpApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = if request.account_id.is_empty() {
-            None
-        } else {
-            violations.id("account_id", &request.account_id, |id| id)
-        };
+        let account_id = violations.optional_id("account_id", &request.account_id);
         let status = match pb::TopUpStatus::try_from(request.status) {
             Ok(pb::TopUpStatus::Unspecified) => None,
             Ok(pb::TopUpStatus::Pending) => Some(TopUpStatus::Pending),

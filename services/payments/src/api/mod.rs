@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::Stream;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::{Replayed, decode_encoded, request_hash};
+use reservoir_common::outbox::follow_woken;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::payments as pb;
@@ -72,10 +73,6 @@ fn metadata(violations: &mut Violations, field: &str, metadata: &BTreeMap<String
 }
 
 /// An optional id: empty is `None`, anything else must be an id.
-fn optional_id(violations: &mut Violations, field: &str, text: &str) -> Option<Uuid> {
-    if text.is_empty() { None } else { violations.id(field, text, |id| id) }
-}
-
 fn missing() -> PaymentsError {
     PaymentsError::internal("checked fields went missing")
 }
@@ -353,8 +350,8 @@ impl PaymentsService for PaymentsApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = optional_id(&mut violations, "account_id", &request.account_id);
-        let invoice_id = optional_id(&mut violations, "invoice_id", &request.invoice_id);
+        let account_id = violations.optional_id("account_id", &request.account_id);
+        let invoice_id = violations.optional_id("invoice_id", &request.invoice_id);
         let status = match pb::PaymentStatus::try_from(request.status) {
             Ok(status) => status_from_pb(status),
             Err(_) => {
@@ -485,33 +482,19 @@ impl PaymentsService for PaymentsApi {
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let tenant = tenant_of(&request)?;
-        let mut cursor = request.into_inner().after_sequence;
         let store = self.store.clone();
         let written = store.events_written();
-        let mut stopping = self.stopping.clone();
-        let stream = async_stream::try_stream! {
-            loop {
-                if *stopping.borrow() {
-                    Err(reservoir_common::outbox::shutting_down())?;
-                }
-                // Registered before the read, so a commit between the read and
-                // the wait still wakes this stream.
-                let notified = written.notified();
-                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
-                if batch.is_empty() {
-                    tokio::select! {
-                        () = notified => {}
-                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
-                        _ = stopping.changed() => {}
-                    }
-                    continue;
-                }
-                for event in batch {
-                    cursor = event.sequence;
-                    yield pb::WatchEventsResponse { event: Some(event_to_pb(&event)) };
-                }
+        let after = request.into_inner().after_sequence;
+        let stream = follow_woken(after, self.stopping.clone(), EVENT_POLL_INTERVAL, Some(written), move |after| {
+            let store = store.clone();
+            async move {
+                let events = store.events_after(tenant, after, EVENT_BATCH).await.map_err(Status::from)?;
+                Ok(events
+                    .iter()
+                    .map(|event| (event.sequence, pb::WatchEventsResponse { event: Some(event_to_pb(event)) }))
+                    .collect())
             }
-        };
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

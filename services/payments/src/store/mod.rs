@@ -17,7 +17,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, Database};
-use reservoir_common::idempotency::Replayed;
+use reservoir_common::idempotency::{Replayed, answer_record};
 use reservoir_common::settings::DatabaseSettings;
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
@@ -326,12 +326,7 @@ impl Store {
         if record.method != method || record.request_hash != request_hash {
             return Err(PaymentsError::IdempotencyKeyReused);
         }
-        match record.answer {
-            Some(answer) => serde_json::from_str(&answer)
-                .map(|answer| Some(Replayed::Answer(answer)))
-                .map_err(|error| PaymentsError::internal(format!("a recorded answer does not read: {error}"))),
-            None => Ok(Some(Replayed::Encoded(record.response))),
-        }
+        Replayed::read(record.answer.as_deref(), record.response).map(Some).map_err(PaymentsError::internal)
     }
 
     /// Records what rebuilds an answer in the caller's transaction. A key
@@ -346,7 +341,7 @@ impl Store {
         answer: &impl Serialize,
         now: DateTime<Utc>,
     ) -> Result<(), sea_orm::DbErr> {
-        let answer = serde_json::to_string(answer).map_err(|error| sea_orm::DbErr::Custom(error.to_string()))?;
+        let answer = answer_record(answer).map_err(sea_orm::DbErr::Custom)?;
         idempotency::Entity::insert(idempotency::ActiveModel {
             tenant_id: Set(tenant.0),
             key: Set(key.to_owned()),

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prost::Message;
 use reservoir_common::auth::tenant_of;
+use reservoir_common::outbox::follow_woken;
 use reservoir_common::paging::Page;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_server::WalletService;
@@ -177,7 +178,6 @@ impl WalletApi {
         let mut violations = Violations::default();
         violations.meter_code("consumer", &request.consumer);
         violations.finish()?;
-        let mut cursor = request.after_sequence;
         // How far behind the outbox the suite's own consumers are: the age of
         // the oldest event not yet sent, 0 when caught up. The label takes
         // only these names, never one a caller chose; other streams share
@@ -191,26 +191,13 @@ impl WalletApi {
         let store = self.store.clone();
         let api = self.clone();
         let written = store.events_written();
-        let mut stopping = self.stopping.clone();
-        let stream = async_stream::try_stream! {
-            loop {
-                if *stopping.borrow() {
-                    Err(reservoir_common::outbox::shutting_down())?;
-                }
-                // Registered before the read, so a commit between the read and
-                // the wait still wakes this stream.
-                let notified = written.notified();
-                let batch = store.events_after(tenant, cursor, EVENT_BATCH).await.map_err(Status::from)?;
-                if batch.is_empty() {
-                    lag.set(0.0);
-                    tokio::select! {
-                        () = notified => {}
-                        () = tokio::time::sleep(EVENT_POLL_INTERVAL) => {}
-                        _ = stopping.changed() => {}
-                    }
-                    continue;
-                }
-                for (index, record) in batch.into_iter().enumerate() {
+        let after = request.after_sequence;
+        let stream = follow_woken(after, self.stopping.clone(), EVENT_POLL_INTERVAL, Some(written), move |after| {
+            let (store, api, lag) = (store.clone(), api.clone(), lag.clone());
+            async move {
+                let batch = store.events_after(tenant, after, EVENT_BATCH).await.map_err(Status::from)?;
+                let mut events = Vec::with_capacity(batch.len());
+                for record in batch {
                     let (sequence, event) = match record {
                         EventRecord::Event { sequence, event } => {
                             let unit = api.unit_of(tenant, event.account_id).await.map_err(Status::from)?;
@@ -224,16 +211,17 @@ impl WalletApi {
                             (sequence, event)
                         }
                     };
-                    if index == 0
-                        && let Some(occurred) = event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)
-                    {
-                        lag.set((now() - occurred).num_milliseconds().max(0) as f64 / 1_000.0);
-                    }
-                    cursor = sequence;
-                    yield pb::WatchEventsResponse { event: Some(event) };
+                    events.push((sequence, pb::WatchEventsResponse { event: Some(event) }));
                 }
+                // The age of the oldest event not yet sent; 0 when caught up.
+                let oldest = events.first().and_then(|(_, response)| response.event.as_ref()?.occurred_at.as_ref());
+                match oldest.and_then(reservoir_common::time::from_timestamp) {
+                    Some(occurred) => lag.set((now() - occurred).num_milliseconds().max(0) as f64 / 1_000.0),
+                    None => lag.set(0.0),
+                }
+                Ok(events)
             }
-        };
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }
