@@ -251,5 +251,33 @@ macro_rules! each_backend {
     };
 }
 
+/// A service served in the background, as a test runs it, until stopped.
+pub struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Serves `application` in the background until [`Running::stop`].
+    pub fn start<A: reservoir_common::app::App + Send + 'static>(application: A) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            application
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("the service serves");
+        });
+        Self { stop, task }
+    }
+
+    /// Stops taking calls, lets those in flight finish, and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.expect("the service stopped cleanly");
+    }
+}
+
 pub mod proxy;
 pub mod wallet;

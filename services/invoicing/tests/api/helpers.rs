@@ -16,10 +16,8 @@ use reservoir_proto::metering as metering_pb;
 use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as wallet_pb;
 pub use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
 use reservoir_wallet::app::{Application as Wallet, WalletSettings};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -27,30 +25,6 @@ pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, Be
 pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
 
 const PEPPER: &str = "test-pepper";
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
-
-fn spawn<F, E>(run: impl FnOnce(oneshot::Receiver<()>) -> F + Send + 'static) -> Running
-where
-    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
-    E: std::fmt::Debug,
-{
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        run(stopped).await.expect("the service serves");
-    });
-    Running { stop, task }
-}
 
 pub struct Suite {
     pub wallet: Client,
@@ -91,7 +65,7 @@ impl Suite {
         let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = spawn(move |stopped| wallet_app.run_until(async move { drop(stopped.await) }));
+        let wallet_running = Running::start(wallet_app);
         let mut running = Vec::new();
         let metering_settings = MeteringSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -105,7 +79,7 @@ impl Suite {
         };
         let metering_app = Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("metering");
         let metering_address = metering_app.local_addr().unwrap();
-        running.push(spawn(move |stopped| metering_app.run_until(async move { drop(stopped.await) })));
+        running.push(Running::start(metering_app));
         let (smtp, smtp_address) = crate::smtp::SmtpSink::start().await;
         let invoicing_settings = InvoicingSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -127,7 +101,7 @@ impl Suite {
         let reading = clock.clone();
         invoicing_app.set_clock(Arc::new(move || reading.lock().unwrap().unwrap_or_else(Utc::now)));
         let invoicing_address = invoicing_app.local_addr().unwrap();
-        running.push(spawn(move |stopped| invoicing_app.run_until(async move { drop(stopped.await) })));
+        running.push(Running::start(invoicing_app));
         Some(Self {
             wallet: client(wallet_address, &key).await,
             metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
@@ -172,7 +146,7 @@ impl Suite {
                 Err(error) => panic!("restarting the wallet: {error}"),
             }
         };
-        self.wallet_running = Some(spawn(move |stopped| application.run_until(async move { drop(stopped.await) })));
+        self.wallet_running = Some(Running::start(application));
     }
 
     pub async fn stop(mut self) {

@@ -12,29 +12,15 @@ use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as wallet_pb;
 pub use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
 use reservoir_wallet::app::{Application as Wallet, WalletSettings};
 use rust_decimal::Decimal;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
 
 const PEPPER: &str = "test-pepper";
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
 
 pub struct Suite {
     pub wallet: Client,
@@ -48,19 +34,6 @@ pub struct Suite {
     wallet_running: Option<Running>,
     metering_running: Running,
     databases: Vec<TestDatabase>,
-}
-
-fn spawn_wallet(application: Wallet) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        application
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the wallet serves");
-    });
-    Running { stop, task }
 }
 
 impl Suite {
@@ -84,7 +57,7 @@ impl Suite {
         let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = spawn_wallet(wallet_app);
+        let wallet_running = Running::start(wallet_app);
         let metering_settings = MeteringSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: metering_database.url.clone(),
@@ -98,15 +71,7 @@ impl Suite {
         let metering_app =
             Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("building metering");
         let metering_address: SocketAddr = metering_app.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            metering_app
-                .run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .expect("metering serves");
-        });
+        let metering_running = Running::start(metering_app);
         let metering = MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key));
         Some(Self {
             wallet: client(wallet_address, &key).await,
@@ -116,7 +81,7 @@ impl Suite {
             tenant,
             wallet_settings,
             wallet_running: Some(wallet_running),
-            metering_running: Running { stop, task },
+            metering_running,
             databases: vec![wallet_database, metering_database],
         })
     }
@@ -148,7 +113,7 @@ impl Suite {
                 Err(error) => panic!("restarting the wallet: {error}"),
             }
         };
-        self.wallet_running = Some(spawn_wallet(application));
+        self.wallet_running = Some(Running::start(application));
     }
 
     pub async fn stop(mut self) {

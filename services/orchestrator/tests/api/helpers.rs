@@ -11,10 +11,8 @@ use reservoir_orchestrator::app::{Application as Orchestrator, OrchestratorSetti
 use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
 use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
 pub use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
 use reservoir_wallet::app::{Application as Wallet, WalletSettings};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -33,7 +31,7 @@ pub struct Suite {
     pub other_top_ups: TopUpClient,
     pub webhooks: WebhookClient,
     pub other_webhooks: WebhookClient,
-    stops: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
+    stops: Vec<Running>,
     databases: Vec<TestDatabase>,
 }
 
@@ -95,13 +93,7 @@ impl Suite {
         let other_key = store.issue_key(other, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
         let mut stops = Vec::new();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push((
-            stop,
-            tokio::spawn(async move {
-                wallet.run_until(async move { drop(stopped.await) }).await.unwrap();
-            }),
-        ));
+        stops.push(Running::start(wallet));
         let invoicing = reservoir_invoicing::app::Application::build(
             &reservoir_invoicing::app::InvoicingSettings {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -123,13 +115,7 @@ impl Suite {
         .await
         .unwrap();
         let invoicing_address = invoicing.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push((
-            stop,
-            tokio::spawn(async move {
-                invoicing.run_until(async move { drop(stopped.await) }).await.unwrap();
-            }),
-        ));
+        stops.push(Running::start(invoicing));
         let payments = reservoir_payments::app::Application::build(
             &reservoir_payments::app::PaymentsSettings {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -147,13 +133,7 @@ impl Suite {
         .await
         .unwrap();
         let payments_address = payments.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push((
-            stop,
-            tokio::spawn(async move {
-                payments.run_until(async move { drop(stopped.await) }).await.unwrap();
-            }),
-        ));
+        stops.push(Running::start(payments));
         let settings = OrchestratorSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: orchestrator_database.url.clone(),
@@ -172,13 +152,7 @@ impl Suite {
         };
         let orchestrator = Orchestrator::build(&settings, Duration::from_secs(60)).await.unwrap();
         let address = orchestrator.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        stops.push((
-            stop,
-            tokio::spawn(async move {
-                orchestrator.run_until(async move { drop(stopped.await) }).await.unwrap();
-            }),
-        ));
+        stops.push(Running::start(orchestrator));
         Some(Self {
             wallet: client(wallet_address, &key).await,
             payments: reservoir_proto::payments::payments_service_client::PaymentsServiceClient::with_interceptor(
@@ -195,9 +169,8 @@ impl Suite {
     }
 
     pub async fn stop(self) {
-        for (stop, task) in self.stops.into_iter().rev() {
-            let _ = stop.send(());
-            task.await.unwrap();
+        for running in self.stops.into_iter().rev() {
+            running.stop().await;
         }
         for database in self.databases {
             database.drop_database().await;

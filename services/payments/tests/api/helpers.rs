@@ -17,10 +17,8 @@ use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_testing::wallet::channel;
 pub use reservoir_testing::wallet::{assert_invalid, assert_refused, key};
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
+use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
 use reservoir_wallet::app::{Application as Wallet, WalletSettings};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -28,18 +26,6 @@ pub type PaymentsClient = PaymentsServiceClient<InterceptedService<Channel, Bear
 pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub const PEPPER: &str = "test-pepper";
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<()>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap();
-    }
-}
 
 pub struct Suite {
     /// The first tenant's client.
@@ -97,7 +83,7 @@ impl Suite {
         let other_tenant = store.create_tenant("other", Utc::now()).await.unwrap();
         let other_key = store.issue_key(other_tenant, PEPPER, Utc::now()).await.unwrap().key;
         let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = spawn_wallet(wallet);
+        let wallet_running = Running::start(wallet);
         let invoicing = Invoicing::build(
             &InvoicingSettings {
                 listen: "127.0.0.1:0".parse().unwrap(),
@@ -119,18 +105,7 @@ impl Suite {
         .await
         .expect("building invoicing");
         let invoicing_address = invoicing.local_addr().unwrap();
-        let invoicing_running = {
-            let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                invoicing
-                    .run_until(async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .expect("invoicing serves");
-            });
-            Running { stop, task }
-        };
+        let invoicing_running = Running::start(invoicing);
         let settings = PaymentsSettings {
             listen: "127.0.0.1:0".parse().unwrap(),
             database_url: payments_database.url.clone(),
@@ -145,7 +120,7 @@ impl Suite {
         let payments = Payments::build(&settings, key_cache_ttl).await.expect("building payments");
         let address = payments.local_addr().unwrap();
         let sandbox = payments.sandbox();
-        let payments_running = spawn_payments(payments);
+        let payments_running = Running::start(payments);
         let connection = channel(address).await;
         Some(Self {
             payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
@@ -196,32 +171,6 @@ impl Suite {
     pub async fn charges_for(&self, idempotency_key: &str) -> u64 {
         self.sandbox.charges_for(&gateway_key(self.tenant, idempotency_key)).await.unwrap()
     }
-}
-
-fn spawn_wallet(application: Wallet) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        application
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the wallet serves");
-    });
-    Running { stop, task }
-}
-
-fn spawn_payments(application: Payments) -> Running {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        application
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("payments serves");
-    });
-    Running { stop, task }
 }
 
 /// A fresh account id: payments takes the caller's word for its accounts.

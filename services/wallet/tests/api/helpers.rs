@@ -9,11 +9,9 @@ use reservoir_common::auth::TenantId;
 use reservoir_common::settings::AuthSettings;
 use reservoir_proto::wallet as pb;
 pub use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, TestDatabase};
+use reservoir_testing::{Backend, Running, TestDatabase};
 use reservoir_wallet::app::{Application, WalletSettings};
 use reservoir_wallet::store::Store;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Status;
 
 pub const PEPPER: &str = "test-pepper";
@@ -26,8 +24,7 @@ pub struct TestApp {
     /// The Prometheus scrape endpoint.
     pub metrics: SocketAddr,
     pub database: TestDatabase,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<()>,
+    running: Running,
 }
 
 pub fn settings(database: &TestDatabase) -> WalletSettings {
@@ -65,14 +62,14 @@ impl TestApp {
         let address = application.local_addr().expect("a bound address");
         let metrics = application.metrics_addr().expect("a metrics endpoint");
         let store = application.store();
-        let (stop, server) = run_in_background(application);
+        let running = Running::start(application);
         let tenant = match tenant {
             Some(tenant) => tenant,
             None => store.create_tenant("test", Utc::now()).await.expect("a tenant"),
         };
         let key = store.issue_key(tenant, PEPPER, Utc::now()).await.expect("a key").key;
         let client = client(address, &key).await;
-        Self { client, store, tenant, address, metrics, database, stop, server }
+        Self { client, store, tenant, address, metrics, database, running }
     }
 
     /// A second tenant with its own key.
@@ -83,8 +80,7 @@ impl TestApp {
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        self.server.await.unwrap();
+        self.running.stop().await;
         self.database.drop_database().await;
     }
 
@@ -94,37 +90,21 @@ impl TestApp {
         let application =
             Application::build(&settings(&self.database), &auth_settings()).await.expect("building a replica");
         let address = application.local_addr().expect("a bound address");
-        let (stop, server) = run_in_background(application);
+        let running = Running::start(application);
         let key = self.store.issue_key(self.tenant, PEPPER, Utc::now()).await.expect("a key").key;
-        Replica { client: client(address, &key).await, stop, server }
+        Replica { client: client(address, &key).await, running }
     }
-}
-
-/// Serves `application` until the returned sender fires (or is dropped).
-fn run_in_background(application: Application) -> (oneshot::Sender<()>, JoinHandle<()>) {
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        application
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("the wallet serves");
-    });
-    (stop, server)
 }
 
 /// A second wallet server of a [`TestApp`].
 pub struct Replica {
     pub client: Client,
-    stop: oneshot::Sender<()>,
-    server: JoinHandle<()>,
+    running: Running,
 }
 
 impl Replica {
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        self.server.await.unwrap();
+        self.running.stop().await;
     }
 }
 

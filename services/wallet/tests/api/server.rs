@@ -27,8 +27,9 @@ async fn reflection_lists_the_wallet_in_both_protocol_versions() {
     let Some(app) = TestApp::spawn(Backend::Sqlite).await else {
         return;
     };
-    let expected =
-        |reflection: &'static str| ["grpc.health.v1.Health", reflection, "reservoir.wallet.v1.WalletService"];
+    let expected = |reflection: &'static str| {
+        ["grpc.health.v1.Health", reflection, "reservoir.wallet.v1.AdminService", "reservoir.wallet.v1.WalletService"]
+    };
     {
         use tonic_reflection::pb::v1::ServerReflectionRequest;
         use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
