@@ -118,11 +118,15 @@ impl Services {
                 .map(str::to_owned)
                 .with_context(|| format!("no key in {stdout:?}"))
         };
-        let api_key = key_of(run(&["tenant", "create", "bench"], &environment).output().await?)?;
-        let service_key = key_of(run(&["key", "issue-service"], &environment).output().await?)?;
-        environment.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), service_key);
+        // The installation's first service key, then the tenant through the
+        // wallet's AdminService with it.
+        let service_key = key_of(run(&["key", "issue-service", "--bootstrap"], &environment).output().await?)?;
+        environment.insert("RESERVOIR__METERING__WALLET_SERVICE_KEY".to_owned(), service_key.clone());
         let wallet = run(&["serve", "wallet"], &environment).stdout(Stdio::null()).spawn()?;
         healthy(wallet_address, "reservoir.wallet.v1.WalletService").await?;
+        let endpoint = format!("http://{wallet_address}");
+        let create = ["tenant", "create", "bench", "--endpoint", &endpoint, "--api-key", &service_key];
+        let api_key = key_of(run(&create, &environment).output().await?)?;
         let metering = match metering_url {
             Some(_) => {
                 let child = run(&["serve", "metering"], &environment).stdout(Stdio::null()).spawn()?;
