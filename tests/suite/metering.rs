@@ -364,7 +364,100 @@ async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up(backend: Backend) {
     }
 }
 
+/// Meters and prices made with the CLI price usage as they say: a COUNT
+/// meter in graduated tiers with a dimension's own price. A malformed tier
+/// is refused naming its flag, and an unreachable service names its address.
+async fn meters_and_prices_are_made_with_the_cli(backend: Backend) {
+    let Some(Running { environment, mut wallet, mut metering, api_key, wallet_client, account, databases }) =
+        start(backend).await
+    else {
+        return;
+    };
+    let endpoint = format!("http://{}", metering.address());
+    let run = |arguments: &[&str]| {
+        let mut command = environment.command(arguments);
+        command.env("RESERVOIR_API_KEY", &api_key).env("RESERVOIR_METERING_ENDPOINT", &endpoint);
+        command
+    };
+    let succeeded = |output: std::process::Output| {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = succeeded(
+        run(&[
+            "meter",
+            "create",
+            "calls",
+            "--unit-name",
+            "call",
+            "--aggregation",
+            "count",
+            "--description",
+            "API calls",
+        ])
+        .output()
+        .await
+        .unwrap(),
+    );
+    assert!(created.contains("calls") && created.contains("COUNT"), "{created}");
+    let listed: serde_json::Value =
+        serde_json::from_str(&succeeded(run(&["meter", "list", "--json"]).output().await.unwrap())).unwrap();
+    let codes: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|meter| (meter["code"].as_str().unwrap(), meter["aggregation"].as_str().unwrap()))
+        .collect();
+    assert!(codes.contains(&("calls", "COUNT")) && codes.contains(&("tokens", "SUM")), "{codes:?}");
+
+    let refused = run(&["price", "set", "calls", "--tier", "0.5"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--tier"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    succeeded(
+        run(&["price", "set", "calls", "--tier", "2:0.5", "--tier", ":0.25", "--override", "region=eu:3"])
+            .output()
+            .await
+            .unwrap(),
+    );
+    let schedule: serde_json::Value =
+        serde_json::from_str(&succeeded(run(&["price", "get", "calls", "--json"]).output().await.unwrap())).unwrap();
+    let tiers = &schedule[0]["tiers"];
+    assert_eq!((tiers[0]["up_to"].as_str(), tiers[0]["unit_price"].as_str()), (Some("2"), Some("0.5")), "{schedule}");
+    assert_eq!((tiers[1]["up_to"].as_str(), tiers[1]["unit_price"].as_str()), (Some(""), Some("0.25")), "{schedule}");
+    assert_eq!(schedule[0]["overrides"][0]["key"], "region", "{schedule}");
+
+    // Three calls in the tiers (0.5, 0.5, 0.25) and one from the EU at its own price.
+    let mut api = metering_client(metering.address(), &api_key).await;
+    let call = |region: Option<&str>| pb::UsageEvent {
+        event_id: key(),
+        account_id: account.id.clone(),
+        meter_code: "calls".into(),
+        dimensions: region.map(|region| [("region".to_owned(), region.to_owned())].into()).unwrap_or_default(),
+        ..Default::default()
+    };
+    let events = vec![call(None), call(None), call(None), call(Some("eu"))];
+    let results = api.ingest_events(pb::IngestEventsRequest { events, asynchronous: false }).await.unwrap();
+    let amounts: Vec<String> = results.into_inner().results.iter().map(|result| result.amount.clone()).collect();
+    assert_eq!(amounts, vec!["0.5", "0.5", "0.25", "3"]);
+    assert_eq!(available(&wallet_client, &account).await, d("999995.75"));
+
+    let unreachable = run(&["price", "get", "calls", "--endpoint", "http://127.0.0.1:9"]).output().await.unwrap();
+    assert!(!unreachable.status.success());
+    let said = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(said.contains("127.0.0.1:9") && said.contains("reservoir up"), "{said}");
+    metering.terminate().await;
+    wallet.terminate().await;
+    for database in databases {
+        database.drop_database().await;
+    }
+}
+
 reservoir_testing::each_backend!(
+    meters_and_prices_are_made_with_the_cli,
     the_ingest_command_reads_csv_and_ndjson_and_sums_up,
     metering_killed_mid_ingest_debits_every_event_once,
     metering_killed_before_accepted_usage_is_drawn_loses_and_doubles_nothing,

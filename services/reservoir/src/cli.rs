@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use reservoir_common::app::App;
 use reservoir_common::serve::shutdown_signal;
-use reservoir_common::status::reason_of;
+use reservoir_common::status::{code_name, reason_of};
 use reservoir_common::telemetry;
 use reservoir_wallet::app::Application;
 use reservoir_wallet::store::Store;
@@ -60,6 +60,12 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Meters: what usage is counted in, through the running metering service.
+    #[command(subcommand)]
+    Meter(crate::meters::MeterCommand),
+    /// Meters' prices, flat or in graduated tiers, through the running metering service.
+    #[command(subcommand)]
+    Price(crate::meters::PriceCommand),
     /// Top-ups and their configuration, through the running orchestrator.
     #[command(subcommand, name = "top-up")]
     TopUp(crate::topup::TopUpCommand),
@@ -104,16 +110,38 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             match error.downcast_ref::<tonic::Status>() {
-                Some(status) => eprintln!(
-                    "error: {:?} {}: {}",
-                    status.code(),
-                    reason_of(status).unwrap_or_default(),
-                    status.message()
-                ),
+                Some(status) => {
+                    let reason = reason_of(status).unwrap_or_default();
+                    eprintln!("error: {} {reason}: {}", code_name(status.code()), status.message());
+                    if let Some(hint) = hint(status.code(), &reason) {
+                        eprintln!("hint: {hint}");
+                    }
+                }
                 None => eprintln!("error: {error:#}"),
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// What to check when a call is refused for a reason of the caller's setup
+/// rather than of the request.
+fn hint(code: tonic::Code, reason: &str) -> Option<&'static str> {
+    match (code, reason) {
+        (tonic::Code::Unauthenticated, _) => Some(
+            "the API key is missing, unknown or revoked: check --api-key (RESERVOIR_API_KEY); \
+             `reservoir up` writes the development tenant's key to data/dev-api-key",
+        ),
+        (tonic::Code::PermissionDenied, "SERVICE_KEY_REQUIRED") => {
+            Some("this takes a service key (an operator's): `reservoir up` writes one to data/service-api-key")
+        }
+        (tonic::Code::PermissionDenied, "KEY_ROLE") => {
+            Some("this key's role may not do this: use the tenant's ADMIN key, or issue one (reservoir key issue)")
+        }
+        (tonic::Code::Unavailable | tonic::Code::DeadlineExceeded, _) => {
+            Some("the service is down, draining or overloaded: try again shortly")
+        }
+        _ => None,
     }
 }
 
@@ -128,6 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { service } => serve(config, service).await,
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
+        Command::Meter(command) => crate::meters::meter(command).await,
+        Command::Price(command) => crate::meters::price(command).await,
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,
         Command::Webhooks(command) => crate::webhooks::run(command).await,

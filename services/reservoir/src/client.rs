@@ -22,10 +22,18 @@ impl tonic::service::Interceptor for BearerKey {
     }
 }
 
+/// A channel to `endpoint`, or an error that names it and what to check.
+pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
+    use anyhow::Context;
+    reservoir_common::tls::endpoint(endpoint)?.connect().await.with_context(|| {
+        format!("cannot reach {endpoint}: is the suite running (`reservoir up`), and is this its address (--endpoint)?")
+    })
+}
+
 pub type Wallet = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
-    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
+    let channel = connect(endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(WalletServiceClient::with_interceptor(channel, BearerKey(value)))
 }
@@ -34,7 +42,7 @@ pub type Admin =
     reservoir_proto::wallet::admin_service_client::AdminServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub async fn admin(endpoint: &str, api_key: &str) -> anyhow::Result<Admin> {
-    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
+    let channel = connect(endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(reservoir_proto::wallet::admin_service_client::AdminServiceClient::with_interceptor(channel, BearerKey(value)))
 }
@@ -43,7 +51,7 @@ pub type Metering =
     reservoir_proto::metering::metering_service_client::MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
 
 pub async fn metering(endpoint: &str, api_key: &str) -> anyhow::Result<Metering> {
-    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
+    let channel = connect(endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(reservoir_proto::metering::metering_service_client::MeteringServiceClient::with_interceptor(
         channel,

@@ -5,6 +5,7 @@ mod admin;
 mod cli;
 mod client;
 mod ingest;
+mod meters;
 mod report;
 mod settings;
 mod topup;

@@ -1,7 +1,6 @@
 //! `reservoir top-up …`: top-ups and their configuration, through the
 //! running orchestrator.
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
 use reservoir_proto::orchestrator as pb;
@@ -118,10 +117,7 @@ pub enum TopUpCommand {
 type Client = TopUpServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerKey>>;
 
 async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
-    let channel = reservoir_common::tls::endpoint(&args.endpoint)?
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {}", args.endpoint))?;
+    let channel = crate::client::connect(&args.endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", args.api_key).parse()?;
     Ok(TopUpServiceClient::with_interceptor(channel, BearerKey::new(value)))
 }

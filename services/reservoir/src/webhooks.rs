@@ -105,7 +105,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
 }
 
 async fn client(endpoint: &str, api_key: &str) -> anyhow::Result<Webhooks> {
-    let channel = reservoir_common::tls::endpoint(endpoint)?.connect().await?;
+    let channel = crate::client::connect(endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
     Ok(WebhookServiceClient::with_interceptor(channel, BearerKey::new(value)))
 }
