@@ -337,6 +337,38 @@ async fn top_ups_by_hand(backend: Backend) {
     let statement = String::from_utf8_lossy(&statement.stdout).into_owned();
     assert!(statement.lines().any(|line| line.starts_with("CLOSING,") && line.contains(",55.00,")), "{statement}");
 
+    // How the account pays and what it was billed, through the CLI too: a
+    // card added and listed, and the two top-ups' invoices, paid.
+    let billing = |arguments: &[&str]| {
+        let mut command = suite.environment.command(arguments);
+        command
+            .env("RESERVOIR_API_KEY", &suite.api_key)
+            .env("RESERVOIR_PAYMENTS_ENDPOINT", format!("http://{}", suite.processes[3].address()))
+            .env("RESERVOIR_INVOICING_ENDPOINT", format!("http://{}", suite.processes[2].address()));
+        command
+    };
+    let json_of = |output: std::process::Output| -> serde_json::Value {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let add = ["payment-method", "add", &account.id, "--token", "tok_succeed", "--label", "Visa 4242", "--json"];
+    let added = json_of(billing(&add).output().await.unwrap());
+    assert_eq!((added[0]["kind"].as_str(), added[0]["label"].as_str()), (Some("CARD"), Some("Visa 4242")), "{added}");
+    let methods = json_of(billing(&["payment-method", "list", &account.id, "--json"]).output().await.unwrap());
+    let ids: Vec<&str> = methods.as_array().unwrap().iter().filter_map(|method| method["id"].as_str()).collect();
+    assert!(ids.contains(&added[0]["id"].as_str().unwrap()) && ids.contains(&card.as_str()), "{methods}");
+    let invoices = json_of(billing(&["invoice", "list", "--account", &account.id, "--json"]).output().await.unwrap());
+    let invoices = invoices.as_array().unwrap();
+    assert_eq!(invoices.len(), 2, "{invoices:?}");
+    for invoice in invoices {
+        assert_eq!((invoice["kind"].as_str(), invoice["status"].as_str()), (Some("TOP_UP"), Some("PAID")), "{invoice}");
+        assert_eq!(invoice["amount_due"], "0.00", "{invoice}");
+    }
+    let shown = billing(&["invoice", "show", invoices[0]["id"].as_str().unwrap()]).output().await.unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.contains("PAID") && shown.contains(invoices[0]["total"].as_str().unwrap()), "{shown}");
+
     // A gateway failing transiently twice: the saga retries the charge with
     // backoff and with the same key, so the card is charged once.
     let flaky = suite.card(&account, "tok_fail_2").await;

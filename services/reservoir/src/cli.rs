@@ -66,6 +66,12 @@ enum Command {
     /// Meters' prices, flat or in graduated tiers, through the running metering service.
     #[command(subcommand)]
     Price(crate::meters::PriceCommand),
+    /// Payment methods, through the running payments service.
+    #[command(subcommand, name = "payment-method")]
+    PaymentMethod(crate::billing::PaymentMethodCommand),
+    /// Invoices, through the running invoicing service.
+    #[command(subcommand)]
+    Invoice(crate::billing::InvoiceCommand),
     /// Top-ups and their configuration, through the running orchestrator.
     #[command(subcommand, name = "top-up")]
     TopUp(crate::topup::TopUpCommand),
@@ -112,7 +118,11 @@ pub fn main() -> ExitCode {
             match error.downcast_ref::<tonic::Status>() {
                 Some(status) => {
                     let reason = reason_of(status).unwrap_or_default();
-                    eprintln!("error: {} {reason}: {}", code_name(status.code()), status.message());
+                    let code = code_name(status.code());
+                    match reason.as_str() {
+                        "" => eprintln!("error: {code}: {}", status.message()),
+                        reason => eprintln!("error: {code} {reason}: {}", status.message()),
+                    }
                     if let Some(hint) = hint(status.code(), &reason) {
                         eprintln!("hint: {hint}");
                     }
@@ -157,6 +167,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate { service } => migrate(config, service).await,
         Command::Ingest(args) => crate::ingest::run(args).await,
         Command::Meter(command) => crate::meters::meter(command).await,
+        Command::PaymentMethod(command) => crate::billing::payment_method(command).await,
+        Command::Invoice(command) => crate::billing::invoice(command).await,
         Command::Price(command) => crate::meters::price(command).await,
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod admin;
+mod billing;
 mod cli;
 mod client;
 mod ingest;

@@ -1,0 +1,282 @@
+//! `reservoir payment-method …` and `reservoir invoice …`: how an account
+//! pays, and what it was billed, through the running payments and invoicing
+//! services.
+
+use anyhow::Context;
+use clap::{Args, Subcommand, ValueEnum};
+use comfy_table::Table;
+use reservoir_common::time::from_timestamp;
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
+use reservoir_proto::payments as payments_pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+use serde_json::json;
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::client::BearerKey;
+
+type Payments = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
+type Invoicing = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
+
+#[derive(Args, Clone)]
+pub struct PaymentsArgs {
+    /// The payments service's address.
+    #[arg(long, env = "RESERVOIR_PAYMENTS_ENDPOINT", default_value = "http://127.0.0.1:50054")]
+    endpoint: String,
+    /// The tenant's API key.
+    #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct InvoicingArgs {
+    /// The invoicing service's address.
+    #[arg(long, env = "RESERVOIR_INVOICING_ENDPOINT", default_value = "http://127.0.0.1:50053")]
+    endpoint: String,
+    /// The tenant's API key.
+    #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
+    api_key: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bearer(api_key: &str) -> anyhow::Result<BearerKey> {
+    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
+    Ok(BearerKey::new(value))
+}
+
+impl PaymentsArgs {
+    async fn client(&self) -> anyhow::Result<Payments> {
+        let channel = crate::client::connect(&self.endpoint).await?;
+        Ok(PaymentsServiceClient::with_interceptor(channel, bearer(&self.api_key)?))
+    }
+}
+
+impl InvoicingArgs {
+    async fn client(&self) -> anyhow::Result<Invoicing> {
+        let channel = crate::client::connect(&self.endpoint).await?;
+        Ok(InvoicingServiceClient::with_interceptor(channel, bearer(&self.api_key)?))
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum KindArg {
+    /// Charged through the gateway with its token.
+    Card,
+    /// Every charge waits for the transfer to be confirmed.
+    BankTransfer,
+    /// Charged through the gateway with its token.
+    MobileWallet,
+}
+
+#[derive(Subcommand)]
+pub enum PaymentMethodCommand {
+    /// Add a way for an account to pay (what `top-up start --payment-method` charges).
+    Add {
+        account_id: String,
+        #[arg(long, value_enum, default_value = "card")]
+        kind: KindArg,
+        /// The gateway's token (a card or mobile wallet; none for a bank transfer).
+        #[arg(long, default_value = "")]
+        token: String,
+        /// What a person sees, such as "Visa ending 4242".
+        #[arg(long, default_value = "")]
+        label: String,
+        /// Reuse a key to retry safely; a fresh one is made when omitted.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: PaymentsArgs,
+    },
+    /// An account's payment methods, newest first.
+    List {
+        account_id: String,
+        #[command(flatten)]
+        client: PaymentsArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum InvoiceCommand {
+    /// Invoices, newest first: all, or an account's.
+    List {
+        #[arg(long, default_value = "")]
+        account: String,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+    /// One invoice with its lines.
+    Show {
+        invoice_id: String,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+}
+
+pub async fn payment_method(command: PaymentMethodCommand) -> anyhow::Result<()> {
+    match command {
+        PaymentMethodCommand::Add { account_id, kind, token, label, idempotency_key, client } => {
+            let kind = match kind {
+                KindArg::Card => payments_pb::PaymentMethodKind::Card,
+                KindArg::BankTransfer => payments_pb::PaymentMethodKind::BankTransfer,
+                KindArg::MobileWallet => payments_pb::PaymentMethodKind::MobileWallet,
+            };
+            let request = payments_pb::AddPaymentMethodRequest {
+                account_id,
+                kind: kind.into(),
+                gateway_token: token,
+                label,
+                idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            };
+            let added = client.client().await?.add_payment_method(request).await?.into_inner();
+            let method = added.payment_method.context("no payment method in the answer")?;
+            print_methods(&[method], client.json)
+        }
+        PaymentMethodCommand::List { account_id, client } => {
+            let request = payments_pb::ListPaymentMethodsRequest { account_id };
+            let methods = client.client().await?.list_payment_methods(request).await?.into_inner().payment_methods;
+            print_methods(&methods, client.json)
+        }
+    }
+}
+
+pub async fn invoice(command: InvoiceCommand) -> anyhow::Result<()> {
+    match command {
+        InvoiceCommand::List { account, client } => {
+            let request = invoicing_pb::ListInvoicesRequest { account_id: account, ..Default::default() };
+            let invoices = client.client().await?.list_invoices(request).await?.into_inner().invoices;
+            print_invoices(&invoices, client.json)
+        }
+        InvoiceCommand::Show { invoice_id, client } => {
+            let request = invoicing_pb::GetInvoiceRequest { invoice_id };
+            let invoice = client.client().await?.get_invoice(request).await?.into_inner().invoice;
+            let invoice = invoice.context("no invoice in the answer")?;
+            print_invoices(std::slice::from_ref(&invoice), client.json)?;
+            if !client.json {
+                print_lines(&invoice);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// An enum's wire name without its prefix: `CARD` for `PAYMENT_METHOD_KIND_CARD`.
+fn readable(name: &'static str, prefix: &str) -> &'static str {
+    name.strip_prefix(prefix).unwrap_or(name)
+}
+
+fn method_kind(kind: i32) -> &'static str {
+    let name = payments_pb::PaymentMethodKind::try_from(kind).map(|kind| kind.as_str_name()).unwrap_or("?");
+    readable(name, "PAYMENT_METHOD_KIND_")
+}
+
+fn instant(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp.and_then(from_timestamp).map(|at| at.to_rfc3339()).unwrap_or_default()
+}
+
+fn print_methods(methods: &[payments_pb::PaymentMethod], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let values: Vec<_> = methods
+            .iter()
+            .map(|method| {
+                json!({
+                    "id": method.id,
+                    "account_id": method.account_id,
+                    "kind": method_kind(method.kind),
+                    "label": method.label,
+                    "created_at": instant(method.created_at.as_ref()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["payment method", "account", "kind", "label"]);
+    for method in methods {
+        table.add_row([
+            method.id.clone(),
+            method.account_id.clone(),
+            method_kind(method.kind).to_owned(),
+            method.label.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn invoice_status(status: i32) -> &'static str {
+    let name = invoicing_pb::InvoiceStatus::try_from(status).map(|status| status.as_str_name()).unwrap_or("?");
+    readable(name, "INVOICE_STATUS_")
+}
+
+fn invoice_kind(kind: i32) -> &'static str {
+    let name = invoicing_pb::InvoiceKind::try_from(kind).map(|kind| kind.as_str_name()).unwrap_or("?");
+    readable(name, "INVOICE_KIND_")
+}
+
+fn print_invoices(invoices: &[invoicing_pb::Invoice], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let values: Vec<_> = invoices
+            .iter()
+            .map(|invoice| {
+                json!({
+                    "id": invoice.id,
+                    "number": invoice.number,
+                    "account_id": invoice.account_id,
+                    "kind": invoice_kind(invoice.kind),
+                    "status": invoice_status(invoice.status),
+                    "currency": invoice.currency,
+                    "total": invoice.total,
+                    "amount_due": invoice.amount_due,
+                    "overdue": invoice.overdue,
+                    "lines": invoice.lines.iter().map(|line| json!({
+                        "description": line.description,
+                        "quantity": line.quantity,
+                        "unit_price": line.unit_price,
+                        "amount": line.amount,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["invoice", "number", "account", "kind", "status", "total", "due"]);
+    for invoice in invoices {
+        let number = if invoice.number == 0 { String::new() } else { invoice.number.to_string() };
+        let overdue = if invoice.overdue { " (overdue)" } else { "" };
+        table.add_row([
+            invoice.id.clone(),
+            number,
+            invoice.account_id.clone(),
+            invoice_kind(invoice.kind).to_owned(),
+            format!("{}{overdue}", invoice_status(invoice.status)),
+            format!("{} {}", invoice.total, invoice.currency),
+            format!("{} {}", invoice.amount_due, invoice.currency),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn print_lines(invoice: &invoicing_pb::Invoice) {
+    let mut table = Table::new();
+    table.set_header(["line", "quantity", "unit price", "amount"]);
+    for line in &invoice.lines {
+        table.add_row([
+            line.description.clone(),
+            line.quantity.clone(),
+            line.unit_price.clone(),
+            format!("{} {}", line.amount, invoice.currency),
+        ]);
+    }
+    println!("{table}");
+}
