@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod billing;
+mod commands;
 mod crash;
 mod faults;
 mod layers;

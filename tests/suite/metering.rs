@@ -357,6 +357,14 @@ async fn the_ingest_command_reads_csv_and_ndjson_and_sums_up(backend: Backend) {
     assert!(summary.contains("charged    1 (amount 0.25"), "{summary}");
     assert!(summary.contains("duplicate  1"), "{summary}");
     assert_eq!(available(&wallet_client, &account).await, d("999998.25"));
+    // A file of which nothing is taken fails, after its summary.
+    let rejected = dir.join("rejected.csv");
+    std::fs::write(&rejected, format!("event_id,account_id,meter_code,quantity\nr1,{id},nope,1\nr2,{id},nope,2\n"))
+        .unwrap();
+    let output = run(rejected).output().await.unwrap();
+    assert!(!output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("invalid    2"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no event was accepted"));
     metering.terminate().await;
     wallet.terminate().await;
     for database in databases {

@@ -60,6 +60,15 @@ pub enum AccountCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// The tenant's accounts in the order they were opened, or the one that
+    /// holds an external id.
+    List {
+        /// Only the account that holds this id of yours.
+        #[arg(long, default_value = "")]
+        external_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,31 +117,47 @@ fn fresh_key() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-fn print_account(account: &pb::Account, as_json: bool) -> anyhow::Result<()> {
-    let unit = account.unit.as_ref().map(|unit| unit.code.clone()).unwrap_or_default();
-    let policy = pb::OverdraftPolicy::try_from(account.overdraft_policy).map(|p| p.as_str_name()).unwrap_or("?");
-    let status = pb::AccountStatus::try_from(account.status).map(|s| s.as_str_name()).unwrap_or("?");
-    if as_json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({
-                "id": account.id, "external_id": account.external_id, "unit": unit,
-                "overdraft_policy": policy, "credit_limit": account.credit_limit, "status": status,
-                "low_balance_threshold": account.low_balance_threshold,
-            }))?
-        );
-    } else {
-        let mut table = Table::new();
-        table.set_header(["id", "external id", "unit", "overdraft", "credit limit", "status"]);
+/// An account as JSON, its enums by their readable names (NONE, ACTIVE).
+fn account_json(account: &pb::Account) -> serde_json::Value {
+    json!({
+        "id": account.id, "external_id": account.external_id,
+        "unit": account.unit.as_ref().map(|unit| unit.code.clone()).unwrap_or_default(),
+        "overdraft_policy": overdraft_name(account.overdraft_policy), "credit_limit": account.credit_limit,
+        "status": status_name(account.status), "low_balance_threshold": account.low_balance_threshold,
+    })
+}
+
+fn overdraft_name(policy: i32) -> &'static str {
+    let name = pb::OverdraftPolicy::try_from(policy).map(|p| p.as_str_name()).unwrap_or("?");
+    name.strip_prefix("OVERDRAFT_POLICY_").unwrap_or(name)
+}
+
+fn status_name(status: i32) -> &'static str {
+    let name = pb::AccountStatus::try_from(status).map(|s| s.as_str_name()).unwrap_or("?");
+    name.strip_prefix("ACCOUNT_STATUS_").unwrap_or(name)
+}
+
+fn accounts_table(accounts: &[pb::Account]) -> Table {
+    let mut table = Table::new();
+    table.set_header(["id", "external id", "unit", "overdraft", "credit limit", "status"]);
+    for account in accounts {
         table.add_row([
             account.id.clone(),
             account.external_id.clone(),
-            unit,
-            policy.to_owned(),
+            account.unit.as_ref().map(|unit| unit.code.clone()).unwrap_or_default(),
+            overdraft_name(account.overdraft_policy).to_owned(),
             account.credit_limit.clone(),
-            status.to_owned(),
+            status_name(account.status).to_owned(),
         ]);
-        println!("{table}");
+    }
+    table
+}
+
+fn print_account(account: &pb::Account, as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&account_json(account))?);
+    } else {
+        println!("{}", accounts_table(std::slice::from_ref(account)));
     }
     Ok(())
 }
@@ -240,6 +265,28 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
             let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
             let response = wallet.get_account(pb::GetAccountRequest { account_id }).await?.into_inner();
             print_account(&response.account.unwrap_or_default(), client.json)
+        }
+        AccountCommand::List { external_id, client } => {
+            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
+            let mut accounts = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let request =
+                    pb::ListAccountsRequest { page_size: 1_000, page_token, external_id: external_id.clone() };
+                let page = wallet.list_accounts(request).await?.into_inner();
+                accounts.extend(page.accounts);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = page.next_page_token;
+            }
+            if client.json {
+                let values: Vec<_> = accounts.iter().map(account_json).collect();
+                println!("{}", serde_json::to_string_pretty(&values)?);
+            } else {
+                println!("{}", accounts_table(&accounts));
+            }
+            Ok(())
         }
     }
 }

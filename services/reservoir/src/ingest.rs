@@ -181,5 +181,9 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     for line in &summary.first_invalid {
         println!("  {line}");
     }
+    // A file of which nothing was taken is a failure a script must see.
+    if !events.is_empty() && summary.invalid == events.len() as u64 {
+        bail!("no event was accepted: every one was invalid (the first ones are listed above)");
+    }
     Ok(())
 }

@@ -133,8 +133,10 @@ impl Upstream {
         let mut accounts = Vec::new();
         let mut page_token = String::new();
         for _ in 0..PAGES_MAX {
-            let request =
-                self.request(pb::ListAccountsRequest { page_size: PAGE_SIZE, page_token: page_token.clone() }, tenant)?;
+            let request = self.request(
+                pb::ListAccountsRequest { page_size: PAGE_SIZE, page_token: page_token.clone(), ..Default::default() },
+                tenant,
+            )?;
             let page = self.wallet().list_accounts(request).await.map_err(|s| unavailable("wallet", &s))?.into_inner();
             for account in page.accounts {
                 accounts.push(account_info(account)?);

@@ -106,8 +106,17 @@ impl WalletApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
+        violations.text("external_id", &request.external_id, ID_LENGTH_MAX);
+        // Looked up by external_id, there is no page: tokens stay those of the full list.
         let page = Page::<uuid::Uuid>::of(&mut violations, request.page_size, &request.page_token, &());
         violations.finish()?;
+        if !request.external_id.is_empty() {
+            let held = match self.store.account_holding(tenant, &request.external_id).await? {
+                Some(id) => vec![convert::account(&self.store.account(tenant, id).await?)],
+                None => Vec::new(),
+            };
+            return Ok(Response::new(pb::ListAccountsResponse { accounts: held, next_page_token: String::new() }));
+        }
         let accounts = self.store.accounts_page(tenant, page.after.map(AccountId), page.rows_to_read()).await?;
         let (accounts, next_page_token) = page.finish(accounts, |account| account.id.0);
         Ok(Response::new(pb::ListAccountsResponse {

@@ -248,6 +248,13 @@ async fn next_account_number(transaction: &DatabaseTransaction) -> Result<u64, W
     Ok(u64::try_from(number).unwrap_or(0))
 }
 
+impl Store {
+    /// The account of `tenant` that holds `external_id`, if one does.
+    pub async fn account_holding(&self, tenant: TenantId, external_id: &str) -> Result<Option<AccountId>, WalletError> {
+        holder_of(&self.db, tenant, external_id).await
+    }
+}
+
 /// The account of `tenant` that holds `external_id`, if one does.
 async fn holder_of(
     connection: &impl ConnectionTrait,

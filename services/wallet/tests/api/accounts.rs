@@ -208,7 +208,27 @@ async fn a_unit_is_found_only_where_the_tenant_keeps_accounts_in_it(app: &TestAp
     assert_refused(theirs, Code::NotFound, "NOT_FOUND");
 }
 
+/// An account is found by the tenant's own id for it, and only the tenant's.
+async fn an_account_is_found_by_its_external_id(app: &TestApp) {
+    let account = prepaid(&app.client).await;
+    prepaid(&app.client).await;
+    let list = |external_id: &str| pb::ListAccountsRequest { external_id: external_id.into(), ..Default::default() };
+    let found = app.client.clone().list_accounts(list(&account.external_id)).await.unwrap().into_inner();
+    let ids: Vec<&str> = found.accounts.iter().map(|found| found.id.as_str()).collect();
+    assert_eq!(ids, vec![account.id.as_str()]);
+    assert_eq!(found.next_page_token, "");
+    let none = app.client.clone().list_accounts(list("nobody-has-this")).await.unwrap().into_inner();
+    assert!(none.accounts.is_empty());
+    let (_, other) = app.other_tenant().await;
+    let theirs = other.clone().list_accounts(list(&account.external_id)).await.unwrap().into_inner();
+    assert!(theirs.accounts.is_empty(), "another tenant's id finds nothing");
+    assert_invalid(app.client.clone().list_accounts(list(&"x".repeat(129))).await, "external_id");
+    let all = app.client.clone().list_accounts(list("")).await.unwrap().into_inner();
+    assert_eq!(all.accounts.len(), 2, "without it, every account");
+}
+
 crate::on_both_backends!(
+    an_account_is_found_by_its_external_id,
     a_unit_is_found_only_where_the_tenant_keeps_accounts_in_it,
     an_account_reads_back_as_it_was_opened,
     a_second_account_with_the_same_external_id_is_refused,

@@ -1,0 +1,68 @@
+//! The wallet's operator commands, run as the real binary against a wallet
+//! it serves: what a person types and reads.
+
+use reservoir_testing::{Backend, TestDatabase};
+
+use crate::process::{Environment, ServiceProcess};
+
+#[tokio::test]
+async fn an_account_is_opened_found_funded_and_refused_with_the_cli() {
+    let Some(database) = TestDatabase::create(Backend::Sqlite).await else {
+        return;
+    };
+    let environment = Environment::new(&database, None);
+    let api_key = environment.create_tenant().await;
+    let mut wallet = ServiceProcess::wallet(&environment);
+    wallet.start(&environment).await;
+    let endpoint = format!("http://{}", wallet.address());
+    let run = |arguments: &[&str]| {
+        let mut command = environment.command(arguments);
+        command.env("RESERVOIR_API_KEY", &api_key).env("RESERVOIR_ENDPOINT", &endpoint);
+        command
+    };
+    let json_of = |output: std::process::Output| -> serde_json::Value {
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let created = json_of(run(&["account", "create", "--external-id", "acme", "--json"]).output().await.unwrap());
+    assert_eq!((created["overdraft_policy"].as_str(), created["status"].as_str()), (Some("NONE"), Some("ACTIVE")));
+    let id = created["id"].as_str().unwrap().to_owned();
+    json_of(run(&["account", "create", "--external-id", "globex", "--json"]).output().await.unwrap());
+
+    let found = json_of(run(&["account", "list", "--external-id", "acme", "--json"]).output().await.unwrap());
+    let found: Vec<&str> = found.as_array().unwrap().iter().filter_map(|account| account["id"].as_str()).collect();
+    assert_eq!(found, vec![id.as_str()]);
+    let all = json_of(run(&["account", "list", "--json"]).output().await.unwrap());
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let table = run(&["account", "list"]).output().await.unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("acme") && table.contains("globex") && table.contains("NONE"), "{table}");
+    assert!(!table.contains("OVERDRAFT_POLICY_"), "readable names: {table}");
+
+    let granted = run(&["grant", &id, "20.00", "--kind", "paid"]).output().await.unwrap();
+    assert!(granted.status.success(), "{}", String::from_utf8_lossy(&granted.stderr));
+    let debited = run(&["debit", &id, "7.50", "--meter", "api_calls"]).output().await.unwrap();
+    assert!(debited.status.success(), "{}", String::from_utf8_lossy(&debited.stderr));
+    let balance = json_of(run(&["balance", &id, "--json"]).output().await.unwrap());
+    assert_eq!(balance["available"], "12.50", "{balance}");
+
+    // Refused: the code and reason, and nothing changed.
+    let refused = run(&["debit", &id, "100"]).output().await.unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(said.contains("FAILED_PRECONDITION INSUFFICIENT_FUNDS"), "{said}");
+    assert_eq!(json_of(run(&["balance", &id, "--json"]).output().await.unwrap())["available"], "12.50");
+    // A wrong key: told what to check.
+    let wrong = run(&["balance", &id, "--api-key", "rsv_wrong"]).output().await.unwrap();
+    assert!(!wrong.status.success());
+    let said = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert!(said.contains("UNAUTHENTICATED") && said.contains("hint:") && said.contains("API key"), "{said}");
+    // Nothing listening: the address, and what to check.
+    let nowhere = run(&["balance", &id, "--endpoint", "http://127.0.0.1:9"]).output().await.unwrap();
+    assert!(!nowhere.status.success());
+    let said = String::from_utf8_lossy(&nowhere.stderr).into_owned();
+    assert!(said.contains("http://127.0.0.1:9") && said.contains("reservoir up"), "{said}");
+
+    wallet.terminate().await;
+    database.drop_database().await;
+}
