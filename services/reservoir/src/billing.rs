@@ -117,6 +117,50 @@ pub enum InvoiceCommand {
         #[command(flatten)]
         client: InvoicingArgs,
     },
+    /// Issue a draft invoice: it gets its number and falls due.
+    Finalize {
+        invoice_id: String,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+    /// Void an invoice that is not paid: it is owed no more.
+    Void {
+        invoice_id: String,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+    /// Record an invoice as paid by a payment made elsewhere (a service key).
+    Pay {
+        invoice_id: String,
+        /// The payment that paid it, such as a bank transfer's reference.
+        #[arg(long)]
+        reference: String,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VoucherCommand {
+    /// Make a batch of vouchers (an ADMIN key): their codes are shown this once.
+    Create {
+        #[arg(long)]
+        count: u32,
+        /// What each voucher adds, in --unit.
+        #[arg(long)]
+        value: String,
+        /// A unit the tenant keeps accounts in, such as USD.
+        #[arg(long)]
+        unit: String,
+        /// RFC 3339 instant after which the vouchers cannot be redeemed.
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// Reuse a key to retry safely (the same codes again); a fresh one is made when omitted.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        client: PaymentsArgs,
+    },
 }
 
 pub async fn payment_method(command: PaymentMethodCommand) -> anyhow::Result<()> {
@@ -160,6 +204,48 @@ pub async fn invoice(command: InvoiceCommand) -> anyhow::Result<()> {
             print_invoices(std::slice::from_ref(&invoice), client.json)?;
             if !client.json {
                 print_lines(&invoice);
+            }
+            Ok(())
+        }
+        InvoiceCommand::Finalize { invoice_id, client } => {
+            let request = invoicing_pb::FinalizeInvoiceRequest { invoice_id };
+            let invoice = client.client().await?.finalize_invoice(request).await?.into_inner().invoice;
+            print_invoices(&invoice.into_iter().collect::<Vec<_>>(), client.json)
+        }
+        InvoiceCommand::Void { invoice_id, client } => {
+            let request = invoicing_pb::VoidInvoiceRequest { invoice_id };
+            let invoice = client.client().await?.void_invoice(request).await?.into_inner().invoice;
+            print_invoices(&invoice.into_iter().collect::<Vec<_>>(), client.json)
+        }
+        InvoiceCommand::Pay { invoice_id, reference, client } => {
+            let request = invoicing_pb::MarkInvoicePaidRequest { invoice_id, payment_reference: reference };
+            let invoice = client.client().await?.mark_invoice_paid(request).await?.into_inner().invoice;
+            print_invoices(&invoice.into_iter().collect::<Vec<_>>(), client.json)
+        }
+    }
+}
+
+pub async fn voucher(command: VoucherCommand) -> anyhow::Result<()> {
+    match command {
+        VoucherCommand::Create { count, value, unit, expires_at, idempotency_key, client } => {
+            let request = payments_pb::CreateVoucherBatchRequest {
+                count,
+                value,
+                unit_code: unit,
+                expires_at: expires_at.map(reservoir_common::time::to_timestamp),
+                idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+            };
+            let batch = client.client().await?.create_voucher_batch(request).await?.into_inner();
+            if client.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({"batch_id": batch.batch_id, "codes": batch.codes}))?
+                );
+            } else {
+                println!("batch {}", batch.batch_id);
+                for code in &batch.codes {
+                    println!("{code}");
+                }
             }
             Ok(())
         }

@@ -56,6 +56,14 @@ pub enum TopUpCommand {
         #[command(flatten)]
         client: OrchestratorArgs,
     },
+    /// Redeem a voucher code for an account: a top-up of the voucher's value.
+    Redeem {
+        code: String,
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        client: OrchestratorArgs,
+    },
     /// One top-up and its steps.
     Get {
         top_up_id: String,
@@ -120,6 +128,15 @@ async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
     let channel = crate::client::connect(&args.endpoint).await?;
     let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", args.api_key).parse()?;
     Ok(TopUpServiceClient::with_interceptor(channel, BearerKey::new(value)))
+}
+
+/// A top-up that ended FAILED (a declined card, a refused grant) fails the
+/// command, after it is printed, so a script sees it.
+fn failed_if_failed(top_up: &pb::TopUp) -> anyhow::Result<()> {
+    if top_up.status == i32::from(pb::TopUpStatus::Failed) {
+        anyhow::bail!("the top-up failed: {}", top_up.reason);
+    }
+    Ok(())
 }
 
 fn status_name(status: i32) -> &'static str {
@@ -196,7 +213,15 @@ pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            print_top_ups(&response.top_up.into_iter().collect::<Vec<_>>(), client.json)
+            let top_up = response.top_up.unwrap_or_default();
+            print_top_ups(std::slice::from_ref(&top_up), client.json)?;
+            failed_if_failed(&top_up)
+        }
+        TopUpCommand::Redeem { code, account, client } => {
+            let request = pb::RedeemVoucherRequest { code, account_id: account };
+            let top_up = connect(&client).await?.redeem_voucher(request).await?.into_inner().top_up.unwrap_or_default();
+            print_top_ups(std::slice::from_ref(&top_up), client.json)?;
+            failed_if_failed(&top_up)
         }
         TopUpCommand::Get { top_up_id, client } => {
             let response = connect(&client).await?.get_top_up(pb::GetTopUpRequest { top_up_id }).await?.into_inner();
