@@ -1104,6 +1104,29 @@ async fn the_billing_commands_finalize_void_decline_and_redeem(backend: Backend)
     let redeemed = run(&["top-up", "redeem", &code, "--account", &account.id]).output().await.unwrap();
     assert!(redeemed.status.success(), "{}", String::from_utf8_lossy(&redeemed.stderr));
     assert_eq!(available(&suite.wallet, &account).await, d("10"), "only the voucher's credits");
+
+    // Webhook endpoints: registered (the secret shown once), listed, disabled.
+    let url = "http://127.0.0.1:9/hooks";
+    let created = run(&["webhooks", "create", url, "--events", "wallet.debited"]).output().await.unwrap();
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(String::from_utf8_lossy(&created.stdout).contains("secret whsec_"));
+    let listed = |enabled: &str| {
+        let enabled = enabled.to_owned();
+        let run = &run;
+        async move {
+            let listed = run(&["webhooks", "list"]).output().await.unwrap();
+            assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+            let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+            let row = listed.lines().find(|line| line.contains(url)).unwrap_or_else(|| panic!("{listed}"));
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            assert_eq!((cells[3], cells[4]), (enabled.as_str(), "wallet.debited"), "{row}");
+            cells[1].to_owned()
+        }
+    };
+    let endpoint_id = listed("true").await;
+    let disabled = run(&["webhooks", "disable", &endpoint_id]).output().await.unwrap();
+    assert!(disabled.status.success(), "{}", String::from_utf8_lossy(&disabled.stderr));
+    listed("false").await;
     suite.stop().await;
 }
 

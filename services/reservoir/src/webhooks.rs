@@ -26,6 +26,49 @@ pub enum WebhooksCommand {
     /// for the address through the orchestrator (with the tenant's API key)
     /// and disables it when stopped.
     Listen(ListenArgs),
+    /// Register an endpoint (an ADMIN key); its signing secret is shown once.
+    Create {
+        url: String,
+        /// Event types to send, comma-separated; all when omitted.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[command(flatten)]
+        client: OrchestratorClientArgs,
+    },
+    /// The tenant's endpoints.
+    List {
+        #[command(flatten)]
+        client: OrchestratorClientArgs,
+    },
+    /// Stop sending to an endpoint (an ADMIN key); its deliveries wait.
+    Disable {
+        endpoint_id: String,
+        #[command(flatten)]
+        client: OrchestratorClientArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct OrchestratorClientArgs {
+    /// The orchestrator's address.
+    #[arg(long, env = "RESERVOIR_ORCHESTRATOR_ENDPOINT", default_value = "http://127.0.0.1:50055")]
+    endpoint: String,
+    /// The tenant's API key.
+    #[arg(long, env = "RESERVOIR_API_KEY", hide_env_values = true)]
+    api_key: String,
+}
+
+/// One row per endpoint: id, url, enabled, the events it is sent.
+fn print_endpoints(endpoints: &[pb::WebhookEndpoint]) {
+    let mut table = comfy_table::Table::new();
+    table.set_header(["endpoint", "url", "enabled", "events"]);
+    for endpoint in endpoints {
+        let events = if endpoint.event_types.is_empty() { "all".to_owned() } else { endpoint.event_types.join(",") };
+        table.add_row([endpoint.id.clone(), endpoint.url.clone(), endpoint.enabled.to_string(), events]);
+    }
+    println!("{table}");
 }
 
 #[derive(Args)]
@@ -54,7 +97,34 @@ type Webhooks =
     WebhookServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>>;
 
 pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
-    let WebhooksCommand::Listen(args) = command;
+    let args = match command {
+        WebhooksCommand::Listen(args) => args,
+        WebhooksCommand::Create { url, events, description, client: args } => {
+            let request = pb::CreateWebhookEndpointRequest {
+                url,
+                description,
+                event_types: events,
+                idempotency_key: uuid::Uuid::now_v7().to_string(),
+            };
+            let created = client(&args.endpoint, &args.api_key).await?.create_webhook_endpoint(request).await?;
+            let created = created.into_inner();
+            print_endpoints(&created.endpoint.into_iter().collect::<Vec<_>>());
+            println!("secret {}", created.secret);
+            return Ok(());
+        }
+        WebhooksCommand::List { client: args } => {
+            let mut listed = client(&args.endpoint, &args.api_key).await?;
+            let endpoints = listed.list_webhook_endpoints(pb::ListWebhookEndpointsRequest {}).await?;
+            print_endpoints(&endpoints.into_inner().endpoints);
+            return Ok(());
+        }
+        WebhooksCommand::Disable { endpoint_id, client: args } => {
+            let request = pb::UpdateWebhookEndpointRequest { endpoint_id, enabled: Some(false), ..Default::default() };
+            let updated = client(&args.endpoint, &args.api_key).await?.update_webhook_endpoint(request).await?;
+            print_endpoints(&updated.into_inner().endpoint.into_iter().collect::<Vec<_>>());
+            return Ok(());
+        }
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
