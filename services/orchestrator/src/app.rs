@@ -100,14 +100,23 @@ impl OrchestratorSettings {
             return Err("orchestrator: worker_interval_ms and saga_lease_ms must be at least 1".into());
         }
         self.webhooks.validate()?;
-        if !self.crash_at.is_empty() && !cfg!(feature = "test-hooks") {
-            return Err("orchestrator: crash_at is a test hook, and this build has none".into());
-        }
-        if !self.crash_at.is_empty() && CrashPoint::parse(&self.crash_at).is_none() {
-            return Err(format!("orchestrator: crash_at {:?} is not before:STEP or after:STEP", self.crash_at));
-        }
-        Ok(())
+        check_crash_at(&self.crash_at, cfg!(feature = "test-hooks"))
     }
+}
+
+/// A crash point is taken only by a build with the test hooks (the tests'),
+/// and only when it names one.
+fn check_crash_at(crash_at: &str, hooks_built: bool) -> Result<(), String> {
+    if crash_at.is_empty() {
+        return Ok(());
+    }
+    if !hooks_built {
+        return Err("orchestrator: crash_at is a test hook, and this build has none".into());
+    }
+    if CrashPoint::parse(crash_at).is_none() {
+        return Err(format!("orchestrator: crash_at {crash_at:?} is not before:STEP or after:STEP"));
+    }
+    Ok(())
 }
 
 pub type AppError = reservoir_common::app::AppError<OrchestratorError>;
@@ -208,5 +217,23 @@ impl App for Application {
             tasks: vec![(running, "worker"), (delivering, "webhook deliverer")],
         };
         self.listeners.run(served, stop, shutdown).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_crash_at;
+
+    /// A production build (no test hooks) refuses any crash point; a test
+    /// build takes a well-formed one; none is fine for both.
+    #[test]
+    fn only_a_build_with_test_hooks_takes_a_crash_point() {
+        assert_eq!(
+            check_crash_at("before:CHARGE", false),
+            Err("orchestrator: crash_at is a test hook, and this build has none".to_owned())
+        );
+        assert_eq!(check_crash_at("before:CHARGE", true), Ok(()));
+        assert!(check_crash_at("sometime", true).is_err());
+        assert_eq!(check_crash_at("", false), Ok(()));
     }
 }

@@ -129,12 +129,12 @@ fn account_json(account: &pb::Account) -> serde_json::Value {
 
 fn overdraft_name(policy: i32) -> &'static str {
     let name = pb::OverdraftPolicy::try_from(policy).map(|p| p.as_str_name()).unwrap_or("?");
-    name.strip_prefix("OVERDRAFT_POLICY_").unwrap_or(name)
+    crate::output::readable(name, "OVERDRAFT_POLICY_")
 }
 
 fn status_name(status: i32) -> &'static str {
     let name = pb::AccountStatus::try_from(status).map(|s| s.as_str_name()).unwrap_or("?");
-    name.strip_prefix("ACCOUNT_STATUS_").unwrap_or(name)
+    crate::output::readable(name, "ACCOUNT_STATUS_")
 }
 
 fn accounts_table(accounts: &[pb::Account]) -> Table {

@@ -229,7 +229,7 @@ pub async fn key(config: Option<&Path>, command: KeyCommand) -> anyhow::Result<(
 /// A role as the CLI takes and shows it: ADMIN, WRITE, READ_ONLY.
 fn role_name(role: pb::KeyRole) -> &'static str {
     let name = role.as_str_name();
-    name.strip_prefix("KEY_ROLE_").unwrap_or(name)
+    crate::output::readable(name, "KEY_ROLE_")
 }
 
 /// An instant to the second, in UTC: 2026-12-07T06:58:00Z.

@@ -2,23 +2,19 @@
 //! pays, and what it was billed, through the running payments and invoicing
 //! services.
 
+use crate::client::Authorized;
+use crate::output::{instant, readable};
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
-use reservoir_common::time::from_timestamp;
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as payments_pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Channel;
 
-use crate::client::BearerKey;
-
-type Payments = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
-type Invoicing = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
+type Payments = PaymentsServiceClient<Authorized>;
+type Invoicing = InvoicingServiceClient<Authorized>;
 
 #[derive(Args, Clone)]
 pub struct PaymentsArgs {
@@ -46,22 +42,15 @@ pub struct InvoicingArgs {
     json: bool,
 }
 
-fn bearer(api_key: &str) -> anyhow::Result<BearerKey> {
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(BearerKey::new(value))
-}
-
 impl PaymentsArgs {
     async fn client(&self) -> anyhow::Result<Payments> {
-        let channel = crate::client::connect(&self.endpoint).await?;
-        Ok(PaymentsServiceClient::with_interceptor(channel, bearer(&self.api_key)?))
+        Ok(PaymentsServiceClient::new(crate::client::authorized(&self.endpoint, &self.api_key).await?))
     }
 }
 
 impl InvoicingArgs {
     async fn client(&self) -> anyhow::Result<Invoicing> {
-        let channel = crate::client::connect(&self.endpoint).await?;
-        Ok(InvoicingServiceClient::with_interceptor(channel, bearer(&self.api_key)?))
+        Ok(InvoicingServiceClient::new(crate::client::authorized(&self.endpoint, &self.api_key).await?))
     }
 }
 
@@ -252,18 +241,9 @@ pub async fn voucher(command: VoucherCommand) -> anyhow::Result<()> {
     }
 }
 
-/// An enum's wire name without its prefix: `CARD` for `PAYMENT_METHOD_KIND_CARD`.
-fn readable(name: &'static str, prefix: &str) -> &'static str {
-    name.strip_prefix(prefix).unwrap_or(name)
-}
-
 fn method_kind(kind: i32) -> &'static str {
     let name = payments_pb::PaymentMethodKind::try_from(kind).map(|kind| kind.as_str_name()).unwrap_or("?");
     readable(name, "PAYMENT_METHOD_KIND_")
-}
-
-fn instant(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp.and_then(from_timestamp).map(|at| at.to_rfc3339()).unwrap_or_default()
 }
 
 fn print_methods(methods: &[payments_pb::PaymentMethod], as_json: bool) -> anyhow::Result<()> {

@@ -9,12 +9,6 @@ use tonic::{Request, Status};
 #[derive(Clone)]
 pub struct BearerKey(MetadataValue<tonic::metadata::Ascii>);
 
-impl BearerKey {
-    pub fn new(value: MetadataValue<tonic::metadata::Ascii>) -> Self {
-        Self(value)
-    }
-}
-
 impl tonic::service::Interceptor for BearerKey {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         request.metadata_mut().insert("authorization", self.0.clone());
@@ -30,31 +24,30 @@ pub async fn connect(endpoint: &str) -> anyhow::Result<Channel> {
     })
 }
 
-pub type Wallet = WalletServiceClient<InterceptedService<Channel, BearerKey>>;
+/// A channel to `endpoint` that presents `api_key` on every call: what
+/// every command's client is made of.
+pub type Authorized = InterceptedService<Channel, BearerKey>;
+
+pub async fn authorized(endpoint: &str, api_key: &str) -> anyhow::Result<Authorized> {
+    let channel = connect(endpoint).await?;
+    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
+    Ok(InterceptedService::new(channel, BearerKey(value)))
+}
+
+pub type Wallet = WalletServiceClient<Authorized>;
 
 pub async fn wallet(endpoint: &str, api_key: &str) -> anyhow::Result<Wallet> {
-    let channel = connect(endpoint).await?;
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(WalletServiceClient::with_interceptor(channel, BearerKey(value)))
+    Ok(WalletServiceClient::new(authorized(endpoint, api_key).await?))
 }
 
-pub type Admin =
-    reservoir_proto::wallet::admin_service_client::AdminServiceClient<InterceptedService<Channel, BearerKey>>;
+pub type Admin = reservoir_proto::wallet::admin_service_client::AdminServiceClient<Authorized>;
 
 pub async fn admin(endpoint: &str, api_key: &str) -> anyhow::Result<Admin> {
-    let channel = connect(endpoint).await?;
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(reservoir_proto::wallet::admin_service_client::AdminServiceClient::with_interceptor(channel, BearerKey(value)))
+    Ok(Admin::new(authorized(endpoint, api_key).await?))
 }
 
-pub type Metering =
-    reservoir_proto::metering::metering_service_client::MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
+pub type Metering = reservoir_proto::metering::metering_service_client::MeteringServiceClient<Authorized>;
 
 pub async fn metering(endpoint: &str, api_key: &str) -> anyhow::Result<Metering> {
-    let channel = connect(endpoint).await?;
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(reservoir_proto::metering::metering_service_client::MeteringServiceClient::with_interceptor(
-        channel,
-        BearerKey(value),
-    ))
+    Ok(Metering::new(authorized(endpoint, api_key).await?))
 }

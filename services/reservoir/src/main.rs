@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod ingest;
 mod meters;
+mod output;
 mod report;
 mod settings;
 mod topup;

@@ -5,11 +5,12 @@
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use comfy_table::Table;
-use reservoir_common::time::{from_timestamp, to_timestamp};
+use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as pb;
 use serde_json::json;
 
 use crate::client;
+use crate::output::instant;
 
 #[derive(Args, Clone)]
 pub struct MeteringArgs {
@@ -170,10 +171,6 @@ fn aggregation_name(aggregation: i32) -> &'static str {
         Ok(pb::Aggregation::Count) => "COUNT",
         _ => "?",
     }
-}
-
-fn instant(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp.and_then(from_timestamp).map(|at| at.to_rfc3339()).unwrap_or_default()
 }
 
 fn print_meters(meters: &[pb::Meter], as_json: bool) -> anyhow::Result<()> {

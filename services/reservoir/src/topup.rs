@@ -6,10 +6,6 @@ use comfy_table::Table;
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-
-use crate::client::BearerKey;
 
 #[derive(Args, Clone)]
 pub struct OrchestratorArgs {
@@ -122,12 +118,10 @@ pub enum TopUpCommand {
     },
 }
 
-type Client = TopUpServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerKey>>;
+type Client = TopUpServiceClient<crate::client::Authorized>;
 
 async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
-    let channel = crate::client::connect(&args.endpoint).await?;
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {}", args.api_key).parse()?;
-    Ok(TopUpServiceClient::with_interceptor(channel, BearerKey::new(value)))
+    Ok(TopUpServiceClient::new(crate::client::authorized(&args.endpoint, &args.api_key).await?))
 }
 
 /// A top-up that ended FAILED (a declined card, a refused grant) fails the

@@ -15,9 +15,6 @@ use reservoir_common::serve::shutdown_signal;
 use reservoir_orchestrator::domain::signature;
 use reservoir_proto::orchestrator as pb;
 use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
-use tonic::metadata::MetadataValue;
-
-use crate::client::BearerKey;
 
 #[derive(Subcommand)]
 pub enum WebhooksCommand {
@@ -93,8 +90,7 @@ pub struct ListenArgs {
     api_key: Option<String>,
 }
 
-type Webhooks =
-    WebhookServiceClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerKey>>;
+type Webhooks = WebhookServiceClient<crate::client::Authorized>;
 
 pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
     let args = match command {
@@ -175,9 +171,7 @@ pub async fn run(command: WebhooksCommand) -> anyhow::Result<()> {
 }
 
 async fn client(endpoint: &str, api_key: &str) -> anyhow::Result<Webhooks> {
-    let channel = crate::client::connect(endpoint).await?;
-    let value: MetadataValue<tonic::metadata::Ascii> = format!("Bearer {api_key}").parse()?;
-    Ok(WebhookServiceClient::with_interceptor(channel, BearerKey::new(value)))
+    Ok(WebhookServiceClient::new(crate::client::authorized(endpoint, api_key).await?))
 }
 
 /// One delivery: verified and printed; answered 204, or 400 when it does

@@ -131,7 +131,7 @@ impl AdminService for AdminApi {
         request: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let tenant = Self::managed_tenant(caller_of(&request)?, &request.get_ref().tenant_id)?;
-        if self.store.tenant(tenant).await?.is_none() {
+        if !self.store.tenant_exists(tenant).await? {
             return Err(WalletError::NotFound("tenant").into());
         }
         let keys = self.store.keys(tenant).await?;

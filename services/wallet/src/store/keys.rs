@@ -6,7 +6,7 @@ use reservoir_common::auth::{
     Caller, Identity, KeyId, KeyResolver, KeyRole, TenantId, generate_key, hash_key, key_display_prefix,
 };
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
 use super::entities::{api_key, tenant};
@@ -100,9 +100,9 @@ impl Store {
         let active_keys = api_key::Entity::find()
             .filter(api_key::Column::TenantId.eq(id.0))
             .filter(active_at(Utc::now()))
-            .all(&self.db)
-            .await?
-            .len();
+            .count(&self.db)
+            .await?;
+        let active_keys = usize::try_from(active_keys).unwrap_or(usize::MAX);
         Ok(Some(TenantRow { id, name: row.name, created_at: row.created_at, active_keys }))
     }
 
