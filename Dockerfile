@@ -33,6 +33,6 @@ COPY --from=build /out/reservoir /usr/local/bin/reservoir
 USER 65532:65532
 # gRPC: wallet 50051, metering 50052, invoicing 50053, payments 50054,
 # orchestrator 50055; metrics, /healthz and /readyz: 9090 (as k8s/ sets them).
-EXPOSE 50051 50052 50053 50054 50055 9090
+EXPOSE 50051 50052 50053 50054 50055 8080 9090
 ENTRYPOINT ["/usr/local/bin/reservoir"]
 CMD ["serve", "wallet"]

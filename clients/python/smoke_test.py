@@ -67,6 +67,8 @@ def start_suite(binary: str, data_dir: str):
             "RESERVOIR__ORCHESTRATOR__DATABASE_URL": f"sqlite://{data_dir}/orchestrator.db?mode=rwc",
             "RESERVOIR__ORCHESTRATOR__METRICS_LISTEN": "127.0.0.1:0",
             "RESERVOIR__ORCHESTRATOR__WEBHOOKS__INTERVAL_MS": "100",
+            "RESERVOIR__CONSOLE__LISTEN": "127.0.0.1:0",
+            "RESERVOIR__CONSOLE__METRICS_LISTEN": "127.0.0.1:0",
             "RESERVOIR__TELEMETRY__LOG_FILTER": "warn",
         }
     )

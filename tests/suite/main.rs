@@ -5,6 +5,7 @@
 
 mod billing;
 mod commands;
+mod console;
 mod crash;
 mod faults;
 mod layers;

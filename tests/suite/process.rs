@@ -40,6 +40,7 @@ pub struct Environment {
     pub invoicing_address: SocketAddr,
     pub payments_address: SocketAddr,
     pub orchestrator_address: SocketAddr,
+    pub console_address: SocketAddr,
 }
 
 impl Environment {
@@ -49,6 +50,7 @@ impl Environment {
         let invoicing_address = free_address();
         let payments_address = free_address();
         let orchestrator_address = free_address();
+        let console_address = free_address();
         let mut variables = HashMap::from([
             ("RESERVOIR__WALLET__LISTEN".to_owned(), wallet_address.to_string()),
             // Any free port for the scrape endpoints: several environments run at once.
@@ -75,6 +77,10 @@ impl Environment {
             ("RESERVOIR__ORCHESTRATOR__PAYMENTS_ENDPOINT".to_owned(), format!("http://{payments_address}")),
             ("RESERVOIR__ORCHESTRATOR__WORKER_INTERVAL_MS".to_owned(), "100".to_owned()),
             ("RESERVOIR__ORCHESTRATOR__SAGA_LEASE_MS".to_owned(), "1000".to_owned()),
+            ("RESERVOIR__CONSOLE__LISTEN".to_owned(), console_address.to_string()),
+            ("RESERVOIR__CONSOLE__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
+            ("RESERVOIR__CONSOLE__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
+            ("RESERVOIR__CONSOLE__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}")),
             ("RESERVOIR__AUTH__API_KEY_PEPPER".to_owned(), PEPPER.to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned()),
@@ -84,7 +90,15 @@ impl Environment {
             variables.insert("RESERVOIR__METERING__DATABASE_URL".to_owned(), metering.url.clone());
             variables.insert("RESERVOIR__METERING__DATABASE_SCHEMA".to_owned(), metering.schema.clone());
         }
-        Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
+        Self {
+            variables,
+            wallet_address,
+            metering_address,
+            invoicing_address,
+            payments_address,
+            orchestrator_address,
+            console_address,
+        }
     }
 
     /// Moves the orchestrator to a new free address (only tests call it), so
@@ -137,7 +151,19 @@ impl Environment {
             .insert("RESERVOIR__ORCHESTRATOR__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}"));
         variables.insert("RESERVOIR__ORCHESTRATOR__PAYMENTS_ENDPOINT".to_owned(), format!("http://{payments_address}"));
         variables.insert("RESERVOIR__ORCHESTRATOR__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned());
-        Self { variables, wallet_address, metering_address, invoicing_address, payments_address, orchestrator_address }
+        let console_address = free_address();
+        variables.insert("RESERVOIR__CONSOLE__LISTEN".to_owned(), console_address.to_string());
+        variables.insert("RESERVOIR__CONSOLE__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
+        variables.insert("RESERVOIR__CONSOLE__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}"));
+        Self {
+            variables,
+            wallet_address,
+            metering_address,
+            invoicing_address,
+            payments_address,
+            orchestrator_address,
+            console_address,
+        }
     }
 
     pub fn command(&self, arguments: &[&str]) -> Command {
@@ -225,6 +251,10 @@ impl ServiceProcess {
         Self { service: "orchestrator", address: environment.orchestrator_address, child: None }
     }
 
+    pub fn console(environment: &Environment) -> Self {
+        Self { service: "console", address: environment.console_address, child: None }
+    }
+
     pub fn address(&self) -> SocketAddr {
         self.address
     }
@@ -238,6 +268,15 @@ impl ServiceProcess {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        if self.service == "console" {
+            for _ in 0..300 {
+                if tokio::net::TcpStream::connect(self.address).await.is_ok() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the console did not start listening");
+        }
         let name = match self.service {
             "orchestrator" => "reservoir.orchestrator.v1.TopUpService".to_owned(),
             service => format!("reservoir.{0}.v1.{1}Service", service, capitalized(service)),
@@ -306,9 +345,14 @@ pub async fn is_serving(address: SocketAddr, service: &str) -> bool {
 
 /// GET /metrics over plain HTTP/1.1.
 pub async fn scrape(address: std::net::SocketAddr) -> String {
+    http_get(address, "/metrics").await
+}
+
+/// A GET over plain HTTP/1.1 that must answer 200: the whole answer, head and body.
+pub async fn http_get(address: std::net::SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::process::{free_address, is_serving, scrape};
+use crate::process::{free_address, http_get, is_serving, scrape};
 
 const SERVICES: [&str; 5] = ["wallet", "metering", "invoicing", "payments", "orchestrator"];
 
@@ -38,6 +38,9 @@ async fn under_up_each_scrape_port_counts_its_own_services_calls_once() {
         command.env(format!("RESERVOIR__{upper}__LISTEN"), listen.to_string());
         command.env(format!("RESERVOIR__{upper}__METRICS_LISTEN"), metrics.to_string());
     }
+    let console = free_address();
+    command.env("RESERVOIR__CONSOLE__LISTEN", console.to_string());
+    command.env("RESERVOIR__CONSOLE__METRICS_LISTEN", "127.0.0.1:0");
     let mut child = command.spawn().unwrap();
     for (service, listen, _) in &ports {
         let mut serving = false;
@@ -72,6 +75,11 @@ async fn under_up_each_scrape_port_counts_its_own_services_calls_once() {
         counted += wallet_checks(&text);
     }
     assert_eq!(counted, before + 3, "the wallet's checks, summed over the five ports");
+
+    // The console comes up with them, and sends a person to sign in first.
+    assert!(http_get(console, "/healthz").await.ends_with("serving\n"));
+    let login = http_get(console, "/login").await;
+    assert!(login.contains("name=\"api_key\""), "{login}");
 
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&directory);

@@ -104,6 +104,8 @@ enum Service {
     Invoicing,
     Payments,
     Orchestrator,
+    /// The billing console: HTML pages over the services' APIs.
+    Console,
 }
 
 pub fn main() -> ExitCode {
@@ -224,6 +226,13 @@ async fn serve(config: Option<&Path>, service: Service) -> anyhow::Result<()> {
                 reservoir_orchestrator::app::Application::build(&settings.orchestrator, key_cache_ttl).await?;
             serve_until_stopped(application, &settings).await
         }
+        Service::Console => {
+            // The console serves plain HTTP (TLS at the ingress); its calls
+            // to the services use the process's certificate when it has one.
+            reservoir_common::tls::use_for_channels(&settings.tls);
+            let console = reservoir_console::app::Application::build(&settings.console).await?;
+            Ok(console.run_until(shutdown_signal()).await?)
+        }
     }
 }
 
@@ -254,6 +263,10 @@ async fn migrate(config: Option<&Path>, service: Service) -> anyhow::Result<()> 
         Service::Orchestrator => {
             reservoir_orchestrator::store::Store::connect(&settings.orchestrator.database()).await?.migrate().await?;
         }
+        Service::Console => {
+            println!("console: keeps no database, nothing to migrate");
+            return Ok(());
+        }
     }
     println!("{}: migrations applied", service.name());
     Ok(())
@@ -267,6 +280,7 @@ impl Service {
             Self::Invoicing => "invoicing",
             Self::Payments => "payments",
             Self::Orchestrator => "orchestrator",
+            Self::Console => "console",
         }
     }
 }
@@ -344,6 +358,12 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     if let Some(address) = orchestrator.local_addr() {
         println!("orchestrator listening on {address}");
     }
+    settings.console.wallet_endpoint.clone_from(&settings.metering.wallet_endpoint);
+    settings.console.metering_endpoint.clone_from(&settings.invoicing.metering_endpoint);
+    let console = reservoir_console::app::Application::build(&settings.console).await?;
+    if let Some(address) = console.local_addr() {
+        println!("console      http://{address}");
+    }
     let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -352,18 +372,20 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
     let stopped = |mut receiver: tokio::sync::watch::Receiver<bool>| async move {
         let _ = receiver.wait_for(|stop| *stop).await;
     };
-    let (wallet_result, metering_result, invoicing_result, payments_result, orchestrator_result) = tokio::join!(
+    let (wallet_result, metering_result, invoicing_result, payments_result, orchestrator_result, console_result) = tokio::join!(
         wallet.run_until(stopped(stopping.clone())),
         metering.run_until(stopped(stopping.clone())),
         invoicing.run_until(stopped(stopping.clone())),
         payments.run_until(stopped(stopping.clone())),
-        orchestrator.run_until(stopped(stopping)),
+        orchestrator.run_until(stopped(stopping.clone())),
+        console.run_until(stopped(stopping)),
     );
     wallet_result?;
     metering_result?;
     invoicing_result?;
     payments_result?;
     orchestrator_result?;
+    console_result?;
     Ok(())
 }
 

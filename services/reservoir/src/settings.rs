@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use reservoir_common::limits::LimitSettings;
 use reservoir_common::settings::{AuthSettings, TelemetrySettings, load};
 use reservoir_common::tls::TlsSettings;
+use reservoir_console::app::ConsoleSettings;
 use reservoir_invoicing::app::InvoicingSettings;
 use reservoir_metering::app::MeteringSettings;
 use reservoir_orchestrator::app::OrchestratorSettings;
@@ -75,6 +76,14 @@ attempts_before_action = 8
 crash_at = ""
 metrics_listen = "127.0.0.1:9055"
 
+[console]
+listen = "127.0.0.1:8080"
+wallet_endpoint = "http://127.0.0.1:50051"
+metering_endpoint = "http://127.0.0.1:50052"
+session_idle_ms = 1800000
+max_sessions = 10000
+metrics_listen = "127.0.0.1:9056"
+
 [orchestrator.webhooks]
 interval_ms = 500
 retry_base_ms = 5000
@@ -130,6 +139,8 @@ pub struct Settings {
     pub invoicing: InvoicingSettings,
     pub payments: PaymentsSettings,
     pub orchestrator: OrchestratorSettings,
+    /// The billing console (HTTP).
+    pub console: ConsoleSettings,
     pub auth: AuthSettings,
     /// Bounds every service serves within (each service counts its own).
     pub limits: LimitSettings,

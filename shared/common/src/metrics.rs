@@ -25,8 +25,8 @@ static RECORDER: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 /// at each scrape.
 static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
 
-/// The five services, as series name them.
-const SERVICES: [&str; 5] = ["wallet", "metering", "invoicing", "payments", "orchestrator"];
+/// The five services and the console, as series name them.
+const SERVICES: [&str; 6] = ["wallet", "metering", "invoicing", "payments", "orchestrator", "console"];
 
 /// The process's recorder, installed on first use.
 pub fn recorder() -> Result<PrometheusHandle, String> {

@@ -1,0 +1,236 @@
+//! The services, called with the signed-in person's key: the console has no
+//! rights of its own, so each service decides on every call as it would for
+//! any client holding that key.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reservoir_common::channel::ServiceChannel;
+use reservoir_common::time::to_timestamp;
+use reservoir_proto::metering::{self as metering, metering_service_client::MeteringServiceClient};
+use reservoir_proto::wallet::{self as wallet, wallet_service_client::WalletServiceClient};
+use tonic::Request;
+
+use crate::error::ConsoleError;
+
+/// How long one call to a service may take: a page waits for its slowest.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct Upstream {
+    wallet: ServiceChannel,
+    metering: ServiceChannel,
+}
+
+fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, String> {
+    Ok(reservoir_common::tls::endpoint(endpoint)
+        .map_err(|error| format!("{name} endpoint {endpoint:?}: {error}"))?
+        .timeout(CALL_TIMEOUT)
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy())
+}
+
+/// A request that presents `key`.
+fn keyed<T>(message: T, key: &str) -> Result<Request<T>, ConsoleError> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {key}").parse().map_err(|_| ConsoleError::SignedOut)?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+/// What GetCaller says of a key.
+pub struct Caller {
+    pub kind: wallet::CallerKind,
+    pub tenant_id: String,
+    pub role: wallet::KeyRole,
+}
+
+/// A page of accounts and the token of the next.
+pub struct AccountPage {
+    pub accounts: Vec<wallet::Account>,
+    pub next_page_token: String,
+}
+
+impl Upstream {
+    /// Connects lazily: the console starts while the services are down.
+    pub fn new(wallet_endpoint: &str, metering_endpoint: &str) -> Result<Self, String> {
+        Ok(Self { wallet: channel(wallet_endpoint, "wallet")?, metering: channel(metering_endpoint, "metering")? })
+    }
+
+    fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
+        WalletServiceClient::new(self.wallet.clone())
+    }
+
+    fn metering(&self) -> MeteringServiceClient<ServiceChannel> {
+        MeteringServiceClient::new(self.metering.clone())
+    }
+
+    pub async fn caller(&self, key: &str) -> Result<Caller, ConsoleError> {
+        let answer = self
+            .wallet()
+            .get_caller(keyed(wallet::GetCallerRequest {}, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner();
+        Ok(Caller { kind: answer.kind(), tenant_id: answer.tenant_id.clone(), role: answer.role() })
+    }
+
+    pub async fn accounts(&self, key: &str, external_id: &str, page_token: &str) -> Result<AccountPage, ConsoleError> {
+        let request = wallet::ListAccountsRequest {
+            page_size: 50,
+            page_token: page_token.to_owned(),
+            external_id: external_id.to_owned(),
+        };
+        let answer = self
+            .wallet()
+            .list_accounts(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner();
+        Ok(AccountPage { accounts: answer.accounts, next_page_token: answer.next_page_token })
+    }
+
+    pub async fn account(&self, key: &str, account_id: &str) -> Result<wallet::Account, ConsoleError> {
+        let request = wallet::GetAccountRequest { account_id: account_id.to_owned() };
+        self.wallet()
+            .get_account(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner()
+            .account
+            .ok_or_else(|| ConsoleError::Unavailable { service: "wallet", message: "no account in its answer".into() })
+    }
+
+    pub async fn balance(&self, key: &str, account_id: &str) -> Result<wallet::Balance, ConsoleError> {
+        let request = wallet::GetBalanceRequest { account_id: account_id.to_owned() };
+        Ok(self
+            .wallet()
+            .get_balance(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner()
+            .balance
+            .unwrap_or_default())
+    }
+
+    pub async fn spend(&self, key: &str, account_id: &str) -> Result<wallet::Spend, ConsoleError> {
+        let request = wallet::GetSpendRequest { account_id: account_id.to_owned() };
+        Ok(self
+            .wallet()
+            .get_spend(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner()
+            .spend
+            .unwrap_or_default())
+    }
+
+    pub async fn grants(&self, key: &str, account_id: &str) -> Result<Vec<wallet::Grant>, ConsoleError> {
+        let request = wallet::ListGrantsRequest { account_id: account_id.to_owned(), include_inactive: true };
+        Ok(self
+            .wallet()
+            .list_grants(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner()
+            .grants)
+    }
+
+    /// The latest entries of an account, newest first, of the given kinds (all when empty).
+    pub async fn entries(
+        &self,
+        key: &str,
+        account_id: &str,
+        kinds: Vec<i32>,
+        page_token: &str,
+    ) -> Result<(Vec<wallet::LedgerEntry>, String), ConsoleError> {
+        let request = wallet::ListLedgerEntriesRequest {
+            account_id: account_id.to_owned(),
+            page_size: 50,
+            page_token: page_token.to_owned(),
+            kinds,
+            ..Default::default()
+        };
+        let answer = self
+            .wallet()
+            .list_ledger_entries(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner();
+        Ok((answer.entries, answer.next_page_token))
+    }
+
+    pub async fn grant(&self, key: &str, request: wallet::GrantCreditsRequest) -> Result<(), ConsoleError> {
+        self.wallet()
+            .grant_credits(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        Ok(())
+    }
+
+    pub async fn adjust(&self, key: &str, request: wallet::AdjustRequest) -> Result<(), ConsoleError> {
+        self.wallet()
+            .adjust(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        Ok(())
+    }
+
+    pub async fn void_grant(&self, key: &str, request: wallet::VoidGrantRequest) -> Result<(), ConsoleError> {
+        self.wallet()
+            .void_grant(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        Ok(())
+    }
+
+    /// The statement of `[start, end)` as CSV.
+    pub async fn statement(
+        &self,
+        key: &str,
+        account_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<String, ConsoleError> {
+        let request = wallet::ExportStatementRequest {
+            account_id: account_id.to_owned(),
+            start_time: Some(to_timestamp(start)),
+            end_time: Some(to_timestamp(end)),
+        };
+        let mut stream = self
+            .wallet()
+            .export_statement(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner();
+        let mut csv = String::new();
+        while let Some(chunk) = stream.message().await.map_err(|status| ConsoleError::from_status("wallet", &status))? {
+            csv.push_str(&chunk.csv);
+        }
+        Ok(csv)
+    }
+
+    /// Usage of an account by day over `[start, end)`, by meter.
+    pub async fn usage_by_day(
+        &self,
+        key: &str,
+        account_id: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<metering::UsageGroup>, ConsoleError> {
+        let request = metering::GetUsageRequest {
+            account_id: account_id.to_owned(),
+            start_time: Some(to_timestamp(start)),
+            end_time: Some(to_timestamp(end)),
+            group_by: metering::Period::Day as i32,
+            ..Default::default()
+        };
+        Ok(self
+            .metering()
+            .get_usage(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("metering", &status))?
+            .into_inner()
+            .groups)
+    }
+}

@@ -1,0 +1,6 @@
+//! The console's rules: who may do what, and the figures its pages draw.
+
+pub mod access;
+pub mod usage;
+
+pub use access::Role;

@@ -1,0 +1,3 @@
+//! What a page needs from several services, gathered at once.
+
+pub mod account;

@@ -1,0 +1,238 @@
+//! One account: its figures, the month's usage and spend against the cap,
+//! its grants, its latest entries, and — for keys that may change money —
+//! the forms to grant, adjust and void.
+
+use maud::{Markup, PreEscaped, html};
+use rust_decimal::Decimal;
+
+use super::{csrf_field, message, names, page};
+use crate::domain::usage::{MARKS, percent_of};
+use crate::store::Session;
+use crate::usecases::account::AccountView;
+
+/// What the page says above its content, and the form's fresh idempotency key.
+pub struct Notes<'a> {
+    pub error: Option<&'a str>,
+    pub notice: Option<&'a str>,
+    /// Each rendered form carries a new key, so a form sent twice (a double
+    /// click, a reload) changes the balance once.
+    pub form_key: String,
+    pub kinds: &'a [String],
+}
+
+fn figure(label: &str, amount: &str, unit: &str) -> Markup {
+    html! { li { span { (label) } strong { (amount) " " (unit) } } }
+}
+
+pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Markup {
+    let account = &view.account;
+    let balance = &view.balance;
+    let unit = super::accounts::unit_code(account);
+    let title = format!("Account {}", account.external_id);
+    let base = format!("/accounts/{}", account.id);
+    page(
+        &title,
+        Some(session),
+        html! {
+            (message(notes.error, notes.notice))
+            p {
+                "Overdraft: " (names::overdraft(account.overdraft_policy()))
+                @if account.credit_limit != "0" && !account.credit_limit.is_empty() { " (limit " (account.credit_limit) ")" }
+                " · status " (names::status(account.status()))
+                @if account.credit_blocked { " · " strong { "credit blocked" } " until an overdue invoice is paid" }
+            }
+            section aria-labelledby="balance" {
+                h2 #balance { "Balance" }
+                ul.figures {
+                    (figure("Available", &balance.available, unit))
+                    (figure("Held", &balance.held, unit))
+                    (figure("Paid credits", &balance.paid, unit))
+                    (figure("Promotional credits", &balance.promotional, unit))
+                    (figure("Courtesy credits", &balance.courtesy, unit))
+                    @if !balance.pending.is_empty() && balance.pending != "0" { (figure("Not yet effective", &balance.pending, unit)) }
+                    @if !balance.overdraft_used.is_empty() && balance.overdraft_used != "0" { (figure("Overdraft used", &balance.overdraft_used, unit)) }
+                }
+            }
+            (spend(view, unit))
+            (usage(view, unit))
+            (grants(session, view, notes, &base))
+            (entries(view, notes, &base))
+            @if session.role.may_change() { (forms(session, notes, &base)) }
+        },
+    )
+}
+
+fn spend(view: &AccountView, unit: &str) -> Markup {
+    let spend = &view.spend;
+    let cap: Option<Decimal> = spend.monthly_spending_cap.parse().ok();
+    let spent: Decimal = spend.spent.parse().unwrap_or_default();
+    let projected: Decimal = spend.projected.parse().unwrap_or_default();
+    html! {
+        section aria-labelledby="spend" {
+            h2 #spend { "This month's spend" }
+            ul.figures {
+                (figure("Spent", &spend.spent, unit))
+                (figure("Projected by month end", &spend.projected, unit))
+                @if cap.is_some() { (figure("Monthly cap", &spend.monthly_spending_cap, unit)) }
+            }
+            @if let Some(cap) = cap {
+                p #cap-progress {
+                    "Spent " strong { (percent_of(spent, cap)) "%" } " of the cap; projected "
+                    strong { (percent_of(projected, cap)) "%" } ". Alerts at "
+                    @for (index, mark) in MARKS.iter().enumerate() {
+                        @if index > 0 { ", " }
+                        span .mark data-reached=(percent_of(spent, cap) >= *mark) { (mark) "%" @if percent_of(spent, cap) >= *mark { " (reached)" } }
+                    }
+                    "."
+                }
+                meter min="0" max=(cap) low=(cap * Decimal::new(5, 1)) high=(cap * Decimal::new(8, 1)) optimum="0" value=(spent) aria-label="Spend against the cap" {}
+            } @else {
+                p { "No monthly spending cap." }
+            }
+        }
+    }
+}
+
+fn usage(view: &AccountView, unit: &str) -> Markup {
+    let used: Vec<_> = view.days.iter().filter(|day| !day.charged.is_zero()).collect();
+    html! {
+        section aria-labelledby="usage" {
+            h2 #usage { "Usage by day, " (view.month.0.format("%B %Y")) }
+            @if let Some(svg) = super::chart::usage_by_day(&view.days, unit) {
+                figure #usage-chart role="img" aria-label={ "Charged usage for each day of " (view.month.0.format("%B %Y")) } {
+                    (PreEscaped(svg))
+                }
+            }
+            @if used.is_empty() {
+                p { "No usage charged this month." }
+            } @else {
+                details {
+                    summary { "The figures" }
+                    table #usage-days {
+                        thead { tr { th { "Day" } th.amount { "Charged (" (unit) ")" } } }
+                        tbody { @for day in &used { tr { td { (day.date) } td.amount { (day.charged) } } } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn grants(session: &Session, view: &AccountView, notes: &Notes<'_>, base: &str) -> Markup {
+    html! {
+        section aria-labelledby="grants" {
+            h2 #grants { "Grants" }
+            @if view.grants.is_empty() { p { "No grants." } } @else {
+                table {
+                    thead { tr { th { "Kind" } th.amount { "Granted" } th.amount { "Remaining" } th { "Status" } th { "Expires" } th { "Meters" } @if session.role.may_change() { th { span.skip { "Actions" } } } } }
+                    tbody {
+                        @for grant in &view.grants {
+                            tr {
+                                td { (names::grant_kind(grant.kind())) }
+                                td.amount { (grant.original_amount) }
+                                td.amount { (grant.remaining_amount) }
+                                td { (names::grant_status(grant.status())) }
+                                td { (names::instant(grant.expires_at.as_ref())) }
+                                td { (grant.meter_codes.join(", ")) }
+                                @if session.role.may_change() {
+                                    td {
+                                        @if matches!(grant.status(), reservoir_proto::wallet::GrantStatus::Active | reservoir_proto::wallet::GrantStatus::Pending) {
+                                            form.inline method="post" action={ (base) "/grants/" (grant.id) "/void" } {
+                                                (csrf_field(session))
+                                                input type="hidden" name="idempotency_key" value=(notes.form_key);
+                                                button type="submit" { "Void" }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn entries(view: &AccountView, notes: &Notes<'_>, base: &str) -> Markup {
+    const KINDS: [&str; 6] = ["grant", "debit", "adjustment", "refund", "expiry", "capture"];
+    html! {
+        section aria-labelledby="ledger" {
+            h2 #ledger { "Ledger" }
+            form method="get" action=(base) {
+                fieldset {
+                    legend { "Only these kinds" }
+                    @for kind in KINDS {
+                        label style="display:inline; margin-right:1rem" {
+                            input type="checkbox" name="kind" value=(kind) checked[notes.kinds.iter().any(|chosen| chosen == kind)];
+                            " " (kind)
+                        }
+                    }
+                    button type="submit" { "Filter" }
+                }
+            }
+            p { a href={ (base) "/statement.csv" } download { "This month's statement (CSV)" } }
+            @if view.entries.is_empty() { p { "No entries." } } @else {
+                table #entries {
+                    thead { tr { th { "#" } th { "When" } th { "Kind" } th.amount { "Amount" } th.amount { "Balance after" } th { "Meter" } th { "Description" } } }
+                    tbody {
+                        @for entry in &view.entries {
+                            tr {
+                                td { (entry.sequence) }
+                                td { (names::instant(entry.created_at.as_ref())) }
+                                td { (names::entry_kind(entry.kind())) }
+                                td.amount { (entry.amount) }
+                                td.amount { (entry.balance_after) }
+                                td { (entry.meter_code) }
+                                td { (entry.description) }
+                            }
+                        }
+                    }
+                }
+                @if !view.next_entries.is_empty() {
+                    p { a rel="next" href={ (base) "?page_token=" (view.next_entries) @for kind in notes.kinds { "&kind=" (kind) } } { "Older entries" } }
+                }
+            }
+        }
+    }
+}
+
+fn forms(session: &Session, notes: &Notes<'_>, base: &str) -> Markup {
+    html! {
+        section aria-labelledby="change" {
+            h2 #change { "Grant or adjust" }
+            form method="post" action={ (base) "/grants" } {
+                fieldset {
+                    legend { "Grant credits" }
+                    (csrf_field(session))
+                    input type="hidden" name="idempotency_key" value=(notes.form_key);
+                    label for="grant-amount" { "Amount" }
+                    input #grant-amount name="amount" inputmode="decimal" required;
+                    label for="grant-kind" { "Kind" }
+                    select #grant-kind name="kind" {
+                        option value="courtesy" { "Courtesy (service recovery)" }
+                        option value="promotional" { "Promotional" }
+                        option value="paid" { "Paid" }
+                    }
+                    label for="grant-expires" { "Expires on (UTC, optional)" }
+                    input #grant-expires type="date" name="expires_on";
+                    label for="grant-reason" { "Note (optional)" }
+                    input #grant-reason name="note" maxlength="512";
+                    p { button type="submit" { "Grant" } }
+                }
+            }
+            form method="post" action={ (base) "/adjustments" } {
+                fieldset {
+                    legend { "Adjust the balance" }
+                    (csrf_field(session))
+                    input type="hidden" name="idempotency_key" value=(notes.form_key);
+                    label for="adjust-amount" { "Amount (negative to take credits away)" }
+                    input #adjust-amount name="amount" inputmode="decimal" required;
+                    label for="adjust-reason" { "Reason" }
+                    input #adjust-reason name="reason" required maxlength="512";
+                    p { button type="submit" { "Adjust" } }
+                }
+            }
+        }
+    }
+}

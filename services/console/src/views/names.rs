@@ -1,0 +1,35 @@
+//! Readable names of the services' enums and instants, as pages show them.
+
+use reservoir_proto::wallet;
+
+fn readable(name: &'static str, prefix: &str) -> String {
+    name.strip_prefix(prefix).unwrap_or(name).replace('_', " ").to_lowercase()
+}
+
+pub fn overdraft(policy: wallet::OverdraftPolicy) -> String {
+    readable(policy.as_str_name(), "OVERDRAFT_POLICY_")
+}
+
+pub fn status(status: wallet::AccountStatus) -> String {
+    readable(status.as_str_name(), "ACCOUNT_STATUS_")
+}
+
+pub fn grant_kind(kind: wallet::GrantKind) -> String {
+    readable(kind.as_str_name(), "GRANT_KIND_")
+}
+
+pub fn grant_status(status: wallet::GrantStatus) -> String {
+    readable(status.as_str_name(), "GRANT_STATUS_")
+}
+
+pub fn entry_kind(kind: wallet::EntryKind) -> String {
+    readable(kind.as_str_name(), "ENTRY_KIND_")
+}
+
+/// An instant in UTC to the minute; empty when unset.
+pub fn instant(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(reservoir_common::time::from_timestamp)
+        .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
+        .unwrap_or_default()
+}
