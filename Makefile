@@ -13,6 +13,10 @@ KUBERNETES_VALIDATE_VERSION := 1.37.0
 KUBERNETES_VALIDATE := $(TOOLS)/k8s/bin/kubernetes-validate
 # The Python client: grpcio-tools from PyPI in a virtualenv under target/.
 GRPCIO_VERSION := 1.85.1
+# The console's browser test: Debian's Chromium driven by playwright-core
+# from npm (never a downloaded browser build), kept under target/.
+PLAYWRIGHT_VERSION := 1.64.1
+PLAYWRIGHT := $(TOOLS)/browser/node_modules/playwright-core/package.json
 # The Standard Webhooks library a receiver verifies deliveries with (the smoke test does).
 STANDARDWEBHOOKS_VERSION := 1.3.0
 # Fault cycles of `make faults` (`make test` runs 22 of them).
@@ -26,7 +30,7 @@ PROTO_RELEASE := $(lastword $(sort $(wildcard proto/releases/v*.binpb)))
 # The workspace's version: the tag the production overlays pin the image to.
 RELEASE_VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 
-.PHONY: clients client-smoke client-lowest run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench faults clean-data help
+.PHONY: browser-tools screenshots clients client-smoke client-lowest run test lint fmt-check clippy proto-lint proto-breaking proto-release k8s-validate unit-tests release bench faults clean-data help
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -102,7 +106,18 @@ client-lowest: clients ## the smoke test again on the lowest grpcio and protobuf
 	$(PYTHON_LOWEST)/bin/pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps $(PYTHON_CLIENT)
 	$(PYTHON_LOWEST)/bin/python clients/python/smoke_test.py target/debug/reservoir
 
-unit-tests: ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart
+$(PLAYWRIGHT):
+	npm install --prefix $(TOOLS)/browser --no-audit --no-fund --loglevel=error playwright-core@$(PLAYWRIGHT_VERSION)
+
+browser-tools: $(PLAYWRIGHT) ## Chromium (Debian's package) and playwright-core for the console's browser test
+	@command -v chromium > /dev/null || (apt-get install -y --no-install-recommends chromium \
+		|| (apt-get update && apt-get install -y --no-install-recommends chromium))
+
+screenshots: browser-tools ## the console's main pages as pictures in docs/screenshots
+	mkdir -p docs/screenshots
+	RESERVOIR_SCREENSHOTS=docs/screenshots $(CARGO) test --locked -p reservoir --test suite -- console::the_console_works_in_a_real_browser
+
+unit-tests: browser-tools ## every test: domain, property, black-box on SQLite and PostgreSQL, crash and restart, the console in Chromium
 	set -o pipefail; $(CARGO) test --workspace --locked --all-targets 2>&1 | tee target/test.log
 	@awk '/^test result:/ { passed += $$4; failed += $$6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' target/test.log
 

@@ -75,7 +75,8 @@ struct Suite {
 }
 
 /// A wallet, metering and the console; a tenant whose account has 100 of
-/// paid credits and 250 tokens of usage (2.50) charged today.
+/// paid credits, a monthly cap of 5, and 250 tokens of usage (2.50) charged
+/// today.
 async fn start() -> Option<Suite> {
     let wallet_database = TestDatabase::create(Backend::Sqlite).await?;
     let metering_database = TestDatabase::create(Backend::Sqlite).await?;
@@ -101,6 +102,14 @@ async fn start() -> Option<Suite> {
         quantity: "250".into(),
         ..Default::default()
     };
+    // A cap of 5: the day's 2.50 is half of it.
+    let cap = pb::UpdateAccountRequest {
+        account_id: account.id.clone(),
+        monthly_spending_cap: Some("5".into()),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    wallet.clone().update_account(cap).await.unwrap();
     let ingested =
         metering.ingest_events(metering_pb::IngestEventsRequest { events: vec![event], asynchronous: false });
     assert_eq!(ingested.await.unwrap().into_inner().results[0].amount, "2.5");
@@ -222,4 +231,69 @@ async fn a_read_only_key_is_offered_no_changes_and_cannot_make_them() {
     let adjust = [("csrf", csrf.as_str()), ("idempotency_key", "read-only-2"), ("amount", "10"), ("reason", "x")];
     assert_eq!(browser.post(&format!("{account_page}/adjustments"), &adjust).await.status(), 403);
     assert_eq!(d(&balance(&suite.wallet, &suite.account).await.available), d("97.5"));
+}
+
+/// Where the browser test's tools are: Chromium (Debian's) and playwright-core
+/// under target/tools/browser, both installed by `make test`. Without them
+/// the test says so and passes, except under CI, where it fails.
+fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let modules = root.join("target/tools/browser/node_modules");
+    let chromium = std::path::PathBuf::from(std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()));
+    if modules.join("playwright-core").is_dir() && chromium.exists() {
+        return Some((modules, chromium));
+    }
+    let missing = "the browser test needs chromium and target/tools/browser (make browser-tools)";
+    assert!(std::env::var("CI").is_err(), "{missing}");
+    eprintln!("SKIPPED: {missing}");
+    None
+}
+
+/// The console in headless Chromium (tests/browser/console.cjs): signing in,
+/// finding the account, its figures, cap and chart as rendered, a grant
+/// through the form, a forged form refused, the statement, a read-only key
+/// shown no forms. `RESERVOIR_SCREENSHOTS=docs/screenshots` keeps the pages
+/// as pictures (`make screenshots`).
+#[tokio::test]
+async fn the_console_works_in_a_real_browser() {
+    let Some((modules, chromium)) = browser_tools() else { return };
+    let Some(suite) = start().await else { return };
+    let channel = channel(suite.environment.wallet_address).await;
+    let mut admin = AdminServiceClient::with_interceptor(channel, BearerKey::new(&suite.api_key));
+    let read_only = admin
+        .issue_api_key(pb::IssueApiKeyRequest { tenant_id: String::new(), role: pb::KeyRole::ReadOnly.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let screenshots = match std::env::var("RESERVOIR_SCREENSHOTS") {
+        Ok(directory) if !directory.is_empty() => root.join(directory).to_string_lossy().into_owned(),
+        _ => String::new(),
+    };
+    let before = balance(&suite.wallet, &suite.account).await;
+    let output = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/console.cjs"))
+        .env("NODE_PATH", &modules)
+        .env("CHROMIUM", &chromium)
+        .env("CONSOLE_URL", format!("http://{}", suite.environment.console_address))
+        .env("ACCOUNT_ID", &suite.account.id)
+        .env("EXTERNAL_ID", &suite.account.external_id)
+        .env("ADMIN_KEY", &suite.api_key)
+        .env("READ_ONLY_KEY", &read_only)
+        .env("AVAILABLE", &before.available)
+        .env("SCREENSHOTS", &screenshots)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the browser test failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What the person did in the browser, as the wallet books it.
+    let after = balance(&suite.wallet, &suite.account).await;
+    assert_eq!(d(&after.courtesy), d("10"));
+    assert_eq!(d(&after.available), d(&before.available) + d("10"));
 }

@@ -20,6 +20,11 @@ pub struct Notes<'a> {
     pub kinds: &'a [String],
 }
 
+/// Whether an amount as the services write it is there and not zero.
+fn nonzero(amount: &str) -> bool {
+    amount.parse::<Decimal>().is_ok_and(|amount| !amount.is_zero())
+}
+
 fn figure(label: &str, amount: &str, unit: &str) -> Markup {
     html! { li { span { (label) } strong { (amount) " " (unit) } } }
 }
@@ -37,7 +42,7 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
             (message(notes.error, notes.notice))
             p {
                 "Overdraft: " (names::overdraft(account.overdraft_policy()))
-                @if account.credit_limit != "0" && !account.credit_limit.is_empty() { " (limit " (account.credit_limit) ")" }
+                @if account.overdraft_policy() == reservoir_proto::wallet::OverdraftPolicy::CreditLimit { " (limit " (account.credit_limit) ")" }
                 " · status " (names::status(account.status()))
                 @if account.credit_blocked { " · " strong { "credit blocked" } " until an overdue invoice is paid" }
             }
@@ -49,8 +54,8 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
                     (figure("Paid credits", &balance.paid, unit))
                     (figure("Promotional credits", &balance.promotional, unit))
                     (figure("Courtesy credits", &balance.courtesy, unit))
-                    @if !balance.pending.is_empty() && balance.pending != "0" { (figure("Not yet effective", &balance.pending, unit)) }
-                    @if !balance.overdraft_used.is_empty() && balance.overdraft_used != "0" { (figure("Overdraft used", &balance.overdraft_used, unit)) }
+                    @if nonzero(&balance.pending) { (figure("Not yet effective", &balance.pending, unit)) }
+                    @if nonzero(&balance.overdraft_used) { (figure("Overdraft used", &balance.overdraft_used, unit)) }
                 }
             }
             (spend(view, unit))

@@ -33,6 +33,7 @@ pub fn usage_by_day(days: &[Day], unit: &str) -> Option<String> {
             .y_desc(unit)
             .x_labels(16)
             .bold_line_style(BLACK.mix(0.15))
+            .light_line_style(TRANSPARENT)
             .draw()
             .ok()?;
         let bars = days.iter().enumerate().filter(|(_, day)| !day.charged.is_zero()).filter_map(|(index, day)| {

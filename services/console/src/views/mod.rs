@@ -13,7 +13,8 @@ use crate::store::Session;
 const STYLE: &str = r#"
 body { font: 16px/1.5 system-ui, sans-serif; margin: 0; color: #111; background: #fff; }
 header { background: #0b3d62; color: #fff; padding: .5rem 1rem; display: flex; gap: 1rem; align-items: center; }
-header a, header button { color: #fff; }
+header a { color: #fff; }
+header button { color: #fff; background: transparent; border: 1px solid #fff; border-radius: 3px; padding: .2rem .6rem; cursor: pointer; }
 header nav { flex: 1; display: flex; gap: 1rem; }
 main { padding: 1rem; max-width: 72rem; }
 a { color: #0b4f8a; }
