@@ -8,6 +8,7 @@ mod commands;
 mod console;
 mod crash;
 mod faults;
+mod grpc_web;
 mod layers;
 mod metering;
 mod process;

@@ -146,6 +146,9 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(limits.keepalive_interval()));
     let served = tonic::transport::Server::builder()
+        // gRPC-Web over HTTP/1.1 as well as gRPC over HTTP/2, so browser code
+        // and HTTP/1.1 tools can call the API directly.
+        .accept_http1(true)
         .trace_fn(crate::telemetry::rpc_span)
         // Bounds the calls one connection may have open; beyond it callers
         // queue on their side rather than in this process's memory.
@@ -155,8 +158,11 @@ pub async fn serve(
         .max_connection_age(limits.max_connection_age())
         .max_connection_age_grace(limits.max_connection_age_grace())
         .timeout(limits.call_timeout())
-        // Outermost: a call past the limit is refused before anything else
-        // is spent on it.
+        // Outermost: a gRPC-Web call becomes a gRPC call on the way in and
+        // its answer gRPC-Web on the way out, refusals of the layers below
+        // included (gRPC calls pass through untouched).
+        .layer(tonic_web::GrpcWebLayer::new())
+        // A call past the limit is refused before anything else is spent on it.
         .layer(InFlightLayer::new(limits))
         .layer(AuthLayer::new(authenticator))
         // Inside authentication: the tenant is known, and nothing an
