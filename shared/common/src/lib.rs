@@ -1,5 +1,5 @@
 //! What every Reservoir service shares: settings, telemetry, error mapping,
-//! money, authentication, and the serving loop with health and reflection.
+//! money, ids, authentication, and the serving loop with health and reflection.
 
 pub mod app;
 pub mod auth;
@@ -8,6 +8,7 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod idempotency;
+pub mod ids;
 pub mod limits;
 pub mod metrics;
 pub mod money;

@@ -1,39 +1,17 @@
 //! The wallet's nouns.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{KeyId, TenantId};
+use reservoir_common::ids::typed_id;
 use reservoir_common::money::Unit;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-macro_rules! typed_id {
-    ($(#[$doc:meta])* $name:ident) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub Uuid);
+/// An account, which has exactly one wallet: the id every service names it by.
+pub use reservoir_common::ids::AccountId;
 
-        impl $name {
-            /// A new time-ordered id.
-            pub fn generate() -> Self {
-                Self(Uuid::now_v7())
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                self.0.fmt(f)
-            }
-        }
-    };
-}
-
-typed_id!(
-    /// An account, which has exactly one wallet.
-    AccountId
-);
 typed_id!(
     /// A grant (credit block).
     GrantId

@@ -14,34 +14,9 @@ pub use self::keys::{KEY_PREFIX, generate_key, hash_key, key_display_prefix};
 pub use self::layer::{AuthLayer, AuthService, caller_of, key_of, tenant_of};
 pub use self::policy::refusal;
 pub use self::wallet::WalletKeyResolver;
-
-use std::fmt;
+pub use crate::ids::{KeyId, TenantId};
 
 use tonic::Status;
-use uuid::Uuid;
-
-/// The tenant every row belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TenantId(pub Uuid);
-
-impl fmt::Display for TenantId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// An API key's id in the wallet's key table (never the key itself): what
-/// ledger entries and configuration changes record as the key that made
-/// them. The auth layer puts it into the request extensions beside the
-/// [`Caller`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub Uuid);
-
-impl fmt::Display for KeyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
 
 /// Who presented a key, and which key it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
