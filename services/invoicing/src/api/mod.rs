@@ -7,6 +7,7 @@ mod reports;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::request_hash;
+use reservoir_common::ids::AccountId;
 use reservoir_common::outbox::follow;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
@@ -131,7 +132,7 @@ impl InvoicingService for InvoicingApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
         violations.map("metadata", &request.metadata, 32, 64, 512);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
@@ -150,7 +151,7 @@ impl InvoicingService for InvoicingApi {
         if let Some(invoice) = self.store.invoice_by_key(tenant, &request.idempotency_key).await? {
             return replay(invoice);
         }
-        let account = self.upstream.account(tenant, account_id.unwrap_or_default()).await?;
+        let account = self.upstream.account(tenant, account_id.unwrap_or(AccountId(Uuid::nil()))).await?;
         let pricing =
             Pricing::of(&account.unit).map_err(|error| InvoicingError::internal(format!("account unit: {error}")))?;
         let mut violations = Violations::default();
@@ -318,7 +319,7 @@ impl InvoicingService for InvoicingApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.optional_id("account_id", &request.account_id);
+        let account_id = violations.optional_id("account_id", &request.account_id).map(AccountId);
         let status = status_from_pb(request.status).unwrap_or_else(|| {
             violations.add("status", "is not an invoice status");
             None

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
+use reservoir_common::ids::AccountId;
 use reservoir_common::money::Unit;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as metering_pb;
@@ -37,7 +38,7 @@ const PAGES_MAX: usize = 10_000;
 /// An account as invoicing needs it.
 #[derive(Debug, Clone)]
 pub struct AccountInfo {
-    pub id: Uuid,
+    pub id: AccountId,
     pub unit: Unit,
     /// NONE, CREDIT_LIMIT or UNLIMITED.
     pub overdraft_policy: &'static str,
@@ -76,7 +77,9 @@ fn account_info(account: pb::Account) -> Result<AccountInfo, InvoicingError> {
     let unit = Unit::from_parts(&unit.code, unit.scale, &unit.price_per_credit, &unit.billing_currency)
         .map_err(|error| InvoicingError::internal(format!("the wallet answered an invalid unit: {error}")))?;
     Ok(AccountInfo {
-        id: Uuid::parse_str(&account.id)
+        id: account
+            .id
+            .parse::<AccountId>()
             .map_err(|_| InvoicingError::internal("the wallet answered an invalid account id"))?,
         unit,
         overdraft_policy: policy_name(account.overdraft_policy),
@@ -119,7 +122,7 @@ impl Upstream {
     }
 
     /// The account, or NOT_FOUND when the tenant has none such.
-    pub async fn account(&self, tenant: TenantId, account_id: Uuid) -> Result<AccountInfo, InvoicingError> {
+    pub async fn account(&self, tenant: TenantId, account_id: AccountId) -> Result<AccountInfo, InvoicingError> {
         let request = self.request(pb::GetAccountRequest { account_id: account_id.to_string() }, tenant)?;
         match self.wallet().get_account(request).await {
             Ok(response) => account_info(response.into_inner().account.unwrap_or_default()),
@@ -155,7 +158,7 @@ impl Upstream {
     pub async fn drawdown(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<(Drawdown, bool), InvoicingError> {
@@ -236,7 +239,7 @@ impl Upstream {
     pub async fn usage(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
         priced_dimensions: &std::collections::BTreeMap<String, String>,
@@ -285,7 +288,7 @@ impl Upstream {
     pub async fn repay(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         invoice_id: Uuid,
         credits: Decimal,
     ) -> Result<(), InvoicingError> {
@@ -310,7 +313,7 @@ impl Upstream {
     pub async fn set_credit_blocked(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         blocked: bool,
         generation: i64,
     ) -> Result<(), InvoicingError> {

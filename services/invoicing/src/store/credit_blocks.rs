@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
-use uuid::Uuid;
 
 use super::Store;
 use super::entities::{credit_block, invoice};
@@ -16,7 +16,7 @@ use crate::error::InvoicingError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreditBlock {
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub blocked: bool,
     pub generation: i64,
     pub applied: bool,
@@ -28,8 +28,8 @@ impl Store {
     pub async fn overdue_credit_accounts(
         &self,
         now: DateTime<Utc>,
-    ) -> Result<std::collections::BTreeSet<(Uuid, Uuid)>, InvoicingError> {
-        let rows: Vec<(Uuid, Uuid)> = invoice::Entity::find()
+    ) -> Result<std::collections::BTreeSet<(TenantId, AccountId)>, InvoicingError> {
+        let rows: Vec<(uuid::Uuid, uuid::Uuid)> = invoice::Entity::find()
             .select_only()
             .column(invoice::Column::TenantId)
             .column(invoice::Column::AccountId)
@@ -41,7 +41,7 @@ impl Store {
             .into_tuple()
             .all(&self.db)
             .await?;
-        Ok(rows.into_iter().collect())
+        Ok(rows.into_iter().map(|(tenant, account)| (TenantId(tenant), AccountId(account))).collect())
     }
 
     pub async fn credit_blocks(&self) -> Result<Vec<CreditBlock>, InvoicingError> {
@@ -50,7 +50,7 @@ impl Store {
             .into_iter()
             .map(|row| CreditBlock {
                 tenant_id: TenantId(row.tenant_id),
-                account_id: row.account_id,
+                account_id: AccountId(row.account_id),
                 blocked: row.blocked,
                 generation: row.generation,
                 applied: row.applied,
@@ -63,13 +63,13 @@ impl Store {
     pub async fn want_credit_block(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         blocked: bool,
         now: DateTime<Utc>,
     ) -> Result<(), InvoicingError> {
         credit_block::Entity::insert(credit_block::ActiveModel {
             tenant_id: Set(tenant.0),
-            account_id: Set(account_id),
+            account_id: Set(account_id.0),
             blocked: Set(blocked),
             generation: Set(1),
             applied: Set(false),
@@ -97,7 +97,7 @@ impl Store {
         let result = credit_block::Entity::update_many()
             .col_expr(credit_block::Column::Applied, Expr::value(true))
             .filter(credit_block::Column::TenantId.eq(block.tenant_id.0))
-            .filter(credit_block::Column::AccountId.eq(block.account_id))
+            .filter(credit_block::Column::AccountId.eq(block.account_id.0))
             .filter(credit_block::Column::Generation.eq(block.generation))
             .exec(&self.db)
             .await?;

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_common::outbox::next_sequence;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
@@ -17,7 +18,7 @@ pub struct InvoiceEvent {
     pub sequence: u64,
     /// INVOICE_CREATED, INVOICE_FINALIZED, INVOICE_PAID, INVOICE_VOIDED or INVOICE_UNCOLLECTIBLE.
     pub event_type: String,
-    pub account_id: uuid::Uuid,
+    pub account_id: AccountId,
     pub invoice_id: uuid::Uuid,
     pub kind: String,
     pub number: Option<u64>,
@@ -50,7 +51,7 @@ impl Store {
             sequence: Set(sequence),
             tenant_id: Set(invoice.tenant_id.0),
             event_type: Set(event_type_of(status).to_owned()),
-            account_id: Set(invoice.account_id),
+            account_id: Set(invoice.account_id.0),
             invoice_id: Set(invoice.id),
             kind: Set(invoice.kind.name().to_owned()),
             invoice_number: Set(invoice.number.map(|number| i64::try_from(number).unwrap_or(i64::MAX))),
@@ -81,7 +82,7 @@ impl Store {
             .map(|row| InvoiceEvent {
                 sequence: u64::try_from(row.sequence).unwrap_or(0),
                 event_type: row.event_type,
-                account_id: row.account_id,
+                account_id: AccountId(row.account_id),
                 invoice_id: row.invoice_id,
                 kind: row.kind,
                 number: row.invoice_number.and_then(|number| u64::try_from(number).ok()),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
@@ -24,7 +25,7 @@ use crate::error::InvoicingError;
 pub struct InvoiceRow {
     pub id: Uuid,
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub kind: InvoiceKind,
     pub status: InvoiceStatus,
     pub number: Option<u64>,
@@ -65,7 +66,7 @@ pub struct Issue {
 /// Filters of a listing.
 #[derive(Debug, Clone, Default)]
 pub struct InvoiceFilter {
-    pub account_id: Option<Uuid>,
+    pub account_id: Option<AccountId>,
     pub status: Option<InvoiceStatus>,
     pub kind: Option<InvoiceKind>,
     pub period_from: Option<DateTime<Utc>>,
@@ -97,7 +98,7 @@ fn invoice_from_row(row: invoice::Model, lines: Vec<Line>) -> Result<InvoiceRow,
     Ok(InvoiceRow {
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         kind: InvoiceKind::from_name(&row.kind).ok_or_else(|| corrupt("invoice kind"))?,
         status: InvoiceStatus::from_name(&row.status).ok_or_else(|| corrupt("invoice status"))?,
         number: row.invoice_number.map(|number| u64::try_from(number).unwrap_or(0)),
@@ -234,7 +235,7 @@ impl Store {
         let inserted = invoice::Entity::insert(invoice::ActiveModel {
             id: Set(row.id),
             tenant_id: Set(row.tenant_id.0),
-            account_id: Set(row.account_id),
+            account_id: Set(row.account_id.0),
             kind: Set(row.kind.name().to_owned()),
             status: Set(row.status.name().to_owned()),
             invoice_number: Set(row.number.map(|number| i64::try_from(number).unwrap_or(i64::MAX))),
@@ -384,7 +385,7 @@ impl Store {
     ) -> Result<Vec<InvoiceRow>, InvoicingError> {
         let mut query = invoice::Entity::find().filter(invoice::Column::TenantId.eq(tenant.0));
         if let Some(account_id) = filter.account_id {
-            query = query.filter(invoice::Column::AccountId.eq(account_id));
+            query = query.filter(invoice::Column::AccountId.eq(account_id.0));
         }
         if let Some(status) = filter.status {
             query = query.filter(invoice::Column::Status.eq(status.name()));

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_common::time::truncate_to_micros;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -157,13 +158,13 @@ impl Billing {
     pub async fn reconcile_credit_blocks(&self, now: DateTime<Utc>) -> Result<(), InvoicingError> {
         let overdue = self.store.overdue_credit_accounts(now).await?;
         let blocks = self.store.credit_blocks().await?;
-        let blocked: BTreeSet<(Uuid, Uuid)> =
-            blocks.iter().filter(|block| block.blocked).map(|block| (block.tenant_id.0, block.account_id)).collect();
+        let blocked: BTreeSet<(TenantId, AccountId)> =
+            blocks.iter().filter(|block| block.blocked).map(|block| (block.tenant_id, block.account_id)).collect();
         for (tenant, account) in overdue.difference(&blocked) {
-            self.store.want_credit_block(TenantId(*tenant), *account, true, now).await?;
+            self.store.want_credit_block(*tenant, *account, true, now).await?;
         }
         for (tenant, account) in blocked.difference(&overdue) {
-            self.store.want_credit_block(TenantId(*tenant), *account, false, now).await?;
+            self.store.want_credit_block(*tenant, *account, false, now).await?;
         }
         for block in self.store.credit_blocks().await?.into_iter().filter(|block| !block.applied) {
             // One account the wallet cannot answer for must not hold up the others.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Duration, Utc};
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::{Replayed, decode_encoded, request_hash};
+use reservoir_common::ids::AccountId;
 use reservoir_common::validate::Violations;
 use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_server::MeteringService;
@@ -286,7 +287,7 @@ impl MeteringService for MeteringApi {
         let request = request.into_inner();
         let now = now();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         let estimate = quantity(&mut violations, "estimated_quantity", &request.estimated_quantity, true);
         dimensions(&mut violations, "dimensions", &request.dimensions);
@@ -354,7 +355,7 @@ impl MeteringApi {
         request: &pb::GetUsageRequest,
     ) -> Result<Vec<pb::UsageGroup>, MeteringError> {
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         let start = violations.time("start_time", request.start_time.as_ref());
         let end = violations.time("end_time", request.end_time.as_ref());
         match (start, end) {
@@ -393,7 +394,7 @@ fn check_event(event: pb::UsageEvent, now: DateTime<Utc>) -> Checked {
     if event.event_id.starts_with(crate::store::SETTLEMENT_EVENT_PREFIX) {
         violations.add("event_id", "RESERVED: the prefix belongs to settlements");
     }
-    let account_id = violations.id("account_id", &event.account_id, |id| id);
+    let account_id = violations.id("account_id", &event.account_id, AccountId);
     dimensions(&mut violations, "dimensions", &event.dimensions);
     let occurred_at = violations.time("timestamp", event.timestamp.as_ref()).unwrap_or(now);
     if occurred_at > now + Duration::seconds(CLOCK_SKEW_SECONDS_MAX) {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
+use reservoir_common::ids::AccountId;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::wallet_service_client::WalletServiceClient;
 use tonic::{Code, Status};
-use uuid::Uuid;
 
 use crate::domain::EventStatus;
 use crate::domain::wallet_key;
@@ -93,7 +93,7 @@ impl WalletGateway {
     pub async fn account_unit(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
     ) -> Result<Option<(String, u32)>, MeteringError> {
         let request =
             service_request(pb::GetAccountRequest { account_id: account_id.to_string() }, &self.service_key, tenant)

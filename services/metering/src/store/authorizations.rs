@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -23,7 +24,7 @@ pub struct AuthorizationRow {
     pub tenant_id: TenantId,
     pub idempotency_key: String,
     pub request_hash: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     pub dimensions: BTreeMap<String, String>,
     pub estimated_quantity: Decimal,
@@ -43,7 +44,7 @@ fn authorization_from_row(row: authorization::Model) -> Result<AuthorizationRow,
         tenant_id: TenantId(row.tenant_id),
         idempotency_key: row.idempotency_key,
         request_hash: row.request_hash,
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         meter_code: row.meter_code,
         dimensions: serde_json::from_str(&row.dimensions).map_err(|_| corrupt("dimensions"))?,
         estimated_quantity: row.estimated_quantity.0,
@@ -87,7 +88,7 @@ impl Store {
             tenant_id: Set(row.tenant_id.0),
             idempotency_key: Set(row.idempotency_key.clone()),
             request_hash: Set(row.request_hash.clone()),
-            account_id: Set(row.account_id),
+            account_id: Set(row.account_id.0),
             meter_code: Set(row.meter_code.clone()),
             dimensions: Set(json(&row.dimensions)),
             estimated_quantity: Set(Amount(row.estimated_quantity)),
@@ -160,7 +161,7 @@ impl Store {
         event::Entity::insert(event::ActiveModel {
             tenant_id: Set(tenant.0),
             event_id: Set(new.event_id.clone()),
-            account_id: Set(new.account_id),
+            account_id: Set(new.account_id.0),
             meter_code: Set(new.meter_code.clone()),
             quantity: Set(Amount(actual_quantity)),
             dimensions: Set(json(&new.dimensions)),

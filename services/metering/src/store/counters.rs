@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, rows_per_insert};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::{ArrayType, Expr, OnConflict};
 use sea_orm::{
@@ -27,15 +28,15 @@ impl Store {
     pub(super) async fn advance_counter(
         connection: &impl ConnectionTrait,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         meter_code: &str,
         month: &str,
         quantity: Decimal,
     ) -> Result<Decimal, MeteringError> {
-        let key = (tenant.0, account_id, meter_code.to_owned(), month.to_owned());
+        let key = (tenant.0, account_id.0, meter_code.to_owned(), month.to_owned());
         counter::Entity::insert(counter::ActiveModel {
             tenant_id: Set(tenant.0),
-            account_id: Set(account_id),
+            account_id: Set(account_id.0),
             meter_code: Set(meter_code.to_owned()),
             month: Set(month.to_owned()),
             quantity: Set(Amount(Decimal::ZERO)),
@@ -61,7 +62,7 @@ impl Store {
         counter::Entity::update_many()
             .col_expr(counter::Column::Quantity, Expr::value(Amount(after)))
             .filter(counter::Column::TenantId.eq(tenant.0))
-            .filter(counter::Column::AccountId.eq(account_id))
+            .filter(counter::Column::AccountId.eq(account_id.0))
             .filter(counter::Column::MeterCode.eq(meter_code))
             .filter(counter::Column::Month.eq(month))
             .exec(connection)
@@ -73,17 +74,17 @@ impl Store {
     pub async fn usage_so_far(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         meter_code: &str,
         month: &str,
     ) -> Result<Decimal, MeteringError> {
-        let key = (tenant.0, account_id, meter_code.to_owned(), month.to_owned());
+        let key = (tenant.0, account_id.0, meter_code.to_owned(), month.to_owned());
         Ok(counter::Entity::find_by_id(key).one(&self.db).await?.map_or(Decimal::ZERO, |row| row.quantity.0))
     }
 }
 
 /// A counter's key: account, meter, month.
-pub(super) type CounterKey = (Uuid, String, String);
+pub(super) type CounterKey = (AccountId, String, String);
 
 /// A counter's key for an event.
 pub(super) fn counter_key(event: &NewEvent) -> CounterKey {
@@ -134,7 +135,7 @@ pub(super) async fn take_counters(
         return Ok(taken);
     }
     if transaction.get_database_backend() == DbBackend::Postgres {
-        let accounts = array(ArrayType::Uuid, additions.keys().map(|key| Value::from(key.0)).collect());
+        let accounts = array(ArrayType::Uuid, additions.keys().map(|key| Value::from(key.0.0)).collect());
         let meters = array(ArrayType::String, additions.keys().map(|key| Value::from(key.1.clone())).collect());
         let months = array(ArrayType::String, additions.keys().map(|key| Value::from(key.2.clone())).collect());
         let sums = array(
@@ -155,7 +156,7 @@ pub(super) async fn take_counters(
             .await?;
         for row in rows {
             let key: CounterKey =
-                (row.try_get("", "account_id")?, row.try_get("", "meter_code")?, row.try_get("", "month")?);
+                (AccountId(row.try_get("", "account_id")?), row.try_get("", "meter_code")?, row.try_get("", "month")?);
             let quantity: Decimal = row.try_get("", "quantity")?;
             let added = additions.get(&key).copied().flatten().unwrap_or(Decimal::ZERO);
             taken.counters.insert(key.clone(), quantity - added);
@@ -163,7 +164,7 @@ pub(super) async fn take_counters(
         }
         return Ok(taken);
     }
-    let accounts: BTreeSet<Uuid> = additions.keys().map(|key| key.0).collect();
+    let accounts: BTreeSet<Uuid> = additions.keys().map(|key| key.0.0).collect();
     let accounts: Vec<Uuid> = accounts.into_iter().collect();
     for chunk in accounts.chunks(500) {
         for row in counter::Entity::find()
@@ -172,7 +173,7 @@ pub(super) async fn take_counters(
             .all(transaction)
             .await?
         {
-            let key = (row.account_id, row.meter_code, row.month);
+            let key = (AccountId(row.account_id), row.meter_code, row.month);
             if additions.contains_key(&key) {
                 taken.counters.insert(key.clone(), row.quantity.0);
                 taken.held.insert(key, row.quantity.0);
@@ -197,7 +198,7 @@ pub(super) async fn write_counters(
         return Ok(());
     }
     if transaction.get_database_backend() == DbBackend::Postgres {
-        let accounts = array(ArrayType::Uuid, changed.iter().map(|(key, _)| Value::from(key.0)).collect());
+        let accounts = array(ArrayType::Uuid, changed.iter().map(|(key, _)| Value::from(key.0.0)).collect());
         let meters = array(ArrayType::String, changed.iter().map(|(key, _)| Value::from(key.1.clone())).collect());
         let months = array(ArrayType::String, changed.iter().map(|(key, _)| Value::from(key.2.clone())).collect());
         let quantities = array(ArrayType::Decimal, changed.iter().map(|(_, value)| Value::from(**value)).collect());
@@ -216,7 +217,7 @@ pub(super) async fn write_counters(
         .into_iter()
         .map(|(key, value)| counter::ActiveModel {
             tenant_id: Set(tenant.0),
-            account_id: Set(key.0),
+            account_id: Set(key.0.0),
             meter_code: Set(key.1.clone()),
             month: Set(key.2.clone()),
             quantity: Set(Amount(*value)),

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::WriteTransaction;
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
-use uuid::Uuid;
 
 use super::entities::event;
 use super::{Store, corrupt, lines};
@@ -19,7 +19,7 @@ use crate::error::MeteringError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub event_id: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     pub quantity: Decimal,
     pub dimensions: BTreeMap<String, String>,
@@ -36,7 +36,7 @@ pub struct StoredEvent {
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event_id: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     pub quantity: Decimal,
     pub dimensions: BTreeMap<String, String>,
@@ -72,7 +72,7 @@ pub(crate) fn event_from_row(row: event::Model) -> Result<StoredEvent, MeteringE
         dimensions: serde_json::from_str(&row.dimensions).map_err(|_| corrupt("dimensions"))?,
         entry_ids: serde_json::from_str(&row.entry_ids).map_err(|_| corrupt("entry ids"))?,
         event_id: row.event_id,
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         meter_code: row.meter_code,
         quantity: row.quantity.0,
         occurred_at: row.occurred_at,
@@ -107,14 +107,14 @@ impl Store {
     pub async fn usage(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         meter_code: Option<&str>,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<UsageRecord>, MeteringError> {
         let mut query = event::Entity::find()
             .filter(event::Column::TenantId.eq(tenant.0))
-            .filter(event::Column::AccountId.eq(account_id))
+            .filter(event::Column::AccountId.eq(account_id.0))
             .filter(event::Column::OccurredAt.gte(start))
             .filter(event::Column::OccurredAt.lt(end));
         if let Some(code) = meter_code {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, rows_per_insert};
+use reservoir_common::ids::AccountId;
 use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
@@ -32,7 +33,7 @@ pub struct Line {
     pub tenant: TenantId,
     /// The wallet key the line is drawn under.
     pub key: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     /// The line's events in order.
     pub events: Vec<StoredEvent>,
@@ -97,7 +98,7 @@ impl Store {
                 lines.push(Line {
                     tenant: TenantId(tenant),
                     key: row.draw_key.clone(),
-                    account_id: row.account_id,
+                    account_id: AccountId(row.account_id),
                     meter_code: row.meter_code.clone(),
                     events: rows.into_iter().map(event_from_row).collect::<Result<_, _>>()?,
                 });
@@ -177,7 +178,7 @@ pub(super) async fn insert_lines(
     if transaction.get_database_backend() == DbBackend::Postgres {
         let tenants = array(ArrayType::Uuid, lines.iter().map(|line| Value::from(line.tenant.0)).collect());
         let keys = array(ArrayType::String, lines.iter().map(|line| Value::from(line.key.clone())).collect());
-        let accounts = array(ArrayType::Uuid, lines.iter().map(|line| Value::from(line.account_id)).collect());
+        let accounts = array(ArrayType::Uuid, lines.iter().map(|line| Value::from(line.account_id.0)).collect());
         let meters = array(ArrayType::String, lines.iter().map(|line| Value::from(line.meter_code.clone())).collect());
         transaction
             .execute_raw(Statement::from_sql_and_values(
@@ -195,7 +196,7 @@ pub(super) async fn insert_lines(
         .map(|line| line::ActiveModel {
             tenant_id: Set(line.tenant.0),
             draw_key: Set(line.key.clone()),
-            account_id: Set(line.account_id),
+            account_id: Set(line.account_id.0),
             meter_code: Set(line.meter_code.clone()),
             claimed_until: Set(claimed_until),
             created_at: Set(now),

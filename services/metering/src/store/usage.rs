@@ -20,6 +20,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, rows_per_insert};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::ArrayType;
 use sea_orm::{
@@ -137,7 +138,7 @@ impl Store {
         for batch in batches {
             // One line per account and meter of this batch.
             let batch_id = Uuid::now_v7();
-            let mut lines: BTreeMap<(Uuid, String), Line> = BTreeMap::new();
+            let mut lines: BTreeMap<(AccountId, String), Line> = BTreeMap::new();
             let mut results = Vec::with_capacity(batch.len());
             for new in batch.iter() {
                 let event = &new.event;
@@ -253,7 +254,7 @@ async fn insert_events(
         for (stored, key, position) in &rows {
             let values: [Value; 9] = [
                 stored.event_id.clone().into(),
-                stored.account_id.into(),
+                stored.account_id.0.into(),
                 stored.meter_code.clone().into(),
                 stored.quantity.into(),
                 json(&stored.dimensions).into(),
@@ -302,7 +303,7 @@ async fn insert_events(
         .map(|(stored, key, position)| event::ActiveModel {
             tenant_id: Set(tenant.0),
             event_id: Set(stored.event_id),
-            account_id: Set(stored.account_id),
+            account_id: Set(stored.account_id.0),
             meter_code: Set(stored.meter_code),
             quantity: Set(Amount(stored.quantity)),
             dimensions: Set(json(&stored.dimensions)),

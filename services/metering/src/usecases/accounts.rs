@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use reservoir_common::auth::TenantId;
-use uuid::Uuid;
+use reservoir_common::ids::AccountId;
 
 use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
@@ -25,7 +25,7 @@ type WalletUnit = Result<Option<(String, u32)>, MeteringError>;
 pub struct Accounts {
     store: Store,
     wallet: WalletGateway,
-    scales: Arc<Mutex<HashMap<(TenantId, Uuid), u32>>>,
+    scales: Arc<Mutex<HashMap<(TenantId, AccountId), u32>>>,
 }
 
 impl Accounts {
@@ -35,7 +35,7 @@ impl Accounts {
 
     /// The wallet scale of an account, remembered after the first lookup;
     /// `None` when the tenant has no such account.
-    pub async fn scale(&self, tenant: TenantId, account_id: Uuid) -> Result<Option<u32>, MeteringError> {
+    pub async fn scale(&self, tenant: TenantId, account_id: AccountId) -> Result<Option<u32>, MeteringError> {
         if let Some((_, scale)) = self.store.account_unit(tenant, account_id).await? {
             return Ok(Some(scale));
         }
@@ -55,9 +55,9 @@ impl Accounts {
     pub async fn scales(
         &self,
         tenant: TenantId,
-        accounts: impl Iterator<Item = Uuid>,
-    ) -> Result<HashMap<Uuid, Option<u32>>, MeteringError> {
-        let mut found: HashMap<Uuid, Option<u32>> = HashMap::new();
+        accounts: impl Iterator<Item = AccountId>,
+    ) -> Result<HashMap<AccountId, Option<u32>>, MeteringError> {
+        let mut found: HashMap<AccountId, Option<u32>> = HashMap::new();
         let mut missing = Vec::new();
         if let Ok(known) = self.scales.lock() {
             for account in accounts {
@@ -73,12 +73,12 @@ impl Accounts {
         missing.sort_unstable();
         missing.dedup();
         let stored = self.store.account_units(tenant, &missing).await?;
-        let mut learned: Vec<(Uuid, u32)> = stored.into_iter().collect();
-        let remembered: HashSet<Uuid> = learned.iter().map(|(account, _)| *account).collect();
+        let mut learned: Vec<(AccountId, u32)> = stored.into_iter().collect();
+        let remembered: HashSet<AccountId> = learned.iter().map(|(account, _)| *account).collect();
         // Accounts never seen are asked of the wallet a few at a time, and
         // remembered together.
         let unseen = missing.into_iter().filter(|account| !remembered.contains(account));
-        let asked: Vec<(Uuid, WalletUnit)> = futures::stream::iter(unseen)
+        let asked: Vec<(AccountId, WalletUnit)> = futures::stream::iter(unseen)
             .map(|account| async move { (account, self.wallet.account_unit(tenant, account).await) })
             .buffer_unordered(WALLET_LOOKUPS_AT_ONCE)
             .collect()

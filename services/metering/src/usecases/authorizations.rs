@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
 use uuid::Uuid;
@@ -21,7 +22,7 @@ use crate::usecases::settle::settle_authorization;
 /// An authorization asked for, its fields checked.
 #[derive(Debug, Clone)]
 pub struct Authorize {
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     pub estimated_quantity: Decimal,
     pub dimensions: BTreeMap<String, String>,

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
 
@@ -41,7 +42,7 @@ pub async fn draw_lines(
     // lines of an account (in order), so the requests share no account and
     // go to the wallet side by side.
     let mut by_account: Vec<Vec<&Line>> = Vec::new();
-    let mut account_index: HashMap<uuid::Uuid, usize> = HashMap::new();
+    let mut account_index: HashMap<AccountId, usize> = HashMap::new();
     for line in &lines {
         let priced = line.events.iter().filter(|event| !event.amount.is_zero()).count();
         if priced == 0 {
@@ -84,7 +85,7 @@ pub async fn draw_lines(
     }
     // An account whose line was not drawn has its later lines left too, so
     // they are never drawn before it.
-    let mut held_back: HashSet<uuid::Uuid> = HashSet::new();
+    let mut held_back: HashSet<AccountId> = HashSet::new();
     for wave in waves {
         let mut requests: Vec<Vec<&Line>> = Vec::with_capacity(wave.requests.len());
         for (request, _) in wave.requests {

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
-use uuid::Uuid;
 
 use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
@@ -63,7 +63,7 @@ struct Listed {
     /// Every listing numbered below this is drawn (they are drawn in order).
     drawn_below: u64,
     /// Each account's latest listing not yet drawn.
-    latest: HashMap<(TenantId, Uuid), u64>,
+    latest: HashMap<(TenantId, AccountId), u64>,
 }
 
 impl Undrawn {
@@ -104,7 +104,12 @@ impl Drawdown {
     /// sooner than the call itself). Waiting stops after 5 s, slot
     /// included: past that the wallet is slow or down, and the worker draws
     /// what is stored.
-    pub async fn accept(&self, tenant: TenantId, lines: Vec<Line>, repeated: &[Uuid]) -> Result<(), MeteringError> {
+    pub async fn accept(
+        &self,
+        tenant: TenantId,
+        lines: Vec<Line>,
+        repeated: &[AccountId],
+    ) -> Result<(), MeteringError> {
         let deadline = tokio::time::Instant::now() + WAIT_MAX;
         let slot = if lines.is_empty() {
             None

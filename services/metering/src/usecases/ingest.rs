@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
-use uuid::Uuid;
 
 use crate::clients::wallet::WalletGateway;
 use crate::domain::{EventStatus, PriceVersion};
@@ -24,7 +24,7 @@ use crate::usecases::drawdown::Drawdown;
 #[derive(Debug, Clone)]
 pub struct UsageEvent {
     pub event_id: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub meter_code: String,
     /// The quantity read, or why it cannot be; a COUNT meter ignores it.
     pub quantity: Result<Decimal, String>,
@@ -83,7 +83,7 @@ impl Ingestion {
         let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
         let mut meters: HashMap<String, Option<PricedMeter>> = HashMap::new();
         // Every account's scale first, in one go.
-        let mut scales: HashMap<Uuid, Option<u32>> = self
+        let mut scales: HashMap<AccountId, Option<u32>> = self
             .accounts
             .scales(
                 tenant,
@@ -164,7 +164,7 @@ impl Ingestion {
         let stored_at = started.elapsed();
         let mut drawn = if asynchronously {
             // Accepted once an account's earlier accepted batch is drawn.
-            let repeated: Vec<Uuid> = stored
+            let repeated: Vec<AccountId> = stored
                 .iter()
                 .filter_map(|outcome| match outcome {
                     Stored::Duplicate(event) if event.status == EventStatus::Pending => Some(event.account_id),

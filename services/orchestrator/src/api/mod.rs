@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::request_hash;
+use reservoir_common::ids::AccountId;
 use reservoir_common::money::parse_amount;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
@@ -62,7 +63,7 @@ impl TopUpApi {
     }
 
     /// The scale of the account's unit; NOT_FOUND when the tenant has no such account.
-    async fn scale_of(&self, tenant: TenantId, account_id: Uuid) -> Result<u32, OrchestratorError> {
+    async fn scale_of(&self, tenant: TenantId, account_id: AccountId) -> Result<u32, OrchestratorError> {
         match self.saga.upstream().account_unit(tenant, account_id).await {
             Ok((_, scale)) => Ok(scale),
             Err(CallError::Refused { code: Code::NotFound, .. }) => Err(OrchestratorError::NotFound("account")),
@@ -114,9 +115,9 @@ impl TopUpApi {
 }
 
 /// The `account_id` field of a request, or INVALID_ARGUMENT naming it.
-fn account_id_of(text: &str) -> Result<Uuid, OrchestratorError> {
+fn account_id_of(text: &str) -> Result<AccountId, OrchestratorError> {
     let mut violations = Violations::default();
-    let account_id = violations.id("account_id", text, |id| id);
+    let account_id = violations.id("account_id", text, AccountId);
     violations.finish()?;
     account_id.ok_or_else(|| OrchestratorError::field("account_id", "is required"))
 }
@@ -149,7 +150,7 @@ impl TopUpService for TopUpApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.idempotency_key("idempotency_key", &request.idempotency_key);
         let payment_method_id = violations.optional_id("payment_method_id", &request.payment_method_id);
         if payment_method_id.is_none() && !request.reconcile_later && request.payment_method_id.is_empty() {
@@ -176,7 +177,7 @@ impl TopUpService for TopUpApi {
             }
             return Ok(Response::new(pb::StartTopUpResponse { top_up: Some(self.view(&existing).await?) }));
         }
-        let account_id = account_id.unwrap_or_default();
+        let account_id = account_id.unwrap_or(AccountId(Uuid::nil()));
         let scale = self.scale_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = credits(&mut violations, "credits", &request.credits, scale);
@@ -226,7 +227,7 @@ impl TopUpService for TopUpApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.optional_id("account_id", &request.account_id);
+        let account_id = violations.optional_id("account_id", &request.account_id).map(AccountId);
         let status = match pb::TopUpStatus::try_from(request.status) {
             Ok(pb::TopUpStatus::Unspecified) => None,
             Ok(pb::TopUpStatus::Pending) => Some(TopUpStatus::Pending),
@@ -263,10 +264,10 @@ impl TopUpService for TopUpApi {
             return Err(OrchestratorError::field("auto_replenish", "is required").into());
         };
         let mut violations = Violations::default();
-        let account_id = violations.id("auto_replenish.account_id", &wanted.account_id, |id| id);
+        let account_id = violations.id("auto_replenish.account_id", &wanted.account_id, AccountId);
         let method = violations.id("auto_replenish.payment_method_id", &wanted.payment_method_id, |id| id);
         violations.finish()?;
-        let account_id = account_id.unwrap_or_default();
+        let account_id = account_id.unwrap_or(AccountId(Uuid::nil()));
         let scale = self.scale_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let threshold = credits(&mut violations, "auto_replenish.threshold", &wanted.threshold, scale);
@@ -386,7 +387,7 @@ impl TopUpService for TopUpApi {
             return Err(OrchestratorError::field("recurring_top_up", "is required").into());
         };
         let mut violations = Violations::default();
-        let account_id = violations.id("recurring_top_up.account_id", &wanted.account_id, |id| id);
+        let account_id = violations.id("recurring_top_up.account_id", &wanted.account_id, AccountId);
         let interval = match pb::Interval::try_from(wanted.interval) {
             Ok(pb::Interval::Weekly) => Some(Interval::Weekly),
             Ok(pb::Interval::Monthly) => Some(Interval::Monthly),
@@ -420,7 +421,7 @@ impl TopUpService for TopUpApi {
             .as_ref()
             .and_then(|_| violations.time("recurring_top_up.next_run_at", wanted.next_run_at.as_ref()));
         violations.finish()?;
-        let account_id = account_id.unwrap_or_default();
+        let account_id = account_id.unwrap_or(AccountId(Uuid::nil()));
         let scale = self.scale_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = credits(&mut violations, "recurring_top_up.credits", &wanted.credits, scale);
@@ -471,10 +472,10 @@ impl TopUpService for TopUpApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.required_text("code", &request.code, VOUCHER_CODE_LENGTH_MAX);
         violations.finish()?;
-        let account_id = account_id.unwrap_or_default();
+        let account_id = account_id.unwrap_or(AccountId(Uuid::nil()));
         self.scale_of(tenant, account_id).await?;
         // Keyed by the code (as typed, made canonical, and only its digest)
         // and the account: the same redemption sent again is the same

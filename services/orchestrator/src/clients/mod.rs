@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
+use reservoir_common::ids::AccountId;
 use reservoir_common::status::reason_or_code;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::invoicing as invoicing_pb;
@@ -146,7 +147,7 @@ impl Upstream {
     }
 
     /// The account's wallet unit code and scale.
-    pub async fn account_unit(&self, tenant: TenantId, account_id: Uuid) -> Result<(String, u32), CallError> {
+    pub async fn account_unit(&self, tenant: TenantId, account_id: AccountId) -> Result<(String, u32), CallError> {
         let request = self.request(wallet_pb::GetAccountRequest { account_id: account_id.to_string() }, tenant)?;
         let account = answer(self.wallet().get_account(request).await)?.account.unwrap_or_default();
         let unit = account.unit.unwrap_or_default();
@@ -154,7 +155,7 @@ impl Upstream {
     }
 
     /// The account's available balance.
-    pub async fn available(&self, tenant: TenantId, account_id: Uuid) -> Result<Decimal, CallError> {
+    pub async fn available(&self, tenant: TenantId, account_id: AccountId) -> Result<Decimal, CallError> {
         let request = self.request(wallet_pb::GetBalanceRequest { account_id: account_id.to_string() }, tenant)?;
         let balance = answer(self.wallet().get_balance(request).await)?.balance.unwrap_or_default();
         decimal(&balance.available)
@@ -165,7 +166,7 @@ impl Upstream {
         &self,
         tenant: TenantId,
         top_up_id: Uuid,
-        account_id: Uuid,
+        account_id: AccountId,
         credits: Decimal,
     ) -> Result<Invoice, CallError> {
         let request = self.request(
@@ -207,7 +208,7 @@ impl Upstream {
         &self,
         tenant: TenantId,
         top_up_id: Uuid,
-        account_id: Uuid,
+        account_id: AccountId,
         invoice: &Invoice,
         payment_method_id: Option<Uuid>,
         reconcile_later: bool,
@@ -250,7 +251,7 @@ impl Upstream {
         &self,
         tenant: TenantId,
         code: &str,
-        account_id: Uuid,
+        account_id: AccountId,
         unit_code: &str,
     ) -> Result<(Uuid, Decimal, String), CallError> {
         let request = self.request(
@@ -271,7 +272,7 @@ impl Upstream {
         &self,
         tenant: TenantId,
         top_up_id: Uuid,
-        account_id: Uuid,
+        account_id: AccountId,
         credits: Decimal,
         kind: wallet_pb::GrantKind,
         source: wallet_pb::GrantSource,
@@ -302,7 +303,7 @@ impl Upstream {
     pub async fn set_low_balance_levels(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         threshold: Decimal,
         warning: Option<Decimal>,
     ) -> Result<(), CallError> {

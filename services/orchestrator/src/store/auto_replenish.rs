@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::Amount;
+use reservoir_common::ids::AccountId;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
@@ -19,7 +20,7 @@ use crate::error::OrchestratorError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct AutoReplenishRow {
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub settings: crate::domain::AutoReplenish,
     pub payment_method_id: Uuid,
     pub enabled: bool,
@@ -36,7 +37,7 @@ fn auto_from_row(row: auto_replenish::Model) -> Result<AutoReplenishRow, Orchest
     };
     Ok(AutoReplenishRow {
         tenant_id: TenantId(row.tenant_id),
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         settings: crate::domain::AutoReplenish {
             threshold: row.threshold.0,
             strategy,
@@ -62,7 +63,7 @@ impl Store {
         };
         auto_replenish::Entity::insert(auto_replenish::ActiveModel {
             tenant_id: Set(row.tenant_id.0),
-            account_id: Set(row.account_id),
+            account_id: Set(row.account_id.0),
             threshold: Set(Amount(row.settings.threshold)),
             strategy: Set(strategy.to_owned()),
             strategy_amount: Set(Amount(amount)),
@@ -104,9 +105,9 @@ impl Store {
     pub async fn auto_replenish(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
     ) -> Result<Option<AutoReplenishRow>, OrchestratorError> {
-        let row = auto_replenish::Entity::find_by_id((tenant.0, account_id)).one(&self.db).await?;
+        let row = auto_replenish::Entity::find_by_id((tenant.0, account_id.0)).one(&self.db).await?;
         row.map(auto_from_row).transpose()
     }
 
@@ -128,10 +129,10 @@ impl Store {
     async fn record_decline(
         transaction: &impl ConnectionTrait,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         now: DateTime<Utc>,
     ) -> Result<(), OrchestratorError> {
-        let Some(row) = auto_replenish::Entity::find_by_id((tenant.0, account_id)).one(transaction).await? else {
+        let Some(row) = auto_replenish::Entity::find_by_id((tenant.0, account_id.0)).one(transaction).await? else {
             return Ok(());
         };
         let declines = row.consecutive_declines.saturating_add(1);
@@ -141,7 +142,7 @@ impl Store {
             .col_expr(auto_replenish::Column::Paused, Expr::value(row.paused || pause))
             .col_expr(auto_replenish::Column::UpdatedAt, Expr::value(now))
             .filter(auto_replenish::Column::TenantId.eq(tenant.0))
-            .filter(auto_replenish::Column::AccountId.eq(account_id))
+            .filter(auto_replenish::Column::AccountId.eq(account_id.0))
             .exec(transaction)
             .await?;
         if pause {
@@ -173,7 +174,7 @@ impl Store {
                 auto_replenish::Entity::update_many()
                     .col_expr(auto_replenish::Column::ConsecutiveDeclines, Expr::value(0))
                     .filter(auto_replenish::Column::TenantId.eq(row.tenant_id.0))
-                    .filter(auto_replenish::Column::AccountId.eq(row.account_id))
+                    .filter(auto_replenish::Column::AccountId.eq(row.account_id.0))
                     .exec(connection)
                     .await?;
                 Ok(())

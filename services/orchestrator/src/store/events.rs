@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::WriteTransaction;
+use reservoir_common::ids::AccountId;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
@@ -16,7 +17,7 @@ use crate::error::OrchestratorError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     pub event_type: &'static str,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub top_up_id: Option<Uuid>,
     pub credits: String,
     pub reason: String,
@@ -27,7 +28,7 @@ pub struct NewEvent {
 pub struct StoredEvent {
     pub sequence: u64,
     pub event_type: String,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub top_up_id: Option<Uuid>,
     pub credits: String,
     pub reason: String,
@@ -46,7 +47,7 @@ impl Store {
             sequence: Set(sequence),
             tenant_id: Set(tenant.0),
             event_type: Set(new.event_type.to_owned()),
-            account_id: Set(new.account_id),
+            account_id: Set(new.account_id.0),
             top_up_id: Set(new.top_up_id),
             credits: Set(new.credits.clone()),
             reason: Set(new.reason.clone()),
@@ -96,7 +97,7 @@ impl Store {
             .map(|row| StoredEvent {
                 sequence: u64::try_from(row.sequence).unwrap_or(0),
                 event_type: row.event_type,
-                account_id: row.account_id,
+                account_id: AccountId(row.account_id),
                 top_up_id: row.top_up_id,
                 credits: row.credits,
                 reason: row.reason,

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -19,7 +20,7 @@ use crate::error::OrchestratorError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecurringRow {
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub credits: Decimal,
     pub interval: Interval,
     /// PAID or GRANTED.
@@ -36,7 +37,7 @@ pub struct RecurringRow {
 fn recurring_from_row(row: recurring::Model) -> Result<RecurringRow, OrchestratorError> {
     Ok(RecurringRow {
         tenant_id: TenantId(row.tenant_id),
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         credits: row.credits.0,
         interval: Interval::from_name(&row.interval_kind).ok_or_else(|| corrupt("interval"))?,
         mode: row.mode,
@@ -53,7 +54,7 @@ impl Store {
     pub async fn save_recurring(&self, row: &RecurringRow, now: DateTime<Utc>) -> Result<(), OrchestratorError> {
         recurring::Entity::insert(recurring::ActiveModel {
             tenant_id: Set(row.tenant_id.0),
-            account_id: Set(row.account_id),
+            account_id: Set(row.account_id.0),
             credits: Set(Amount(row.credits)),
             interval_kind: Set(row.interval.name().to_owned()),
             mode: Set(row.mode.clone()),
@@ -88,9 +89,9 @@ impl Store {
     pub async fn recurring(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
     ) -> Result<Option<RecurringRow>, OrchestratorError> {
-        let row = recurring::Entity::find_by_id((tenant.0, account_id)).one(&self.db).await?;
+        let row = recurring::Entity::find_by_id((tenant.0, account_id.0)).one(&self.db).await?;
         row.map(recurring_from_row).transpose()
     }
 
@@ -120,7 +121,7 @@ impl Store {
             .col_expr(recurring::Column::NextRunAt, Expr::value(next_run_at))
             .col_expr(recurring::Column::Runs, Expr::value(i64::try_from(row.runs + 1).unwrap_or(i64::MAX)))
             .filter(recurring::Column::TenantId.eq(row.tenant_id.0))
-            .filter(recurring::Column::AccountId.eq(row.account_id))
+            .filter(recurring::Column::AccountId.eq(row.account_id.0))
             .filter(recurring::Column::NextRunAt.eq(row.next_run_at))
             .filter(recurring::Column::Enabled.eq(true))
             .exec(&transaction)

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -20,7 +21,7 @@ use crate::error::OrchestratorError;
 pub struct TopUpRow {
     pub id: Uuid,
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub trigger: Trigger,
     pub status: Status,
     pub step: Step,
@@ -64,7 +65,7 @@ fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
     Ok(TopUpRow {
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         trigger: Trigger::from_name(&row.trigger_kind).ok_or_else(|| corrupt("trigger"))?,
         status: Status::from_name(&row.status).ok_or_else(|| corrupt("status"))?,
         step: Step::from_name(&row.step).ok_or_else(|| corrupt("step"))?,
@@ -95,7 +96,7 @@ fn top_up_model(row: &TopUpRow, claimed_until: DateTime<Utc>) -> top_up::ActiveM
     top_up::ActiveModel {
         id: Set(row.id),
         tenant_id: Set(row.tenant_id.0),
-        account_id: Set(row.account_id),
+        account_id: Set(row.account_id.0),
         trigger_kind: Set(row.trigger.name().to_owned()),
         status: Set(row.status.name().to_owned()),
         step: Set(row.step.name().to_owned()),
@@ -262,14 +263,14 @@ impl Store {
     pub async fn list(
         &self,
         tenant: TenantId,
-        account_id: Option<Uuid>,
+        account_id: Option<AccountId>,
         status: Option<Status>,
         before: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<TopUpRow>, OrchestratorError> {
         let mut query = top_up::Entity::find().filter(top_up::Column::TenantId.eq(tenant.0));
         if let Some(account_id) = account_id {
-            query = query.filter(top_up::Column::AccountId.eq(account_id));
+            query = query.filter(top_up::Column::AccountId.eq(account_id.0));
         }
         if let Some(status) = status {
             query = query.filter(top_up::Column::Status.eq(status.name()));
@@ -364,13 +365,13 @@ impl Store {
     pub async fn auto_history(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         day_start: DateTime<Utc>,
         month_start: DateTime<Utc>,
     ) -> Result<AutoHistory, OrchestratorError> {
         let rows = top_up::Entity::find()
             .filter(top_up::Column::TenantId.eq(tenant.0))
-            .filter(top_up::Column::AccountId.eq(account_id))
+            .filter(top_up::Column::AccountId.eq(account_id.0))
             .filter(top_up::Column::TriggerKind.eq(Trigger::AutoReplenish.name()))
             .filter(top_up::Column::CreatedAt.gte(month_start.min(day_start)))
             .all(&self.db)

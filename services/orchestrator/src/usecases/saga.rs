@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_proto::payments::PaymentStatus;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
@@ -467,7 +468,7 @@ impl Saga {
 #[allow(clippy::too_many_arguments)]
 pub fn new_top_up(
     tenant: TenantId,
-    account_id: Uuid,
+    account_id: AccountId,
     trigger: Trigger,
     step: Step,
     credits: Decimal,

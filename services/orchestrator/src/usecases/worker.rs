@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Duration as Span;
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_proto::payments as payments_pb;
 use reservoir_proto::wallet as wallet_pb;
 use rust_decimal::Decimal;
@@ -151,7 +152,7 @@ impl Worker {
             let event = message.map_err(|status| OrchestratorError::Unavailable(status.to_string()))?.event;
             let Some(event) = event else { continue };
             if event.r#type == i32::from(wallet_pb::EventType::BalanceLow)
-                && let Ok(account_id) = Uuid::parse_str(&event.account_id)
+                && let Ok(account_id) = event.account_id.parse::<AccountId>()
             {
                 let available: Decimal = event.available.parse().unwrap_or_default();
                 self.on_balance_low(tenant, account_id, available, event.sequence).await?;
@@ -164,7 +165,7 @@ impl Worker {
     async fn on_balance_low(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         available: Decimal,
         sequence: u64,
     ) -> Result<(), OrchestratorError> {
@@ -224,7 +225,7 @@ impl Worker {
 pub async fn start_automatic(
     saga: &Saga,
     tenant: TenantId,
-    account_id: Uuid,
+    account_id: AccountId,
     available: Decimal,
     key: String,
 ) -> Result<Option<crate::store::TopUpRow>, OrchestratorError> {

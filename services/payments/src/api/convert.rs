@@ -12,7 +12,7 @@ pub fn decimal(value: Decimal) -> String {
     value.normalize().to_string()
 }
 
-fn id_or_empty(id: Option<uuid::Uuid>) -> String {
+fn id_or_empty(id: Option<impl std::fmt::Display>) -> String {
     id.map(|id| id.to_string()).unwrap_or_default()
 }
 

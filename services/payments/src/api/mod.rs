@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::Stream;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::{Replayed, decode_encoded, request_hash};
+use reservoir_common::ids::AccountId;
 use reservoir_common::outbox::follow_woken;
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
@@ -91,7 +92,7 @@ impl PaymentsApi {
 
 fn check_charge(request: &pb::ChargeRequest) -> Result<NewCharge, PaymentsError> {
     let mut violations = Violations::default();
-    let account_id = violations.id("account_id", &request.account_id, |id| id);
+    let account_id = violations.id("account_id", &request.account_id, AccountId);
     let invoice_id = violations.id("invoice_id", &request.invoice_id, |id| id);
     let currency = if request.currency.is_empty() {
         violations.add("currency", "is required");
@@ -217,7 +218,7 @@ impl PaymentsService for PaymentsApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         let kind = convert::method_kind_from_pb(request.kind);
         match kind {
             Some(kind) if kind.needs_token() => {
@@ -269,7 +270,7 @@ impl PaymentsService for PaymentsApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.finish().map_err(PaymentsError::from)?;
         let account_id = account_id.ok_or_else(missing)?;
         let methods = self.store.payment_methods(tenant, account_id, PAYMENT_METHODS_PER_ACCOUNT_MAX).await?;
@@ -350,7 +351,7 @@ impl PaymentsService for PaymentsApi {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
         let mut violations = Violations::default();
-        let account_id = violations.optional_id("account_id", &request.account_id);
+        let account_id = violations.optional_id("account_id", &request.account_id).map(AccountId);
         let invoice_id = violations.optional_id("invoice_id", &request.invoice_id);
         let status = match pb::PaymentStatus::try_from(request.status) {
             Ok(status) => status_from_pb(status),
@@ -451,7 +452,7 @@ impl PaymentsService for PaymentsApi {
         let request = request.into_inner();
         let now = now();
         let mut violations = Violations::default();
-        let account_id = violations.id("account_id", &request.account_id, |id| id);
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
         violations.required_text("code", &request.code, VOUCHER_CODE_LENGTH_MAX);
         violations.finish().map_err(PaymentsError::from)?;
         let account_id = account_id.ok_or_else(missing)?;

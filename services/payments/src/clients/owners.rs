@@ -4,6 +4,7 @@
 
 use reservoir_common::auth::{TenantId, service_request};
 use reservoir_common::channel::ServiceChannel;
+use reservoir_common::ids::AccountId;
 use reservoir_common::money::Unit;
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
@@ -36,7 +37,7 @@ impl Owners {
 
     /// Ok when `account` is one of `tenant`'s; NOT_FOUND when it is not (or
     /// not anyone's); UNAVAILABLE when the wallet cannot tell now.
-    pub async fn check_account(&self, tenant: TenantId, account: Uuid) -> Result<(), PaymentsError> {
+    pub async fn check_account(&self, tenant: TenantId, account: AccountId) -> Result<(), PaymentsError> {
         let message = wallet_pb::GetAccountRequest { account_id: account.to_string() };
         let request = service_request(message, &self.service_key, tenant)
             .map_err(|status| PaymentsError::internal(status.message().to_owned()))?;
@@ -93,7 +94,7 @@ impl Owners {
         let unreadable = |what: &str| PaymentsError::internal(format!("invoicing answered an invoice with {what}"));
         let status = invoice.status();
         Ok(InvoiceFacts {
-            account_id: Uuid::parse_str(&invoice.account_id).map_err(|_| unreadable("a malformed account id"))?,
+            account_id: invoice.account_id.parse().map_err(|_| unreadable("a malformed account id"))?,
             payable: matches!(status, invoicing_pb::InvoiceStatus::Open | invoicing_pb::InvoiceStatus::Uncollectible),
             amount_due: invoice.amount_due.parse().map_err(|_| unreadable("a malformed amount due"))?,
             currency: invoice.currency,

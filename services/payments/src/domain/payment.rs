@@ -2,6 +2,7 @@
 //! when a retried charge calls the gateway again, when it may be confirmed,
 //! and how much of it may be refunded.
 
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 
 use super::Refusal;
@@ -395,7 +396,7 @@ mod tests {
 /// What a charge needs to know of the invoice it pays, as invoicing tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvoiceFacts {
-    pub account_id: uuid::Uuid,
+    pub account_id: AccountId,
     /// ISO-4217.
     pub currency: String,
     /// OPEN, or UNCOLLECTIBLE (which may still be paid).
@@ -408,7 +409,7 @@ pub struct InvoiceFacts {
 /// no more than it still asks for.
 pub fn check_invoice(
     invoice: &InvoiceFacts,
-    account_id: uuid::Uuid,
+    account_id: AccountId,
     currency: &str,
     amount: Decimal,
 ) -> Result<(), Refusal> {
@@ -431,7 +432,7 @@ mod invoice_tests {
 
     #[test]
     fn a_charge_pays_only_its_own_open_invoice_up_to_what_is_due() {
-        let account = uuid::Uuid::now_v7();
+        let account = AccountId::generate();
         let invoice = InvoiceFacts {
             account_id: account,
             currency: "USD".into(),
@@ -445,7 +446,7 @@ mod invoice_tests {
             check_invoice(&invoice, account, "USD", "20.01".parse().unwrap()),
             Err(Refusal::ChargeExceedsAmountDue)
         );
-        assert_eq!(check_invoice(&invoice, uuid::Uuid::now_v7(), "USD", twenty), Err(Refusal::InvoiceMismatch));
+        assert_eq!(check_invoice(&invoice, AccountId::generate(), "USD", twenty), Err(Refusal::InvoiceMismatch));
         assert_eq!(check_invoice(&invoice, account, "EUR", twenty), Err(Refusal::InvoiceMismatch));
         let paid = InvoiceFacts { payable: false, amount_due: Decimal::ZERO, ..invoice };
         assert_eq!(check_invoice(&paid, account, "USD", twenty), Err(Refusal::InvoiceNotPayable));

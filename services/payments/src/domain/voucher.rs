@@ -8,8 +8,8 @@
 
 use chrono::{DateTime, Duration, Utc};
 use rand::Rng;
+use reservoir_common::ids::AccountId;
 use sha2::{Digest, Sha256};
-use uuid::Uuid;
 
 use super::Refusal;
 
@@ -179,9 +179,9 @@ pub enum Redemption {
 /// redeemed by the same account is answered even after it expired: the
 /// retry must see what the first call did.
 pub fn redemption(
-    redeemed_by: Option<Uuid>,
+    redeemed_by: Option<AccountId>,
     expires_at: Option<DateTime<Utc>>,
-    account: Uuid,
+    account: AccountId,
     now: DateTime<Utc>,
 ) -> Result<Redemption, Refusal> {
     match redeemed_by {
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn a_voucher_is_redeemed_once_and_not_after_it_expires() {
         let now = DateTime::from_timestamp(1_700_000_000, 0).unwrap();
-        let (mine, theirs) = (Uuid::now_v7(), Uuid::now_v7());
+        let (mine, theirs) = (AccountId::generate(), AccountId::generate());
         assert_eq!(redemption(None, None, mine, now), Ok(Redemption::Redeem));
         assert_eq!(redemption(None, Some(now + Duration::hours(1)), mine, now), Ok(Redemption::Redeem));
         assert_eq!(redemption(None, Some(now), mine, now), Err(Refusal::VoucherExpired));

@@ -2,6 +2,7 @@
 
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{WriteTransaction, is_unique_violation};
+use reservoir_common::ids::AccountId;
 use sea_orm::ActiveValue::Set;
 use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect};
 use uuid::Uuid;
@@ -15,7 +16,7 @@ fn method_from_row(row: payment_method::Model) -> Result<PaymentMethodRow, Payme
     Ok(PaymentMethodRow {
         kind: MethodKind::from_name(&row.kind).ok_or_else(|| corrupt("payment method kind"))?,
         id: row.id,
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         gateway_token: row.gateway_token,
         label: row.label,
         created_at: row.created_at,
@@ -36,7 +37,7 @@ impl Store {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let existing = payment_method::Entity::find()
             .filter(payment_method::Column::TenantId.eq(tenant.0))
-            .filter(payment_method::Column::AccountId.eq(method.account_id))
+            .filter(payment_method::Column::AccountId.eq(method.account_id.0))
             .count(&transaction)
             .await?;
         if existing >= methods_max {
@@ -55,7 +56,7 @@ impl Store {
         payment_method::Entity::insert(payment_method::ActiveModel {
             id: Set(method.id),
             tenant_id: Set(tenant.0),
-            account_id: Set(method.account_id),
+            account_id: Set(method.account_id.0),
             kind: Set(method.kind.name().to_owned()),
             gateway_token: Set(method.gateway_token.clone()),
             label: Set(method.label.clone()),
@@ -79,12 +80,12 @@ impl Store {
     pub async fn payment_methods(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         limit: u64,
     ) -> Result<Vec<PaymentMethodRow>, PaymentsError> {
         let rows = payment_method::Entity::find()
             .filter(payment_method::Column::TenantId.eq(tenant.0))
-            .filter(payment_method::Column::AccountId.eq(account_id))
+            .filter(payment_method::Column::AccountId.eq(account_id.0))
             .order_by_desc(payment_method::Column::Id)
             .limit(limit)
             .all(&self.db)

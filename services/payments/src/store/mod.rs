@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, Database};
 use reservoir_common::idempotency::{Replayed, answer_record};
+use reservoir_common::ids::AccountId;
 use reservoir_common::settings::DatabaseSettings;
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
@@ -43,7 +44,7 @@ use crate::error::PaymentsError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaymentMethodRow {
     pub id: Uuid,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub kind: MethodKind,
     /// Empty for a bank transfer.
     pub gateway_token: String,
@@ -56,7 +57,7 @@ pub struct PaymentMethodRow {
 pub struct PaymentRow {
     pub id: Uuid,
     pub tenant_id: TenantId,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub invoice_id: Uuid,
     pub payment_method_id: Option<Uuid>,
     pub channel: Channel,
@@ -131,7 +132,7 @@ pub struct VoucherRow {
     pub value: Decimal,
     pub unit_code: String,
     pub expires_at: Option<DateTime<Utc>>,
-    pub redeemed_by: Option<Uuid>,
+    pub redeemed_by: Option<AccountId>,
     pub redeemed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -141,7 +142,7 @@ pub struct VoucherRow {
 pub struct EventRow {
     pub sequence: u64,
     pub event_type: EventType,
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub payment_id: Option<Uuid>,
     pub invoice_id: Option<Uuid>,
     pub amount: Decimal,
@@ -154,7 +155,7 @@ pub struct EventRow {
 /// An event to append to the outbox.
 struct NewEvent {
     event_type: EventType,
-    account_id: Uuid,
+    account_id: AccountId,
     payment_id: Option<Uuid>,
     invoice_id: Option<Uuid>,
     amount: Decimal,
@@ -213,7 +214,7 @@ fn event_from_row(row: event::Model) -> Result<EventRow, PaymentsError> {
     Ok(EventRow {
         sequence: u64::try_from(row.sequence).map_err(|_| corrupt("event sequence"))?,
         event_type: EventType::from_name(&row.event_type).ok_or_else(|| corrupt("event type"))?,
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         payment_id: row.payment_id,
         invoice_id: row.invoice_id,
         amount: row.amount.0,
@@ -271,7 +272,7 @@ impl Store {
             sequence: Set(sequence),
             tenant_id: Set(tenant.0),
             event_type: Set(event.event_type.name().to_owned()),
-            account_id: Set(event.account_id),
+            account_id: Set(event.account_id.0),
             payment_id: Set(event.payment_id),
             invoice_id: Set(event.invoice_id),
             amount: Set(Amount(event.amount)),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::Expr;
@@ -24,7 +25,7 @@ use crate::error::PaymentsError;
 /// Which payments a list holds; `None` matches every value.
 #[derive(Debug, Clone, Default)]
 pub struct PaymentFilter {
-    pub account_id: Option<Uuid>,
+    pub account_id: Option<AccountId>,
     pub invoice_id: Option<Uuid>,
     pub status: Option<PaymentStatus>,
 }
@@ -36,7 +37,7 @@ fn payment_from_row(row: payment::Model) -> Result<PaymentRow, PaymentsError> {
         metadata: serde_json::from_str(&row.metadata).map_err(|_| corrupt("payment metadata"))?,
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
-        account_id: row.account_id,
+        account_id: AccountId(row.account_id),
         invoice_id: row.invoice_id,
         payment_method_id: row.payment_method_id,
         gateway_token: row.gateway_token,
@@ -100,7 +101,7 @@ impl Store {
         let inserted = payment::Entity::insert(payment::ActiveModel {
             id: Set(new.id),
             tenant_id: Set(new.tenant_id.0),
-            account_id: Set(new.account_id),
+            account_id: Set(new.account_id.0),
             invoice_id: Set(new.invoice_id),
             payment_method_id: Set(new.payment_method_id),
             channel: Set(new.channel.name().to_owned()),
@@ -271,7 +272,7 @@ impl Store {
     ) -> Result<Vec<PaymentRecord>, PaymentsError> {
         let mut query = payment::Entity::find().filter(payment::Column::TenantId.eq(tenant.0));
         if let Some(account_id) = filter.account_id {
-            query = query.filter(payment::Column::AccountId.eq(account_id));
+            query = query.filter(payment::Column::AccountId.eq(account_id.0));
         }
         if let Some(invoice_id) = filter.invoice_id {
             query = query.filter(payment::Column::InvoiceId.eq(invoice_id));

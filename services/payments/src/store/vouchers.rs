@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, is_unique_violation, rows_per_insert};
+use reservoir_common::ids::AccountId;
 use sea_orm::ActiveValue::Set;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QuerySelect};
@@ -28,7 +29,7 @@ fn voucher_from_row(row: voucher::Model) -> VoucherRow {
         value: row.value.0,
         unit_code: row.unit_code,
         expires_at: row.expires_at,
-        redeemed_by: row.redeemed_by,
+        redeemed_by: row.redeemed_by.map(AccountId),
         redeemed_at: row.redeemed_at,
         created_at: row.created_at,
     }
@@ -163,9 +164,9 @@ impl Store {
     pub async fn voucher_failures(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
     ) -> Result<Option<FailureWindow>, PaymentsError> {
-        let row = voucher_failure::Entity::find_by_id((tenant.0, account_id)).one(&self.db).await?;
+        let row = voucher_failure::Entity::find_by_id((tenant.0, account_id.0)).one(&self.db).await?;
         row.as_ref().map(window_from_row).transpose()
     }
 
@@ -179,7 +180,7 @@ impl Store {
     pub async fn redeem_voucher(
         &self,
         tenant: TenantId,
-        account_id: Uuid,
+        account_id: AccountId,
         digest: &str,
         unit_code: Option<&str>,
         now: DateTime<Utc>,
@@ -187,7 +188,7 @@ impl Store {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         voucher_failure::Entity::insert(voucher_failure::ActiveModel {
             tenant_id: Set(tenant.0),
-            account_id: Set(account_id),
+            account_id: Set(account_id.0),
             window_started_at: Set(now),
             failures: Set(0),
         })
@@ -198,7 +199,7 @@ impl Store {
         )
         .exec_without_returning(&transaction)
         .await?;
-        let counter = voucher_failure::Entity::find_by_id((tenant.0, account_id))
+        let counter = voucher_failure::Entity::find_by_id((tenant.0, account_id.0))
             .lock_exclusive()
             .one(&transaction)
             .await?
@@ -216,7 +217,7 @@ impl Store {
                     Expr::value(i32::try_from(next.failures).unwrap_or(i32::MAX)),
                 )
                 .filter(voucher_failure::Column::TenantId.eq(tenant.0))
-                .filter(voucher_failure::Column::AccountId.eq(account_id))
+                .filter(voucher_failure::Column::AccountId.eq(account_id.0))
                 .exec(&transaction)
                 .await?;
             transaction.commit().await?;
@@ -235,7 +236,7 @@ impl Store {
             Err(refusal) => return refuse(transaction, refusal.into()).await,
         }
         let taken = voucher::Entity::update_many()
-            .col_expr(voucher::Column::RedeemedBy, Expr::value(Some(account_id)))
+            .col_expr(voucher::Column::RedeemedBy, Expr::value(Some(account_id.0)))
             .col_expr(voucher::Column::RedeemedAt, Expr::value(Some(now)))
             .filter(voucher::Column::Id.eq(found.id))
             .filter(voucher::Column::RedeemedAt.is_null())

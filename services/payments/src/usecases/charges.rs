@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reservoir_common::auth::TenantId;
+use reservoir_common::ids::AccountId;
 use reservoir_common::time::now;
 use uuid::Uuid;
 
@@ -24,7 +25,7 @@ const TIMEOUT_CODE: &str = "timeout";
 
 /// A charge as the api checked it.
 pub struct NewCharge {
-    pub account_id: Uuid,
+    pub account_id: AccountId,
     pub invoice_id: Uuid,
     pub amount: rust_decimal::Decimal,
     pub currency: String,
