@@ -94,6 +94,16 @@ async function main() {
     assert.equal(csv.status(), 200);
     assert.match(await csv.text(), /^section,date,sequence,kind,amount,balance_after/);
 
+    // The report schedule, recipients one address per line.
+    await page.getByRole("link", { name: "Reports" }).click();
+    await page.getByLabel("Billing contact (e-mail)").fill("billing@example.com");
+    await page.getByLabel(/one address per line/).fill("finance@example.com\ncfo@example.com");
+    await page.getByRole("button", { name: "Save the schedule" }).click();
+    await page.getByText("Schedule saved.").waitFor();
+    const schedule = await page.locator("#schedule").innerText();
+    assert.match(schedule, /billing@example\.com and finance@example\.com, cfo@example\.com/, schedule);
+    await shot(page, "reports");
+
     await page.getByRole("button", { name: "Sign out" }).click();
     assert.equal(new URL(page.url()).pathname, "/login");
     await admin.close();

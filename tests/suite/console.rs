@@ -13,19 +13,19 @@ use crate::metering::{metering_client, price_tokens};
 use crate::process::{Environment, ServiceProcess};
 
 /// A person at a browser: one session cookie, forms sent as browsers send them.
-struct Browser {
+pub struct Browser {
     http: reqwest::Client,
     base: String,
     cookie: Option<String>,
 }
 
 impl Browser {
-    fn new(environment: &Environment) -> Self {
+    pub fn new(environment: &Environment) -> Self {
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
         Self { http, base: format!("http://{}", environment.console_address), cookie: None }
     }
 
-    async fn get(&self, path: &str) -> reqwest::Response {
+    pub async fn get(&self, path: &str) -> reqwest::Response {
         let mut request = self.http.get(format!("{}{path}", self.base));
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", cookie);
@@ -33,7 +33,7 @@ impl Browser {
         request.send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+    pub async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
         let mut request = self.http.post(format!("{}{path}", self.base)).form(form);
         if let Some(cookie) = &self.cookie {
             request = request.header("cookie", cookie);
@@ -42,7 +42,7 @@ impl Browser {
     }
 
     /// Signs in and keeps the session cookie; returns the Set-Cookie header.
-    async fn sign_in(&mut self, key: &str) -> String {
+    pub async fn sign_in(&mut self, key: &str) -> String {
         let answer = self.post("/login", &[("api_key", key)]).await;
         assert_eq!(answer.status(), 303, "signing in redirects");
         assert_eq!(answer.headers()["location"], "/accounts");
@@ -51,7 +51,7 @@ impl Browser {
         set
     }
 
-    async fn page(&self, path: &str) -> String {
+    pub async fn page(&self, path: &str) -> String {
         let answer = self.get(path).await;
         assert_eq!(answer.status(), 200, "GET {path}");
         answer.text().await.unwrap()
@@ -59,7 +59,7 @@ impl Browser {
 }
 
 /// The value of the first hidden field `name` of a page.
-fn field(page: &str, name: &str) -> String {
+pub fn field(page: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = page.find(&marker).unwrap_or_else(|| panic!("no {name} field in the page")) + marker.len();
     page[start..].split('"').next().unwrap().to_owned()
@@ -77,17 +77,26 @@ struct Suite {
 /// A wallet, metering and the console; a tenant whose account has 100 of
 /// paid credits, a monthly cap of 5, and 250 tokens of usage (2.50) charged
 /// today.
-async fn start() -> Option<Suite> {
-    let wallet_database = TestDatabase::create(Backend::Sqlite).await?;
-    let metering_database = TestDatabase::create(Backend::Sqlite).await?;
-    let mut environment = Environment::new(&wallet_database, Some(&metering_database));
+/// With `every_service`, invoicing, payments and the orchestrator run too;
+/// without, the console runs with two of the four services it calls.
+async fn start(every_service: bool) -> Option<Suite> {
+    let mut databases = Vec::new();
+    for _ in 0..if every_service { 5 } else { 2 } {
+        databases.push(TestDatabase::create(Backend::Sqlite).await?);
+    }
+    let mut environment = Environment::new(&databases[0], Some(&databases[1]));
+    if every_service {
+        environment = environment.with_billing(&databases[2], &databases[3]).with_orchestrator(&databases[4]);
+    }
     let api_key = environment.create_tenant().await;
     environment.issue_service_key().await;
-    let mut processes = vec![
-        ServiceProcess::wallet(&environment),
-        ServiceProcess::metering(&environment),
-        ServiceProcess::console(&environment),
-    ];
+    let mut processes = vec![ServiceProcess::wallet(&environment), ServiceProcess::metering(&environment)];
+    if every_service {
+        processes.push(ServiceProcess::invoicing(&environment));
+        processes.push(ServiceProcess::payments(&environment));
+        processes.push(ServiceProcess::orchestrator(&environment));
+    }
+    processes.push(ServiceProcess::console(&environment));
     for process in &mut processes {
         process.start(&environment).await;
     }
@@ -113,19 +122,12 @@ async fn start() -> Option<Suite> {
     let ingested =
         metering.ingest_events(metering_pb::IngestEventsRequest { events: vec![event], asynchronous: false });
     assert_eq!(ingested.await.unwrap().into_inner().results[0].amount, "2.5");
-    Some(Suite {
-        _databases: vec![wallet_database, metering_database],
-        _processes: processes,
-        environment,
-        api_key,
-        wallet,
-        account,
-    })
+    Some(Suite { _databases: databases, _processes: processes, environment, api_key, wallet, account })
 }
 
 #[tokio::test]
 async fn an_admin_signs_in_reads_the_account_and_grants_credits_once() {
-    let Some(suite) = start().await else { return };
+    let Some(suite) = start(false).await else { return };
     let mut browser = Browser::new(&suite.environment);
     let account_page = format!("/accounts/{}", suite.account.id);
 
@@ -155,6 +157,9 @@ async fn an_admin_signs_in_reads_the_account_and_grants_credits_once() {
     assert!(page.contains("<svg"), "the chart is SVG drawn on the server");
     assert!(page.contains("<td class=\"amount\">2.5</td>"), "the day's figure in the table");
     assert!(page.contains("Grant credits"), "an admin is offered the forms");
+    // The orchestrator is not running: the page says so where the refills
+    // would be, and shows the rest.
+    assert!(page.contains("The automatic top-up cannot be shown now"), "{page}");
 
     // A grant of courtesy credits, sent twice (a double click): granted once.
     let form = [
@@ -208,7 +213,7 @@ async fn an_admin_signs_in_reads_the_account_and_grants_credits_once() {
 
 #[tokio::test]
 async fn a_read_only_key_is_offered_no_changes_and_cannot_make_them() {
-    let Some(suite) = start().await else { return };
+    let Some(suite) = start(false).await else { return };
     let channel = channel(suite.environment.wallet_address).await;
     let mut admin = AdminServiceClient::with_interceptor(channel, BearerKey::new(&suite.api_key));
     let issued = admin
@@ -257,7 +262,7 @@ fn browser_tools() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
 #[tokio::test]
 async fn the_console_works_in_a_real_browser() {
     let Some((modules, chromium)) = browser_tools() else { return };
-    let Some(suite) = start().await else { return };
+    let Some(suite) = start(true).await else { return };
     let channel = channel(suite.environment.wallet_address).await;
     let mut admin = AdminServiceClient::with_interceptor(channel, BearerKey::new(&suite.api_key));
     let read_only = admin

@@ -6,6 +6,7 @@
 mod billing;
 mod commands;
 mod console;
+mod console_billing;
 mod crash;
 mod faults;
 mod grpc_web;

@@ -81,6 +81,8 @@ impl Environment {
             ("RESERVOIR__CONSOLE__METRICS_LISTEN".to_owned(), "127.0.0.1:0".to_owned()),
             ("RESERVOIR__CONSOLE__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}")),
             ("RESERVOIR__CONSOLE__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}")),
+            ("RESERVOIR__CONSOLE__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}")),
+            ("RESERVOIR__CONSOLE__ORCHESTRATOR_ENDPOINT".to_owned(), format!("http://{orchestrator_address}")),
             ("RESERVOIR__AUTH__API_KEY_PEPPER".to_owned(), PEPPER.to_owned()),
             ("RESERVOIR__AUTH__KEY_CACHE_TTL_MS".to_owned(), "60000".to_owned()),
             ("RESERVOIR__TELEMETRY__LOG_FILTER".to_owned(), "warn".to_owned()),
@@ -106,6 +108,10 @@ impl Environment {
     pub fn move_orchestrator(&mut self) {
         self.orchestrator_address = free_address();
         self.variables.insert("RESERVOIR__ORCHESTRATOR__LISTEN".to_owned(), self.orchestrator_address.to_string());
+        self.variables.insert(
+            "RESERVOIR__CONSOLE__ORCHESTRATOR_ENDPOINT".to_owned(),
+            format!("http://{}", self.orchestrator_address),
+        );
     }
 
     /// Gives the orchestrator a database of its own.
@@ -155,6 +161,9 @@ impl Environment {
         variables.insert("RESERVOIR__CONSOLE__LISTEN".to_owned(), console_address.to_string());
         variables.insert("RESERVOIR__CONSOLE__WALLET_ENDPOINT".to_owned(), format!("http://{wallet_address}"));
         variables.insert("RESERVOIR__CONSOLE__METERING_ENDPOINT".to_owned(), format!("http://{metering_address}"));
+        variables.insert("RESERVOIR__CONSOLE__INVOICING_ENDPOINT".to_owned(), format!("http://{invoicing_address}"));
+        variables
+            .insert("RESERVOIR__CONSOLE__ORCHESTRATOR_ENDPOINT".to_owned(), format!("http://{orchestrator_address}"));
         Self {
             variables,
             wallet_address,

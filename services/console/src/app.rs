@@ -10,7 +10,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::api::{Console, router};
-use crate::clients::Upstream;
+use crate::clients::{Endpoints, Upstream};
 use crate::store::Sessions;
 
 #[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
@@ -21,6 +21,10 @@ pub struct ConsoleSettings {
     pub wallet_endpoint: String,
     /// Metering's gRPC address, such as `http://metering:50052`.
     pub metering_endpoint: String,
+    /// Invoicing's gRPC address, such as `http://invoicing:50053`.
+    pub invoicing_endpoint: String,
+    /// The orchestrator's gRPC address, such as `http://orchestrator:50055`.
+    pub orchestrator_endpoint: String,
     /// A session ends after this long without a page.
     #[serde(default = "session_idle_ms_default")]
     pub session_idle_ms: u64,
@@ -62,8 +66,13 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &ConsoleSettings) -> Result<Self, ConsoleAppError> {
-        let upstream =
-            Upstream::new(&settings.wallet_endpoint, &settings.metering_endpoint).map_err(ConsoleAppError::Settings)?;
+        let upstream = Upstream::new(&Endpoints {
+            wallet: &settings.wallet_endpoint,
+            metering: &settings.metering_endpoint,
+            invoicing: &settings.invoicing_endpoint,
+            orchestrator: &settings.orchestrator_endpoint,
+        })
+        .map_err(ConsoleAppError::Settings)?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .map_err(|error| ConsoleAppError::Listen(settings.listen, error))?;

@@ -356,10 +356,12 @@ async fn up(config: Option<&Path>) -> anyhow::Result<()> {
         &settings,
     );
     if let Some(address) = orchestrator.local_addr() {
+        settings.console.orchestrator_endpoint = format!("{scheme}://{address}");
         println!("orchestrator listening on {address}");
     }
     settings.console.wallet_endpoint.clone_from(&settings.metering.wallet_endpoint);
     settings.console.metering_endpoint.clone_from(&settings.invoicing.metering_endpoint);
+    settings.console.invoicing_endpoint.clone_from(&settings.orchestrator.invoicing_endpoint);
     let console = reservoir_console::app::Application::build(&settings.console).await?;
     if let Some(address) = console.local_addr() {
         println!("console      http://{address}");

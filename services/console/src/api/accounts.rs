@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::session::{current, for_form};
 use super::{Console, refused};
+use crate::domain::Role;
 use crate::domain::usage::month_of;
 use crate::error::ConsoleError;
 use crate::store::Session;
@@ -20,11 +21,11 @@ use crate::usecases::account::{account_view, entry_kinds, start_of};
 use crate::views;
 
 /// A query string's pairs, repeated names kept (`kind=debit&kind=grant`).
-fn pairs(query: Option<&str>) -> Vec<(String, String)> {
+pub(super) fn pairs(query: Option<&str>) -> Vec<(String, String)> {
     query.and_then(|query| serde_urlencoded::from_str(query).ok()).unwrap_or_default()
 }
 
-fn first<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
+pub(super) fn first<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
     pairs.iter().find(|(key, _)| key == name).map_or("", |(_, value)| value.as_str())
 }
 
@@ -90,6 +91,8 @@ pub(super) async fn show(
         "granted" => Some("Credits granted."),
         "adjusted" => Some("Balance adjusted."),
         "voided" => Some("Grant voided."),
+        "cap" => Some("Cap saved."),
+        "refills" => Some("Automatic top-up saved."),
         _ => None,
     };
     render(&console, &session, &account_id, &query, StatusCode::OK, None, notice).await
@@ -121,18 +124,23 @@ pub(super) async fn statement(
     }
 }
 
-/// A changing form's session: its CSRF token checked, and its role allowed
-/// to change money; otherwise the refusal to answer with.
+/// A form's session: its CSRF token checked, and its role allowed what
+/// `may` asks; otherwise the refusal to answer with.
 #[allow(clippy::result_large_err)] // the refusal is the page answered at once
-fn changer(console: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, Response> {
+pub(super) fn allowed(
+    console: &Console,
+    headers: &HeaderMap,
+    csrf: &str,
+    may: fn(Role) -> bool,
+) -> Result<Session, Response> {
     let session =
         for_form(console, headers, csrf).map_err(|error| refused(current(console, headers).ok().as_ref(), &error))?;
-    if session.role.may_change() { Ok(session) } else { Err(refused(Some(&session), &ConsoleError::NotAllowed)) }
+    if may(session.role) { Ok(session) } else { Err(refused(Some(&session), &ConsoleError::NotAllowed)) }
 }
 
 /// After a change: back to the account (303, so a reload does not send the
 /// form again), or the page again with what was refused.
-async fn answered(
+pub(super) async fn answered(
     console: &Console,
     session: &Session,
     account_id: &str,
@@ -198,7 +206,7 @@ pub(super) async fn grant(
     Path(account_id): Path<String>,
     Form(form): Form<GrantForm>,
 ) -> Response {
-    let session = match changer(&console, &headers, &form.csrf) {
+    let session = match allowed(&console, &headers, &form.csrf, Role::may_change) {
         Ok(session) => session,
         Err(refusal) => return refusal,
     };
@@ -227,7 +235,7 @@ pub(super) async fn adjust(
     Path(account_id): Path<String>,
     Form(form): Form<AdjustForm>,
 ) -> Response {
-    let session = match changer(&console, &headers, &form.csrf) {
+    let session = match allowed(&console, &headers, &form.csrf, Role::may_change) {
         Ok(session) => session,
         Err(refusal) => return refusal,
     };
@@ -256,7 +264,7 @@ pub(super) async fn void_grant(
     Path((account_id, grant_id)): Path<(String, String)>,
     Form(form): Form<VoidForm>,
 ) -> Response {
-    let session = match changer(&console, &headers, &form.csrf) {
+    let session = match allowed(&console, &headers, &form.csrf, Role::may_change) {
         Ok(session) => session,
         Err(refusal) => return refusal,
     };

@@ -2,6 +2,8 @@
 //! CSRF check of every form, and the headers every answer carries.
 
 mod accounts;
+mod billing;
+mod pages;
 mod session;
 
 use std::sync::Arc;
@@ -44,6 +46,13 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/accounts/{id}/grants", post(accounts::grant))
         .route("/accounts/{id}/adjustments", post(accounts::adjust))
         .route("/accounts/{id}/grants/{grant_id}/void", post(accounts::void_grant))
+        .route("/accounts/{id}/cap", post(billing::cap))
+        .route("/accounts/{id}/refills", post(billing::refills))
+        .route("/invoices", get(pages::invoices))
+        .route("/invoices/{id}", get(pages::invoice))
+        .route("/reports", get(pages::reports))
+        .route("/reports/schedule", post(pages::update_schedule))
+        .route("/top-ups", get(pages::top_ups))
         .route("/healthz", get(|| async { "serving\n" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(answered))

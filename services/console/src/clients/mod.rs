@@ -7,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use reservoir_common::channel::ServiceChannel;
 use reservoir_common::time::to_timestamp;
+use reservoir_proto::invoicing::{self as invoicing, invoicing_service_client::InvoicingServiceClient};
 use reservoir_proto::metering::{self as metering, metering_service_client::MeteringServiceClient};
+use reservoir_proto::orchestrator::{self as orchestrator, top_up_service_client::TopUpServiceClient};
 use reservoir_proto::wallet::{self as wallet, wallet_service_client::WalletServiceClient};
 use tonic::Request;
 
@@ -20,6 +22,16 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Upstream {
     wallet: ServiceChannel,
     metering: ServiceChannel,
+    invoicing: ServiceChannel,
+    orchestrator: ServiceChannel,
+}
+
+/// The services' addresses.
+pub struct Endpoints<'a> {
+    pub wallet: &'a str,
+    pub metering: &'a str,
+    pub invoicing: &'a str,
+    pub orchestrator: &'a str,
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, String> {
@@ -53,8 +65,21 @@ pub struct AccountPage {
 
 impl Upstream {
     /// Connects lazily: the console starts while the services are down.
-    pub fn new(wallet_endpoint: &str, metering_endpoint: &str) -> Result<Self, String> {
-        Ok(Self { wallet: channel(wallet_endpoint, "wallet")?, metering: channel(metering_endpoint, "metering")? })
+    pub fn new(endpoints: &Endpoints<'_>) -> Result<Self, String> {
+        Ok(Self {
+            wallet: channel(endpoints.wallet, "wallet")?,
+            metering: channel(endpoints.metering, "metering")?,
+            invoicing: channel(endpoints.invoicing, "invoicing")?,
+            orchestrator: channel(endpoints.orchestrator, "orchestrator")?,
+        })
+    }
+
+    fn invoicing(&self) -> InvoicingServiceClient<ServiceChannel> {
+        InvoicingServiceClient::new(self.invoicing.clone())
+    }
+
+    fn orchestrator(&self) -> TopUpServiceClient<ServiceChannel> {
+        TopUpServiceClient::new(self.orchestrator.clone())
     }
 
     fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
@@ -232,5 +257,144 @@ impl Upstream {
             .map_err(|status| ConsoleError::from_status("metering", &status))?
             .into_inner()
             .groups)
+    }
+
+    /// Changes an account's settings (its cap, its warning level).
+    pub async fn update_account(&self, key: &str, request: wallet::UpdateAccountRequest) -> Result<(), ConsoleError> {
+        self.wallet()
+            .update_account(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        Ok(())
+    }
+
+    /// Every refill of an account as CSV: type, date, amount, balance after, …
+    pub async fn refill_history(&self, key: &str, account_id: &str) -> Result<String, ConsoleError> {
+        let request = wallet::ExportRefillHistoryRequest { account_id: account_id.to_owned(), ..Default::default() };
+        let mut stream = self
+            .wallet()
+            .export_refill_history(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("wallet", &status))?
+            .into_inner();
+        let mut csv = String::new();
+        while let Some(chunk) = stream.message().await.map_err(|status| ConsoleError::from_status("wallet", &status))? {
+            csv.push_str(&chunk.csv);
+        }
+        Ok(csv)
+    }
+
+    /// The account's automatic top-up, if it has one.
+    pub async fn auto_replenish(
+        &self,
+        key: &str,
+        account_id: &str,
+    ) -> Result<Option<orchestrator::AutoReplenish>, ConsoleError> {
+        let request = orchestrator::GetAutoReplenishRequest { account_id: account_id.to_owned() };
+        match self.orchestrator().get_auto_replenish(keyed(request, key)?).await {
+            Ok(answer) => Ok(answer.into_inner().auto_replenish),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(ConsoleError::from_status("orchestrator", &status)),
+        }
+    }
+
+    pub async fn configure_auto_replenish(
+        &self,
+        key: &str,
+        settings: orchestrator::AutoReplenish,
+    ) -> Result<(), ConsoleError> {
+        let request = orchestrator::ConfigureAutoReplenishRequest { auto_replenish: Some(settings) };
+        self.orchestrator()
+            .configure_auto_replenish(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?;
+        Ok(())
+    }
+
+    /// Top-ups, newest first, of one status (all when unspecified).
+    pub async fn top_ups(
+        &self,
+        key: &str,
+        status: orchestrator::TopUpStatus,
+    ) -> Result<Vec<orchestrator::TopUp>, ConsoleError> {
+        let request = orchestrator::ListTopUpsRequest { status: status as i32, page_size: 100, ..Default::default() };
+        Ok(self
+            .orchestrator()
+            .list_top_ups(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
+            .into_inner()
+            .top_ups)
+    }
+
+    /// Invoices, of one account when `account_id` is not empty.
+    pub async fn invoices(
+        &self,
+        key: &str,
+        account_id: &str,
+        page_token: &str,
+    ) -> Result<(Vec<invoicing::Invoice>, String), ConsoleError> {
+        let request = invoicing::ListInvoicesRequest {
+            account_id: account_id.to_owned(),
+            page_size: 50,
+            page_token: page_token.to_owned(),
+            ..Default::default()
+        };
+        let answer = self
+            .invoicing()
+            .list_invoices(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
+            .into_inner();
+        Ok((answer.invoices, answer.next_page_token))
+    }
+
+    pub async fn invoice(&self, key: &str, invoice_id: &str) -> Result<invoicing::Invoice, ConsoleError> {
+        let request = invoicing::GetInvoiceRequest { invoice_id: invoice_id.to_owned() };
+        self.invoicing()
+            .get_invoice(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
+            .into_inner()
+            .invoice
+            .ok_or_else(|| ConsoleError::Unavailable {
+                service: "invoicing",
+                message: "no invoice in its answer".into(),
+            })
+    }
+
+    /// The tenant's report schedule, if it has one.
+    pub async fn report_schedule(&self, key: &str) -> Result<Option<invoicing::ReportSchedule>, ConsoleError> {
+        Ok(self
+            .invoicing()
+            .get_report_schedule(keyed(invoicing::GetReportScheduleRequest {}, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
+            .into_inner()
+            .schedule)
+    }
+
+    pub async fn update_report_schedule(
+        &self,
+        key: &str,
+        schedule: invoicing::ReportSchedule,
+    ) -> Result<(), ConsoleError> {
+        let request = invoicing::UpdateReportScheduleRequest { schedule: Some(schedule) };
+        self.invoicing()
+            .update_report_schedule(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("invoicing", &status))?;
+        Ok(())
+    }
+
+    /// The latest report runs.
+    pub async fn report_runs(&self, key: &str) -> Result<Vec<invoicing::ReportRun>, ConsoleError> {
+        Ok(self
+            .invoicing()
+            .list_report_runs(keyed(invoicing::ListReportRunsRequest { page_size: 50 }, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
+            .into_inner()
+            .runs)
     }
 }

@@ -2,6 +2,7 @@
 //! usage by day, read in parallel.
 
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
+use reservoir_proto::orchestrator::AutoReplenish;
 use reservoir_proto::wallet;
 use rust_decimal::Decimal;
 
@@ -19,6 +20,35 @@ pub struct AccountView {
     /// The month shown, and its usage by day.
     pub month: (NaiveDate, NaiveDate),
     pub days: Vec<Day>,
+    /// The automatic top-up, if the account has one; why it could not be
+    /// read when the orchestrator did not answer (the rest of the page
+    /// does not depend on it).
+    pub auto_replenish: Result<Option<AutoReplenish>, String>,
+    /// Every refill, newest first, with the balance after it.
+    pub refills: Vec<Refill>,
+}
+
+/// One row of the refill history.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Refill {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub date: String,
+    pub amount: String,
+    pub balance_after: String,
+    pub grant_kind: String,
+    pub source: String,
+    pub description: String,
+}
+
+/// The rows of the wallet's refill-history CSV, newest first.
+pub fn refills(csv: &str) -> Result<Vec<Refill>, ConsoleError> {
+    let mut rows =
+        csv::Reader::from_reader(csv.as_bytes()).deserialize::<Refill>().collect::<Result<Vec<_>, _>>().map_err(
+            |error| ConsoleError::Unavailable { service: "wallet", message: format!("its refill history: {error}") },
+        )?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// Midnight UTC at the start of `date`.
@@ -49,14 +79,20 @@ pub async fn account_view(
 ) -> Result<AccountView, ConsoleError> {
     let month = month_of(day);
     let (start, end) = (start_of(month.0), start_of(month.1) + chrono::Duration::days(1));
-    let (account, balance, spend, grants, (entries, next_entries), groups) = tokio::try_join!(
-        upstream.account(key, account_id),
-        upstream.balance(key, account_id),
-        upstream.spend(key, account_id),
-        upstream.grants(key, account_id),
-        upstream.entries(key, account_id, kinds, page_token),
-        upstream.usage_by_day(key, account_id, start, end),
-    )?;
+    let wallet_and_metering = async {
+        tokio::try_join!(
+            upstream.account(key, account_id),
+            upstream.balance(key, account_id),
+            upstream.spend(key, account_id),
+            upstream.grants(key, account_id),
+            upstream.entries(key, account_id, kinds, page_token),
+            upstream.usage_by_day(key, account_id, start, end),
+            upstream.refill_history(key, account_id),
+        )
+    };
+    let (answers, auto_replenish) = tokio::join!(wallet_and_metering, upstream.auto_replenish(key, account_id));
+    let (account, balance, spend, grants, (entries, next_entries), groups, history) = answers?;
+    let auto_replenish = auto_replenish.map_err(|error| error.to_string());
     let days = by_day(
         month.0,
         month.1,
@@ -65,5 +101,23 @@ pub async fn account_view(
             Some((date, group.charged_amount.parse::<Decimal>().ok()?))
         }),
     );
-    Ok(AccountView { account, balance, spend, grants, entries, next_entries, month, days })
+    let refills = refills(&history)?;
+    Ok(AccountView { account, balance, spend, grants, entries, next_entries, month, days, auto_replenish, refills })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refill_history_rows_come_newest_first_with_their_balance_after() {
+        let csv = "type,date,amount,balance_after,grant_id,grant_kind,source,description\n\
+                   GRANT,2026-12-01T10:00:00Z,100.00,100.00,g1,PAID,TOP_UP,\n\
+                   ADJUSTMENT,2026-12-03T09:00:00Z,5.00,97.50,g2,COURTESY,ADJUSTMENT,\"outage, sorry\"\n";
+        let rows = refills(csv).unwrap_or_default();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].kind.as_str(), rows[0].balance_after.as_str()), ("ADJUSTMENT", "97.50"));
+        assert_eq!(rows[0].description, "outage, sorry");
+        assert_eq!(rows[1].amount, "100.00");
+    }
 }

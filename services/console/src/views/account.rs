@@ -59,7 +59,9 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
                 }
             }
             (spend(view, unit))
+            @if session.role.may_configure() { (cap_form(session, view, notes, &base)) }
             (usage(view, unit))
+            (refills(session, view, &base, unit))
             (grants(session, view, notes, &base))
             (entries(view, notes, &base))
             @if session.role.may_change() { (forms(session, notes, &base)) }
@@ -236,6 +238,91 @@ fn forms(session: &Session, notes: &Notes<'_>, base: &str) -> Markup {
                     label for="adjust-reason" { "Reason" }
                     input #adjust-reason name="reason" required maxlength="512";
                     p { button type="submit" { "Adjust" } }
+                }
+            }
+        }
+    }
+}
+
+fn cap_form(session: &Session, view: &AccountView, notes: &Notes<'_>, base: &str) -> Markup {
+    html! {
+        form method="post" action={ (base) "/cap" } {
+            fieldset {
+                legend { "Monthly spending cap" }
+                (csrf_field(session))
+                input type="hidden" name="idempotency_key" value=(notes.form_key);
+                label for="cap" { "Cap (empty: no cap)" }
+                input #cap name="monthly_spending_cap" inputmode="decimal" value=(view.account.monthly_spending_cap);
+                label for="warning" { "Warn when the available balance falls below (empty: never)" }
+                input #warning name="low_balance_warning" inputmode="decimal" value=(view.account.low_balance_warning);
+                p { button type="submit" { "Save the cap" } }
+            }
+        }
+    }
+}
+
+fn refills(session: &Session, view: &AccountView, base: &str, unit: &str) -> Markup {
+    let settings = view.auto_replenish.as_ref().ok().and_then(Option::as_ref).filter(|settings| settings.enabled);
+    html! {
+        section aria-labelledby="refills" {
+            h2 #refills { "Refillable wallet" }
+            @if let Some(settings) = settings {
+                p #refill-settings {
+                    "When the available balance falls below " strong { (settings.threshold) " " (unit) } ", "
+                    @if settings.fixed_amount.is_empty() {
+                        "a top-up brings it back to " strong { (settings.target_balance) " " (unit) }
+                    } @else {
+                        "a top-up adds " strong { (settings.fixed_amount) " " (unit) }
+                    }
+                    ", at most " (settings.max_top_ups_per_day) " a day"
+                    @if !settings.max_credits_per_month.is_empty() { " and " (settings.max_credits_per_month) " " (unit) " a month" }
+                    "."
+                    @if settings.paused { " " strong { "Paused" } " after " (settings.consecutive_declines) " declined charges: save the settings again to resume." }
+                }
+            } @else if let Err(error) = &view.auto_replenish {
+                p.error role="status" { "The automatic top-up cannot be shown now: " (error) }
+            } @else {
+                p { "No automatic top-up." }
+            }
+            @if session.role.may_configure() && view.auto_replenish.is_ok() {
+                form method="post" action={ (base) "/refills" } {
+                    fieldset {
+                        legend { "Automatic top-up" }
+                        (csrf_field(session))
+                        label for="threshold" { "Top up when the available balance falls below" }
+                        input #threshold name="threshold" inputmode="decimal" required value=(settings.map(|s| s.threshold.as_str()).unwrap_or_default());
+                        label for="refill-mode" { "Refill" }
+                        select #refill-mode name="mode" {
+                            option value="fixed" selected[settings.is_none_or(|s| !s.fixed_amount.is_empty())] { "a fixed amount" }
+                            option value="target" selected[settings.is_some_and(|s| s.fixed_amount.is_empty())] { "up to a target balance" }
+                        }
+                        label for="refill-amount" { "Amount, or target balance" }
+                        input #refill-amount name="amount" inputmode="decimal" required
+                            value=(settings.map(|s| if s.fixed_amount.is_empty() { s.target_balance.as_str() } else { s.fixed_amount.as_str() }).unwrap_or_default());
+                        label for="payment-method" { "Payment method id" }
+                        input #payment-method name="payment_method_id" required value=(settings.map(|s| s.payment_method_id.as_str()).unwrap_or_default());
+                        label for="per-day" { "At most this many top-ups a day (1 to 100)" }
+                        input #per-day name="max_top_ups_per_day" inputmode="numeric" value=(settings.map_or(3, |s| s.max_top_ups_per_day));
+                        p { button type="submit" { "Save the automatic top-up" } }
+                    }
+                }
+            }
+            h3 { "Refill history" }
+            @if view.refills.is_empty() { p { "No refills yet." } } @else {
+                table #refill-history {
+                    thead { tr { th { "Date" } th { "Type" } th { "Credits" } th.amount { "Amount" } th.amount { "Balance after" } th { "Note" } } }
+                    tbody {
+                        @for refill in &view.refills {
+                            tr {
+                                td { (refill.date) }
+                                td { (refill.kind.to_lowercase().replace('_', " ")) }
+                                td { (refill.grant_kind.to_lowercase()) }
+                                td.amount { (refill.amount) }
+                                td.amount { (refill.balance_after) }
+                                td { (refill.description) }
+                            }
+                        }
+                    }
                 }
             }
         }

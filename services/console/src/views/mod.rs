@@ -4,7 +4,9 @@
 pub mod account;
 pub mod accounts;
 pub mod chart;
+pub mod invoices;
 pub mod names;
+pub mod reports;
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -50,7 +52,12 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                 header {
                     strong { "Reservoir" }
                     @if let Some(session) = session {
-                        nav aria-label="Main" { a href="/accounts" { "Accounts" } }
+                        nav aria-label="Main" {
+                            a href="/accounts" { "Accounts" }
+                            a href="/invoices" { "Invoices" }
+                            a href="/top-ups" { "Top-ups" }
+                            a href="/reports" { "Reports" }
+                        }
                         span { "Tenant " code { (session.tenant_id) } " · " (session.role.label()) " key" }
                         form.inline method="post" action="/logout" {
                             (csrf_field(session))

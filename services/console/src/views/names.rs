@@ -33,3 +33,31 @@ pub fn instant(timestamp: Option<&prost_types::Timestamp>) -> String {
         .map(|at| at.format("%Y-%m-%d %H:%M UTC").to_string())
         .unwrap_or_default()
 }
+
+pub fn invoice_status(status: reservoir_proto::invoicing::InvoiceStatus) -> String {
+    readable(status.as_str_name(), "INVOICE_STATUS_")
+}
+
+pub fn invoice_kind(kind: reservoir_proto::invoicing::InvoiceKind) -> String {
+    readable(kind.as_str_name(), "INVOICE_KIND_")
+}
+
+pub fn line_kind(kind: reservoir_proto::invoicing::LineKind) -> String {
+    readable(kind.as_str_name(), "LINE_KIND_")
+}
+
+pub fn frequency(frequency: reservoir_proto::invoicing::ReportFrequency) -> String {
+    readable(frequency.as_str_name(), "REPORT_FREQUENCY_")
+}
+
+pub fn run_status(status: reservoir_proto::invoicing::ReportRunStatus) -> String {
+    readable(status.as_str_name(), "REPORT_RUN_STATUS_")
+}
+
+pub fn top_up_status(status: reservoir_proto::orchestrator::TopUpStatus) -> String {
+    readable(status.as_str_name(), "TOP_UP_STATUS_")
+}
+
+pub fn step(step: reservoir_proto::orchestrator::Step) -> String {
+    readable(step.as_str_name(), "STEP_")
+}

@@ -1,0 +1,220 @@
+//! The console's billing pages with every service running: an account's cap
+//! and automatic top-up set through forms, its refill history with the
+//! balance after each refill, invoices and a printable invoice, the report
+//! schedule with recipients one per line, and top-ups waiting for a person.
+
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
+use reservoir_proto::orchestrator as orchestrator_pb;
+use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use reservoir_proto::payments as payments_pb;
+use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+use reservoir_proto::wallet as pb;
+use reservoir_proto::wallet::admin_service_client::AdminServiceClient;
+use reservoir_testing::wallet::*;
+use reservoir_testing::{Backend, BearerKey, TestDatabase};
+
+use crate::console::{Browser, field};
+use crate::process::{Environment, ServiceProcess};
+
+/// The part of `page` from the element with `id` to the end of its table.
+fn table<'a>(page: &'a str, id: &str) -> &'a str {
+    let start = page.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no #{id} in the page"));
+    let end = page[start..].find("</table>").map_or(page.len(), |end| start + end);
+    &page[start..end]
+}
+
+/// A form's fields as the browser helper takes them.
+fn borrowed<'a>(form: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    form.iter().map(|(name, value)| (*name, value.as_str())).collect()
+}
+
+#[tokio::test]
+async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
+    let mut databases = Vec::new();
+    for _ in 0..5 {
+        let Some(database) = TestDatabase::create(Backend::Sqlite).await else { return };
+        databases.push(database);
+    }
+    let mut environment = Environment::new(&databases[0], Some(&databases[1]))
+        .with_billing(&databases[2], &databases[3])
+        .with_orchestrator(&databases[4]);
+    let api_key = environment.create_tenant().await;
+    environment.issue_service_key().await;
+    let mut processes = vec![
+        ServiceProcess::wallet(&environment),
+        ServiceProcess::metering(&environment),
+        ServiceProcess::invoicing(&environment),
+        ServiceProcess::payments(&environment),
+        ServiceProcess::orchestrator(&environment),
+        ServiceProcess::console(&environment),
+    ];
+    for process in &mut processes {
+        process.start(&environment).await;
+    }
+    let wallet = client(environment.wallet_address, &api_key).await;
+    let bearer = || BearerKey::new(&api_key);
+    let mut payments = PaymentsServiceClient::with_interceptor(channel(environment.payments_address).await, bearer());
+    let mut orchestrator =
+        TopUpServiceClient::with_interceptor(channel(environment.orchestrator_address).await, bearer());
+    let mut invoicing =
+        InvoicingServiceClient::with_interceptor(channel(environment.invoicing_address).await, bearer());
+
+    // An account bought 50 credits by card: a paid invoice and one refill.
+    let account = open_funded_account(&wallet, "0").await;
+    let card = payments
+        .add_payment_method(payments_pb::AddPaymentMethodRequest {
+            account_id: account.id.clone(),
+            kind: payments_pb::PaymentMethodKind::Card.into(),
+            gateway_token: "tok_succeed".into(),
+            label: "Visa 4242".into(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .payment_method
+        .unwrap()
+        .id;
+    let top_up = orchestrator
+        .start_top_up(orchestrator_pb::StartTopUpRequest {
+            account_id: account.id.clone(),
+            credits: "50".into(),
+            payment_method_id: card.clone(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .top_up
+        .unwrap();
+    assert_eq!(top_up.status(), orchestrator_pb::TopUpStatus::Succeeded, "{top_up:?}");
+
+    let mut browser = Browser::new(&environment);
+    browser.sign_in(&api_key).await;
+    let account_page = format!("/accounts/{}", account.id);
+    let page = browser.page(&account_page).await;
+    let available = balance(&wallet, &account).await.available;
+    let history = table(&page, "refill-history");
+    assert!(history.contains(&format!("<td class=\"amount\">{available}</td>")), "balance after: {history}");
+    assert_eq!(history.matches("<tr>").count(), 2, "a header and the one refill: {history}");
+    assert!(page.contains("No automatic top-up."));
+
+    // The cap and the warning level.
+    let form_key = field(&page, "idempotency_key");
+    let csrf = field(&page, "csrf");
+    let cap = [
+        ("csrf", csrf.as_str()),
+        ("idempotency_key", form_key.as_str()),
+        ("monthly_spending_cap", "20"),
+        ("low_balance_warning", "5"),
+    ];
+    let answer = browser.post(&format!("{account_page}/cap"), &cap).await;
+    assert_eq!(answer.status(), 303);
+    let saved = wallet
+        .clone()
+        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!((d(&saved.monthly_spending_cap), d(&saved.low_balance_warning)), (d("20"), d("5")));
+
+    // The automatic top-up: refused as the orchestrator refuses it, then saved.
+    let refill = |amount: &'static str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("threshold", "10".to_owned()),
+            ("mode", "fixed".to_owned()),
+            ("amount", amount.to_owned()),
+            ("payment_method_id", card.clone()),
+            ("max_top_ups_per_day", "3".to_owned()),
+        ]
+    };
+    let negative = refill("-25");
+    let refused = browser.post(&format!("{account_page}/refills"), &borrowed(&negative)).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("fixed_amount"), "the field is named");
+    let form = refill("25");
+    assert_eq!(browser.post(&format!("{account_page}/refills"), &borrowed(&form)).await.status(), 303);
+    let settings = orchestrator
+        .get_auto_replenish(orchestrator_pb::GetAutoReplenishRequest { account_id: account.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .auto_replenish
+        .unwrap();
+    assert_eq!((d(&settings.threshold), d(&settings.fixed_amount)), (d("10"), d("25")));
+    assert!(settings.enabled && settings.target_balance.is_empty());
+    let page = browser.page(&format!("{account_page}?done=refills")).await;
+    assert!(page.contains("Automatic top-up saved."));
+    assert!(page.contains(&format!("a top-up adds <strong>{} USD</strong>", settings.fixed_amount)), "{page}");
+
+    // The invoice of the top-up, listed and printable.
+    let invoice = invoicing
+        .get_invoice(invoicing_pb::GetInvoiceRequest { invoice_id: top_up.invoice_id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
+    let listed = browser.page(&format!("/invoices?account_id={}", account.id)).await;
+    assert!(listed.contains(&format!("href=\"/invoices/{}\"", invoice.id)), "{listed}");
+    assert!(listed.contains(&format!("#{}", invoice.number)));
+    let printable = browser.page(&format!("/invoices/{}", invoice.id)).await;
+    assert!(printable.contains(&format!("Invoice #{}", invoice.number)));
+    assert!(printable.contains(&format!("<strong>{} {}</strong>", invoice.total, invoice.currency)), "{printable}");
+    assert!(printable.contains("@media print"));
+
+    // Billing e-mails: recipients one address per line.
+    let schedule = [
+        ("csrf", csrf.as_str()),
+        ("frequency", "weekly"),
+        ("billing_contact", "billing@example.com"),
+        ("recipients", "finance@example.com\r\n\r\n cfo@example.com \r\n"),
+        ("enabled", "on"),
+    ];
+    assert_eq!(browser.post("/reports/schedule", &schedule).await.status(), 303);
+    let saved = invoicing
+        .get_report_schedule(invoicing_pb::GetReportScheduleRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    assert_eq!(saved.recipients, vec!["finance@example.com", "cfo@example.com"]);
+    assert_eq!(saved.frequency(), invoicing_pb::ReportFrequency::Weekly);
+    let reports = browser.page("/reports?done=schedule").await;
+    assert!(reports.contains("A weekly report goes to <strong>billing@example.com</strong>"), "{reports}");
+
+    let top_ups = browser.page("/top-ups").await;
+    assert!(top_ups.contains("Waiting for a person"));
+
+    // A WRITE key changes money but not the tenant's configuration.
+    let mut admin = AdminServiceClient::with_interceptor(channel(environment.wallet_address).await, bearer());
+    let writer = admin
+        .issue_api_key(pb::IssueApiKeyRequest { tenant_id: String::new(), role: pb::KeyRole::Write.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key;
+    let mut other = Browser::new(&environment);
+    other.sign_in(&writer).await;
+    let page = other.page(&account_page).await;
+    assert!(
+        page.contains("Grant credits")
+            && !page.contains("Monthly spending cap")
+            && !page.contains("Save the automatic top-up")
+    );
+    let csrf = field(&page, "csrf");
+    let cap = [("csrf", csrf.as_str()), ("idempotency_key", "writer-cap"), ("monthly_spending_cap", "")];
+    assert_eq!(other.post(&format!("{account_page}/cap"), &cap).await.status(), 403);
+    let reports = other.page("/reports").await;
+    assert!(!reports.contains("Save the schedule"));
+
+    for process in processes.iter_mut().rev() {
+        assert!(process.terminate().await.success(), "a clean exit on SIGTERM");
+    }
+}
