@@ -4,7 +4,7 @@
 //! status code and times it. Services add their own domain counters with
 //! the `metrics` macros.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -209,15 +209,61 @@ pub async fn watch_pool(
 /// `unknown`/`unknown`, so no caller can add a series.
 #[derive(Clone, Default)]
 pub struct RpcMetricsLayer {
-    known: Arc<HashSet<String>>,
+    known: Arc<HashMap<String, Arc<MethodSeries>>>,
+    unknown: Arc<MethodSeries>,
+}
+
+/// The series of one method on one server, each registered with the
+/// recorder the first time it is needed and kept: a call ends by
+/// incrementing a counter and recording a duration, with no label built,
+/// allocated or looked up on the way.
+#[derive(Default)]
+struct MethodSeries {
     server: Arc<str>,
+    service: String,
+    method: String,
+    duration: OnceLock<metrics::Histogram>,
+    /// By gRPC code (0 to 16); a series exists once a call ended with its code.
+    calls: [OnceLock<metrics::Counter>; 17],
+}
+
+impl MethodSeries {
+    fn new(server: &Arc<str>, path: &str) -> Self {
+        let (service, method) = service_and_method(path);
+        Self { server: server.clone(), service, method, ..Self::default() }
+    }
+
+    fn record(&self, code: tonic::Code, elapsed: std::time::Duration) {
+        let index = usize::try_from(code as i32).unwrap_or(0).min(self.calls.len() - 1);
+        self.calls[index]
+            .get_or_init(|| {
+                metrics::counter!(
+                    "reservoir_rpc_requests_total",
+                    "server" => self.server.clone(),
+                    "service" => self.service.clone(),
+                    "method" => self.method.clone(),
+                    "code" => format!("{code:?}"),
+                )
+            })
+            .increment(1);
+        self.duration
+            .get_or_init(|| {
+                metrics::histogram!(
+                    "reservoir_rpc_duration_seconds",
+                    "server" => self.server.clone(),
+                    "service" => self.service.clone(),
+                    "method" => self.method.clone()
+                )
+            })
+            .record(elapsed.as_secs_f64());
+    }
 }
 
 impl RpcMetricsLayer {
     /// Labels by name the methods of `services` found in `descriptor_sets`
     /// (encoded `FileDescriptorSet`s), besides health and reflection.
     pub fn new(descriptor_sets: &[&[u8]], services: &[&str]) -> Self {
-        let mut known: HashSet<String> = [
+        let mut paths: Vec<String> = [
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ]
@@ -225,10 +271,12 @@ impl RpcMetricsLayer {
         .map(str::to_owned)
         .collect();
         let served = |name: &str| name == "grpc.health.v1.Health" || services.contains(&name);
-        known.extend(
+        paths.extend(
             method_paths(descriptor_sets).into_iter().filter(|(service, _)| served(service)).map(|(_, path)| path),
         );
-        Self { known: Arc::new(known), server: owner_of(services).into() }
+        let server: Arc<str> = owner_of(services).into();
+        let known = paths.into_iter().map(|path| (path.clone(), Arc::new(MethodSeries::new(&server, &path)))).collect();
+        Self { known: Arc::new(known), unknown: Arc::new(MethodSeries::new(&server, "/unknown/unknown")) }
     }
 }
 
@@ -260,15 +308,15 @@ impl<S> tower::Layer<S> for RpcMetricsLayer {
     type Service = RpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RpcMetrics { inner, known: self.known.clone(), server: self.server.clone() }
+        RpcMetrics { inner, known: self.known.clone(), unknown: self.unknown.clone() }
     }
 }
 
 #[derive(Clone)]
 pub struct RpcMetrics<S> {
     inner: S,
-    known: Arc<HashSet<String>>,
-    server: Arc<str>,
+    known: Arc<HashMap<String, Arc<MethodSeries>>>,
+    unknown: Arc<MethodSeries>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
@@ -285,20 +333,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path();
-        let (service, method) = if self.known.contains(path) {
-            service_and_method(path)
-        } else {
-            ("unknown".to_owned(), "unknown".to_owned())
-        };
+        let series = self.known.get(request.uri().path()).unwrap_or(&self.unknown).clone();
         let started = Instant::now();
-        let server = self.server.clone();
         let future = self.inner.call(request);
         Box::pin(async move {
             // Polled inside the call's span (tonic enters it around the
             // response future); kept until the body ends, so the span lasts
             // as long as the call, a stream's included.
-            let call = Call { server, service, method, started, span: tracing::Span::current() };
+            let call = Call { series, started, span: tracing::Span::current() };
             match future.await {
                 Ok(response) => {
                     let headers_code = grpc_status(response.headers());
@@ -315,9 +357,7 @@ where
 
 /// One call being counted: recorded once, when it ends.
 struct Call {
-    server: Arc<str>,
-    service: String,
-    method: String,
+    series: Arc<MethodSeries>,
     started: Instant,
     span: tracing::Span,
 }
@@ -325,21 +365,7 @@ struct Call {
 impl EndOfCall for Call {
     fn end(self, code: tonic::Code) {
         crate::telemetry::end_rpc_span(&self.span, code);
-        metrics::counter!(
-            "reservoir_rpc_requests_total",
-            "server" => self.server.clone(),
-            "service" => self.service.clone(),
-            "method" => self.method.clone(),
-            "code" => format!("{code:?}"),
-        )
-        .increment(1);
-        metrics::histogram!(
-            "reservoir_rpc_duration_seconds",
-            "server" => self.server,
-            "service" => self.service,
-            "method" => self.method
-        )
-        .record(self.started.elapsed().as_secs_f64());
+        self.series.record(code, self.started.elapsed());
     }
 }
 
@@ -458,10 +484,13 @@ mod tests {
             &[reservoir_proto::FILE_DESCRIPTOR_SET, tonic_health::pb::FILE_DESCRIPTOR_SET],
             &["reservoir.wallet.v1.WalletService"],
         );
-        assert!(layer.known.contains("/reservoir.wallet.v1.WalletService/Debit"));
-        assert!(layer.known.contains("/grpc.health.v1.Health/Check"));
-        assert!(!layer.known.contains("/reservoir.metering.v1.MeteringService/IngestEvents"));
-        assert!(!layer.known.contains("/reservoir.wallet.v1.WalletService/NoSuchMethod"));
+        assert!(layer.known.contains_key("/reservoir.wallet.v1.WalletService/Debit"));
+        assert!(layer.known.contains_key("/grpc.health.v1.Health/Check"));
+        assert!(!layer.known.contains_key("/reservoir.metering.v1.MeteringService/IngestEvents"));
+        assert!(!layer.known.contains_key("/reservoir.wallet.v1.WalletService/NoSuchMethod"));
+        let debit = &layer.known["/reservoir.wallet.v1.WalletService/Debit"];
+        assert_eq!((&*debit.server, debit.method.as_str()), ("wallet", "Debit"));
+        assert_eq!((layer.unknown.service.as_str(), layer.unknown.method.as_str()), ("unknown", "unknown"));
     }
 
     #[test]
