@@ -7,6 +7,7 @@ use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::orchestrator as orchestrator_pb;
 use reservoir_proto::orchestrator::top_up_service_client::TopUpServiceClient;
+use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
 use reservoir_proto::payments as payments_pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_proto::wallet as pb;
@@ -59,6 +60,26 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
         TopUpServiceClient::with_interceptor(channel(environment.orchestrator_address).await, bearer());
     let mut invoicing =
         InvoicingServiceClient::with_interceptor(channel(environment.invoicing_address).await, bearer());
+
+    // An endpoint nobody listens at: its deliveries keep failing.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut webhooks =
+        WebhookServiceClient::with_interceptor(channel(environment.orchestrator_address).await, bearer());
+    let endpoint = webhooks
+        .create_webhook_endpoint(orchestrator_pb::CreateWebhookEndpointRequest {
+            url: format!("http://{closed}/hooks"),
+            description: "billing events".into(),
+            event_types: Vec::new(),
+            idempotency_key: key(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .endpoint
+        .unwrap();
+
+    // An endpoint gets the events from a second after it was made on.
+    tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
 
     // An account bought 50 credits by card: a paid invoice and one refill.
     let account = open_funded_account(&wallet, "0").await;
@@ -188,6 +209,34 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     assert_eq!(saved.frequency(), invoicing_pb::ReportFrequency::Weekly);
     let reports = browser.page("/reports?done=schedule").await;
     assert!(reports.contains("A weekly report goes to <strong>billing@example.com</strong>"), "{reports}");
+
+    // The endpoint and its failing deliveries, each one sent again on request.
+    let listed = browser.page("/webhooks").await;
+    assert!(listed.contains(&format!("href=\"/webhooks/{}\"", endpoint.id)) && listed.contains(&endpoint.url));
+    let mut deliveries = String::new();
+    for _ in 0..100 {
+        deliveries = browser.page(&format!("/webhooks/{}", endpoint.id)).await;
+        if deliveries.contains("/replay\"") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let marker = "action=\"/webhooks/deliveries/";
+    let Some(start) = deliveries.find(marker) else {
+        let listed = webhooks
+            .list_webhook_deliveries(orchestrator_pb::ListWebhookDeliveriesRequest {
+                endpoint_id: endpoint.id.clone(),
+                ..Default::default()
+            })
+            .await;
+        panic!("no delivery to send again: {listed:?}");
+    };
+    let replay = deliveries[start + "action=\"".len()..].split('"').next().unwrap().to_owned();
+    let answer = browser.post(&replay, &[("csrf", csrf.as_str()), ("endpoint_id", endpoint.id.as_str())]).await;
+    assert_eq!(answer.status(), 303);
+    let back = answer.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(back, format!("/webhooks/{}?done=replayed", endpoint.id));
+    assert!(browser.page(&back).await.contains("Sent again"));
 
     let top_ups = browser.page("/top-ups").await;
     assert!(top_ups.contains("Waiting for a person"));

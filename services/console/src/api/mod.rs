@@ -5,6 +5,7 @@ mod accounts;
 mod billing;
 mod pages;
 mod session;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,6 +54,9 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/reports", get(pages::reports))
         .route("/reports/schedule", post(pages::update_schedule))
         .route("/top-ups", get(pages::top_ups))
+        .route("/webhooks", get(webhooks::endpoints))
+        .route("/webhooks/{id}", get(webhooks::deliveries))
+        .route("/webhooks/deliveries/{id}/replay", post(webhooks::replay))
         .route("/healthz", get(|| async { "serving\n" }))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(answered))

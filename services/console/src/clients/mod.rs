@@ -9,6 +9,7 @@ use reservoir_common::channel::ServiceChannel;
 use reservoir_common::time::to_timestamp;
 use reservoir_proto::invoicing::{self as invoicing, invoicing_service_client::InvoicingServiceClient};
 use reservoir_proto::metering::{self as metering, metering_service_client::MeteringServiceClient};
+use reservoir_proto::orchestrator::webhook_service_client::WebhookServiceClient;
 use reservoir_proto::orchestrator::{self as orchestrator, top_up_service_client::TopUpServiceClient};
 use reservoir_proto::wallet::{self as wallet, wallet_service_client::WalletServiceClient};
 use tonic::Request;
@@ -80,6 +81,10 @@ impl Upstream {
 
     fn orchestrator(&self) -> TopUpServiceClient<ServiceChannel> {
         TopUpServiceClient::new(self.orchestrator.clone())
+    }
+
+    fn webhooks(&self) -> WebhookServiceClient<ServiceChannel> {
+        WebhookServiceClient::new(self.orchestrator.clone())
     }
 
     fn wallet(&self) -> WalletServiceClient<ServiceChannel> {
@@ -396,5 +401,47 @@ impl Upstream {
             .map_err(|status| ConsoleError::from_status("invoicing", &status))?
             .into_inner()
             .runs)
+    }
+
+    pub async fn webhook_endpoints(&self, key: &str) -> Result<Vec<orchestrator::WebhookEndpoint>, ConsoleError> {
+        Ok(self
+            .webhooks()
+            .list_webhook_endpoints(keyed(orchestrator::ListWebhookEndpointsRequest {}, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
+            .into_inner()
+            .endpoints)
+    }
+
+    /// An endpoint's latest deliveries, of one status (all when unspecified).
+    pub async fn webhook_deliveries(
+        &self,
+        key: &str,
+        endpoint_id: &str,
+        status: orchestrator::DeliveryStatus,
+    ) -> Result<Vec<orchestrator::WebhookDelivery>, ConsoleError> {
+        let request = orchestrator::ListWebhookDeliveriesRequest {
+            endpoint_id: endpoint_id.to_owned(),
+            status: status as i32,
+            page_size: 100,
+            page_token: String::new(),
+        };
+        Ok(self
+            .webhooks()
+            .list_webhook_deliveries(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
+            .into_inner()
+            .deliveries)
+    }
+
+    /// Sends a delivery again, with the same event id.
+    pub async fn replay_delivery(&self, key: &str, delivery_id: &str) -> Result<(), ConsoleError> {
+        let request = orchestrator::ReplayWebhookDeliveryRequest { delivery_id: delivery_id.to_owned() };
+        self.webhooks()
+            .replay_webhook_delivery(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?;
+        Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub mod chart;
 pub mod invoices;
 pub mod names;
 pub mod reports;
+pub mod webhooks;
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -57,6 +58,7 @@ pub fn page(title: &str, session: Option<&Session>, body: Markup) -> Markup {
                             a href="/invoices" { "Invoices" }
                             a href="/top-ups" { "Top-ups" }
                             a href="/reports" { "Reports" }
+                            a href="/webhooks" { "Webhooks" }
                         }
                         span { "Tenant " code { (session.tenant_id) } " · " (session.role.label()) " key" }
                         form.inline method="post" action="/logout" {

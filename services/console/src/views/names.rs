@@ -61,3 +61,7 @@ pub fn top_up_status(status: reservoir_proto::orchestrator::TopUpStatus) -> Stri
 pub fn step(step: reservoir_proto::orchestrator::Step) -> String {
     readable(step.as_str_name(), "STEP_")
 }
+
+pub fn delivery_status(status: reservoir_proto::orchestrator::DeliveryStatus) -> String {
+    readable(status.as_str_name(), "DELIVERY_STATUS_")
+}
