@@ -109,6 +109,7 @@ async fn start(every_service: bool) -> Option<Suite> {
         account_id: account.id.clone(),
         meter_code: "tokens".into(),
         quantity: "250".into(),
+        dimensions: [("model".to_owned(), "large".to_owned())].into(),
         ..Default::default()
     };
     // A cap of 5: the day's 2.50 is half of it.
@@ -160,6 +161,22 @@ async fn an_admin_signs_in_reads_the_account_and_grants_credits_once() {
     // The orchestrator is not running: the page says so where the refills
     // would be, and shows the rest.
     assert!(page.contains("The automatic top-up cannot be shown now"), "{page}");
+
+    // Usage over a chosen period, by meter and by a dimension, and as CSV.
+    let today = chrono::Utc::now().date_naive();
+    let usage = browser.page(&format!("{account_page}/usage?from={today}&to={today}&dimension=model")).await;
+    let by_meter = &usage[usage.find("id=\"by-meter\"").unwrap()..];
+    assert!(by_meter.contains("<td>tokens</td><td class=\"amount\">250</td><td class=\"amount\">2.5</td>"), "{usage}");
+    let by_model = &usage[usage.find("id=\"by-dimension\"").unwrap()..];
+    assert!(by_model.contains("<td>large</td><td class=\"amount\">250</td>"), "{usage}");
+    assert_eq!(usage.matches("fill=\"#1F6FB4\"").count(), 1);
+    let csv = browser.get(&format!("{account_page}/usage?from={today}&to={today}&dimension=model&format=csv")).await;
+    assert_eq!(csv.status(), 200);
+    let csv = csv.text().await.unwrap();
+    assert!(csv.lines().count() == 2 && csv.contains("tokens") && csv.contains("large"), "{csv}");
+    let backwards = browser.get(&format!("{account_page}/usage?from=2026-12-05&to=2026-12-01")).await;
+    assert_eq!(backwards.status(), 400);
+    assert!(backwards.text().await.unwrap().contains("to: the period ends before it starts"));
 
     // A grant of courtesy credits, sent twice (a double click): granted once.
     let form = [

@@ -18,6 +18,7 @@ use crate::domain::usage::month_of;
 use crate::error::ConsoleError;
 use crate::store::Session;
 use crate::usecases::account::{account_view, entry_kinds, start_of};
+use crate::usecases::usage::{period, usage_view};
 use crate::views;
 
 /// A query string's pairs, repeated names kept (`kind=debit&kind=grant`).
@@ -46,7 +47,7 @@ pub(super) async fn list(
     }
 }
 
-fn today() -> NaiveDate {
+pub(super) fn today() -> NaiveDate {
     reservoir_common::time::now().date_naive()
 }
 
@@ -273,4 +274,50 @@ pub(super) async fn void_grant(
     let request = wallet::VoidGrantRequest { grant_id, idempotency_key, reason: "voided in the console".to_owned() };
     let result = console.upstream.void_grant(&session.key, request).await;
     answered(&console, &session, &account_id, result, "voided").await
+}
+
+/// An account's usage over a period, as a page or (`format=csv`) as CSV.
+pub(super) async fn usage(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(account_id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let session = match current(&console, &headers) {
+        Ok(session) => session,
+        Err(error) => return refused(None, &error),
+    };
+    let raw = query.unwrap_or_default();
+    let query = pairs(Some(&raw));
+    let period = match period(first(&query, "from"), first(&query, "to"), today()) {
+        Ok(period) => period,
+        Err(error) => return refused(Some(&session), &error),
+    };
+    let dimension = first(&query, "dimension").trim();
+    if first(&query, "format") == "csv" {
+        let (start, end) = (start_of(period.0), start_of(period.1) + chrono::Duration::days(1));
+        let request = crate::clients::usage_query(&account_id, start, end, dimension);
+        return match console.upstream.usage_csv(&session.key, request).await {
+            Ok(csv) => {
+                let mut response = csv.into_response();
+                let headers = response.headers_mut();
+                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+                let name = format!("attachment; filename=\"usage-{}-{}.csv\"", period.0, period.1);
+                if let Ok(value) = HeaderValue::from_str(&name) {
+                    headers.insert(header::CONTENT_DISPOSITION, value);
+                }
+                response
+            }
+            Err(error) => refused(Some(&session), &error),
+        };
+    }
+    match usage_view(&console.upstream, &session.key, &account_id, period, dimension).await {
+        Ok(view) => {
+            // The page's own query, for the CSV link (its format removed).
+            let kept: Vec<(String, String)> = query.into_iter().filter(|(key, _)| key != "format").collect();
+            let again = serde_urlencoded::to_string(&kept).unwrap_or_default();
+            views::usage::usage(&session, &view, &again).into_response()
+        }
+        Err(error) => refused(Some(&session), &error),
+    }
 }

@@ -44,6 +44,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/accounts", get(accounts::list))
         .route("/accounts/{id}", get(accounts::show))
         .route("/accounts/{id}/statement.csv", get(accounts::statement))
+        .route("/accounts/{id}/usage", get(accounts::usage))
         .route("/accounts/{id}/grants", post(accounts::grant))
         .route("/accounts/{id}/adjustments", post(accounts::adjust))
         .route("/accounts/{id}/grants/{grant_id}/void", post(accounts::void_grant))

@@ -248,13 +248,15 @@ impl Upstream {
         start: DateTime<Utc>,
         end: DateTime<Utc>,
     ) -> Result<Vec<metering::UsageGroup>, ConsoleError> {
-        let request = metering::GetUsageRequest {
-            account_id: account_id.to_owned(),
-            start_time: Some(to_timestamp(start)),
-            end_time: Some(to_timestamp(end)),
-            group_by: metering::Period::Day as i32,
-            ..Default::default()
-        };
+        self.usage(key, usage_query(account_id, start, end, "")).await
+    }
+
+    /// Usage as GetUsage groups it.
+    pub async fn usage(
+        &self,
+        key: &str,
+        request: metering::GetUsageRequest,
+    ) -> Result<Vec<metering::UsageGroup>, ConsoleError> {
         Ok(self
             .metering()
             .get_usage(keyed(request, key)?)
@@ -443,5 +445,34 @@ impl Upstream {
             .await
             .map_err(|status| ConsoleError::from_status("orchestrator", &status))?;
         Ok(())
+    }
+
+    /// Usage as CSV, grouped as `query` asks.
+    pub async fn usage_csv(&self, key: &str, query: metering::GetUsageRequest) -> Result<String, ConsoleError> {
+        let request = metering::ExportUsageRequest { query: Some(query) };
+        Ok(self
+            .metering()
+            .export_usage(keyed(request, key)?)
+            .await
+            .map_err(|status| ConsoleError::from_status("metering", &status))?
+            .into_inner()
+            .csv)
+    }
+}
+
+/// Usage of `[start, end)` by day, and by the value of `dimension_key` when it is not empty.
+pub fn usage_query(
+    account_id: &str,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    dimension_key: &str,
+) -> metering::GetUsageRequest {
+    metering::GetUsageRequest {
+        account_id: account_id.to_owned(),
+        meter_code: String::new(),
+        start_time: Some(to_timestamp(start)),
+        end_time: Some(to_timestamp(end)),
+        group_by: metering::Period::Day as i32,
+        dimension_key: dimension_key.to_owned(),
     }
 }

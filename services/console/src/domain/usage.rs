@@ -29,6 +29,37 @@ pub fn by_day(first: NaiveDate, last: NaiveDate, groups: impl IntoIterator<Item 
         .collect()
 }
 
+/// What one group of usage adds up to: its charged quantity and amount, and
+/// what the wallet refused (uncovered).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    pub charged_quantity: Decimal,
+    pub charged_amount: Decimal,
+    pub uncovered_amount: Decimal,
+}
+
+/// One row of usage as the services answer it, reduced to what is summed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub date: NaiveDate,
+    pub meter: String,
+    pub dimension: String,
+    pub totals: Totals,
+}
+
+/// Totals by a key of each group (its meter, or its dimension's value), in
+/// the key's order.
+pub fn totals_by(groups: &[Group], key: impl Fn(&Group) -> &str) -> Vec<(String, Totals)> {
+    let mut sums: BTreeMap<String, Totals> = BTreeMap::new();
+    for group in groups {
+        let sum = sums.entry(key(group).to_owned()).or_default();
+        sum.charged_quantity += group.totals.charged_quantity;
+        sum.charged_amount += group.totals.charged_amount;
+        sum.uncovered_amount += group.totals.uncovered_amount;
+    }
+    sums.into_iter().collect()
+}
+
 /// The first and last day of the month `day` is in.
 pub fn month_of(day: NaiveDate) -> (NaiveDate, NaiveDate) {
     let first = day.with_day(1).unwrap_or(day);
@@ -71,6 +102,27 @@ mod tests {
         assert_eq!(days[2], Day { date: date(3), charged: Decimal::new(200, 2) });
         assert_eq!(days[9].charged, Decimal::ONE);
         assert_eq!(days.iter().filter(|day| day.charged.is_zero()).count(), 26);
+    }
+
+    #[test]
+    fn usage_adds_up_by_meter_and_by_dimension() {
+        let group = |day: u32, meter: &str, dimension: &str, amount: i64| Group {
+            date: date(day),
+            meter: meter.into(),
+            dimension: dimension.into(),
+            totals: Totals {
+                charged_quantity: Decimal::new(amount * 100, 0),
+                charged_amount: Decimal::new(amount, 2),
+                uncovered_amount: Decimal::ZERO,
+            },
+        };
+        let groups = [group(1, "tokens", "large", 150), group(2, "tokens", "small", 50), group(2, "calls", "", 25)];
+        let meters = totals_by(&groups, |group| &group.meter);
+        assert_eq!(meters.iter().map(|(meter, _)| meter.as_str()).collect::<Vec<_>>(), ["calls", "tokens"]);
+        assert_eq!(meters[1].1.charged_amount, Decimal::new(200, 2));
+        assert_eq!(meters[1].1.charged_quantity, Decimal::new(20_000, 0));
+        let values = totals_by(&groups, |group| &group.dimension);
+        assert_eq!(values.len(), 3, "the empty value (no dimension) is a row of its own");
     }
 
     #[test]

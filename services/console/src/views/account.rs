@@ -105,6 +105,7 @@ fn usage(view: &AccountView, unit: &str) -> Markup {
     html! {
         section aria-labelledby="usage" {
             h2 #usage { "Usage by day, " (view.month.0.format("%B %Y")) }
+            p { a href={ "/accounts/" (view.account.id) "/usage" } { "Usage by meter and dimension, any period, as CSV" } }
             @if let Some(svg) = super::chart::usage_by_day(&view.days, unit) {
                 figure #usage-chart role="img" aria-label={ "Charged usage for each day of " (view.month.0.format("%B %Y")) } {
                     (PreEscaped(svg))

@@ -29,7 +29,7 @@ pub fn usage_by_day(days: &[Day], unit: &str) -> Option<String> {
         chart
             .configure_mesh()
             .disable_x_mesh()
-            .x_desc("day of the month")
+            .x_desc("day of the period")
             .y_desc(unit)
             .x_labels(16)
             .bold_line_style(BLACK.mix(0.15))

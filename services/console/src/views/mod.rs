@@ -7,6 +7,7 @@ pub mod chart;
 pub mod invoices;
 pub mod names;
 pub mod reports;
+pub mod usage;
 pub mod webhooks;
 
 use maud::{DOCTYPE, Markup, html};
