@@ -11,7 +11,7 @@ use reservoir_common::time::to_timestamp;
 use reservoir_proto::wallet;
 use serde::Deserialize;
 
-use super::session::{current, for_form};
+use super::session::{SignedIn, current, for_form};
 use super::{Console, refused};
 use crate::domain::Role;
 use crate::domain::usage::month_of;
@@ -32,19 +32,26 @@ pub(super) fn first<'a>(pairs: &'a [(String, String)], name: &str) -> &'a str {
 
 pub(super) async fn list(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let pairs = pairs(query.as_deref());
     let external_id = first(&pairs, "external_id").trim();
     match console.upstream.accounts(&session.key, external_id, first(&pairs, "page_token")).await {
         Ok(found) => views::accounts::list(&session, external_id, &found).into_response(),
         Err(error) => refused(Some(&session), &error),
     }
+}
+
+/// CSV to download as the file `name` (made of dates and digits only).
+fn attachment(csv: String, name: &str) -> Response {
+    let mut response = csv.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    response
 }
 
 pub(super) fn today() -> NaiveDate {
@@ -79,14 +86,10 @@ async fn render(
 
 pub(super) async fn show(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     Path(account_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let query = pairs(query.as_deref());
     let notice = match first(&query, "done") {
         "granted" => Some("Credits granted."),
@@ -101,26 +104,13 @@ pub(super) async fn show(
 
 pub(super) async fn statement(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     Path(account_id): Path<String>,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let (first_day, last_day) = month_of(today());
     let (start, end) = (start_of(first_day), start_of(last_day) + chrono::Duration::days(1));
     match console.upstream.statement(&session.key, &account_id, start, end).await {
-        Ok(csv) => {
-            let mut response = csv.into_response();
-            let headers = response.headers_mut();
-            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-            let name = format!("attachment; filename=\"statement-{}.csv\"", first_day.format("%Y-%m"));
-            if let Ok(value) = HeaderValue::from_str(&name) {
-                headers.insert(header::CONTENT_DISPOSITION, value);
-            }
-            response
-        }
+        Ok(csv) => attachment(csv, &format!("statement-{}.csv", first_day.format("%Y-%m"))),
         Err(error) => refused(Some(&session), &error),
     }
 }
@@ -279,14 +269,10 @@ pub(super) async fn void_grant(
 /// An account's usage over a period, as a page or (`format=csv`) as CSV.
 pub(super) async fn usage(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     Path(account_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let raw = query.unwrap_or_default();
     let query = pairs(Some(&raw));
     let period = match period(first(&query, "from"), first(&query, "to"), today()) {
@@ -298,16 +284,7 @@ pub(super) async fn usage(
         let (start, end) = (start_of(period.0), start_of(period.1) + chrono::Duration::days(1));
         let request = crate::clients::usage_query(&account_id, start, end, dimension);
         return match console.upstream.usage_csv(&session.key, request).await {
-            Ok(csv) => {
-                let mut response = csv.into_response();
-                let headers = response.headers_mut();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/csv; charset=utf-8"));
-                let name = format!("attachment; filename=\"usage-{}-{}.csv\"", period.0, period.1);
-                if let Ok(value) = HeaderValue::from_str(&name) {
-                    headers.insert(header::CONTENT_DISPOSITION, value);
-                }
-                response
-            }
+            Ok(csv) => attachment(csv, &format!("usage-{}-{}.csv", period.0, period.1)),
             Err(error) => refused(Some(&session), &error),
         };
     }

@@ -10,7 +10,7 @@ use reservoir_proto::{invoicing, orchestrator};
 use serde::Deserialize;
 
 use super::accounts::{allowed, first, pairs};
-use super::session::current;
+use super::session::SignedIn;
 use super::{Console, refused};
 use crate::domain::Role;
 use crate::error::ConsoleError;
@@ -19,13 +19,9 @@ use crate::views;
 
 pub(super) async fn invoices(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let query = pairs(query.as_deref());
     let account_id = first(&query, "account_id").trim();
     match console.upstream.invoices(&session.key, account_id, first(&query, "page_token")).await {
@@ -36,13 +32,9 @@ pub(super) async fn invoices(
 
 pub(super) async fn invoice(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     Path(invoice_id): Path<String>,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     match console.upstream.invoice(&session.key, &invoice_id).await {
         Ok(invoice) => views::invoices::invoice(&session, &invoice).into_response(),
         Err(error) => refused(Some(&session), &error),
@@ -66,13 +58,9 @@ async fn reports_page(
 
 pub(super) async fn reports(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let saved = first(&pairs(query.as_deref()), "done") == "schedule";
     reports_page(&console, &session, StatusCode::OK, None, saved.then_some("Schedule saved.")).await
 }
@@ -131,11 +119,7 @@ pub(super) async fn update_schedule(
     }
 }
 
-pub(super) async fn top_ups(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
+pub(super) async fn top_ups(State(console): State<Arc<Console>>, SignedIn(session): SignedIn) -> Response {
     let waiting = console.upstream.top_ups(&session.key, orchestrator::TopUpStatus::RequiresAction);
     let failed = console.upstream.top_ups(&session.key, orchestrator::TopUpStatus::Failed);
     match tokio::try_join!(waiting, failed) {

@@ -34,6 +34,18 @@ pub(crate) fn current(console: &Console, headers: &HeaderMap) -> Result<Session,
     cookie(headers, COOKIE).and_then(|token| console.sessions.find(token)).ok_or(ConsoleError::SignedOut)
 }
 
+/// A request's live session, as a handler's argument: without one the
+/// person is sent to sign in, and the handler is not run.
+pub(crate) struct SignedIn(pub Session);
+
+impl axum::extract::FromRequestParts<Arc<Console>> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut http::request::Parts, console: &Arc<Console>) -> Result<Self, Response> {
+        current(console, &parts.headers).map(SignedIn).map_err(|error| super::refused(None, &error))
+    }
+}
+
 /// The session of a form's request, if the form carries its CSRF token.
 pub(crate) fn for_form(console: &Console, headers: &HeaderMap, csrf: &str) -> Result<Session, ConsoleError> {
     let session = current(console, headers)?;

@@ -10,17 +10,13 @@ use reservoir_proto::orchestrator;
 use serde::Deserialize;
 
 use super::accounts::{allowed, first, pairs};
-use super::session::current;
+use super::session::SignedIn;
 use super::{Console, refused};
 use crate::domain::Role;
 use crate::error::ConsoleError;
 use crate::views;
 
-pub(super) async fn endpoints(State(console): State<Arc<Console>>, headers: HeaderMap) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
+pub(super) async fn endpoints(State(console): State<Arc<Console>>, SignedIn(session): SignedIn) -> Response {
     match console.upstream.webhook_endpoints(&session.key).await {
         Ok(endpoints) => views::webhooks::endpoints(&session, &endpoints).into_response(),
         Err(error) => refused(Some(&session), &error),
@@ -29,14 +25,10 @@ pub(super) async fn endpoints(State(console): State<Arc<Console>>, headers: Head
 
 pub(super) async fn deliveries(
     State(console): State<Arc<Console>>,
-    headers: HeaderMap,
+    SignedIn(session): SignedIn,
     Path(endpoint_id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let session = match current(&console, &headers) {
-        Ok(session) => session,
-        Err(error) => return refused(None, &error),
-    };
     let query = pairs(query.as_deref());
     let status = match first(&query, "status") {
         "" => orchestrator::DeliveryStatus::Unspecified,

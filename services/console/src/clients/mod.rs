@@ -51,6 +51,28 @@ fn keyed<T>(message: T, key: &str) -> Result<Request<T>, ConsoleError> {
     Ok(request)
 }
 
+/// A call's answer, or the console's error naming the service that refused it.
+async fn answer<T>(
+    service: &'static str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ConsoleError> {
+    call.await.map(tonic::Response::into_inner).map_err(|status| ConsoleError::from_status(service, &status))
+}
+
+/// The text of a stream of CSV chunks, each chunk's text taken by `text`.
+async fn collected<T>(
+    service: &'static str,
+    call: impl std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+    text: impl Fn(T) -> String,
+) -> Result<String, ConsoleError> {
+    let mut stream = answer(service, call).await?;
+    let mut csv = String::new();
+    while let Some(chunk) = stream.message().await.map_err(|status| ConsoleError::from_status(service, &status))? {
+        csv.push_str(&text(chunk));
+    }
+    Ok(csv)
+}
+
 /// What GetCaller says of a key.
 pub struct Caller {
     pub kind: wallet::CallerKind,
@@ -96,12 +118,7 @@ impl Upstream {
     }
 
     pub async fn caller(&self, key: &str) -> Result<Caller, ConsoleError> {
-        let answer = self
-            .wallet()
-            .get_caller(keyed(wallet::GetCallerRequest {}, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner();
+        let answer = answer("wallet", self.wallet().get_caller(keyed(wallet::GetCallerRequest {}, key)?)).await?;
         Ok(Caller { kind: answer.kind(), tenant_id: answer.tenant_id.clone(), role: answer.role() })
     }
 
@@ -111,59 +128,31 @@ impl Upstream {
             page_token: page_token.to_owned(),
             external_id: external_id.to_owned(),
         };
-        let answer = self
-            .wallet()
-            .list_accounts(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner();
+        let answer = answer("wallet", self.wallet().list_accounts(keyed(request, key)?)).await?;
         Ok(AccountPage { accounts: answer.accounts, next_page_token: answer.next_page_token })
     }
 
     pub async fn account(&self, key: &str, account_id: &str) -> Result<wallet::Account, ConsoleError> {
         let request = wallet::GetAccountRequest { account_id: account_id.to_owned() };
-        self.wallet()
-            .get_account(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner()
+        answer("wallet", self.wallet().get_account(keyed(request, key)?))
+            .await?
             .account
             .ok_or_else(|| ConsoleError::Unavailable { service: "wallet", message: "no account in its answer".into() })
     }
 
     pub async fn balance(&self, key: &str, account_id: &str) -> Result<wallet::Balance, ConsoleError> {
         let request = wallet::GetBalanceRequest { account_id: account_id.to_owned() };
-        Ok(self
-            .wallet()
-            .get_balance(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner()
-            .balance
-            .unwrap_or_default())
+        Ok(answer("wallet", self.wallet().get_balance(keyed(request, key)?)).await?.balance.unwrap_or_default())
     }
 
     pub async fn spend(&self, key: &str, account_id: &str) -> Result<wallet::Spend, ConsoleError> {
         let request = wallet::GetSpendRequest { account_id: account_id.to_owned() };
-        Ok(self
-            .wallet()
-            .get_spend(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner()
-            .spend
-            .unwrap_or_default())
+        Ok(answer("wallet", self.wallet().get_spend(keyed(request, key)?)).await?.spend.unwrap_or_default())
     }
 
     pub async fn grants(&self, key: &str, account_id: &str) -> Result<Vec<wallet::Grant>, ConsoleError> {
         let request = wallet::ListGrantsRequest { account_id: account_id.to_owned(), include_inactive: true };
-        Ok(self
-            .wallet()
-            .list_grants(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner()
-            .grants)
+        Ok(answer("wallet", self.wallet().list_grants(keyed(request, key)?)).await?.grants)
     }
 
     /// The latest entries of an account, newest first, of the given kinds (all when empty).
@@ -181,36 +170,22 @@ impl Upstream {
             kinds,
             ..Default::default()
         };
-        let answer = self
-            .wallet()
-            .list_ledger_entries(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner();
+        let answer = answer("wallet", self.wallet().list_ledger_entries(keyed(request, key)?)).await?;
         Ok((answer.entries, answer.next_page_token))
     }
 
     pub async fn grant(&self, key: &str, request: wallet::GrantCreditsRequest) -> Result<(), ConsoleError> {
-        self.wallet()
-            .grant_credits(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        answer("wallet", self.wallet().grant_credits(keyed(request, key)?)).await?;
         Ok(())
     }
 
     pub async fn adjust(&self, key: &str, request: wallet::AdjustRequest) -> Result<(), ConsoleError> {
-        self.wallet()
-            .adjust(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        answer("wallet", self.wallet().adjust(keyed(request, key)?)).await?;
         Ok(())
     }
 
     pub async fn void_grant(&self, key: &str, request: wallet::VoidGrantRequest) -> Result<(), ConsoleError> {
-        self.wallet()
-            .void_grant(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        answer("wallet", self.wallet().void_grant(keyed(request, key)?)).await?;
         Ok(())
     }
 
@@ -227,17 +202,7 @@ impl Upstream {
             start_time: Some(to_timestamp(start)),
             end_time: Some(to_timestamp(end)),
         };
-        let mut stream = self
-            .wallet()
-            .export_statement(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner();
-        let mut csv = String::new();
-        while let Some(chunk) = stream.message().await.map_err(|status| ConsoleError::from_status("wallet", &status))? {
-            csv.push_str(&chunk.csv);
-        }
-        Ok(csv)
+        collected("wallet", self.wallet().export_statement(keyed(request, key)?), |chunk| chunk.csv).await
     }
 
     /// Usage of an account by day over `[start, end)`, by meter.
@@ -257,38 +222,19 @@ impl Upstream {
         key: &str,
         request: metering::GetUsageRequest,
     ) -> Result<Vec<metering::UsageGroup>, ConsoleError> {
-        Ok(self
-            .metering()
-            .get_usage(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("metering", &status))?
-            .into_inner()
-            .groups)
+        Ok(answer("metering", self.metering().get_usage(keyed(request, key)?)).await?.groups)
     }
 
     /// Changes an account's settings (its cap, its warning level).
     pub async fn update_account(&self, key: &str, request: wallet::UpdateAccountRequest) -> Result<(), ConsoleError> {
-        self.wallet()
-            .update_account(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?;
+        answer("wallet", self.wallet().update_account(keyed(request, key)?)).await?;
         Ok(())
     }
 
     /// Every refill of an account as CSV: type, date, amount, balance after, …
     pub async fn refill_history(&self, key: &str, account_id: &str) -> Result<String, ConsoleError> {
         let request = wallet::ExportRefillHistoryRequest { account_id: account_id.to_owned(), ..Default::default() };
-        let mut stream = self
-            .wallet()
-            .export_refill_history(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("wallet", &status))?
-            .into_inner();
-        let mut csv = String::new();
-        while let Some(chunk) = stream.message().await.map_err(|status| ConsoleError::from_status("wallet", &status))? {
-            csv.push_str(&chunk.csv);
-        }
-        Ok(csv)
+        collected("wallet", self.wallet().export_refill_history(keyed(request, key)?), |chunk| chunk.csv).await
     }
 
     /// The account's automatic top-up, if it has one.
@@ -311,10 +257,7 @@ impl Upstream {
         settings: orchestrator::AutoReplenish,
     ) -> Result<(), ConsoleError> {
         let request = orchestrator::ConfigureAutoReplenishRequest { auto_replenish: Some(settings) };
-        self.orchestrator()
-            .configure_auto_replenish(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?;
+        answer("orchestrator", self.orchestrator().configure_auto_replenish(keyed(request, key)?)).await?;
         Ok(())
     }
 
@@ -325,13 +268,7 @@ impl Upstream {
         status: orchestrator::TopUpStatus,
     ) -> Result<Vec<orchestrator::TopUp>, ConsoleError> {
         let request = orchestrator::ListTopUpsRequest { status: status as i32, page_size: 100, ..Default::default() };
-        Ok(self
-            .orchestrator()
-            .list_top_ups(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
-            .into_inner()
-            .top_ups)
+        Ok(answer("orchestrator", self.orchestrator().list_top_ups(keyed(request, key)?)).await?.top_ups)
     }
 
     /// Invoices, of one account when `account_id` is not empty.
@@ -347,38 +284,25 @@ impl Upstream {
             page_token: page_token.to_owned(),
             ..Default::default()
         };
-        let answer = self
-            .invoicing()
-            .list_invoices(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
-            .into_inner();
+        let answer = answer("invoicing", self.invoicing().list_invoices(keyed(request, key)?)).await?;
         Ok((answer.invoices, answer.next_page_token))
     }
 
     pub async fn invoice(&self, key: &str, invoice_id: &str) -> Result<invoicing::Invoice, ConsoleError> {
         let request = invoicing::GetInvoiceRequest { invoice_id: invoice_id.to_owned() };
-        self.invoicing()
-            .get_invoice(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
-            .into_inner()
-            .invoice
-            .ok_or_else(|| ConsoleError::Unavailable {
-                service: "invoicing",
-                message: "no invoice in its answer".into(),
-            })
+        answer("invoicing", self.invoicing().get_invoice(keyed(request, key)?)).await?.invoice.ok_or_else(|| {
+            ConsoleError::Unavailable { service: "invoicing", message: "no invoice in its answer".into() }
+        })
     }
 
     /// The tenant's report schedule, if it has one.
     pub async fn report_schedule(&self, key: &str) -> Result<Option<invoicing::ReportSchedule>, ConsoleError> {
-        Ok(self
-            .invoicing()
-            .get_report_schedule(keyed(invoicing::GetReportScheduleRequest {}, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
-            .into_inner()
-            .schedule)
+        Ok(answer(
+            "invoicing",
+            self.invoicing().get_report_schedule(keyed(invoicing::GetReportScheduleRequest {}, key)?),
+        )
+        .await?
+        .schedule)
     }
 
     pub async fn update_report_schedule(
@@ -387,32 +311,27 @@ impl Upstream {
         schedule: invoicing::ReportSchedule,
     ) -> Result<(), ConsoleError> {
         let request = invoicing::UpdateReportScheduleRequest { schedule: Some(schedule) };
-        self.invoicing()
-            .update_report_schedule(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("invoicing", &status))?;
+        answer("invoicing", self.invoicing().update_report_schedule(keyed(request, key)?)).await?;
         Ok(())
     }
 
     /// The latest report runs.
     pub async fn report_runs(&self, key: &str) -> Result<Vec<invoicing::ReportRun>, ConsoleError> {
-        Ok(self
-            .invoicing()
-            .list_report_runs(keyed(invoicing::ListReportRunsRequest { page_size: 50 }, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("invoicing", &status))?
-            .into_inner()
-            .runs)
+        Ok(answer(
+            "invoicing",
+            self.invoicing().list_report_runs(keyed(invoicing::ListReportRunsRequest { page_size: 50 }, key)?),
+        )
+        .await?
+        .runs)
     }
 
     pub async fn webhook_endpoints(&self, key: &str) -> Result<Vec<orchestrator::WebhookEndpoint>, ConsoleError> {
-        Ok(self
-            .webhooks()
-            .list_webhook_endpoints(keyed(orchestrator::ListWebhookEndpointsRequest {}, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
-            .into_inner()
-            .endpoints)
+        Ok(answer(
+            "orchestrator",
+            self.webhooks().list_webhook_endpoints(keyed(orchestrator::ListWebhookEndpointsRequest {}, key)?),
+        )
+        .await?
+        .endpoints)
     }
 
     /// An endpoint's latest deliveries, of one status (all when unspecified).
@@ -428,35 +347,20 @@ impl Upstream {
             page_size: 100,
             page_token: String::new(),
         };
-        Ok(self
-            .webhooks()
-            .list_webhook_deliveries(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?
-            .into_inner()
-            .deliveries)
+        Ok(answer("orchestrator", self.webhooks().list_webhook_deliveries(keyed(request, key)?)).await?.deliveries)
     }
 
     /// Sends a delivery again, with the same event id.
     pub async fn replay_delivery(&self, key: &str, delivery_id: &str) -> Result<(), ConsoleError> {
         let request = orchestrator::ReplayWebhookDeliveryRequest { delivery_id: delivery_id.to_owned() };
-        self.webhooks()
-            .replay_webhook_delivery(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("orchestrator", &status))?;
+        answer("orchestrator", self.webhooks().replay_webhook_delivery(keyed(request, key)?)).await?;
         Ok(())
     }
 
     /// Usage as CSV, grouped as `query` asks.
     pub async fn usage_csv(&self, key: &str, query: metering::GetUsageRequest) -> Result<String, ConsoleError> {
         let request = metering::ExportUsageRequest { query: Some(query) };
-        Ok(self
-            .metering()
-            .export_usage(keyed(request, key)?)
-            .await
-            .map_err(|status| ConsoleError::from_status("metering", &status))?
-            .into_inner()
-            .csv)
+        Ok(answer("metering", self.metering().export_usage(keyed(request, key)?)).await?.csv)
     }
 }
 
