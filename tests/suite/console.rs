@@ -65,12 +65,12 @@ pub fn field(page: &str, name: &str) -> String {
     page[start..].split('"').next().unwrap().to_owned()
 }
 
-struct Suite {
+pub struct Suite {
     _databases: Vec<TestDatabase>,
-    _processes: Vec<ServiceProcess>,
-    environment: Environment,
-    api_key: String,
-    wallet: Client,
+    pub processes: Vec<ServiceProcess>,
+    pub environment: Environment,
+    pub api_key: String,
+    pub wallet: Client,
     account: pb::Account,
 }
 
@@ -79,7 +79,7 @@ struct Suite {
 /// today.
 /// With `every_service`, invoicing, payments and the orchestrator run too;
 /// without, the console runs with two of the four services it calls.
-async fn start(every_service: bool) -> Option<Suite> {
+pub async fn start(every_service: bool) -> Option<Suite> {
     let mut databases = Vec::new();
     for _ in 0..if every_service { 5 } else { 2 } {
         databases.push(TestDatabase::create(Backend::Sqlite).await?);
@@ -123,7 +123,7 @@ async fn start(every_service: bool) -> Option<Suite> {
     let ingested =
         metering.ingest_events(metering_pb::IngestEventsRequest { events: vec![event], asynchronous: false });
     assert_eq!(ingested.await.unwrap().into_inner().results[0].amount, "2.5");
-    Some(Suite { _databases: databases, _processes: processes, environment, api_key, wallet, account })
+    Some(Suite { _databases: databases, processes, environment, api_key, wallet, account })
 }
 
 #[tokio::test]

@@ -12,11 +12,10 @@ use reservoir_proto::payments as payments_pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::admin_service_client::AdminServiceClient;
+use reservoir_testing::BearerKey;
 use reservoir_testing::wallet::*;
-use reservoir_testing::{Backend, BearerKey, TestDatabase};
 
 use crate::console::{Browser, field};
-use crate::process::{Environment, ServiceProcess};
 
 /// The part of `page` from the element with `id` to the end of its table.
 fn table<'a>(page: &'a str, id: &str) -> &'a str {
@@ -32,28 +31,8 @@ fn borrowed<'a>(form: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a st
 
 #[tokio::test]
 async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
-    let mut databases = Vec::new();
-    for _ in 0..5 {
-        let Some(database) = TestDatabase::create(Backend::Sqlite).await else { return };
-        databases.push(database);
-    }
-    let mut environment = Environment::new(&databases[0], Some(&databases[1]))
-        .with_billing(&databases[2], &databases[3])
-        .with_orchestrator(&databases[4]);
-    let api_key = environment.create_tenant().await;
-    environment.issue_service_key().await;
-    let mut processes = vec![
-        ServiceProcess::wallet(&environment),
-        ServiceProcess::metering(&environment),
-        ServiceProcess::invoicing(&environment),
-        ServiceProcess::payments(&environment),
-        ServiceProcess::orchestrator(&environment),
-        ServiceProcess::console(&environment),
-    ];
-    for process in &mut processes {
-        process.start(&environment).await;
-    }
-    let wallet = client(environment.wallet_address, &api_key).await;
+    let Some(mut suite) = crate::console::start(true).await else { return };
+    let (environment, api_key, wallet) = (suite.environment.clone(), suite.api_key.clone(), suite.wallet.clone());
     let bearer = || BearerKey::new(&api_key);
     let mut payments = PaymentsServiceClient::with_interceptor(channel(environment.payments_address).await, bearer());
     let mut orchestrator =
@@ -263,7 +242,7 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     let reports = other.page("/reports").await;
     assert!(!reports.contains("Save the schedule"));
 
-    for process in processes.iter_mut().rev() {
+    for process in suite.processes.iter_mut().rev() {
         assert!(process.terminate().await.success(), "a clean exit on SIGTERM");
     }
 }
