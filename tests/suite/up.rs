@@ -40,7 +40,8 @@ async fn under_up_each_scrape_port_counts_its_own_services_calls_once() {
     }
     let console = free_address();
     command.env("RESERVOIR__CONSOLE__LISTEN", console.to_string());
-    command.env("RESERVOIR__CONSOLE__METRICS_LISTEN", "127.0.0.1:0");
+    let console_metrics = free_address();
+    command.env("RESERVOIR__CONSOLE__METRICS_LISTEN", console_metrics.to_string());
     let mut child = command.spawn().unwrap();
     for (service, listen, _) in &ports {
         let mut serving = false;
@@ -80,6 +81,15 @@ async fn under_up_each_scrape_port_counts_its_own_services_calls_once() {
     assert!(http_get(console, "/healthz").await.ends_with("serving\n"));
     let login = http_get(console, "/login").await;
     assert!(login.contains("name=\"api_key\""), "{login}");
+    // Its scrape port counts its pages by route pattern and status, and shows no service's calls.
+    let text = scrape(console_metrics).await;
+    assert!(
+        text.lines().any(|line| line.starts_with("reservoir_console_requests_total{")
+            && line.contains("route=\"/login\"")
+            && line.contains("status=\"200\"")),
+        "{text}"
+    );
+    assert!(!text.contains("reservoir_rpc_requests_total{"), "{text}");
 
     let _ = child.kill().await;
     let _ = std::fs::remove_dir_all(&directory);

@@ -17,7 +17,7 @@ use crate::domain::Role;
 use crate::domain::usage::month_of;
 use crate::error::ConsoleError;
 use crate::store::Session;
-use crate::usecases::account::{account_view, entry_kinds, start_of};
+use crate::usecases::account::{account_view, entry_kinds, span, start_of};
 use crate::usecases::usage::{period, usage_view};
 use crate::views;
 
@@ -108,7 +108,7 @@ pub(super) async fn statement(
     Path(account_id): Path<String>,
 ) -> Response {
     let (first_day, last_day) = month_of(today());
-    let (start, end) = (start_of(first_day), start_of(last_day) + chrono::Duration::days(1));
+    let (start, end) = span(first_day, last_day);
     match console.upstream.statement(&session.key, &account_id, start, end).await {
         Ok(csv) => attachment(csv, &format!("statement-{}.csv", first_day.format("%Y-%m"))),
         Err(error) => refused(Some(&session), &error),
@@ -142,7 +142,7 @@ pub(super) async fn answered(
         Ok(()) => Redirect::to(&format!("/accounts/{account_id}?done={done}")).into_response(),
         Err(error @ (ConsoleError::SignedOut | ConsoleError::Unavailable { .. })) => refused(Some(session), &error),
         Err(error) => {
-            let status = refused(Some(session), &error).status();
+            let status = super::status_of(&error).unwrap_or(StatusCode::BAD_REQUEST);
             render(console, session, account_id, &[], status, Some(&error.to_string()), None).await
         }
     }
@@ -281,7 +281,7 @@ pub(super) async fn usage(
     };
     let dimension = first(&query, "dimension").trim();
     if first(&query, "format") == "csv" {
-        let (start, end) = (start_of(period.0), start_of(period.1) + chrono::Duration::days(1));
+        let (start, end) = span(period.0, period.1);
         let request = crate::clients::usage_query(&account_id, start, end, dimension);
         return match console.upstream.usage_csv(&session.key, request).await {
             Ok(csv) => attachment(csv, &format!("usage-{}-{}.csv", period.0, period.1)),

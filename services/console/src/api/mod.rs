@@ -95,9 +95,10 @@ async fn answered(request: Request, next: Next) -> Response {
 }
 
 /// What a refused page or form answers: signing in again, or the reason on a page.
-pub(crate) fn refused(session: Option<&Session>, error: &ConsoleError) -> Response {
-    let status = match error {
-        ConsoleError::SignedOut => return Redirect::to("/login").into_response(),
+/// The HTTP status a refusal is answered with (`None`: signing in again).
+pub(crate) fn status_of(error: &ConsoleError) -> Option<StatusCode> {
+    Some(match error {
+        ConsoleError::SignedOut => return None,
         ConsoleError::Forgery | ConsoleError::NotAllowed => StatusCode::FORBIDDEN,
         ConsoleError::Invalid { .. } => StatusCode::BAD_REQUEST,
         ConsoleError::Refused { code, .. } => match code {
@@ -108,6 +109,13 @@ pub(crate) fn refused(session: Option<&Session>, error: &ConsoleError) -> Respon
             _ => StatusCode::BAD_REQUEST,
         },
         ConsoleError::Unavailable { .. } => StatusCode::BAD_GATEWAY,
-    };
-    (status, views::error(session, "Not done", &error.to_string())).into_response()
+    })
+}
+
+/// What a refused page or form answers: signing in again, or the reason on a page.
+pub(crate) fn refused(session: Option<&Session>, error: &ConsoleError) -> Response {
+    match status_of(error) {
+        None => Redirect::to("/login").into_response(),
+        Some(status) => (status, views::error(session, "Not done", &error.to_string())).into_response(),
+    }
 }

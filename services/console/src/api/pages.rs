@@ -113,7 +113,7 @@ pub(super) async fn update_schedule(
         Ok(()) => Redirect::to("/reports?done=schedule").into_response(),
         Err(error @ (ConsoleError::SignedOut | ConsoleError::Unavailable { .. })) => refused(Some(&session), &error),
         Err(error) => {
-            let status = refused(Some(&session), &error).status();
+            let status = super::status_of(&error).unwrap_or(StatusCode::BAD_REQUEST);
             reports_page(&console, &session, status, Some(&error.to_string()), None).await
         }
     }

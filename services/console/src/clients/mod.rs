@@ -232,8 +232,17 @@ impl Upstream {
     }
 
     /// Every refill of an account as CSV: type, date, amount, balance after, …
-    pub async fn refill_history(&self, key: &str, account_id: &str) -> Result<String, ConsoleError> {
-        let request = wallet::ExportRefillHistoryRequest { account_id: account_id.to_owned(), ..Default::default() };
+    pub async fn refill_history(
+        &self,
+        key: &str,
+        account_id: &str,
+        since: DateTime<Utc>,
+    ) -> Result<String, ConsoleError> {
+        let request = wallet::ExportRefillHistoryRequest {
+            account_id: account_id.to_owned(),
+            start_time: Some(to_timestamp(since)),
+            end_time: None,
+        };
         collected("wallet", self.wallet().export_refill_history(keyed(request, key)?), |chunk| chunk.csv).await
     }
 

@@ -56,6 +56,15 @@ pub fn start_of(date: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&date.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
 
+/// How far back the account page reads refills, and how many it shows.
+const REFILL_DAYS: i64 = 365;
+const REFILLS_SHOWN: usize = 50;
+
+/// The instants of the days `first` to `last` (inclusive): `[start, end)`.
+pub fn span(first: NaiveDate, last: NaiveDate) -> (DateTime<Utc>, DateTime<Utc>) {
+    (start_of(first), start_of(last) + chrono::Duration::days(1))
+}
+
 /// What an entry-kind filter of the page asks for, as the wallet's kinds.
 pub fn entry_kinds(names: &[String]) -> Result<Vec<i32>, ConsoleError> {
     names
@@ -78,7 +87,7 @@ pub async fn account_view(
     page_token: &str,
 ) -> Result<AccountView, ConsoleError> {
     let month = month_of(day);
-    let (start, end) = (start_of(month.0), start_of(month.1) + chrono::Duration::days(1));
+    let (start, end) = span(month.0, month.1);
     let wallet_and_metering = async {
         tokio::try_join!(
             upstream.account(key, account_id),
@@ -87,7 +96,8 @@ pub async fn account_view(
             upstream.grants(key, account_id),
             upstream.entries(key, account_id, kinds, page_token),
             upstream.usage_by_day(key, account_id, start, end),
-            upstream.refill_history(key, account_id),
+            // The page shows the latest refills: a year of them is read, not the whole history.
+            upstream.refill_history(key, account_id, start_of(day) - chrono::Duration::days(REFILL_DAYS)),
         )
     };
     let (answers, auto_replenish) = tokio::join!(wallet_and_metering, upstream.auto_replenish(key, account_id));
@@ -101,7 +111,8 @@ pub async fn account_view(
             Some((date, group.charged_amount.parse::<Decimal>().ok()?))
         }),
     );
-    let refills = refills(&history)?;
+    let mut refills = refills(&history)?;
+    refills.truncate(REFILLS_SHOWN);
     Ok(AccountView { account, balance, spend, grants, entries, next_entries, month, days, auto_replenish, refills })
 }
 

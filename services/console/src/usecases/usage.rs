@@ -5,7 +5,7 @@ use chrono::NaiveDate;
 use reservoir_proto::{metering, wallet};
 use rust_decimal::Decimal;
 
-use super::account::start_of;
+use super::account::span;
 use crate::clients::{Upstream, usage_query};
 use crate::domain::usage::{Day, Group, Totals, by_day, totals_by};
 use crate::error::ConsoleError;
@@ -68,7 +68,8 @@ pub async fn usage_view(
     (first, last): (NaiveDate, NaiveDate),
     dimension_key: &str,
 ) -> Result<UsageView, ConsoleError> {
-    let query = usage_query(account_id, start_of(first), start_of(last) + chrono::Duration::days(1), dimension_key);
+    let (start, end) = span(first, last);
+    let query = usage_query(account_id, start, end, dimension_key);
     let (account, usage) = tokio::try_join!(upstream.account(key, account_id), upstream.usage(key, query))?;
     let groups: Vec<Group> = usage.iter().filter_map(group).collect();
     let days = by_day(first, last, groups.iter().map(|group| (group.date, group.totals.charged_amount)));

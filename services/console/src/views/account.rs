@@ -309,6 +309,7 @@ fn refills(session: &Session, view: &AccountView, base: &str, unit: &str) -> Mar
                 }
             }
             h3 { "Refill history" }
+            p { "The latest refills of the past year, newest first." }
             @if view.refills.is_empty() { p { "No refills yet." } } @else {
                 table #refill-history {
                     thead { tr { th { "Date" } th { "Type" } th { "Credits" } th.amount { "Amount" } th.amount { "Balance after" } th { "Note" } } }
