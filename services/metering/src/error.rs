@@ -1,6 +1,7 @@
 //! Metering's one error type; its one mapping to gRPC statuses is
 //! `api/status.rs`.
 
+use reservoir_common::db::replay::ReplayFailure;
 use reservoir_common::db::{Failure, classify};
 use reservoir_common::error::Cause;
 use reservoir_common::status::FieldViolation;
@@ -47,6 +48,17 @@ impl MeteringError {
 impl From<InvalidRequest> for MeteringError {
     fn from(invalid: InvalidRequest) -> Self {
         Self::InvalidArgument(invalid.0)
+    }
+}
+
+impl From<ReplayFailure> for MeteringError {
+    #[track_caller]
+    fn from(failure: ReplayFailure) -> Self {
+        match failure {
+            ReplayFailure::KeyReused => Self::IdempotencyKeyReused,
+            ReplayFailure::Unreadable(message) => Self::internal(message),
+            ReplayFailure::Database(error) => Self::from(error),
+        }
     }
 }
 

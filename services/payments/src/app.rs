@@ -9,6 +9,7 @@ use std::time::Duration;
 use reservoir_common::app::{App, Listeners, Served};
 use reservoir_common::auth::{Authenticator, WalletKeyResolver};
 use reservoir_common::settings::DatabaseSettings;
+use reservoir_common::tls::lazy_channel;
 use reservoir_proto::payments::payments_service_server::PaymentsServiceServer;
 use serde::Deserialize;
 use tokio::sync::watch;
@@ -22,8 +23,8 @@ use crate::usecases::charges::Charges;
 /// The gRPC service name, as health checks ask for it.
 pub const SERVICE_NAME: &str = "reservoir.payments.v1.PaymentsService";
 
-/// How long asking the wallet who holds a key may take.
-const WALLET_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call to the wallet or invoicing may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest gateway timeout accepted: a caller waits this long at most
 /// for a Charge, and a processor that takes longer is as good as down.
 const GATEWAY_TIMEOUT_MS_MAX: u64 = 120_000;
@@ -110,17 +111,11 @@ impl Application {
         store.migrate().await?;
         // Connected lazily: payments starts while the wallet is down, and
         // calls are refused as UNAVAILABLE until it is up.
-        let wallet = reservoir_common::tls::endpoint(&settings.wallet_endpoint)
-            .map_err(|error| AppError::Settings(format!("payments: wallet_endpoint: {error}")))?
-            .timeout(WALLET_CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let wallet = lazy_channel(&settings.wallet_endpoint, "wallet", CALL_TIMEOUT)
+            .map_err(|error| AppError::Settings(format!("payments: {error}")))?;
         let listeners = Listeners::bind(settings.listen, &settings.metrics_listen).await?;
-        let invoicing = reservoir_common::tls::endpoint(&settings.invoicing_endpoint)
-            .map_err(|error| AppError::Settings(format!("payments: invoicing_endpoint: {error}")))?
-            .timeout(WALLET_CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let invoicing = lazy_channel(&settings.invoicing_endpoint, "invoicing", CALL_TIMEOUT)
+            .map_err(|error| AppError::Settings(format!("payments: {error}")))?;
         let owners =
             crate::clients::owners::Owners::new(wallet.clone(), invoicing, settings.wallet_service_key.clone());
         let authenticator = Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(wallet)), key_cache_ttl));

@@ -1,5 +1,6 @@
 //! Payments' one error type and its one mapping to gRPC statuses.
 
+use reservoir_common::db::replay::ReplayFailure;
 use reservoir_common::db::{Failure, classify};
 use reservoir_common::error::Cause;
 use reservoir_common::status::FieldViolation;
@@ -68,6 +69,17 @@ pub(crate) fn reason(refusal: &Refusal) -> &'static str {
 impl From<InvalidRequest> for PaymentsError {
     fn from(invalid: InvalidRequest) -> Self {
         Self::InvalidArgument(invalid.0)
+    }
+}
+
+impl From<ReplayFailure> for PaymentsError {
+    #[track_caller]
+    fn from(failure: ReplayFailure) -> Self {
+        match failure {
+            ReplayFailure::KeyReused => Self::IdempotencyKeyReused,
+            ReplayFailure::Unreadable(message) => Self::internal(message),
+            ReplayFailure::Database(error) => Self::from(error),
+        }
     }
 }
 

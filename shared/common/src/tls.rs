@@ -365,6 +365,20 @@ pub fn endpoint_with(url: &str, settings: &TlsSettings) -> Result<ServiceEndpoin
     Ok(ServiceEndpoint { endpoint, tls: Some(Arc::new(ClientTls::load(settings)?)) })
 }
 
+/// How long connecting to another service (and the TLS handshake) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A channel to the service `name` at `url` that connects on first use, so
+/// that a service starts (and refuses calls that need the other as
+/// UNAVAILABLE) while the other is down; each call may take `call_timeout`.
+pub fn lazy_channel(url: &str, name: &str, call_timeout: Duration) -> Result<crate::channel::ServiceChannel, String> {
+    Ok(endpoint(url)
+        .map_err(|error| format!("{name} endpoint {url:?}: {error}"))?
+        .timeout(call_timeout)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_lazy())
+}
+
 /// A channel's endpoint, plaintext or over TLS; built like tonic's.
 pub struct ServiceEndpoint {
     endpoint: Endpoint,

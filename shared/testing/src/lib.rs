@@ -280,4 +280,7 @@ impl Running {
 }
 
 pub mod proxy;
+pub mod services;
+#[cfg(feature = "traces")]
+pub mod traces;
 pub mod wallet;

@@ -36,11 +36,7 @@ pub struct Endpoints<'a> {
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, String> {
-    Ok(reservoir_common::tls::endpoint(endpoint)
-        .map_err(|error| format!("{name} endpoint {endpoint:?}: {error}"))?
-        .timeout(CALL_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
+    reservoir_common::tls::lazy_channel(endpoint, name, CALL_TIMEOUT)
 }
 
 /// A request that presents `key`.

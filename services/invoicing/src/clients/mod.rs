@@ -53,11 +53,7 @@ pub struct Upstream {
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, InvoicingError> {
-    Ok(reservoir_common::tls::endpoint(endpoint)
-        .map_err(|error| InvoicingError::internal(format!("{name} endpoint {endpoint:?}: {error}")))?
-        .timeout(CALL_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
+    reservoir_common::tls::lazy_channel(endpoint, name, CALL_TIMEOUT).map_err(InvoicingError::internal)
 }
 
 fn unavailable(service: &str, status: &Status) -> InvoicingError {

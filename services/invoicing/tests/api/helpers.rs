@@ -7,24 +7,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reservoir_common::settings::AuthSettings;
 use reservoir_invoicing::app::{Application as Invoicing, InvoicingSettings};
-use reservoir_metering::app::{Application as Metering, MeteringSettings};
+use reservoir_metering::app::Application as Metering;
 use reservoir_proto::invoicing as pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::metering as metering_pb;
 use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as wallet_pb;
+use reservoir_testing::services::{KEY_CACHE_TTL, TestWallet, invoicing_settings, metering_settings};
 pub use reservoir_testing::wallet::*;
 use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
-use reservoir_wallet::app::{Application as Wallet, WalletSettings};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
 pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
-
-const PEPPER: &str = "test-pepper";
 
 pub struct Suite {
     pub wallet: Client,
@@ -37,8 +34,7 @@ pub struct Suite {
     pub clock: Arc<Mutex<Option<DateTime<Utc>>>>,
     /// The mail server scheduled reports go to.
     pub smtp: crate::smtp::SmtpSink,
-    wallet_settings: WalletSettings,
-    wallet_running: Option<Running>,
+    wallet_service: TestWallet,
     running: Vec<Running>,
     databases: Vec<TestDatabase>,
 }
@@ -48,72 +44,43 @@ impl Suite {
         let wallet_database = TestDatabase::create(backend).await?;
         let metering_database = TestDatabase::create(backend).await?;
         let invoicing_database = TestDatabase::create(backend).await?;
-        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let mut wallet_settings = WalletSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: wallet_database.url.clone(),
-            database_schema: wallet_database.schema.clone(),
-            database_max_connections: 16,
-            sweep_interval_ms: 100,
-            committers: 4,
-            metrics_listen: String::new(),
-        };
-        let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
-        let wallet_address = wallet_app.local_addr().unwrap();
-        wallet_settings.listen = wallet_address;
-        let store = wallet_app.store();
-        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
-        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
-        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = Running::start(wallet_app);
+        let wallet = TestWallet::on(&wallet_database).await;
         let mut running = Vec::new();
-        let metering_settings = MeteringSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: metering_database.url.clone(),
-            database_schema: metering_database.schema.clone(),
-            database_max_connections: 8,
-            wallet_endpoint: format!("http://{wallet_address}"),
-            wallet_service_key: service_key.clone(),
-            worker_interval_ms: 200,
-            metrics_listen: String::new(),
-        };
-        let metering_app = Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("metering");
+        let metering_settings = metering_settings(&metering_database, &wallet);
+        let metering_app = Metering::build(&metering_settings, KEY_CACHE_TTL).await.expect("metering");
         let metering_address = metering_app.local_addr().unwrap();
         running.push(Running::start(metering_app));
         let (smtp, smtp_address) = crate::smtp::SmtpSink::start().await;
         let invoicing_settings = InvoicingSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: invoicing_database.url.clone(),
-            database_schema: invoicing_database.schema.clone(),
             database_max_connections: 16,
-            wallet_endpoint: format!("http://{wallet_address}"),
-            metering_endpoint: format!("http://{metering_address}"),
-            service_key,
-            payment_due_days_default: 14,
             worker_interval_ms: 100,
-            metrics_listen: String::new(),
             smtp_url: format!("smtp://{smtp_address}"),
             report_from: "Billing <billing@reservoir.test>".into(),
+            ..invoicing_settings(&invoicing_database, &wallet, Some(metering_address))
         };
-        let mut invoicing_app =
-            Invoicing::build(&invoicing_settings, Duration::from_secs(60)).await.expect("building invoicing");
+        let mut invoicing_app = Invoicing::build(&invoicing_settings, KEY_CACHE_TTL).await.expect("building invoicing");
         let clock: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::new(Mutex::new(None));
         let reading = clock.clone();
         invoicing_app.set_clock(Arc::new(move || reading.lock().unwrap().unwrap_or_else(Utc::now)));
         let invoicing_address = invoicing_app.local_addr().unwrap();
         running.push(Running::start(invoicing_app));
         Some(Self {
-            wallet: client(wallet_address, &key).await,
-            metering: MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key)),
-            invoicing: InvoicingServiceClient::with_interceptor(channel(invoicing_address).await, BearerKey::new(&key)),
+            wallet: wallet.client().await,
+            metering: MeteringServiceClient::with_interceptor(
+                channel(metering_address).await,
+                BearerKey::new(&wallet.key),
+            ),
+            invoicing: InvoicingServiceClient::with_interceptor(
+                channel(invoicing_address).await,
+                BearerKey::new(&wallet.key),
+            ),
             invoicing_as_service: InvoicingServiceClient::with_interceptor(
                 channel(invoicing_address).await,
-                BearerKey::service(&invoicing_settings.service_key, tenant),
+                BearerKey::service(&wallet.service_key, wallet.tenant),
             ),
             clock,
             smtp,
-            wallet_settings,
-            wallet_running: Some(wallet_running),
+            wallet_service: wallet,
             running,
             databases: vec![wallet_database, metering_database, invoicing_database],
         })
@@ -126,36 +93,19 @@ impl Suite {
 
     /// Stops the wallet, as an outage would.
     pub async fn stop_wallet(&mut self) {
-        if let Some(running) = self.wallet_running.take() {
-            running.stop().await;
-        }
+        self.wallet_service.stop().await;
     }
 
     /// Starts the wallet again on the same address and database.
     pub async fn start_wallet(&mut self) {
-        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let mut attempts = 0;
-        let application = loop {
-            match Wallet::build(&self.wallet_settings, &auth).await {
-                Ok(application) => break application,
-                // The old listener may take a moment to let go of the port.
-                Err(_) if attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => panic!("restarting the wallet: {error}"),
-            }
-        };
-        self.wallet_running = Some(Running::start(application));
+        self.wallet_service.restart().await;
     }
 
     pub async fn stop(mut self) {
         for running in self.running.into_iter().rev() {
             running.stop().await;
         }
-        if let Some(running) = self.wallet_running.take() {
-            running.stop().await;
-        }
+        self.wallet_service.stop().await;
         for database in self.databases {
             database.drop_database().await;
         }

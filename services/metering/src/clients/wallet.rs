@@ -73,11 +73,8 @@ fn unavailable(status: &Status) -> MeteringError {
 impl WalletGateway {
     /// Connects lazily: metering starts and accepts usage while the wallet is down.
     pub fn new(endpoint: &str, service_key: String) -> Result<Self, MeteringError> {
-        let channel = reservoir_common::tls::endpoint(endpoint)
-            .map_err(|error| MeteringError::internal(format!("wallet endpoint {endpoint:?}: {error}")))?
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(Duration::from_secs(2))
-            .connect_lazy();
+        let channel =
+            reservoir_common::tls::lazy_channel(endpoint, "wallet", CALL_TIMEOUT).map_err(MeteringError::internal)?;
         Ok(Self { channel, service_key })
     }
 

@@ -167,31 +167,6 @@ pub mod authorization {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub mod idempotency {
-    use sea_orm::entity::prelude::*;
-
-    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-    #[sea_orm(table_name = "idempotency_keys")]
-    pub struct Model {
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub tenant_id: Uuid,
-        #[sea_orm(primary_key, auto_increment = false)]
-        pub key: String,
-        pub method: String,
-        pub request_hash: String,
-        /// The encoded response, in records written before `answer`; empty since.
-        pub response: Vec<u8>,
-        /// What rebuilds the answer, as JSON.
-        pub answer: Option<String>,
-        pub created_at: DateTimeUtc,
-    }
-
-    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-    pub enum Relation {}
-
-    impl ActiveModelBehavior for ActiveModel {}
-}
-
 pub mod line {
     use sea_orm::entity::prelude::*;
 

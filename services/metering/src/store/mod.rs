@@ -23,15 +23,14 @@ pub use self::usage::{IngestEvent, StoredBatch};
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
 use reservoir_common::db::Database;
-use reservoir_common::idempotency::{Replayed, answer_record};
+use reservoir_common::db::replay::{self, Call, OnSameKey};
+use reservoir_common::idempotency::Replayed;
 use reservoir_common::settings::DatabaseSettings;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, DatabaseConnection, EntityTrait};
+use sea_orm::DatabaseConnection;
 use sea_orm_migration::MigratorTrait;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use self::entities::idempotency;
 use crate::error::MeteringError;
 
 /// How long whoever sends an event's debit holds the event: longer than a
@@ -86,13 +85,7 @@ impl Store {
         method: &str,
         request_hash: &str,
     ) -> Result<Option<Replayed<T>>, MeteringError> {
-        let Some(record) = idempotency::Entity::find_by_id((tenant.0, key.to_owned())).one(&self.db).await? else {
-            return Ok(None);
-        };
-        if record.method != method || record.request_hash != request_hash {
-            return Err(MeteringError::IdempotencyKeyReused);
-        }
-        Replayed::read(record.answer.as_deref(), record.response).map(Some).map_err(MeteringError::internal)
+        Ok(replay::replay(&self.db, Call { tenant, key, method, request_hash }).await?)
     }
 
     /// Records what rebuilds an answer under its key; a key recorded
@@ -106,20 +99,7 @@ impl Store {
         answer: &T,
         now: DateTime<Utc>,
     ) -> Result<(), MeteringError> {
-        idempotency::Entity::insert(idempotency::ActiveModel {
-            tenant_id: Set(tenant.0),
-            key: Set(key.to_owned()),
-            method: Set(method.to_owned()),
-            request_hash: Set(request_hash.to_owned()),
-            response: Set(Vec::new()),
-            answer: Set(Some(answer_record(answer).map_err(MeteringError::internal)?)),
-            created_at: Set(now),
-        })
-        .on_conflict(
-            OnConflict::columns([idempotency::Column::TenantId, idempotency::Column::Key]).do_nothing().to_owned(),
-        )
-        .exec_without_returning(&self.db)
-        .await?;
-        Ok(())
+        let call = Call { tenant, key, method, request_hash };
+        Ok(replay::record(&self.db, call, answer, now, OnSameKey::KeepFirst).await?)
     }
 }

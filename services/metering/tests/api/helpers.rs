@@ -3,24 +3,19 @@
 
 use reservoir_common::app::App;
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use chrono::Utc;
-use reservoir_common::settings::AuthSettings;
 use reservoir_metering::app::{Application as Metering, MeteringSettings};
 use reservoir_proto::metering as pb;
 use reservoir_proto::metering::metering_service_client::MeteringServiceClient;
 use reservoir_proto::wallet as wallet_pb;
+use reservoir_testing::services::{KEY_CACHE_TTL, TestWallet, metering_settings};
 pub use reservoir_testing::wallet::*;
 use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
-use reservoir_wallet::app::{Application as Wallet, WalletSettings};
 use rust_decimal::Decimal;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type MeteringClient = MeteringServiceClient<InterceptedService<Channel, BearerKey>>;
-
-const PEPPER: &str = "test-pepper";
 
 pub struct Suite {
     pub wallet: Client,
@@ -30,8 +25,7 @@ pub struct Suite {
     pub metering_address: SocketAddr,
     pub service_key: String,
     pub tenant: reservoir_common::auth::TenantId,
-    wallet_settings: WalletSettings,
-    wallet_running: Option<Running>,
+    wallet_service: TestWallet,
     metering_running: Running,
     databases: Vec<TestDatabase>,
 }
@@ -40,47 +34,21 @@ impl Suite {
     pub async fn spawn(backend: Backend) -> Option<Self> {
         let wallet_database = TestDatabase::create(backend).await?;
         let metering_database = TestDatabase::create(backend).await?;
-        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let mut wallet_settings = WalletSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: wallet_database.url.clone(),
-            database_schema: wallet_database.schema.clone(),
-            database_max_connections: 16,
-            sweep_interval_ms: 100,
-            committers: 4,
-            metrics_listen: String::new(),
-        };
-        let wallet_app = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
-        let wallet_address = wallet_app.local_addr().unwrap();
-        wallet_settings.listen = wallet_address;
-        let store = wallet_app.store();
-        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
-        let key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
-        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = Running::start(wallet_app);
-        let metering_settings = MeteringSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: metering_database.url.clone(),
-            database_schema: metering_database.schema.clone(),
-            database_max_connections: 16,
-            wallet_endpoint: format!("http://{wallet_address}"),
-            wallet_service_key: service_key.clone(),
-            worker_interval_ms: 200,
-            metrics_listen: String::new(),
-        };
-        let metering_app =
-            Metering::build(&metering_settings, Duration::from_secs(60)).await.expect("building metering");
+        let wallet = TestWallet::on(&wallet_database).await;
+        let metering_settings =
+            MeteringSettings { database_max_connections: 16, ..metering_settings(&metering_database, &wallet) };
+        let metering_app = Metering::build(&metering_settings, KEY_CACHE_TTL).await.expect("building metering");
         let metering_address: SocketAddr = metering_app.local_addr().unwrap();
         let metering_running = Running::start(metering_app);
-        let metering = MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&key));
+        let metering =
+            MeteringServiceClient::with_interceptor(channel(metering_address).await, BearerKey::new(&wallet.key));
         Some(Self {
-            wallet: client(wallet_address, &key).await,
+            wallet: wallet.client().await,
             metering,
             metering_address,
-            service_key,
-            tenant,
-            wallet_settings,
-            wallet_running: Some(wallet_running),
+            service_key: wallet.service_key.clone(),
+            tenant: wallet.tenant,
+            wallet_service: wallet,
             metering_running,
             databases: vec![wallet_database, metering_database],
         })
@@ -93,27 +61,12 @@ impl Suite {
 
     /// Stops the wallet, as an outage would.
     pub async fn stop_wallet(&mut self) {
-        if let Some(running) = self.wallet_running.take() {
-            running.stop().await;
-        }
+        self.wallet_service.stop().await;
     }
 
     /// Starts the wallet again on the same address and database.
     pub async fn start_wallet(&mut self) {
-        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let mut attempts = 0;
-        let application = loop {
-            match Wallet::build(&self.wallet_settings, &auth).await {
-                Ok(application) => break application,
-                // The old listener may take a moment to let go of the port.
-                Err(_) if attempts < 50 => {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(error) => panic!("restarting the wallet: {error}"),
-            }
-        };
-        self.wallet_running = Some(Running::start(application));
+        self.wallet_service.restart().await;
     }
 
     pub async fn stop(mut self) {

@@ -95,11 +95,7 @@ pub struct Upstream {
 }
 
 fn channel(endpoint: &str, name: &str) -> Result<ServiceChannel, OrchestratorError> {
-    Ok(reservoir_common::tls::endpoint(endpoint)
-        .map_err(|error| OrchestratorError::internal(format!("{name} endpoint {endpoint:?}: {error}")))?
-        .timeout(CALL_TIMEOUT)
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy())
+    reservoir_common::tls::lazy_channel(endpoint, name, CALL_TIMEOUT).map_err(OrchestratorError::internal)
 }
 
 /// A call's answer, or what its failure means to a top-up.

@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod helpers;
+mod receiver;
 mod requests;
 mod traces;
+mod webhook_limits;
 mod webhooks;

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
+use reservoir_common::db::replay::{self, Call, OnSameKey};
 use reservoir_common::db::{Amount, Database};
-use reservoir_common::idempotency::{Replayed, answer_record};
+use reservoir_common::idempotency::Replayed;
 use reservoir_common::ids::AccountId;
 use reservoir_common::settings::DatabaseSettings;
 use rust_decimal::Decimal;
@@ -32,7 +33,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use self::entities::{event, idempotency};
+use self::entities::event;
 pub use self::payments::PaymentFilter;
 pub use self::refunds::{BeganRefund, NewRefund, RefundFinish};
 pub use self::sandbox::{SandboxCall, SandboxOperation, SandboxOutcome, SandboxRecord};
@@ -321,13 +322,7 @@ impl Store {
         method: &str,
         request_hash: &str,
     ) -> Result<Option<Replayed<T>>, PaymentsError> {
-        let Some(record) = idempotency::Entity::find_by_id((tenant.0, key.to_owned())).one(&self.db).await? else {
-            return Ok(None);
-        };
-        if record.method != method || record.request_hash != request_hash {
-            return Err(PaymentsError::IdempotencyKeyReused);
-        }
-        Replayed::read(record.answer.as_deref(), record.response).map(Some).map_err(PaymentsError::internal)
+        Ok(replay::replay(&self.db, Call { tenant, key, method, request_hash }).await?)
     }
 
     /// Records what rebuilds an answer in the caller's transaction. A key
@@ -342,18 +337,6 @@ impl Store {
         answer: &impl Serialize,
         now: DateTime<Utc>,
     ) -> Result<(), sea_orm::DbErr> {
-        let answer = answer_record(answer).map_err(sea_orm::DbErr::Custom)?;
-        idempotency::Entity::insert(idempotency::ActiveModel {
-            tenant_id: Set(tenant.0),
-            key: Set(key.to_owned()),
-            method: Set(method.to_owned()),
-            request_hash: Set(request_hash.to_owned()),
-            response: Set(Vec::new()),
-            answer: Set(Some(answer)),
-            created_at: Set(now),
-        })
-        .exec_without_returning(connection)
-        .await?;
-        Ok(())
+        replay::record(connection, Call { tenant, key, method, request_hash }, answer, now, OnSameKey::Fail).await
     }
 }

@@ -5,27 +5,25 @@
 use reservoir_common::app::App;
 use std::time::Duration;
 
-use chrono::Utc;
 use reservoir_common::auth::TenantId;
-use reservoir_common::settings::AuthSettings;
 use reservoir_invoicing::app::{Application as Invoicing, InvoicingSettings};
-use reservoir_payments::app::{Application as Payments, PaymentsSettings};
+use reservoir_payments::app::Application as Payments;
 use reservoir_payments::clients::gateway::{SandboxGateway, gateway_key};
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::payments as pb;
 use reservoir_proto::payments::payments_service_client::PaymentsServiceClient;
+pub use reservoir_testing::services::PEPPER;
+use reservoir_testing::services::{KEY_CACHE_TTL, TestWallet, invoicing_settings, payments_settings, wallet_settings};
 use reservoir_testing::wallet::channel;
 pub use reservoir_testing::wallet::{assert_invalid, assert_refused, key};
 use reservoir_testing::{Backend, BearerKey, Running, TestDatabase};
-use reservoir_wallet::app::{Application as Wallet, WalletSettings};
+use reservoir_wallet::app::WalletSettings;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub type PaymentsClient = PaymentsServiceClient<InterceptedService<Channel, BearerKey>>;
 pub type InvoicingClient = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;
-
-pub const PEPPER: &str = "test-pepper";
 
 pub struct Suite {
     /// The first tenant's client.
@@ -51,6 +49,7 @@ pub struct Suite {
     /// Invoicing, under the second tenant's key.
     pub other_invoicing: InvoicingClient,
     running: Vec<Running>,
+    wallet_service: TestWallet,
     databases: Vec<TestDatabase>,
 }
 
@@ -65,63 +64,29 @@ impl Suite {
         let wallet_database = TestDatabase::create(backend).await?;
         let invoicing_database = TestDatabase::create(backend).await?;
         let payments_database = TestDatabase::create(backend).await?;
-        let auth = AuthSettings { api_key_pepper: PEPPER.into(), key_cache_ttl_ms: 60_000 };
-        let wallet_settings = WalletSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: wallet_database.url.clone(),
-            database_schema: wallet_database.schema.clone(),
+        let wallet = TestWallet::start(WalletSettings {
             database_max_connections: 8,
             sweep_interval_ms: 1_000,
-            committers: 4,
-            metrics_listen: String::new(),
-        };
-        let wallet = Wallet::build(&wallet_settings, &auth).await.expect("building the wallet");
-        let wallet_address = wallet.local_addr().unwrap();
-        let store = wallet.store();
-        let tenant = store.create_tenant("test", Utc::now()).await.unwrap();
-        let tenant_key = store.issue_key(tenant, PEPPER, Utc::now()).await.unwrap().key;
-        let other_tenant = store.create_tenant("other", Utc::now()).await.unwrap();
-        let other_key = store.issue_key(other_tenant, PEPPER, Utc::now()).await.unwrap().key;
-        let service_key = store.issue_service_key(PEPPER, Utc::now()).await.unwrap().key;
-        let wallet_running = Running::start(wallet);
+            ..wallet_settings(&wallet_database)
+        })
+        .await;
+        let (other_tenant, other_key) = wallet.other_tenant("other").await;
         let invoicing = Invoicing::build(
-            &InvoicingSettings {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                database_url: invoicing_database.url.clone(),
-                database_schema: invoicing_database.schema.clone(),
-                database_max_connections: 8,
-                wallet_endpoint: format!("http://{wallet_address}"),
-                // Nothing listens here: charges need invoices, not statements.
-                metering_endpoint: "http://127.0.0.1:9".into(),
-                service_key: service_key.clone(),
-                payment_due_days_default: 14,
-                worker_interval_ms: 60_000,
-                metrics_listen: String::new(),
-                smtp_url: String::new(),
-                report_from: "Reservoir <reservoir@localhost>".into(),
-            },
-            Duration::from_secs(60),
+            // Charges need invoices, not statements; the suite moves no clock.
+            &InvoicingSettings { worker_interval_ms: 60_000, ..invoicing_settings(&invoicing_database, &wallet, None) },
+            KEY_CACHE_TTL,
         )
         .await
         .expect("building invoicing");
         let invoicing_address = invoicing.local_addr().unwrap();
         let invoicing_running = Running::start(invoicing);
-        let settings = PaymentsSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            database_url: payments_database.url.clone(),
-            database_schema: payments_database.schema.clone(),
-            database_max_connections: 8,
-            wallet_endpoint: format!("http://{wallet_address}"),
-            wallet_service_key: service_key.clone(),
-            invoicing_endpoint: format!("http://{invoicing_address}"),
-            gateway_timeout_ms: 5_000,
-            metrics_listen: String::new(),
-        };
+        let settings = payments_settings(&payments_database, &wallet, invoicing_address);
         let payments = Payments::build(&settings, key_cache_ttl).await.expect("building payments");
         let address = payments.local_addr().unwrap();
         let sandbox = payments.sandbox();
         let payments_running = Running::start(payments);
         let connection = channel(address).await;
+        let (tenant, tenant_key, service_key) = (wallet.tenant, wallet.key.clone(), wallet.service_key.clone());
         Some(Self {
             payments: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&tenant_key)),
             other: PaymentsServiceClient::with_interceptor(connection.clone(), BearerKey::new(&other_key)),
@@ -134,10 +99,10 @@ impl Suite {
                 BearerKey::service(&service_key, other_tenant),
             ),
             tenant,
-            wallet_store: store,
+            wallet_store: wallet.store.clone(),
             address,
-            wallet: reservoir_testing::wallet::client(wallet_address, &tenant_key).await,
-            other_wallet: reservoir_testing::wallet::client(wallet_address, &other_key).await,
+            wallet: wallet.client().await,
+            other_wallet: reservoir_testing::wallet::client(wallet.address, &other_key).await,
             sandbox,
             invoicing: InvoicingServiceClient::with_interceptor(
                 channel(invoicing_address).await,
@@ -147,7 +112,8 @@ impl Suite {
                 channel(invoicing_address).await,
                 BearerKey::new(&other_key),
             ),
-            running: vec![payments_running, invoicing_running, wallet_running],
+            running: vec![payments_running, invoicing_running],
+            wallet_service: wallet,
             databases: vec![wallet_database, invoicing_database, payments_database],
         })
     }
@@ -158,10 +124,11 @@ impl Suite {
     }
 
     /// Stops payments, invoicing and the wallet, and drops their databases.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         for running in self.running {
             running.stop().await;
         }
+        self.wallet_service.stop().await;
         for database in self.databases {
             database.drop_database().await;
         }

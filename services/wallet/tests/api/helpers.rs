@@ -28,15 +28,7 @@ pub struct TestApp {
 }
 
 pub fn settings(database: &TestDatabase) -> WalletSettings {
-    WalletSettings {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        database_url: database.url.clone(),
-        database_schema: database.schema.clone(),
-        database_max_connections: 16,
-        sweep_interval_ms: 100,
-        committers: 4,
-        metrics_listen: "127.0.0.1:0".into(),
-    }
+    WalletSettings { metrics_listen: "127.0.0.1:0".into(), ..reservoir_testing::services::wallet_settings(database) }
 }
 
 pub fn auth_settings() -> AuthSettings {

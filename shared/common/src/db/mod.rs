@@ -3,6 +3,7 @@
 //! and exact amount columns on both.
 
 mod amount;
+pub mod replay;
 
 use std::sync::Arc;
 use std::time::Duration;
