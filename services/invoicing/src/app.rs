@@ -19,6 +19,7 @@ use crate::clients::mail::Mailer;
 use crate::domain::PAYMENT_DUE_DAYS_MAX;
 use crate::error::InvoicingError;
 use crate::store::Store;
+use crate::usecases::alerts::Alerts;
 use crate::usecases::billing::{Billing, system_clock};
 use crate::usecases::reports::Reports;
 
@@ -113,8 +114,9 @@ impl Application {
             Arc::new(Authenticator::new(Arc::new(WalletKeyResolver::new(upstream.wallet_channel())), key_cache_ttl));
         let mailer = Mailer::new(&settings.smtp_url, &settings.report_from).map_err(AppError::Settings)?;
         let billing = Billing::new(store.clone(), upstream.clone(), settings.payment_due_days_default, system_clock());
-        let reports = Reports::new(store.clone(), upstream.clone(), mailer, system_clock());
-        let api = InvoicingApi::new(store.clone(), upstream, billing, reports);
+        let reports = Reports::new(store.clone(), upstream.clone(), mailer.clone(), system_clock());
+        let alerts = Alerts::new(store.clone(), upstream.clone(), mailer, system_clock());
+        let api = InvoicingApi::new(store.clone(), upstream, billing, reports, alerts);
         Ok(Self {
             listeners,
             store,
@@ -162,10 +164,13 @@ impl App for Application {
     }
 }
 
-/// Finishes what calls left to the wallet and runs the monthly cycles. Every
+/// Finishes what calls left to the wallet, runs the monthly cycles, and makes
+/// and sends scheduled reports and billing alerts. Every
 /// replica may run it: each wallet change carries an idempotency key of its
 /// own, and a statement's key makes a second one for the same month a no-op.
 async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
+    // The alerts' event streams end when the worker does.
+    let streams_stop = stopping.clone();
     reservoir_common::serve::every(interval, stopping, || async {
         let now = api.now();
         if let Err(error) = api.billing().finish_repayments().await {
@@ -179,6 +184,9 @@ async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<b
         }
         if let Err(error) = api.reports().send_due_reports(now).await {
             tracing::warn!(%error, "scheduled reports failed; retried next pass");
+        }
+        if let Err(error) = api.alerts().pass(&streams_stop).await {
+            tracing::warn!(%error, "billing alerts failed; retried next pass");
         }
     })
     .await;

@@ -1,6 +1,7 @@
 //! gRPC handlers of the invoicing service, and the work behind them that the
 //! worker repeats: billing cycles, credit blocks and statement repayments.
 
+mod alerts;
 mod convert;
 mod reports;
 
@@ -22,6 +23,7 @@ use crate::clients::Upstream;
 use crate::domain::{InvoiceKind, InvoiceStatus, Month, PAYMENT_DUE_DAYS_MAX, Pricing, Refusal, due_at, top_up_lines};
 use crate::error::InvoicingError;
 use crate::store::{Change, InvoiceFilter, InvoiceRow, Store};
+use crate::usecases::alerts::Alerts;
 use crate::usecases::billing::{Billing, Clock};
 use crate::usecases::reports::{Reports, invoices_csv};
 
@@ -49,13 +51,14 @@ pub struct InvoicingApi {
     upstream: Upstream,
     billing: Billing,
     reports: Reports,
+    alerts: Alerts,
     /// Turns true when the server stops, ending open event streams.
     stopping: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl InvoicingApi {
-    pub fn new(store: Store, upstream: Upstream, billing: Billing, reports: Reports) -> Self {
-        Self { store, upstream, billing, reports, stopping: None }
+    pub fn new(store: Store, upstream: Upstream, billing: Billing, reports: Reports, alerts: Alerts) -> Self {
+        Self { store, upstream, billing, reports, alerts, stopping: None }
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -76,6 +79,11 @@ impl InvoicingApi {
         &self.reports
     }
 
+    /// The billing alerts this service finds and sends.
+    pub fn alerts(&self) -> &Alerts {
+        &self.alerts
+    }
+
     /// The same service, ending its event streams when `stopping` turns true.
     pub fn with_stopping(&self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
         Self { stopping: Some(stopping), ..self.clone() }
@@ -85,7 +93,8 @@ impl InvoicingApi {
     pub fn with_clock(&self, clock: Clock) -> Self {
         Self {
             billing: self.billing.with_clock(clock.clone()),
-            reports: self.reports.with_clock(clock),
+            reports: self.reports.with_clock(clock.clone()),
+            alerts: self.alerts.with_clock(clock),
             ..self.clone()
         }
     }
@@ -454,6 +463,27 @@ impl InvoicingService for InvoicingApi {
         request: Request<pb::ListReportRunsRequest>,
     ) -> Result<Response<pb::ListReportRunsResponse>, Status> {
         self.list_report_runs_impl(request).await
+    }
+
+    async fn get_billing_alerts(
+        &self,
+        request: Request<pb::GetBillingAlertsRequest>,
+    ) -> Result<Response<pb::GetBillingAlertsResponse>, Status> {
+        self.get_billing_alerts_impl(request).await
+    }
+
+    async fn update_billing_alerts(
+        &self,
+        request: Request<pb::UpdateBillingAlertsRequest>,
+    ) -> Result<Response<pb::UpdateBillingAlertsResponse>, Status> {
+        self.update_billing_alerts_impl(request).await
+    }
+
+    async fn list_alert_mails(
+        &self,
+        request: Request<pb::ListAlertMailsRequest>,
+    ) -> Result<Response<pb::ListAlertMailsResponse>, Status> {
+        self.list_alert_mails_impl(request).await
     }
 
     async fn update_billing_settings(

@@ -9,12 +9,24 @@ use tonic::{Request, Response, Status};
 
 use super::InvoicingApi;
 use crate::clients::mail::is_address;
-use crate::domain::Frequency;
+use crate::domain::{Frequency, RECIPIENTS_MAX};
 use crate::error::InvoicingError;
 use crate::store::{ReportRun, ReportSchedule, RunStatus};
 
-const RECIPIENTS_MAX: usize = 20;
 const ADDRESS_LENGTH_MAX: usize = 254;
+
+/// Checks a list of addresses named `field`: at most [`RECIPIENTS_MAX`],
+/// each an email address.
+pub(super) fn check_recipients(violations: &mut Violations, field: &str, recipients: &[String]) {
+    if recipients.len() > RECIPIENTS_MAX {
+        violations.add(field, format!("has more than {RECIPIENTS_MAX} addresses"));
+    }
+    for (index, recipient) in recipients.iter().enumerate() {
+        if recipient.len() > ADDRESS_LENGTH_MAX || !is_address(recipient) {
+            violations.add(format!("{field}[{index}]"), "is not an email address");
+        }
+    }
+}
 
 fn frequency_to_pb(frequency: Frequency) -> pb::ReportFrequency {
     match frequency {
@@ -85,14 +97,7 @@ impl InvoicingApi {
         if !wanted.billing_contact.is_empty() && !is_address(&wanted.billing_contact) {
             violations.add("schedule.billing_contact", "is not an email address");
         }
-        if wanted.recipients.len() > RECIPIENTS_MAX {
-            violations.add("schedule.recipients", format!("has more than {RECIPIENTS_MAX} addresses"));
-        }
-        for (index, recipient) in wanted.recipients.iter().enumerate() {
-            if recipient.len() > ADDRESS_LENGTH_MAX || !is_address(recipient) {
-                violations.add(format!("schedule.recipients[{index}]"), "is not an email address");
-            }
-        }
+        check_recipients(&mut violations, "schedule.recipients", &wanted.recipients);
         violations.finish()?;
         let Some(frequency) = frequency else {
             return Err(InvoicingError::internal("validated frequency missing").into());

@@ -3,7 +3,8 @@
 //! invoicing's service key for the tenant each call is about. Every change
 //! carries an idempotency key derived from what it is for, so repeating it
 //! after a crash is answered by the wallet's record of the first.
-//! `mail` sends scheduled reports over SMTP.
+//! It also follows a tenant's wallet events for billing alerts. `mail`
+//! sends scheduled reports and alerts over SMTP.
 
 pub mod mail;
 
@@ -24,7 +25,7 @@ use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::domain::{Drawdown, UsageLine};
+use crate::domain::{Alert, AlertKind, Drawdown, UsageLine};
 use crate::error::InvoicingError;
 
 /// How long one call may take before it counts as unavailable.
@@ -34,6 +35,37 @@ const PAGE_SIZE: u32 = 1_000;
 /// A bound on the pages one listing reads: 10 million entries in a month of
 /// one account is far beyond any wallet, and a loop must end.
 const PAGES_MAX: usize = 10_000;
+
+/// A wallet event as billing alerts read it: where it stands in the
+/// tenant's events, and the alert it raises, if any.
+#[derive(Debug, Clone)]
+pub struct WalletEvent {
+    pub sequence: u64,
+    pub alert: Option<Alert>,
+}
+
+fn wallet_event(event: pb::Event) -> WalletEvent {
+    let kind = match pb::EventType::try_from(event.r#type) {
+        Ok(pb::EventType::BalanceLow) => Some(AlertKind::BalanceLow),
+        Ok(pb::EventType::BalanceWarning) => Some(AlertKind::BalanceWarning),
+        Ok(pb::EventType::BalanceDepleted) => Some(AlertKind::BalanceDepleted),
+        Ok(pb::EventType::SpendingCapAlert) => Some(AlertKind::SpendingCap),
+        _ => None,
+    };
+    let alert = kind.and_then(|kind| {
+        Some(Alert {
+            kind,
+            account_id: event.account_id.parse().ok()?,
+            // A cap's mark is about the spend; the others about what is left.
+            amount: if kind == AlertKind::SpendingCap { event.amount.clone() } else { event.available.clone() },
+            threshold: event.threshold.clone(),
+            cap_percent: event.cap_percent,
+            currency: String::new(),
+            occurred_at: event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)?,
+        })
+    });
+    WalletEvent { sequence: event.sequence, alert }
+}
 
 /// An account as invoicing needs it.
 #[derive(Debug, Clone)]
@@ -115,6 +147,23 @@ impl Upstream {
 
     fn metering(&self) -> MeteringServiceClient<ServiceChannel> {
         MeteringServiceClient::new(self.metering.clone())
+    }
+
+    /// The tenant's wallet events after `after`, then new ones as they happen.
+    pub async fn wallet_events(
+        &self,
+        tenant: TenantId,
+        after: u64,
+    ) -> Result<impl futures::Stream<Item = Result<WalletEvent, InvoicingError>> + Send + Unpin, InvoicingError> {
+        use futures::StreamExt;
+        let request =
+            self.request(pb::WatchEventsRequest { after_sequence: after, consumer: "invoicing".into() }, tenant)?;
+        let stream = self.wallet().watch_events(request).await.map_err(|s| unavailable("wallet", &s))?.into_inner();
+        Ok(stream.map(|message| {
+            message
+                .map(|message| wallet_event(message.event.unwrap_or_default()))
+                .map_err(|status| unavailable("wallet", &status))
+        }))
     }
 
     /// The account, or NOT_FOUND when the tenant has none such.

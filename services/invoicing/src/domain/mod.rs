@@ -6,8 +6,10 @@ use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
 use reservoir_common::money::{MoneyError, Unit, UnitKind};
 use rust_decimal::{Decimal, RoundingStrategy};
 
+mod alerts;
 mod reports;
 
+pub use alerts::{Alert, AlertKind, RECIPIENTS_MAX, SEND_ATTEMPTS_MAX, alert_recipients, retry_at};
 pub use reports::Frequency;
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ScheduledReports), Box::new(InvoiceEvents)]
+        vec![Box::new(Initial), Box::new(ScheduledReports), Box::new(InvoiceEvents), Box::new(BillingAlerts)]
     }
 }
 
@@ -197,6 +197,66 @@ impl MigrationTrait for InvoiceEvents {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(INVOICE_EVENTS, db.get_database_backend())).await?;
+        Ok(())
+    }
+}
+
+/// Billing alerts by email: who gets them, the mails made (one per event
+/// alerted on), and how far each tenant's events have been read for them.
+struct BillingAlerts;
+
+impl MigrationName for BillingAlerts {
+    fn name(&self) -> &str {
+        "m0004_billing_alerts"
+    }
+}
+
+const BILLING_ALERTS: &str = r#"
+CREATE TABLE billing_alerts (
+    tenant_id {uuid} PRIMARY KEY,
+    -- One address a line.
+    recipients TEXT NOT NULL,
+    -- Events that happened before this instant are not mailed.
+    enabled_at {time} NOT NULL,
+    updated_at {time} NOT NULL
+);
+
+CREATE TABLE alert_cursors (
+    tenant_id {uuid} NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('wallet', 'invoicing')),
+    after_sequence BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, source)
+);
+
+CREATE TABLE alert_mails (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    source TEXT NOT NULL CHECK (source IN ('wallet', 'invoicing')),
+    sequence BIGINT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('BALANCE_LOW', 'BALANCE_WARNING', 'BALANCE_DEPLETED', 'SPENDING_CAP', 'TOP_UP_PAID')),
+    account_id {uuid} NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('PENDING', 'SENT', 'FAILED')),
+    attempts INTEGER NOT NULL,
+    next_attempt_at {time} NOT NULL,
+    last_error TEXT NOT NULL,
+    occurred_at {time} NOT NULL,
+    created_at {time} NOT NULL,
+    sent_at {time},
+    -- One mail per event, however often the event is read.
+    UNIQUE (tenant_id, source, sequence)
+);
+CREATE INDEX alert_mails_by_status ON alert_mails (status, next_attempt_at);
+CREATE INDEX alert_mails_by_tenant ON alert_mails (tenant_id, created_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for BillingAlerts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(BILLING_ALERTS, db.get_database_backend())).await?;
         Ok(())
     }
 }

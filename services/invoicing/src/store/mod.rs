@@ -4,6 +4,7 @@
 //! update from the state it was read in, so two racing changes cannot both
 //! apply.
 
+mod alerts;
 mod credit_blocks;
 mod entities;
 mod events;
@@ -12,6 +13,7 @@ pub mod migrations;
 mod reports;
 mod tenant_settings;
 
+pub use self::alerts::{AlertMail, AlertSettings, AlertSource};
 pub use self::credit_blocks::CreditBlock;
 pub use self::events::InvoiceEvent;
 pub use self::invoices::{Change, InvoiceFilter, InvoiceRow, Issue};

@@ -53,6 +53,10 @@ impl RunStatus {
             Self::Failed => "FAILED",
         }
     }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Pending, Self::Sent, Self::Failed].into_iter().find(|status| status.name() == name)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +75,8 @@ pub struct ReportRun {
     pub sent_at: Option<DateTime<Utc>>,
 }
 
-fn lines(text: &str) -> Vec<String> {
+/// A list kept one item a line.
+pub(super) fn lines(text: &str) -> Vec<String> {
     text.lines().filter(|line| !line.is_empty()).map(str::to_owned).collect()
 }
 

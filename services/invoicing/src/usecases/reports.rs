@@ -8,14 +8,11 @@ use reservoir_common::auth::TenantId;
 
 use crate::clients::Upstream;
 use crate::clients::mail::{Csv, Mailer};
-use crate::domain::{currency_scale, format_decimal as decimal, format_money as money};
+use crate::domain::{SEND_ATTEMPTS_MAX, currency_scale, format_decimal as decimal, format_money as money, retry_at};
 use crate::error::InvoicingError;
 use crate::store::{InvoiceRow, ReportRun, RunStatus, Store};
 use crate::usecases::billing::Clock;
 
-/// Attempts at sending one report before it is given up: the waits double
-/// from a minute to an hour, so about three days.
-const SEND_ATTEMPTS_MAX: u32 = 80;
 /// How long a replica holds a run it is making and sending.
 const SEND_LEASE_MINUTES: i64 = 15;
 /// Accounts whose usage one report lists at most.
@@ -68,9 +65,7 @@ impl Reports {
                 Err(error) => {
                     tracing::warn!(%error, run = %run.id, "a scheduled report was not sent");
                     let status = if attempt >= SEND_ATTEMPTS_MAX { RunStatus::Failed } else { RunStatus::Pending };
-                    let wait = Duration::minutes(1) * 2_i32.saturating_pow(run.attempts.min(6));
-                    let retry_at = self.now() + wait.min(Duration::hours(1));
-                    self.store.finish_report_run(&run, status, &error, retry_at).await?
+                    self.store.finish_report_run(&run, status, &error, retry_at(attempt, self.now())).await?
                 }
             };
             if !finished {

@@ -5,6 +5,7 @@
 
 mod helpers;
 
+mod alerts;
 mod cycles;
 mod invoices;
 mod reports;

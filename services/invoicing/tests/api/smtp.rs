@@ -1,7 +1,10 @@
 //! A local SMTP sink: it takes every message sent to it and keeps the
-//! envelope and the raw message, so a test can read what was mailed.
+//! envelope and the raw message, so a test can read what was mailed; while
+//! `refusing`, it answers every message "try again later", as a mail server
+//! that is overloaded does.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -17,6 +20,7 @@ pub struct Mail {
 #[derive(Clone, Default)]
 pub struct SmtpSink {
     pub received: Arc<Mutex<Vec<Mail>>>,
+    pub refusing: Arc<AtomicBool>,
 }
 
 impl SmtpSink {
@@ -25,11 +29,13 @@ impl SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let received = sink.received.clone();
+        let refusing = sink.refusing.clone();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 let received = received.clone();
+                let refusing = refusing.clone();
                 tokio::spawn(async move {
-                    let _ = session(socket, received).await;
+                    let _ = session(socket, received, refusing).await;
                 });
             }
         });
@@ -42,7 +48,11 @@ impl SmtpSink {
 }
 
 /// One SMTP conversation: enough of RFC 5321 for a client that sends mail.
-async fn session(socket: tokio::net::TcpStream, received: Arc<Mutex<Vec<Mail>>>) -> std::io::Result<()> {
+async fn session(
+    socket: tokio::net::TcpStream,
+    received: Arc<Mutex<Vec<Mail>>>,
+    refusing: Arc<AtomicBool>,
+) -> std::io::Result<()> {
     let (reader, mut writer) = socket.into_split();
     let mut lines = BufReader::new(reader).lines();
     writer.write_all(b"220 sink ESMTP ready\r\n").await?;
@@ -51,6 +61,8 @@ async fn session(socket: tokio::net::TcpStream, received: Arc<Mutex<Vec<Mail>>>)
         let upper = line.to_uppercase();
         if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             writer.write_all(b"250-sink\r\n250 8BITMIME\r\n").await?;
+        } else if upper.starts_with("MAIL FROM:") && refusing.load(Ordering::SeqCst) {
+            writer.write_all(b"451 try again later\r\n").await?;
         } else if upper.starts_with("MAIL FROM:") {
             mail = Mail { from: address_of(&line), ..Mail::default() };
             writer.write_all(b"250 OK\r\n").await?;

@@ -30,6 +30,7 @@ const ADMIN_ONLY: &[&str] = &[
     "/reservoir.metering.v1.MeteringService/SetPrice",
     "/reservoir.invoicing.v1.InvoicingService/UpdateBillingSettings",
     "/reservoir.invoicing.v1.InvoicingService/UpdateReportSchedule",
+    "/reservoir.invoicing.v1.InvoicingService/UpdateBillingAlerts",
     "/reservoir.orchestrator.v1.WebhookService/CreateWebhookEndpoint",
     "/reservoir.orchestrator.v1.WebhookService/UpdateWebhookEndpoint",
     "/reservoir.orchestrator.v1.WebhookService/RotateWebhookSecret",
