@@ -1,7 +1,8 @@
 //! The console's billing pages with every service running: an account's cap
 //! and automatic top-up set through forms, its refill history with the
 //! balance after each refill, invoices and a printable invoice, the report
-//! schedule with recipients one per line, and top-ups waiting for a person.
+//! schedule and the alert recipients one per line, and top-ups waiting for a
+//! person.
 
 use reservoir_proto::invoicing as invoicing_pb;
 use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
@@ -188,6 +189,27 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     assert_eq!(saved.frequency(), invoicing_pb::ReportFrequency::Weekly);
     let reports = browser.page("/reports?done=schedule").await;
     assert!(reports.contains("A weekly report goes to <strong>billing@example.com</strong>"), "{reports}");
+    assert!(reports.contains("Nobody gets alerts by e-mail."), "{reports}");
+
+    // Billing alerts: recipients one address per line too; a bad one is
+    // refused by name and nothing is saved.
+    let alerts = [("csrf", csrf.as_str()), ("recipients", "ops@example.com\r\nops@\r\n")];
+    let refused = browser.post("/reports/alerts", &alerts).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("recipients[1]"));
+    let alerts = [("csrf", csrf.as_str()), ("recipients", "ops@example.com\r\n\r\n cfo@example.com \r\n")];
+    assert_eq!(browser.post("/reports/alerts", &alerts).await.status(), 303);
+    let saved = invoicing
+        .get_billing_alerts(invoicing_pb::GetBillingAlertsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .alerts
+        .unwrap();
+    assert_eq!(saved.recipients, vec!["ops@example.com", "cfo@example.com"]);
+    let reports = browser.page("/reports?done=alerts").await;
+    assert!(reports.contains("Alert recipients saved."), "{reports}");
+    assert!(reports.contains("Alerts go to ops@example.com, cfo@example.com."), "{reports}");
 
     // The endpoint and its failing deliveries, each one sent again on request.
     let listed = browser.page("/webhooks").await;
@@ -240,7 +262,11 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     let cap = [("csrf", csrf.as_str()), ("idempotency_key", "writer-cap"), ("monthly_spending_cap", "")];
     assert_eq!(other.post(&format!("{account_page}/cap"), &cap).await.status(), 403);
     let reports = other.page("/reports").await;
-    assert!(!reports.contains("Save the schedule"));
+    assert!(!reports.contains("Save the schedule") && !reports.contains("Save the recipients"));
+    let alerts = [("csrf", csrf.as_str()), ("recipients", "")];
+    assert_eq!(other.post("/reports/alerts", &alerts).await.status(), 403);
+    let kept = invoicing.get_billing_alerts(invoicing_pb::GetBillingAlertsRequest {}).await.unwrap().into_inner();
+    assert_eq!(kept.alerts.unwrap().recipients.len(), 2, "the WRITE key changed nothing");
 
     for process in suite.processes.iter_mut().rev() {
         assert!(process.terminate().await.success(), "a clean exit on SIGTERM");

@@ -48,11 +48,11 @@ pub struct InvoicingSettings {
     /// The Prometheus scrape endpoint, such as `0.0.0.0:9090`; empty: none.
     #[serde(default)]
     pub metrics_listen: String,
-    /// The mail server scheduled reports go through: `smtp://host:25`,
-    /// `smtp://user:password@host:587?tls=required`, `smtps://host:465`; empty: reports are not sent.
+    /// The mail server scheduled reports and billing alerts go through: `smtp://host:25`,
+    /// `smtp://user:password@host:587?tls=required`, `smtps://host:465`; empty: no mail is sent.
     #[serde(default)]
     pub smtp_url: String,
-    /// The sender of scheduled reports, such as `Billing <billing@example.com>`.
+    /// The sender of scheduled reports and billing alerts, such as `Billing <billing@example.com>`.
     #[serde(default = "report_from_default")]
     pub report_from: String,
 }

@@ -22,10 +22,12 @@ pub fn auth_settings() -> reservoir_common::settings::AuthSettings {
     }
 }
 
+#[cfg(feature = "wallet")]
 fn any_port() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+#[cfg(feature = "wallet")]
 fn endpoint(address: std::net::SocketAddr) -> String {
     format!("http://{address}")
 }

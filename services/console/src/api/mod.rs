@@ -54,6 +54,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/invoices/{id}", get(pages::invoice))
         .route("/reports", get(pages::reports))
         .route("/reports/schedule", post(pages::update_schedule))
+        .route("/reports/alerts", post(pages::update_alerts))
         .route("/top-ups", get(pages::top_ups))
         .route("/webhooks", get(webhooks::endpoints))
         .route("/webhooks/{id}", get(webhooks::deliveries))

@@ -48,9 +48,16 @@ async fn reports_page(
     error: Option<&str>,
     notice: Option<&str>,
 ) -> Response {
-    match tokio::try_join!(console.upstream.report_schedule(&session.key), console.upstream.report_runs(&session.key)) {
-        Ok((schedule, runs)) => {
-            (status, views::reports::reports(session, schedule.as_ref(), &runs, error, notice)).into_response()
+    let upstream = &console.upstream;
+    match tokio::try_join!(
+        upstream.report_schedule(&session.key),
+        upstream.report_runs(&session.key),
+        upstream.alert_recipients(&session.key),
+        upstream.alert_mails(&session.key),
+    ) {
+        Ok((schedule, runs, alert_recipients, alert_mails)) => {
+            let billing_mail = views::reports::BillingMail { schedule, runs, alert_recipients, alert_mails };
+            (status, views::reports::reports(session, &billing_mail, error, notice)).into_response()
         }
         Err(error) => refused(Some(session), &error),
     }
@@ -61,8 +68,12 @@ pub(super) async fn reports(
     SignedIn(session): SignedIn,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let saved = first(&pairs(query.as_deref()), "done") == "schedule";
-    reports_page(&console, &session, StatusCode::OK, None, saved.then_some("Schedule saved.")).await
+    let notice = match first(&pairs(query.as_deref()), "done") {
+        "schedule" => Some("Schedule saved."),
+        "alerts" => Some("Alert recipients saved."),
+        _ => None,
+    };
+    reports_page(&console, &session, StatusCode::OK, None, notice).await
 }
 
 #[derive(Deserialize)]
@@ -79,6 +90,11 @@ pub(super) struct ScheduleForm {
     enabled: Option<String>,
 }
 
+/// One address per line; blank lines are not addresses.
+fn addresses(lines: &str) -> Vec<String> {
+    lines.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect()
+}
+
 fn schedule(form: &ScheduleForm) -> Result<invoicing::ReportSchedule, ConsoleError> {
     let frequency = match form.frequency.as_str() {
         "daily" => invoicing::ReportFrequency::Daily,
@@ -89,8 +105,7 @@ fn schedule(form: &ScheduleForm) -> Result<invoicing::ReportSchedule, ConsoleErr
     Ok(invoicing::ReportSchedule {
         frequency: frequency as i32,
         billing_contact: form.billing_contact.trim().to_owned(),
-        // One address per line; blank lines are not addresses.
-        recipients: form.recipients.lines().map(str::trim).filter(|line| !line.is_empty()).map(str::to_owned).collect(),
+        recipients: addresses(&form.recipients),
         enabled: form.enabled.is_some(),
         next_run_at: None,
     })
@@ -109,14 +124,46 @@ pub(super) async fn update_schedule(
         Ok(schedule) => console.upstream.update_report_schedule(&session.key, schedule).await,
         Err(error) => Err(error),
     };
+    reports_answer(&console, &session, result, "schedule").await
+}
+
+/// Where a change on the reports page leads: back to the page saying what
+/// was saved, or the page again with why not.
+async fn reports_answer(
+    console: &Console,
+    session: &Session,
+    result: Result<(), ConsoleError>,
+    saved: &str,
+) -> Response {
     match result {
-        Ok(()) => Redirect::to("/reports?done=schedule").into_response(),
-        Err(error @ (ConsoleError::SignedOut | ConsoleError::Unavailable { .. })) => refused(Some(&session), &error),
+        Ok(()) => Redirect::to(&format!("/reports?done={saved}")).into_response(),
+        Err(error @ (ConsoleError::SignedOut | ConsoleError::Unavailable { .. })) => refused(Some(session), &error),
         Err(error) => {
             let status = super::status_of(&error).unwrap_or(StatusCode::BAD_REQUEST);
-            reports_page(&console, &session, status, Some(&error.to_string()), None).await
+            reports_page(console, session, status, Some(&error.to_string()), None).await
         }
     }
+}
+
+#[derive(Deserialize)]
+pub(super) struct AlertsForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    recipients: String,
+}
+
+pub(super) async fn update_alerts(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Form(form): Form<AlertsForm>,
+) -> Response {
+    let session = match allowed(&console, &headers, &form.csrf, Role::may_configure) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
+    };
+    let result = console.upstream.update_alert_recipients(&session.key, addresses(&form.recipients)).await;
+    reports_answer(&console, &session, result, "alerts").await
 }
 
 pub(super) async fn top_ups(State(console): State<Arc<Console>>, SignedIn(session): SignedIn) -> Response {

@@ -330,6 +330,32 @@ impl Upstream {
         .runs)
     }
 
+    /// Who gets the tenant's billing alerts.
+    pub async fn alert_recipients(&self, key: &str) -> Result<Vec<String>, ConsoleError> {
+        let got = answer(
+            "invoicing",
+            self.invoicing().get_billing_alerts(keyed(invoicing::GetBillingAlertsRequest {}, key)?),
+        )
+        .await?;
+        Ok(got.alerts.map(|alerts| alerts.recipients).unwrap_or_default())
+    }
+
+    pub async fn update_alert_recipients(&self, key: &str, recipients: Vec<String>) -> Result<(), ConsoleError> {
+        let request = invoicing::UpdateBillingAlertsRequest { alerts: Some(invoicing::BillingAlerts { recipients }) };
+        answer("invoicing", self.invoicing().update_billing_alerts(keyed(request, key)?)).await?;
+        Ok(())
+    }
+
+    /// The latest alert mails.
+    pub async fn alert_mails(&self, key: &str) -> Result<Vec<invoicing::AlertMail>, ConsoleError> {
+        Ok(answer(
+            "invoicing",
+            self.invoicing().list_alert_mails(keyed(invoicing::ListAlertMailsRequest { page_size: 50 }, key)?),
+        )
+        .await?
+        .mails)
+    }
+
     pub async fn webhook_endpoints(&self, key: &str) -> Result<Vec<orchestrator::WebhookEndpoint>, ConsoleError> {
         Ok(answer(
             "orchestrator",

@@ -54,6 +54,14 @@ pub fn run_status(status: reservoir_proto::invoicing::ReportRunStatus) -> String
     readable(status.as_str_name(), "REPORT_RUN_STATUS_")
 }
 
+pub fn alert_kind(kind: reservoir_proto::invoicing::AlertKind) -> String {
+    readable(kind.as_str_name(), "ALERT_KIND_")
+}
+
+pub fn mail_status(status: reservoir_proto::invoicing::AlertMailStatus) -> String {
+    readable(status.as_str_name(), "ALERT_MAIL_STATUS_")
+}
+
 pub fn top_up_status(status: reservoir_proto::orchestrator::TopUpStatus) -> String {
     readable(status.as_str_name(), "TOP_UP_STATUS_")
 }

@@ -1,4 +1,5 @@
-//! Scheduled billing e-mails and their runs; top-ups waiting for a person.
+//! Billing e-mails (the scheduled report and its runs, alerts and their
+//! mails); top-ups waiting for a person.
 
 use maud::{Markup, html};
 use reservoir_proto::{invoicing, orchestrator};
@@ -6,13 +7,17 @@ use reservoir_proto::{invoicing, orchestrator};
 use super::{csrf_field, message, names, page};
 use crate::store::Session;
 
-pub fn reports(
-    session: &Session,
-    schedule: Option<&invoicing::ReportSchedule>,
-    runs: &[invoicing::ReportRun],
-    error: Option<&str>,
-    notice: Option<&str>,
-) -> Markup {
+/// What the billing e-mails page shows.
+pub struct BillingMail {
+    pub schedule: Option<invoicing::ReportSchedule>,
+    pub runs: Vec<invoicing::ReportRun>,
+    pub alert_recipients: Vec<String>,
+    pub alert_mails: Vec<invoicing::AlertMail>,
+}
+
+pub fn reports(session: &Session, mail: &BillingMail, error: Option<&str>, notice: Option<&str>) -> Markup {
+    let schedule = mail.schedule.as_ref();
+    let runs = &mail.runs;
     let frequency = schedule.map(invoicing::ReportSchedule::frequency);
     page(
         "Billing reports",
@@ -61,6 +66,44 @@ pub fn reports(
                                 td { @if run.status() == invoicing::ReportRunStatus::Failed { strong { "failed" } } @else { (names::run_status(run.status())) } }
                                 td { (run.attempts) }
                                 td { (run.last_error) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 #alerts { "Billing alerts" }
+            p {
+                "An account's balance low, at its warning level or used up, a spending cap's 50, 80 and 100% marks, and each top-up paid: one e-mail each, to the billing contact and these recipients."
+            }
+            @if mail.alert_recipients.is_empty() {
+                p #alert-recipients { "Nobody gets alerts by e-mail." }
+            } @else {
+                p #alert-recipients { "Alerts go to " (mail.alert_recipients.join(", ")) "." }
+            }
+            @if session.role.may_configure() {
+                form method="post" action="/reports/alerts" {
+                    fieldset {
+                        legend { "Alert recipients" }
+                        (csrf_field(session))
+                        label for="alert-addresses" { "One address per line (up to 20); none stops the alerts" }
+                        textarea #alert-addresses name="recipients" rows="4" cols="40" { (mail.alert_recipients.join("\n")) }
+                        p { button type="submit" { "Save the recipients" } }
+                    }
+                }
+            }
+            h3 { "Alerts sent" }
+            @if mail.alert_mails.is_empty() { p { "None yet." } } @else {
+                table #alert-mails {
+                    thead { tr { th { "Happened" } th { "Alert" } th { "Account" } th { "Status" } th { "Attempts" } th { "Last error" } } }
+                    tbody {
+                        @for alert in &mail.alert_mails {
+                            tr {
+                                td { (names::instant(alert.occurred_at.as_ref())) }
+                                td { (names::alert_kind(alert.kind())) }
+                                td { a href={ "/accounts/" (alert.account_id) } { code { (alert.account_id) } } }
+                                td { @if alert.status() == invoicing::AlertMailStatus::Failed { strong { "failed" } } @else { (names::mail_status(alert.status())) } }
+                                td { (alert.attempts) }
+                                td { (alert.last_error) }
                             }
                         }
                     }
