@@ -177,6 +177,37 @@ async fn a_paid_top_up_is_mailed_and_a_refused_mail_is_tried_again(suite: Suite)
     suite
 }
 
+/// Invoicing stopped between two crossings: the one before is not mailed
+/// again, even when its events are read again from the start (as a second
+/// replica reads them), and the one while it was down is mailed once it is
+/// back.
+async fn a_restart_neither_loses_nor_repeats_an_alert(mut suite: Suite) -> Suite {
+    set_alert_recipients(&suite, &["ops@customer.test"]).await;
+    let account = open_account(&suite, usd(), wallet_pb::OverdraftPolicy::None, "").await;
+    grant(&suite, &account, "100", wallet_pb::GrantKind::Paid).await;
+    set_levels(&suite, &account, "50", "70", "").await;
+    debit(&suite, &account, "40").await; // below the warning level
+    eventually("the warning", || async { suite.smtp.mails().len() == 1 }).await;
+
+    suite.stop_invoicing().await;
+    suite.invoicing_database().execute("UPDATE alert_cursors SET after_sequence = 0", vec![]).await;
+    debit(&suite, &account, "20").await; // below the threshold, while invoicing is down
+    for _ in 0..20 {
+        debit(&suite, &account, "0.01").await; // events without alerts
+    }
+    suite.start_invoicing().await;
+    eventually("the low balance", || async { suite.smtp.mails().len() >= 2 }).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let subjects: Vec<String> = suite.smtp.mails().iter().map(subject_of).collect();
+    assert_eq!(
+        subjects,
+        vec![format!("Balance warning on account {}", account.id), format!("Balance low on account {}", account.id)],
+        "each once, in order"
+    );
+    assert_eq!(alert_mails(&suite).await.len(), 2);
+    suite
+}
+
 async fn alert_recipients_are_checked_by_field(suite: Suite) -> Suite {
     let mut invoicing = suite.invoicing.clone();
     let bad =
@@ -195,5 +226,6 @@ async fn alert_recipients_are_checked_by_field(suite: Suite) -> Suite {
 crate::on_both_backends!(
     each_crossing_is_mailed_once_to_the_contact_and_the_recipients,
     a_paid_top_up_is_mailed_and_a_refused_mail_is_tried_again,
+    a_restart_neither_loses_nor_repeats_an_alert,
     alert_recipients_are_checked_by_field,
 );

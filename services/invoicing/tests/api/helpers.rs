@@ -36,7 +36,19 @@ pub struct Suite {
     pub smtp: crate::smtp::SmtpSink,
     wallet_service: TestWallet,
     running: Vec<Running>,
+    invoicing_settings: InvoicingSettings,
+    invoicing_running: Option<Running>,
     databases: Vec<TestDatabase>,
+}
+
+type SharedClock = Arc<Mutex<Option<DateTime<Utc>>>>;
+
+/// Invoicing on `settings`, reading the time from `clock`.
+async fn build_invoicing(settings: &InvoicingSettings, clock: &SharedClock) -> Result<Invoicing, String> {
+    let mut invoicing = Invoicing::build(settings, KEY_CACHE_TTL).await.map_err(|error| error.to_string())?;
+    let reading = clock.clone();
+    invoicing.set_clock(Arc::new(move || reading.lock().unwrap().unwrap_or_else(Utc::now)));
+    Ok(invoicing)
 }
 
 impl Suite {
@@ -51,19 +63,18 @@ impl Suite {
         let metering_address = metering_app.local_addr().unwrap();
         running.push(Running::start(metering_app));
         let (smtp, smtp_address) = crate::smtp::SmtpSink::start().await;
-        let invoicing_settings = InvoicingSettings {
+        let mut invoicing_settings = InvoicingSettings {
             database_max_connections: 16,
             worker_interval_ms: 100,
             smtp_url: format!("smtp://{smtp_address}"),
             report_from: "Billing <billing@reservoir.test>".into(),
             ..invoicing_settings(&invoicing_database, &wallet, Some(metering_address))
         };
-        let mut invoicing_app = Invoicing::build(&invoicing_settings, KEY_CACHE_TTL).await.expect("building invoicing");
-        let clock: Arc<Mutex<Option<DateTime<Utc>>>> = Arc::new(Mutex::new(None));
-        let reading = clock.clone();
-        invoicing_app.set_clock(Arc::new(move || reading.lock().unwrap().unwrap_or_else(Utc::now)));
+        let clock: SharedClock = Arc::new(Mutex::new(None));
+        let invoicing_app = build_invoicing(&invoicing_settings, &clock).await.expect("building invoicing");
         let invoicing_address = invoicing_app.local_addr().unwrap();
-        running.push(Running::start(invoicing_app));
+        invoicing_settings.listen = invoicing_address;
+        let invoicing_running = Some(Running::start(invoicing_app));
         Some(Self {
             wallet: wallet.client().await,
             metering: MeteringServiceClient::with_interceptor(
@@ -82,6 +93,8 @@ impl Suite {
             smtp,
             wallet_service: wallet,
             running,
+            invoicing_settings,
+            invoicing_running,
             databases: vec![wallet_database, metering_database, invoicing_database],
         })
     }
@@ -101,7 +114,37 @@ impl Suite {
         self.wallet_service.restart().await;
     }
 
+    /// Invoicing's database, to move its rows as another replica would.
+    pub fn invoicing_database(&self) -> &TestDatabase {
+        &self.databases[2]
+    }
+
+    /// Stops invoicing, as a crash or a deployment would.
+    pub async fn stop_invoicing(&mut self) {
+        if let Some(running) = self.invoicing_running.take() {
+            running.stop().await;
+        }
+    }
+
+    /// Starts invoicing again on the same address and database.
+    pub async fn start_invoicing(&mut self) {
+        let mut attempts = 0;
+        let application = loop {
+            match build_invoicing(&self.invoicing_settings, &self.clock).await {
+                Ok(application) => break application,
+                // The old listener may take a moment to let go of the port.
+                Err(_) if attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("restarting invoicing: {error}"),
+            }
+        };
+        self.invoicing_running = Some(Running::start(application));
+    }
+
     pub async fn stop(mut self) {
+        self.stop_invoicing().await;
         for running in self.running.into_iter().rev() {
             running.stop().await;
         }
