@@ -211,6 +211,54 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     assert!(reports.contains("Alert recipients saved."), "{reports}");
     assert!(reports.contains("Alerts go to ops@example.com, cfo@example.com."), "{reports}");
 
+    // The account's billing mode: a refillable wallet (it tops itself up),
+    // switched to a monthly invoice with a credit limit, then back; its
+    // contact is the tenant's billing contact.
+    let page = browser.page(&account_page).await;
+    assert!(
+        page.contains("Billing: <strong>Refillable wallet</strong> · contact billing@example.com"),
+        "{}",
+        table(&page, "billing-mode")
+    );
+    let mode = |mode: &'static str, limit: &'static str, key: &'static str| {
+        [
+            ("csrf", csrf.clone()),
+            ("idempotency_key", key.to_owned()),
+            ("mode", mode.to_owned()),
+            ("credit_limit", limit.to_owned()),
+        ]
+    };
+    let refused =
+        browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("monthly", "-5", "mode-1"))).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("credit_limit"));
+    let monthly =
+        browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("monthly", "500", "mode-2"))).await;
+    assert_eq!(monthly.status(), 303);
+    let got = wallet
+        .clone()
+        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(got.overdraft_policy(), pb::OverdraftPolicy::CreditLimit);
+    assert_eq!(got.credit_limit.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::from(500));
+    let page = browser.page(&format!("{account_page}?done=mode")).await;
+    assert!(page.contains("Billing mode saved.") && page.contains("Billing: <strong>Monthly invoice</strong>"));
+    let back = browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("wallet", "", "mode-3"))).await;
+    assert_eq!(back.status(), 303);
+    let got = wallet
+        .clone()
+        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap();
+    assert_eq!(got.overdraft_policy(), pb::OverdraftPolicy::None);
+
     // The endpoint and its failing deliveries, each one sent again on request.
     let listed = browser.page("/webhooks").await;
     assert!(listed.contains(&format!("href=\"/webhooks/{}\"", endpoint.id)) && listed.contains(&endpoint.url));
@@ -257,6 +305,7 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
         page.contains("Grant credits")
             && !page.contains("Monthly spending cap")
             && !page.contains("Save the automatic top-up")
+            && !page.contains("Save the billing mode")
     );
     let csrf = field(&page, "csrf");
     let cap = [("csrf", csrf.as_str()), ("idempotency_key", "writer-cap"), ("monthly_spending_cap", "")];

@@ -96,6 +96,7 @@ pub(super) async fn show(
         "adjusted" => Some("Balance adjusted."),
         "voided" => Some("Grant voided."),
         "cap" => Some("Cap saved."),
+        "mode" => Some("Billing mode saved."),
         "refills" => Some("Automatic top-up saved."),
         _ => None,
     };

@@ -1,4 +1,5 @@
-//! An account's billing settings: its spending cap and its automatic top-up.
+//! An account's billing settings: its billing mode, its spending cap and its
+//! automatic top-up.
 
 use std::sync::Arc;
 
@@ -46,6 +47,55 @@ pub(super) async fn cap(
     };
     let result = console.upstream.update_account(&session.key, request).await;
     answered(&console, &session, &account_id, result, "cap").await
+}
+
+#[derive(Deserialize)]
+pub(super) struct ModeForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    idempotency_key: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    credit_limit: String,
+}
+
+/// The overdraft a billing mode asks of the wallet.
+fn overdraft_of(form: &ModeForm) -> Result<(wallet::OverdraftPolicy, String), ConsoleError> {
+    match form.mode.as_str() {
+        "wallet" => Ok((wallet::OverdraftPolicy::None, String::new())),
+        "monthly" => Ok((wallet::OverdraftPolicy::CreditLimit, form.credit_limit.trim().to_owned())),
+        other => Err(ConsoleError::invalid("mode", format!("{other:?} is not wallet or monthly"))),
+    }
+}
+
+/// Bills the account monthly (an overdraft up to the credit limit) or as a
+/// prepaid wallet (no overdraft).
+pub(super) async fn billing_mode(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(account_id): Path<String>,
+    Form(form): Form<ModeForm>,
+) -> Response {
+    let session = match allowed(&console, &headers, &form.csrf, Role::may_configure) {
+        Ok(session) => session,
+        Err(refusal) => return refusal,
+    };
+    let result = match overdraft_of(&form) {
+        Ok((policy, credit_limit)) => {
+            let request = wallet::UpdateAccountRequest {
+                account_id: account_id.clone(),
+                overdraft_policy: Some(policy.into()),
+                credit_limit,
+                idempotency_key: form.idempotency_key,
+                ..Default::default()
+            };
+            console.upstream.update_account(&session.key, request).await
+        }
+        Err(error) => Err(error),
+    };
+    answered(&console, &session, &account_id, result, "mode").await
 }
 
 #[derive(Deserialize)]

@@ -49,6 +49,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/accounts/{id}/adjustments", post(accounts::adjust))
         .route("/accounts/{id}/grants/{grant_id}/void", post(accounts::void_grant))
         .route("/accounts/{id}/cap", post(billing::cap))
+        .route("/accounts/{id}/billing-mode", post(billing::billing_mode))
         .route("/accounts/{id}/refills", post(billing::refills))
         .route("/invoices", get(pages::invoices))
         .route("/invoices/{id}", get(pages::invoice))

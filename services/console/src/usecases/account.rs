@@ -7,6 +7,8 @@ use reservoir_proto::wallet;
 use rust_decimal::Decimal;
 
 use crate::clients::Upstream;
+use crate::domain::BillingMode;
+use crate::domain::billing::CONTACT_METADATA_KEY;
 use crate::domain::usage::{Day, by_day, month_of};
 use crate::error::ConsoleError;
 
@@ -26,6 +28,18 @@ pub struct AccountView {
     pub auto_replenish: Result<Option<AutoReplenish>, String>,
     /// Every refill, newest first, with the balance after it.
     pub refills: Vec<Refill>,
+    /// Who gets the account's bills: its own contact (kept in its metadata)
+    /// or the tenant's billing contact; none when neither is known (or
+    /// invoicing did not answer).
+    pub billing_contact: Option<String>,
+}
+
+impl AccountView {
+    /// How the account is billed.
+    pub fn billing_mode(&self) -> BillingMode {
+        let refills = matches!(&self.auto_replenish, Ok(Some(settings)) if settings.enabled);
+        BillingMode::of(self.account.overdraft_policy(), refills)
+    }
 }
 
 /// One row of the refill history.
@@ -100,7 +114,8 @@ pub async fn account_view(
             upstream.refill_history(key, account_id, start_of(day) - chrono::Duration::days(REFILL_DAYS)),
         )
     };
-    let (answers, auto_replenish) = tokio::join!(wallet_and_metering, upstream.auto_replenish(key, account_id));
+    let (answers, auto_replenish, schedule) =
+        tokio::join!(wallet_and_metering, upstream.auto_replenish(key, account_id), upstream.report_schedule(key));
     let (account, balance, spend, grants, (entries, next_entries), groups, history) = answers?;
     let auto_replenish = auto_replenish.map_err(|error| error.to_string());
     let days = by_day(
@@ -113,7 +128,24 @@ pub async fn account_view(
     );
     let mut refills = refills(&history)?;
     refills.truncate(REFILLS_SHOWN);
-    Ok(AccountView { account, balance, spend, grants, entries, next_entries, month, days, auto_replenish, refills })
+    let billing_contact = account
+        .metadata
+        .get(CONTACT_METADATA_KEY)
+        .cloned()
+        .or_else(|| schedule.ok().flatten().map(|schedule| schedule.billing_contact));
+    Ok(AccountView {
+        account,
+        balance,
+        spend,
+        grants,
+        entries,
+        next_entries,
+        month,
+        days,
+        auto_replenish,
+        refills,
+        billing_contact,
+    })
 }
 
 #[cfg(test)]

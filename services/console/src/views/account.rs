@@ -6,6 +6,9 @@ use maud::{Markup, PreEscaped, html};
 use rust_decimal::Decimal;
 
 use super::{csrf_field, message, names, page};
+use reservoir_proto::wallet::OverdraftPolicy;
+
+use crate::domain::BillingMode;
 use crate::domain::usage::{MARKS, percent_of};
 use crate::store::Session;
 use crate::usecases::account::AccountView;
@@ -42,10 +45,15 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
             (message(notes.error, notes.notice))
             p {
                 "Overdraft: " (names::overdraft(account.overdraft_policy()))
-                @if account.overdraft_policy() == reservoir_proto::wallet::OverdraftPolicy::CreditLimit { " (limit " (account.credit_limit) ")" }
+                @if account.overdraft_policy() == OverdraftPolicy::CreditLimit { " (limit " (account.credit_limit) ")" }
                 " · status " (names::status(account.status()))
                 @if account.credit_blocked { " · " strong { "credit blocked" } " until an overdue invoice is paid" }
             }
+            p #billing-mode {
+                "Billing: " strong { (view.billing_mode().label()) }
+                @if let Some(contact) = &view.billing_contact { " · contact " (contact) }
+            }
+            @if session.role.may_configure() { (mode_form(session, view, notes, &base)) }
             section aria-labelledby="balance" {
                 h2 #balance { "Balance" }
                 ul.figures {
@@ -240,6 +248,31 @@ fn forms(session: &Session, notes: &Notes<'_>, base: &str) -> Markup {
                     input #adjust-reason name="reason" required maxlength="512";
                     p { button type="submit" { "Adjust" } }
                 }
+            }
+        }
+    }
+}
+
+/// Monthly invoicing is an overdraft up to a credit limit, settled by each
+/// month's statement; a wallet (prepaid) has none.
+fn mode_form(session: &Session, view: &AccountView, notes: &Notes<'_>, base: &str) -> Markup {
+    let monthly = view.billing_mode() == BillingMode::MonthlyInvoice;
+    let limit = if view.account.overdraft_policy() == OverdraftPolicy::CreditLimit {
+        view.account.credit_limit.as_str()
+    } else {
+        ""
+    };
+    html! {
+        form method="post" action={ (base) "/billing-mode" } {
+            fieldset {
+                legend { "Billing mode" }
+                (csrf_field(session))
+                input type="hidden" name="idempotency_key" value=(notes.form_key);
+                label { input type="radio" name="mode" value="wallet" checked[!monthly]; " Wallet: prepaid credits, topped up by hand or automatically" }
+                label { input type="radio" name="mode" value="monthly" checked[monthly]; " Monthly invoice: usage on credit, billed each month" }
+                label for="credit-limit" { "Credit limit (monthly invoice)" }
+                input #credit-limit name="credit_limit" inputmode="decimal" value=(limit);
+                p { button type="submit" { "Save the billing mode" } }
             }
         }
     }
