@@ -77,3 +77,57 @@ async fn a_grpc_web_call_over_http1_gets_its_answer_and_status() {
         "UNAUTHENTICATED: {in_headers:?} {trailers:?}"
     );
 }
+
+/// With `limits.browser_origins` listing a page's origin, that page's
+/// preflight is answered before any key is asked for and its calls' answers
+/// may be read (the gRPC status included); a page from elsewhere gets
+/// neither.
+#[tokio::test]
+async fn a_listed_origin_may_call_from_a_browser_and_no_other() {
+    let Some(database) = TestDatabase::create(Backend::Sqlite).await else { return };
+    let mut environment = Environment::new(&database, None);
+    let config = std::env::temp_dir().join(format!("reservoir-cors-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&config, "[limits]\nbrowser_origins = [\"https://app.example.test\"]\n").unwrap();
+    environment.set("RESERVOIR_CONFIG", config.to_str().unwrap());
+    let api_key = environment.create_tenant().await;
+    let mut wallet = ServiceProcess::wallet(&environment);
+    wallet.start(&environment).await;
+    let account = open_funded_account(&client(wallet.address(), &api_key).await, "3").await;
+    let path = format!("http://{}/reservoir.wallet.v1.WalletService/GetBalance", wallet.address());
+    let http = reqwest::Client::builder().http1_only().build().unwrap();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &path)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization,content-type,x-grpc-web")
+            .send()
+    };
+
+    let allowed = preflight("https://app.example.test").await.unwrap();
+    assert!(allowed.status().is_success(), "{}", allowed.status());
+    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example.test");
+    let headers = allowed.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(headers.contains("authorization") && headers.contains("x-grpc-web"), "{headers}");
+    let elsewhere = preflight("https://evil.example.test").await.unwrap();
+    assert!(elsewhere.headers().get("access-control-allow-origin").is_none());
+
+    let request = pb::GetBalanceRequest { account_id: account.id.clone() };
+    let answer = http
+        .post(&path)
+        .header("origin", "https://app.example.test")
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("authorization", format!("Bearer {api_key}"))
+        .body(frame(&request))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["access-control-allow-origin"], "https://app.example.test");
+    let exposed = answer.headers()["access-control-expose-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(exposed.contains("grpc-status"), "{exposed}");
+    let (data, trailers) = unframe(&answer.bytes().await.unwrap());
+    assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+    let balance = pb::GetBalanceResponse::decode(data.as_slice()).unwrap().balance.unwrap();
+    assert_eq!(d(&balance.available), d("3"));
+    std::fs::remove_file(config).ok();
+}

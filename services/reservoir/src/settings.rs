@@ -113,6 +113,7 @@ tenant_calls_per_second = 50000
 tenant_burst = 50000
 tenant_overrides = {}
 key_overrides = {}
+browser_origins = []
 
 [tls]
 # Plaintext unless a certificate is given; see docs/OPERATIONS.md, Security.

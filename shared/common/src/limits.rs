@@ -26,6 +26,21 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::auth::{Caller, KeyId, TenantId};
 use crate::status::retry_later;
 
+/// Whether `text` is a browser origin: `http` or `https`, a host, perhaps
+/// a port, and nothing else (the form a browser sends in `Origin`).
+fn is_origin(text: &str) -> bool {
+    let Some((scheme, rest)) = text.split_once("://") else { return false };
+    // A colon inside brackets belongs to an IPv6 address, not to a port.
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, Some(port)),
+        _ => (rest, None),
+    };
+    matches!(scheme, "http" | "https")
+        && !host.is_empty()
+        && host.chars().all(|character| character.is_ascii_alphanumeric() || "-.[]:".contains(character))
+        && port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0))
+}
+
 /// The client's first bytes on an HTTP/2 connection (RFC 9113, 3.4).
 const PREFACE_LENGTH: usize = 24;
 
@@ -81,6 +96,13 @@ pub struct LimitSettings {
     /// key (a batch job's, say) can be held below the rest; the burst is the
     /// same number.
     pub key_overrides: BTreeMap<String, u32>,
+    /// Origins whose browser code may call this service with gRPC-Web, each
+    /// as `scheme://host[:port]` (`https://app.example.com`): their pages
+    /// are answered CORS preflights and may read the answers. Empty: only
+    /// pages served from this service's own origin (and non-browser
+    /// clients) can call it. No wildcard: a page from anywhere could spend
+    /// a key its user holds.
+    pub browser_origins: Vec<String>,
 }
 
 impl Default for LimitSettings {
@@ -100,6 +122,7 @@ impl Default for LimitSettings {
             tenant_burst: 50_000,
             tenant_overrides: BTreeMap::new(),
             key_overrides: BTreeMap::new(),
+            browser_origins: Vec::new(),
         }
     }
 }
@@ -127,6 +150,14 @@ impl LimitSettings {
                 return Err(format!("limits.tenant_overrides: {tenant:?} is not a tenant id"));
             }
         }
+        for origin in &self.browser_origins {
+            if !is_origin(origin) {
+                return Err(format!(
+                    "limits.browser_origins: {origin:?} is not an origin such as https://app.example.com \
+                     (a scheme, a host, perhaps a port; no path, no wildcard)"
+                ));
+            }
+        }
         for (key, rate) in &self.key_overrides {
             if uuid::Uuid::parse_str(key).is_err() {
                 return Err(format!("limits.key_overrides: {key:?} is not a key id"));
@@ -136,6 +167,35 @@ impl LimitSettings {
             }
         }
         Ok(())
+    }
+
+    /// The CORS layer that lets `browser_origins` call with gRPC-Web; none
+    /// when no origin is listed.
+    pub fn cors(&self) -> Option<tower_http::cors::CorsLayer> {
+        use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
+        use tower_http::cors::{AllowOrigin, CorsLayer};
+        if self.browser_origins.is_empty() {
+            return None;
+        }
+        let origins = self.browser_origins.iter().filter_map(|origin| http::HeaderValue::from_str(origin).ok());
+        Some(
+            CorsLayer::new()
+                .allow_origin(AllowOrigin::list(origins))
+                .allow_methods([http::Method::POST])
+                .allow_headers([
+                    AUTHORIZATION,
+                    CONTENT_TYPE,
+                    HeaderName::from_static("x-grpc-web"),
+                    HeaderName::from_static("x-user-agent"),
+                    HeaderName::from_static("grpc-timeout"),
+                ])
+                .expose_headers([
+                    HeaderName::from_static("grpc-status"),
+                    HeaderName::from_static("grpc-message"),
+                    HeaderName::from_static("grpc-status-details-bin"),
+                ])
+                .max_age(Duration::from_secs(24 * 60 * 60)),
+        )
     }
 
     fn duration(ms: u64) -> Duration {
@@ -576,5 +636,28 @@ where
             drop(place);
             answered
         })
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    use super::is_origin;
+
+    #[test]
+    fn an_origin_is_a_scheme_a_host_and_perhaps_a_port() {
+        for origin in ["https://app.example.com", "http://localhost:5173", "https://[::1]:8443", "https://[::1]"] {
+            assert!(is_origin(origin), "{origin}");
+        }
+        for text in [
+            "*",
+            "https://*.example.com",
+            "https://app.example.com/",
+            "app.example.com",
+            "ftp://a.b",
+            "https://a.b:0",
+            "https://",
+        ] {
+            assert!(!is_origin(text), "{text}");
+        }
     }
 }

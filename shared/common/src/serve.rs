@@ -158,7 +158,11 @@ pub async fn serve(
         .max_connection_age(limits.max_connection_age())
         .max_connection_age_grace(limits.max_connection_age_grace())
         .timeout(limits.call_timeout())
-        // Outermost: a gRPC-Web call becomes a gRPC call on the way in and
+        // Outermost of all: a browser's preflight from a listed origin is
+        // answered here, before any key is asked for, and the answers of
+        // its calls carry the headers that let its page read them.
+        .layer(tower::util::option_layer(limits.cors()))
+        // Then: a gRPC-Web call becomes a gRPC call on the way in and
         // its answer gRPC-Web on the way out, refusals of the layers below
         // included (gRPC calls pass through untouched).
         .layer(tonic_web::GrpcWebLayer::new())
