@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod channel;
+pub mod cors;
 pub mod db;
 pub mod deadline;
 pub mod error;

@@ -26,21 +26,6 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use crate::auth::{Caller, KeyId, TenantId};
 use crate::status::retry_later;
 
-/// Whether `text` is a browser origin: `http` or `https`, a host, perhaps
-/// a port, and nothing else (the form a browser sends in `Origin`).
-fn is_origin(text: &str) -> bool {
-    let Some((scheme, rest)) = text.split_once("://") else { return false };
-    // A colon inside brackets belongs to an IPv6 address, not to a port.
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
-        _ => (rest, None),
-    };
-    matches!(scheme, "http" | "https")
-        && !host.is_empty()
-        && host.chars().all(|character| character.is_ascii_alphanumeric() || "-.[]:".contains(character))
-        && port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0))
-}
-
 /// The client's first bytes on an HTTP/2 connection (RFC 9113, 3.4).
 const PREFACE_LENGTH: usize = 24;
 
@@ -151,7 +136,7 @@ impl LimitSettings {
             }
         }
         for origin in &self.browser_origins {
-            if !is_origin(origin) {
+            if !crate::cors::is_origin(origin) {
                 return Err(format!(
                     "limits.browser_origins: {origin:?} is not an origin such as https://app.example.com \
                      (a scheme, a host, perhaps a port; no path, no wildcard)"
@@ -167,35 +152,6 @@ impl LimitSettings {
             }
         }
         Ok(())
-    }
-
-    /// The CORS layer that lets `browser_origins` call with gRPC-Web; none
-    /// when no origin is listed.
-    pub fn cors(&self) -> Option<tower_http::cors::CorsLayer> {
-        use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
-        use tower_http::cors::{AllowOrigin, CorsLayer};
-        if self.browser_origins.is_empty() {
-            return None;
-        }
-        let origins = self.browser_origins.iter().filter_map(|origin| http::HeaderValue::from_str(origin).ok());
-        Some(
-            CorsLayer::new()
-                .allow_origin(AllowOrigin::list(origins))
-                .allow_methods([http::Method::POST])
-                .allow_headers([
-                    AUTHORIZATION,
-                    CONTENT_TYPE,
-                    HeaderName::from_static("x-grpc-web"),
-                    HeaderName::from_static("x-user-agent"),
-                    HeaderName::from_static("grpc-timeout"),
-                ])
-                .expose_headers([
-                    HeaderName::from_static("grpc-status"),
-                    HeaderName::from_static("grpc-message"),
-                    HeaderName::from_static("grpc-status-details-bin"),
-                ])
-                .max_age(Duration::from_secs(24 * 60 * 60)),
-        )
     }
 
     fn duration(ms: u64) -> Duration {
@@ -636,28 +592,5 @@ where
             drop(place);
             answered
         })
-    }
-}
-
-#[cfg(test)]
-mod origin_tests {
-    use super::is_origin;
-
-    #[test]
-    fn an_origin_is_a_scheme_a_host_and_perhaps_a_port() {
-        for origin in ["https://app.example.com", "http://localhost:5173", "https://[::1]:8443", "https://[::1]"] {
-            assert!(is_origin(origin), "{origin}");
-        }
-        for text in [
-            "*",
-            "https://*.example.com",
-            "https://app.example.com/",
-            "app.example.com",
-            "ftp://a.b",
-            "https://a.b:0",
-            "https://",
-        ] {
-            assert!(!is_origin(text), "{text}");
-        }
     }
 }

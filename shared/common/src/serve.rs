@@ -161,7 +161,7 @@ pub async fn serve(
         // Outermost of all: a browser's preflight from a listed origin is
         // answered here, before any key is asked for, and the answers of
         // its calls carry the headers that let its page read them.
-        .layer(tower::util::option_layer(limits.cors()))
+        .layer(tower::util::option_layer(crate::cors::layer(&limits.browser_origins)))
         // Then: a gRPC-Web call becomes a gRPC call on the way in and
         // its answer gRPC-Web on the way out, refusals of the layers below
         // included (gRPC calls pass through untouched).
