@@ -25,6 +25,12 @@ fn table<'a>(page: &'a str, id: &str) -> &'a str {
     &page[start..end]
 }
 
+/// The account as the wallet has it now.
+async fn account_of(wallet: &Client, account_id: &str) -> pb::Account {
+    let request = pb::GetAccountRequest { account_id: account_id.to_owned() };
+    wallet.clone().get_account(request).await.unwrap().into_inner().account.unwrap()
+}
+
 /// A form's fields as the browser helper takes them.
 fn borrowed<'a>(form: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
     form.iter().map(|(name, value)| (*name, value.as_str())).collect()
@@ -132,6 +138,7 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
             ("amount", amount.to_owned()),
             ("payment_method_id", card.clone()),
             ("max_top_ups_per_day", "3".to_owned()),
+            ("low_balance_warning_percent", "30".to_owned()),
         ]
     };
     let negative = refill("-25");
@@ -149,6 +156,8 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
         .unwrap();
     assert_eq!((d(&settings.threshold), d(&settings.fixed_amount)), (d("10"), d("25")));
     assert!(settings.enabled && settings.target_balance.is_empty());
+    // The warning at 30% of the refill amount, as the wallet keeps it.
+    assert_eq!(d(&account_of(&wallet, &account.id).await.low_balance_warning), d("7.5"));
     let page = browser.page(&format!("{account_page}?done=refills")).await;
     assert!(page.contains("Automatic top-up saved."));
     assert!(page.contains(&format!("a top-up adds <strong>{} USD</strong>", settings.fixed_amount)), "{page}");
@@ -235,28 +244,14 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     let monthly =
         browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("monthly", "500", "mode-2"))).await;
     assert_eq!(monthly.status(), 303);
-    let got = wallet
-        .clone()
-        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
+    let got = account_of(&wallet, &account.id).await;
     assert_eq!(got.overdraft_policy(), pb::OverdraftPolicy::CreditLimit);
     assert_eq!(got.credit_limit.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::from(500));
     let page = browser.page(&format!("{account_page}?done=mode")).await;
     assert!(page.contains("Billing mode saved.") && page.contains("Billing: <strong>Monthly invoice</strong>"));
     let back = browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("wallet", "", "mode-3"))).await;
     assert_eq!(back.status(), 303);
-    let got = wallet
-        .clone()
-        .get_account(pb::GetAccountRequest { account_id: account.id.clone() })
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
+    let got = account_of(&wallet, &account.id).await;
     assert_eq!(got.overdraft_policy(), pb::OverdraftPolicy::None);
 
     // The endpoint and its failing deliveries, each one sent again on request.

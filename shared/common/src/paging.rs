@@ -18,6 +18,16 @@ pub const PAGE_SIZE_DEFAULT: u32 = 100;
 /// The most a request may ask for.
 pub const PAGE_SIZE_MAX: u32 = 1_000;
 
+/// The size a request asks for (the default when unset); past the maximum
+/// it is a violation on `page_size`. For lists without page tokens too
+/// (the latest N of something).
+pub fn page_size(violations: &mut Violations, page_size: u32) -> u32 {
+    if page_size > PAGE_SIZE_MAX {
+        violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
+    }
+    if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size.min(PAGE_SIZE_MAX) }
+}
+
 /// One page of a list request: its size, where it starts, and what binds
 /// its token to the request's filters.
 #[derive(Debug)]
@@ -34,9 +44,7 @@ impl<P: FromStr + Display> Page<P> {
     /// maximum, or a token from another request or not from this service,
     /// is a violation on its field.
     pub fn of(violations: &mut Violations, page_size: u32, page_token: &str, filters: &impl Debug) -> Self {
-        if page_size > PAGE_SIZE_MAX {
-            violations.add("page_size", format!("must be at most {PAGE_SIZE_MAX}"));
-        }
+        let size = self::page_size(violations, page_size);
         let binding = binding(filters);
         let after = if page_token.is_empty() {
             None
@@ -60,7 +68,6 @@ impl<P: FromStr + Display> Page<P> {
                 }
             }
         };
-        let size = if page_size == 0 { PAGE_SIZE_DEFAULT } else { page_size };
         Self { size, after, binding }
     }
 

@@ -112,6 +112,8 @@ pub(super) struct RefillForm {
     payment_method_id: String,
     #[serde(default)]
     max_top_ups_per_day: String,
+    #[serde(default)]
+    low_balance_warning_percent: String,
 }
 
 fn refill_settings(account_id: &str, form: &RefillForm) -> Result<orchestrator::AutoReplenish, ConsoleError> {
@@ -125,8 +127,17 @@ fn refill_settings(account_id: &str, form: &RefillForm) -> Result<orchestrator::
     let max_top_ups_per_day = per_day
         .parse()
         .map_err(|_| ConsoleError::invalid("max_top_ups_per_day", format!("{per_day:?} is not a whole number")))?;
+    // Empty leaves the wallet's warning level as it is.
+    let percent = form.low_balance_warning_percent.trim();
+    let low_balance_warning_percent = match percent {
+        "" => 0,
+        percent => percent.parse().map_err(|_| {
+            ConsoleError::invalid("low_balance_warning_percent", format!("{percent:?} is not a whole percentage"))
+        })?,
+    };
     Ok(orchestrator::AutoReplenish {
         account_id: account_id.to_owned(),
+        low_balance_warning_percent,
         threshold: form.threshold.trim().to_owned(),
         fixed_amount,
         target_balance,

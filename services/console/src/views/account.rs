@@ -337,6 +337,9 @@ fn refills(session: &Session, view: &AccountView, base: &str, unit: &str) -> Mar
                         input #payment-method name="payment_method_id" required value=(settings.map(|s| s.payment_method_id.as_str()).unwrap_or_default());
                         label for="per-day" { "At most this many top-ups a day (1 to 100)" }
                         input #per-day name="max_top_ups_per_day" inputmode="numeric" value=(settings.map_or(3, |s| s.max_top_ups_per_day));
+                        label for="warning-percent" { "Warn when the balance falls to this % of the refill amount (1 to 100; empty: keep the warning level)" }
+                        input #warning-percent name="low_balance_warning_percent" inputmode="numeric"
+                            value=(settings.map(|s| s.low_balance_warning_percent).filter(|percent| *percent > 0).map(|percent| percent.to_string()).unwrap_or_default());
                         p { button type="submit" { "Save the automatic top-up" } }
                     }
                 }

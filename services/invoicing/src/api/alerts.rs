@@ -2,6 +2,7 @@
 //! and sent by `usecases::alerts`).
 
 use reservoir_common::auth::tenant_of;
+use reservoir_common::paging::page_size;
 use reservoir_common::time::to_timestamp;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as pb;
@@ -83,13 +84,9 @@ impl InvoicingApi {
         request: Request<pb::ListAlertMailsRequest>,
     ) -> Result<Response<pb::ListAlertMailsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let page_size = match request.get_ref().page_size {
-            0 => 100,
-            size if size > 1_000 => {
-                return Err(InvoicingError::field("page_size", "must be at most 1000").into());
-            }
-            size => size,
-        };
+        let mut violations = Violations::default();
+        let page_size = page_size(&mut violations, request.get_ref().page_size);
+        violations.finish()?;
         let mails = self.store.alert_mails(tenant, u64::from(page_size)).await?;
         Ok(Response::new(pb::ListAlertMailsResponse { mails: mails.iter().map(mail_to_pb).collect() }))
     }

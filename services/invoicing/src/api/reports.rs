@@ -2,6 +2,7 @@
 //! and sent by `usecases::reports`).
 
 use reservoir_common::auth::tenant_of;
+use reservoir_common::paging::page_size;
 use reservoir_common::time::to_timestamp;
 use reservoir_common::validate::Violations;
 use reservoir_proto::invoicing as pb;
@@ -131,13 +132,9 @@ impl InvoicingApi {
         request: Request<pb::ListReportRunsRequest>,
     ) -> Result<Response<pb::ListReportRunsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let page_size = match request.get_ref().page_size {
-            0 => 100,
-            size if size > 1_000 => {
-                return Err(InvoicingError::field("page_size", "must be at most 1000").into());
-            }
-            size => size,
-        };
+        let mut violations = Violations::default();
+        let page_size = page_size(&mut violations, request.get_ref().page_size);
+        violations.finish()?;
         let runs = self.store.report_runs(tenant, u64::from(page_size)).await?;
         Ok(Response::new(pb::ListReportRunsResponse { runs: runs.iter().map(run_to_pb).collect() }))
     }
