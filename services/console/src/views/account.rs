@@ -53,7 +53,6 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
                 "Billing: " strong { (view.billing_mode().label()) }
                 @if let Some(contact) = &view.billing_contact { " · contact " (contact) }
             }
-            @if session.role.may_configure() { (mode_form(session, view, notes, &base)) }
             section aria-labelledby="balance" {
                 h2 #balance { "Balance" }
                 ul.figures {
@@ -67,7 +66,7 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
                 }
             }
             (spend(view, unit))
-            @if session.role.may_configure() { (cap_form(session, view, notes, &base)) }
+            @if session.role.may_configure() { (cap_form(session, view, notes, &base)) (mode_form(session, view, notes, &base)) }
             (usage(view, unit))
             (refills(session, view, &base, unit))
             (grants(session, view, notes, &base))
