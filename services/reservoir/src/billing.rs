@@ -130,6 +130,30 @@ pub enum InvoiceCommand {
 }
 
 #[derive(Subcommand)]
+pub enum AlertCommand {
+    /// Who gets the tenant's billing alerts by e-mail.
+    Show {
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+    /// Sets who gets billing alerts (an ADMIN key): a balance low, at its
+    /// warning level or used up, a spending cap's marks, a top-up paid.
+    /// Giving none stops them.
+    Set {
+        recipients: Vec<String>,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+    /// The alert e-mails made, newest first, with their status.
+    Sent {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        client: InvoicingArgs,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum VoucherCommand {
     /// Make a batch of vouchers (an ADMIN key): their codes are shown this once.
     Create {
@@ -177,6 +201,78 @@ pub async fn payment_method(command: PaymentMethodCommand) -> anyhow::Result<()>
             print_methods(&methods, client.json)
         }
     }
+}
+
+pub async fn alerts(command: AlertCommand) -> anyhow::Result<()> {
+    let print_recipients = |alerts: Option<invoicing_pb::BillingAlerts>, as_json: bool| -> anyhow::Result<()> {
+        let recipients = alerts.map(|alerts| alerts.recipients).unwrap_or_default();
+        if as_json {
+            println!("{}", serde_json::to_string_pretty(&json!({ "recipients": recipients }))?);
+        } else if recipients.is_empty() {
+            println!("nobody gets billing alerts");
+        } else {
+            println!("billing alerts go to {}", recipients.join(", "));
+        }
+        Ok(())
+    };
+    match command {
+        AlertCommand::Show { client } => {
+            let request = invoicing_pb::GetBillingAlertsRequest {};
+            let alerts = client.client().await?.get_billing_alerts(request).await?.into_inner().alerts;
+            print_recipients(alerts, client.json)
+        }
+        AlertCommand::Set { recipients, client } => {
+            let request =
+                invoicing_pb::UpdateBillingAlertsRequest { alerts: Some(invoicing_pb::BillingAlerts { recipients }) };
+            let alerts = client.client().await?.update_billing_alerts(request).await?.into_inner().alerts;
+            print_recipients(alerts, client.json)
+        }
+        AlertCommand::Sent { limit, client } => {
+            let request = invoicing_pb::ListAlertMailsRequest { page_size: limit };
+            let mails = client.client().await?.list_alert_mails(request).await?.into_inner().mails;
+            print_alert_mails(&mails, client.json)
+        }
+    }
+}
+
+fn print_alert_mails(mails: &[invoicing_pb::AlertMail], as_json: bool) -> anyhow::Result<()> {
+    let kind = |mail: &invoicing_pb::AlertMail| readable(mail.kind().as_str_name(), "ALERT_KIND_");
+    let status = |mail: &invoicing_pb::AlertMail| readable(mail.status().as_str_name(), "ALERT_MAIL_STATUS_");
+    if as_json {
+        let values: Vec<_> = mails
+            .iter()
+            .map(|mail| {
+                json!({
+                    "id": mail.id,
+                    "kind": kind(mail),
+                    "account_id": mail.account_id,
+                    "subject": mail.subject,
+                    "recipients": mail.recipients,
+                    "status": status(mail),
+                    "attempts": mail.attempts,
+                    "last_error": mail.last_error,
+                    "occurred_at": instant(mail.occurred_at.as_ref()),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["happened", "alert", "account", "to", "status", "attempts", "last error"]);
+    for mail in mails {
+        table.add_row([
+            instant(mail.occurred_at.as_ref()),
+            kind(mail).to_owned(),
+            mail.account_id.clone(),
+            mail.recipients.join(", "),
+            status(mail).to_owned(),
+            mail.attempts.to_string(),
+            mail.last_error.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
 }
 
 pub async fn invoice(command: InvoiceCommand) -> anyhow::Result<()> {

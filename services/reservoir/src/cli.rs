@@ -72,6 +72,9 @@ enum Command {
     /// Invoices, through the running invoicing service.
     #[command(subcommand)]
     Invoice(crate::billing::InvoiceCommand),
+    /// Billing alerts by e-mail, through the running invoicing service.
+    #[command(subcommand)]
+    Alerts(crate::billing::AlertCommand),
     /// Voucher batches, through the running payments service (redeem one with `top-up redeem`).
     #[command(subcommand)]
     Voucher(crate::billing::VoucherCommand),
@@ -175,6 +178,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PaymentMethod(command) => crate::billing::payment_method(command).await,
         Command::Invoice(command) => crate::billing::invoice(command).await,
         Command::Voucher(command) => crate::billing::voucher(command).await,
+        Command::Alerts(command) => crate::billing::alerts(command).await,
         Command::Price(command) => crate::meters::price(command).await,
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,

@@ -5,7 +5,8 @@ use super::*;
 /// The billing commands as a person runs them: a top-up waiting for a bank
 /// transfer voided with its invoice still open, a draft finalized, a
 /// declined card failing the command, marking paid refused to a tenant's
-/// key with what to use, and a voucher made and redeemed.
+/// key with what to use, a voucher made and redeemed, webhook endpoints and
+/// the billing alerts' recipients.
 async fn the_billing_commands_finalize_void_decline_and_redeem(backend: Backend) {
     let Some(suite) = Suite::start(backend).await else {
         return;
@@ -90,6 +91,23 @@ async fn the_billing_commands_finalize_void_decline_and_redeem(backend: Backend)
     let disabled = run(&["webhooks", "disable", &endpoint_id]).output().await.unwrap();
     assert!(disabled.status.success(), "{}", String::from_utf8_lossy(&disabled.stderr));
     listed("false").await;
+
+    // Billing alerts: recipients set and shown, a bad address refused by
+    // name with nothing saved, and the mails made listed.
+    let set = run(&["alerts", "set", "ops@example.com", "cfo@example.com"]).output().await.unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    assert!(String::from_utf8_lossy(&set.stdout).contains("billing alerts go to ops@example.com, cfo@example.com"));
+    let bad = run(&["alerts", "set", "ops@"]).output().await.unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("alerts.recipients[0]"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let shown = json_of(run(&["alerts", "show", "--json"]).output().await.unwrap());
+    assert_eq!(shown["recipients"], serde_json::json!(["ops@example.com", "cfo@example.com"]));
+    let sent = json_of(run(&["alerts", "sent", "--json"]).output().await.unwrap());
+    assert!(sent.as_array().is_some(), "{sent}");
     suite.stop().await;
 }
 
