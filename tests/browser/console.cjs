@@ -16,6 +16,8 @@ const externalId = process.env.EXTERNAL_ID;
 const adminKey = process.env.ADMIN_KEY;
 const readOnlyKey = process.env.READ_ONLY_KEY;
 const available = process.env.AVAILABLE;
+const invoiceId = process.env.INVOICE_ID;
+const invoiceTotal = process.env.INVOICE_TOTAL;
 const screenshots = process.env.SCREENSHOTS || "";
 
 async function shot(page, name) {
@@ -70,6 +72,12 @@ async function main() {
     const bars = await page.locator('#usage-chart rect[fill="#1F6FB4"]').count();
     assert.equal(bars, 1, "one bar for the one day with usage");
     await shot(page, "account");
+    const mode = await page.locator("#billing-mode").innerText();
+    assert.match(mode, /Billing: Prepaid credits/, mode);
+    // The account's opening grant is its first refill, with the balance after it.
+    const refill = await page.locator("#refill-history tbody tr").first().innerText();
+    assert.match(refill, /grant/, refill);
+    assert.match(refill, /100\.00\s+100\.00/, refill);
 
     // Courtesy credits through the form.
     await page.getByLabel("Amount", { exact: true }).fill("10");
@@ -81,6 +89,10 @@ async function main() {
     assert.match(after, /Courtesy credits\s+10(\.0+)? USD/, after);
     const rows = await page.locator("#entries tbody tr").count();
     assert.equal(rows, 3, "the paid grant, the usage and the courtesy grant");
+    // The courtesy grant is the newest refill, the balance after it what the figures say.
+    const newest = await page.locator("#refill-history tbody tr").first().innerText();
+    const expected = (Number(available) + 10).toFixed(2).replace(".", "\\.");
+    assert.match(newest, new RegExp(`10\\.00\\s+${expected}`), newest);
 
     // A form the console did not render (no CSRF token) is refused.
     const forged = await admin.request.post(`${base}/accounts/${account}/grants`, {
@@ -94,6 +106,17 @@ async function main() {
     assert.equal(csv.status(), 200);
     assert.match(await csv.text(), /^section,date,sequence,kind,amount,balance_after/);
 
+    // Usage by meter, and the same as CSV: the day's tokens.
+    await page.getByRole("link", { name: /Usage by meter and dimension/ }).click();
+    const usageCsv = await admin.request.get(`${page.url()}${page.url().includes("?") ? "&" : "?"}format=csv`);
+    assert.equal(usageCsv.status(), 200);
+    assert.match(await usageCsv.text(), /tokens/);
+
+    // An invoice prints with the total invoicing computed.
+    await page.goto(`${base}/invoices/${invoiceId}`);
+    const total = await page.locator("main").innerText();
+    assert.ok(total.includes(`${invoiceTotal} USD`), total);
+
     // The report schedule, recipients one address per line.
     await page.getByRole("link", { name: "Reports" }).click();
     await page.getByLabel("Billing contact (e-mail)").fill("billing@example.com");
@@ -102,6 +125,13 @@ async function main() {
     await page.getByText("Schedule saved.").waitFor();
     const schedule = await page.locator("#schedule").innerText();
     assert.match(schedule, /billing@example\.com and finance@example\.com, cfo@example\.com/, schedule);
+
+    // Billing alerts to two addresses, one per line.
+    await page.getByLabel(/none stops the alerts/).fill("ops@example.com\n\nalerts@example.com");
+    await page.getByRole("button", { name: "Save the recipients" }).click();
+    await page.getByText("Alert recipients saved.").waitFor();
+    const alerts = await page.locator("#alert-recipients").innerText();
+    assert.match(alerts, /Alerts go to ops@example\.com, alerts@example\.com\./, alerts);
     await shot(page, "reports");
 
     await page.getByRole("button", { name: "Sign out" }).click();

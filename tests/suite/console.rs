@@ -3,6 +3,8 @@
 //! HTTP as a browser would (cookies and forms by hand, redirects not
 //! followed, so each answer is checked as it comes).
 
+use reservoir_proto::invoicing as invoicing_pb;
+use reservoir_proto::invoicing::invoicing_service_client::InvoicingServiceClient;
 use reservoir_proto::metering as metering_pb;
 use reservoir_proto::wallet as pb;
 use reservoir_proto::wallet::admin_service_client::AdminServiceClient;
@@ -294,6 +296,22 @@ async fn the_console_works_in_a_real_browser() {
         _ => String::new(),
     };
     let before = balance(&suite.wallet, &suite.account).await;
+    let mut invoicing = InvoicingServiceClient::with_interceptor(
+        reservoir_testing::wallet::channel(suite.environment.invoicing_address).await,
+        BearerKey::new(&suite.api_key),
+    );
+    let invoice = invoicing
+        .create_invoice(invoicing_pb::CreateInvoiceRequest {
+            account_id: suite.account.id.clone(),
+            credits: "12".into(),
+            idempotency_key: key(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .invoice
+        .unwrap();
     let output = tokio::process::Command::new("node")
         .arg(root.join("tests/browser/console.cjs"))
         .env("NODE_PATH", &modules)
@@ -304,6 +322,8 @@ async fn the_console_works_in_a_real_browser() {
         .env("ADMIN_KEY", &suite.api_key)
         .env("READ_ONLY_KEY", &read_only)
         .env("AVAILABLE", &before.available)
+        .env("INVOICE_ID", &invoice.id)
+        .env("INVOICE_TOTAL", &invoice.total)
         .env("SCREENSHOTS", &screenshots)
         .output()
         .await
