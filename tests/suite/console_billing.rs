@@ -225,7 +225,9 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     // contact is the tenant's billing contact.
     let page = browser.page(&account_page).await;
     assert!(
-        page.contains("Billing: <strong>Refillable wallet</strong> · contact billing@example.com"),
+        page.contains(
+            "Billing: <strong>Refillable wallet</strong> · billing contact billing@example.com (the tenant's)"
+        ),
         "{}",
         table(&page, "billing-mode")
     );
@@ -249,7 +251,17 @@ async fn the_billing_pages_set_caps_refills_and_reports_and_print_invoices() {
     assert_eq!(got.credit_limit.parse::<rust_decimal::Decimal>().unwrap(), rust_decimal::Decimal::from(500));
     let page = browser.page(&format!("{account_page}?done=mode")).await;
     assert!(page.contains("Billing mode saved.") && page.contains("Billing: <strong>Monthly invoice</strong>"));
-    let back = browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("wallet", "", "mode-3"))).await;
+    let unlimited =
+        browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("unlimited", "", "mode-3"))).await;
+    assert_eq!(unlimited.status(), 303);
+    assert_eq!(account_of(&wallet, &account.id).await.overdraft_policy(), pb::OverdraftPolicy::Unlimited);
+    // A limit given for a wallet is refused, not dropped.
+    let refused =
+        browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("wallet", "50", "mode-4"))).await;
+    assert_eq!(refused.status(), 400);
+    assert!(refused.text().await.unwrap().contains("credit_limit"));
+    assert_eq!(account_of(&wallet, &account.id).await.overdraft_policy(), pb::OverdraftPolicy::Unlimited);
+    let back = browser.post(&format!("{account_page}/billing-mode"), &borrowed(&mode("wallet", "", "mode-5"))).await;
     assert_eq!(back.status(), 303);
     let got = account_of(&wallet, &account.id).await;
     assert_eq!(got.overdraft_policy(), pb::OverdraftPolicy::None);

@@ -49,7 +49,8 @@ pub struct InvoicingSettings {
     #[serde(default)]
     pub metrics_listen: String,
     /// The mail server scheduled reports and billing alerts go through: `smtp://host:25`,
-    /// `smtp://user:password@host:587?tls=required`, `smtps://host:465`; empty: no mail is sent.
+    /// `smtp://user:password@host:587?tls=required`, `smtps://host:465`; empty: no mail
+    /// is sent (reports and alerts are kept and end FAILED).
     #[serde(default)]
     pub smtp_url: String,
     /// The sender of scheduled reports and billing alerts, such as `Billing <billing@example.com>`.
@@ -169,8 +170,6 @@ impl App for Application {
 /// replica may run it: each wallet change carries an idempotency key of its
 /// own, and a statement's key makes a second one for the same month a no-op.
 async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
-    // The alerts' event streams end when the worker does.
-    let streams_stop = stopping.clone();
     reservoir_common::serve::every(interval, stopping, || async {
         let now = api.now();
         if let Err(error) = api.billing().finish_repayments().await {
@@ -185,7 +184,7 @@ async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<b
         if let Err(error) = api.reports().send_due_reports(now).await {
             tracing::warn!(%error, "scheduled reports failed; retried next pass");
         }
-        if let Err(error) = api.alerts().pass(&streams_stop).await {
+        if let Err(error) = api.alerts().pass().await {
             tracing::warn!(%error, "billing alerts failed; retried next pass");
         }
     })

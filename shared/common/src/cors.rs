@@ -7,19 +7,44 @@ use std::time::Duration;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-/// Whether `text` is a browser origin: `http` or `https`, a host, perhaps
-/// a port, and nothing else (the form a browser sends in `Origin`).
+/// Whether `text` is an origin as a browser sends it in `Origin`: `http`
+/// or `https`, a host in lower case, a port only when it is not the
+/// scheme's own, nothing else. Another spelling of the same origin would
+/// never match what a browser sends, so it is refused rather than kept.
 pub fn is_origin(text: &str) -> bool {
     let Some((scheme, rest)) = text.split_once("://") else { return false };
-    // A colon inside brackets belongs to an IPv6 address, not to a port.
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, Some(port)),
-        _ => (rest, None),
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return false,
     };
-    matches!(scheme, "http" | "https")
-        && !host.is_empty()
-        && host.chars().all(|character| character.is_ascii_alphanumeric() || "-.[]:".contains(character))
-        && port.is_none_or(|port| port.parse::<u16>().is_ok_and(|port| port > 0))
+    // An IPv6 address is in brackets; a port follows the host after one colon.
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((address, "")) => (address, None),
+            Some((address, after)) => match after.strip_prefix(':') {
+                Some(port) => (address, Some(port)),
+                None => return false,
+            },
+            None => return false,
+        },
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    let host_is_valid = if rest.starts_with('[') {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.chars().all(|character| {
+                character.is_ascii_lowercase() || character.is_ascii_digit() || "-.".contains(character)
+            })
+    };
+    let port_is_valid = port.is_none_or(|port| {
+        port.parse::<u16>().is_ok_and(|port| port > 0 && port != default_port) && !port.starts_with('0')
+    });
+    host_is_valid && port_is_valid
 }
 
 /// The layer that lets `origins` call with gRPC-Web; none when none is listed.
@@ -38,6 +63,8 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
                 HeaderName::from_static("x-grpc-web"),
                 HeaderName::from_static("x-user-agent"),
                 HeaderName::from_static("grpc-timeout"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
             ])
             .expose_headers([
                 HeaderName::from_static("grpc-status"),

@@ -138,8 +138,9 @@ impl LimitSettings {
         for origin in &self.browser_origins {
             if !crate::cors::is_origin(origin) {
                 return Err(format!(
-                    "limits.browser_origins: {origin:?} is not an origin such as https://app.example.com \
-                     (a scheme, a host, perhaps a port; no path, no wildcard)"
+                    "limits.browser_origins: {origin:?} is not an origin as a browser sends it, such as \
+                     https://app.example.com (a scheme, a host in lower case, a port only when not the \
+                     scheme's own; no path, no wildcard)"
                 ));
             }
         }

@@ -63,10 +63,15 @@ pub(super) struct ModeForm {
 
 /// The overdraft a billing mode asks of the wallet.
 fn overdraft_of(form: &ModeForm) -> Result<(wallet::OverdraftPolicy, String), ConsoleError> {
+    let limit = form.credit_limit.trim();
     match form.mode.as_str() {
+        "monthly" => Ok((wallet::OverdraftPolicy::CreditLimit, limit.to_owned())),
+        "wallet" | "unlimited" if !limit.is_empty() => {
+            Err(ConsoleError::invalid("credit_limit", "is only for a monthly invoice up to a credit limit"))
+        }
         "wallet" => Ok((wallet::OverdraftPolicy::None, String::new())),
-        "monthly" => Ok((wallet::OverdraftPolicy::CreditLimit, form.credit_limit.trim().to_owned())),
-        other => Err(ConsoleError::invalid("mode", format!("{other:?} is not wallet or monthly"))),
+        "unlimited" => Ok((wallet::OverdraftPolicy::Unlimited, String::new())),
+        other => Err(ConsoleError::invalid("mode", format!("{other:?} is not wallet, monthly or unlimited"))),
     }
 }
 
@@ -131,9 +136,13 @@ fn refill_settings(account_id: &str, form: &RefillForm) -> Result<orchestrator::
     let percent = form.low_balance_warning_percent.trim();
     let low_balance_warning_percent = match percent {
         "" => 0,
-        percent => percent.parse().map_err(|_| {
-            ConsoleError::invalid("low_balance_warning_percent", format!("{percent:?} is not a whole percentage"))
-        })?,
+        percent => match percent.parse::<u32>() {
+            Ok(percent @ 1..=100) => percent,
+            _ => {
+                let why = format!("{percent:?} is not a whole percentage from 1 to 100");
+                return Err(ConsoleError::invalid("low_balance_warning_percent", why));
+            }
+        },
     };
     Ok(orchestrator::AutoReplenish {
         account_id: account_id.to_owned(),

@@ -49,17 +49,19 @@ async fn reports_page(
     notice: Option<&str>,
 ) -> Response {
     let upstream = &console.upstream;
-    match tokio::try_join!(
-        upstream.report_schedule(&session.key),
-        upstream.report_runs(&session.key),
-        upstream.alert_recipients(&session.key),
-        upstream.alert_mails(&session.key),
-    ) {
-        Ok((schedule, runs, alert_recipients, alert_mails)) => {
-            let billing_mail = views::reports::BillingMail { schedule, runs, alert_recipients, alert_mails };
+    let reports =
+        async { tokio::try_join!(upstream.report_schedule(&session.key), upstream.report_runs(&session.key)) };
+    let alerts =
+        async { tokio::try_join!(upstream.alert_recipients(&session.key), upstream.alert_mails(&session.key)) };
+    // The alerts are shown when invoicing answers for them; the reports
+    // do not depend on them.
+    match tokio::join!(reports, alerts) {
+        (Ok((schedule, runs)), alerts) => {
+            let alerts = alerts.map_err(|error| error.to_string());
+            let billing_mail = views::reports::BillingMail { schedule, runs, alerts };
             (status, views::reports::reports(session, &billing_mail, error, notice)).into_response()
         }
-        Err(error) => refused(Some(session), &error),
+        (Err(error), _) => refused(Some(session), &error),
     }
 }
 

@@ -31,9 +31,6 @@ impl BillingMode {
     }
 }
 
-/// The metadata key an account's own billing contact is kept under.
-pub const CONTACT_METADATA_KEY: &str = "billing_contact";
-
 #[cfg(test)]
 mod tests {
     use super::*;

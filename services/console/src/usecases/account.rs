@@ -8,7 +8,6 @@ use rust_decimal::Decimal;
 
 use crate::clients::Upstream;
 use crate::domain::BillingMode;
-use crate::domain::billing::CONTACT_METADATA_KEY;
 use crate::domain::usage::{Day, by_day, month_of};
 use crate::error::ConsoleError;
 
@@ -28,8 +27,8 @@ pub struct AccountView {
     pub auto_replenish: Result<Option<AutoReplenish>, String>,
     /// Every refill, newest first, with the balance after it.
     pub refills: Vec<Refill>,
-    /// Who gets the account's bills: its own contact (kept in its metadata)
-    /// or the tenant's billing contact; none when neither is known (or
+    /// Who gets the account's bills, reports and alerts: the tenant's
+    /// billing contact (its report schedule's); none when there is none (or
     /// invoicing did not answer).
     pub billing_contact: Option<String>,
 }
@@ -128,11 +127,8 @@ pub async fn account_view(
     );
     let mut refills = refills(&history)?;
     refills.truncate(REFILLS_SHOWN);
-    let billing_contact = account
-        .metadata
-        .get(CONTACT_METADATA_KEY)
-        .cloned()
-        .or_else(|| schedule.ok().flatten().map(|schedule| schedule.billing_contact));
+    let billing_contact =
+        schedule.ok().flatten().map(|schedule| schedule.billing_contact).filter(|contact| !contact.is_empty());
     Ok(AccountView {
         account,
         balance,

@@ -8,7 +8,6 @@ use rust_decimal::Decimal;
 use super::{csrf_field, message, names, page};
 use reservoir_proto::wallet::OverdraftPolicy;
 
-use crate::domain::BillingMode;
 use crate::domain::usage::{MARKS, percent_of};
 use crate::store::Session;
 use crate::usecases::account::AccountView;
@@ -51,7 +50,7 @@ pub fn account(session: &Session, view: &AccountView, notes: &Notes<'_>) -> Mark
             }
             p #billing-mode {
                 "Billing: " strong { (view.billing_mode().label()) }
-                @if let Some(contact) = &view.billing_contact { " · contact " (contact) }
+                @if let Some(contact) = &view.billing_contact { " · billing contact " (contact) " (the tenant's)" }
             }
             section aria-labelledby="balance" {
                 h2 #balance { "Balance" }
@@ -252,24 +251,21 @@ fn forms(session: &Session, notes: &Notes<'_>, base: &str) -> Markup {
     }
 }
 
-/// Monthly invoicing is an overdraft up to a credit limit, settled by each
-/// month's statement; a wallet (prepaid) has none.
+/// Monthly invoicing is an overdraft (up to a credit limit, or without
+/// one), settled by each month's statement; a wallet (prepaid) has none.
 fn mode_form(session: &Session, view: &AccountView, notes: &Notes<'_>, base: &str) -> Markup {
-    let monthly = view.billing_mode() == BillingMode::MonthlyInvoice;
-    let limit = if view.account.overdraft_policy() == OverdraftPolicy::CreditLimit {
-        view.account.credit_limit.as_str()
-    } else {
-        ""
-    };
+    let policy = view.account.overdraft_policy();
+    let limit = if policy == OverdraftPolicy::CreditLimit { view.account.credit_limit.as_str() } else { "" };
     html! {
         form method="post" action={ (base) "/billing-mode" } {
             fieldset {
                 legend { "Billing mode" }
                 (csrf_field(session))
                 input type="hidden" name="idempotency_key" value=(notes.form_key);
-                label { input type="radio" name="mode" value="wallet" checked[!monthly]; " Wallet: prepaid credits, topped up by hand or automatically" }
-                label { input type="radio" name="mode" value="monthly" checked[monthly]; " Monthly invoice: usage on credit, billed each month" }
-                label for="credit-limit" { "Credit limit (monthly invoice)" }
+                label { input type="radio" name="mode" value="wallet" checked[policy == OverdraftPolicy::None || policy == OverdraftPolicy::Unspecified]; " Wallet: prepaid credits, topped up by hand or automatically" }
+                label { input type="radio" name="mode" value="monthly" checked[policy == OverdraftPolicy::CreditLimit]; " Monthly invoice: usage on credit up to the limit below, billed each month" }
+                label { input type="radio" name="mode" value="unlimited" checked[policy == OverdraftPolicy::Unlimited]; " Monthly invoice without a credit limit" }
+                label for="credit-limit" { "Credit limit (a monthly invoice up to a limit only)" }
                 input #credit-limit name="credit_limit" inputmode="decimal" value=(limit);
                 p { button type="submit" { "Save the billing mode" } }
             }

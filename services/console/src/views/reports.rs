@@ -11,8 +11,9 @@ use crate::store::Session;
 pub struct BillingMail {
     pub schedule: Option<invoicing::ReportSchedule>,
     pub runs: Vec<invoicing::ReportRun>,
-    pub alert_recipients: Vec<String>,
-    pub alert_mails: Vec<invoicing::AlertMail>,
+    /// Who gets the alerts and the mails made; why not, when invoicing did
+    /// not answer for them.
+    pub alerts: Result<(Vec<String>, Vec<invoicing::AlertMail>), String>,
 }
 
 pub fn reports(session: &Session, mail: &BillingMail, error: Option<&str>, notice: Option<&str>) -> Markup {
@@ -75,35 +76,40 @@ pub fn reports(session: &Session, mail: &BillingMail, error: Option<&str>, notic
             p {
                 "An account's balance low, at its warning level or used up, a spending cap's 50, 80 and 100% marks, and each top-up paid: one e-mail each, to the billing contact and these recipients."
             }
-            @if mail.alert_recipients.is_empty() {
-                p #alert-recipients { "Nobody gets alerts by e-mail." }
-            } @else {
-                p #alert-recipients { "Alerts go to " (mail.alert_recipients.join(", ")) "." }
-            }
-            @if session.role.may_configure() {
-                form method="post" action="/reports/alerts" {
-                    fieldset {
-                        legend { "Alert recipients" }
-                        (csrf_field(session))
-                        label for="alert-addresses" { "One address per line (up to 20); none stops the alerts" }
-                        textarea #alert-addresses name="recipients" rows="4" cols="40" { (mail.alert_recipients.join("\n")) }
-                        p { button type="submit" { "Save the recipients" } }
+            @match &mail.alerts {
+                Err(why) => { p.error role="status" { "The billing alerts cannot be shown now: " (why) } }
+                Ok((recipients, mails)) => {
+                    @if recipients.is_empty() {
+                        p #alert-recipients { "Nobody gets alerts by e-mail." }
+                    } @else {
+                        p #alert-recipients { "Alerts go to " (recipients.join(", ")) "." }
                     }
-                }
-            }
-            h3 { "Alerts sent" }
-            @if mail.alert_mails.is_empty() { p { "None yet." } } @else {
-                table #alert-mails {
-                    thead { tr { th { "Happened" } th { "Alert" } th { "Account" } th { "Status" } th { "Attempts" } th { "Last error" } } }
-                    tbody {
-                        @for alert in &mail.alert_mails {
-                            tr {
-                                td { (names::instant(alert.occurred_at.as_ref())) }
-                                td { (names::alert_kind(alert.kind())) }
-                                td { a href={ "/accounts/" (alert.account_id) } { code { (alert.account_id) } } }
-                                td { @if alert.status() == invoicing::AlertMailStatus::Failed { strong { "failed" } } @else { (names::mail_status(alert.status())) } }
-                                td { (alert.attempts) }
-                                td { (alert.last_error) }
+                    @if session.role.may_configure() {
+                        form method="post" action="/reports/alerts" {
+                            fieldset {
+                                legend { "Alert recipients" }
+                                (csrf_field(session))
+                                label for="alert-addresses" { "One address per line (up to 20); none stops the alerts" }
+                                textarea #alert-addresses name="recipients" rows="4" cols="40" { (recipients.join("\n")) }
+                                p { button type="submit" { "Save the recipients" } }
+                            }
+                        }
+                    }
+                    h3 { "Alerts sent" }
+                    @if mails.is_empty() { p { "None yet." } } @else {
+                        table #alert-mails {
+                            thead { tr { th { "Happened" } th { "Alert" } th { "Account" } th { "Status" } th { "Attempts" } th { "Last error" } } }
+                            tbody {
+                                @for alert in mails {
+                                    tr {
+                                        td { (names::instant(alert.occurred_at.as_ref())) }
+                                        td { (names::alert_kind(alert.kind())) }
+                                        td { a href={ "/accounts/" (alert.account_id) } { code { (alert.account_id) } } }
+                                        td { @if alert.status() == invoicing::AlertMailStatus::Failed { strong { "failed" } } @else { (names::mail_status(alert.status())) } }
+                                        td { (alert.attempts) }
+                                        td { (alert.last_error) }
+                                    }
+                                }
                             }
                         }
                     }

@@ -73,7 +73,9 @@ impl InvoicingApi {
                 recipients.push(recipient);
             }
         }
-        let saved = self.store.save_alert_settings(tenant, &recipients, self.now()).await?;
+        // The system clock, as the wallet's events carry theirs (not the
+        // billing clock, which tests move).
+        let saved = self.store.save_alert_settings(tenant, &recipients, reservoir_common::time::now()).await?;
         Ok(Response::new(pb::UpdateBillingAlertsResponse {
             alerts: Some(pb::BillingAlerts { recipients: saved.recipients }),
         }))

@@ -64,6 +64,9 @@ fn wallet_event(event: pb::Event) -> WalletEvent {
             occurred_at: event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp)?,
         })
     });
+    if kind.is_some() && alert.is_none() {
+        tracing::warn!(sequence = event.sequence, "a wallet alert event without an account or a time; not mailed");
+    }
     WalletEvent { sequence: event.sequence, alert }
 }
 

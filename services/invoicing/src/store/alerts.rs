@@ -70,7 +70,7 @@ fn mail_from(row: alert_mail::Model) -> Result<AlertMail, InvoicingError> {
         body: row.body,
         recipients: lines(&row.recipients),
         status: RunStatus::parse(&row.status).ok_or_else(|| corrupt("alert mail status"))?,
-        attempts: u32::try_from(row.attempts).unwrap_or(0),
+        attempts: u32::try_from(row.attempts).map_err(|_| corrupt("alert mail attempts"))?,
         next_attempt_at: row.next_attempt_at,
         last_error: row.last_error,
         occurred_at: row.occurred_at,
@@ -78,8 +78,9 @@ fn mail_from(row: alert_mail::Model) -> Result<AlertMail, InvoicingError> {
     })
 }
 
-fn sequence_value(sequence: u64) -> i64 {
-    i64::try_from(sequence).unwrap_or(i64::MAX)
+fn sequence_value(sequence: u64) -> Result<i64, InvoicingError> {
+    i64::try_from(sequence)
+        .map_err(|_| InvoicingError::internal(format!("event sequence {sequence} does not fit a column")))
 }
 
 async fn save_cursor(
@@ -91,11 +92,18 @@ async fn save_cursor(
     alert_cursor::Entity::insert(alert_cursor::ActiveModel {
         tenant_id: Set(tenant.0),
         source: Set(source.name().to_owned()),
-        after_sequence: Set(sequence_value(after)),
+        after_sequence: Set(sequence_value(after)?),
     })
     .on_conflict(
+        // Never back: a replica that read less than another leaves the cursor where it is.
         OnConflict::columns([alert_cursor::Column::TenantId, alert_cursor::Column::Source])
-            .update_column(alert_cursor::Column::AfterSequence)
+            .value(
+                alert_cursor::Column::AfterSequence,
+                Expr::cust(
+                    "CASE WHEN excluded.after_sequence > alert_cursors.after_sequence \
+                     THEN excluded.after_sequence ELSE alert_cursors.after_sequence END",
+                ),
+            )
             .to_owned(),
     )
     .exec_without_returning(connection)
@@ -151,7 +159,7 @@ impl Store {
     /// How far a tenant's events from `source` have been read for alerts.
     pub async fn alert_cursor(&self, tenant: TenantId, source: AlertSource) -> Result<u64, InvoicingError> {
         let row = alert_cursor::Entity::find_by_id((tenant.0, source.name().to_owned())).one(&self.db).await?;
-        Ok(row.map_or(0, |row| u64::try_from(row.after_sequence).unwrap_or(0)))
+        row.map_or(Ok(0), |row| u64::try_from(row.after_sequence).map_err(|_| corrupt("alert cursor")))
     }
 
     pub async fn save_alert_cursor(
@@ -180,7 +188,7 @@ impl Store {
             id: Set(Uuid::now_v7()),
             tenant_id: Set(tenant.0),
             source: Set(source.name().to_owned()),
-            sequence: Set(sequence_value(sequence)),
+            sequence: Set(sequence_value(sequence)?),
             kind: Set(alert.kind.name().to_owned()),
             account_id: Set(alert.account_id.0),
             subject: Set(subject),

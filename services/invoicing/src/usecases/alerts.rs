@@ -1,19 +1,19 @@
-//! Billing alerts by email. For each tenant with recipients, this replica
-//! follows the wallet's events (balances, spending caps) and reads
-//! invoicing's own (top-ups paid); each event alerted on becomes one stored
-//! mail, in the transaction that moves that source's cursor past it, so an
-//! event read twice (after a restart, or by two replicas) is mailed once.
-//! Mails are then sent and retried as scheduled reports are.
+//! Billing alerts by email. Each worker pass reads, for every tenant with
+//! recipients, the wallet's events since the tenant's cursor (balances,
+//! spending caps: a stream opened for the pass and closed once it goes
+//! quiet) and invoicing's own (top-ups paid); each event alerted on becomes
+//! one stored mail, in the transaction that moves that source's cursor past
+//! it, so an event read twice (after a restart, or by two replicas) is
+//! stored once. Stored mails are then sent, at least once, and retried as
+//! scheduled reports are. No stream stays open between passes: a replica
+//! holds at most a few at a time, whatever the number of tenants.
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration as StdDuration, Instant};
+use std::time::Duration as StdDuration;
 
 use chrono::{DateTime, Duration, Utc};
 use futures::StreamExt;
 use reservoir_common::auth::TenantId;
 use rust_decimal::Decimal;
-use tokio::sync::watch;
 
 use crate::clients::Upstream;
 use crate::clients::mail::Mailer;
@@ -24,12 +24,15 @@ use crate::usecases::billing::Clock;
 
 /// How long a replica holds a mail it is sending.
 const SEND_LEASE_MINUTES: i64 = 5;
-/// How long a broken event stream waits before connecting again.
-const RECONNECT: StdDuration = StdDuration::from_secs(1);
-/// How often the cursor is saved while only events without alerts pass.
-const CURSOR_SAVE_INTERVAL: StdDuration = StdDuration::from_secs(1);
+/// A pass stops reading a tenant's wallet events once none came for this long.
+const QUIET: StdDuration = StdDuration::from_millis(100);
+/// How long one pass reads a tenant's wallet events at most (a busy tenant's
+/// stream never goes quiet); the next pass goes on from there.
+const WALLET_READ_MAX: StdDuration = StdDuration::from_secs(2);
 /// Invoicing events one pass reads at most for each tenant.
-const EVENT_BATCH: u64 = 500;
+const INVOICING_EVENTS_PER_PASS: u64 = 500;
+/// Tenants whose events a pass reads at once.
+const TENANTS_AT_ONCE: usize = 8;
 
 #[derive(Clone)]
 pub struct Alerts {
@@ -37,13 +40,11 @@ pub struct Alerts {
     upstream: Upstream,
     mailer: Mailer,
     clock: Clock,
-    /// The tenants whose wallet events this replica follows.
-    following: Arc<Mutex<HashSet<TenantId>>>,
 }
 
 impl Alerts {
     pub fn new(store: Store, upstream: Upstream, mailer: Mailer, clock: Clock) -> Self {
-        Self { store, upstream, mailer, clock, following: Arc::default() }
+        Self { store, upstream, mailer, clock }
     }
 
     fn now(&self) -> DateTime<Utc> {
@@ -55,14 +56,25 @@ impl Alerts {
         Self { clock, ..self.clone() }
     }
 
-    /// Follows the wallet's events of every tenant with recipients (once per
-    /// replica), turns its top-ups paid into mails, and sends the mails due.
-    pub async fn pass(&self, stopping: &watch::Receiver<bool>) -> Result<(), InvoicingError> {
-        for tenant in self.store.tenants_with_alerts().await? {
-            self.follow(tenant, stopping.clone());
-            self.read_invoicing_events(tenant).await?;
+    /// Reads the events of every tenant with recipients, storing a mail for
+    /// each alert, then sends the mails due. A tenant whose events cannot be
+    /// read now (the wallet is down) is read again next pass.
+    pub async fn pass(&self) -> Result<(), InvoicingError> {
+        let tenants = self.store.tenants_with_alerts().await?;
+        let mut reads = futures::stream::iter(tenants)
+            .map(|tenant| async move { (tenant, self.read_events(tenant).await) })
+            .buffer_unordered(TENANTS_AT_ONCE);
+        while let Some((tenant, read)) = reads.next().await {
+            if let Err(error) = read {
+                tracing::warn!(%error, %tenant, "a tenant's events for billing alerts were not read; next pass");
+            }
         }
         self.send_due().await
+    }
+
+    async fn read_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
+        self.read_invoicing_events(tenant).await?;
+        self.read_wallet_events(tenant).await
     }
 
     /// Who gets an alert of `tenant` that happened at `at`: nobody when it
@@ -99,7 +111,7 @@ impl Alerts {
     /// Invoicing's own events: a top-up invoice paid is an alert.
     async fn read_invoicing_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
         let after = self.store.alert_cursor(tenant, AlertSource::Invoicing).await?;
-        let events = self.store.events_after(tenant, after, EVENT_BATCH).await?;
+        let events = self.store.events_after(tenant, after, INVOICING_EVENTS_PER_PASS).await?;
         let Some(last) = events.last().map(|event| event.sequence) else {
             return Ok(());
         };
@@ -123,63 +135,33 @@ impl Alerts {
         self.store.save_alert_cursor(tenant, AlertSource::Invoicing, last).await
     }
 
-    /// Starts following a tenant's wallet events, unless this replica does.
-    fn follow(&self, tenant: TenantId, stopping: watch::Receiver<bool>) {
-        let fresh = self.following.lock().is_ok_and(|mut following| following.insert(tenant));
-        if !fresh {
-            return;
-        }
-        let alerts = self.clone();
-        tokio::spawn(async move {
-            let mut stopping = stopping;
-            while !*stopping.borrow() {
-                if let Err(error) = alerts.follow_wallet(tenant, &mut stopping).await {
-                    tracing::warn!(%error, %tenant, "the wallet's event stream broke; connecting again");
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(RECONNECT) => {}
-                    _ = stopping.changed() => {}
-                }
-            }
-        });
-    }
-
-    async fn follow_wallet(
-        &self,
-        tenant: TenantId,
-        stopping: &mut watch::Receiver<bool>,
-    ) -> Result<(), InvoicingError> {
+    /// The wallet's events since the cursor, until none comes for a moment:
+    /// balances and spending caps are alerts. The cursor moves past the
+    /// others at the end.
+    async fn read_wallet_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
         let after = self.store.alert_cursor(tenant, AlertSource::Wallet).await?;
         let mut events = self.upstream.wallet_events(tenant, after).await?;
-        // Events without alerts move the cursor now and then, not each time.
         let mut unsaved = None;
-        let mut saved_at = Instant::now();
-        let result = loop {
-            let next = tokio::select! {
-                next = events.next() => next,
-                _ = stopping.changed() => break Ok(()),
-            };
-            let Some(event) = next else { break Ok(()) };
-            let event = match event {
-                Ok(event) => event,
-                Err(error) => break Err(error),
+        let mut result = Ok(());
+        let until = tokio::time::Instant::now() + WALLET_READ_MAX;
+        while tokio::time::Instant::now() < until {
+            let event = match tokio::time::timeout(QUIET, events.next()).await {
+                Ok(Some(Ok(event))) => event,
+                Ok(Some(Err(error))) => {
+                    result = Err(error);
+                    break;
+                }
+                // The stream ended, or nothing more came: read the rest next pass.
+                Ok(None) | Err(_) => break,
             };
             match &event.alert {
                 Some(alert) => {
                     self.alert(tenant, AlertSource::Wallet, event.sequence, alert).await?;
                     unsaved = None;
-                    saved_at = Instant::now();
                 }
                 None => unsaved = Some(event.sequence),
             }
-            if let Some(sequence) = unsaved
-                && saved_at.elapsed() >= CURSOR_SAVE_INTERVAL
-            {
-                self.store.save_alert_cursor(tenant, AlertSource::Wallet, sequence).await?;
-                unsaved = None;
-                saved_at = Instant::now();
-            }
-        };
+        }
         if let Some(sequence) = unsaved {
             self.store.save_alert_cursor(tenant, AlertSource::Wallet, sequence).await?;
         }
@@ -201,8 +183,19 @@ impl Alerts {
 
     async fn send(&self, mail: &AlertMail) -> Result<(), InvoicingError> {
         let attempt = mail.attempts + 1;
-        let finished = match self.mailer.send(&mail.recipients, &mail.subject, &mail.body, Vec::new()).await {
+        // Recipients taken away since the mail was made: it goes to nobody.
+        let turned_off =
+            self.store.alert_settings(mail.tenant_id).await?.is_none_or(|settings| settings.recipients.is_empty());
+        let sent = if turned_off {
+            Err("the tenant's alerts were turned off before it was sent".to_owned())
+        } else {
+            self.mailer.send(&mail.recipients, &mail.subject, &mail.body, Vec::new()).await
+        };
+        let finished = match sent {
             Ok(()) => self.store.finish_alert_mail(mail, RunStatus::Sent, "", self.now()).await?,
+            Err(error) if turned_off => {
+                self.store.finish_alert_mail(mail, RunStatus::Failed, &error, self.now()).await?
+            }
             Err(error) => {
                 tracing::warn!(%error, mail = %mail.id, "a billing alert was not sent");
                 let status = if attempt >= SEND_ATTEMPTS_MAX { RunStatus::Failed } else { RunStatus::Pending };

@@ -208,6 +208,33 @@ async fn a_restart_neither_loses_nor_repeats_an_alert(mut suite: Suite) -> Suite
     suite
 }
 
+/// Recipients taken away before a refused mail is tried again: it goes to
+/// nobody and ends FAILED, saying why.
+async fn turning_alerts_off_stops_the_mails_not_yet_sent(suite: Suite) -> Suite {
+    set_alert_recipients(&suite, &["ops@customer.test"]).await;
+    suite.smtp.refusing.store(true, Ordering::SeqCst);
+    let account = open_account(&suite, usd(), wallet_pb::OverdraftPolicy::None, "").await;
+    grant(&suite, &account, "100", wallet_pb::GrantKind::Paid).await;
+    set_levels(&suite, &account, "50", "", "").await;
+    debit(&suite, &account, "60").await;
+    eventually("a refused attempt", || async {
+        alert_mails(&suite).await.first().is_some_and(|mail| mail.attempts >= 1)
+    })
+    .await;
+
+    set_alert_recipients(&suite, &[]).await;
+    suite.smtp.refusing.store(false, Ordering::SeqCst);
+    suite.set_time(chrono::Utc::now() + chrono::Duration::minutes(2));
+    eventually("the mail given up", || async {
+        alert_mails(&suite).await.first().is_some_and(|mail| mail.status == i32::from(pb::AlertMailStatus::Failed))
+    })
+    .await;
+    let mail = alert_mails(&suite).await.remove(0);
+    assert!(mail.last_error.contains("turned off"), "{mail:?}");
+    assert!(suite.smtp.mails().is_empty(), "nobody was mailed");
+    suite
+}
+
 async fn alert_recipients_are_checked_by_field(suite: Suite) -> Suite {
     let mut invoicing = suite.invoicing.clone();
     let bad =
@@ -227,5 +254,6 @@ crate::on_both_backends!(
     each_crossing_is_mailed_once_to_the_contact_and_the_recipients,
     a_paid_top_up_is_mailed_and_a_refused_mail_is_tried_again,
     a_restart_neither_loses_nor_repeats_an_alert,
+    turning_alerts_off_stops_the_mails_not_yet_sent,
     alert_recipients_are_checked_by_field,
 );
