@@ -153,22 +153,23 @@ impl App for Application {
     async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), AppError> {
         let (stop, stopping) = watch::channel(false);
         let worker = tokio::spawn(work(self.api.clone(), self.worker_interval, stopping.clone()));
+        let alerts = tokio::spawn(alert(self.api.clone(), self.worker_interval, stopping.clone()));
         let served = Served {
             name: "invoicing",
             service_names: &[SERVICE_NAME],
             authenticator: self.authenticator,
             database: self.store.database().clone(),
             routes: tonic::service::Routes::new(InvoicingServiceServer::new(self.api.with_stopping(stopping))),
-            tasks: vec![(worker, "worker")],
+            tasks: vec![(worker, "worker"), (alerts, "alerts")],
         };
         self.listeners.run(served, stop, shutdown).await
     }
 }
 
 /// Finishes what calls left to the wallet, runs the monthly cycles, and makes
-/// and sends scheduled reports and billing alerts. Every
-/// replica may run it: each wallet change carries an idempotency key of its
-/// own, and a statement's key makes a second one for the same month a no-op.
+/// and sends scheduled reports. Every replica may run it: each wallet change
+/// carries an idempotency key of its own, and a statement's key makes a
+/// second one for the same month a no-op.
 async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
     reservoir_common::serve::every(interval, stopping, || async {
         let now = api.now();
@@ -184,6 +185,14 @@ async fn work(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<b
         if let Err(error) = api.reports().send_due_reports(now).await {
             tracing::warn!(%error, "scheduled reports failed; retried next pass");
         }
+    })
+    .await;
+}
+
+/// Finds and sends billing alerts, in a loop of its own: reading many
+/// tenants' events takes a while, and must not hold up the billing cycle.
+async fn alert(api: InvoicingApi, interval: Duration, stopping: watch::Receiver<bool>) {
+    reservoir_common::serve::every(interval, stopping, || async {
         if let Err(error) = api.alerts().pass().await {
             tracing::warn!(%error, "billing alerts failed; retried next pass");
         }
