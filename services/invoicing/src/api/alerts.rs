@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::InvoicingApi;
 use super::reports::check_recipients;
-use crate::domain::AlertKind;
+use crate::domain::{AlertKind, recipients};
 use crate::error::InvoicingError;
 use crate::store::{AlertMail, RunStatus};
 
@@ -67,12 +67,7 @@ impl InvoicingApi {
         check_recipients(&mut violations, "alerts.recipients", &wanted.recipients);
         violations.finish()?;
         // Each address once, in the order given.
-        let mut recipients: Vec<String> = Vec::new();
-        for recipient in wanted.recipients {
-            if !recipients.contains(&recipient) {
-                recipients.push(recipient);
-            }
-        }
+        let recipients = recipients(&wanted.recipients, None);
         // The system clock, as the wallet's events carry theirs (not the
         // billing clock, which tests move).
         let saved = self.store.save_alert_settings(tenant, &recipients, reservoir_common::time::now()).await?;

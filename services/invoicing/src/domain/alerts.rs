@@ -1,5 +1,5 @@
 //! Billing alerts by email: which events are alerted on, what each mail
-//! says, to whom it goes, and when a mail that failed is tried again (as a
+//! says, to whom it (and a report) goes, and when a mail that failed is tried again (as a
 //! scheduled report is).
 
 use chrono::{DateTime, Duration, Utc};
@@ -111,9 +111,9 @@ impl Alert {
     }
 }
 
-/// Who an alert goes to: the billing contact (when a report schedule names
-/// one) first, then the alert recipients, each once.
-pub fn alert_recipients(recipients: &[String], billing_contact: Option<&str>) -> Vec<String> {
+/// Who a report or an alert goes to: the billing contact (when there is
+/// one) first, then the other recipients, each address once, in order.
+pub fn recipients(recipients: &[String], billing_contact: Option<&str>) -> Vec<String> {
     let mut all: Vec<String> = billing_contact.into_iter().map(str::to_owned).collect();
     for recipient in recipients {
         if !all.contains(recipient) {
@@ -139,12 +139,9 @@ mod tests {
 
     #[test]
     fn the_billing_contact_comes_first_and_nobody_twice() {
-        let recipients = vec!["ops@example.com".to_owned(), "billing@example.com".to_owned()];
-        assert_eq!(
-            alert_recipients(&recipients, Some("billing@example.com")),
-            vec!["billing@example.com", "ops@example.com"]
-        );
-        assert_eq!(alert_recipients(&recipients, None), recipients);
+        let addresses = vec!["ops@example.com".to_owned(), "billing@example.com".to_owned()];
+        assert_eq!(recipients(&addresses, Some("billing@example.com")), vec!["billing@example.com", "ops@example.com"]);
+        assert_eq!(recipients(&addresses, None), addresses);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use rust_decimal::{Decimal, RoundingStrategy};
 mod alerts;
 mod reports;
 
-pub use alerts::{Alert, AlertKind, RECIPIENTS_MAX, SEND_ATTEMPTS_MAX, alert_recipients, retry_at};
+pub use alerts::{Alert, AlertKind, RECIPIENTS_MAX, SEND_ATTEMPTS_MAX, recipients, retry_at};
 pub use reports::Frequency;
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, Query
 
 use super::entities::event;
 use super::{InvoiceRow, Store};
-use crate::domain::InvoiceStatus;
+use crate::domain::{InvoiceKind, InvoiceStatus};
 use crate::error::InvoicingError;
 
 /// An event as stored.
@@ -25,6 +25,13 @@ pub struct InvoiceEvent {
     pub total: String,
     pub currency: String,
     pub occurred_at: DateTime<Utc>,
+}
+
+impl InvoiceEvent {
+    /// Whether it tells of a top-up's invoice paid: its credits are in the wallet.
+    pub fn is_top_up_paid(&self) -> bool {
+        self.event_type == event_type_of(InvoiceStatus::Paid) && self.kind == InvoiceKind::TopUp.name()
+    }
 }
 
 /// The event an invoice reaching `status` is announced with.

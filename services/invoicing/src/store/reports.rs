@@ -28,13 +28,7 @@ pub struct ReportSchedule {
 impl ReportSchedule {
     /// The billing contact first, then the others, each once.
     pub fn all_recipients(&self) -> Vec<String> {
-        let mut all = vec![self.billing_contact.clone()];
-        for recipient in &self.recipients {
-            if !all.contains(recipient) {
-                all.push(recipient.clone());
-            }
-        }
-        all
+        crate::domain::recipients(&self.recipients, Some(&self.billing_contact))
     }
 }
 

@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 
 use crate::clients::Upstream;
 use crate::clients::mail::Mailer;
-use crate::domain::{Alert, AlertKind, SEND_ATTEMPTS_MAX, alert_recipients, currency_scale, format_money, retry_at};
+use crate::domain::{Alert, AlertKind, SEND_ATTEMPTS_MAX, currency_scale, format_money, recipients, retry_at};
 use crate::error::InvoicingError;
 use crate::store::{AlertMail, AlertSource, RunStatus, Store};
 use crate::usecases::billing::Clock;
@@ -33,6 +33,14 @@ const WALLET_READ_MAX: StdDuration = StdDuration::from_secs(2);
 const INVOICING_EVENTS_PER_PASS: u64 = 500;
 /// Tenants whose events a pass reads at once.
 const TENANTS_AT_ONCE: usize = 8;
+
+/// Who gets a tenant's alerts in this pass: the billing contact and the
+/// recipients, for what happened since the recipients were first set.
+struct Audience {
+    tenant: TenantId,
+    recipients: Vec<String>,
+    since: DateTime<Utc>,
+}
 
 #[derive(Clone)]
 pub struct Alerts {
@@ -72,51 +80,51 @@ impl Alerts {
         self.send_due().await
     }
 
+    /// A tenant's events since its cursors, with who gets its alerts read
+    /// once for the pass.
     async fn read_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
-        self.read_invoicing_events(tenant).await?;
-        self.read_wallet_events(tenant).await
-    }
-
-    /// Who gets an alert of `tenant` that happened at `at`: nobody when it
-    /// happened before the recipients were set.
-    async fn recipients(&self, tenant: TenantId, at: DateTime<Utc>) -> Result<Vec<String>, InvoicingError> {
         let Some(settings) = self.store.alert_settings(tenant).await? else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        if settings.recipients.is_empty() || at < settings.enabled_at {
-            return Ok(Vec::new());
-        }
         let contact = self.store.report_schedule(tenant).await?.map(|schedule| schedule.billing_contact);
-        Ok(alert_recipients(&settings.recipients, contact.as_deref()))
+        let audience = Audience {
+            tenant,
+            recipients: recipients(&settings.recipients, contact.as_deref()),
+            since: settings.enabled_at,
+        };
+        self.read_invoicing_events(&audience).await?;
+        self.read_wallet_events(&audience).await
     }
 
     /// Stores the mail of an alert, or only moves the cursor past it when
     /// nobody is to get it.
     async fn alert(
         &self,
-        tenant: TenantId,
+        audience: &Audience,
         source: AlertSource,
         sequence: u64,
         alert: &Alert,
     ) -> Result<(), InvoicingError> {
-        let recipients = self.recipients(tenant, alert.occurred_at).await?;
-        if recipients.is_empty() {
+        let tenant = audience.tenant;
+        // Nobody gets what happened before the recipients were set.
+        if audience.recipients.is_empty() || alert.occurred_at < audience.since {
             return self.store.save_alert_cursor(tenant, source, sequence).await;
         }
-        self.store.record_alert(tenant, source, sequence, alert, &recipients, self.now()).await?;
+        self.store.record_alert(tenant, source, sequence, alert, &audience.recipients, self.now()).await?;
         tracing::info!(%tenant, kind = alert.kind.name(), account = %alert.account_id, "billing alert stored");
         Ok(())
     }
 
     /// Invoicing's own events: a top-up invoice paid is an alert.
-    async fn read_invoicing_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
+    async fn read_invoicing_events(&self, audience: &Audience) -> Result<(), InvoicingError> {
+        let tenant = audience.tenant;
         let after = self.store.alert_cursor(tenant, AlertSource::Invoicing).await?;
         let events = self.store.events_after(tenant, after, INVOICING_EVENTS_PER_PASS).await?;
         let Some(last) = events.last().map(|event| event.sequence) else {
             return Ok(());
         };
         for event in events {
-            if event.event_type == "INVOICE_PAID" && event.kind == "TOP_UP" {
+            if event.is_top_up_paid() {
                 let alert = Alert {
                     kind: AlertKind::TopUpPaid,
                     account_id: event.account_id,
@@ -129,7 +137,7 @@ impl Alerts {
                     currency: event.currency,
                     occurred_at: event.occurred_at,
                 };
-                self.alert(tenant, AlertSource::Invoicing, event.sequence, &alert).await?;
+                self.alert(audience, AlertSource::Invoicing, event.sequence, &alert).await?;
             }
         }
         self.store.save_alert_cursor(tenant, AlertSource::Invoicing, last).await
@@ -138,7 +146,8 @@ impl Alerts {
     /// The wallet's events since the cursor, until none comes for a moment:
     /// balances and spending caps are alerts. The cursor moves past the
     /// others at the end.
-    async fn read_wallet_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
+    async fn read_wallet_events(&self, audience: &Audience) -> Result<(), InvoicingError> {
+        let tenant = audience.tenant;
         let after = self.store.alert_cursor(tenant, AlertSource::Wallet).await?;
         let mut events = self.upstream.wallet_events(tenant, after).await?;
         let mut unsaved = None;
@@ -156,7 +165,7 @@ impl Alerts {
             };
             match &event.alert {
                 Some(alert) => {
-                    self.alert(tenant, AlertSource::Wallet, event.sequence, alert).await?;
+                    self.alert(audience, AlertSource::Wallet, event.sequence, alert).await?;
                     unsaved = None;
                 }
                 None => unsaved = Some(event.sequence),

@@ -144,6 +144,24 @@ async fn each_crossing_is_mailed_once_to_the_contact_and_the_recipients(suite: S
     suite
 }
 
+/// A balance used up to nothing is an alert of its own, mailed once.
+async fn a_balance_used_up_is_mailed_once(suite: Suite) -> Suite {
+    set_alert_recipients(&suite, &["ops@customer.test"]).await;
+    let account = open_account(&suite, usd(), wallet_pb::OverdraftPolicy::None, "").await;
+    grant(&suite, &account, "10", wallet_pb::GrantKind::Paid).await;
+    debit(&suite, &account, "10").await;
+    eventually("the depleted balance", || async { !suite.smtp.mails().is_empty() }).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let mails = suite.smtp.mails();
+    assert_eq!(mails.len(), 1, "once");
+    assert_eq!(subject_of(&mails[0]), format!("Balance depleted on account {}", account.id));
+    assert!(text_of(&mails[0]).contains("reached 0.00"), "{}", mails[0].data);
+    let listed = alert_mails(&suite).await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].kind, i32::from(pb::AlertKind::BalanceDepleted));
+    suite
+}
+
 async fn a_paid_top_up_is_mailed_and_a_refused_mail_is_tried_again(suite: Suite) -> Suite {
     set_alert_recipients(&suite, &["ops@customer.test"]).await;
     suite.smtp.refusing.store(true, Ordering::SeqCst);
@@ -252,6 +270,7 @@ async fn alert_recipients_are_checked_by_field(suite: Suite) -> Suite {
 
 crate::on_both_backends!(
     each_crossing_is_mailed_once_to_the_contact_and_the_recipients,
+    a_balance_used_up_is_mailed_once,
     a_paid_top_up_is_mailed_and_a_refused_mail_is_tried_again,
     a_restart_neither_loses_nor_repeats_an_alert,
     turning_alerts_off_stops_the_mails_not_yet_sent,
