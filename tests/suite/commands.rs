@@ -52,6 +52,25 @@ async fn an_account_is_opened_found_funded_and_refused_with_the_cli() {
     let said = String::from_utf8_lossy(&refused.stderr).into_owned();
     assert!(said.contains("FAILED_PRECONDITION INSUFFICIENT_FUNDS"), "{said}");
     assert_eq!(json_of(run(&["balance", &id, "--json"]).output().await.unwrap())["available"], "12.50");
+    // The ledger as shown, each entry with its hash, and its chain checked.
+    let shown = json_of(run(&["ledger", &id, "--json"]).output().await.unwrap());
+    let shown = shown.as_array().unwrap();
+    assert_eq!(shown.len(), 2);
+    let head = shown[1]["hash"].as_str().unwrap().to_owned();
+    let verified = json_of(run(&["ledger", "verify", &id, "--json"]).output().await.unwrap());
+    assert_eq!((verified["intact"].as_bool(), verified["entries_checked"].as_u64()), (Some(true), Some(2)));
+    assert_eq!(verified["head_hash"], head.as_str());
+    let told = run(&["ledger", "verify", &id]).output().await.unwrap();
+    let said = String::from_utf8_lossy(&told.stdout).into_owned();
+    assert!(told.status.success() && said.contains("intact: 2 entries") && said.contains(&head), "{said}");
+    let kept = run(&["ledger", "verify", &id, "--known-hash", &head, "--known-sequence", "2"]).output().await.unwrap();
+    assert!(kept.status.success(), "{}", String::from_utf8_lossy(&kept.stdout));
+    let other = "0".repeat(32);
+    let wrong =
+        run(&["ledger", "verify", &id, "--known-hash", &other, "--known-sequence", "1"]).output().await.unwrap();
+    assert!(!wrong.status.success(), "a kept hash that no longer matches fails the command");
+    let said = String::from_utf8_lossy(&wrong.stdout).into_owned();
+    assert!(said.contains("broken at sequence 1: KNOWN_HASH_MISMATCH"), "{said}");
     // A wrong key: told what to check.
     let wrong = run(&["balance", &id, "--api-key", "rsv_wrong"]).output().await.unwrap();
     assert!(!wrong.status.success());

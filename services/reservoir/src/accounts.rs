@@ -205,6 +205,7 @@ fn print_entries(entries: &[pb::LedgerEntry], as_json: bool) -> anyhow::Result<(
                     "grant_id": entry.grant_id, "hold_id": entry.hold_id, "balance_after": entry.balance_after,
                     "idempotency_key": entry.idempotency_key, "meter_code": entry.meter_code,
                     "description": entry.description, "created_at": entry.created_at.map(|t| t.to_string()),
+                    "hash": entry.hash,
                 })
             })
             .collect();

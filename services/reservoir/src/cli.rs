@@ -89,9 +89,13 @@ enum Command {
     Report(crate::report::ReportCommand),
     /// Ingest a CSV or NDJSON file of usage events in batches, with a progress bar.
     Ingest(IngestArgs),
-    /// Show an account's ledger, oldest first.
+    /// Show an account's ledger, oldest first (`ledger verify ACCOUNT` checks its hash chain).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Ledger {
-        account_id: String,
+        #[command(subcommand)]
+        command: Option<crate::ledger::LedgerCommand>,
+        #[arg(required = true)]
+        account_id: Option<String>,
         /// Entries to show at most.
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -189,7 +193,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Grant(args) => crate::accounts::grant(args).await,
         Command::Debit(args) => crate::accounts::debit(args).await,
         Command::Balance { account_id, client } => crate::accounts::balance(account_id, client).await,
-        Command::Ledger { account_id, limit, client } => crate::accounts::ledger(account_id, limit, client).await,
+        Command::Ledger { command: Some(command), .. } => crate::ledger::run(command).await,
+        Command::Ledger { account_id, limit, client, .. } => {
+            crate::accounts::ledger(account_id.unwrap_or_default(), limit, client).await
+        }
     }
 }
 

@@ -6,6 +6,7 @@ mod billing;
 mod cli;
 mod client;
 mod ingest;
+mod ledger;
 mod meters;
 mod output;
 mod report;

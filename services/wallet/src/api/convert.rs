@@ -187,6 +187,7 @@ pub fn entry(entry: &Entry, unit_: &Unit) -> pb::LedgerEntry {
         created_at: Some(to_timestamp(entry.created_at)),
         refunded_entry_id: optional_id(entry.refunded_entry_id),
         key_id: entry.key_id.map(|key| key.to_string()).unwrap_or_default(),
+        hash: entry.hash.map(LedgerHash::to_hex).unwrap_or_default(),
     }
 }
 

@@ -226,6 +226,7 @@ impl WalletApi {
                         id: String::new(),
                         sequence: 0,
                         idempotency_key: String::new(),
+                        hash: String::new(),
                         ..entry
                     })
                     .collect(),

@@ -258,6 +258,13 @@ impl WalletService for WalletApi {
         self.list_ledger_entries_impl(request).await
     }
 
+    async fn verify_ledger(
+        &self,
+        request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        self.verify_ledger_impl(request).await
+    }
+
     async fn get_caller(
         &self,
         request: Request<pb::GetCallerRequest>,

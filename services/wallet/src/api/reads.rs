@@ -16,6 +16,7 @@ use super::{WalletApi, convert, reports};
 use crate::domain::*;
 use crate::error::WalletError;
 use crate::store::{EntryFilter, EventRecord};
+use crate::usecases::verify::verify_ledger;
 
 /// How often an idle event stream looks for events written by other replicas;
 /// events written by this process wake it at once.
@@ -166,6 +167,61 @@ impl WalletApi {
         Ok(Response::new(pb::ListLedgerEntriesResponse {
             entries: entries.iter().map(|entry| convert::entry(entry, &account.unit)).collect(),
             next_page_token,
+        }))
+    }
+
+    pub(super) async fn verify_ledger_impl(
+        &self,
+        request: Request<pb::VerifyLedgerRequest>,
+    ) -> Result<Response<pb::VerifyLedgerResponse>, Status> {
+        let tenant = tenant_of(&request)?;
+        let request = request.into_inner();
+        let mut violations = Violations::default();
+        let account_id = violations.id("account_id", &request.account_id, AccountId);
+        let known = match (request.known_hash.as_str(), request.known_sequence) {
+            ("", 0) => None,
+            ("", _) => {
+                violations.add("known_hash", "is required with known_sequence");
+                None
+            }
+            (_, 0) => {
+                violations.add("known_sequence", "is required with known_hash (entries count from 1)");
+                None
+            }
+            (text, sequence) => match LedgerHash::from_hex(text) {
+                Some(hash) => Some(KnownHash { sequence, hash }),
+                None => {
+                    violations.add("known_hash", "is not a ledger hash: 32 hex digits");
+                    None
+                }
+            },
+        };
+        violations.finish()?;
+        let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
+        let found = verify_ledger(&self.store, tenant, account_id, known).await?;
+        let first_break = found.broken.as_ref().map(|broken| {
+            let (expected, stored) = match broken {
+                ChainBreak::Altered { expected, stored, .. } => (Some(*expected), *stored),
+                ChainBreak::Head { expected, stored, .. } | ChainBreak::Known { expected, stored, .. } => {
+                    (Some(*expected), Some(*stored))
+                }
+                ChainBreak::Missing { .. } => (None, None),
+            };
+            let hex = |hash: Option<LedgerHash>| hash.map(LedgerHash::to_hex).unwrap_or_default();
+            pb::LedgerBreak {
+                reason: broken.reason().to_owned(),
+                sequence: broken.sequence(),
+                entry_id: broken.entry().map(|id| id.to_string()).unwrap_or_default(),
+                expected_hash: hex(expected),
+                stored_hash: hex(stored),
+            }
+        });
+        Ok(Response::new(pb::VerifyLedgerResponse {
+            intact: found.broken.is_none(),
+            entries_checked: found.checked,
+            last_sequence: found.last_sequence,
+            head_hash: found.head.map(LedgerHash::to_hex).unwrap_or_default(),
+            first_break,
         }))
     }
 

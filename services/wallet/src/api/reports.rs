@@ -13,7 +13,7 @@ use tonic::Status;
 
 use crate::domain::{AccountId, Entry, EntryKind, Grant, GrantId, StatementBuilder};
 use crate::error::WalletError;
-use crate::store::{EntryFilter, Store, entry_kind_name, grant_kind_name, grant_source_name};
+use crate::store::{EntryFilter, Store, grant_kind_name, grant_source_name};
 
 /// Ledger entries read per query, and so rows per chunk at most.
 const PAGE: u64 = 1_000;
@@ -116,7 +116,7 @@ pub fn refill_history(
                 .map(|entry| {
                     let grant = entry.grant_id.and_then(|id| grants.get(&id));
                     [
-                        entry_kind_name(entry.kind).to_owned(),
+                        entry.kind.name().to_owned(),
                         date(entry.created_at),
                         unit.format(entry.amount),
                         unit.format(entry.balance_after),
@@ -180,7 +180,7 @@ pub fn statement(
                         "ENTRY".to_owned(),
                         date(entry.created_at),
                         entry.sequence.to_string(),
-                        entry_kind_name(entry.kind).to_owned(),
+                        entry.kind.name().to_owned(),
                         unit.format(entry.amount),
                         unit.format(entry.balance_after),
                         entry.grant_id.map(|id| id.to_string()).unwrap_or_default(),

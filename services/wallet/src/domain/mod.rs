@@ -2,6 +2,7 @@
 //! loaded for an operation; operations change it and record the ledger
 //! entries and events the store must write in the same transaction.
 
+pub mod chain;
 mod command;
 mod statement;
 mod types;
@@ -10,6 +11,7 @@ mod wallet;
 #[cfg(test)]
 mod tests;
 
+pub use chain::{ChainBreak, ChainCheck, KnownHash, LedgerHash};
 pub use command::*;
 pub use statement::*;
 pub use types::*;

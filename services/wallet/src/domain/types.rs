@@ -9,6 +9,8 @@ use reservoir_common::money::Unit;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use super::chain::LedgerHash;
+
 /// An account, which has exactly one wallet: the id every service names it by.
 pub use reservoir_common::ids::AccountId;
 
@@ -155,6 +157,23 @@ impl EntryKind {
         !matches!(self, Self::Hold | Self::Release)
     }
 
+    /// The kind's name, as callers and the ledger's hash chain spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grant => "GRANT",
+            Self::Debit => "DEBIT",
+            Self::Hold => "HOLD",
+            Self::Capture => "CAPTURE",
+            Self::Release => "RELEASE",
+            Self::Expiry => "EXPIRY",
+            Self::Adjustment => "ADJUSTMENT",
+            Self::Refund => "REFUND",
+            Self::TransferIn => "TRANSFER_IN",
+            Self::TransferOut => "TRANSFER_OUT",
+            Self::Void => "VOID",
+        }
+    }
+
     pub const ALL: [EntryKind; 11] = [
         Self::Grant,
         Self::Debit,
@@ -222,6 +241,9 @@ pub struct Account {
     pub held: Decimal,
     /// The sequence number of the wallet's latest entry.
     pub last_sequence: u64,
+    /// The hash of the wallet's latest entry (see [`crate::domain::chain`]);
+    /// [`LedgerHash::GENESIS`] before the first.
+    pub ledger_head: LedgerHash,
     /// Raised by one with every committed change of the wallet (see
     /// [`crate::domain::Wallet::take_changes`]).
     pub version: u64,
@@ -306,6 +328,9 @@ pub struct Entry {
     /// The API key whose call wrote the entry; none for what time did
     /// (expiries) and for entries from before keys were recorded.
     pub key_id: Option<KeyId>,
+    /// Its place in the account's hash chain; none only for an entry read
+    /// back from rows written without one (a break [`crate::domain::ChainCheck`] reports).
+    pub hash: Option<LedgerHash>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -227,11 +227,11 @@ pub async fn write(
 
 /// The changed accounts, each held to the version it was read at when asked.
 fn accounts(builder: &mut Builder, changed: &[&Touched<'_>], check_versions: bool) {
-    let mut columns: Vec<Vec<Value>> = (0..24).map(|_| Vec::with_capacity(changed.len())).collect();
+    let mut columns: Vec<Vec<Value>> = (0..25).map(|_| Vec::with_capacity(changed.len())).collect();
     for touched in changed {
         let account = &touched.wallet.account;
         let spend = &account.spend;
-        let values: [Value; 24] = [
+        let values: [Value; 25] = [
             account.id.0.into(),
             rows::account_status_name(account.status).into(),
             rows::overdraft_policy_name(&account.overdraft).into(),
@@ -255,6 +255,7 @@ fn accounts(builder: &mut Builder, changed: &[&Touched<'_>], check_versions: boo
             i32::try_from(spend.cap_alerted_percent).unwrap_or(0).into(),
             spend.day.clone().into(),
             spend.transferred_today.into(),
+            rows::head_to_row(account.ledger_head).unwrap_or_default().into(),
             i64_of(touched.read_version).into(),
         ];
         for (column, value) in columns.iter_mut().zip(values) {
@@ -285,6 +286,7 @@ fn accounts(builder: &mut Builder, changed: &[&Touched<'_>], check_versions: boo
         (ArrayType::Int, "int[]"),
         (ArrayType::String, "text[]"),
         (ArrayType::Decimal, "numeric[]"),
+        (ArrayType::Bytes, "bytea[]"),
         (ArrayType::BigInt, "bigint[]"),
     ];
     let parameters: Vec<String> =
@@ -301,10 +303,11 @@ fn accounts(builder: &mut Builder, changed: &[&Touched<'_>], check_versions: boo
              low_balance_warned = v.warned, transfer_max = NULLIF(v.transfer_max, -1), \
              transfer_daily_limit = NULLIF(v.transfer_daily_limit, -1), spend_month = v.spend_month, \
              month_spend = v.month_spend, cap_alerted_percent = v.cap_alerted, transfer_day = v.transfer_day, \
-             transferred_today = v.transferred_today \
+             transferred_today = v.transferred_today, ledger_head = NULLIF(v.ledger_head, ''::bytea) \
              FROM UNNEST({}) AS v(id, status, policy, credit_limit, threshold, low, depleted, overdraft_used, held, \
              last_sequence, updated_at, credit_blocked, version, monthly_cap, warning, warned, transfer_max, \
-             transfer_daily_limit, spend_month, month_spend, cap_alerted, transfer_day, transferred_today, read_version) \
+             transfer_daily_limit, spend_month, month_spend, cap_alerted, transfer_day, transferred_today, \
+             ledger_head, read_version) \
              WHERE accounts.id = v.id{version_check} RETURNING 1",
             parameters.join(", ")
         ),

@@ -88,6 +88,8 @@ pub mod account {
         pub cap_alerted_percent: i32,
         pub transfer_day: String,
         pub transferred_today: Amount,
+        /// The hash of the latest entry; NULL before the first.
+        pub ledger_head: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -186,6 +188,8 @@ pub mod entry {
         pub legacy_id: Option<Uuid>,
         /// The API key whose call wrote the entry.
         pub key_id: Option<Uuid>,
+        /// The entry's hash, chained to the one before (see `domain::chain`).
+        pub hash: Option<Vec<u8>>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

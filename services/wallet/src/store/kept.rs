@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::stored::{Amount, StoredAccount, StoredGrant, StoredHold};
-use crate::domain::{Account, Wallet};
+use crate::domain::{Account, LedgerHash, Wallet, chain};
 use crate::error::WalletError;
 
 /// The figures of an account that change with its wallet, which an answer
@@ -25,6 +25,7 @@ struct Counters {
     overdraft_used: Amount,
     held: Amount,
     last_sequence: u64,
+    ledger_head: [u8; chain::HASH_BYTES],
     version: u64,
 }
 
@@ -54,6 +55,7 @@ pub fn encode(wallet: &Wallet) -> Result<Box<[u8]>, WalletError> {
             overdraft_used: account.overdraft_used.into(),
             held: account.held.into(),
             last_sequence: account.last_sequence,
+            ledger_head: account.ledger_head.0,
             version: account.version,
         },
         grants: wallet.grants.iter().map(StoredGrant::from).collect(),
@@ -81,6 +83,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wallet, WalletError> {
     account.overdraft_used = counters.overdraft_used.value()?;
     account.held = counters.held.value()?;
     account.last_sequence = counters.last_sequence;
+    account.ledger_head = LedgerHash(counters.ledger_head);
     account.version = counters.version;
     let grants = kept.grants.into_iter().map(StoredGrant::into_grant).collect::<Result<_, _>>()?;
     let holds = kept.holds.into_iter().map(StoredHold::into_hold).collect::<Result<_, _>>()?;
@@ -143,6 +146,7 @@ mod tests {
         account.overdraft_used = d("3.125");
         account.held = d("0.000");
         account.last_sequence = 4_321;
+        account.ledger_head = LedgerHash([7; chain::HASH_BYTES]);
         account.version = 77;
         account.updated_at = at(1_765_000_000_654_321);
         let account_id = account.id;

@@ -6,17 +6,17 @@
 use std::collections::{BTreeSet, HashMap};
 
 use reservoir_common::db::rows_per_insert;
-use sea_orm::sea_query::ArrayType;
+use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
     ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
     QueryTrait, Value,
 };
 use uuid::Uuid;
 
-use super::entities::entry;
+use super::entities::{account, entry};
 use super::rows;
 use super::write::Script;
-use crate::domain::{AccountId, Entry, EntryId};
+use crate::domain::{AccountId, Entry, EntryId, LedgerHash, chain};
 use crate::error::WalletError;
 
 fn to_i64(value: u64) -> i64 {
@@ -56,11 +56,11 @@ pub fn insert_body(
     rows: &[entry::ActiveModel],
 ) -> Result<String, WalletError> {
     let count = rows.len();
-    let mut columns: Vec<Vec<Value>> = (0..16).map(|_| Vec::with_capacity(count)).collect();
+    let mut columns: Vec<Vec<Value>> = (0..17).map(|_| Vec::with_capacity(count)).collect();
     let text = |field: &ActiveValue<Option<String>>| Value::from(value(field).cloned().flatten().unwrap_or_default());
     for row in rows {
         let missing = || WalletError::internal("an entry row is incomplete");
-        let values: [Value; 16] = [
+        let values: [Value; 17] = [
             Value::from(*value(&row.account_number).ok_or_else(missing)?),
             Value::from(*value(&row.sequence).ok_or_else(missing)?),
             Value::from(*value(&row.created_at).ok_or_else(missing)?),
@@ -77,6 +77,7 @@ pub fn insert_body(
             text(&row.metadata),
             Value::from(value(&row.refunded_sequence).copied().flatten().unwrap_or(0)),
             Value::from(value(&row.key_id).copied().flatten().unwrap_or(Uuid::nil())),
+            Value::from(value(&row.hash).cloned().flatten().unwrap_or_default()),
         ];
         for (column, value) in columns.iter_mut().zip(values) {
             column.push(value);
@@ -99,18 +100,19 @@ pub fn insert_body(
         (ArrayType::String, "text[]"),
         (ArrayType::BigInt, "bigint[]"),
         (ArrayType::Uuid, "uuid[]"),
+        (ArrayType::Bytes, "bytea[]"),
     ];
     let parameters: Vec<String> =
         kinds.into_iter().zip(columns).map(|((kind, cast), column)| bind(kind, column, cast)).collect();
     Ok(format!(
         "INSERT INTO ledger (account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, \
          balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence, \
-         key_id) \
+         key_id, hash) \
          SELECT v.n, v.s, v.c, NULLIF(v.g, '00000000-0000-0000-0000-000000000000'::uuid), \
          NULLIF(v.h, '00000000-0000-0000-0000-000000000000'::uuid), v.p, v.k, v.a, v.b, v.key, NULLIF(v.cor, ''), \
          NULLIF(v.m, ''), NULLIF(v.d, ''), NULLIF(v.md, ''), NULLIF(v.r, 0), \
-         NULLIF(v.api_key, '00000000-0000-0000-0000-000000000000'::uuid) \
-         FROM UNNEST({}) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r, api_key)",
+         NULLIF(v.api_key, '00000000-0000-0000-0000-000000000000'::uuid), NULLIF(v.hash, ''::bytea) \
+         FROM UNNEST({}) AS v(n, s, c, g, h, p, k, a, b, key, cor, m, d, md, r, api_key, hash)",
         parameters.join(", ")
     ))
 }
@@ -256,6 +258,53 @@ pub async fn resolve_legacy_refunds(
         let found = entry::Entity::find().filter(entry::Column::LegacyId.eq(id.0)).one(connection).await?;
         let sequence = found.map(|found| found.sequence).ok_or(WalletError::NotFound("entry"))?;
         row.refunded_sequence = ActiveValue::Set(Some(sequence));
+    }
+    Ok(())
+}
+
+/// Entries read at a time when a chain is computed or checked.
+pub const CHAIN_PAGE: u64 = 1_000;
+
+/// Hashes every entry written before entries were chained, account by
+/// account in sequence order, and sets each account's head. Run once, by
+/// the migration that brought the chain, with the append-only rule lifted.
+pub async fn chain_existing(connection: &impl ConnectionTrait) -> Result<(), WalletError> {
+    let accounts: Vec<(Uuid, i64)> = account::Entity::find()
+        .select_only()
+        .column(account::Column::Id)
+        .column(account::Column::Number)
+        .order_by_asc(account::Column::Number)
+        .into_tuple()
+        .all(connection)
+        .await?;
+    for (id, number) in accounts {
+        let mut head = LedgerHash::GENESIS;
+        let mut after = 0_i64;
+        loop {
+            let rows = entry::Entity::find()
+                .filter(entry::Column::AccountNumber.eq(number))
+                .filter(entry::Column::Sequence.gt(after))
+                .order_by_asc(entry::Column::Sequence)
+                .limit(CHAIN_PAGE)
+                .all(connection)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.sequence;
+            for entry in entries_of(connection, AccountId(id), rows).await? {
+                head = chain::entry_hash(&head, &entry);
+                entry::Entity::update_many()
+                    .col_expr(entry::Column::Hash, Expr::value(head.0.to_vec()))
+                    .filter(entry::Column::AccountNumber.eq(number))
+                    .filter(entry::Column::Sequence.eq(i64::try_from(entry.sequence).unwrap_or(i64::MAX)))
+                    .exec(connection)
+                    .await?;
+            }
+        }
+        account::Entity::update_many()
+            .col_expr(account::Column::LedgerHead, Expr::value(rows::head_to_row(head)))
+            .filter(account::Column::Id.eq(id))
+            .exec(connection)
+            .await?;
     }
     Ok(())
 }

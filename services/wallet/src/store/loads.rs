@@ -30,7 +30,7 @@ pub(super) async fn lookup(
     let Some(record) = replay_record::Entity::find_by_id(check.digest.clone()).one(connection).await? else {
         return Ok(None);
     };
-    if record.method != check.method_code() || record.request_hash != check.request_hash {
+    if record.method != check.method_code() || !replay::same_request(&record.request_hash, &check.request_hash) {
         return Err(WalletError::IdempotencyKeyReused);
     }
     replay::decode(&record.answer).map(Some)

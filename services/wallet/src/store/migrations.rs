@@ -23,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(AccountsByUnit),
             Box::new(RoomForUpdates),
             Box::new(TenantKeys),
+            Box::new(LedgerChain),
         ]
     }
 }
@@ -556,6 +557,51 @@ impl MigrationTrait for TenantKeys {
         let db = manager.get_connection();
         db.execute_unprepared("ALTER TABLE tenants ADD COLUMN idempotency_key TEXT").await?;
         db.execute_unprepared("CREATE UNIQUE INDEX tenants_by_idempotency_key ON tenants (idempotency_key)").await?;
+        Ok(())
+    }
+}
+
+/// Every entry hashed and chained to the one before on its account, and
+/// each account's head kept beside its last sequence (see `domain::chain`).
+/// Entries written before are chained here, in order, as they stand.
+struct LedgerChain;
+
+impl MigrationName for LedgerChain {
+    fn name(&self) -> &str {
+        "m0012_ledger_chain"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for LedgerChain {
+    /// One transaction on SQLite too: the append-only rule is lifted and put
+    /// back on the one connection that rewrites the entries.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render_schema("ALTER TABLE ledger ADD COLUMN hash {bytes}", backend)).await?;
+        db.execute_unprepared(&render_schema("ALTER TABLE accounts ADD COLUMN ledger_head {bytes}", backend)).await?;
+        // The entries' hashes are written once, here, past the rule that
+        // entries never change; the rule is back before the migration ends.
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared("ALTER TABLE ledger DISABLE TRIGGER ledger_append_only").await?;
+        } else {
+            db.execute_unprepared("DROP TRIGGER ledger_no_update").await?;
+        }
+        super::ledger::chain_existing(db).await.map_err(|error| DbErr::Migration(error.to_string()))?;
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only").await?;
+        } else {
+            db.execute_unprepared(
+                "CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger \
+                 BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;",
+            )
+            .await?;
+        }
         Ok(())
     }
 }

@@ -37,7 +37,8 @@ use crate::domain::{AccountId, Answer, Command, Entry, EntryId, Event, GrantId, 
 use crate::error::WalletError;
 
 pub use self::keys::{IssuedKey, KeyListed, StoreKeyResolver, TenantRow};
-pub use self::rows::{EntryFilter, entry_kind_name, grant_kind_name, grant_source_name};
+pub use self::ledger::CHAIN_PAGE;
+pub use self::rows::{EntryFilter, grant_kind_name, grant_source_name};
 
 /// The tenant that owns the service keys.
 const SERVICES_TENANT: &str = "reservoir-services";

@@ -84,6 +84,10 @@ pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
         overdraft_used: row.overdraft_used.0,
         held: row.held.0,
         last_sequence: to_u64(row.last_sequence),
+        ledger_head: match row.ledger_head.as_deref() {
+            None => LedgerHash::GENESIS,
+            Some(bytes) => LedgerHash::from_slice(bytes).ok_or_else(|| corrupt("ledger head", &hex::encode(bytes)))?,
+        },
         version: to_u64(row.version),
         metadata: metadata_from(&row.metadata)?,
         created_at: row.created_at,
@@ -128,11 +132,17 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
         overdraft_used: Set(Amount(account.overdraft_used)),
         held: Set(Amount(account.held)),
         last_sequence: Set(to_i64(account.last_sequence)),
+        ledger_head: Set(head_to_row(account.ledger_head)),
         version: Set(to_i64(account.version)),
         metadata: Set(metadata_to(&account.metadata)),
         created_at: Set(account.created_at),
         updated_at: Set(account.updated_at),
     }
+}
+
+/// The stored head: none before the first entry.
+pub fn head_to_row(head: LedgerHash) -> Option<Vec<u8>> {
+    (head != LedgerHash::GENESIS).then(|| head.0.to_vec())
 }
 
 pub fn overdraft_policy_name(overdraft: &Overdraft) -> &'static str {
@@ -281,22 +291,6 @@ pub fn hold_to_row(hold: &Hold, tenant_id: TenantId) -> hold::ActiveModel {
     }
 }
 
-pub fn entry_kind_name(kind: EntryKind) -> &'static str {
-    match kind {
-        EntryKind::Grant => "GRANT",
-        EntryKind::Debit => "DEBIT",
-        EntryKind::Hold => "HOLD",
-        EntryKind::Capture => "CAPTURE",
-        EntryKind::Release => "RELEASE",
-        EntryKind::Expiry => "EXPIRY",
-        EntryKind::Adjustment => "ADJUSTMENT",
-        EntryKind::Refund => "REFUND",
-        EntryKind::TransferIn => "TRANSFER_IN",
-        EntryKind::TransferOut => "TRANSFER_OUT",
-        EntryKind::Void => "VOID",
-    }
-}
-
 /// The code an entry kind is stored as (the wire's numbering, by choice).
 pub fn entry_kind_code(kind: EntryKind) -> i16 {
     match kind {
@@ -351,6 +345,8 @@ pub fn entry_from_row(
         refunded_entry_id: refunded_id,
         created_at: row.created_at,
         key_id: row.key_id.map(KeyId),
+        // A hash of another length is no hash: the chain's check reports it.
+        hash: row.hash.as_deref().and_then(LedgerHash::from_slice),
     })
 }
 
@@ -382,5 +378,6 @@ pub fn entry_to_row(
         refunded_sequence: Set(refunded_sequence.map(to_i64)),
         legacy_id: Set(None),
         key_id: Set(entry.key_id.map(|key| key.0)),
+        hash: Set(entry.hash.map(|hash| hash.0.to_vec())),
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::{
     Account, AccountId, AccountStatus, BalanceView, DomainError, Grant, GrantId, GrantKind, GrantSource, GrantStatus,
-    Hold, HoldId, HoldStatus, Metadata, Overdraft, SpendControl, UsageDrawn,
+    Hold, HoldId, HoldStatus, LedgerHash, Metadata, Overdraft, SpendControl, UsageDrawn,
 };
 use crate::error::WalletError;
 
@@ -395,6 +395,7 @@ impl StoredAccount {
             overdraft_used: Decimal::ZERO,
             held: Decimal::ZERO,
             last_sequence: 0,
+            ledger_head: LedgerHash::GENESIS,
             version: 0,
             metadata: metadata_of(self.metadata),
             created_at: from_micros(self.created_at),

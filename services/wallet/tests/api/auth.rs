@@ -129,7 +129,8 @@ fn wallet_methods() -> Vec<(String, bool)> {
             let service_name = service.name().to_owned();
             for method in service.method {
                 let name = method.name().to_owned();
-                let reads = ["Get", "List", "Watch", "Export", "Quote"].iter().any(|verb| name.starts_with(verb));
+                let reads =
+                    ["Get", "List", "Watch", "Export", "Quote", "Verify"].iter().any(|verb| name.starts_with(verb));
                 methods.push((format!("/reservoir.wallet.v1.{service_name}/{name}"), reads));
             }
         }
@@ -168,6 +169,8 @@ async fn a_read_only_key_reads_and_is_refused_every_change(app: &TestApp) {
         .unwrap()
         .into_inner();
     assert!(tokio_stream::StreamExt::next(&mut events).await.unwrap().is_ok(), "events stream to a reader");
+    let verify = pb::VerifyLedgerRequest { account_id: account.id.clone(), ..Default::default() };
+    assert!(reader.clone().verify_ledger(verify).await.unwrap().into_inner().intact, "a reader checks the chain");
     // Every method that changes something is refused before it runs.
     let methods = wallet_methods();
     assert!(methods.iter().filter(|(_, reads)| !reads).count() >= 14, "{methods:?}");

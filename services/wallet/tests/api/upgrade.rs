@@ -151,6 +151,14 @@ async fn data_from_before_the_lean_ledger_stays_readable_replayable_and_refundab
     let fresh = debit_request(&account, "2");
     let fresh = app.client.clone().debit(fresh).await.unwrap().into_inner();
     assert_eq!(fresh.entries[0].sequence, 4, "new entries follow on");
+    // The migration chained the earlier entries; the new ones follow on the chain.
+    let verify = pb::VerifyLedgerRequest { account_id: account.id.clone(), ..Default::default() };
+    let verified = app.client.clone().verify_ledger(verify).await.unwrap().into_inner();
+    assert!(verified.intact, "{verified:?}");
+    assert_eq!((verified.entries_checked, verified.last_sequence), (4, 4));
+    assert_eq!(verified.head_hash, fresh.entries[0].hash);
+    let hashes: Vec<String> = ledger(&app.client, &account).await.into_iter().map(|entry| entry.hash).collect();
+    assert!(hashes.iter().all(|hash| hash.len() == 32), "every entry carries its hash: {hashes:?}");
     assert_eq!(available(&app.client, &account).await, d("6"));
     assert_books_balance(&app.client, &account).await;
     let mut stream = events_from_start(&app.client).await;

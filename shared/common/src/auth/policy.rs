@@ -73,7 +73,7 @@ pub(super) fn audit<B, E>(
 /// Whether the method at `path` only reads: by the verb its name starts with.
 fn only_reads(path: &str) -> bool {
     let method = path.rsplit('/').next().unwrap_or_default();
-    ["Get", "List", "Watch", "Export", "Quote"].iter().any(|verb| method.starts_with(verb))
+    ["Get", "List", "Watch", "Export", "Quote", "Verify"].iter().any(|verb| method.starts_with(verb))
 }
 
 /// Why `caller` may not call the method at `path`, if it may not:
@@ -127,6 +127,7 @@ mod tests {
         for role in [KeyRole::Admin, KeyRole::Write, KeyRole::ReadOnly] {
             let caller = Caller::Tenant(tenant, role);
             assert_eq!(reason(caller, reads), None, "{role:?} reads");
+            assert_eq!(reason(caller, "/reservoir.wallet.v1.WalletService/VerifyLedger"), None, "{role:?} verifies");
             assert_eq!(reason(caller, service_only), Some(Some("SERVICE_KEY_REQUIRED".into())), "{role:?}");
         }
         assert_eq!(reason(Caller::Tenant(tenant, KeyRole::Admin), change), None);

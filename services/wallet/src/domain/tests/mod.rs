@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod chain;
 mod corrections;
 mod draws;
 mod holds;
@@ -142,6 +143,12 @@ impl Books {
         let sequences: Vec<u64> = self.ledger.iter().map(|entry| entry.sequence).collect();
         let expected: Vec<u64> = (1..=self.ledger.len() as u64).collect();
         assert_eq!(sequences, expected, "sequences run from 1 without gaps");
+        let mut chain = ChainCheck::default();
+        for entry in &self.ledger {
+            chain.check(entry).expect("every entry is chained to the one before");
+        }
+        let head = chain.finish(self.wallet.account.last_sequence, self.wallet.account.ledger_head);
+        assert!(head.is_ok(), "the wallet's head is its latest entry's hash: {head:?}");
         let floor = match self.wallet.account.overdraft {
             Overdraft::None => Some(Decimal::ZERO),
             Overdraft::CreditLimit(limit) => Some(-limit),

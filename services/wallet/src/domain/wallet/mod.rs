@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use chrono::Duration;
 use rust_decimal::Decimal;
 
+use super::chain::{self, LedgerHash};
 use super::types::*;
 
 mod draws;
@@ -81,6 +82,7 @@ impl Wallet {
             overdraft_used: Decimal::ZERO,
             held: Decimal::ZERO,
             last_sequence: 0,
+            ledger_head: LedgerHash::GENESIS,
             version: 0,
             metadata: new.metadata,
             created_at: ctx.now,
@@ -480,7 +482,16 @@ impl Wallet {
             refunded_entry_id,
             created_at: ctx.now,
             key_id: ctx.key_id,
+            hash: None,
         };
+        self.append(entry);
+    }
+
+    /// Adds an entry at the head of the wallet's hash chain.
+    fn append(&mut self, mut entry: Entry) {
+        let hash = chain::entry_hash(&self.account.ledger_head, &entry);
+        entry.hash = Some(hash);
+        self.account.ledger_head = hash;
         self.changes.entries.push(entry);
     }
 
@@ -495,9 +506,13 @@ impl Wallet {
         meter_code: Option<&str>,
         balance_after: Decimal,
     ) {
+        let previous = self.account.ledger_head;
         self.push_entry(ctx, kind, amount, grant_id, None, meter_code, None, None);
-        if let Some(entry) = self.changes.entries.last_mut() {
+        // Chained again with its own balance after.
+        if let Some(mut entry) = self.changes.entries.pop() {
             entry.balance_after = balance_after;
+            self.account.ledger_head = previous;
+            self.append(entry);
         }
     }
 
