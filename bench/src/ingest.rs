@@ -82,6 +82,7 @@ pub async fn price_tokens(metering: &Metering) -> anyhow::Result<()> {
             unit_name: "token".into(),
             aggregation: metering_pb::Aggregation::Sum.into(),
             description: String::new(),
+            value_dimension: String::new(),
         })
         .await?;
     metering

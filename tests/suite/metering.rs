@@ -32,6 +32,7 @@ pub async fn price_tokens(metering: &mut MeteringClient) {
             unit_name: "token".into(),
             aggregation: pb::Aggregation::Sum.into(),
             description: String::new(),
+            value_dimension: String::new(),
         })
         .await
         .unwrap();
@@ -408,6 +409,12 @@ async fn meters_and_prices_are_made_with_the_cli(backend: Backend) {
         .unwrap(),
     );
     assert!(created.contains("calls") && created.contains("COUNT"), "{created}");
+    let users = ["meter", "create", "users", "--unit-name", "user", "--aggregation", "unique-count"];
+    let refused = run(&users).output().await.unwrap();
+    assert!(!refused.status.success(), "a distinct count needs its dimension");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("value_dimension"));
+    let users = [&users[..], &["--value-dimension", "user"]].concat();
+    succeeded(run(&users).output().await.unwrap());
     let listed: serde_json::Value =
         serde_json::from_str(&succeeded(run(&["meter", "list", "--json"]).output().await.unwrap())).unwrap();
     let codes: Vec<(&str, &str)> = listed
@@ -417,6 +424,9 @@ async fn meters_and_prices_are_made_with_the_cli(backend: Backend) {
         .map(|meter| (meter["code"].as_str().unwrap(), meter["aggregation"].as_str().unwrap()))
         .collect();
     assert!(codes.contains(&("calls", "COUNT")) && codes.contains(&("tokens", "SUM")), "{codes:?}");
+    assert!(codes.contains(&("users", "UNIQUE_COUNT")), "{codes:?}");
+    let users = listed.as_array().unwrap().iter().find(|meter| meter["code"] == "users").unwrap();
+    assert_eq!(users["value_dimension"], "user");
 
     let refused = run(&["price", "set", "calls", "--tier", "0.5"]).output().await.unwrap();
     assert!(!refused.status.success());

@@ -37,6 +37,10 @@ pub enum AggregationArg {
     Sum,
     /// Each event counts one, whatever its quantity (API calls).
     Count,
+    /// The month's peak quantity (seats in use), charged as it rises.
+    Max,
+    /// Distinct values of --value-dimension in the month (active users).
+    UniqueCount,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +53,9 @@ pub enum MeterCommand {
         unit_name: String,
         #[arg(long, value_enum, default_value = "sum")]
         aggregation: AggregationArg,
+        /// For unique-count: the dimension whose distinct values are counted.
+        #[arg(long, default_value = "")]
+        value_dimension: String,
         #[arg(long, default_value = "")]
         description: String,
         #[command(flatten)]
@@ -96,12 +103,20 @@ pub enum PriceCommand {
 
 pub async fn meter(command: MeterCommand) -> anyhow::Result<()> {
     match command {
-        MeterCommand::Create { code, unit_name, aggregation, description, client } => {
+        MeterCommand::Create { code, unit_name, aggregation, value_dimension, description, client } => {
             let aggregation = match aggregation {
                 AggregationArg::Sum => pb::Aggregation::Sum,
                 AggregationArg::Count => pb::Aggregation::Count,
+                AggregationArg::Max => pb::Aggregation::Max,
+                AggregationArg::UniqueCount => pb::Aggregation::UniqueCount,
             };
-            let request = pb::CreateMeterRequest { code, unit_name, aggregation: aggregation.into(), description };
+            let request = pb::CreateMeterRequest {
+                code,
+                unit_name,
+                aggregation: aggregation.into(),
+                description,
+                value_dimension,
+            };
             let meter = client.client().await?.create_meter(request).await?.into_inner().meter;
             print_meters(&meter.into_iter().collect::<Vec<_>>(), client.json)
         }
@@ -169,6 +184,8 @@ fn aggregation_name(aggregation: i32) -> &'static str {
     match pb::Aggregation::try_from(aggregation) {
         Ok(pb::Aggregation::Sum) => "SUM",
         Ok(pb::Aggregation::Count) => "COUNT",
+        Ok(pb::Aggregation::Max) => "MAX",
+        Ok(pb::Aggregation::UniqueCount) => "UNIQUE_COUNT",
         _ => "?",
     }
 }
@@ -182,6 +199,7 @@ fn print_meters(meters: &[pb::Meter], as_json: bool) -> anyhow::Result<()> {
                     "code": meter.code,
                     "unit_name": meter.unit_name,
                     "aggregation": aggregation_name(meter.aggregation),
+                    "value_dimension": meter.value_dimension,
                     "description": meter.description,
                     "created_at": instant(meter.created_at.as_ref()),
                 })

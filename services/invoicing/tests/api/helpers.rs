@@ -220,6 +220,7 @@ pub async fn priced_meter(suite: &Suite, code: &str, unit_price: &str, dimension
             unit_name: "unit".into(),
             aggregation: metering_pb::Aggregation::Sum.into(),
             description: String::new(),
+            value_dimension: String::new(),
         })
         .await
         .unwrap();

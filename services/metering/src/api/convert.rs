@@ -4,7 +4,7 @@ use reservoir_common::time::to_timestamp;
 use reservoir_proto::metering as pb;
 use rust_decimal::Decimal;
 
-use crate::domain::{AuthorizationStatus, EventStatus, PriceVersion, Schedule, UsageGroup};
+use crate::domain::{Aggregation, AuthorizationStatus, EventStatus, PriceVersion, Schedule, UsageGroup};
 use crate::error::MeteringError;
 use crate::store::{AuthorizationRow, MeterRow, StoredEvent};
 
@@ -16,9 +16,16 @@ pub fn meter_to_pb(meter: &MeterRow) -> pb::Meter {
     pb::Meter {
         code: meter.code.clone(),
         unit_name: meter.unit_name.clone(),
-        aggregation: if meter.aggregation == "COUNT" { pb::Aggregation::Count } else { pb::Aggregation::Sum }.into(),
+        aggregation: match meter.aggregation {
+            Aggregation::Sum => pb::Aggregation::Sum,
+            Aggregation::Count => pb::Aggregation::Count,
+            Aggregation::Max => pb::Aggregation::Max,
+            Aggregation::UniqueCount { .. } => pb::Aggregation::UniqueCount,
+        }
+        .into(),
         description: meter.description.clone(),
         created_at: Some(to_timestamp(meter.created_at)),
+        value_dimension: meter.aggregation.dimension().unwrap_or_default().to_owned(),
     }
 }
 

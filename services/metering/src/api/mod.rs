@@ -19,8 +19,8 @@ use uuid::Uuid;
 use self::convert::*;
 use crate::clients::wallet::WalletGateway;
 use crate::domain::{
-    OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier, UNIT_PRICE_SCALE_MAX,
-    group_usage, price_at,
+    Aggregation, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
+    UNIT_PRICE_SCALE_MAX, group_usage, price_at,
 };
 use crate::error::MeteringError;
 use crate::store::{MeterRow, Store};
@@ -175,14 +175,23 @@ impl MeteringService for MeteringApi {
         violations.meter_code("code", &request.code);
         violations.required_text("unit_name", &request.unit_name, NAME_LENGTH_MAX);
         violations.text("description", &request.description, DESCRIPTION_LENGTH_MAX);
+        let dimension = request.value_dimension.as_str();
         let aggregation = match pb::Aggregation::try_from(request.aggregation) {
-            Ok(pb::Aggregation::Sum) => "SUM",
-            Ok(pb::Aggregation::Count) => "COUNT",
+            Ok(pb::Aggregation::Sum) => Some(Aggregation::Sum),
+            Ok(pb::Aggregation::Count) => Some(Aggregation::Count),
+            Ok(pb::Aggregation::Max) => Some(Aggregation::Max),
+            Ok(pb::Aggregation::UniqueCount) => {
+                violations.required_text("value_dimension", dimension, DIMENSION_KEY_LENGTH_MAX);
+                Some(Aggregation::UniqueCount { dimension: dimension.to_owned() })
+            }
             _ => {
-                violations.add("aggregation", "must be SUM or COUNT");
-                ""
+                violations.add("aggregation", "must be SUM, COUNT, MAX or UNIQUE_COUNT");
+                None
             }
         };
+        if !dimension.is_empty() && aggregation.as_ref().is_some_and(|aggregation| aggregation.dimension().is_none()) {
+            violations.add("value_dimension", "is only for a UNIQUE_COUNT meter");
+        }
         violations.finish().map_err(MeteringError::from)?;
         let meter = self
             .store
@@ -192,7 +201,7 @@ impl MeteringService for MeteringApi {
                     id: Uuid::now_v7(),
                     code: request.code,
                     unit_name: request.unit_name,
-                    aggregation: aggregation.to_owned(),
+                    aggregation: aggregation.unwrap_or(Aggregation::Sum),
                     description: request.description,
                     created_at: now(),
                 },

@@ -92,20 +92,21 @@ pub(super) fn counter_key(event: &NewEvent) -> CounterKey {
 }
 
 /// What the new events among `events` add to each counter, should every one
-/// be priced (`None` where the sum would overflow: that counter is taken
-/// unchanged and written once the events are priced).
+/// be priced, each event given with what it is assumed to add (`None` where
+/// the sum would overflow: that counter is taken unchanged and written once
+/// the events are priced).
 pub(super) fn additions<'a>(
-    events: impl Iterator<Item = &'a NewEvent>,
+    events: impl Iterator<Item = (&'a NewEvent, Decimal)>,
     known: &HashMap<String, StoredEvent>,
 ) -> BTreeMap<CounterKey, Option<Decimal>> {
     let mut additions: BTreeMap<CounterKey, Option<Decimal>> = BTreeMap::new();
     let mut seen: HashSet<&str> = HashSet::new();
-    for event in events.filter(|event| !known.contains_key(&event.event_id)) {
+    for (event, addition) in events.filter(|(event, _)| !known.contains_key(&event.event_id)) {
         // Every counter an event may advance is taken, a repeated id's too
         // (it is new again should pricing refuse its first occurrence).
         let sum = additions.entry(counter_key(event)).or_insert(Some(Decimal::ZERO));
         if seen.insert(event.event_id.as_str()) {
-            *sum = sum.and_then(|sum| sum.checked_add(event.quantity));
+            *sum = sum.and_then(|sum| sum.checked_add(addition));
         }
     }
     additions

@@ -14,6 +14,8 @@ pub mod meter {
         pub aggregation: String,
         pub description: String,
         pub created_at: DateTimeUtc,
+        /// The dimension a UNIQUE_COUNT meter counts the distinct values of.
+        pub value_dimension: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -183,6 +185,31 @@ pub mod line {
         /// Whoever is drawing the line holds it until then; nobody else draws it meanwhile.
         pub claimed_until: DateTimeUtc,
         pub created_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod unique_value {
+    use sea_orm::entity::prelude::*;
+
+    /// A value of a UNIQUE_COUNT meter's dimension an account's month has seen.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "unique_values")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub meter_code: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub month: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub value: String,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

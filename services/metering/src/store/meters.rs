@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::entities::{meter, price};
 use super::{Store, corrupt, json};
-use crate::domain::{Override, PriceError, PriceVersion, Schedule, Tier};
+use crate::domain::{Aggregation, Override, PriceError, PriceVersion, Schedule, Tier};
 use crate::error::MeteringError;
 
 /// A meter as stored.
@@ -16,8 +16,7 @@ pub struct MeterRow {
     pub id: Uuid,
     pub code: String,
     pub unit_name: String,
-    /// SUM or COUNT.
-    pub aggregation: String,
+    pub aggregation: Aggregation,
     pub description: String,
     pub created_at: DateTime<Utc>,
 }
@@ -66,6 +65,19 @@ fn price_from_row(row: price::Model) -> Result<PriceVersion, MeteringError> {
     Ok(PriceVersion { effective_from: row.effective_from, base: tiers_from_json(&definition.tiers)?, overrides })
 }
 
+fn meter_from_row(row: meter::Model) -> Result<MeterRow, MeteringError> {
+    let aggregation = Aggregation::from_parts(&row.aggregation, row.value_dimension.as_deref())
+        .ok_or_else(|| corrupt("meter aggregation"))?;
+    Ok(MeterRow {
+        id: row.id,
+        code: row.code,
+        unit_name: row.unit_name,
+        aggregation,
+        description: row.description,
+        created_at: row.created_at,
+    })
+}
+
 impl Store {
     /// Defines a meter; the same definition again returns the stored one.
     pub async fn create_meter(&self, tenant: TenantId, new: MeterRow) -> Result<MeterRow, MeteringError> {
@@ -79,7 +91,7 @@ impl Store {
                 Err(MeteringError::MeterExists {
                     code: existing.code,
                     unit_name: existing.unit_name,
-                    aggregation: existing.aggregation,
+                    aggregation: existing.aggregation.name().to_owned(),
                 })
             };
         }
@@ -88,9 +100,10 @@ impl Store {
             tenant_id: Set(tenant.0),
             code: Set(new.code.clone()),
             unit_name: Set(new.unit_name.clone()),
-            aggregation: Set(new.aggregation.clone()),
+            aggregation: Set(new.aggregation.name().to_owned()),
             description: Set(new.description.clone()),
             created_at: Set(new.created_at),
+            value_dimension: Set(new.aggregation.dimension().map(str::to_owned)),
         })
         .exec_without_returning(&self.db)
         .await;
@@ -110,14 +123,7 @@ impl Store {
             .filter(meter::Column::Code.eq(code))
             .one(&self.db)
             .await?;
-        Ok(row.map(|row| MeterRow {
-            id: row.id,
-            code: row.code,
-            unit_name: row.unit_name,
-            aggregation: row.aggregation,
-            description: row.description,
-            created_at: row.created_at,
-        }))
+        row.map(meter_from_row).transpose()
     }
 
     pub async fn meters(&self, tenant: TenantId) -> Result<Vec<MeterRow>, MeteringError> {
@@ -126,17 +132,7 @@ impl Store {
             .order_by_asc(meter::Column::Code)
             .all(&self.db)
             .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| MeterRow {
-                id: row.id,
-                code: row.code,
-                unit_name: row.unit_name,
-                aggregation: row.aggregation,
-                description: row.description,
-                created_at: row.created_at,
-            })
-            .collect())
+        rows.into_iter().map(meter_from_row).collect()
     }
 
     /// Adds a price version; a second price at the same instant is a conflict.

@@ -10,7 +10,13 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(UsageLines), Box::new(SettlingRoom), Box::new(RecordedAnswers)]
+        vec![
+            Box::new(Initial),
+            Box::new(UsageLines),
+            Box::new(SettlingRoom),
+            Box::new(RecordedAnswers),
+            Box::new(Aggregations),
+        ]
     }
 }
 
@@ -213,6 +219,78 @@ impl MigrationName for RecordedAnswers {
 impl MigrationTrait for RecordedAnswers {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.get_connection().execute_unprepared("ALTER TABLE idempotency_keys ADD COLUMN answer TEXT").await?;
+        Ok(())
+    }
+}
+
+/// Meters of a month's peak (MAX) and of distinct values of a dimension
+/// (UNIQUE_COUNT), and the values each account's month has seen.
+struct Aggregations;
+
+impl MigrationName for Aggregations {
+    fn name(&self) -> &str {
+        "m0005_aggregations"
+    }
+}
+
+const UNIQUE_VALUES: &str = "
+CREATE TABLE unique_values (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    month TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, account_id, meter_code, month, value)
+)";
+
+const AGGREGATION_NAMES: &str = "'SUM', 'COUNT', 'MAX', 'UNIQUE_COUNT'";
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Aggregations {
+    /// One transaction on SQLite too: the meters table is rebuilt there.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        if backend == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared(&format!(
+                "ALTER TABLE meters DROP CONSTRAINT meters_aggregation_check; \
+                 ALTER TABLE meters ADD CONSTRAINT meters_aggregation_check CHECK (aggregation IN ({AGGREGATION_NAMES})); \
+                 ALTER TABLE meters ADD COLUMN value_dimension TEXT"
+            ))
+            .await?;
+        } else {
+            // SQLite changes no CHECK in place: the table is made again. Its
+            // rows leave and come back within the transaction, so the prices
+            // naming them are checked against the new table at commit.
+            db.execute_unprepared("PRAGMA defer_foreign_keys = ON").await?;
+            db.execute_unprepared(&render_schema(
+                &format!(
+                    "CREATE TABLE meters_before AS SELECT * FROM meters; \
+                     DROP TABLE meters; \
+                     CREATE TABLE meters ( \
+                         id {{uuid}} PRIMARY KEY, \
+                         tenant_id {{uuid}} NOT NULL, \
+                         code TEXT NOT NULL, \
+                         unit_name TEXT NOT NULL, \
+                         aggregation TEXT NOT NULL CHECK (aggregation IN ({AGGREGATION_NAMES})), \
+                         description TEXT NOT NULL, \
+                         created_at {{time}} NOT NULL, \
+                         value_dimension TEXT, \
+                         UNIQUE (tenant_id, code) \
+                     ); \
+                     INSERT INTO meters (id, tenant_id, code, unit_name, aggregation, description, created_at) \
+                     SELECT id, tenant_id, code, unit_name, aggregation, description, created_at FROM meters_before; \
+                     DROP TABLE meters_before;"
+                ),
+                backend,
+            ))
+            .await?;
+        }
+        db.execute_unprepared(&render_schema(UNIQUE_VALUES, backend)).await?;
         Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod events;
 mod lines;
 mod meters;
 pub mod migrations;
+mod unique;
 mod usage;
 
 pub use self::authorizations::{AuthorizationRow, SETTLEMENT_EVENT_PREFIX, settlement_event_id};

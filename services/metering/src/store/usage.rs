@@ -33,9 +33,10 @@ use super::counters::{Counters, additions, counter_key, take_counters, write_cou
 use super::entities::event;
 use super::events::event_from_row;
 use super::lines::{Line, insert_lines};
+use super::unique::{CountedValue, insert_values, seen_values};
 use super::{CLAIM, NewEvent, Store, Stored, StoredEvent, json};
 use crate::domain::wallet_key;
-use crate::domain::{EventStatus, PriceVersion};
+use crate::domain::{Aggregation, EventStatus, PriceVersion};
 use crate::error::MeteringError;
 
 /// Times batches are stored again when a concurrent batch stored one of their
@@ -59,20 +60,27 @@ pub(super) fn tenants(tenant: TenantId, rows: usize) -> Value {
     array(ArrayType::Uuid, vec![Value::from(tenant.0); rows])
 }
 
-/// An event to store from ingestion, with the price it is charged by and
-/// the scale of its wallet.
+/// An event to store from ingestion, with the price it is charged by, the
+/// scale of its wallet and how its meter adds up.
 #[derive(Debug, Clone)]
 pub struct IngestEvent {
     pub event: NewEvent,
     pub price: Arc<PriceVersion>,
     pub scale: u32,
+    pub aggregation: Arc<Aggregation>,
 }
 
 impl IngestEvent {
-    fn charge(&self, usage_before: Decimal) -> Result<Decimal, String> {
-        self.price
-            .charge(&self.event.dimensions, usage_before, self.event.quantity, self.scale)
-            .map_err(|error| error.to_string())
+    /// What `billed` costs on top of the month's figure before it.
+    fn charge(&self, figure_before: Decimal, billed: Decimal) -> Result<Decimal, String> {
+        self.price.charge(&self.event.dimensions, figure_before, billed, self.scale).map_err(|error| error.to_string())
+    }
+
+    /// The value its meter counts, for a UNIQUE_COUNT meter (ingestion
+    /// refuses an event without it).
+    fn counted(&self) -> Option<CountedValue> {
+        let value = self.aggregation.counted_value(&self.event.dimensions).ok().flatten()?;
+        Some((counter_key(&self.event), value.to_owned()))
     }
 }
 
@@ -129,9 +137,14 @@ impl Store {
             (known_events(&transaction, tenant, ids).await?, counters)
         } else {
             let known = known_events(&transaction, tenant, ids).await?;
-            let additions = additions(all().map(|new| &new.event), &known);
+            let additions =
+                additions(all().map(|new| (&new.event, new.aggregation.assumed_addition(new.event.quantity))), &known);
             (known, take_counters(&transaction, tenant, additions).await?)
         };
+        // Which counted values the months have seen, read under the counters' locks.
+        let candidates = all().filter(|new| !known.contains_key(&new.event.event_id)).filter_map(IngestEvent::counted);
+        let mut seen = seen_values(&transaction, tenant, candidates.collect()).await?;
+        let mut first_seen: Vec<CountedValue> = Vec::new();
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
         let mut all_lines: Vec<Line> = Vec::new();
@@ -147,22 +160,29 @@ impl Store {
                     continue;
                 }
                 let counter = counters.entry(counter_key(event)).or_insert(Decimal::ZERO);
-                let usage_before = *counter;
-                // Pricing adds the quantity to the usage before it, checked:
-                // once priced, the counter cannot overflow.
-                let amount = match new.charge(usage_before) {
+                let figure_before = *counter;
+                let counted = new.counted();
+                let new_value = counted.as_ref().is_some_and(|counted| !seen.contains(counted));
+                let billed = new.aggregation.bill(figure_before, event.quantity, new_value);
+                // Pricing adds the billed quantity to the figure before it,
+                // checked: once priced, the counter cannot overflow.
+                let amount = match new.charge(figure_before, billed.quantity) {
                     Ok(amount) => amount,
                     Err(reason) => {
                         results.push(Stored::Unpriced(reason));
                         continue;
                     }
                 };
-                *counter = usage_before + event.quantity;
+                *counter = billed.figure_after;
+                if let Some(counted) = counted.filter(|_| new_value) {
+                    seen.insert(counted.clone());
+                    first_seen.push(counted);
+                }
                 let stored = StoredEvent {
                     event_id: event.event_id.clone(),
                     account_id: event.account_id,
                     meter_code: event.meter_code.clone(),
-                    quantity: event.quantity,
+                    quantity: billed.quantity,
                     dimensions: event.dimensions.clone(),
                     occurred_at: event.occurred_at,
                     status: EventStatus::Pending,
@@ -195,6 +215,7 @@ impl Store {
             transaction.rollback().await?;
             return Ok(Tried::Raced);
         }
+        insert_values(&transaction, tenant, first_seen).await?;
         write_counters(&transaction, tenant, &counters, &held).await?;
         insert_lines(&transaction, &all_lines, now + CLAIM, now).await?;
         transaction.commit().await?;

@@ -12,7 +12,7 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::clients::wallet::{WalletGateway, is_final_refusal};
-use crate::domain::{AuthorizationStatus, Refusal, month_of, price_at, wallet_key};
+use crate::domain::{Aggregation, AuthorizationStatus, Refusal, month_of, price_at, wallet_key};
 use crate::error::MeteringError;
 use crate::store::{AuthorizationRow, NewEvent, Store, StoredEvent};
 use crate::usecases::accounts::Accounts;
@@ -63,11 +63,21 @@ impl Authorizations {
             Some(existing) => existing,
             None => {
                 let meter = meter(&self.store, tenant, "meter_code", &ask.meter_code).await?;
+                if !meter.aggregation.adds_up() {
+                    // A peak or a distinct count is known only as events come.
+                    return Err(MeteringError::field(
+                        "meter_code",
+                        format!(
+                            "a {} meter is charged as its events come, not authorized ahead",
+                            meter.aggregation.name()
+                        ),
+                    ));
+                }
                 let prices = self.store.prices(meter.id).await?;
                 let version = price_at(&prices, now).ok_or(Refusal::NoPrice)?;
                 let scale =
                     self.accounts.scale(tenant, ask.account_id).await?.ok_or(MeteringError::NotFound("account"))?;
-                let estimate = if meter.aggregation == "COUNT" {
+                let estimate = if meter.aggregation == Aggregation::Count {
                     Decimal::ONE.max(ask.estimated_quantity.ceil())
                 } else {
                     ask.estimated_quantity
@@ -143,7 +153,7 @@ impl Authorizations {
         let mut row = self.get(tenant, id).await?;
         let meter = meter(&self.store, tenant, "meter_code", &row.meter_code).await?;
         // A COUNT meter counts whole events.
-        let actual = if meter.aggregation == "COUNT" { actual.ceil() } else { actual };
+        let actual = if meter.aggregation == Aggregation::Count { actual.ceil() } else { actual };
         if row.status == AuthorizationStatus::Active && row.expires_at <= now {
             return Err(Refusal::AuthorizationExpired.into());
         }

@@ -12,7 +12,7 @@ use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 
 use crate::clients::wallet::WalletGateway;
-use crate::domain::{EventStatus, PriceVersion};
+use crate::domain::{Aggregation, EventStatus, PriceVersion};
 use crate::error::MeteringError;
 use crate::store::batcher::StoreBatcher;
 use crate::store::{IngestEvent, MeterRow, NewEvent, Store, Stored, StoredEvent};
@@ -52,8 +52,8 @@ pub enum EventOutcome {
     Duplicate(StoredEvent),
 }
 
-/// A meter with its prices, oldest first.
-type PricedMeter = (MeterRow, Vec<Arc<PriceVersion>>);
+/// A meter with its aggregation and prices, oldest first.
+type PricedMeter = (MeterRow, Arc<Aggregation>, Vec<Arc<PriceVersion>>);
 
 #[derive(Clone)]
 pub struct Ingestion {
@@ -109,13 +109,14 @@ impl Ingestion {
                 let found = match self.store.meter(tenant, &event.meter_code).await? {
                     Some(meter) => {
                         let prices = self.store.prices(meter.id).await?;
-                        Some((meter, prices.into_iter().map(Arc::new).collect()))
+                        let aggregation = Arc::new(meter.aggregation.clone());
+                        Some((meter, aggregation, prices.into_iter().map(Arc::new).collect()))
                     }
                     None => None,
                 };
                 meters.insert(event.meter_code.clone(), found);
             }
-            let Some(Some((meter, prices))) = meters.get(&event.meter_code) else {
+            let Some(Some((_, aggregation, prices))) = meters.get(&event.meter_code) else {
                 outcomes[index] = invalid("meter_code", "UNKNOWN_METER");
                 continue;
             };
@@ -129,9 +130,7 @@ impl Ingestion {
                 outcomes[index] = invalid("meter_code", "NO_PRICE");
                 continue;
             };
-            let quantity = if meter.aggregation == "COUNT" {
-                Decimal::ONE
-            } else {
+            let quantity = if aggregation.reads_quantity() {
                 match event.quantity {
                     Ok(quantity) => quantity,
                     Err(reason) => {
@@ -139,7 +138,13 @@ impl Ingestion {
                         continue;
                     }
                 }
+            } else {
+                Decimal::ONE
             };
+            if let Err(missing) = aggregation.counted_value(&event.dimensions) {
+                outcomes[index] = invalid(&format!("dimensions.{}", missing.0), "MISSING_VALUE_DIMENSION");
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(vacant) = scales.entry(event.account_id) {
                 vacant.insert(self.accounts.scale(tenant, event.account_id).await?);
             }
@@ -155,7 +160,7 @@ impl Ingestion {
                 dimensions: event.dimensions,
                 occurred_at: event.occurred_at,
             };
-            accepted.push((index, IngestEvent { event, price, scale }));
+            accepted.push((index, IngestEvent { event, price, scale, aggregation: aggregation.clone() }));
         }
         let indexes: Vec<usize> = accepted.iter().map(|(index, _)| *index).collect();
         let new_events: Vec<IngestEvent> = accepted.into_iter().map(|(_, event)| event).collect();

@@ -87,6 +87,7 @@ pub async fn meter(suite: &Suite, code: &str, aggregation: pb::Aggregation) -> p
             unit_name: "unit".into(),
             aggregation: aggregation.into(),
             description: String::new(),
+            value_dimension: String::new(),
         })
         .await
         .unwrap()

@@ -6,8 +6,10 @@
 mod helpers;
 
 mod aggregate;
+mod aggregations;
 mod authorizations;
 mod ingestion;
 mod outage;
 mod prices;
 mod traces;
+mod upgrade;

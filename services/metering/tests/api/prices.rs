@@ -79,6 +79,7 @@ async fn prices_and_meters_are_checked(suite: Suite) -> Suite {
         unit_name: "other".into(),
         aggregation: pb::Aggregation::Count.into(),
         description: String::new(),
+        value_dimension: String::new(),
     };
     let refused = client.create_meter(different).await;
     // The ErrorInfo shows the definition in the way.
@@ -135,6 +136,7 @@ async fn a_service_key_naming_no_tenant_is_unauthenticated(suite: Suite) -> Suit
         unit_name: "call".into(),
         aggregation: pb::Aggregation::Count.into(),
         description: String::new(),
+        value_dimension: String::new(),
     };
     let status = service.create_meter(service_request(create, &suite.service_key, nobody).unwrap()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");

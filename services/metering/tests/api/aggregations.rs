@@ -1,0 +1,173 @@
+//! Meters of a month's peak (MAX) and of distinct values (UNIQUE_COUNT),
+//! charged as the figure grows: each event for what it adds, priced on top of
+//! the month so far, so the charges add up to the price of the month's figure.
+
+use chrono::Utc;
+use reservoir_proto::metering as pb;
+use rust_decimal::Decimal;
+
+use crate::helpers::*;
+
+async fn meter_of(suite: &Suite, code: &str, aggregation: pb::Aggregation, value_dimension: &str) -> pb::Meter {
+    let request = pb::CreateMeterRequest {
+        code: code.into(),
+        unit_name: "unit".into(),
+        aggregation: aggregation.into(),
+        description: String::new(),
+        value_dimension: value_dimension.into(),
+    };
+    suite.metering.clone().create_meter(request).await.unwrap().into_inner().meter.unwrap()
+}
+
+/// 10 a unit up to 5, then 4 a unit.
+fn seats_tiers() -> Vec<pb::Tier> {
+    vec![
+        pb::Tier { up_to: "5".into(), unit_price: "10".into() },
+        pb::Tier { up_to: String::new(), unit_price: "4".into() },
+    ]
+}
+
+fn seats_cost(quantity: Decimal) -> Decimal {
+    let five = Decimal::from(5);
+    Decimal::from(10) * quantity.min(five) + Decimal::from(4) * (quantity - five).max(Decimal::ZERO)
+}
+
+/// The month's usage of one meter, in one group.
+async fn month_usage(suite: &Suite, account: &str, meter: &str) -> pb::UsageGroup {
+    let now = Utc::now();
+    let query = pb::GetUsageRequest {
+        account_id: account.into(),
+        meter_code: meter.into(),
+        start_time: Some(reservoir_common::time::to_timestamp(now - chrono::Duration::days(1))),
+        end_time: Some(reservoir_common::time::to_timestamp(now + chrono::Duration::days(1))),
+        group_by: pb::Period::Month.into(),
+        dimension_key: String::new(),
+    };
+    let groups = suite.metering.clone().get_usage(query).await.unwrap().into_inner().groups;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    groups.into_iter().next().unwrap()
+}
+
+async fn a_peak_meter_is_charged_for_each_rise_over_1000_events(suite: Suite) -> Suite {
+    let meter = meter_of(&suite, "seats", pb::Aggregation::Max, "").await;
+    assert_eq!(meter.aggregation, i32::from(pb::Aggregation::Max));
+    price(&suite, "seats", seats_tiers()).await;
+    let account = funded_account(&suite, "100000").await;
+    // Seats in use as reported: up and down, a new peak now and then.
+    let seats: Vec<u32> = (0..1_000_u32).map(|i| 1 + (i * 7919 % 97) * (i / 100 + 1) / 10).collect();
+    let mut peak = Decimal::ZERO;
+    let mut expected = Vec::new();
+    for seat in &seats {
+        let now = Decimal::from(*seat);
+        expected.push(seats_cost(now.max(peak)) - seats_cost(peak));
+        peak = peak.max(now);
+    }
+    let events: Vec<pb::UsageEvent> =
+        seats.iter().map(|seat| event(&account, "seats", &seat.to_string())).collect();
+    let mut charged = Vec::new();
+    for batch in events.chunks(250) {
+        let results = ingest(&suite, batch.to_vec()).await;
+        assert!(statuses(&results).iter().all(|status| *status == pb::EventStatus::Charged), "{results:?}");
+        charged.extend(results.iter().map(|result| d(&result.amount)));
+    }
+    assert_eq!(charged, expected, "each event charged the priced rise of the peak");
+    let total: Decimal = charged.iter().sum();
+    assert_eq!(total, seats_cost(peak), "the month's charges are the price of its peak");
+    assert_eq!(debited(&suite, &account).await, total);
+    // Sent again: answered as before, charged nothing more.
+    let again = ingest(&suite, events[..250].to_vec()).await;
+    assert!(statuses(&again).iter().all(|status| *status == pb::EventStatus::Duplicate));
+    assert_eq!(debited(&suite, &account).await, total);
+    let usage = month_usage(&suite, &account.id, "seats").await;
+    assert_eq!(d(&usage.charged_quantity), peak, "the charged quantities add up to the peak");
+    assert_eq!(d(&usage.charged_amount), total);
+    assert_eq!(usage.event_count, 1_000);
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
+async fn a_distinct_count_meter_charges_each_new_value_once_over_1000_events(suite: Suite) -> Suite {
+    meter_of(&suite, "active-users", pb::Aggregation::UniqueCount, "user").await;
+    price(&suite, "active-users", flat("0.50")).await;
+    let account = funded_account(&suite, "1000").await;
+    // 1,000 events from 137 users, most of them seen many times.
+    let users: Vec<String> = (0..1_000_u32).map(|i| format!("user-{}", i * 31 % 137)).collect();
+    let events: Vec<pb::UsageEvent> = users
+        .iter()
+        .map(|user| {
+            let mut event = event(&account, "active-users", "");
+            event.dimensions.insert("user".into(), user.clone());
+            event
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    let expected: Vec<Decimal> =
+        users.iter().map(|user| if seen.insert(user.clone()) { d("0.5") } else { Decimal::ZERO }).collect();
+    let mut charged = Vec::new();
+    for batch in events.chunks(250) {
+        let results = ingest(&suite, batch.to_vec()).await;
+        assert!(statuses(&results).iter().all(|status| *status == pb::EventStatus::Charged), "{results:?}");
+        charged.extend(results.iter().map(|result| d(&result.amount)));
+    }
+    assert_eq!(charged, expected, "a user new this month costs 0.50 once");
+    assert_eq!(debited(&suite, &account).await, d("68.50"), "137 users");
+    let usage = month_usage(&suite, &account.id, "active-users").await;
+    assert_eq!((d(&usage.charged_quantity), d(&usage.charged_amount)), (d("137"), d("68.50")));
+
+    // An event without the counted dimension is refused on its own.
+    let mut without = event(&account, "active-users", "");
+    without.dimensions.insert("team".into(), "a".into());
+    let newcomer = {
+        let mut event = event(&account, "active-users", "");
+        event.dimensions.insert("user".into(), "someone-new".into());
+        event
+    };
+    let results = ingest(&suite, vec![without, newcomer]).await;
+    assert_eq!(statuses(&results), vec![pb::EventStatus::Invalid, pb::EventStatus::Charged]);
+    assert_eq!((results[0].field.as_str(), results[0].reason.as_str()), ("dimensions.user", "MISSING_VALUE_DIMENSION"));
+    assert_eq!(d(&results[1].amount), d("0.5"));
+    assert_eq!(debited(&suite, &account).await, d("69.00"));
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
+async fn a_meter_is_defined_with_its_dimension_and_not_authorized_ahead(suite: Suite) -> Suite {
+    let mut client = suite.metering.clone();
+    let request = |aggregation: pb::Aggregation, value_dimension: &str| pb::CreateMeterRequest {
+        code: "m".into(),
+        unit_name: "unit".into(),
+        aggregation: aggregation.into(),
+        description: String::new(),
+        value_dimension: value_dimension.into(),
+    };
+    assert_invalid(client.create_meter(request(pb::Aggregation::UniqueCount, "")).await, "value_dimension");
+    assert_invalid(client.create_meter(request(pb::Aggregation::Sum, "user")).await, "value_dimension");
+    assert_invalid(client.create_meter(request(pb::Aggregation::Max, "user")).await, "value_dimension");
+    let created = client.create_meter(request(pb::Aggregation::UniqueCount, "user")).await.unwrap().into_inner();
+    let meters = client.list_meters(pb::ListMetersRequest {}).await.unwrap().into_inner().meters;
+    assert_eq!(meters, vec![created.meter.clone().unwrap()]);
+    assert_eq!(meters[0].value_dimension, "user");
+    // Another dimension under the same code is another definition.
+    let status = client.create_meter(request(pb::Aggregation::UniqueCount, "device")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+
+    meter_of(&suite, "seats", pb::Aggregation::Max, "").await;
+    price(&suite, "seats", flat("1")).await;
+    let account = funded_account(&suite, "100").await;
+    let authorize = pb::AuthorizeRequest {
+        account_id: account.id.clone(),
+        meter_code: "seats".into(),
+        estimated_quantity: "3".into(),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    assert_invalid(client.authorize(authorize).await, "meter_code");
+    assert_eq!(available(&suite.wallet, &account).await, d("100"), "nothing held");
+    suite
+}
+
+crate::on_both_backends!(
+    a_peak_meter_is_charged_for_each_rise_over_1000_events,
+    a_distinct_count_meter_charges_each_new_value_once_over_1000_events,
+    a_meter_is_defined_with_its_dimension_and_not_authorized_ahead,
+);
