@@ -41,6 +41,8 @@ pub enum AggregationArg {
     Max,
     /// Distinct values of --value-dimension in the month (active users).
     UniqueCount,
+    /// The month's last reported quantity (storage held), charged when the month ends.
+    Latest,
 }
 
 #[derive(Subcommand)]
@@ -109,6 +111,7 @@ pub async fn meter(command: MeterCommand) -> anyhow::Result<()> {
                 AggregationArg::Count => pb::Aggregation::Count,
                 AggregationArg::Max => pb::Aggregation::Max,
                 AggregationArg::UniqueCount => pb::Aggregation::UniqueCount,
+                AggregationArg::Latest => pb::Aggregation::Latest,
             };
             let request = pb::CreateMeterRequest {
                 code,
@@ -186,6 +189,7 @@ fn aggregation_name(aggregation: i32) -> &'static str {
         Ok(pb::Aggregation::Count) => "COUNT",
         Ok(pb::Aggregation::Max) => "MAX",
         Ok(pb::Aggregation::UniqueCount) => "UNIQUE_COUNT",
+        Ok(pb::Aggregation::Latest) => "LATEST",
         _ => "?",
     }
 }

@@ -21,6 +21,7 @@ pub fn meter_to_pb(meter: &MeterRow) -> pb::Meter {
             Aggregation::Count => pb::Aggregation::Count,
             Aggregation::Max => pb::Aggregation::Max,
             Aggregation::UniqueCount { .. } => pb::Aggregation::UniqueCount,
+            Aggregation::Latest => pb::Aggregation::Latest,
         }
         .into(),
         description: meter.description.clone(),

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use self::convert::*;
 use crate::clients::wallet::WalletGateway;
 use crate::domain::{
-    Aggregation, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule, Tier,
-    UNIT_PRICE_SCALE_MAX, group_usage, price_at,
+    Aggregation, CLOSING_EVENT_PREFIX, OVERRIDES_MAX, Override, Period, PriceVersion, QUANTITY_SCALE_MAX, Schedule,
+    Tier, UNIT_PRICE_SCALE_MAX, group_usage, price_at,
 };
 use crate::error::MeteringError;
 use crate::store::{MeterRow, Store};
@@ -180,12 +180,13 @@ impl MeteringService for MeteringApi {
             Ok(pb::Aggregation::Sum) => Some(Aggregation::Sum),
             Ok(pb::Aggregation::Count) => Some(Aggregation::Count),
             Ok(pb::Aggregation::Max) => Some(Aggregation::Max),
+            Ok(pb::Aggregation::Latest) => Some(Aggregation::Latest),
             Ok(pb::Aggregation::UniqueCount) => {
                 violations.required_text("value_dimension", dimension, DIMENSION_KEY_LENGTH_MAX);
                 Some(Aggregation::UniqueCount { dimension: dimension.to_owned() })
             }
             _ => {
-                violations.add("aggregation", "must be SUM, COUNT, MAX or UNIQUE_COUNT");
+                violations.add("aggregation", "must be SUM, COUNT, MAX, UNIQUE_COUNT or LATEST");
                 None
             }
         };
@@ -402,6 +403,9 @@ fn check_event(event: pb::UsageEvent, now: DateTime<Utc>) -> Checked {
     violations.required_text("event_id", &event.event_id, EVENT_ID_LENGTH_MAX);
     if event.event_id.starts_with(crate::store::SETTLEMENT_EVENT_PREFIX) {
         violations.add("event_id", "RESERVED: the prefix belongs to settlements");
+    }
+    if event.event_id.starts_with(CLOSING_EVENT_PREFIX) {
+        violations.add("event_id", "RESERVED: the prefix belongs to the charges of LATEST meters' months");
     }
     let account_id = violations.id("account_id", &event.account_id, AccountId);
     dimensions(&mut violations, "dimensions", &event.dimensions);

@@ -2,9 +2,13 @@
 //! event is billed. Charges stay real time: each event is billed for what
 //! it adds to the month's figure (its increment), priced on top of the
 //! figure before it, so a month's charges add up to the price of its total.
+//! A LATEST meter alone waits for the month to end: only then is its figure
+//! known.
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Duration, Months, NaiveDate, Utc};
+use reservoir_common::ids::AccountId;
 use rust_decimal::Decimal;
 
 /// A meter's aggregation.
@@ -20,6 +24,10 @@ pub enum Aggregation {
     /// The number of distinct values of one dimension in the month (users,
     /// devices): an event with a value not seen this month is billed for 1.
     UniqueCount { dimension: String },
+    /// The month's last reported quantity (storage held at the month's end):
+    /// events are recorded as they come and billed nothing; once the month
+    /// has ended its latest quantity is billed once, by a closing event.
+    Latest,
 }
 
 /// Why an event cannot be counted.
@@ -35,6 +43,7 @@ impl Aggregation {
             Self::Count => "COUNT",
             Self::Max => "MAX",
             Self::UniqueCount { .. } => "UNIQUE_COUNT",
+            Self::Latest => "LATEST",
         }
     }
 
@@ -52,6 +61,7 @@ impl Aggregation {
             ("SUM", None) => Some(Self::Sum),
             ("COUNT", None) => Some(Self::Count),
             ("MAX", None) => Some(Self::Max),
+            ("LATEST", None) => Some(Self::Latest),
             ("UNIQUE_COUNT", Some(dimension)) if !dimension.is_empty() => {
                 Some(Self::UniqueCount { dimension: dimension.to_owned() })
             }
@@ -59,10 +69,10 @@ impl Aggregation {
         }
     }
 
-    /// Whether an event's own quantity is read (SUM, MAX); COUNT and
-    /// UNIQUE_COUNT ignore it.
+    /// Whether an event's own quantity is read (SUM, MAX, LATEST); COUNT
+    /// and UNIQUE_COUNT ignore it.
     pub fn reads_quantity(&self) -> bool {
-        matches!(self, Self::Sum | Self::Max)
+        matches!(self, Self::Sum | Self::Max | Self::Latest)
     }
 
     /// Whether a quantity can be estimated and settled against a hold
@@ -108,9 +118,34 @@ impl Aggregation {
                     Decimal::ZERO
                 }
             }
+            Self::Latest => Decimal::ZERO,
         };
         Billed { quantity: billed, figure_after: figure_before + billed }
     }
+}
+
+/// The event that bills a LATEST meter's month once it has ended: one id
+/// per account, meter and month, so closing a month twice bills it once.
+pub fn closing_event_id(account: AccountId, meter_code: &str, month: &str) -> String {
+    format!("{CLOSING_EVENT_PREFIX}{account}:{meter_code}:{month}")
+}
+
+/// What the ids of closing events begin with; no caller's event may.
+pub const CLOSING_EVENT_PREFIX: &str = "latest:";
+
+/// The last instant (to the microsecond) of a month written `YYYY-MM`: when
+/// its closing event is dated, so it counts in that month.
+pub fn month_end(month: &str) -> Option<DateTime<Utc>> {
+    let first = NaiveDate::parse_from_str(&format!("{month}-01"), "%Y-%m-%d").ok()?;
+    let next = first.checked_add_months(Months::new(1))?.and_hms_opt(0, 0, 0)?.and_utc();
+    Some(next - Duration::microseconds(1))
+}
+
+/// Whether a quantity reported at `at` by event `id` replaces the latest so
+/// far: the later one does; at the same instant the greater event id, so
+/// whatever order they arrive in, the same one is kept.
+pub fn replaces_latest(at: DateTime<Utc>, id: &str, latest_at: DateTime<Utc>, latest_id: &str) -> bool {
+    (at, id) > (latest_at, latest_id)
 }
 
 /// An event's billed quantity and the month's figure after it.
@@ -164,10 +199,37 @@ mod tests {
     }
 
     #[test]
+    fn the_latest_quantity_is_the_last_reported_whatever_the_order_it_came_in() {
+        use chrono::TimeZone;
+        let at = |day| Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap();
+        assert!(replaces_latest(at(3), "a", at(2), "z"));
+        assert!(!replaces_latest(at(1), "z", at(2), "a"));
+        assert!(replaces_latest(at(2), "b", at(2), "a"), "the same instant: the greater id");
+        assert!(!replaces_latest(at(2), "a", at(2), "b"));
+        assert_eq!(
+            Aggregation::Latest.bill(d("0"), d("80"), false).quantity,
+            Decimal::ZERO,
+            "billed at the month's end"
+        );
+        assert_eq!(
+            month_end("2026-11"),
+            Some(Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap() - Duration::microseconds(1))
+        );
+        assert_eq!(month_end("2026-12").map(|end| end.to_rfc3339()), Some("2026-12-31T23:59:59.999999+00:00".into()));
+        assert_eq!(month_end("2026-13"), None);
+        let account = AccountId(uuid::Uuid::nil());
+        assert_eq!(closing_event_id(account, "storage", "2026-11"), format!("latest:{account}:storage:2026-11"));
+    }
+
+    #[test]
     fn stored_names_read_back() {
-        for aggregation in
-            [Aggregation::Sum, Aggregation::Count, Aggregation::Max, Aggregation::UniqueCount { dimension: "u".into() }]
-        {
+        for aggregation in [
+            Aggregation::Sum,
+            Aggregation::Count,
+            Aggregation::Max,
+            Aggregation::UniqueCount { dimension: "u".into() },
+            Aggregation::Latest,
+        ] {
             assert_eq!(Aggregation::from_parts(aggregation.name(), aggregation.dimension()), Some(aggregation));
         }
         assert_eq!(Aggregation::from_parts("UNIQUE_COUNT", None), None);

@@ -217,3 +217,35 @@ pub mod unique_value {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod latest_value {
+    use sea_orm::entity::prelude::*;
+
+    use reservoir_common::db::Amount;
+
+    /// The last quantity an account reported for a LATEST meter in a month,
+    /// and where the month's charge stands: OPEN while events may still
+    /// come, CLOSED once the month has ended and no more are taken, CHARGED
+    /// once its closing event is stored.
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "latest_values")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub meter_code: String,
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub month: String,
+        pub quantity: Amount,
+        pub occurred_at: DateTimeUtc,
+        pub event_id: String,
+        pub state: String,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

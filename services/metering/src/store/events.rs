@@ -54,6 +54,9 @@ pub enum Stored {
     /// amount holds): refused on its own, nothing stored, the rest of its
     /// batch stored as if it were not there.
     Unpriced(String),
+    /// For a LATEST meter, its month was closed and charged already: refused
+    /// on its own, as a late event.
+    Closed,
 }
 
 /// The wallet's answer for one event's debit.

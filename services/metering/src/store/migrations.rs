@@ -223,8 +223,10 @@ impl MigrationTrait for RecordedAnswers {
     }
 }
 
-/// Meters of a month's peak (MAX) and of distinct values of a dimension
-/// (UNIQUE_COUNT), and the values each account's month has seen.
+/// Meters of a month's peak (MAX), of distinct values of a dimension
+/// (UNIQUE_COUNT) and of the last quantity reported (LATEST): the values
+/// each account's month has seen, and the latest quantity of each month
+/// with where its charge stands.
 struct Aggregations;
 
 impl MigrationName for Aggregations {
@@ -241,9 +243,21 @@ CREATE TABLE unique_values (
     month TEXT NOT NULL,
     value TEXT NOT NULL,
     PRIMARY KEY (tenant_id, account_id, meter_code, month, value)
-)";
+);
+CREATE TABLE latest_values (
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    meter_code TEXT NOT NULL,
+    month TEXT NOT NULL,
+    quantity {amount} NOT NULL,
+    occurred_at {time} NOT NULL,
+    event_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('OPEN', 'CLOSED', 'CHARGED')),
+    PRIMARY KEY (tenant_id, account_id, meter_code, month)
+);
+CREATE INDEX latest_values_to_charge ON latest_values (month) WHERE state <> 'CHARGED'";
 
-const AGGREGATION_NAMES: &str = "'SUM', 'COUNT', 'MAX', 'UNIQUE_COUNT'";
+const AGGREGATION_NAMES: &str = "'SUM', 'COUNT', 'MAX', 'UNIQUE_COUNT', 'LATEST'";
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Aggregations {

@@ -9,6 +9,7 @@ pub mod batcher;
 mod counters;
 mod entities;
 mod events;
+mod latest;
 mod lines;
 mod meters;
 pub mod migrations;
@@ -17,6 +18,7 @@ mod usage;
 
 pub use self::authorizations::{AuthorizationRow, SETTLEMENT_EVENT_PREFIX, settlement_event_id};
 pub use self::events::{NewEvent, Settlement, Stored, StoredEvent};
+pub use self::latest::MonthToClose;
 pub use self::lines::{LEGACY_LINE_PREFIX, Line};
 pub use self::meters::MeterRow;
 pub use self::usage::{IngestEvent, StoredBatch};

@@ -14,7 +14,7 @@
 //! table alone lets the planner, on a young table's statistics, scan the
 //! table first and the arrays once per row, which costs seconds a batch.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -29,14 +29,15 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::counters::{Counters, additions, counter_key, take_counters, write_counters};
+use super::counters::{CounterKey, Counters, additions, counter_key, take_counters, write_counters};
 use super::entities::event;
 use super::events::event_from_row;
+use super::latest::{Latest, latest_of, write_latest};
 use super::lines::{Line, insert_lines};
 use super::unique::{CountedValue, insert_values, seen_values};
 use super::{CLAIM, NewEvent, Store, Stored, StoredEvent, json};
 use crate::domain::wallet_key;
-use crate::domain::{Aggregation, EventStatus, PriceVersion};
+use crate::domain::{Aggregation, EventStatus, PriceVersion, replaces_latest};
 use crate::error::MeteringError;
 
 /// Times batches are stored again when a concurrent batch stored one of their
@@ -74,6 +75,10 @@ impl IngestEvent {
     /// What `billed` costs on top of the month's figure before it.
     fn charge(&self, figure_before: Decimal, billed: Decimal) -> Result<Decimal, String> {
         self.price.charge(&self.event.dimensions, figure_before, billed, self.scale).map_err(|error| error.to_string())
+    }
+
+    fn is_latest(&self) -> bool {
+        *self.aggregation == Aggregation::Latest
     }
 
     /// The value its meter counts, for a UNIQUE_COUNT meter (ingestion
@@ -145,6 +150,12 @@ impl Store {
         let candidates = all().filter(|new| !known.contains_key(&new.event.event_id)).filter_map(IngestEvent::counted);
         let mut seen = seen_values(&transaction, tenant, candidates.collect()).await?;
         let mut first_seen: Vec<CountedValue> = Vec::new();
+        // The latest quantities of LATEST meters' months, read under the same locks.
+        let months = all()
+            .filter(|new| new.is_latest() && !known.contains_key(&new.event.event_id))
+            .map(|new| counter_key(&new.event));
+        let mut latest = latest_of(&transaction, tenant, months.collect()).await?;
+        let mut latest_changed: BTreeSet<CounterKey> = BTreeSet::new();
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
         let mut all_lines: Vec<Line> = Vec::new();
@@ -158,6 +169,32 @@ impl Store {
                 if let Some(stored) = known.get(&event.event_id) {
                     results.push(Stored::Duplicate(stored.clone()));
                     continue;
+                }
+                if new.is_latest() {
+                    let month = counter_key(event);
+                    match latest.get(&month) {
+                        Some(current) if !current.open => {
+                            results.push(Stored::Closed);
+                            continue;
+                        }
+                        Some(current)
+                            if !replaces_latest(
+                                event.occurred_at,
+                                &event.event_id,
+                                current.occurred_at,
+                                &current.event_id,
+                            ) => {}
+                        _ => {
+                            let reported = Latest {
+                                quantity: event.quantity,
+                                occurred_at: event.occurred_at,
+                                event_id: event.event_id.clone(),
+                                open: true,
+                            };
+                            latest.insert(month.clone(), reported);
+                            latest_changed.insert(month);
+                        }
+                    }
                 }
                 let counter = counters.entry(counter_key(event)).or_insert(Decimal::ZERO);
                 let figure_before = *counter;
@@ -216,6 +253,8 @@ impl Store {
             return Ok(Tried::Raced);
         }
         insert_values(&transaction, tenant, first_seen).await?;
+        let latest_changed = latest_changed.into_iter().filter_map(|month| latest.remove_entry(&month)).collect();
+        write_latest(&transaction, tenant, latest_changed).await?;
         write_counters(&transaction, tenant, &counters, &held).await?;
         insert_lines(&transaction, &all_lines, now + CLAIM, now).await?;
         transaction.commit().await?;

@@ -197,6 +197,9 @@ impl Ingestion {
                 Stored::New(event) => EventOutcome::Drawn(drawn.remove(&event.event_id).unwrap_or(event)),
                 Stored::Duplicate(event) => EventOutcome::Duplicate(event),
                 Stored::Unpriced(reason) => EventOutcome::Invalid { field: "quantity".to_owned(), reason },
+                Stored::Closed => {
+                    EventOutcome::Invalid { field: "timestamp".to_owned(), reason: "PERIOD_CLOSED".to_owned() }
+                }
             });
         }
         outcomes

@@ -2,13 +2,15 @@
 //! scales (`accounts`), ingesting usage (`ingest`), drawing stored usage
 //! line by line (`charge`), the asynchronous drawdown that does it behind
 //! ingest (`drawdown`), authorizing and settling usage (`authorizations`,
-//! `settle`), and what every replica's worker finishes (`worker`).
+//! `settle`), LATEST meters charged once their month ends (`latest`), and
+//! what every replica's worker finishes (`worker`).
 
 pub mod accounts;
 pub mod authorizations;
 pub mod charge;
 pub mod drawdown;
 pub mod ingest;
+pub mod latest;
 pub mod settle;
 pub mod worker;
 

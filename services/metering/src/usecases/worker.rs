@@ -1,6 +1,7 @@
 //! What every replica of metering does by itself, in passes: draws the
 //! usage lines a crash, an outage or a claim that ran out left pending,
-//! finishes interrupted settlements, and expires lapsed authorizations.
+//! finishes interrupted settlements, expires lapsed authorizations, and
+//! charges LATEST meters whose month has ended.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use crate::clients::wallet::WalletGateway;
 use crate::error::MeteringError;
 use crate::store::{Line, Store};
 use crate::usecases::charge::draw_lines;
+use crate::usecases::latest::close_months;
 use crate::usecases::settle::resume_settlements;
 
 /// Pending events the worker takes per pass.
@@ -49,5 +51,6 @@ async fn work_once(store: &Store, wallet: &WalletGateway) -> Result<(), Metering
     }
     resume_settlements(store, wallet, now - SETTLEMENT_GRACE).await;
     store.expire_authorizations(now).await?;
+    close_months(store, wallet, now).await?;
     Ok(())
 }

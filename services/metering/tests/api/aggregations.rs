@@ -62,8 +62,7 @@ async fn a_peak_meter_is_charged_for_each_rise_over_1000_events(suite: Suite) ->
         expected.push(seats_cost(now.max(peak)) - seats_cost(peak));
         peak = peak.max(now);
     }
-    let events: Vec<pb::UsageEvent> =
-        seats.iter().map(|seat| event(&account, "seats", &seat.to_string())).collect();
+    let events: Vec<pb::UsageEvent> = seats.iter().map(|seat| event(&account, "seats", &seat.to_string())).collect();
     let mut charged = Vec::new();
     for batch in events.chunks(250) {
         let results = ingest(&suite, batch.to_vec()).await;
@@ -166,8 +165,92 @@ async fn a_meter_is_defined_with_its_dimension_and_not_authorized_ahead(suite: S
     suite
 }
 
+/// Waits until the wallet shows `amount` debited from the account.
+async fn until_debited(suite: &Suite, account: &reservoir_proto::wallet::Account, amount: Decimal) {
+    for _ in 0..150 {
+        if debited(suite, account).await == amount {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{amount} never debited; {} was", debited(suite, account).await);
+}
+
+async fn a_latest_meter_charges_a_month_once_it_has_ended(suite: Suite) -> Suite {
+    use chrono::{Datelike, TimeZone};
+    meter_of(&suite, "storage", pb::Aggregation::Latest, "").await;
+    let now = Utc::now();
+    let this_month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).unwrap();
+    let day_before = this_month - chrono::Duration::days(1);
+    let last_month = Utc.with_ymd_and_hms(day_before.year(), day_before.month(), 1, 0, 0, 0).unwrap();
+    // 0.10 a GB since before last month, as set back then (SetPrice takes no past instant).
+    suite
+        .metering_database()
+        .execute(
+            "INSERT INTO prices (id, tenant_id, meter_id, effective_from, definition, created_at) \
+             SELECT $1, tenant_id, id, $2, '{\"tiers\":[[null,\"0.10\"]],\"overrides\":[]}', $2 \
+             FROM meters WHERE code = 'storage'",
+            vec![uuid::Uuid::now_v7().into(), (last_month - chrono::Duration::days(1)).into()],
+        )
+        .await;
+    let account = funded_account(&suite, "100").await;
+    let at = |at: chrono::DateTime<Utc>, quantity: &str| {
+        let mut event = event(&account, "storage", quantity);
+        event.timestamp = Some(reservoir_common::time::to_timestamp(at));
+        event
+    };
+    let day = |n: i64| last_month + chrono::Duration::days(n);
+    // Reported out of order: the latest of last month is 80 GB (its 5th day).
+    let events = vec![at(day(1), "50"), at(day(4), "80"), at(day(2), "30"), at(now, "20")];
+    let results = ingest(&suite, events).await;
+    assert!(statuses(&results).iter().all(|status| *status == pb::EventStatus::Charged), "{results:?}");
+    assert!(results.iter().all(|result| d(&result.amount).is_zero()), "charged when the month ends");
+    // The worker closes last month and charges 80 × 0.10 once.
+    until_debited(&suite, &account, d("8.00")).await;
+    let usage = |start, end| {
+        let query = pb::GetUsageRequest {
+            account_id: account.id.clone(),
+            meter_code: "storage".into(),
+            start_time: Some(reservoir_common::time::to_timestamp(start)),
+            end_time: Some(reservoir_common::time::to_timestamp(end)),
+            group_by: pb::Period::Month.into(),
+            dimension_key: String::new(),
+        };
+        let mut metering = suite.metering.clone();
+        async move { metering.get_usage(query).await.unwrap().into_inner().groups }
+    };
+    let last = usage(last_month, this_month).await;
+    assert_eq!(last.len(), 1);
+    assert_eq!((d(&last[0].charged_quantity), d(&last[0].charged_amount)), (d("80"), d("8")));
+    assert_eq!(last[0].event_count, 4, "three reports and the month's charge");
+    let current = usage(this_month, now + chrono::Duration::minutes(10)).await;
+    assert_eq!((d(&current[0].charged_amount), current[0].event_count), (Decimal::ZERO, 1), "this month is still open");
+
+    // A report for last month that comes after it closed is refused.
+    let late = ingest(&suite, vec![at(day(10), "999")]).await;
+    assert_eq!(statuses(&late), vec![pb::EventStatus::Invalid]);
+    assert_eq!((late[0].field.as_str(), late[0].reason.as_str()), ("timestamp", "PERIOD_CLOSED"));
+    // The charge's event id is reserved.
+    let mut forged = event(&account, "storage", "1");
+    forged.event_id = format!("latest:{}:storage:{}", account.id, now.format("%Y-%m"));
+    assert_eq!(statuses(&ingest(&suite, vec![forged]).await), vec![pb::EventStatus::Invalid]);
+
+    // As if a replica died between the month's charge and recording it, and
+    // as if the month were open again with another figure: it is closed and
+    // charged again, and the wallet debited once all the same.
+    let metering = suite.metering_database();
+    metering.execute("UPDATE latest_values SET state = 'CLOSED' WHERE quantity = 80", Vec::new()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    metering.execute("UPDATE latest_values SET state = 'OPEN', quantity = 500 WHERE quantity = 80", Vec::new()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    assert_eq!(debited(&suite, &account).await, d("8.00"), "the month is charged once");
+    assert_books_balance(&suite.wallet, &account).await;
+    suite
+}
+
 crate::on_both_backends!(
     a_peak_meter_is_charged_for_each_rise_over_1000_events,
     a_distinct_count_meter_charges_each_new_value_once_over_1000_events,
     a_meter_is_defined_with_its_dimension_and_not_authorized_ahead,
+    a_latest_meter_charges_a_month_once_it_has_ended,
 );
