@@ -134,6 +134,19 @@ async fn check_wallet_books(
     if entries != keys {
         bail!("{entries} debit entries but {keys} distinct keys and grants: a key applied twice");
     }
+    check_chains(wallet, accounts).await
+}
+
+/// Every entry of the accounts still matches the ledger's hash chain, as
+/// VerifyLedger recomputes it: the batched writes chained each debit on.
+pub async fn check_chains(wallet: &Wallet, accounts: &[pb::Account]) -> anyhow::Result<()> {
+    for account in accounts {
+        let request = pb::VerifyLedgerRequest { account_id: account.id.clone(), ..Default::default() };
+        let found = wallet.clone().verify_ledger(request).await?.into_inner();
+        if !found.intact {
+            bail!("the ledger of account {} does not match its hash chain: {:?}", account.id, found.first_break);
+        }
+    }
     Ok(())
 }
 

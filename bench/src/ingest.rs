@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use reservoir_proto::metering as metering_pb;
 use reservoir_proto::wallet as pb;
+use reservoir_wallet::domain::{AccountId, Entry, EntryId, EntryKind, GrantId, OperationId, chain};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
 use crate::load;
@@ -27,8 +28,9 @@ pub async fn tenant_of(wallet: &Wallet) -> anyhow::Result<uuid::Uuid> {
 
 /// Opens `count` USD accounts of the tenant straight in the wallet's tables,
 /// each with one paid grant of `funds` and the GRANT entry that records it,
-/// as CreateAccount and GrantCredits would leave them: opening a million
-/// accounts through the API would take most of an hour.
+/// hashed and chained as the wallet does, as CreateAccount and GrantCredits
+/// would leave them: opening a million accounts through the API would take
+/// most of an hour.
 pub async fn bulk_accounts(
     books: &DatabaseConnection,
     tenant: uuid::Uuid,
@@ -37,40 +39,96 @@ pub async fn bulk_accounts(
 ) -> anyhow::Result<Vec<String>> {
     let mut ids = Vec::with_capacity(count);
     let mut opened = 0;
+    let amount = rust_decimal::Decimal::from(funds);
     while opened < count {
         let chunk = (count - opened).min(50_000);
-        let rows = books
+        let numbers = books
             .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "WITH new AS ( \
+                "SELECT nextval('account_numbers') AS number FROM generate_series(1, $1::int)",
+                [i32::try_from(chunk)?.into()],
+            ))
+            .await?;
+        let now = chrono::Utc::now();
+        let (mut accounts, mut numbers_out, mut grants, mut hashes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for row in numbers {
+            let number: i64 = row.try_get("", "number")?;
+            let (account, grant) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+            let entry = grant_entry(account, u64::try_from(number)?, grant, amount, now);
+            let hash = chain::entry_hash(&chain::LedgerHash::GENESIS, &entry).0.to_vec();
+            accounts.push(sea_orm::Value::from(account));
+            numbers_out.push(sea_orm::Value::from(number));
+            grants.push(sea_orm::Value::from(grant));
+            hashes.push(sea_orm::Value::from(hash));
+            ids.push(account.to_string());
+        }
+        let array = |kind, values| sea_orm::Value::Array(kind, Some(Box::new(values)));
+        use sea_orm::sea_query::ArrayType;
+        books
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "WITH v AS (SELECT * FROM UNNEST($2::uuid[], $3::bigint[], $4::uuid[], $5::bytea[]) AS v(id, n, g, h)), \
+                 new AS ( \
                    INSERT INTO accounts (id, number, tenant_id, external_id, unit_code, unit_scale, unit_price_per_credit, \
                    unit_billing_currency, overdraft_policy, credit_limit, status, low_balance_alerted, depleted_alerted, \
                    overdraft_used, held, last_sequence, metadata, created_at, updated_at, credit_blocked, version, \
-                   low_balance_warned, spend_month, month_spend, cap_alerted_percent, transfer_day, transferred_today) \
-                   SELECT gen_random_uuid(), nextval('account_numbers'), $1, 'bulk-' || gen_random_uuid(), 'USD', 2, '', '', \
-                   'NONE', 0, 'ACTIVE', false, false, 0, 0, 1, '{}', now(), now(), false, 1, false, '', 0, 0, '', 0 \
-                   FROM generate_series(1, $2::int) RETURNING id, number), \
+                   low_balance_warned, spend_month, month_spend, cap_alerted_percent, transfer_day, transferred_today, \
+                   ledger_head) \
+                   SELECT v.id, v.n, $1, 'bulk-' || v.id, 'USD', 2, '', '', 'NONE', 0, 'ACTIVE', false, false, 0, 0, 1, \
+                   '{}', $6, $6, false, 1, false, '', 0, 0, '', 0, v.h FROM v), \
                  granted AS ( \
                    INSERT INTO grants (id, account_id, tenant_id, kind, source, source_reference, original_amount, \
                    remaining_amount, priority, effective_at, meter_codes, status, metadata, created_at, created_sequence) \
-                   SELECT gen_random_uuid(), id, $1, 'PAID', 'ADMIN', '', $3, $3, 100, now(), '[]', 'ACTIVE', '{}', now(), 1 \
-                   FROM new RETURNING id, account_id), \
-                 entries AS ( \
-                   INSERT INTO ledger (account_number, sequence, created_at, grant_id, position, kind, amount, \
-                   balance_after, idempotency_key) \
-                   SELECT n.number, 1, now(), g.id, 0, 1, $3, $3, 'bulk-' || n.number \
-                   FROM new n JOIN granted g ON g.account_id = n.id) \
-                 SELECT id::text AS id FROM new",
-                [tenant.into(), i32::try_from(chunk)?.into(), funds.into()],
+                   SELECT v.g, v.id, $1, 'PAID', 'ADMIN', '', $7, $7, 100, $6, '[]', 'ACTIVE', '{}', $6, 1 FROM v) \
+                 INSERT INTO ledger (account_number, sequence, created_at, grant_id, position, kind, amount, \
+                 balance_after, idempotency_key, hash) \
+                 SELECT v.n, 1, $6, v.g, 0, 1, $7, $7, 'bulk-' || v.n, v.h FROM v",
+                [
+                    tenant.into(),
+                    array(ArrayType::Uuid, accounts),
+                    array(ArrayType::BigInt, numbers_out),
+                    array(ArrayType::Uuid, grants),
+                    array(ArrayType::Bytes, hashes),
+                    now.into(),
+                    amount.into(),
+                ],
             ))
             .await?;
-        for row in rows {
-            ids.push(row.try_get::<String>("", "id")?);
-        }
         opened += chunk;
     }
     books.execute_unprepared("ANALYZE").await?;
     Ok(ids)
+}
+
+/// The GRANT entry GrantCredits writes for an account's first grant.
+fn grant_entry(
+    account: uuid::Uuid,
+    number: u64,
+    grant: uuid::Uuid,
+    amount: rust_decimal::Decimal,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Entry {
+    Entry {
+        id: EntryId::of(number, 1),
+        account_id: AccountId(account),
+        operation_id: OperationId(uuid::Uuid::nil()),
+        sequence: 1,
+        position: 0,
+        kind: EntryKind::Grant,
+        amount,
+        grant_id: Some(GrantId(grant)),
+        hold_id: None,
+        balance_after: amount,
+        idempotency_key: format!("bulk-{number}"),
+        correlation_id: String::new(),
+        meter_code: None,
+        description: String::new(),
+        metadata: Default::default(),
+        refunded_entry_id: None,
+        created_at: at,
+        key_id: None,
+        hash: None,
+    }
 }
 
 /// The meter `tokens` at 0.001 a token.

@@ -28,8 +28,8 @@ use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
 use crate::drive::{
-    as_accounts, available, debits_at_rate, open_account, read_latency, run_baseline_debits, run_debits, warm_up,
-    warm_up_baseline,
+    as_accounts, available, check_chains, debits_at_rate, open_account, read_latency, run_baseline_debits, run_debits,
+    warm_up, warm_up_baseline,
 };
 use crate::figures::{Ceilings, Comparison, line};
 use crate::profile::profile;
@@ -198,6 +198,8 @@ async fn main() -> anyhow::Result<()> {
         }
         comparisons.push(spread);
     }
+    // The accounts opened in the tables and then debited through the service chain on.
+    check_chains(&wallet, &spread_accounts[..spread_accounts.len().min(50)]).await?;
     books.execute_unprepared("VACUUM ANALYZE ledger, replay_records, events").await?;
     let bytes_per_debit =
         (debit_bytes(&books).await? - bytes_before) as f64 / (debit_count(&books).await? - debits_before).max(1) as f64;

@@ -205,7 +205,7 @@ impl WalletApi {
                 ChainBreak::Head { expected, stored, .. } | ChainBreak::Known { expected, stored, .. } => {
                     (Some(*expected), Some(*stored))
                 }
-                ChainBreak::Missing { .. } => (None, None),
+                ChainBreak::Missing { .. } | ChainBreak::Beyond { .. } => (None, None),
             };
             let hex = |hash: Option<LedgerHash>| hash.map(LedgerHash::to_hex).unwrap_or_default();
             pb::LedgerBreak {

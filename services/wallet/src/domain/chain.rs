@@ -67,8 +67,10 @@ pub fn entry_hash(previous: &LedgerHash, entry: &Entry) -> LedgerHash {
         hasher.update(bytes);
     };
     let optional_id = |id: Option<uuid::Uuid>| id.map(|id| id.into_bytes().to_vec()).unwrap_or_default();
+    field(entry.id.0.as_bytes());
     field(entry.account_id.0.as_bytes());
     field(&entry.sequence.to_be_bytes());
+    field(&entry.position.to_be_bytes());
     field(&entry.created_at.timestamp_micros().to_be_bytes());
     field(entry.kind.name().as_bytes());
     field(entry.amount.normalize().to_string().as_bytes());
@@ -104,6 +106,9 @@ pub enum ChainBreak {
     /// The account's head is not the last entry's hash: entries at the end
     /// were removed, or the head was changed.
     Head { sequence: u64, entry: Option<EntryId>, expected: LedgerHash, stored: LedgerHash },
+    /// An entry lies past the account's latest sequence: added behind the
+    /// account's back.
+    Beyond { sequence: u64, entry: EntryId },
     /// The entry at a sequence a caller kept a hash of has another hash now.
     Known { sequence: u64, entry: EntryId, expected: LedgerHash, stored: LedgerHash },
 }
@@ -115,14 +120,15 @@ impl ChainBreak {
             Self::Altered { sequence, .. }
             | Self::Missing { sequence }
             | Self::Head { sequence, .. }
-            | Self::Known { sequence, .. } => *sequence,
+            | Self::Known { sequence, .. }
+            | Self::Beyond { sequence, .. } => *sequence,
         }
     }
 
     /// The id of the entry that does not match; none where it is missing.
     pub fn entry(&self) -> Option<EntryId> {
         match self {
-            Self::Altered { entry, .. } | Self::Known { entry, .. } => Some(*entry),
+            Self::Altered { entry, .. } | Self::Known { entry, .. } | Self::Beyond { entry, .. } => Some(*entry),
             Self::Head { entry, .. } => *entry,
             Self::Missing { .. } => None,
         }
@@ -135,6 +141,7 @@ impl ChainBreak {
             Self::Missing { .. } => "ENTRY_MISSING",
             Self::Head { .. } => "HEAD_MISMATCH",
             Self::Known { .. } => "KNOWN_HASH_MISMATCH",
+            Self::Beyond { .. } => "ENTRY_BEYOND_HEAD",
         }
     }
 }

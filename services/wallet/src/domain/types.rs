@@ -311,6 +311,9 @@ pub struct Entry {
     pub account_id: AccountId,
     pub operation_id: OperationId,
     pub sequence: u64,
+    /// Its place among the entries of its operation on this account, from 0:
+    /// which entries make one operation (a refund's limit is its debit's).
+    pub position: u32,
     pub kind: EntryKind,
     /// Signed: what the entry adds to (or, negative, takes from) the balance.
     pub amount: Decimal,

@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use reservoir_common::db::rows_per_insert;
 use sea_orm::sea_query::{ArrayType, Expr};
 use sea_orm::{
-    ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    QueryTrait, Value,
+    ActiveValue, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    QueryTrait, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -229,16 +229,9 @@ pub async fn refunds_of(
 /// The stored form of a batch of entries, each at its place in its operation.
 pub fn rows_for(entries: &[Entry], account_number: u64) -> Vec<entry::ActiveModel> {
     let mut rows_out = Vec::with_capacity(entries.len());
-    let mut position = 0_u32;
-    let mut previous: Option<&Entry> = None;
     for entry in entries {
-        position = match previous {
-            Some(before) if before.operation_id == entry.operation_id => position + 1,
-            _ => 0,
-        };
         let refunded_sequence = entry.refunded_entry_id.and_then(|id| id.parts()).map(|(_, sequence)| sequence);
-        rows_out.push(rows::entry_to_row(entry, account_number, position, refunded_sequence));
-        previous = Some(entry);
+        rows_out.push(rows::entry_to_row(entry, account_number, refunded_sequence));
     }
     rows_out
 }
@@ -281,13 +274,42 @@ pub async fn chain_existing(connection: &impl ConnectionTrait) -> Result<(), Wal
         let mut head = LedgerHash::GENESIS;
         let mut after = 0_i64;
         loop {
-            let rows = entry::Entity::find()
-                .filter(entry::Column::AccountNumber.eq(number))
-                .filter(entry::Column::Sequence.gt(after))
-                .order_by_asc(entry::Column::Sequence)
-                .limit(CHAIN_PAGE)
-                .all(connection)
-                .await?;
+            // The columns as they were when entries were chained, named one
+            // by one: a column added later is not there yet when this runs.
+            let rows: Vec<entry::Model> = connection
+                .query_all_raw(Statement::from_sql_and_values(
+                    connection.get_database_backend(),
+                    "SELECT account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, \
+                     balance_after, idempotency_key, correlation_id, meter_code, description, metadata, \
+                     refunded_sequence, legacy_id, key_id FROM ledger WHERE account_number = $1 AND sequence > $2 \
+                     ORDER BY sequence LIMIT $3",
+                    [number.into(), after.into(), i64::try_from(CHAIN_PAGE).unwrap_or(i64::MAX).into()],
+                ))
+                .await?
+                .iter()
+                .map(|row| -> Result<entry::Model, DbErr> {
+                    Ok(entry::Model {
+                        account_number: row.try_get("", "account_number")?,
+                        sequence: row.try_get("", "sequence")?,
+                        created_at: row.try_get("", "created_at")?,
+                        grant_id: row.try_get("", "grant_id")?,
+                        hold_id: row.try_get("", "hold_id")?,
+                        position: row.try_get("", "position")?,
+                        kind: row.try_get("", "kind")?,
+                        amount: row.try_get("", "amount")?,
+                        balance_after: row.try_get("", "balance_after")?,
+                        idempotency_key: row.try_get("", "idempotency_key")?,
+                        correlation_id: row.try_get("", "correlation_id")?,
+                        meter_code: row.try_get("", "meter_code")?,
+                        description: row.try_get("", "description")?,
+                        metadata: row.try_get("", "metadata")?,
+                        refunded_sequence: row.try_get("", "refunded_sequence")?,
+                        legacy_id: row.try_get("", "legacy_id")?,
+                        key_id: row.try_get("", "key_id")?,
+                        hash: None,
+                    })
+                })
+                .collect::<Result<_, _>>()?;
             let Some(last) = rows.last() else { break };
             after = last.sequence;
             for entry in entries_of(connection, AccountId(id), rows).await? {

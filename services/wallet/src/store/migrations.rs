@@ -593,12 +593,21 @@ impl MigrationTrait for LedgerChain {
             db.execute_unprepared("DROP TRIGGER ledger_no_update").await?;
         }
         super::ledger::chain_existing(db).await.map_err(|error| DbErr::Migration(error.to_string()))?;
+        // From now on every entry has its hash: a replica of an earlier
+        // release still running (a rolling upgrade) has its writes refused
+        // rather than leave entries out of the chain.
         if backend == DbBackend::Postgres {
-            db.execute_unprepared("ALTER TABLE ledger ENABLE TRIGGER ledger_append_only").await?;
+            db.execute_unprepared(
+                "ALTER TABLE ledger ENABLE TRIGGER ledger_append_only; \
+                 ALTER TABLE ledger ALTER COLUMN hash SET NOT NULL",
+            )
+            .await?;
         } else {
             db.execute_unprepared(
                 "CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger \
-                 BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;",
+                 BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END; \
+                 CREATE TRIGGER ledger_hash_required BEFORE INSERT ON ledger WHEN NEW.hash IS NULL \
+                 BEGIN SELECT RAISE(ABORT, 'a ledger entry needs its hash'); END;",
             )
             .await?;
         }

@@ -208,6 +208,22 @@ impl Store {
         ledger::entries_of(&self.db, account_id, rows).await
     }
 
+    /// The account's entry of the highest sequence in the ledger, whatever
+    /// sequence the account says is its latest.
+    pub async fn highest_entry(
+        &self,
+        tenant_id: TenantId,
+        account_id: AccountId,
+    ) -> Result<Option<Entry>, WalletError> {
+        let account = self.account(tenant_id, account_id).await?;
+        let row = entry::Entity::find()
+            .filter(entry::Column::AccountNumber.eq(to_i64(account.number)))
+            .order_by_desc(entry::Column::Sequence)
+            .one(&self.db)
+            .await?;
+        Ok(ledger::entries_of(&self.db, account_id, row.into_iter().collect()).await?.pop())
+    }
+
     /// A wallet's ledger as of one snapshot, for a report that works back
     /// from it: every grant (written off or not), the last entry's sequence,
     /// and the running balance after it.

@@ -46,7 +46,9 @@ pub fn request_hash(encoded_request: &[u8]) -> Vec<u8> {
 /// Whether a record was made for this request. Records written before kept
 /// 128 bits of the digest; their first 64 are compared.
 pub fn same_request(recorded: &[u8], request_hash: &[u8]) -> bool {
-    recorded.get(..request_hash.len()) == Some(request_hash)
+    request_hash.len() == REQUEST_BYTES
+        && matches!(recorded.len(), REQUEST_BYTES | DIGEST_BYTES)
+        && recorded[..REQUEST_BYTES] == *request_hash
 }
 
 /// The methods whose calls are recorded, as stored.
@@ -240,6 +242,8 @@ mod tests {
         assert!(same_request(&recorded_before, &hash), "a record written before still replays");
         assert!(!same_request(&request_hash(b"debit 2.00 of account a"), &hash));
         assert!(!same_request(&[], &hash));
+        assert!(!same_request(&hash, &[]), "an empty digest matches nothing");
+        assert!(!same_request(&Sha256::digest(request), &hash), "nor a digest of another length");
     }
 
     #[test]
@@ -263,6 +267,7 @@ mod tests {
             account_id: account,
             operation_id: OperationId(Uuid::now_v7()),
             sequence: 678,
+            position: 0,
             kind: EntryKind::Debit,
             amount: "-0.01".parse().unwrap(),
             grant_id: None,

@@ -332,6 +332,7 @@ pub fn entry_from_row(
         account_id,
         operation_id: OperationId(EntryId::of(number, first).0),
         sequence,
+        position: u32::try_from(row.position).unwrap_or(0),
         kind: entry_kind_from_code(row.kind)?,
         amount: row.amount.0,
         grant_id: row.grant_id.map(GrantId),
@@ -350,15 +351,9 @@ pub fn entry_from_row(
     })
 }
 
-/// The stored form of an entry at `position` in its operation; a refund
-/// names the sequence of the entry it refunds. Empty texts are stored as
-/// NULL, which takes no room.
-pub fn entry_to_row(
-    entry: &Entry,
-    account_number: u64,
-    position: u32,
-    refunded_sequence: Option<u64>,
-) -> entry::ActiveModel {
+/// The stored form of an entry; a refund names the sequence of the entry it
+/// refunds. Empty texts are stored as NULL, which takes no room.
+pub fn entry_to_row(entry: &Entry, account_number: u64, refunded_sequence: Option<u64>) -> entry::ActiveModel {
     let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
     entry::ActiveModel {
         account_number: Set(to_i64(account_number)),
@@ -366,7 +361,7 @@ pub fn entry_to_row(
         created_at: Set(entry.created_at),
         grant_id: Set(entry.grant_id.map(|id| id.0)),
         hold_id: Set(entry.hold_id.map(|id| id.0)),
-        position: Set(i32::try_from(position).unwrap_or(i32::MAX)),
+        position: Set(i32::try_from(entry.position).unwrap_or(i32::MAX)),
         kind: Set(entry_kind_code(entry.kind)),
         amount: Set(Amount(entry.amount)),
         balance_after: Set(Amount(entry.balance_after)),

@@ -21,6 +21,25 @@ pub struct Verification {
     pub broken: Option<ChainBreak>,
 }
 
+/// An entry past the account's latest sequence. Entries written while the
+/// check ran lie past the sequence it began at, so the account is read again
+/// after the highest entry: a change of the account moves its sequence in
+/// the transaction that writes its entries, so an entry past even the
+/// sequence read afterwards was not written by one.
+async fn beyond_head(
+    store: &Store,
+    tenant: TenantId,
+    account_id: AccountId,
+    last_sequence: u64,
+) -> Result<Option<ChainBreak>, WalletError> {
+    let Some(highest) = store.highest_entry(tenant, account_id).await? else { return Ok(None) };
+    if highest.sequence <= last_sequence {
+        return Ok(None);
+    }
+    let now_last = store.account(tenant, account_id).await?.last_sequence;
+    Ok((highest.sequence > now_last).then_some(ChainBreak::Beyond { sequence: highest.sequence, entry: highest.id }))
+}
+
 /// Recomputes the chain of `account_id` up to its latest entry as it stands
 /// now (entries written while the check runs are left for the next one).
 /// `known`, a hash the caller kept of one entry, must be met on the way.
@@ -47,7 +66,10 @@ pub async fn verify_ledger(
     let (head, broken) = match broken {
         Some(broken) => (None, Some(broken)),
         None => match check.finish(last_sequence, account.ledger_head) {
-            Ok(head) => (Some(head), None),
+            Ok(head) => match beyond_head(store, tenant, account_id, last_sequence).await? {
+                Some(broken) => (None, Some(broken)),
+                None => (Some(head), None),
+            },
             Err(broken) => (None, Some(broken)),
         },
     };

@@ -150,6 +150,20 @@ async fn verify_ledger_names_the_first_entry_changed_behind_the_service(app: &Te
     // Put back, then the latest entry removed: the head no longer matches.
     tamper(app, &format!("UPDATE ledger SET amount = -3 WHERE account_number = {number} AND sequence = 4")).await;
     assert!(verify(app, &account, None).await.intact, "the entry as written matches again");
+    // An entry slipped in past the account's latest one, a copy of the fourth.
+    tamper(
+        app,
+        &format!(
+            "INSERT INTO ledger (account_number, sequence, created_at, position, kind, amount, balance_after, \
+             idempotency_key, hash) SELECT account_number, 99, created_at, 0, kind, amount, balance_after, 'forged', \
+             hash FROM ledger WHERE account_number = {number} AND sequence = 4"
+        ),
+    )
+    .await;
+    let broken = verify(app, &account, None).await.first_break.unwrap();
+    assert_eq!((broken.reason.as_str(), broken.sequence), ("ENTRY_BEYOND_HEAD", 99));
+    tamper(app, &format!("DELETE FROM ledger WHERE account_number = {number} AND sequence = 99")).await;
+    assert!(verify(app, &account, None).await.intact);
     tamper(app, &format!("DELETE FROM ledger WHERE account_number = {number} AND sequence = 5")).await;
     let found = verify(app, &account, None).await;
     let broken = found.first_break.unwrap();

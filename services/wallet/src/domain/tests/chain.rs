@@ -62,6 +62,25 @@ fn a_change_that_rehashes_the_entry_is_reported_at_the_next_one() {
 }
 
 #[test]
+fn moving_an_entry_into_another_operation_is_a_change() {
+    // Its place in its operation decides what a refund may give back.
+    let mut books = books();
+    books.ledger[3].position = 1;
+    let broken = check(&books.ledger, &books.wallet).unwrap_err();
+    assert_eq!((broken.reason(), broken.sequence()), ("ENTRY_ALTERED", 4));
+}
+
+#[test]
+fn entries_of_one_operation_take_places_from_zero() {
+    let books = books();
+    let places: Vec<u32> = books.ledger.iter().map(|entry| entry.position).collect();
+    // Two grants, two debits from the promotional grant first, a usage draw.
+    assert_eq!(places[..2], [0, 0]);
+    assert!(books.ledger.windows(2).all(|pair| pair[1].position == 0
+        || (pair[1].operation_id == pair[0].operation_id && pair[1].position == pair[0].position + 1)));
+}
+
+#[test]
 fn a_removed_entry_is_reported_missing() {
     let mut books = books();
     books.ledger.remove(1);

@@ -464,11 +464,16 @@ impl Wallet {
     ) {
         self.account.last_sequence += 1;
         self.account.updated_at = ctx.now;
+        let position = match self.changes.entries.last() {
+            Some(before) if before.operation_id == ctx.operation_id => before.position + 1,
+            _ => 0,
+        };
         let entry = Entry {
             id: EntryId::of(self.account.number, self.account.last_sequence),
             account_id: self.account.id,
             operation_id: ctx.operation_id,
             sequence: self.account.last_sequence,
+            position,
             kind,
             amount,
             grant_id,
