@@ -113,12 +113,52 @@ pub enum TopUpCommand {
         /// The credits of each period expire this many days after they are added.
         #[arg(long, default_value_t = 0)]
         expire_after_days: u32,
+        /// What each period carries from the one before: none (what is left
+        /// expires at the turn), all, or capped (with --rollover-cap).
+        #[arg(long, value_enum)]
+        rollover: Option<RolloverArg>,
+        /// For --rollover capped: an amount ("5.00") or a share of the period ("50%").
+        #[arg(long)]
+        rollover_cap: Option<String>,
+        /// The carried credits expire this many days after the turn; 0: never.
+        #[arg(long, default_value_t = 0)]
+        rollover_expire_after_days: u32,
         #[command(flatten)]
         client: OrchestratorArgs,
     },
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum RolloverArg {
+    None,
+    All,
+    Capped,
+}
+
 type Client = TopUpServiceClient<crate::client::Authorized>;
+
+/// The rollover policy the flags describe; a cap is an amount or a share ("50%").
+fn rollover_policy(
+    mode: RolloverArg,
+    cap: Option<String>,
+    expire_after_days: u32,
+) -> anyhow::Result<pb::RolloverPolicy> {
+    let (cap_amount, cap_percent) = match cap.as_deref().map(|cap| (cap, cap.strip_suffix('%'))) {
+        None => (String::new(), 0),
+        Some((_, Some(share))) => {
+            let percent =
+                share.trim().parse().map_err(|_| anyhow::anyhow!("--rollover-cap {share}% is not a share"))?;
+            (String::new(), percent)
+        }
+        Some((amount, None)) => (amount.to_owned(), 0),
+    };
+    let mode = match mode {
+        RolloverArg::None => pb::RolloverMode::None,
+        RolloverArg::All => pb::RolloverMode::All,
+        RolloverArg::Capped => pb::RolloverMode::Capped,
+    };
+    Ok(pb::RolloverPolicy { mode: mode.into(), cap_amount, cap_percent, expire_after_days })
+}
 
 async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
     Ok(TopUpServiceClient::new(crate::client::authorized(&args.endpoint, &args.api_key).await?))
@@ -296,7 +336,19 @@ pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
             println!("auto-replenish off for {account_id}");
             Ok(())
         }
-        TopUpCommand::Recurring { account_id, credits, interval, payment_method, expire_after_days, client } => {
+        TopUpCommand::Recurring {
+            account_id,
+            credits,
+            interval,
+            payment_method,
+            expire_after_days,
+            rollover,
+            rollover_cap,
+            rollover_expire_after_days,
+            client,
+        } => {
+            let rollover =
+                rollover.map(|mode| rollover_policy(mode, rollover_cap, rollover_expire_after_days)).transpose()?;
             let mode = if payment_method.is_some() { pb::RecurringMode::Paid } else { pb::RecurringMode::Granted };
             let interval = match interval {
                 IntervalArg::Weekly => pb::Interval::Weekly,
@@ -312,6 +364,7 @@ pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
                         mode: mode.into(),
                         payment_method_id: payment_method.unwrap_or_default(),
                         credits_expire_after_days: expire_after_days,
+                        rollover,
                         ..Default::default()
                     }),
                 })

@@ -279,4 +279,93 @@ async fn recurring_top_ups_fire_once_per_period_across_a_restart(backend: Backen
     suite.stop().await;
 }
 
-reservoir_testing::each_backend!(automatic_top_ups, recurring_top_ups_fire_once_per_period_across_a_restart,);
+async fn a_recurring_allowance_rolls_over_capped_once_at_each_turn(backend: Backend) {
+    let Some(mut suite) = Suite::start(backend).await else {
+        return;
+    };
+    let mut orchestrator = suite.orchestrator().await;
+    let account = open_funded_account(&suite.wallet, "0").await;
+    let configure =
+        |first: chrono::DateTime<chrono::Utc>, rollover: pb::RolloverPolicy| pb::ConfigureRecurringTopUpRequest {
+            recurring_top_up: Some(pb::RecurringTopUp {
+                account_id: account.id.clone(),
+                credits: "10".into(),
+                interval: pb::Interval::Monthly.into(),
+                mode: pb::RecurringMode::Granted.into(),
+                next_run_at: Some(reservoir_common::time::to_timestamp(first)),
+                rollover: Some(rollover),
+                ..Default::default()
+            }),
+        };
+    let half = pb::RolloverPolicy {
+        mode: pb::RolloverMode::Capped.into(),
+        cap_percent: 50,
+        expire_after_days: 60,
+        ..Default::default()
+    };
+    // Refused, naming the field, and nothing configured.
+    let no_cap = pb::RolloverPolicy { mode: pb::RolloverMode::Capped.into(), ..Default::default() };
+    assert_invalid(
+        orchestrator.configure_recurring_top_up(configure(chrono::Utc::now(), no_cap)).await,
+        "recurring_top_up.rollover.cap_amount",
+    );
+    let stray = pb::RolloverPolicy { mode: pb::RolloverMode::All.into(), cap_amount: "3".into(), ..Default::default() };
+    assert_invalid(
+        orchestrator.configure_recurring_top_up(configure(chrono::Utc::now(), stray)).await,
+        "recurring_top_up.rollover.cap_amount",
+    );
+    let fine_grained =
+        pb::RolloverPolicy { mode: pb::RolloverMode::Capped.into(), cap_amount: "1.234".into(), ..Default::default() };
+    assert_invalid(
+        orchestrator.configure_recurring_top_up(configure(chrono::Utc::now(), fine_grained)).await,
+        "recurring_top_up.rollover.cap_amount",
+    );
+    let request = pb::GetRecurringTopUpRequest { account_id: account.id.clone() };
+    assert!(orchestrator.get_recurring_top_up(request.clone()).await.is_err(), "nothing configured");
+
+    // The first period: nothing before it to carry.
+    orchestrator.configure_recurring_top_up(configure(chrono::Utc::now(), half.clone())).await.unwrap();
+    eventually("the first period", || async { available(&suite.wallet, &account).await == d("10") }).await;
+    let debit = reservoir_proto::wallet::DebitRequest {
+        account_id: account.id.clone(),
+        amount: "3".into(),
+        idempotency_key: key(),
+        ..Default::default()
+    };
+    suite.wallet.clone().debit(debit).await.unwrap();
+    // The second period: 5 of the 7 left carried (half the period), 2 expire, 10 more.
+    orchestrator
+        .configure_recurring_top_up(configure(chrono::Utc::now() - chrono::Duration::hours(1), half.clone()))
+        .await
+        .unwrap();
+    eventually("the second period", || async { available(&suite.wallet, &account).await == d("15") }).await;
+    let entries = ledger(&suite.wallet, &account).await;
+    let turn: Vec<(i32, &str)> =
+        entries[entries.len() - 4..].iter().map(|entry| (entry.kind, entry.amount.as_str())).collect();
+    use reservoir_proto::wallet::EntryKind;
+    assert_eq!(
+        turn,
+        vec![
+            (EntryKind::Rollover.into(), "-5.00"),
+            (EntryKind::Rollover.into(), "5.00"),
+            (EntryKind::Expiry.into(), "-2.00"),
+            (EntryKind::Grant.into(), "10.00"),
+        ]
+    );
+    // A restart turns nothing again.
+    suite.restart_orchestrator("").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(suite.top_ups(&account).await.len(), 2);
+    assert_eq!(available(&suite.wallet, &account).await, d("15"));
+    assert_books_balance(&suite.wallet, &account).await;
+    let mut orchestrator = suite.orchestrator().await;
+    let schedule = orchestrator.get_recurring_top_up(request).await.unwrap().into_inner().recurring_top_up.unwrap();
+    assert_eq!(schedule.rollover, Some(half));
+    suite.stop().await;
+}
+
+reservoir_testing::each_backend!(
+    automatic_top_ups,
+    recurring_top_ups_fire_once_per_period_across_a_restart,
+    a_recurring_allowance_rolls_over_capped_once_at_each_turn,
+);

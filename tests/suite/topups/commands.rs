@@ -69,6 +69,42 @@ async fn the_billing_commands_finalize_void_decline_and_redeem(backend: Backend)
     assert!(redeemed.status.success(), "{}", String::from_utf8_lossy(&redeemed.stderr));
     assert_eq!(available(&suite.wallet, &account).await, d("10"), "only the voucher's credits");
 
+    // A recurring allowance whose periods carry half of what is left.
+    let allowance = open_funded_account(&suite.wallet, "0").await;
+    let recurring = |cap: &str| {
+        let arguments = [
+            "top-up",
+            "recurring",
+            &allowance.id,
+            "4",
+            "--interval",
+            "monthly",
+            "--rollover",
+            "capped",
+            "--rollover-cap",
+            cap,
+            "--rollover-expire-after-days",
+            "30",
+        ];
+        run(&arguments)
+    };
+    let refused = recurring("half%").output().await.unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--rollover-cap half% is not a share"));
+    let configured = recurring("50%").output().await.unwrap();
+    assert!(configured.status.success(), "{}", String::from_utf8_lossy(&configured.stderr));
+    let schedule = suite
+        .orchestrator()
+        .await
+        .get_recurring_top_up(pb::GetRecurringTopUpRequest { account_id: allowance.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .recurring_top_up
+        .unwrap();
+    let policy = schedule.rollover.unwrap();
+    assert_eq!((policy.mode, policy.cap_percent, policy.expire_after_days), (pb::RolloverMode::Capped.into(), 50, 30));
+
     // Webhook endpoints: registered (the secret shown once), listed, disabled.
     let url = "http://127.0.0.1:9/hooks";
     let created = run(&["webhooks", "create", url, "--events", "wallet.debited"]).output().await.unwrap();

@@ -4,7 +4,7 @@ use reservoir_common::time::to_timestamp;
 use reservoir_proto::orchestrator as pb;
 use rust_decimal::Decimal;
 
-use crate::domain::{Interval, Outcome, Status, Step, Strategy, Trigger};
+use crate::domain::{Carry, Interval, Outcome, Status, Step, Strategy, Trigger};
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, StoredEvent, TopUpRow};
 
 fn decimal(value: Decimal) -> String {
@@ -133,6 +133,20 @@ pub fn recurring_to_pb(row: &RecurringRow) -> pb::RecurringTopUp {
         next_run_at: Some(to_timestamp(row.next_run_at)),
         enabled: row.enabled,
         runs: row.runs,
+        rollover: row.rollover.map(|policy| {
+            let (mode, cap_amount, cap_percent) = match policy.carry {
+                Carry::Nothing => (pb::RolloverMode::None, String::new(), 0),
+                Carry::All => (pb::RolloverMode::All, String::new(), 0),
+                Carry::Amount(amount) => (pb::RolloverMode::Capped, decimal(amount), 0),
+                Carry::Percent(percent) => (pb::RolloverMode::Capped, String::new(), percent),
+            };
+            pb::RolloverPolicy {
+                mode: mode.into(),
+                cap_amount,
+                cap_percent,
+                expire_after_days: policy.expire_after_days,
+            }
+        }),
     }
 }
 

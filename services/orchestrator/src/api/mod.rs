@@ -24,7 +24,10 @@ use uuid::Uuid;
 
 use self::convert::{auto_to_pb, event_to_pb, recurring_to_pb, top_up_to_pb};
 use crate::clients::CallError;
-use crate::domain::{AutoReplenish, Interval, Outcome, Status as TopUpStatus, Step, Strategy, Trigger, VoucherRefusal};
+use crate::domain::{
+    AutoReplenish, Carry, Interval, Outcome, RolloverPolicy, Status as TopUpStatus, Step, Strategy, Trigger,
+    VoucherRefusal,
+};
 use crate::error::OrchestratorError;
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
 use crate::usecases::saga::{Saga, new_top_up};
@@ -51,6 +54,44 @@ pub struct TopUpApi {
 /// An amount in the account's unit: positive, at most its scale.
 fn credits(violations: &mut Violations, field: &str, text: &str, scale: u32) -> Option<Decimal> {
     violations.amount_with(field, text, |text| parse_amount(text, scale).and_then(reservoir_common::money::positive))
+}
+
+/// A recurring top-up's rollover policy, checked field by field.
+fn rollover_policy(violations: &mut Violations, policy: &pb::RolloverPolicy, scale: u32) -> Option<RolloverPolicy> {
+    const FIELD: &str = "recurring_top_up.rollover";
+    let capped = pb::RolloverMode::try_from(policy.mode) == Ok(pb::RolloverMode::Capped);
+    if !capped && (!policy.cap_amount.is_empty() || policy.cap_percent != 0) {
+        let field = if policy.cap_amount.is_empty() { "cap_percent" } else { "cap_amount" };
+        violations.add(format!("{FIELD}.{field}"), "is only for CAPPED");
+    }
+    if policy.expire_after_days > EXPIRE_AFTER_DAYS_MAX {
+        violations.add(format!("{FIELD}.expire_after_days"), format!("must be at most {EXPIRE_AFTER_DAYS_MAX}"));
+    }
+    let carry = match pb::RolloverMode::try_from(policy.mode) {
+        Ok(pb::RolloverMode::None) => Carry::Nothing,
+        Ok(pb::RolloverMode::All) => Carry::All,
+        Ok(pb::RolloverMode::Capped) => match (policy.cap_amount.as_str(), policy.cap_percent) {
+            ("", 0) => {
+                violations.add(format!("{FIELD}.cap_amount"), "or cap_percent is required for CAPPED");
+                return None;
+            }
+            ("", percent) if percent <= 100 => Carry::Percent(percent),
+            ("", _) => {
+                violations.add(format!("{FIELD}.cap_percent"), "must be 1 to 100");
+                return None;
+            }
+            (text, 0) => Carry::Amount(credits(violations, &format!("{FIELD}.cap_amount"), text, scale)?),
+            (_, _) => {
+                violations.add(format!("{FIELD}.cap_percent"), "is not given with cap_amount");
+                return None;
+            }
+        },
+        _ => {
+            violations.add(format!("{FIELD}.mode"), "must be NONE, ALL or CAPPED");
+            return None;
+        }
+    };
+    Some(RolloverPolicy { carry, expire_after_days: policy.expire_after_days })
 }
 
 fn optional_credits(violations: &mut Violations, field: &str, text: &str, scale: u32) -> Option<Decimal> {
@@ -425,6 +466,7 @@ impl TopUpService for TopUpApi {
         let scale = self.scale_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = credits(&mut violations, "recurring_top_up.credits", &wanted.credits, scale);
+        let rollover = wanted.rollover.as_ref().and_then(|policy| rollover_policy(&mut violations, policy, scale));
         violations.finish()?;
         let runs = self.saga.store().recurring(tenant, account_id).await?.map_or(0, |row| row.runs);
         let started = now();
@@ -440,6 +482,7 @@ impl TopUpService for TopUpApi {
             anchor_at: first.unwrap_or(started),
             enabled: true,
             runs,
+            rollover,
         };
         self.saga.store().save_recurring(&row, now()).await?;
         Ok(Response::new(pb::ConfigureRecurringTopUpResponse { recurring_top_up: Some(recurring_to_pb(&row)) }))

@@ -24,6 +24,7 @@ use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
+use crate::domain::{Carry, PeriodRollover};
 use crate::error::OrchestratorError;
 
 /// How long one call may take before it counts as failed transiently.
@@ -274,9 +275,25 @@ impl Upstream {
         source: wallet_pb::GrantSource,
         source_reference: Option<Uuid>,
         expires_at: Option<DateTime<Utc>>,
+        rollover: Option<PeriodRollover>,
     ) -> Result<Uuid, CallError> {
+        let rollover = rollover.map(|rollover| {
+            let (max_amount, max_percent) = match rollover.carry {
+                Carry::Nothing => ("0".to_owned(), 0),
+                Carry::All => (String::new(), 0),
+                Carry::Amount(amount) => (amount.normalize().to_string(), 0),
+                Carry::Percent(percent) => (String::new(), percent),
+            };
+            wallet_pb::Rollover {
+                from_grant_id: rollover.from_grant.to_string(),
+                max_amount,
+                max_percent,
+                expires_at: rollover.expires_at.map(to_timestamp),
+            }
+        });
         let request = self.request(
             wallet_pb::GrantCreditsRequest {
+                rollover,
                 account_id: account_id.to_string(),
                 amount: credits.normalize().to_string(),
                 kind: kind.into(),

@@ -1,9 +1,13 @@
 //! The orchestrator's rules, without I/O: the steps of a top-up and what
 //! follows each outcome, how long to wait before a retry, how much an
 //! automatic top-up adds and whether its limits allow it, and when a
-//! recurring top-up fires next. `signature` signs webhooks.
+//! recurring top-up fires next; `rollover` what a recurring top-up carries
+//! from one period into the next. `signature` signs webhooks.
 
+mod rollover;
 pub mod signature;
+
+pub use rollover::{Carry, PeriodRollover, RolloverPolicy};
 
 use chrono::{DateTime, Datelike, Duration, Months, TimeZone, Utc};
 use rust_decimal::Decimal;

@@ -34,6 +34,8 @@ pub mod top_up {
         pub request_hash: String,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+        /// The rollover asked with the grant (`domain::PeriodRollover` as JSON).
+        pub rollover: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -118,6 +120,8 @@ pub mod recurring {
         pub enabled: bool,
         pub runs: i64,
         pub updated_at: DateTimeUtc,
+        /// `domain::RolloverPolicy` as JSON.
+        pub rollover: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -10,7 +10,13 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(ReplenishWarning), Box::new(Webhooks), Box::new(RecurringAnchor)]
+        vec![
+            Box::new(Initial),
+            Box::new(ReplenishWarning),
+            Box::new(Webhooks),
+            Box::new(RecurringAnchor),
+            Box::new(Rollovers),
+        ]
     }
 }
 
@@ -269,6 +275,26 @@ impl MigrationTrait for RecurringAnchor {
             db.get_database_backend(),
         ))
         .await?;
+        Ok(())
+    }
+}
+
+/// A recurring top-up's rollover policy, and the rollover each period's
+/// top-up asks of the wallet with its grant (domain values as JSON).
+struct Rollovers;
+
+impl MigrationName for Rollovers {
+    fn name(&self) -> &str {
+        "m0005_rollovers"
+    }
+}
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Rollovers {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared("ALTER TABLE recurring_top_ups ADD COLUMN rollover TEXT").await?;
+        db.execute_unprepared("ALTER TABLE top_ups ADD COLUMN rollover TEXT").await?;
         Ok(())
     }
 }

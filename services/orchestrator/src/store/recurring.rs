@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::entities::{recurring, top_up};
 use super::top_ups::{StepLine, TopUpRow};
 use super::{Store, corrupt};
-use crate::domain::Interval;
+use crate::domain::{Interval, RolloverPolicy};
 use crate::error::OrchestratorError;
 
 /// An account's recurring top-up as stored.
@@ -32,6 +32,9 @@ pub struct RecurringRow {
     pub anchor_at: DateTime<Utc>,
     pub enabled: bool,
     pub runs: u64,
+    /// What each period carries from the one before; none: nothing happens
+    /// at the turn (each period's credits keep their own expiry).
+    pub rollover: Option<RolloverPolicy>,
 }
 
 fn recurring_from_row(row: recurring::Model) -> Result<RecurringRow, OrchestratorError> {
@@ -47,6 +50,7 @@ fn recurring_from_row(row: recurring::Model) -> Result<RecurringRow, Orchestrato
         anchor_at: row.anchor_at.unwrap_or(row.next_run_at),
         enabled: row.enabled,
         runs: u64::try_from(row.runs).unwrap_or(0),
+        rollover: row.rollover.as_deref().map(serde_json::from_str).transpose().map_err(|_| corrupt("rollover"))?,
     })
 }
 
@@ -65,6 +69,7 @@ impl Store {
             enabled: Set(row.enabled),
             runs: Set(i64::try_from(row.runs).unwrap_or(i64::MAX)),
             updated_at: Set(now),
+            rollover: Set(row.rollover.as_ref().map(super::json)),
         })
         .on_conflict(
             OnConflict::columns([recurring::Column::TenantId, recurring::Column::AccountId])
@@ -78,6 +83,7 @@ impl Store {
                     recurring::Column::AnchorAt,
                     recurring::Column::Enabled,
                     recurring::Column::UpdatedAt,
+                    recurring::Column::Rollover,
                 ])
                 .to_owned(),
         )
@@ -93,6 +99,23 @@ impl Store {
     ) -> Result<Option<RecurringRow>, OrchestratorError> {
         let row = recurring::Entity::find_by_id((tenant.0, account_id.0)).one(&self.db).await?;
         row.map(recurring_from_row).transpose()
+    }
+
+    /// The grant of the account's latest recurring period that has one.
+    pub async fn last_recurring_grant(
+        &self,
+        tenant: TenantId,
+        account_id: AccountId,
+    ) -> Result<Option<Uuid>, OrchestratorError> {
+        let row = top_up::Entity::find()
+            .filter(top_up::Column::TenantId.eq(tenant.0))
+            .filter(top_up::Column::AccountId.eq(account_id.0))
+            .filter(top_up::Column::TriggerKind.eq(crate::domain::Trigger::Recurring.name()))
+            .filter(top_up::Column::GrantId.is_not_null())
+            .order_by_desc(top_up::Column::CreatedAt)
+            .one(&self.db)
+            .await?;
+        Ok(row.and_then(|row| row.grant_id))
     }
 
     pub async fn due_recurring(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<RecurringRow>, OrchestratorError> {

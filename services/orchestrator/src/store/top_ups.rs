@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::entities::{step_log, top_up};
 use super::events::NewEvent;
 use super::{Store, corrupt};
-use crate::domain::{AutoHistory, Outcome, Status, Step, Trigger};
+use crate::domain::{AutoHistory, Outcome, PeriodRollover, Status, Step, Trigger};
 use crate::error::OrchestratorError;
 
 /// A top-up as stored.
@@ -49,6 +49,8 @@ pub struct TopUpRow {
     pub request_hash: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// For a recurring period: the previous period's credits to carry over.
+    pub rollover: Option<PeriodRollover>,
 }
 
 /// One line of a top-up's step log.
@@ -89,6 +91,7 @@ fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
         request_hash: row.request_hash,
         created_at: row.created_at,
         updated_at: row.updated_at,
+        rollover: row.rollover.as_deref().map(serde_json::from_str).transpose().map_err(|_| corrupt("rollover"))?,
     })
 }
 
@@ -120,6 +123,7 @@ fn top_up_model(row: &TopUpRow, claimed_until: DateTime<Utc>) -> top_up::ActiveM
         request_hash: Set(row.request_hash.clone()),
         created_at: Set(row.created_at),
         updated_at: Set(row.updated_at),
+        rollover: Set(row.rollover.as_ref().map(super::json)),
     }
 }
 

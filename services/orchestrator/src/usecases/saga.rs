@@ -404,6 +404,7 @@ impl Saga {
                         source,
                         reference,
                         row.credits_expire_at,
+                        row.rollover,
                     )
                     .await;
                 match granted {
@@ -504,5 +505,6 @@ pub fn new_top_up(
         request_hash: String::new(),
         created_at: now,
         updated_at: now,
+        rollover: None,
     }
 }

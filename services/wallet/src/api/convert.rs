@@ -104,6 +104,7 @@ fn grant_source(source: GrantSource) -> pb::GrantSource {
         GrantSource::Voucher => pb::GrantSource::Voucher,
         GrantSource::Adjustment => pb::GrantSource::Adjustment,
         GrantSource::Transfer => pb::GrantSource::Transfer,
+        GrantSource::Rollover => pb::GrantSource::Rollover,
     }
 }
 
@@ -166,6 +167,7 @@ pub fn entry_kind(kind: EntryKind) -> pb::EntryKind {
         EntryKind::TransferIn => pb::EntryKind::TransferIn,
         EntryKind::TransferOut => pb::EntryKind::TransferOut,
         EntryKind::Void => pb::EntryKind::Void,
+        EntryKind::Rollover => pb::EntryKind::Rollover,
     }
 }
 

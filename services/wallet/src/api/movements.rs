@@ -54,6 +54,10 @@ impl WalletApi {
                 violations.add("source", "TRANSFER is set by Transfer only");
                 GrantSource::Admin
             }
+            Ok(pb::GrantSource::Rollover) => {
+                violations.add("source", "ROLLOVER is set by a rollover only");
+                GrantSource::Admin
+            }
             Err(_) => {
                 violations.add("source", "is not a known source");
                 GrantSource::Admin
@@ -75,6 +79,17 @@ impl WalletApi {
         if request.amount.is_empty() {
             violations.add("amount", "is required");
         }
+        let rollover_from = request
+            .rollover
+            .as_ref()
+            .and_then(|rollover| violations.id("rollover.from_grant_id", &rollover.from_grant_id, GrantId));
+        let rollover_expires_at = request.rollover.as_ref().and_then(|rollover| {
+            let expires = violations.time("rollover.expires_at", rollover.expires_at.as_ref());
+            if expires.is_some_and(|expires| expires <= now) {
+                violations.add("rollover.expires_at", "must be later than now");
+            }
+            expires
+        });
         violations.finish()?;
         let account_id = account_id.unwrap_or(AccountId(uuid::Uuid::nil()));
         // The group committer checks the key under the account's lock.
@@ -82,6 +97,31 @@ impl WalletApi {
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
+        let rollover = match (&request.rollover, rollover_from) {
+            (Some(asked), Some(from)) => {
+                let max = match (asked.max_amount.as_str(), asked.max_percent) {
+                    ("", 0) => RolloverMax::All,
+                    ("", percent) if percent <= 100 => RolloverMax::Percent(percent),
+                    ("", _) => {
+                        violations.add("rollover.max_percent", "must be 1 to 100");
+                        RolloverMax::All
+                    }
+                    (text, 0) => {
+                        let max = violations.amount_with("rollover.max_amount", text, |text| unit.parse(text));
+                        if max.is_some_and(|max| max.is_sign_negative()) {
+                            violations.add("rollover.max_amount", "must be zero or more");
+                        }
+                        RolloverMax::Amount(max.unwrap_or_default())
+                    }
+                    (_, _) => {
+                        violations.add("rollover.max_percent", "is not given with max_amount");
+                        RolloverMax::All
+                    }
+                };
+                Some(Rollover { from, max, expires_at: rollover_expires_at })
+            }
+            _ => None,
+        };
         violations.finish()?;
         let new = NewGrant {
             amount: amount.unwrap_or_default(),
@@ -98,7 +138,11 @@ impl WalletApi {
         ctx.correlation_id = request.correlation_id.clone();
         ctx.metadata = request.metadata.clone();
         // Through the group committer, like debits: grants need only the live wallet.
-        let reply = self.store.submit(tenant, account_id, check, ctx, Command::Grant(new)).await?;
+        let command = match rollover {
+            Some(rollover) => Command::GrantRollingOver { new, rollover },
+            None => Command::Grant(new),
+        };
+        let reply = self.store.submit(tenant, account_id, check, ctx, command).await?;
         Ok(Response::new(respond::respond(reply, |answer| respond::grant(answer, &unit))?))
     }
 

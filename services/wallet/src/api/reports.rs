@@ -75,12 +75,13 @@ fn entry_pages(
 }
 
 /// Whether an entry added credits: a grant, an upward adjustment (which
-/// creates a grant), or credits transferred in. The repayment side of an
+/// creates a grant), credits transferred in, or credits rolled over into a
+/// new period (the side into the new grant). The repayment side of an
 /// overdraft repayment has no grant and is not a refill.
 fn is_refill(entry: &Entry) -> bool {
     match entry.kind {
         EntryKind::Grant | EntryKind::TransferIn => true,
-        EntryKind::Adjustment => entry.amount > Decimal::ZERO && entry.grant_id.is_some(),
+        EntryKind::Adjustment | EntryKind::Rollover => entry.amount > Decimal::ZERO && entry.grant_id.is_some(),
         _ => false,
     }
 }
@@ -102,7 +103,7 @@ pub fn refill_history(
         let grants = grants_by_id(store.grants(tenant, account_id, true).await?);
         yield csv_rows(&[REFILL_HEADER.map(str::to_owned)])?;
         let filter = EntryFilter {
-            kinds: vec![EntryKind::Grant, EntryKind::Adjustment, EntryKind::TransferIn],
+            kinds: vec![EntryKind::Grant, EntryKind::Adjustment, EntryKind::TransferIn, EntryKind::Rollover],
             start,
             end,
             through_sequence: None,

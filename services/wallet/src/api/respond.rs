@@ -70,6 +70,7 @@ pub fn grant(answer: &Answer, unit: &Unit) -> Result<pb::GrantCreditsResponse, W
         grant: Some(first_grant(answer, unit)?),
         entries: entries(part, unit),
         balance: balance(part, unit),
+        rolled_over: answer.grants.get(1).map(|grant| convert::grant(grant, unit, answer.at)),
     })
 }
 

@@ -17,6 +17,11 @@ pub enum Command {
         meter_code: Option<String>,
     },
     Grant(NewGrant),
+    /// A new period's credits, with the previous period's rolled over.
+    GrantRollingOver {
+        new: NewGrant,
+        rollover: Rollover,
+    },
     Reserve {
         amount: Decimal,
         ttl: Duration,
@@ -42,6 +47,13 @@ impl Command {
                 let id = wallet.grant(ctx, new.clone())?;
                 let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("the new grant is missing"))?;
                 answer.grants.push(grant.clone());
+            }
+            Self::GrantRollingOver { new, rollover } => {
+                let (id, rolled) = wallet.grant_rolling_over(ctx, new.clone(), rollover)?;
+                for id in std::iter::once(id).chain(rolled) {
+                    let grant = wallet.grant_by_id(id).ok_or(DomainError::Inconsistent("a new grant is missing"))?;
+                    answer.grants.push(grant.clone());
+                }
             }
             Self::Reserve { amount, ttl, meter_code } => {
                 let id = wallet.reserve(ctx, *amount, *ttl, meter_code.as_deref())?;

@@ -117,6 +117,8 @@ pub enum GrantSource {
     Adjustment,
     /// Credits moved from another account of the tenant.
     Transfer,
+    /// What was left of an earlier grant, carried into a new period.
+    Rollover,
 }
 
 /// The stored state of a grant. Whether an active grant is pending, usable
@@ -149,6 +151,9 @@ pub enum EntryKind {
     TransferIn,
     TransferOut,
     Void,
+    /// Credits carried from a grant into a new one at a period's turn: out
+    /// of the old grant, into the new (see [`crate::domain::Rollover`]).
+    Rollover,
 }
 
 impl EntryKind {
@@ -171,10 +176,11 @@ impl EntryKind {
             Self::TransferIn => "TRANSFER_IN",
             Self::TransferOut => "TRANSFER_OUT",
             Self::Void => "VOID",
+            Self::Rollover => "ROLLOVER",
         }
     }
 
-    pub const ALL: [EntryKind; 11] = [
+    pub const ALL: [EntryKind; 12] = [
         Self::Grant,
         Self::Debit,
         Self::Hold,
@@ -186,6 +192,7 @@ impl EntryKind {
         Self::TransferIn,
         Self::TransferOut,
         Self::Void,
+        Self::Rollover,
     ];
 }
 
@@ -529,6 +536,25 @@ pub struct NewGrant {
     pub source: GrantSource,
     pub source_reference: String,
     pub metadata: Metadata,
+}
+
+/// What to carry over from the previous period's grant when a new period's
+/// credits are granted: what is left of it, up to `max`, into a grant of its
+/// own expiring at `expires_at`; the rest expires at the turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollover {
+    pub from: GrantId,
+    pub max: RolloverMax,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How much of what is left a rollover may carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RolloverMax {
+    All,
+    Amount(Decimal),
+    /// A share (1 to 100) of what the grant granted, rounded down to the unit's scale.
+    Percent(u32),
 }
 
 /// A new account's settings.

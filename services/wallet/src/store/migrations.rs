@@ -24,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(RoomForUpdates),
             Box::new(TenantKeys),
             Box::new(LedgerChain),
+            Box::new(Rollovers),
         ]
     }
 }
@@ -610,6 +611,80 @@ impl MigrationTrait for LedgerChain {
                  BEGIN SELECT RAISE(ABORT, 'a ledger entry needs its hash'); END;",
             )
             .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A ledger entry kind for credits carried into a new period (ROLLOVER, 12).
+struct Rollovers;
+
+impl MigrationName for Rollovers {
+    fn name(&self) -> &str {
+        "m0013_rollovers"
+    }
+}
+
+/// The ledger as it stands after the chain, with ROLLOVER among its kinds:
+/// SQLite changes no CHECK in place, so the table is made again.
+const WIDENED_LEDGER: &str = r#"
+CREATE TABLE ledger_widened (
+    account_number BIGINT NOT NULL,
+    sequence BIGINT NOT NULL CHECK (sequence >= 1),
+    created_at {time} NOT NULL,
+    grant_id {uuid},
+    hold_id {uuid},
+    position INTEGER NOT NULL CHECK (position >= 0),
+    kind SMALLINT NOT NULL CHECK (kind BETWEEN 1 AND 12),
+    amount {amount} NOT NULL,
+    balance_after {amount} NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    correlation_id TEXT,
+    meter_code TEXT,
+    description TEXT,
+    metadata TEXT,
+    refunded_sequence BIGINT,
+    legacy_id {uuid},
+    key_id {uuid},
+    hash {bytes},
+    PRIMARY KEY (account_number, sequence)
+);
+INSERT INTO ledger_widened (account_number, sequence, created_at, grant_id, hold_id, position, kind, amount,
+    balance_after, idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence, legacy_id,
+    key_id, hash)
+SELECT account_number, sequence, created_at, grant_id, hold_id, position, kind, amount, balance_after,
+    idempotency_key, correlation_id, meter_code, description, metadata, refunded_sequence, legacy_id, key_id, hash
+FROM ledger;
+DROP TABLE ledger;
+ALTER TABLE ledger_widened RENAME TO ledger;
+CREATE INDEX ledger_refunds ON ledger (account_number, refunded_sequence) WHERE refunded_sequence IS NOT NULL;
+CREATE UNIQUE INDEX ledger_legacy_ids ON ledger (legacy_id) WHERE legacy_id IS NOT NULL;
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger entries are append-only'); END;
+CREATE TRIGGER ledger_hash_required BEFORE INSERT ON ledger WHEN NEW.hash IS NULL
+BEGIN SELECT RAISE(ABORT, 'a ledger entry needs its hash'); END;
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Rollovers {
+    /// One transaction on SQLite too: the ledger is made again there.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE ledger DROP CONSTRAINT ledger_kind_check; \
+                 ALTER TABLE ledger ADD CONSTRAINT ledger_kind_check CHECK (kind BETWEEN 1 AND 12)",
+            )
+            .await?;
+        } else {
+            db.execute_unprepared(&render_schema(WIDENED_LEDGER, backend)).await?;
         }
         Ok(())
     }

@@ -176,6 +176,7 @@ pub fn grant_source_name(source: GrantSource) -> &'static str {
         GrantSource::Voucher => "VOUCHER",
         GrantSource::Adjustment => "ADJUSTMENT",
         GrantSource::Transfer => "TRANSFER",
+        GrantSource::Rollover => "ROLLOVER",
     }
 }
 
@@ -200,6 +201,7 @@ pub fn grant_from_row(row: grant::Model) -> Result<Grant, WalletError> {
         "VOUCHER" => GrantSource::Voucher,
         "ADJUSTMENT" => GrantSource::Adjustment,
         "TRANSFER" => GrantSource::Transfer,
+        "ROLLOVER" => GrantSource::Rollover,
         other => return Err(corrupt("grant source", other)),
     };
     let status = match row.status.as_str() {
@@ -305,6 +307,7 @@ pub fn entry_kind_code(kind: EntryKind) -> i16 {
         EntryKind::TransferIn => 9,
         EntryKind::TransferOut => 10,
         EntryKind::Void => 11,
+        EntryKind::Rollover => 12,
     }
 }
 

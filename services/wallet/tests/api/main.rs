@@ -15,6 +15,7 @@ mod idempotency;
 mod ledger;
 mod replay_property;
 mod reports;
+mod rollover;
 mod server;
 mod spend;
 mod transfers;

@@ -12,7 +12,7 @@ fn timestamp(at: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 }
 
 /// The CSV of a streamed export as rows of named fields.
-async fn rows<T>(chunks: tonic::Streaming<T>, csv_of: impl Fn(T) -> String) -> Vec<HashMap<String, String>> {
+pub(crate) async fn rows<T>(chunks: tonic::Streaming<T>, csv_of: impl Fn(T) -> String) -> Vec<HashMap<String, String>> {
     let text: String = chunks.map(|chunk| csv_of(chunk.unwrap())).collect::<Vec<_>>().await.concat();
     let mut reader = csv::Reader::from_reader(text.as_bytes());
     let headers = reader.headers().unwrap().clone();

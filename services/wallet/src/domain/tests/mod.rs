@@ -8,6 +8,7 @@ mod corrections;
 mod draws;
 mod holds;
 mod properties;
+mod rollover;
 mod spend;
 mod transfers;
 mod usage;

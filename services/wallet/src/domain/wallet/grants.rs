@@ -18,6 +18,87 @@ impl Wallet {
         Ok(id)
     }
 
+    /// A new period's credits with the previous period's rolled over, in one
+    /// change: what is left of `rollover.from` (if it is still live), up to
+    /// its maximum, moves by two ROLLOVER entries into a grant of its own
+    /// (same kind, priority and meters, its own expiry), the rest expires;
+    /// then the new credits are granted. Returns the new grant and the
+    /// rolled-over one, if anything was carried.
+    pub fn grant_rolling_over(
+        &mut self,
+        ctx: &OperationContext,
+        new: NewGrant,
+        rollover: &Rollover,
+    ) -> DomainResult<(GrantId, Option<GrantId>)> {
+        self.expire(&ctx.for_expiry());
+        self.refuse_if_closed()?;
+        self.check_credit_fits(new.amount)?;
+        let rolled = self.roll_over(ctx, rollover);
+        let id = self.create_grant(ctx, new, EntryKind::Grant, None);
+        self.repay_overdraft(ctx, id);
+        self.update_alerts(ctx);
+        Ok((id, rolled))
+    }
+
+    fn roll_over(&mut self, ctx: &OperationContext, rollover: &Rollover) -> Option<GrantId> {
+        // A grant already written off (expired, voided) has nothing left to carry.
+        let index =
+            self.grants.iter().position(|grant| grant.id == rollover.from && grant.status == GrantStatus::Active)?;
+        let old = &self.grants[index];
+        let (old_id, left) = (old.id, old.remaining);
+        let cap = match rollover.max {
+            RolloverMax::All => left,
+            RolloverMax::Amount(max) => max,
+            RolloverMax::Percent(percent) => (old.original * Decimal::from(percent) / Decimal::ONE_HUNDRED)
+                .round_dp_with_strategy(self.account.unit.scale(), rust_decimal::RoundingStrategy::ToZero),
+        };
+        let carried = cap.min(left).max(Decimal::ZERO);
+        let carry = NewGrant {
+            amount: carried,
+            kind: old.kind,
+            priority: Some(old.priority),
+            effective_at: None,
+            expires_at: rollover.expires_at,
+            meter_codes: old.meter_codes.clone(),
+            source: GrantSource::Rollover,
+            source_reference: old_id.to_string(),
+            metadata: old.metadata.clone(),
+        };
+        self.grants[index].status = GrantStatus::Expired;
+        self.changes.touched_grants.insert(old_id);
+        // Each entry written as its amount moves, so each balance after is the running sum.
+        let rolled = (carried > Decimal::ZERO).then(|| {
+            self.grants[index].remaining -= carried;
+            self.push_entry(
+                ctx,
+                EntryKind::Rollover,
+                -carried,
+                Some(old_id),
+                None,
+                None,
+                Some("credits rolled over"),
+                None,
+            );
+            self.create_grant(ctx, carry, EntryKind::Rollover, None)
+        });
+        let forfeited = left - carried;
+        if forfeited > Decimal::ZERO {
+            self.grants[index].remaining = Decimal::ZERO;
+            self.push_entry(
+                ctx,
+                EntryKind::Expiry,
+                -forfeited,
+                Some(old_id),
+                None,
+                None,
+                Some("credits not rolled over"),
+                None,
+            );
+        }
+        self.push_event(ctx, EventType::GrantExpired, Some(forfeited), Some(old_id), None, None);
+        rolled
+    }
+
     pub(super) fn create_grant(
         &mut self,
         ctx: &OperationContext,
