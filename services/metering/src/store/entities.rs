@@ -241,6 +241,8 @@ pub mod latest_value {
         pub quantity: Amount,
         pub occurred_at: DateTimeUtc,
         pub event_id: String,
+        /// The latest report's dimensions (JSON), which its price's overrides go by.
+        pub dimensions: String,
         pub state: String,
     }
 

@@ -5,7 +5,7 @@
 //! before the month closes (and counted) or refused after (PERIOD_CLOSED),
 //! never taken and left out.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use reservoir_common::auth::TenantId;
@@ -30,8 +30,16 @@ pub(super) struct Latest {
     pub(super) quantity: Decimal,
     pub(super) occurred_at: DateTime<Utc>,
     pub(super) event_id: String,
+    pub(super) dimensions: BTreeMap<String, String>,
     /// Whether events are still taken for the month.
     pub(super) open: bool,
+}
+
+/// A month closed: its latest quantity and the dimensions it was reported with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedMonth {
+    pub quantity: Decimal,
+    pub dimensions: BTreeMap<String, String>,
 }
 
 /// A LATEST meter's month of one account, to be closed and charged.
@@ -73,6 +81,7 @@ pub(super) async fn latest_of(
                 quantity: row.quantity.0,
                 occurred_at: row.occurred_at,
                 event_id: row.event_id,
+                dimensions: serde_json::from_str(&row.dimensions).map_err(|_| super::corrupt("latest dimensions"))?,
                 open: row.state == OPEN,
             };
             found.insert(key, latest);
@@ -96,6 +105,7 @@ pub(super) async fn write_latest(
             quantity: Set(Amount(latest.quantity)),
             occurred_at: Set(latest.occurred_at),
             event_id: Set(latest.event_id),
+            dimensions: Set(super::json(&latest.dimensions)),
             state: Set(OPEN.to_owned()),
         })
         .on_conflict(
@@ -109,6 +119,7 @@ pub(super) async fn write_latest(
                 latest_value::Column::Quantity,
                 latest_value::Column::OccurredAt,
                 latest_value::Column::EventId,
+                latest_value::Column::Dimensions,
             ])
             .to_owned(),
         )
@@ -141,7 +152,7 @@ impl Store {
 
     /// Closes a month: no event is taken for it from now on. Returns its
     /// latest quantity, or `None` when it was charged already.
-    pub async fn close_month(&self, month: &MonthToClose) -> Result<Option<Decimal>, MeteringError> {
+    pub async fn close_month(&self, month: &MonthToClose) -> Result<Option<ClosedMonth>, MeteringError> {
         let (tenant, key) = (month.tenant, &month.key());
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         // The month's counter, as ingestion takes it: a batch with events of
@@ -158,7 +169,8 @@ impl Store {
             set_state(&transaction, tenant, key, CLOSED).await?;
         }
         transaction.commit().await?;
-        Ok(Some(row.quantity.0))
+        let dimensions = serde_json::from_str(&row.dimensions).map_err(|_| super::corrupt("latest dimensions"))?;
+        Ok(Some(ClosedMonth { quantity: row.quantity.0, dimensions }))
     }
 
     /// A closed month whose closing event is stored.

@@ -252,6 +252,7 @@ CREATE TABLE latest_values (
     quantity {amount} NOT NULL,
     occurred_at {time} NOT NULL,
     event_id TEXT NOT NULL,
+    dimensions TEXT NOT NULL,
     state TEXT NOT NULL CHECK (state IN ('OPEN', 'CLOSED', 'CHARGED')),
     PRIMARY KEY (tenant_id, account_id, meter_code, month)
 );

@@ -18,7 +18,7 @@ mod usage;
 
 pub use self::authorizations::{AuthorizationRow, SETTLEMENT_EVENT_PREFIX, settlement_event_id};
 pub use self::events::{NewEvent, Settlement, Stored, StoredEvent};
-pub use self::latest::MonthToClose;
+pub use self::latest::{ClosedMonth, MonthToClose};
 pub use self::lines::{LEGACY_LINE_PREFIX, Line};
 pub use self::meters::MeterRow;
 pub use self::usage::{IngestEvent, StoredBatch};

@@ -37,7 +37,7 @@ use super::lines::{Line, insert_lines};
 use super::unique::{CountedValue, insert_values, seen_values};
 use super::{CLAIM, NewEvent, Store, Stored, StoredEvent, json};
 use crate::domain::wallet_key;
-use crate::domain::{Aggregation, EventStatus, PriceVersion, replaces_latest};
+use crate::domain::{Aggregation, EventStatus, PriceVersion, month_of, replaces_latest};
 use crate::error::MeteringError;
 
 /// Times batches are stored again when a concurrent batch stored one of their
@@ -171,6 +171,18 @@ impl Store {
                     continue;
                 }
                 if new.is_latest() {
+                    // Reports are taken for the month under way only: an
+                    // earlier month is closed, or closes at the next pass.
+                    if month_of(event.occurred_at) < month_of(now) {
+                        results.push(Stored::Closed);
+                        continue;
+                    }
+                    // Priced now as the month's charge would be, so a figure
+                    // that cannot be charged is refused while it is sent.
+                    if let Err(reason) = new.charge(Decimal::ZERO, event.quantity) {
+                        results.push(Stored::Unpriced(reason));
+                        continue;
+                    }
                     let month = counter_key(event);
                     match latest.get(&month) {
                         Some(current) if !current.open => {
@@ -189,6 +201,7 @@ impl Store {
                                 quantity: event.quantity,
                                 occurred_at: event.occurred_at,
                                 event_id: event.event_id.clone(),
+                                dimensions: event.dimensions.clone(),
                                 open: true,
                             };
                             latest.insert(month.clone(), reported);

@@ -6,7 +6,6 @@
 //! closed, and the closing event stored twice is a duplicate, so a crash
 //! anywhere charges the month once.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -14,7 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::clients::wallet::WalletGateway;
 use crate::domain::{Aggregation, closing_event_id, month_end, month_of, price_at};
 use crate::error::MeteringError;
-use crate::store::{IngestEvent, MonthToClose, NewEvent, Store};
+use crate::store::{IngestEvent, MonthToClose, NewEvent, Store, Stored};
 use crate::usecases::charge::draw_lines;
 
 /// Months closed per pass; the next pass takes the rest.
@@ -37,7 +36,7 @@ async fn close(
     month: &MonthToClose,
     now: DateTime<Utc>,
 ) -> Result<(), MeteringError> {
-    let Some(quantity) = store.close_month(month).await? else { return Ok(()) };
+    let Some(closed) = store.close_month(month).await? else { return Ok(()) };
     let tenant = month.tenant;
     let at = month_end(&month.month).ok_or_else(|| MeteringError::internal("a stored month is not YYYY-MM"))?;
     let meter = store.meter(tenant, &month.meter_code).await?.ok_or(MeteringError::NotFound("meter"))?;
@@ -49,8 +48,9 @@ async fn close(
             event_id: closing_event_id(month.account_id, &month.meter_code, &month.month),
             account_id: month.account_id,
             meter_code: month.meter_code.clone(),
-            quantity,
-            dimensions: BTreeMap::new(),
+            quantity: closed.quantity,
+            // The latest report's, so its price's overrides apply as they would have to it.
+            dimensions: closed.dimensions,
             occurred_at: at,
         },
         price: Arc::new(price),
@@ -59,11 +59,18 @@ async fn close(
         // as one event of a sum would be.
         aggregation: Arc::new(Aggregation::Sum),
     };
-    let mut stored = store.store_batches(tenant, vec![vec![closing]], now).await?;
-    store.month_charged(month).await?;
-    if let Some((_, lines)) = stored.pop() {
-        // Stored now: drawn now (the worker draws it otherwise, once its claim runs out).
-        draw_lines(store, wallet, tenant, lines, now).await?;
+    let Some((mut outcomes, lines)) = store.store_batches(tenant, vec![vec![closing]], now).await?.pop() else {
+        return Err(MeteringError::internal("a stored batch went missing"));
+    };
+    match outcomes.pop() {
+        Some(Stored::New(_) | Stored::Duplicate(_)) => {}
+        // Left CLOSED, tried again each pass, and said so: a month is never
+        // marked charged without its charge.
+        Some(Stored::Unpriced(reason)) => return Err(MeteringError::internal(format!("cannot be priced: {reason}"))),
+        Some(Stored::Closed) | None => return Err(MeteringError::internal("the closing event was not stored")),
     }
+    store.month_charged(month).await?;
+    // Stored now: drawn now (the worker draws it otherwise, once its claim runs out).
+    draw_lines(store, wallet, tenant, lines, now).await?;
     Ok(())
 }

@@ -183,12 +183,14 @@ async fn a_latest_meter_charges_a_month_once_it_has_ended(suite: Suite) -> Suite
     let this_month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).unwrap();
     let day_before = this_month - chrono::Duration::days(1);
     let last_month = Utc.with_ymd_and_hms(day_before.year(), day_before.month(), 1, 0, 0, 0).unwrap();
-    // 0.10 a GB since before last month, as set back then (SetPrice takes no past instant).
+    // 0.10 a GB, 0.20 for the gold tier, since before last month, as set
+    // back then (SetPrice takes no past instant).
     suite
         .metering_database()
         .execute(
             "INSERT INTO prices (id, tenant_id, meter_id, effective_from, definition, created_at) \
-             SELECT $1, tenant_id, id, $2, '{\"tiers\":[[null,\"0.10\"]],\"overrides\":[]}', $2 \
+             SELECT $1, tenant_id, id, $2, \
+             '{\"tiers\":[[null,\"0.10\"]],\"overrides\":[[\"tier\",\"gold\",[[null,\"0.20\"]]]]}', $2 \
              FROM meters WHERE code = 'storage'",
             vec![uuid::Uuid::now_v7().into(), (last_month - chrono::Duration::days(1)).into()],
         )
@@ -200,13 +202,30 @@ async fn a_latest_meter_charges_a_month_once_it_has_ended(suite: Suite) -> Suite
         event
     };
     let day = |n: i64| last_month + chrono::Duration::days(n);
-    // Reported out of order: the latest of last month is 80 GB (its 5th day).
-    let events = vec![at(day(1), "50"), at(day(4), "80"), at(day(2), "30"), at(now, "20")];
-    let results = ingest(&suite, events).await;
-    assert!(statuses(&results).iter().all(|status| *status == pb::EventStatus::Charged), "{results:?}");
-    assert!(results.iter().all(|result| d(&result.amount).is_zero()), "charged when the month ends");
-    // The worker closes last month and charges 80 × 0.10 once.
-    until_debited(&suite, &account, d("8.00")).await;
+    // This month's report is taken and charged nothing yet; reports dated last
+    // month are refused: its month has ended.
+    let results = ingest(&suite, vec![at(now, "20"), at(day(1), "50"), at(day(4), "80")]).await;
+    assert_eq!(statuses(&results), vec![pb::EventStatus::Charged, pb::EventStatus::Invalid, pb::EventStatus::Invalid]);
+    assert!(d(&results[0].amount).is_zero(), "charged when the month ends");
+    assert_eq!((results[1].field.as_str(), results[1].reason.as_str()), ("timestamp", "PERIOD_CLOSED"));
+    // Last month as it stood when it ended: 80 GB reported last, on the gold tier.
+    let month = last_month.format("%Y-%m").to_string();
+    suite
+        .metering_database()
+        .execute(
+            "INSERT INTO latest_values (tenant_id, account_id, meter_code, month, quantity, occurred_at, event_id, \
+             dimensions, state) VALUES ($1, $2, 'storage', $3, $4, $5, 'reported-last', '{\"tier\":\"gold\"}', 'OPEN')",
+            vec![
+                suite.tenant.0.into(),
+                uuid::Uuid::parse_str(&account.id).unwrap().into(),
+                month.clone().into(),
+                d("80").into(),
+                day(4).into(),
+            ],
+        )
+        .await;
+    // The worker closes last month and charges 80 × 0.20 once.
+    until_debited(&suite, &account, d("16.00")).await;
     let usage = |start, end| {
         let query = pb::GetUsageRequest {
             account_id: account.id.clone(),
@@ -221,15 +240,10 @@ async fn a_latest_meter_charges_a_month_once_it_has_ended(suite: Suite) -> Suite
     };
     let last = usage(last_month, this_month).await;
     assert_eq!(last.len(), 1);
-    assert_eq!((d(&last[0].charged_quantity), d(&last[0].charged_amount)), (d("80"), d("8")));
-    assert_eq!(last[0].event_count, 4, "three reports and the month's charge");
+    assert_eq!((d(&last[0].charged_quantity), d(&last[0].charged_amount)), (d("80"), d("16")));
+    assert_eq!(last[0].event_count, 1, "the month's charge");
     let current = usage(this_month, now + chrono::Duration::minutes(10)).await;
     assert_eq!((d(&current[0].charged_amount), current[0].event_count), (Decimal::ZERO, 1), "this month is still open");
-
-    // A report for last month that comes after it closed is refused.
-    let late = ingest(&suite, vec![at(day(10), "999")]).await;
-    assert_eq!(statuses(&late), vec![pb::EventStatus::Invalid]);
-    assert_eq!((late[0].field.as_str(), late[0].reason.as_str()), ("timestamp", "PERIOD_CLOSED"));
     // The charge's event id is reserved.
     let mut forged = event(&account, "storage", "1");
     forged.event_id = format!("latest:{}:storage:{}", account.id, now.format("%Y-%m"));
@@ -243,7 +257,7 @@ async fn a_latest_meter_charges_a_month_once_it_has_ended(suite: Suite) -> Suite
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
     metering.execute("UPDATE latest_values SET state = 'OPEN', quantity = 500 WHERE quantity = 80", Vec::new()).await;
     tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
-    assert_eq!(debited(&suite, &account).await, d("8.00"), "the month is charged once");
+    assert_eq!(debited(&suite, &account).await, d("16.00"), "the month is charged once");
     assert_books_balance(&suite.wallet, &account).await;
     suite
 }

@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::domain::{Carry, PeriodRollover};
+use crate::domain::{Carry, GrantRollover};
 use crate::error::OrchestratorError;
 
 /// How long one call may take before it counts as failed transiently.
@@ -275,7 +275,7 @@ impl Upstream {
         source: wallet_pb::GrantSource,
         source_reference: Option<Uuid>,
         expires_at: Option<DateTime<Utc>>,
-        rollover: Option<PeriodRollover>,
+        rollover: Option<GrantRollover>,
     ) -> Result<Uuid, CallError> {
         let rollover = rollover.map(|rollover| {
             let (max_amount, max_percent) = match rollover.carry {

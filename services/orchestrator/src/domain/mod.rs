@@ -7,7 +7,7 @@
 mod rollover;
 pub mod signature;
 
-pub use rollover::{Carry, PeriodRollover, RolloverPolicy};
+pub use rollover::{Carry, GrantRollover, PeriodRollover, RolloverPolicy};
 
 use chrono::{DateTime, Datelike, Duration, Months, TimeZone, Utc};
 use rust_decimal::Decimal;

@@ -30,21 +30,39 @@ pub struct RolloverPolicy {
     pub expire_after_days: u32,
 }
 
-/// The rollover a period's top-up asks of the wallet with its grant.
+/// The rollover a period's top-up asks for: from the previous period's
+/// top-up, whose grant is looked up when this period's credits are granted
+/// (it may still be in flight when this period fires).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeriodRollover {
-    /// The previous period's grant.
+    pub from_top_up: Uuid,
+    pub carry: Carry,
+    /// When the carried credits expire, fixed when the period fires so every
+    /// retry of the grant asks the same; none: never.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// The rollover the wallet is asked for with a grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrantRollover {
     pub from_grant: Uuid,
     pub carry: Carry,
     pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl RolloverPolicy {
-    /// The rollover of a period firing at `now`, whose previous period
-    /// granted `previous` (none: nothing to carry, as for the first period).
+    /// The rollover of a period firing at `now` after the period of top-up
+    /// `previous` (none: nothing to carry, as for the first period).
     pub fn for_period(&self, previous: Option<Uuid>, now: DateTime<Utc>) -> Option<PeriodRollover> {
         let expires_at = (self.expire_after_days > 0).then(|| now + Duration::days(i64::from(self.expire_after_days)));
-        previous.map(|from_grant| PeriodRollover { from_grant, carry: self.carry, expires_at })
+        previous.map(|from_top_up| PeriodRollover { from_top_up, carry: self.carry, expires_at })
+    }
+}
+
+impl PeriodRollover {
+    /// What the wallet is asked once the previous period's grant is known.
+    pub fn from_grant(&self, grant: Uuid) -> GrantRollover {
+        GrantRollover { from_grant: grant, carry: self.carry, expires_at: self.expires_at }
     }
 }
 
@@ -78,7 +96,7 @@ mod tests {
         assert_eq!(policy.for_period(None, now), None, "the first period has nothing before it");
         let previous = Uuid::now_v7();
         let rollover = policy.for_period(Some(previous), now).unwrap();
-        assert_eq!(rollover.from_grant, previous);
+        assert_eq!(rollover.from_top_up, previous);
         assert_eq!(rollover.expires_at, Some(Utc.with_ymd_and_hms(2027, 1, 30, 0, 0, 0).unwrap()));
         let forever = RolloverPolicy { carry: Carry::All, expire_after_days: 0 };
         assert_eq!(forever.for_period(Some(previous), now).unwrap().expires_at, None);

@@ -101,8 +101,8 @@ impl Store {
         row.map(recurring_from_row).transpose()
     }
 
-    /// The grant of the account's latest recurring period that has one.
-    pub async fn last_recurring_grant(
+    /// The account's latest recurring period's top-up, whatever became of it.
+    pub async fn last_recurring_top_up(
         &self,
         tenant: TenantId,
         account_id: AccountId,
@@ -111,11 +111,10 @@ impl Store {
             .filter(top_up::Column::TenantId.eq(tenant.0))
             .filter(top_up::Column::AccountId.eq(account_id.0))
             .filter(top_up::Column::TriggerKind.eq(crate::domain::Trigger::Recurring.name()))
-            .filter(top_up::Column::GrantId.is_not_null())
             .order_by_desc(top_up::Column::CreatedAt)
             .one(&self.db)
             .await?;
-        Ok(row.and_then(|row| row.grant_id))
+        Ok(row.map(|row| row.id))
     }
 
     pub async fn due_recurring(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<RecurringRow>, OrchestratorError> {

@@ -393,6 +393,18 @@ impl Saga {
                 // A voucher's credits are granted under the voucher's own key:
                 // two top-ups redeeming one voucher for one account grant once.
                 let key_owner = row.voucher_id.unwrap_or(row.id);
+                // A period carries from the grant of the period before it, once
+                // that one is settled; one that granted nothing leaves nothing.
+                let rollover = match row.rollover {
+                    None => None,
+                    Some(rollover) => match self.store.top_up(tenant, rollover.from_top_up).await? {
+                        Some(previous) if previous.status == Status::Pending => {
+                            return Ok(Next::Retry("the previous period's top-up is not finished".into()));
+                        }
+                        Some(previous) => previous.grant_id.map(|grant| rollover.from_grant(grant)),
+                        None => None,
+                    },
+                };
                 let granted = self
                     .upstream
                     .grant(
@@ -404,7 +416,7 @@ impl Saga {
                         source,
                         reference,
                         row.credits_expire_at,
-                        row.rollover,
+                        rollover,
                     )
                     .await;
                 match granted {

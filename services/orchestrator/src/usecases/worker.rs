@@ -88,7 +88,7 @@ impl Worker {
                 top_up.credits_expire_at = Some(now + Span::days(i64::from(row.credits_expire_after_days)));
             }
             if let Some(policy) = row.rollover {
-                let previous = self.saga.store().last_recurring_grant(row.tenant_id, row.account_id).await?;
+                let previous = self.saga.store().last_recurring_top_up(row.tenant_id, row.account_id).await?;
                 top_up.rollover = policy.for_period(previous, now);
             }
             let first = StepLine {

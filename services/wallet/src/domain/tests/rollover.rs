@@ -91,6 +91,22 @@ fn a_share_of_the_period_is_carried_rounded_down() {
 }
 
 #[test]
+fn credits_that_would_expire_on_arrival_are_not_carried() {
+    let mut books = Books::new(Overdraft::None);
+    let first = books.run(|wallet| wallet.grant(&ctx(t0()), period_grant())).unwrap();
+    let turn = t0() + Duration::days(10);
+    let lapsed = Rollover { from: first, max: RolloverMax::All, expires_at: Some(turn - Duration::days(1)) };
+    let before = books.ledger.len();
+    let (_, rolled) = books.run(|wallet| wallet.grant_rolling_over(&ctx(turn), period_grant(), &lapsed)).unwrap();
+    assert_eq!(rolled, None);
+    assert_eq!(
+        kinds_and_amounts(&books.ledger[before..]),
+        vec![(EntryKind::Expiry, d("-10")), (EntryKind::Grant, d("10"))]
+    );
+    books.check_invariants();
+}
+
+#[test]
 fn a_rollover_of_nothing_expires_what_is_left_at_the_turn() {
     let (books, entries, _, rolled) = second_period(RolloverMax::Amount(Decimal::ZERO));
     assert_eq!(rolled, None);

@@ -41,9 +41,11 @@ impl Wallet {
     }
 
     fn roll_over(&mut self, ctx: &OperationContext, rollover: &Rollover) -> Option<GrantId> {
-        // A grant already written off (expired, voided) has nothing left to carry.
-        let index =
-            self.grants.iter().position(|grant| grant.id == rollover.from && grant.status == GrantStatus::Active)?;
+        // A grant already written off (expired, voided) has nothing left to
+        // carry; one not yet in effect is no earlier period's, and is left be.
+        let index = self.grants.iter().position(|grant| {
+            grant.id == rollover.from && grant.status == GrantStatus::Active && grant.effective_at <= ctx.now
+        })?;
         let old = &self.grants[index];
         let (old_id, left) = (old.id, old.remaining);
         let cap = match rollover.max {
@@ -52,7 +54,9 @@ impl Wallet {
             RolloverMax::Percent(percent) => (old.original * Decimal::from(percent) / Decimal::ONE_HUNDRED)
                 .round_dp_with_strategy(self.account.unit.scale(), rust_decimal::RoundingStrategy::ToZero),
         };
-        let carried = cap.min(left).max(Decimal::ZERO);
+        // Credits that would expire on arrival are not carried.
+        let lapsed = rollover.expires_at.is_some_and(|at| at <= ctx.now);
+        let carried = if lapsed { Decimal::ZERO } else { cap.min(left).max(Decimal::ZERO) };
         let carry = NewGrant {
             amount: carried,
             kind: old.kind,
@@ -95,7 +99,9 @@ impl Wallet {
                 None,
             );
         }
-        self.push_event(ctx, EventType::GrantExpired, Some(forfeited), Some(old_id), None, None);
+        if forfeited > Decimal::ZERO {
+            self.push_event(ctx, EventType::GrantExpired, Some(forfeited), Some(old_id), None, None);
+        }
         rolled
     }
 
