@@ -333,11 +333,16 @@ async fn a_recurring_allowance_rolls_over_capped_once_at_each_turn(backend: Back
         ..Default::default()
     };
     suite.wallet.clone().debit(debit).await.unwrap();
-    // The second period: 5 of the 7 left carried (half the period), 2 expire, 10 more.
+    // The second period: 5 of the 7 left carried (half the period), 2 expire,
+    // 10 more; the orchestrator killed right after the wallet turned it.
+    suite.restart_orchestrator("after:GRANT").await;
+    let mut orchestrator = suite.orchestrator().await;
     orchestrator
         .configure_recurring_top_up(configure(chrono::Utc::now() - chrono::Duration::hours(1), half.clone()))
         .await
         .unwrap();
+    suite.processes[ORCHESTRATOR].reap().await;
+    suite.restart_orchestrator("").await;
     eventually("the second period", || async { available(&suite.wallet, &account).await == d("15") }).await;
     let entries = ledger(&suite.wallet, &account).await;
     let turn: Vec<(i32, &str)> =
@@ -361,6 +366,34 @@ async fn a_recurring_allowance_rolls_over_capped_once_at_each_turn(backend: Back
     let mut orchestrator = suite.orchestrator().await;
     let schedule = orchestrator.get_recurring_top_up(request).await.unwrap().into_inner().recurring_top_up.unwrap();
     assert_eq!(schedule.rollover, Some(half));
+
+    // The third period carries all that is left of the second (10), killed
+    // before its grant this time; the credits carried before keep theirs.
+    let all = pb::RolloverPolicy { mode: pb::RolloverMode::All.into(), ..Default::default() };
+    suite.restart_orchestrator("before:GRANT").await;
+    let mut orchestrator = suite.orchestrator().await;
+    orchestrator
+        .configure_recurring_top_up(configure(chrono::Utc::now() - chrono::Duration::hours(1), all))
+        .await
+        .unwrap();
+    suite.processes[ORCHESTRATOR].reap().await;
+    suite.restart_orchestrator("").await;
+    eventually("the third period", || async { available(&suite.wallet, &account).await == d("25") }).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let entries = ledger(&suite.wallet, &account).await;
+    let turn: Vec<(i32, &str)> =
+        entries[entries.len() - 3..].iter().map(|entry| (entry.kind, entry.amount.as_str())).collect();
+    assert_eq!(
+        turn,
+        vec![
+            (EntryKind::Rollover.into(), "-10.00"),
+            (EntryKind::Rollover.into(), "10.00"),
+            (EntryKind::Grant.into(), "10.00"),
+        ]
+    );
+    assert_eq!(suite.top_ups(&account).await.len(), 3);
+    assert_eq!(available(&suite.wallet, &account).await, d("25"), "turned once");
+    assert_books_balance(&suite.wallet, &account).await;
     suite.stop().await;
 }
 
