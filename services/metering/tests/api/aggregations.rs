@@ -81,6 +81,19 @@ async fn a_peak_meter_is_charged_for_each_rise_over_1000_events(suite: Suite) ->
     assert_eq!(d(&usage.charged_quantity), peak, "the charged quantities add up to the peak");
     assert_eq!(d(&usage.charged_amount), total);
     assert_eq!(usage.event_count, 1_000);
+    // The CSV says the same.
+    let query = pb::GetUsageRequest {
+        account_id: account.id.clone(),
+        meter_code: "seats".into(),
+        start_time: Some(reservoir_common::time::to_timestamp(Utc::now() - chrono::Duration::days(1))),
+        end_time: Some(reservoir_common::time::to_timestamp(Utc::now() + chrono::Duration::days(1))),
+        group_by: pb::Period::Month.into(),
+        dimension_key: String::new(),
+    };
+    let csv = suite.metering.clone().export_usage(pb::ExportUsageRequest { query: Some(query) }).await.unwrap();
+    let lines: Vec<String> = csv.into_inner().csv.lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains(&format!(",seats,,{peak},{total},")), "{} (peak {peak}, {total})", lines[1]);
     assert_books_balance(&suite.wallet, &account).await;
     suite
 }

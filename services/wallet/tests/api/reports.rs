@@ -22,7 +22,7 @@ pub(crate) async fn rows<T>(chunks: tonic::Streaming<T>, csv_of: impl Fn(T) -> S
         .collect()
 }
 
-async fn statement(
+pub(crate) async fn statement(
     client: &Client,
     account: &pb::Account,
     start: chrono::DateTime<chrono::Utc>,
@@ -37,7 +37,7 @@ async fn statement(
     rows(chunks, |chunk| chunk.csv).await
 }
 
-fn section<'a>(rows: &'a [HashMap<String, String>], name: &str) -> Vec<&'a HashMap<String, String>> {
+pub(crate) fn section<'a>(rows: &'a [HashMap<String, String>], name: &str) -> Vec<&'a HashMap<String, String>> {
     rows.iter().filter(|row| row["section"] == name).collect()
 }
 

@@ -54,6 +54,12 @@ async fn the_previous_period_is_carried_up_to_its_cap_once(app: &TestApp) {
     assert_books_balance(&app.client, &account).await;
     let verify = pb::VerifyLedgerRequest { account_id: account.id.clone(), ..Default::default() };
     assert!(app.client.clone().verify_ledger(verify).await.unwrap().into_inner().intact);
+    // The statement lists the turn's entries, and still closes at its opening plus its entries.
+    let rows = crate::reports::statement(&app.client, &account, Utc::now() - Duration::hours(1), Utc::now()).await;
+    let kinds: Vec<&str> = crate::reports::section(&rows, "ENTRY").iter().map(|row| row["kind"].as_str()).collect();
+    assert_eq!(kinds, vec!["GRANT", "DEBIT", "ROLLOVER", "ROLLOVER", "EXPIRY", "GRANT"]);
+    let closing = d(&crate::reports::section(&rows, "CLOSING")[0]["balance_after"]);
+    assert_eq!(closing, d("15"));
     // The refill history shows the credits carried in.
     let request = pb::ExportRefillHistoryRequest { account_id: account.id.clone(), ..Default::default() };
     let chunks = app.client.clone().export_refill_history(request).await.unwrap().into_inner();
