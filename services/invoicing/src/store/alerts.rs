@@ -111,10 +111,14 @@ async fn save_cursor(
     Ok(())
 }
 
+fn settings_from(row: billing_alerts::Model) -> AlertSettings {
+    AlertSettings { recipients: lines(&row.recipients), enabled_at: row.enabled_at }
+}
+
 impl Store {
     pub async fn alert_settings(&self, tenant: TenantId) -> Result<Option<AlertSettings>, InvoicingError> {
         let row = billing_alerts::Entity::find_by_id(tenant.0).one(&self.db).await?;
-        Ok(row.map(|row| AlertSettings { recipients: lines(&row.recipients), enabled_at: row.enabled_at }))
+        Ok(row.map(settings_from))
     }
 
     /// Saves a tenant's recipients. Alerts start from `now` when there were
@@ -146,14 +150,27 @@ impl Store {
         )
         .exec_without_returning(&self.db)
         .await?;
+        if recipients.is_empty() {
+            // Turned off: what was still to send goes to nobody.
+            alert_mail::Entity::update_many()
+                .col_expr(alert_mail::Column::Status, Expr::value(RunStatus::Failed.name()))
+                .col_expr(
+                    alert_mail::Column::LastError,
+                    Expr::value("the tenant's alerts were turned off before it was sent"),
+                )
+                .filter(alert_mail::Column::TenantId.eq(tenant.0))
+                .filter(alert_mail::Column::Status.eq(RunStatus::Pending.name()))
+                .exec(&self.db)
+                .await?;
+        }
         Ok(AlertSettings { recipients: recipients.to_vec(), enabled_at })
     }
 
     /// Tenants with someone to alert.
-    pub async fn tenants_with_alerts(&self) -> Result<Vec<TenantId>, InvoicingError> {
+    pub async fn tenants_with_alerts(&self) -> Result<Vec<(TenantId, AlertSettings)>, InvoicingError> {
         let rows =
             billing_alerts::Entity::find().filter(billing_alerts::Column::Recipients.ne("")).all(&self.db).await?;
-        Ok(rows.into_iter().map(|row| TenantId(row.tenant_id)).collect())
+        Ok(rows.into_iter().map(|row| (TenantId(row.tenant_id), settings_from(row))).collect())
     }
 
     /// How far a tenant's events from `source` have been read for alerts.

@@ -77,8 +77,7 @@ pub(super) fn lines(text: &str) -> Vec<String> {
 fn schedule_from(row: report_schedule::Model) -> Result<ReportSchedule, InvoicingError> {
     Ok(ReportSchedule {
         tenant_id: TenantId(row.tenant_id),
-        frequency: Frequency::parse(&row.frequency)
-            .ok_or_else(|| InvoicingError::internal("stored report frequency is not valid"))?,
+        frequency: Frequency::parse(&row.frequency).ok_or_else(|| super::corrupt("report frequency"))?,
         billing_contact: row.billing_contact,
         recipients: lines(&row.recipients),
         enabled: row.enabled,
@@ -91,17 +90,12 @@ fn run_from(row: report_run::Model) -> Result<ReportRun, InvoicingError> {
     Ok(ReportRun {
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
-        frequency: Frequency::parse(&row.frequency)
-            .ok_or_else(|| InvoicingError::internal("stored report frequency is not valid"))?,
+        frequency: Frequency::parse(&row.frequency).ok_or_else(|| super::corrupt("report frequency"))?,
         period_start: row.period_start,
         period_end: row.period_end,
         recipients: lines(&row.recipients),
-        status: match row.status.as_str() {
-            "PENDING" => RunStatus::Pending,
-            "SENT" => RunStatus::Sent,
-            _ => RunStatus::Failed,
-        },
-        attempts: u32::try_from(row.attempts).unwrap_or(0),
+        status: RunStatus::parse(&row.status).ok_or_else(|| super::corrupt("report run status"))?,
+        attempts: u32::try_from(row.attempts).map_err(|_| super::corrupt("report run attempts"))?,
         next_attempt_at: row.next_attempt_at,
         last_error: row.last_error,
         created_at: row.created_at,

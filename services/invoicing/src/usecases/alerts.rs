@@ -19,7 +19,7 @@ use crate::clients::Upstream;
 use crate::clients::mail::Mailer;
 use crate::domain::{Alert, AlertKind, SEND_ATTEMPTS_MAX, currency_scale, format_money, recipients, retry_at};
 use crate::error::InvoicingError;
-use crate::store::{AlertMail, AlertSource, RunStatus, Store};
+use crate::store::{AlertMail, AlertSettings, AlertSource, RunStatus, Store};
 use crate::usecases::billing::Clock;
 
 /// How long a replica holds a mail it is sending.
@@ -70,7 +70,7 @@ impl Alerts {
     pub async fn pass(&self) -> Result<(), InvoicingError> {
         let tenants = self.store.tenants_with_alerts().await?;
         let mut reads = futures::stream::iter(tenants)
-            .map(|tenant| async move { (tenant, self.read_events(tenant).await) })
+            .map(|(tenant, settings)| async move { (tenant, self.read_events(tenant, settings).await) })
             .buffer_unordered(TENANTS_AT_ONCE);
         while let Some((tenant, read)) = reads.next().await {
             if let Err(error) = read {
@@ -81,11 +81,8 @@ impl Alerts {
     }
 
     /// A tenant's events since its cursors, with who gets its alerts read
-    /// once for the pass.
-    async fn read_events(&self, tenant: TenantId) -> Result<(), InvoicingError> {
-        let Some(settings) = self.store.alert_settings(tenant).await? else {
-            return Ok(());
-        };
+    /// once for the pass (its settings as the pass found them).
+    async fn read_events(&self, tenant: TenantId, settings: AlertSettings) -> Result<(), InvoicingError> {
         let contact = self.store.report_schedule(tenant).await?.map(|schedule| schedule.billing_contact);
         let audience = Audience {
             tenant,
@@ -192,19 +189,10 @@ impl Alerts {
 
     async fn send(&self, mail: &AlertMail) -> Result<(), InvoicingError> {
         let attempt = mail.attempts + 1;
-        // Recipients taken away since the mail was made: it goes to nobody.
-        let turned_off =
-            self.store.alert_settings(mail.tenant_id).await?.is_none_or(|settings| settings.recipients.is_empty());
-        let sent = if turned_off {
-            Err("the tenant's alerts were turned off before it was sent".to_owned())
-        } else {
-            self.mailer.send(&mail.recipients, &mail.subject, &mail.body, Vec::new()).await
-        };
+        // Alerts turned off meanwhile failed the mail (see `save_alert_settings`).
+        let sent = self.mailer.send(&mail.recipients, &mail.subject, &mail.body, Vec::new()).await;
         let finished = match sent {
             Ok(()) => self.store.finish_alert_mail(mail, RunStatus::Sent, "", self.now()).await?,
-            Err(error) if turned_off => {
-                self.store.finish_alert_mail(mail, RunStatus::Failed, &error, self.now()).await?
-            }
             Err(error) => {
                 tracing::warn!(%error, mail = %mail.id, "a billing alert was not sent");
                 let status = if attempt >= SEND_ATTEMPTS_MAX { RunStatus::Failed } else { RunStatus::Pending };

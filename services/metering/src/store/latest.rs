@@ -68,10 +68,15 @@ pub(super) async fn latest_of(
     if keys.is_empty() {
         return Ok(found);
     }
+    // A superset (accounts × meters × months asked of), narrowed to the keys below.
     let accounts: BTreeSet<uuid::Uuid> = keys.iter().map(|key| key.0.0).collect();
+    let meters: BTreeSet<&str> = keys.iter().map(|key| key.1.as_str()).collect();
+    let months: BTreeSet<&str> = keys.iter().map(|key| key.2.as_str()).collect();
     let rows = latest_value::Entity::find()
         .filter(latest_value::Column::TenantId.eq(tenant.0))
         .filter(latest_value::Column::AccountId.is_in(accounts))
+        .filter(latest_value::Column::MeterCode.is_in(meters))
+        .filter(latest_value::Column::Month.is_in(months))
         .all(transaction)
         .await?;
     for row in rows {

@@ -48,9 +48,7 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
-pub(crate) fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
+pub(crate) use reservoir_common::db::json;
 
 fn corrupt(what: &str) -> MeteringError {
     MeteringError::internal(format!("stored {what} is not valid"))

@@ -156,6 +156,7 @@ impl Store {
             .map(|new| counter_key(&new.event));
         let mut latest = latest_of(&transaction, tenant, months.collect()).await?;
         let mut latest_changed: BTreeSet<CounterKey> = BTreeSet::new();
+        let this_month = month_of(now);
         let mut stored_batches = Vec::with_capacity(batches.len());
         let mut rows: Vec<(StoredEvent, String, i32)> = Vec::new();
         let mut all_lines: Vec<Line> = Vec::new();
@@ -173,7 +174,7 @@ impl Store {
                 if new.is_latest() {
                     // Reports are taken for the month under way only: an
                     // earlier month is closed, or closes at the next pass.
-                    if month_of(event.occurred_at) < month_of(now) {
+                    if month_of(event.occurred_at) < this_month {
                         results.push(Stored::Closed);
                         continue;
                     }

@@ -30,10 +30,7 @@ pub struct Store {
     db: DatabaseConnection,
 }
 
-/// A domain value as the JSON a column keeps.
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
+use reservoir_common::db::json;
 
 fn corrupt(what: &str) -> OrchestratorError {
     OrchestratorError::internal(format!("stored {what} is not valid"))

@@ -196,9 +196,7 @@ fn corrupt(what: &str) -> PaymentsError {
     PaymentsError::internal(format!("stored {what} is not valid"))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_default()
-}
+use reservoir_common::db::json;
 
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)

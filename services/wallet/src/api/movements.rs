@@ -106,11 +106,10 @@ impl WalletApi {
                         RolloverMax::All
                     }
                     (text, 0) => {
-                        let max = violations.amount_with("rollover.max_amount", text, |text| unit.parse(text));
-                        if max.is_some_and(|max| max.is_sign_negative()) {
-                            violations.add("rollover.max_amount", "must be zero or more");
-                        }
-                        RolloverMax::Amount(max.unwrap_or_default())
+                        let parse = |text: &str| unit.parse(text).and_then(reservoir_common::money::non_negative);
+                        RolloverMax::Amount(
+                            violations.amount_with("rollover.max_amount", text, parse).unwrap_or_default(),
+                        )
                     }
                     (_, _) => {
                         violations.add("rollover.max_percent", "is not given with max_amount");

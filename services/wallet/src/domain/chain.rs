@@ -11,8 +11,9 @@
 //!
 //! The content is every figure of the entry as the ledger holds it, each
 //! field written with its length so no two entries encode alike. Instants
-//! count whole microseconds (what both databases keep), amounts are written
-//! without trailing zeros (a database may give `1.50` back as `1.5`).
+//! count whole microseconds (what both databases keep), amounts are their
+//! normalized mantissa and scale (a database may give `1.50` back as `1.5`),
+//! an absent id is sixteen zeros (no id is nil).
 
 use std::fmt;
 
@@ -66,15 +67,24 @@ pub fn entry_hash(previous: &LedgerHash, entry: &Entry) -> LedgerHash {
         hasher.update(u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
         hasher.update(bytes);
     };
-    let optional_id = |id: Option<uuid::Uuid>| id.map(|id| id.into_bytes().to_vec()).unwrap_or_default();
+    let optional_id = |id: Option<uuid::Uuid>| id.map_or([0; 16], uuid::Uuid::into_bytes);
+    // An amount as its normalized mantissa and scale: the same whatever
+    // scale a database gives it back with, and nothing to allocate.
+    let amount = |amount: rust_decimal::Decimal| {
+        let amount = amount.normalize();
+        let mut bytes = [0; 20];
+        bytes[..16].copy_from_slice(&amount.mantissa().to_be_bytes());
+        bytes[16..].copy_from_slice(&amount.scale().to_be_bytes());
+        bytes
+    };
     field(entry.id.0.as_bytes());
     field(entry.account_id.0.as_bytes());
     field(&entry.sequence.to_be_bytes());
     field(&entry.position.to_be_bytes());
     field(&entry.created_at.timestamp_micros().to_be_bytes());
     field(entry.kind.name().as_bytes());
-    field(entry.amount.normalize().to_string().as_bytes());
-    field(entry.balance_after.normalize().to_string().as_bytes());
+    field(&amount(entry.amount));
+    field(&amount(entry.balance_after));
     field(&optional_id(entry.grant_id.map(|id| id.0)));
     field(&optional_id(entry.hold_id.map(|id| id.0)));
     field(entry.idempotency_key.as_bytes());

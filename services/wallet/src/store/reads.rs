@@ -208,20 +208,33 @@ impl Store {
         ledger::entries_of(&self.db, account_id, rows).await
     }
 
+    /// Up to `limit` of an account's entries after `after_sequence`, in
+    /// order, for a check of its chain (the account already read).
+    pub async fn chain_entries(
+        &self,
+        account: &Account,
+        after_sequence: u64,
+        limit: u64,
+    ) -> Result<Vec<Entry>, WalletError> {
+        let rows = entry::Entity::find()
+            .filter(entry::Column::AccountNumber.eq(to_i64(account.number)))
+            .filter(entry::Column::Sequence.gt(to_i64(after_sequence)))
+            .order_by_asc(entry::Column::Sequence)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        ledger::entries_of(&self.db, account.id, rows).await
+    }
+
     /// The account's entry of the highest sequence in the ledger, whatever
     /// sequence the account says is its latest.
-    pub async fn highest_entry(
-        &self,
-        tenant_id: TenantId,
-        account_id: AccountId,
-    ) -> Result<Option<Entry>, WalletError> {
-        let account = self.account(tenant_id, account_id).await?;
+    pub async fn highest_entry(&self, account: &Account) -> Result<Option<Entry>, WalletError> {
         let row = entry::Entity::find()
             .filter(entry::Column::AccountNumber.eq(to_i64(account.number)))
             .order_by_desc(entry::Column::Sequence)
             .one(&self.db)
             .await?;
-        Ok(ledger::entries_of(&self.db, account_id, row.into_iter().collect()).await?.pop())
+        Ok(ledger::entries_of(&self.db, account.id, row.into_iter().collect()).await?.pop())
     }
 
     /// A wallet's ledger as of one snapshot, for a report that works back

@@ -4,9 +4,9 @@
 
 use reservoir_common::auth::TenantId;
 
-use crate::domain::{AccountId, ChainBreak, ChainCheck, KnownHash, LedgerHash};
+use crate::domain::{Account, AccountId, ChainBreak, ChainCheck, KnownHash, LedgerHash};
 use crate::error::WalletError;
-use crate::store::{CHAIN_PAGE, EntryFilter, Store};
+use crate::store::{CHAIN_PAGE, Store};
 
 /// What a check of a ledger found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,17 +26,12 @@ pub struct Verification {
 /// after the highest entry: a change of the account moves its sequence in
 /// the transaction that writes its entries, so an entry past even the
 /// sequence read afterwards was not written by one.
-async fn beyond_head(
-    store: &Store,
-    tenant: TenantId,
-    account_id: AccountId,
-    last_sequence: u64,
-) -> Result<Option<ChainBreak>, WalletError> {
-    let Some(highest) = store.highest_entry(tenant, account_id).await? else { return Ok(None) };
-    if highest.sequence <= last_sequence {
+async fn beyond_head(store: &Store, account: &Account) -> Result<Option<ChainBreak>, WalletError> {
+    let Some(highest) = store.highest_entry(account).await? else { return Ok(None) };
+    if highest.sequence <= account.last_sequence {
         return Ok(None);
     }
-    let now_last = store.account(tenant, account_id).await?.last_sequence;
+    let now_last = store.account(account.tenant_id, account.id).await?.last_sequence;
     Ok((highest.sequence > now_last).then_some(ChainBreak::Beyond { sequence: highest.sequence, entry: highest.id }))
 }
 
@@ -51,27 +46,25 @@ pub async fn verify_ledger(
 ) -> Result<Verification, WalletError> {
     let account = store.account(tenant, account_id).await?;
     let last_sequence = account.last_sequence;
-    let filter = EntryFilter { through_sequence: Some(last_sequence), ..EntryFilter::default() };
     let mut check = ChainCheck::new(known);
     let mut after = 0;
     let broken = loop {
-        let entries = store.entries(tenant, account_id, &filter, after, CHAIN_PAGE).await?;
+        let page = store.chain_entries(&account, after, CHAIN_PAGE).await?;
+        // Entries written since the check began are left for the next one.
+        let entries: Vec<_> = page.iter().take_while(|entry| entry.sequence <= last_sequence).collect();
         let Some(last) = entries.last() else { break None };
         after = last.sequence;
-        if let Err(broken) = entries.iter().try_for_each(|entry| check.check(entry)) {
+        if let Err(broken) = entries.into_iter().try_for_each(|entry| check.check(entry)) {
             break Some(broken);
         }
     };
     let checked = check.checked();
-    let (head, broken) = match broken {
-        Some(broken) => (None, Some(broken)),
+    let outcome = match broken {
+        Some(broken) => Err(broken),
         None => match check.finish(last_sequence, account.ledger_head) {
-            Ok(head) => match beyond_head(store, tenant, account_id, last_sequence).await? {
-                Some(broken) => (None, Some(broken)),
-                None => (Some(head), None),
-            },
-            Err(broken) => (None, Some(broken)),
+            Ok(head) => beyond_head(store, &account).await?.map_or(Ok(head), Err),
+            Err(broken) => Err(broken),
         },
     };
-    Ok(Verification { checked, last_sequence, head, broken })
+    Ok(Verification { checked, last_sequence, head: outcome.as_ref().ok().copied(), broken: outcome.err() })
 }

@@ -171,6 +171,28 @@ async fn verify_ledger_names_the_first_entry_changed_behind_the_service(app: &Te
     assert_eq!(found.entries_checked, 4);
 }
 
+async fn verify_ledger_reads_a_ledger_longer_than_a_page(app: &TestApp) {
+    let account = prepaid(&app.client).await;
+    grant(&app.client, &account, "10000", pb::GrantKind::Paid).await;
+    for _ in 0..2 {
+        let debits = (0..1_000).map(|_| debit_request(&account, "0.01")).collect();
+        app.client.clone().batch_debit(pb::BatchDebitRequest { debits }).await.unwrap();
+    }
+    let intact = verify(app, &account, None).await;
+    assert!(intact.intact, "{intact:?}");
+    assert_eq!((intact.entries_checked, intact.last_sequence), (2_001, 2_001));
+    // A changed entry on the second page is found there, the first page matching.
+    let connection = books(app).await;
+    let id = uuid::Uuid::parse_str(&account.id).unwrap();
+    let sql = "SELECT number FROM accounts WHERE id = $1";
+    let statement = Statement::from_sql_and_values(connection.get_database_backend(), sql, [id.into()]);
+    let number: i64 = connection.query_one_raw(statement).await.unwrap().unwrap().try_get("", "number").unwrap();
+    tamper(app, &format!("UPDATE ledger SET amount = -0.02 WHERE account_number = {number} AND sequence = 1500")).await;
+    let found = verify(app, &account, None).await;
+    let broken = found.first_break.unwrap();
+    assert_eq!((broken.reason.as_str(), broken.sequence, found.entries_checked), ("ENTRY_ALTERED", 1_500, 1_499));
+}
+
 async fn verify_ledger_refuses_a_malformed_known_hash(app: &TestApp) {
     let account = prepaid(&app.client).await;
     let mut client = app.client.clone();
@@ -191,4 +213,5 @@ crate::on_both_backends!(
     the_database_refuses_to_change_a_written_entry,
     verify_ledger_names_the_first_entry_changed_behind_the_service,
     verify_ledger_refuses_a_malformed_known_hash,
+    verify_ledger_reads_a_ledger_longer_than_a_page,
 );

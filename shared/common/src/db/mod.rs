@@ -257,6 +257,12 @@ fn sqlite_path(url: &str) -> Option<String> {
 }
 
 /// The column type of an amount: exact NUMERIC on PostgreSQL, exact text on SQLite.
+/// A domain value as the JSON text a column keeps (maps, lists, small
+/// records); serializing plain data cannot fail.
+pub fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
 pub fn amount_column_type(backend: DbBackend) -> &'static str {
     if backend == DbBackend::Postgres { "NUMERIC" } else { "TEXT" }
 }

@@ -98,8 +98,6 @@ impl Wallet {
                 Some("credits not rolled over"),
                 None,
             );
-        }
-        if forfeited > Decimal::ZERO {
             self.push_event(ctx, EventType::GrantExpired, Some(forfeited), Some(old_id), None, None);
         }
         rolled

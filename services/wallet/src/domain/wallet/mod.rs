@@ -462,13 +462,31 @@ impl Wallet {
         description: Option<&str>,
         refunded_entry_id: Option<EntryId>,
     ) {
+        let entry = self.next_entry(ctx, kind, amount, grant_id, hold_id, meter_code, description, refunded_entry_id);
+        self.append(entry);
+    }
+
+    /// The wallet's next entry, its balance after as the wallet now stands;
+    /// not yet chained (see [`Self::append`]).
+    #[allow(clippy::too_many_arguments)]
+    fn next_entry(
+        &mut self,
+        ctx: &OperationContext,
+        kind: EntryKind,
+        amount: Decimal,
+        grant_id: Option<GrantId>,
+        hold_id: Option<HoldId>,
+        meter_code: Option<&str>,
+        description: Option<&str>,
+        refunded_entry_id: Option<EntryId>,
+    ) -> Entry {
         self.account.last_sequence += 1;
         self.account.updated_at = ctx.now;
         let position = match self.changes.entries.last() {
             Some(before) if before.operation_id == ctx.operation_id => before.position + 1,
             _ => 0,
         };
-        let entry = Entry {
+        Entry {
             id: EntryId::of(self.account.number, self.account.last_sequence),
             account_id: self.account.id,
             operation_id: ctx.operation_id,
@@ -488,8 +506,7 @@ impl Wallet {
             created_at: ctx.now,
             key_id: ctx.key_id,
             hash: None,
-        };
-        self.append(entry);
+        }
     }
 
     /// Adds an entry at the head of the wallet's hash chain.
@@ -511,14 +528,9 @@ impl Wallet {
         meter_code: Option<&str>,
         balance_after: Decimal,
     ) {
-        let previous = self.account.ledger_head;
-        self.push_entry(ctx, kind, amount, grant_id, None, meter_code, None, None);
-        // Chained again with its own balance after.
-        if let Some(mut entry) = self.changes.entries.pop() {
-            entry.balance_after = balance_after;
-            self.account.ledger_head = previous;
-            self.append(entry);
-        }
+        let mut entry = self.next_entry(ctx, kind, amount, grant_id, None, meter_code, None, None);
+        entry.balance_after = balance_after;
+        self.append(entry);
     }
 
     fn push_event(
