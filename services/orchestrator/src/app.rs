@@ -53,7 +53,8 @@ pub struct OrchestratorSettings {
     #[serde(default = "attempts_before_action_default")]
     pub attempts_before_action: u32,
     /// Testing only: abort the process at a saga point such as `before:CHARGE`
-    /// or `after:GRANT`, to prove a crash there loses nothing. Empty: never.
+    /// or `after:GRANT` (or `after:CLAWBACK`, a bonus clawback taken but not
+    /// yet recorded), to prove a crash there loses nothing. Empty: never.
     /// Refused by builds without the `test-hooks` feature (every build but
     /// the tests').
     #[serde(default)]
@@ -114,7 +115,7 @@ fn check_crash_at(crash_at: &str, hooks_built: bool) -> Result<(), String> {
         return Err("orchestrator: crash_at is a test hook, and this build has none".into());
     }
     if CrashPoint::parse(crash_at).is_none() {
-        return Err(format!("orchestrator: crash_at {crash_at:?} is not before:STEP or after:STEP"));
+        return Err(format!("orchestrator: crash_at {crash_at:?} is not before:STEP, after:STEP or after:CLAWBACK"));
     }
     Ok(())
 }

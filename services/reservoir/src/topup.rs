@@ -49,6 +49,17 @@ pub enum TopUpCommand {
         /// Reuse a key to retry safely; a fresh one is made when omitted.
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// Promotional credits given with the purchase: an amount, or a share
+        /// of the credits such as `10%`; clawed back in proportion if the
+        /// payment is refunded.
+        #[arg(long)]
+        bonus: Option<String>,
+        /// RFC 3339 instant after which the bonus no longer counts.
+        #[arg(long, requires = "bonus")]
+        bonus_expires_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The bonus's drawdown priority (lower first).
+        #[arg(long, requires = "bonus")]
+        bonus_priority: Option<i32>,
         #[command(flatten)]
         client: OrchestratorArgs,
     },
@@ -143,21 +154,25 @@ fn rollover_policy(
     cap: Option<String>,
     expire_after_days: u32,
 ) -> anyhow::Result<pb::RolloverPolicy> {
-    let (cap_amount, cap_percent) = match cap.as_deref().map(|cap| (cap, cap.strip_suffix('%'))) {
-        None => (String::new(), 0),
-        Some((_, Some(share))) => {
-            let percent =
-                share.trim().parse().map_err(|_| anyhow::anyhow!("--rollover-cap {share}% is not a share"))?;
-            (String::new(), percent)
-        }
-        Some((amount, None)) => (amount.to_owned(), 0),
-    };
+    let (cap_amount, cap_percent) =
+        cap.map_or(Ok((String::new(), 0)), |cap| amount_or_share("--rollover-cap", &cap))?;
     let mode = match mode {
         RolloverArg::None => pb::RolloverMode::None,
         RolloverArg::All => pb::RolloverMode::All,
         RolloverArg::Capped => pb::RolloverMode::Capped,
     };
     Ok(pb::RolloverPolicy { mode: mode.into(), cap_amount, cap_percent, expire_after_days })
+}
+
+/// An amount, or a share such as `10%`: as the wire's amount text and percentage.
+fn amount_or_share(flag: &str, text: &str) -> anyhow::Result<(String, u32)> {
+    match text.strip_suffix('%') {
+        Some(share) => {
+            let percent = share.trim().parse().map_err(|_| anyhow::anyhow!("{flag} {text} is not a share"))?;
+            Ok((String::new(), percent))
+        }
+        None => Ok((text.to_owned(), 0)),
+    }
 }
 
 async fn connect(args: &OrchestratorArgs) -> anyhow::Result<Client> {
@@ -200,6 +215,20 @@ fn top_up_json(top_up: &pb::TopUp) -> serde_json::Value {
         "amount": top_up.amount,
         "currency": top_up.currency,
         "reason": top_up.reason,
+        "bonus": top_up.bonus.as_ref().map(|bonus| json!({
+            "credits": bonus.credits,
+            "grant_id": bonus.grant_id,
+            "clawed_back": bonus.clawed_back,
+            "unrecovered": bonus.unrecovered,
+            "clawbacks": bonus.clawbacks.iter().map(|clawback| json!({
+                "refund_id": clawback.refund_id,
+                "refunded_amount": clawback.refunded_amount,
+                "asked": clawback.asked,
+                "clawed_back": clawback.clawed_back,
+                "unrecovered": clawback.unrecovered,
+                "applied": clawback.applied,
+            })).collect::<Vec<_>>(),
+        })),
         "steps": top_up.steps.iter().map(|line| json!({
             "step": step_name(line.step),
             "outcome": pb::StepOutcome::try_from(line.outcome).map(|o| o.as_str_name()).unwrap_or(""),
@@ -234,7 +263,29 @@ fn print_top_ups(top_ups: &[pb::TopUp], as_json: bool) -> anyhow::Result<()> {
 
 pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
     match command {
-        TopUpCommand::Start { account_id, credits, payment_method, reconcile_later, idempotency_key, client } => {
+        TopUpCommand::Start {
+            account_id,
+            credits,
+            payment_method,
+            reconcile_later,
+            idempotency_key,
+            bonus,
+            bonus_expires_at,
+            bonus_priority,
+            client,
+        } => {
+            let bonus = match bonus {
+                None => None,
+                Some(bonus) => {
+                    let (credits, percent) = amount_or_share("--bonus", &bonus)?;
+                    Some(pb::Bonus {
+                        credits,
+                        percent,
+                        expires_at: bonus_expires_at.map(reservoir_common::time::to_timestamp),
+                        priority: bonus_priority,
+                    })
+                }
+            };
             let response = connect(&client)
                 .await?
                 .start_top_up(pb::StartTopUpRequest {
@@ -244,6 +295,7 @@ pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
                     reconcile_later,
                     idempotency_key: idempotency_key.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
                     credits_expire_at: None,
+                    bonus,
                 })
                 .await?
                 .into_inner();
@@ -276,6 +328,12 @@ pub async fn run(command: TopUpCommand) -> anyhow::Result<()> {
                 ]);
             }
             println!("{steps}");
+            if let Some(bonus) = &top_up.bonus {
+                println!(
+                    "bonus {} (grant {}): clawed back {}, not recovered {}",
+                    bonus.credits, bonus.grant_id, bonus.clawed_back, bonus.unrecovered
+                );
+            }
             Ok(())
         }
         TopUpCommand::List { account, status, client } => {

@@ -10,6 +10,10 @@ use rust_decimal::{Decimal, RoundingStrategy};
 /// of many amounts still add exactly.
 pub const SCALE_MAX: u32 = 8;
 
+/// Grant priorities: 0 to this, lower drawn first; small non-negative
+/// numbers are plenty to order grants.
+pub const GRANT_PRIORITY_MAX: i32 = 1_000_000;
+
 /// Amounts are below this in absolute value: large enough for any real
 /// wallet, small enough that balances built from them never overflow.
 pub fn amount_limit() -> Decimal {

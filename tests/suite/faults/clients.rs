@@ -290,6 +290,7 @@ pub(super) async fn top_up(
             reconcile_later: false,
             idempotency_key: uuid::Uuid::now_v7().to_string(),
             credits_expire_at: None,
+            bonus: None,
         };
         let known = until_known(&orchestrators, |mut orchestrator| {
             let request = request.clone();

@@ -1,9 +1,9 @@
 //! The five services as `reservoir serve` processes: top-ups by hand,
 //! declined, reconciled later, automatic (FIXED and TO_TARGET, paused after
 //! declines, held to a daily limit), recurring across a restart, and the
-//! orchestrator crashed just before and just after every saga step. The
-//! suite and what the flows share are here; `by_hand`, `automatic`, `crashes`
-//! and `commands` hold the flows.
+//! orchestrator crashed just before and just after every saga step, bonuses
+//! clawed back on refund. The suite and what the flows share are here;
+//! `by_hand`, `automatic`, `crashes`, `bonuses` and `commands` hold the flows.
 
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use crate::process::{Environment, ServiceProcess};
 
 mod automatic;
+mod bonuses;
 mod by_hand;
 mod commands;
 mod crashes;
@@ -199,6 +200,7 @@ fn start(account: &wallet_pb::Account, credits: &str, method: &str) -> pb::Start
         reconcile_later: method.is_empty(),
         idempotency_key: key(),
         credits_expire_at: None,
+        bonus: None,
     }
 }
 

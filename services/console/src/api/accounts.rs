@@ -262,7 +262,12 @@ pub(super) async fn void_grant(
     };
     // One form key serves every void button of a page: each grant gets its own.
     let idempotency_key = format!("{}:{grant_id}", form.idempotency_key);
-    let request = wallet::VoidGrantRequest { grant_id, idempotency_key, reason: "voided in the console".to_owned() };
+    let request = wallet::VoidGrantRequest {
+        grant_id,
+        idempotency_key,
+        reason: "voided in the console".to_owned(),
+        ..Default::default()
+    };
     let result = console.upstream.void_grant(&session.key, request).await;
     answered(&console, &session, &account_id, result, "voided").await
 }

@@ -4,7 +4,7 @@ use reservoir_common::time::to_timestamp;
 use reservoir_proto::orchestrator as pb;
 use rust_decimal::Decimal;
 
-use crate::domain::{Carry, Interval, Outcome, Status, Step, Strategy, Trigger};
+use crate::domain::{Bonus, Carry, Clawback, Interval, Outcome, Status, Step, Strategy, Trigger};
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, StoredEvent, TopUpRow};
 
 fn decimal(value: Decimal) -> String {
@@ -42,6 +42,7 @@ fn step(step: Step) -> pb::Step {
         Step::MarkPaid => pb::Step::MarkPaid,
         Step::VoidInvoice => pb::Step::VoidInvoice,
         Step::RedeemVoucher => pb::Step::RedeemVoucher,
+        Step::GrantBonus => pb::Step::GrantBonus,
         Step::Done => pb::Step::Unspecified,
     }
 }
@@ -60,7 +61,35 @@ fn id(value: Option<uuid::Uuid>) -> String {
     value.map(|id| id.to_string()).unwrap_or_default()
 }
 
-pub fn top_up_to_pb(row: &TopUpRow, steps: &[StepLine]) -> pb::TopUp {
+/// A top-up's bonus with what its refunds took back of it.
+fn bonus_to_pb(bonus: &Bonus, clawbacks: &[Clawback]) -> pb::TopUpBonus {
+    let applied = || clawbacks.iter().filter(|clawback| clawback.applied_at.is_some());
+    let clawed_back: Decimal = applied().filter_map(|clawback| clawback.clawed_back).sum();
+    let unrecovered: Decimal = applied().filter_map(Clawback::unrecovered).sum();
+    pb::TopUpBonus {
+        credits: decimal(bonus.credits),
+        expires_at: bonus.expires_at.map(to_timestamp),
+        priority: bonus.priority,
+        grant_id: id(bonus.grant_id),
+        clawbacks: clawbacks
+            .iter()
+            .map(|clawback| pb::BonusClawback {
+                refund_id: clawback.refund_id.to_string(),
+                refunded_amount: decimal(clawback.refunded_amount),
+                asked: decimal(clawback.asked),
+                clawed_back: optional(clawback.clawed_back),
+                unrecovered: optional(clawback.unrecovered()),
+                applied: clawback.applied_at.is_some(),
+                refunded_at: Some(to_timestamp(clawback.refunded_at)),
+                applied_at: clawback.applied_at.map(to_timestamp),
+            })
+            .collect(),
+        clawed_back: decimal(clawed_back),
+        unrecovered: decimal(unrecovered),
+    }
+}
+
+pub fn top_up_to_pb(row: &TopUpRow, steps: &[StepLine], clawbacks: &[Clawback]) -> pb::TopUp {
     // The step it ended at, rather than DONE, which the wire does not name.
     let last_step = if row.step == Step::Done { steps.last().map_or(Step::Done, |line| line.step) } else { row.step };
     pb::TopUp {
@@ -92,6 +121,7 @@ pub fn top_up_to_pb(row: &TopUpRow, steps: &[StepLine]) -> pb::TopUp {
         created_at: Some(to_timestamp(row.created_at)),
         updated_at: Some(to_timestamp(row.updated_at)),
         credits_expire_at: row.credits_expire_at.map(to_timestamp),
+        bonus: row.bonus.as_ref().map(|bonus| bonus_to_pb(bonus, clawbacks)),
     }
 }
 
@@ -157,6 +187,7 @@ pub fn event_to_pb(event: &StoredEvent) -> pb::Event {
         "TOP_UP_REQUIRES_ACTION" => pb::EventType::TopUpRequiresAction,
         "AUTO_REPLENISH_PAUSED" => pb::EventType::AutoReplenishPaused,
         "AUTO_REPLENISH_LIMITED" => pb::EventType::AutoReplenishLimited,
+        "BONUS_CLAWED_BACK" => pb::EventType::BonusClawedBack,
         _ => pb::EventType::Unspecified,
     };
     pb::Event {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use reservoir_common::auth::{TenantId, tenant_of};
 use reservoir_common::idempotency::request_hash;
 use reservoir_common::ids::AccountId;
-use reservoir_common::money::parse_amount;
+use reservoir_common::money::{GRANT_PRIORITY_MAX, parse_amount};
 use reservoir_common::paging::Page;
 use reservoir_common::validate::Violations;
 use reservoir_proto::orchestrator as pb;
@@ -25,8 +25,8 @@ use uuid::Uuid;
 use self::convert::{auto_to_pb, event_to_pb, recurring_to_pb, top_up_to_pb};
 use crate::clients::CallError;
 use crate::domain::{
-    AutoReplenish, Carry, Interval, Outcome, RolloverPolicy, Status as TopUpStatus, Step, Strategy, Trigger,
-    VoucherRefusal,
+    AutoReplenish, Bonus, BonusAsked, Carry, Interval, Outcome, RolloverPolicy, Status as TopUpStatus, Step, Strategy,
+    Trigger, VoucherRefusal,
 };
 use crate::error::OrchestratorError;
 use crate::store::{AutoReplenishRow, RecurringRow, StepLine, TopUpRow};
@@ -54,6 +54,38 @@ pub struct TopUpApi {
 /// An amount in the account's unit: positive, at most its scale.
 fn credits(violations: &mut Violations, field: &str, text: &str, scale: u32) -> Option<Decimal> {
     violations.amount_with(field, text, |text| parse_amount(text, scale).and_then(reservoir_common::money::positive))
+}
+
+/// The bonus a purchase of `purchased` credits asks for, checked field by field.
+fn bonus_of(violations: &mut Violations, wanted: &pb::Bonus, purchased: Option<Decimal>, scale: u32) -> Option<Bonus> {
+    let asked = match (wanted.credits.is_empty(), wanted.percent) {
+        (false, 0) => credits(violations, "bonus.credits", &wanted.credits, scale).map(BonusAsked::Credits),
+        (true, percent @ 1..=100) => Some(BonusAsked::Percent(percent)),
+        (true, 0) | (false, _) => {
+            violations.add("bonus.credits", "exactly one of credits and percent is required");
+            None
+        }
+        (true, _) => {
+            violations.add("bonus.percent", "must be 1 to 100");
+            None
+        }
+    };
+    let expires_at =
+        wanted.expires_at.as_ref().and_then(|_| violations.time("bonus.expires_at", wanted.expires_at.as_ref()));
+    if expires_at.is_some_and(|at| at <= now()) {
+        violations.add("bonus.expires_at", "must be in the future");
+    }
+    if let Some(priority) = wanted.priority
+        && !(0..=GRANT_PRIORITY_MAX).contains(&priority)
+    {
+        violations.add("bonus.priority", format!("must be 0 to {GRANT_PRIORITY_MAX}"));
+    }
+    let credits = asked?.credits(purchased?, scale);
+    if credits <= Decimal::ZERO {
+        violations.add("bonus.percent", "gives no credits for this purchase");
+        return None;
+    }
+    Some(Bonus { credits, scale, expires_at, priority: wanted.priority, grant_id: None })
 }
 
 /// A recurring top-up's rollover policy, checked field by field.
@@ -130,7 +162,8 @@ impl TopUpApi {
 
     async fn view(&self, row: &TopUpRow) -> Result<pb::TopUp, OrchestratorError> {
         let steps = self.saga.store().steps(row.id).await?;
-        Ok(top_up_to_pb(row, &steps))
+        let clawbacks = if row.bonus.is_some() { self.saga.store().clawbacks_of(row.id).await? } else { Vec::new() };
+        Ok(top_up_to_pb(row, &steps, &clawbacks))
     }
 
     /// Stores a new top-up held by this call, runs it as far as it goes and
@@ -222,6 +255,7 @@ impl TopUpService for TopUpApi {
         let scale = self.scale_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amount = credits(&mut violations, "credits", &request.credits, scale);
+        let bonus = request.bonus.as_ref().and_then(|bonus| bonus_of(&mut violations, bonus, amount, scale));
         violations.finish()?;
         let mut row = new_top_up(
             tenant,
@@ -236,6 +270,7 @@ impl TopUpService for TopUpApi {
         );
         row.reconcile_later = request.reconcile_later;
         row.credits_expire_at = expires_at;
+        row.bonus = bonus;
         row.request_hash = hash.clone();
         let row = self.start(row).await?;
         if row.request_hash != hash {

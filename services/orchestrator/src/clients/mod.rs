@@ -24,7 +24,7 @@ use rust_decimal::Decimal;
 use tonic::{Code, Status};
 use uuid::Uuid;
 
-use crate::domain::{Carry, GrantRollover};
+use crate::domain::{Bonus, Carry, GrantRollover};
 use crate::error::OrchestratorError;
 
 /// How long one call may take before it counts as failed transiently.
@@ -308,6 +308,57 @@ impl Upstream {
         )?;
         let response = answer(self.wallet().grant_credits(request).await)?;
         id(&response.grant.unwrap_or_default().id, "wallet")
+    }
+
+    /// Grants a top-up's bonus: promotional credits linked to the paid
+    /// grant (source BONUS), under the top-up's own key for it.
+    pub async fn grant_bonus(
+        &self,
+        tenant: TenantId,
+        top_up_id: Uuid,
+        account_id: AccountId,
+        bonus: &Bonus,
+        paid_grant: Option<Uuid>,
+    ) -> Result<Uuid, CallError> {
+        let request = self.request(
+            wallet_pb::GrantCreditsRequest {
+                account_id: account_id.to_string(),
+                amount: bonus.credits.normalize().to_string(),
+                kind: wallet_pb::GrantKind::Promotional.into(),
+                priority: bonus.priority,
+                expires_at: bonus.expires_at.map(to_timestamp),
+                idempotency_key: format!("top-up:{top_up_id}:bonus"),
+                source: wallet_pb::GrantSource::Bonus.into(),
+                source_reference: paid_grant.map(|id| id.to_string()).unwrap_or_default(),
+                correlation_id: top_up_id.to_string(),
+                ..Default::default()
+            },
+            tenant,
+        )?;
+        let response = answer(self.wallet().grant_credits(request).await)?;
+        id(&response.grant.unwrap_or_default().id, "wallet")
+    }
+
+    /// Takes back at most `amount` of a bonus grant for a refund, under the
+    /// refund's key; answers what the wallet took.
+    pub async fn claw_back(
+        &self,
+        tenant: TenantId,
+        grant_id: Uuid,
+        refund_id: Uuid,
+        amount: Decimal,
+    ) -> Result<Decimal, CallError> {
+        let request = self.request(
+            wallet_pb::VoidGrantRequest {
+                grant_id: grant_id.to_string(),
+                idempotency_key: format!("refund:{refund_id}:clawback"),
+                reason: format!("bonus clawed back for refund {refund_id}"),
+                amount: amount.normalize().to_string(),
+            },
+            tenant,
+        )?;
+        let response = answer(self.wallet().void_grant(request).await)?;
+        decimal(&response.voided)
     }
 
     /// Sets the account's low-balance threshold in the wallet, whose

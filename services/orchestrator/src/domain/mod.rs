@@ -2,11 +2,14 @@
 //! follows each outcome, how long to wait before a retry, how much an
 //! automatic top-up adds and whether its limits allow it, and when a
 //! recurring top-up fires next; `rollover` what a recurring top-up carries
-//! from one period into the next. `signature` signs webhooks.
+//! from one period into the next; `bonus` the credits given with a purchase
+//! and what its refunds take back. `signature` signs webhooks.
 
+mod bonus;
 mod rollover;
 pub mod signature;
 
+pub use bonus::{Bonus, BonusAsked, Clawback, clawback_asked};
 pub use rollover::{Carry, GrantRollover, PeriodRollover, RolloverPolicy};
 
 use chrono::{DateTime, Datelike, Duration, Months, TimeZone, Utc};
@@ -118,6 +121,8 @@ pub enum Step {
     MarkPaid,
     VoidInvoice,
     RedeemVoucher,
+    /// Grant the bonus given with the purchase.
+    GrantBonus,
     /// Nothing left to do.
     Done,
 }
@@ -132,6 +137,7 @@ impl Step {
             Self::MarkPaid => "MARK_PAID",
             Self::VoidInvoice => "VOID_INVOICE",
             Self::RedeemVoucher => "REDEEM_VOUCHER",
+            Self::GrantBonus => "GRANT_BONUS",
             Self::Done => "DONE",
         }
     }
@@ -145,6 +151,7 @@ impl Step {
             Self::MarkPaid,
             Self::VoidInvoice,
             Self::RedeemVoucher,
+            Self::GrantBonus,
             Self::Done,
         ]
         .into_iter()
@@ -361,4 +368,19 @@ pub fn day_and_month_start(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>)
     let day = Utc.with_ymd_and_hms(now.year(), now.month(), now.day(), 0, 0, 0).single().unwrap_or(now);
     let month = Utc.with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0).single().unwrap_or(now);
     (day, month)
+}
+
+/// Decimals as their text: exact, and readable in the stored JSON.
+pub(crate) mod decimal_text {
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }

@@ -16,7 +16,7 @@ pub enum Carry {
     /// All that is left.
     All,
     /// Up to an amount of the wallet's unit (kept as its decimal text).
-    #[serde(with = "decimal_text")]
+    #[serde(with = "super::decimal_text")]
     Amount(Decimal),
     /// Up to a share (1 to 100) of the period's credits.
     Percent(u32),
@@ -63,21 +63,6 @@ impl PeriodRollover {
     /// What the wallet is asked once the previous period's grant is known.
     pub fn from_grant(&self, grant: Uuid) -> GrantRollover {
         GrantRollover { from_grant: grant, carry: self.carry, expires_at: self.expires_at }
-    }
-}
-
-/// Decimals as their text: exact, and readable in the stored JSON.
-mod decimal_text {
-    use rust_decimal::Decimal;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Decimal, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&value.to_string())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Decimal, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

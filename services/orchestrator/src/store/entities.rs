@@ -36,6 +36,8 @@ pub mod top_up {
         pub updated_at: DateTimeUtc,
         /// The rollover asked with the grant (`domain::PeriodRollover` as JSON).
         pub rollover: Option<String>,
+        /// The bonus given with the purchase (`domain::Bonus` as JSON).
+        pub bonus: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -268,6 +270,31 @@ pub mod webhook_attempt {
         pub status_code: Option<i32>,
         pub error: String,
         pub duration_ms: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod clawback {
+    use reservoir_common::db::Amount;
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "bonus_clawbacks")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub refund_id: Uuid,
+        pub tenant_id: Uuid,
+        pub top_up_id: Uuid,
+        pub sequence: i64,
+        pub refunded_amount: Amount,
+        pub asked: Amount,
+        pub clawed_back: Option<Amount>,
+        pub refunded_at: DateTimeUtc,
+        pub applied_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -16,6 +16,7 @@ impl MigratorTrait for Migrator {
             Box::new(Webhooks),
             Box::new(RecurringAnchor),
             Box::new(Rollovers),
+            Box::new(Bonuses),
         ]
     }
 }
@@ -295,6 +296,45 @@ impl MigrationTrait for Rollovers {
         let db = manager.get_connection();
         db.execute_unprepared("ALTER TABLE recurring_top_ups ADD COLUMN rollover TEXT").await?;
         db.execute_unprepared("ALTER TABLE top_ups ADD COLUMN rollover TEXT").await?;
+        Ok(())
+    }
+}
+
+/// A top-up's bonus (a domain value as JSON), what each refund of its
+/// payment takes back of it, and top-ups found by their payment.
+struct Bonuses;
+
+impl MigrationName for Bonuses {
+    fn name(&self) -> &str {
+        "m0006_bonuses"
+    }
+}
+
+const BONUSES: &str = r#"
+ALTER TABLE top_ups ADD COLUMN bonus TEXT;
+CREATE INDEX top_ups_by_payment ON top_ups (payment_id);
+CREATE TABLE bonus_clawbacks (
+    refund_id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    top_up_id {uuid} NOT NULL,
+    -- The payments event that told of the refund: shares are taken in this order.
+    sequence BIGINT NOT NULL,
+    refunded_amount {amount} NOT NULL,
+    asked {amount} NOT NULL,
+    -- What the wallet took; NULL until it has.
+    clawed_back {amount},
+    refunded_at {time} NOT NULL,
+    applied_at {time}
+);
+CREATE INDEX bonus_clawbacks_by_top_up ON bonus_clawbacks (top_up_id, sequence);
+CREATE INDEX bonus_clawbacks_pending ON bonus_clawbacks (applied_at, refunded_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Bonuses {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(BONUSES, db.get_database_backend())).await?;
         Ok(())
     }
 }

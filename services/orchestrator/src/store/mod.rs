@@ -4,6 +4,7 @@
 //! conditional update, so two replicas never run one top-up at once.
 
 mod auto_replenish;
+mod bonuses;
 mod entities;
 mod events;
 pub mod migrations;
@@ -12,6 +13,7 @@ mod top_ups;
 mod webhooks;
 
 pub use self::auto_replenish::AutoReplenishRow;
+pub use self::bonuses::Refund;
 pub use self::events::{NewEvent, StoredEvent};
 pub use self::recurring::RecurringRow;
 pub use self::top_ups::{StepLine, TopUpRow};

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::entities::{step_log, top_up};
 use super::events::NewEvent;
 use super::{Store, corrupt};
-use crate::domain::{AutoHistory, Outcome, PeriodRollover, Status, Step, Trigger};
+use crate::domain::{AutoHistory, Bonus, Outcome, PeriodRollover, Status, Step, Trigger};
 use crate::error::OrchestratorError;
 
 /// A top-up as stored.
@@ -51,6 +51,8 @@ pub struct TopUpRow {
     pub updated_at: DateTime<Utc>,
     /// For a recurring period: the previous period's credits to carry over.
     pub rollover: Option<PeriodRollover>,
+    /// The bonus given with the purchase.
+    pub bonus: Option<Bonus>,
 }
 
 /// One line of a top-up's step log.
@@ -63,7 +65,7 @@ pub struct StepLine {
     pub at: DateTime<Utc>,
 }
 
-fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
+pub(super) fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
     Ok(TopUpRow {
         id: row.id,
         tenant_id: TenantId(row.tenant_id),
@@ -92,6 +94,7 @@ fn top_up_from_row(row: top_up::Model) -> Result<TopUpRow, OrchestratorError> {
         created_at: row.created_at,
         updated_at: row.updated_at,
         rollover: row.rollover.as_deref().map(serde_json::from_str).transpose().map_err(|_| corrupt("rollover"))?,
+        bonus: row.bonus.as_deref().map(serde_json::from_str).transpose().map_err(|_| corrupt("bonus"))?,
     })
 }
 
@@ -124,6 +127,7 @@ fn top_up_model(row: &TopUpRow, claimed_until: DateTime<Utc>) -> top_up::ActiveM
         created_at: Set(row.created_at),
         updated_at: Set(row.updated_at),
         rollover: Set(row.rollover.as_ref().map(super::json)),
+        bonus: Set(row.bonus.as_ref().map(super::json)),
     }
 }
 

@@ -32,21 +32,27 @@ const PAYMENT_POLL: chrono::Duration = chrono::Duration::seconds(30);
 use reservoir_common::time::now;
 
 /// Where a test asks the process to die: `before:CHARGE`, `after:GRANT`, ...
+/// (a saga step), or `after:CLAWBACK` (the wallet took a bonus clawback,
+/// not yet marked applied).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrashPoint {
     pub before: bool,
-    pub step: Step,
+    /// A step's name, or [`CrashPoint::CLAWBACK`].
+    pub at: &'static str,
 }
 
 impl CrashPoint {
+    pub const CLAWBACK: &'static str = "CLAWBACK";
+
     pub fn parse(text: &str) -> Option<Self> {
-        let (when, step) = text.split_once(':')?;
+        let (when, at) = text.split_once(':')?;
         let before = match when {
             "before" => true,
             "after" => false,
             _ => return None,
         };
-        Some(Self { before, step: Step::from_name(step)? })
+        let at = if at == Self::CLAWBACK { Self::CLAWBACK } else { Step::from_name(at)?.name() };
+        Some(Self { before, at })
     }
 }
 
@@ -113,15 +119,15 @@ impl Saga {
     /// Aborts the process at the configured crash point: a test hook, only in
     /// builds with the `test-hooks` feature (the tests').
     #[cfg(feature = "test-hooks")]
-    fn crash_if(&self, before: bool, step: Step) {
-        if self.crash_at.as_ref().is_some_and(|point| point.before == before && point.step == step) {
-            tracing::error!(step = step.name(), before, "crashing on purpose at the configured crash point");
+    pub(crate) fn crash_if(&self, before: bool, at: &str) {
+        if self.crash_at.as_ref().is_some_and(|point| point.before == before && point.at == at) {
+            tracing::error!(at, before, "crashing on purpose at the configured crash point");
             std::process::abort();
         }
     }
 
     #[cfg(not(feature = "test-hooks"))]
-    fn crash_if(&self, _before: bool, _step: Step) {}
+    pub(crate) fn crash_if(&self, _before: bool, _at: &str) {}
 
     /// Takes a top-up's lease and runs it as far as it goes now.
     pub async fn claim_and_run(&self, id: Uuid, tenant: TenantId) -> Result<(), OrchestratorError> {
@@ -171,9 +177,9 @@ impl Saga {
                 return Ok(false);
             }
         }
-        self.crash_if(true, from);
+        self.crash_if(true, from.name());
         let next = self.call(row, attempt).await?;
-        self.crash_if(false, from);
+        self.crash_if(false, from.name());
         let at = now();
         row.updated_at = at;
         let (record, event, go_on) = match next {
@@ -424,20 +430,31 @@ impl Saga {
                         row.grant_id = Some(grant_id);
                         row.status = Status::Pending;
                         row.reason = String::new();
-                        if row.invoice_id.is_some() {
-                            row.step = Step::MarkPaid;
+                        if row.bonus.is_some() {
+                            row.step = Step::GrantBonus;
                             Next::Advanced { detail: format!("grant {grant_id}"), event: None }
                         } else {
-                            row.status = Status::Succeeded;
-                            let event = event("TOP_UP_SUCCEEDED", row, "");
-                            Next::Ended {
-                                detail: format!("grant {grant_id}"),
-                                event: Some(event),
-                                outcome: Outcome::Succeeded,
-                            }
+                            after_grants(row, format!("grant {grant_id}"))
                         }
                     }
                     // Paid credits are never dropped: any failure is tried again.
+                    Err(error) => Next::Retry(error.detail()),
+                }
+            }
+            Step::GrantBonus => {
+                let Some(mut bonus) = row.bonus.clone() else {
+                    return Ok(after_grants(row, "no bonus".to_owned()));
+                };
+                // A payment confirmed after the bonus's expiry leaves no bonus to give.
+                if bonus.expires_at.is_some_and(|at| at <= now()) {
+                    return Ok(after_grants(row, "the bonus expired before it could be granted".to_owned()));
+                }
+                match self.upstream.grant_bonus(tenant, row.id, row.account_id, &bonus, row.grant_id).await {
+                    Ok(grant_id) => {
+                        bonus.grant_id = Some(grant_id);
+                        row.bonus = Some(bonus);
+                        after_grants(row, format!("bonus grant {grant_id}"))
+                    }
                     Err(error) => Next::Retry(error.detail()),
                 }
             }
@@ -475,6 +492,18 @@ impl Saga {
             Step::Done => Next::Wait { detail: String::new(), event: None },
         })
     }
+}
+
+/// What follows the credits granted: marking the invoice paid, or the end
+/// of a top-up without one.
+fn after_grants(row: &mut TopUpRow, detail: String) -> Next {
+    if row.invoice_id.is_some() {
+        row.step = Step::MarkPaid;
+        return Next::Advanced { detail, event: None };
+    }
+    row.status = Status::Succeeded;
+    let event = event("TOP_UP_SUCCEEDED", row, "");
+    Next::Ended { detail, event: Some(event), outcome: Outcome::Succeeded }
 }
 
 /// A new top-up's row, before its first step.
@@ -518,5 +547,6 @@ pub fn new_top_up(
         created_at: now,
         updated_at: now,
         rollover: None,
+        bonus: None,
     }
 }

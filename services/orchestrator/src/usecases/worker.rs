@@ -20,7 +20,8 @@ use uuid::Uuid;
 
 use crate::domain::{AutoDecision, Outcome, Step, Trigger, day_and_month_start, decide_auto, next_run};
 use crate::error::OrchestratorError;
-use crate::store::{NewEvent, StepLine};
+use crate::store::{NewEvent, Refund, StepLine};
+use crate::usecases::clawbacks;
 use crate::usecases::saga::{Saga, new_top_up};
 use reservoir_common::time::now;
 
@@ -59,6 +60,11 @@ impl Worker {
         for tenant in self.saga.store().tenants_awaiting_payments().await? {
             self.follow(tenant, "payments");
         }
+        // Refunds of payments that bought a bonus take part of it back.
+        for tenant in self.saga.store().tenants_with_bonuses().await? {
+            self.follow(tenant, "payments");
+        }
+        clawbacks::apply_pending(&self.saga).await?;
         let counts = self.saga.store().count_by_status().await?;
         for status in [crate::domain::Status::Pending, crate::domain::Status::RequiresAction] {
             let count = counts.iter().find(|(name, _)| name == status.name()).map_or(0, |(_, count)| *count);
@@ -217,6 +223,16 @@ impl Worker {
                 && let Ok(payment_id) = Uuid::parse_str(&event.payment_id)
             {
                 self.saga.store().wake_for_payment(payment_id, now()).await?;
+            }
+            if event.r#type == i32::from(payments_pb::EventType::PaymentRefunded)
+                && let (Ok(payment_id), Ok(id)) =
+                    (Uuid::parse_str(&event.payment_id), Uuid::parse_str(&event.refund_id))
+            {
+                let amount = event.amount.parse().map_err(|_| OrchestratorError::internal("a refund's amount"))?;
+                let at =
+                    event.occurred_at.as_ref().and_then(reservoir_common::time::from_timestamp).unwrap_or_else(now);
+                let refund = Refund { id, sequence: event.sequence, amount, at };
+                clawbacks::on_refund(&self.saga, tenant, payment_id, &refund).await?;
             }
             self.saga.store().save_cursor(tenant, "payments", event.sequence).await?;
         }

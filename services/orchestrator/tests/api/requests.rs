@@ -13,6 +13,7 @@ fn start(account_id: &str, credits: &str, method: &str) -> pb::StartTopUpRequest
         reconcile_later: false,
         idempotency_key: key(),
         credits_expire_at: None,
+        bonus: None,
     }
 }
 

@@ -41,6 +41,7 @@ async fn a_top_up_is_one_trace_through_invoicing_payments_and_the_wallet(suite: 
         reconcile_later: false,
         idempotency_key: key(),
         credits_expire_at: None,
+        bonus: None,
     });
     request.metadata_mut().insert("traceparent", caller.traceparent.parse().unwrap());
     let top_up = suite.top_ups.clone().start_top_up(request).await.unwrap().into_inner().top_up.unwrap();

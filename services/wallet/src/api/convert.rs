@@ -105,6 +105,7 @@ fn grant_source(source: GrantSource) -> pb::GrantSource {
         GrantSource::Adjustment => pb::GrantSource::Adjustment,
         GrantSource::Transfer => pb::GrantSource::Transfer,
         GrantSource::Rollover => pb::GrantSource::Rollover,
+        GrantSource::Bonus => pb::GrantSource::Bonus,
     }
 }
 

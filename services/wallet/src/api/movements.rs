@@ -50,6 +50,7 @@ impl WalletApi {
             Ok(pb::GrantSource::Invoice) => GrantSource::Invoice,
             Ok(pb::GrantSource::Voucher) => GrantSource::Voucher,
             Ok(pb::GrantSource::Adjustment) => GrantSource::Adjustment,
+            Ok(pb::GrantSource::Bonus) => GrantSource::Bonus,
             Ok(pb::GrantSource::Transfer) => {
                 violations.add("source", "TRANSFER is set by Transfer only");
                 GrantSource::Admin
@@ -390,6 +391,12 @@ impl WalletApi {
         }
         let grant = self.store.grant(tenant, grant_id).await?;
         let unit = self.unit_of(tenant, grant.account_id).await?;
+        // An amount claws back part of what is left; none voids it all.
+        let mut violations = Violations::default();
+        let amount = (!request.amount.is_empty())
+            .then(|| violations.positive_amount("amount", &unit, &request.amount))
+            .flatten();
+        violations.finish()?;
         let now = now();
         let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
         ctx.description = request.reason.clone();
@@ -402,7 +409,12 @@ impl WalletApi {
                 &plan,
                 now,
                 |loaded| {
-                    loaded.wallet.void_grant(&ctx, grant_id)?;
+                    match amount {
+                        Some(amount) => {
+                            loaded.wallet.claw_back(&ctx, grant_id, amount)?;
+                        }
+                        None => loaded.wallet.void_grant(&ctx, grant_id)?,
+                    }
                     let wallet = &loaded.wallet;
                     let grant =
                         wallet.grant_by_id(grant_id).ok_or(DomainError::Inconsistent("the grant is missing"))?;

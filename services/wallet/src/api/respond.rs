@@ -5,9 +5,10 @@
 use prost::Message;
 use reservoir_common::money::Unit;
 use reservoir_proto::wallet as pb;
+use rust_decimal::Decimal;
 
 use super::convert;
-use crate::domain::{Answer, DomainError, WalletAnswer};
+use crate::domain::{Answer, DomainError, EntryKind, WalletAnswer};
 use crate::error::WalletError;
 use crate::store::Reply;
 
@@ -109,10 +110,13 @@ pub fn refund(answer: &Answer, unit: &Unit) -> Result<pb::RefundResponse, Wallet
 
 pub fn void(answer: &Answer, unit: &Unit) -> Result<pb::VoidGrantResponse, WalletError> {
     let part = part(answer, 0)?;
+    let voided: Decimal =
+        part.entries.iter().filter(|entry| entry.kind == EntryKind::Void).map(|entry| -entry.amount).sum();
     Ok(pb::VoidGrantResponse {
         grant: Some(first_grant(answer, unit)?),
         entries: entries(part, unit),
         balance: balance(part, unit),
+        voided: unit.format(voided),
     })
 }
 

@@ -30,8 +30,7 @@ pub const USAGE_LINE_AMOUNTS_MAX: usize = 1_000;
 pub const USAGE_AMOUNTS_MAX: usize = 10_000;
 /// Hold lifetimes: at least a second, at most 30 days (a card authorisation's usual longest).
 pub const HOLD_TTL_SECONDS_MAX: u32 = 30 * 24 * 3_600;
-/// Priorities: small non-negative numbers are plenty to order grants.
-pub const PRIORITY_MAX: i32 = 1_000_000;
+pub use reservoir_common::money::GRANT_PRIORITY_MAX as PRIORITY_MAX;
 
 /// What an idempotent call is checked against: the method and a hash of the
 /// whole request (maps are encoded in key order, so the hash is stable).

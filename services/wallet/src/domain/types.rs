@@ -119,6 +119,8 @@ pub enum GrantSource {
     Transfer,
     /// What was left of an earlier grant, carried into a new period.
     Rollover,
+    /// Credits given with a purchase, clawed back when it is refunded.
+    Bonus,
 }
 
 /// The stored state of a grant. Whether an active grant is pending, usable

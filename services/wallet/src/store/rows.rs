@@ -177,6 +177,7 @@ pub fn grant_source_name(source: GrantSource) -> &'static str {
         GrantSource::Adjustment => "ADJUSTMENT",
         GrantSource::Transfer => "TRANSFER",
         GrantSource::Rollover => "ROLLOVER",
+        GrantSource::Bonus => "BONUS",
     }
 }
 
@@ -202,6 +203,7 @@ pub fn grant_from_row(row: grant::Model) -> Result<Grant, WalletError> {
         "ADJUSTMENT" => GrantSource::Adjustment,
         "TRANSFER" => GrantSource::Transfer,
         "ROLLOVER" => GrantSource::Rollover,
+        "BONUS" => GrantSource::Bonus,
         other => return Err(corrupt("grant source", other)),
     };
     let status = match row.status.as_str() {

@@ -192,13 +192,14 @@ pub(super) struct StoredGrant {
 }
 
 const GRANT_KINDS: [GrantKind; 3] = [GrantKind::Paid, GrantKind::Promotional, GrantKind::Courtesy];
-const GRANT_SOURCES: [GrantSource; 6] = [
+const GRANT_SOURCES: [GrantSource; 7] = [
     GrantSource::Admin,
     GrantSource::Invoice,
     GrantSource::Voucher,
     GrantSource::Adjustment,
     GrantSource::Transfer,
     GrantSource::Rollover,
+    GrantSource::Bonus,
 ];
 const GRANT_STATUSES: [GrantStatus; 3] = [GrantStatus::Active, GrantStatus::Expired, GrantStatus::Voided];
 const HOLD_STATUSES: [HoldStatus; 4] =

@@ -183,7 +183,12 @@ async fn voiding_a_grant_removes_what_remains_of_it(app: &TestApp) {
     let account = prepaid(&app.client).await;
     let promo = grant(&app.client, &account, "10", pb::GrantKind::Promotional).await.grant.unwrap();
     debit(&app.client, &account, "4").await.unwrap();
-    let void = || pb::VoidGrantRequest { grant_id: promo.id.clone(), idempotency_key: key(), reason: "abuse".into() };
+    let void = || pb::VoidGrantRequest {
+        grant_id: promo.id.clone(),
+        idempotency_key: key(),
+        reason: "abuse".into(),
+        ..Default::default()
+    };
     let voided = app.client.clone().void_grant(void()).await.unwrap().into_inner();
     assert_eq!(voided.grant.unwrap().status, i32::from(pb::GrantStatus::Voided));
     assert_eq!(voided.entries[0].amount, "-6.00");

@@ -83,8 +83,7 @@ async fn every_mutating_call_replays(app: &TestApp) {
     };
     let adjusted = client.adjust(adjust.clone()).await.unwrap().into_inner();
     assert_eq!(client.adjust(adjust).await.unwrap().into_inner(), adjusted);
-    let void =
-        pb::VoidGrantRequest { grant_id: first.grant.unwrap().id, idempotency_key: key(), reason: String::new() };
+    let void = pb::VoidGrantRequest { grant_id: first.grant.unwrap().id, idempotency_key: key(), ..Default::default() };
     let voided = client.void_grant(void.clone()).await.unwrap().into_inner();
     assert_eq!(client.void_grant(void).await.unwrap().into_inner(), voided);
     let update = pb::UpdateAccountRequest {

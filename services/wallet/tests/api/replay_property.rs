@@ -17,6 +17,7 @@ enum Step {
     Release(usize),
     Refund(usize, i64),
     Void(usize),
+    ClawBack(usize, i64),
     Adjust(i64),
 }
 
@@ -30,6 +31,7 @@ fn step() -> impl Strategy<Value = Step> {
         any::<usize>().prop_map(Step::Release),
         (any::<usize>(), 1..2_000i64).prop_map(|(pick, cents)| Step::Refund(pick, cents)),
         any::<usize>().prop_map(Step::Void),
+        (any::<usize>(), 1..2_000i64).prop_map(|(pick, cents)| Step::ClawBack(pick, cents)),
         (-1_000..1_000i64).prop_filter("non-zero", |cents| *cents != 0).prop_map(Step::Adjust),
     ]
 }
@@ -122,7 +124,16 @@ async fn random_calls_replayed_with_their_keys_change_nothing(app: &TestApp) {
                     let request = pb::VoidGrantRequest {
                         grant_id: grants[pick % grants.len()].clone(),
                         idempotency_key: key(),
-                        reason: String::new(),
+                        ..Default::default()
+                    };
+                    let _ = twice!(client, void_grant, request);
+                }
+                Step::ClawBack(pick, amount) if !grants.is_empty() => {
+                    let request = pb::VoidGrantRequest {
+                        grant_id: grants[pick % grants.len()].clone(),
+                        idempotency_key: key(),
+                        amount: cents(amount),
+                        ..Default::default()
                     };
                     let _ = twice!(client, void_grant, request);
                 }
@@ -136,7 +147,7 @@ async fn random_calls_replayed_with_their_keys_change_nothing(app: &TestApp) {
                     };
                     let _ = twice!(client, adjust, request);
                 }
-                Step::Capture(..) | Step::Release(_) | Step::Refund(..) | Step::Void(_) => {}
+                Step::Capture(..) | Step::Release(_) | Step::Refund(..) | Step::Void(_) | Step::ClawBack(..) => {}
             }
             assert_books_balance(&app.client, &account).await;
         }

@@ -50,6 +50,26 @@ fn voiding_a_grant_writes_off_what_remains() {
 }
 
 #[test]
+fn a_clawback_takes_at_most_what_is_left_and_leaves_the_grant_active() {
+    let mut books = Books::new(Overdraft::None);
+    let paid = books.grant("100", GrantKind::Paid);
+    let bonus = books.grant_with("10", GrantKind::Promotional, |g| g.priority = Some(1));
+    books.debit("4").unwrap();
+    assert_eq!(books.run(|wallet| wallet.claw_back(&ctx(t0()), bonus, d("5"))), Ok(d("5")));
+    assert_eq!(books.remaining(bonus), d("1"));
+    assert_eq!(books.wallet.grant_by_id(bonus).map(|grant| grant.status), Some(GrantStatus::Active));
+    assert_eq!(books.ledger.last().map(|entry| (entry.kind, entry.amount)), Some((EntryKind::Void, d("-5"))));
+    assert_eq!(books.run(|wallet| wallet.claw_back(&ctx(t0()), bonus, d("5"))), Ok(d("1")), "only what is left");
+    let entries = books.ledger.len();
+    assert_eq!(books.run(|wallet| wallet.claw_back(&ctx(t0()), bonus, d("5"))), Ok(Decimal::ZERO));
+    assert_eq!(books.ledger.len(), entries, "nothing taken, nothing written");
+    assert_eq!(books.remaining(paid), d("100"), "other grants are not touched");
+    books.run(|wallet| wallet.void_grant(&ctx(t0()), paid)).unwrap();
+    assert_eq!(books.run(|wallet| wallet.claw_back(&ctx(t0()), paid, d("1"))), Ok(Decimal::ZERO), "a voided grant");
+    books.check_invariants();
+}
+
+#[test]
 fn a_negative_adjustment_draws_any_grant_within_the_floor() {
     let mut books = Books::new(Overdraft::None);
     books.grant_with("5", GrantKind::Promotional, |g| g.meter_codes = vec!["gpu".into()]);

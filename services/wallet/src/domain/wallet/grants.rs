@@ -262,6 +262,34 @@ impl Wallet {
         Ok(())
     }
 
+    /// Takes back at most `amount` of what is left of a grant (a bonus whose
+    /// purchase was refunded): one VOID entry for what was taken, the grant
+    /// otherwise as it was. A grant with nothing left (spent, expired or
+    /// voided) gives nothing, which is the answer, not an error: what could
+    /// not be taken is the caller's to record. Holds are not spared, as a
+    /// void does not spare them. Answers what was taken.
+    pub fn claw_back(&mut self, ctx: &OperationContext, grant_id: GrantId, amount: Decimal) -> DomainResult<Decimal> {
+        self.expire(&ctx.for_expiry());
+        let index = self
+            .grants
+            .iter()
+            .position(|grant| grant.id == grant_id)
+            .ok_or(DomainError::Inconsistent("the grant to claw back from was not loaded"))?;
+        let grant = &mut self.grants[index];
+        if grant.status != GrantStatus::Active {
+            return Ok(Decimal::ZERO);
+        }
+        let taken = amount.min(grant.remaining).max(Decimal::ZERO);
+        if taken.is_zero() {
+            return Ok(Decimal::ZERO);
+        }
+        grant.remaining -= taken;
+        self.changes.touched_grants.insert(grant_id);
+        self.push_entry(ctx, EntryKind::Void, -taken, Some(grant_id), None, None, None, None);
+        self.update_alerts(ctx);
+        Ok(taken)
+    }
+
     /// Moves `amount` of credits to another account of the same tenant and
     /// unit. Credits leave in drawdown order from grants any meter may use
     /// (promotional ones only when `allow_promotional`), never from the
