@@ -76,7 +76,10 @@ pub async fn ledger(client: &Client, account: &pb::Account) -> Vec<pb::LedgerEnt
 }
 
 pub fn moves_money(entry: &pb::LedgerEntry) -> bool {
-    !matches!(pb::EntryKind::try_from(entry.kind), Ok(pb::EntryKind::Hold | pb::EntryKind::Release))
+    !matches!(
+        pb::EntryKind::try_from(entry.kind),
+        Ok(pb::EntryKind::Hold | pb::EntryKind::Release | pb::EntryKind::ParentDraw)
+    )
 }
 
 /// The invariants, checked through the API as a client would: balance =

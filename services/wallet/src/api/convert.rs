@@ -66,6 +66,7 @@ pub fn account(account: &Account) -> pb::Account {
         low_balance_warning: optional_amount(unit_, account.spend.low_balance_warning),
         transfer_max_amount: optional_amount(unit_, account.spend.transfer_max),
         transfer_daily_limit: optional_amount(unit_, account.spend.transfer_daily_limit),
+        parent_account_id: optional_id(account.parent),
     }
 }
 
@@ -86,6 +87,26 @@ pub fn spend(account: &Account, view: &SpendView, now: chrono::DateTime<chrono::
         period_end: Some(to_timestamp(view.period_end)),
         as_of: Some(to_timestamp(now)),
         alerted_percent: view.alerted_percent,
+    }
+}
+
+pub fn budget_period(period: BudgetPeriod) -> pb::BudgetPeriod {
+    match period {
+        BudgetPeriod::Day => pb::BudgetPeriod::Day,
+        BudgetPeriod::Month => pb::BudgetPeriod::Month,
+    }
+}
+
+/// A child's budget as of `now`: what it drew in the period `now` falls in.
+pub fn budget(budget: &Budget, unit_: &Unit, now: chrono::DateTime<chrono::Utc>) -> pb::Budget {
+    pb::Budget {
+        account_id: budget.account_id.to_string(),
+        parent_account_id: budget.parent_id.to_string(),
+        limit: optional_amount(unit_, budget.limit),
+        period: budget_period(budget.period).into(),
+        spent: amount(unit_, budget.spent_at(now)),
+        remaining: optional_amount(unit_, budget.remaining_at(now)),
+        period_start: Some(to_timestamp(budget.period.start(now))),
     }
 }
 
@@ -169,6 +190,7 @@ pub fn entry_kind(kind: EntryKind) -> pb::EntryKind {
         EntryKind::TransferOut => pb::EntryKind::TransferOut,
         EntryKind::Void => pb::EntryKind::Void,
         EntryKind::Rollover => pb::EntryKind::Rollover,
+        EntryKind::ParentDraw => pb::EntryKind::ParentDraw,
     }
 }
 

@@ -42,25 +42,35 @@ impl WalletApi {
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
         let amount = amount.unwrap_or_default();
-        let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
-        ctx.correlation_id = request.correlation_id.clone();
-        ctx.description = request.description.clone();
-        ctx.metadata = request.metadata.clone();
+        let context = || {
+            let mut ctx = OperationContext::new(now(), request.idempotency_key.clone()).with_key(key);
+            ctx.correlation_id = request.correlation_id.clone();
+            ctx.description = request.description.clone();
+            ctx.metadata = request.metadata.clone();
+            ctx
+        };
         let meter = (!request.meter_code.is_empty()).then(|| request.meter_code.clone());
         // Debits go through the group committer; it checks the key under the
-        // account's lock, so a retry replays the original result.
-        let reply =
-            self.store.submit(tenant, account_id, check, ctx, Command::Debit { amount, meter_code: meter }).await?;
+        // account's lock, so a retry replays the original result. A child's
+        // (which the committer hands back, having written nothing) draws on
+        // its parent's wallet too.
+        let command = Command::Debit { amount, meter_code: meter.clone() };
+        let reply = match self.store.submit(tenant, account_id, check, context(), command).await {
+            Err(WalletError::Domain(DomainError::DrawsOnParent)) => {
+                let check = idempotency_check(tenant, "Debit", &request.idempotency_key, &request);
+                self.debit_shared(tenant, account_id, &check, &context(), amount, meter.as_deref()).await?
+            }
+            reply => reply?,
+        };
         respond::respond(reply, |answer| respond::debit(answer, &unit))
     }
 
     /// One line of DrawUsage, checked and made a command for the group committer.
-    async fn check_line(
+    pub(super) async fn check_line(
         &self,
         tenant: TenantId,
         key: Option<KeyId>,
-        line: pb::UsageLine,
+        line: &pb::UsageLine,
     ) -> Result<(Submitted, Unit), WalletError> {
         let mut violations = Violations::default();
         let account_id = violations.id("account_id", &line.account_id, AccountId);
@@ -77,7 +87,7 @@ impl WalletApi {
         let Some(account_id) = account_id else {
             return Err(WalletError::internal("validated id missing"));
         };
-        let check = idempotency_check(tenant, "DrawUsage", &line.idempotency_key, &line);
+        let check = idempotency_check(tenant, "DrawUsage", &line.idempotency_key, line);
         let unit = self.unit_of(tenant, account_id).await?;
         let mut violations = Violations::default();
         let amounts: Vec<Decimal> = line
@@ -164,7 +174,7 @@ impl WalletApi {
         // once, so they take them in few batches.
         let mut checked = Vec::with_capacity(request.lines.len());
         let mut units = Vec::with_capacity(request.lines.len());
-        for line in request.lines {
+        for line in &request.lines {
             match self.check_line(tenant, key, line).await {
                 Ok((command, unit)) => {
                     checked.push(Ok(command));
@@ -176,7 +186,14 @@ impl WalletApi {
                 }
             }
         }
-        let replies = self.store.submit_all(checked).await;
+        let mut replies = self.store.submit_all(checked).await;
+        // A child's lines (which the committer hands back, having written
+        // nothing) draw on their parents' wallets too, one after another.
+        for (reply, line) in replies.iter_mut().zip(&request.lines) {
+            if matches!(reply, Err(WalletError::Domain(DomainError::DrawsOnParent))) {
+                *reply = self.draw_usage_shared(tenant, key, line).await;
+            }
+        }
         let results = replies
             .into_iter()
             .zip(units)

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod admin;
+mod budgets;
 mod convert;
 mod debits;
 mod movements;
@@ -202,6 +203,20 @@ impl WalletService for WalletApi {
 
     async fn get_spend(&self, request: Request<pb::GetSpendRequest>) -> Result<Response<pb::GetSpendResponse>, Status> {
         self.get_spend_impl(request).await
+    }
+
+    async fn set_budget(
+        &self,
+        request: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::SetBudgetResponse>, Status> {
+        self.set_budget_impl(request).await
+    }
+
+    async fn clear_budget(
+        &self,
+        request: Request<pb::ClearBudgetRequest>,
+    ) -> Result<Response<pb::ClearBudgetResponse>, Status> {
+        self.clear_budget_impl(request).await
     }
 
     async fn get_tenant_settings(

@@ -37,7 +37,17 @@ impl WalletApi {
         let now = now();
         let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
         let view = wallet.spend_view(now);
-        Ok(Response::new(pb::GetSpendResponse { spend: Some(convert::spend(&wallet.account, &view, now)) }))
+        let unit = &wallet.account.unit;
+        let budget = match wallet.account.parent {
+            Some(_) => self.store.budget(tenant, wallet.account.id).await?,
+            None => None,
+        };
+        let children = self.store.children(tenant, wallet.account.id).await?;
+        Ok(Response::new(pb::GetSpendResponse {
+            spend: Some(convert::spend(&wallet.account, &view, now)),
+            budget: budget.map(|budget| convert::budget(&budget, unit, now)),
+            children: children.iter().map(|child| convert::budget(child, unit, now)).collect(),
+        }))
     }
 
     pub(super) async fn export_refill_history_impl(

@@ -14,6 +14,8 @@ pub fn code(error: &WalletError) -> Code {
         WalletError::InvalidArgument(_) => Code::InvalidArgument,
         WalletError::NotFound(_) => Code::NotFound,
         WalletError::Domain(DomainError::Inconsistent(_)) | WalletError::Internal(_) => Code::Internal,
+        // A shared draw met midway by a budget set or cleared: retry.
+        WalletError::Domain(DomainError::DrawsOnParent) => Code::Aborted,
         WalletError::Domain(_) => Code::FailedPrecondition,
         WalletError::IdempotencyKeyReused | WalletError::AccountExists(_) => Code::AlreadyExists,
         WalletError::Conflict(_) => Code::Aborted,

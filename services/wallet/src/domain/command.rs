@@ -39,6 +39,10 @@ impl Command {
     /// command leaves the wallet changed only by the expiries it wrote off.
     pub fn apply(&self, wallet: &mut Wallet, ctx: &OperationContext) -> DomainResult<Answer> {
         let mut answer = Answer::at(ctx.now);
+        // A child's draws take its parent's wallet too (see `Wallet::debit_shared`).
+        if wallet.account.parent.is_some() && matches!(self, Self::Debit { .. } | Self::DrawUsage { .. }) {
+            return Err(DomainError::DrawsOnParent);
+        }
         match self {
             Self::Debit { amount, meter_code } => {
                 wallet.debit(ctx, *amount, meter_code.as_deref())?;

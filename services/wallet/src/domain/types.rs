@@ -156,12 +156,16 @@ pub enum EntryKind {
     /// Credits carried from a grant into a new one at a period's turn: out
     /// of the old grant, into the new (see [`crate::domain::Rollover`]).
     Rollover,
+    /// On a child account: what a debit drew from its parent's credits.
+    /// It moves nothing on the child; the parent's DEBIT entries do.
+    ParentDraw,
 }
 
 impl EntryKind {
-    /// HOLD and RELEASE record what a hold sets aside or frees; every other kind moves money.
+    /// HOLD and RELEASE record what a hold sets aside or frees, PARENT_DRAW
+    /// what a child drew on its parent; every other kind moves money.
     pub fn moves_money(self) -> bool {
-        !matches!(self, Self::Hold | Self::Release)
+        !matches!(self, Self::Hold | Self::Release | Self::ParentDraw)
     }
 
     /// The kind's name, as callers and the ledger's hash chain spell it.
@@ -179,10 +183,11 @@ impl EntryKind {
             Self::TransferOut => "TRANSFER_OUT",
             Self::Void => "VOID",
             Self::Rollover => "ROLLOVER",
+            Self::ParentDraw => "PARENT_DRAW",
         }
     }
 
-    pub const ALL: [EntryKind; 12] = [
+    pub const ALL: [EntryKind; 13] = [
         Self::Grant,
         Self::Debit,
         Self::Hold,
@@ -195,6 +200,7 @@ impl EntryKind {
         Self::TransferOut,
         Self::Void,
         Self::Rollover,
+        Self::ParentDraw,
     ];
 }
 
@@ -256,6 +262,9 @@ pub struct Account {
     /// Raised by one with every committed change of the wallet (see
     /// [`crate::domain::Wallet::take_changes`]).
     pub version: u64,
+    /// The account whose credits this one draws on past its own (a shared
+    /// budget, see [`crate::domain::Budget`]).
+    pub parent: Option<AccountId>,
     pub metadata: Metadata,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -469,6 +478,14 @@ pub enum DomainError {
     TransferLimitExceeded(&'static str),
     #[error("the accounts have different units")]
     UnitMismatch,
+    #[error("the draw would take the account past its budget on its parent for the period")]
+    BudgetExceeded,
+    #[error("an account is either a parent or a child, not both")]
+    BudgetNested,
+    /// A command for one wallet met a child account, whose draws take its
+    /// parent's wallet too: the caller sends it the shared way instead.
+    #[error("the account draws on its parent's credits")]
+    DrawsOnParent,
     /// Only a bug can cause this: the store did not load what the operation needs.
     #[error("inconsistent wallet state: {0}")]
     Inconsistent(&'static str),

@@ -157,7 +157,7 @@ impl Store {
     /// The end of a change: the answer recorded under the key first, then
     /// what the wallets changed (the events last), the commit, and afterwards
     /// the cache, the metrics and the event streams.
-    async fn commit_changes<const N: usize>(
+    pub(super) async fn commit_changes<const N: usize>(
         &self,
         transaction: DatabaseTransaction,
         check: Option<&IdempotencyCheck>,

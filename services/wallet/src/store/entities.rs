@@ -90,6 +90,8 @@ pub mod account {
         pub transferred_today: Amount,
         /// The hash of the latest entry; NULL before the first.
         pub ledger_head: Option<Vec<u8>>,
+        /// The account this one draws on past its own (a shared budget).
+        pub parent_id: Option<Uuid>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -211,6 +213,31 @@ pub mod replay {
         /// The first 16 bytes of SHA-256 over the encoded request.
         pub request_hash: Vec<u8>,
         pub answer: Vec<u8>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod budget {
+    use reservoir_common::db::Amount;
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "budgets")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub account_id: Uuid,
+        pub tenant_id: Uuid,
+        pub parent_id: Uuid,
+        pub limit_amount: Option<Amount>,
+        pub period: String,
+        pub period_key: String,
+        pub spent: Amount,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::stored::{Amount, StoredAccount, StoredGrant, StoredHold};
-use crate::domain::{Account, LedgerHash, Wallet, chain};
+use crate::domain::{Account, AccountId, LedgerHash, Wallet, chain};
 use crate::error::WalletError;
 
 /// The figures of an account that change with its wallet, which an answer
@@ -27,6 +27,7 @@ struct Counters {
     last_sequence: u64,
     ledger_head: [u8; chain::HASH_BYTES],
     version: u64,
+    parent: Option<[u8; 16]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +58,7 @@ pub fn encode(wallet: &Wallet) -> Result<Box<[u8]>, WalletError> {
             last_sequence: account.last_sequence,
             ledger_head: account.ledger_head.0,
             version: account.version,
+            parent: account.parent.map(|parent| parent.0.into_bytes()),
         },
         grants: wallet.grants.iter().map(StoredGrant::from).collect(),
         holds: wallet.holds.iter().map(StoredHold::from).collect(),
@@ -77,6 +79,7 @@ pub fn decode(bytes: &[u8]) -> Result<Wallet, WalletError> {
     account.spend.low_balance_warned = counters.low_balance_warned;
     account.spend.month = counters.month;
     account.spend.month_spend = counters.month_spend.value()?;
+    account.parent = counters.parent.map(|bytes| AccountId(uuid::Uuid::from_bytes(bytes)));
     account.spend.cap_alerted_percent = counters.cap_alerted_percent;
     account.spend.day = counters.day;
     account.spend.transferred_today = counters.transferred_today.value()?;

@@ -25,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(TenantKeys),
             Box::new(LedgerChain),
             Box::new(Rollovers),
+            Box::new(Budgets),
         ]
     }
 }
@@ -685,6 +686,62 @@ impl MigrationTrait for Rollovers {
             .await?;
         } else {
             db.execute_unprepared(&render_schema(WIDENED_LEDGER, backend)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Shared budgets: a child account's draws on its parent's credits (the
+/// limit per period and what was drawn in it), the parent named on the
+/// child's row, and the ledger kind that records a draw on the child
+/// (PARENT_DRAW, 13).
+struct Budgets;
+
+impl MigrationName for Budgets {
+    fn name(&self) -> &str {
+        "m0014_budgets"
+    }
+}
+
+const BUDGETS: &str = r#"
+ALTER TABLE accounts ADD COLUMN parent_id {uuid};
+CREATE TABLE budgets (
+    account_id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    parent_id {uuid} NOT NULL,
+    -- NULL: no limit.
+    limit_amount {amount},
+    period TEXT NOT NULL CHECK (period IN ('DAY', 'MONTH')),
+    -- The period `spent` counts: 2026-12-07 or 2026-12.
+    period_key TEXT NOT NULL,
+    spent {amount} NOT NULL,
+    created_at {time} NOT NULL,
+    updated_at {time} NOT NULL
+);
+CREATE INDEX budgets_by_parent ON budgets (parent_id, created_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Budgets {
+    /// One transaction on SQLite too: the ledger is made again there.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render_schema(BUDGETS, backend)).await?;
+        if backend == DbBackend::Postgres {
+            db.execute_unprepared(
+                "ALTER TABLE ledger DROP CONSTRAINT ledger_kind_check; \
+                 ALTER TABLE ledger ADD CONSTRAINT ledger_kind_check CHECK (kind BETWEEN 1 AND 13)",
+            )
+            .await?;
+        } else {
+            // The ledger as m0013 made it, with one kind more.
+            let widened = WIDENED_LEDGER.replace("CHECK (kind BETWEEN 1 AND 12)", "CHECK (kind BETWEEN 1 AND 13)");
+            db.execute_unprepared(&render_schema(&widened, backend)).await?;
         }
         Ok(())
     }

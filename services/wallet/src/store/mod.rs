@@ -6,6 +6,7 @@
 //! wire: changes come in as domain commands and go out as domain answers.
 
 mod batch;
+mod budgets;
 mod cache;
 mod changes;
 mod committer;

@@ -89,6 +89,7 @@ pub fn account_from_row(row: account::Model) -> Result<Account, WalletError> {
             Some(bytes) => LedgerHash::from_slice(bytes).ok_or_else(|| corrupt("ledger head", &hex::encode(bytes)))?,
         },
         version: to_u64(row.version),
+        parent: row.parent_id.map(AccountId),
         metadata: metadata_from(&row.metadata)?,
         created_at: row.created_at,
         updated_at: row.updated_at,
@@ -134,6 +135,7 @@ pub fn account_to_row(account: &Account) -> account::ActiveModel {
         last_sequence: Set(to_i64(account.last_sequence)),
         ledger_head: Set(head_to_row(account.ledger_head)),
         version: Set(to_i64(account.version)),
+        parent_id: Set(account.parent.map(|parent| parent.0)),
         metadata: Set(metadata_to(&account.metadata)),
         created_at: Set(account.created_at),
         updated_at: Set(account.updated_at),
@@ -310,6 +312,7 @@ pub fn entry_kind_code(kind: EntryKind) -> i16 {
         EntryKind::TransferOut => 10,
         EntryKind::Void => 11,
         EntryKind::Rollover => 12,
+        EntryKind::ParentDraw => 13,
     }
 }
 

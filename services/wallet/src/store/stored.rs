@@ -404,6 +404,9 @@ impl StoredAccount {
             last_sequence: 0,
             ledger_head: LedgerHash::GENESIS,
             version: 0,
+            // Not recorded with answers (older records have no place for
+            // it); a wallet read from its row or kept has it.
+            parent: None,
             metadata: metadata_of(self.metadata),
             created_at: from_micros(self.created_at),
             updated_at: from_micros(self.updated_at),

@@ -7,6 +7,7 @@ mod helpers;
 mod accounts;
 mod admin;
 mod auth;
+mod budgets;
 mod clawback;
 mod concurrency;
 mod drawdown;

@@ -9,6 +9,7 @@ mod draws;
 mod holds;
 mod properties;
 mod rollover;
+mod shared;
 mod spend;
 mod transfers;
 mod usage;

@@ -58,21 +58,33 @@ impl Wallet {
             }
         }
         if !charged.is_zero() {
-            // Entries carry the running balance as of their own amounts, and
-            // how many amounts the draw charged.
             let events =
                 outcomes.iter().zip(amounts).filter(|(outcome, amount)| outcome.is_none() && !amount.is_zero());
-            let mut entry_ctx = ctx.clone();
-            entry_ctx.metadata.insert("events".to_owned(), events.count().to_string());
-            let mut balance = self.ledger_balance() + charged;
-            for (grant_id, amount) in &taken {
-                balance -= *amount;
-                self.push_entry_at(&entry_ctx, EntryKind::Debit, -*amount, *grant_id, meter, balance);
-            }
+            self.write_taken(ctx, meter_code, &taken, charged, events.count());
             self.push_event(ctx, EventType::Debited, Some(charged), None, None, Some(meter_code.to_owned()));
         }
         self.update_alerts(ctx);
         Ok(UsageDrawn { outcomes, charged })
+    }
+
+    /// The DEBIT entries of what a usage draw took (`total` in all, over
+    /// `events` amounts), one per grant (and one for the overdraft): each
+    /// carries the running balance as of its own amount, and the count.
+    pub(super) fn write_taken(
+        &mut self,
+        ctx: &OperationContext,
+        meter_code: &str,
+        taken: &[(Option<GrantId>, Decimal)],
+        total: Decimal,
+        events: usize,
+    ) {
+        let mut entry_ctx = ctx.clone();
+        entry_ctx.metadata.insert("events".to_owned(), events.to_string());
+        let mut balance = self.ledger_balance() + total;
+        for (grant_id, amount) in taken {
+            balance -= *amount;
+            self.push_entry_at(&entry_ctx, EntryKind::Debit, -*amount, *grant_id, Some(meter_code), balance);
+        }
     }
 
     /// Takes `amount` from the grants in drawdown order and the rest from the

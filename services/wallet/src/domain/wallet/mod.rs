@@ -14,6 +14,9 @@ use super::types::*;
 mod draws;
 mod grants;
 mod holds;
+mod shared;
+
+pub use shared::{Budget, BudgetPeriod, CHILD_ACCOUNT_KEY, PARENT_ACCOUNT_KEY};
 
 /// Balances stay below this in absolute value. Amounts are below 10^18 and
 /// have at most 8 decimals, so 10^20 keeps every sum within `Decimal`'s 28
@@ -84,6 +87,7 @@ impl Wallet {
             last_sequence: 0,
             ledger_head: LedgerHash::GENESIS,
             version: 0,
+            parent: None,
             metadata: new.metadata,
             created_at: ctx.now,
             updated_at: ctx.now,
