@@ -71,6 +71,23 @@ async fn an_account_is_opened_found_funded_and_refused_with_the_cli() {
     assert!(!wrong.status.success(), "a kept hash that no longer matches fails the command");
     let said = String::from_utf8_lossy(&wrong.stdout).into_owned();
     assert!(said.contains("broken at sequence 1: KNOWN_HASH_MISMATCH"), "{said}");
+    // A shared budget: globex draws on acme's credits, 3 a day.
+    let globex = all.as_array().unwrap().iter().find(|account| account["external_id"] == "globex").unwrap();
+    let globex = globex["id"].as_str().unwrap().to_owned();
+    let arguments = ["account", "budget", "set", &globex, "--parent", &id, "--limit", "3", "--period", "day", "--json"];
+    let set = json_of(run(&arguments).output().await.unwrap());
+    assert_eq!((set[0]["limit"].as_str(), set[0]["period"].as_str()), (Some("3.00"), Some("BUDGET_PERIOD_DAY")));
+    let drawn = run(&["debit", &globex, "2"]).output().await.unwrap();
+    assert!(drawn.status.success(), "{}", String::from_utf8_lossy(&drawn.stderr));
+    let over = run(&["debit", &globex, "2"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&over.stderr).contains("BUDGET_EXCEEDED"));
+    let children = run(&["account", "budget", "show", &id]).output().await.unwrap();
+    let children = String::from_utf8_lossy(&children.stdout).into_owned();
+    assert!(children.contains(&globex) && children.contains("DAY") && children.contains("1.00"), "{children}");
+    assert_eq!(json_of(run(&["balance", &id, "--json"]).output().await.unwrap())["available"], "10.50");
+    assert!(run(&["account", "budget", "clear", &globex]).output().await.unwrap().status.success());
+    let shown = json_of(run(&["account", "budget", "show", &id, "--json"]).output().await.unwrap());
+    assert_eq!(shown.as_array().map(Vec::len), Some(0));
     // A wrong key: told what to check.
     let wrong = run(&["balance", &id, "--api-key", "rsv_wrong"]).output().await.unwrap();
     assert!(!wrong.status.success());

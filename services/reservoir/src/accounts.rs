@@ -69,6 +69,107 @@ pub enum AccountCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Shared budgets: a child account drawing on a parent's credits past its own.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+#[derive(Subcommand)]
+pub enum BudgetCommand {
+    /// Let ACCOUNT draw on --parent's credits, up to --limit a day or month.
+    Set {
+        account_id: String,
+        #[arg(long)]
+        parent: String,
+        /// The most drawn from the parent a period; omitted: no limit.
+        #[arg(long, default_value = "")]
+        limit: String,
+        #[arg(long, value_enum, default_value = "month")]
+        period: PeriodArg,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// End ACCOUNT's draws on its parent.
+    Clear {
+        account_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A child's budget, or a parent's children, with what each drew this period.
+    Show {
+        account_id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum PeriodArg {
+    Day,
+    Month,
+}
+
+fn budget_json(budget: &pb::Budget) -> serde_json::Value {
+    json!({
+        "account_id": budget.account_id,
+        "parent_account_id": budget.parent_account_id,
+        "limit": budget.limit,
+        "period": pb::BudgetPeriod::try_from(budget.period).map(|p| p.as_str_name()).unwrap_or(""),
+        "spent": budget.spent,
+        "remaining": budget.remaining,
+    })
+}
+
+fn print_budgets(budgets: &[pb::Budget], as_json: bool) -> anyhow::Result<()> {
+    if as_json {
+        let values: Vec<_> = budgets.iter().map(budget_json).collect();
+        println!("{}", serde_json::to_string_pretty(&values)?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.set_header(["account", "parent", "limit", "period", "spent", "remaining"]);
+    for budget in budgets {
+        let period = pb::BudgetPeriod::try_from(budget.period).map(|p| p.as_str_name()).unwrap_or("");
+        table.add_row([
+            budget.account_id.clone(),
+            budget.parent_account_id.clone(),
+            budget.limit.clone(),
+            period.trim_start_matches("BUDGET_PERIOD_").to_owned(),
+            budget.spent.clone(),
+            budget.remaining.clone(),
+        ]);
+    }
+    println!("{table}");
+    Ok(())
+}
+
+async fn budget(command: BudgetCommand) -> anyhow::Result<()> {
+    match command {
+        BudgetCommand::Set { account_id, parent, limit, period, client } => {
+            let period = match period {
+                PeriodArg::Day => pb::BudgetPeriod::Day,
+                PeriodArg::Month => pb::BudgetPeriod::Month,
+            };
+            let request = pb::SetBudgetRequest { account_id, parent_account_id: parent, limit, period: period.into() };
+            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
+            let budget = wallet.set_budget(request).await?.into_inner().budget.unwrap_or_default();
+            print_budgets(&[budget], client.json)
+        }
+        BudgetCommand::Clear { account_id, client } => {
+            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
+            wallet.clear_budget(pb::ClearBudgetRequest { account_id }).await?;
+            if !client.json {
+                println!("cleared");
+            }
+            Ok(())
+        }
+        BudgetCommand::Show { account_id, client } => {
+            let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
+            let spend = wallet.get_spend(pb::GetSpendRequest { account_id }).await?.into_inner();
+            let budgets: Vec<pb::Budget> = spend.budget.into_iter().chain(spend.children).collect();
+            print_budgets(&budgets, client.json)
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -262,6 +363,7 @@ pub async fn account(command: AccountCommand) -> anyhow::Result<()> {
                 .into_inner();
             print_account(&response.account.unwrap_or_default(), client.json)
         }
+        AccountCommand::Budget(command) => budget(command).await,
         AccountCommand::Get { account_id, client } => {
             let mut wallet = client::wallet(&client.endpoint, &client.api_key).await?;
             let response = wallet.get_account(pb::GetAccountRequest { account_id }).await?.into_inner();
