@@ -78,6 +78,8 @@ impl WalletError {
                 DomainError::UnitMismatch => "UNIT_MISMATCH",
                 DomainError::BudgetExceeded => "BUDGET_EXCEEDED",
                 DomainError::BudgetNested => "BUDGET_NESTED",
+                DomainError::FraudSuspected(_) => "FRAUD_SUSPECTED",
+                DomainError::ReviewDecided => "REVIEW_DECIDED",
                 DomainError::DrawsOnParent => "DRAWS_ON_PARENT",
                 DomainError::Inconsistent(_) => "INTERNAL",
             },

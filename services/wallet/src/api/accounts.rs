@@ -1,7 +1,7 @@
 //! Handlers of accounts, their settings and the tenant's: opening,
 //! reading, listing and updating them, and who the caller is.
 
-use reservoir_common::auth::{Caller, caller_of, key_of, tenant_of};
+use reservoir_common::auth::{Caller, TenantId, caller_of, key_of, tenant_of};
 use reservoir_common::money::{Unit, non_negative, positive};
 use reservoir_common::paging::Page;
 use reservoir_proto::wallet as pb;
@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::validate::*;
 use super::{WalletApi, convert, respond};
+use crate::domain::fraud::{FraudAction, TransferRules};
 use crate::domain::*;
 use crate::error::WalletError;
 use crate::store::LoadPlan;
@@ -198,10 +199,7 @@ impl WalletApi {
         request: Request<pb::GetTenantSettingsRequest>,
     ) -> Result<Response<pb::GetTenantSettingsResponse>, Status> {
         let tenant = tenant_of(&request)?;
-        let allow = self.store.allow_promotional_transfers(tenant).await?;
-        Ok(Response::new(pb::GetTenantSettingsResponse {
-            settings: Some(pb::TenantSettings { allow_promotional_transfers: allow }),
-        }))
+        Ok(Response::new(pb::GetTenantSettingsResponse { settings: Some(self.tenant_settings(tenant).await?) }))
     }
 
     pub(super) async fn update_tenant_settings_impl(
@@ -210,13 +208,20 @@ impl WalletApi {
     ) -> Result<Response<pb::UpdateTenantSettingsResponse>, Status> {
         let tenant = tenant_of(&request)?;
         let request = request.into_inner();
+        let rules = request.transfer_fraud.as_ref().map(transfer_rules).transpose()?;
         if let Some(allow) = request.allow_promotional_transfers {
             self.store.set_allow_promotional_transfers(tenant, allow).await?;
         }
+        if let Some(rules) = rules {
+            self.store.set_transfer_rules(tenant, &rules).await?;
+        }
+        Ok(Response::new(pb::UpdateTenantSettingsResponse { settings: Some(self.tenant_settings(tenant).await?) }))
+    }
+
+    async fn tenant_settings(&self, tenant: TenantId) -> Result<pb::TenantSettings, WalletError> {
         let allow = self.store.allow_promotional_transfers(tenant).await?;
-        Ok(Response::new(pb::UpdateTenantSettingsResponse {
-            settings: Some(pb::TenantSettings { allow_promotional_transfers: allow }),
-        }))
+        let rules = self.store.transfer_rules(tenant).await?;
+        Ok(pb::TenantSettings { allow_promotional_transfers: allow, transfer_fraud: convert::transfer_rules(&rules) })
     }
 
     pub(super) async fn get_caller_impl(
@@ -323,4 +328,47 @@ fn account_status_from(violations: &mut Violations, status: i32) -> Option<Accou
             None
         }
     }
+}
+
+/// Transfer fraud rules, checked field by field. Amounts are plain
+/// decimals of at most the widest scale (rules span accounts of any unit).
+fn transfer_rules(wanted: &pb::TransferFraudRules) -> Result<TransferRules, WalletError> {
+    const FIELD: &str = "transfer_fraud";
+    let mut violations = Violations::default();
+    let action = match pb::FraudAction::try_from(wanted.action) {
+        Ok(pb::FraudAction::Refuse | pb::FraudAction::Unspecified) => FraudAction::Refuse,
+        Ok(pb::FraudAction::Review) => FraudAction::Review,
+        Err(_) => {
+            violations.add(format!("{FIELD}.action"), "must be REFUSE or REVIEW");
+            FraudAction::Refuse
+        }
+    };
+    let mut amount = |field: &str, text: &str| {
+        (!text.is_empty())
+            .then(|| {
+                violations.amount_with(&format!("{FIELD}.{field}"), text, |text| {
+                    reservoir_common::money::parse_amount(text, reservoir_common::money::SCALE_MAX)
+                        .and_then(reservoir_common::money::positive)
+                })
+            })
+            .flatten()
+    };
+    let velocity_max_amount = amount("velocity_max_amount", &wanted.velocity_max_amount);
+    let new_recipient_max_amount = amount("new_recipient_max_amount", &wanted.new_recipient_max_amount);
+    let velocity_max_count = (wanted.velocity_max_count > 0).then_some(wanted.velocity_max_count);
+    if wanted.velocity_window_seconds == 0 && (velocity_max_count.is_some() || velocity_max_amount.is_some()) {
+        violations.add(format!("{FIELD}.velocity_window_seconds"), "is required with a velocity limit");
+    }
+    if wanted.new_recipient_cooling_seconds == 0 && new_recipient_max_amount.is_some() {
+        violations.add(format!("{FIELD}.new_recipient_cooling_seconds"), "is required with new_recipient_max_amount");
+    }
+    violations.finish()?;
+    Ok(TransferRules {
+        action,
+        velocity_window: chrono::Duration::seconds(i64::from(wanted.velocity_window_seconds)),
+        velocity_max_count,
+        velocity_max_amount,
+        new_recipient_max_amount,
+        new_recipient_cooling: chrono::Duration::seconds(i64::from(wanted.new_recipient_cooling_seconds)),
+    })
 }

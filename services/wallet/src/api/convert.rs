@@ -90,6 +90,47 @@ pub fn spend(account: &Account, view: &SpendView, now: chrono::DateTime<chrono::
     }
 }
 
+pub fn review(review: &crate::domain::fraud::TransferReview, unit_: &Unit) -> pb::TransferReview {
+    use crate::domain::fraud::ReviewStatus;
+    let status = match review.status {
+        ReviewStatus::Held => pb::ReviewStatus::Held,
+        ReviewStatus::Released => pb::ReviewStatus::Released,
+        ReviewStatus::Rejected => pb::ReviewStatus::Rejected,
+    };
+    pb::TransferReview {
+        id: review.id.to_string(),
+        from_account_id: review.asked.from.to_string(),
+        to_account_id: review.asked.to.to_string(),
+        amount: amount(unit_, review.asked.amount),
+        rule: review.rule.name().to_owned(),
+        status: status.into(),
+        reason: review.reason.clone(),
+        idempotency_key: review.asked.idempotency_key.clone(),
+        created_at: Some(to_timestamp(review.created_at)),
+        decided_at: review.decided_at.map(to_timestamp),
+    }
+}
+
+/// The tenant's transfer fraud rules as the wire shows them.
+pub fn transfer_rules(rules: &crate::domain::fraud::TransferRules) -> Option<pb::TransferFraudRules> {
+    use crate::domain::fraud::FraudAction;
+    let text =
+        |value: Option<rust_decimal::Decimal>| value.map(|value| value.normalize().to_string()).unwrap_or_default();
+    let seconds = |span: chrono::Duration| u32::try_from(span.num_seconds()).unwrap_or(u32::MAX);
+    rules.is_active().then(|| pb::TransferFraudRules {
+        action: match rules.action {
+            FraudAction::Refuse => pb::FraudAction::Refuse,
+            FraudAction::Review => pb::FraudAction::Review,
+        }
+        .into(),
+        velocity_window_seconds: seconds(rules.velocity_window),
+        velocity_max_count: rules.velocity_max_count.unwrap_or(0),
+        velocity_max_amount: text(rules.velocity_max_amount),
+        new_recipient_max_amount: text(rules.new_recipient_max_amount),
+        new_recipient_cooling_seconds: seconds(rules.new_recipient_cooling),
+    })
+}
+
 pub fn budget_period(period: BudgetPeriod) -> pb::BudgetPeriod {
     match period {
         BudgetPeriod::Day => pb::BudgetPeriod::Day,
@@ -254,6 +295,8 @@ pub fn event_type(event_type: EventType) -> pb::EventType {
         EventType::SpendingCapAlert => pb::EventType::SpendingCapAlert,
         EventType::TransferredOut => pb::EventType::TransferredOut,
         EventType::TransferredIn => pb::EventType::TransferredIn,
+        EventType::TransferHeld => pb::EventType::TransferHeld,
+        EventType::TransferRejected => pb::EventType::TransferRejected,
     }
 }
 

@@ -10,6 +10,7 @@ mod movements;
 mod reads;
 mod reports;
 mod respond;
+mod reviews;
 mod status;
 mod units;
 mod validate;
@@ -203,6 +204,20 @@ impl WalletService for WalletApi {
 
     async fn get_spend(&self, request: Request<pb::GetSpendRequest>) -> Result<Response<pb::GetSpendResponse>, Status> {
         self.get_spend_impl(request).await
+    }
+
+    async fn list_transfer_reviews(
+        &self,
+        request: Request<pb::ListTransferReviewsRequest>,
+    ) -> Result<Response<pb::ListTransferReviewsResponse>, Status> {
+        self.list_transfer_reviews_impl(request).await
+    }
+
+    async fn review_transfer(
+        &self,
+        request: Request<pb::ReviewTransferRequest>,
+    ) -> Result<Response<pb::ReviewTransferResponse>, Status> {
+        self.review_transfer_impl(request).await
     }
 
     async fn set_budget(

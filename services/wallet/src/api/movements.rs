@@ -3,15 +3,17 @@
 //! a command to the store's group committer and translates the domain's
 //! answer.
 
-use reservoir_common::auth::{key_of, tenant_of};
+use reservoir_common::auth::{KeyId, TenantId, key_of, tenant_of};
+use reservoir_common::money::Unit;
 use reservoir_proto::wallet as pb;
 use tonic::{Request, Response, Status};
 
 use super::validate::*;
-use super::{WalletApi, respond};
+use super::{WalletApi, convert, respond};
+use crate::domain::fraud::TransferAsked;
 use crate::domain::*;
 use crate::error::WalletError;
-use crate::store::LoadPlan;
+use crate::store::{IdempotencyCheck, LoadPlan, Transferred};
 
 impl WalletApi {
     pub(super) async fn grant_credits_impl(
@@ -462,15 +464,35 @@ impl WalletApi {
         let mut violations = Violations::default();
         let amount = violations.positive_amount("amount", &unit, &request.amount);
         violations.finish()?;
-        let now = now();
-        let mut ctx = OperationContext::new(now, request.idempotency_key.clone()).with_key(key);
-        ctx.correlation_id = request.correlation_id.clone();
-        ctx.description = request.description.clone();
-        ctx.metadata = request.metadata.clone();
-        let reply = self
+        let asked = TransferAsked {
+            from,
+            to,
+            amount: amount.unwrap_or_default(),
+            idempotency_key: request.idempotency_key.clone(),
+            description: request.description.clone(),
+            correlation_id: request.correlation_id.clone(),
+            metadata: request.metadata.clone(),
+        };
+        let ctx = transfer_context(&asked, key);
+        let response = self.transfer_asked(tenant, &asked, &check, &ctx, None, &unit).await?;
+        Ok(Response::new(response))
+    }
+
+    /// A transfer as asked (now, or by a release), under the tenant's rules
+    /// unless `release` names the review it is released from.
+    pub(super) async fn transfer_asked(
+        &self,
+        tenant: TenantId,
+        asked: &TransferAsked,
+        check: &IdempotencyCheck,
+        ctx: &OperationContext,
+        release: Option<(uuid::Uuid, &str)>,
+        unit: &Unit,
+    ) -> Result<pb::TransferResponse, WalletError> {
+        let transferred = self
             .store
-            .mutate_pair(tenant, (from, to), &check, now, |sender, receiver, allow_promotional| {
-                sender.transfer_to(receiver, &ctx, amount.unwrap_or_default(), allow_promotional)?;
+            .transfer(tenant, asked, check, ctx, release, |sender, receiver, allow_promotional| {
+                sender.transfer_to(receiver, ctx, asked.amount, allow_promotional)?;
                 let grants = receiver
                     .grants
                     .iter()
@@ -478,14 +500,29 @@ impl WalletApi {
                     .cloned()
                     .collect();
                 Ok(Answer {
-                    wallets: vec![WalletAnswer::of(sender, &ctx), WalletAnswer::of(receiver, &ctx)],
+                    wallets: vec![WalletAnswer::of(sender, ctx), WalletAnswer::of(receiver, ctx)],
                     grants,
-                    ..Answer::at(now)
+                    ..Answer::at(ctx.now)
                 })
             })
             .await?;
-        Ok(Response::new(respond::respond(reply, |answer| respond::transfer(answer, &unit))?))
+        match transferred {
+            Transferred::Moved(reply) => respond::respond(reply, |answer| respond::transfer(answer, unit)),
+            Transferred::Held(review) => {
+                Ok(pb::TransferResponse { review: Some(convert::review(&review, unit)), ..Default::default() })
+            }
+            Transferred::Refused(rule) => Err(DomainError::FraudSuspected(rule.name()).into()),
+        }
     }
+}
+
+/// What every entry and event of a transfer carries.
+pub(super) fn transfer_context(asked: &TransferAsked, key: Option<KeyId>) -> OperationContext {
+    let mut ctx = OperationContext::new(now(), asked.idempotency_key.clone()).with_key(key);
+    ctx.correlation_id = asked.correlation_id.clone();
+    ctx.description = asked.description.clone();
+    ctx.metadata = asked.metadata.clone();
+    ctx
 }
 
 /// The answer of a change to a hold: the hold as it stands, the entries and the balance.

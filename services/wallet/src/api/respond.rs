@@ -128,6 +128,7 @@ pub fn transfer(answer: &Answer, unit: &Unit) -> Result<pb::TransferResponse, Wa
         grants: answer.grants.iter().map(|grant| convert::grant(grant, unit, answer.at)).collect(),
         from_balance: balance(sender, unit),
         to_balance: balance(receiver, unit),
+        review: None,
     })
 }
 

@@ -41,6 +41,10 @@ impl From<WalletError> for Status {
                 tracing::info!(%cause, "conflict; the caller retries");
                 status::conflict(error.reason(), "a concurrent change conflicted; retry")
             }
+            // The rule, so the caller (and its operator) can tell which.
+            WalletError::Domain(DomainError::FraudSuspected(rule)) => {
+                status::with_metadata(code(&error), error.reason(), error.to_string(), [("rule", (*rule).to_owned())])
+            }
             // The account in the way, so the caller can use it.
             WalletError::AccountExists(Some(existing)) => status::with_metadata(
                 code(&error),

@@ -4,6 +4,7 @@
 
 pub mod chain;
 mod command;
+pub mod fraud;
 mod statement;
 mod types;
 mod wallet;

@@ -226,6 +226,10 @@ pub enum EventType {
     SpendingCapAlert,
     TransferredOut,
     TransferredIn,
+    /// A transfer out was held for review by a fraud rule.
+    TransferHeld,
+    /// A held transfer was rejected: nothing moved.
+    TransferRejected,
 }
 
 pub type Metadata = BTreeMap<String, String>;
@@ -482,6 +486,10 @@ pub enum DomainError {
     BudgetExceeded,
     #[error("an account is either a parent or a child, not both")]
     BudgetNested,
+    #[error("the transfer matched the fraud rule {0}")]
+    FraudSuspected(&'static str),
+    #[error("the review was decided already")]
+    ReviewDecided,
     /// A command for one wallet met a child account, whose draws take its
     /// parent's wallet too: the caller sends it the shared way instead.
     #[error("the account draws on its parent's credits")]

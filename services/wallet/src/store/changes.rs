@@ -8,7 +8,7 @@ use reservoir_common::auth::TenantId;
 use reservoir_common::db::{WriteTransaction, is_unique_violation};
 use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Statement};
 
-use super::entities::{account, tenant};
+use super::entities::account;
 use super::loads::{load, lookup, replayed};
 use super::{IdempotencyCheck, LoadPlan, Loaded, Reply, Store, Submitted, batch, committer, replay, rows, write};
 use crate::domain::{AccountId, Answer, Command, OperationContext, Wallet};
@@ -115,43 +115,6 @@ impl Store {
             });
         }
         replies
-    }
-
-    /// Changes two wallets of a tenant in one transaction, as [`Store::mutate`]
-    /// does one: both account rows are locked in id order, so two transfers
-    /// between the same accounts in opposite directions cannot deadlock.
-    /// `operate` gets the wallets in the order given and the tenant's
-    /// promotional-transfer setting, read under the same transaction.
-    pub async fn mutate_pair(
-        &self,
-        tenant_id: TenantId,
-        accounts: (AccountId, AccountId),
-        check: &IdempotencyCheck,
-        now: DateTime<Utc>,
-        operate: impl FnOnce(&mut Wallet, &mut Wallet, bool) -> Result<Answer, WalletError>,
-    ) -> Result<Reply, WalletError> {
-        if accounts.0 == accounts.1 {
-            // Loaded twice, one wallet would be written as two.
-            return Err(WalletError::field("to_account_id", "must differ from from_account_id"));
-        }
-        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let (low, high) = if accounts.0 <= accounts.1 { accounts } else { (accounts.1, accounts.0) };
-        let plan = LoadPlan::default();
-        let low_wallet = load(&transaction, tenant_id, low, &plan, now, true).await?.wallet;
-        let high_wallet = load(&transaction, tenant_id, high, &plan, now, true).await?.wallet;
-        let (mut first, mut second) =
-            if accounts.0 == low { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
-        if let Some(recorded) = lookup(&transaction, check).await? {
-            transaction.rollback().await?;
-            return replayed(&self.db, tenant_id, recorded).await;
-        }
-        let allow_promotional = tenant::Entity::find_by_id(tenant_id.0)
-            .one(&transaction)
-            .await?
-            .is_some_and(|row| row.allow_promotional_transfers);
-        let answer = operate(&mut first, &mut second, allow_promotional)?;
-        self.commit_changes(transaction, Some(check), &answer, [&mut first, &mut second]).await?;
-        Ok(Reply::Answer(Box::new(answer)))
     }
 
     /// The end of a change: the answer recorded under the key first, then

@@ -14,6 +14,8 @@ pub mod tenant {
         pub allow_promotional_transfers: bool,
         /// What CreateTenant was called with; none for tenants made otherwise.
         pub idempotency_key: Option<String>,
+        /// The fraud rules on transfers (JSON of the stored form); none: off.
+        pub transfer_fraud: Option<String>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -238,6 +240,65 @@ pub mod budget {
         pub spent: Amount,
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod transfer_decision {
+    use reservoir_common::db::Amount;
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "transfer_decisions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub from_id: Uuid,
+        pub to_id: Uuid,
+        pub amount: Amount,
+        /// ALLOWED, REFUSED, HELD, RELEASED or REJECTED.
+        pub decision: String,
+        pub rule: Option<String>,
+        pub review_id: Option<Uuid>,
+        pub decided_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod transfer_review {
+    use reservoir_common::db::Amount;
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "transfer_reviews")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub idempotency_key: String,
+        pub request_hash: Vec<u8>,
+        pub from_id: Uuid,
+        pub to_id: Uuid,
+        pub amount: Amount,
+        pub description: String,
+        pub correlation_id: String,
+        pub metadata: String,
+        pub key_id: Option<Uuid>,
+        pub rule: String,
+        /// HELD, RELEASED or REJECTED.
+        pub status: String,
+        pub reason: String,
+        pub created_at: DateTimeUtc,
+        pub decided_at: Option<DateTimeUtc>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -123,7 +123,7 @@ struct StoredPart {
     events: Vec<StoredEvent>,
 }
 
-const EVENT_TYPES: [EventType; 18] = [
+const EVENT_TYPES: [EventType; 20] = [
     EventType::AccountCreated,
     EventType::AccountUpdated,
     EventType::GrantCreated,
@@ -142,6 +142,8 @@ const EVENT_TYPES: [EventType; 18] = [
     EventType::SpendingCapAlert,
     EventType::TransferredOut,
     EventType::TransferredIn,
+    EventType::TransferHeld,
+    EventType::TransferRejected,
 ];
 
 fn kind_code(event_type: EventType) -> u8 {

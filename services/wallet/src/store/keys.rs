@@ -50,6 +50,7 @@ impl Store {
             created_at: Set(now),
             allow_promotional_transfers: Set(false),
             idempotency_key: Set(None),
+            transfer_fraud: Set(None),
         })
         .exec_without_returning(&self.db)
         .await?;
@@ -74,6 +75,7 @@ impl Store {
                 created_at: Set(now),
                 allow_promotional_transfers: Set(false),
                 idempotency_key: Set(Some(idempotency_key.to_owned())),
+                transfer_fraud: Set(None),
             })
             .exec_without_returning(&self.db)
             .await;

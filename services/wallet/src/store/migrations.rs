@@ -26,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(LedgerChain),
             Box::new(Rollovers),
             Box::new(Budgets),
+            Box::new(Fraud),
         ]
     }
 }
@@ -743,6 +744,62 @@ impl MigrationTrait for Budgets {
             let widened = WIDENED_LEDGER.replace("CHECK (kind BETWEEN 1 AND 12)", "CHECK (kind BETWEEN 1 AND 13)");
             db.execute_unprepared(&render_schema(&widened, backend)).await?;
         }
+        Ok(())
+    }
+}
+
+/// Fraud rules on transfers: the tenant's rules, every transfer's decision
+/// (what the velocity rules count), and the transfers held for review.
+struct Fraud;
+
+impl MigrationName for Fraud {
+    fn name(&self) -> &str {
+        "m0015_fraud"
+    }
+}
+
+const FRAUD: &str = r#"
+ALTER TABLE tenants ADD COLUMN transfer_fraud TEXT;
+CREATE TABLE transfer_decisions (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    from_id {uuid} NOT NULL,
+    to_id {uuid} NOT NULL,
+    amount {amount} NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('ALLOWED', 'REFUSED', 'HELD', 'RELEASED', 'REJECTED')),
+    rule TEXT,
+    review_id {uuid},
+    decided_at {time} NOT NULL
+);
+CREATE INDEX transfer_decisions_by_sender ON transfer_decisions (from_id, decided_at);
+CREATE INDEX transfer_decisions_by_pair ON transfer_decisions (from_id, to_id, decided_at);
+CREATE TABLE transfer_reviews (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    request_hash {bytes} NOT NULL,
+    from_id {uuid} NOT NULL,
+    to_id {uuid} NOT NULL,
+    amount {amount} NOT NULL,
+    description TEXT NOT NULL,
+    correlation_id TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    key_id {uuid},
+    rule TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('HELD', 'RELEASED', 'REJECTED')),
+    reason TEXT NOT NULL,
+    created_at {time} NOT NULL,
+    decided_at {time},
+    UNIQUE (tenant_id, idempotency_key)
+);
+CREATE INDEX transfer_reviews_by_status ON transfer_reviews (tenant_id, status, created_at);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Fraud {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        db.execute_unprepared(&render_schema(FRAUD, db.get_database_backend())).await?;
         Ok(())
     }
 }

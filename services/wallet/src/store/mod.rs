@@ -12,6 +12,7 @@ mod changes;
 mod committer;
 mod entities;
 mod events;
+mod fraud;
 mod kept;
 mod keys;
 mod ledger;
@@ -37,6 +38,7 @@ use tokio::sync::Notify;
 use crate::domain::{AccountId, Answer, Command, Entry, EntryId, Event, GrantId, HoldId, OperationContext, Wallet};
 use crate::error::WalletError;
 
+pub use self::fraud::{HeldReview, Transferred};
 pub use self::keys::{IssuedKey, KeyListed, StoreKeyResolver, TenantRow};
 pub use self::ledger::CHAIN_PAGE;
 pub use self::rows::{EntryFilter, grant_kind_name, grant_source_name};

@@ -211,7 +211,8 @@ async fn a_write_key_changes_balances_but_not_the_tenants_settings(app: &TestApp
     assert_eq!(caller.role(), pb::KeyRole::Write);
     debit(&writer, &account, "4").await.unwrap();
     assert_eq!(available(&app.client, &account).await, d("6"));
-    let settings = |allow| pb::UpdateTenantSettingsRequest { allow_promotional_transfers: Some(allow) };
+    let settings =
+        |allow| pb::UpdateTenantSettingsRequest { allow_promotional_transfers: Some(allow), ..Default::default() };
     let before = app.client.clone().get_tenant_settings(pb::GetTenantSettingsRequest {}).await.unwrap().into_inner();
     let allow = !before.settings.unwrap().allow_promotional_transfers;
     assert_refused(writer.clone().update_tenant_settings(settings(allow)).await, Code::PermissionDenied, "KEY_ROLE");

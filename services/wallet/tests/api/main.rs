@@ -12,6 +12,7 @@ mod clawback;
 mod concurrency;
 mod drawdown;
 mod events;
+mod fraud;
 mod holds;
 mod idempotency;
 mod ledger;

@@ -3,7 +3,7 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-fn transfer_request(from: &pb::Account, to: &pb::Account, amount: &str) -> pb::TransferRequest {
+pub fn transfer_request(from: &pb::Account, to: &pb::Account, amount: &str) -> pb::TransferRequest {
     pb::TransferRequest {
         from_account_id: from.id.clone(),
         to_account_id: to.id.clone(),
@@ -92,7 +92,10 @@ async fn promotional_credits_move_only_when_the_tenant_allows_it(app: &TestApp) 
     let settings = app
         .client
         .clone()
-        .update_tenant_settings(pb::UpdateTenantSettingsRequest { allow_promotional_transfers: Some(true) })
+        .update_tenant_settings(pb::UpdateTenantSettingsRequest {
+            allow_promotional_transfers: Some(true),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()

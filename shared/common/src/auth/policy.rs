@@ -26,6 +26,7 @@ const ADMIN_ONLY: &[&str] = &[
     "/reservoir.wallet.v1.AdminService/RevokeApiKey",
     "/reservoir.wallet.v1.AdminService/RotateApiKey",
     "/reservoir.wallet.v1.WalletService/UpdateTenantSettings",
+    "/reservoir.wallet.v1.WalletService/ReviewTransfer",
     "/reservoir.metering.v1.MeteringService/CreateMeter",
     "/reservoir.metering.v1.MeteringService/SetPrice",
     "/reservoir.invoicing.v1.InvoicingService/UpdateBillingSettings",

@@ -290,6 +290,16 @@ impl Wallet {
         Ok(taken)
     }
 
+    /// Tells of a transfer of `amount` to `to` that a fraud rule held for
+    /// review (`held`) or that an operator rejected: an event, nothing moved.
+    pub fn note_transfer_review(&mut self, ctx: &OperationContext, to: AccountId, amount: Decimal, held: bool) {
+        let event_type = if held { EventType::TransferHeld } else { EventType::TransferRejected };
+        self.push_event(ctx, event_type, Some(amount), None, None, None);
+        if let Some(event) = self.changes.events.last_mut() {
+            event.counterparty = Some(to);
+        }
+    }
+
     /// Moves `amount` of credits to another account of the same tenant and
     /// unit. Credits leave in drawdown order from grants any meter may use
     /// (promotional ones only when `allow_promotional`), never from the
