@@ -63,6 +63,9 @@ pub(crate) fn reason(refusal: &Refusal) -> &'static str {
         Refusal::InvoiceMismatch => "INVOICE_MISMATCH",
         Refusal::InvoiceNotPayable => "INVOICE_NOT_PAYABLE",
         Refusal::ChargeExceedsAmountDue => "CHARGE_EXCEEDS_AMOUNT_DUE",
+        Refusal::FraudSuspected(_) => "FRAUD_SUSPECTED",
+        Refusal::PaymentHeldForReview => "PAYMENT_HELD_FOR_REVIEW",
+        Refusal::PaymentNotHeld => "PAYMENT_NOT_HELD",
     }
 }
 

@@ -26,6 +26,7 @@ mod bonuses;
 mod by_hand;
 mod commands;
 mod crashes;
+mod fraud;
 
 type Orchestrator = TopUpServiceClient<InterceptedService<Channel, BearerKey>>;
 type Invoicing = InvoicingServiceClient<InterceptedService<Channel, BearerKey>>;

@@ -23,6 +23,8 @@ use crate::store::{NewEvent, StepLine, Store, TopUpRow};
 
 /// The failure code payments gives a charge whose gateway did not answer.
 const GATEWAY_TIMEOUT_CODE: &str = "timeout";
+/// The failure code of a pending payment a fraud rule held for review.
+const FRAUD_REVIEW_CODE: &str = "fraud_review";
 /// Steps one run takes at most before it lets go: a saga has at most six.
 const STEPS_PER_RUN_MAX: usize = 12;
 /// How often a payment waiting for its confirmation is looked at when no
@@ -293,12 +295,19 @@ impl Saga {
                                 Next::Advanced { detail: format!("payment {}", payment.id), event: None }
                             }
                             PaymentStatus::Pending => {
+                                // Waiting for its money, or for an operator's
+                                // review when a fraud rule held it.
+                                let reason = if payment.failure_code == FRAUD_REVIEW_CODE {
+                                    "FRAUD_REVIEW"
+                                } else {
+                                    "PAYMENT_PENDING"
+                                };
                                 row.step = Step::AwaitPayment;
                                 row.status = Status::RequiresAction;
-                                row.reason = "PAYMENT_PENDING".to_owned();
+                                row.reason = reason.to_owned();
                                 row.attempts = 0;
                                 row.next_attempt_at = now() + PAYMENT_POLL;
-                                let event = event("TOP_UP_REQUIRES_ACTION", row, "PAYMENT_PENDING");
+                                let event = event("TOP_UP_REQUIRES_ACTION", row, reason);
                                 Next::Advanced { detail: format!("payment {} pending", payment.id), event: Some(event) }
                             }
                             PaymentStatus::Declined => {

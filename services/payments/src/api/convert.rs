@@ -74,6 +74,7 @@ fn event_type_to_pb(event_type: EventType) -> pb::EventType {
         EventType::PaymentFailed => pb::EventType::PaymentFailed,
         EventType::PaymentRefunded => pb::EventType::PaymentRefunded,
         EventType::VoucherRedeemed => pb::EventType::VoucherRedeemed,
+        EventType::PaymentHeldForReview => pb::EventType::PaymentHeldForReview,
     }
 }
 

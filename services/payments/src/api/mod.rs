@@ -3,6 +3,7 @@
 //! and translate the answers.
 
 mod convert;
+mod fraud;
 mod status;
 
 use std::collections::{BTreeMap, HashSet};
@@ -211,6 +212,34 @@ fn batch_response(batch: &VoucherBatchRow, vouchers: &[(Uuid, String)]) -> pb::C
 
 #[tonic::async_trait]
 impl PaymentsService for PaymentsApi {
+    async fn get_fraud_rules(
+        &self,
+        request: Request<pb::GetFraudRulesRequest>,
+    ) -> Result<Response<pb::GetFraudRulesResponse>, Status> {
+        self.get_fraud_rules_impl(request).await
+    }
+
+    async fn update_fraud_rules(
+        &self,
+        request: Request<pb::UpdateFraudRulesRequest>,
+    ) -> Result<Response<pb::UpdateFraudRulesResponse>, Status> {
+        self.update_fraud_rules_impl(request).await
+    }
+
+    async fn review_payment(
+        &self,
+        request: Request<pb::ReviewPaymentRequest>,
+    ) -> Result<Response<pb::ReviewPaymentResponse>, Status> {
+        self.review_payment_impl(request).await
+    }
+
+    async fn list_fraud_decisions(
+        &self,
+        request: Request<pb::ListFraudDecisionsRequest>,
+    ) -> Result<Response<pb::ListFraudDecisionsResponse>, Status> {
+        self.list_fraud_decisions_impl(request).await
+    }
+
     async fn add_payment_method(
         &self,
         request: Request<pb::AddPaymentMethodRequest>,

@@ -18,6 +18,12 @@ impl From<PaymentsError> for Status {
             PaymentsError::IdempotencyKeyReused => {
                 status::with_reason(Code::AlreadyExists, "IDEMPOTENCY_KEY_REUSED", error.to_string())
             }
+            PaymentsError::Refused(refusal @ crate::domain::Refusal::FraudSuspected(rule)) => status::with_metadata(
+                Code::FailedPrecondition,
+                crate::error::reason(refusal),
+                refusal.to_string(),
+                [("rule", (*rule).to_owned())],
+            ),
             PaymentsError::Refused(refusal) => {
                 status::with_reason(Code::FailedPrecondition, crate::error::reason(refusal), refusal.to_string())
             }

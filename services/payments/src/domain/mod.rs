@@ -2,6 +2,7 @@
 //! payment moves between statuses, what a refund may return, and how voucher
 //! codes are made, checked and guarded against guessing.
 
+pub mod fraud;
 mod money;
 mod payment;
 mod voucher;
@@ -39,4 +40,10 @@ pub enum Refusal {
     InvoiceNotPayable,
     #[error("the charge is more than the invoice's amount due")]
     ChargeExceedsAmountDue,
+    #[error("the charge matched the fraud rule {0}")]
+    FraudSuspected(&'static str),
+    #[error("the payment is held for review")]
+    PaymentHeldForReview,
+    #[error("the payment is not held for review")]
+    PaymentNotHeld,
 }

@@ -259,10 +259,12 @@ pub enum EventType {
     PaymentFailed,
     PaymentRefunded,
     VoucherRedeemed,
+    /// A charge matched a fraud rule and waits for an operator.
+    PaymentHeldForReview,
 }
 
 impl EventType {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::PaymentSucceeded,
         Self::PaymentDeclined,
         Self::PaymentPending,
@@ -270,6 +272,7 @@ impl EventType {
         Self::PaymentFailed,
         Self::PaymentRefunded,
         Self::VoucherRedeemed,
+        Self::PaymentHeldForReview,
     ];
 
     pub fn name(self) -> &'static str {
@@ -281,6 +284,7 @@ impl EventType {
             Self::PaymentFailed => "PAYMENT_FAILED",
             Self::PaymentRefunded => "PAYMENT_REFUNDED",
             Self::VoucherRedeemed => "VOUCHER_REDEEMED",
+            Self::PaymentHeldForReview => "PAYMENT_HELD_FOR_REVIEW",
         }
     }
 

@@ -246,3 +246,49 @@ pub mod sandbox_charge {
 
     impl ActiveModelBehavior for ActiveModel {}
 }
+
+pub mod fraud_rules {
+    use sea_orm::entity::prelude::*;
+
+    /// A tenant's fraud rules on charges (`StoredRules` as JSON).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fraud_rules")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub tenant_id: Uuid,
+        pub rules: String,
+        pub updated_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub mod fraud_decision {
+    use reservoir_common::db::Amount;
+    use sea_orm::entity::prelude::*;
+
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
+    #[sea_orm(table_name = "fraud_decisions")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub tenant_id: Uuid,
+        pub account_id: Uuid,
+        pub payment_id: Option<Uuid>,
+        pub payment_method_id: Option<Uuid>,
+        pub amount: Amount,
+        pub currency: String,
+        pub rule: String,
+        pub decision: String,
+        pub reason: String,
+        pub decided_at: DateTimeUtc,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}

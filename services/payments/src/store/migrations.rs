@@ -10,7 +10,7 @@ pub struct Migrator;
 #[sea_orm_migration::async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(Initial), Box::new(RecordedAnswers)]
+        vec![Box::new(Initial), Box::new(RecordedAnswers), Box::new(Fraud)]
     }
 }
 
@@ -212,6 +212,90 @@ impl MigrationName for RecordedAnswers {
 impl MigrationTrait for RecordedAnswers {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager.get_connection().execute_unprepared("ALTER TABLE idempotency_keys ADD COLUMN answer TEXT").await?;
+        Ok(())
+    }
+}
+
+/// Fraud rules on charges: the tenant's rules, the decisions they made,
+/// the PAYMENT_HELD_FOR_REVIEW event, and indexes the rules count by.
+struct Fraud;
+
+impl MigrationName for Fraud {
+    fn name(&self) -> &str {
+        "m0003_fraud"
+    }
+}
+
+const FRAUD: &str = r#"
+CREATE TABLE fraud_rules (
+    tenant_id {uuid} PRIMARY KEY,
+    rules TEXT NOT NULL,
+    updated_at {time} NOT NULL
+);
+CREATE TABLE fraud_decisions (
+    id {uuid} PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    account_id {uuid} NOT NULL,
+    payment_id {uuid},
+    payment_method_id {uuid},
+    amount {amount} NOT NULL,
+    currency TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    decision TEXT NOT NULL CHECK (decision IN ('REFUSED', 'HELD', 'RELEASED', 'REJECTED')),
+    reason TEXT NOT NULL,
+    decided_at {time} NOT NULL
+);
+CREATE INDEX fraud_decisions_by_tenant ON fraud_decisions (tenant_id, id);
+CREATE INDEX payments_by_account_time ON payments (account_id, created_at);
+CREATE INDEX payments_by_method_time ON payments (payment_method_id, created_at);
+CREATE INDEX payments_by_token_time ON payments (tenant_id, gateway_token, updated_at);
+"#;
+
+const EVENT_TYPES: &str = "'PAYMENT_SUCCEEDED', 'PAYMENT_DECLINED', 'PAYMENT_PENDING', 'PAYMENT_CONFIRMED', \
+    'PAYMENT_FAILED', 'PAYMENT_REFUNDED', 'VOUCHER_REDEEMED', 'PAYMENT_HELD_FOR_REVIEW'";
+
+/// The outbox with one event type more: SQLite changes no CHECK in place.
+const WIDENED_EVENTS: &str = r#"
+CREATE TABLE events_widened (
+    sequence BIGINT PRIMARY KEY,
+    tenant_id {uuid} NOT NULL,
+    event_type TEXT NOT NULL CHECK (event_type IN ({types})),
+    account_id {uuid} NOT NULL,
+    payment_id {uuid},
+    invoice_id {uuid},
+    amount {amount} NOT NULL,
+    currency TEXT NOT NULL,
+    voucher_id {uuid},
+    refund_id {uuid},
+    occurred_at {time} NOT NULL
+);
+INSERT INTO events_widened SELECT sequence, tenant_id, event_type, account_id, payment_id, invoice_id, amount,
+    currency, voucher_id, refund_id, occurred_at FROM events;
+DROP TABLE events;
+ALTER TABLE events_widened RENAME TO events;
+CREATE INDEX events_by_tenant ON events (tenant_id, sequence);
+"#;
+
+#[sea_orm_migration::async_trait::async_trait]
+impl MigrationTrait for Fraud {
+    /// One transaction on SQLite too: the outbox is made again there.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        let backend = db.get_database_backend();
+        db.execute_unprepared(&render_schema(FRAUD, backend)).await?;
+        if backend == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared(&format!(
+                "ALTER TABLE events DROP CONSTRAINT events_event_type_check; \
+                 ALTER TABLE events ADD CONSTRAINT events_event_type_check CHECK (event_type IN ({EVENT_TYPES}))"
+            ))
+            .await?;
+        } else {
+            db.execute_unprepared(&render_schema(&WIDENED_EVENTS.replace("{types}", EVENT_TYPES), backend)).await?;
+        }
         Ok(())
     }
 }

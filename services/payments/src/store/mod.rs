@@ -4,6 +4,7 @@
 //! in sequence order never skips an event that commits later.
 
 mod entities;
+mod fraud;
 mod methods;
 pub mod migrations;
 mod payments;
@@ -34,6 +35,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::entities::event;
+pub use self::fraud::FraudDecisionRow;
 pub use self::payments::PaymentFilter;
 pub use self::refunds::{BeganRefund, NewRefund, RefundFinish};
 pub use self::sandbox::{SandboxCall, SandboxOperation, SandboxOutcome, SandboxRecord};

@@ -95,8 +95,14 @@ impl Store {
     }
 
     /// Stores a new payment, with its PAYMENT_PENDING event when it starts
-    /// pending; `false` when a concurrent call stored one under its key first.
-    pub async fn insert_payment(&self, new: &PaymentRow) -> Result<bool, PaymentsError> {
+    /// pending, or its PAYMENT_HELD_FOR_REVIEW event and HELD decision when
+    /// a rule (`held_by`) holds it; `false` when a concurrent call stored
+    /// one under its key first.
+    pub async fn insert_payment(
+        &self,
+        new: &PaymentRow,
+        held_by: Option<crate::domain::fraud::ChargeRule>,
+    ) -> Result<bool, PaymentsError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
         let inserted = payment::Entity::insert(payment::ActiveModel {
             id: Set(new.id),
@@ -129,9 +135,14 @@ impl Store {
             }
             Err(error) => return Err(error.into()),
         }
-        // Only a manual payment starts in a status worth announcing.
+        // Only a manual or a held payment starts in a status worth announcing.
         let announced = new.status == PaymentStatus::Pending;
-        if announced {
+        if let Some(rule) = held_by {
+            let decision = super::fraud::Decision { payment: new, made: true, rule, decision: "HELD", reason: "" };
+            super::fraud::record_decision(&transaction, &decision, new.created_at).await?;
+            let event = NewEvent::of_payment(EventType::PaymentHeldForReview, new, new.amount, new.created_at);
+            Self::append_event(&transaction, new.tenant_id, event).await?;
+        } else if announced {
             let event = NewEvent::of_payment(EventType::PaymentPending, new, new.amount, new.created_at);
             Self::append_event(&transaction, new.tenant_id, event).await?;
         }
@@ -228,6 +239,10 @@ impl Store {
         let Some(mut payment) = lock_payment(&transaction, tenant, payment_id).await? else {
             return refuse(transaction, PaymentsError::NotFound("payment")).await;
         };
+        // A held payment waits for ReviewPayment: no money arrives on its own.
+        if payment.failure_code == crate::domain::fraud::HELD_CODE {
+            return refuse(transaction, crate::domain::Refusal::PaymentHeldForReview.into()).await;
+        }
         match confirmation(payment.status, &payment.external_transaction_id, external_transaction_id) {
             Ok(Confirmation::Unchanged) => {
                 transaction.rollback().await?;

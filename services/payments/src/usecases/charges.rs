@@ -13,9 +13,10 @@ use uuid::Uuid;
 
 use crate::clients::gateway::{Gateway, GatewayCharge, GatewayError, GatewayOutcome, GatewayRefund, gateway_key};
 use crate::clients::owners::Owners;
+use crate::domain::fraud::{ChargeRule, FraudAction, HELD_CODE};
 use crate::domain::{
-    AttemptOutcome, Channel, ChargeStep, RefundStatus, Refusal, charge_step, check_invoice, initial_status,
-    payment_amount, payment_currency,
+    AttemptOutcome, Channel, ChargeStep, PaymentStatus, RefundStatus, Refusal, charge_step, check_invoice,
+    initial_status, payment_amount, payment_currency,
 };
 use crate::error::PaymentsError;
 use crate::store::{BeganRefund, NewRefund, PaymentRow, RefundFinish, RefundRow, Store};
@@ -181,6 +182,57 @@ impl Charges {
         }
     }
 
+    /// The tenant's fraud rules on a new charge: nothing, a refusal (recorded,
+    /// FRAUD_SUSPECTED), or a hold (the payment made PENDING for review,
+    /// the gateway not asked); answers the rule that holds it.
+    async fn judge(
+        &self,
+        tenant: TenantId,
+        payment: &mut PaymentRow,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<ChargeRule>, PaymentsError> {
+        let rules = self.store.fraud_rules(tenant).await?;
+        if !rules.is_active() {
+            return Ok(None);
+        }
+        let history = self.store.charge_history(&rules, payment, now).await?;
+        let Some(rule) = rules.assess(&history, payment.amount, payment.payment_method_id.is_some()) else {
+            return Ok(None);
+        };
+        let action = match rules.action {
+            FraudAction::Refuse => "REFUSED",
+            FraudAction::Review => "HELD",
+        };
+        metrics::counter!("reservoir_payments_fraud_total", "rule" => rule.name(), "action" => action).increment(1);
+        if rules.action == FraudAction::Refuse {
+            self.store.record_refusal(payment, rule, now).await?;
+            return Err(Refusal::FraudSuspected(rule.name()).into());
+        }
+        payment.status = PaymentStatus::Pending;
+        payment.failure_code = HELD_CODE.to_owned();
+        Ok(Some(rule))
+    }
+
+    /// An operator's decision on a held payment: released, it is charged
+    /// now (a gateway payment is attempted under its own key; a manual one
+    /// waits for its money again); rejected, it is DECLINED, nothing charged.
+    pub async fn review(
+        &self,
+        tenant: TenantId,
+        payment_id: Uuid,
+        release: bool,
+        reason: &str,
+    ) -> Result<PaymentRow, PaymentsError> {
+        if !release {
+            return self.store.reject_payment(tenant, payment_id, reason, now()).await;
+        }
+        let payment = self.store.release_payment(tenant, payment_id, reason, now()).await?;
+        if charge_step(payment.status) == ChargeStep::Attempt {
+            return self.attempt(tenant, &payment).await;
+        }
+        Ok(payment)
+    }
+
     /// Creates the payment of a Charge seen for the first time, or returns
     /// the one a concurrent call with the same key created.
     async fn create_payment(
@@ -209,7 +261,7 @@ impl Charges {
             }
         };
         let now = now();
-        let payment = PaymentRow {
+        let mut payment = PaymentRow {
             id: Uuid::now_v7(),
             tenant_id: tenant,
             account_id: checked.account_id,
@@ -230,7 +282,8 @@ impl Charges {
             created_at: now,
             updated_at: now,
         };
-        if self.store.insert_payment(&payment).await? {
+        let held_by = self.judge(tenant, &mut payment, now).await?;
+        if self.store.insert_payment(&payment, held_by).await? {
             if channel == Channel::Manual {
                 metrics::counter!("reservoir_payments_charges_total", "outcome" => "RECONCILE_LATER").increment(1);
             }

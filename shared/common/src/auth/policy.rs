@@ -36,6 +36,8 @@ const ADMIN_ONLY: &[&str] = &[
     "/reservoir.orchestrator.v1.WebhookService/UpdateWebhookEndpoint",
     "/reservoir.orchestrator.v1.WebhookService/RotateWebhookSecret",
     "/reservoir.payments.v1.PaymentsService/CreateVoucherBatch",
+    "/reservoir.payments.v1.PaymentsService/UpdateFraudRules",
+    "/reservoir.payments.v1.PaymentsService/ReviewPayment",
 ];
 
 /// The configuration changes and service-only calls, as the audit log names

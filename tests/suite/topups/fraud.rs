@@ -1,0 +1,171 @@
+//! Fraud rules on recharges, through the whole suite: a velocity limit
+//! refuses the top-up past it (its invoice voided, no credits), card testing
+//! stops the next charge of a card declined often enough across accounts
+//! before it reaches the gateway, and a held charge waits for an operator:
+//! released, it is charged and credited once; rejected, nothing is charged.
+
+use super::*;
+
+async fn set_rules(suite: &Suite, rules: payments_pb::ChargeFraudRules) {
+    let request = payments_pb::UpdateFraudRulesRequest { rules: Some(rules.clone()) };
+    let answered = suite.payments.clone().update_fraud_rules(request).await.unwrap().into_inner();
+    assert_eq!(answered.rules, Some(rules));
+}
+
+async fn decisions(suite: &Suite) -> Vec<payments_pb::FraudDecision> {
+    let request = payments_pb::ListFraudDecisionsRequest::default();
+    suite.payments.clone().list_fraud_decisions(request).await.unwrap().into_inner().decisions
+}
+
+async fn top_up_of(orchestrator: &mut Orchestrator, id: &str) -> pb::TopUp {
+    orchestrator.get_top_up(pb::GetTopUpRequest { top_up_id: id.into() }).await.unwrap().into_inner().top_up.unwrap()
+}
+
+async fn recharges_matching_a_rule_are_refused_or_held(backend: Backend) {
+    let Some(suite) = Suite::start(backend).await else {
+        return;
+    };
+    let mut orchestrator = suite.orchestrator().await;
+
+    // Two top-ups an hour per account: the third is refused before the card is charged.
+    set_rules(
+        &suite,
+        payments_pb::ChargeFraudRules {
+            action: payments_pb::FraudAction::Refuse.into(),
+            velocity_window_seconds: 3_600,
+            account_max_count: 2,
+            ..Default::default()
+        },
+    )
+    .await;
+    let busy = open_funded_account(&suite.wallet, "0").await;
+    let card = suite.card(&busy, "tok_succeed").await;
+    for _ in 0..2 {
+        let top_up = orchestrator.start_top_up(start(&busy, "10", &card)).await.unwrap().into_inner().top_up.unwrap();
+        assert_eq!(status(&top_up), pb::TopUpStatus::Succeeded, "{top_up:?}");
+    }
+    let third = orchestrator.start_top_up(start(&busy, "10", &card)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!((status(&third), third.reason.as_str()), (pb::TopUpStatus::Failed, "CHARGE_REFUSED FRAUD_SUSPECTED"));
+    assert_eq!(suite.invoice(&third.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Void));
+    assert_eq!(suite.payments_of(&busy).await.len(), 2, "no payment made for the refused one");
+    assert_eq!(available(&suite.wallet, &busy).await, d("20"));
+    let refused = &decisions(&suite).await[0];
+    assert_eq!((refused.rule.as_str(), refused.decision.as_str()), ("ACCOUNT_VELOCITY", "REFUSED"));
+
+    // Card testing: one card declined on two accounts is not tried on a third.
+    set_rules(
+        &suite,
+        payments_pb::ChargeFraudRules {
+            action: payments_pb::FraudAction::Refuse.into(),
+            max_declines: 2,
+            decline_window_seconds: 3_600,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut reasons = Vec::new();
+    let mut tested = Vec::new();
+    for _ in 0..3 {
+        let account = open_funded_account(&suite.wallet, "0").await;
+        let card = suite.card(&account, "tok_decline").await;
+        let top_up =
+            orchestrator.start_top_up(start(&account, "10", &card)).await.unwrap().into_inner().top_up.unwrap();
+        assert_eq!(status(&top_up), pb::TopUpStatus::Failed);
+        reasons.push(top_up.reason);
+        tested.push(account);
+    }
+    assert_eq!(
+        reasons,
+        vec!["DECLINED card_declined", "DECLINED card_declined", "CHARGE_REFUSED FRAUD_SUSPECTED"],
+        "the first decline is below the threshold; after the second, the card is not tried again"
+    );
+    assert!(suite.payments_of(&tested[2]).await.is_empty(), "the gateway was not asked");
+    assert_eq!(decisions(&suite).await[0].rule, "CARD_TESTING");
+
+    // Held: 30 on one card an hour is the limit, reached; 5 more waits for a person.
+    set_rules(
+        &suite,
+        payments_pb::ChargeFraudRules {
+            action: payments_pb::FraudAction::Review.into(),
+            velocity_window_seconds: 3_600,
+            method_max_amount: "30".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let held_account = open_funded_account(&suite.wallet, "0").await;
+    let card = suite.card(&held_account, "tok_succeed").await;
+    let first =
+        orchestrator.start_top_up(start(&held_account, "30", &card)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(status(&first), pb::TopUpStatus::Succeeded, "{first:?}");
+    let held = orchestrator.start_top_up(start(&held_account, "5", &card)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!((status(&held), held.reason.as_str()), (pb::TopUpStatus::RequiresAction, "FRAUD_REVIEW"));
+    let payment = suite.payments_of(&held_account).await.into_iter().find(|p| p.id == held.payment_id).unwrap();
+    assert_eq!(
+        (payment.status, payment.failure_code.as_str()),
+        (payments_pb::PaymentStatus::Pending.into(), "fraud_review")
+    );
+    assert!(payment.attempts.is_empty(), "the gateway was not asked");
+    assert_eq!(available(&suite.wallet, &held_account).await, d("30"));
+    let review = |id: &str, decision: payments_pb::ReviewDecision| payments_pb::ReviewPaymentRequest {
+        payment_id: id.into(),
+        decision: decision.into(),
+        reason: "called the customer".into(),
+    };
+    let released =
+        suite.payments.clone().review_payment(review(&payment.id, payments_pb::ReviewDecision::Release)).await;
+    assert_eq!(
+        released.unwrap().into_inner().payment.unwrap().status,
+        i32::from(payments_pb::PaymentStatus::Succeeded)
+    );
+    eventually("the released top-up granted", || {
+        let mut orchestrator = orchestrator.clone();
+        let id = held.id.clone();
+        async move { status(&top_up_of(&mut orchestrator, &id).await) == pb::TopUpStatus::Succeeded }
+    })
+    .await;
+    assert_eq!(available(&suite.wallet, &held_account).await, d("35"));
+    let again = suite.payments.clone().review_payment(review(&payment.id, payments_pb::ReviewDecision::Release)).await;
+    assert_eq!(
+        reservoir_common::status::reason_of(&again.unwrap_err()).as_deref(),
+        Some("PAYMENT_NOT_HELD"),
+        "released once"
+    );
+
+    // Another held one, rejected: nothing charged, the top-up fails, its invoice void.
+    let rejected =
+        orchestrator.start_top_up(start(&held_account, "5", &card)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(rejected.reason, "FRAUD_REVIEW");
+    let answer =
+        suite.payments.clone().review_payment(review(&rejected.payment_id, payments_pb::ReviewDecision::Reject)).await;
+    let answer = answer.unwrap().into_inner().payment.unwrap();
+    assert_eq!(
+        (answer.status, answer.failure_code.as_str()),
+        (payments_pb::PaymentStatus::Declined.into(), "fraud_rejected")
+    );
+    eventually("the rejected top-up failed", || {
+        let mut orchestrator = orchestrator.clone();
+        let id = rejected.id.clone();
+        async move { status(&top_up_of(&mut orchestrator, &id).await) == pb::TopUpStatus::Failed }
+    })
+    .await;
+    let rejected = top_up_of(&mut orchestrator, &rejected.id).await;
+    assert_eq!(suite.invoice(&rejected.invoice_id).await.status, i32::from(invoicing_pb::InvoiceStatus::Void));
+    assert_eq!(available(&suite.wallet, &held_account).await, d("35"), "nothing charged, nothing granted");
+    let recorded: Vec<(String, String)> =
+        decisions(&suite).await.into_iter().take(4).map(|decision| (decision.rule, decision.decision)).collect();
+    let method = "METHOD_VELOCITY".to_owned();
+    assert_eq!(
+        recorded,
+        vec![
+            (method.clone(), "REJECTED".to_owned()),
+            (method.clone(), "HELD".to_owned()),
+            (method.clone(), "RELEASED".to_owned()),
+            (method, "HELD".to_owned()),
+        ]
+    );
+    assert_settled_once(&suite, &held_account).await;
+    suite.stop().await;
+}
+
+reservoir_testing::each_backend!(recharges_matching_a_rule_are_refused_or_held,);
