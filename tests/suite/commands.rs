@@ -86,6 +86,21 @@ async fn an_account_is_opened_found_funded_and_refused_with_the_cli() {
     assert!(children.contains(&globex) && children.contains("DAY") && children.contains("1.00"), "{children}");
     assert_eq!(json_of(run(&["balance", &id, "--json"]).output().await.unwrap())["available"], "10.50");
     assert!(run(&["account", "budget", "clear", &globex]).output().await.unwrap().status.success());
+    // Fraud rules: a transfer over the new-recipient cap is held, then released by hand.
+    let rules = ["fraud", "transfer-rules", "--action", "review", "--new-recipient-max", "1", "--cooling", "3600"];
+    let rules = json_of(run(&rules).output().await.unwrap());
+    assert_eq!(rules["new_recipient_max_amount"], "1", "{rules}");
+    let held = run(&["transfer", &id, &globex, "2", "--json"]).output().await.unwrap();
+    let held = json_of(held);
+    let review = held["held"].as_str().unwrap().to_owned();
+    let listed = run(&["fraud", "transfers", "--status", "held"]).output().await.unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains(&review) && listed.contains("NEW_RECIPIENT"), "{listed}");
+    let release = ["fraud", "review-transfer", &review, "--decision", "release", "--reason", "known customer"];
+    let decided = json_of(run(&release).output().await.unwrap());
+    assert_eq!(decided["status"], "REVIEW_STATUS_RELEASED");
+    assert_eq!(json_of(run(&["balance", &globex, "--json"]).output().await.unwrap())["available"], "2.00");
+    assert!(run(&["fraud", "transfer-rules", "--off"]).output().await.unwrap().status.success());
     let shown = json_of(run(&["account", "budget", "show", &id, "--json"]).output().await.unwrap());
     assert_eq!(shown.as_array().map(Vec::len), Some(0));
     // A wrong key: told what to check.

@@ -214,6 +214,19 @@ pub struct DebitArgs {
     client: ClientArgs,
 }
 
+#[derive(Args)]
+pub struct TransferArgs {
+    from_account_id: String,
+    to_account_id: String,
+    amount: String,
+    #[arg(long, default_value = "")]
+    description: String,
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
 fn fresh_key() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -436,6 +449,33 @@ pub async fn debit(args: DebitArgs) -> anyhow::Result<()> {
         .into_inner();
     print_entries(&response.entries, args.client.json)?;
     print_balance(&response.balance.unwrap_or_default(), args.client.json)
+}
+
+/// A transfer: the sender's entries and balance, or the review a fraud rule
+/// held it for (nothing moved).
+pub async fn transfer(args: TransferArgs) -> anyhow::Result<()> {
+    let mut wallet = client::wallet(&args.client.endpoint, &args.client.api_key).await?;
+    let response = wallet
+        .transfer(pb::TransferRequest {
+            from_account_id: args.from_account_id,
+            to_account_id: args.to_account_id,
+            amount: args.amount,
+            idempotency_key: args.idempotency_key.unwrap_or_else(fresh_key),
+            description: args.description,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    if let Some(review) = &response.review {
+        if args.client.json {
+            println!("{}", serde_json::to_string_pretty(&json!({"held": review.id, "rule": review.rule}))?);
+        } else {
+            println!("held for review {} ({}): nothing moved", review.id, review.rule);
+        }
+        return Ok(());
+    }
+    print_entries(&response.out_entries, args.client.json)?;
+    print_balance(&response.from_balance.unwrap_or_default(), args.client.json)
 }
 
 pub async fn balance(account_id: String, client: ClientArgs) -> anyhow::Result<()> {

@@ -26,7 +26,7 @@ pub struct PaymentsArgs {
     api_key: String,
     /// Print JSON instead of a table.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args, Clone)]
@@ -43,7 +43,7 @@ pub struct InvoicingArgs {
 }
 
 impl PaymentsArgs {
-    async fn client(&self) -> anyhow::Result<Payments> {
+    pub async fn client(&self) -> anyhow::Result<Payments> {
         Ok(PaymentsServiceClient::new(crate::client::authorized(&self.endpoint, &self.api_key).await?))
     }
 }

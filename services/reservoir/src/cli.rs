@@ -54,6 +54,8 @@ enum Command {
     Grant(GrantArgs),
     /// Debit an account.
     Debit(DebitArgs),
+    /// Move credits from one account to another (the tenant's fraud rules may hold it).
+    Transfer(crate::accounts::TransferArgs),
     /// Show an account's balance.
     Balance {
         account_id: String,
@@ -81,6 +83,9 @@ enum Command {
     /// Top-ups and their configuration, through the running orchestrator.
     #[command(subcommand, name = "top-up")]
     TopUp(crate::topup::TopUpCommand),
+    /// Fraud rules on transfers and charges, and what they held for review.
+    #[command(subcommand)]
+    Fraud(crate::fraud::FraudCommand),
     /// Webhooks: receive, verify and print deliveries locally.
     #[command(subcommand)]
     Webhooks(crate::webhooks::WebhooksCommand),
@@ -187,11 +192,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::TopUp(command) => crate::topup::run(command).await,
         Command::Report(command) => crate::report::run(command).await,
         Command::Webhooks(command) => crate::webhooks::run(command).await,
+        Command::Fraud(command) => crate::fraud::fraud(command).await,
         Command::Tenant(command) => crate::admin::tenant(command).await,
         Command::Key(command) => crate::admin::key(config, command).await,
         Command::Account(command) => crate::accounts::account(command).await,
         Command::Grant(args) => crate::accounts::grant(args).await,
         Command::Debit(args) => crate::accounts::debit(args).await,
+        Command::Transfer(args) => crate::accounts::transfer(args).await,
         Command::Balance { account_id, client } => crate::accounts::balance(account_id, client).await,
         Command::Ledger { command: Some(command), .. } => crate::ledger::run(command).await,
         Command::Ledger { account_id, limit, client, .. } => {

@@ -5,6 +5,7 @@ mod admin;
 mod billing;
 mod cli;
 mod client;
+mod fraud;
 mod ingest;
 mod ledger;
 mod meters;

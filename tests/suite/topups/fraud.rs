@@ -165,6 +165,25 @@ async fn recharges_matching_a_rule_are_refused_or_held(backend: Backend) {
         ]
     );
     assert_settled_once(&suite, &held_account).await;
+
+    // The operator's commands: the rules as set, the decisions, rules off.
+    let endpoint = format!("http://{}", suite.processes[3].address());
+    let run = |arguments: &[&str]| {
+        let mut command = suite.environment.command(arguments);
+        command.env("RESERVOIR_API_KEY", &suite.api_key).env("RESERVOIR_PAYMENTS_ENDPOINT", &endpoint);
+        command
+    };
+    let shown = run(&["fraud", "charge-rules"]).output().await.unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(
+        (shown["method_max_amount"].as_str(), shown["action"].as_str()),
+        (Some("30"), Some("FRAUD_ACTION_REVIEW"))
+    );
+    let table = run(&["fraud", "decisions"]).output().await.unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(table.contains("CARD_TESTING") && table.contains("REJECTED"), "{table}");
+    let off = run(&["fraud", "charge-rules", "--off"]).output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&off.stdout).trim(), "null", "no rules");
     suite.stop().await;
 }
 

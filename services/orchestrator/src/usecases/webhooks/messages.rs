@@ -137,6 +137,10 @@ mod tests {
             "payments.payment_succeeded",
             "invoices.invoice_paid",
             "top_ups.top_up_succeeded",
+            "top_ups.bonus_clawed_back",
+            "wallet.transfer_held",
+            "wallet.transfer_rejected",
+            "payments.payment_held_for_review",
         ] {
             assert!(types.iter().any(|kind| kind == wanted), "{wanted} in {types:?}");
         }
