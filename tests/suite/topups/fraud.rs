@@ -166,6 +166,29 @@ async fn recharges_matching_a_rule_are_refused_or_held(backend: Backend) {
     );
     assert_settled_once(&suite, &held_account).await;
 
+    // Released, but the gateway's answer is lost (it charged): the top-up
+    // charges again under the payment's key, learns of the charge and
+    // grants once.
+    let lost = open_funded_account(&suite.wallet, "0").await;
+    let card = suite.card(&lost, "tok_timeout").await;
+    let held = orchestrator.start_top_up(start(&lost, "31", &card)).await.unwrap().into_inner().top_up.unwrap();
+    assert_eq!(held.reason, "FRAUD_REVIEW");
+    let mut payments = suite.payments.clone();
+    let released = payments.review_payment(review(&held.payment_id, payments_pb::ReviewDecision::Release)).await;
+    let released = released.unwrap().into_inner().payment.unwrap();
+    assert_eq!(
+        (released.status, released.failure_code.as_str()),
+        (payments_pb::PaymentStatus::Failed.into(), "timeout")
+    );
+    eventually("the top-up charged again and granted", || {
+        let mut orchestrator = orchestrator.clone();
+        let id = held.id.clone();
+        async move { status(&top_up_of(&mut orchestrator, &id).await) == pb::TopUpStatus::Succeeded }
+    })
+    .await;
+    assert_eq!(available(&suite.wallet, &lost).await, d("31"));
+    assert_settled_once(&suite, &lost).await;
+
     // The operator's commands: the rules as set, the decisions, rules off.
     let endpoint = format!("http://{}", suite.processes[3].address());
     let run = |arguments: &[&str]| {

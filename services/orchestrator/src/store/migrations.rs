@@ -332,6 +332,11 @@ CREATE INDEX bonus_clawbacks_pending ON bonus_clawbacks (applied_at, refunded_at
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Bonuses {
+    /// One transaction on SQLite too: all of it or none.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(BONUSES, db.get_database_backend())).await?;

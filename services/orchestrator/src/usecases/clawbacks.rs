@@ -11,6 +11,7 @@ use reservoir_common::auth::TenantId;
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
+use crate::clients::CallError;
 use crate::domain::Clawback;
 use crate::error::OrchestratorError;
 use crate::store::{NewEvent, Refund};
@@ -66,6 +67,13 @@ pub async fn apply(saga: &Saga, clawback: &Clawback) -> Result<bool, Orchestrato
         Some(_) if clawback.asked.is_zero() => Decimal::ZERO,
         Some(grant) => match saga.upstream().claw_back(tenant, grant, clawback.refund_id, clawback.asked).await {
             Ok(taken) => taken,
+            // Refused for good (the grant gone from the wallet): nothing can
+            // be taken, and the whole share is recorded as not recovered,
+            // rather than kept pending in front of newer clawbacks.
+            Err(CallError::Refused { reason, .. }) => {
+                tracing::error!(%reason, refund = %clawback.refund_id, "a bonus clawback was refused; nothing taken");
+                Decimal::ZERO
+            }
             Err(error) => {
                 tracing::warn!(error = %error.detail(), refund = %clawback.refund_id, "bonus clawback waits");
                 return Ok(false);

@@ -351,11 +351,22 @@ impl Saga {
                             row.reason = String::new();
                             Next::Advanced { detail: format!("payment {payment_id} confirmed"), event: None }
                         }
-                        PaymentStatus::Declined | PaymentStatus::Failed => {
+                        PaymentStatus::Declined => {
                             row.step = Step::VoidInvoice;
                             row.status = Status::Pending;
                             row.reason = format!("DECLINED {}", payment.failure_code);
                             Next::Advanced { detail: row.reason.clone(), event: None }
+                        }
+                        // A payment released from review whose gateway call
+                        // failed or was cut short (the card may have been
+                        // charged): charged again under its key, with the
+                        // charge step's retries and its care for timeouts.
+                        PaymentStatus::Failed | PaymentStatus::Processing => {
+                            row.step = Step::Charge;
+                            row.status = Status::Pending;
+                            row.reason = String::new();
+                            row.attempts = 0;
+                            Next::Advanced { detail: format!("payment {payment_id} to be charged again"), event: None }
                         }
                         _ => {
                             row.next_attempt_at = now() + PAYMENT_POLL;

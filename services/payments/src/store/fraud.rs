@@ -234,7 +234,7 @@ impl Store {
         let Some(mut payment) = lock_payment(&transaction, tenant, payment_id).await? else {
             return refuse(transaction, PaymentsError::NotFound("payment")).await;
         };
-        if payment.status == PaymentStatus::Processing && self.released(payment_id).await? {
+        if payment.status == PaymentStatus::Processing && released(&transaction, payment_id).await? {
             transaction.rollback().await?;
             return Ok(payment);
         }
@@ -293,16 +293,6 @@ impl Store {
         Ok(payment)
     }
 
-    /// Whether a payment was released from review.
-    async fn released(&self, payment_id: Uuid) -> Result<bool, PaymentsError> {
-        Ok(fraud_decision::Entity::find()
-            .filter(fraud_decision::Column::PaymentId.eq(payment_id))
-            .filter(fraud_decision::Column::Decision.eq("RELEASED"))
-            .one(&self.db)
-            .await?
-            .is_some())
-    }
-
     /// The tenant's decisions, newest first, before the page's last id.
     pub async fn fraud_decisions(
         &self,
@@ -333,6 +323,16 @@ impl Store {
             })
             .collect()
     }
+}
+
+/// Whether a payment was released from review.
+async fn released(connection: &impl ConnectionTrait, payment_id: Uuid) -> Result<bool, PaymentsError> {
+    Ok(fraud_decision::Entity::find()
+        .filter(fraud_decision::Column::PaymentId.eq(payment_id))
+        .filter(fraud_decision::Column::Decision.eq("RELEASED"))
+        .one(connection)
+        .await?
+        .is_some())
 }
 
 /// The rule a payment is held by, if it is held (PENDING for review).

@@ -205,6 +205,11 @@ impl Charges {
         };
         metrics::counter!("reservoir_payments_fraud_total", "rule" => rule.name(), "action" => action).increment(1);
         if rules.action == FraudAction::Refuse {
+            // A retry that raced the first call under this key, judged with
+            // the first's payment counted: answered with that payment.
+            if self.store.payment_by_key(tenant, &payment.idempotency_key).await?.is_some() {
+                return Err(PaymentsError::Conflict("a charge with this key was made meanwhile".into()));
+            }
             self.store.record_refusal(payment, rule, now).await?;
             return Err(Refusal::FraudSuspected(rule.name()).into());
         }
@@ -282,7 +287,16 @@ impl Charges {
             created_at: now,
             updated_at: now,
         };
-        let held_by = self.judge(tenant, &mut payment, now).await?;
+        let held_by = match self.judge(tenant, &mut payment, now).await {
+            Err(PaymentsError::Conflict(_)) => {
+                return self
+                    .store
+                    .payment_by_key(tenant, &checked.idempotency_key)
+                    .await?
+                    .ok_or_else(|| PaymentsError::Conflict("a concurrent charge with this key vanished".into()));
+            }
+            judged => judged?,
+        };
         if self.store.insert_payment(&payment, held_by).await? {
             if channel == Channel::Manual {
                 metrics::counter!("reservoir_payments_charges_total", "outcome" => "RECONCILE_LATER").increment(1);

@@ -89,7 +89,8 @@ impl Store {
     /// Lets `child` draw on `parent` within `limit` per `period`. Both must
     /// be accounts of the tenant with one unit, neither closed; one level
     /// only (a parent is no child, a child no parent). Setting it again for
-    /// the same parent keeps what was drawn this period.
+    /// the same parent and period keeps what was drawn this period; another
+    /// parent or period starts counting afresh.
     pub async fn set_budget(
         &self,
         tenant: TenantId,
@@ -118,8 +119,11 @@ impl Store {
             return Err(DomainError::BudgetNested.into());
         }
         let existing = budget_on(&transaction, tenant, child).await?;
+        // The same parent and period keep what was drawn; another starts counting afresh.
         let (period_key, spent) = match &existing {
-            Some(budget) if budget.parent_id == parent => (budget.period_key.clone(), budget.spent),
+            Some(budget) if budget.parent_id == parent && budget.period == period => {
+                (budget.period_key.clone(), budget.spent)
+            }
             _ => (period.key(now), Decimal::ZERO),
         };
         let row = budget::ActiveModel {

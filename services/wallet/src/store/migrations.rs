@@ -797,6 +797,11 @@ CREATE INDEX transfer_reviews_by_status ON transfer_reviews (tenant_id, status, 
 
 #[sea_orm_migration::async_trait::async_trait]
 impl MigrationTrait for Fraud {
+    /// One transaction on SQLite too: all of it or none.
+    fn use_transaction(&self) -> Option<bool> {
+        Some(true)
+    }
+
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
         db.execute_unprepared(&render_schema(FRAUD, db.get_database_backend())).await?;

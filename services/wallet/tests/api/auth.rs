@@ -218,6 +218,27 @@ async fn a_write_key_changes_balances_but_not_the_tenants_settings(app: &TestApp
     assert_refused(writer.clone().update_tenant_settings(settings(allow)).await, Code::PermissionDenied, "KEY_ROLE");
     let unchanged = writer.clone().get_tenant_settings(pb::GetTenantSettingsRequest {}).await.unwrap().into_inner();
     assert_eq!(unchanged.settings.unwrap().allow_promotional_transfers, !allow);
+    // Budgets and reviews of held transfers are an admin's too.
+    let child = prepaid(&app.client).await;
+    let budget = pb::SetBudgetRequest {
+        account_id: child.id.clone(),
+        parent_account_id: account.id.clone(),
+        period: pb::BudgetPeriod::Day.into(),
+        ..Default::default()
+    };
+    assert_refused(writer.clone().set_budget(budget).await, Code::PermissionDenied, "KEY_ROLE");
+    let review = pb::ReviewTransferRequest { review_id: uuid::Uuid::now_v7().to_string(), ..Default::default() };
+    assert_refused(writer.clone().review_transfer(review).await, Code::PermissionDenied, "KEY_ROLE");
+    assert!(
+        writer
+            .clone()
+            .get_spend(pb::GetSpendRequest { account_id: child.id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .budget
+            .is_none()
+    );
     // The tenant's first key is an admin's, as every key issued before roles.
     let admin = app.client.clone().get_caller(pb::GetCallerRequest {}).await.unwrap().into_inner();
     assert_eq!(admin.role(), pb::KeyRole::Admin);

@@ -94,6 +94,10 @@ async fn a_child_draws_on_its_parent_past_its_own_credits(app: &TestApp) {
     // A higher limit lets it draw again; cleared, it spends its own only.
     client.set_budget(set(&child, &parent, "40", pb::BudgetPeriod::Day)).await.unwrap();
     debit(&app.client, &child, "10").await.unwrap();
+    assert_eq!(spend(&app.client, &child).await.budget.unwrap().spent, "40.00");
+    // Another period starts counting afresh.
+    let monthly = client.set_budget(set(&child, &parent, "40", pb::BudgetPeriod::Month)).await.unwrap();
+    assert_eq!(monthly.into_inner().budget.unwrap().spent, "0.00");
     client.clear_budget(pb::ClearBudgetRequest { account_id: child.id.clone() }).await.unwrap();
     assert_refused(debit(&app.client, &child, "1").await, Code::FailedPrecondition, "INSUFFICIENT_FUNDS");
     assert!(spend(&app.client, &parent).await.children.is_empty());

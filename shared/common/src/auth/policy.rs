@@ -27,6 +27,8 @@ const ADMIN_ONLY: &[&str] = &[
     "/reservoir.wallet.v1.AdminService/RotateApiKey",
     "/reservoir.wallet.v1.WalletService/UpdateTenantSettings",
     "/reservoir.wallet.v1.WalletService/ReviewTransfer",
+    "/reservoir.wallet.v1.WalletService/SetBudget",
+    "/reservoir.wallet.v1.WalletService/ClearBudget",
     "/reservoir.metering.v1.MeteringService/CreateMeter",
     "/reservoir.metering.v1.MeteringService/SetPrice",
     "/reservoir.invoicing.v1.InvoicingService/UpdateBillingSettings",
