@@ -134,7 +134,7 @@ fn print_budgets(budgets: &[pb::Budget], as_json: bool) -> anyhow::Result<()> {
             budget.account_id.clone(),
             budget.parent_account_id.clone(),
             budget.limit.clone(),
-            period.trim_start_matches("BUDGET_PERIOD_").to_owned(),
+            crate::output::readable(period, "BUDGET_PERIOD_").to_owned(),
             budget.spent.clone(),
             budget.remaining.clone(),
         ]);

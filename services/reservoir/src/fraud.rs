@@ -239,7 +239,7 @@ pub async fn fraud(command: FraudCommand) -> anyhow::Result<()> {
                     review.to_account_id.clone(),
                     review.amount.clone(),
                     review.rule.clone(),
-                    status.trim_start_matches("REVIEW_STATUS_").to_owned(),
+                    crate::output::readable(status, "REVIEW_STATUS_").to_owned(),
                     review.reason.clone(),
                 ]);
             }

@@ -188,6 +188,24 @@ async fn recharges_matching_a_rule_are_refused_or_held(backend: Backend) {
     .await;
     assert_eq!(available(&suite.wallet, &lost).await, d("31"));
     assert_settled_once(&suite, &lost).await;
+    // Each hold told of once, to the tenant's event stream (and so its webhooks).
+    let mut stream = suite
+        .payments
+        .clone()
+        .watch_events(payments_pb::WatchEventsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut held_events = Vec::new();
+    while let Ok(Ok(Some(message))) = tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+        held_events.extend(
+            message
+                .event
+                .filter(|event| event.r#type == i32::from(payments_pb::EventType::PaymentHeldForReview))
+                .map(|event| event.payment_id),
+        );
+    }
+    assert_eq!(held_events, vec![payment.id.clone(), rejected.payment_id.clone(), held.payment_id.clone()]);
 
     // The operator's commands: the rules as set, the decisions, rules off.
     let endpoint = format!("http://{}", suite.processes[3].address());

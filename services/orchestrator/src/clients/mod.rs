@@ -291,22 +291,34 @@ impl Upstream {
                 expires_at: rollover.expires_at.map(to_timestamp),
             }
         });
-        let request = self.request(
-            wallet_pb::GrantCreditsRequest {
-                rollover,
-                account_id: account_id.to_string(),
-                amount: credits.normalize().to_string(),
-                kind: kind.into(),
-                expires_at: expires_at.map(to_timestamp),
-                idempotency_key: format!("top-up:{top_up_id}:grant"),
-                source: source.into(),
-                source_reference: source_reference.map(|id| id.to_string()).unwrap_or_default(),
-                correlation_id: top_up_id.to_string(),
-                ..Default::default()
-            },
-            tenant,
-        )?;
-        let response = answer(self.wallet().grant_credits(request).await)?;
+        let request = wallet_pb::GrantCreditsRequest {
+            rollover,
+            account_id: account_id.to_string(),
+            amount: credits.normalize().to_string(),
+            kind: kind.into(),
+            expires_at: expires_at.map(to_timestamp),
+            source: source.into(),
+            source_reference: source_reference.map(|id| id.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
+        self.grant_for(tenant, top_up_id, "grant", request).await
+    }
+
+    /// Sends one of a top-up's grants under the top-up's key for `purpose`,
+    /// correlated with the top-up; answers the grant's id.
+    async fn grant_for(
+        &self,
+        tenant: TenantId,
+        top_up_id: Uuid,
+        purpose: &str,
+        request: wallet_pb::GrantCreditsRequest,
+    ) -> Result<Uuid, CallError> {
+        let request = wallet_pb::GrantCreditsRequest {
+            idempotency_key: format!("top-up:{top_up_id}:{purpose}"),
+            correlation_id: top_up_id.to_string(),
+            ..request
+        };
+        let response = answer(self.wallet().grant_credits(self.request(request, tenant)?).await)?;
         id(&response.grant.unwrap_or_default().id, "wallet")
     }
 
@@ -320,23 +332,17 @@ impl Upstream {
         bonus: &Bonus,
         paid_grant: Option<Uuid>,
     ) -> Result<Uuid, CallError> {
-        let request = self.request(
-            wallet_pb::GrantCreditsRequest {
-                account_id: account_id.to_string(),
-                amount: bonus.credits.normalize().to_string(),
-                kind: wallet_pb::GrantKind::Promotional.into(),
-                priority: bonus.priority,
-                expires_at: bonus.expires_at.map(to_timestamp),
-                idempotency_key: format!("top-up:{top_up_id}:bonus"),
-                source: wallet_pb::GrantSource::Bonus.into(),
-                source_reference: paid_grant.map(|id| id.to_string()).unwrap_or_default(),
-                correlation_id: top_up_id.to_string(),
-                ..Default::default()
-            },
-            tenant,
-        )?;
-        let response = answer(self.wallet().grant_credits(request).await)?;
-        id(&response.grant.unwrap_or_default().id, "wallet")
+        let request = wallet_pb::GrantCreditsRequest {
+            account_id: account_id.to_string(),
+            amount: bonus.credits.normalize().to_string(),
+            kind: wallet_pb::GrantKind::Promotional.into(),
+            priority: bonus.priority,
+            expires_at: bonus.expires_at.map(to_timestamp),
+            source: wallet_pb::GrantSource::Bonus.into(),
+            source_reference: paid_grant.map(|id| id.to_string()).unwrap_or_default(),
+            ..Default::default()
+        };
+        self.grant_for(tenant, top_up_id, "bonus", request).await
     }
 
     /// Takes back at most `amount` of a bonus grant for a refund, under the

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::clients::CallError;
 use crate::domain::Clawback;
 use crate::error::OrchestratorError;
-use crate::store::{NewEvent, Refund};
+use crate::store::{NewEvent, Refund, TopUpRow};
 use crate::usecases::saga::Saga;
 use reservoir_common::time::now;
 
@@ -37,7 +37,7 @@ pub async fn on_refund(
     };
     let clawback = saga.store().record_refund(&top_up, bonus, refund).await?;
     if clawback.applied_at.is_none() {
-        apply(saga, &clawback).await?;
+        apply(saga, &clawback, &top_up).await?;
     }
     Ok(())
 }
@@ -45,21 +45,23 @@ pub async fn on_refund(
 /// Applies every clawback not applied yet that can be.
 pub async fn apply_pending(saga: &Saga) -> Result<(), OrchestratorError> {
     for clawback in saga.store().pending_clawbacks(PER_PASS).await? {
-        if let Err(error) = apply(saga, &clawback).await {
+        let tenant = TenantId(clawback.tenant_id);
+        let Some(top_up) = saga.store().top_up(tenant, clawback.top_up_id).await? else {
+            return Err(OrchestratorError::internal("a clawback's top-up is missing"));
+        };
+        if let Err(error) = apply(saga, &clawback, &top_up).await {
             tracing::warn!(%error, refund = %clawback.refund_id, "a bonus clawback failed; retried next pass");
         }
     }
     Ok(())
 }
 
-/// Takes a clawback's share from the bonus grant. Waits (answers false)
-/// while the bonus is not granted yet or the wallet cannot be reached; a
-/// bonus that will never be granted (it expired first) gives nothing.
-pub async fn apply(saga: &Saga, clawback: &Clawback) -> Result<bool, OrchestratorError> {
+/// Takes a clawback's share from the bonus grant of `top_up`. Waits
+/// (answers false) while the bonus is not granted yet or the wallet cannot
+/// be reached; a bonus that will never be granted (it expired first) gives
+/// nothing.
+pub async fn apply(saga: &Saga, clawback: &Clawback, top_up: &TopUpRow) -> Result<bool, OrchestratorError> {
     let tenant = TenantId(clawback.tenant_id);
-    let Some(top_up) = saga.store().top_up(tenant, clawback.top_up_id).await? else {
-        return Err(OrchestratorError::internal("a clawback's top-up is missing"));
-    };
     let Some(bonus) = &top_up.bonus else {
         return Err(OrchestratorError::internal("a clawback's top-up has no bonus"));
     };

@@ -99,7 +99,6 @@ impl PaymentsApi {
         let tenant = tenant_of(&request)?;
         let rules = request.get_ref().rules.as_ref().map(rules_of).transpose()?.unwrap_or_default();
         self.store.set_fraud_rules(tenant, &rules, now()).await?;
-        let rules = self.store.fraud_rules(tenant).await?;
         Ok(Response::new(pb::UpdateFraudRulesResponse { rules: rules_to_pb(&rules) }))
     }
 

@@ -8,7 +8,9 @@ use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction, json};
 use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -197,14 +199,15 @@ impl Store {
             if !charge.gateway_token.is_empty() {
                 same_card = same_card.or(payment::Column::GatewayToken.eq(charge.gateway_token.as_str()));
             }
-            let declines = amounts()
+            let declines = payment::Entity::find()
+                .filter(payment::Column::TenantId.eq(charge.tenant_id.0))
+                .filter(payment::Column::FailureCode.ne(REJECTED_CODE))
                 .filter(same_card)
                 .filter(payment::Column::Status.eq(PaymentStatus::Declined.name()))
                 .filter(payment::Column::UpdatedAt.gt(now - rules.decline_window))
-                .into_tuple::<Amount>()
-                .all(&self.db)
+                .count(&self.db)
                 .await?;
-            history.declines = u32::try_from(declines.len()).unwrap_or(u32::MAX);
+            history.declines = u32::try_from(declines).unwrap_or(u32::MAX);
         }
         Ok(history)
     }
@@ -220,13 +223,17 @@ impl Store {
         record_decision(&self.db, &decision, now).await
     }
 
-    /// Releases a held payment: PROCESSING again, for the gateway to be
-    /// asked, with the RELEASED decision. A payment released before whose
-    /// gateway call was cut short is answered as it is, to be asked again.
-    pub async fn release_payment(
+    /// An operator's decision on a held payment, written with its decision
+    /// in one transaction. Released, it is PROCESSING again for the gateway
+    /// to be asked (a manual one PENDING for its money); a payment released
+    /// before whose gateway call was cut short is answered as it is, to be
+    /// asked again. Rejected, it is DECLINED (code fraud_rejected), nothing
+    /// charged, with its PAYMENT_DECLINED event.
+    pub async fn decide_held(
         &self,
         tenant: TenantId,
         payment_id: Uuid,
+        release: bool,
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<PaymentRow, PaymentsError> {
@@ -234,62 +241,37 @@ impl Store {
         let Some(mut payment) = lock_payment(&transaction, tenant, payment_id).await? else {
             return refuse(transaction, PaymentsError::NotFound("payment")).await;
         };
-        if payment.status == PaymentStatus::Processing && released(&transaction, payment_id).await? {
+        if release && payment.status == PaymentStatus::Processing && released(&transaction, payment_id).await? {
             transaction.rollback().await?;
             return Ok(payment);
         }
         let Some(rule) = held_rule(&transaction, &payment).await? else {
             return refuse(transaction, Refusal::PaymentNotHeld.into()).await;
         };
-        // A gateway payment is to be charged now; a manual one waits for its money.
-        payment.status = crate::domain::initial_status(payment.channel);
-        payment.failure_code = String::new();
+        let (status, code, decision) = if release {
+            (crate::domain::initial_status(payment.channel), "", "RELEASED")
+        } else {
+            (PaymentStatus::Declined, REJECTED_CODE, "REJECTED")
+        };
+        payment.status = status;
+        code.clone_into(&mut payment.failure_code);
         payment.updated_at = now;
         payment::Entity::update_many()
-            .col_expr(payment::Column::Status, Expr::value(payment.status.name()))
-            .col_expr(payment::Column::FailureCode, Expr::value(""))
+            .col_expr(payment::Column::Status, Expr::value(status.name()))
+            .col_expr(payment::Column::FailureCode, Expr::value(code))
             .col_expr(payment::Column::UpdatedAt, Expr::value(now))
             .filter(payment::Column::Id.eq(payment_id))
             .exec(&transaction)
             .await?;
-        let decision = Decision { payment: &payment, made: true, rule, decision: "RELEASED", reason };
-        record_decision(&transaction, &decision, now).await?;
+        record_decision(&transaction, &Decision { payment: &payment, made: true, rule, decision, reason }, now).await?;
+        if !release {
+            let event = NewEvent::of_payment(EventType::PaymentDeclined, &payment, payment.amount, now);
+            Self::append_event(&transaction, tenant, event).await?;
+        }
         transaction.commit().await?;
-        Ok(payment)
-    }
-
-    /// Rejects a held payment: DECLINED (code fraud_rejected), nothing
-    /// charged, with its PAYMENT_DECLINED event and the REJECTED decision.
-    pub async fn reject_payment(
-        &self,
-        tenant: TenantId,
-        payment_id: Uuid,
-        reason: &str,
-        now: DateTime<Utc>,
-    ) -> Result<PaymentRow, PaymentsError> {
-        let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let Some(mut payment) = lock_payment(&transaction, tenant, payment_id).await? else {
-            return refuse(transaction, PaymentsError::NotFound("payment")).await;
-        };
-        let Some(rule) = held_rule(&transaction, &payment).await? else {
-            return refuse(transaction, Refusal::PaymentNotHeld.into()).await;
-        };
-        payment.status = PaymentStatus::Declined;
-        payment.failure_code = REJECTED_CODE.to_owned();
-        payment.updated_at = now;
-        payment::Entity::update_many()
-            .col_expr(payment::Column::Status, Expr::value(PaymentStatus::Declined.name()))
-            .col_expr(payment::Column::FailureCode, Expr::value(REJECTED_CODE))
-            .col_expr(payment::Column::UpdatedAt, Expr::value(now))
-            .filter(payment::Column::Id.eq(payment_id))
-            .exec(&transaction)
-            .await?;
-        let decision = Decision { payment: &payment, made: true, rule, decision: "REJECTED", reason };
-        record_decision(&transaction, &decision, now).await?;
-        let event = NewEvent::of_payment(EventType::PaymentDeclined, &payment, payment.amount, now);
-        Self::append_event(&transaction, tenant, event).await?;
-        transaction.commit().await?;
-        self.announce_events();
+        if !release {
+            self.announce_events();
+        }
         Ok(payment)
     }
 

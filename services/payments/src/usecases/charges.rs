@@ -228,11 +228,8 @@ impl Charges {
         release: bool,
         reason: &str,
     ) -> Result<PaymentRow, PaymentsError> {
-        if !release {
-            return self.store.reject_payment(tenant, payment_id, reason, now()).await;
-        }
-        let payment = self.store.release_payment(tenant, payment_id, reason, now()).await?;
-        if charge_step(payment.status) == ChargeStep::Attempt {
+        let payment = self.store.decide_held(tenant, payment_id, release, reason, now()).await?;
+        if release && charge_step(payment.status) == ChargeStep::Attempt {
             return self.attempt(tenant, &payment).await;
         }
         Ok(payment)

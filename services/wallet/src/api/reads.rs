@@ -38,11 +38,11 @@ impl WalletApi {
         let wallet = self.store.wallet(tenant, account_id.unwrap_or(AccountId(uuid::Uuid::nil())), now).await?;
         let view = wallet.spend_view(now);
         let unit = &wallet.account.unit;
-        let budget = match wallet.account.parent {
-            Some(_) => self.store.budget(tenant, wallet.account.id).await?,
-            None => None,
+        // One level: a child has a budget and no children, any other account maybe children.
+        let (budget, children) = match wallet.account.parent {
+            Some(_) => (self.store.budget(tenant, wallet.account.id).await?, Vec::new()),
+            None => (None, self.store.children(tenant, wallet.account.id).await?),
         };
-        let children = self.store.children(tenant, wallet.account.id).await?;
         Ok(Response::new(pb::GetSpendResponse {
             spend: Some(convert::spend(&wallet.account, &view, now)),
             budget: budget.map(|budget| convert::budget(&budget, unit, now)),

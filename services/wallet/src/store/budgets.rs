@@ -15,7 +15,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder};
 
 use super::entities::{account, budget};
-use super::loads::{load, lookup, replayed};
+use super::loads::{load, load_pair, lookup, replayed};
 use super::{IdempotencyCheck, LoadPlan, Reply, Store};
 use crate::domain::{AccountId, AccountStatus, Answer, Budget, BudgetPeriod, DomainError, Wallet};
 use crate::error::WalletError;
@@ -101,12 +101,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Budget, WalletError> {
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let plan = LoadPlan::default();
-        let (low, high) = if child <= parent { (child, parent) } else { (parent, child) };
-        let low_wallet = load(&transaction, tenant, low, &plan, now, true).await?.wallet;
-        let high_wallet = load(&transaction, tenant, high, &plan, now, true).await?.wallet;
-        let (child_wallet, parent_wallet) =
-            if low == child { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
+        let (child_wallet, parent_wallet) = load_pair(&transaction, tenant, (child, parent), now).await?;
         if child_wallet.account.unit != parent_wallet.account.unit {
             return Err(DomainError::UnitMismatch.into());
         }
@@ -115,7 +110,13 @@ impl Store {
                 return Err(DomainError::AccountClosed.into());
             }
         }
-        if parent_wallet.account.parent.is_some() || !children_on(&transaction, tenant, child).await?.is_empty() {
+        let has_children = budget::Entity::find()
+            .filter(budget::Column::TenantId.eq(tenant.0))
+            .filter(budget::Column::ParentId.eq(child.0))
+            .one(&transaction)
+            .await?
+            .is_some();
+        if parent_wallet.account.parent.is_some() || has_children {
             return Err(DomainError::BudgetNested.into());
         }
         let existing = budget_on(&transaction, tenant, child).await?;
@@ -195,12 +196,7 @@ impl Store {
             return Ok(None);
         };
         let parent = seen.parent_id;
-        let plan = LoadPlan::default();
-        let (low, high) = if child <= parent { (child, parent) } else { (parent, child) };
-        let low_wallet = load(&transaction, tenant, low, &plan, now, true).await?.wallet;
-        let high_wallet = load(&transaction, tenant, high, &plan, now, true).await?.wallet;
-        let (mut child_wallet, mut parent_wallet) =
-            if low == child { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
+        let (mut child_wallet, mut parent_wallet) = load_pair(&transaction, tenant, (child, parent), now).await?;
         // Read again under the child's lock: a budget set or cleared between
         // the two reads sends the caller round again.
         let budget = budget_on(&transaction, tenant, child).await?;

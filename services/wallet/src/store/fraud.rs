@@ -8,7 +8,7 @@
 //! review's new status together, so a review is decided once.
 
 use chrono::{DateTime, Duration, Utc};
-use reservoir_common::auth::{KeyId, TenantId};
+use reservoir_common::auth::TenantId;
 use reservoir_common::db::{Amount, WriteTransaction};
 use rust_decimal::Decimal;
 use sea_orm::sea_query::Expr;
@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::entities::{tenant, transfer_decision, transfer_review};
-use super::loads::{load, lookup, replayed};
+use super::loads::{load, load_pair, lookup, replayed};
 use super::{IdempotencyCheck, LoadPlan, Reply, Store};
 use crate::domain::fraud::{
     FraudAction, FraudRule, ReviewStatus, TransferAsked, TransferHistory, TransferReview, TransferRules,
@@ -79,7 +79,7 @@ fn review_from_row(row: transfer_review::Model) -> Result<TransferReview, Wallet
             idempotency_key: row.idempotency_key,
             description: row.description,
             correlation_id: row.correlation_id,
-            metadata: serde_json::from_str(&row.metadata).map_err(|_| corrupt("metadata"))?,
+            metadata: super::rows::metadata_from(&row.metadata)?,
         },
         rule: FraudRule::from_name(&row.rule).ok_or_else(|| corrupt("rule"))?,
         status: ReviewStatus::from_name(&row.status).ok_or_else(|| corrupt("status"))?,
@@ -89,11 +89,10 @@ fn review_from_row(row: transfer_review::Model) -> Result<TransferReview, Wallet
     })
 }
 
-/// A review and what it was asked with: the key's request digest and the caller's key.
+/// A review and the digest of the request it was asked with.
 pub struct HeldReview {
     pub review: TransferReview,
     pub request_hash: Vec<u8>,
-    pub key_id: Option<KeyId>,
 }
 
 /// What a transfer came to.
@@ -208,8 +207,8 @@ impl Store {
             .one(&self.db)
             .await?
             .ok_or(WalletError::NotFound("transfer review"))?;
-        let (request_hash, key_id) = (row.request_hash.clone(), row.key_id.map(KeyId));
-        Ok(HeldReview { review: review_from_row(row)?, request_hash, key_id })
+        let request_hash = row.request_hash.clone();
+        Ok(HeldReview { review: review_from_row(row)?, request_hash })
     }
 
     /// A transfer under the tenant's rules, in one transaction: both rows
@@ -237,12 +236,7 @@ impl Store {
         }
         let now = ctx.now;
         let WriteTransaction { transaction, turn: _turn } = self.database.begin_write().await?;
-        let (low, high) = if asked.from <= asked.to { (asked.from, asked.to) } else { (asked.to, asked.from) };
-        let plan = LoadPlan::default();
-        let low_wallet = load(&transaction, tenant, low, &plan, now, true).await?.wallet;
-        let high_wallet = load(&transaction, tenant, high, &plan, now, true).await?.wallet;
-        let (mut sender, mut receiver) =
-            if asked.from == low { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) };
+        let (mut sender, mut receiver) = load_pair(&transaction, tenant, (asked.from, asked.to), now).await?;
         if let Some(recorded) = lookup(&transaction, check).await? {
             transaction.rollback().await?;
             return replayed(&self.db, tenant, recorded).await.map(Transferred::Moved);
@@ -322,7 +316,7 @@ impl Store {
             amount: Set(Amount(asked.amount)),
             description: Set(asked.description.clone()),
             correlation_id: Set(asked.correlation_id.clone()),
-            metadata: Set(reservoir_common::db::json(&asked.metadata)),
+            metadata: Set(super::rows::metadata_to(&asked.metadata)),
             key_id: Set(ctx.key_id.map(|key| key.0)),
             rule: Set(rule.name().to_owned()),
             status: Set(ReviewStatus::Held.name().to_owned()),

@@ -309,3 +309,19 @@ pub(super) async fn load(
     let holds: Vec<Hold> = hold_rows.into_iter().map(rows::hold_from_row).collect::<Result<_, _>>()?;
     Ok(Loaded { wallet: Wallet::new(account, grants, holds), operation_entries, prior_refunds })
 }
+
+/// Two wallets of a tenant loaded for a change, their rows locked in id
+/// order (so two changes of the same pair in opposite orders cannot
+/// deadlock), answered in the order asked.
+pub(super) async fn load_pair(
+    connection: &impl ConnectionTrait,
+    tenant_id: TenantId,
+    (first, second): (AccountId, AccountId),
+    now: DateTime<Utc>,
+) -> Result<(Wallet, Wallet), WalletError> {
+    let plan = LoadPlan::default();
+    let (low, high) = if first <= second { (first, second) } else { (second, first) };
+    let low_wallet = load(connection, tenant_id, low, &plan, now, true).await?.wallet;
+    let high_wallet = load(connection, tenant_id, high, &plan, now, true).await?.wallet;
+    Ok(if first == low { (low_wallet, high_wallet) } else { (high_wallet, low_wallet) })
+}

@@ -33,11 +33,11 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-fn metadata_from(text: &str) -> Result<Metadata, WalletError> {
+pub(super) fn metadata_from(text: &str) -> Result<Metadata, WalletError> {
     serde_json::from_str(text).map_err(|_| corrupt("metadata", text))
 }
 
-fn metadata_to(metadata: &Metadata) -> String {
+pub(super) fn metadata_to(metadata: &Metadata) -> String {
     serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_owned())
 }
 

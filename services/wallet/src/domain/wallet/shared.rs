@@ -72,14 +72,19 @@ impl Budget {
         self.limit.map(|limit| (limit - self.spent_at(now)).max(Decimal::ZERO))
     }
 
-    /// Counts `amount` drawn at `now`, or refuses it past the limit.
-    fn draw(&mut self, now: DateTime<Utc>, amount: Decimal) -> DomainResult<()> {
-        let spent = self.spent_at(now) + amount;
-        if self.limit.is_some_and(|limit| spent > limit) {
+    /// Refuses `amount` drawn at `now` past the limit (which may be reached).
+    fn check(&self, now: DateTime<Utc>, amount: Decimal) -> DomainResult<()> {
+        if self.limit.is_some_and(|limit| self.spent_at(now) + amount > limit) {
             return Err(DomainError::BudgetExceeded);
         }
+        Ok(())
+    }
+
+    /// Counts `amount` drawn at `now`, or refuses it past the limit.
+    fn draw(&mut self, now: DateTime<Utc>, amount: Decimal) -> DomainResult<()> {
+        self.check(now, amount)?;
+        self.spent = self.spent_at(now) + amount;
         self.period_key = self.period.key(now);
-        self.spent = spent;
         Ok(())
     }
 }
@@ -155,9 +160,7 @@ impl Wallet {
         let own = self.own_share(ctx, amount, meter_code);
         let rest = amount - own;
         if rest > Decimal::ZERO {
-            if budget.limit.is_some_and(|limit| budget.spent_at(ctx.now) + rest > limit) {
-                return Err(DomainError::BudgetExceeded);
-            }
+            budget.check(ctx.now, rest)?;
             parent.refuse_unless_active()?;
             parent.check_cap(rest)?;
             parent.check_fit(ctx, rest, meter_code, false, Decimal::ZERO)?;
